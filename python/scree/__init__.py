@@ -1,0 +1,1 @@
+from scree._errors import *  # noqa

@@ -1,0 +1,65 @@
+"""Backend detection and lookup. Each backend is one small module (numpy.py, torch.py) exposing
+the same handful of functions; everything above this package is written once against that
+namespace. Frameworks are detected through `sys.modules` only (array-api-compat's habit), so
+scree never imports a framework the user has not imported."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from types import ModuleType
+from typing import Any
+
+from scree._errors import BackendError
+
+__all__ = ["get", "of", "common", "names"]
+
+_MODULES = {"numpy": "scree._backends.numpy", "torch": "scree._backends.torch"}
+
+
+def names() -> tuple[str, ...]:
+    """Names of the backends scree knows."""
+    return tuple(_MODULES)
+
+
+def get(name: str) -> ModuleType:
+    """The backend namespace called `name` ('numpy', 'torch')."""
+    try:
+        return importlib.import_module(_MODULES[name])
+    except KeyError:
+        raise BackendError(f"unknown backend {name!r}; known: {', '.join(_MODULES)}") from None
+
+
+def of(x: Any) -> ModuleType:
+    """The backend namespace owning native array `x`; BackendError for anything else."""
+    mod = type(x).__module__.split(".", 1)[0]
+    if mod == "numpy":
+        return get("numpy")
+    if mod == "torch" and "torch" in sys.modules and isinstance(x, sys.modules["torch"].Tensor):
+        return get("torch")
+    raise BackendError(
+        f"expected a NumPy array or torch.Tensor, got {type(x).__module__}.{type(x).__qualname__}"
+    )
+
+
+def common(**arrays: Any) -> ModuleType:
+    """The one backend shared by all named arrays (None values are ignored); BackendError naming
+    the culprits when frameworks or devices differ."""
+    found: list[tuple[str, ModuleType, str]] = []
+    for name, x in arrays.items():
+        if x is None:
+            continue
+        be = of(x)
+        found.append((name, be, be.device(x)))
+    if not found:
+        raise BackendError("no arrays given")
+    first_name, first_be, first_dev = found[0]
+    for name, be, dev in found[1:]:
+        if be is not first_be:
+            raise BackendError(
+                f"{name} is a {be.name} array but {first_name} is a {first_be.name} array; "
+                f"convert one with scree.Array.to() or the framework first"
+            )
+        if dev != first_dev:
+            raise BackendError(f"{name} is on {dev} but {first_name} is on {first_dev}")
+    return first_be

@@ -1,0 +1,172 @@
+"""NumPy backend namespace: the small set of array functions scree's generic code needs.
+Every backend module defines the same names with the same meaning (see _backends/torch.py)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+name = "numpy"
+Array = np.ndarray
+
+_DTYPES = {
+    "bool": np.bool_, "int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64,
+    "uint8": np.uint8, "float16": np.float16, "float32": np.float32, "float64": np.float64,
+}
+
+
+def owns(x: Any) -> bool:
+    return isinstance(x, np.ndarray)
+
+
+def device(x: Any) -> str:
+    return "cpu"
+
+
+def is_host(x: Any) -> bool:
+    """Whether the C++ CPU kernels can read x's memory directly."""
+    return True
+
+
+def needs_autograd(x: Any) -> bool:
+    return False
+
+
+def dtype(name_: str) -> Any:
+    try:
+        return np.dtype(_DTYPES[name_])
+    except KeyError:
+        raise TypeError(f"NumPy has no dtype {name_!r}") from None
+
+
+def dtype_name(x: Any) -> str:
+    return np.dtype(x.dtype).name
+
+
+def is_floating(x: Any) -> bool:
+    return np.issubdtype(x.dtype, np.floating)
+
+
+def is_integer(x: Any) -> bool:
+    return np.issubdtype(x.dtype, np.integer)
+
+
+def shape(x: Any) -> tuple[int, ...]:
+    return tuple(x.shape)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    return x
+
+
+def from_numpy(a: np.ndarray, like: Any = None) -> np.ndarray:
+    return a
+
+
+def asarray(obj: Any, dtype: str | None = None, like: Any = None) -> np.ndarray:
+    return np.asarray(obj, dtype=None if dtype is None else _DTYPES[dtype])
+
+
+def data_ptr(x: Any) -> int:
+    return int(x.__array_interface__["data"][0])
+
+
+def empty(shape_: Sequence[int], dtype: str, like: Any = None) -> np.ndarray:
+    return np.empty(tuple(shape_), dtype=_DTYPES[dtype])
+
+
+def zeros(shape_: Sequence[int], dtype: str, like: Any = None) -> np.ndarray:
+    return np.zeros(tuple(shape_), dtype=_DTYPES[dtype])
+
+
+def full(shape_: Sequence[int], value: Any, dtype: str, like: Any = None) -> np.ndarray:
+    return np.full(tuple(shape_), value, dtype=_DTYPES[dtype])
+
+
+def arange(n: int, dtype: str = "int64", like: Any = None) -> np.ndarray:
+    return np.arange(n, dtype=_DTYPES[dtype])
+
+
+def astype(x: Any, dtype: str) -> np.ndarray:
+    return x.astype(_DTYPES[dtype], copy=False)
+
+
+def contiguous(x: Any) -> np.ndarray:
+    return np.ascontiguousarray(x)
+
+
+def is_contiguous(x: Any) -> bool:
+    return bool(x.flags.c_contiguous)
+
+
+def reshape(x: Any, shape_: Sequence[int]) -> np.ndarray:
+    return x.reshape(tuple(shape_))
+
+
+def concat(xs: Sequence[Any], axis: int = 0) -> np.ndarray:
+    return np.concatenate(list(xs), axis=axis)
+
+
+def stack(xs: Sequence[Any], axis: int = 0) -> np.ndarray:
+    return np.stack(list(xs), axis=axis)
+
+
+def repeat(x: Any, repeats: Any, total: int) -> np.ndarray:
+    """x[i] repeated repeats[i] times; `total` == sum(repeats) (lets device backends avoid a sync)."""
+    return np.repeat(x, repeats)
+
+
+def index_put(dst: Any, index: Any, values: Any) -> np.ndarray:
+    """dst[index] = values; returns dst (functional backends return a new array)."""
+    dst[index] = values
+    return dst
+
+
+def segment_reduce(values: Any, segment_ids: Any, n: int, op: str) -> np.ndarray:
+    """Reduce rows of `values` into n rows by segment id: 'sum', 'mean' or 'max'."""
+    feat = values.shape[1:]
+    if op == "sum":
+        acc = np.float64 if is_floating(values) else np.int64
+        out = np.zeros((n, *feat), dtype=acc)
+        np.add.at(out, segment_ids, values.astype(acc))
+        return out.astype(values.dtype if is_floating(values) else np.int64)
+    if op == "mean":
+        total = np.zeros((n, *feat), dtype=np.float64)
+        np.add.at(total, segment_ids, values.astype(np.float64))
+        counts = np.bincount(segment_ids, minlength=n).astype(np.float64).reshape((n,) + (1,) * len(feat))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (total / counts).astype(values.dtype)
+    if op == "max":
+        low = -np.inf if is_floating(values) else np.iinfo(values.dtype).min
+        out = np.full((n, *feat), low, dtype=values.dtype)
+        np.maximum.at(out, segment_ids, values)
+        return out
+    raise ValueError(f"unknown reduction {op!r}")
+
+
+# ---- math used by the reference kernels ------------------------------------------------------
+einsum = np.einsum
+exp = np.exp
+log = np.log
+tanh = np.tanh
+where = np.where
+maximum = np.maximum
+isfinite = np.isfinite
+
+
+def sum(x: Any, axis: int, keepdims: bool = False) -> np.ndarray:  # noqa: A001 - namespace name
+    return np.sum(x, axis=axis, keepdims=keepdims)
+
+
+def amax(x: Any, axis: int, keepdims: bool = False) -> np.ndarray:
+    return np.max(x, axis=axis, keepdims=keepdims)
+
+
+def swapaxes(x: Any, a: int, b: int) -> np.ndarray:
+    return np.swapaxes(x, a, b)
+
+
+def to_backend(x: Any, device_: str | None = None) -> np.ndarray:
+    """Bring a native array of another framework here (zero-copy through DLPack when possible)."""
+    return np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)

@@ -1,0 +1,185 @@
+"""PyTorch backend namespace: the same names as _backends/numpy.py over torch tensors. Imported
+only after the user imported torch (detection goes through sys.modules)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+name = "torch"
+Array = torch.Tensor
+
+_DTYPES = {
+    "bool": torch.bool, "int8": torch.int8, "int16": torch.int16, "int32": torch.int32,
+    "int64": torch.int64, "uint8": torch.uint8, "float16": torch.float16,
+    "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64,
+}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+def owns(x: Any) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def device(x: Any) -> str:
+    return str(x.device)
+
+
+def is_host(x: Any) -> bool:
+    return x.device.type == "cpu"
+
+
+def needs_autograd(x: Any) -> bool:
+    """Kernels writing through raw pointers would cut the graph: use torch ops instead."""
+    return bool(x.requires_grad) and torch.is_grad_enabled()
+
+
+def dtype(name_: str) -> torch.dtype:
+    try:
+        return _DTYPES[name_]
+    except KeyError:
+        raise TypeError(f"torch has no dtype {name_!r}") from None
+
+
+def dtype_name(x: Any) -> str:
+    return _NAMES.get(x.dtype, str(x.dtype).removeprefix("torch."))
+
+
+def is_floating(x: Any) -> bool:
+    return x.is_floating_point()
+
+
+def is_integer(x: Any) -> bool:
+    return not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool
+
+
+def shape(x: Any) -> tuple[int, ...]:
+    return tuple(x.shape)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Host NumPy view (CPU) or copy (device: one synchronisation). bfloat16 has no NumPy type."""
+    x = x.detach()
+    if x.device.type != "cpu":
+        x = x.cpu()
+    return x.numpy()
+
+
+def from_numpy(a: np.ndarray, like: Any = None) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if like is not None and like.device.type != "cpu":
+        t = t.to(like.device, non_blocking=False)
+    return t
+
+
+def asarray(obj: Any, dtype: str | None = None, like: Any = None) -> torch.Tensor:
+    return torch.as_tensor(obj, dtype=None if dtype is None else _DTYPES[dtype],
+                           device=None if like is None else like.device)
+
+
+def data_ptr(x: Any) -> int:
+    return int(x.data_ptr())
+
+
+def _dev(like: Any) -> Any:
+    return None if like is None else like.device
+
+
+def empty(shape_: Sequence[int], dtype: str, like: Any = None) -> torch.Tensor:
+    return torch.empty(tuple(shape_), dtype=_DTYPES[dtype], device=_dev(like))
+
+
+def zeros(shape_: Sequence[int], dtype: str, like: Any = None) -> torch.Tensor:
+    return torch.zeros(tuple(shape_), dtype=_DTYPES[dtype], device=_dev(like))
+
+
+def full(shape_: Sequence[int], value: Any, dtype: str, like: Any = None) -> torch.Tensor:
+    return torch.full(tuple(shape_), value, dtype=_DTYPES[dtype], device=_dev(like))
+
+
+def arange(n: int, dtype: str = "int64", like: Any = None) -> torch.Tensor:
+    return torch.arange(n, dtype=_DTYPES[dtype], device=_dev(like))
+
+
+def astype(x: Any, dtype: str) -> torch.Tensor:
+    return x.to(_DTYPES[dtype])
+
+
+def contiguous(x: Any) -> torch.Tensor:
+    return x.contiguous()
+
+
+def is_contiguous(x: Any) -> bool:
+    return bool(x.is_contiguous())
+
+
+def reshape(x: Any, shape_: Sequence[int]) -> torch.Tensor:
+    return x.reshape(tuple(shape_))
+
+
+def concat(xs: Sequence[Any], axis: int = 0) -> torch.Tensor:
+    return torch.cat(list(xs), dim=axis)
+
+
+def stack(xs: Sequence[Any], axis: int = 0) -> torch.Tensor:
+    return torch.stack(list(xs), dim=axis)
+
+
+def repeat(x: Any, repeats: Any, total: int) -> torch.Tensor:
+    # output_size avoids a device->host sync on CUDA.
+    return torch.repeat_interleave(x, repeats, output_size=total)
+
+
+def index_put(dst: Any, index: Any, values: Any) -> torch.Tensor:
+    # index_put (not the in-place form) so autograd flows from `values` when it requires grad.
+    return dst.index_put(tuple(index), values)
+
+
+def segment_reduce(values: Any, segment_ids: Any, n: int, op: str) -> torch.Tensor:
+    feat = values.shape[1:]
+    idx = segment_ids.reshape((-1,) + (1,) * len(feat)).expand_as(values)
+    if op == "sum":
+        acc = torch.float64 if values.is_floating_point() else torch.int64
+        out = torch.zeros((n, *feat), dtype=acc, device=values.device)
+        out = out.scatter_add(0, idx, values.to(acc))
+        return out.to(values.dtype) if values.is_floating_point() else out
+    if op == "mean":
+        out = torch.zeros((n, *feat), dtype=torch.float64, device=values.device)
+        out = out.scatter_add(0, idx, values.to(torch.float64))
+        counts = torch.bincount(segment_ids, minlength=n).to(torch.float64)
+        return (out / counts.reshape((n,) + (1,) * len(feat))).to(values.dtype)
+    if op == "max":
+        low = float("-inf") if values.is_floating_point() else torch.iinfo(values.dtype).min
+        out = torch.full((n, *feat), low, dtype=values.dtype, device=values.device)
+        return out.scatter_reduce(0, idx, values, reduce="amax", include_self=True)
+    raise ValueError(f"unknown reduction {op!r}")
+
+
+# ---- math used by the reference kernels ------------------------------------------------------
+einsum = torch.einsum
+exp = torch.exp
+log = torch.log
+tanh = torch.tanh
+where = torch.where
+maximum = torch.maximum
+isfinite = torch.isfinite
+
+
+def sum(x: Any, axis: int, keepdims: bool = False) -> torch.Tensor:  # noqa: A001 - namespace name
+    return torch.sum(x, dim=axis, keepdim=keepdims)
+
+
+def amax(x: Any, axis: int, keepdims: bool = False) -> torch.Tensor:
+    return torch.amax(x, dim=axis, keepdim=keepdims)
+
+
+def swapaxes(x: Any, a: int, b: int) -> torch.Tensor:
+    return torch.swapaxes(x, a, b)
+
+
+def to_backend(x: Any, device_: str | None = None) -> torch.Tensor:
+    """Bring a native array of another framework here, zero-copy through DLPack where allowed."""
+    t = torch.from_dlpack(x) if hasattr(x, "__dlpack__") else torch.as_tensor(x)
+    return t if device_ is None else t.to(device_)

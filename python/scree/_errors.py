@@ -1,0 +1,43 @@
+"""scree's exception types. The C++ core raises these through its exception translator
+(src/bindings/python.cpp looks them up here by name), so every bad input surfaces as a typed
+`ValueError` or `TypeError` subclass that names the culprit."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ScreeError",
+    "RaggedError",
+    "ShapeError",
+    "DTypeError",
+    "UnsupportedError",
+    "ArgumentError",
+    "BackendError",
+]
+
+
+class ScreeError(Exception):
+    """Base class of every error scree raises on purpose."""
+
+
+class RaggedError(ScreeError, ValueError):
+    """Offsets or lengths break the ragged-layout invariants (start at 0, non-decreasing, end at total)."""
+
+
+class ShapeError(ScreeError, ValueError):
+    """Shapes of arguments disagree (values vs offsets, q vs k, padded vs mask, ...)."""
+
+
+class DTypeError(ScreeError, TypeError):
+    """A wrong or mismatched element type."""
+
+
+class UnsupportedError(ScreeError, ValueError):
+    """A valid request this build or device cannot serve (e.g. a head dim without a kernel)."""
+
+
+class ArgumentError(ScreeError, ValueError):
+    """Any other bad argument value (out-of-range index, unknown option)."""
+
+
+class BackendError(ScreeError, TypeError):
+    """Arrays from different frameworks or devices mixed in one call, or an unknown array type."""

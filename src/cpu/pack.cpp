@@ -1,0 +1,158 @@
+// CPU layout kernels (see include/scree/ops/pack.h): contiguous memcpy per sequence, spread over
+// cores by parallel_for with chunks weighted by sequence length so skewed batches stay balanced.
+#include "scree/ops/pack.h"
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "scree/error.h"
+#include "scree/parallel.h"
+
+namespace scree::ops {
+namespace {
+
+using byte = unsigned char;
+
+// One padding row, built once per call: memset when the pad value is all-zero bytes.
+struct PadRow {
+  std::vector<byte> row;
+  bool zero = true;
+  PadRow(const void* pad_value, int64_t elem_bytes, int64_t row_bytes) {
+    const byte* p = static_cast<const byte*>(pad_value);
+    for (int64_t i = 0; i < elem_bytes; ++i) zero = zero && p[i] == 0;
+    if (!zero) {
+      row.resize(static_cast<size_t>(row_bytes));
+      for (int64_t i = 0; i < row_bytes; i += elem_bytes) std::memcpy(row.data() + i, p, elem_bytes);
+    }
+  }
+  void fill(byte* dst, int64_t rows, int64_t row_bytes) const {
+    if (rows <= 0) return;
+    if (zero) {
+      std::memset(dst, 0, static_cast<size_t>(rows * row_bytes));
+      return;
+    }
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * row_bytes, row.data(), row_bytes);
+  }
+};
+
+}  // namespace
+
+void pack(const void* const* sources, const int64_t* offsets, int64_t n, int64_t row_bytes, void* dst) {
+  byte* out = static_cast<byte*>(dst);
+  parallel_for(
+      n, 2 * offsets[n] * row_bytes,
+      [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t rows = offsets[i + 1] - offsets[i];
+          if (rows > 0) std::memcpy(out + offsets[i] * row_bytes, sources[i], rows * row_bytes);
+        }
+      },
+      offsets);
+}
+
+void pad(const void* values, const int64_t* offsets, int64_t n, int64_t max_len, int64_t row_bytes,
+         const void* pad_value, int64_t elem_bytes, bool left, void* padded, uint8_t* mask) {
+  const byte* in = static_cast<const byte*>(values);
+  byte* out = static_cast<byte*>(padded);
+  const PadRow pad_row(pad_value, elem_bytes, row_bytes);
+  // Every sequence writes max_len rows, so equal counts are equal work here.
+  parallel_for(n, (offsets[n] + n * max_len) * row_bytes, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t len = offsets[i + 1] - offsets[i];
+      const int64_t lead = left ? max_len - len : 0;  // padding rows before the data
+      byte* block = out + i * max_len * row_bytes;
+      pad_row.fill(block, lead, row_bytes);
+      if (len > 0) std::memcpy(block + lead * row_bytes, in + offsets[i] * row_bytes, len * row_bytes);
+      pad_row.fill(block + (lead + len) * row_bytes, max_len - lead - len, row_bytes);
+      if (mask != nullptr) {
+        uint8_t* m = mask + i * max_len;
+        std::memset(m, 0, static_cast<size_t>(max_len));
+        std::memset(m + lead, 1, static_cast<size_t>(len));
+      }
+    }
+  });
+}
+
+void unpad(const void* padded, const int64_t* offsets, int64_t n, int64_t max_len, int64_t row_bytes, bool left,
+           void* values) {
+  const byte* in = static_cast<const byte*>(padded);
+  byte* out = static_cast<byte*>(values);
+  parallel_for(
+      n, 2 * offsets[n] * row_bytes,
+      [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t len = offsets[i + 1] - offsets[i];
+          const int64_t lead = left ? max_len - len : 0;
+          if (len > 0)
+            std::memcpy(out + offsets[i] * row_bytes, in + (i * max_len + lead) * row_bytes, len * row_bytes);
+        }
+      },
+      offsets);
+}
+
+void mask_offsets(const uint8_t* mask, int64_t n, int64_t max_len, int64_t* offsets) {
+  offsets[0] = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t count = 0;
+    const uint8_t* m = mask + i * max_len;
+    for (int64_t j = 0; j < max_len; ++j) count += m[j] != 0;
+    offsets[i + 1] = offsets[i] + count;
+  }
+}
+
+void unpad_mask(const void* padded, const uint8_t* mask, const int64_t* offsets, int64_t n, int64_t max_len,
+                int64_t row_bytes, void* values) {
+  const byte* in = static_cast<const byte*>(padded);
+  byte* out = static_cast<byte*>(values);
+  parallel_for(
+      n, 2 * offsets[n] * row_bytes,
+      [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const uint8_t* m = mask + i * max_len;
+          byte* dst = out + offsets[i] * row_bytes;
+          // Copy runs of consecutive tokens at once: a left- or right-padded row is one run.
+          int64_t j = 0;
+          while (j < max_len) {
+            while (j < max_len && m[j] == 0) ++j;
+            int64_t start = j;
+            while (j < max_len && m[j] != 0) ++j;
+            if (j > start) {
+              std::memcpy(dst, in + (i * max_len + start) * row_bytes, (j - start) * row_bytes);
+              dst += (j - start) * row_bytes;
+            }
+          }
+        }
+      },
+      offsets);
+}
+
+void gather_offsets(const int64_t* offsets, int64_t n, const int64_t* indices, int64_t count, int64_t* out_offsets) {
+  out_offsets[0] = 0;
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t k = indices[j];
+    require(k >= 0 && k < n, ErrorKind::InvalidArgument, [&] {
+      return "sequence index " + std::to_string(k) + " (at position " + std::to_string(j) +
+             ") is out of range for " + std::to_string(n) + " sequences";
+    });
+    out_offsets[j + 1] = out_offsets[j] + (offsets[k + 1] - offsets[k]);
+  }
+}
+
+void gather(const void* values, const int64_t* offsets, const int64_t* indices, int64_t count,
+            const int64_t* out_offsets, int64_t row_bytes, void* out) {
+  const byte* in = static_cast<const byte*>(values);
+  byte* dst = static_cast<byte*>(out);
+  parallel_for(
+      count, 2 * out_offsets[count] * row_bytes,
+      [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; ++j) {
+          const int64_t len = out_offsets[j + 1] - out_offsets[j];
+          if (len > 0)
+            std::memcpy(dst + out_offsets[j] * row_bytes, in + offsets[indices[j]] * row_bytes, len * row_bytes);
+        }
+      },
+      out_offsets);
+}
+
+}  // namespace scree::ops

@@ -1,0 +1,79 @@
+// Per-sequence sum / mean / max over tokens. Each work item keeps a `features`-long accumulator
+// row (allocated once per thread chunk, never per sequence) so the inner loop is a contiguous,
+// vectorisable pass over one token's features.
+#include "scree/ops/reduce.h"
+
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "scree/dtypes.h"
+#include "scree/parallel.h"
+
+namespace scree::ops {
+namespace {
+
+template <class T, class A>
+A lowest_of() {
+  if constexpr (std::is_floating_point_v<A>) {
+    return -std::numeric_limits<A>::infinity();
+  } else {
+    return A(std::numeric_limits<T>::lowest());
+  }
+}
+
+}  // namespace
+
+template <class T, class Out>
+void segment_reduce(const T* values, const int64_t* offsets, int64_t n, int64_t features, Reduce op, Out* out) {
+  // Integers sum into int64; floats into Accum<T> (float for 16-bit types).
+  using A = std::conditional_t<std::is_integral_v<T>, int64_t, typename Accum<T>::type>;
+  parallel_for(
+      n, offsets[n] * features * int64_t(sizeof(T)),
+      [&](int64_t begin, int64_t end) {
+        std::vector<A> acc(static_cast<size_t>(features));
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t len = offsets[i + 1] - offsets[i];
+          // An empty sequence's max is the lowest value of T (-inf for floats), not of A.
+          const A init = op == Reduce::Max ? lowest_of<T, A>() : A(0);
+          for (int64_t f = 0; f < features; ++f) acc[f] = init;
+          const T* row = values + offsets[i] * features;
+          for (int64_t r = 0; r < len; ++r, row += features) {
+            if (op == Reduce::Max) {
+              for (int64_t f = 0; f < features; ++f) {
+                const A v = A(Accum<T>::load(row[f]));
+                acc[f] = (v > acc[f] || v != v) ? v : acc[f];  // NaN propagates, as torch/numpy max
+              }
+            } else {
+              for (int64_t f = 0; f < features; ++f) acc[f] += A(Accum<T>::load(row[f]));
+            }
+          }
+          Out* o = out + i * features;
+          if (op == Reduce::Mean) {
+            if constexpr (std::is_floating_point_v<A>) {
+              const A count = A(len);  // 0/0 = NaN for an empty sequence, as numpy.mean
+              for (int64_t f = 0; f < features; ++f) o[f] = Accum<Out>::store(acc[f] / count);
+            }
+          } else if constexpr (std::is_integral_v<T>) {
+            for (int64_t f = 0; f < features; ++f) o[f] = static_cast<Out>(acc[f]);
+          } else {
+            for (int64_t f = 0; f < features; ++f) o[f] = Accum<Out>::store(acc[f]);
+          }
+        }
+      },
+      offsets);
+}
+
+#define SCREE_REDUCE(T, Out) \
+  template void segment_reduce<T, Out>(const T*, const int64_t*, int64_t, int64_t, Reduce, Out*);
+SCREE_REDUCE(float, float)
+SCREE_REDUCE(double, double)
+SCREE_REDUCE(float16, float16)
+SCREE_REDUCE(bfloat16, bfloat16)
+SCREE_REDUCE(int32_t, int32_t)
+SCREE_REDUCE(int32_t, int64_t)
+SCREE_REDUCE(int64_t, int64_t)
+#undef SCREE_REDUCE
+
+}  // namespace scree::ops

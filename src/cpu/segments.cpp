@@ -1,0 +1,41 @@
+// positions / segment_ids kernels: one linear pass per sequence, parallel over sequences.
+#include "scree/ops/segments.h"
+
+#include "scree/parallel.h"
+
+namespace scree::ops {
+
+template <class Out>
+void positions(const int64_t* offsets, int64_t n, Out* out) {
+  parallel_for(
+      n, offsets[n] * int64_t(sizeof(Out)),
+      [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          Out* o = out + offsets[i];
+          const int64_t len = offsets[i + 1] - offsets[i];
+          for (int64_t j = 0; j < len; ++j) o[j] = static_cast<Out>(j);
+        }
+      },
+      offsets);
+}
+
+template <class Out>
+void segment_ids(const int64_t* offsets, int64_t n, Out* out) {
+  parallel_for(
+      n, offsets[n] * int64_t(sizeof(Out)),
+      [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          Out* o = out + offsets[i];
+          const int64_t len = offsets[i + 1] - offsets[i];
+          for (int64_t j = 0; j < len; ++j) o[j] = static_cast<Out>(i);
+        }
+      },
+      offsets);
+}
+
+template void positions<int32_t>(const int64_t*, int64_t, int32_t*);
+template void positions<int64_t>(const int64_t*, int64_t, int64_t*);
+template void segment_ids<int32_t>(const int64_t*, int64_t, int32_t*);
+template void segment_ids<int64_t>(const int64_t*, int64_t, int64_t*);
+
+}  // namespace scree::ops
