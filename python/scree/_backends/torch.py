@@ -157,6 +157,10 @@ def segment_reduce(values: Any, segment_ids: Any, n: int, op: str) -> torch.Tens
     raise ValueError(f"unknown reduction {op!r}")
 
 
+def cumsum(x: Any) -> torch.Tensor:
+    return torch.cumsum(x, dim=0)
+
+
 # ---- math used by the reference kernels ------------------------------------------------------
 einsum = torch.einsum
 exp = torch.exp

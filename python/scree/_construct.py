@@ -1,0 +1,99 @@
+"""Constructors of scree.Array: pack, from_offsets, from_lengths, from_cu_seqlens, from_padded,
+and unpack. Lengths and offsets are turned into a layout by the C++ core (one validation)."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, Sequence
+
+import numpy as np
+
+from scree import _backends, _C
+from scree._array import Array
+from scree._errors import ArgumentError, DTypeError, RaggedError, ShapeError
+
+__all__ = ["pack", "unpack", "from_offsets", "from_lengths", "from_cu_seqlens", "from_padded",
+           "offsets_from_lengths"]
+
+
+def offsets_from_lengths(ns: ModuleType, lengths: Any, like: Any) -> tuple[Any, np.ndarray, int]:
+    """(offsets on like's device, host int64 offsets, max_length) from lengths given as a list or
+    a native array; scree.RaggedError names the first negative length."""
+    if ns.owns(lengths):
+        if not ns.is_integer(lengths):
+            raise DTypeError(f"lengths must be integers, got {ns.dtype_name(lengths)}")
+        lengths_host = ns.to_numpy(lengths)
+    else:
+        lengths_host = np.asarray(lengths)
+        if lengths_host.size == 0:
+            lengths_host = lengths_host.astype(np.int64)
+        if not np.issubdtype(lengths_host.dtype, np.integer):
+            raise DTypeError(f"lengths must be integers, got {lengths_host.dtype}")
+    lengths_host = np.ascontiguousarray(lengths_host, dtype=np.int64)
+    if lengths_host.ndim != 1:
+        raise ShapeError(f"lengths must be 1-D, got shape {lengths_host.shape}")
+    host = np.empty(len(lengths_host) + 1, dtype=np.int64)
+    longest = _C.offsets_from_lengths(lengths_host, host)
+    return ns.from_numpy(host, like=like), host, longest
+
+
+def from_offsets(values: Any, offsets: Any, validate: bool = True) -> Array:
+    """Array over `values` (total, *feature) split at `offsets` (n+1). Zero-copy."""
+    return Array(values, offsets, validate=validate)
+
+
+def from_lengths(values: Any, lengths: Any) -> Array:
+    """Array over `values` split into consecutive sequences of the given lengths. Zero-copy."""
+    ns = _backends.of(values)
+    if ns.owns(lengths):
+        _backends.common(values=values, lengths=lengths)
+    offsets, host, longest = offsets_from_lengths(ns, lengths, like=values)
+    if len(ns.shape(values)) < 1 or ns.shape(values)[0] != host[-1]:
+        raise RaggedError(f"sum(lengths) = {int(host[-1])} must equal values.shape[0] "
+                          f"(values has shape {tuple(ns.shape(values))})")
+    return Array._trusted(values, offsets, host, longest)
+
+
+def from_cu_seqlens(values: Any, cu_seqlens: Any, max_seqlen: int | None = None,
+                    validate: bool = True) -> Array:
+    """Array over FlashAttention-style `values` (total, ...) and `cu_seqlens` (int32, n+1), zero-copy:
+    the Array's offsets *are* cu_seqlens. With validate=False and max_seqlen given, no device
+    synchronisation happens (for offsets on a GPU)."""
+    return Array(values, cu_seqlens, validate=validate, max_length=max_seqlen)
+
+
+def pack(sequences: Sequence[Any]) -> Array:
+    """Pack a list of native arrays (len_i, *feature) of one backend, device and dtype."""
+    seqs = list(sequences)
+    if not seqs:
+        raise ArgumentError("pack needs at least one sequence to know the dtype and feature shape")
+    ns = _backends.common(**{f"sequences[{i}]": s for i, s in enumerate(seqs)})
+    first = seqs[0]
+    feat, dt = ns.shape(first)[1:], ns.dtype_name(first)
+    for i, s in enumerate(seqs):
+        if len(ns.shape(s)) < 1:
+            raise ShapeError(f"sequences[{i}] is 0-D; each sequence needs shape (length, *feature)")
+        if ns.shape(s)[1:] != feat:
+            raise ShapeError(f"sequences[{i}] has feature shape {ns.shape(s)[1:]}, sequences[0] has {feat}")
+        if ns.dtype_name(s) != dt:
+            raise DTypeError(f"sequences[{i}] has dtype {ns.dtype_name(s)}, sequences[0] has {dt}")
+    from scree.kernels import layout
+    return layout.pack(ns, seqs)
+
+
+def unpack(arr: Array) -> list[Any]:
+    """The sequences of `arr` as a list of native views (zero-copy)."""
+    return arr.unpack()
+
+
+def from_padded(padded: Any, mask: Any = None, lengths: Any = None, padding_side: str = "right") -> Array:
+    """Array from padded (n, L, *feature) plus a mask (n, L; tokens where true/nonzero, taken in
+    order, so left and right padding both work) or lengths (n,) with padding on `padding_side`.
+    Without either, every row is L tokens long."""
+    if mask is not None and lengths is not None:
+        raise ArgumentError("give mask or lengths to from_padded, not both")
+    ns = _backends.common(padded=padded, mask=mask)
+    if mask is not None and ns.shape(mask) != ns.shape(padded)[:2]:
+        raise ShapeError(f"mask shape {ns.shape(mask)} must equal padded.shape[:2] = {ns.shape(padded)[:2]}")
+    from scree.kernels import layout
+    return layout.from_padded(ns, padded, mask, lengths, padding_side)

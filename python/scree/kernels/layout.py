@@ -1,0 +1,140 @@
+"""Dispatch of the layout operations: host arrays (NumPy, torch CPU) go to the compiled C++
+kernels in scree._C, zero-copy; anything else (torch CUDA, tensors that need autograd) runs the
+reference in scree.kernels.reference with the framework's own ops. Outputs are allocated here in
+the caller's framework, so the C++ side never needs to know which framework it serves."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, Sequence
+
+import numpy as np
+
+from scree import _C
+from scree._array import Array
+from scree._errors import ArgumentError, ShapeError
+from scree.kernels import reference
+
+# dtypes the C++ reductions are instantiated for (src/cpu/reduce.cpp).
+_REDUCE_DTYPES = {"float16", "bfloat16", "float32", "float64", "int32", "int64"}
+
+
+def _native(ns: ModuleType, *arrays: Any) -> bool:
+    return all(ns.is_host(x) and not ns.needs_autograd(x) for x in arrays if x is not None)
+
+
+def _host_int64(ns: ModuleType, host: np.ndarray, like: Any) -> Any:
+    return ns.from_numpy(host, like=like)
+
+
+def pack(ns: ModuleType, seqs: Sequence[Any]) -> Array:
+    if not _native(ns, *seqs):
+        return reference.pack(seqs)
+    lengths = np.fromiter((ns.shape(s)[0] for s in seqs), dtype=np.int64, count=len(seqs))
+    host = np.zeros(len(seqs) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=host[1:])
+    first = seqs[0]
+    out = ns.empty((int(host[-1]), *ns.shape(first)[1:]), ns.dtype_name(first), like=first)
+    _C.pack([ns.contiguous(s) for s in seqs], host, out)
+    return Array._trusted(out, _host_int64(ns, host, first), host, int(lengths.max(initial=0)))
+
+
+def gather(arr: Array, index: Any) -> Array:
+    ns = arr._ns
+    idx = np.asarray(ns.to_numpy(index) if ns.owns(index) else index)
+    if idx.dtype == np.bool_:
+        if idx.shape != (arr.num_sequences,):
+            raise ShapeError(f"boolean sequence mask must have shape ({arr.num_sequences},), got {idx.shape}")
+        idx = np.flatnonzero(idx)
+    if idx.size and not np.issubdtype(idx.dtype, np.integer):
+        raise ArgumentError(f"sequence indices must be integers, slices or a boolean mask, got {idx.dtype}")
+    n = arr.num_sequences
+    idx = np.ascontiguousarray(idx.reshape(-1), dtype=np.int64)
+    bad = np.flatnonzero((idx < -n) | (idx >= n))
+    if bad.size:
+        raise IndexError(f"sequence index {int(idx[bad[0]])} (at position {int(bad[0])}) out of range for {n} sequences")
+    idx = np.where(idx < 0, idx + n, idx)
+    if not _native(ns, arr.values):
+        return reference.gather(arr, idx)
+    out_host = np.empty(len(idx) + 1, dtype=np.int64)
+    _C.gather_offsets(arr.host_offsets, idx, out_host)
+    values = ns.contiguous(arr.values)
+    out = ns.empty((int(out_host[-1]), *arr.feature_shape), ns.dtype_name(values), like=values)
+    _C.gather(values, arr.host_offsets, idx, out_host, out)
+    lens = np.diff(out_host)
+    return Array._trusted(out, _host_int64(ns, out_host, arr.offsets), out_host, int(lens.max(initial=0)))
+
+
+def _index_kernel(arr: Array, dtype: str, kernel: Any, ref: Any) -> Any:
+    ns = arr._ns
+    if dtype not in ("int32", "int64"):
+        raise ArgumentError(f"dtype must be 'int32' or 'int64', got {dtype!r}")
+    if not _native(ns, arr.values):
+        return ref(arr, dtype)
+    out = ns.empty((arr.total,), dtype, like=arr.values)
+    kernel(arr.host_offsets, out)
+    return out
+
+
+def positions(arr: Array, dtype: str) -> Any:
+    return _index_kernel(arr, dtype, _C.positions, reference.positions)
+
+
+def segment_ids(arr: Array, dtype: str) -> Any:
+    return _index_kernel(arr, dtype, _C.segment_ids, reference.segment_ids)
+
+
+def to_padded(arr: Array, pad_value: Any, padding_side: str, max_length: int | None) -> tuple[Any, Any]:
+    ns = arr._ns
+    if not _native(ns, arr.values):
+        return reference.to_padded(arr, pad_value, padding_side, max_length)
+    left = reference._padding_side(padding_side)
+    length = arr.max_length if max_length is None else max_length
+    if length < arr.max_length:
+        raise ShapeError(f"max_length={length} is shorter than the longest sequence ({arr.max_length})")
+    values = ns.contiguous(arr.values)
+    dt = ns.dtype_name(values)
+    padded = ns.empty((arr.num_sequences, length, *arr.feature_shape), dt, like=values)
+    mask = ns.empty((arr.num_sequences, length), "bool", like=values)
+    _C.pad(values, arr.host_offsets, padded, mask, ns.full((1,), pad_value, dt, like=values), left)
+    return padded, mask
+
+
+def from_padded(ns: ModuleType, padded: Any, mask: Any, lengths: Any, padding_side: str) -> Array:
+    if not _native(ns, padded, mask):
+        return reference.from_padded(padded, mask, lengths, padding_side)
+    left = reference._padding_side(padding_side)
+    shape = ns.shape(padded)
+    if len(shape) < 2:
+        raise ShapeError(f"padded must have shape (n, max_len, *feature), got {shape}")
+    n, length = shape[:2]
+    padded = ns.contiguous(padded)
+    if mask is not None:
+        mask = ns.contiguous(mask if ns.dtype_name(mask) == "bool" else mask != 0)
+        host = np.empty(n + 1, dtype=np.int64)
+        _C.mask_offsets(mask, host)
+        values = ns.empty((int(host[-1]), *shape[2:]), ns.dtype_name(padded), like=padded)
+        _C.unpad_mask(padded, mask, host, values)
+    else:
+        from scree._construct import offsets_from_lengths
+        if lengths is None:
+            lengths = np.full(n, length, dtype=np.int64)
+        _, host, _ = offsets_from_lengths(ns, lengths, like=padded)
+        if len(host) - 1 != n:
+            raise ShapeError(f"got {len(host) - 1} lengths for {n} padded rows")
+        values = ns.empty((int(host[-1]), *shape[2:]), ns.dtype_name(padded), like=padded)
+        _C.unpad(padded, host, values, left)
+    lens = np.diff(host)
+    return Array._trusted(values, _host_int64(ns, host, padded), host, int(lens.max(initial=0)))
+
+
+def reduce(arr: Array, op: str) -> Any:
+    ns = arr._ns
+    dt = ns.dtype_name(arr.values)
+    if not _native(ns, arr.values) or dt not in _REDUCE_DTYPES:
+        return reference.reduce(arr, op)
+    values = ns.contiguous(arr.values)
+    out_dt = "int64" if (op == "sum" and ns.is_integer(values)) else dt
+    out = ns.empty((arr.num_sequences, *arr.feature_shape), out_dt, like=values)
+    _C.segment_reduce(values, arr.host_offsets, out, op)
+    return out

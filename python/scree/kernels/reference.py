@@ -1,0 +1,128 @@
+"""The spec: readable reference implementations of every public scree operation, written once
+against the backend namespace (scree._backends), so the same code runs on NumPy and torch on any
+device. The compiled kernels are tested against these; on devices without a compiled kernel
+(torch CUDA today) scree runs these directly, and they never synchronise the device except where
+a result's shape depends on data (from_padded)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from scree import _backends
+from scree._array import Array
+from scree._errors import ArgumentError, DTypeError, ShapeError
+from scree.kernels.attention_reference import varlen_attention
+
+__all__ = [
+    "pack", "gather", "segment_ids", "positions", "to_padded", "from_padded", "reduce",
+    "varlen_attention",
+]
+
+
+def _device_offsets(arr: Array) -> Any:
+    return _backends.of(arr.values).astype(arr.offsets, "int64")
+
+
+def pack(sequences: Sequence[Any]) -> Array:
+    """Concatenate sequences (each (len_i, *feature)) into one Array."""
+    ns = _backends.of(sequences[0])
+    lengths = np.array([ns.shape(s)[0] for s in sequences], dtype=np.int64)
+    host = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    values = ns.concat(list(sequences), axis=0)
+    return Array._trusted(values, ns.from_numpy(host, like=values), host, int(lengths.max(initial=0)))
+
+
+def gather(arr: Array, indices: np.ndarray) -> Array:
+    """The sequences `indices` (host int64, already wrapped to [0, n)) as a new Array."""
+    h = arr.host_offsets
+    return pack([arr.values[int(h[i]):int(h[i + 1])] for i in indices]) if len(indices) else \
+        Array._trusted(arr.values[:0], _backends.of(arr.values).zeros((1,), "int64", like=arr.values),
+                       np.zeros(1, np.int64), 0)
+
+
+def segment_ids(arr: Array, dtype: str = "int64") -> Any:
+    """Sequence index of each token: i repeated lengths[i] times."""
+    ns = _backends.of(arr.values)
+    off = _device_offsets(arr)
+    ids = ns.repeat(ns.arange(arr.num_sequences, "int64", like=arr.values), off[1:] - off[:-1], arr.total)
+    return ns.astype(ids, dtype)
+
+
+def positions(arr: Array, dtype: str = "int64") -> Any:
+    """Index of each token within its sequence: t - offsets[segment_ids[t]]."""
+    ns = _backends.of(arr.values)
+    off = _device_offsets(arr)
+    pos = ns.arange(arr.total, "int64", like=arr.values) - off[segment_ids(arr)]
+    return ns.astype(pos, dtype)
+
+
+def _padding_side(padding_side: str) -> bool:
+    if padding_side not in ("right", "left"):
+        raise ArgumentError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    return padding_side == "left"
+
+
+def _padded_slots(arr: Array, length: int, left: bool) -> tuple[Any, Any]:
+    """(sequence, slot) coordinates of every token in a (n, length) padded layout."""
+    seg = segment_ids(arr)
+    pos = positions(arr)
+    if left:
+        off = _device_offsets(arr)
+        pos = pos + (length - (off[1:] - off[:-1]))[seg]
+    return seg, pos
+
+
+def to_padded(arr: Array, pad_value: Any = 0, padding_side: str = "right",
+              max_length: int | None = None) -> tuple[Any, Any]:
+    """(padded (n, L, *feature), mask (n, L) bool)."""
+    ns = _backends.of(arr.values)
+    left = _padding_side(padding_side)
+    length = arr.max_length if max_length is None else max_length
+    if length < arr.max_length:
+        raise ShapeError(f"max_length={length} is shorter than the longest sequence ({arr.max_length})")
+    n, dt = arr.num_sequences, ns.dtype_name(arr.values)
+    seg, pos = _padded_slots(arr, length, left)
+    padded = ns.full((n, length, *arr.feature_shape), pad_value, dt, like=arr.values)
+    padded = ns.index_put(padded, (seg, pos), arr.values)
+    mask = ns.zeros((n, length), "bool", like=arr.values)
+    mask = ns.index_put(mask, (seg, pos), ns.full((arr.total,), True, "bool", like=arr.values))
+    return padded, mask
+
+
+def from_padded(padded: Any, mask: Any = None, lengths: Any = None, padding_side: str = "right") -> Array:
+    """Array from padded (n, L, *feature) and either a mask (n, L) (tokens where nonzero, any
+    pattern, in order) or lengths (n,) with padding on `padding_side`; neither: all L tokens."""
+    ns = _backends.of(padded)
+    left = _padding_side(padding_side)
+    if len(ns.shape(padded)) < 2:
+        raise ShapeError(f"padded must have shape (n, max_len, *feature), got {ns.shape(padded)}")
+    n, length = ns.shape(padded)[:2]
+    if mask is not None:
+        mask = mask != 0 if ns.dtype_name(mask) != "bool" else mask
+        values = padded[mask]
+        counts = ns.sum(ns.astype(mask, "int64"), axis=1)
+        offsets = ns.concat([ns.zeros((1,), "int64", like=padded), ns.cumsum(counts)])
+        return Array(values, offsets)
+    if lengths is None:
+        lengths = ns.full((n,), length, "int64", like=padded)
+    from scree._construct import offsets_from_lengths
+    offsets, host, longest = offsets_from_lengths(ns, lengths, like=padded)
+    if len(host) - 1 != n or longest > length:
+        raise ShapeError(f"lengths (n={len(host) - 1}, longest={longest}) do not fit padded of shape "
+                         f"{tuple(ns.shape(padded))}")
+    shell = Array._trusted(ns.empty((int(host[-1]), *ns.shape(padded)[2:]), ns.dtype_name(padded), like=padded),
+                           offsets, host, longest)
+    seg, pos = _padded_slots(shell, length, left)
+    return shell.with_values(padded[seg, pos])
+
+
+def reduce(arr: Array, op: str) -> Any:
+    """Per-sequence 'sum', 'mean' or 'max' over tokens -> (n, *feature)."""
+    ns = _backends.of(arr.values)
+    if op == "mean" and not ns.is_floating(arr.values):
+        raise DTypeError(f"mean needs a floating-point dtype, got {ns.dtype_name(arr.values)}")
+    if op not in ("sum", "mean", "max"):
+        raise ArgumentError(f"reduction must be 'sum', 'mean' or 'max', got {op!r}")
+    return ns.segment_reduce(arr.values, segment_ids(arr), arr.num_sequences, op)
