@@ -430,12 +430,14 @@ NB_MODULE(_C, m) {
   nb::register_exception_translator(translate);
 
 #ifdef SCREE_WITH_CUDA
-  m.attr("cuda_compiled") = true;
-  m.def("cuda_device_count", &scree::cuda::device_count, "Visible CUDA devices (0 without a driver).");
+  constexpr bool with_cuda = true;
+  auto device_count = [] { return scree::cuda::device_count(); };
 #else
-  m.attr("cuda_compiled") = false;
-  m.def("cuda_device_count", [] { return 0; }, "Visible CUDA devices (always 0: built without CUDA).");
+  constexpr bool with_cuda = false;
+  auto device_count = [] { return 0; };
 #endif
+  m.def("cuda_compiled", [] { return with_cuda; }, "Whether this build of scree compiled its CUDA sources.");
+  m.def("cuda_device_count", device_count, "Visible CUDA devices (0 without a driver or in a CPU-only build).");
 
   m.def("validate_offsets", &validate_offsets, nb::arg("offsets"), nb::arg("total"),
         "Check the ragged invariants of 1-D int32/int64 host `offsets` against `total` rows.\n"

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from scree import _C
+from scree import _backends, _C
 from scree._array import Array
 from scree._errors import ArgumentError, ShapeError
 from scree.kernels import reference
@@ -53,7 +53,8 @@ def gather(arr: Array, index: Any) -> Array:
     bad = np.flatnonzero((idx < -n) | (idx >= n))
     if bad.size:
         raise IndexError(f"sequence index {int(idx[bad[0]])} (at position {int(bad[0])}) out of range for {n} sequences")
-    idx = np.where(idx < 0, idx + n, idx)
+    # (numpy's contiguous: an empty index list must still reach the C++ kernel with row-major strides)
+    idx = _backends.get("numpy").contiguous(np.where(idx < 0, idx + n, idx))
     if not _native(ns, arr.values):
         return reference.gather(arr, idx)
     out_host = np.empty(len(idx) + 1, dtype=np.int64)

@@ -1,0 +1,58 @@
+"""
+scree's compiled core: ragged-layout validation and CPU layout kernels.
+"""
+
+from collections.abc import Sequence
+from typing import Annotated
+
+from numpy.typing import NDArray
+
+
+def cuda_compiled() -> bool:
+    """Whether this build of scree compiled its CUDA sources."""
+
+def cuda_device_count() -> int:
+    """Visible CUDA devices (0 without a driver or in a CPU-only build)."""
+
+def validate_offsets(offsets: Annotated[NDArray, dict(writable=False)], total: int) -> tuple[int, int, int]:
+    """
+    Check the ragged invariants of 1-D int32/int64 host `offsets` against `total` rows.
+    Returns (num_sequences, total, max_length); raises scree.RaggedError naming the first bad index.
+    """
+
+def offsets_from_lengths(lengths: Annotated[NDArray, dict(writable=False)], out: NDArray) -> int:
+    """
+    Write offsets (int64, n+1) from host lengths into `out`; returns max_length.
+    """
+
+def pack(sources: Sequence[Annotated[NDArray, dict(writable=False)]], offsets: Annotated[NDArray, dict(writable=False)], out: NDArray) -> None:
+    """Copy each source array into out[offsets[i]:offsets[i+1]]."""
+
+def pad(values: Annotated[NDArray, dict(writable=False)], offsets: Annotated[NDArray, dict(writable=False)], padded: NDArray, mask: NDArray | None, pad_value: Annotated[NDArray, dict(writable=False)], left: bool) -> None:
+    """
+    Scatter values (total, *f) into padded (n, max_len, *f), filling gaps with pad_value; fill mask.
+    """
+
+def unpad(padded: Annotated[NDArray, dict(writable=False)], offsets: Annotated[NDArray, dict(writable=False)], values: NDArray, left: bool) -> None:
+    """Inverse of pad given the offsets of the result."""
+
+def mask_offsets(mask: Annotated[NDArray, dict(writable=False)], out: NDArray) -> None:
+    """Offsets (int64, n+1) from a (n, max_len) mask."""
+
+def unpad_mask(padded: Annotated[NDArray, dict(writable=False)], mask: Annotated[NDArray, dict(writable=False)], offsets: Annotated[NDArray, dict(writable=False)], values: NDArray) -> None:
+    """values = padded[mask], row order, with offsets from mask_offsets."""
+
+def gather_offsets(offsets: Annotated[NDArray, dict(writable=False)], indices: Annotated[NDArray, dict(writable=False)], out: NDArray) -> None:
+    """Offsets of the sequences `indices` (int64) of a layout."""
+
+def gather(values: Annotated[NDArray, dict(writable=False)], offsets: Annotated[NDArray, dict(writable=False)], indices: Annotated[NDArray, dict(writable=False)], out_offsets: Annotated[NDArray, dict(writable=False)], out: NDArray) -> None:
+    """Copy the sequences `indices` into out."""
+
+def positions(offsets: Annotated[NDArray, dict(writable=False)], out: NDArray) -> None:
+    """Index of each token within its sequence."""
+
+def segment_ids(offsets: Annotated[NDArray, dict(writable=False)], out: NDArray) -> None:
+    """Sequence index of each token."""
+
+def segment_reduce(values: Annotated[NDArray, dict(writable=False)], offsets: Annotated[NDArray, dict(writable=False)], out: NDArray, op: str) -> None:
+    """Per-sequence 'sum', 'mean' or 'max' over tokens into out (n, *f)."""

@@ -1,0 +1,105 @@
+// Per-sequence reductions against loops in double, for float, half, bfloat16 and integers,
+// including empty sequences (sum 0, mean NaN, max -inf / lowest integer).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "scree/dtypes.h"
+#include "scree/ops/reduce.h"
+
+namespace {
+
+using scree::ops::Reduce;
+
+const std::vector<int64_t> kOffsets{0, 3, 3, 4, 10};  // lengths 3, 0, 1, 6
+constexpr int64_t kN = 4, kF = 5;
+
+std::vector<double> data() {
+  std::mt19937 gen(11);
+  std::uniform_real_distribution<double> dist(-2.0, 2.0);
+  std::vector<double> v(10 * kF);
+  for (auto& x : v) x = dist(gen) + 0.01;
+  return v;
+}
+
+double expect(const std::vector<double>& v, int64_t i, int64_t f, Reduce op) {
+  double acc = op == Reduce::Max ? -INFINITY : 0.0;
+  for (int64_t r = kOffsets[i]; r < kOffsets[i + 1]; ++r)
+    acc = op == Reduce::Max ? std::max(acc, v[r * kF + f]) : acc + v[r * kF + f];
+  if (op == Reduce::Mean) acc /= double(kOffsets[i + 1] - kOffsets[i]);
+  return acc;
+}
+
+template <class T, class Load, class Store>
+void check(Load load, Store store, double tol) {
+  std::vector<double> ref = data();
+  std::vector<T> in(ref.size());
+  for (size_t i = 0; i < ref.size(); ++i) {
+    in[i] = store(ref[i]);
+    ref[i] = load(in[i]);  // compare against what the type can hold
+  }
+  for (Reduce op : {Reduce::Sum, Reduce::Mean, Reduce::Max}) {
+    std::vector<T> out(kN * kF);
+    scree::ops::segment_reduce(in.data(), kOffsets.data(), kN, kF, op, out.data());
+    for (int64_t i = 0; i < kN; ++i)
+      for (int64_t f = 0; f < kF; ++f) {
+        const double want = expect(ref, i, f, op), got = load(out[i * kF + f]);
+        if (std::isnan(want)) {
+          EXPECT_TRUE(std::isnan(got));
+        } else if (std::isinf(want)) {
+          EXPECT_EQ(got, want);
+        } else {
+          EXPECT_NEAR(got, want, tol * (1 + std::fabs(want))) << "seq " << i << " op " << int(op);
+        }
+      }
+  }
+}
+
+TEST(SegmentReduce, Float) {
+  check<float>([](float x) { return double(x); }, [](double x) { return float(x); }, 1e-6);
+}
+TEST(SegmentReduce, Double) {
+  check<double>([](double x) { return x; }, [](double x) { return x; }, 1e-12);
+}
+TEST(SegmentReduce, Half) {
+  check<scree::float16>([](scree::float16 x) { return double(scree::to_float(x)); },
+                        [](double x) { return scree::to_float16(float(x)); }, 2e-3);
+}
+TEST(SegmentReduce, BFloat16) {
+  check<scree::bfloat16>([](scree::bfloat16 x) { return double(scree::to_float(x)); },
+                         [](double x) { return scree::to_bfloat16(float(x)); }, 1e-2);
+}
+
+TEST(SegmentReduce, IntegersSumToInt64AndEmptyMaxIsLowest) {
+  std::vector<int32_t> in(10 * kF);
+  for (size_t i = 0; i < in.size(); ++i) in[i] = int32_t(i % 7) - 3 + int32_t(i);
+  std::vector<int64_t> sum(kN * kF);
+  scree::ops::segment_reduce(in.data(), kOffsets.data(), kN, kF, Reduce::Sum, sum.data());
+  std::vector<int32_t> mx(kN * kF);
+  scree::ops::segment_reduce(in.data(), kOffsets.data(), kN, kF, Reduce::Max, mx.data());
+  for (int64_t i = 0; i < kN; ++i)
+    for (int64_t f = 0; f < kF; ++f) {
+      int64_t s = 0;
+      int32_t m = std::numeric_limits<int32_t>::lowest();
+      for (int64_t r = kOffsets[i]; r < kOffsets[i + 1]; ++r) {
+        s += in[r * kF + f];
+        m = std::max(m, in[r * kF + f]);
+      }
+      EXPECT_EQ(sum[i * kF + f], s);
+      EXPECT_EQ(mx[i * kF + f], m);
+    }
+}
+
+TEST(Float16, ConversionRoundTrips) {
+  for (float x : {0.f, -0.f, 1.f, -2.5f, 65504.f, 6.1035156e-05f, 5.9604645e-08f, 0.333251953125f})
+    EXPECT_EQ(scree::to_float(scree::to_float16(x)), x) << x;
+  EXPECT_TRUE(std::isinf(scree::to_float(scree::to_float16(1e6f))));
+  EXPECT_TRUE(std::isnan(scree::to_float(scree::to_float16(NAN))));
+  EXPECT_EQ(scree::to_float(scree::to_bfloat16(1.5f)), 1.5f);
+}
+
+}  // namespace
