@@ -1,0 +1,273 @@
+"""Reference varlen attention: the readable spec of `scree.varlen_attention` (DESIGN.md section 3).
+
+Written once against the backend namespace (`scree._backends`), so the same code runs on NumPy
+and PyTorch (and later JAX, MLX). It loops over sequences in Python and does plain dense math per
+sequence; it is meant to be obviously right, not fast. The fast kernels are tested against it,
+and with torch it is differentiable by autograd, so it also serves as the gradient reference.
+
+Semantics, per sequence with query length Lq and key length Lk (query row i, key row j):
+
+* scores     s = scale * q_i . k_j, scale defaults to 1/sqrt(D)
+* softcap    s -> softcap * tanh(s / softcap), after scaling and before masking (FlashAttention's order)
+* visibility with d = Lk - Lq (bottom-right alignment, FlashAttention >= 2.1), key j is visible
+             iff  i + d - left <= j <= i + d + right,  where an unbounded side drops its bound;
+             causal is the same as right = 0 (combined with any window's left side)
+* output     softmax of s over the visible keys, times v; a row with no visible key (empty k,
+             or masked away) outputs 0 and has lse = -inf
+* lse        log(sum(exp(s))) over the visible keys, shape (Hq, Tq)
+* GQA/MQA    query head h reads kv head h // (Hq // Hk)
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from scree import _backends
+from scree._errors import ArgumentError, BackendError, DTypeError, ShapeError
+
+if TYPE_CHECKING:  # the Array type is only needed for annotations; avoid an import cycle
+    from scree._array import Array
+
+__all__ = ["varlen_attention"]
+
+_NEG_INF = float("-inf")
+
+
+def varlen_attention(
+    q: "Array",
+    k: "Array",
+    v: "Array",
+    causal: bool = False,
+    scale: float | None = None,
+    window: tuple[int | None, int | None] | None = None,
+    softcap: float | None = None,
+    return_lse: bool = False,
+    upcast: bool = True,
+) -> "Array | tuple[Array, Any]":
+    """Attention of every query sequence of `q` over the matching sequence of `k`, `v`.
+
+    Args:
+        q: Array with values (Tq, Hq, D).
+        k: Array with values (Tk, Hk, D); same number of sequences as q; Hq % Hk == 0.
+        v: Array with values (Tk, Hk, Dv) and the same offsets as k.
+        causal: mask keys after the (bottom-right aligned) diagonal.
+        scale: score multiplier; default 1/sqrt(D).
+        window: (left, right) sliding window; each side an int >= 0, or None / -1 for unbounded.
+        softcap: cap scores to (-softcap, softcap) with tanh; None or 0 disables it (as in
+            FlashAttention, where 0.0 is the "off" value).
+        return_lse: also return the log-sum-exp of the scores, shape (Hq, Tq).
+        upcast: do the math in float64 and cast the output back to q's dtype (the fp64 reference);
+            False does the same computation in the input dtype (the baseline of FlashAttention's
+            tolerance rule).
+
+    Returns:
+        Array with q's offsets and values (Tq, Hq, Dv) in q's dtype, or (out, lse) when
+        `return_lse`; lse is float64 for float64 inputs and float32 otherwise.
+
+    Single-head inputs may drop the head axis: q, k, v all (T, D) give out (Tq, Dv) and lse (Tq,).
+    """
+    for name, arr in (("q", q), ("k", k), ("v", v)):
+        _require_array(name, arr)
+    B = _backends.common(q=q.values, k=k.values, v=v.values)
+    if all(len(a.values.shape) == 2 for a in (q, k, v)):
+        heads = [a.with_values(B.reshape(a.values, (a.values.shape[0], 1, a.values.shape[1]))) for a in (q, k, v)]
+        res = varlen_attention(*heads, causal=causal, scale=scale, window=window, softcap=softcap,
+                               return_lse=True, upcast=upcast)
+        out = q.with_values(B.reshape(res[0].values, (res[0].values.shape[0], res[0].values.shape[2])))
+        return (out, B.reshape(res[1], (res[1].shape[1],))) if return_lse else out
+    Hq, Hk, D, Dv = _check_shapes(q, k, v)
+    dtype = _check_dtypes(B, q, k, v)
+    left, right = _window_bounds(window, causal)
+    cap = _softcap_value(softcap)
+    scale = 1.0 / math.sqrt(D) if scale is None else _scale_value(scale)
+
+    work = "float64" if upcast else dtype
+    lse_dtype = "float64" if dtype == "float64" else "float32"
+    q_off, k_off = q.host_offsets, k.host_offsets
+
+    outs, lses = [], []
+    for b in range(len(q_off) - 1):
+        q0, q1 = int(q_off[b]), int(q_off[b + 1])
+        k0, k1 = int(k_off[b]), int(k_off[b + 1])
+        o, lse = _attend_one(
+            B,
+            B.astype(q.values[q0:q1], work),
+            B.astype(k.values[k0:k1], work),
+            B.astype(v.values[k0:k1], work),
+            scale, left, right, cap,
+        )
+        outs.append(o)
+        lses.append(lse)
+
+    if outs:
+        out_values = B.astype(B.concat(outs, axis=0), dtype)
+        lse_all = B.astype(B.concat(lses, axis=1), lse_dtype)
+    else:  # zero sequences: nothing to attend, but the shapes still follow the spec
+        out_values = B.zeros((0, Hq, Dv), dtype, like=q.values)
+        lse_all = B.zeros((Hq, 0), lse_dtype, like=q.values)
+    out = q.with_values(out_values)
+    return (out, lse_all) if return_lse else out
+
+
+def _attend_one(B: Any, q: Any, k: Any, v: Any, scale: float, left: int | None,
+                right: int | None, softcap: float | None) -> tuple[Any, Any]:
+    """Dense attention of one sequence: q (Lq, Hq, D), k (Lk, Hk, D), v (Lk, Hk, Dv), all in the
+    working dtype. Returns out (Lq, Hq, Dv) and lse (Hq, Lq)."""
+    Lq, Hq, D = q.shape
+    Lk, Hk, _ = k.shape
+    Dv = v.shape[2]
+    G = Hq // Hk
+    # Split query heads into (kv head, group member) so that each kv head is read in place by its
+    # G query heads; query head h = kv_head * G + g, i.e. kv head = h // G.
+    qg = B.reshape(q, (Lq, Hk, G, D))
+    s = B.einsum("qhgd,khd->hgqk", qg, k) * scale  # (Hk, G, Lq, Lk)
+    if softcap is not None:
+        s = softcap * B.tanh(s / softcap)
+    visible = _visibility(B, Lq, Lk, left, right, like=q)
+    if visible is not None:
+        # Out-of-place select (not a masked write) keeps torch autograd intact.
+        s = B.where(visible, s, _NEG_INF)
+
+    # Stable softmax. A row whose keys are all masked has max -inf; shifting it by 0 instead makes
+    # every exp 0, so its sum is 0 and it falls into the "no visible key" case below without NaNs.
+    # amax has no identity, so an empty key range (Lk == 0) gets its zero shift directly.
+    if Lk > 0:
+        m = B.amax(s, axis=-1, keepdims=True)
+        m = B.where(B.isfinite(m), m, 0.0)
+    else:
+        m = B.zeros((Hk, G, Lq, 1), B.dtype_name(s), like=s)
+    p = B.exp(s - m)
+    denom = B.sum(p, axis=-1, keepdims=True)
+    seen = denom > 0
+    denom = B.where(seen, denom, 1.0)  # rows with no visible key: p is all 0, so output is 0
+
+    o = B.einsum("hgqk,khd->qhgd", p / denom, v)  # (Lq, Hk, G, Dv)
+    lse = B.where(seen, B.log(denom) + m, _NEG_INF)  # (Hk, G, Lq, 1)
+    return B.reshape(o, (Lq, Hq, Dv)), B.reshape(lse, (Hq, Lq))
+
+
+def _visibility(B: Any, Lq: int, Lk: int, left: int | None, right: int | None,
+                like: Any) -> Any:
+    """Boolean (Lq, Lk) mask of visible keys, or None when every key is visible."""
+    if left is None and right is None:
+        return None
+    # rel[i, j] = how far key j lies right of the key aligned with query i. Bottom-right alignment:
+    # the last query aligns with the last key, so query i aligns with key i + (Lk - Lq).
+    rel = (B.reshape(B.arange(Lk, like=like), (1, Lk))
+           - B.reshape(B.arange(Lq, like=like), (Lq, 1))
+           - (Lk - Lq))
+    visible = None
+    if right is not None:
+        visible = rel <= right
+    if left is not None:
+        within_left = rel >= -left
+        visible = within_left if visible is None else visible & within_left
+    return visible
+
+
+# ---- argument validation ----------------------------------------------------------------------
+
+def _require_array(name: str, x: Any) -> None:
+    # Checked by duck type (values + host offsets + with_values) so that this module does not have
+    # to import the Array class, and a raw tensor gets a message saying how to wrap it.
+    if not all(hasattr(x, attr) for attr in ("values", "host_offsets", "with_values")):
+        raise BackendError(
+            f"{name} must be a scree.Array, got {type(x).__module__}.{type(x).__qualname__}; "
+            f"wrap packed values with scree.from_lengths(values, lengths) or scree.Array(values, offsets)"
+        )
+
+
+def _check_shapes(q: Any, k: Any, v: Any) -> tuple[int, int, int, int]:
+    for name, arr, dims in (("q", q, "(Tq, Hq, D)"), ("k", k, "(Tk, Hk, D)"), ("v", v, "(Tk, Hk, Dv)")):
+        if len(arr.values.shape) != 3:
+            raise ShapeError(f"{name} values must have shape {dims}, got {tuple(arr.values.shape)}")
+    _, Hq, D = q.values.shape
+    _, Hk, Dk = k.values.shape
+    _, Hv, Dv = v.values.shape
+    nq, nk, nv = (len(a.host_offsets) - 1 for a in (q, k, v))
+    if nq != nk or nk != nv:
+        raise ShapeError(f"q, k, v must hold the same number of sequences, got {nq}, {nk}, {nv}")
+    if not np.array_equal(k.host_offsets, v.host_offsets):
+        raise ShapeError("k and v must have the same offsets (same sequence lengths)")
+    if Hk != Hv:
+        raise ShapeError(f"k and v must have the same number of heads, got {Hk} and {Hv}")
+    if Hq < 1 or Hk < 1:
+        raise ShapeError(f"head counts must be positive, got Hq={Hq}, Hk={Hk}")
+    if Hq % Hk != 0:
+        raise ShapeError(f"query heads ({Hq}) must be a multiple of key/value heads ({Hk})")
+    if D != Dk:
+        raise ShapeError(f"q and k head dims differ: {D} vs {Dk}")
+    if D < 1:
+        raise ShapeError("head dim D must be positive")
+    return Hq, Hk, D, Dv
+
+
+def _check_dtypes(B: Any, q: Any, k: Any, v: Any) -> str:
+    names = [B.dtype_name(a.values) for a in (q, k, v)]
+    if len(set(names)) != 1:
+        raise DTypeError(f"q, k, v must share one dtype, got {names[0]}, {names[1]}, {names[2]}")
+    if not B.is_floating(q.values):
+        raise DTypeError(f"attention needs floating-point inputs, got {names[0]}")
+    return names[0]
+
+
+def _window_bounds(window: Any, causal: bool) -> tuple[int | None, int | None]:
+    """(left, right) with None for an unbounded side; causal caps the right side at 0."""
+    left = right = None
+    if window is not None:
+        if isinstance(window, (str, bytes)):
+            raise ArgumentError(f"window must be a (left, right) pair, got {window!r}")
+        try:
+            sides = tuple(window)
+        except TypeError:
+            raise ArgumentError(f"window must be a (left, right) pair, got {window!r}") from None
+        if len(sides) != 2:
+            raise ArgumentError(f"window must be a (left, right) pair, got {window!r}")
+        left, right = _window_side("left", sides[0]), _window_side("right", sides[1])
+    if causal:
+        right = 0  # every bounded right side is >= 0, so causal always wins
+    return left, right
+
+
+def _window_side(name: str, x: Any) -> int | None:
+    if x is None:
+        return None
+    if isinstance(x, bool):  # bool is an int subclass; True as a window size is surely a mistake
+        raise ArgumentError(f"window {name} must be an int, None or -1, got {x!r}")
+    try:
+        n = operator.index(x)
+    except TypeError:
+        raise ArgumentError(f"window {name} must be an int, None or -1, got {x!r}") from None
+    if n == -1:
+        return None
+    if n < 0:
+        raise ArgumentError(f"window {name} must be >= 0, or None / -1 for unbounded, got {n}")
+    return n
+
+
+def _softcap_value(softcap: Any) -> float | None:
+    if softcap is None:
+        return None
+    try:
+        c = float(softcap)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"softcap must be a positive number or None, got {softcap!r}") from None
+    if c == 0.0:
+        return None
+    if not (math.isfinite(c) and c > 0):
+        raise ArgumentError(f"softcap must be a positive finite number (or None/0 for off), got {softcap!r}")
+    return c
+
+
+def _scale_value(scale: Any) -> float:
+    try:
+        s = float(scale)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"scale must be a number, got {scale!r}") from None
+    if not math.isfinite(s):
+        raise ArgumentError(f"scale must be finite, got {scale!r}")
+    return s
