@@ -56,3 +56,17 @@ def segment_ids(offsets: Annotated[NDArray, dict(writable=False)], out: NDArray)
 
 def segment_reduce(values: Annotated[NDArray, dict(writable=False)], offsets: Annotated[NDArray, dict(writable=False)], out: NDArray, op: str) -> None:
     """Per-sequence 'sum', 'mean' or 'max' over tokens into out (n, *f)."""
+
+def cpu_isa() -> str:
+    """Instruction-set variant of the CPU attention kernels in use."""
+
+def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], out: NDArray, lse: NDArray | None, max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, window_left: int, window_right: int, softcap: float) -> None:
+    """
+    Varlen attention forward into out (Tq, Hq, Dv) and lse (Hq, Tq) float32 (optional).
+    cu_seqlens are host int32/int64 (n+1); window sides -1 = unbounded; softcap 0 = off.
+    """
+
+def varlen_bwd(dout: Annotated[NDArray, dict(writable=False)], q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], out: Annotated[NDArray, dict(writable=False)], lse: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], dq: NDArray, dk: NDArray, dv: NDArray, max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, window_left: int, window_right: int, softcap: float) -> None:
+    """
+    Varlen attention backward: dq, dk, dv from dout, the forward's out and lse.
+    """

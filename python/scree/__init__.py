@@ -7,6 +7,7 @@ host. ``import scree`` imports no framework: torch is only touched once you hand
 
 from scree._array import Array
 from scree._construct import from_cu_seqlens, from_lengths, from_offsets, from_padded, pack, unpack
+from scree.kernels.attention import varlen_attention, varlen_attention_backward
 from scree._errors import (
     ArgumentError,
     BackendError,
@@ -22,5 +23,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Array", "pack", "unpack", "from_offsets", "from_lengths", "from_cu_seqlens", "from_padded",
     "ScreeError", "RaggedError", "ShapeError", "DTypeError", "UnsupportedError", "ArgumentError",
-    "BackendError", "__version__",
+    "BackendError", "varlen_attention", "varlen_attention_backward", "__version__",
 ]

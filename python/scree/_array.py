@@ -17,8 +17,8 @@ __all__ = ["Array"]
 
 
 def _host_index(ns: ModuleType, x: Any) -> np.ndarray:
-    """A host int64 NumPy copy/view of an index array; typed errors for non-integer input."""
-    if not ns.is_integer(x):
+    """A host int64 NumPy copy/view of int32/int64 offsets; DTypeError for any other dtype."""
+    if ns.dtype_name(x) not in ("int32", "int64"):
         raise DTypeError(f"offsets must be int32 or int64, got {ns.dtype_name(x)}")
     host = ns.to_numpy(x)
     return np.ascontiguousarray(host, dtype=np.int64)
@@ -31,18 +31,20 @@ class Array:
     ``offsets[0] == 0``, non-decreasing, ``offsets[-1] == total``: sequence ``i`` is
     ``values[offsets[i]:offsets[i+1]]``. Both are native arrays (NumPy or torch) of one device.
 
-    ``validate=False`` skips the offsets check and is meant for trusted callers that produced the
-    offsets themselves (and for device offsets, where checking costs one host transfer). A wrong
-    layout passed with ``validate=False`` gives wrong results, not an error.
-    ``max_length``, when known, spares a device sync for offsets living on a GPU.
+    ``validate=False`` skips the check here and is meant for trusted callers that produced the
+    offsets themselves (and for device offsets, where checking costs one host transfer). The
+    compiled host kernels still re-check the host offsets (O(n), cheap) before touching memory,
+    so bad offsets raise rather than crash there; device paths trust them.
+    ``max_length``, when known, spares a device sync for offsets living on a GPU. Like
+    FlashAttention's ``max_seqlen`` it may be an upper bound: padding then uses that length.
     """
 
     __slots__ = ("_values", "_offsets", "_ns", "_host", "_max_length", "_cu")
 
     def __init__(self, values: Any, offsets: Any, *, validate: bool = True, max_length: int | None = None):
         ns = _backends.of(values)
-        if not ns.owns(offsets):
-            offsets = ns.asarray(offsets, like=values)
+        if isinstance(offsets, (list, tuple)):
+            offsets = ns.asarray(offsets, dtype="int64" if len(offsets) == 0 else None, like=values)
         _backends.common(values=values, offsets=offsets)
         if len(ns.shape(values)) < 1:
             raise ShapeError("values must have at least one dimension (total, *feature), got a 0-D array")
@@ -165,7 +167,12 @@ class Array:
         """arr[i] -> sequence i (a native view); arr[a:b] -> Array view (zero-copy);
         arr[[i, j, ...]] or arr[index_array] -> Array of those sequences (a copy)."""
         n = self.num_sequences
+        if not isinstance(index, (int, np.integer, slice)) and getattr(index, "ndim", None) == 0 \
+                and self._is_integer_scalar(index):
+            index = int(index)  # a 0-d integer array/tensor indexes like an int (as in NumPy/torch)
         if isinstance(index, (int, np.integer)):
+            if isinstance(index, (bool, np.bool_)):
+                raise ArgumentError("a bool is not a sequence index (use a boolean mask array to select)")
             i = int(index)
             if i < -n or i >= n:
                 raise IndexError(f"sequence index {i} out of range for {n} sequences")
@@ -185,6 +192,13 @@ class Array:
             index = np.arange(start, stop, step, dtype=np.int64)
         from scree.kernels import layout
         return layout.gather(self, index)
+
+    @staticmethod
+    def _is_integer_scalar(x: Any) -> bool:
+        try:
+            return _backends.of(x).is_integer(x)
+        except Exception:  # not a NumPy array or torch tensor: leave it to gather's checks
+            return False
 
     def __iter__(self) -> Iterator[Any]:
         h = self.host_offsets

@@ -47,8 +47,10 @@ def from_lengths(values: Any, lengths: Any) -> Array:
     ns = _backends.of(values)
     if ns.owns(lengths):
         _backends.common(values=values, lengths=lengths)
+    if len(ns.shape(values)) < 1:
+        raise ShapeError("values must have at least one dimension (total, *feature), got a 0-D array")
     offsets, host, longest = offsets_from_lengths(ns, lengths, like=values)
-    if len(ns.shape(values)) < 1 or ns.shape(values)[0] != host[-1]:
+    if ns.shape(values)[0] != host[-1]:
         raise RaggedError(f"sum(lengths) = {int(host[-1])} must equal values.shape[0] "
                           f"(values has shape {tuple(ns.shape(values))})")
     return Array._trusted(values, offsets, host, longest)
@@ -58,8 +60,14 @@ def from_cu_seqlens(values: Any, cu_seqlens: Any, max_seqlen: int | None = None,
                     validate: bool = True) -> Array:
     """Array over FlashAttention-style `values` (total, ...) and `cu_seqlens` (int32, n+1), zero-copy:
     the Array's offsets *are* cu_seqlens. With validate=False and max_seqlen given, no device
-    synchronisation happens (for offsets on a GPU)."""
-    return Array(values, cu_seqlens, validate=validate, max_length=max_seqlen)
+    synchronisation happens (for offsets on a GPU). With validate=True a max_seqlen below the
+    longest sequence raises scree.ArgumentError naming max_seqlen."""
+    if not validate or max_seqlen is None:
+        return Array(values, cu_seqlens, validate=validate, max_length=max_seqlen)
+    arr = Array(values, cu_seqlens)
+    if max_seqlen < arr.max_length:
+        raise ArgumentError(f"max_seqlen={max_seqlen} is smaller than the longest sequence ({arr.max_length})")
+    return Array._trusted(arr.values, arr.offsets, arr.host_offsets, max_seqlen)
 
 
 def pack(sequences: Sequence[Any]) -> Array:

@@ -194,3 +194,16 @@ def swapaxes(x: Any, a: int, b: int) -> np.ndarray:
 def to_backend(x: Any, device_: str | None = None) -> np.ndarray:
     """Bring a native array of another framework here (zero-copy through DLPack when possible)."""
     return np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)
+
+
+def varlen_attention(q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Compiled varlen attention forward (NumPy has no autograd: see scree.varlen_attention_backward)."""
+    from scree.kernels.attention import forward
+
+    return forward(_self(), q, k, v, cu_q, cu_k, args)
+
+
+def _self() -> Any:
+    import sys
+
+    return sys.modules[__name__]

@@ -204,3 +204,10 @@ def to_backend(x: Any, device_: str | None = None) -> torch.Tensor:
     """Bring a native array of another framework here, zero-copy through DLPack where allowed."""
     t = torch.from_dlpack(x) if hasattr(x, "__dlpack__") else torch.as_tensor(x)
     return t if device_ is None else t.to(device_)
+
+
+def varlen_attention(q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compiled varlen attention as a torch custom op with autograd (see torch_attention.py)."""
+    from scree._backends import torch_attention
+
+    return torch_attention.varlen_attention(q, k, v, cu_q, cu_k, args)

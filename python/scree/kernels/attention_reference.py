@@ -20,14 +20,11 @@ Semantics, per sequence with query length Lq and key length Lk (query row i, key
 
 from __future__ import annotations
 
-import math
-import operator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from scree import _backends
-from scree._errors import ArgumentError, BackendError, DTypeError, ShapeError
+from scree.kernels.attention_spec import attention_spec, drop_head_axis, with_head_axis
 
 if TYPE_CHECKING:  # the Array type is only needed for annotations; avoid an import cycle
     from scree._array import Array
@@ -70,20 +67,15 @@ def varlen_attention(
 
     Single-head inputs may drop the head axis: q, k, v all (T, D) give out (Tq, Dv) and lse (Tq,).
     """
-    for name, arr in (("q", q), ("k", k), ("v", v)):
-        _require_array(name, arr)
-    B = _backends.common(q=q.values, k=k.values, v=v.values)
-    if all(len(a.values.shape) == 2 for a in (q, k, v)):
-        heads = [a.with_values(B.reshape(a.values, (a.values.shape[0], 1, a.values.shape[1]))) for a in (q, k, v)]
+    B, spec = attention_spec(q, k, v, causal, scale, window, softcap)
+    if spec.single_head:
+        heads = [with_head_axis(B, a) for a in (q, k, v)]
         res = varlen_attention(*heads, causal=causal, scale=scale, window=window, softcap=softcap,
                                return_lse=True, upcast=upcast)
-        out = q.with_values(B.reshape(res[0].values, (res[0].values.shape[0], res[0].values.shape[2])))
-        return (out, B.reshape(res[1], (res[1].shape[1],))) if return_lse else out
-    Hq, Hk, D, Dv = _check_shapes(q, k, v)
-    dtype = _check_dtypes(B, q, k, v)
-    left, right = _window_bounds(window, causal)
-    cap = _softcap_value(softcap)
-    scale = 1.0 / math.sqrt(D) if scale is None else _scale_value(scale)
+        out, lse = drop_head_axis(B, q, *res)
+        return (out, lse) if return_lse else out
+    Hq, Dv, dtype = spec.heads_q, spec.head_dim_v, spec.dtype
+    scale, left, right, cap = spec.scale, spec.left, spec.right, spec.softcap
 
     work = "float64" if upcast else dtype
     lse_dtype = "float64" if dtype == "float64" else "float32"
@@ -167,107 +159,3 @@ def _visibility(B: Any, Lq: int, Lk: int, left: int | None, right: int | None,
         within_left = rel >= -left
         visible = within_left if visible is None else visible & within_left
     return visible
-
-
-# ---- argument validation ----------------------------------------------------------------------
-
-def _require_array(name: str, x: Any) -> None:
-    # Checked by duck type (values + host offsets + with_values) so that this module does not have
-    # to import the Array class, and a raw tensor gets a message saying how to wrap it.
-    if not all(hasattr(x, attr) for attr in ("values", "host_offsets", "with_values")):
-        raise BackendError(
-            f"{name} must be a scree.Array, got {type(x).__module__}.{type(x).__qualname__}; "
-            f"wrap packed values with scree.from_lengths(values, lengths) or scree.Array(values, offsets)"
-        )
-
-
-def _check_shapes(q: Any, k: Any, v: Any) -> tuple[int, int, int, int]:
-    for name, arr, dims in (("q", q, "(Tq, Hq, D)"), ("k", k, "(Tk, Hk, D)"), ("v", v, "(Tk, Hk, Dv)")):
-        if len(arr.values.shape) != 3:
-            raise ShapeError(f"{name} values must have shape {dims}, got {tuple(arr.values.shape)}")
-    _, Hq, D = q.values.shape
-    _, Hk, Dk = k.values.shape
-    _, Hv, Dv = v.values.shape
-    nq, nk, nv = (len(a.host_offsets) - 1 for a in (q, k, v))
-    if nq != nk or nk != nv:
-        raise ShapeError(f"q, k, v must hold the same number of sequences, got {nq}, {nk}, {nv}")
-    if not np.array_equal(k.host_offsets, v.host_offsets):
-        raise ShapeError("k and v must have the same offsets (same sequence lengths)")
-    if Hk != Hv:
-        raise ShapeError(f"k and v must have the same number of heads, got {Hk} and {Hv}")
-    if Hq < 1 or Hk < 1:
-        raise ShapeError(f"head counts must be positive, got Hq={Hq}, Hk={Hk}")
-    if Hq % Hk != 0:
-        raise ShapeError(f"query heads ({Hq}) must be a multiple of key/value heads ({Hk})")
-    if D != Dk:
-        raise ShapeError(f"q and k head dims differ: {D} vs {Dk}")
-    if D < 1:
-        raise ShapeError("head dim D must be positive")
-    return Hq, Hk, D, Dv
-
-
-def _check_dtypes(B: Any, q: Any, k: Any, v: Any) -> str:
-    names = [B.dtype_name(a.values) for a in (q, k, v)]
-    if len(set(names)) != 1:
-        raise DTypeError(f"q, k, v must share one dtype, got {names[0]}, {names[1]}, {names[2]}")
-    if not B.is_floating(q.values):
-        raise DTypeError(f"attention needs floating-point inputs, got {names[0]}")
-    return names[0]
-
-
-def _window_bounds(window: Any, causal: bool) -> tuple[int | None, int | None]:
-    """(left, right) with None for an unbounded side; causal caps the right side at 0."""
-    left = right = None
-    if window is not None:
-        if isinstance(window, (str, bytes)):
-            raise ArgumentError(f"window must be a (left, right) pair, got {window!r}")
-        try:
-            sides = tuple(window)
-        except TypeError:
-            raise ArgumentError(f"window must be a (left, right) pair, got {window!r}") from None
-        if len(sides) != 2:
-            raise ArgumentError(f"window must be a (left, right) pair, got {window!r}")
-        left, right = _window_side("left", sides[0]), _window_side("right", sides[1])
-    if causal:
-        right = 0  # every bounded right side is >= 0, so causal always wins
-    return left, right
-
-
-def _window_side(name: str, x: Any) -> int | None:
-    if x is None:
-        return None
-    if isinstance(x, bool):  # bool is an int subclass; True as a window size is surely a mistake
-        raise ArgumentError(f"window {name} must be an int, None or -1, got {x!r}")
-    try:
-        n = operator.index(x)
-    except TypeError:
-        raise ArgumentError(f"window {name} must be an int, None or -1, got {x!r}") from None
-    if n == -1:
-        return None
-    if n < 0:
-        raise ArgumentError(f"window {name} must be >= 0, or None / -1 for unbounded, got {n}")
-    return n
-
-
-def _softcap_value(softcap: Any) -> float | None:
-    if softcap is None:
-        return None
-    try:
-        c = float(softcap)
-    except (TypeError, ValueError):
-        raise ArgumentError(f"softcap must be a positive number or None, got {softcap!r}") from None
-    if c == 0.0:
-        return None
-    if not (math.isfinite(c) and c > 0):
-        raise ArgumentError(f"softcap must be a positive finite number (or None/0 for off), got {softcap!r}")
-    return c
-
-
-def _scale_value(scale: Any) -> float:
-    try:
-        s = float(scale)
-    except (TypeError, ValueError):
-        raise ArgumentError(f"scale must be a number, got {scale!r}") from None
-    if not math.isfinite(s):
-        raise ArgumentError(f"scale must be finite, got {scale!r}")
-    return s

@@ -1,0 +1,86 @@
+// VarlenParams: everything a varlen attention kernel needs, as raw pointers and element strides,
+// shared by the CPU and GPU paths. Layout (DESIGN §3): q (Tq, Hq, D), k (Tk, Hk, D), v (Tk, Hk, Dv),
+// out (Tq, Hq, Dv), lse (Hq, Tq) float32; sequences delimited by cu_seqlens_q / cu_seqlens_k.
+#pragma once
+
+#include <cstdint>
+
+#include "scree/dtypes.h"
+
+namespace scree::attention {
+
+// Offsets of n sequences (n+1 entries), int32 (FlashAttention's cu_seqlens) or int64.
+struct Offsets {
+  const void* data = nullptr;
+  bool is_int64 = false;
+  int64_t operator[](int64_t i) const {
+    return is_int64 ? static_cast<const int64_t*>(data)[i] : static_cast<const int32_t*>(data)[i];
+  }
+};
+
+// Window bound meaning "no bound on this side".
+inline constexpr int64_t kUnbounded = -1;
+
+struct VarlenParams {
+  // Element type of q, k, v, out and their gradients (Float32, Float16 or BFloat16; Float64 on CPU).
+  DType dtype = DType::Float32;
+
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;  // (Hq, Tq), may be null when not requested (forward only)
+
+  // Strides in elements: row (token) and head. The last dimension is contiguous.
+  int64_t q_row_stride = 0, q_head_stride = 0;
+  int64_t k_row_stride = 0, k_head_stride = 0;
+  int64_t v_row_stride = 0, v_head_stride = 0;
+  int64_t out_row_stride = 0, out_head_stride = 0;
+
+  Offsets cu_seqlens_q, cu_seqlens_k;
+  int64_t num_sequences = 0;
+  int64_t total_q = 0, total_k = 0;
+  int64_t max_seqlen_q = 0, max_seqlen_k = 0;  // host-side maxima; kernels never compute them
+
+  int64_t heads_q = 0, heads_k = 0;  // heads_q % heads_k == 0 (GQA / MQA)
+  int64_t head_dim = 0, head_dim_v = 0;
+
+  double scale = 1.0;         // applied to q.k before softcap (double: fp64 inputs keep fp64 accuracy)
+  double softcap = 0.0;       // 0 = off, else s -> softcap * tanh(s / softcap)
+  bool causal = false;        // bottom-right aligned when Lq != Lk
+  int64_t window_left = kUnbounded, window_right = kUnbounded;
+};
+
+// Extra pointers of the backward pass (dout, out, lse in; dq, dk, dv out), same layouts.
+struct VarlenBackwardParams : VarlenParams {
+  const void* dout = nullptr;
+  int64_t dout_row_stride = 0, dout_head_stride = 0;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  int64_t dq_row_stride = 0, dq_head_stride = 0;
+  int64_t dk_row_stride = 0, dk_head_stride = 0;
+  int64_t dv_row_stride = 0, dv_head_stride = 0;
+  const float* lse_in = nullptr;  // forward's lse (Hq, Tq)
+};
+
+// Visible key range [lo, hi) of query row i in a sequence with lengths (Lq, Lk): bottom-right
+// aligned, so query i lines up with key i + (Lk - Lq); causal is right = 0.
+struct KeyRange {
+  int64_t lo, hi;
+};
+
+inline KeyRange visible_keys(const VarlenParams& p, int64_t i, int64_t Lq, int64_t Lk) {
+  const int64_t diag = i + (Lk - Lq);
+  int64_t lo = 0, hi = Lk;
+  int64_t right = p.window_right;
+  if (p.causal && (right == kUnbounded || right > 0)) right = 0;
+  if (right != kUnbounded && diag + right + 1 < hi) hi = diag + right + 1;
+  if (p.window_left != kUnbounded && diag - p.window_left > lo) lo = diag - p.window_left;
+  if (hi < lo) hi = lo;
+  if (lo > Lk) lo = hi = Lk;
+  if (hi < 0) lo = hi = 0;
+  return {lo, hi};
+}
+
+}  // namespace scree::attention

@@ -1,0 +1,77 @@
+"""torch glue of the compiled varlen attention: `scree::varlen_fwd` / `scree::varlen_bwd` custom ops
+(torch.library), their fake (meta) implementations for torch.compile, and the autograd formula
+that calls the backward kernel. Tensors reach scree._C zero-copy through DLPack."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+
+from scree.kernels import attention as _attention
+
+_NS = sys.modules["scree._backends.torch"]
+
+
+def _host(x: torch.Tensor) -> torch.Tensor:
+    # DLPack refuses tensors that require grad; inside the op autograd is already handled.
+    return x.detach()
+
+
+@torch.library.custom_op("scree::varlen_fwd", mutates_args=())
+def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+               cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool,
+               window_left: int, window_right: int, softcap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    args = (max_seqlen_q, max_seqlen_k, scale, causal, window_left, window_right, softcap)
+    return _attention.forward(_NS, _host(q), _host(k), _host(v), cu_seqlens_q, cu_seqlens_k, args)
+
+
+@varlen_fwd.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal, window_left,
+      window_right, softcap):
+    return (q.new_empty((q.shape[0], q.shape[1], v.shape[2])),
+            q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32))
+
+
+@torch.library.custom_op("scree::varlen_bwd", mutates_args=())
+def varlen_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+               lse: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_q: int,
+               max_seqlen_k: int, scale: float, causal: bool, window_left: int, window_right: int,
+               softcap: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    args = (max_seqlen_q, max_seqlen_k, scale, causal, window_left, window_right, softcap)
+    return _attention.backward(_NS, _host(dout), _host(q), _host(k), _host(v), _host(out), _host(lse),
+                               cu_seqlens_q, cu_seqlens_k, args)
+
+
+@varlen_bwd.register_fake
+def _(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal,
+      window_left, window_right, softcap):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    q, k, v, cu_q, cu_k, *args = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
+    ctx.args = tuple(args)
+
+
+def _backward(ctx: Any, dout: torch.Tensor, dlse: torch.Tensor) -> tuple:
+    q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
+    # The gradient through lse is not propagated (as FlashAttention); lse is a by-product here.
+    dq, dk, dv = varlen_bwd(dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, *ctx.args)
+    return (dq, dk, dv) + (None,) * (2 + len(ctx.args))
+
+
+varlen_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: Any, cu_k: Any,
+                     args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backend entry point scree.varlen_attention calls: host offsets as int64 tensors."""
+    return varlen_fwd(q, k, v, _offsets_tensor(cu_q), _offsets_tensor(cu_k), *args)
+
+
+def _offsets_tensor(host: Any) -> torch.Tensor:
+    return host if isinstance(host, torch.Tensor) else torch.from_numpy(host)

@@ -1,0 +1,89 @@
+"""scree.varlen_attention: checks the arguments once (attention_spec), then runs the compiled
+kernel for the arrays' backend and device. Each backend namespace provides `varlen_attention(...)`
+(its autograd glue: a torch custom op, a plain call for NumPy) on top of `forward` / `backward`
+below, which call scree._C with outputs allocated in the caller's framework. Inputs no compiled
+kernel can read yet (torch CUDA tensors, until the GPU kernels land) run the reference."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+from scree import _C
+from scree._array import Array
+from scree.kernels import attention_reference
+from scree.kernels.attention_spec import AttentionSpec, attention_spec, drop_head_axis, with_head_axis
+
+__all__ = ["varlen_attention", "varlen_attention_backward", "forward", "backward"]
+
+
+def varlen_attention(q: Array, k: Array, v: Array, causal: bool = False, scale: float | None = None,
+                     window: tuple[int | None, int | None] | None = None, softcap: float | None = None,
+                     return_lse: bool = False) -> Array | tuple[Array, Any]:
+    """Attention of each query sequence of q over the matching sequence of k, v (DESIGN §3).
+
+    q (Tq, Hq, D), k (Tk, Hk, D), v (Tk, Hk, Dv) Arrays with the same number of sequences,
+    Hq % Hk == 0 (GQA/MQA). Causal is bottom-right aligned when a sequence's q and k lengths
+    differ; window=(left, right) is a sliding window (None/-1: unbounded side); softcap applies
+    softcap*tanh(s/softcap). A query row that sees no key outputs 0 with lse = -inf. Returns an
+    Array with q's offsets and values (Tq, Hq, Dv), and lse (Hq, Tq) float32 when return_lse.
+    Gradients flow through the framework's autograd (torch) to q, k, v.
+    """
+    B, spec = attention_spec(q, k, v, causal, scale, window, softcap)
+    if spec.single_head:
+        out, lse = varlen_attention(*(with_head_axis(B, a) for a in (q, k, v)), causal=causal, scale=scale,
+                                    window=window, softcap=softcap, return_lse=True)
+        out, lse = drop_head_axis(B, q, out, lse)
+        return (out, lse) if return_lse else out
+    if not all(B.is_host(a.values) for a in (q, k, v)):
+        return attention_reference.varlen_attention(q, k, v, causal=causal, scale=scale, window=window,
+                                                    softcap=softcap, return_lse=return_lse, upcast=False)
+    out_values, lse = B.varlen_attention(q.values, k.values, v.values, q.host_offsets, k.host_offsets,
+                                         kernel_args(q, k, spec))
+    out = q.with_values(out_values)
+    return (out, lse) if return_lse else out
+
+
+def varlen_attention_backward(dout: Any, q: Array, k: Array, v: Array, out: Array, lse: Any, causal: bool = False,
+                              scale: float | None = None, window: tuple[int | None, int | None] | None = None,
+                              softcap: float | None = None) -> tuple[Array, Array, Array]:
+    """Gradients (dq, dk, dv) as Arrays, for frameworks without autograd (NumPy): `dout` is the
+    gradient of the output (an Array or values (Tq, Hq, Dv)), `out` and `lse` what the forward
+    returned with the same options."""
+    B, spec = attention_spec(q, k, v, causal, scale, window, softcap)
+    d = dout.values if isinstance(dout, Array) else dout
+    if spec.single_head:  # (T, D) inputs: run with a head axis, drop it from the gradients
+        grads = varlen_attention_backward(
+            B.reshape(d, (d.shape[0], 1, d.shape[1])), *(with_head_axis(B, a) for a in (q, k, v, out)),
+            B.reshape(lse, (1, lse.shape[0])), causal=causal, scale=scale, window=window, softcap=softcap)
+        return tuple(a.with_values(B.reshape(g.values, (g.values.shape[0], g.values.shape[2])))
+                     for a, g in zip((q, k, v), grads))
+    args = kernel_args(q, k, spec)
+    dq, dk, dv = backward(B, d, q.values, k.values, v.values, out.values, lse, q.host_offsets, k.host_offsets, args)
+    return q.with_values(dq), k.with_values(dk), v.with_values(dv)
+
+
+def kernel_args(q: Array, k: Array, spec: AttentionSpec) -> tuple[int, int, float, bool, int, int, float]:
+    """The scalar arguments of scree._C.varlen_fwd/bwd after the offsets:
+    (max_seqlen_q, max_seqlen_k, scale, causal, window_left, window_right, softcap)."""
+    left, right = spec.window_args
+    return (q.max_length, k.max_length, spec.scale, spec.causal, left, right, spec.softcap or 0.0)
+
+
+def forward(ns: ModuleType, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: tuple) -> tuple[Any, Any]:
+    """(out (Tq, Hq, Dv), lse (Hq, Tq) float32) from the compiled kernel; outputs allocated by `ns`
+    like q. cu_q / cu_k are host int32/int64 offsets; args as kernel_args returns them."""
+    tq, hq = q.shape[0], q.shape[1]
+    out = ns.empty((tq, hq, v.shape[2]), ns.dtype_name(q), like=q)
+    lse = ns.empty((hq, tq), "float32", like=q)
+    _C.varlen_fwd(q, k, v, cu_q, cu_k, out, lse, *args)
+    return out, lse
+
+
+def backward(ns: ModuleType, dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, cu_q: Any, cu_k: Any,
+             args: tuple) -> tuple[Any, Any, Any]:
+    """(dq, dk, dv) from the compiled kernel; outputs allocated by `ns` like q."""
+    dt = ns.dtype_name(q)
+    dq, dk, dv = (ns.empty(tuple(x.shape), dt, like=x) for x in (q, k, v))
+    _C.varlen_bwd(ns.contiguous(dout), q, k, v, out, lse, cu_q, cu_k, dq, dk, dv, *args)
+    return dq, dk, dv

@@ -1,0 +1,314 @@
+// Bindings of the layout kernels (include/scree/ops): validation of offsets, pack, pad, unpad,
+// gather, positions, segment ids, per-sequence reductions. Outputs are allocated by the Python
+// caller in its own framework; these functions check every array once, release the GIL and run.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "ndarray_checks.h"
+#include "scree/dtypes.h"
+#include "scree/layout.h"
+#include "scree/ops/pack.h"
+#include "scree/ops/reduce.h"
+#include "scree/ops/segments.h"
+
+namespace scree::bindings {
+namespace {
+
+std::tuple<int64_t, int64_t, int64_t> validate_offsets(const InArray& offsets, int64_t total) {
+  require_cpu(offsets, "offsets");
+  require_ndim(offsets, 1, "offsets");
+  require_dtype_index(offsets, "offsets");
+  const int64_t count = static_cast<int64_t>(offsets.shape(0));
+  const int64_t stride = count > 0 ? offsets.stride(0) : 1;
+  scree::RaggedLayout layout =
+      is(offsets.dtype(), dl::dtype_code::Int, 32)
+          ? scree::RaggedLayout::from_offsets(static_cast<const int32_t*>(offsets.data()), count, stride, total)
+          : scree::RaggedLayout::from_offsets(static_cast<const int64_t*>(offsets.data()), count, stride, total);
+  return {layout.num_sequences, layout.total, layout.max_length};
+}
+
+int64_t offsets_from_lengths(const InArray& lengths, OutArray out) {
+  require_cpu(lengths, "lengths");
+  require_ndim(lengths, 1, "lengths");
+  require_dtype_index(lengths, "lengths");
+  require_kernel_input(out, "out");
+  require_int64(out, "out");
+  const int64_t n = static_cast<int64_t>(lengths.shape(0));
+  require_rows(out, n + 1, "out", "len(lengths) + 1");
+  const int64_t stride = n > 0 ? lengths.stride(0) : 1;
+  auto* o = static_cast<int64_t*>(out.data());
+  scree::RaggedLayout layout =
+      is(lengths.dtype(), dl::dtype_code::Int, 32)
+          ? scree::offsets_from_lengths(static_cast<const int32_t*>(lengths.data()), n, stride, o)
+          : scree::offsets_from_lengths(static_cast<const int64_t*>(lengths.data()), n, stride, o);
+  return layout.max_length;
+}
+
+void pack(const std::vector<InArray>& sources, const InArray& offsets, OutArray out) {
+  int64_t n;
+  const int64_t* off = host_offsets(offsets, rows_of(out), n);
+  scree::require(static_cast<int64_t>(sources.size()) == n, ErrorKind::ShapeMismatch, [&] {
+    return "pack got " + std::to_string(sources.size()) + " sources for " + std::to_string(n) + " offsets intervals";
+  });
+  require_kernel_input(out, "out");
+  require_rows(out, off[n], "out", "offsets[-1]");
+  std::vector<const void*> ptrs(sources.size());
+  for (size_t i = 0; i < sources.size(); ++i) {
+    const InArray& s = sources[i];
+    const std::string name = "sequence " + std::to_string(i);
+    require_kernel_input(s, name.c_str());
+    require_same_dtype(s, name.c_str(), out, "the first sequence");
+    require_same_features(s, 1, name.c_str(), out, 1, "the first sequence");
+    require_rows(s, off[i + 1] - off[i], name.c_str(), "its length");
+    ptrs[i] = s.data();
+  }
+  const int64_t rb = row_bytes(out, 1);
+  nb::gil_scoped_release release;
+  scree::ops::pack(ptrs.data(), off, n, rb, out.data());
+}
+
+void pad(const InArray& values, const InArray& offsets, OutArray padded, std::optional<OutArray> mask,
+         const InArray& pad_value, bool left) {
+  int64_t n;
+  const int64_t* off = host_offsets(offsets, rows_of(values), n);
+  require_kernel_input(values, "values");
+  require_kernel_input(padded, "padded");
+  require_rows(values, off[n], "values", "offsets[-1]");
+  require_same_dtype(values, "values", padded, "padded");
+  scree::require(padded.ndim() >= 2 && static_cast<int64_t>(padded.shape(0)) == n, ErrorKind::ShapeMismatch,
+                 [&] { return "padded must have shape (n, max_len, *feature) with n = " + std::to_string(n); });
+  require_same_features(values, 1, "values", padded, 2, "padded");
+  const int64_t max_len = static_cast<int64_t>(padded.shape(1));
+  for (int64_t i = 0; i < n; ++i)
+    scree::require(off[i + 1] - off[i] <= max_len, ErrorKind::ShapeMismatch, [&] {
+      return "sequence " + std::to_string(i) + " has length " + std::to_string(off[i + 1] - off[i]) +
+             " > padded length " + std::to_string(max_len);
+    });
+  uint8_t* m = nullptr;
+  if (mask) {
+    require_kernel_input(*mask, "mask");
+    scree::require(mask->itemsize() == 1, ErrorKind::DTypeMismatch,
+                   [&] { return "mask must be bool, got " + dtype_name(mask->dtype()); });
+    scree::require(mask->ndim() == 2 && static_cast<int64_t>(mask->shape(0)) == n &&
+                       static_cast<int64_t>(mask->shape(1)) == max_len,
+                   ErrorKind::ShapeMismatch, [&] { return std::string("mask must be a (n, max_len) bool array"); });
+    m = static_cast<uint8_t*>(mask->data());
+  }
+  require_cpu(pad_value, "pad_value");
+  require_same_dtype(pad_value, "pad_value", values, "values");
+  scree::require(pad_value.size() == 1, ErrorKind::ShapeMismatch, [] { return std::string("pad_value must hold one element"); });
+  const int64_t rb = row_bytes(values, 1);
+  const int64_t eb = static_cast<int64_t>(values.itemsize());
+  nb::gil_scoped_release release;
+  scree::ops::pad(values.data(), off, n, max_len, rb, pad_value.data(), eb, left, padded.data(), m);
+}
+
+void unpad(const InArray& padded, const InArray& offsets, OutArray values, bool left) {
+  int64_t n;
+  const int64_t* off = host_offsets(offsets, rows_of(values), n);
+  require_kernel_input(values, "values");
+  require_kernel_input(padded, "padded");
+  require_rows(values, off[n], "values", "offsets[-1]");
+  require_same_dtype(values, "values", padded, "padded");
+  scree::require(padded.ndim() >= 2 && static_cast<int64_t>(padded.shape(0)) == n, ErrorKind::ShapeMismatch,
+                 [&] { return "padded must have shape (n, max_len, *feature) with n = " + std::to_string(n); });
+  require_same_features(values, 1, "values", padded, 2, "padded");
+  const int64_t max_len = static_cast<int64_t>(padded.shape(1));
+  for (int64_t i = 0; i < n; ++i)
+    scree::require(off[i + 1] - off[i] <= max_len, ErrorKind::ShapeMismatch, [&] {
+      return "lengths[" + std::to_string(i) + "] = " + std::to_string(off[i + 1] - off[i]) +
+             " exceeds the padded length " + std::to_string(max_len);
+    });
+  const int64_t rb = row_bytes(values, 1);
+  nb::gil_scoped_release release;
+  scree::ops::unpad(padded.data(), off, n, max_len, rb, left, values.data());
+}
+
+void require_mask(const InArray& mask) {
+  require_kernel_input(mask, "mask");
+  require_ndim(mask, 2, "mask");
+  scree::require(mask.itemsize() == 1 && (mask.dtype().code == uint8_t(dl::dtype_code::Bool) ||
+                                          mask.dtype().code == uint8_t(dl::dtype_code::UInt) ||
+                                          mask.dtype().code == uint8_t(dl::dtype_code::Int)),
+                 ErrorKind::DTypeMismatch,
+                 [&] { return "mask must be bool (or 8-bit 0/1), got " + dtype_name(mask.dtype()); });
+}
+
+void mask_offsets(const InArray& mask, OutArray out) {
+  require_mask(mask);
+  require_kernel_input(out, "out");
+  require_int64(out, "out");
+  const int64_t n = static_cast<int64_t>(mask.shape(0));
+  require_rows(out, n + 1, "out", "mask.shape[0] + 1");
+  scree::ops::mask_offsets(static_cast<const uint8_t*>(mask.data()), n, static_cast<int64_t>(mask.shape(1)),
+                           static_cast<int64_t*>(out.data()));
+}
+
+void unpad_mask(const InArray& padded, const InArray& mask, const InArray& offsets, OutArray values) {
+  int64_t n;
+  const int64_t* off = host_offsets(offsets, rows_of(values), n);
+  require_mask(mask);
+  require_kernel_input(padded, "padded");
+  require_kernel_input(values, "values");
+  scree::require(padded.ndim() >= 2 && padded.shape(0) == mask.shape(0) && padded.shape(1) == mask.shape(1) &&
+                     static_cast<int64_t>(mask.shape(0)) == n,
+                 ErrorKind::ShapeMismatch, [&] {
+                   return "padded " + shape_str(padded) + " and mask " + shape_str(mask) +
+                          " must agree on (n, max_len)";
+                 });
+  require_rows(values, off[n], "values", "number of true mask entries");
+  require_same_dtype(values, "values", padded, "padded");
+  require_same_features(values, 1, "values", padded, 2, "padded");
+  const int64_t rb = row_bytes(values, 1);
+  nb::gil_scoped_release release;
+  scree::ops::unpad_mask(padded.data(), static_cast<const uint8_t*>(mask.data()), off, n,
+                         static_cast<int64_t>(mask.shape(1)), rb, values.data());
+}
+
+void gather_offsets(const InArray& offsets, const InArray& indices, OutArray out) {
+  int64_t n;
+  const int64_t* off = host_offsets(offsets, -1, n);
+  require_kernel_input(indices, "indices");
+  require_ndim(indices, 1, "indices");
+  require_int64(indices, "indices");
+  require_kernel_input(out, "out");
+  require_int64(out, "out");
+  const int64_t count = static_cast<int64_t>(indices.shape(0));
+  require_rows(out, count + 1, "out", "len(indices) + 1");
+  scree::ops::gather_offsets(off, n, static_cast<const int64_t*>(indices.data()), count,
+                             static_cast<int64_t*>(out.data()));
+}
+
+void gather(const InArray& values, const InArray& offsets, const InArray& indices, const InArray& out_offsets,
+            OutArray out) {
+  int64_t n, count;
+  const int64_t* off = host_offsets(offsets, rows_of(values), n);
+  const int64_t* out_off = host_offsets(out_offsets, rows_of(out), count);
+  require_kernel_input(values, "values");
+  require_kernel_input(out, "out");
+  require_kernel_input(indices, "indices");
+  require_int64(indices, "indices");
+  require_rows(values, off[n], "values", "offsets[-1]");
+  require_rows(indices, count, "indices", "len(out_offsets) - 1");
+  require_rows(out, out_off[count], "out", "out_offsets[-1]");
+  require_same_dtype(values, "values", out, "out");
+  require_same_features(values, 1, "values", out, 1, "out");
+  const auto* idx = static_cast<const int64_t*>(indices.data());
+  for (int64_t j = 0; j < count; ++j) {
+    scree::require(idx[j] >= 0 && idx[j] < n && out_off[j + 1] - out_off[j] == off[idx[j] + 1] - off[idx[j]],
+                   ErrorKind::InvalidArgument,
+                   [&] { return "out_offsets do not match the lengths of the gathered sequences at " + std::to_string(j); });
+  }
+  const int64_t rb = row_bytes(values, 1);
+  nb::gil_scoped_release release;
+  scree::ops::gather(values.data(), off, idx, count, out_off, rb, out.data());
+}
+
+template <class Kernel32, class Kernel64>
+void index_kernel(const InArray& offsets, OutArray out, const char* what, Kernel32 k32, Kernel64 k64) {
+  int64_t n;
+  const int64_t* off = host_offsets(offsets, rows_of(out), n);
+  require_kernel_input(out, "out");
+  require_ndim(out, 1, "out");
+  require_rows(out, off[n], "out", "offsets[-1]");
+  require_dtype_index(out, what);
+  nb::gil_scoped_release release;
+  if (is(out.dtype(), dl::dtype_code::Int, 32))
+    k32(off, n, static_cast<int32_t*>(out.data()));
+  else
+    k64(off, n, static_cast<int64_t*>(out.data()));
+}
+
+void positions(const InArray& offsets, OutArray out) {
+  index_kernel(offsets, out, "positions dtype", scree::ops::positions<int32_t>, scree::ops::positions<int64_t>);
+}
+
+void segment_ids(const InArray& offsets, OutArray out) {
+  index_kernel(offsets, out, "segment_ids dtype", scree::ops::segment_ids<int32_t>, scree::ops::segment_ids<int64_t>);
+}
+
+void segment_reduce(const InArray& values, const InArray& offsets, OutArray out, const std::string& op_name) {
+  using scree::ops::Reduce;
+  int64_t n;
+  const int64_t* off = host_offsets(offsets, rows_of(values), n);
+  require_kernel_input(values, "values");
+  require_kernel_input(out, "out");
+  require_rows(values, off[n], "values", "offsets[-1]");
+  require_rows(out, n, "out", "number of sequences");
+  require_same_features(values, 1, "values", out, 1, "out");
+  Reduce op;
+  if (op_name == "sum") op = Reduce::Sum;
+  else if (op_name == "mean") op = Reduce::Mean;
+  else if (op_name == "max") op = Reduce::Max;
+  else throw Error(ErrorKind::InvalidArgument, "reduction must be 'sum', 'mean' or 'max', got '" + op_name + "'");
+  const int64_t features = row_bytes(values, 1) / static_cast<int64_t>(values.itemsize());
+  const dl::dtype t = values.dtype();
+  const bool integral = t.code == uint8_t(dl::dtype_code::Int);
+  scree::require(!(integral && op == Reduce::Mean), ErrorKind::DTypeMismatch,
+                 [&] { return "mean needs a floating-point dtype, got " + dtype_name(t); });
+  // Sum of integers is int64 (as NumPy and torch); everything else keeps the input dtype.
+  const bool widen = integral && op == Reduce::Sum;
+  scree::require(widen ? is(out.dtype(), dl::dtype_code::Int, 64) : out.dtype() == t, ErrorKind::DTypeMismatch, [&] {
+    return "out must be " + (widen ? std::string("int64") : dtype_name(t)) + ", got " + dtype_name(out.dtype());
+  });
+  const bool supported = is(t, dl::dtype_code::Float, 32) || is(t, dl::dtype_code::Float, 64) ||
+                         is(t, dl::dtype_code::Float, 16) || is(t, dl::dtype_code::Bfloat, 16) ||
+                         is(t, dl::dtype_code::Int, 32) || is(t, dl::dtype_code::Int, 64);
+  scree::require(supported, ErrorKind::DTypeMismatch, [&] {
+    return op_name + " does not support dtype " + dtype_name(t) + " (float16/32/64, bfloat16, int32, int64 are supported)";
+  });
+  const void* v = values.data();
+  void* o = out.data();
+  nb::gil_scoped_release release;
+  auto run = [&](auto* typed_values, auto* typed_out) {
+    scree::ops::segment_reduce(typed_values, off, n, features, op, typed_out);
+  };
+  if (is(t, dl::dtype_code::Float, 32)) run(static_cast<const float*>(v), static_cast<float*>(o));
+  else if (is(t, dl::dtype_code::Float, 64)) run(static_cast<const double*>(v), static_cast<double*>(o));
+  else if (is(t, dl::dtype_code::Float, 16)) run(static_cast<const scree::float16*>(v), static_cast<scree::float16*>(o));
+  else if (is(t, dl::dtype_code::Bfloat, 16)) run(static_cast<const scree::bfloat16*>(v), static_cast<scree::bfloat16*>(o));
+  else if (is(t, dl::dtype_code::Int, 32) && widen) run(static_cast<const int32_t*>(v), static_cast<int64_t*>(o));
+  else if (is(t, dl::dtype_code::Int, 32)) run(static_cast<const int32_t*>(v), static_cast<int32_t*>(o));
+  else run(static_cast<const int64_t*>(v), static_cast<int64_t*>(o));
+}
+
+}  // namespace
+
+void register_layout(nb::module_& m) {
+  m.def("validate_offsets", &validate_offsets, nb::arg("offsets"), nb::arg("total"),
+        "Check the ragged invariants of 1-D int32/int64 host `offsets` against `total` rows.\n"
+        "Returns (num_sequences, total, max_length); raises scree.RaggedError naming the first bad index.");
+  m.def("offsets_from_lengths", &offsets_from_lengths, nb::arg("lengths"), nb::arg("out"),
+        "Write offsets (int64, n+1) from host lengths into `out`; returns max_length.");
+  m.def("pack", &pack, nb::arg("sources"), nb::arg("offsets"), nb::arg("out"),
+        "Copy each source array into out[offsets[i]:offsets[i+1]].");
+  m.def("pad", &pad, nb::arg("values"), nb::arg("offsets"), nb::arg("padded"), nb::arg("mask").none(),
+        nb::arg("pad_value"), nb::arg("left"),
+        "Scatter values (total, *f) into padded (n, max_len, *f), filling gaps with pad_value; fill mask.");
+  m.def("unpad", &unpad, nb::arg("padded"), nb::arg("offsets"), nb::arg("values"), nb::arg("left"),
+        "Inverse of pad given the offsets of the result.");
+  m.def("mask_offsets", &mask_offsets, nb::arg("mask"), nb::arg("out"),
+        "Offsets (int64, n+1) from a (n, max_len) mask.");
+  m.def("unpad_mask", &unpad_mask, nb::arg("padded"), nb::arg("mask"), nb::arg("offsets"), nb::arg("values"),
+        "values = padded[mask], row order, with offsets from mask_offsets.");
+  m.def("gather_offsets", &gather_offsets, nb::arg("offsets"), nb::arg("indices"), nb::arg("out"),
+        "Offsets of the sequences `indices` (int64) of a layout.");
+  m.def("gather", &gather, nb::arg("values"), nb::arg("offsets"), nb::arg("indices"), nb::arg("out_offsets"),
+        nb::arg("out"), "Copy the sequences `indices` into out.");
+  m.def("positions", &positions, nb::arg("offsets"), nb::arg("out"), "Index of each token within its sequence.");
+  m.def("segment_ids", &segment_ids, nb::arg("offsets"), nb::arg("out"), "Sequence index of each token.");
+  m.def("segment_reduce", &segment_reduce, nb::arg("values"), nb::arg("offsets"), nb::arg("out"), nb::arg("op"),
+        "Per-sequence 'sum', 'mean' or 'max' over tokens into out (n, *f).");
+}
+
+}  // namespace scree::bindings

@@ -1,0 +1,96 @@
+// CPU attention front door: parameter validation (the one place for it), and the choice between
+// the AVX2+FMA+F16C build of the kernels and the portable one, made once per process from cpuid.
+#include <cstdlib>
+#include <string>
+
+#include "scree/attention/cpu.h"
+#include "scree/error.h"
+#include "scree/layout.h"
+
+namespace scree::cpu {
+#if defined(SCREE_HAVE_AVX2_KERNELS)
+namespace avx2 {
+void varlen_fwd(const attention::VarlenParams& p);
+void varlen_bwd(const attention::VarlenBackwardParams& p);
+}  // namespace avx2
+#endif
+namespace generic {
+void varlen_fwd(const attention::VarlenParams& p);
+void varlen_bwd(const attention::VarlenBackwardParams& p);
+}  // namespace generic
+}  // namespace scree::cpu
+
+namespace scree::attention {
+namespace {
+
+// SCREE_CPU_ISA=generic forces the portable kernels (tests use it to cover both builds).
+bool use_avx2() {
+#if defined(SCREE_HAVE_AVX2_KERNELS) && (defined(__x86_64__) || defined(__i386__))
+  static const bool ok = [] {
+    const char* force = std::getenv("SCREE_CPU_ISA");
+    if (force != nullptr && std::string(force) == "generic") return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+void check_offsets(const Offsets& off, int64_t n, int64_t total, const char* name) {
+  require(off.data != nullptr, ErrorKind::InvalidArgument, [&] { return std::string(name) + " is null"; });
+  try {
+    if (off.is_int64)
+      RaggedLayout::from_offsets(static_cast<const int64_t*>(off.data), n + 1, 1, total);
+    else
+      RaggedLayout::from_offsets(static_cast<const int32_t*>(off.data), n + 1, 1, total);
+  } catch (const Error& e) {
+    throw Error(e.kind(), std::string(name) + ": " + e.what());
+  }
+}
+
+}  // namespace
+
+void validate(const VarlenParams& p) {
+  require(p.dtype == DType::Float32 || p.dtype == DType::Float64 || p.dtype == DType::Float16 ||
+              p.dtype == DType::BFloat16,
+          ErrorKind::DTypeMismatch, [] { return std::string("attention needs float32, float64, float16 or bfloat16"); });
+  require(p.heads_q > 0 && p.heads_k > 0 && p.heads_q % p.heads_k == 0, ErrorKind::ShapeMismatch, [&] {
+    return "query heads (" + std::to_string(p.heads_q) + ") must be a positive multiple of key/value heads (" +
+           std::to_string(p.heads_k) + ")";
+  });
+  require(p.head_dim > 0 && p.head_dim_v > 0, ErrorKind::ShapeMismatch, [&] {
+    return "head dims must be positive, got D=" + std::to_string(p.head_dim) + ", Dv=" + std::to_string(p.head_dim_v);
+  });
+  require(p.num_sequences >= 0, ErrorKind::ShapeMismatch, [] { return std::string("negative number of sequences"); });
+  check_offsets(p.cu_seqlens_q, p.num_sequences, p.total_q, "cu_seqlens_q");
+  check_offsets(p.cu_seqlens_k, p.num_sequences, p.total_k, "cu_seqlens_k");
+  require(p.softcap >= 0.0, ErrorKind::InvalidArgument, [] { return std::string("softcap must be >= 0 (0 = off)"); });
+  require(p.window_left >= kUnbounded && p.window_right >= kUnbounded, ErrorKind::InvalidArgument,
+          [] { return std::string("window sides must be >= 0, or -1 for unbounded"); });
+  const bool has_rows = p.total_q > 0;
+  require(!has_rows || (p.q && p.out && (p.total_k == 0 || (p.k && p.v))), ErrorKind::InvalidArgument,
+          [] { return std::string("null q/k/v/out pointer"); });
+}
+
+void varlen_fwd_cpu(const VarlenParams& p) {
+  validate(p);
+#if defined(SCREE_HAVE_AVX2_KERNELS)
+  if (use_avx2()) return cpu::avx2::varlen_fwd(p);
+#endif
+  cpu::generic::varlen_fwd(p);
+}
+
+void varlen_bwd_cpu(const VarlenBackwardParams& p) {
+  validate(p);
+  require(p.total_q == 0 || (p.dout && p.lse_in && p.dq && (p.total_k == 0 || (p.dk && p.dv))),
+          ErrorKind::InvalidArgument, [] { return std::string("backward needs dout, lse, dq, dk, dv"); });
+#if defined(SCREE_HAVE_AVX2_KERNELS)
+  if (use_avx2()) return cpu::avx2::varlen_bwd(p);
+#endif
+  cpu::generic::varlen_bwd(p);
+}
+
+const char* cpu_isa() { return use_avx2() ? "avx2" : "generic"; }
+
+}  // namespace scree::attention

@@ -1,0 +1,640 @@
+// CPU varlen attention backward: recomputes P = exp(s - lse) from the forward's lse, then
+//   dV = P^T dO,  dP = dO V^T,  dS = P * (dP - delta)  [* (1 - tanh^2) under softcap],
+//   dQ = scale * dS K,  dK = scale * dS^T Q,   with delta_i = dO_i . O_i,
+// all in the compute type (fp32; fp64 for fp64 inputs). Compiled once per ISA like fwd.cpp.
+//
+// Decomposition (why one pass and not FlashAttention-2's two):
+// A work item is (sequence, kv head, chunk of key blocks). It walks its key blocks; for each it
+// packs K and V once, then for every query head of the group and every query tile that sees the
+// block it recomputes S and dP (two GEMMs) and does the three gradient GEMMs: dV += P^T dO and
+// dK += dS^T Q into per-thread block accumulators (written out, not accumulated, when the block is
+// done: the item owns those keys for all G query heads, so the GQA sum needs no atomics), and
+// dQ += dS K into an fp32 dQ accumulator. Per (query row, key) that is 2(3D + 2Dv) FLOPs = 2.5x
+// the forward's 2(D + Dv) for D = Dv, i.e. no recomputation beyond S itself. The FA2-style split
+// (pass 1 over key blocks for dK/dV, pass 2 over query blocks for dQ) recomputes S and dP a
+// second time: 2(4D + 3Dv) per pair, 3.5x forward = +40% FLOPs, which on a 2-core CPU is never
+// repaid by its extra parallelism.
+// Parallelism: items are (sequence, kv head) when that gives enough of them, so many short
+// sequences cost nothing extra. When a sequence's (sequence, kv head) unit costs more than
+// 1/kTargetItems of the whole call (one long sequence with few kv heads), its key blocks are cut
+// into up to kTargetItems chunks of equal cost; each chunk then writes a partial dQ (fp32, only
+// the rows that see the chunk), and a cheap final pass sums the partials in chunk order. Example:
+// one 4096-token sequence, Hq = 8, Hk = 1 (MQA), D = 128: 8 items of 21 GFLOP each instead of 1,
+// for 8 partial dQ copies x (4096 x 8 x 128 x 4 B) = 128 MiB and a ~10 ms reduction, against a
+// ~2 s backward. The scratch is capped (kScratchBudget); past it chunks are merged.
+// Determinism: the chunking depends only on the problem, never on the thread count; each output
+// element has one owner and a fixed summation order (query heads, then query rows in order, for
+// dK/dV; key blocks in order, then chunks in order, for dQ). GEMM rows do not depend on their
+// register-tile placement, so bits are identical for any SCREE_NUM_THREADS.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#include "convert.h"
+#include "gemm.h"
+#include "scree/attention/params.h"
+#include "scree/parallel.h"
+#include "simd.h"
+#include "work.h"
+
+#ifndef SCREE_CPU_ISA
+#error "SCREE_CPU_ISA must name the instruction-set variant this file is compiled for"
+#endif
+
+namespace scree::cpu::SCREE_CPU_ISA {
+
+using attention::KeyRange;
+using attention::VarlenBackwardParams;
+using attention::visible_keys;
+
+namespace {
+
+// Block sizes. kBlockK is a multiple of 16 (the GEMM's N granularity, so a packed key block needs
+// no more columns than it has keys) and of 6 (the GEMM's row tile, for the dK/dV GEMMs whose rows
+// are keys); kBlockQ is a multiple of 6 (row tile of the S, dP and dQ GEMMs).
+// Per-thread working set at D = Dv = 128, fp32: K^T, V^T, K, dK, dV (5 x 96 x 128 x 4 = 240 KiB)
+// + Q, dO (2 x 60 x 128 x 4 = 60 KiB) + S/P, dP/dS (2 x 60 x 96 x 4 = 45 KiB) + the dQ tile
+// (30 KiB) = 375 KiB, inside the 512 KiB L2.
+constexpr int64_t kBlockK = 96;
+constexpr int64_t kBlockQ = 60;
+// Minimum number of items the chunking aims at (independent of the thread count, see above).
+constexpr int64_t kTargetItems = 8;
+// Upper bound on the partial-dQ scratch of chunked sequences.
+constexpr double kScratchBudget = 256.0 * 1024 * 1024;
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// C (M x N) (+)= A^T B with A stored K x M row-major (so A^T is M x K): the register tile of
+// gemm() with the broadcast operand read down a column. Used for dV = P^T dO and dK = dS^T Q so
+// P and dS never need transposing. N must be a multiple of 2 * width.
+template <class T, int R>
+inline void gemm_tn_tile(const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t K,
+                         bool accumulate) {
+  using V = vec_t<T>;
+  constexpr int W = Simd<T>::width;
+  V c0[R], c1[R];
+  for (int r = 0; r < R; ++r) {
+    c0[r] = accumulate ? load<T>(C + r * ldc) : V{};
+    c1[r] = accumulate ? load<T>(C + r * ldc + W) : V{};
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const V b0 = load<T>(B + k * ldb), b1 = load<T>(B + k * ldb + W);
+    const T* a = A + k * lda;
+    for (int r = 0; r < R; ++r) {
+      c0[r] += a[r] * b0;
+      c1[r] += a[r] * b1;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    store<T>(C + r * ldc, c0[r]);
+    store<T>(C + r * ldc + W, c1[r]);
+  }
+}
+
+template <class T>
+void gemm_tn(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
+             bool accumulate) {
+  constexpr int W2 = 2 * Simd<T>::width;
+  for (int64_t j = 0; j < N; j += W2) {
+    int64_t i = 0;
+    for (; i + 6 <= M; i += 6) gemm_tn_tile<T, 6>(A + i, lda, B + j, ldb, C + i * ldc + j, ldc, K, accumulate);
+    const T* a = A + i;
+    T* c = C + i * ldc + j;
+    switch (M - i) {
+      case 5: gemm_tn_tile<T, 5>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
+      case 4: gemm_tn_tile<T, 4>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
+      case 3: gemm_tn_tile<T, 3>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
+      case 2: gemm_tn_tile<T, 2>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
+      case 1: gemm_tn_tile<T, 1>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
+      default: break;
+    }
+  }
+}
+
+// Key blocks of sequence b are [j * kBlockK, min(Lk, (j + 1) * kBlockK)); rows [row_lo, row_hi) are
+// the query rows whose visible range meets the block (a contiguous range, since both ends of the
+// visible range are non-decreasing in the row).
+struct KeyBlock {
+  int64_t row_lo, row_hi;
+  double cost;  // one kv head, all G query heads
+};
+
+// A chunk of consecutive key blocks of one sequence (one item per kv head). rows [row_lo, row_hi)
+// cover every row any of its blocks sees; a chunked sequence's chunk owns a partial dQ
+// (Hq, row_hi - row_lo, D_pad) at `scratch` in the shared scratch buffer.
+struct Chunk {
+  int64_t seq;
+  int64_t kb_begin, kb_end;  // indices into the sequence's key blocks
+  int64_t row_lo, row_hi;
+  int64_t scratch;  // offset in elements; -1 for an unchunked sequence (per-thread accumulator)
+  double cost;
+};
+
+struct Sequence {
+  int64_t q0, k0, Lq, Lk;
+  int64_t first_block;  // index of its first KeyBlock in the flat list
+  int64_t num_blocks;
+  int64_t first_chunk, num_chunks;
+};
+
+template <class T>
+struct Buffers {
+  using C = compute_t<T>;
+  std::vector<C> kt, vt, kr, dk, dv, q, dout, s, dp, row, lse, delta, dq;
+  Buffers(int64_t D, int64_t Dv, int64_t D_pad, int64_t Dv_pad, int64_t dq_elems) {
+    kt.resize(D * kBlockK);
+    vt.resize(Dv * kBlockK);
+    kr.resize(kBlockK * D_pad);
+    dk.resize(kBlockK * D_pad);
+    dv.resize(kBlockK * Dv_pad);
+    q.resize(kBlockQ * D_pad);
+    dout.resize(kBlockQ * Dv_pad);
+    s.resize(kBlockQ * kBlockK);
+    dp.resize(kBlockQ * kBlockK);
+    row.resize(std::max(D_pad, Dv_pad));
+    lse.resize(kBlockQ);
+    delta.resize(kBlockQ);
+    dq.resize(dq_elems);
+  }
+};
+
+template <class T>
+struct Plan {
+  using C = compute_t<T>;
+  const VarlenBackwardParams& p;
+  int64_t G, D, Dv, D_pad, Dv_pad;
+  bool capped;
+  C cap, qscale;
+  std::vector<Sequence> seqs;
+  std::vector<KeyBlock> blocks;
+  std::vector<Chunk> chunks;
+  std::vector<C> delta;         // (Hq, total_q): dO . O per row
+  std::vector<C> lse;           // (Hq, total_q): fp64 only, the fp32 lse refined (refine_lse)
+  std::unique_ptr<C[]> scratch;  // partial dQ of chunked sequences
+  int64_t thread_dq_elems = 0;   // per-thread dQ accumulator of unchunked sequences
+  explicit Plan(const VarlenBackwardParams& params) : p(params) {}
+};
+
+// delta = rowsum(dO * O) per (head, row), in the compute type, rows split over the threads.
+template <class T>
+void compute_delta(Plan<T>& plan) {
+  using C = compute_t<T>;
+  const auto& p = plan.p;
+  const int64_t Hq = p.heads_q, Dv = p.head_dim_v;
+  plan.delta.assign(static_cast<size_t>(Hq * p.total_q), C(0));
+  const T* dO = static_cast<const T*>(p.dout);
+  const T* O = static_cast<const T*>(p.out);
+  const int64_t bytes = 2 * p.total_q * Hq * Dv * int64_t(sizeof(T));
+  parallel_for(p.total_q, bytes, [&](int64_t begin, int64_t end) {
+    std::vector<C> a(Dv), o(Dv);  // once per thread
+    for (int64_t i = begin; i < end; ++i)
+      for (int64_t h = 0; h < Hq; ++h) {
+        to_compute(dO + i * p.dout_row_stride + h * p.dout_head_stride, a.data(), Dv, C(1));
+        to_compute(O + i * p.out_row_stride + h * p.out_head_stride, o.data(), Dv, C(1));
+        C acc = 0;
+        for (int64_t d = 0; d < Dv; ++d) acc += a[d] * o[d];
+        plan.delta[h * p.total_q + i] = acc;
+      }
+  });
+}
+
+// fp64 only: the forward's lse is fp32 (DESIGN §3), ~1e-7 relative, which would cap an fp64
+// backward at that accuracy. One extra S = Q K^T pass (2D FLOPs per pair against the backward's
+// 2(3D + 2Dv): +20% for fp64 inputs, nothing for the others) refines it:
+// lse = lse32 + log(sum_j exp(s_j - lse32)), where lse32 is a safe shift (>= max s up to rounding).
+// Items (sequence, query head, query block), the forward's decomposition.
+template <class T>
+void refine_lse(Plan<T>& plan, std::vector<Buffers<T>>& buffers) {
+  using C = compute_t<T>;
+  using V = vec_t<C>;
+  constexpr int W = Simd<C>::width;
+  constexpr C kNegInf = -std::numeric_limits<C>::infinity();
+  const auto& p = plan.p;
+  const int64_t D = plan.D, D_pad = plan.D_pad, G = plan.G;
+  plan.lse.resize(static_cast<size_t>(p.heads_q * p.total_q));
+  std::vector<WorkItem> items;
+  double flops = 0;
+  for (int64_t b = 0; b < p.num_sequences; ++b) {
+    const Sequence& s = plan.seqs[b];
+    for (int64_t blk = 0; blk * kBlockQ < s.Lq; ++blk) {
+      const int64_t i0 = blk * kBlockQ, rows = std::min(kBlockQ, s.Lq - i0);
+      const KeyRange first = visible_keys(p, i0, s.Lq, s.Lk), last = visible_keys(p, i0 + rows - 1, s.Lq, s.Lk);
+      const double cost = 2.0 * double(rows) * double(std::max<int64_t>(last.hi - first.lo, 1)) * double(D);
+      for (int64_t h = 0; h < p.heads_q; ++h) items.push_back({b, h, blk, cost});
+      flops += cost * double(p.heads_q);
+    }
+  }
+  const T* Q = static_cast<const T*>(p.q);
+  const T* K = static_cast<const T*>(p.k);
+  run_items(items, flops, [&](int t, const WorkItem& it) {
+    Buffers<T>& buf = buffers[t];
+    const Sequence& s = plan.seqs[it.seq];
+    const int64_t h = it.head, kvh = h / G, i0 = it.block * kBlockQ, m = std::min(kBlockQ, s.Lq - i0);
+    C* sum = buf.delta.data();  // row sums
+    for (int64_t r = 0; r < m; ++r) {
+      C* qrow = buf.q.data() + r * D_pad;
+      to_compute(Q + (s.q0 + i0 + r) * p.q_row_stride + h * p.q_head_stride, qrow, D, plan.qscale);
+      buf.lse[r] = C(p.lse_in[h * p.total_q + s.q0 + i0 + r]);
+      sum[r] = 0;
+    }
+    const KeyRange first = visible_keys(p, i0, s.Lq, s.Lk), last = visible_keys(p, i0 + m - 1, s.Lq, s.Lk);
+    for (int64_t kb = first.lo; kb < last.hi; kb += kBlockK) {
+      const int64_t n = std::min(kBlockK, last.hi - kb), n_pad = round_up(n, 2 * W);
+      for (int64_t c = 0; c < n_pad; ++c) {
+        if (c < n) {
+          to_compute(K + (s.k0 + kb + c) * p.k_row_stride + kvh * p.k_head_stride, buf.row.data(), D, C(1));
+          for (int64_t d = 0; d < D; ++d) buf.kt[d * n_pad + c] = buf.row[d];
+        } else {
+          for (int64_t d = 0; d < D; ++d) buf.kt[d * n_pad + c] = C(0);
+        }
+      }
+      C* S = buf.s.data();
+      gemm<C>(m, n_pad, D, buf.q.data(), D_pad, buf.kt.data(), n_pad, S, n_pad, false);
+      for (int64_t r = 0; r < m; ++r) {
+        if (buf.lse[r] == kNegInf) continue;
+        const KeyRange kr = visible_keys(p, i0 + r, s.Lq, s.Lk);
+        const int64_t lo = std::clamp<int64_t>(kr.lo - kb, 0, n), hi = std::clamp<int64_t>(kr.hi - kb, lo, n);
+        C* srow = S + r * n_pad;
+        const V vlse = splat<C>(buf.lse[r]);
+        for (int64_t c = 0; c < n_pad; c += W) {
+          const V x = load<C>(srow + c);
+          store<C>(srow + c, vexp<C>((plan.capped ? plan.cap * vtanh<C>(x) : x) - vlse));
+        }
+        for (int64_t c = lo; c < hi; ++c) sum[r] += srow[c];
+      }
+    }
+    for (int64_t r = 0; r < m; ++r)
+      plan.lse[h * p.total_q + s.q0 + i0 + r] =
+          buf.lse[r] == kNegInf || !(sum[r] > 0) ? buf.lse[r] : buf.lse[r] + std::log(sum[r]);
+  });
+}
+
+// First row in [0, Lq) for which pred(visible_keys(row)) holds, pred monotone false -> true.
+template <class Pred>
+int64_t first_row(const VarlenBackwardParams& p, int64_t Lq, int64_t Lk, Pred pred) {
+  int64_t lo = 0, hi = Lq;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (pred(visible_keys(p, mid, Lq, Lk)))
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return lo;
+}
+
+// Chunk boundaries of one sequence: `count` runs of blocks of about equal cost, none empty.
+template <class T>
+void make_chunks(Plan<T>& plan, Sequence& s, int64_t count) {
+  s.first_chunk = static_cast<int64_t>(plan.chunks.size());
+  s.num_chunks = count;
+  if (s.num_blocks == 0) {  // no keys: one empty chunk still writes the sequence's dq = 0
+    Chunk ch{};
+    ch.seq = static_cast<int64_t>(&s - plan.seqs.data());
+    ch.scratch = -1;
+    plan.chunks.push_back(ch);
+    s.num_chunks = 1;
+    return;
+  }
+  const KeyBlock* kb = plan.blocks.data() + s.first_block;
+  double total = 0;
+  for (int64_t j = 0; j < s.num_blocks; ++j) total += kb[j].cost;
+  int64_t begin = 0;
+  double cum = 0;
+  for (int64_t c = 0; c < count; ++c) {
+    int64_t end = begin + 1;
+    cum += kb[begin].cost;
+    if (c == count - 1) {
+      end = s.num_blocks;
+    } else {
+      const double target = total * double(c + 1) / double(count);
+      while (end < s.num_blocks - (count - 1 - c) && cum + 0.5 * kb[end].cost < target) cum += kb[end++].cost;
+    }
+    Chunk ch{};
+    ch.seq = static_cast<int64_t>(&s - plan.seqs.data());
+    ch.kb_begin = begin;
+    ch.kb_end = end;
+    ch.row_lo = s.Lq;
+    ch.row_hi = 0;
+    ch.cost = 0;
+    for (int64_t j = begin; j < end; ++j) {
+      ch.cost += kb[j].cost;
+      if (kb[j].row_lo < kb[j].row_hi) {
+        ch.row_lo = std::min(ch.row_lo, kb[j].row_lo);
+        ch.row_hi = std::max(ch.row_hi, kb[j].row_hi);
+      }
+    }
+    if (ch.row_lo >= ch.row_hi) ch.row_lo = ch.row_hi = 0;
+    ch.scratch = -1;
+    plan.chunks.push_back(ch);
+    begin = end;
+  }
+}
+
+template <class T>
+void make_plan(Plan<T>& plan) {
+  using C = compute_t<T>;
+  const auto& p = plan.p;
+  constexpr int W2 = 2 * Simd<C>::width;
+  plan.G = p.heads_q / p.heads_k;
+  plan.D = p.head_dim;
+  plan.Dv = p.head_dim_v;
+  plan.D_pad = round_up(plan.D, W2);
+  plan.Dv_pad = round_up(plan.Dv, W2);
+  plan.capped = p.softcap > 0.f;
+  plan.cap = C(p.softcap);
+  plan.qscale = plan.capped ? C(p.scale) / plan.cap : C(p.scale);
+
+  // Key blocks and their costs: the five GEMMs over (rows x keys) plus packing.
+  const double pair_flops = 2.0 * double(3 * plan.D + 2 * plan.Dv);
+  plan.seqs.resize(static_cast<size_t>(p.num_sequences));
+  double total = 0;
+  for (int64_t b = 0; b < p.num_sequences; ++b) {
+    Sequence& s = plan.seqs[b];
+    s.q0 = p.cu_seqlens_q[b];
+    s.k0 = p.cu_seqlens_k[b];
+    s.Lq = p.cu_seqlens_q[b + 1] - s.q0;
+    s.Lk = p.cu_seqlens_k[b + 1] - s.k0;
+    s.first_block = static_cast<int64_t>(plan.blocks.size());
+    s.num_blocks = (s.Lk + kBlockK - 1) / kBlockK;
+    for (int64_t j = 0; j < s.num_blocks; ++j) {
+      const int64_t a = j * kBlockK, e = std::min(s.Lk, a + kBlockK), n = e - a;
+      KeyBlock blk{};
+      blk.row_lo = first_row(p, s.Lq, s.Lk, [&](KeyRange r) { return r.hi > a; });
+      blk.row_hi = first_row(p, s.Lq, s.Lk, [&](KeyRange r) { return r.lo >= e; });
+      if (blk.row_hi < blk.row_lo) blk.row_hi = blk.row_lo;
+      blk.cost = double(plan.G) * (double(blk.row_hi - blk.row_lo) * double(n) * pair_flops +
+                                   double(blk.row_hi - blk.row_lo) * double(plan.D + plan.Dv) * 8) +
+                 double(n) * double(plan.D + plan.Dv) * 16;
+      plan.blocks.push_back(blk);
+      total += blk.cost * double(p.heads_k);
+    }
+    total += double(s.Lq) * double(p.heads_q) * double(plan.D) * 4;  // dq write-out
+  }
+
+  // Chunk counts: a (sequence, kv head) unit costing more than total / kTargetItems is cut.
+  std::vector<int64_t> count(plan.seqs.size(), 1);
+  const double grain = total / double(kTargetItems);
+  for (size_t b = 0; b < plan.seqs.size(); ++b) {
+    const Sequence& s = plan.seqs[b];
+    double unit = 0;
+    for (int64_t j = 0; j < s.num_blocks; ++j) unit += plan.blocks[s.first_block + j].cost;
+    if (grain > 0 && unit > grain)
+      count[b] = std::min<int64_t>({static_cast<int64_t>(std::ceil(unit / grain)), s.num_blocks, kTargetItems});
+  }
+  // Respect the scratch budget: take chunks away from the most-chunked sequence until it fits.
+  for (;;) {
+    plan.chunks.clear();
+    double bytes = 0;
+    for (size_t b = 0; b < plan.seqs.size(); ++b) {
+      make_chunks(plan, plan.seqs[b], count[b]);
+      if (count[b] > 1)
+        for (int64_t c = 0; c < plan.seqs[b].num_chunks; ++c) {
+          const Chunk& ch = plan.chunks[plan.seqs[b].first_chunk + c];
+          bytes += double(ch.row_hi - ch.row_lo) * double(p.heads_q * plan.D_pad) * sizeof(C);
+        }
+    }
+    if (bytes <= kScratchBudget) break;
+    auto most = std::max_element(count.begin(), count.end());
+    if (*most <= 1) break;
+    --*most;
+  }
+  int64_t offset = 0;
+  for (size_t b = 0; b < plan.seqs.size(); ++b) {
+    const Sequence& s = plan.seqs[b];
+    for (int64_t c = 0; c < s.num_chunks; ++c) {
+      Chunk& ch = plan.chunks[s.first_chunk + c];
+      if (s.num_chunks > 1) {
+        ch.scratch = offset;
+        offset += (ch.row_hi - ch.row_lo) * p.heads_q * plan.D_pad;
+      } else {
+        plan.thread_dq_elems = std::max(plan.thread_dq_elems, (ch.row_hi - ch.row_lo) * plan.G * plan.D_pad);
+      }
+    }
+  }
+  if (offset > 0) plan.scratch.reset(new C[static_cast<size_t>(offset)]);  // zeroed by the items
+}
+
+// One item: chunk `ci` of a sequence for kv head `kvh`.
+template <class T>
+void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& buf) {
+  using C = compute_t<T>;
+  using V = vec_t<C>;
+  constexpr int W = Simd<C>::width;
+  const auto& p = plan.p;
+  const Chunk& ch = plan.chunks[ci];
+  const Sequence& s = plan.seqs[ch.seq];
+  const int64_t G = plan.G, D = plan.D, Dv = plan.Dv, D_pad = plan.D_pad, Dv_pad = plan.Dv_pad;
+  const int64_t Lq = s.Lq, Lk = s.Lk, q0 = s.q0, k0 = s.k0;
+  const int64_t rows_c = ch.row_hi - ch.row_lo;
+  const bool capped = plan.capped;
+  const C cap = plan.cap, qscale = plan.qscale;
+  constexpr C kNegInf = -std::numeric_limits<C>::infinity();
+
+  const T* Q = static_cast<const T*>(p.q);
+  const T* K = static_cast<const T*>(p.k);
+  const T* Vg = static_cast<const T*>(p.v);
+  const T* dO = static_cast<const T*>(p.dout);
+
+  // dQ accumulator of this item: (G, rows_c, D_pad), zeroed here (first touch on this thread).
+  C* dq_acc = ch.scratch >= 0 ? plan.scratch.get() + ch.scratch + kvh * G * rows_c * D_pad : buf.dq.data();
+  std::fill(dq_acc, dq_acc + G * rows_c * D_pad, C(0));
+
+  for (int64_t j = ch.kb_begin; j < ch.kb_end; ++j) {
+    const KeyBlock& blk = plan.blocks[s.first_block + j];
+    const int64_t kb = j * kBlockK, n = std::min(kBlockK, Lk - kb), n_pad = round_up(n, 2 * W);
+    // Pack K^T (D x n_pad) and V^T (Dv x n_pad) for S and dP, K (n x D_pad) for dQ; zero padding.
+    for (int64_t c = 0; c < n_pad; ++c) {
+      if (c < n) {
+        C* krow = buf.kr.data() + c * D_pad;
+        to_compute(K + (k0 + kb + c) * p.k_row_stride + kvh * p.k_head_stride, krow, D, C(1));
+        std::fill(krow + D, krow + D_pad, C(0));
+        for (int64_t d = 0; d < D; ++d) buf.kt[d * n_pad + c] = krow[d];
+        to_compute(Vg + (k0 + kb + c) * p.v_row_stride + kvh * p.v_head_stride, buf.row.data(), Dv, C(1));
+        for (int64_t d = 0; d < Dv; ++d) buf.vt[d * n_pad + c] = buf.row[d];
+      } else {
+        for (int64_t d = 0; d < D; ++d) buf.kt[d * n_pad + c] = C(0);
+        for (int64_t d = 0; d < Dv; ++d) buf.vt[d * n_pad + c] = C(0);
+      }
+    }
+    std::fill(buf.dk.begin(), buf.dk.begin() + n * D_pad, C(0));
+    std::fill(buf.dv.begin(), buf.dv.begin() + n * Dv_pad, C(0));
+
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t h = kvh * G + g;
+      for (int64_t i0 = blk.row_lo; i0 < blk.row_hi; i0 += kBlockQ) {
+        const int64_t m = std::min(kBlockQ, blk.row_hi - i0);
+        // Q scaled by scale (/ softcap), dO; both zero-padded to D_pad / Dv_pad.
+        for (int64_t r = 0; r < m; ++r) {
+          C* qrow = buf.q.data() + r * D_pad;
+          to_compute(Q + (q0 + i0 + r) * p.q_row_stride + h * p.q_head_stride, qrow, D, qscale);
+          std::fill(qrow + D, qrow + D_pad, C(0));
+          C* orow = buf.dout.data() + r * Dv_pad;
+          to_compute(dO + (q0 + i0 + r) * p.dout_row_stride + h * p.dout_head_stride, orow, Dv, C(1));
+          std::fill(orow + Dv, orow + Dv_pad, C(0));
+          buf.lse[r] = plan.lse.empty() ? C(p.lse_in[h * p.total_q + q0 + i0 + r]) : plan.lse[h * p.total_q + q0 + i0 + r];
+          buf.delta[r] = plan.delta[h * p.total_q + q0 + i0 + r];
+        }
+        // Prefetch the next tile's Q and dO rows into L2 while this one computes: rows are a
+        // (heads x head_dim) stride apart, which the hardware prefetchers do not follow, and
+        // without this their loads cost ~10% of the backward.
+        {
+          int64_t ni = i0 + kBlockQ, nh = h;
+          if (ni >= blk.row_hi) ni = blk.row_lo, ++nh;
+          if (nh >= (kvh + 1) * G && j + 1 < ch.kb_end) nh = kvh * G, ni = plan.blocks[s.first_block + j + 1].row_lo;
+          if (nh < (kvh + 1) * G)
+            for (int64_t r = ni; r < std::min(ni + kBlockQ, Lq); ++r) {
+              const char* qa = reinterpret_cast<const char*>(Q + (q0 + r) * p.q_row_stride + nh * p.q_head_stride);
+              const char* oa = reinterpret_cast<const char*>(dO + (q0 + r) * p.dout_row_stride + nh * p.dout_head_stride);
+              for (int64_t x = 0; x < D * int64_t(sizeof(T)); x += 64) __builtin_prefetch(qa + x, 0, 2);
+              for (int64_t x = 0; x < Dv * int64_t(sizeof(T)); x += 64) __builtin_prefetch(oa + x, 0, 2);
+            }
+        }
+        C* S = buf.s.data();
+        C* dP = buf.dp.data();
+        gemm<C>(m, n_pad, D, buf.q.data(), D_pad, buf.kt.data(), n_pad, S, n_pad, false);
+        gemm<C>(m, n_pad, Dv, buf.dout.data(), Dv_pad, buf.vt.data(), n_pad, dP, n_pad, false);
+
+        const KeyRange first = visible_keys(p, i0, Lq, Lk), last = visible_keys(p, i0 + m - 1, Lq, Lk);
+        const bool full = last.lo <= kb && kb + n <= first.hi;
+        for (int64_t r = 0; r < m; ++r) {
+          C* prow = S + r * n_pad;
+          C* dsrow = dP + r * n_pad;
+          int64_t lo = 0, hi = n;  // visible columns of this row within the block
+          if (!full) {
+            const KeyRange kr = visible_keys(p, i0 + r, Lq, Lk);
+            lo = std::clamp<int64_t>(kr.lo - kb, 0, n);
+            hi = std::clamp<int64_t>(kr.hi - kb, lo, n);
+          }
+          const C lse = buf.lse[r];
+          if (hi <= lo || lse == kNegInf) {  // row sees nothing here: P = dS = 0
+            std::fill(prow, prow + n_pad, C(0));
+            std::fill(dsrow, dsrow + n_pad, C(0));
+            continue;
+          }
+          const V vlse = splat<C>(lse), vdelta = splat<C>(buf.delta[r]);
+          for (int64_t c = 0; c < n_pad; c += W) {
+            V x = load<C>(prow + c);
+            V pv, ds;
+            if (capped) {
+              const V t = vtanh<C>(x);
+              pv = vexp<C>(cap * t - vlse);
+              ds = pv * (load<C>(dsrow + c) - vdelta) * ((C(1) - t * t) * cap);
+            } else {
+              pv = vexp<C>(x - vlse);
+              ds = pv * (load<C>(dsrow + c) - vdelta);
+            }
+            store<C>(prow + c, pv);
+            store<C>(dsrow + c, ds);
+          }
+          for (int64_t c = 0; c < lo; ++c) prow[c] = dsrow[c] = C(0);
+          for (int64_t c = hi; c < n_pad; ++c) prow[c] = dsrow[c] = C(0);
+        }
+        gemm_tn<C>(n, Dv_pad, m, S, n_pad, buf.dout.data(), Dv_pad, buf.dv.data(), Dv_pad, true);
+        gemm_tn<C>(n, D_pad, m, dP, n_pad, buf.q.data(), D_pad, buf.dk.data(), D_pad, true);
+        gemm<C>(m, D_pad, n, dP, n_pad, buf.kr.data(), D_pad, dq_acc + (g * rows_c + i0 - ch.row_lo) * D_pad, D_pad,
+                true);
+      }
+    }
+    // This item owns keys [kb, kb + n) of kv head kvh: write dK, dV.
+    T* dK = static_cast<T*>(p.dk);
+    T* dV = static_cast<T*>(p.dv);
+    for (int64_t c = 0; c < n; ++c) {
+      from_compute(buf.dk.data() + c * D_pad, dK + (k0 + kb + c) * p.dk_row_stride + kvh * p.dk_head_stride, D);
+      from_compute(buf.dv.data() + c * Dv_pad, dV + (k0 + kb + c) * p.dv_row_stride + kvh * p.dv_head_stride, Dv);
+    }
+  }
+
+  if (ch.scratch >= 0) return;  // chunked: the reduction pass writes dq
+  // Unchunked: this item owns dq of the sequence's rows for its G heads.
+  T* dQ = static_cast<T*>(p.dq);
+  for (int64_t g = 0; g < G; ++g) {
+    const int64_t h = kvh * G + g;
+    for (int64_t i = 0; i < Lq; ++i) {
+      C* row = buf.row.data();
+      if (i >= ch.row_lo && i < ch.row_hi) {
+        const C* acc = dq_acc + (g * rows_c + i - ch.row_lo) * D_pad;
+        for (int64_t d = 0; d < D; ++d) row[d] = acc[d] * qscale;
+      } else {
+        std::fill(row, row + D, C(0));
+      }
+      from_compute(row, dQ + (q0 + i) * p.dq_row_stride + h * p.dq_head_stride, D);
+    }
+  }
+}
+
+// dq of a chunked sequence, rows [i0, i0 + kBlockQ) of head h: partials summed in chunk order.
+template <class T>
+void reduce_dq(const Plan<T>& plan, int64_t b, int64_t h, int64_t i0, Buffers<T>& buf) {
+  using C = compute_t<T>;
+  const auto& p = plan.p;
+  const Sequence& s = plan.seqs[b];
+  const int64_t D = plan.D, D_pad = plan.D_pad;
+  T* dQ = static_cast<T*>(p.dq);
+  C* row = buf.row.data();
+  for (int64_t i = i0; i < std::min(s.Lq, i0 + kBlockQ); ++i) {
+    std::fill(row, row + D, C(0));
+    for (int64_t c = 0; c < s.num_chunks; ++c) {
+      const Chunk& ch = plan.chunks[s.first_chunk + c];
+      if (i < ch.row_lo || i >= ch.row_hi) continue;
+      const C* part = plan.scratch.get() + ch.scratch + (h * (ch.row_hi - ch.row_lo) + i - ch.row_lo) * D_pad;
+      for (int64_t d = 0; d < D; ++d) row[d] += part[d];
+    }
+    for (int64_t d = 0; d < D; ++d) row[d] *= plan.qscale;
+    from_compute(row, dQ + (s.q0 + i) * p.dq_row_stride + h * p.dq_head_stride, D);
+  }
+}
+
+template <class T>
+void backward(const VarlenBackwardParams& p) {
+  Plan<T> plan(p);
+  compute_delta(plan);
+  make_plan(plan);
+
+  std::vector<WorkItem> items;
+  double flops = 0;
+  for (size_t ci = 0; ci < plan.chunks.size(); ++ci) {
+    for (int64_t kvh = 0; kvh < p.heads_k; ++kvh) items.push_back({int64_t(ci), kvh, 0, plan.chunks[ci].cost});
+    flops += plan.chunks[ci].cost * double(p.heads_k);
+  }
+  std::vector<Buffers<T>> buffers;
+  const int threads = std::max(1, num_threads());
+  buffers.reserve(threads);
+  for (int t = 0; t < threads; ++t)
+    buffers.emplace_back(plan.D, plan.Dv, plan.D_pad, plan.Dv_pad, plan.thread_dq_elems);
+  if constexpr (std::is_same_v<T, double>) refine_lse(plan, buffers);
+  run_items(items, flops, [&](int t, const WorkItem& it) { backward_chunk<T>(plan, it.seq, it.head, buffers[t]); });
+
+  if (!plan.scratch) return;
+  items.clear();
+  double bytes = 0;
+  for (size_t b = 0; b < plan.seqs.size(); ++b) {
+    const Sequence& s = plan.seqs[b];
+    if (s.num_chunks <= 1) continue;
+    for (int64_t h = 0; h < p.heads_q; ++h)
+      for (int64_t i0 = 0; i0 < s.Lq; i0 += kBlockQ) {
+        const double cost = double(std::min(kBlockQ, s.Lq - i0)) * double(plan.D * s.num_chunks);
+        items.push_back({int64_t(b), h, i0, cost});
+        bytes += cost;
+      }
+  }
+  run_items(items, bytes, [&](int t, const WorkItem& it) { reduce_dq<T>(plan, it.seq, it.head, it.block, buffers[t]); });
+}
+
+}  // namespace
+
+void varlen_bwd(const VarlenBackwardParams& p) {
+  switch (p.dtype) {
+    case DType::Float32: backward<float>(p); break;
+    case DType::Float64: backward<double>(p); break;
+    case DType::Float16: backward<float16>(p); break;
+    case DType::BFloat16: backward<bfloat16>(p); break;
+    default: break;  // rejected by the caller's validation
+  }
+}
+
+}  // namespace scree::cpu::SCREE_CPU_ISA

@@ -1,0 +1,57 @@
+// The one matrix micro-kernel of the CPU attention: C (M x N) (+)= A (M x K) * B (K x N), all
+// row-major in the compute type. Register tile: 6 rows x 2 vectors (12 accumulators + 2 B loads
+// + 1 broadcast fits the 16 AVX2 registers); B's K x 2W panel stays in L1 across row tiles.
+// N must be a multiple of 2 * width (callers pad their packed buffers with zeros).
+#pragma once
+
+#include <cstdint>
+
+#include "simd.h"
+
+namespace scree::cpu {
+
+template <class T, int R>
+inline void gemm_tile(const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t K,
+                      bool accumulate) {
+  using V = vec_t<T>;
+  constexpr int W = Simd<T>::width;
+  V c0[R], c1[R];
+  for (int r = 0; r < R; ++r) {
+    c0[r] = accumulate ? load<T>(C + r * ldc) : V{};
+    c1[r] = accumulate ? load<T>(C + r * ldc + W) : V{};
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const V b0 = load<T>(B + k * ldb), b1 = load<T>(B + k * ldb + W);
+    for (int r = 0; r < R; ++r) {
+      const T a = A[r * lda + k];
+      c0[r] += a * b0;
+      c1[r] += a * b1;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    store<T>(C + r * ldc, c0[r]);
+    store<T>(C + r * ldc + W, c1[r]);
+  }
+}
+
+template <class T>
+void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
+          bool accumulate) {
+  constexpr int W2 = 2 * Simd<T>::width;
+  for (int64_t j = 0; j < N; j += W2) {
+    int64_t i = 0;
+    for (; i + 6 <= M; i += 6) gemm_tile<T, 6>(A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc, K, accumulate);
+    const T* a = A + i * lda;
+    T* c = C + i * ldc + j;
+    switch (M - i) {
+      case 5: gemm_tile<T, 5>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
+      case 4: gemm_tile<T, 4>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
+      case 3: gemm_tile<T, 3>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
+      case 2: gemm_tile<T, 2>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
+      case 1: gemm_tile<T, 1>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
+      default: break;
+    }
+  }
+}
+
+}  // namespace scree::cpu

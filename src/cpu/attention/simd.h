@@ -1,0 +1,122 @@
+// Portable SIMD for the CPU attention kernels: GCC/Clang vector extensions, 32 bytes wide (8
+// floats or 4 doubles), so the same source compiles to AVX2+FMA in the TU built with -mavx2 -mfma
+// and to SSE pairs in the generic TU. exp/tanh are polynomial, vectorised, accurate to ~2 ulp in
+// float (the softmax error budget is dominated by the fp32 accumulation, not by exp).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+namespace scree::cpu {
+
+template <class T>
+struct Simd;
+
+template <>
+struct Simd<float> {
+  typedef float vec __attribute__((vector_size(32), aligned(32)));
+  typedef int32_t ivec __attribute__((vector_size(32), aligned(32)));
+  static constexpr int width = 8;
+};
+
+template <>
+struct Simd<double> {
+  typedef double vec __attribute__((vector_size(32), aligned(32)));
+  typedef int64_t ivec __attribute__((vector_size(32), aligned(32)));
+  static constexpr int width = 4;
+};
+
+template <class T>
+using vec_t = typename Simd<T>::vec;
+
+template <class T>
+inline vec_t<T> load(const T* p) {
+  vec_t<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <class T>
+inline void store(T* p, vec_t<T> v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+template <class T>
+inline vec_t<T> splat(T x) {
+  return vec_t<T>{} + x;
+}
+
+template <class T>
+inline vec_t<T> vmax(vec_t<T> a, vec_t<T> b) {
+  return a > b ? a : b;
+}
+
+// e^x, vectorised: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 (float) / degree-11
+// (double) Taylor-Horner polynomial, 2^n assembled in the exponent bits. Inputs below the
+// underflow bound give 0 (needed: exp(-inf) = 0 for masked scores), above overflow give inf.
+template <class T>
+inline vec_t<T> vexp(vec_t<T> x) {
+  using V = vec_t<T>;
+  using I = typename Simd<T>::ivec;
+  constexpr bool f32 = std::is_same_v<T, float>;
+  const T hi = f32 ? T(88.3762626647949) : T(709.78);
+  const T lo = f32 ? T(-87.3365447504) : T(-708.39);
+  V xc = x > hi ? splat<T>(hi) : x;
+  xc = xc < lo ? splat<T>(lo) : xc;
+  const V log2e = splat<T>(T(1.44269504088896341));
+  V n = xc * log2e;
+  // round to nearest via the magic-number trick (valid for |n| < 2^22 / 2^51)
+  const V magic = splat<T>(f32 ? T(12582912.0) : T(6755399441055744.0));
+  n = (n + magic) - magic;
+  V r = xc - n * T(0.693145751953125);  // ln2 split in two for an exact reduction
+  r = r - n * T(1.42860682030941723212e-6);
+  V p;
+  if constexpr (f32) {
+    p = splat<T>(T(1.0 / 720));
+    p = p * r + T(1.0 / 120);
+    p = p * r + T(1.0 / 24);
+    p = p * r + T(1.0 / 6);
+    p = p * r + T(0.5);
+    p = p * r + T(1.0);
+    p = p * r + T(1.0);
+  } else {
+    p = splat<T>(T(1.0 / 39916800));
+    const T c[] = {1.0 / 3628800, 1.0 / 362880, 1.0 / 40320, 1.0 / 5040, 1.0 / 720, 1.0 / 120,
+                   1.0 / 24,      1.0 / 6,      0.5,          1.0,          1.0};
+    for (T ci : c) p = p * r + ci;
+  }
+  const I ni = __builtin_convertvector(n, I);
+  const I bias = ni + (f32 ? 127 : 1023);
+  const I bits = bias << (f32 ? 23 : 52);
+  V scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  V out = p * scale;
+  out = x < lo ? splat<T>(T(0)) : out;
+  out = x > hi ? splat<T>(std::numeric_limits<T>::infinity()) : out;
+  return out;
+}
+
+// tanh(x) = 1 - 2 / (e^{2x} + 1): saturates correctly at +-1 through vexp's inf/0 limits.
+template <class T>
+inline vec_t<T> vtanh(vec_t<T> x) {
+  return T(1) - T(2) / (vexp<T>(x + x) + T(1));
+}
+
+template <class T>
+inline T hmax(vec_t<T> v) {
+  T out = v[0];
+  for (int i = 1; i < Simd<T>::width; ++i) out = v[i] > out ? v[i] : out;
+  return out;
+}
+
+template <class T>
+inline T hsum(vec_t<T> v) {
+  T out = 0;
+  for (int i = 0; i < Simd<T>::width; ++i) out += v[i];
+  return out;
+}
+
+}  // namespace scree::cpu
