@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "convert.h"
@@ -28,8 +29,8 @@ using attention::visible_keys;
 namespace {
 
 // Block sizes, with the per-thread working set for D = Dv = 128 in fp32:
-// Q 64x128 (32 KiB) + K^T 128x128 (64 KiB) + V 128x128 (64 KiB) + S 64x128 (32 KiB) + O (32 KiB)
-// = 224 KiB, inside the 512 KiB L2 of this machine's cores.
+// Q^T 128x64 (32 KiB) + K 128x128 (64 KiB, only when converted) + V 128x128 (64 KiB, idem)
+// + S^T 128x64 (32 KiB) + O 64x128 (32 KiB) = at most 224 KiB, inside this machine's 512 KiB L2.
 constexpr int64_t kBlockQ = 64;
 constexpr int64_t kBlockK = 128;
 
@@ -38,19 +39,25 @@ int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 template <class T>
 struct Buffers {
   using C = compute_t<T>;
-  std::vector<C> q, kt, v, s, o, m, l, krow;
+  std::vector<C> qt, k, v, st, o, m, l, lo, hi, row;
   Buffers(int64_t D, int64_t Dv_pad) {
-    q.resize(kBlockQ * D);
-    krow.resize(D);
-    kt.resize(D * kBlockK);
+    qt.resize(D * kBlockQ);
+    k.resize(kBlockK * D);
     v.resize(kBlockK * Dv_pad);
-    s.resize(kBlockQ * kBlockK);
+    st.resize(kBlockK * kBlockQ);
     o.resize(kBlockQ * Dv_pad);
     m.resize(kBlockQ);
     l.resize(kBlockQ);
+    lo.resize(kBlockQ);
+    hi.resize(kBlockQ);
+    row.resize(D);
   }
 };
 
+// One work item. The scores are computed transposed, S^T = K Q^T (keys x queries): the K block is
+// then the broadcast operand and is read in place (fp32) or converted row by row (fp16/bf16),
+// never transposed, and the online softmax runs across query columns, one vector per key row, with
+// no horizontal reductions. Q^T is packed once per item and reused by every key block.
 template <class T>
 void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf) {
   using C = compute_t<T>;
@@ -62,79 +69,100 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   const int64_t q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
   const int64_t Lq = p.cu_seqlens_q[b + 1] - q0, Lk = p.cu_seqlens_k[b + 1] - k0;
   const int64_t i0 = item.block * kBlockQ, rows = std::min(kBlockQ, Lq - i0);
+  const int64_t cols = round_up(rows, 2 * W);  // query columns of S^T, zero-padded
   const bool capped = p.softcap > 0.0;
   const C cap = C(p.softcap);
+  // fp32 K and V are used where they lie (row strides as given); other types are converted.
+  constexpr bool in_place = std::is_same_v<T, C>;
+  const bool v_in_place = in_place && Dv == Dv_pad;
 
   const T* Q = static_cast<const T*>(p.q);
-  const T* K = static_cast<const T*>(p.k);
-  const T* Vg = static_cast<const T*>(p.v);
+  const T* K = static_cast<const T*>(p.k) + k0 * p.k_row_stride + kvh * p.k_head_stride;
+  const T* Vg = static_cast<const T*>(p.v) + k0 * p.v_row_stride + kvh * p.v_head_stride;
   T* O = static_cast<T*>(p.out);
 
-  // Q rows, pre-multiplied by scale (and 1/softcap when capping, so tanh sees s / softcap).
-  const C qscale = capped ? C(p.scale) / cap : C(p.scale);
-  for (int64_t r = 0; r < rows; ++r)
-    to_compute(Q + (q0 + i0 + r) * p.q_row_stride + h * p.q_head_stride, buf.q.data() + r * D, D, qscale);
+  // Q^T (D x cols), pre-multiplied by scale (and 1/softcap when capping, so tanh sees s / softcap).
+  const C qscale = capped ? C(p.scale / p.softcap) : C(p.scale);
+  C* qt = buf.qt.data();
+  for (int64_t r = 0; r < rows; ++r) {
+    to_compute(Q + (q0 + i0 + r) * p.q_row_stride + h * p.q_head_stride, buf.row.data(), D, qscale);
+    for (int64_t d = 0; d < D; ++d) qt[d * cols + r] = buf.row[d];
+  }
+  for (int64_t d = 0; d < D; ++d) std::fill(qt + d * cols + rows, qt + (d + 1) * cols, C(0));
   std::fill(buf.o.begin(), buf.o.begin() + rows * Dv_pad, C(0));
-  std::fill(buf.m.begin(), buf.m.begin() + rows, kNegInf);
-  std::fill(buf.l.begin(), buf.l.begin() + rows, C(0));
+  std::fill(buf.m.begin(), buf.m.begin() + cols, kNegInf);
+  std::fill(buf.l.begin(), buf.l.begin() + cols, C(0));
 
-  // lo and hi of the visible key range grow with the row, so the block's union of ranges is
-  // [lo(first row), hi(last row)) and its intersection is [lo(last row), hi(first row)).
+  // Each row's visible keys [lo, hi): both bounds grow with the row, so the block needs keys
+  // [lo(first), hi(last)) and sees all of them in every row only inside [lo(last), hi(first)).
   const KeyRange first = visible_keys(p, i0, Lq, Lk), last = visible_keys(p, i0 + rows - 1, Lq, Lk);
+  for (int64_t r = 0; r < cols; ++r) {
+    const KeyRange kr = r < rows ? visible_keys(p, i0 + r, Lq, Lk) : KeyRange{0, 0};
+    buf.lo[r] = C(kr.lo);
+    buf.hi[r] = C(kr.hi);
+  }
+
+  C* st = buf.st.data();
   for (int64_t kb = first.lo; kb < last.hi; kb += kBlockK) {
-    const int64_t n = std::min(kBlockK, last.hi - kb), n_pad = round_up(n, 2 * W);
-    // Pack K^T (D x n_pad) and V (n_pad x Dv_pad), zero-padded so padded columns contribute 0.
-    for (int64_t j = 0; j < n_pad; ++j) {
-      C* vrow = buf.v.data() + j * Dv_pad;
-      if (j < n) {
-        // Convert the key row contiguously (vectorised), then scatter it into column j of K^T.
-        to_compute(K + (k0 + kb + j) * p.k_row_stride + kvh * p.k_head_stride, buf.krow.data(), D, C(1));
-        for (int64_t d = 0; d < D; ++d) buf.kt[d * n_pad + j] = buf.krow[d];
-        to_compute(Vg + (k0 + kb + j) * p.v_row_stride + kvh * p.v_head_stride, vrow, Dv, C(1));
+    const int64_t n = std::min(kBlockK, last.hi - kb);
+    const C* kblk;
+    int64_t ldk;
+    if constexpr (in_place) {
+      kblk = K + kb * p.k_row_stride, ldk = p.k_row_stride;
+    } else {
+      for (int64_t j = 0; j < n; ++j) to_compute(K + (kb + j) * p.k_row_stride, buf.k.data() + j * D, D, C(1));
+      kblk = buf.k.data(), ldk = D;
+    }
+    const C* vblk;
+    int64_t ldv;
+    if (v_in_place) {
+      vblk = reinterpret_cast<const C*>(Vg + kb * p.v_row_stride), ldv = p.v_row_stride;
+    } else {
+      for (int64_t j = 0; j < n; ++j) {
+        C* vrow = buf.v.data() + j * Dv_pad;
+        to_compute(Vg + (kb + j) * p.v_row_stride, vrow, Dv, C(1));
         std::fill(vrow + Dv, vrow + Dv_pad, C(0));
-      } else {
-        for (int64_t d = 0; d < D; ++d) buf.kt[d * n_pad + j] = C(0);
-        std::fill(vrow, vrow + Dv_pad, C(0));
+      }
+      vblk = buf.v.data(), ldv = Dv_pad;
+    }
+    gemm<C>(n, cols, D, kblk, ldk, qt, cols, st, cols, false);  // S^T (n x cols)
+
+    const bool full = last.lo <= kb && kb + n <= first.hi && rows == cols;
+    for (int64_t j = 0; j < n; ++j) {
+      C* srow = st + j * cols;
+      const V key = splat<C>(C(kb + j));
+      for (int64_t c = 0; c < cols; c += W) {
+        V s = load<C>(srow + c);
+        if (capped) s = cap * vtanh<C>(s);
+        if (!full) s = (key >= load<C>(buf.lo.data() + c)) & (key < load<C>(buf.hi.data() + c)) ? s : splat<C>(kNegInf);
+        store<C>(srow + c, s);
       }
     }
-    C* S = buf.s.data();
-    gemm<C>(rows, n_pad, D, buf.q.data(), D, buf.kt.data(), n_pad, S, n_pad, false);
-
-    const bool full = last.lo <= kb && kb + n <= first.hi;
-    for (int64_t r = 0; r < rows; ++r) {
-      C* srow = S + r * n_pad;
-      if (capped)
-        for (int64_t j = 0; j < n_pad; j += W) store<C>(srow + j, cap * vtanh<C>(load<C>(srow + j)));
-      int64_t lo = 0, hi = n;  // visible columns of this row within the block
-      if (!full) {
-        const KeyRange kr = visible_keys(p, i0 + r, Lq, Lk);
-        lo = std::clamp<int64_t>(kr.lo - kb, 0, n);
-        hi = std::clamp<int64_t>(kr.hi - kb, lo, n);
-      }
-      for (int64_t j = 0; j < lo; ++j) srow[j] = kNegInf;
-      for (int64_t j = hi; j < n_pad; ++j) srow[j] = kNegInf;
-      if (hi <= lo) {  // nothing visible here: P row is 0, O and the statistics stay
-        std::fill(srow, srow + n_pad, C(0));
-        continue;
-      }
-      V mv = splat<C>(kNegInf);
-      for (int64_t j = 0; j < n_pad; j += W) mv = vmax<C>(mv, load<C>(srow + j));
-      const C m_old = buf.m[r], m_new = std::max(m_old, hmax<C>(mv));
-      const C alpha = std::exp(m_old - m_new);  // 0 on the first visible block (m_old = -inf)
+    // Online softmax across query columns: new running max, rescale factor, exp and row sums.
+    for (int64_t c = 0; c < cols; c += W) {
+      const V m_old = load<C>(buf.m.data() + c);
+      V m_new = m_old;
+      for (int64_t j = 0; j < n; ++j) m_new = vmax<C>(m_new, load<C>(st + j * cols + c));
+      // A column that has seen no key yet keeps max -inf; shifting by 0 keeps its exps at 0.
+      const V shift = m_new == kNegInf ? splat<C>(C(0)) : m_new;
       V sum = V{};
-      for (int64_t j = 0; j < n_pad; j += W) {
-        const V e = vexp<C>(load<C>(srow + j) - m_new);
-        store<C>(srow + j, e);
+      for (int64_t j = 0; j < n; ++j) {
+        const V e = vexp<C>(load<C>(st + j * cols + c) - shift);
+        store<C>(st + j * cols + c, e);
         sum += e;
       }
-      buf.l[r] = buf.l[r] * alpha + hsum<C>(sum);
-      buf.m[r] = m_new;
-      if (alpha != C(1)) {
-        C* orow = buf.o.data() + r * Dv_pad;
-        for (int64_t d = 0; d < Dv_pad; d += W) store<C>(orow + d, load<C>(orow + d) * alpha);
+      const V alpha = vexp<C>(m_old - shift);  // 0 on a column's first visible block
+      store<C>(buf.l.data() + c, load<C>(buf.l.data() + c) * alpha + sum);
+      store<C>(buf.m.data() + c, m_new);
+      for (int64_t w = 0; w < W && c + w < rows; ++w) {
+        const C a = alpha[w];
+        if (a != C(1)) {
+          C* orow = buf.o.data() + (c + w) * Dv_pad;
+          for (int64_t d = 0; d < Dv_pad; d += W) store<C>(orow + d, load<C>(orow + d) * a);
+        }
       }
     }
-    gemm<C>(rows, Dv_pad, n_pad, S, n_pad, buf.v.data(), Dv_pad, buf.o.data(), Dv_pad, true);
+    gemm<C, true>(rows, Dv_pad, n, st, cols, vblk, ldv, buf.o.data(), Dv_pad, true);  // O += P V
   }
 
   for (int64_t r = 0; r < rows; ++r) {

@@ -1,5 +1,6 @@
-// The one matrix micro-kernel of the CPU attention: C (M x N) (+)= A (M x K) * B (K x N), all
-// row-major in the compute type. Register tile: 6 rows x 2 vectors (12 accumulators + 2 B loads
+// The one matrix micro-kernel of the CPU attention: C (M x N) (+)= A (M x K) * B (K x N), B and C
+// row-major in the compute type; A row-major, or stored transposed (A_T: element (m, k) at
+// A[k * lda + m]) so that S^T from a previous product can be used without a transpose. Register tile: 6 rows x 2 vectors (12 accumulators + 2 B loads
 // + 1 broadcast fits the 16 AVX2 registers); B's K x 2W panel stays in L1 across row tiles.
 // N must be a multiple of 2 * width (callers pad their packed buffers with zeros).
 #pragma once
@@ -10,7 +11,7 @@
 
 namespace scree::cpu {
 
-template <class T, int R>
+template <class T, int R, bool A_T>
 inline void gemm_tile(const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t K,
                       bool accumulate) {
   using V = vec_t<T>;
@@ -23,7 +24,7 @@ inline void gemm_tile(const T* A, int64_t lda, const T* B, int64_t ldb, T* C, in
   for (int64_t k = 0; k < K; ++k) {
     const V b0 = load<T>(B + k * ldb), b1 = load<T>(B + k * ldb + W);
     for (int r = 0; r < R; ++r) {
-      const T a = A[r * lda + k];
+      const T a = A_T ? A[k * lda + r] : A[r * lda + k];
       c0[r] += a * b0;
       c1[r] += a * b1;
     }
@@ -34,21 +35,22 @@ inline void gemm_tile(const T* A, int64_t lda, const T* B, int64_t ldb, T* C, in
   }
 }
 
-template <class T>
+template <class T, bool A_T = false>
 void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
           bool accumulate) {
   constexpr int W2 = 2 * Simd<T>::width;
   for (int64_t j = 0; j < N; j += W2) {
     int64_t i = 0;
-    for (; i + 6 <= M; i += 6) gemm_tile<T, 6>(A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc, K, accumulate);
-    const T* a = A + i * lda;
+    for (; i + 6 <= M; i += 6)
+      gemm_tile<T, 6, A_T>(A + (A_T ? i : i * lda), lda, B + j, ldb, C + i * ldc + j, ldc, K, accumulate);
+    const T* a = A + (A_T ? i : i * lda);
     T* c = C + i * ldc + j;
     switch (M - i) {
-      case 5: gemm_tile<T, 5>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
-      case 4: gemm_tile<T, 4>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
-      case 3: gemm_tile<T, 3>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
-      case 2: gemm_tile<T, 2>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
-      case 1: gemm_tile<T, 1>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
+      case 5: gemm_tile<T, 5, A_T>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
+      case 4: gemm_tile<T, 4, A_T>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
+      case 3: gemm_tile<T, 3, A_T>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
+      case 2: gemm_tile<T, 2, A_T>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
+      case 1: gemm_tile<T, 1, A_T>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
       default: break;
     }
   }
