@@ -1,12 +1,21 @@
 """scree: variable-length (ragged) tensors as a first-class type.
 
-``scree.Array(values, offsets)`` is the same object over NumPy arrays and torch tensors; its
-layout is validated once in C++ and its layout operations run on compiled C++ kernels on the
-host. ``import scree`` imports no framework: torch is only touched once you hand scree a tensor.
+``scree.Array(values, offsets)`` is the same object over NumPy arrays, torch tensors, JAX arrays
+and MLX arrays; its layout is validated once in C++ and its layout operations run on compiled C++
+kernels on the host (NumPy, torch CPU) and as framework ops elsewhere. ``import scree`` imports no
+framework: a framework is only touched once you hand scree one of its arrays.
+
+With JAX, ``scree.Array`` is a pytree (registered when scree first sees a JAX array, or at
+``import scree`` if jax was imported before): it passes through ``jax.jit``, ``jax.grad`` and
+``jax.vmap``. An Array built from NumPy data only and handed to jax.jit before scree ever saw jax
+needs ``arr.to("jax")`` first (which registers it too).
 """
+
+import sys as _sys
 
 from scree._array import Array
 from scree._construct import from_cu_seqlens, from_lengths, from_offsets, from_padded, pack, unpack
+from scree._combine import concat_sequences
 from scree.kernels.attention import varlen_attention, varlen_attention_backward
 from scree._errors import (
     ArgumentError,
@@ -22,6 +31,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Array", "pack", "unpack", "from_offsets", "from_lengths", "from_cu_seqlens", "from_padded",
+    "concat_sequences",
     "ScreeError", "RaggedError", "ShapeError", "DTypeError", "UnsupportedError", "ArgumentError",
     "BackendError", "varlen_attention", "varlen_attention_backward", "__version__",
 ]
+
+if "jax" in _sys.modules:  # jax was imported first: make Array a pytree now (imports nothing new)
+    from scree._backends import jax as _jax_backend  # noqa: F401

@@ -1,4 +1,5 @@
-"""Backend detection and lookup. Each backend is one small module (numpy.py, torch.py) exposing
+"""Backend detection and lookup. Each backend is one small module (numpy.py, torch.py, jax.py,
+mlx.py) exposing
 the same handful of functions; everything above this package is written once against that
 namespace. Frameworks are detected through `sys.modules` only (array-api-compat's habit), so
 scree never imports a framework the user has not imported."""
@@ -14,7 +15,8 @@ from scree._errors import BackendError
 
 __all__ = ["get", "of", "common", "names"]
 
-_MODULES = {"numpy": "scree._backends.numpy", "torch": "scree._backends.torch"}
+_MODULES = {"numpy": "scree._backends.numpy", "torch": "scree._backends.torch",
+            "jax": "scree._backends.jax", "mlx": "scree._backends.mlx"}
 
 
 def names() -> tuple[str, ...]:
@@ -22,10 +24,19 @@ def names() -> tuple[str, ...]:
     return tuple(_MODULES)
 
 
+_LOADED: dict[str, ModuleType] = {}
+
+
 def get(name: str) -> ModuleType:
-    """The backend namespace called `name` ('numpy', 'torch')."""
+    """The backend namespace called `name` ('numpy', 'torch', 'jax', 'mlx'); importing it imports
+    that framework (call it only when the user asked for that framework)."""
+    # A plain dict hit after the first import: torch.compile (dynamo) can trace it, not importlib.
+    mod = _LOADED.get(name)
+    if mod is not None:
+        return mod
     try:
-        return importlib.import_module(_MODULES[name])
+        mod = _LOADED[name] = importlib.import_module(_MODULES[name])
+        return mod
     except KeyError:
         raise BackendError(f"unknown backend {name!r}; known: {', '.join(_MODULES)}") from None
 
@@ -37,14 +48,21 @@ def of(x: Any) -> ModuleType:
         return get("numpy")
     if mod == "torch" and "torch" in sys.modules and isinstance(x, sys.modules["torch"].Tensor):
         return get("torch")
+    # jax.Array values are jaxlib objects; tracers (inside jit/grad/vmap) are jax objects.
+    if mod in ("jax", "jaxlib") and "jax" in sys.modules and isinstance(x, sys.modules["jax"].Array):
+        return get("jax")
+    if mod == "mlx" and "mlx.core" in sys.modules and isinstance(x, sys.modules["mlx.core"].array):
+        return get("mlx")
     raise BackendError(
-        f"expected a NumPy array or torch.Tensor, got {type(x).__module__}.{type(x).__qualname__}"
+        "expected a NumPy array, torch.Tensor, jax.Array or mlx.core.array, got "
+        f"{type(x).__module__}.{type(x).__qualname__}"
     )
 
 
 def common(**arrays: Any) -> ModuleType:
     """The one backend shared by all named arrays (None values are ignored); BackendError naming
-    the culprits when frameworks or devices differ."""
+    the culprits when frameworks or devices differ. A device reported as None (a JAX tracer inside
+    jit, whose placement XLA decides) matches any device."""
     found: list[tuple[str, ModuleType, str]] = []
     for name, x in arrays.items():
         if x is None:
@@ -60,6 +78,6 @@ def common(**arrays: Any) -> ModuleType:
                 f"{name} is a {be.name} array but {first_name} is a {first_be.name} array; "
                 f"convert one with scree.Array.to() or the framework first"
             )
-        if dev != first_dev:
+        if dev != first_dev and dev is not None and first_dev is not None:
             raise BackendError(f"{name} is on {dev} but {first_name} is on {first_dev}")
     return first_be

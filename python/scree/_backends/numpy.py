@@ -20,6 +20,11 @@ def owns(x: Any) -> bool:
     return isinstance(x, np.ndarray)
 
 
+def is_traced(x: Any) -> bool:
+    """Whether x's values are unknown to the host (a JAX tracer under jit); never for NumPy."""
+    return False
+
+
 def device(x: Any) -> str:
     return "cpu"
 
@@ -139,6 +144,11 @@ def index_put(dst: Any, index: Any, values: Any) -> np.ndarray:
     return dst
 
 
+def masked_rows(padded: Any, mask: Any) -> np.ndarray:
+    """padded[mask] for a boolean (n, L) mask: the rows where mask is true, in order."""
+    return padded[mask]
+
+
 def segment_reduce(values: Any, segment_ids: Any, n: int, op: str) -> np.ndarray:
     """Reduce rows of `values` into n rows by segment id: 'sum', 'mean' or 'max'."""
     feat = values.shape[1:]
@@ -191,9 +201,29 @@ def swapaxes(x: Any, a: int, b: int) -> np.ndarray:
     return np.swapaxes(x, a, b)
 
 
+def exportable(x: Any) -> np.ndarray:
+    """x as a DLPack producer for another framework (NumPy arrays already are)."""
+    return x
+
+
 def to_backend(x: Any, device_: str | None = None) -> np.ndarray:
-    """Bring a native array of another framework here (zero-copy through DLPack when possible)."""
-    return np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x)
+    """Bring a native array of another framework here, zero-copy through DLPack for host memory
+    (torch CPU, JAX CPU, MLX). Views of JAX and MLX buffers are read-only: those frameworks'
+    arrays are immutable. bfloat16 has no NumPy dtype and raises scree.DTypeError."""
+    if device_ is not None and str(device_) != "cpu":
+        from scree._errors import BackendError
+
+        raise BackendError(f"NumPy arrays live on the host; device must be None or 'cpu', got {device_!r}")
+    if not hasattr(x, "__dlpack__"):
+        return np.asarray(x)
+    try:
+        return np.from_dlpack(x)
+    except (RuntimeError, TypeError, BufferError) as e:
+        if "bfloat16" in str(getattr(x, "dtype", "")):
+            from scree._errors import DTypeError
+
+            raise DTypeError("NumPy has no bfloat16: cast the values first, e.g. arr.map(lambda v: v.astype(...))") from e
+        raise
 
 
 def varlen_attention(q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -207,3 +237,8 @@ def _self() -> Any:
     import sys
 
     return sys.modules[__name__]
+
+
+def is_tracing() -> bool:
+    """Whether a tracing compiler is running (host-side checks on traced data must be skipped)."""
+    return False

@@ -23,6 +23,12 @@ def owns(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
 
 
+def is_traced(x: Any) -> bool:
+    """Whether x's values are unknown to the host (a JAX tracer under jit); torch tensors are
+    always readable (a device tensor costs one sync)."""
+    return False
+
+
 def device(x: Any) -> str:
     return str(x.device)
 
@@ -154,6 +160,11 @@ def index_put(dst: Any, index: Any, values: Any) -> torch.Tensor:
     return dst.index_put(tuple(index), values)
 
 
+def masked_rows(padded: Any, mask: Any) -> torch.Tensor:
+    """padded[mask] for a boolean (n, L) mask: the rows where mask is true, in order."""
+    return padded[mask]
+
+
 def segment_reduce(values: Any, segment_ids: Any, n: int, op: str) -> torch.Tensor:
     feat = values.shape[1:]
     idx = segment_ids.reshape((-1,) + (1,) * len(feat)).expand_as(values)
@@ -200,8 +211,16 @@ def swapaxes(x: Any, a: int, b: int) -> torch.Tensor:
     return torch.swapaxes(x, a, b)
 
 
+def exportable(x: Any) -> torch.Tensor:
+    """x as a DLPack producer for another framework: detached (DLPack carries no autograd graph,
+    so Array.to() to another framework is where the torch graph ends)."""
+    return x.detach()
+
+
 def to_backend(x: Any, device_: str | None = None) -> torch.Tensor:
-    """Bring a native array of another framework here, zero-copy through DLPack where allowed."""
+    """Bring a native array of another framework here, zero-copy through DLPack: NumPy, JAX and
+    MLX host buffers are shared (a tensor over a JAX or MLX buffer must not be written to: those
+    frameworks assume their arrays never change). Moving to another device copies."""
     t = torch.from_dlpack(x) if hasattr(x, "__dlpack__") else torch.as_tensor(x)
     return t if device_ is None else t.to(device_)
 
@@ -211,3 +230,8 @@ def varlen_attention(q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: tuple) 
     from scree._backends import torch_attention
 
     return torch_attention.varlen_attention(q, k, v, cu_q, cu_k, args)
+
+
+def is_tracing() -> bool:
+    """Whether torch.compile (dynamo) is tracing: host-side NumPy checks cannot run then."""
+    return torch.compiler.is_compiling()

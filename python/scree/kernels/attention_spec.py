@@ -84,10 +84,16 @@ def _check_shapes(q: Any, k: Any, v: Any) -> tuple[int, int, int, int]:
     _, Hq, D = q.values.shape
     _, Hk, Dk = k.values.shape
     _, Hv, Dv = v.values.shape
-    nq, nk, nv = (len(a.host_offsets) - 1 for a in (q, k, v))
+    nq, nk, nv = (a.num_sequences for a in (q, k, v))
     if nq != nk or nk != nv:
         raise ShapeError(f"q, k, v must hold the same number of sequences, got {nq}, {nk}, {nv}")
-    if not np.array_equal(k.host_offsets, v.host_offsets):
+    # Offsets traced under jax.jit cannot be compared on the host; there k and v are trusted.
+    # Shared offsets (the usual case: v = k.with_values(...)) need no comparison. While a tracer
+    # runs (torch.compile) the host comparison cannot be traced and is skipped: the kernel reads
+    # v with k's offsets, as FlashAttention does with its single cu_seqlens_k.
+    hk, hv = k._known_host_offsets(), v._known_host_offsets()
+    if (hk is not None and hv is not None and hk is not hv and not k._ns.is_tracing()
+            and not np.array_equal(hk, hv)):
         raise ShapeError("k and v must have the same offsets (same sequence lengths)")
     if Hk != Hv:
         raise ShapeError(f"k and v must have the same number of heads, got {Hk} and {Hv}")

@@ -1,0 +1,207 @@
+"""scree.varlen_attention (the compiled CPU kernel) against the fp64 reference on fresh random
+inputs with FlashAttention's tolerance rule, over the edge-case matrix (lengths 0, 1, odd, longer
+than a block; q/k lengths differing; GQA 1/2/8; head dims 32..256; causal, window, softcap), for
+NumPy and torch, forward and backward (torch autograd, NumPy varlen_attention_backward), plus
+gradcheck in float64, torch.compile(fullgraph=True) and typed errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import scree
+from scree.kernels.reference import varlen_attention as reference
+
+torch = pytest.importorskip("torch", reason="torch is not installed")
+
+LENGTHS = {  # (q lengths, k lengths)
+    "edge": ([0, 1, 3, 0, 7], [0, 1, 3, 5, 0]),
+    "long": ([130, 1, 200], [130, 1, 200]),
+    "q_longer": ([67, 5, 1], [20, 3, 9]),
+    "k_longer": ([9, 40, 2], [150, 41, 77]),
+}
+OPTIONS = {
+    "plain": {},
+    "causal": {"causal": True},
+    "window": {"window": (17, 4)},
+    "causal_left": {"causal": True, "window": (33, None)},
+    "softcap_scale": {"softcap": 4.0, "scale": 0.3},
+}
+
+
+def _rng():
+    return np.random.default_rng()
+
+
+def make(rng, lq, lk, hq, hk, d, dv, dtype, backend):
+    """q, k, v Arrays of random normal values (never zero) in `dtype` on `backend`."""
+    def arr(lengths, h, dim):
+        x = rng.standard_normal((int(sum(lengths)), h, dim)) + 0.1
+        if backend == "torch":
+            return scree.from_lengths(torch.from_numpy(x).to(getattr(torch, dtype)), lengths)
+        return scree.from_lengths(x.astype(dtype), lengths)
+    return arr(lq, hq, d), arr(lk, hk, d), arr(lk, hk, dv)
+
+
+def f64(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def upcast(a):
+    """The same Array in float64 on the same backend (the exact inputs, widened)."""
+    v = a.values
+    return a.with_values(v.detach().to(torch.float64) if isinstance(v, torch.Tensor) else v.astype(np.float64))
+
+
+def check_tolerance(got, ref64, ref_lowp, atol):
+    """FlashAttention's rule: |kernel - fp64| <= 2 |reference in the input dtype - fp64| + atol."""
+    err = np.abs(f64(got) - f64(ref64)).max(initial=0.0)
+    base = np.abs(f64(ref_lowp) - f64(ref64)).max(initial=0.0)
+    assert err <= 2 * base + atol, f"kernel error {err:.3g} vs reference-in-dtype error {base:.3g}"
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("opts", list(OPTIONS.values()), ids=list(OPTIONS))
+@pytest.mark.parametrize("lengths", list(LENGTHS.values()), ids=list(LENGTHS))
+def test_forward_float32_matches_fp64_reference(backend, opts, lengths):
+    rng = _rng()
+    q, k, v = make(rng, *lengths, 4, 2, 64, 64, "float32", backend)
+    out, lse = scree.varlen_attention(q, k, v, return_lse=True, **opts)
+    ref, ref_lse = reference(*(upcast(a) for a in (q, k, v)), return_lse=True, **opts)
+    low = reference(q, k, v, upcast=False, **opts)
+    check_tolerance(out.values, ref.values, low.values, atol=1e-5)
+    ref_lse = f64(ref_lse)
+    got_lse = f64(lse)
+    assert np.array_equal(np.isneginf(got_lse), np.isneginf(ref_lse))
+    fin = np.isfinite(ref_lse)
+    np.testing.assert_allclose(got_lse[fin], ref_lse[fin], rtol=1e-5, atol=1e-5)
+    assert type(out.values) is type(q.values) and out.offsets is q.offsets
+
+
+@pytest.mark.parametrize("hq,hk", [(4, 4), (4, 2), (8, 1)])
+@pytest.mark.parametrize("d,dv", [(32, 32), (80, 80), (128, 64), (256, 256)])
+def test_forward_heads_and_dims(hq, hk, d, dv):
+    rng = _rng()
+    q, k, v = make(rng, [33, 0, 129], [40, 2, 129], hq, hk, d, dv, "float32", "numpy")
+    out = scree.varlen_attention(q, k, v, causal=True)
+    ref = reference(*(upcast(a) for a in (q, k, v)), causal=True)
+    low = reference(q, k, v, causal=True, upcast=False)
+    check_tolerance(out.values, ref.values, low.values, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("opts", [{}, {"causal": True, "softcap": 3.0}], ids=["plain", "causal_softcap"])
+def test_forward_half_precision(dtype, opts):
+    rng = _rng()
+    q, k, v = make(rng, [70, 1, 9], [70, 5, 130], 4, 2, 64, 64, dtype, "torch")
+    out = scree.varlen_attention(q, k, v, **opts)
+    ref = reference(*(upcast(a) for a in (q, k, v)), **opts)
+    low = reference(q, k, v, upcast=False, **opts)
+    assert out.values.dtype == getattr(torch, dtype)
+    check_tolerance(out.values, ref.values, low.values, atol=1e-3)
+
+
+@pytest.mark.parametrize("opts", list(OPTIONS.values()), ids=list(OPTIONS))
+def test_torch_backward_matches_reference_autograd(opts):
+    rng = _rng()
+    q, k, v = make(rng, [0, 1, 67, 9], [0, 5, 67, 140], 4, 2, 32, 48, "float32", "torch")
+    dout = torch.from_numpy(rng.standard_normal((q.total, 4, 48)).astype(np.float32))
+    grads = []
+    for fn, prec in ((scree.varlen_attention, torch.float32), (reference, torch.float64)):
+        leaves = [a.values.detach().to(prec).requires_grad_(True) for a in (q, k, v)]
+        out = fn(*(a.with_values(x) for a, x in zip((q, k, v), leaves)), **opts)
+        (out.values * dout.to(prec)).sum().backward()
+        grads.append([x.grad for x in leaves])
+    for got, want in zip(*grads):
+        np.testing.assert_allclose(f64(got), f64(want), rtol=2e-4, atol=2e-4)
+
+
+def test_numpy_backward_function_matches_torch():
+    rng = _rng()
+    q, k, v = make(rng, [5, 0, 31], [8, 2, 31], 4, 2, 32, 32, "float64", "numpy")
+    out, lse = scree.varlen_attention(q, k, v, causal=True, return_lse=True)
+    dout = rng.standard_normal(out.values.shape)
+    dq, dk, dv = scree.varlen_attention_backward(dout, q, k, v, out, lse, causal=True)
+    tq, tk, tv = (a.to("torch").values.clone().requires_grad_(True) for a in (q, k, v))
+    ref = reference(*(a.to("torch").with_values(x) for a, x in zip((q, k, v), (tq, tk, tv))), causal=True)
+    (ref.values * torch.from_numpy(dout)).sum().backward()
+    for got, want in zip((dq, dk, dv), (tq, tk, tv)):
+        np.testing.assert_allclose(got.values, want.grad.numpy(), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("opts", [{}, {"causal": True}, {"window": (2, 1), "softcap": 1.5}],
+                         ids=["plain", "causal", "window_softcap"])
+def test_gradcheck_float64(opts):
+    rng = _rng()
+    q, k, v = make(rng, [3, 0, 5], [4, 2, 5], 2, 1, 8, 8, "float64", "torch")
+
+    def fn(qv, kv, vv):
+        return scree.varlen_attention(q.with_values(qv), k.with_values(kv), v.with_values(vv), **opts).values
+
+    inputs = tuple(a.values.clone().requires_grad_(True) for a in (q, k, v))
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    rng = _rng()
+    q, k, v = make(rng, [5, 0, 17], [5, 0, 17], 2, 2, 16, 16, "float32", "torch")
+
+    def loss(qv, kv, vv):
+        out = scree.varlen_attention(q.with_values(qv), k.with_values(kv), v.with_values(vv), causal=True)
+        return (out.values ** 2).sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    leaves = [a.values.clone().requires_grad_(True) for a in (q, k, v)]
+    eager_leaves = [a.values.clone().requires_grad_(True) for a in (q, k, v)]
+    got, want = compiled(*leaves), loss(*eager_leaves)
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(got, want)
+    for a, b in zip(leaves, eager_leaves):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_single_head_two_dimensional_inputs():
+    rng = _rng()
+    arr = scree.from_lengths(rng.standard_normal((13, 8)), [4, 2, 7])
+    out, lse = scree.varlen_attention(arr, arr, arr, causal=True, return_lse=True)
+    ref, ref_lse = reference(arr, arr, arr, causal=True, return_lse=True)
+    assert out.values.shape == (13, 8) and lse.shape == (13,)
+    np.testing.assert_allclose(out.values, ref.values, rtol=1e-10, atol=1e-12)
+
+
+def test_bad_inputs_raise_typed_errors():
+    rng = _rng()
+    q, k, v = make(rng, [3, 4], [3, 4], 4, 2, 16, 16, "float32", "numpy")
+    q3 = scree.from_lengths(q.values[:3], [3])
+    with pytest.raises(scree.ShapeError, match="same number of sequences"):
+        scree.varlen_attention(q3, k, v)
+    k3 = scree.from_lengths(rng.standard_normal((7, 3, 16)).astype(np.float32), [3, 4])
+    with pytest.raises(scree.ShapeError, match="multiple"):
+        scree.varlen_attention(q, k3, k3)
+    kd = scree.from_lengths(rng.standard_normal((7, 2, 8)).astype(np.float32), [3, 4])
+    with pytest.raises(scree.ShapeError, match="head dims"):
+        scree.varlen_attention(q, kd, kd)
+    with pytest.raises(scree.DTypeError, match="dtype"):
+        scree.varlen_attention(q, k.with_values(k.values.astype(np.float64)), v)
+    with pytest.raises(scree.BackendError):
+        scree.varlen_attention(q, k.to("torch"), v)
+    with pytest.raises(scree.ArgumentError, match="window"):
+        scree.varlen_attention(q, k, v, window=(-3, 0))
+    # The compiled boundary itself: a non-contiguous head_dim is a typed error, not a crash.
+    with pytest.raises(scree.ArgumentError, match="contiguous"):
+        scree._C.varlen_fwd(q.values[:, :, ::2], k.values[:, :, ::2], v.values, q.host_offsets, k.host_offsets,
+                            np.empty((7, 4, 16), np.float32), None, 4, 4, 0.25, False, -1, -1, 0.0)
+
+
+def test_strided_heads_are_read_in_place():
+    # q as a head slice of a fused qkv projection: strided rows and heads, contiguous head_dim.
+    rng = _rng()
+    qkv = rng.standard_normal((50, 3, 4, 32)).astype(np.float32)
+    lengths = [20, 0, 30]
+    q, k, v = (scree.from_lengths(qkv[:, i], lengths) for i in range(3))
+    out = scree.varlen_attention(q, k, v, causal=True)
+    ref = reference(*(scree.from_lengths(np.ascontiguousarray(qkv[:, i]), lengths) for i in range(3)), causal=True)
+    np.testing.assert_allclose(out.values, ref.values, rtol=1e-4, atol=1e-5)
