@@ -17,6 +17,9 @@ using scree::ErrorKind;
 namespace scree::bindings {
 void register_layout(nb::module_& m);
 void register_attention(nb::module_& m);
+#ifdef SCREE_WITH_XLA_FFI
+void register_xla(nb::module_& m);
+#endif
 }  // namespace scree::bindings
 
 namespace {
@@ -60,4 +63,10 @@ NB_MODULE(_C, m) {
   m.def("cuda_device_count", device_count, "Visible CUDA devices (0 without a driver or in a CPU-only build).");
   scree::bindings::register_layout(m);
   scree::bindings::register_attention(m);
+#ifdef SCREE_WITH_XLA_FFI
+  scree::bindings::register_xla(m);
+#else
+  m.def("registrations", [] { return nb::dict(); },
+        "XLA FFI handlers (name -> capsule) for jax.ffi.register_ffi_target; empty when built without jax.");
+#endif
 }

@@ -10,18 +10,26 @@
 // dK += dS^T Q into per-thread block accumulators (written out, not accumulated, when the block is
 // done: the item owns those keys for all G query heads, so the GQA sum needs no atomics), and
 // dQ += dS K into an fp32 dQ accumulator. Per (query row, key) that is 2(3D + 2Dv) FLOPs = 2.5x
-// the forward's 2(D + Dv) for D = Dv, i.e. no recomputation beyond S itself. The FA2-style split
-// (pass 1 over key blocks for dK/dV, pass 2 over query blocks for dQ) recomputes S and dP a
-// second time: 2(4D + 3Dv) per pair, 3.5x forward = +40% FLOPs, which on a 2-core CPU is never
-// repaid by its extra parallelism.
+// the forward's 2(D + Dv) for D = Dv: nothing is computed twice. The FA2-style split (pass 1 over
+// key blocks for dK/dV, pass 2 over query blocks for dQ) recomputes S and dP a second time:
+// 2(4D + 3Dv) per pair, 3.5x forward = +40% FLOPs, which its extra parallelism never repays on a
+// 2-core CPU (a 4096-token, 8-head sequence already gives 8 equal items). Measured, fp32,
+// 4096 tokens x 8 heads x D 128, 2 pinned cores (Xeon, with the ISA namespace fix in the shared
+// headers): forward 114 GFLOP/s, this backward 145 GFLOP/s of useful FLOPs (1 core: 54 / 70).
 // Parallelism: items are (sequence, kv head) when that gives enough of them, so many short
-// sequences cost nothing extra. When a sequence's (sequence, kv head) unit costs more than
-// 1/kTargetItems of the whole call (one long sequence with few kv heads), its key blocks are cut
-// into up to kTargetItems chunks of equal cost; each chunk then writes a partial dQ (fp32, only
-// the rows that see the chunk), and a cheap final pass sums the partials in chunk order. Example:
-// one 4096-token sequence, Hq = 8, Hk = 1 (MQA), D = 128: 8 items of 21 GFLOP each instead of 1,
-// for 8 partial dQ copies x (4096 x 8 x 128 x 4 B) = 128 MiB and a ~10 ms reduction, against a
-// ~2 s backward. The scratch is capped (kScratchBudget); past it chunks are merged.
+// sequences cost nothing extra. When a (sequence, kv head) unit costs more than 1/kTargetItems of
+// the whole call (one long sequence with few kv heads), its key blocks are cut into up to
+// kTargetItems chunks of equal cost; each chunk then writes a partial dQ (fp32, only the rows that
+// see the chunk) and a cheap final pass sums the partials in chunk order. Example: one 4096-token
+// sequence, Hq = 8, Hk = 1 (MQA), D = 128: 8 items of 21 GFLOP instead of 1, for 8 partial dQ of
+// 4096 x 8 x 128 x 4 B = 128 MiB in all (half with causal) and a ~20 ms reduction, against a
+// multi-second backward. The scratch is capped (kScratchBudget); past it chunks are merged.
+// Operands: Q (pre-scaled) and dO are converted once per call into contiguous fp32 copies
+// (Hq, Tq, D_pad) / (Hq, Tq, Dv_pad), total_q x Hq x (D_pad + Dv_pad) x 4 B (the size of q + dO in
+// fp32), in the same parallel pass that computes delta. The GEMMs then read query tiles in place.
+// Re-gathering each tile from the (token, head) layout per key block cost ~10% of the backward:
+// its rows sit heads x D apart (4 KiB at 8 x 128 fp32), so 60-row tiles of Q and dO land in the
+// same few L2 sets and evict each other (huge pages did not help; contiguous rows did).
 // Determinism: the chunking depends only on the problem, never on the thread count; each output
 // element has one owner and a fixed summation order (query heads, then query rows in order, for
 // dK/dV; key blocks in order, then chunks in order, for dQ). GEMM rows do not depend on their
@@ -57,8 +65,8 @@ namespace {
 // no more columns than it has keys) and of 6 (the GEMM's row tile, for the dK/dV GEMMs whose rows
 // are keys); kBlockQ is a multiple of 6 (row tile of the S, dP and dQ GEMMs).
 // Per-thread working set at D = Dv = 128, fp32: K^T, V^T, K, dK, dV (5 x 96 x 128 x 4 = 240 KiB)
-// + Q, dO (2 x 60 x 128 x 4 = 60 KiB) + S/P, dP/dS (2 x 60 x 96 x 4 = 45 KiB) + the dQ tile
-// (30 KiB) = 375 KiB, inside the 512 KiB L2.
+// + the Q, dO tiles (2 x 60 x 128 x 4 = 60 KiB) + S/P, dP/dS (2 x 60 x 96 x 4 = 45 KiB) + the dQ
+// tile (30 KiB) = 375 KiB, inside the 512 KiB L2.
 constexpr int64_t kBlockK = 96;
 constexpr int64_t kBlockQ = 60;
 // Minimum number of items the chunking aims at (independent of the thread count, see above).
@@ -68,96 +76,45 @@ constexpr double kScratchBudget = 256.0 * 1024 * 1024;
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// C (M x N) (+)= A^T B with A stored K x M row-major (so A^T is M x K): the register tile of
-// gemm() with the broadcast operand read down a column. Used for dV = P^T dO and dK = dS^T Q so
-// P and dS never need transposing. N must be a multiple of 2 * width.
-template <class T, int R>
-inline void gemm_tn_tile(const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t K,
-                         bool accumulate) {
-  using V = vec_t<T>;
-  constexpr int W = Simd<T>::width;
-  V c0[R], c1[R];
-  for (int r = 0; r < R; ++r) {
-    c0[r] = accumulate ? load<T>(C + r * ldc) : V{};
-    c1[r] = accumulate ? load<T>(C + r * ldc + W) : V{};
-  }
-  for (int64_t k = 0; k < K; ++k) {
-    const V b0 = load<T>(B + k * ldb), b1 = load<T>(B + k * ldb + W);
-    const T* a = A + k * lda;
-    for (int r = 0; r < R; ++r) {
-      c0[r] += a[r] * b0;
-      c1[r] += a[r] * b1;
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    store<T>(C + r * ldc, c0[r]);
-    store<T>(C + r * ldc + W, c1[r]);
-  }
-}
-
-template <class T>
-void gemm_tn(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
-             bool accumulate) {
-  constexpr int W2 = 2 * Simd<T>::width;
-  for (int64_t j = 0; j < N; j += W2) {
-    int64_t i = 0;
-    for (; i + 6 <= M; i += 6) gemm_tn_tile<T, 6>(A + i, lda, B + j, ldb, C + i * ldc + j, ldc, K, accumulate);
-    const T* a = A + i;
-    T* c = C + i * ldc + j;
-    switch (M - i) {
-      case 5: gemm_tn_tile<T, 5>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
-      case 4: gemm_tn_tile<T, 4>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
-      case 3: gemm_tn_tile<T, 3>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
-      case 2: gemm_tn_tile<T, 2>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
-      case 1: gemm_tn_tile<T, 1>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
-      default: break;
-    }
-  }
-}
-
-// Key blocks of sequence b are [j * kBlockK, min(Lk, (j + 1) * kBlockK)); rows [row_lo, row_hi) are
-// the query rows whose visible range meets the block (a contiguous range, since both ends of the
-// visible range are non-decreasing in the row).
+// Key block j of a sequence is keys [j * kBlockK, min(Lk, (j + 1) * kBlockK)); rows
+// [row_lo, row_hi) are the query rows whose visible range meets it (a contiguous range: both ends
+// of the visible range are non-decreasing in the row).
 struct KeyBlock {
   int64_t row_lo, row_hi;
   double cost;  // one kv head, all G query heads
 };
 
-// A chunk of consecutive key blocks of one sequence (one item per kv head). rows [row_lo, row_hi)
-// cover every row any of its blocks sees; a chunked sequence's chunk owns a partial dQ
-// (Hq, row_hi - row_lo, D_pad) at `scratch` in the shared scratch buffer.
+// A run of consecutive key blocks of one sequence (one item per kv head). Rows [row_lo, row_hi)
+// cover every row any of its blocks sees. In a chunked sequence (num_chunks > 1) each chunk owns a
+// partial dQ (Hq, row_hi - row_lo, D_pad) at `scratch` in the shared scratch buffer.
 struct Chunk {
   int64_t seq;
   int64_t kb_begin, kb_end;  // indices into the sequence's key blocks
   int64_t row_lo, row_hi;
-  int64_t scratch;  // offset in elements; -1 for an unchunked sequence (per-thread accumulator)
+  int64_t scratch;  // offset in elements; -1 in an unchunked sequence (per-thread accumulator)
   double cost;
 };
 
 struct Sequence {
   int64_t q0, k0, Lq, Lk;
-  int64_t first_block;  // index of its first KeyBlock in the flat list
-  int64_t num_blocks;
+  int64_t first_block, num_blocks;  // its KeyBlocks in the flat list
   int64_t first_chunk, num_chunks;
 };
 
 template <class T>
 struct Buffers {
   using C = compute_t<T>;
-  std::vector<C> kt, vt, kr, dk, dv, q, dout, s, dp, row, lse, delta, dq;
+  std::vector<C> kt, vt, kr, dk, dv, s, dp, row, sum, dq;
   Buffers(int64_t D, int64_t Dv, int64_t D_pad, int64_t Dv_pad, int64_t dq_elems) {
     kt.resize(D * kBlockK);
     vt.resize(Dv * kBlockK);
     kr.resize(kBlockK * D_pad);
     dk.resize(kBlockK * D_pad);
     dv.resize(kBlockK * Dv_pad);
-    q.resize(kBlockQ * D_pad);
-    dout.resize(kBlockQ * Dv_pad);
     s.resize(kBlockQ * kBlockK);
     dp.resize(kBlockQ * kBlockK);
     row.resize(std::max(D_pad, Dv_pad));
-    lse.resize(kBlockQ);
-    delta.resize(kBlockQ);
+    sum.resize(kBlockQ);
     dq.resize(dq_elems);
   }
 };
@@ -166,46 +123,84 @@ template <class T>
 struct Plan {
   using C = compute_t<T>;
   const VarlenBackwardParams& p;
-  int64_t G, D, Dv, D_pad, Dv_pad;
-  bool capped;
-  C cap, qscale;
+  int64_t G = 1, D = 0, Dv = 0, D_pad = 0, Dv_pad = 0;
+  bool capped = false;
+  C cap = 0, qscale = 0;
   std::vector<Sequence> seqs;
   std::vector<KeyBlock> blocks;
   std::vector<Chunk> chunks;
-  std::vector<C> delta;         // (Hq, total_q): dO . O per row
-  std::vector<C> lse;           // (Hq, total_q): fp64 only, the fp32 lse refined (refine_lse)
+  std::unique_ptr<C[]> qp, dop;  // (Hq, total_q, D_pad) Q * qscale, (Hq, total_q, Dv_pad) dO
+  std::vector<C> delta;          // (Hq, total_q): dO . O
+  std::vector<C> lse;            // (Hq, total_q): fp64 only, the fp32 lse refined (refine_lse)
   std::unique_ptr<C[]> scratch;  // partial dQ of chunked sequences
   int64_t thread_dq_elems = 0;   // per-thread dQ accumulator of unchunked sequences
   explicit Plan(const VarlenBackwardParams& params) : p(params) {}
 };
 
-// delta = rowsum(dO * O) per (head, row), in the compute type, rows split over the threads.
+// One pass over the query rows, split over the threads: the packed Q * qscale and dO operands
+// (zero-padded to D_pad / Dv_pad) and delta = rowsum(dO * O) in the compute type.
 template <class T>
-void compute_delta(Plan<T>& plan) {
+void pack_rows(Plan<T>& plan) {
   using C = compute_t<T>;
   const auto& p = plan.p;
-  const int64_t Hq = p.heads_q, Dv = p.head_dim_v;
-  plan.delta.assign(static_cast<size_t>(Hq * p.total_q), C(0));
+  const int64_t Hq = p.heads_q, D = plan.D, Dv = plan.Dv, D_pad = plan.D_pad, Dv_pad = plan.Dv_pad;
+  const size_t n = static_cast<size_t>(Hq * p.total_q);
+  plan.delta.resize(n);
+  plan.qp.reset(new C[std::max<size_t>(n * D_pad, 1)]);
+  plan.dop.reset(new C[std::max<size_t>(n * Dv_pad, 1)]);
+  const T* Q = static_cast<const T*>(p.q);
   const T* dO = static_cast<const T*>(p.dout);
   const T* O = static_cast<const T*>(p.out);
-  const int64_t bytes = 2 * p.total_q * Hq * Dv * int64_t(sizeof(T));
+  const int64_t bytes = p.total_q * Hq * (2 * Dv + D) * int64_t(sizeof(T) + sizeof(C));
   parallel_for(p.total_q, bytes, [&](int64_t begin, int64_t end) {
-    std::vector<C> a(Dv), o(Dv);  // once per thread
+    std::vector<C> o(Dv);  // once per thread
     for (int64_t i = begin; i < end; ++i)
       for (int64_t h = 0; h < Hq; ++h) {
-        to_compute(dO + i * p.dout_row_stride + h * p.dout_head_stride, a.data(), Dv, C(1));
+        C* qrow = plan.qp.get() + (h * p.total_q + i) * D_pad;
+        to_compute(Q + i * p.q_row_stride + h * p.q_head_stride, qrow, D, plan.qscale);
+        std::fill(qrow + D, qrow + D_pad, C(0));
+        C* orow = plan.dop.get() + (h * p.total_q + i) * Dv_pad;
+        to_compute(dO + i * p.dout_row_stride + h * p.dout_head_stride, orow, Dv, C(1));
+        std::fill(orow + Dv, orow + Dv_pad, C(0));
         to_compute(O + i * p.out_row_stride + h * p.out_head_stride, o.data(), Dv, C(1));
         C acc = 0;
-        for (int64_t d = 0; d < Dv; ++d) acc += a[d] * o[d];
+        for (int64_t d = 0; d < Dv; ++d) acc += orow[d] * o[d];
         plan.delta[h * p.total_q + i] = acc;
       }
   });
 }
 
+// K block j of kv head kvh: K^T (D x n_pad) and V^T (Dv x n_pad) for S and dP, K (n x D_pad) for
+// dQ; padding zero.
+template <class T>
+void pack_keys(const Plan<T>& plan, const Sequence& s, int64_t kb, int64_t n, int64_t n_pad, int64_t kvh,
+               Buffers<T>& buf, bool with_v) {
+  using C = compute_t<T>;
+  const auto& p = plan.p;
+  const int64_t D = plan.D, Dv = plan.Dv, D_pad = plan.D_pad;
+  const T* K = static_cast<const T*>(p.k);
+  const T* Vg = static_cast<const T*>(p.v);
+  for (int64_t c = 0; c < n_pad; ++c) {
+    if (c < n) {
+      C* krow = buf.kr.data() + c * D_pad;
+      to_compute(K + (s.k0 + kb + c) * p.k_row_stride + kvh * p.k_head_stride, krow, D, C(1));
+      std::fill(krow + D, krow + D_pad, C(0));
+      for (int64_t d = 0; d < D; ++d) buf.kt[d * n_pad + c] = krow[d];
+      if (!with_v) continue;
+      to_compute(Vg + (s.k0 + kb + c) * p.v_row_stride + kvh * p.v_head_stride, buf.row.data(), Dv, C(1));
+      for (int64_t d = 0; d < Dv; ++d) buf.vt[d * n_pad + c] = buf.row[d];
+    } else {
+      for (int64_t d = 0; d < D; ++d) buf.kt[d * n_pad + c] = C(0);
+      if (with_v)
+        for (int64_t d = 0; d < Dv; ++d) buf.vt[d * n_pad + c] = C(0);
+    }
+  }
+}
+
 // fp64 only: the forward's lse is fp32 (DESIGN §3), ~1e-7 relative, which would cap an fp64
 // backward at that accuracy. One extra S = Q K^T pass (2D FLOPs per pair against the backward's
 // 2(3D + 2Dv): +20% for fp64 inputs, nothing for the others) refines it:
-// lse = lse32 + log(sum_j exp(s_j - lse32)), where lse32 is a safe shift (>= max s up to rounding).
+// lse = lse32 + log(sum_j exp(s_j - lse32)), lse32 being a safe shift (>= max s up to rounding).
 // Items (sequence, query head, query block), the forward's decomposition.
 template <class T>
 void refine_lse(Plan<T>& plan, std::vector<Buffers<T>>& buffers) {
@@ -214,7 +209,7 @@ void refine_lse(Plan<T>& plan, std::vector<Buffers<T>>& buffers) {
   constexpr int W = Simd<C>::width;
   constexpr C kNegInf = -std::numeric_limits<C>::infinity();
   const auto& p = plan.p;
-  const int64_t D = plan.D, D_pad = plan.D_pad, G = plan.G;
+  const int64_t D = plan.D, D_pad = plan.D_pad;
   plan.lse.resize(static_cast<size_t>(p.heads_q * p.total_q));
   std::vector<WorkItem> items;
   double flops = 0;
@@ -228,48 +223,37 @@ void refine_lse(Plan<T>& plan, std::vector<Buffers<T>>& buffers) {
       flops += cost * double(p.heads_q);
     }
   }
-  const T* Q = static_cast<const T*>(p.q);
-  const T* K = static_cast<const T*>(p.k);
   run_items(items, flops, [&](int t, const WorkItem& it) {
     Buffers<T>& buf = buffers[t];
     const Sequence& s = plan.seqs[it.seq];
-    const int64_t h = it.head, kvh = h / G, i0 = it.block * kBlockQ, m = std::min(kBlockQ, s.Lq - i0);
-    C* sum = buf.delta.data();  // row sums
-    for (int64_t r = 0; r < m; ++r) {
-      C* qrow = buf.q.data() + r * D_pad;
-      to_compute(Q + (s.q0 + i0 + r) * p.q_row_stride + h * p.q_head_stride, qrow, D, plan.qscale);
-      buf.lse[r] = C(p.lse_in[h * p.total_q + s.q0 + i0 + r]);
-      sum[r] = 0;
-    }
+    const int64_t h = it.head, i0 = it.block * kBlockQ, m = std::min(kBlockQ, s.Lq - i0);
+    const int64_t row0 = h * p.total_q + s.q0 + i0;
+    const C* q = plan.qp.get() + row0 * D_pad;
+    C* sum = buf.sum.data();
+    std::fill(sum, sum + m, C(0));
     const KeyRange first = visible_keys(p, i0, s.Lq, s.Lk), last = visible_keys(p, i0 + m - 1, s.Lq, s.Lk);
     for (int64_t kb = first.lo; kb < last.hi; kb += kBlockK) {
       const int64_t n = std::min(kBlockK, last.hi - kb), n_pad = round_up(n, 2 * W);
-      for (int64_t c = 0; c < n_pad; ++c) {
-        if (c < n) {
-          to_compute(K + (s.k0 + kb + c) * p.k_row_stride + kvh * p.k_head_stride, buf.row.data(), D, C(1));
-          for (int64_t d = 0; d < D; ++d) buf.kt[d * n_pad + c] = buf.row[d];
-        } else {
-          for (int64_t d = 0; d < D; ++d) buf.kt[d * n_pad + c] = C(0);
-        }
-      }
+      pack_keys(plan, s, kb, n, n_pad, h / plan.G, buf, false);
       C* S = buf.s.data();
-      gemm<C>(m, n_pad, D, buf.q.data(), D_pad, buf.kt.data(), n_pad, S, n_pad, false);
+      gemm<C>(m, n_pad, D, q, D_pad, buf.kt.data(), n_pad, S, n_pad, false);
       for (int64_t r = 0; r < m; ++r) {
-        if (buf.lse[r] == kNegInf) continue;
+        const C lse = C(p.lse_in[row0 + r]);
+        if (lse == kNegInf) continue;
         const KeyRange kr = visible_keys(p, i0 + r, s.Lq, s.Lk);
         const int64_t lo = std::clamp<int64_t>(kr.lo - kb, 0, n), hi = std::clamp<int64_t>(kr.hi - kb, lo, n);
         C* srow = S + r * n_pad;
-        const V vlse = splat<C>(buf.lse[r]);
         for (int64_t c = 0; c < n_pad; c += W) {
           const V x = load<C>(srow + c);
-          store<C>(srow + c, vexp<C>((plan.capped ? plan.cap * vtanh<C>(x) : x) - vlse));
+          store<C>(srow + c, vexp<C>((plan.capped ? plan.cap * vtanh<C>(x) : x) - lse));
         }
         for (int64_t c = lo; c < hi; ++c) sum[r] += srow[c];
       }
     }
-    for (int64_t r = 0; r < m; ++r)
-      plan.lse[h * p.total_q + s.q0 + i0 + r] =
-          buf.lse[r] == kNegInf || !(sum[r] > 0) ? buf.lse[r] : buf.lse[r] + std::log(sum[r]);
+    for (int64_t r = 0; r < m; ++r) {
+      const C lse = C(p.lse_in[row0 + r]);
+      plan.lse[row0 + r] = lse == kNegInf || !(sum[r] > 0) ? lse : lse + std::log(sum[r]);
+    }
   });
 }
 
@@ -292,9 +276,10 @@ template <class T>
 void make_chunks(Plan<T>& plan, Sequence& s, int64_t count) {
   s.first_chunk = static_cast<int64_t>(plan.chunks.size());
   s.num_chunks = count;
+  const int64_t seq = static_cast<int64_t>(&s - plan.seqs.data());
   if (s.num_blocks == 0) {  // no keys: one empty chunk still writes the sequence's dq = 0
     Chunk ch{};
-    ch.seq = static_cast<int64_t>(&s - plan.seqs.data());
+    ch.seq = seq;
     ch.scratch = -1;
     plan.chunks.push_back(ch);
     s.num_chunks = 1;
@@ -315,12 +300,11 @@ void make_chunks(Plan<T>& plan, Sequence& s, int64_t count) {
       while (end < s.num_blocks - (count - 1 - c) && cum + 0.5 * kb[end].cost < target) cum += kb[end++].cost;
     }
     Chunk ch{};
-    ch.seq = static_cast<int64_t>(&s - plan.seqs.data());
+    ch.seq = seq;
     ch.kb_begin = begin;
     ch.kb_end = end;
     ch.row_lo = s.Lq;
     ch.row_hi = 0;
-    ch.cost = 0;
     for (int64_t j = begin; j < end; ++j) {
       ch.cost += kb[j].cost;
       if (kb[j].row_lo < kb[j].row_hi) {
@@ -349,7 +333,7 @@ void make_plan(Plan<T>& plan) {
   plan.cap = C(p.softcap);
   plan.qscale = plan.capped ? C(p.scale) / plan.cap : C(p.scale);
 
-  // Key blocks and their costs: the five GEMMs over (rows x keys) plus packing.
+  // Key blocks and their costs: the five GEMMs over (rows x keys), plus packing.
   const double pair_flops = 2.0 * double(3 * plan.D + 2 * plan.Dv);
   plan.seqs.resize(static_cast<size_t>(p.num_sequences));
   double total = 0;
@@ -367,8 +351,7 @@ void make_plan(Plan<T>& plan) {
       blk.row_lo = first_row(p, s.Lq, s.Lk, [&](KeyRange r) { return r.hi > a; });
       blk.row_hi = first_row(p, s.Lq, s.Lk, [&](KeyRange r) { return r.lo >= e; });
       if (blk.row_hi < blk.row_lo) blk.row_hi = blk.row_lo;
-      blk.cost = double(plan.G) * (double(blk.row_hi - blk.row_lo) * double(n) * pair_flops +
-                                   double(blk.row_hi - blk.row_lo) * double(plan.D + plan.Dv) * 8) +
+      blk.cost = double(plan.G) * double(blk.row_hi - blk.row_lo) * double(n) * pair_flops +
                  double(n) * double(plan.D + plan.Dv) * 16;
       plan.blocks.push_back(blk);
       total += blk.cost * double(p.heads_k);
@@ -404,8 +387,7 @@ void make_plan(Plan<T>& plan) {
     --*most;
   }
   int64_t offset = 0;
-  for (size_t b = 0; b < plan.seqs.size(); ++b) {
-    const Sequence& s = plan.seqs[b];
+  for (const Sequence& s : plan.seqs)
     for (int64_t c = 0; c < s.num_chunks; ++c) {
       Chunk& ch = plan.chunks[s.first_chunk + c];
       if (s.num_chunks > 1) {
@@ -415,16 +397,16 @@ void make_plan(Plan<T>& plan) {
         plan.thread_dq_elems = std::max(plan.thread_dq_elems, (ch.row_hi - ch.row_lo) * plan.G * plan.D_pad);
       }
     }
-  }
   if (offset > 0) plan.scratch.reset(new C[static_cast<size_t>(offset)]);  // zeroed by the items
 }
 
-// One item: chunk `ci` of a sequence for kv head `kvh`.
+// One item: chunk `ci` of a sequence, for kv head `kvh`.
 template <class T>
 void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& buf) {
   using C = compute_t<T>;
   using V = vec_t<C>;
   constexpr int W = Simd<C>::width;
+  constexpr C kNegInf = -std::numeric_limits<C>::infinity();
   const auto& p = plan.p;
   const Chunk& ch = plan.chunks[ci];
   const Sequence& s = plan.seqs[ch.seq];
@@ -432,13 +414,7 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
   const int64_t Lq = s.Lq, Lk = s.Lk, q0 = s.q0, k0 = s.k0;
   const int64_t rows_c = ch.row_hi - ch.row_lo;
   const bool capped = plan.capped;
-  const C cap = plan.cap, qscale = plan.qscale;
-  constexpr C kNegInf = -std::numeric_limits<C>::infinity();
-
-  const T* Q = static_cast<const T*>(p.q);
-  const T* K = static_cast<const T*>(p.k);
-  const T* Vg = static_cast<const T*>(p.v);
-  const T* dO = static_cast<const T*>(p.dout);
+  const C cap = plan.cap;
 
   // dQ accumulator of this item: (G, rows_c, D_pad), zeroed here (first touch on this thread).
   C* dq_acc = ch.scratch >= 0 ? plan.scratch.get() + ch.scratch + kvh * G * rows_c * D_pad : buf.dq.data();
@@ -447,20 +423,7 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
   for (int64_t j = ch.kb_begin; j < ch.kb_end; ++j) {
     const KeyBlock& blk = plan.blocks[s.first_block + j];
     const int64_t kb = j * kBlockK, n = std::min(kBlockK, Lk - kb), n_pad = round_up(n, 2 * W);
-    // Pack K^T (D x n_pad) and V^T (Dv x n_pad) for S and dP, K (n x D_pad) for dQ; zero padding.
-    for (int64_t c = 0; c < n_pad; ++c) {
-      if (c < n) {
-        C* krow = buf.kr.data() + c * D_pad;
-        to_compute(K + (k0 + kb + c) * p.k_row_stride + kvh * p.k_head_stride, krow, D, C(1));
-        std::fill(krow + D, krow + D_pad, C(0));
-        for (int64_t d = 0; d < D; ++d) buf.kt[d * n_pad + c] = krow[d];
-        to_compute(Vg + (k0 + kb + c) * p.v_row_stride + kvh * p.v_head_stride, buf.row.data(), Dv, C(1));
-        for (int64_t d = 0; d < Dv; ++d) buf.vt[d * n_pad + c] = buf.row[d];
-      } else {
-        for (int64_t d = 0; d < D; ++d) buf.kt[d * n_pad + c] = C(0);
-        for (int64_t d = 0; d < Dv; ++d) buf.vt[d * n_pad + c] = C(0);
-      }
-    }
+    pack_keys(plan, s, kb, n, n_pad, kvh, buf, true);
     std::fill(buf.dk.begin(), buf.dk.begin() + n * D_pad, C(0));
     std::fill(buf.dv.begin(), buf.dv.begin() + n * Dv_pad, C(0));
 
@@ -468,57 +431,44 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
       const int64_t h = kvh * G + g;
       for (int64_t i0 = blk.row_lo; i0 < blk.row_hi; i0 += kBlockQ) {
         const int64_t m = std::min(kBlockQ, blk.row_hi - i0);
-        // Q scaled by scale (/ softcap), dO; both zero-padded to D_pad / Dv_pad.
-        for (int64_t r = 0; r < m; ++r) {
-          C* qrow = buf.q.data() + r * D_pad;
-          to_compute(Q + (q0 + i0 + r) * p.q_row_stride + h * p.q_head_stride, qrow, D, qscale);
-          std::fill(qrow + D, qrow + D_pad, C(0));
-          C* orow = buf.dout.data() + r * Dv_pad;
-          to_compute(dO + (q0 + i0 + r) * p.dout_row_stride + h * p.dout_head_stride, orow, Dv, C(1));
-          std::fill(orow + Dv, orow + Dv_pad, C(0));
-          buf.lse[r] = plan.lse.empty() ? C(p.lse_in[h * p.total_q + q0 + i0 + r]) : plan.lse[h * p.total_q + q0 + i0 + r];
-          buf.delta[r] = plan.delta[h * p.total_q + q0 + i0 + r];
-        }
-        // Prefetch the next tile's Q and dO rows into L2 while this one computes: rows are a
-        // (heads x head_dim) stride apart, which the hardware prefetchers do not follow, and
-        // without this their loads cost ~10% of the backward.
-        {
-          int64_t ni = i0 + kBlockQ, nh = h;
-          if (ni >= blk.row_hi) ni = blk.row_lo, ++nh;
-          if (nh >= (kvh + 1) * G && j + 1 < ch.kb_end) nh = kvh * G, ni = plan.blocks[s.first_block + j + 1].row_lo;
-          if (nh < (kvh + 1) * G)
-            for (int64_t r = ni; r < std::min(ni + kBlockQ, Lq); ++r) {
-              const char* qa = reinterpret_cast<const char*>(Q + (q0 + r) * p.q_row_stride + nh * p.q_head_stride);
-              const char* oa = reinterpret_cast<const char*>(dO + (q0 + r) * p.dout_row_stride + nh * p.dout_head_stride);
-              for (int64_t x = 0; x < D * int64_t(sizeof(T)); x += 64) __builtin_prefetch(qa + x, 0, 2);
-              for (int64_t x = 0; x < Dv * int64_t(sizeof(T)); x += 64) __builtin_prefetch(oa + x, 0, 2);
-            }
-        }
+        const int64_t row0 = h * p.total_q + q0 + i0;  // first row of the tile in (Hq, total_q)
+        const C* q = plan.qp.get() + row0 * D_pad;     // m x D_pad, scaled
+        const C* dout = plan.dop.get() + row0 * Dv_pad;
+        const C* delta = plan.delta.data() + row0;
+        // Columns of the block the tile's rows can see: [first.lo, last.hi) less kb, the start
+        // rounded down to the GEMM's column granularity. Near a causal diagonal or inside a
+        // window this skips the fully masked part of the block (exact: those P and dS are 0).
+        const KeyRange first = visible_keys(p, i0, Lq, Lk), last = visible_keys(p, i0 + m - 1, Lq, Lk);
+        const int64_t c0 = std::clamp<int64_t>(first.lo - kb, 0, n) / (2 * W) * (2 * W);
+        const int64_t c1 = std::clamp<int64_t>(last.hi - kb, 0, n);
+        if (c1 <= c0) continue;
+        const int64_t w = round_up(c1 - c0, 2 * W), wk = std::min(w, n - c0);  // padded width, keys
+        const bool full = last.lo <= kb && kb + n <= first.hi;
         C* S = buf.s.data();
         C* dP = buf.dp.data();
-        gemm<C>(m, n_pad, D, buf.q.data(), D_pad, buf.kt.data(), n_pad, S, n_pad, false);
-        gemm<C>(m, n_pad, Dv, buf.dout.data(), Dv_pad, buf.vt.data(), n_pad, dP, n_pad, false);
+        gemm<C>(m, w, D, q, D_pad, buf.kt.data() + c0, n_pad, S, w, false);
+        gemm<C>(m, w, Dv, dout, Dv_pad, buf.vt.data() + c0, n_pad, dP, w, false);
 
-        const KeyRange first = visible_keys(p, i0, Lq, Lk), last = visible_keys(p, i0 + m - 1, Lq, Lk);
-        const bool full = last.lo <= kb && kb + n <= first.hi;
+        // P = exp(s - lse) over the visible columns, 0 elsewhere (padding included);
+        // dS = P (dP - delta), times d(cap tanh(x / cap)) / dx * cap under softcap.
         for (int64_t r = 0; r < m; ++r) {
-          C* prow = S + r * n_pad;
-          C* dsrow = dP + r * n_pad;
-          int64_t lo = 0, hi = n;  // visible columns of this row within the block
+          C* prow = S + r * w;
+          C* dsrow = dP + r * w;
+          int64_t lo = 0, hi = wk;  // visible columns of this row within [c0, c0 + w)
           if (!full) {
             const KeyRange kr = visible_keys(p, i0 + r, Lq, Lk);
-            lo = std::clamp<int64_t>(kr.lo - kb, 0, n);
-            hi = std::clamp<int64_t>(kr.hi - kb, lo, n);
+            lo = std::clamp<int64_t>(kr.lo - kb - c0, 0, wk);
+            hi = std::clamp<int64_t>(kr.hi - kb - c0, lo, wk);
           }
-          const C lse = buf.lse[r];
+          const C lse = plan.lse.empty() ? C(p.lse_in[row0 + r]) : plan.lse[row0 + r];
           if (hi <= lo || lse == kNegInf) {  // row sees nothing here: P = dS = 0
-            std::fill(prow, prow + n_pad, C(0));
-            std::fill(dsrow, dsrow + n_pad, C(0));
+            std::fill(prow, prow + w, C(0));
+            std::fill(dsrow, dsrow + w, C(0));
             continue;
           }
-          const V vlse = splat<C>(lse), vdelta = splat<C>(buf.delta[r]);
-          for (int64_t c = 0; c < n_pad; c += W) {
-            V x = load<C>(prow + c);
+          const V vlse = splat<C>(lse), vdelta = splat<C>(delta[r]);
+          for (int64_t c = 0; c < w; c += W) {
+            const V x = load<C>(prow + c);
             V pv, ds;
             if (capped) {
               const V t = vtanh<C>(x);
@@ -532,15 +482,15 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
             store<C>(dsrow + c, ds);
           }
           for (int64_t c = 0; c < lo; ++c) prow[c] = dsrow[c] = C(0);
-          for (int64_t c = hi; c < n_pad; ++c) prow[c] = dsrow[c] = C(0);
+          for (int64_t c = hi; c < w; ++c) prow[c] = dsrow[c] = C(0);
         }
-        gemm_tn<C>(n, Dv_pad, m, S, n_pad, buf.dout.data(), Dv_pad, buf.dv.data(), Dv_pad, true);
-        gemm_tn<C>(n, D_pad, m, dP, n_pad, buf.q.data(), D_pad, buf.dk.data(), D_pad, true);
-        gemm<C>(m, D_pad, n, dP, n_pad, buf.kr.data(), D_pad, dq_acc + (g * rows_c + i0 - ch.row_lo) * D_pad, D_pad,
-                true);
+        gemm<C, true>(wk, Dv_pad, m, S, w, dout, Dv_pad, buf.dv.data() + c0 * Dv_pad, Dv_pad, true);
+        gemm<C, true>(wk, D_pad, m, dP, w, q, D_pad, buf.dk.data() + c0 * D_pad, D_pad, true);
+        gemm<C>(m, D_pad, wk, dP, w, buf.kr.data() + c0 * D_pad, D_pad,
+                dq_acc + (g * rows_c + i0 - ch.row_lo) * D_pad, D_pad, true);
       }
     }
-    // This item owns keys [kb, kb + n) of kv head kvh: write dK, dV.
+    // This item owns keys [kb, kb + n) of kv head kvh for all its query heads: write dK, dV.
     T* dK = static_cast<T*>(p.dk);
     T* dV = static_cast<T*>(p.dv);
     for (int64_t c = 0; c < n; ++c) {
@@ -550,15 +500,15 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
   }
 
   if (ch.scratch >= 0) return;  // chunked: the reduction pass writes dq
-  // Unchunked: this item owns dq of the sequence's rows for its G heads.
+  // Unchunked: this item owns dq of all the sequence's rows for its G query heads.
   T* dQ = static_cast<T*>(p.dq);
+  C* row = buf.row.data();
   for (int64_t g = 0; g < G; ++g) {
     const int64_t h = kvh * G + g;
     for (int64_t i = 0; i < Lq; ++i) {
-      C* row = buf.row.data();
       if (i >= ch.row_lo && i < ch.row_hi) {
         const C* acc = dq_acc + (g * rows_c + i - ch.row_lo) * D_pad;
-        for (int64_t d = 0; d < D; ++d) row[d] = acc[d] * qscale;
+        for (int64_t d = 0; d < D; ++d) row[d] = acc[d] * plan.qscale;
       } else {
         std::fill(row, row + D, C(0));
       }
@@ -592,8 +542,15 @@ void reduce_dq(const Plan<T>& plan, int64_t b, int64_t h, int64_t i0, Buffers<T>
 template <class T>
 void backward(const VarlenBackwardParams& p) {
   Plan<T> plan(p);
-  compute_delta(plan);
   make_plan(plan);
+  pack_rows(plan);
+
+  std::vector<Buffers<T>> buffers;
+  const int threads = std::max(1, num_threads());
+  buffers.reserve(threads);
+  for (int t = 0; t < threads; ++t)
+    buffers.emplace_back(plan.D, plan.Dv, plan.D_pad, plan.Dv_pad, plan.thread_dq_elems);
+  if constexpr (std::is_same_v<T, double>) refine_lse(plan, buffers);
 
   std::vector<WorkItem> items;
   double flops = 0;
@@ -601,17 +558,11 @@ void backward(const VarlenBackwardParams& p) {
     for (int64_t kvh = 0; kvh < p.heads_k; ++kvh) items.push_back({int64_t(ci), kvh, 0, plan.chunks[ci].cost});
     flops += plan.chunks[ci].cost * double(p.heads_k);
   }
-  std::vector<Buffers<T>> buffers;
-  const int threads = std::max(1, num_threads());
-  buffers.reserve(threads);
-  for (int t = 0; t < threads; ++t)
-    buffers.emplace_back(plan.D, plan.Dv, plan.D_pad, plan.Dv_pad, plan.thread_dq_elems);
-  if constexpr (std::is_same_v<T, double>) refine_lse(plan, buffers);
   run_items(items, flops, [&](int t, const WorkItem& it) { backward_chunk<T>(plan, it.seq, it.head, buffers[t]); });
 
   if (!plan.scratch) return;
   items.clear();
-  double bytes = 0;
+  double work = 0;
   for (size_t b = 0; b < plan.seqs.size(); ++b) {
     const Sequence& s = plan.seqs[b];
     if (s.num_chunks <= 1) continue;
@@ -619,10 +570,10 @@ void backward(const VarlenBackwardParams& p) {
       for (int64_t i0 = 0; i0 < s.Lq; i0 += kBlockQ) {
         const double cost = double(std::min(kBlockQ, s.Lq - i0)) * double(plan.D * s.num_chunks);
         items.push_back({int64_t(b), h, i0, cost});
-        bytes += cost;
+        work += cost;
       }
   }
-  run_items(items, bytes, [&](int t, const WorkItem& it) { reduce_dq<T>(plan, it.seq, it.head, it.block, buffers[t]); });
+  run_items(items, work, [&](int t, const WorkItem& it) { reduce_dq<T>(plan, it.seq, it.head, it.block, buffers[t]); });
 }
 
 }  // namespace

@@ -13,7 +13,14 @@
 
 #include "scree/dtypes.h"
 
+#ifndef SCREE_CPU_ISA
+#error "SCREE_CPU_ISA must name the instruction-set variant (see CMakeLists.txt)"
+#endif
+
+// Everything here lives in an inline namespace per ISA: the same template compiled with and
+// without -mavx2 must not become one weak symbol that the linker picks at random.
 namespace scree::cpu {
+inline namespace SCREE_CPU_ISA {
 
 template <class T>
 using compute_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
@@ -60,4 +67,5 @@ inline void from_compute(const C* src, T* dst, int64_t n) {
   }
 }
 
+}  // namespace SCREE_CPU_ISA
 }  // namespace scree::cpu

@@ -9,7 +9,14 @@
 
 #include "simd.h"
 
+#ifndef SCREE_CPU_ISA
+#error "SCREE_CPU_ISA must name the instruction-set variant (see CMakeLists.txt)"
+#endif
+
+// Everything here lives in an inline namespace per ISA: the same template compiled with and
+// without -mavx2 must not become one weak symbol that the linker picks at random.
 namespace scree::cpu {
+inline namespace SCREE_CPU_ISA {
 
 template <class T, int R, bool A_T>
 inline void gemm_tile(const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t K,
@@ -56,4 +63,5 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, 
   }
 }
 
+}  // namespace SCREE_CPU_ISA
 }  // namespace scree::cpu

@@ -1,7 +1,7 @@
-// Portable SIMD for the CPU attention kernels: GCC/Clang vector extensions, 32 bytes wide (8
-// floats or 4 doubles), so the same source compiles to AVX2+FMA in the TU built with -mavx2 -mfma
-// and to SSE pairs in the generic TU. exp/tanh are polynomial, vectorised, accurate to ~2 ulp in
-// float (the softmax error budget is dominated by the fp32 accumulation, not by exp).
+// Portable SIMD for the CPU attention kernels: GCC/Clang vector extensions, 32 bytes wide with AVX
+// (8 floats / 4 doubles) and 16 bytes without, so the same source compiles to AVX2+FMA in the TU
+// built with -mavx2 -mfma and to SSE2 in the generic TU. exp/tanh are polynomial, vectorised,
+// accurate to ~2 ulp in float (the softmax error is dominated by fp32 accumulation, not by exp).
 #pragma once
 
 #include <cmath>
@@ -10,23 +10,38 @@
 #include <limits>
 #include <type_traits>
 
+#ifndef SCREE_CPU_ISA
+#error "SCREE_CPU_ISA must name the instruction-set variant (see CMakeLists.txt)"
+#endif
+
+// Everything here lives in an inline namespace per ISA: the same template compiled with and
+// without -mavx2 must not become one weak symbol that the linker picks at random.
 namespace scree::cpu {
+inline namespace SCREE_CPU_ISA {
 
 template <class T>
 struct Simd;
 
+// 32-byte vectors where AVX exists; 16 bytes (SSE2, every x86-64) otherwise: 32-byte vector types
+// without AVX compile into slow spills (~1.7 GFLOP/s measured).
+#if defined(__AVX__)
+inline constexpr int kVectorBytes = 32;
+#else
+inline constexpr int kVectorBytes = 16;
+#endif
+
 template <>
 struct Simd<float> {
-  typedef float vec __attribute__((vector_size(32), aligned(32)));
-  typedef int32_t ivec __attribute__((vector_size(32), aligned(32)));
-  static constexpr int width = 8;
+  typedef float vec __attribute__((vector_size(kVectorBytes)));
+  typedef int32_t ivec __attribute__((vector_size(kVectorBytes)));
+  static constexpr int width = kVectorBytes / 4;
 };
 
 template <>
 struct Simd<double> {
-  typedef double vec __attribute__((vector_size(32), aligned(32)));
-  typedef int64_t ivec __attribute__((vector_size(32), aligned(32)));
-  static constexpr int width = 4;
+  typedef double vec __attribute__((vector_size(kVectorBytes)));
+  typedef int64_t ivec __attribute__((vector_size(kVectorBytes)));
+  static constexpr int width = kVectorBytes / 8;
 };
 
 template <class T>
@@ -119,4 +134,5 @@ inline T hsum(vec_t<T> v) {
   return out;
 }
 
+}  // namespace SCREE_CPU_ISA
 }  // namespace scree::cpu

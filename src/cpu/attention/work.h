@@ -12,7 +12,14 @@
 
 #include "scree/parallel.h"
 
+#ifndef SCREE_CPU_ISA
+#error "SCREE_CPU_ISA must name the instruction-set variant (see CMakeLists.txt)"
+#endif
+
+// Everything here lives in an inline namespace per ISA: the same template compiled with and
+// without -mavx2 must not become one weak symbol that the linker picks at random.
 namespace scree::cpu {
+inline namespace SCREE_CPU_ISA {
 
 struct WorkItem {
   int64_t seq, head, block;
@@ -56,4 +63,5 @@ void run_items(std::vector<WorkItem>& items, double total_flops, Fn&& fn) {
     if (e) std::rethrow_exception(e);
 }
 
+}  // namespace SCREE_CPU_ISA
 }  // namespace scree::cpu
