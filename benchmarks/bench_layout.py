@@ -2,8 +2,10 @@
 """Layout-op throughput on the CPU: scree pack / to_padded / from_padded (lengths, mask) / unpad
 against memcpy bandwidth measured in the same process and against what users write instead.
 
-    python benchmarks/bench_layout.py            # full run (~3 min on 2 cores)
-    python benchmarks/bench_layout.py --quick    # smoke run (< 20 s), small inputs
+    python benchmarks/bench_layout.py            # full run: 3.5-4.5 min on the shared 2-core VM
+                                                 # at load 3-6 (~175 s of CPU time), less when idle
+    python benchmarks/bench_layout.py --quick    # smoke run: ~6 s of measurement (+ imports),
+                                                 # writes layout_cpu_quick.{json,png} instead
 
 How bytes are counted (R = bytes per token row = prod(feature) * itemsize, T = tokens,
 n = sequences, L = padded length = longest sequence). Only the bytes an op must touch:
@@ -19,6 +21,10 @@ buffer of bytes/2 bytes (so read + write == the op's bytes), timed in the same r
     memcpy 1T        one thread (numpy's copy loop).
     memcpy NT        the buffer cut into N equal pieces copied by N Python threads (numpy
                      releases the GIL), N = the cores this process may use.
+    memcpy 1T 256MiB (reused regime) added when bytes/2 < 256 MiB: glibc's memcpy only streams (non-temporal
+                     stores, no read-for-ownership of the destination) for single copies above
+                     x86_non_temporal_threshold (192 MiB on the reference VM), so a smaller
+                     np.copyto would understate the machine's memcpy bandwidth.
 Two regimes, both compared like for like:
     fresh   the output is allocated inside the timed call, as every user-facing API does
             (scree.pack, arr.to_padded, scree.from_padded; np.concatenate, torch.cat,
@@ -29,10 +35,19 @@ Two regimes, both compared like for like:
     reused  the output exists and has been written before (pages faulted in): the compiled
             kernels scree._C.pack / pad / unpad / mask_offsets+unpad_mask into a preallocated
             output, against memcpy into a reused buffer and the baselines' out= forms.
-"% memcpy" is op GB/s over the best of memcpy 1T / NT in the same regime (NumPy allocator for
-fresh). "x base" is op GB/s over the user baseline's GB/s (> 1: scree is faster).
+"% memcpy" is op GB/s over the best memcpy reference of the same regime (NumPy allocator for
+fresh; the torch-alloc reference is shown, not used). "x base" is the user baseline's time over
+scree's (> 1: scree is faster); for torch the baseline runs with torch's default intra-op threads
+and with 1 thread ("baseline 1T") and the faster counts: on an oversubscribed machine torch's
+OpenMP threads can lose a lot, and the comparison should not profit from that.
+"scree 1T" (reused regime): the same kernel with SCREE_NUM_THREADS=1.
 
-Protocol: one warm-up call of everything, then `rounds` rounds; in each round every callable of a
+Sizes (full run): numpy rows move >= 512 MiB per op, torch rows >= 256 MiB (torch's 4 KiB-page
+outputs fault in at ~1 GB/s on the reference VM, which bounds the run time); --quick uses
+~4-24 MiB per op, i.e. at most the L3 size: a smoke test, not a bandwidth measurement.
+
+Protocol: one warm-up call of every scree/baseline callable (the memcpy references are warmed
+once per process), then `rounds` rounds; in each round every callable of a
 group runs once, in an order rotated per round, so a noisy neighbour slows scree and its
 references alike; medians over rounds. Outputs are dropped outside the timed region, so
 freeing (munmap) is not timed. gc is off while timing. SCREE_NUM_THREADS=1 rows ("scree 1T")
@@ -71,6 +86,7 @@ except ImportError:  # the numpy rows still run
 HERE = Path(__file__).resolve().parent
 NCORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 _POOL = ThreadPoolExecutor(max(NCORES, 1))
+BIG = 256 << 20  # one np.copyto this large streams (non-temporal stores) under glibc's defaults
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,17 +105,19 @@ def _with_threads(n: int, fn: Callable[[], Any]) -> Callable[[], Any]:
     return call
 
 
-def run_group(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Interleaved timing: every callable once per round, rotated order; returns seconds per call."""
+def run_group(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1,
+              no_warmup: tuple[str, ...] = ()) -> dict[str, list[float]]:
+    """Interleaved timing: every callable once per round, rotated order; returns seconds per call.
+    Callables named in `no_warmup` (the memcpy references, warmed once per process) skip warm-up."""
     names = list(fns)
     times: dict[str, list[float]] = {k: [] for k in names}
-    gc.collect()
-    gc.disable()
+    gc.disable()  # (a full gc.collect costs ~0.1-0.4 s with torch loaded: done once per dataset)
     try:
         for _ in range(warmup):
             for k in names:
-                out = fns[k]()
-                del out
+                if k not in no_warmup:
+                    out = fns[k]()
+                    del out
         for r in range(rounds):
             order = names[r % len(names):] + names[:r % len(names)]
             for k in order:
@@ -118,7 +136,8 @@ def run_group(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -
 class Memcpy:
     """Contiguous source/destination of the largest size needed, both faulted in once."""
 
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, big: bool = True):
+        max_bytes = max(max_bytes, BIG) if big else max_bytes
         self.src = np.empty(max_bytes, dtype=np.uint8)
         self.src[:] = 1
         self.dst = np.empty(max_bytes, dtype=np.uint8)
@@ -168,8 +187,8 @@ class Memcpy:
 def make_lengths(kind: str, tokens: int, rng: np.random.Generator) -> np.ndarray:
     if kind == "uniform":      # skewed: uniform in [1, 4096]
         lens = rng.integers(1, 4097, size=max(1, tokens // 2048))
-    elif kind == "lognormal":  # skewed, heavy tail: median 256, clipped to [1, 4096]
-        lens = np.clip(np.rint(rng.lognormal(np.log(256), 1.0, size=max(1, tokens // 420))), 1, 4096)
+    elif kind == "lognormal":  # skewed, heavy tail: median 256, sigma 0.8, clipped to [1, 2048]
+        lens = np.clip(np.rint(rng.lognormal(np.log(256), 0.8, size=max(1, tokens // 350))), 1, 2048)
     elif kind == "short":      # many short sequences: uniform in [1, 64]
         lens = rng.integers(1, 65, size=max(1, tokens // 32))
     else:
@@ -179,14 +198,17 @@ def make_lengths(kind: str, tokens: int, rng: np.random.Generator) -> np.ndarray
 
 WORKLOADS_FULL = [
     # name, lengths kind, target tokens, feature, [(backend, dtype)]
-    ("uniform[1,4096]", "uniform", 2 << 20, 64, [("numpy", "float32"), ("torch", "float32")]),
-    ("uniform[1,4096]", "uniform", 2 << 20, 128, [("torch", "bfloat16")]),
-    ("lognormal(256,1)", "lognormal", 1 << 20, 64, [("numpy", "float32"), ("torch", "bfloat16")]),
-    ("short[1,64]", "short", 1 << 20, 64, [("numpy", "float32"), ("torch", "float32")]),
+    # numpy rows move >= 512 MiB per op; torch rows >= 256 MiB (torch's 4 KiB-page outputs fault
+    # at ~1 GB/s on the reference VM, which is what bounds the run time).
+    ("uniform[1,4096]", "uniform", 1 << 20, 64, [("numpy", "float32")]),
+    ("uniform[1,4096]", "uniform", 1 << 19, 64, [("torch", "float32")]),
+    ("uniform[1,4096]", "uniform", 1 << 19, 128, [("torch", "bfloat16")]),
+    ("lognormal(256,.8)", "lognormal", 1 << 19, 64, [("numpy", "float32")]),
+    ("short[1,64]", "short", 1 << 19, 64, [("numpy", "float32"), ("torch", "float32")]),
 ]
 WORKLOADS_QUICK = [
-    ("uniform[1,4096]", "uniform", 1 << 16, 64, [("numpy", "float32"), ("torch", "bfloat16")]),
-    ("short[1,64]", "short", 1 << 14, 64, [("numpy", "float32"), ("torch", "float32")]),
+    ("uniform[1,4096]", "uniform", 1 << 15, 64, [("numpy", "float32"), ("torch", "bfloat16")]),
+    ("short[1,64]", "short", 1 << 13, 64, [("numpy", "float32"), ("torch", "float32")]),
 ]
 
 
@@ -214,7 +236,7 @@ class Data:
             self.seqs = [values[o[i]:o[i + 1]].copy() for i in range(self.n)]
         else:
             self.seqs = [values[o[i]:o[i + 1]].clone() for i in range(self.n)]
-        self.arr = scree.from_offsets(values, self.off)
+        self.arr = scree.from_offsets(values, self.off if backend == "numpy" else torch.from_numpy(self.off))
         self.padded, self.mask = self.arr.to_padded()
         self.lens_list = lens.tolist()
 
@@ -326,29 +348,52 @@ def reused_groups(d: Data) -> dict[str, tuple[Callable, Callable, str]]:
 
 
 # --------------------------------------------------------------------------------------------
-def measure(d: Data, mc: Memcpy, rounds: int, label: str, with_1t: bool) -> list[dict]:
+def _torch_1t(fn: Callable[[], Any]) -> Callable[[], Any]:
+    def call():
+        old = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(old)
+    return call
+
+
+def measure(d: Data, mc: Memcpy, rounds: int, label: str, with_1t: bool, big_ref: bool = True) -> list[dict]:
     rows = []
     for regime, groups in (("fresh", fresh_groups(d)), ("reused", reused_groups(d))):
         for op, (scree_fn, base_fn, base_name) in groups.items():
             nbytes = d.bytes(op)
             half = nbytes // 2
-            refs = mc.fresh(half, torch_alloc=d.backend == "torch") if regime == "fresh" else mc.reused(half)
+            fresh = regime == "fresh"
+            # the torch-alloc reference (slow: 4 KiB faults) only once per dataset, next to pack
+            refs = (mc.fresh(half, torch_alloc=d.backend == "torch" and op == "pack") if fresh
+                    else mc.reused(half))
+            ref_bytes = {k: 2 * half for k in refs}
+            if big_ref and half < BIG and not fresh:
+                # the machine's streaming copy, in case glibc does not stream at this size (fresh
+                # outputs are bound by first-touch faults instead, so not needed there)
+                refs["memcpy 1T 256MiB"] = mc.reused(BIG)["memcpy 1T"]
+                ref_bytes["memcpy 1T 256MiB"] = 2 * BIG
             fns = dict(refs)
             fns["scree"] = scree_fn
-            if with_1t and NCORES > 1:
+            if with_1t and NCORES > 1 and not fresh:
                 fns["scree 1T"] = _with_threads(1, scree_fn)
             fns["baseline"] = base_fn
-            t = run_group(fns, rounds)
+            if d.backend == "torch" and torch.get_num_threads() > 1:
+                fns["baseline 1T"] = _torch_1t(base_fn)
+            t = run_group(fns, rounds, no_warmup=tuple(refs))
             med = {k: statistics.median(v) for k, v in t.items()}
-            gbs = {k: (half * 2 if k.startswith("memcpy") else nbytes) / s / 1e9 for k, s in med.items()}
+            gbs = {k: ref_bytes.get(k, nbytes) / s / 1e9 for k, s in med.items()}
             best_mc = max(g for k, g in gbs.items() if k.startswith("memcpy") and "torch" not in k)
+            best_base = min(v for k, v in med.items() if k.startswith("baseline"))
             row = dict(workload=label, backend=d.backend, dtype=d.dtype, op=op, regime=regime,
                        bytes=nbytes, n=d.n, tokens=d.T, max_len=d.L, row_bytes=d.R,
                        baseline=base_name, seconds=med, gbps=gbs, samples=t,
                        memcpy_best_gbps=best_mc,
                        pct_memcpy=100 * gbs["scree"] / best_mc,
-                       baseline_pct_memcpy=100 * gbs["baseline"] / best_mc,
-                       speedup_vs_baseline=med["baseline"] / med["scree"])
+                       baseline_pct_memcpy=100 * (nbytes / best_base / 1e9) / best_mc,
+                       speedup_vs_baseline=best_base / med["scree"])
             if "scree 1T" in gbs:
                 row["pct_memcpy_1t"] = 100 * gbs["scree 1T"] / best_mc
             rows.append(row)
@@ -364,10 +409,12 @@ def print_row(r: dict) -> None:
     g = r["gbps"]
     refs = " ".join(f"{k.replace('memcpy ', '')}={v:.1f}" for k, v in g.items() if k.startswith("memcpy"))
     one = f"{g['scree 1T']:6.2f}" if "scree 1T" in g else f"{'-':>6}"
+    base = max(v for k, v in g.items() if k.startswith("baseline"))
+    b1 = f" (1T {g['baseline 1T']:.2f})" if "baseline 1T" in g else ""
     print(f"{r['workload']:<17} {r['backend'] + ' ' + r['dtype']:<14} {r['op']:<21} {r['regime']:<6} "
           f"{r['bytes'] / 2**20:6.0f} {g['scree']:6.2f} {one} {r['memcpy_best_gbps']:6.2f} "
-          f"{r['pct_memcpy']:5.0f}% {g['baseline']:6.2f} {r['speedup_vs_baseline']:6.2f}  "
-          f"{r['baseline']} | {refs}", flush=True)
+          f"{r['pct_memcpy']:5.0f}% {base:6.2f} {r['speedup_vs_baseline']:6.2f}  "
+          f"{r['baseline']}{b1} | {refs}", flush=True)
 
 
 def machine_info() -> dict:
@@ -392,7 +439,17 @@ def machine_info() -> dict:
         thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read().strip()
     except OSError:
         thp = None
+    glibc = {}
+    for ld in ("/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"):
+        if os.path.exists(ld):
+            for line in sh(ld, "--list-diagnostics").splitlines():
+                for key in ("non_temporal_threshold", "rep_movsb_threshold", "rep_movsb_stop_threshold",
+                            "shared_cache_size"):
+                    if line.startswith(f"x86.cpu_features.{key}="):
+                        glibc[key] = int(line.split("=", 1)[1], 16)
+            break
     return dict(
+        glibc_memcpy=glibc,
         date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         host=platform.node(), platform=platform.platform(), cpu=model, cores_usable=NCORES,
         cpu_count=os.cpu_count(), mem_bytes=mem, transparent_hugepage=thp,
@@ -423,8 +480,9 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xticklabels([f"{r['op']}\n{r['workload']}\n{r['backend']} {r['dtype']}" for r in sel],
                            rotation=90, fontsize=7)
         ax.set_ylabel("% of memcpy bandwidth")
-        ax.set_title(f"{regime} output — memcpy = best of 1T/{NCORES}T np.copyto, same bytes, "
-                     f"{'allocated in the call' if regime == 'fresh' else 'reused buffer'}")
+        ax.set_title(f"{regime} output ({'allocated in the call' if regime == 'fresh' else 'reused buffer'}): "
+                     f"% of the best np.copyto reference (1T/{NCORES}T same bytes"
+                     f"{'' if regime == 'fresh' else ', 1T 256 MiB streaming'}), baseline = faster variant")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -464,14 +522,16 @@ def main(argv: list[str] | None = None) -> int:
         R = feat * (4 if dtype == "float32" else 2)
         n, T, L = len(lens), int(lens.sum()), int(lens.max())
         max_half = max(max_half, (T * R + n * L * R + n * L) // 2 + 1, T * R + n * L // 2 + 1)
-    mc = Memcpy(max_half)
+    mc = Memcpy(max_half, big=not args.quick)
+    for f in list(mc.reused(1 << 20).values()) + list(mc.fresh(1 << 20, torch is not None).values()):
+        f()  # warm the references once (thread pool, code paths)
 
     rows = []
     for name, lens, feat, backend, dtype in datasets:
-        d = Data(lens, feat, backend, dtype, rng)
-        rows += measure(d, mc, rounds, name, with_1t=not args.no_1t)
-        del d
         gc.collect()
+        d = Data(lens, feat, backend, dtype, rng)
+        rows += measure(d, mc, rounds, name, with_1t=not args.no_1t, big_ref=not args.quick)
+        del d
 
     info["loadavg_end"] = os.getloadavg()
     info["rounds"] = rounds

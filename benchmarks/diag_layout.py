@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +48,13 @@ def report(name: str, fns: dict, nbytes: dict | int, rounds: int = ROUNDS, fault
             out = f()
             del out
             extra[k] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+    load0 = os.getloadavg()[0]
     t = run_group(fns, rounds)
-    res = {}
-    print(f"-- {name}  (load {os.getloadavg()[0]:.1f})")
+    res = {"_meta": dict(loadavg_1min_before=load0, loadavg_1min_after=os.getloadavg()[0], rounds=rounds,
+                         date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                         glibc_tunables=os.environ.get("GLIBC_TUNABLES"),
+                         thp_mem_alloc_enable=os.environ.get("THP_MEM_ALLOC_ENABLE"))}
+    print(f"-- {name}  (load {load0:.1f})")
     for k, v in t.items():
         b = nbytes[k] if isinstance(nbytes, dict) else nbytes
         med = statistics.median(v)
@@ -71,6 +76,7 @@ def proto() -> ctypes.CDLL:
     lib.unpad.argtypes = [P, P, I, I, I, P, ctypes.c_int, ctypes.c_int]
     lib.pad.argtypes = [P, P, I, I, I, P, P, ctypes.c_int, ctypes.c_int, ctypes.c_int]
     lib.advise_huge.argtypes = [P, I]
+    lib.advise_huge_numpy_style.argtypes = [P, I]
     return lib
 
 
@@ -107,6 +113,12 @@ def h1():
         _C.pack(tseqs, off, out)
         return out
 
+    def torch_empty_madvise_np():
+        out = torch.empty(v.shape, dtype=torch.float32)
+        lib.advise_huge_numpy_style(out.data_ptr(), v.nbytes)
+        _C.pack(tseqs, off, out)
+        return out
+
     def numpy_alloc_from_numpy():
         out = torch.from_numpy(np.empty(v.shape, dtype=np.float32))
         _C.pack(tseqs, off, out)
@@ -115,7 +127,8 @@ def h1():
     report("H1 pack torch f32 fresh output, by allocator", {
         "scree.pack(torch) as is": lambda: scree.pack(tseqs),
         "_C.pack into torch.empty": torch_empty,
-        "_C.pack into torch.empty + madvise(HUGEPAGE)": torch_empty_madvise,
+        "_C.pack into torch.empty + madvise 2MiB-aligned interior": torch_empty_madvise,
+        "_C.pack into torch.empty + madvise numpy-style": torch_empty_madvise_np,
         "_C.pack into torch.from_numpy(np.empty)": numpy_alloc_from_numpy,
         "scree.pack(numpy)": lambda: scree.pack(seqs),
     }, B, faults=True)
@@ -127,8 +140,10 @@ def h1():
 
 def h1_env():
     lens, off, v = uniform_data()
-    tseqs = [torch.from_numpy(v[off[i]:off[i + 1]].copy()) for i in range(len(lens))]
+    seqs = [v[off[i]:off[i + 1]].copy() for i in range(len(lens))]
+    tseqs = [torch.from_numpy(s) for s in seqs]
     report("H1 (THP_MEM_ALLOC_ENABLE=1) scree.pack torch f32 fresh", {
+        "scree.pack(numpy) (reference, same process)": lambda: scree.pack(seqs),
         "scree.pack(torch) THP_MEM_ALLOC_ENABLE=1": lambda: scree.pack(tseqs),
         "torch.cat THP_MEM_ALLOC_ENABLE=1": lambda: torch.cat(tseqs),
     }, 2 * v.nbytes, faults=True)
@@ -177,6 +192,30 @@ def h2():
     assert np.array_equal(out, v)
 
 
+def h2s():
+    """H2 on many short sequences (<= 16 KiB per copy): streaming stores still pay off?"""
+    lib = proto()
+    rng = np.random.default_rng(3)
+    lens = make_lengths("short", 1 << 20, rng)
+    off = np.zeros(len(lens) + 1, np.int64)
+    np.cumsum(lens, out=off[1:])
+    v = rng.standard_normal((int(off[-1]), 64), dtype=np.float32)
+    seqs = [v[off[i]:off[i + 1]].copy() for i in range(len(lens))]
+    ptrs = (ctypes.c_void_p * len(seqs))(*[s.ctypes.data for s in seqs])
+    out = np.empty_like(v)
+    out[...] = 0
+    padded, mask = scree.from_offsets(v, off).to_padded()
+    L, R, n = padded.shape[1], 256, len(seqs)
+    report(f"H2s reused output, short[1,64] f32 F=64 ({n} sequences, {v.nbytes >> 20} MiB)", {
+        "np.copyto one shot (streams)": lambda: np.copyto(out, v),
+        "scree _C.pack (as is)": lambda: _C.pack(seqs, off, out),
+        "proto pack memcpy 1T": lambda: lib.pack(ptrs, ptr(off), n, R, ptr(out), 1, 0),
+        "proto pack NT stores 1T": lambda: lib.pack(ptrs, ptr(off), n, R, ptr(out), 1, 1),
+        "scree _C.unpad (as is)": lambda: _C.unpad(padded, off, out, False),
+        "proto unpad NT stores 1T": lambda: lib.unpad(ptr(padded), ptr(off), n, L, R, ptr(out), 1, 1),
+    }, 2 * v.nbytes)
+
+
 def h2b():
     """Same scree kernels with glibc's non-temporal threshold lowered to 64 KiB (fresh process)."""
     code = ("import sys; sys.path.insert(0, %r); import diag_layout as d; d.h2b_child()" % str(HERE))
@@ -200,13 +239,19 @@ def h2b_child():
     tag = os.environ.get("GLIBC_TUNABLES", "glibc default (192 MiB)")
     L = padded.shape[1]
     pad_bytes = v.nbytes + padded.nbytes + mask.nbytes
+    fs, fd = v.reshape(-1).view(np.uint8), out.reshape(-1).view(np.uint8)
+
+    def chunked():
+        for i in range(0, len(fs), 1 << 20):
+            np.copyto(fd[i:i + (1 << 20)], fs[i:i + (1 << 20)])
     report(f"H2b reused, {tag}", {
         "np.copyto one shot": lambda: np.copyto(out, v),
+        "np.copyto in 1 MiB chunks": chunked,
         "scree _C.pack": lambda: _C.pack(seqs, off, out),
         "scree _C.unpad": lambda: _C.unpad(padded, off, out, False),
         "scree _C.pad": lambda: _C.pad(v, off, pout, mout, padv, False),
         "np.concatenate(out=)": lambda: np.concatenate(seqs, out=out),
-    }, {"np.copyto one shot": 2 * v.nbytes, "scree _C.pack": 2 * v.nbytes, "scree _C.unpad": 2 * v.nbytes,
+    }, {"np.copyto one shot": 2 * v.nbytes, "np.copyto in 1 MiB chunks": 2 * v.nbytes, "scree _C.pack": 2 * v.nbytes, "scree _C.unpad": 2 * v.nbytes,
         "scree _C.pad": pad_bytes, "np.concatenate(out=)": 2 * v.nbytes})
     save()
 
@@ -246,7 +291,7 @@ def h3():
         tout = torch.from_numpy(out)
         fns["_C.pack torch into reused out"] = lambda: _C.pack(tseqs, off, tout)
     r = report("H3 pack, short[1,64] f32 F=64", fns, B)
-    per = {k: (r[k]["seconds"] - r["_C.pack into reused out"]["seconds"]) / len(seqs) * 1e6 for k in r}
+    per = {k: (r[k]["seconds"] - r["_C.pack into reused out"]["seconds"]) / len(seqs) * 1e6 for k in r if k != "_meta"}
     print("   overhead over _C.pack reused, us/sequence:", {k: round(x, 2) for k, x in per.items()})
 
 
@@ -254,9 +299,12 @@ def h3():
 def h4():
     """to_padded fresh: empty + explicit pad fill vs calloc'd zeros + data-only writes."""
     lib = proto()
-    for kind, tokens in (("uniform", 1 << 20), ("lognormal", 1 << 19)):
+    for kind, tokens in (("uniform", 1 << 20), ("lognormal(256,1) clip 4096", 1 << 19)):
         rng = np.random.default_rng(2)
-        lens = make_lengths(kind, tokens, rng)
+        if kind == "uniform":
+            lens = make_lengths(kind, tokens, rng)
+        else:  # heavier tail than bench_layout's lognormal: padded/values ~ 10
+            lens = np.clip(np.rint(rng.lognormal(np.log(256), 1.0, size=tokens // 420)), 1, 4096).astype(np.int64)
         off = np.zeros(len(lens) + 1, np.int64)
         np.cumsum(lens, out=off[1:])
         v = rng.standard_normal((int(off[-1]), 64), dtype=np.float32)
@@ -312,14 +360,14 @@ def h5():
 
 
 def save():
-    out = HERE / "results" / "diag_layout.json"
+    out = Path(os.environ.get("DIAG_OUT", HERE / "results")) / "diag_layout.json"
     prev = json.loads(out.read_text()) if out.exists() else {}
     prev.update(RESULTS)
     out.write_text(json.dumps(prev, indent=1))
 
 
 def main(argv):
-    which = argv or ["h1", "h2", "h2b", "h3", "h4", "h5"]
+    which = argv or ["h1", "h2", "h2s", "h2b", "h3", "h4", "h5"]
     for w in which:
         globals()[w]()
         save()

@@ -106,3 +106,13 @@ int advise_huge(void* p, int64_t bytes) {
   if (e <= a) return 0;
   return madvise((void*)a, e - a, MADV_HUGEPAGE);
 }
+
+// NumPy's way (numpy/_core/src/multiarray/alloc.c): madvise from the first 4 KiB page boundary
+// inside the buffer to its end, so the whole mapping (whose start the kernel aligns to 2 MiB for
+// large anonymous mmaps) stays one THP-eligible VMA.
+int advise_huge_numpy_style(void* p, int64_t bytes) {
+  uintptr_t a = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
+  uintptr_t e = (uintptr_t)p + bytes;
+  if (e <= a) return 0;
+  return madvise((void*)a, e - a, MADV_HUGEPAGE);
+}

@@ -75,8 +75,12 @@ def pack(sequences: Sequence[Any]) -> Array:
     seqs = list(sequences)
     if not seqs:
         raise ArgumentError("pack needs at least one sequence to know the dtype and feature shape")
-    ns = _backends.common(**{f"sequences[{i}]": s for i, s in enumerate(seqs)})
     first = seqs[0]
+    ns = _backends.of(first)
+    # One cheap pass (type and device); the per-backend check with its message only on a mismatch.
+    kind, dev = type(first), ns.device(first)
+    if any(type(s) is not kind or ns.device(s) != dev for s in seqs):
+        _backends.common(**{f"sequences[{i}]": s for i, s in enumerate(seqs)})
     feat, dt = ns.shape(first)[1:], ns.dtype_name(first)
     for i, s in enumerate(seqs):
         if len(ns.shape(s)) < 1:

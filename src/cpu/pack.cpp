@@ -1,11 +1,13 @@
-// CPU layout kernels (see include/scree/ops/pack.h): contiguous memcpy per sequence, spread over
-// cores by parallel_for with chunks weighted by sequence length so skewed batches stay balanced.
+// CPU layout kernels (see include/scree/ops/pack.h): one contiguous copy per sequence (streaming
+// stores for large outputs, copy.h), spread over cores by parallel_for with chunks weighted by
+// sequence length so skewed batches stay balanced; outputs >= 4 MiB ask for huge pages first.
 #include "scree/ops/pack.h"
 
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "copy.h"
 #include "scree/error.h"
 #include "scree/parallel.h"
 
@@ -13,6 +15,8 @@ namespace scree::ops {
 namespace {
 
 using byte = unsigned char;
+using detail::advise_hugepages;
+using detail::Copier;
 
 // One padding row, built once per call: memset when the pad value is all-zero bytes.
 struct PadRow {
@@ -40,13 +44,16 @@ struct PadRow {
 
 void pack(const void* const* sources, const int64_t* offsets, int64_t n, int64_t row_bytes, void* dst) {
   byte* out = static_cast<byte*>(dst);
+  advise_hugepages(out, offsets[n] * row_bytes);
+  const Copier copy(offsets[n] * row_bytes, n);
   parallel_for(
       n, 2 * offsets[n] * row_bytes,
       [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
           const int64_t rows = offsets[i + 1] - offsets[i];
-          if (rows > 0) std::memcpy(out + offsets[i] * row_bytes, sources[i], rows * row_bytes);
+          if (rows > 0) copy(out + offsets[i] * row_bytes, sources[i], rows * row_bytes);
         }
+        copy.fence();
       },
       offsets);
 }
@@ -56,6 +63,9 @@ void pad(const void* values, const int64_t* offsets, int64_t n, int64_t max_len,
   const byte* in = static_cast<const byte*>(values);
   byte* out = static_cast<byte*>(padded);
   const PadRow pad_row(pad_value, elem_bytes, row_bytes);
+  advise_hugepages(out, n * max_len * row_bytes);
+  advise_hugepages(mask, n * max_len);
+  const Copier copy(n * max_len * row_bytes, n);
   // Every sequence writes max_len rows, so equal counts are equal work here.
   parallel_for(n, (offsets[n] + n * max_len) * row_bytes, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
@@ -63,7 +73,7 @@ void pad(const void* values, const int64_t* offsets, int64_t n, int64_t max_len,
       const int64_t lead = left ? max_len - len : 0;  // padding rows before the data
       byte* block = out + i * max_len * row_bytes;
       pad_row.fill(block, lead, row_bytes);
-      if (len > 0) std::memcpy(block + lead * row_bytes, in + offsets[i] * row_bytes, len * row_bytes);
+      if (len > 0) copy(block + lead * row_bytes, in + offsets[i] * row_bytes, len * row_bytes);
       pad_row.fill(block + (lead + len) * row_bytes, max_len - lead - len, row_bytes);
       if (mask != nullptr) {
         uint8_t* m = mask + i * max_len;
@@ -71,6 +81,7 @@ void pad(const void* values, const int64_t* offsets, int64_t n, int64_t max_len,
         std::memset(m + lead, 1, static_cast<size_t>(len));
       }
     }
+    copy.fence();
   });
 }
 
@@ -78,15 +89,17 @@ void unpad(const void* padded, const int64_t* offsets, int64_t n, int64_t max_le
            void* values) {
   const byte* in = static_cast<const byte*>(padded);
   byte* out = static_cast<byte*>(values);
+  advise_hugepages(out, offsets[n] * row_bytes);
+  const Copier copy(offsets[n] * row_bytes, n);
   parallel_for(
       n, 2 * offsets[n] * row_bytes,
       [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
           const int64_t len = offsets[i + 1] - offsets[i];
           const int64_t lead = left ? max_len - len : 0;
-          if (len > 0)
-            std::memcpy(out + offsets[i] * row_bytes, in + (i * max_len + lead) * row_bytes, len * row_bytes);
+          if (len > 0) copy(out + offsets[i] * row_bytes, in + (i * max_len + lead) * row_bytes, len * row_bytes);
         }
+        copy.fence();
       },
       offsets);
 }
@@ -105,6 +118,8 @@ void unpad_mask(const void* padded, const uint8_t* mask, const int64_t* offsets,
                 int64_t row_bytes, void* values) {
   const byte* in = static_cast<const byte*>(padded);
   byte* out = static_cast<byte*>(values);
+  advise_hugepages(out, offsets[n] * row_bytes);
+  const Copier copy(offsets[n] * row_bytes, n);
   parallel_for(
       n, 2 * offsets[n] * row_bytes,
       [&](int64_t begin, int64_t end) {
@@ -118,11 +133,12 @@ void unpad_mask(const void* padded, const uint8_t* mask, const int64_t* offsets,
             int64_t start = j;
             while (j < max_len && m[j] != 0) ++j;
             if (j > start) {
-              std::memcpy(dst, in + (i * max_len + start) * row_bytes, (j - start) * row_bytes);
+              copy(dst, in + (i * max_len + start) * row_bytes, (j - start) * row_bytes);
               dst += (j - start) * row_bytes;
             }
           }
         }
+        copy.fence();
       },
       offsets);
 }
@@ -143,14 +159,16 @@ void gather(const void* values, const int64_t* offsets, const int64_t* indices, 
             const int64_t* out_offsets, int64_t row_bytes, void* out) {
   const byte* in = static_cast<const byte*>(values);
   byte* dst = static_cast<byte*>(out);
+  advise_hugepages(dst, out_offsets[count] * row_bytes);
+  const Copier copy(out_offsets[count] * row_bytes, count);
   parallel_for(
       count, 2 * out_offsets[count] * row_bytes,
       [&](int64_t begin, int64_t end) {
         for (int64_t j = begin; j < end; ++j) {
           const int64_t len = out_offsets[j + 1] - out_offsets[j];
-          if (len > 0)
-            std::memcpy(dst + out_offsets[j] * row_bytes, in + offsets[indices[j]] * row_bytes, len * row_bytes);
+          if (len > 0) copy(dst + out_offsets[j] * row_bytes, in + offsets[indices[j]] * row_bytes, len * row_bytes);
         }
+        copy.fence();
       },
       out_offsets);
 }

@@ -1,12 +1,14 @@
 // positions / segment_ids kernels: one linear pass per sequence, parallel over sequences.
 #include "scree/ops/segments.h"
 
+#include "copy.h"
 #include "scree/parallel.h"
 
 namespace scree::ops {
 
 template <class Out>
 void positions(const int64_t* offsets, int64_t n, Out* out) {
+  detail::advise_hugepages(out, offsets[n] * int64_t(sizeof(Out)));
   parallel_for(
       n, offsets[n] * int64_t(sizeof(Out)),
       [&](int64_t begin, int64_t end) {
@@ -21,6 +23,7 @@ void positions(const int64_t* offsets, int64_t n, Out* out) {
 
 template <class Out>
 void segment_ids(const int64_t* offsets, int64_t n, Out* out) {
+  detail::advise_hugepages(out, offsets[n] * int64_t(sizeof(Out)));
   parallel_for(
       n, offsets[n] * int64_t(sizeof(Out)),
       [&](int64_t begin, int64_t end) {

@@ -20,7 +20,6 @@ from scree.kernels import reference
 from cases import (
     BACKEND_DTYPES,
     BACKENDS,
-    FEATURE_IDS,
     FEATURE_SHAPES,
     INT_DTYPES,
     LENGTH_CASES,
@@ -77,36 +76,44 @@ def test_compiled_only_fixture_catches_fallback(compiled_only):
 
 
 # ---- per-case comparisons ---------------------------------------------------------------------------
+# Each test takes one (backend, dtype, length case) and loops over every feature shape in cases.py.
 
-@pytest.mark.parametrize("feature", FEATURE_SHAPES, ids=FEATURE_IDS)
+def arrays_for(tag: str, backend: str, dt: str, case: str):
+    """(feature, Array) for every feature shape, with fresh random values per test and shape."""
+    for feature in FEATURE_SHAPES:
+        yield feature, make_array(backend, LENGTH_CASES[case], feature, dt, seed=stable_seed(tag, case, dt, feature))
+
+
 @pytest.mark.parametrize("case", NONEMPTY_BATCH_IDS)
 @pytest.mark.parametrize("backend_dtype", BACKEND_DTYPES, ids=BD_IDS)
-def test_pack(backend_dtype, case, feature, compiled_only):
+def test_pack(backend_dtype, case, compiled_only, monkeypatch):
+    # Many small sequences normally go to the framework's concatenation (cheaper than the binding's
+    # per-array overhead); force the compiled kernel so that it is the thing compared here.
+    monkeypatch.setattr(layout_dispatch, "_PACK_MIN_BYTES_PER_SEQUENCE", 0)
     backend, dt = backend_dtype
-    arr = make_array(backend, LENGTH_CASES[case], feature, dt, seed=stable_seed("pack", case, dt, feature))
-    seqs = list(arr)
-    got = scree.pack(seqs)
-    assert_arrays_identical(got, reference.pack(seqs), "pack")
-    assert_identical(got.values, arr.values, "pack of unpack")
+    for feature, arr in arrays_for("pack", backend, dt, case):
+        seqs = list(arr)
+        got = scree.pack(seqs)
+        assert_arrays_identical(got, reference.pack(seqs), f"pack {feature}")
+        assert_identical(got.values, arr.values, f"pack of unpack {feature}")
 
 
-@pytest.mark.parametrize("feature", FEATURE_SHAPES, ids=FEATURE_IDS)
 @pytest.mark.parametrize("case", LENGTH_IDS)
 @pytest.mark.parametrize("backend_dtype", BACKEND_DTYPES, ids=BD_IDS)
-def test_gather(backend_dtype, case, feature, compiled_only):
+def test_gather(backend_dtype, case, compiled_only):
     backend, dt = backend_dtype
-    seed = stable_seed("gather", case, dt, feature)
-    arr = make_array(backend, LENGTH_CASES[case], feature, dt, seed=seed)
-    n = len(arr)
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(-n, n, size=3 * n + 2) if n else np.zeros(0, np.int64)
-    for what, index in [("random", picks), ("reversed", np.arange(n)[::-1].copy()),
-                         ("empty", np.zeros(0, np.int64)), ("mask", rng.random(n) < 0.5)]:
-        got = arr[index]
-        wrapped = np.flatnonzero(index) if index.dtype == bool else np.where(index < 0, index + n, index)
-        assert_arrays_identical(got, reference.gather(arr, wrapped.astype(np.int64)), f"gather {what}")
-    for sl in (slice(None, None, 2), slice(None, None, -1)):
-        assert_arrays_identical(arr[sl], reference.gather(arr, np.arange(n)[sl].astype(np.int64)), f"gather {sl}")
+    for feature, arr in arrays_for("gather", backend, dt, case):
+        n = len(arr)
+        rng = np.random.default_rng(stable_seed("gather", case, dt, feature))
+        picks = rng.integers(-n, n, size=3 * n + 2) if n else np.zeros(0, np.int64)
+        for what, index in [("random", picks), ("reversed", np.arange(n)[::-1].copy()),
+                             ("empty", np.zeros(0, np.int64)), ("mask", rng.random(n) < 0.5)]:
+            got = arr[index]
+            wrapped = np.flatnonzero(index) if index.dtype == bool else np.where(index < 0, index + n, index)
+            assert_arrays_identical(got, reference.gather(arr, wrapped.astype(np.int64)), f"gather {what} {feature}")
+        for sl in (slice(None, None, 2), slice(None, None, -1)):
+            assert_arrays_identical(arr[sl], reference.gather(arr, np.arange(n)[sl].astype(np.int64)),
+                                    f"gather {sl} {feature}")
 
 
 @pytest.mark.parametrize("offsets_dtype", ["int32", "int64"])
@@ -120,58 +127,56 @@ def test_positions_and_segment_ids(backend, case, offsets_dtype, compiled_only):
         assert_identical(arr.segment_ids(dt), reference.segment_ids(arr, dt), f"segment_ids {dt}")
 
 
-@pytest.mark.parametrize("feature", FEATURE_SHAPES, ids=FEATURE_IDS)
 @pytest.mark.parametrize("case", LENGTH_IDS)
 @pytest.mark.parametrize("backend_dtype", BACKEND_DTYPES, ids=BD_IDS)
-def test_to_padded(backend_dtype, case, feature, compiled_only):
+def test_to_padded(backend_dtype, case, compiled_only):
     backend, dt = backend_dtype
-    arr = make_array(backend, LENGTH_CASES[case], feature, dt, seed=stable_seed("pad", case, dt, feature))
-    # both sides, with and without extra length; pad values zero, positive and negative
-    for side, max_length, pad in (("right", None, 0), ("right", arr.max_length + 3, 7),
-                                  ("left", None, -3), ("left", arr.max_length + 3, 7)):
-        got = arr.to_padded(pad_value=pad, padding_side=side, max_length=max_length)
-        want = reference.to_padded(arr, pad, side, max_length)
-        what = f"to_padded side={side} max_length={max_length} pad={pad}"
-        assert_identical(got[0], want[0], what + " padded")
-        assert_identical(got[1], want[1], what + " mask")
+    for feature, arr in arrays_for("pad", backend, dt, case):
+        # both sides, with and without extra length; pad values zero, positive and negative
+        for side, max_length, pad in (("right", None, 0), ("right", arr.max_length + 3, 7),
+                                      ("left", None, -3), ("left", arr.max_length + 3, 7)):
+            got = arr.to_padded(pad_value=pad, padding_side=side, max_length=max_length)
+            want = reference.to_padded(arr, pad, side, max_length)
+            what = f"to_padded feature={feature} side={side} max_length={max_length} pad={pad}"
+            assert_identical(got[0], want[0], what + " padded")
+            assert_identical(got[1], want[1], what + " mask")
 
 
-@pytest.mark.parametrize("feature", FEATURE_SHAPES, ids=FEATURE_IDS)
 @pytest.mark.parametrize("case", LENGTH_IDS)
 @pytest.mark.parametrize("backend_dtype", BACKEND_DTYPES, ids=BD_IDS)
-def test_from_padded(backend_dtype, case, feature, compiled_only):
+def test_from_padded(backend_dtype, case, compiled_only):
     backend, dt = backend_dtype
-    arr = make_array(backend, LENGTH_CASES[case], feature, dt, seed=stable_seed("unpad", case, dt, feature))
-    lengths = np.diff(arr.host_offsets)
-    for side in ("right", "left"):
-        padded, mask = reference.to_padded(arr, 7, side, arr.max_length + 2)
-        if side == "right":
-            variants = {"bool mask": dict(mask=mask), "list lengths": dict(lengths=lengths.tolist())}
-        else:
-            variants = {"uint8 mask": dict(mask=native(backend, to_host(mask).astype(np.uint8))),
-                        "native lengths": dict(lengths=arr.lengths, padding_side=side)}
-        for what, kwargs in variants.items():
-            got = scree.from_padded(padded, **kwargs)
-            assert_arrays_identical(got, reference.from_padded(padded, **kwargs), f"from_padded {side} {what}")
-            assert_identical(got.values, arr.values, f"from_padded {side} {what} round trip")
-        got = scree.from_padded(padded)
-        assert_arrays_identical(got, reference.from_padded(padded), "from_padded without mask or lengths")
+    for feature, arr in arrays_for("unpad", backend, dt, case):
+        lengths = np.diff(arr.host_offsets)
+        for side in ("right", "left"):
+            padded, mask = reference.to_padded(arr, 7, side, arr.max_length + 2)
+            if side == "right":
+                variants = {"bool mask": dict(mask=mask), "list lengths": dict(lengths=lengths.tolist())}
+            else:
+                variants = {"uint8 mask": dict(mask=native(backend, to_host(mask).astype(np.uint8))),
+                            "native lengths": dict(lengths=arr.lengths, padding_side=side)}
+            for what, kwargs in variants.items():
+                what = f"from_padded {feature} {side} {what}"
+                got = scree.from_padded(padded, **kwargs)
+                assert_arrays_identical(got, reference.from_padded(padded, **kwargs), what)
+                assert_identical(got.values, arr.values, what + " round trip")
+            got = scree.from_padded(padded)
+            assert_arrays_identical(got, reference.from_padded(padded), f"from_padded {feature} without mask or lengths")
 
 
-@pytest.mark.parametrize("feature", FEATURE_SHAPES, ids=FEATURE_IDS)
 @pytest.mark.parametrize("case", LENGTH_IDS)
 @pytest.mark.parametrize("backend_dtype", BACKEND_DTYPES, ids=BD_IDS)
-def test_reductions(backend_dtype, case, feature, compiled_only):
+def test_reductions(backend_dtype, case, compiled_only):
     backend, dt = backend_dtype
-    arr = make_array(backend, LENGTH_CASES[case], feature, dt, seed=stable_seed("reduce", case, dt, feature))
-    for op in ("sum", "mean", "max"):
-        if op == "mean" and dt in INT_DTYPES:
-            with pytest.raises(scree.DTypeError):
-                arr.mean()
-            with pytest.raises(scree.DTypeError):
-                reference.reduce(arr, "mean")
-            continue
-        assert_reduction_matches(getattr(arr, op)(), reference.reduce(arr, op), arr, op, f"{op} {dt}")
+    for feature, arr in arrays_for("reduce", backend, dt, case):
+        for op in ("sum", "mean", "max"):
+            if op == "mean" and dt in INT_DTYPES:
+                with pytest.raises(scree.DTypeError):
+                    arr.mean()
+                with pytest.raises(scree.DTypeError):
+                    reference.reduce(arr, "mean")
+                continue
+            assert_reduction_matches(getattr(arr, op)(), reference.reduce(arr, op), arr, op, f"{op} {dt} {feature}")
 
 
 # ---- strided inputs: the dispatcher makes them contiguous before the kernels see them -------------------

@@ -20,6 +20,12 @@ def owns(x: Any) -> bool:
     return isinstance(x, np.ndarray)
 
 
+def adopt(x: Any) -> Any:
+    """x as this backend's array where the framework itself takes it as one (NumPy: never, other
+    frameworks' arrays are converted explicitly with Array.to), else None."""
+    return None
+
+
 def is_traced(x: Any) -> bool:
     """Whether x's values are unknown to the host (a JAX tracer under jit); never for NumPy."""
     return False
@@ -115,6 +121,16 @@ def astype(x: Any, dtype: str) -> np.ndarray:
 
 def contiguous(x: Any) -> np.ndarray:
     return _c_strided(np.ascontiguousarray(x))
+
+
+def itemsize(x: Any) -> int:
+    """Bytes per element."""
+    return int(x.itemsize)
+
+
+def host_view(x: Any) -> np.ndarray:
+    """The cheapest contiguous host object the C++ kernels accept for x (for per-sequence calls)."""
+    return contiguous(x)
 
 
 def is_contiguous(x: Any) -> bool:
@@ -226,11 +242,16 @@ def to_backend(x: Any, device_: str | None = None) -> np.ndarray:
         raise
 
 
-def varlen_attention(q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """Compiled varlen attention forward (NumPy has no autograd: see scree.varlen_attention_backward)."""
+def has_attention_kernel(x: Any) -> bool:
+    return True
+
+
+def varlen_attention(q: Any, k: Any, v: Any, args: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Compiled varlen attention forward on scree.Arrays (NumPy has no autograd: see
+    scree.varlen_attention_backward)."""
     from scree.kernels.attention import forward
 
-    return forward(_self(), q, k, v, cu_q, cu_k, args)
+    return forward(_self(), q.values, k.values, v.values, q.host_offsets, k.host_offsets, args)
 
 
 def _self() -> Any:

@@ -23,6 +23,12 @@ def owns(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
 
 
+def adopt(x: Any) -> Any:
+    """x as this backend's array where the framework itself takes it as one (torch: never; other
+    frameworks' arrays are converted explicitly with Array.to), else None."""
+    return None
+
+
 def is_traced(x: Any) -> bool:
     """Whether x's values are unknown to the host (a JAX tracer under jit); torch tensors are
     always readable (a device tensor costs one sync)."""
@@ -134,6 +140,19 @@ def contiguous(x: Any) -> torch.Tensor:
     return _c_strided(x.contiguous())
 
 
+def itemsize(x: Any) -> int:
+    """Bytes per element."""
+    return int(x.element_size())
+
+
+def host_view(x: Any) -> Any:
+    """The cheapest contiguous host object the C++ kernels accept for x: a NumPy view of a CPU
+    tensor (~3 us) instead of a DLPack export (~10 us per tensor, which dominated short packs);
+    bfloat16, which NumPy lacks, goes through DLPack."""
+    x = x.detach().contiguous()
+    return x if x.dtype == torch.bfloat16 else x.numpy()
+
+
 def is_contiguous(x: Any) -> bool:
     return bool(x.is_contiguous())
 
@@ -225,11 +244,17 @@ def to_backend(x: Any, device_: str | None = None) -> torch.Tensor:
     return t if device_ is None else t.to(device_)
 
 
-def varlen_attention(q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    """Compiled varlen attention as a torch custom op with autograd (see torch_attention.py)."""
+def has_attention_kernel(x: Any) -> bool:
+    """CPU tensors: the C++ kernel (CUDA kernels are not wired yet)."""
+    return x.device.type == "cpu"
+
+
+def varlen_attention(q: Any, k: Any, v: Any, args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compiled varlen attention on scree.Arrays as a torch custom op with autograd
+    (see torch_attention.py)."""
     from scree._backends import torch_attention
 
-    return torch_attention.varlen_attention(q, k, v, cu_q, cu_k, args)
+    return torch_attention.varlen_attention(q, k, v, args)
 
 
 def is_tracing() -> bool:

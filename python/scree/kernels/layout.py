@@ -27,15 +27,23 @@ def _host_int64(ns: ModuleType, host: np.ndarray, like: Any) -> Any:
     return ns.from_numpy(host, like=like)
 
 
+# Below this many bytes per sequence, handing each array to C++ (~10-20 us of binding overhead per
+# array, benchmarks/NOTES.md) costs more than the copy: the framework's own concatenation wins.
+_PACK_MIN_BYTES_PER_SEQUENCE = 64 << 10
+
+
 def pack(ns: ModuleType, seqs: Sequence[Any]) -> Array:
     if not _native(ns, *seqs):
         return reference.pack(seqs)
     lengths = np.fromiter((ns.shape(s)[0] for s in seqs), dtype=np.int64, count=len(seqs))
+    first = seqs[0]
+    row_bytes = int(np.prod(ns.shape(first)[1:], dtype=np.int64)) * ns.itemsize(first)
+    if len(seqs) > 16 and int(lengths.sum()) * row_bytes < _PACK_MIN_BYTES_PER_SEQUENCE * len(seqs):
+        return reference.pack(seqs)
     host = np.zeros(len(seqs) + 1, dtype=np.int64)
     np.cumsum(lengths, out=host[1:])
-    first = seqs[0]
     out = ns.empty((int(host[-1]), *ns.shape(first)[1:]), ns.dtype_name(first), like=first)
-    _C.pack([ns.contiguous(s) for s in seqs], host, out)
+    _C.pack([ns.host_view(s) for s in seqs], host, out)
     return Array._trusted(out, _host_int64(ns, host, first), host, int(lengths.max(initial=0)))
 
 
@@ -139,3 +147,28 @@ def reduce(arr: Array, op: str) -> Any:
     out = ns.empty((arr.num_sequences, *arr.feature_shape), out_dt, like=values)
     _C.segment_reduce(values, arr.host_offsets, out, op)
     return out
+
+
+def concat_sequences(ns: ModuleType, arrays: Sequence[Array]) -> Array:
+    """Sequence i of the result = arrays[0][i] ++ arrays[1][i] ++ ... (checked by the caller:
+    same backend, sequence count, dtype and feature shape). Host arrays: one C++ pack over the
+    non-empty row ranges in output order; elsewhere the reference."""
+    if not _native(ns, *(a.values for a in arrays)):
+        return reference.concat_sequences(arrays)
+    hosts = [a.host_offsets for a in arrays]
+    lens = np.stack([np.diff(h) for h in hosts])  # (k, n)
+    out_host = np.zeros(lens.shape[1] + 1, dtype=np.int64)
+    np.cumsum(lens.sum(axis=0), out=out_host[1:])
+    values = [ns.contiguous(a.values) for a in arrays]
+    # piece (i, j) = rows hosts[j][i]:hosts[j][i+1] of arrays[j], in order i-major; empties dropped.
+    seq, src = np.nonzero(lens.T)
+    starts = np.stack(hosts)[src, seq]
+    ends = starts + lens[src, seq]
+    pieces = [values[j][int(a):int(b)] for j, a, b in zip(src.tolist(), starts.tolist(), ends.tolist())]
+    piece_offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
+    np.cumsum(ends - starts, out=piece_offsets[1:])
+    first = values[0]
+    out = ns.empty((int(out_host[-1]), *arrays[0].feature_shape), ns.dtype_name(first), like=first)
+    _C.pack(pieces, piece_offsets, out)
+    lengths = np.diff(out_host)
+    return Array._trusted(out, _host_int64(ns, out_host, arrays[0].offsets), out_host, int(lengths.max(initial=0)))

@@ -1,0 +1,665 @@
+#!/usr/bin/env python3
+"""CPU varlen attention: scree.varlen_attention against what a user would do instead, fp32.
+
+    python benchmarks/bench_attention_cpu.py             # full run (~4 min on 2 cores with a healthy kernel)
+    python benchmarks/bench_attention_cpu.py --quick --out /tmp/x   # smoke run (< 20 s)
+    python benchmarks/bench_attention_cpu.py --only mix --no-bwd    # a subset
+
+Methods (same process, same inputs, fp32, torch intra-op threads = scree threads = usable cores):
+    scree        scree.varlen_attention(Q, K, V, causal) on scree.Arrays wrapping packed torch
+                 tensors (T, H, D) + offsets (the Arrays are built once, outside the timed call).
+    scree 1T     the same call with SCREE_NUM_THREADS=1 (forward only; a profiling column).
+    padded       F.scaled_dot_product_attention on padded (B, H, L, D) contiguous tensors, L = the
+                 longest sequence. Non-causal: bool key-padding mask (B, 1, 1, L), built once.
+                 Causal: is_causal=True and no mask (with right padding a real query row never
+                 sees a pad key, so this is exact on real rows and lets torch use its fused path).
+                 Timed: the SDPA call only; the output stays padded.
+    padded+conv  what a user holding packed tokens does per call: pad q, k, v with
+                 pad_sequence(split(x, lengths)) + transpose, build the mask from the lengths,
+                 SDPA, and take the real rows of the output back to packed (T, H, D).
+                 Reported beside "padded", never counted as "best alternative".
+    loop         one SDPA call per sequence on per-sequence contiguous (1, H, L_i, D) tensors
+                 (prebuilt: that layout is what the loop needs); output a list, nothing concatenated.
+    nested       torch.nested.nested_tensor_from_jagged(x, offsets).transpose(1, 2) -> (B, H, j, D)
+                 and F.scaled_dot_product_attention. The nested views are built inside the timed
+                 call (a ~0.1 ms view); a failure (e.g. causal on CPU) is recorded as its message.
+    numpy ref    scree.kernels.reference.varlen_attention on NumPy arrays, upcast=False (fp32),
+                 forward only, timed separately after each group with a time cap (--numpy-cap-s):
+                 a median of at most 3 calls, 1 call when the first one is slow. Not counted as
+                 "best alternative" (TARGETS.md names the three torch alternatives).
+Forward+backward ("fwdbwd"): the timed call runs the forward and backward(grad_out) with a fixed
+random grad_out in the method's layout (zero on pad rows); leaves have their .grad set to None
+inside the call (zero_grad(set_to_none=True)), so gradient allocation is timed for everyone.
+Leaves: packed (T, H, D) for scree and nested; padded (B, H, L, D) for padded; per-sequence
+(1, H, L_i, D) for loop. padded+conv pads the packed leaves inside the call.
+
+FLOPs (useful work only): forward 4 * Lq * Lk * D * H per sequence, half when causal;
+forward+backward = 3.5 x forward. GFLOP/s = FLOPs / median seconds. "x best" = best alternative's
+median / scree's median (best of padded, loop, nested); "x padded" likewise. Peak: a square fp32
+torch.matmul (4096^3, --quick 512^3) with all threads, timed at the start and at the end, and
+also inside the timed rounds of the long-sequence workloads ("peak in-group", same load
+conditions); "% peak" of a long-sequence forward uses the in-group peak.
+
+Protocol: per (workload, mode) group one warm-up call of every method, then R rounds; every
+method runs once per round, in an order rotated per round, so a noisy neighbour slows everyone
+alike; medians over rounds. R = clamp(group budget / warm-up round time, 1, max rounds), so a very
+slow method costs few rounds (the JSON records R and every sample). gc is off while timing.
+Correctness: every method's output (and for fwdbwd dq, dk, dv) is compared on real tokens with
+padded SDPA; the max abs diff is printed and stored. A failing method is recorded, not fatal.
+
+Writes attention_cpu.json and attention_cpu.png into --out (default benchmarks/results; with
+--quick and no --out, a temporary folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
+
+import scree
+from scree import _C
+from scree.kernels import reference as scree_reference
+
+HERE = Path(__file__).resolve().parent
+NCORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+ALTERNATIVES = ("padded", "loop", "nested")  # "best alternative" is taken over these
+# torch.nested SDPA logs why each backend was rejected and warns that nested tensors are a prototype
+logging.getLogger("torch.nested").setLevel(logging.ERROR)
+logging.getLogger("torch.fx").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message=".*nested tensors is in prototype.*")
+DIFF_OK = {"out": 1e-4, "grad": 1e-3}        # max abs diff vs padded SDPA counted as agreeing (fp32)
+
+
+# --------------------------------------------------------------------------------------------
+# timing
+def with_threads(n: int, fn: Callable[[], Any]) -> Callable[[], Any]:
+    def call():
+        old = os.environ.get("SCREE_NUM_THREADS")
+        os.environ["SCREE_NUM_THREADS"] = str(n)
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ["SCREE_NUM_THREADS"]
+            else:
+                os.environ["SCREE_NUM_THREADS"] = old
+    return call
+
+
+def short_error(e: BaseException) -> str:
+    msg = f"{type(e).__name__}: {e}".strip().replace("\n", " ")
+    return msg[:300]
+
+
+def run_group(fns: dict[str, Callable[[], Any]], budget_s: float, max_rounds: int
+              ) -> tuple[dict, dict, dict, int]:
+    """Warm-up call of each callable (its output kept for the correctness check; failures
+    recorded and dropped), then interleaved rotated rounds. Returns (seconds per call by name,
+    warm-up output by name, error by name, rounds)."""
+    errors: dict[str, str] = {}
+    warm: dict[str, float] = {}
+    outputs: dict[str, Any] = {}
+    gc.collect()
+    gc.disable()
+    try:
+        for k, fn in fns.items():
+            try:
+                t0 = time.perf_counter()
+                outputs[k] = fn()
+                warm[k] = time.perf_counter() - t0
+            except Exception as e:  # noqa: BLE001 - a baseline that fails is a result
+                errors[k] = short_error(e)
+        names = [k for k in fns if k not in errors]
+        round_s = sum(warm[k] for k in names)
+        rounds = int(max(1, min(max_rounds, budget_s // max(round_s, 1e-9))))
+        times: dict[str, list[float]] = {k: [] for k in names}
+        for r in range(rounds):
+            order = names[r % len(names):] + names[:r % len(names)] if names else []
+            for k in order:
+                t0 = time.perf_counter()
+                out = fns[k]()
+                t1 = time.perf_counter()
+                del out
+                times[k].append(t1 - t0)
+    finally:
+        gc.enable()
+    return times, outputs, errors, rounds
+
+
+def summary(samples: list[float]) -> dict:
+    s = sorted(samples)
+    med = statistics.median(s)
+    q1, q3 = (s[len(s) // 4], s[(3 * len(s)) // 4]) if len(s) >= 4 else (s[0], s[-1])
+    return dict(median_ms=med * 1e3, min_ms=s[0] * 1e3, max_ms=s[-1] * 1e3,
+                spread=(q3 - q1) / med if med > 0 else 0.0, samples_ms=[x * 1e3 for x in samples])
+
+
+# --------------------------------------------------------------------------------------------
+# workloads
+def make_lengths(kind: str, tokens: int, rng: np.random.Generator) -> list[int]:
+    if kind.startswith("eq"):
+        L = int(kind[2:])
+        return [L] * max(1, tokens // L)
+    lo, hi = {"mix": (16, 1024), "short": (8, 128), "mixq": (16, 256), "shortq": (8, 64)}[kind]
+    lens: list[int] = []
+    while sum(lens) < tokens:
+        lens.append(int(rng.integers(lo, hi + 1)))
+    return lens
+
+
+# name, lengths kind, head dim, causal, also fwd+bwd, long (peak comparison)
+WORKLOADS_FULL = [
+    ("eq1024 d64", "eq1024", 64, False, True, False),
+    ("eq1024 d128", "eq1024", 128, False, True, False),
+    ("eq1024 d128 causal", "eq1024", 128, True, False, False),
+    ("eq2048 d64", "eq2048", 64, False, False, True),
+    ("eq2048 d128", "eq2048", 128, False, True, True),
+    ("eq2048 d128 causal", "eq2048", 128, True, False, True),
+    ("mix d64", "mix", 64, False, True, False),
+    ("mix d128", "mix", 128, False, True, False),
+    ("mix d128 causal", "mix", 128, True, True, False),
+    ("short d64", "short", 64, False, True, False),
+    ("short d128", "short", 128, False, True, False),
+    ("short d128 causal", "short", 128, True, True, False),
+]
+WORKLOADS_QUICK = [
+    ("eq128 d64", "eq128", 64, False, True, True),
+    ("shortq d128 causal", "shortq", 128, True, True, False),
+]
+
+
+def flops_fwd(lens: list[int], H: int, D: int, causal: bool) -> float:
+    f = sum(4.0 * L * L * D * H for L in lens)
+    return f / 2 if causal else f
+
+
+class Data:
+    """One workload: the same q, k, v (and grad_out) in every layout a method needs."""
+
+    def __init__(self, lens: list[int], H: int, D: int, causal: bool, rng: np.random.Generator):
+        self.lens, self.H, self.D, self.causal = lens, H, D, causal
+        self.B, self.T, self.L = len(lens), sum(lens), max(lens)
+        gen = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
+        self.q, self.k, self.v, self.g = (torch.randn(self.T, H, D, generator=gen) for _ in range(4))
+        self.off = torch.tensor(np.concatenate([[0], np.cumsum(lens)]), dtype=torch.int64)
+        self.lens_t = torch.tensor(lens, dtype=torch.int64)
+        self.mask2d = torch.arange(self.L)[None, :] < self.lens_t[:, None]            # (B, L) real rows
+        self.key_mask = None if causal else self.mask2d[:, None, None, :]              # (B, 1, 1, L)
+        pad = lambda x: self._pad(x).contiguous()                                     # noqa: E731
+        self.qp, self.kp, self.vp, self.gp = (pad(x) for x in (self.q, self.k, self.v, self.g))
+        self.seq = [(int(s), int(e)) for s, e in zip(self.off[:-1], self.off[1:])]
+        per_seq = lambda x: [x[s:e].transpose(0, 1).unsqueeze(0).contiguous() for s, e in self.seq]  # noqa: E731
+        self.ql, self.kl, self.vl, self.gl = (per_seq(x) for x in (self.q, self.k, self.v, self.g))
+        self.Q, self.K, self.V = (scree.Array(x, self.off) for x in (self.q, self.k, self.v))
+        self.np_arrays = tuple(scree.Array(x.numpy(), self.off.numpy()) for x in (self.q, self.k, self.v))
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:  # (T, H, D) -> (B, H, L, D), zero pad
+        return pad_sequence(torch.split(x, self.lens), batch_first=True).transpose(1, 2)
+
+    def unpad(self, xp: torch.Tensor) -> torch.Tensor:  # (B, H, L, D) -> (T, H, D)
+        return xp.transpose(1, 2)[self.mask2d]
+
+    def nested(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nested.nested_tensor_from_jagged(x, self.off).transpose(1, 2)
+
+    # ---- forward callables: each returns its output in its own layout ----
+    def forward_fns(self, with_1t: bool) -> dict[str, Callable[[], Any]]:
+        c = self.causal
+
+        def scree_fwd():
+            return scree.varlen_attention(self.Q, self.K, self.V, causal=c).values
+
+        def padded():
+            return F.scaled_dot_product_attention(self.qp, self.kp, self.vp, attn_mask=self.key_mask, is_causal=c)
+
+        def padded_conv():
+            qp, kp, vp = (self._pad(x) for x in (self.q, self.k, self.v))
+            mask2d = torch.arange(self.L)[None, :] < self.lens_t[:, None]
+            o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=None if c else mask2d[:, None, None, :],
+                                               is_causal=c)
+            return o.transpose(1, 2)[mask2d]
+
+        def loop():
+            return [F.scaled_dot_product_attention(q, k, v, is_causal=c) for q, k, v in zip(self.ql, self.kl, self.vl)]
+
+        def nested():
+            return F.scaled_dot_product_attention(self.nested(self.q), self.nested(self.k), self.nested(self.v),
+                                                  is_causal=c)
+
+        fns = {"scree": scree_fwd}
+        if with_1t and NCORES > 1:
+            fns["scree 1T"] = with_threads(1, scree_fwd)
+        fns.update({"padded": padded, "padded+conv": padded_conv, "loop": loop, "nested": nested})
+        return fns
+
+    def to_tokens(self, name: str, out: Any) -> torch.Tensor:
+        if name in ("scree", "scree 1T", "padded+conv"):
+            return out
+        if name == "padded":
+            return self.unpad(out)
+        if name == "loop":
+            return torch.cat([o[0].transpose(0, 1) for o in out])
+        if name == "nested":
+            return out.transpose(1, 2).values()
+        raise KeyError(name)
+
+    # ---- forward+backward callables: each returns (dq, dk, dv) as leaves' grads (own layout) ----
+    def fwdbwd_fns(self) -> dict[str, Callable[[], Any]]:
+        c = self.causal
+        packed = [x.detach().clone().requires_grad_() for x in (self.q, self.k, self.v)]
+        P = [scree.Array(x, self.off) for x in packed]
+        padded_leaves = [x.detach().clone().requires_grad_() for x in (self.qp, self.kp, self.vp)]
+        loop_leaves = [[x.detach().clone().requires_grad_() for x in xs] for xs in (self.ql, self.kl, self.vl)]
+
+        def clear(leaves):
+            for x in leaves:
+                x.grad = None
+
+        def scree_fb():
+            clear(packed)
+            scree.varlen_attention(*P, causal=c).values.backward(self.g)
+            return [x.grad for x in packed]
+
+        def padded():
+            clear(padded_leaves)
+            q, k, v = padded_leaves
+            F.scaled_dot_product_attention(q, k, v, attn_mask=self.key_mask, is_causal=c).backward(self.gp)
+            return [x.grad for x in padded_leaves]
+
+        def loop():
+            flat = [x for xs in loop_leaves for x in xs]
+            clear(flat)
+            outs = [F.scaled_dot_product_attention(q, k, v, is_causal=c) for q, k, v in zip(*loop_leaves)]
+            torch.autograd.backward(outs, self.gl)
+            return [[x.grad for x in xs] for xs in loop_leaves]
+
+        def nested():
+            clear(packed)
+            q, k, v = (self.nested(x) for x in packed)
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=c)
+            o.transpose(1, 2).values().backward(self.g)
+            return [x.grad for x in packed]
+
+        return {"scree": scree_fb, "padded": padded, "loop": loop, "nested": nested}
+
+    def grads_to_tokens(self, name: str, grads: Any) -> list[torch.Tensor]:
+        if name == "padded":
+            return [self.unpad(g) for g in grads]
+        if name == "loop":
+            return [torch.cat([g[0].transpose(0, 1) for g in gs]) for gs in grads]
+        return list(grads)
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.detach().double() - b.detach().double()).abs().max()) if a.numel() else 0.0
+
+
+def check_forward(d: Data, outputs: dict[str, Any]) -> dict:
+    """Max abs diff on real tokens of every method's (warm-up) output against padded SDPA."""
+    if "padded" not in outputs:
+        return dict(error="padded SDPA failed: nothing to compare with")
+    ref = d.to_tokens("padded", outputs["padded"])
+    out: dict[str, Any] = {}
+    for name, o in outputs.items():
+        if name in ("padded", "peak matmul"):
+            continue
+        diff = max_abs_diff(d.to_tokens(name, o), ref)
+        out[name] = dict(max_abs_diff=diff, ok=bool(diff <= DIFF_OK["out"]))
+    return out
+
+
+def check_fwdbwd(d: Data, outputs: dict[str, Any]) -> dict:
+    """Max abs diff of dq, dk, dv on real tokens against padded SDPA's gradients."""
+    if "padded" not in outputs:
+        return dict(error="padded SDPA failed: nothing to compare with")
+    ref = d.grads_to_tokens("padded", outputs["padded"])
+    scale = max(float(r.abs().max()) for r in ref)
+    out: dict[str, Any] = {}
+    for name, o in outputs.items():
+        if name == "padded":
+            continue
+        got = d.grads_to_tokens(name, o)
+        diffs = {g: max_abs_diff(a, r) for g, a, r in zip(("dq", "dk", "dv"), got, ref)}
+        out[name] = dict(**{f"{g}_max_abs_diff": v for g, v in diffs.items()}, ref_max_abs=scale,
+                         ok=bool(max(diffs.values()) <= DIFF_OK["grad"] * max(1.0, scale)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# peak
+def matmul_fns(n: int) -> tuple[Callable[[], Any], float]:
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    c = torch.empty(n, n)
+    return (lambda: torch.matmul(a, b, out=c)), 2.0 * n ** 3
+
+
+def measure_peak(n: int, reps: int) -> dict:
+    fn, fl = matmul_fns(n)
+    fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    s = summary(ts)
+    return dict(n=n, gflops=fl / (s["median_ms"] * 1e-3) / 1e9, gflops_best=fl / (s["min_ms"] * 1e-3) / 1e9, **s)
+
+
+# --------------------------------------------------------------------------------------------
+def measure_workload(wl: tuple, tokens: int, rng: np.random.Generator, args: argparse.Namespace,
+                     peak_n: int) -> dict:
+    name, kind, D, causal, do_bwd, is_long = wl
+    H = max(1, args.hidden // D)
+    lens = make_lengths(kind, tokens, rng)
+    d = Data(lens, H, D, causal, rng)
+    fl = flops_fwd(lens, H, D, causal)
+    res: dict[str, Any] = dict(name=name, kind=kind, head_dim=D, heads=H, causal=causal, long=is_long,
+                               num_sequences=d.B, tokens=d.T, max_len=d.L, mean_len=d.T / d.B,
+                               padded_tokens=d.B * d.L, flops_fwd=fl, modes={})
+    modes = [("fwd", 1.0)] + ([("fwdbwd", 3.5)] if do_bwd and not args.no_bwd else [])
+    for mode, mult in modes:
+        fns = d.forward_fns(with_1t=not args.no_1t) if mode == "fwd" else d.fwdbwd_fns()
+        peak_fl = None
+        if mode == "fwd" and is_long:
+            fns["peak matmul"], peak_fl = matmul_fns(peak_n)
+        times, outputs, errors, rounds = run_group(fns, args.budget * (1.0 if mode == "fwd" else 1.5),
+                                                   args.max_rounds)
+        try:
+            check = check_forward(d, outputs) if mode == "fwd" else check_fwdbwd(d, outputs)
+        except Exception as e:  # noqa: BLE001
+            check = dict(error=short_error(e))
+        del outputs
+        m: dict[str, Any] = dict(flops=fl * mult, rounds=rounds, methods={}, check=check)
+        for k, ts in times.items():
+            s = summary(ts)
+            f = peak_fl if k == "peak matmul" else fl * mult
+            m["methods"][k] = dict(**s, gflops=f / (s["median_ms"] * 1e-3) / 1e9)
+        for k, e in errors.items():
+            m["methods"][k] = dict(error=e)
+        if mode == "fwd" and not args.no_numpy:
+            m["methods"]["numpy ref"] = time_numpy_ref(d, args.numpy_cap_s, fl)
+        finish_mode(m)
+        res["modes"][mode] = m
+        print_row(res, mode)
+    del d
+    gc.collect()
+    return res
+
+
+def time_numpy_ref(d: Data, cap_s: float, fl: float) -> dict:
+    q, k, v = d.np_arrays
+    fn = lambda: scree_reference.varlen_attention(q, k, v, causal=d.causal, upcast=False)  # noqa: E731
+    ts = []
+    t_end = time.perf_counter() + cap_s
+    try:
+        while len(ts) < 3:
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+            if time.perf_counter() + ts[-1] > t_end:
+                break
+    except Exception as e:  # noqa: BLE001
+        return dict(error=short_error(e))
+    s = summary(ts)
+    return dict(**s, gflops=fl / (s["median_ms"] * 1e-3) / 1e9, separate=True, capped=len(ts) < 3)
+
+
+def finish_mode(m: dict) -> None:
+    meth = m["methods"]
+    ok = {k: v["median_ms"] for k, v in meth.items() if "median_ms" in v}
+    alts = {k: ok[k] for k in ALTERNATIVES if k in ok}
+    m["best_alternative"] = min(alts, key=alts.get) if alts else None
+    if "scree" not in ok:
+        return
+    s = ok["scree"]
+    m["ratios"] = {k: ok[k] / s for k in ok if k not in ("scree", "peak matmul")}
+    if m["best_alternative"]:
+        m["x_best"] = alts[m["best_alternative"]] / s
+    if "scree 1T" in ok:
+        m["scree_2T_speedup_over_1T"] = ok["scree 1T"] / s
+    if "peak matmul" in meth:
+        m["pct_peak_in_group"] = 100.0 * meth["scree"]["gflops"] / meth["peak matmul"]["gflops"]
+
+
+# --------------------------------------------------------------------------------------------
+# output
+COLS = ("padded", "padded+conv", "loop", "nested", "numpy ref")
+HEADER = (f"{'workload':<20} {'mode':<6} {'B':>3} {'R':>2} {'scree ms':>9} {'GF/s':>6} {'sprd':>5} | "
+          + " ".join(f"{c:>11}" for c in COLS) + f" | {'x best':>7} {'x pad':>6} {'%peak':>5} {'1T ms':>8} "
+          f"{'2T/1T':>5} | max|diff|")
+
+
+def fmt_ms(meth: dict, k: str) -> str:
+    v = meth.get(k)
+    if v is None:
+        return "-"
+    if "error" in v:
+        return "ERR"
+    return f"{v['median_ms']:.1f}" + ("*" if v.get("capped") else "")
+
+
+def print_row(res: dict, mode: str) -> None:
+    m = res["modes"][mode]
+    meth = m["methods"]
+    sc = meth.get("scree", {})
+    s_ms = f"{sc['median_ms']:.1f}" if "median_ms" in sc else "ERR"
+    gf = f"{sc['gflops']:.1f}" if "gflops" in sc else "-"
+    sp = f"{100 * sc['spread']:.0f}%" if "spread" in sc else "-"
+    xb = f"{m['x_best']:.2f}" if "x_best" in m else "-"
+    xp = f"{m['ratios']['padded']:.2f}" if "padded" in m.get("ratios", {}) else "-"
+    pk = f"{m['pct_peak_in_group']:.0f}" if "pct_peak_in_group" in m else "-"
+    one = fmt_ms(meth, "scree 1T")
+    tt = f"{m['scree_2T_speedup_over_1T']:.2f}" if "scree_2T_speedup_over_1T" in m else "-"
+    chk = m["check"]
+    if "error" in chk:
+        diff = "check failed: " + chk["error"][:60]
+    else:
+        sc_chk = chk.get("scree", {})
+        if "error" in sc_chk:
+            diff = "scree ERR"
+        elif mode == "fwd":
+            diff = f"{sc_chk.get('max_abs_diff', float('nan')):.1e}" + ("" if sc_chk.get("ok") else " BAD")
+        else:
+            diff = "/".join(f"{sc_chk.get(g + '_max_abs_diff', float('nan')):.0e}" for g in ("dq", "dk", "dv")) + \
+                ("" if sc_chk.get("ok") else " BAD")
+    print(f"{res['name']:<20} {mode:<6} {res['num_sequences']:>3} {m['rounds']:>2} {s_ms:>9} {gf:>6} {sp:>5} | "
+          + " ".join(f"{fmt_ms(meth, c):>11}" for c in COLS)
+          + f" | {xb:>7} {xp:>6} {pk:>5} {one:>8} {tt:>5} | {diff}", flush=True)
+    errs = {k: v["error"] for k, v in meth.items() if "error" in v}
+    for k, e in errs.items():
+        print(f"{'':<20}   {k} failed: {e[:160]}", flush=True)
+
+
+def machine_info() -> dict:
+    def sh(*cmd: str) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, timeout=10).stdout.strip()
+        except Exception:  # noqa: BLE001
+            return ""
+    model, flags = "", ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = line
+    except OSError:
+        pass
+    return dict(
+        date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        host=platform.node(), platform=platform.platform(), cpu=model, cores_usable=NCORES,
+        cpu_count=os.cpu_count(), avx2="avx2" in flags.split(), fma="fma" in flags.split(),
+        avx512f="avx512f" in flags.split(),
+        python=platform.python_version(), numpy=np.__version__, torch=torch.__version__,
+        torch_threads=torch.get_num_threads(), scree_isa=_C.cpu_isa(),
+        git_commit=sh("git", "rev-parse", "HEAD"),
+        git_dirty_src=bool(sh("git", "status", "--porcelain", "--", "src", "include", "python")),
+        scree_so_mtime=_dt.datetime.fromtimestamp(os.path.getmtime(_C.__file__), _dt.timezone.utc)
+        .isoformat(timespec="seconds"),
+        SCREE_NUM_THREADS=os.environ.get("SCREE_NUM_THREADS"), loadavg_start=os.getloadavg(),
+    )
+
+
+def evaluate_targets(rows: list[dict]) -> list[dict]:
+    out = []
+    for r in rows:
+        for mode, m in r["modes"].items():
+            xb = m.get("x_best")
+            out.append(dict(target=">= 1.5x best alternative", workload=r["name"], mode=mode, value=xb,
+                            met=bool(xb is not None and xb >= 1.5)))
+    for r in rows:
+        if r["kind"] in ("mix", "mixq") and "fwd" in r["modes"]:
+            xp = r["modes"]["fwd"].get("ratios", {}).get("padded")
+            out.append(dict(target=">= 4x padded SDPA, mixed lengths, forward", workload=r["name"], mode="fwd",
+                            value=xp, met=bool(xp is not None and xp >= 4.0)))
+    for r in rows:
+        if r["long"] and "fwd" in r["modes"]:
+            pk = r["modes"]["fwd"].get("pct_peak_in_group")
+            out.append(dict(target=">= 50% of fp32 matmul peak, long-sequence forward", workload=r["name"],
+                            mode="fwd", value=pk, met=bool(pk is not None and pk >= 50.0)))
+    return out
+
+
+def plot(rows: list[dict], peak_gflops: float, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["name"] for r in rows]
+    x = np.arange(len(rows))
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(max(10, 0.9 * len(rows) + 3), 10))
+    for off, mode, label in ((-0.2, "fwd", "forward"), (0.2, "fwdbwd", "forward+backward")):
+        vals = [r["modes"].get(mode, {}).get("x_best", np.nan) for r in rows]
+        bars = ax.bar(x + off, vals, 0.4, label=label)
+        for b, v in zip(bars, vals):
+            if np.isfinite(v):
+                ax.annotate(f"{v:.2g}", (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
+    ax.axhline(1.5, color="k", ls="--", lw=1, label="target 1.5x")
+    ax.axhline(1.0, color="grey", ls=":", lw=1)
+    ax.set_yscale("log")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("speedup over best alternative (x)")
+    ax.set_title("scree.varlen_attention vs best of {padded SDPA, per-sequence SDPA loop, nested SDPA}, fp32, "
+                 f"{NCORES} cores (median)")
+    ax.legend(fontsize=8)
+    meths = ["scree", "padded", "loop", "nested"]
+    w = 0.8 / len(meths)
+    for i, k in enumerate(meths):
+        vals = [r["modes"]["fwd"]["methods"].get(k, {}).get("gflops", np.nan) for r in rows]
+        ax2.bar(x - 0.4 + w * (i + 0.5), vals, w, label=k)
+    ax2.axhline(peak_gflops, color="r", ls="--", lw=1, label=f"matmul peak {peak_gflops:.0f}")
+    ax2.axhline(peak_gflops / 2, color="r", ls=":", lw=1, label="50% peak")
+    ax2.set_xticks(x)
+    ax2.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax2.set_ylabel("forward GFLOP/s (useful)")
+    ax2.set_yscale("log")
+    ax2.legend(fontsize=8, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small smoke run (< 20 s)")
+    ap.add_argument("--out", type=Path, default=None, help="folder for attention_cpu.json/.png")
+    ap.add_argument("--only", nargs="*", default=None, help="workload names containing any of these strings")
+    ap.add_argument("--tokens", type=int, default=None, help="tokens per workload (default 4096, quick 512)")
+    ap.add_argument("--hidden", type=int, default=512, help="heads * head_dim (default 512)")
+    ap.add_argument("--budget", type=float, default=None, help="seconds per timed group (fwd; fwdbwd 1.5x)")
+    ap.add_argument("--max-rounds", type=int, default=None, help="most timed rounds per group")
+    ap.add_argument("--numpy-cap-s", type=float, default=None, help="time cap of the NumPy reference per workload")
+    ap.add_argument("--no-bwd", action="store_true", help="forward only")
+    ap.add_argument("--no-1t", action="store_true", help="skip the SCREE_NUM_THREADS=1 column")
+    ap.add_argument("--no-numpy", action="store_true", help="skip the NumPy reference")
+    ap.add_argument("--no-plot", action="store_true")
+    args = ap.parse_args(argv)
+    q = args.quick
+    args.budget = args.budget or (0.3 if q else 8.0)
+    args.max_rounds = args.max_rounds or (3 if q else 9)
+    args.numpy_cap_s = args.numpy_cap_s if args.numpy_cap_s is not None else (0.3 if q else 4.0)
+    tokens = args.tokens or (256 if q else 4096)
+    peak_n = 512 if q else 4096
+    out_dir = args.out or (Path(tempfile.mkdtemp(prefix="scree_bench_attn_")) if q else HERE / "results")
+
+    t_start = time.perf_counter()
+    torch.set_num_threads(NCORES)
+    info = machine_info()
+    print(f"# {info['cpu']} | {NCORES} cores | torch {info['torch']} ({info['torch_threads']} threads) | "
+          f"scree isa {info['scree_isa']} | commit {info['git_commit'][:10]}"
+          f"{' (src dirty)' if info['git_dirty_src'] else ''} | _C built {info['scree_so_mtime']} | "
+          f"load {tuple(round(x, 2) for x in info['loadavg_start'])}", flush=True)
+    peak_start = measure_peak(peak_n, 3 if q else 5)
+    print(f"# fp32 matmul {peak_n}^3: {peak_start['gflops']:.1f} GFLOP/s (median; best {peak_start['gflops_best']:.1f})",
+          flush=True)
+    print("# ms = median over R interleaved rounds; GF/s = useful GFLOP/s of scree; sprd = IQR/median of scree; "
+          "x best / x pad = alternative time / scree time; * = NumPy ref capped (<3 calls); "
+          "max|diff| = scree vs padded SDPA on real tokens (fwd: out; fwdbwd: dq/dk/dv)", flush=True)
+    print(HEADER, flush=True)
+
+    workloads = WORKLOADS_QUICK if q else WORKLOADS_FULL
+    if args.only:
+        workloads = [w for w in workloads if any(s in w[0] for s in args.only)]
+    rng = np.random.default_rng(0)
+    rows = []
+    for wl in workloads:
+        try:
+            rows.append(measure_workload(wl, tokens, rng, args, peak_n))
+        except Exception as e:  # noqa: BLE001 - keep the other workloads
+            traceback.print_exc()
+            rows.append(dict(name=wl[0], error=short_error(e), modes={}, kind=wl[1], long=wl[5]))
+
+    peak_end = measure_peak(peak_n, 3 if q else 5)
+    info["loadavg_end"] = os.getloadavg()
+    info["wall_seconds"] = time.perf_counter() - t_start
+    info["quick"] = q
+    ok_rows = [r for r in rows if r.get("modes")]
+    targets = evaluate_targets(ok_rows)
+    result = dict(machine=info, config=dict(tokens=tokens, hidden=args.hidden, budget_s=args.budget,
+                                            max_rounds=args.max_rounds, numpy_cap_s=args.numpy_cap_s,
+                                            flops="fwd 4*L^2*D*H per sequence (half causal); fwdbwd 3.5x fwd"),
+                  peak=dict(start=peak_start, end=peak_end, gflops=max(peak_start["gflops"], peak_end["gflops"])),
+                  workloads=rows, targets=targets)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jpath = out_dir / "attention_cpu.json"
+    jpath.write_text(json.dumps(result, indent=1))
+    if not args.no_plot and ok_rows:
+        try:
+            plot([r for r in ok_rows if "fwd" in r["modes"]], result["peak"]["gflops"], out_dir / "attention_cpu.png")
+        except ImportError:
+            print("# matplotlib missing: no plot", file=sys.stderr)
+    met = sum(t["met"] for t in targets)
+    print(f"# fp32 matmul at end: {peak_end['gflops']:.1f} GFLOP/s | targets met {met}/{len(targets)}")
+    for t in targets:
+        if not t["met"]:
+            v = "n/a" if t["value"] is None else f"{t['value']:.2f}"
+            print(f"#   missed: {t['target']} — {t['workload']} {t['mode']}: {v}")
+    print(f"# wall {info['wall_seconds']:.0f} s; load {tuple(round(x, 2) for x in info['loadavg_start'])} -> "
+          f"{tuple(round(x, 2) for x in info['loadavg_end'])}")
+    print(f"# wrote {jpath}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
