@@ -259,6 +259,7 @@ def run_all_ops(arr: scree.Array, rng: np.random.Generator) -> dict:
 def test_large_inputs_match_reference(backend_dtype, large_inputs, monkeypatch):
     monkeypatch.delenv("SCREE_NUM_THREADS", raising=False)  # default: all cores
     monkeypatch.setattr(layout_dispatch, "reference", _NoReference())
+    monkeypatch.setattr(layout_dispatch, "_PACK_MIN_BYTES_PER_SEQUENCE", 0)  # compare the compiled pack
     arr = large_inputs[backend_dtype]
     itemsize = arr.values.itemsize if backend_dtype[0] == "numpy" else arr.values.element_size()
     assert arr.total * 16 * itemsize > 1 << 20  # above the kernels' 1 MiB threading threshold
