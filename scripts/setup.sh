@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything scree needs on a fresh machine from this repo's own files: the build tools,
-# torch (the CPU build on this project's machines, only when torch is missing), GoogleTest for the
+# torch (the CPU build on this project's machines, only when torch is missing), JAX and MLX (CPU;
+# only when missing), GoogleTest for the
 # C++ tests, and scree itself (editable, with its test extras). Sourced by demo.sh and test.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -11,6 +12,16 @@ PIP=("$PY" -m pip install -q --disable-pip-version-check --root-user-action=igno
 if ! "$PY" -c "import torch" 2>/dev/null; then
   # 2.13.0 is the CPU wheel on this project's machines; an unpinned torch would pull a CUDA build.
   "${PIP[@]}" "torch==2.13.0"
+fi
+# JAX (CPU) and MLX (its CPU build on Linux) for the cross-backend tests, pinned to versions that
+# install here. Before scree's own build, which compiles the XLA FFI handlers when jax imports.
+# Not fatal: a framework that cannot be installed has its tests skip, naming the import error.
+if ! "$PY" -c "import jax" 2>/dev/null; then
+  "${PIP[@]}" "jax==0.10.2" "jaxlib==0.10.2" || echo "setup.sh: jax did not install; its tests will skip" >&2
+fi
+if ! "$PY" -c "import mlx.core" 2>/dev/null; then
+  if [ "$(uname -s)" = "Darwin" ]; then MLX="mlx==0.32.4"; else MLX="mlx[cpu]==0.32.4"; fi
+  "${PIP[@]}" "$MLX" || echo "setup.sh: $MLX did not install; its tests will skip" >&2
 fi
 if [ "${1:-}" = "test" ] && [ ! -f /usr/include/gtest/gtest.h ]; then
   if command -v apt-get >/dev/null; then

@@ -70,3 +70,8 @@ def varlen_bwd(dout: Annotated[NDArray, dict(writable=False)], q: Annotated[NDAr
     """
     Varlen attention backward: dq, dk, dv from dout, the forward's out and lse.
     """
+
+def registrations() -> dict:
+    """
+    XLA FFI handlers (name -> capsule) for jax.ffi.register_ffi_target; empty when built without jax.
+    """

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from scree import _backends, _C
-from scree._errors import ArgumentError, DTypeError, ShapeError
+from scree._errors import ArgumentError, BackendError, DTypeError, ShapeError
 
 __all__ = ["Array"]
 
@@ -29,7 +29,8 @@ class Array:
 
     ``values`` has shape ``(total, *feature)``; ``offsets`` has length ``n + 1`` with
     ``offsets[0] == 0``, non-decreasing, ``offsets[-1] == total``: sequence ``i`` is
-    ``values[offsets[i]:offsets[i+1]]``. Both are native arrays (NumPy or torch) of one device.
+    ``values[offsets[i]:offsets[i+1]]``. Both are native arrays (NumPy, torch, JAX or MLX) of one
+    device.
 
     ``validate=False`` skips the check here and is meant for trusted callers that produced the
     offsets themselves (and for device offsets, where checking costs one host transfer). The
@@ -74,6 +75,19 @@ class Array:
         arr._init(_backends.of(values), values, offsets, host, max_length)
         return arr
 
+    @classmethod
+    def _unflattened(cls, values: Any, offsets: Any) -> "Array":
+        """Rebuild from pytree leaves (JAX's unflatten; see _backends/jax.py): no validation and no
+        host bookkeeping, which is recomputed lazily where the offsets are concrete. JAX's tree
+        utilities also unflatten placeholders (None, object()), so the leaves are not checked."""
+        arr = cls.__new__(cls)
+        try:
+            ns = _backends.of(values)
+        except BackendError:
+            ns = _backends.get("jax")
+        arr._init(ns, values, offsets, None, None)
+        return arr
+
     # ---- layout ----------------------------------------------------------------------------
     @property
     def values(self) -> Any:
@@ -101,9 +115,22 @@ class Array:
         off = self._ns.astype(self._offsets, "int64")
         return off[1:] - off[:-1]
 
+    def _known_host_offsets(self) -> np.ndarray | None:
+        """host_offsets, or None where the host cannot know them (offsets traced under jax.jit)."""
+        if self._host is None and self._ns.is_traced(self._offsets):
+            return None
+        return self.host_offsets
+
+    def _known_max_length(self) -> int | None:
+        """max_length, or None where it cannot be known (offsets traced under jax.jit)."""
+        if self._max_length is None and self._known_host_offsets() is None:
+            return None
+        return self.max_length
+
     @property
     def max_length(self) -> int:
-        """Length of the longest sequence (0 for an empty batch); host int, cached."""
+        """Length of the longest sequence (0 for an empty batch); host int, cached. Unknown inside
+        jax.jit, where the offsets are traced (scree.UnsupportedError): pass sizes explicitly there."""
         if self._max_length is None:
             h = self.host_offsets
             self._max_length = int(np.max(np.diff(h))) if len(h) > 1 else 0
@@ -132,11 +159,13 @@ class Array:
 
     @property
     def backend(self) -> str:
-        """'numpy' or 'torch'."""
+        """'numpy', 'torch', 'jax' or 'mlx'."""
         return self._ns.name
 
     @property
-    def device(self) -> str:
+    def device(self) -> str | None:
+        """'cpu', 'cuda:0', ... (MLX: the default device, 'cpu' or 'gpu'); None for values traced
+        under jax.jit, whose placement XLA decides."""
         return self._ns.device(self._values)
 
     def cu_seqlens(self) -> Any:
@@ -218,7 +247,12 @@ class Array:
         return layout.to_padded(self, pad_value, padding_side, max_length)
 
     def with_values(self, values: Any) -> "Array":
-        """The same layout over new values with the same number of rows (offsets shared)."""
+        """The same layout over new values with the same number of rows (offsets shared). Values
+        of another framework raise scree.BackendError, except where this Array's framework takes
+        them itself: a JAX Array takes NumPy values (as jnp functions do)."""
+        if not self._ns.owns(values):
+            adopted = self._ns.adopt(values)
+            values = values if adopted is None else adopted
         ns = _backends.common(values=values, offsets=self._offsets)
         if len(ns.shape(values)) < 1 or ns.shape(values)[0] != self.total:
             raise ShapeError(f"with_values needs {self.total} rows, got shape {tuple(ns.shape(values))}")
@@ -231,15 +265,33 @@ class Array:
         return self.with_values(fn(self._values))
 
     def to(self, backend: str | None = None, device: str | None = None) -> "Array":
-        """The same Array on another backend and/or device. NumPy <-> torch CPU is zero-copy
-        (DLPack); moving between devices copies."""
+        """The same Array on another backend ('numpy', 'torch', 'jax', 'mlx') and/or device,
+        through DLPack. On the CPU:
+
+        * zero-copy: NumPy <-> torch; JAX -> NumPy and JAX -> torch; MLX -> NumPy and MLX -> torch.
+        * NumPy / torch -> JAX shares memory when the buffer is 64-byte aligned (XLA's rule; torch's
+          own allocations are, most NumPy arrays are not), else XLA copies; JAX also copies to
+          canonicalise int64/float64 to 32 bits when jax_enable_x64 is off (int64 offsets become
+          int32 there).
+        * anything -> MLX copies: MLX imports host memory only by copying (its own rule).
+        * NumPy views of JAX / MLX buffers are read-only (those arrays are immutable), and a torch
+          tensor over one must not be written to. bfloat16 cannot go to NumPy (scree.DTypeError).
+
+        Moving between devices copies. The host bookkeeping (host offsets, max_length) travels
+        along, so no device sync follows. Converting away from torch detaches: autograd graphs do
+        not cross frameworks."""
         target = self._ns if backend is None else _backends.get(backend)
-        if target is self._ns and (device is None or device == self.device):
-            return self
-        values = target.to_backend(self._values, device)
-        offsets = target.to_backend(self._offsets, device)
-        arr = Array._trusted(values, offsets, self._host, self._max_length)
-        return arr
+        if target is self._ns:
+            if device is None or device == self.device:
+                return self
+            values, offsets = target.to_backend(self._values, device), target.to_backend(self._offsets, device)
+        else:
+            src = self
+            if target.name == "numpy" and self.device not in ("cpu", None):
+                src = self.to(device="cpu")  # NumPy takes host memory only
+            values = target.to_backend(src._ns.exportable(src._values), device)
+            offsets = target.to_backend(src._ns.exportable(src._offsets), device)
+        return Array._trusted(values, offsets, self._host, self._max_length)
 
     # ---- reductions ----------------------------------------------------------------------------
     def sum(self) -> Any:

@@ -443,8 +443,8 @@ def test_with_values_other_backend():
 
 
 def test_to_unknown_backend(arr):
-    with raises(scree.BackendError, "'jax'", "numpy, torch"):
-        arr.to("jax")
+    with raises(scree.BackendError, "'tensorflow'", "numpy, torch, jax, mlx"):
+        arr.to("tensorflow")
 
 
 # ---- from_cu_seqlens ----------------------------------------------------------------------------------------

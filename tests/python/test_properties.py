@@ -190,6 +190,10 @@ def test_from_offsets_accepts_valid_offsets(backend, lengths, feature, seed, off
     assert arr.max_length == max(lengths, default=0)
     assert arr.feature_shape == tuple(feature)
     np.testing.assert_array_equal(to_host(arr.cu_seqlens()), offsets_of(lengths))
+    # validate=False trusts the caller; the lazily derived layout must still be right
+    trusted = scree.from_offsets(values, offsets, validate=False)
+    assert trusted.offsets is offsets
+    assert_layout_invariants(trusted)
 
 
 @st.composite

@@ -67,11 +67,8 @@ def _backward(ctx: Any, dout: torch.Tensor, dlse: torch.Tensor) -> tuple:
 varlen_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: Any, cu_k: Any,
-                     args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    """The backend entry point scree.varlen_attention calls: host offsets as int64 tensors."""
-    return varlen_fwd(q, k, v, _offsets_tensor(cu_q), _offsets_tensor(cu_k), *args)
-
-
-def _offsets_tensor(host: Any) -> torch.Tensor:
-    return host if isinstance(host, torch.Tensor) else torch.from_numpy(host)
+def varlen_attention(q: Any, k: Any, v: Any, args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backend entry point scree.varlen_attention calls with scree.Arrays: the custom op gets
+    the host offsets as int64 CPU tensors (zero-copy views of the Arrays' cached host offsets)."""
+    return varlen_fwd(q.values, k.values, v.values, torch.from_numpy(q.host_offsets),
+                      torch.from_numpy(k.host_offsets), *args)

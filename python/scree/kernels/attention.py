@@ -1,8 +1,10 @@
 """scree.varlen_attention: checks the arguments once (attention_spec), then runs the compiled
-kernel for the arrays' backend and device. Each backend namespace provides `varlen_attention(...)`
-(its autograd glue: a torch custom op, a plain call for NumPy) on top of `forward` / `backward`
-below, which call scree._C with outputs allocated in the caller's framework. Inputs no compiled
-kernel can read yet (torch CUDA tensors, until the GPU kernels land) run the reference."""
+kernel for the arrays' backend and device. Each backend namespace provides
+`has_attention_kernel(x)` and `varlen_attention(q, k, v, args)` (its autograd glue: a torch custom
+op, a jax.custom_vjp over XLA FFI, an mx.custom_function, a plain call for NumPy) on top of
+`forward` / `backward` below, which call scree._C with outputs allocated in the caller's
+framework. Inputs no compiled kernel serves yet (torch CUDA tensors until the GPU kernels land,
+MLX bfloat16) run the reference."""
 
 from __future__ import annotations
 
@@ -35,11 +37,10 @@ def varlen_attention(q: Array, k: Array, v: Array, causal: bool = False, scale: 
                                     window=window, softcap=softcap, return_lse=True)
         out, lse = drop_head_axis(B, q, out, lse)
         return (out, lse) if return_lse else out
-    if not all(B.is_host(a.values) for a in (q, k, v)):
+    if not B.has_attention_kernel(q.values):
         return attention_reference.varlen_attention(q, k, v, causal=causal, scale=scale, window=window,
                                                     softcap=softcap, return_lse=return_lse, upcast=False)
-    out_values, lse = B.varlen_attention(q.values, k.values, v.values, q.host_offsets, k.host_offsets,
-                                         kernel_args(q, k, spec))
+    out_values, lse = B.varlen_attention(q, k, v, kernel_args(q, k, spec))
     out = q.with_values(out_values)
     return (out, lse) if return_lse else out
 
@@ -65,9 +66,13 @@ def varlen_attention_backward(dout: Any, q: Array, k: Array, v: Array, out: Arra
 
 def kernel_args(q: Array, k: Array, spec: AttentionSpec) -> tuple[int, int, float, bool, int, int, float]:
     """The scalar arguments of scree._C.varlen_fwd/bwd after the offsets:
-    (max_seqlen_q, max_seqlen_k, scale, causal, window_left, window_right, softcap)."""
+    (max_seqlen_q, max_seqlen_k, scale, causal, window_left, window_right, softcap). Where the
+    maxima cannot be known without a sync (offsets traced under jax.jit) the token counts stand
+    in: they are valid upper bounds."""
     left, right = spec.window_args
-    return (q.max_length, k.max_length, spec.scale, spec.causal, left, right, spec.softcap or 0.0)
+    max_q, max_k = q._known_max_length(), k._known_max_length()
+    return (q.total if max_q is None else max_q, k.total if max_k is None else max_k, spec.scale, spec.causal,
+            left, right, spec.softcap or 0.0)
 
 
 def forward(ns: ModuleType, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: tuple) -> tuple[Any, Any]:

@@ -1,9 +1,13 @@
 """Reference varlen attention: the readable spec of `scree.varlen_attention` (DESIGN.md section 3).
 
-Written once against the backend namespace (`scree._backends`), so the same code runs on NumPy
-and PyTorch (and later JAX, MLX). It loops over sequences in Python and does plain dense math per
+Written once against the backend namespace (`scree._backends`), so the same code runs on NumPy,
+PyTorch, JAX and MLX. It loops over sequences in Python and does plain dense math per
 sequence; it is meant to be obviously right, not fast. The fast kernels are tested against it,
-and with torch it is differentiable by autograd, so it also serves as the gradient reference.
+and it is differentiable by torch autograd, jax.grad and mx.grad, so it also serves as the
+gradient reference. Where the host cannot read the offsets (JAX tracers under jax.jit / vmap) the
+per-sequence loop is impossible; there the same math runs once over all tokens as a dense
+(Tq, Tk) problem whose mask keeps each query inside its own sequence (O(Tq * Tk) memory: a
+reference, not a kernel).
 
 Semantics, per sequence with query length Lq and key length Lk (query row i, key row j):
 
@@ -79,7 +83,12 @@ def varlen_attention(
 
     work = "float64" if upcast else dtype
     lse_dtype = "float64" if dtype == "float64" else "float32"
-    q_off, k_off = q.host_offsets, k.host_offsets
+    q_off, k_off = q._known_host_offsets(), k._known_host_offsets()
+    if q_off is None or k_off is None:  # traced offsets (jax.jit / vmap): one masked dense problem
+        o, lse = _attend_packed(B, q, k, v, work, scale, left, right, cap)
+        out = q.with_values(B.astype(o, dtype))
+        lse = B.astype(lse, lse_dtype)
+        return (out, lse) if return_lse else out
 
     outs, lses = [], []
     for b in range(len(q_off) - 1):
@@ -109,6 +118,35 @@ def _attend_one(B: Any, q: Any, k: Any, v: Any, scale: float, left: int | None,
                 right: int | None, softcap: float | None) -> tuple[Any, Any]:
     """Dense attention of one sequence: q (Lq, Hq, D), k (Lk, Hk, D), v (Lk, Hk, Dv), all in the
     working dtype. Returns out (Lq, Hq, Dv) and lse (Hq, Lq)."""
+    visible = _visibility(B, q.shape[0], k.shape[0], left, right, like=q)
+    return _attend_dense(B, q, k, v, scale, softcap, visible)
+
+
+def _attend_packed(B: Any, q: "Array", k: "Array", v: "Array", work: str, scale: float,
+                   left: int | None, right: int | None, softcap: float | None) -> tuple[Any, Any]:
+    """All sequences at once, without host offsets: dense attention of all Tq queries over all
+    Tk keys, where query i (sequence b, position p) sees key j (sequence c, position r) iff b == c
+    and r lies in the window around p + (Lk_b - Lq_b) (bottom-right alignment, as _visibility).
+    Same values as the per-sequence loop; returns out (Tq, Hq, Dv) and lse (Hq, Tq)."""
+    seg_q, seg_k = q.segment_ids(), k.segment_ids()
+    shift = B.astype(k.lengths, "int64") - B.astype(q.lengths, "int64")  # (n,) Lk - Lq
+    Tq, Tk = q.total, k.total
+    col = lambda x: B.reshape(x, (Tq, 1))  # noqa: E731
+    row = lambda x: B.reshape(x, (1, Tk))  # noqa: E731
+    visible = col(seg_q) == row(seg_k)
+    rel = row(k.positions()) - col(q.positions()) - col(shift[seg_q])
+    if right is not None:
+        visible = visible & (rel <= right)
+    if left is not None:
+        visible = visible & (rel >= -left)
+    return _attend_dense(B, B.astype(q.values, work), B.astype(k.values, work), B.astype(v.values, work),
+                         scale, softcap, visible)
+
+
+def _attend_dense(B: Any, q: Any, k: Any, v: Any, scale: float, softcap: float | None,
+                  visible: Any) -> tuple[Any, Any]:
+    """Dense attention of q (Lq, Hq, D) over k (Lk, Hk, D), v (Lk, Hk, Dv) where key j is visible
+    to query i iff visible[i, j] (None: all visible). Returns out (Lq, Hq, Dv), lse (Hq, Lq)."""
     Lq, Hq, D = q.shape
     Lk, Hk, _ = k.shape
     Dv = v.shape[2]
@@ -119,7 +157,6 @@ def _attend_one(B: Any, q: Any, k: Any, v: Any, scale: float, left: int | None,
     s = B.einsum("qhgd,khd->hgqk", qg, k) * scale  # (Hk, G, Lq, Lk)
     if softcap is not None:
         s = softcap * B.tanh(s / softcap)
-    visible = _visibility(B, Lq, Lk, left, right, like=q)
     if visible is not None:
         # Out-of-place select (not a masked write) keeps torch autograd intact.
         s = B.where(visible, s, _NEG_INF)

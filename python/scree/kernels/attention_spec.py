@@ -70,7 +70,8 @@ def drop_head_axis(B: ModuleType, q: Any, out: Any, lse: Any) -> tuple[Any, Any]
 def _require_array(name: str, x: Any) -> None:
     # Checked by duck type (values + host offsets + with_values) so that this module does not have
     # to import the Array class, and a raw tensor gets a message saying how to wrap it.
-    if not all(hasattr(x, attr) for attr in ("values", "host_offsets", "with_values")):
+    # (looked up on the type: reading host_offsets of an Array traced under jax.jit would raise)
+    if not all(hasattr(type(x), attr) for attr in ("values", "host_offsets", "with_values")):
         raise BackendError(
             f"{name} must be a scree.Array, got {type(x).__module__}.{type(x).__qualname__}; "
             f"wrap packed values with scree.from_lengths(values, lengths) or scree.Array(values, offsets)"

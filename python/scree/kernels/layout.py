@@ -159,15 +159,18 @@ def concat_sequences(ns: ModuleType, arrays: Sequence[Array]) -> Array:
     lens = np.stack([np.diff(h) for h in hosts])  # (k, n)
     out_host = np.zeros(lens.shape[1] + 1, dtype=np.int64)
     np.cumsum(lens.sum(axis=0), out=out_host[1:])
-    values = [ns.contiguous(a.values) for a in arrays]
     # piece (i, j) = rows hosts[j][i]:hosts[j][i+1] of arrays[j], in order i-major; empties dropped.
     seq, src = np.nonzero(lens.T)
+    row_bytes = int(np.prod(arrays[0].feature_shape, dtype=np.int64)) * ns.itemsize(arrays[0].values)
+    if len(seq) > 16 and int(out_host[-1]) * row_bytes < _PACK_MIN_BYTES_PER_SEQUENCE * len(seq):
+        return reference.concat_sequences(arrays)  # many short pieces: one scatter beats per-piece binding
+    values = [ns.host_view(a.values) for a in arrays]
     starts = np.stack(hosts)[src, seq]
     ends = starts + lens[src, seq]
     pieces = [values[j][int(a):int(b)] for j, a, b in zip(src.tolist(), starts.tolist(), ends.tolist())]
     piece_offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
     np.cumsum(ends - starts, out=piece_offsets[1:])
-    first = values[0]
+    first = arrays[0].values
     out = ns.empty((int(out_host[-1]), *arrays[0].feature_shape), ns.dtype_name(first), like=first)
     _C.pack(pieces, piece_offsets, out)
     lengths = np.diff(out_host)

@@ -17,7 +17,7 @@ from scree.kernels.attention_reference import varlen_attention
 
 __all__ = [
     "pack", "gather", "segment_ids", "positions", "to_padded", "from_padded", "reduce",
-    "varlen_attention",
+    "concat_sequences", "varlen_attention",
 ]
 
 
@@ -80,8 +80,11 @@ def to_padded(arr: Array, pad_value: Any = 0, padding_side: str = "right",
     ns = _backends.of(arr.values)
     left = _padding_side(padding_side)
     length = arr.max_length if max_length is None else max_length
-    if length < arr.max_length:
-        raise ShapeError(f"max_length={length} is shorter than the longest sequence ({arr.max_length})")
+    # Traced offsets (jax.jit) have no known max_length to check against: the caller's static
+    # max_length is trusted there, as FlashAttention trusts max_seqlen (rows past it are dropped).
+    known = arr._known_max_length()
+    if known is not None and length < known:
+        raise ShapeError(f"max_length={length} is shorter than the longest sequence ({known})")
     n, dt = arr.num_sequences, ns.dtype_name(arr.values)
     seg, pos = _padded_slots(arr, length, left)
     padded = ns.full((n, length, *arr.feature_shape), pad_value, dt, like=arr.values)
@@ -101,12 +104,12 @@ def from_padded(padded: Any, mask: Any = None, lengths: Any = None, padding_side
     n, length = ns.shape(padded)[:2]
     if mask is not None:
         mask = mask != 0 if ns.dtype_name(mask) != "bool" else mask
-        values = padded[mask]
+        values = ns.masked_rows(padded, mask)
         counts = ns.sum(ns.astype(mask, "int64"), axis=1)
         offsets = ns.concat([ns.zeros((1,), "int64", like=padded), ns.cumsum(counts)])
         return Array(values, offsets)
     if lengths is None:
-        lengths = ns.full((n,), length, "int64", like=padded)
+        lengths = np.full(n, length, dtype=np.int64)  # host: known without a sync (or a jax.jit trace)
     from scree._construct import offsets_from_lengths
     offsets, host, longest = offsets_from_lengths(ns, lengths, like=padded)
     if len(host) - 1 != n or longest > length:
@@ -126,3 +129,39 @@ def reduce(arr: Array, op: str) -> Any:
     if op not in ("sum", "mean", "max"):
         raise ArgumentError(f"reduction must be 'sum', 'mean' or 'max', got {op!r}")
     return ns.segment_reduce(arr.values, segment_ids(arr), arr.num_sequences, op)
+
+
+def concat_sequences(arrays: Sequence[Array]) -> Array:
+    """Sequence i of the result = arrays[0][i] ++ arrays[1][i] ++ ... : every token moves to row
+    out_offsets[seq] + (tokens of seq in the arrays before it) + its position, one scatter of all
+    rows. No host sync: the output size is the sum of the inputs' totals, so it also runs traced
+    (jax.jit) and differentiates through the scatter."""
+    ns = _backends.of(arrays[0].values)
+    like = arrays[0].values
+    n = arrays[0].num_sequences
+    lengths = [ns.astype(a.lengths, "int64") for a in arrays]
+    seq_len = lengths[0]
+    for l in lengths[1:]:
+        seq_len = seq_len + l
+    out_offsets = ns.concat([ns.zeros((1,), "int64", like=like), ns.cumsum(seq_len)])
+    before = ns.zeros((n,), "int64", like=like)  # tokens of each sequence placed so far
+    rows = []
+    for a, l in zip(arrays, lengths):
+        seg = segment_ids(a)
+        rows.append(out_offsets[seg] + before[seg] + positions(a))
+        before = before + l
+    total = sum(a.total for a in arrays)
+    out = ns.zeros((total, *arrays[0].feature_shape), ns.dtype_name(like), like=like)
+    out = ns.index_put(out, (ns.concat(rows),), ns.concat([a.values for a in arrays]))
+    known = _concat_host_offsets(arrays)  # None for traced offsets: no host bookkeeping to carry
+    return Array._trusted(out, out_offsets) if known is None else Array._trusted(out, out_offsets, *known)
+
+
+def _concat_host_offsets(arrays: Sequence[Array]) -> tuple[np.ndarray, int] | None:
+    """(host offsets, max_length) of concat_sequences(arrays), or None if any offsets are traced."""
+    hosts = [a._known_host_offsets() for a in arrays]
+    if any(h is None for h in hosts):
+        return None
+    out_host = np.zeros(arrays[0].num_sequences + 1, dtype=np.int64)
+    np.cumsum(np.sum([np.diff(h) for h in hosts], axis=0), out=out_host[1:])
+    return out_host, int(np.diff(out_host).max(initial=0))
