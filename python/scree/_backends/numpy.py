@@ -83,24 +83,8 @@ def data_ptr(x: Any) -> int:
     return int(x.__array_interface__["data"][0])
 
 
-def _c_strided(x: np.ndarray) -> np.ndarray:
-    """x itself, or for a zero-size x whose strides are not row-major (NumPy 2 gives empty arrays
-    all-zero strides, which the C++ contiguity check rejects) an equivalent zero-size array with
-    row-major strides. Zero elements means there is no data to keep."""
-    if x.size != 0:
-        return x
-    strides, step = [], x.itemsize
-    for dim in reversed(x.shape):
-        strides.append(step)
-        step *= dim
-    strides = tuple(reversed(strides))
-    if x.strides == strides:
-        return x
-    return np.lib.stride_tricks.as_strided(np.empty(1, dtype=x.dtype), x.shape, strides)
-
-
 def empty(shape_: Sequence[int], dtype: str, like: Any = None) -> np.ndarray:
-    return _c_strided(np.empty(tuple(shape_), dtype=_DTYPES[dtype]))
+    return np.empty(tuple(shape_), dtype=_DTYPES[dtype])
 
 
 def zeros(shape_: Sequence[int], dtype: str, like: Any = None) -> np.ndarray:
@@ -120,7 +104,7 @@ def astype(x: Any, dtype: str) -> np.ndarray:
 
 
 def contiguous(x: Any) -> np.ndarray:
-    return _c_strided(np.ascontiguousarray(x))
+    return np.ascontiguousarray(x)
 
 
 def itemsize(x: Any) -> int:

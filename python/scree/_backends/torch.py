@@ -100,7 +100,7 @@ def _dev(like: Any) -> Any:
 
 
 def empty(shape_: Sequence[int], dtype: str, like: Any = None) -> torch.Tensor:
-    return _c_strided(torch.empty(tuple(shape_), dtype=_DTYPES[dtype], device=_dev(like)))
+    return torch.empty(tuple(shape_), dtype=_DTYPES[dtype], device=_dev(like))
 
 
 def zeros(shape_: Sequence[int], dtype: str, like: Any = None) -> torch.Tensor:
@@ -119,25 +119,8 @@ def astype(x: Any, dtype: str) -> torch.Tensor:
     return x.to(_DTYPES[dtype])
 
 
-def _c_strided(x: torch.Tensor) -> torch.Tensor:
-    """x itself, or for a zero-size x an equivalent zero-size tensor with exact row-major strides.
-    torch calls any zero-size tensor contiguous whatever its strides (one made from an empty NumPy
-    array through DLPack has all-zero strides, torch.empty((3, 0)) has strides (1, 1)); the C++
-    kernels check strides exactly, and with zero elements there is no data to keep."""
-    if x.numel() != 0:
-        return x
-    strides, step = [], 1
-    for dim in reversed(x.shape):
-        strides.append(step)
-        step *= dim
-    strides = tuple(reversed(strides))
-    if tuple(x.stride()) == strides:
-        return x
-    return torch.empty((1,), dtype=x.dtype, device=x.device).as_strided(tuple(x.shape), strides)
-
-
 def contiguous(x: Any) -> torch.Tensor:
-    return _c_strided(x.contiguous())
+    return x.contiguous()
 
 
 def itemsize(x: Any) -> int:
