@@ -77,10 +77,10 @@ void pack(const std::vector<InArray>& sources, const InArray& offsets, OutArray 
   scree::ops::pack(ptrs.data(), off, n, rb, out.data());
 }
 
-void pad(const InArray& values, const InArray& offsets, OutArray padded, std::optional<OutArray> mask,
-         const InArray& pad_value, bool left) {
-  int64_t n;
-  const int64_t* off = host_offsets(offsets, rows_of(values), n);
+// Checks a packed `values` (total, *f) against a `padded` (n, max_len, *f) for pad and unpad;
+// returns max_len. Every sequence must fit the padded length.
+template <class V, class P>
+int64_t check_padded_pair(const V& values, const P& padded, const int64_t* off, int64_t n) {
   require_kernel_input(values, "values");
   require_kernel_input(padded, "padded");
   require_rows(values, off[n], "values", "offsets[-1]");
@@ -91,9 +91,17 @@ void pad(const InArray& values, const InArray& offsets, OutArray padded, std::op
   const int64_t max_len = static_cast<int64_t>(padded.shape(1));
   for (int64_t i = 0; i < n; ++i)
     scree::require(off[i + 1] - off[i] <= max_len, ErrorKind::ShapeMismatch, [&] {
-      return "sequence " + std::to_string(i) + " has length " + std::to_string(off[i + 1] - off[i]) +
-             " > padded length " + std::to_string(max_len);
+      return "sequence " + std::to_string(i) + " has length " + std::to_string(off[i + 1] - off[i]) + " (lengths[" +
+             std::to_string(i) + "]), more than the padded length " + std::to_string(max_len);
     });
+  return max_len;
+}
+
+void pad(const InArray& values, const InArray& offsets, OutArray padded, std::optional<OutArray> mask,
+         const InArray& pad_value, bool left) {
+  int64_t n;
+  const int64_t* off = host_offsets(offsets, rows_of(values), n);
+  const int64_t max_len = check_padded_pair(values, padded, off, n);
   uint8_t* m = nullptr;
   if (mask) {
     require_kernel_input(*mask, "mask");
@@ -116,19 +124,7 @@ void pad(const InArray& values, const InArray& offsets, OutArray padded, std::op
 void unpad(const InArray& padded, const InArray& offsets, OutArray values, bool left) {
   int64_t n;
   const int64_t* off = host_offsets(offsets, rows_of(values), n);
-  require_kernel_input(values, "values");
-  require_kernel_input(padded, "padded");
-  require_rows(values, off[n], "values", "offsets[-1]");
-  require_same_dtype(values, "values", padded, "padded");
-  scree::require(padded.ndim() >= 2 && static_cast<int64_t>(padded.shape(0)) == n, ErrorKind::ShapeMismatch,
-                 [&] { return "padded must have shape (n, max_len, *feature) with n = " + std::to_string(n); });
-  require_same_features(values, 1, "values", padded, 2, "padded");
-  const int64_t max_len = static_cast<int64_t>(padded.shape(1));
-  for (int64_t i = 0; i < n; ++i)
-    scree::require(off[i + 1] - off[i] <= max_len, ErrorKind::ShapeMismatch, [&] {
-      return "lengths[" + std::to_string(i) + "] = " + std::to_string(off[i + 1] - off[i]) +
-             " exceeds the padded length " + std::to_string(max_len);
-    });
+  const int64_t max_len = check_padded_pair(values, padded, off, n);
   const int64_t rb = row_bytes(values, 1);
   nb::gil_scoped_release release;
   scree::ops::unpad(padded.data(), off, n, max_len, rb, left, values.data());
