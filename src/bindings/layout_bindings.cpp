@@ -92,7 +92,8 @@ int64_t check_padded_pair(const V& values, const P& padded, const int64_t* off, 
   for (int64_t i = 0; i < n; ++i)
     scree::require(off[i + 1] - off[i] <= max_len, ErrorKind::ShapeMismatch, [&] {
       return "sequence " + std::to_string(i) + " has length " + std::to_string(off[i + 1] - off[i]) + " (lengths[" +
-             std::to_string(i) + "]), more than the padded length " + std::to_string(max_len);
+             std::to_string(i) + "] = " + std::to_string(off[i + 1] - off[i]) + "), more than the padded length " +
+             std::to_string(max_len);
     });
   return max_len;
 }
