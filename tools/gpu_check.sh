@@ -32,6 +32,6 @@ else
 fi
 
 "$PY" -m pytest tests/python -m cuda -v -rs > "$out/pytest_cuda.log" 2>&1 || status=1
-"$PY" -m pytest tests/python -q -rs -x > "$out/pytest_all.log" 2>&1 || status=1
-tail -5 "$out/pytest_cuda.log" "$out/pytest_all.log" "$out/ctest.log"
+"$PY" -m pytest tests/python -q -rs > "$out/pytest_all.log" 2>&1 || status=1
+for f in pytest_cuda pytest_all ctest; do tail -n 5 "$out/$f.log"; done
 exit $status
