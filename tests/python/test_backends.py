@@ -365,11 +365,12 @@ def test_to_every_backend(source, target):
     arr = on(source, ref)
     out = arr.to(target)
     check_array(out, ref, target, f"{source}->{target}")
-    assert out.device == default_device(target) or (source != "jax" and out.device == "cpu")
+    # DLPack keeps data where it is (JAX on a GPU -> a CUDA torch tensor); otherwise the default.
+    assert out.device in (default_device(target), arr.device, "cpu"), (out.device, arr.device)
     check(out.sum(), ref.sum(), target, f"{source}->{target} sum")
     if source == target:
         assert out is arr
-    elif (source, target) in ZERO_COPY:
+    elif (source, target) in ZERO_COPY and arr.device == "cpu":  # device -> host always copies
         assert data_ptr(out.values) == data_ptr(arr.values), f"{source}->{target} copied"
     # offsets keep their dtype (up to JAX's canonicalisation) and values round-trip back exactly
     assert _backends.of(out.offsets).dtype_name(out.offsets) == want_dtype(target, want_dtype(source, "int64"))
