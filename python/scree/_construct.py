@@ -77,20 +77,23 @@ def pack(sequences: Sequence[Any]) -> Array:
         raise ArgumentError("pack needs at least one sequence to know the dtype and feature shape")
     first = seqs[0]
     ns = _backends.of(first)
-    # One cheap pass (type and device); the per-backend check with its message only on a mismatch.
-    kind, dev = type(first), ns.device(first)
+    # One cheap pass over attributes every backend's arrays have; the per-backend check with its
+    # message only on a mismatch (per-sequence overhead dominated packs of many short sequences).
+    kind, dev, dt = type(first), ns.device(first), first.dtype
     if any(type(s) is not kind or ns.device(s) != dev for s in seqs):
         _backends.common(**{f"sequences[{i}]": s for i, s in enumerate(seqs)})
-    feat, dt = ns.shape(first)[1:], ns.dtype_name(first)
-    for i, s in enumerate(seqs):
-        if len(ns.shape(s)) < 1:
+    shapes = [tuple(s.shape) for s in seqs]
+    feat = shapes[0][1:]
+    for i, (shape, s) in enumerate(zip(shapes, seqs)):
+        if len(shape) < 1:
             raise ShapeError(f"sequences[{i}] is 0-D; each sequence needs shape (length, *feature)")
-        if ns.shape(s)[1:] != feat:
-            raise ShapeError(f"sequences[{i}] has feature shape {ns.shape(s)[1:]}, sequences[0] has {feat}")
-        if ns.dtype_name(s) != dt:
-            raise DTypeError(f"sequences[{i}] has dtype {ns.dtype_name(s)}, sequences[0] has {dt}")
+        if shape[1:] != feat:
+            raise ShapeError(f"sequences[{i}] has feature shape {shape[1:]}, sequences[0] has {feat}")
+        if s.dtype != dt:
+            raise DTypeError(f"sequences[{i}] has dtype {ns.dtype_name(s)}, sequences[0] has {ns.dtype_name(first)}")
     from scree.kernels import layout
-    return layout.pack(ns, seqs)
+    lengths = np.fromiter((shape[0] for shape in shapes), dtype=np.int64, count=len(shapes))
+    return layout.pack(ns, seqs, lengths)
 
 
 def unpack(arr: Array) -> list[Any]:

@@ -32,14 +32,14 @@ def _host_int64(ns: ModuleType, host: np.ndarray, like: Any) -> Any:
 _PACK_MIN_BYTES_PER_SEQUENCE = 64 << 10
 
 
-def pack(ns: ModuleType, seqs: Sequence[Any]) -> Array:
+def pack(ns: ModuleType, seqs: Sequence[Any], lengths: np.ndarray) -> Array:
+    """seqs: checked by the caller (one backend, device, dtype, feature shape); lengths: their rows."""
     if not _native(ns, *seqs):
-        return reference.pack(seqs)
-    lengths = np.fromiter((ns.shape(s)[0] for s in seqs), dtype=np.int64, count=len(seqs))
+        return reference.pack(seqs, lengths)
     first = seqs[0]
     row_bytes = int(np.prod(ns.shape(first)[1:], dtype=np.int64)) * ns.itemsize(first)
     if len(seqs) > 16 and int(lengths.sum()) * row_bytes < _PACK_MIN_BYTES_PER_SEQUENCE * len(seqs):
-        return reference.pack(seqs)
+        return reference.pack(seqs, lengths)
     host = np.zeros(len(seqs) + 1, dtype=np.int64)
     np.cumsum(lengths, out=host[1:])
     out = ns.empty((int(host[-1]), *ns.shape(first)[1:]), ns.dtype_name(first), like=first)

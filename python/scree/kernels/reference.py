@@ -25,10 +25,12 @@ def _device_offsets(arr: Array) -> Any:
     return _backends.of(arr.values).astype(arr.offsets, "int64")
 
 
-def pack(sequences: Sequence[Any]) -> Array:
-    """Concatenate sequences (each (len_i, *feature)) into one Array."""
+def pack(sequences: Sequence[Any], lengths: np.ndarray | None = None) -> Array:
+    """Concatenate sequences (each (len_i, *feature)) into one Array; `lengths`, when the caller
+    has them already, are their row counts."""
     ns = _backends.of(sequences[0])
-    lengths = np.array([ns.shape(s)[0] for s in sequences], dtype=np.int64)
+    if lengths is None:
+        lengths = np.array([ns.shape(s)[0] for s in sequences], dtype=np.int64)
     host = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     values = ns.concat(list(sequences), axis=0)
     return Array._trusted(values, ns.from_numpy(host, like=values), host, int(lengths.max(initial=0)))

@@ -18,8 +18,10 @@
 namespace scree::cpu {
 inline namespace SCREE_CPU_ISA {
 
+// Always inlined: an out-of-line call per 6x16 tile spilled the accumulators in its epilogue and
+// cost a measurable share at K = 64..128 (benchmarks/NOTES.md).
 template <class T, int R, bool A_T>
-inline void gemm_tile(const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t K,
+__attribute__((always_inline)) inline void gemm_tile(const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t K,
                       bool accumulate) {
   using V = vec_t<T>;
   constexpr int W = Simd<T>::width;
