@@ -31,19 +31,24 @@ Forward+backward ("fwdbwd"): the timed call runs the forward and backward(grad_o
 random grad_out in the method's layout (zero on pad rows); leaves have their .grad set to None
 inside the call (zero_grad(set_to_none=True)), so gradient allocation is timed for everyone.
 Leaves: packed (T, H, D) for scree and nested; padded (B, H, L, D) for padded; per-sequence
-(1, H, L_i, D) for loop. padded+conv pads the packed leaves inside the call.
+(1, H, L_i, D) for loop. No padded+conv and no NumPy column here. nested fwdbwd is skipped
+(recorded with the reason) where nested failed or its forward was > 5x slower than the best
+alternative's (it then cannot be the best; --nested-bwd always times it anyway).
 
 FLOPs (useful work only): forward 4 * Lq * Lk * D * H per sequence, half when causal;
 forward+backward = 3.5 x forward. GFLOP/s = FLOPs / median seconds. "x best" = best alternative's
 median / scree's median (best of padded, loop, nested); "x padded" likewise. Peak: a square fp32
-torch.matmul (4096^3, --quick 512^3) with all threads, timed at the start and at the end, and
-also inside the timed rounds of the long-sequence workloads ("peak in-group", same load
-conditions); "% peak" of a long-sequence forward uses the in-group peak.
+torch.matmul with all threads: 4096^3 at the start and at the end (--quick 512^3), and 3072^3
+(printed at the start too) inside the timed rounds of the long-sequence (eq2048) workloads ("peak
+in-group", same load conditions); "% peak" of a long-sequence forward uses the in-group peak.
 
-Protocol: per (workload, mode) group one warm-up call of every method, then R rounds; every
-method runs once per round, in an order rotated per round, so a noisy neighbour slows everyone
-alike; medians over rounds. R = clamp(group budget / warm-up round time, 1, max rounds), so a very
-slow method costs few rounds (the JSON records R and every sample). gc is off while timing.
+Protocol: per (workload, mode) group one warm-up call of every method (its output is the one
+checked), then R rounds; every method runs once per round, in an order rotated per round, so a
+noisy neighbour slows everyone alike; medians over rounds. R = clamp(budget / warm-up round time,
+min rounds (3), max rounds (9)). A method whose warm-up took > 4x the fastest and > 1 s (in
+practice torch.nested, whose CPU SDPA falls back to the unfused math kernel) is timed only in the
+first rounds that half the budget allows (at least one; marked "~" when < 3 samples). The JSON
+keeps every sample. gc is off while timing.
 Correctness: every method's output (and for fwdbwd dq, dk, dv) is compared on real tokens with
 padded SDPA; the max abs diff is printed and stored. A failing method is recorded, not fatal.
 
@@ -110,11 +115,13 @@ def short_error(e: BaseException) -> str:
     return msg[:300]
 
 
-def run_group(fns: dict[str, Callable[[], Any]], budget_s: float, max_rounds: int
+def run_group(fns: dict[str, Callable[[], Any]], budget_s: float, min_rounds: int, max_rounds: int
               ) -> tuple[dict, dict, dict, int]:
     """Warm-up call of each callable (its output kept for the correctness check; failures
-    recorded and dropped), then interleaved rotated rounds. Returns (seconds per call by name,
-    warm-up output by name, error by name, rounds)."""
+    recorded and dropped), then interleaved rounds in an order rotated per round. A "slow" method
+    (warm-up > 4x the fastest and > 1 s: it cannot be the best) is timed only in the first
+    rounds its share of the budget allows (at least one), so it does not starve the others of
+    rounds. Returns (seconds per call by name, warm-up output by name, error by name, rounds)."""
     errors: dict[str, str] = {}
     warm: dict[str, float] = {}
     outputs: dict[str, Any] = {}
@@ -129,12 +136,17 @@ def run_group(fns: dict[str, Callable[[], Any]], budget_s: float, max_rounds: in
             except Exception as e:  # noqa: BLE001 - a baseline that fails is a result
                 errors[k] = short_error(e)
         names = [k for k in fns if k not in errors]
-        round_s = sum(warm[k] for k in names)
-        rounds = int(max(1, min(max_rounds, budget_s // max(round_s, 1e-9))))
+        fastest = min((warm[k] for k in names), default=0.0)
+        slow = {k for k in names if warm[k] > max(4 * fastest, 1.0)}
+        round_s = sum(warm[k] for k in names if k not in slow)
+        rounds = int(max(min_rounds, min(max_rounds, budget_s // max(round_s, 1e-9))))
+        slow_rounds = {k: int(max(1, min(rounds, 0.5 * budget_s // warm[k]))) for k in slow}
         times: dict[str, list[float]] = {k: [] for k in names}
         for r in range(rounds):
             order = names[r % len(names):] + names[:r % len(names)] if names else []
             for k in order:
+                if k in slow and r >= slow_rounds[k]:
+                    continue
                 t0 = time.perf_counter()
                 out = fns[k]()
                 t1 = time.perf_counter()
@@ -379,11 +391,22 @@ def measure_workload(wl: tuple, tokens: int, rng: np.random.Generator, args: arg
     modes = [("fwd", 1.0)] + ([("fwdbwd", 3.5)] if do_bwd and not args.no_bwd else [])
     for mode, mult in modes:
         fns = d.forward_fns(with_1t=not args.no_1t) if mode == "fwd" else d.fwdbwd_fns()
+        skipped: dict[str, str] = {}
         peak_fl = None
         if mode == "fwd" and is_long:
-            fns["peak matmul"], peak_fl = matmul_fns(peak_n)
+            fns["peak matmul"], peak_fl = matmul_fns(args.group_peak_n)
+        if mode == "fwdbwd" and args.nested_bwd == "auto":
+            fwd = res["modes"]["fwd"]
+            nf, bf = fwd["methods"].get("nested", {}).get("median_ms"), fwd.get("best_alternative")
+            if nf is not None and bf and nf > 5 * fwd["methods"][bf]["median_ms"]:
+                del fns["nested"]
+                skipped["nested"] = (f"skipped: nested forward was {nf / fwd['methods'][bf]['median_ms']:.1f}x "
+                                     f"slower than {bf} (use --nested-bwd always)")
+            elif "error" in fwd["methods"].get("nested", {}):
+                del fns["nested"]
+                skipped["nested"] = "skipped: nested forward failed: " + fwd["methods"]["nested"]["error"]
         times, outputs, errors, rounds = run_group(fns, args.budget * (1.0 if mode == "fwd" else 1.5),
-                                                   args.max_rounds)
+                                                   args.min_rounds, args.max_rounds)
         try:
             check = check_forward(d, outputs) if mode == "fwd" else check_fwdbwd(d, outputs)
         except Exception as e:  # noqa: BLE001
@@ -396,6 +419,8 @@ def measure_workload(wl: tuple, tokens: int, rng: np.random.Generator, args: arg
             m["methods"][k] = dict(**s, gflops=f / (s["median_ms"] * 1e-3) / 1e9)
         for k, e in errors.items():
             m["methods"][k] = dict(error=e)
+        for k, e in skipped.items():
+            m["methods"][k] = dict(skipped=e)
         if mode == "fwd" and not args.no_numpy:
             m["methods"]["numpy ref"] = time_numpy_ref(d, args.numpy_cap_s, fl)
         finish_mode(m)
@@ -455,7 +480,10 @@ def fmt_ms(meth: dict, k: str) -> str:
         return "-"
     if "error" in v:
         return "ERR"
-    return f"{v['median_ms']:.1f}" + ("*" if v.get("capped") else "")
+    if "skipped" in v:
+        return "skip"
+    mark = "*" if v.get("capped") else ("~" if len(v["samples_ms"]) < 3 else "")
+    return f"{v['median_ms']:.1f}" + mark
 
 
 def print_row(res: dict, mode: str) -> None:
@@ -485,9 +513,9 @@ def print_row(res: dict, mode: str) -> None:
     print(f"{res['name']:<20} {mode:<6} {res['num_sequences']:>3} {m['rounds']:>2} {s_ms:>9} {gf:>6} {sp:>5} | "
           + " ".join(f"{fmt_ms(meth, c):>11}" for c in COLS)
           + f" | {xb:>7} {xp:>6} {pk:>5} {one:>8} {tt:>5} | {diff}", flush=True)
-    errs = {k: v["error"] for k, v in meth.items() if "error" in v}
-    for k, e in errs.items():
-        print(f"{'':<20}   {k} failed: {e[:160]}", flush=True)
+    for k, v in meth.items():
+        if "error" in v:
+            print(f"{'':<20}   {k} failed: {v['error'][:160]}", flush=True)
 
 
 def machine_info() -> dict:
@@ -557,6 +585,12 @@ def plot(rows: list[dict], peak_gflops: float, path: Path) -> None:
     ax.axhline(1.5, color="k", ls="--", lw=1, label="target 1.5x")
     ax.axhline(1.0, color="grey", ls=":", lw=1)
     ax.set_yscale("log")
+    ticks = [0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 4, 8]
+    ax.set_yticks(ticks)
+    ax.set_yticklabels([f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    lowest = np.nanmin([r["modes"].get(m, {}).get("x_best", np.nan) for r in rows for m in ("fwd", "fwdbwd")] + [1])
+    ax.set_ylim(min(0.4, lowest * 0.8), 5)
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("speedup over best alternative (x)")
@@ -568,7 +602,7 @@ def plot(rows: list[dict], peak_gflops: float, path: Path) -> None:
     for i, k in enumerate(meths):
         vals = [r["modes"]["fwd"]["methods"].get(k, {}).get("gflops", np.nan) for r in rows]
         ax2.bar(x - 0.4 + w * (i + 0.5), vals, w, label=k)
-    ax2.axhline(peak_gflops, color="r", ls="--", lw=1, label=f"matmul peak {peak_gflops:.0f}")
+    ax2.axhline(peak_gflops, color="r", ls="--", lw=1, label=f"matmul peak {peak_gflops:.0f} (best of start/end)")
     ax2.axhline(peak_gflops / 2, color="r", ls=":", lw=1, label="50% peak")
     ax2.set_xticks(x)
     ax2.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
@@ -588,7 +622,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=None, help="tokens per workload (default 4096, quick 512)")
     ap.add_argument("--hidden", type=int, default=512, help="heads * head_dim (default 512)")
     ap.add_argument("--budget", type=float, default=None, help="seconds per timed group (fwd; fwdbwd 1.5x)")
+    ap.add_argument("--min-rounds", type=int, default=None, help="fewest timed rounds per group (default 3, quick 1)")
     ap.add_argument("--max-rounds", type=int, default=None, help="most timed rounds per group")
+    ap.add_argument("--nested-bwd", choices=("auto", "always"), default="auto",
+                    help="auto: skip nested fwd+bwd where its forward was > 5x the best alternative's")
     ap.add_argument("--numpy-cap-s", type=float, default=None, help="time cap of the NumPy reference per workload")
     ap.add_argument("--no-bwd", action="store_true", help="forward only")
     ap.add_argument("--no-1t", action="store_true", help="skip the SCREE_NUM_THREADS=1 column")
@@ -598,9 +635,11 @@ def main(argv: list[str] | None = None) -> int:
     q = args.quick
     args.budget = args.budget or (0.3 if q else 8.0)
     args.max_rounds = args.max_rounds or (3 if q else 9)
-    args.numpy_cap_s = args.numpy_cap_s if args.numpy_cap_s is not None else (0.3 if q else 4.0)
+    args.min_rounds = args.min_rounds or (1 if q else 3)
+    args.numpy_cap_s = args.numpy_cap_s if args.numpy_cap_s is not None else (0.3 if q else 2.0)
     tokens = args.tokens or (256 if q else 4096)
     peak_n = 512 if q else 4096
+    args.group_peak_n = 512 if q else 3072
     out_dir = args.out or (Path(tempfile.mkdtemp(prefix="scree_bench_attn_")) if q else HERE / "results")
 
     t_start = time.perf_counter()
@@ -611,10 +650,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{' (src dirty)' if info['git_dirty_src'] else ''} | _C built {info['scree_so_mtime']} | "
           f"load {tuple(round(x, 2) for x in info['loadavg_start'])}", flush=True)
     peak_start = measure_peak(peak_n, 3 if q else 5)
-    print(f"# fp32 matmul {peak_n}^3: {peak_start['gflops']:.1f} GFLOP/s (median; best {peak_start['gflops_best']:.1f})",
-          flush=True)
+    peak_group_start = measure_peak(args.group_peak_n, 3 if q else 5)
+    print(f"# fp32 matmul {peak_n}^3: {peak_start['gflops']:.1f} GFLOP/s "
+          f"(median; best {peak_start['gflops_best']:.1f}); "
+          f"{args.group_peak_n}^3 (the in-group size): {peak_group_start['gflops']:.1f}", flush=True)
     print("# ms = median over R interleaved rounds; GF/s = useful GFLOP/s of scree; sprd = IQR/median of scree; "
-          "x best / x pad = alternative time / scree time; * = NumPy ref capped (<3 calls); "
+          "x best / x pad = alternative time / scree time; * = NumPy ref capped (<3 calls); ~ = < 3 samples "
+          "(slow method, timed in fewer rounds); skip/ERR: see the line below or the JSON; "
           "max|diff| = scree vs padded SDPA on real tokens (fwd: out; fwdbwd: dq/dk/dv)", flush=True)
     print(HEADER, flush=True)
 
@@ -637,9 +679,12 @@ def main(argv: list[str] | None = None) -> int:
     ok_rows = [r for r in rows if r.get("modes")]
     targets = evaluate_targets(ok_rows)
     result = dict(machine=info, config=dict(tokens=tokens, hidden=args.hidden, budget_s=args.budget,
-                                            max_rounds=args.max_rounds, numpy_cap_s=args.numpy_cap_s,
+                                            min_rounds=args.min_rounds, max_rounds=args.max_rounds,
+                                            group_peak_n=args.group_peak_n, nested_bwd=args.nested_bwd,
+                                            numpy_cap_s=args.numpy_cap_s,
                                             flops="fwd 4*L^2*D*H per sequence (half causal); fwdbwd 3.5x fwd"),
-                  peak=dict(start=peak_start, end=peak_end, gflops=max(peak_start["gflops"], peak_end["gflops"])),
+                  peak=dict(start=peak_start, in_group_size_start=peak_group_start, end=peak_end,
+                            gflops=max(peak_start["gflops"], peak_end["gflops"])),
                   workloads=rows, targets=targets)
     out_dir.mkdir(parents=True, exist_ok=True)
     jpath = out_dir / "attention_cpu.json"
