@@ -64,9 +64,7 @@ import gc
 import json
 import logging
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,8 +82,8 @@ import scree
 from scree import _C
 from scree.kernels import reference as scree_reference
 
-HERE = Path(__file__).resolve().parent
-NCORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+from _common import HERE, NCORES, with_threads  # noqa: E402 - benchmarks/ is on sys.path
+from _common import machine_info as _machine_info  # noqa: E402
 ALTERNATIVES = ("padded", "loop", "nested")  # "best alternative" is taken over these
 # torch.nested SDPA logs why each backend was rejected and warns that nested tensors are a prototype
 logging.getLogger("torch.nested").setLevel(logging.ERROR)
@@ -96,20 +94,6 @@ DIFF_OK = {"out": 1e-4, "grad": 1e-3}        # max abs diff vs padded SDPA count
 
 # --------------------------------------------------------------------------------------------
 # timing
-def with_threads(n: int, fn: Callable[[], Any]) -> Callable[[], Any]:
-    def call():
-        old = os.environ.get("SCREE_NUM_THREADS")
-        os.environ["SCREE_NUM_THREADS"] = str(n)
-        try:
-            return fn()
-        finally:
-            if old is None:
-                del os.environ["SCREE_NUM_THREADS"]
-            else:
-                os.environ["SCREE_NUM_THREADS"] = old
-    return call
-
-
 def short_error(e: BaseException) -> str:
     msg = f"{type(e).__name__}: {e}".strip().replace("\n", " ")
     return msg[:300]
@@ -519,33 +503,8 @@ def print_row(res: dict, mode: str) -> None:
 
 
 def machine_info() -> dict:
-    def sh(*cmd: str) -> str:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, timeout=10).stdout.strip()
-        except Exception:  # noqa: BLE001
-            return ""
-    model, flags = "", ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = line
-    except OSError:
-        pass
-    return dict(
-        date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        host=platform.node(), platform=platform.platform(), cpu=model, cores_usable=NCORES,
-        cpu_count=os.cpu_count(), avx2="avx2" in flags.split(), fma="fma" in flags.split(),
-        avx512f="avx512f" in flags.split(),
-        python=platform.python_version(), numpy=np.__version__, torch=torch.__version__,
-        torch_threads=torch.get_num_threads(), scree_isa=_C.cpu_isa(),
-        git_commit=sh("git", "rev-parse", "HEAD"),
-        git_dirty_src=bool(sh("git", "status", "--porcelain", "--", "src", "include", "python")),
-        scree_so_mtime=_dt.datetime.fromtimestamp(os.path.getmtime(_C.__file__), _dt.timezone.utc)
-        .isoformat(timespec="seconds"),
-        SCREE_NUM_THREADS=os.environ.get("SCREE_NUM_THREADS"), loadavg_start=os.getloadavg(),
-    )
+    return _machine_info(scree_isa=_C.cpu_isa(), scree_so_mtime=_dt.datetime.fromtimestamp(
+        os.path.getmtime(_C.__file__), _dt.timezone.utc).isoformat(timespec="seconds"))
 
 
 def evaluate_targets(rows: list[dict]) -> list[dict]:
@@ -647,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     print(f"# {info['cpu']} | {NCORES} cores | torch {info['torch']} ({info['torch_threads']} threads) | "
           f"scree isa {info['scree_isa']} | commit {info['git_commit'][:10]}"
-          f"{' (src dirty)' if info['git_dirty_src'] else ''} | _C built {info['scree_so_mtime']} | "
+          f"{' (src dirty)' if info['git_dirty'] else ''} | _C built {info['scree_so_mtime']} | "
           f"load {tuple(round(x, 2) for x in info['loadavg_start'])}", flush=True)
     peak_start = measure_peak(peak_n, 3 if q else 5)
     peak_group_start = measure_peak(args.group_peak_n, 3 if q else 5)

@@ -59,13 +59,10 @@ Writes benchmarks/results/layout_cpu.json and layout_cpu.png (or --out DIR).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -83,28 +80,14 @@ try:
 except ImportError:  # the numpy rows still run
     torch = None
 
-HERE = Path(__file__).resolve().parent
-NCORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+from _common import HERE, NCORES, sh, with_threads  # noqa: E402 - benchmarks/ is on sys.path
+from _common import machine_info as _machine_info  # noqa: E402
 _POOL = ThreadPoolExecutor(max(NCORES, 1))
 BIG = 256 << 20  # one np.copyto this large streams (non-temporal stores) under glibc's defaults
 
 
 # --------------------------------------------------------------------------------------------
 # timing
-def _with_threads(n: int, fn: Callable[[], Any]) -> Callable[[], Any]:
-    def call():
-        old = os.environ.get("SCREE_NUM_THREADS")
-        os.environ["SCREE_NUM_THREADS"] = str(n)
-        try:
-            return fn()
-        finally:
-            if old is None:
-                del os.environ["SCREE_NUM_THREADS"]
-            else:
-                os.environ["SCREE_NUM_THREADS"] = old
-    return call
-
-
 def run_group(fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1,
               no_warmup: tuple[str, ...] = ()) -> dict[str, list[float]]:
     """Interleaved timing: every callable once per round, rotated order; returns seconds per call.
@@ -378,7 +361,7 @@ def measure(d: Data, mc: Memcpy, rounds: int, label: str, with_1t: bool, big_ref
             fns = dict(refs)
             fns["scree"] = scree_fn
             if with_1t and NCORES > 1 and not fresh:
-                fns["scree 1T"] = _with_threads(1, scree_fn)
+                fns["scree 1T"] = with_threads(1, scree_fn)
             fns["baseline"] = base_fn
             if d.backend == "torch" and torch.get_num_threads() > 1:
                 fns["baseline 1T"] = _torch_1t(base_fn)
@@ -418,22 +401,11 @@ def print_row(r: dict) -> None:
 
 
 def machine_info() -> dict:
-    def sh(*cmd: str) -> str:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, timeout=10).stdout.strip()
-        except Exception:
-            return ""
-    model = ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """The shared machine description plus what decides memcpy speed here: memory size,
+    transparent huge pages and glibc's copy thresholds."""
     try:
         mem = int(next(l for l in open("/proc/meminfo") if l.startswith("MemTotal")).split()[1]) * 1024
-    except Exception:
+    except Exception:  # noqa: BLE001
         mem = None
     try:
         thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read().strip()
@@ -448,20 +420,8 @@ def machine_info() -> dict:
                     if line.startswith(f"x86.cpu_features.{key}="):
                         glibc[key] = int(line.split("=", 1)[1], 16)
             break
-    return dict(
-        glibc_memcpy=glibc,
-        date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        host=platform.node(), platform=platform.platform(), cpu=model, cores_usable=NCORES,
-        cpu_count=os.cpu_count(), mem_bytes=mem, transparent_hugepage=thp,
-        python=platform.python_version(), numpy=np.__version__,
-        torch=torch.__version__ if torch is not None else None,
-        torch_threads=torch.get_num_threads() if torch is not None else None,
-        scree=getattr(scree, "__version__", None),
-        git_commit=sh("git", "rev-parse", "HEAD"), git_dirty=bool(sh("git", "status", "--porcelain", "--", "src", "include", "python")),
-        SCREE_NUM_THREADS=os.environ.get("SCREE_NUM_THREADS"),
-        loadavg_start=os.getloadavg(),
-    )
-
+    return _machine_info(glibc_memcpy=glibc, mem_bytes=mem, transparent_hugepage=thp,
+                         scree=getattr(scree, "__version__", None))
 
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib

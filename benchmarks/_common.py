@@ -1,0 +1,73 @@
+"""Helpers shared by the benchmark scripts: thread-count overrides for scree's kernels and the
+machine description every results JSON starts with."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+NCORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def with_threads(n: int, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """fn run with SCREE_NUM_THREADS=n (the kernels read it on every call)."""
+    def call():
+        old = os.environ.get("SCREE_NUM_THREADS")
+        os.environ["SCREE_NUM_THREADS"] = str(n)
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ["SCREE_NUM_THREADS"]
+            else:
+                os.environ["SCREE_NUM_THREADS"] = old
+    return call
+
+
+def sh(*cmd: str) -> str:
+    """A command's stdout in the benchmarks folder, or "" when it cannot run."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001 - a missing tool only empties that field
+        return ""
+
+
+def cpu_model_and_flags() -> tuple[str, set[str]]:
+    model, flags = "", set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return model, flags
+
+
+def machine_info(**extra: Any) -> dict:
+    """Date, host, CPU, versions, git commit and load at the start of a run, plus `extra`."""
+    model, flags = cpu_model_and_flags()
+    try:
+        import torch
+        torch_version, torch_threads = torch.__version__, torch.get_num_threads()
+    except ImportError:
+        torch_version = torch_threads = None
+    info = dict(
+        date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        host=platform.node(), platform=platform.platform(), cpu=model, cores_usable=NCORES,
+        cpu_count=os.cpu_count(), avx2="avx2" in flags, fma="fma" in flags,
+        python=platform.python_version(), numpy=np.__version__, torch=torch_version, torch_threads=torch_threads,
+        git_commit=sh("git", "rev-parse", "HEAD"),
+        git_dirty=bool(sh("git", "status", "--porcelain", "--", "src", "include", "python")),
+        SCREE_NUM_THREADS=os.environ.get("SCREE_NUM_THREADS"), loadavg_start=os.getloadavg(),
+    )
+    info.update(extra)
+    return info
