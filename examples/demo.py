@@ -1,7 +1,8 @@
 """scree's main demo: a realistic, skewed batch of variable-length sequences (chat-like lengths,
-log-normal) packed into scree.Arrays, causal varlen attention over it, and what padding would
-have cost: the memory of the padded tensors and whether the results agree with the padded
-computation users run today (torch SDPA over a padded batch with a mask)."""
+log-normal) packed into scree.Arrays, causal varlen attention over it with scree's compiled
+kernel, and what padding would have cost: the memory of the padded tensors, and whether the
+results agree with the padded computation users run today (torch SDPA over a padded batch with a
+mask)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 import scree
-from scree.kernels.reference import varlen_attention
 
 
 def skewed_lengths(rng: np.random.Generator, n: int, median: int, cap: int) -> np.ndarray:
@@ -39,19 +39,25 @@ def main() -> None:
     q, k, v = (scree.from_lengths(torch.randn(total, H, D), lengths) for _ in range(3))
     print(q)
 
+    scree.varlen_attention(q, k, v, causal=True)  # warm-up: the first call registers the torch op
     t0 = time.perf_counter()
-    out = varlen_attention(q, k, v, causal=True)
+    out = scree.varlen_attention(q, k, v, causal=True)
     t_scree = time.perf_counter() - t0
 
-    # What users do today: pad to the longest sequence, mask, run SDPA.
+    # What users do today: pad to the longest sequence, mask, run SDPA (timed on a second call too).
+    def padded_sdpa():
+        (qp, mask), (kp, _), (vp, _) = (a.to_padded() for a in (q, k, v))
+        n, L = mask.shape
+        visible = mask[:, None, None, :] & torch.ones(L, L, dtype=torch.bool).tril()[None, None]
+        return F.scaled_dot_product_attention(qp.transpose(1, 2), kp.transpose(1, 2), vp.transpose(1, 2),
+                                              attn_mask=visible)
+    padded_sdpa()
     t0 = time.perf_counter()
-    (qp, mask), (kp, _), (vp, _) = (a.to_padded() for a in (q, k, v))
-    n, L = mask.shape
-    visible = mask[:, None, None, :] & torch.ones(L, L, dtype=torch.bool).tril()[None, None]
-    ref = F.scaled_dot_product_attention(qp.transpose(1, 2), kp.transpose(1, 2), vp.transpose(1, 2),
-                                         attn_mask=visible)
-    back = scree.from_padded(ref.transpose(1, 2), mask=mask)
+    ref = padded_sdpa()
     t_padded = time.perf_counter() - t0
+    mask = q.to_padded()[1]
+    n, L = mask.shape
+    back = scree.from_padded(ref.transpose(1, 2), mask=mask)
 
     err = (out.values - back.values).abs().max().item()
     item = q.values.element_size()
@@ -66,8 +72,8 @@ def main() -> None:
           f"padded {n * L * L * 2 * H * D / 1e9:.3f} G")
     print(f"results match padded SDPA: max |diff| = {err:.2e} "
           f"({'OK' if err < 1e-4 else 'MISMATCH'})")
-    print(f"time: scree reference (readable fp64 spec, not the fast kernel) {t_scree * 1e3:.1f} ms, "
-          f"padded SDPA {t_padded * 1e3:.1f} ms")
+    print(f"time (CPU, second call): scree {t_scree * 1e3:.1f} ms, padded SDPA incl. padding "
+          f"{t_padded * 1e3:.1f} ms")
     if err >= 1e-4:
         raise SystemExit("scree and padded attention disagree")
 
