@@ -3,6 +3,8 @@
 // floats convert 8 at a time; bfloat16 is a 16-bit shift, which the compiler vectorises.
 #pragma once
 
+#include "isa.h"
+
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -13,14 +15,7 @@
 
 #include "scree/dtypes.h"
 
-#ifndef SCREE_CPU_ISA
-#error "SCREE_CPU_ISA must name the instruction-set variant (see CMakeLists.txt)"
-#endif
-
-// Everything here lives in an inline namespace per ISA: the same template compiled with and
-// without -mavx2 must not become one weak symbol that the linker picks at random.
-namespace scree::cpu {
-inline namespace SCREE_CPU_ISA {
+SCREE_CPU_NAMESPACE_BEGIN
 
 template <class T>
 using compute_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
@@ -67,5 +62,4 @@ inline void from_compute(const C* src, T* dst, int64_t n) {
   }
 }
 
-}  // namespace SCREE_CPU_ISA
-}  // namespace scree::cpu
+SCREE_CPU_NAMESPACE_END

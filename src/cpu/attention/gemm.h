@@ -5,18 +5,13 @@
 // N must be a multiple of 2 * width (callers pad their packed buffers with zeros).
 #pragma once
 
+#include "isa.h"
+
 #include <cstdint>
 
 #include "simd.h"
 
-#ifndef SCREE_CPU_ISA
-#error "SCREE_CPU_ISA must name the instruction-set variant (see CMakeLists.txt)"
-#endif
-
-// Everything here lives in an inline namespace per ISA: the same template compiled with and
-// without -mavx2 must not become one weak symbol that the linker picks at random.
-namespace scree::cpu {
-inline namespace SCREE_CPU_ISA {
+SCREE_CPU_NAMESPACE_BEGIN
 
 // Always inlined: an out-of-line call per 6x16 tile spilled the accumulators in its epilogue and
 // cost a measurable share at K = 64..128 (benchmarks/NOTES.md).
@@ -65,5 +60,4 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, 
   }
 }
 
-}  // namespace SCREE_CPU_ISA
-}  // namespace scree::cpu
+SCREE_CPU_NAMESPACE_END

@@ -4,20 +4,15 @@
 // accurate to ~2 ulp in float (the softmax error is dominated by fp32 accumulation, not by exp).
 #pragma once
 
+#include "isa.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <type_traits>
 
-#ifndef SCREE_CPU_ISA
-#error "SCREE_CPU_ISA must name the instruction-set variant (see CMakeLists.txt)"
-#endif
-
-// Everything here lives in an inline namespace per ISA: the same template compiled with and
-// without -mavx2 must not become one weak symbol that the linker picks at random.
-namespace scree::cpu {
-inline namespace SCREE_CPU_ISA {
+SCREE_CPU_NAMESPACE_BEGIN
 
 template <class T>
 struct Simd;
@@ -134,5 +129,4 @@ inline T hsum(vec_t<T> v) {
   return out;
 }
 
-}  // namespace SCREE_CPU_ISA
-}  // namespace scree::cpu
+SCREE_CPU_NAMESPACE_END

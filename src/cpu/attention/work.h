@@ -3,6 +3,8 @@
 // a skewed batch cannot leave a core idle while another finishes the longest sequence.
 #pragma once
 
+#include "isa.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -12,14 +14,7 @@
 
 #include "scree/parallel.h"
 
-#ifndef SCREE_CPU_ISA
-#error "SCREE_CPU_ISA must name the instruction-set variant (see CMakeLists.txt)"
-#endif
-
-// Everything here lives in an inline namespace per ISA: the same template compiled with and
-// without -mavx2 must not become one weak symbol that the linker picks at random.
-namespace scree::cpu {
-inline namespace SCREE_CPU_ISA {
+SCREE_CPU_NAMESPACE_BEGIN
 
 struct WorkItem {
   int64_t seq, head, block;
@@ -63,5 +58,4 @@ void run_items(std::vector<WorkItem>& items, double total_flops, Fn&& fn) {
     if (e) std::rethrow_exception(e);
 }
 
-}  // namespace SCREE_CPU_ISA
-}  // namespace scree::cpu
+SCREE_CPU_NAMESPACE_END
