@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "scree/attention/cpu.h"
 #include "scree/attention/params.h"
@@ -113,45 +114,44 @@ ffi::Error varlen_bwd(ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k, f
   return guarded([&] { attention::varlen_bwd_cpu(p); });
 }
 
+// The scalar attributes both handlers take, in the order of their parameters (jax_attention.py
+// passes them by these names).
+template <class Binding>
+auto attention_attrs(Binding binding) {
+  return std::move(binding).template Attr<int64_t>("max_seqlen_q")
+      .template Attr<int64_t>("max_seqlen_k")
+      .template Attr<double>("scale")
+      .template Attr<bool>("causal")
+      .template Attr<int64_t>("window_left")
+      .template Attr<int64_t>("window_right")
+      .template Attr<double>("softcap");
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ScreeVarlenFwdCpu, varlen_fwd,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("max_seqlen_q")
-                                  .Attr<int64_t>("max_seqlen_k")
-                                  .Attr<double>("scale")
-                                  .Attr<bool>("causal")
-                                  .Attr<int64_t>("window_left")
-                                  .Attr<int64_t>("window_right")
-                                  .Attr<double>("softcap")
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              attention_attrs(ffi::Ffi::Bind()
+                                                  .Arg<ffi::AnyBuffer>()   // q
+                                                  .Arg<ffi::AnyBuffer>()   // k
+                                                  .Arg<ffi::AnyBuffer>()   // v
+                                                  .Arg<ffi::AnyBuffer>()   // cu_seqlens_q
+                                                  .Arg<ffi::AnyBuffer>())  // cu_seqlens_k
+                                  .Ret<ffi::AnyBuffer>()                   // out
+                                  .Ret<ffi::Buffer<ffi::F32>>());          // lse
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ScreeVarlenBwdCpu, varlen_bwd,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("max_seqlen_q")
-                                  .Attr<int64_t>("max_seqlen_k")
-                                  .Attr<double>("scale")
-                                  .Attr<bool>("causal")
-                                  .Attr<int64_t>("window_left")
-                                  .Attr<int64_t>("window_right")
-                                  .Attr<double>("softcap")
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>());
+                              attention_attrs(ffi::Ffi::Bind()
+                                                  .Arg<ffi::AnyBuffer>()          // dout
+                                                  .Arg<ffi::AnyBuffer>()          // q
+                                                  .Arg<ffi::AnyBuffer>()          // k
+                                                  .Arg<ffi::AnyBuffer>()          // v
+                                                  .Arg<ffi::AnyBuffer>()          // out
+                                                  .Arg<ffi::Buffer<ffi::F32>>()   // lse
+                                                  .Arg<ffi::AnyBuffer>()          // cu_seqlens_q
+                                                  .Arg<ffi::AnyBuffer>())         // cu_seqlens_k
+                                  .Ret<ffi::AnyBuffer>()                          // dq
+                                  .Ret<ffi::AnyBuffer>()                          // dk
+                                  .Ret<ffi::AnyBuffer>());                        // dv
 
 void register_xla(nb::module_& m) {
   m.def("registrations", [] {
