@@ -1,0 +1,38 @@
+// CUDA varlen attention host API (forward, backward) over the same VarlenParams as the CPU path.
+// Pointers in the params are device pointers, the offsets included (int32 or int64 on the device);
+// every launch goes to the caller's stream and is followed by an error check that throws
+// scree::Error. Nothing here includes a CUDA header: the stream is passed as a void*
+// (a cudaStream_t), so framework bindings need no CUDA toolkit to call it.
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "scree/attention/params.h"
+
+namespace scree::attention {
+
+// Head dims (D == Dv) this build compiled kernels for (SCREE_HEADDIMS), ascending.
+std::vector<int> cuda_head_dims();
+
+// Throws scree::Error (Unsupported / ShapeMismatch / InvalidArgument / DTypeMismatch) when the
+// CUDA kernels cannot serve p: dtype not float16/bfloat16, head dim not compiled, D != Dv, null
+// pointers, heads not divisible. Offsets are not read (they live on the device): the kernels clamp
+// every sequence into [0, total) so that bad device offsets can never cause an out-of-bounds access.
+void validate_cuda(const VarlenParams& p);
+
+// out (Tq, Hq, Dv) and, when p.lse is set, lse (Hq, Tq) float32. Grid sized from the host-side
+// maxima p.max_seqlen_q (an upper bound is fine: extra tiles exit at once).
+void varlen_fwd_cuda(const VarlenParams& p, void* stream);
+
+// Bytes of device workspace varlen_bwd_cuda needs (float32 row sums of dout*out, and the float32
+// dq accumulator unless deterministic). The caller allocates it with its framework's allocator.
+size_t varlen_bwd_cuda_workspace_bytes(const VarlenBackwardParams& p, bool deterministic);
+
+// dq, dk, dv. dk/dv of a kv head are summed over its query heads inside one thread block (no
+// atomics); dq is accumulated with float32 atomics, or, when deterministic, by a second kernel
+// that owns each dq tile (same result on every run, ~1.4x the matrix work).
+void varlen_bwd_cuda(const VarlenBackwardParams& p, void* workspace, size_t workspace_bytes, bool deterministic,
+                     void* stream);
+
+}  // namespace scree::attention
