@@ -1,0 +1,2 @@
+"""Role: integrations of scree with other libraries, each imported explicitly by users (never by
+`import scree`): `scree.integrations.transformers` (HuggingFace `attn_implementation="scree"`)."""
