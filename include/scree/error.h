@@ -13,6 +13,7 @@ enum class ErrorKind {
   DTypeMismatch,    // wrong or mismatched element types              -> scree.DTypeError (TypeError)
   Unsupported,      // a valid request this build cannot serve        -> scree.UnsupportedError (ValueError)
   InvalidArgument,  // any other bad argument                          -> scree.ArgumentError (ValueError)
+  DeviceFailure,    // the device runtime reported an error (a launch) -> scree.DeviceError (RuntimeError)
 };
 
 class Error : public std::runtime_error {

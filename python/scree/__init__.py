@@ -20,6 +20,7 @@ from scree.kernels.attention import varlen_attention, varlen_attention_backward
 from scree._errors import (
     ArgumentError,
     BackendError,
+    DeviceError,
     DTypeError,
     RaggedError,
     ScreeError,
@@ -33,7 +34,7 @@ __all__ = [
     "Array", "pack", "unpack", "from_offsets", "from_lengths", "from_cu_seqlens", "from_padded",
     "concat_sequences",
     "ScreeError", "RaggedError", "ShapeError", "DTypeError", "UnsupportedError", "ArgumentError",
-    "BackendError", "varlen_attention", "varlen_attention_backward", "__version__",
+    "BackendError", "DeviceError", "varlen_attention", "varlen_attention_backward", "__version__",
 ]
 
 if "jax" in _sys.modules:  # jax was imported first: make Array a pytree now (imports nothing new)

@@ -12,6 +12,7 @@ __all__ = [
     "UnsupportedError",
     "ArgumentError",
     "BackendError",
+    "DeviceError",
 ]
 
 
@@ -41,3 +42,8 @@ class ArgumentError(ScreeError, ValueError):
 
 class BackendError(ScreeError, TypeError):
     """Arrays from different frameworks or devices mixed in one call, or an unknown array type."""
+
+
+class DeviceError(ScreeError, RuntimeError):
+    """The GPU runtime reported a failure (a kernel launch, an illegal address): not bad input,
+    but surfaced as a Python exception instead of a crash."""

@@ -36,6 +36,7 @@ void translate(const std::exception_ptr& p, void*) {
       case ErrorKind::DTypeMismatch: cls_name = "DTypeError"; break;
       case ErrorKind::Unsupported: cls_name = "UnsupportedError"; break;
       case ErrorKind::InvalidArgument: cls_name = "ArgumentError"; break;
+      case ErrorKind::DeviceFailure: cls_name = "DeviceError"; break;
     }
     try {
       nb::object cls = nb::module_::import_("scree._errors").attr(cls_name);

@@ -7,13 +7,21 @@
 
 #include "scree/dtypes.h"
 
+// The index helpers below run in CUDA kernels too (one definition of the masking rules for every
+// path); plain C++ compilers see ordinary inline functions.
+#if defined(__CUDACC__)
+#define SCREE_HOST_DEVICE __host__ __device__
+#else
+#define SCREE_HOST_DEVICE
+#endif
+
 namespace scree::attention {
 
 // Offsets of n sequences (n+1 entries), int32 (FlashAttention's cu_seqlens) or int64.
 struct Offsets {
   const void* data = nullptr;
   bool is_int64 = false;
-  int64_t operator[](int64_t i) const {
+  SCREE_HOST_DEVICE int64_t operator[](int64_t i) const {
     return is_int64 ? static_cast<const int64_t*>(data)[i] : static_cast<const int32_t*>(data)[i];
   }
 };
@@ -70,7 +78,7 @@ struct KeyRange {
   int64_t lo, hi;
 };
 
-inline KeyRange visible_keys(const VarlenParams& p, int64_t i, int64_t Lq, int64_t Lk) {
+SCREE_HOST_DEVICE inline KeyRange visible_keys(const VarlenParams& p, int64_t i, int64_t Lq, int64_t Lk) {
   const int64_t diag = i + (Lk - Lq);
   int64_t lo = 0, hi = Lk;
   int64_t right = p.window_right;

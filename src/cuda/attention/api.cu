@@ -1,0 +1,224 @@
+// The host API of include/scree/attention/cuda.h: validation of what the CUDA kernels can serve
+// (shapes, types, alignment, grid limits; offsets stay on the device and are clamped there), the
+// backward's workspace, and dispatch on (element type, head dim) to the launchers compiled for
+// this build (SCREE_CUDA_<TYPE>_D<dim> definitions from src/cuda/CMakeLists.txt).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "cuda_check.h"
+#include "scree/attention/cuda.h"
+#include "scree/error.h"
+
+namespace scree::cuda_attention {
+using attention::VarlenBackwardParams;
+using attention::VarlenParams;
+// Defined and explicitly instantiated in instances/*.cu.
+template <class T, int D>
+void launch_fwd(const VarlenParams& p, cudaStream_t stream);
+template <class T, int D>
+void launch_bwd(const VarlenBackwardParams& p, float* delta, float* dq_accum, bool deterministic, cudaStream_t stream);
+}  // namespace scree::cuda_attention
+
+namespace scree::attention {
+namespace {
+
+using cuda_attention::check_cuda;
+
+// Every compiled (type, head dim), in one list; F(type, dtype tag, head dim) per entry.
+#define SCREE_CUDA_INSTANCES(F) SCREE_BF16_32(F) SCREE_BF16_64(F) SCREE_BF16_128(F) \
+  SCREE_FP16_32(F) SCREE_FP16_64(F) SCREE_FP16_128(F)
+#if defined(SCREE_CUDA_BF16_D32)
+#define SCREE_BF16_32(F) F(__nv_bfloat16, DType::BFloat16, 32)
+#else
+#define SCREE_BF16_32(F)
+#endif
+#if defined(SCREE_CUDA_BF16_D64)
+#define SCREE_BF16_64(F) F(__nv_bfloat16, DType::BFloat16, 64)
+#else
+#define SCREE_BF16_64(F)
+#endif
+#if defined(SCREE_CUDA_BF16_D128)
+#define SCREE_BF16_128(F) F(__nv_bfloat16, DType::BFloat16, 128)
+#else
+#define SCREE_BF16_128(F)
+#endif
+#if defined(SCREE_CUDA_FP16_D32)
+#define SCREE_FP16_32(F) F(__half, DType::Float16, 32)
+#else
+#define SCREE_FP16_32(F)
+#endif
+#if defined(SCREE_CUDA_FP16_D64)
+#define SCREE_FP16_64(F) F(__half, DType::Float16, 64)
+#else
+#define SCREE_FP16_64(F)
+#endif
+#if defined(SCREE_CUDA_FP16_D128)
+#define SCREE_FP16_128(F) F(__half, DType::Float16, 128)
+#else
+#define SCREE_FP16_128(F)
+#endif
+
+bool compiled(DType dtype, int64_t head_dim) {
+#define SCREE_MATCH(T, TAG, D) if (dtype == TAG && head_dim == D) return true;
+  SCREE_CUDA_INSTANCES(SCREE_MATCH)
+#undef SCREE_MATCH
+  (void)dtype, (void)head_dim;
+  return false;
+}
+
+const char* dtype_label(DType t) {
+  switch (t) {
+    case DType::Float16: return "float16";
+    case DType::BFloat16: return "bfloat16";
+    case DType::Float32: return "float32";
+    case DType::Float64: return "float64";
+    default: return "this dtype";
+  }
+}
+
+std::string dims_list() {
+  std::string s;
+  for (int d : cuda_head_dims()) s += (s.empty() ? "" : ", ") + std::to_string(d);
+  return s.empty() ? "none" : s;
+}
+
+// 16-byte rows for cp.async: the base and both strides in whole 8-element units.
+void require_aligned16(const void* ptr, int64_t row_stride, int64_t head_stride, int64_t rows, const char* name) {
+  if (rows == 0) return;
+  require(reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && row_stride % 8 == 0 && head_stride % 8 == 0,
+          ErrorKind::Unsupported, [&] {
+            return std::string(name) + " must be 16-byte aligned with row and head strides that are multiples of 8 "
+                   "elements for the CUDA kernels (got strides " + std::to_string(row_stride) + ", " +
+                   std::to_string(head_stride) + "); pass a contiguous tensor";
+          });
+}
+
+// 4-byte stores of element pairs.
+void require_aligned4(const void* ptr, int64_t row_stride, int64_t head_stride, int64_t rows, const char* name) {
+  if (rows == 0) return;
+  require(reinterpret_cast<uintptr_t>(ptr) % 4 == 0 && row_stride % 2 == 0 && head_stride % 2 == 0,
+          ErrorKind::Unsupported, [&] {
+            return std::string(name) + " must be 4-byte aligned with even row and head strides for the CUDA kernels";
+          });
+}
+
+void require_present(const void* ptr, int64_t rows, const char* name) {
+  require(rows == 0 || ptr != nullptr, ErrorKind::InvalidArgument,
+          [&] { return std::string(name) + " is a null pointer"; });
+}
+
+constexpr int64_t kGridYZ = 65535;  // CUDA's limit on gridDim.y and gridDim.z
+constexpr int64_t kMinTile = 64;    // smallest tile along a sequence (tile_grid in launch.cuh)
+
+size_t delta_bytes(const VarlenParams& p) {
+  // Rounded to 256 bytes so the dq accumulator after it stays aligned for float2 loads.
+  return (size_t(p.heads_q * p.total_q) * sizeof(float) + 255) / 256 * 256;
+}
+
+}  // namespace
+
+std::vector<int> cuda_head_dims() {
+  std::vector<int> out;
+  for (int d : {32, 64, 128})
+    for (DType t : {DType::BFloat16, DType::Float16})
+      if (compiled(t, d)) {
+        out.push_back(d);
+        break;
+      }
+  return out;
+}
+
+void validate_cuda(const VarlenParams& p) {
+  require(p.dtype == DType::Float16 || p.dtype == DType::BFloat16, ErrorKind::Unsupported, [&] {
+    return std::string("the CUDA attention kernels take float16 or bfloat16, got ") + dtype_label(p.dtype) +
+           " (cast the inputs, or run on the CPU)";
+  });
+  require(p.heads_k > 0 && p.heads_q >= 0 && p.heads_q % p.heads_k == 0, ErrorKind::ShapeMismatch, [&] {
+    return "heads of q (" + std::to_string(p.heads_q) + ") must be a multiple of the heads of k and v (" +
+           std::to_string(p.heads_k) + ")";
+  });
+  require(p.head_dim == p.head_dim_v, ErrorKind::Unsupported, [&] {
+    return "the CUDA attention kernels need v's head dim equal to q's (" + std::to_string(p.head_dim) + " vs " +
+           std::to_string(p.head_dim_v) + ")";
+  });
+  require(compiled(p.dtype, p.head_dim), ErrorKind::Unsupported, [&] {
+    return "no CUDA attention kernel for head dim " + std::to_string(p.head_dim) + " in " + dtype_label(p.dtype) +
+           " in this build (compiled head dims: " + dims_list() + "; set SCREE_HEADDIMS when building)";
+  });
+  require(p.num_sequences >= 0 && p.num_sequences < (int64_t(1) << 31), ErrorKind::Unsupported,
+          [&] { return "at most 2^31 - 1 sequences per call, got " + std::to_string(p.num_sequences); });
+  require(p.total_q < (int64_t(1) << 31) && p.total_k < (int64_t(1) << 31), ErrorKind::Unsupported,
+          [&] { return std::string("at most 2^31 - 1 tokens per call in q and in k"); });
+  require(p.max_seqlen_q >= 0 && p.max_seqlen_k >= 0 && (p.max_seqlen_q + kMinTile - 1) / kMinTile <= kGridYZ &&
+              (p.max_seqlen_k + kMinTile - 1) / kMinTile <= kGridYZ,
+          ErrorKind::Unsupported, [&] {
+            return "max_seqlen_q / max_seqlen_k must be in [0, " + std::to_string(kGridYZ * kMinTile) + "], got " +
+                   std::to_string(p.max_seqlen_q) + " / " + std::to_string(p.max_seqlen_k);
+          });
+  require(p.heads_q <= kGridYZ, ErrorKind::Unsupported,
+          [&] { return "at most " + std::to_string(kGridYZ) + " query heads, got " + std::to_string(p.heads_q); });
+  require(p.window_left >= kUnbounded && p.window_right >= kUnbounded, ErrorKind::InvalidArgument,
+          [&] { return std::string("window sides must be >= 0, or -1 for unbounded"); });
+  require(p.cu_seqlens_q.data != nullptr && p.cu_seqlens_k.data != nullptr, ErrorKind::InvalidArgument,
+          [&] { return std::string("cu_seqlens_q / cu_seqlens_k are null pointers"); });
+  require_present(p.q, p.total_q, "q");
+  require_present(p.k, p.total_k, "k");
+  require_present(p.v, p.total_k, "v");
+  require_present(p.out, p.total_q, "out");
+  require_aligned16(p.q, p.q_row_stride, p.q_head_stride, p.total_q, "q");
+  require_aligned16(p.k, p.k_row_stride, p.k_head_stride, p.total_k, "k");
+  require_aligned16(p.v, p.v_row_stride, p.v_head_stride, p.total_k, "v");
+  require_aligned4(p.out, p.out_row_stride, p.out_head_stride, p.total_q, "out");
+}
+
+void varlen_fwd_cuda(const VarlenParams& p, void* stream) {
+  validate_cuda(p);
+  auto s = static_cast<cudaStream_t>(stream);
+#define SCREE_RUN(T, TAG, D) \
+  if (p.dtype == TAG && p.head_dim == D) return cuda_attention::launch_fwd<T, D>(p, s);
+  SCREE_CUDA_INSTANCES(SCREE_RUN)
+#undef SCREE_RUN
+  (void)s;
+}
+
+size_t varlen_bwd_cuda_workspace_bytes(const VarlenBackwardParams& p, bool deterministic) {
+  const size_t accum = deterministic ? 0 : size_t(p.total_q * p.heads_q * p.head_dim) * sizeof(float);
+  return delta_bytes(p) + accum;
+}
+
+void varlen_bwd_cuda(const VarlenBackwardParams& p, void* workspace, size_t workspace_bytes, bool deterministic,
+                     void* stream) {
+  validate_cuda(p);
+  for (auto [ptr, rows, name] : {std::tuple{p.dout, p.total_q, "dout"}, std::tuple{(const void*)p.dq, p.total_q, "dq"},
+                                 std::tuple{(const void*)p.dk, p.total_k, "dk"},
+                                 std::tuple{(const void*)p.dv, p.total_k, "dv"},
+                                 std::tuple{(const void*)p.lse_in, p.total_q, "lse"}})
+    require_present(ptr, rows, name);
+  require_aligned16(p.dout, p.dout_row_stride, p.dout_head_stride, p.total_q, "dout");
+  require_aligned4(p.out, p.out_row_stride, p.out_head_stride, p.total_q, "out");
+  require_aligned4(p.dq, p.dq_row_stride, p.dq_head_stride, p.total_q, "dq");
+  require_aligned4(p.dk, p.dk_row_stride, p.dk_head_stride, p.total_k, "dk");
+  require_aligned4(p.dv, p.dv_row_stride, p.dv_head_stride, p.total_k, "dv");
+  const size_t need = varlen_bwd_cuda_workspace_bytes(p, deterministic);
+  require(workspace_bytes >= need && (need == 0 || workspace != nullptr), ErrorKind::InvalidArgument, [&] {
+    return "the backward needs " + std::to_string(need) + " bytes of workspace, got " + std::to_string(workspace_bytes);
+  });
+  require(reinterpret_cast<uintptr_t>(workspace) % 16 == 0, ErrorKind::InvalidArgument,
+          [&] { return std::string("the workspace must be 16-byte aligned"); });
+  auto* delta = static_cast<float*>(workspace);
+  float* dq_accum = deterministic ? nullptr : reinterpret_cast<float*>(static_cast<char*>(workspace) + delta_bytes(p));
+  auto s = static_cast<cudaStream_t>(stream);
+#define SCREE_RUN(T, TAG, D) \
+  if (p.dtype == TAG && p.head_dim == D) return cuda_attention::launch_bwd<T, D>(p, delta, dq_accum, deterministic, s);
+  SCREE_CUDA_INSTANCES(SCREE_RUN)
+#undef SCREE_RUN
+  (void)s, (void)delta, (void)dq_accum;
+}
+
+}  // namespace scree::attention

@@ -1,0 +1,36 @@
+// Scores as the spec defines them (DESIGN §3): s = scale * q.k, then softcap * tanh(s / softcap)
+// when a softcap is set, and the derivative the backward needs. One definition for the forward,
+// the backward and the dq kernels.
+#pragma once
+
+#include "scree/attention/params.h"
+
+namespace scree::cuda_attention {
+
+struct ScoreMap {
+  float scale;       // p.scale
+  float softcap;     // 0 = off
+  float inv_softcap;
+
+  static ScoreMap from(const attention::VarlenParams& p) {
+    const float cap = float(p.softcap);
+    return {float(p.scale), cap, cap > 0.f ? 1.f / cap : 0.f};
+  }
+  __device__ __forceinline__ float operator()(float qk) const {
+    const float s = qk * scale;
+    return softcap > 0.f ? softcap * tanhf(s * inv_softcap) : s;
+  }
+  // d(score)/d(qk) given the score: scale, times 1 - tanh^2 when capped.
+  __device__ __forceinline__ float grad(float s) const {
+    if (softcap > 0.f) {
+      const float t = s * inv_softcap;
+      return scale * (1.f - t * t);
+    }
+    return scale;
+  }
+};
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+}  // namespace scree::cuda_attention
