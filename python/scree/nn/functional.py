@@ -120,14 +120,14 @@ def swiglu(x: Any, params: Mapping[str, Any]) -> Any:
     return _wrap(arr, linear(h, params["w_down"]))
 
 
-def rotary_tables(positions: Any, head_dim: int, base: float = 10000.0) -> tuple[Any, Any]:
-    """(cos, sin), each (total, head_dim) float32, for integer positions (total,): angle
+def rotary_tables(positions: Any, head_dim: int, base: float = 10000.0, dtype: str = "float32") -> tuple[Any, Any]:
+    """(cos, sin), each (total, head_dim) in `dtype`, for integer positions (total,): angle
     p * base^(-2i/head_dim) for pair i, laid out as HF Llama's tables (the half-size table repeated
     twice along the last axis, for rotate-half)."""
     B = _backends.of(positions)
-    inv = (1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)).astype(np.float32)
+    inv = (1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)).astype(dtype)
     inv = B.from_numpy(inv, like=positions)
-    ang = B.reshape(B.astype(positions, "float32"), (-1, 1)) * B.reshape(inv, (1, -1))
+    ang = B.reshape(B.astype(positions, dtype), (-1, 1)) * B.reshape(inv, (1, -1))
     ang = B.concat([ang, ang], axis=-1)
     xp = _xp(B)
     return xp.cos(ang), xp.sin(ang)
@@ -144,11 +144,12 @@ def rotary(x: Array, base: float = 10000.0, positions: Any = None) -> Array:
     if len(v.shape) != 3:
         raise ShapeError(f"rotary expects values (total, heads, head_dim), got {tuple(v.shape)}")
     D = v.shape[-1]
-    cos, sin = rotary_tables(x.positions() if positions is None else positions, D, base)
+    work = "float64" if B.dtype_name(v) == "float64" else "float32"  # float32 at least, as HF Llama
+    cos, sin = rotary_tables(x.positions() if positions is None else positions, D, base, work)
     cos, sin = B.reshape(cos, (-1, 1, D)), B.reshape(sin, (-1, 1, D))
     h = D // 2
     rotated = B.concat([-v[..., h:], v[..., :h]], axis=-1)
-    out = B.astype(v, "float32") * cos + B.astype(rotated, "float32") * sin
+    out = B.astype(v, work) * cos + B.astype(rotated, work) * sin
     return x.with_values(B.astype(out, B.dtype_name(v)))
 
 
