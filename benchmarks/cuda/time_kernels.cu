@@ -1,0 +1,144 @@
+// Kernel-level timing of the CUDA attention path (C++ only, no framework): the TARGETS.md
+// workloads (32k tokens, hidden 2048, bf16), forward and backward, median of CUDA-event timings
+// over 20 runs after warm-up, useful TFLOP/s. A development tool for kernel iterations; the
+// reported comparison against FA-2 / cuDNN is benchmarks/bench_attention_gpu.py (same process,
+// same inputs as the baselines).   usage: scree_time_kernels [workload ...]
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "scree/attention/cuda.h"
+
+namespace {
+
+using scree::DType;
+using scree::attention::VarlenBackwardParams;
+
+#define CHECK(x)                                                                    \
+  do {                                                                              \
+    cudaError_t rc_ = (x);                                                          \
+    if (rc_ != cudaSuccess) {                                                       \
+      std::fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(rc_));                \
+      std::exit(1);                                                                 \
+    }                                                                               \
+  } while (0)
+
+struct Workload {
+  std::string name;
+  int lo, hi;  // lengths uniform in [lo, hi]; lo == hi: equal lengths
+  int d;
+  bool causal;
+};
+
+std::vector<int> lengths_for(const Workload& w, int total, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> u(w.lo, w.hi);
+  std::vector<int> out;
+  int sum = 0;
+  while (true) {
+    int l = u(rng);
+    if (sum + l > total) break;
+    out.push_back(l), sum += l;
+  }
+  return out;
+}
+
+template <class F>
+float median_ms(F&& f, int reps = 20) {
+  cudaEvent_t a, b;
+  CHECK(cudaEventCreate(&a));
+  CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < 3; ++i) f();
+  std::vector<float> t;
+  for (int i = 0; i < reps; ++i) {
+    CHECK(cudaEventRecord(a));
+    f();
+    CHECK(cudaEventRecord(b));
+    CHECK(cudaEventSynchronize(b));
+    float ms;
+    CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+void run(const Workload& w) {
+  const int total_target = 32768, hidden = 2048;
+  const int H = hidden / w.d;
+  const auto L = lengths_for(w, total_target, 0);
+  std::vector<int32_t> off{0};
+  double flops = 0;
+  int max_len = 0;
+  for (int l : L) {
+    off.push_back(off.back() + l);
+    flops += 4.0 * l * l * w.d * H * (w.causal ? 0.5 : 1.0);
+    max_len = std::max(max_len, l);
+  }
+  const int64_t T = off.back();
+  const size_t n = size_t(T) * H * w.d;
+  std::vector<__nv_bfloat16> host(n);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal;
+  for (auto& x : host) x = __float2bfloat16(normal(rng));
+  void *q, *k, *v, *o, *g, *dq, *dk, *dv, *cu, *ws;
+  float* lse;
+  for (void** p : {&q, &k, &v, &o, &g, &dq, &dk, &dv}) CHECK(cudaMalloc(p, n * 2));
+  for (void* p : {q, k, v, g}) CHECK(cudaMemcpy(p, host.data(), n * 2, cudaMemcpyHostToDevice));
+  CHECK(cudaMalloc(&lse, size_t(T) * H * 4));
+  CHECK(cudaMalloc(&cu, off.size() * 4));
+  CHECK(cudaMemcpy(cu, off.data(), off.size() * 4, cudaMemcpyHostToDevice));
+
+  VarlenBackwardParams p;
+  p.dtype = DType::BFloat16;
+  p.q = q, p.k = k, p.v = v, p.out = o, p.lse = lse;
+  p.q_row_stride = p.k_row_stride = p.v_row_stride = p.out_row_stride = int64_t(H) * w.d;
+  p.q_head_stride = p.k_head_stride = p.v_head_stride = p.out_head_stride = w.d;
+  p.cu_seqlens_q = p.cu_seqlens_k = {cu, false};
+  p.num_sequences = int64_t(L.size()), p.total_q = p.total_k = T, p.max_seqlen_q = p.max_seqlen_k = max_len;
+  p.heads_q = p.heads_k = H, p.head_dim = p.head_dim_v = w.d;
+  p.scale = 1.0 / std::sqrt(double(w.d)), p.causal = w.causal;
+  p.dout = g, p.dout_row_stride = int64_t(H) * w.d, p.dout_head_stride = w.d;
+  p.dq = dq, p.dk = dk, p.dv = dv, p.lse_in = lse;
+  p.dq_row_stride = p.dk_row_stride = p.dv_row_stride = int64_t(H) * w.d;
+  p.dq_head_stride = p.dk_head_stride = p.dv_head_stride = w.d;
+  const size_t ws_bytes = scree::attention::varlen_bwd_cuda_workspace_bytes(p, false);
+  CHECK(cudaMalloc(&ws, ws_bytes));
+
+  const float fwd = median_ms([&] { scree::attention::varlen_fwd_cuda(p, nullptr); });
+  const float bwd = median_ms([&] { scree::attention::varlen_bwd_cuda(p, ws, ws_bytes, false, nullptr); });
+  const float bwd_det = median_ms([&] { scree::attention::varlen_bwd_cuda(p, ws, ws_bytes, true, nullptr); });
+  std::printf("%-22s seqs %5zu  fwd %7.3f ms %6.1f TFLOP/s | bwd %7.3f ms %6.1f | bwd det %7.3f ms %6.1f\n",
+              w.name.c_str(), L.size(), fwd, flops / fwd / 1e9, bwd, 2.5 * flops / bwd / 1e9, bwd_det,
+              2.5 * flops / bwd_det / 1e9);
+  for (void* ptr : {q, k, v, o, g, dq, dk, dv, cu, ws}) cudaFree(ptr);
+  cudaFree(lse);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::vector<Workload> all = {
+      {"eq2048 d128", 2048, 2048, 128, false}, {"eq8192 d128 causal", 8192, 8192, 128, true},
+      {"mix d128", 64, 4096, 128, false},      {"mix d128 causal", 64, 4096, 128, true},
+      {"short d128", 16, 512, 128, false},     {"short d128 causal", 16, 512, 128, true},
+      {"mix d64", 64, 4096, 64, false},        {"short d64", 16, 512, 64, false},
+  };
+  cudaDeviceProp prop;
+  CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("%s, %d SMs\n", prop.name, prop.multiProcessorCount);
+  for (const auto& w : all) {
+    bool pick = argc == 1;
+    for (int i = 1; i < argc; ++i) pick |= w.name.find(argv[i]) != std::string::npos;
+    if (pick) run(w);
+  }
+}
