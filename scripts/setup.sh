@@ -23,6 +23,11 @@ if ! "$PY" -c "import mlx.core" 2>/dev/null; then
   if [ "$(uname -s)" = "Darwin" ]; then MLX="mlx==0.32.4"; else MLX="mlx[cpu]==0.32.4"; fi
   "${PIP[@]}" "$MLX" || echo "setup.sh: $MLX did not install; its tests will skip" >&2
 fi
+# transformers for the HuggingFace integration (scree.integrations.transformers), its tests and
+# examples/04; pinned to the version tested here. Not fatal: without it those tests skip.
+if ! "$PY" -c "import transformers" 2>/dev/null; then
+  "${PIP[@]}" "transformers==5.24.0" || echo "setup.sh: transformers did not install; its tests will skip" >&2
+fi
 if [ "${1:-}" = "test" ] && [ ! -f /usr/include/gtest/gtest.h ]; then
   if command -v apt-get >/dev/null; then
     apt-get update -qq && apt-get install -y -qq libgtest-dev >/dev/null
