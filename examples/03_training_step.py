@@ -21,6 +21,8 @@ from scree.nn import CausalLM
 
 VOCAB, CLASSES, STEPS = 24, 8, 30  # ids 0..7 are class tokens, 8..23 ordinary tokens
 device = "cuda" if torch.cuda.is_available() else "cpu"
+if device == "cpu":
+    torch.set_num_threads(1)  # ops this small run fastest on one thread (scree's kernels keep their own)
 torch.manual_seed(0)
 rng = np.random.default_rng(0)
 
