@@ -115,9 +115,10 @@ _PLAIN: OrderedDict[tuple, _Layout] = OrderedDict()
 
 
 def _index(device: torch.device, offsets: np.ndarray) -> scree.Array:
-    """An index Array over rows offsets[0]..offsets[-1] (host offsets: no sync)."""
-    rows = torch.arange(int(offsets[-1]), device=device)
-    return scree.from_offsets(rows, torch.from_numpy(offsets).to(device))
+    """An index Array over rows offsets[0]..offsets[-1], validated on the host and then moved (the
+    host offsets travel with it: no device read)."""
+    arr = scree.from_offsets(torch.arange(int(offsets[-1])), torch.from_numpy(offsets))
+    return arr.to(device=str(device))
 
 
 def _plain(batch: int, lq: int, lk: int, device: torch.device) -> _Layout:
@@ -148,7 +149,8 @@ def _from_mask(mask: torch.Tensor, lq: int) -> _Layout:
 
 
 def _from_cu_seqlens(cu_q: torch.Tensor, cu_k: torch.Tensor, max_q: Any, max_k: Any, lq: int, lk: int) -> _Layout:
-    """Packed batch of one row: cu_seq_lens as given (zero-copy offsets); max lengths as ints."""
+    """Packed batch of one row from cu_seq_lens (validated on the host, then on the device again);
+    max lengths as ints."""
     def arr(cu: torch.Tensor, mx: Any, length: int) -> tuple[scree.Array, bool]:
         mx = None if mx is None else int(mx)  # a tensor max (transformers' own helper makes one) syncs once
         host_cu = cu.detach().cpu()  # validated on the host (CUDA: this is the one sync)
