@@ -60,15 +60,30 @@ def segment_reduce(values: Annotated[NDArray, dict(writable=False)], offsets: An
 def cpu_isa() -> str:
     """Instruction-set variant of the CPU attention kernels in use."""
 
-def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], out: NDArray, lse: NDArray | None, max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, window_left: int, window_right: int, softcap: float) -> None:
+def cuda_head_dims() -> list[int]:
     """
-    Varlen attention forward into out (Tq, Hq, Dv) and lse (Hq, Tq) float32 (optional).
-    cu_seqlens are host int32/int64 (n+1); window sides -1 = unbounded; softcap 0 = off.
+    Head dims (D == Dv) the CUDA attention kernels were compiled for, ascending; [] without CUDA.
     """
 
-def varlen_bwd(dout: Annotated[NDArray, dict(writable=False)], q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], out: Annotated[NDArray, dict(writable=False)], lse: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], dq: NDArray, dk: NDArray, dv: NDArray, max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, window_left: int, window_right: int, softcap: float) -> None:
+def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], out: NDArray, lse: NDArray | None, max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, window_left: int, window_right: int, softcap: float, stream: int = 0) -> None:
+    """
+    Varlen attention forward into out (Tq, Hq, Dv) and lse (Hq, Tq) float32 (optional).
+    All arrays on one device: the CPU, or one CUDA GPU (float16/bfloat16; launched on `stream`,
+    a cudaStream_t as an int, 0 = legacy default stream). cu_seqlens are int32/int64 (n+1) on
+    that device; window sides -1 = unbounded; softcap 0 = off; max_seqlen may be upper bounds.
+    """
+
+def varlen_bwd_workspace_bytes(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, window_left: int, window_right: int, softcap: float, deterministic: bool = False) -> int:
+    """
+    Bytes of device workspace varlen_bwd needs for these arguments (0 on the CPU).
+    """
+
+def varlen_bwd(dout: Annotated[NDArray, dict(writable=False)], q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], out: Annotated[NDArray, dict(writable=False)], lse: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], dq: NDArray, dk: NDArray, dv: NDArray, max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, window_left: int, window_right: int, softcap: float, deterministic: bool = False, workspace: NDArray | None = None, stream: int = 0) -> None:
     """
     Varlen attention backward: dq, dk, dv from dout, the forward's out and lse.
+    On CUDA, `workspace` (contiguous, on the same GPU, 16-byte aligned) must hold at least
+    varlen_bwd_workspace_bytes(...) bytes (None: allocated stream-ordered with cudaMallocAsync);
+    deterministic=True makes dq bit-reproducible there (the CPU backward always is).
     """
 
 def registrations() -> dict:

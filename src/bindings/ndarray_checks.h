@@ -43,6 +43,32 @@ inline std::string shape_str(const nb::ndarray<nb::ro>& a) {
   return s + ")";
 }
 
+// "cpu", "cuda:1", or the DLPack device type number for anything else (e.g. "DLPack device 8").
+inline std::string device_str(int type, int id) {
+  if (type == nb::device::cpu::value) return "cpu";
+  if (type == nb::device::cuda::value) return "cuda:" + std::to_string(id);
+  return "DLPack device " + std::to_string(type) + ":" + std::to_string(id);
+}
+
+// The device one kernel call runs on (its first array's); every other array must be there too.
+struct CallDevice {
+  int type = nb::device::cpu::value;
+  int id = 0;
+  bool cuda() const { return type == nb::device::cuda::value; }
+  std::string str() const { return device_str(type, id); }
+};
+
+// `name` must live on `dev` (same DLPack device type and, for GPUs, the same ordinal): a kernel
+// handed a pointer of another device would fault, so this is checked before any pointer is used.
+template <class A>
+void require_on(const A& a, const char* name, const CallDevice& dev, const char* ref_name) {
+  const bool same = a.device_type() == dev.type && (dev.type == nb::device::cpu::value || a.device_id() == dev.id);
+  scree::require(same, ErrorKind::InvalidArgument, [&] {
+    return std::string(name) + " is on " + device_str(a.device_type(), a.device_id()) + " but " + ref_name +
+           " is on " + dev.str() + ": all arrays of one call must be on the same device";
+  });
+}
+
 template <class A>
 void require_cpu(const A& a, const char* name) {
   scree::require(a.device_type() == nb::device::cpu::value, ErrorKind::Unsupported, [&] {

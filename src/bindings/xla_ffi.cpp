@@ -1,10 +1,13 @@
-// XLA FFI handlers of varlen attention for JAX on the CPU: XLA hands us dense row-major buffers;
-// we fill the same VarlenParams the Python binding fills and call the same kernels. Errors become
-// ffi::Error (JAX raises them); the Python side checks shapes before it ever calls in here.
-// `registrations()` exposes the handlers as capsules for jax.ffi.register_ffi_target.
+// XLA FFI handlers of varlen attention for JAX, on the CPU and (builds with SCREE_WITH_CUDA) on
+// CUDA GPUs: XLA hands us dense row-major buffers; we fill the same VarlenParams the Python binding
+// fills and call the same kernels. Errors become ffi::Error (JAX raises them); the Python side
+// checks shapes before it ever calls in here. `registrations()` exposes the handlers as capsules
+// for jax.ffi.register_ffi_target; the CPU and CUDA handlers of one direction take the same
+// operands and attributes, so jax_attention.py registers them under one target name per platform.
 #include <nanobind/nanobind.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -12,6 +15,11 @@
 #include "scree/attention/params.h"
 #include "scree/error.h"
 #include "xla/ffi/api/ffi.h"
+#ifdef SCREE_WITH_CUDA
+#include <cuda_runtime_api.h>  // cudaStream_t, the type XLA's platform stream is decoded as
+
+#include "scree/attention/cuda.h"
+#endif
 
 namespace ffi = xla::ffi;
 namespace nb = nanobind;
@@ -94,25 +102,85 @@ ffi::Error varlen_fwd(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi:
   return guarded([&] { attention::varlen_fwd_cpu(p); });
 }
 
-ffi::Error varlen_bwd(ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer out,
-                      ffi::Buffer<ffi::F32> lse, ffi::AnyBuffer cu_q, ffi::AnyBuffer cu_k, int64_t max_q,
-                      int64_t max_k, double scale, bool causal, int64_t wl, int64_t wr, double softcap,
-                      ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
-                      ffi::Result<ffi::AnyBuffer> dv) {
-  VarlenBackwardParams p;
-  if (auto err = fill_common(p, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, wl, wr, softcap); err.failure())
-    return err;
-  p.out = out.untyped_data();
+// The backward's extra pointers (dout, out, lse in; dq, dk, dv out), shared by CPU and CUDA.
+void fill_backward(VarlenBackwardParams& p, const ffi::AnyBuffer& dout, const ffi::AnyBuffer& out,
+                   const ffi::Buffer<ffi::F32>& lse, ffi::AnyBuffer& dq, ffi::AnyBuffer& dk, ffi::AnyBuffer& dv) {
+  p.out = const_cast<void*>(out.untyped_data());  // read only in the backward
   strides(out, p.out_row_stride, p.out_head_stride);
   p.dout = dout.untyped_data();
   strides(dout, p.dout_row_stride, p.dout_head_stride);
   p.lse_in = lse.typed_data();
-  p.dq = dq->untyped_data(), p.dk = dk->untyped_data(), p.dv = dv->untyped_data();
-  strides(*dq, p.dq_row_stride, p.dq_head_stride);
-  strides(*dk, p.dk_row_stride, p.dk_head_stride);
-  strides(*dv, p.dv_row_stride, p.dv_head_stride);
+  p.dq = dq.untyped_data(), p.dk = dk.untyped_data(), p.dv = dv.untyped_data();
+  strides(dq, p.dq_row_stride, p.dq_head_stride);
+  strides(dk, p.dk_row_stride, p.dk_head_stride);
+  strides(dv, p.dv_row_stride, p.dv_head_stride);
+}
+
+// `deterministic` is accepted so that the CPU and CUDA handlers share one attribute set; the CPU
+// backward is deterministic whatever is asked.
+ffi::Error varlen_bwd(ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer out,
+                      ffi::Buffer<ffi::F32> lse, ffi::AnyBuffer cu_q, ffi::AnyBuffer cu_k, int64_t max_q,
+                      int64_t max_k, double scale, bool causal, int64_t wl, int64_t wr, double softcap,
+                      bool /*deterministic*/, ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
+                      ffi::Result<ffi::AnyBuffer> dv) {
+  VarlenBackwardParams p;
+  if (auto err = fill_common(p, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, wl, wr, softcap); err.failure())
+    return err;
+  fill_backward(p, dout, out, lse, *dq, *dk, *dv);
   return guarded([&] { attention::varlen_bwd_cpu(p); });
 }
+
+#ifdef SCREE_WITH_CUDA
+// CUDA: the buffers and the offsets are device memory (offsets int32 or int64 as JAX holds them);
+// the kernels go to XLA's stream. Under jax.jit the max_seqlen attributes are token counts (upper
+// bounds), which the kernels accept.
+ffi::Error varlen_fwd_cuda(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
+                           ffi::AnyBuffer cu_q, ffi::AnyBuffer cu_k, int64_t max_q, int64_t max_k, double scale,
+                           bool causal, int64_t wl, int64_t wr, double softcap, ffi::Result<ffi::AnyBuffer> out,
+                           ffi::Result<ffi::Buffer<ffi::F32>> lse) {
+  VarlenParams p;
+  if (auto err = fill_common(p, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, wl, wr, softcap); err.failure())
+    return err;
+  p.out = out->untyped_data();
+  strides(*out, p.out_row_stride, p.out_head_stride);
+  p.lse = lse->typed_data();
+  return guarded([&] {
+    attention::validate_cuda(p);
+    attention::varlen_fwd_cuda(p, stream);
+  });
+}
+
+// The workspace comes from XLA's scratch allocator (stream-ordered, freed when the handler
+// returns, as jaxlib's own GPU handlers use it): its size is known only here, from the same C++
+// formula the Python binding exposes, so JAX needs no extra output buffer sized in Python.
+ffi::Error varlen_bwd_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer dout, ffi::AnyBuffer q,
+                           ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer out, ffi::Buffer<ffi::F32> lse,
+                           ffi::AnyBuffer cu_q, ffi::AnyBuffer cu_k, int64_t max_q, int64_t max_k, double scale,
+                           bool causal, int64_t wl, int64_t wr, double softcap, bool deterministic,
+                           ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
+                           ffi::Result<ffi::AnyBuffer> dv) {
+  VarlenBackwardParams p;
+  if (auto err = fill_common(p, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, wl, wr, softcap); err.failure())
+    return err;
+  fill_backward(p, dout, out, lse, *dq, *dk, *dv);
+  size_t bytes = 0;
+  if (auto err = guarded([&] {
+        attention::validate_cuda(p);
+        bytes = attention::varlen_bwd_cuda_workspace_bytes(p, deterministic);
+      });
+      err.failure())
+    return err;
+  void* workspace = nullptr;
+  if (bytes > 0) {
+    std::optional<void*> got = scratch.Allocate(bytes, 256);
+    if (!got.has_value())
+      return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                        "scree: cannot allocate " + std::to_string(bytes) + " bytes of attention backward workspace");
+    workspace = *got;
+  }
+  return guarded([&] { attention::varlen_bwd_cuda(p, workspace, bytes, deterministic, stream); });
+}
+#endif
 
 // The scalar attributes both handlers take, in the order of their parameters (jax_attention.py
 // passes them by these names).
@@ -127,37 +195,61 @@ auto attention_attrs(Binding binding) {
       .template Attr<double>("softcap");
 }
 
+// Operands, attributes and results of each direction, after the platform's context arguments
+// (none on the CPU; the stream, and the scratch allocator for the backward, on CUDA).
+template <class Binding>
+auto fwd_signature(Binding binding) {
+  return attention_attrs(std::move(binding)
+                             .template Arg<ffi::AnyBuffer>()   // q
+                             .template Arg<ffi::AnyBuffer>()   // k
+                             .template Arg<ffi::AnyBuffer>()   // v
+                             .template Arg<ffi::AnyBuffer>()   // cu_seqlens_q
+                             .template Arg<ffi::AnyBuffer>())  // cu_seqlens_k
+      .template Ret<ffi::AnyBuffer>()                          // out
+      .template Ret<ffi::Buffer<ffi::F32>>();                  // lse
+}
+
+template <class Binding>
+auto bwd_signature(Binding binding) {
+  return attention_attrs(std::move(binding)
+                             .template Arg<ffi::AnyBuffer>()          // dout
+                             .template Arg<ffi::AnyBuffer>()          // q
+                             .template Arg<ffi::AnyBuffer>()          // k
+                             .template Arg<ffi::AnyBuffer>()          // v
+                             .template Arg<ffi::AnyBuffer>()          // out
+                             .template Arg<ffi::Buffer<ffi::F32>>()   // lse
+                             .template Arg<ffi::AnyBuffer>()          // cu_seqlens_q
+                             .template Arg<ffi::AnyBuffer>())         // cu_seqlens_k
+      .template Attr<bool>("deterministic")
+      .template Ret<ffi::AnyBuffer>()   // dq
+      .template Ret<ffi::AnyBuffer>()   // dk
+      .template Ret<ffi::AnyBuffer>();  // dv
+}
+
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ScreeVarlenFwdCpu, varlen_fwd,
-                              attention_attrs(ffi::Ffi::Bind()
-                                                  .Arg<ffi::AnyBuffer>()   // q
-                                                  .Arg<ffi::AnyBuffer>()   // k
-                                                  .Arg<ffi::AnyBuffer>()   // v
-                                                  .Arg<ffi::AnyBuffer>()   // cu_seqlens_q
-                                                  .Arg<ffi::AnyBuffer>())  // cu_seqlens_k
-                                  .Ret<ffi::AnyBuffer>()                   // out
-                                  .Ret<ffi::Buffer<ffi::F32>>());          // lse
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ScreeVarlenBwdCpu, varlen_bwd,
-                              attention_attrs(ffi::Ffi::Bind()
-                                                  .Arg<ffi::AnyBuffer>()          // dout
-                                                  .Arg<ffi::AnyBuffer>()          // q
-                                                  .Arg<ffi::AnyBuffer>()          // k
-                                                  .Arg<ffi::AnyBuffer>()          // v
-                                                  .Arg<ffi::AnyBuffer>()          // out
-                                                  .Arg<ffi::Buffer<ffi::F32>>()   // lse
-                                                  .Arg<ffi::AnyBuffer>()          // cu_seqlens_q
-                                                  .Arg<ffi::AnyBuffer>())         // cu_seqlens_k
-                                  .Ret<ffi::AnyBuffer>()                          // dq
-                                  .Ret<ffi::AnyBuffer>()                          // dk
-                                  .Ret<ffi::AnyBuffer>());                        // dv
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ScreeVarlenFwdCpu, varlen_fwd, fwd_signature(ffi::Ffi::Bind()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ScreeVarlenBwdCpu, varlen_bwd, bwd_signature(ffi::Ffi::Bind()));
+#ifdef SCREE_WITH_CUDA
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ScreeVarlenFwdCuda, varlen_fwd_cuda,
+                              fwd_signature(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ScreeVarlenBwdCuda, varlen_bwd_cuda,
+                              bwd_signature(ffi::Ffi::Bind()
+                                                .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                                .Ctx<ffi::ScratchAllocator>()));
+#endif
 
 void register_xla(nb::module_& m) {
   m.def("registrations", [] {
+    // Keys end in the platform (_cpu / _cuda): jax_attention.py registers each handler under the
+    // name without it, for that platform, so one ffi_call lowers to whichever device XLA picks.
     nb::dict d;
     d["scree_varlen_fwd_cpu"] = nb::capsule(reinterpret_cast<void*>(&ScreeVarlenFwdCpu));
     d["scree_varlen_bwd_cpu"] = nb::capsule(reinterpret_cast<void*>(&ScreeVarlenBwdCpu));
+#ifdef SCREE_WITH_CUDA
+    d["scree_varlen_fwd_cuda"] = nb::capsule(reinterpret_cast<void*>(&ScreeVarlenFwdCuda));
+    d["scree_varlen_bwd_cuda"] = nb::capsule(reinterpret_cast<void*>(&ScreeVarlenBwdCuda));
+#endif
     return d;
   }, "XLA FFI handlers (name -> capsule) for jax.ffi.register_ffi_target; empty when built without jax.");
 }

@@ -16,6 +16,7 @@ Two JAX habits shape this module:
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import jax
@@ -315,12 +316,25 @@ def to_backend(x: Any, device_: Any = None) -> Any:
     return out
 
 
-def has_attention_kernel(x: Any) -> bool:
-    """Whether the compiled kernel serves x: the C++ CPU kernel through XLA FFI (jax_attention.py)
-    where this build registered it and JAX runs on the CPU; else the reference."""
+def has_attention_kernel(q: Any, v: Any = None) -> bool:
+    """Whether a compiled kernel serves q values (and v values, q's head dim when omitted) through
+    XLA FFI (jax_attention.py): the C++ CPU kernels where this build registered them and the arrays
+    are on the CPU, the CUDA kernels for float16/bfloat16 with a compiled head dim on a GPU; else
+    the reference."""
     from scree._backends import jax_attention
 
-    return jax_attention.available()
+    return jax_attention.available(q, v)
+
+
+def stream(x: Any) -> int:
+    """XLA hands its stream to the FFI handlers itself; nothing calls scree._C with JAX arrays."""
+    return 0
+
+
+def deterministic_algorithms() -> bool:
+    """XLA's own switch for reproducible GPU results (XLA_FLAGS=--xla_gpu_deterministic_ops=true)
+    asks the attention backward for the same."""
+    return "--xla_gpu_deterministic_ops=true" in os.environ.get("XLA_FLAGS", "")
 
 
 def varlen_attention(q: Any, k: Any, v: Any, args: tuple) -> tuple[Any, Any]:

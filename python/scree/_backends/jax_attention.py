@@ -1,10 +1,14 @@
 """JAX glue of the compiled varlen attention: the C++ kernels registered as XLA FFI targets
-(scree._C.registrations(), CPU), called with jax.ffi.ffi_call, differentiated with
-jax.custom_vjp. Offsets travel as device arrays, so it works under jax.jit with traced offsets
-(the CPU kernel re-validates them at run time); vmap runs the batch sequentially."""
+(scree._C.registrations(): CPU, and CUDA in CUDA builds), called with jax.ffi.ffi_call,
+differentiated with jax.custom_vjp. Each direction is one target name with a handler per platform,
+so the same ffi_call lowers to the CPU or the GPU kernel wherever XLA places the computation.
+Offsets travel as device arrays, so it works under jax.jit with traced offsets (the CPU kernel
+re-validates them at run time; the CUDA kernels clamp every sequence into the buffers); vmap runs
+the batch sequentially."""
 
 from __future__ import annotations
 
+import sys
 from functools import partial
 from typing import Any
 
@@ -13,22 +17,54 @@ import jax.numpy as jnp
 import numpy as np
 
 from scree import _C
+from scree.kernels import attention as _dispatch
 
-_FWD, _BWD = "scree_varlen_fwd_cpu", "scree_varlen_bwd_cpu"
-_registered = False
+_FWD, _BWD = "scree_varlen_fwd", "scree_varlen_bwd"
+# Suffix of a registrations() key -> JAX's platform name for register_ffi_target.
+_PLATFORMS = {"cpu": "cpu", "cuda": "CUDA"}
+_registered: frozenset[str] | None = None  # the suffixes registered, once per process
 
 
-def available() -> bool:
-    """Whether this build has the XLA FFI handlers (built with jax importable) and JAX runs on CPU."""
+def _register() -> frozenset[str]:
+    """Register every handler this build has (scree_varlen_{fwd,bwd}_{cpu,cuda}) under its name
+    without the suffix, for its platform. A CUDA registration on a JAX without GPU support is only
+    queued by JAX, never used."""
     global _registered
-    if not _registered:
-        regs = _C.registrations()
-        if _FWD not in regs:
-            return False
-        for name, capsule in regs.items():
-            jax.ffi.register_ffi_target(name, capsule, platform="cpu")
-        _registered = True
-    return jax.default_backend() == "cpu"
+    if _registered is None:
+        found = set()
+        for key, capsule in _C.registrations().items():
+            target, _, suffix = key.rpartition("_")
+            if suffix in _PLATFORMS:
+                jax.ffi.register_ffi_target(target, capsule, platform=_PLATFORMS[suffix])
+                found.add(suffix)
+        _registered = frozenset(found)
+    return _registered
+
+
+def _platform(x: Any) -> str:
+    """'cpu' or 'gpu' (JAX's name for CUDA devices): where x lives, or for a tracer (whose placement
+    XLA decides) the default backend."""
+    if isinstance(x, jax.core.Tracer):
+        return jax.default_backend()
+    devices = x.devices()
+    return next(iter(devices)).platform if len(devices) == 1 else jax.default_backend()
+
+
+def available(q: Any = None, v: Any = None) -> bool:
+    """Whether a registered handler serves q, v values (v: q's head dim when omitted): the CPU one
+    for any float dtype, the CUDA one where this build compiled kernels for the dtype and head dim.
+    Without arrays: whether the default backend has a handler at all."""
+    platforms = _register()
+    where = jax.default_backend() if q is None else _platform(q)
+    if where == "cpu":
+        return "cpu" in platforms
+    if where in ("gpu", "cuda"):
+        if q is None:
+            return "cuda" in platforms
+        ns = sys.modules["scree._backends.jax"]
+        dv = (q if v is None else v).shape[-1]
+        return "cuda" in platforms and _dispatch.cuda_kernel_serves(ns.dtype_name(q), q.shape[-1], dv)
+    return False
 
 
 def _attrs(args: tuple) -> dict[str, Any]:
@@ -58,8 +94,10 @@ def _attention_bwd(args, res, cotangents):
     q, k, v, cu_q, cu_k, out, lse = res
     dout, _ = cotangents  # the gradient through lse is not propagated (as FlashAttention)
     out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v))
+    # Read at trace time: a jitted backward keeps the mode it was traced with.
+    det = _dispatch.deterministic(sys.modules["scree._backends.jax"])
     dq, dk, dv = jax.ffi.ffi_call(_BWD, out_types, vmap_method="sequential")(
-        dout.astype(q.dtype), q, k, v, out, lse, cu_q, cu_k, **_attrs(args))
+        dout.astype(q.dtype), q, k, v, out, lse, cu_q, cu_k, deterministic=det, **_attrs(args))
     return dq, dk, dv, None, None
 
 

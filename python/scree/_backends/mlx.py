@@ -270,11 +270,22 @@ def to_backend(x: Any, device_: str | None = None) -> Any:
     return from_numpy(np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x))
 
 
-def has_attention_kernel(x: Any) -> bool:
-    """Whether the compiled C++ kernel serves x (mlx_attention.py: float32/float16 on the CPU)."""
+def has_attention_kernel(q: Any, v: Any = None) -> bool:
+    """Whether the compiled C++ kernel serves q (and v) values (mlx_attention.py: float32/float16
+    on the CPU)."""
     from scree._backends import mlx_attention
 
-    return mx.default_device().type == mx.DeviceType.cpu and mlx_attention.available(x)
+    return mx.default_device().type == mx.DeviceType.cpu and mlx_attention.available(q)
+
+
+def stream(x: Any) -> int:
+    """The compiled kernels see MLX arrays as host memory (NumPy views): no stream."""
+    return 0
+
+
+def deterministic_algorithms() -> bool:
+    """MLX has no determinism switch (and the CPU kernels are deterministic)."""
+    return False
 
 
 def varlen_attention(q: Any, k: Any, v: Any, args: tuple) -> tuple[Any, Any]:

@@ -226,8 +226,19 @@ def to_backend(x: Any, device_: str | None = None) -> np.ndarray:
         raise
 
 
-def has_attention_kernel(x: Any) -> bool:
+def has_attention_kernel(q: Any, v: Any = None) -> bool:
+    """The C++ CPU kernels serve every float dtype and head dims."""
     return True
+
+
+def stream(x: Any) -> int:
+    """Host arrays have no stream: the CPU kernels run on the calling thread."""
+    return 0
+
+
+def deterministic_algorithms() -> bool:
+    """NumPy has no determinism switch (and the CPU kernels are deterministic)."""
+    return False
 
 
 def varlen_attention(q: Any, k: Any, v: Any, args: tuple) -> tuple[np.ndarray, np.ndarray]:

@@ -227,9 +227,28 @@ def to_backend(x: Any, device_: str | None = None) -> torch.Tensor:
     return t if device_ is None else t.to(device_)
 
 
-def has_attention_kernel(x: Any) -> bool:
-    """CPU tensors: the C++ kernel (CUDA kernels are not wired yet)."""
-    return x.device.type == "cpu"
+def has_attention_kernel(q: Any, v: Any = None) -> bool:
+    """Whether a compiled kernel serves q values (and v values; omitted: Dv = D): CPU tensors the
+    C++ kernels (every float dtype); CUDA tensors the CUDA kernels where this build compiled them
+    for the dtype and head dim (scree.kernels.attention.cuda_kernel_serves); else the reference."""
+    if q.device.type == "cpu":
+        return True
+    if q.device.type == "cuda":
+        from scree.kernels.attention import cuda_kernel_serves
+
+        return cuda_kernel_serves(dtype_name(q), q.shape[-1], (q if v is None else v).shape[-1])
+    return False
+
+
+def stream(x: Any) -> int:
+    """The stream kernels on x's device must run on, as scree._C takes it: torch's current stream
+    of that device (a cudaStream_t as an int), 0 for CPU tensors."""
+    return torch.cuda.current_stream(x.device).cuda_stream if x.device.type == "cuda" else 0
+
+
+def deterministic_algorithms() -> bool:
+    """torch.use_deterministic_algorithms(True) asks every kernel for reproducible results."""
+    return torch.are_deterministic_algorithms_enabled()
 
 
 def varlen_attention(q: Any, k: Any, v: Any, args: tuple) -> tuple[torch.Tensor, torch.Tensor]:

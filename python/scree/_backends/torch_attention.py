@@ -1,12 +1,16 @@
 """torch glue of the compiled varlen attention: `scree::varlen_fwd` / `scree::varlen_bwd` custom ops
 (torch.library), their fake (meta) implementations for torch.compile, and the autograd formula
-that calls the backward kernel. Tensors reach scree._C zero-copy through DLPack."""
+that calls the backward kernel. Tensors reach scree._C zero-copy through DLPack, on the CPU or a
+CUDA device: CUDA calls get the Arrays' device offsets, torch's current stream and a workspace from
+torch's caching allocator (all decided inside the ops' real implementations, at call time, so
+nothing here is traced by torch.compile)."""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
 
+import numpy as np
 import torch
 
 from scree.kernels import attention as _attention
@@ -67,8 +71,14 @@ def _backward(ctx: Any, dout: torch.Tensor, dlse: torch.Tensor) -> tuple:
 varlen_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _offsets(a: Any) -> torch.Tensor:
+    # CPU: int64 CPU tensors viewing the Array's cached host offsets (zero-copy); CUDA: the
+    # Array's own device offsets, int32 or int64 as they are (no copy, no device sync).
+    off = _attention.kernel_offsets(_NS, a)
+    return torch.from_numpy(off) if isinstance(off, np.ndarray) else off
+
+
 def varlen_attention(q: Any, k: Any, v: Any, args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    """The backend entry point scree.varlen_attention calls with scree.Arrays: the custom op gets
-    the host offsets as int64 CPU tensors (zero-copy views of the Arrays' cached host offsets)."""
-    return varlen_fwd(q.values, k.values, v.values, torch.from_numpy(q.host_offsets),
-                      torch.from_numpy(k.host_offsets), *args)
+    """The backend entry point scree.varlen_attention calls with scree.Arrays (on the CPU or one
+    CUDA device); args as scree.kernels.attention.kernel_args (max_seqlen never costs a sync)."""
+    return varlen_fwd(q.values, k.values, v.values, _offsets(q), _offsets(k), *args)
