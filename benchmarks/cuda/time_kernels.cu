@@ -114,11 +114,19 @@ void run(const Workload& w) {
   const size_t ws_bytes = scree::attention::varlen_bwd_cuda_workspace_bytes(p, false);
   CHECK(cudaMalloc(&ws, ws_bytes));
 
+  const std::string path = scree::attention::cuda_forward_path(p);
+  float fwd_sm80 = 0;
+  if (path != "sm80") {
+    setenv("SCREE_CUDA_PATH", "sm80", 1);
+    fwd_sm80 = median_ms([&] { scree::attention::varlen_fwd_cuda(p, nullptr); });
+    unsetenv("SCREE_CUDA_PATH");
+  }
   const float fwd = median_ms([&] { scree::attention::varlen_fwd_cuda(p, nullptr); });
   const float bwd = median_ms([&] { scree::attention::varlen_bwd_cuda(p, ws, ws_bytes, false, nullptr); });
   const float bwd_det = median_ms([&] { scree::attention::varlen_bwd_cuda(p, ws, ws_bytes, true, nullptr); });
-  std::printf("%-22s seqs %5zu  fwd %7.3f ms %6.1f TFLOP/s | bwd %7.3f ms %6.1f | bwd det %7.3f ms %6.1f\n",
-              w.name.c_str(), L.size(), fwd, flops / fwd / 1e9, bwd, 2.5 * flops / bwd / 1e9, bwd_det,
+  std::printf("%-20s seqs %4zu  fwd[%s] %7.3f ms %6.1f TFLOP/s | fwd[sm80] %6.1f | bwd %6.1f | bwd det %6.1f\n",
+              w.name.c_str(), L.size(), path.c_str(), fwd, flops / fwd / 1e9,
+              fwd_sm80 > 0 ? flops / fwd_sm80 / 1e9 : flops / fwd / 1e9, 2.5 * flops / bwd / 1e9,
               2.5 * flops / bwd_det / 1e9);
   for (void* ptr : {q, k, v, o, g, dq, dk, dv, cu, ws}) cudaFree(ptr);
   cudaFree(lse);

@@ -2,7 +2,8 @@
 // same bf16/fp16-rounded inputs, with FlashAttention's tolerance rule: the CUDA error against the
 // fp64 result may be at most 2x (3x for gradients) the error of the CPU kernel computing in the
 // input dtype, plus a small absolute term. Outputs are poisoned (NaN) before each run, so an
-// unwritten element fails. Cases: lengths 0, 1, odd, longer than a tile, q/k lengths differing,
+// unwritten element fails. The forward runs on both paths of an sm_90 card (Hopper and portable).
+// Cases: lengths 0, 1, odd, longer than a tile, q/k lengths differing,
 // causal (bottom-right), windows, softcap, GQA/MQA, many sequences. Skips without a GPU.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -12,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -170,27 +172,35 @@ void run_case(const Case& c, DType dtype, uint32_t seed) {
   DeviceBuf<int32_t> dcq(oq.size()), dck(ok.size());
   dq_.upload(q), dk_.upload(k), dv_.upload(v), dg.upload(g);
   dcq.upload(std::vector<int32_t>(oq.begin(), oq.end())), dck.upload(std::vector<int32_t>(ok.begin(), ok.end()));
-  dout.poison(), dlse.poison();
-
   VarlenBackwardParams p;
   fill_params(p, c, Tq, Tk);
   fill_backward_strides(p, c);
   p.dtype = dtype;
   p.q = dq_.ptr, p.k = dk_.ptr, p.v = dv_.ptr, p.out = dout.ptr, p.lse = dlse.ptr;
   p.cu_seqlens_q = {dcq.ptr, false}, p.cu_seqlens_k = {dck.ptr, false};
-  scree::attention::varlen_fwd_cuda(p, nullptr);
-  CUDA_OK(cudaDeviceSynchronize());
+  // The forward on every path this card has: the Hopper kernel where it applies, and the portable
+  // one (SCREE_CUDA_PATH=sm80); the backward then uses the last forward's lse.
+  std::vector<std::string> paths{scree::attention::cuda_forward_path(p)};
+  if (paths[0] != "sm80") paths.push_back("sm80");
+  for (const std::string& path : paths) {
+    SCOPED_TRACE("forward path " + path);
+    if (path == "sm80") setenv("SCREE_CUDA_PATH", "sm80", 1);
+    dout.poison(), dlse.poison();
+    scree::attention::varlen_fwd_cuda(p, nullptr);
+    unsetenv("SCREE_CUDA_PATH");
+    CUDA_OK(cudaDeviceSynchronize());
 
-  const auto out = widen(dout.download());
-  const auto lse = dlse.download();
-  const double e_out = max_err(out, ref.out), e_low = max_err(widen(low.out), ref.out);
-  EXPECT_LE(e_out, 2 * e_low + 1e-3) << "out: cuda error " << e_out << ", low-precision CPU error " << e_low;
-  for (size_t i = 0; i < lse.size(); ++i) {
-    const double r = ref.lse[i];
-    if (std::isinf(r)) {
-      ASSERT_TRUE(std::isinf(lse[i]) && lse[i] < 0) << "lse[" << i << "] = " << lse[i] << ", expected -inf";
-    } else {
-      ASSERT_NEAR(lse[i], r, 2e-2 + 2e-3 * std::fabs(r)) << "lse[" << i << "]";
+    const auto out = widen(dout.download());
+    const auto lse = dlse.download();
+    const double e_out = max_err(out, ref.out), e_low = max_err(widen(low.out), ref.out);
+    EXPECT_LE(e_out, 2 * e_low + 1e-3) << "out: cuda error " << e_out << ", low-precision CPU error " << e_low;
+    for (size_t i = 0; i < lse.size(); ++i) {
+      const double r = ref.lse[i];
+      if (std::isinf(r)) {
+        ASSERT_TRUE(std::isinf(lse[i]) && lse[i] < 0) << "lse[" << i << "] = " << lse[i] << ", expected -inf";
+      } else {
+        ASSERT_NEAR(lse[i], r, 2e-2 + 2e-3 * std::fabs(r)) << "lse[" << i << "]";
+      }
     }
   }
 

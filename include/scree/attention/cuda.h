@@ -22,8 +22,13 @@ std::vector<int> cuda_head_dims();
 void validate_cuda(const VarlenParams& p);
 
 // out (Tq, Hq, Dv) and, when p.lse is set, lse (Hq, Tq) float32. Grid sized from the host-side
-// maxima p.max_seqlen_q (an upper bound is fine: extra tiles exit at once).
+// maxima p.max_seqlen_q (an upper bound is fine: extra tiles exit at once). On sm_90 devices the
+// Hopper kernel (wgmma, TMA) runs where it is compiled for p's type and head dim, the portable
+// sm80 kernel elsewhere; the environment variable SCREE_CUDA_PATH=sm80 forces the portable one.
 void varlen_fwd_cuda(const VarlenParams& p, void* stream);
+
+// Which forward kernel varlen_fwd_cuda would run for p on the current device: "sm90" or "sm80".
+const char* cuda_forward_path(const VarlenParams& p);
 
 // Bytes of device workspace varlen_bwd_cuda needs (float32 row sums of dout*out, and the float32
 // dq accumulator unless deterministic). The caller allocates it with its framework's allocator.

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -23,6 +24,10 @@ template <class T, int D>
 void launch_fwd(const VarlenParams& p, cudaStream_t stream);
 template <class T, int D>
 void launch_bwd(const VarlenBackwardParams& p, float* delta, float* dq_accum, bool deterministic, cudaStream_t stream);
+namespace sm90 {
+template <class T, int D>
+void launch_fwd_sm90(const VarlenParams& p, cudaStream_t stream);
+}  // namespace sm90
 }  // namespace scree::cuda_attention
 
 namespace scree::attention {
@@ -63,6 +68,61 @@ using cuda_attention::check_cuda;
 #else
 #define SCREE_FP16_128(F)
 #endif
+
+// The Hopper forward instances (SCREE_CUDA_SM90_<TYPE>_D<dim>, compiled when 90a is in
+// SCREE_CUDA_ARCHS and the head dim in SCREE_HEADDIMS).
+#define SCREE_SM90_INSTANCES(F) SCREE_SM90_BF16_64(F) SCREE_SM90_BF16_128(F) SCREE_SM90_FP16_64(F) SCREE_SM90_FP16_128(F)
+#if defined(SCREE_CUDA_SM90_BF16_D64)
+#define SCREE_SM90_BF16_64(F) F(__nv_bfloat16, DType::BFloat16, 64)
+#else
+#define SCREE_SM90_BF16_64(F)
+#endif
+#if defined(SCREE_CUDA_SM90_BF16_D128)
+#define SCREE_SM90_BF16_128(F) F(__nv_bfloat16, DType::BFloat16, 128)
+#else
+#define SCREE_SM90_BF16_128(F)
+#endif
+#if defined(SCREE_CUDA_SM90_FP16_D64)
+#define SCREE_SM90_FP16_64(F) F(__half, DType::Float16, 64)
+#else
+#define SCREE_SM90_FP16_64(F)
+#endif
+#if defined(SCREE_CUDA_SM90_FP16_D128)
+#define SCREE_SM90_FP16_128(F) F(__half, DType::Float16, 128)
+#else
+#define SCREE_SM90_FP16_128(F)
+#endif
+
+// Compute capability major of the current device, cached per device (one attribute query each).
+int device_major() {
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  static int cache[64] = {};
+  if (dev < 0 || dev >= 64) return 0;
+  if (cache[dev] == 0) {
+    int major = 0;
+    check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
+    cache[dev] = major;
+  }
+  return cache[dev];
+}
+
+bool sm90_compiled(DType dtype, int64_t head_dim) {
+#define SCREE_MATCH(T, TAG, D) if (dtype == TAG && head_dim == D) return true;
+  SCREE_SM90_INSTANCES(SCREE_MATCH)
+#undef SCREE_MATCH
+  (void)dtype, (void)head_dim;
+  return false;
+}
+
+// The Hopper forward serves p when compiled for its type and head dim, the device is sm_90, and
+// SCREE_CUDA_PATH does not ask for the portable path ("sm80": tests run both on one card).
+bool use_sm90(const VarlenParams& p) {
+  if (!sm90_compiled(p.dtype, p.head_dim)) return false;
+  const char* forced = std::getenv("SCREE_CUDA_PATH");
+  if (forced != nullptr && std::string(forced) == "sm80") return false;
+  return device_major() == 9;
+}
 
 bool compiled(DType dtype, int64_t head_dim) {
 #define SCREE_MATCH(T, TAG, D) if (dtype == TAG && head_dim == D) return true;
@@ -177,9 +237,17 @@ void validate_cuda(const VarlenParams& p) {
   require_aligned4(p.out, p.out_row_stride, p.out_head_stride, p.total_q, "out");
 }
 
+const char* cuda_forward_path(const VarlenParams& p) { return use_sm90(p) ? "sm90" : "sm80"; }
+
 void varlen_fwd_cuda(const VarlenParams& p, void* stream) {
   validate_cuda(p);
   auto s = static_cast<cudaStream_t>(stream);
+  if (use_sm90(p)) {
+#define SCREE_RUN(T, TAG, D) \
+  if (p.dtype == TAG && p.head_dim == D) return cuda_attention::sm90::launch_fwd_sm90<T, D>(p, s);
+    SCREE_SM90_INSTANCES(SCREE_RUN)
+#undef SCREE_RUN
+  }
 #define SCREE_RUN(T, TAG, D) \
   if (p.dtype == TAG && p.head_dim == D) return cuda_attention::launch_fwd<T, D>(p, s);
   SCREE_CUDA_INSTANCES(SCREE_RUN)

@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "mma.cuh"
+#include "online_softmax.cuh"
 #include "scores.cuh"
 #include "smem_tile.cuh"
 #include "varlen_tile.cuh"
@@ -92,9 +93,7 @@ __global__ void __launch_bounds__(128) varlen_fwd_kernel(const VarlenParams p, c
   for (int t = 0; t < kR; ++t)
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) acc_o[t][i][0] = acc_o[t][i][1] = acc_o[t][i][2] = acc_o[t][i][3] = 0.f;
-  float row_max[kR][2], row_sum[kR][2];
-#pragma unroll
-  for (int t = 0; t < kR; ++t) row_max[t][0] = row_max[t][1] = -INFINITY, row_sum[t][0] = row_sum[t][1] = 0.f;
+  RowState st[kR];
 
   for (int nb = kb.begin; nb < kb.end; ++nb) {
     const int stage = (nb - kb.begin) & 1;
@@ -131,44 +130,7 @@ __global__ void __launch_bounds__(128) varlen_fwd_kernel(const VarlenParams p, c
     const int n0 = nb * kN;
     const bool full = n0 >= kb.full_lo && n0 + kN <= kb.full_hi;
 #pragma unroll
-    for (int t = 0; t < kR; ++t) {
-#pragma unroll
-      for (int nt = 0; nt < kN / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = score(acc_s[t][nt][e]);
-          if (!full) {
-            const int col = n0 + nt * 8 + (lane % 4) * 2 + (e & 1);
-            const KeyRange& r = vis[t][e >> 1];
-            if (col < r.lo || col >= r.hi) x = -INFINITY;
-          }
-          acc_s[t][nt][e] = x;
-        }
-      }
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float mx = row_max[t][r];
-#pragma unroll
-        for (int nt = 0; nt < kN / 8; ++nt) mx = fmaxf(mx, fmaxf(acc_s[t][nt][2 * r], acc_s[t][nt][2 * r + 1]));
-        mx = quad_max(mx);
-        // A row that has seen no key yet keeps max -inf; subtract 0 then so exp gives 0, not NaN.
-        const float base = mx == -INFINITY ? 0.f : mx * kLog2e;
-        const float alpha = exp2f(row_max[t][r] * kLog2e - base);
-        row_max[t][r] = mx;
-        float sum = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < kN / 8; ++nt) {
-#pragma unroll
-          for (int e = 2 * r; e < 2 * r + 2; ++e) {
-            acc_s[t][nt][e] = exp2f(acc_s[t][nt][e] * kLog2e - base);
-            sum += acc_s[t][nt][e];
-          }
-        }
-        row_sum[t][r] = row_sum[t][r] * alpha + sum;  // per-thread partial; the quad is summed at the end
-#pragma unroll
-        for (int dt = 0; dt < D / 8; ++dt) acc_o[t][dt][2 * r] *= alpha, acc_o[t][dt][2 * r + 1] *= alpha;
-      }
-    }
+    for (int t = 0; t < kR; ++t) softmax_step(acc_s[t], acc_o[t], st[t], vis[t], full, n0, score);
 
     // O += P V.
 #pragma unroll
@@ -192,22 +154,7 @@ __global__ void __launch_bounds__(128) varlen_fwd_kernel(const VarlenParams p, c
 
   // Epilogue: O / l, lse = max + log(l); a row that saw no key gets 0 and -inf.
 #pragma unroll
-  for (int t = 0; t < kR; ++t) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float l = quad_sum(row_sum[t][r]);
-      if (row[t][r] >= rows) continue;
-      const float inv = l > 0.f ? 1.f / l : 0.f;
-      const int64_t tok = s.q_start + m0 + row[t][r];
-      T* out = static_cast<T*>(p.out) + tok * p.out_row_stride + h * p.out_head_stride + (lane % 4) * 2;
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt)
-        *reinterpret_cast<uint32_t*>(out + dt * 8) =
-            pack2<T>(acc_o[t][dt][2 * r] * inv, acc_o[t][dt][2 * r + 1] * inv);
-      if (p.lse != nullptr && lane % 4 == 0)
-        p.lse[h * p.total_q + tok] = l > 0.f ? row_max[t][r] + logf(l) : -INFINITY;
-    }
-  }
+  for (int t = 0; t < kR; ++t) store_rows<T>(p, acc_o[t], st[t], row[t], rows, s.q_start + m0, h);
 }
 
 }  // namespace scree::cuda_attention
