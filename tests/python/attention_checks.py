@@ -1,0 +1,245 @@
+"""Shared helpers for checking varlen attention kernels against the fp64 reference, used by the GPU
+tests (test_attention_cuda.py) and by tools/sanitize_attention.py (run under compute-sanitizer).
+Plain module: no pytest, no fixtures; torch only (any device).
+
+* random_qkv / random_like: fresh random normal inputs (never zeros) as scree.Arrays on a device,
+  built with from_lengths so the host offsets and max lengths are known (no device sync later).
+* cpu64: the same Array as CPU float64 (the exact inputs, widened) for the fp64 reference.
+* assert_fa_close: FlashAttention's tolerance rule. With ref64 the fp64 reference and low the same
+  computation by the reference in the input dtype (upcast=False),
+      max|got - ref64| <= rtol * max|low - ref64| + atol,
+  rtol 2 for outputs (FA's forward rule) and 3 for gradients (FA's backward tests use 2-3), atol
+  = one rounding error of the dtype at the reference's largest magnitude (computed as in FA3's
+  tests, max |(r + 0.3) - 0.3 - r| in the dtype; FA3 allows twice that) plus a small extra.
+  NaN and inf never pass.
+* assert_lse_close: lse (Hq, Tq) float32: -inf exactly where the fp64 reference has -inf (rows that
+  see no key), the FA rule on the finite entries.
+* fwd_grads: (out, lse, (dq, dk, dv)) of any varlen attention function through torch autograd.
+* c_varlen_fwd / c_varlen_bwd: scree._C.varlen_fwd / varlen_bwd called directly with preallocated
+  (caller-poisoned) outputs and workspace, the way scree.kernels.attention calls them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+import scree
+from scree import _C
+from scree.kernels.attention import kernel_args
+from scree.kernels.attention_spec import attention_spec
+from scree.kernels.reference import varlen_attention as reference
+
+HALF_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ---- inputs ----------------------------------------------------------------------------------
+def fresh_seed() -> int:
+    """A new random seed per check (fresh inputs every run); printed in failure messages."""
+    return int(np.random.SeedSequence().entropy % (2 ** 62))
+
+
+def random_values(shape: Sequence[int], dtype: torch.dtype, device: Any, gen: torch.Generator) -> torch.Tensor:
+    """Standard normal values, drawn in float32 on `device` and rounded to `dtype`."""
+    return torch.randn(tuple(shape), generator=gen, device=device, dtype=torch.float32).to(dtype)
+
+
+def generator(seed: int, device: Any) -> torch.Generator:
+    return torch.Generator(device=torch.device(device)).manual_seed(seed)
+
+
+def random_qkv(lq: Sequence[int], lk: Sequence[int], hq: int, hk: int, d: int, dv: int, dtype: torch.dtype,
+               device: Any, seed: int) -> tuple[scree.Array, scree.Array, scree.Array]:
+    """q (sum lq, hq, d), k (sum lk, hk, d), v (sum lk, hk, dv) Arrays of fresh normal values; v
+    shares k's offsets object (as users build it: k.with_values)."""
+    gen = generator(seed, device)
+    q = scree.from_lengths(random_values((sum(lq), hq, d), dtype, device, gen), list(lq))
+    k = scree.from_lengths(random_values((sum(lk), hk, d), dtype, device, gen), list(lk))
+    v = k.with_values(random_values((sum(lk), hk, dv), dtype, device, gen))
+    return q, k, v
+
+
+def cpu64(a: scree.Array) -> scree.Array:
+    """The same Array on the CPU in float64 (detached): the fp64 reference's inputs."""
+    values = a.values.detach().to(device="cpu", dtype=torch.float64)
+    return scree.from_offsets(values, torch.from_numpy(a.host_offsets.copy()))
+
+
+# ---- comparisons -----------------------------------------------------------------------------
+def _host64(x: Any) -> torch.Tensor:
+    return x.detach().to(device="cpu", dtype=torch.float64)
+
+
+def max_abs_diff(a: Any, b: Any) -> float:
+    a, b = _host64(a), _host64(b)
+    assert a.shape == b.shape, f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}"
+    if a.numel() == 0:
+        return 0.0
+    return float((a - b).abs().max())
+
+
+def rounding_atol(ref64: Any, dtype: torch.dtype) -> float:
+    """One rounding error of `dtype` at the reference's magnitude, max |(r + 0.3) - 0.3 - r| with r
+    the reference rounded to dtype, all in dtype (FA3's tests allow twice this)."""
+    r = _host64(ref64).to(dtype)
+    if r.numel() == 0:
+        return 0.0
+    return float((r + 0.3 - 0.3 - r).abs().max().to(torch.float64))
+
+
+def assert_fa_close(what: str, got: Any, ref64: Any, low: Any, rtol: float = 2.0, extra_atol: float = 1e-5,
+                    seed: int | None = None) -> tuple[float, float]:
+    """FlashAttention's rule (module docstring). Returns (kernel error, reference-in-dtype error)."""
+    g = _host64(got)
+    assert tuple(g.shape) == tuple(ref64.shape), f"{what}: shape {tuple(g.shape)} vs {tuple(ref64.shape)}"
+    assert not torch.isnan(g).any(), f"{what}: NaN in the kernel's result (seed {seed})"
+    assert torch.isfinite(g).all(), f"{what}: inf in the kernel's result (seed {seed})"
+    err = max_abs_diff(g, ref64)
+    base = max_abs_diff(low, ref64)
+    atol = rounding_atol(ref64, got.dtype if got.dtype in (torch.bfloat16, torch.float16) else torch.float32)
+    atol += extra_atol
+    assert err <= rtol * base + atol, (
+        f"{what}: kernel error vs fp64 {err:.3g} > {rtol} x reference-in-dtype error {base:.3g} + atol {atol:.2g}"
+        f" (seed {seed})")
+    return err, base
+
+
+def assert_lse_close(what: str, got: Any, ref64: Any, low: Any, atol: float = 1e-3, seed: int | None = None) -> None:
+    """lse: -inf exactly where the fp64 reference has it, no NaN, the FA rule on finite entries."""
+    g, r, lo = _host64(got), _host64(ref64), _host64(low)
+    assert g.shape == r.shape, f"{what}: lse shape {tuple(g.shape)} vs {tuple(r.shape)}"
+    assert got.dtype == torch.float32, f"{what}: lse dtype {got.dtype}, expected float32"
+    assert not torch.isnan(g).any(), f"{what}: NaN in lse (seed {seed})"
+    neg = torch.isneginf(r)
+    assert torch.equal(torch.isneginf(g), neg), (
+        f"{what}: lse is -inf at {int(torch.isneginf(g).sum())} entries, the reference at {int(neg.sum())} "
+        f"(rows with no visible key) (seed {seed})")
+    assert not torch.isposinf(g).any(), f"{what}: +inf in lse (seed {seed})"
+    fin = ~neg
+    err = float((g[fin] - r[fin]).abs().max()) if fin.any() else 0.0
+    base = float((lo[fin] - r[fin]).abs().max()) if fin.any() else 0.0
+    assert err <= 2 * base + atol, f"{what}: lse error {err:.3g} > 2 x {base:.3g} + {atol:g} (seed {seed})"
+
+
+# ---- running a varlen attention function with autograd ---------------------------------------
+def fwd_grads(fn: Callable, q: scree.Array, k: scree.Array, v: scree.Array, dout: torch.Tensor | None,
+              opts: dict) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
+    """(out values, lse, (dq, dk, dv) or None) of fn(q, k, v, return_lse=True, **opts) through
+    torch autograd, with leaves cloned from the Arrays' values (dout in the output's layout)."""
+    if dout is None:
+        with torch.no_grad():
+            out, lse = fn(q, k, v, return_lse=True, **opts)
+        return out.values, lse, None
+    leaves = [a.values.detach().clone().requires_grad_(True) for a in (q, k, v)]
+    out, lse = fn(*(a.with_values(x) for a, x in zip((q, k, v), leaves)), return_lse=True, **opts)
+    grads = torch.autograd.grad(out.values, leaves, dout.to(out.values.dtype), allow_unused=True)
+    grads = tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves))
+    return out.values.detach(), lse.detach(), grads
+
+
+def reference_pair(q: scree.Array, k: scree.Array, v: scree.Array, dout: torch.Tensor | None, opts: dict):
+    """The two references of the FA rule: fp64 on CPU copies, and the same math in the input dtype on
+    the inputs' device (reference with upcast=False). Each is (out, lse, grads or None)."""
+    ref64 = fwd_grads(reference, *(cpu64(a) for a in (q, k, v)),
+                      None if dout is None else dout.detach().to("cpu", torch.float64), opts)
+    low = fwd_grads(lambda *a, **kw: reference(*a, upcast=False, **kw), q, k, v, dout, opts)
+    return ref64, low
+
+
+def check_against_references(what: str, got: tuple, ref64: tuple, low: tuple, seed: int | None,
+                             softcap: bool = False) -> None:
+    """Output (rtol 2), lse and, when present, gradients (rtol 3; FA3's extra 3e-4 atol with softcap)."""
+    assert_fa_close(f"{what} out", got[0], ref64[0], low[0], seed=seed)
+    assert_lse_close(f"{what} lse", got[1], ref64[1], low[1], seed=seed)
+    if got[2] is not None:
+        for name, g, r, lo in zip(("dq", "dk", "dv"), got[2], ref64[2], low[2]):
+            assert_fa_close(f"{what} {name}", g, r, lo, rtol=3.0, extra_atol=1e-5 + (3e-4 if softcap else 0.0),
+                            seed=seed)
+
+
+# ---- direct calls of the compiled op with preallocated outputs ---------------------------------
+def kernel_offsets(a: scree.Array) -> Any:
+    """Offsets as scree._C reads them for a's device: int32 cu_seqlens on the GPU (the same device
+    as the values; scree.varlen_attention itself passes the Array's own offsets, int64 from
+    from_lengths, so the direct calls exercise the int32 path), host int64 for the CPU kernels."""
+    return a.cu_seqlens() if a.values.device.type != "cpu" else torch.from_numpy(a.host_offsets)
+
+
+def stream_of(x: torch.Tensor) -> int:
+    """torch's current stream of x's device as scree._C takes it (0 on the CPU)."""
+    return torch.cuda.current_stream(x.device).cuda_stream if x.device.type == "cuda" else 0
+
+
+def c_args(q: scree.Array, k: scree.Array, v: scree.Array, opts: dict) -> tuple:
+    """(max_q, max_k, scale, causal, window_left, window_right, softcap) as the dispatch computes them."""
+    _, spec = attention_spec(q, k, v, **opts)
+    return kernel_args(q, k, spec)
+
+
+def c_varlen_fwd(q: scree.Array, k: scree.Array, v: scree.Array, out: torch.Tensor, lse: torch.Tensor | None,
+                 opts: dict) -> None:
+    """scree._C.varlen_fwd into the given out (Tq, Hq, Dv) / lse (Hq, Tq) on torch's current stream;
+    synchronises the device after the call."""
+    _C.varlen_fwd(q.values, k.values, v.values, kernel_offsets(q), kernel_offsets(k), out, lse, *c_args(q, k, v, opts),
+                  stream=stream_of(q.values))
+    if out.device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def c_varlen_bwd(dout: torch.Tensor, q: scree.Array, k: scree.Array, v: scree.Array, out: torch.Tensor,
+                 lse: torch.Tensor, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, opts: dict,
+                 deterministic: bool = False) -> int:
+    """scree._C.varlen_bwd into the given dq, dk, dv, with a workspace of
+    varlen_bwd_workspace_bytes bytes filled with 0xFF (NaN as float32): the kernels must initialise
+    whatever they accumulate into. Synchronises the device; returns the workspace size."""
+    args = c_args(q, k, v, opts)
+    cu_q, cu_k = kernel_offsets(q), kernel_offsets(k)
+    nbytes = int(_C.varlen_bwd_workspace_bytes(q.values, k.values, v.values, cu_q, cu_k, *args,
+                                               deterministic=deterministic))
+    workspace = torch.full((nbytes,), 255, dtype=torch.uint8, device=q.values.device) if nbytes else None
+    _C.varlen_bwd(dout, q.values, k.values, v.values, out, lse, cu_q, cu_k, dq, dk, dv, *args,
+                  deterministic=deterministic, workspace=workspace, stream=stream_of(q.values))
+    if dq.device.type == "cuda":
+        torch.cuda.synchronize()
+    return nbytes
+
+
+def has_kernel(q: scree.Array, k: scree.Array, v: scree.Array) -> bool:
+    """Whether scree.varlen_attention dispatches these Arrays to a compiled kernel (not the reference)."""
+    from scree import _backends
+    return bool(_backends.of(q.values).has_attention_kernel(q.values, k.values, v.values))
+
+
+def poisoned(shape: Sequence[int], dtype: torch.dtype, device: Any) -> torch.Tensor:
+    """An output buffer filled with NaN: any element the kernel does not write stays NaN."""
+    return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
+
+
+def cuda_head_dims() -> list[int] | None:
+    """Head dims the CUDA kernels were compiled for, or None where this build has no such list
+    (no CUDA, or the CUDA attention not wired yet)."""
+    fn = getattr(_C, "cuda_head_dims", None)
+    return None if fn is None else [int(d) for d in fn()]
+
+
+class deterministic:
+    """Context manager: SCREE_DETERMINISTIC=1 (or =0) while inside, restored after. scree reads it
+    at every backward call (scree.kernels.attention.deterministic)."""
+
+    def __init__(self, on: bool = True):
+        self.value = "1" if on else "0"
+
+    def __enter__(self):
+        self.old = os.environ.get("SCREE_DETERMINISTIC")
+        os.environ["SCREE_DETERMINISTIC"] = self.value
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            os.environ.pop("SCREE_DETERMINISTIC", None)
+        else:
+            os.environ["SCREE_DETERMINISTIC"] = self.old
+        return False
