@@ -121,6 +121,13 @@ class Array:
             return None
         return self.host_offsets
 
+    def _host_offsets_without_sync(self) -> np.ndarray | None:
+        """host_offsets when the host has them or can read them without a device sync (cached, or
+        the offsets live in host memory); None for device offsets never copied and traced ones."""
+        if self._host is None and (self._ns.is_traced(self._offsets) or not self._ns.is_host(self._offsets)):
+            return None
+        return self.host_offsets
+
     def _known_max_length(self) -> int | None:
         """max_length, or None where it cannot be known (offsets traced under jax.jit)."""
         if self._max_length is None and self._known_host_offsets() is None:

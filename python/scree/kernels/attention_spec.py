@@ -88,11 +88,12 @@ def _check_shapes(q: Any, k: Any, v: Any) -> tuple[int, int, int, int]:
     nq, nk, nv = (a.num_sequences for a in (q, k, v))
     if nq != nk or nk != nv:
         raise ShapeError(f"q, k, v must hold the same number of sequences, got {nq}, {nk}, {nv}")
-    # Offsets traced under jax.jit cannot be compared on the host; there k and v are trusted.
+    # Offsets traced under jax.jit cannot be compared on the host; there k and v are trusted, as
+    # are device offsets the host never copied (reading them would synchronise the GPU).
     # Shared offsets (the usual case: v = k.with_values(...)) need no comparison. While a tracer
     # runs (torch.compile) the host comparison cannot be traced and is skipped: the kernel reads
     # v with k's offsets, as FlashAttention does with its single cu_seqlens_k.
-    hk, hv = k._known_host_offsets(), v._known_host_offsets()
+    hk, hv = k._host_offsets_without_sync(), v._host_offsets_without_sync()
     if (hk is not None and hv is not None and hk is not hv and not k._ns.is_tracing()
             and not np.array_equal(hk, hv)):
         raise ShapeError("k and v must have the same offsets (same sequence lengths)")
