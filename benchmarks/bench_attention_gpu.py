@@ -352,7 +352,10 @@ def flex_fns(w: Workload) -> dict[str, Callable]:
     else:
         def mask_mod(b, h, q_idx, kv_idx):
             return doc[q_idx] == doc[kv_idx]
-    block_mask = create_block_mask(mask_mod, 1, None, w.T, w.T, device=DEV)
+    try:  # compiled mask creation never materialises the (T, T) mask (a few GiB at 32k tokens)
+        block_mask = create_block_mask(mask_mod, 1, None, w.T, w.T, device=DEV, _compile=True)
+    except Exception:  # noqa: BLE001 - older/other torch: the eager path
+        block_mask = create_block_mask(mask_mod, 1, None, w.T, w.T, device=DEV)
     qf, kf, vf, gf = (w.flex_layout(x) for x in (w.q, w.k, w.v, w.g))
     lq, lk, lv = leaves(torch, qf, kf, vf)
     state: dict[str, Any] = {}
