@@ -5,7 +5,8 @@ tensors, meant to run under compute-sanitizer (tools/gpu_check.sh runs it with -
 out-of-bounds access cannot land silently in a neighbour).
 
 Cases: bf16 and fp16, head dims 64 and 128 (those this build compiled), lengths 0, 1 and odd, q
-longer and shorter than k, causal and not, a window, GQA 2 and MQA; backward in default and
+longer and shorter than k, causal and not, a window, GQA 2 and MQA; the forward through both kernels
+(SCREE_CUDA_PATH=sm80, and the default: Hopper's on sm_90 where compiled); backward in default and
 deterministic mode. Outputs (out, lse, dq, dk, dv) and the backward workspace are poisoned (NaN /
 0xFF) before each call; every element must be written, and the results must pass FlashAttention's
 tolerance rule against the fp64 reference (the reference in the input dtype as the baseline). The
@@ -28,7 +29,7 @@ import scree  # noqa: E402
 from scree.kernels.reference import varlen_attention as reference  # noqa: E402
 
 from attention_checks import (  # noqa: E402
-    assert_fa_close, assert_lse_close, c_varlen_bwd, c_varlen_fwd, cpu64, cuda_head_dims, fwd_grads, poisoned,
+    assert_fa_close, assert_lse_close, c_varlen_bwd, c_varlen_fwd, cpu64, cuda_head_dims, cuda_path, fwd_grads, poisoned,
     random_qkv, random_values, generator,
 )
 
@@ -54,13 +55,15 @@ def run_case(name: str, lq, lk, hq: int, hk: int, d: int, dtype: torch.dtype, op
     ref64 = fwd_grads(reference, *(cpu64(a) for a in (qc, kc, vc)), doutc.to(torch.float64), opts)
     low = fwd_grads(lambda *a, **kw: reference(*a, upcast=False, **kw), qc, kc, vc, doutc, opts)
 
-    out = poisoned((q.total, hq, d), dtype, DEVICE)
-    lse = poisoned((hq, q.total), torch.float32, DEVICE)
-    c_varlen_fwd(q, k, v, out, lse, opts)
-    for what, x in (("out", out), ("lse", lse)):
-        assert not torch.isnan(x).any(), f"{what}: {int(torch.isnan(x).sum())} elements not written"
-    assert_fa_close("out", out, ref64[0], low[0], seed=seed)
-    assert_lse_close("lse", lse, ref64[1], low[1], seed=seed)
+    for path in ("sm80", "default"):  # both forward kernels (Hopper's where compiled); default's feeds the backward
+        out = poisoned((q.total, hq, d), dtype, DEVICE)
+        lse = poisoned((hq, q.total), torch.float32, DEVICE)
+        with cuda_path(path):
+            c_varlen_fwd(q, k, v, out, lse, opts)
+        for what, x in (("out", out), ("lse", lse)):
+            assert not torch.isnan(x).any(), f"[{path}] {what}: {int(torch.isnan(x).sum())} elements not written"
+        assert_fa_close(f"[{path}] out", out, ref64[0], low[0], seed=seed)
+        assert_lse_close(f"[{path}] lse", lse, ref64[1], low[1], seed=seed)
 
     for det in (False, True):
         grads = [poisoned(a.values.shape, dtype, DEVICE) for a in (q, k, v)]

@@ -243,3 +243,28 @@ class deterministic:
         else:
             os.environ["SCREE_DETERMINISTIC"] = self.old
         return False
+
+
+class cuda_path:
+    """Context manager choosing the CUDA forward kernel: "sm80" sets SCREE_CUDA_PATH=sm80 (the portable
+    mma.sync kernel, also on Hopper), "default" unsets it (the Hopper kernel on sm_90 where compiled).
+    scree reads it at every call (src/cuda/attention/api.cu)."""
+
+    def __init__(self, path: str):
+        assert path in ("default", "sm80"), path
+        self.path = path
+
+    def __enter__(self):
+        self.old = os.environ.get("SCREE_CUDA_PATH")
+        if self.path == "sm80":
+            os.environ["SCREE_CUDA_PATH"] = "sm80"
+        else:
+            os.environ.pop("SCREE_CUDA_PATH", None)
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            os.environ.pop("SCREE_CUDA_PATH", None)
+        else:
+            os.environ["SCREE_CUDA_PATH"] = self.old
+        return False

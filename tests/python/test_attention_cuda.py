@@ -6,7 +6,8 @@ the input dtype, plus an atol at the dtype's rounding of the result.
 Every test is marked `cuda` and skipped without a visible GPU. Covered: bf16 and fp16; head dims 64
 and 128; lengths 0, 1, odd, longer than a tile (130, 300, 1000); q and k lengths differing both ways
 within one batch; causal (bottom-right) and not; GQA 1, 2, 8 and MQA; sliding windows (left only,
-both sides, causal + left); softcap; custom scale; lse; zero sequences; 500 sequences; direct
+both sides, causal + left); softcap; custom scale; lse; zero sequences; 500 sequences; the forward
+through both CUDA kernels (default: Hopper's on sm_90 where compiled; SCREE_CUDA_PATH=sm80); direct
 scree._C calls into NaN-poisoned outputs (every element written, rows with no visible key 0 with
 lse -inf, keys nobody sees get zero gradients); backward in default and deterministic
 (SCREE_DETERMINISTIC=1, read at call time: two runs bit-identical) mode; FA-2 (aten varlen op) on
@@ -33,7 +34,7 @@ from scree.kernels.reference import varlen_attention as reference  # noqa: E402
 
 from attention_checks import (  # noqa: E402
     assert_fa_close, assert_lse_close, c_args, c_varlen_bwd, c_varlen_fwd, check_against_references, cpu64,
-    cuda_head_dims, deterministic, fresh_seed, fwd_grads, generator, has_kernel, kernel_offsets, max_abs_diff,
+    cuda_head_dims, cuda_path, deterministic, fresh_seed, fwd_grads, generator, has_kernel, kernel_offsets, max_abs_diff,
     poisoned, random_qkv, random_values, reference_pair, stream_of,
 )
 
@@ -88,17 +89,20 @@ def expect_kernel(q, k, v) -> None:
         f"has_attention_kernel is False: the CUDA kernel is not dispatched")
 
 
-def run_case(lq, lk, hq, hk, d, dtype, opts, backward: bool, what: str) -> None:
+def run_case(lq, lk, hq, hk, d, dtype, opts, backward: bool, what: str, paths=("default",)) -> None:
     """One fresh random case: kernel (through scree.varlen_attention and torch autograd) vs fp64
-    reference, FA rule on out, lse and (backward) dq, dk, dv."""
+    reference, FA rule on out, lse and (backward) dq, dk, dv; once per forward kernel path
+    ("default": the Hopper kernel on sm_90 where compiled; "sm80": SCREE_CUDA_PATH=sm80)."""
     seed = fresh_seed()
     q, k, v = random_qkv(lq, lk, hq, hk, d, d, dtype, DEV, seed)
     expect_kernel(q, k, v)
     dout = random_values((q.total, hq, d), dtype, DEV, generator(seed + 1, DEV)) if backward else None
-    got = fwd_grads(scree.varlen_attention, q, k, v, dout, opts)
-    assert got[0].dtype == dtype and got[0].device == q.values.device and got[1].device == q.values.device
     ref64, low = reference_pair(q, k, v, dout, opts)
-    check_against_references(what, got, ref64, low, seed, softcap=bool(opts.get("softcap")))
+    for path in paths:
+        with cuda_path(path):
+            got = fwd_grads(scree.varlen_attention, q, k, v, dout, opts)
+        assert got[0].dtype == dtype and got[0].device == q.values.device and got[1].device == q.values.device
+        check_against_references(f"{what} [{path} forward]", got, ref64, low, seed, softcap=bool(opts.get("softcap")))
 
 
 @contextlib.contextmanager
@@ -130,7 +134,8 @@ def test_cuda_kernel_is_dispatched():
 @pytest.mark.parametrize("d", HEAD_DIMS)
 @pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
 def test_forward_matrix(dtype, d, lengths, opts):
-    run_case(*lengths, 4, 2, d, dtype, opts, backward=False, what=f"fwd {dtype} d{d} {opts}")
+    run_case(*lengths, 4, 2, d, dtype, opts, backward=False, what=f"fwd {dtype} d{d} {opts}",
+             paths=("default", "sm80"))
 
 
 # ---- backward matrix (default mode: dq may be accumulated with atomics) ------------------------
@@ -150,7 +155,8 @@ def test_backward_matrix(dtype, d, lengths, opts):
 @pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
 def test_gqa_forward_backward(dtype, d, heads, causal):
     lq, lk = [64, 1, 0, 131, 9], [64, 5, 3, 131, 200]
-    run_case(lq, lk, *heads, d, dtype, {"causal": causal}, backward=True, what=f"gqa {heads} {dtype} d{d}")
+    run_case(lq, lk, *heads, d, dtype, {"causal": causal}, backward=True, what=f"gqa {heads} {dtype} d{d}",
+             paths=("default", "sm80"))
 
 
 # ---- batches: many sequences, zero sequences, all empty ----------------------------------------
@@ -207,19 +213,22 @@ def test_direct_call_writes_every_output(dtype, d, case):
     seed = fresh_seed()
     hq, hk = 4, 2
     q, k, v = random_qkv(lq, lk, hq, hk, d, d, dtype, DEV, seed)
-    out = poisoned((q.total, hq, d), dtype, DEV)
-    lse = poisoned((hq, q.total), torch.float32, DEV)
-    c_varlen_fwd(q, k, v, out, lse, opts)
-    assert not torch.isnan(out).any(), f"out has {int(torch.isnan(out).sum())} unwritten (NaN) elements"
-    assert not torch.isnan(lse).any(), f"lse has {int(torch.isnan(lse).sum())} unwritten (NaN) elements"
-    dout = random_values(out.shape, dtype, DEV, generator(seed + 1, DEV))
+    dout = random_values((q.total, hq, d), dtype, DEV, generator(seed + 1, DEV))
     ref64, low = reference_pair(q, k, v, dout, opts)
     empty_rows = torch.isneginf(ref64[1]).T.to(DEV)  # (Tq, Hq): rows that see no key
     assert bool(empty_rows.any()), "case meant to contain rows with no visible key"
-    assert torch.equal(out[empty_rows], torch.zeros_like(out[empty_rows])), "rows with no visible key must be 0"
-    assert bool(torch.isneginf(lse.T[empty_rows]).all()), "rows with no visible key must have lse = -inf"
-    assert_fa_close("direct out", out, ref64[0], low[0], seed=seed)
-    assert_lse_close("direct lse", lse, ref64[1], low[1], seed=seed)
+    for path in ("sm80", "default"):  # the default path's out and lse feed the backward below
+        out = poisoned((q.total, hq, d), dtype, DEV)
+        lse = poisoned((hq, q.total), torch.float32, DEV)
+        with cuda_path(path):
+            c_varlen_fwd(q, k, v, out, lse, opts)
+        for name, x in (("out", out), ("lse", lse)):
+            assert not torch.isnan(x).any(), f"[{path}] {name} has {int(torch.isnan(x).sum())} unwritten (NaN) elements"
+        assert torch.equal(out[empty_rows], torch.zeros_like(out[empty_rows])), \
+            f"[{path}] rows with no visible key must be 0"
+        assert bool(torch.isneginf(lse.T[empty_rows]).all()), f"[{path}] rows with no visible key must have lse = -inf"
+        assert_fa_close(f"[{path}] direct out", out, ref64[0], low[0], seed=seed)
+        assert_lse_close(f"[{path}] direct lse", lse, ref64[1], low[1], seed=seed)
 
     kq = np.repeat(np.diff(q.host_offsets) == 0, np.diff(k.host_offsets))  # keys no query can see
     idx = torch.from_numpy(np.flatnonzero(kq)).to(DEV)
