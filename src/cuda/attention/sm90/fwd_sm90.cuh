@@ -1,12 +1,13 @@
 // Hopper (sm_90a) varlen attention forward: warp-specialised, TMA + mbarrier + wgmma.
 // One thread block per (sequence, 128-query tile, query head), three warpgroups:
 //  - producer (warpgroup 0, registers lowered to 24 with setmaxnreg): one thread issues TMA
-//    loads of the Q tile and of K/V tiles of 128 keys into a 2-stage ring, each stage guarded by
+//    loads of the Q tile and of K/V tiles of 128 keys into a 3- or 4-stage ring, each guarded by
 //    a "full" mbarrier (transaction bytes) and an "empty" one (the 256 consumer threads arrive);
 //  - two consumers (warpgroups 1, 2, registers raised to 240), 64 query rows each:
 //    S = Q K^T with wgmma from shared memory (both K-major, 128-byte swizzle as TMA wrote them),
 //    the online softmax of online_softmax.cuh on the accumulators, then O += P V with P from
-//    registers and V from shared memory (transposed descriptor).
+//    registers and V from shared memory (transposed descriptor); S of the next key block and
+//    P V of the previous one are in flight together while the softmax runs.
 // Rows past a sequence's end read the next sequence's tokens (or TMA's zero fill past the tensor):
 // keys there are masked, query rows there are computed and never stored.
 #pragma once
@@ -23,20 +24,29 @@
 #include "ptx.cuh"
 #include "wgmma.cuh"
 
+// K/V ring depth: 0 = the default of FwdTiles (3 at D = 128, 4 at D = 64); other values for
+// experiments. Measured on an H200 (benchmarks/NOTES.md): 3 stages instead of 2 at D = 128 took
+// mix d128 from 288 to 349 TFLOP/s.
+#ifndef SCREE_SM90_STAGES
+#define SCREE_SM90_STAGES 0
+#endif
+
 namespace scree::cuda_attention::sm90 {
 
 template <int D>
 struct FwdTiles {
   static constexpr int kBlockM = 128;  // 2 consumer warpgroups x 64 rows
   static constexpr int kBlockN = 128;  // S is 64 x 128 per warpgroup: 64 fp32 registers a thread
-  static constexpr int kStages = 2;
+  // K/V ring depth. D = 128: Q 32 KiB + 3 x 64 KiB = 224 KiB fits the 227 KiB opt-in limit;
+  // D = 64: Q 16 KiB + 4 x 32 KiB = 144 KiB.
+  static constexpr int kStages = SCREE_SM90_STAGES > 0 ? SCREE_SM90_STAGES : (D <= 64 ? 4 : 3);
   static constexpr int kThreads = 384;
   static constexpr int kSlabBytesQ = kBlockM * 128;   // one 64-column slab of the Q tile
   static constexpr int kSlabBytesKV = kBlockN * 128;  // one 64-column slab of a K or V tile
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kKVBytes = kBlockN * D * 2;
   // Shared memory: Q + stages x (K + V) + barriers, plus 1 KiB to align the base to 1024 bytes
-  // (the 128-byte swizzle atom): D = 128: 32 + 2 x 64 = 160 KiB; D = 64: 16 + 2 x 32 = 80 KiB.
+  // (the 128-byte swizzle atom).
   static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages);
   static constexpr int kSmemBytes = kQBytes + kStages * 2 * kKVBytes + kBarrierBytes + 1024;
 };
@@ -110,15 +120,12 @@ __global__ void __launch_bounds__(384, 1)
     RowState st;
     const uint32_t q_base = smem_u32(sQ) + 64 * cw * 128;
 
-    mbar_wait(bar_q, 0);
-    for (int nb = kb.begin, i = 0; nb < kb.end; ++nb, ++i) {
-      const int stage = i % kStages;
-      mbar_wait(&full[stage], (i / kStages) & 1);
-
-      // S = Q K^T: D / 16 steps of k = 16 (4 per 64-column slab, 32 bytes apart).
+    // Intra-warpgroup overlap: while the softmax of key block i runs on the CUDA cores, the
+    // tensor cores finish O += P(i-1) V(i-1); S(i) = Q K(i)^T is issued together with it.
+    // Invariant at the top of step i: O holds sum_{j <= i-2} P(j) V(j) against max m(i-1), and pa
+    // holds P(i-1) against m(i-1).
+    auto issue_s = [&](int stage) {
       const uint32_t k_base = smem_u32(sK(stage));
-      fence_regs(sacc);
-      wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         const uint32_t off_q = (kk / 4) * Tiles::kSlabBytesQ + (kk % 4) * 32;
@@ -127,29 +134,63 @@ __global__ void __launch_bounds__(384, 1)
                         kk > 0 ? 1 : 0);
       }
       wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(sacc);
-
-      const int n0 = nb * kN;
-      const bool full_tile = n0 >= kb.full_lo && n0 + kN <= kb.full_hi;
-      softmax_step(sacc, o, st, vis, full_tile, n0, score);
-
-      // O += P V: kN / 16 steps of 16 keys (2048 bytes apart in the V tile).
-      // P is packed to 16 bits for all steps before the fence: registers an in-flight wgmma reads
-      // must not be written (ptxas would otherwise insert a wait before each step, warning C7519).
+    };
+    uint32_t pa[kN / 16][4];
+    auto issue_pv = [&](int stage) {
       const uint32_t v_base = smem_u32(sV(stage));
-      uint32_t a[kN / 16][4];
-#pragma unroll
-      for (int j = 0; j < kN / 16; ++j) acc_to_a<T>(a[j], sacc[2 * j], sacc[2 * j + 1]);
-      fence_regs(o);
-      wgmma_fence();
 #pragma unroll
       for (int j = 0; j < kN / 16; ++j)
-        wgmma_rs_tb<D, T>(o, a[j], desc_sw128(v_base + j * 2048, Tiles::kSlabBytesKV, 1024), 1);
+        wgmma_rs_tb<D, T>(o, pa[j], desc_sw128(v_base + j * 2048, Tiles::kSlabBytesKV, 1024), 1);
       wgmma_commit();
+    };
+    auto pack_p = [&] {
+#pragma unroll
+      for (int j = 0; j < kN / 16; ++j) acc_to_a<T>(pa[j], sacc[2 * j], sacc[2 * j + 1]);
+    };
+    // Every consumer thread arrives on the stage's "empty" barrier once its reads are done (one
+    // arrival per warp after __syncwarp measured slower on an H200: mix d128 288 vs 339 TFLOP/s).
+    auto release = [&](int stage) { mbar_arrive(&empty[stage]); };
+    auto is_full = [&](int nb) { return nb * kN >= kb.full_lo && nb * kN + kN <= kb.full_hi; };
+
+    mbar_wait(bar_q, 0);
+    const int blocks = kb.end - kb.begin;
+    float alpha[2];
+    if (blocks > 0) {
+      mbar_wait(&full[0], 0);
+      fence_regs(sacc);
+      wgmma_fence();
+      issue_s(0);
+      wgmma_wait<0>();
+      fence_regs(sacc);
+      softmax_scores(sacc, st, vis, is_full(kb.begin), kb.begin * kN, score, alpha);  // O is still 0
+      pack_p();
+    }
+    for (int i = 1; i < blocks; ++i) {
+      const int stage = i % kStages, prev = (i - 1) % kStages;
+      const int nb = kb.begin + i;
+      mbar_wait(&full[stage], (i / kStages) & 1);
+      fence_regs(sacc);
+      fence_regs(o);
+      wgmma_fence();
+      issue_s(stage);
+      issue_pv(prev);
+      wgmma_wait<1>();  // S(i) is done (groups complete in order); P(i-1) V(i-1) may still run
+      fence_regs(sacc);
+      softmax_scores(sacc, st, vis, is_full(nb), nb * kN, score, alpha);
       wgmma_wait<0>();
       fence_regs(o);
-      mbar_arrive(&empty[stage]);
+      release(prev);
+      rescale(o, alpha);
+      pack_p();
+    }
+    if (blocks > 0) {
+      const int last = (blocks - 1) % kStages;
+      fence_regs(o);
+      wgmma_fence();
+      issue_pv(last);
+      wgmma_wait<0>();
+      fence_regs(o);
+      release(last);
     }
     store_rows<T>(p, o, st, row, rows, s.q_start + m0, h);
   }
