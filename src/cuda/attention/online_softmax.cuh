@@ -2,7 +2,8 @@
 // query rows (r = 0, 1: rows lane/4 and lane/4 + 8 of a 16-row tile) of a score tile s[NT][4] in
 // the m16n8 accumulator layout (n-tile j, element e: row e / 2, key 8j + 2(lane % 4) + e % 2),
 // and the matching output rows o[DT][4]. step(): scores -> scale/softcap -> mask -> running
-// max -> probabilities in s (ready to be packed as the A operand of P V) and O rescaled.
+// max -> probabilities in s (ready to be packed as the A operand of P V) and O rescaled
+// (softmax_scores + rescale, which the Hopper kernel calls apart).
 // store(): O / l and lse = max + log(l); a row that saw no key gets 0 and -inf.
 #pragma once
 
@@ -21,9 +22,13 @@ struct RowState {
 };
 
 // n0: key index (in the sequence) of column 0 of s; full: no key of the tile is masked for any row.
-template <int NT, int DT>
-__device__ __forceinline__ void softmax_step(float (&s)[NT][4], float (&o)[DT][4], RowState& st,
-                                             const KeyRange (&vis)[2], bool full, int n0, const ScoreMap& score) {
+// Turns the scores in s into probabilities against the new running max and returns in alpha the
+// factor that rescales everything accumulated so far (output rows and sums); the sums are
+// rescaled here, the output by rescale() — separately, so that the Hopper kernel can compute the
+// next probabilities while the previous P V product is still in flight.
+template <int NT>
+__device__ __forceinline__ void softmax_scores(float (&s)[NT][4], RowState& st, const KeyRange (&vis)[2], bool full,
+                                               int n0, const ScoreMap& score, float (&alpha)[2]) {
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
@@ -46,7 +51,7 @@ __device__ __forceinline__ void softmax_step(float (&s)[NT][4], float (&o)[DT][4
     mx = quad_max(mx);
     // A row that has seen no key yet keeps max -inf; subtract 0 then so exp gives 0, not NaN.
     const float base = mx == -INFINITY ? 0.f : mx * kLog2e;
-    const float alpha = exp2f(st.max[r] * kLog2e - base);
+    alpha[r] = exp2f(st.max[r] * kLog2e - base);
     st.max[r] = mx;
     float sum = 0.f;
 #pragma unroll
@@ -57,10 +62,24 @@ __device__ __forceinline__ void softmax_step(float (&s)[NT][4], float (&o)[DT][4
         sum += s[nt][e];
       }
     }
-    st.sum[r] = st.sum[r] * alpha + sum;
-#pragma unroll
-    for (int dt = 0; dt < DT; ++dt) o[dt][2 * r] *= alpha, o[dt][2 * r + 1] *= alpha;
+    st.sum[r] = st.sum[r] * alpha[r] + sum;
   }
+}
+
+template <int DT>
+__device__ __forceinline__ void rescale(float (&o)[DT][4], const float (&alpha)[2]) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) o[dt][2 * r] *= alpha[r], o[dt][2 * r + 1] *= alpha[r];
+}
+
+template <int NT, int DT>
+__device__ __forceinline__ void softmax_step(float (&s)[NT][4], float (&o)[DT][4], RowState& st,
+                                             const KeyRange (&vis)[2], bool full, int n0, const ScoreMap& score) {
+  float alpha[2];
+  softmax_scores(s, st, vis, full, n0, score, alpha);
+  rescale(o, alpha);
 }
 
 // Writes this thread's two rows: row_in_tile[r] (skipped when >= rows), token index of tile row 0
