@@ -127,7 +127,7 @@ def sync(torch) -> None:
 
 def free(torch) -> None:
     if DEV == "cuda":
-        free(torch)
+        torch.cuda.empty_cache()
 
 
 def short_error(e: BaseException) -> str:

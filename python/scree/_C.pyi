@@ -78,6 +78,11 @@ def varlen_bwd_workspace_bytes(q: Annotated[NDArray, dict(writable=False)], k: A
     Bytes of device workspace varlen_bwd needs for these arguments (0 on the CPU).
     """
 
+def cuda_bwd_workspace_bytes(total_q: int, heads_q: int, head_dim: int, deterministic: bool = False) -> int:
+    """
+    Bytes of workspace the CUDA backward needs for these sizes (0 in builds without CUDA).
+    """
+
 def varlen_bwd(dout: Annotated[NDArray, dict(writable=False)], q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], out: Annotated[NDArray, dict(writable=False)], lse: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], dq: NDArray, dk: NDArray, dv: NDArray, max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, window_left: int, window_right: int, softcap: float, deterministic: bool = False, workspace: NDArray | None = None, stream: int = 0) -> None:
     """
     Varlen attention backward: dq, dk, dv from dout, the forward's out and lse.

@@ -252,6 +252,19 @@ size_t varlen_bwd_workspace_bytes(const InArray& q, const InArray& k, const InAr
   return 0;
 }
 
+// The CUDA backward's workspace size from sizes alone, for callers that size the buffer before
+// they hold arrays (JAX declares it as an extra output of the FFI call); 0 without CUDA.
+size_t cuda_bwd_workspace_bytes(int64_t total_q, int64_t heads_q, int64_t head_dim, bool deterministic) {
+  scree::require(total_q >= 0 && heads_q >= 0 && head_dim >= 0, ErrorKind::InvalidArgument,
+                 [] { return std::string("sizes must be >= 0"); });
+#ifdef SCREE_WITH_CUDA
+  return attention::varlen_bwd_cuda_workspace_bytes(total_q, heads_q, head_dim, deterministic);
+#else
+  (void)deterministic;
+  return 0;
+#endif
+}
+
 void varlen_bwd(const InArray& dout, const InArray& q, const InArray& k, const InArray& v, const InArray& out,
                 const InArray& lse, const InArray& cu_q, const InArray& cu_k, OutArray dq, OutArray dk, OutArray dv,
                 int64_t max_q, int64_t max_k, double scale, bool causal, int64_t window_left, int64_t window_right,
@@ -334,6 +347,9 @@ void register_attention(nb::module_& m) {
         nb::arg("scale"), nb::arg("causal"), nb::arg("window_left"), nb::arg("window_right"), nb::arg("softcap"),
         nb::arg("deterministic") = false,
         "Bytes of device workspace varlen_bwd needs for these arguments (0 on the CPU).");
+  m.def("cuda_bwd_workspace_bytes", &cuda_bwd_workspace_bytes, nb::arg("total_q"), nb::arg("heads_q"),
+        nb::arg("head_dim"), nb::arg("deterministic") = false,
+        "Bytes of workspace the CUDA backward needs for these sizes (0 in builds without CUDA).");
   m.def("varlen_bwd", &varlen_bwd, nb::arg("dout"), nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"),
         nb::arg("lse"), nb::arg("cu_seqlens_q"), nb::arg("cu_seqlens_k"), nb::arg("dq"), nb::arg("dk"),
         nb::arg("dv"), nb::arg("max_seqlen_q"), nb::arg("max_seqlen_k"), nb::arg("scale"), nb::arg("causal"),

@@ -122,7 +122,7 @@ ffi::Error varlen_bwd(ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k, f
                       ffi::Buffer<ffi::F32> lse, ffi::AnyBuffer cu_q, ffi::AnyBuffer cu_k, int64_t max_q,
                       int64_t max_k, double scale, bool causal, int64_t wl, int64_t wr, double softcap,
                       bool /*deterministic*/, ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
-                      ffi::Result<ffi::AnyBuffer> dv) {
+                      ffi::Result<ffi::AnyBuffer> dv, ffi::Result<ffi::AnyBuffer> /*workspace: unused here*/) {
   VarlenBackwardParams p;
   if (auto err = fill_common(p, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, wl, wr, softcap); err.failure())
     return err;
@@ -150,15 +150,15 @@ ffi::Error varlen_fwd_cuda(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer
   });
 }
 
-// The workspace comes from XLA's scratch allocator (stream-ordered, freed when the handler
-// returns, as jaxlib's own GPU handlers use it): its size is known only here, from the same C++
-// formula the Python binding exposes, so JAX needs no extra output buffer sized in Python.
-ffi::Error varlen_bwd_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer dout, ffi::AnyBuffer q,
+// The workspace is the call's fourth result, sized in Python from the same C++ formula
+// (scree._C.cuda_bwd_workspace_bytes): XLA's scratch allocator refused even 150 KB inside jit on
+// an H200 with jax 0.11 (RESOURCE_EXHAUSTED), while an output buffer is planned with the others.
+ffi::Error varlen_bwd_cuda(cudaStream_t stream, ffi::AnyBuffer dout, ffi::AnyBuffer q,
                            ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer out, ffi::Buffer<ffi::F32> lse,
                            ffi::AnyBuffer cu_q, ffi::AnyBuffer cu_k, int64_t max_q, int64_t max_k, double scale,
                            bool causal, int64_t wl, int64_t wr, double softcap, bool deterministic,
                            ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
-                           ffi::Result<ffi::AnyBuffer> dv) {
+                           ffi::Result<ffi::AnyBuffer> dv, ffi::Result<ffi::AnyBuffer> workspace) {
   VarlenBackwardParams p;
   if (auto err = fill_common(p, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, wl, wr, softcap); err.failure())
     return err;
@@ -170,15 +170,12 @@ ffi::Error varlen_bwd_cuda(cudaStream_t stream, ffi::ScratchAllocator scratch, f
       });
       err.failure())
     return err;
-  void* workspace = nullptr;
-  if (bytes > 0) {
-    std::optional<void*> got = scratch.Allocate(bytes, 256);
-    if (!got.has_value())
-      return ffi::Error(ffi::ErrorCode::kResourceExhausted,
-                        "scree: cannot allocate " + std::to_string(bytes) + " bytes of attention backward workspace");
-    workspace = *got;
-  }
-  return guarded([&] { attention::varlen_bwd_cuda(p, workspace, bytes, deterministic, stream); });
+  if (workspace->size_bytes() < bytes)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "scree: the backward workspace holds " + std::to_string(workspace->size_bytes()) +
+                          " bytes, needs " + std::to_string(bytes));
+  return guarded(
+      [&] { attention::varlen_bwd_cuda(p, workspace->untyped_data(), workspace->size_bytes(), deterministic, stream); });
 }
 #endif
 
@@ -196,7 +193,7 @@ auto attention_attrs(Binding binding) {
 }
 
 // Operands, attributes and results of each direction, after the platform's context arguments
-// (none on the CPU; the stream, and the scratch allocator for the backward, on CUDA).
+// (none on the CPU; the stream on CUDA).
 template <class Binding>
 auto fwd_signature(Binding binding) {
   return attention_attrs(std::move(binding)
@@ -223,7 +220,8 @@ auto bwd_signature(Binding binding) {
       .template Attr<bool>("deterministic")
       .template Ret<ffi::AnyBuffer>()   // dq
       .template Ret<ffi::AnyBuffer>()   // dk
-      .template Ret<ffi::AnyBuffer>();  // dv
+      .template Ret<ffi::AnyBuffer>()   // dv
+      .template Ret<ffi::AnyBuffer>();  // workspace (uint8; empty on the CPU)
 }
 
 }  // namespace
@@ -234,9 +232,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ScreeVarlenBwdCpu, varlen_bwd, bwd_signature(ffi::
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ScreeVarlenFwdCuda, varlen_fwd_cuda,
                               fwd_signature(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ScreeVarlenBwdCuda, varlen_bwd_cuda,
-                              bwd_signature(ffi::Ffi::Bind()
-                                                .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                                .Ctx<ffi::ScratchAllocator>()));
+                              bwd_signature(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()));
 #endif
 
 void register_xla(nb::module_& m) {

@@ -210,7 +210,7 @@ def c_varlen_bwd(dout: torch.Tensor, q: scree.Array, k: scree.Array, v: scree.Ar
 def has_kernel(q: scree.Array, k: scree.Array, v: scree.Array) -> bool:
     """Whether scree.varlen_attention dispatches these Arrays to a compiled kernel (not the reference)."""
     from scree import _backends
-    return bool(_backends.of(q.values).has_attention_kernel(q.values, k.values, v.values))
+    return bool(_backends.of(q.values).has_attention_kernel(q.values, v.values))
 
 
 def poisoned(shape: Sequence[int], dtype: torch.dtype, device: Any) -> torch.Tensor:

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "scree/attention/params.h"
@@ -33,6 +34,8 @@ const char* cuda_forward_path(const VarlenParams& p);
 // Bytes of device workspace varlen_bwd_cuda needs (float32 row sums of dout*out, and the float32
 // dq accumulator unless deterministic). The caller allocates it with its framework's allocator.
 size_t varlen_bwd_cuda_workspace_bytes(const VarlenBackwardParams& p, bool deterministic);
+// The same from the sizes it depends on (for callers that allocate before they have pointers: JAX).
+size_t varlen_bwd_cuda_workspace_bytes(int64_t total_q, int64_t heads_q, int64_t head_dim, bool deterministic);
 
 // dq, dk, dv. dk/dv of a kv head are summed over its query heads inside one thread block (no
 // atomics); dq is accumulated with float32 atomics, or, when deterministic, by a second kernel

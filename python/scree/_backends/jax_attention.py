@@ -93,10 +93,14 @@ def _attention_fwd(q, k, v, cu_q, cu_k, args):
 def _attention_bwd(args, res, cotangents):
     q, k, v, cu_q, cu_k, out, lse = res
     dout, _ = cotangents  # the gradient through lse is not propagated (as FlashAttention)
-    out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v))
     # Read at trace time: a jitted backward keeps the mode it was traced with.
     det = _dispatch.deterministic(sys.modules["scree._backends.jax"])
-    dq, dk, dv = jax.ffi.ffi_call(_BWD, out_types, vmap_method="sequential")(
+    # The CUDA kernels' workspace is a fourth (discarded) output, sized by the C++ formula; the
+    # CPU handler ignores it (0 bytes).
+    ws = _C.cuda_bwd_workspace_bytes(q.shape[0], q.shape[1], q.shape[2], det) if _platform(q) == "gpu" else 0
+    out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v))
+    out_types += (jax.ShapeDtypeStruct((ws,), jnp.uint8),)
+    dq, dk, dv, _ = jax.ffi.ffi_call(_BWD, out_types, vmap_method="sequential")(
         dout.astype(q.dtype), q, k, v, out, lse, cu_q, cu_k, deterministic=det, **_attrs(args))
     return dq, dk, dv, None, None
 

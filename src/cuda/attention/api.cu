@@ -176,9 +176,9 @@ void require_present(const void* ptr, int64_t rows, const char* name) {
 constexpr int64_t kGridYZ = 65535;  // CUDA's limit on gridDim.y and gridDim.z
 constexpr int64_t kMinTile = 64;    // smallest tile along a sequence (tile_grid in launch.cuh)
 
-size_t delta_bytes(const VarlenParams& p) {
+size_t delta_bytes(int64_t total_q, int64_t heads_q) {
   // Rounded to 256 bytes so the dq accumulator after it stays aligned for float2 loads.
-  return (size_t(p.heads_q * p.total_q) * sizeof(float) + 255) / 256 * 256;
+  return (size_t(heads_q * total_q) * sizeof(float) + 255) / 256 * 256;
 }
 
 }  // namespace
@@ -255,9 +255,13 @@ void varlen_fwd_cuda(const VarlenParams& p, void* stream) {
   (void)s;
 }
 
+size_t varlen_bwd_cuda_workspace_bytes(int64_t total_q, int64_t heads_q, int64_t head_dim, bool deterministic) {
+  const size_t accum = deterministic ? 0 : size_t(total_q * heads_q * head_dim) * sizeof(float);
+  return delta_bytes(total_q, heads_q) + accum;
+}
+
 size_t varlen_bwd_cuda_workspace_bytes(const VarlenBackwardParams& p, bool deterministic) {
-  const size_t accum = deterministic ? 0 : size_t(p.total_q * p.heads_q * p.head_dim) * sizeof(float);
-  return delta_bytes(p) + accum;
+  return varlen_bwd_cuda_workspace_bytes(p.total_q, p.heads_q, p.head_dim, deterministic);
 }
 
 void varlen_bwd_cuda(const VarlenBackwardParams& p, void* workspace, size_t workspace_bytes, bool deterministic,
@@ -280,7 +284,7 @@ void varlen_bwd_cuda(const VarlenBackwardParams& p, void* workspace, size_t work
   require(reinterpret_cast<uintptr_t>(workspace) % 16 == 0, ErrorKind::InvalidArgument,
           [&] { return std::string("the workspace must be 16-byte aligned"); });
   auto* delta = static_cast<float*>(workspace);
-  float* dq_accum = deterministic ? nullptr : reinterpret_cast<float*>(static_cast<char*>(workspace) + delta_bytes(p));
+  float* dq_accum = deterministic ? nullptr : reinterpret_cast<float*>(static_cast<char*>(workspace) + delta_bytes(p.total_q, p.heads_q));
   auto s = static_cast<cudaStream_t>(stream);
 #define SCREE_RUN(T, TAG, D) \
   if (p.dtype == TAG && p.head_dim == D) return cuda_attention::launch_bwd<T, D>(p, delta, dq_accum, deterministic, s);
