@@ -122,7 +122,7 @@ DEV = "cuda"  # --device cpu: a plumbing dry run on the CPU (host clock, no base
 
 def sync(torch) -> None:
     if DEV == "cuda":
-        sync(torch)
+        torch.cuda.synchronize()
 
 
 def free(torch) -> None:
