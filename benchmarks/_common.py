@@ -65,7 +65,7 @@ def machine_info(**extra: Any) -> dict:
         host=platform.node(), platform=platform.platform(), cpu=model, cores_usable=NCORES,
         cpu_count=os.cpu_count(), avx2="avx2" in flags, fma="fma" in flags,
         python=platform.python_version(), numpy=np.__version__, torch=torch_version, torch_threads=torch_threads,
-        git_commit=sh("git", "rev-parse", "HEAD"),
+        git_commit=os.environ.get("SCREE_GIT_COMMIT") or sh("git", "rev-parse", "HEAD"),  # env: copied trees
         git_dirty=bool(sh("git", "status", "--porcelain", "--", "src", "include", "python")),
         SCREE_NUM_THREADS=os.environ.get("SCREE_NUM_THREADS"), loadavg_start=os.getloadavg(),
     )

@@ -666,8 +666,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.perf_counter()
     info = machine_info(**gpu_info(torch, scree))
-    if not info.get("git_commit"):
-        info["git_commit"] = os.environ.get("SCREE_GIT_COMMIT") or None
+    # SCREE_GIT_COMMIT wins: a copied tree (the GPU machine's) can carry a stale .git.
+    info["git_commit"] = os.environ.get("SCREE_GIT_COMMIT") or info.get("git_commit") or None
     info["quick"] = q
     print(f"# {info['gpu']} (sm {info['capability']}, {info['sm_count']} SMs) | torch {info['torch']} cuda "
           f"{info['torch_cuda']} cudnn {info['cudnn']} triton {info['triton']} | scree head dims "
