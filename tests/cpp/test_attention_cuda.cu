@@ -180,11 +180,12 @@ void run_case(const Case& c, DType dtype, uint32_t seed) {
   p.cu_seqlens_q = {dcq.ptr, false}, p.cu_seqlens_k = {dck.ptr, false};
   // The forward on every path this card has: the Hopper kernel where it applies, and the portable
   // one (SCREE_CUDA_PATH=sm80); the backward then uses the last forward's lse.
-  std::vector<std::string> paths{scree::attention::cuda_forward_path(p)};
+  setenv("SCREE_CUDA_PATH", "sm90", 1);
+  std::vector<std::string> paths{scree::attention::cuda_forward_path(p)};  // "sm90" where it can run
   if (paths[0] != "sm80") paths.push_back("sm80");
   for (const std::string& path : paths) {
     SCOPED_TRACE("forward path " + path);
-    if (path == "sm80") setenv("SCREE_CUDA_PATH", "sm80", 1);
+    setenv("SCREE_CUDA_PATH", path.c_str(), 1);
     dout.poison(), dlse.poison();
     scree::attention::varlen_fwd_cuda(p, nullptr);
     unsetenv("SCREE_CUDA_PATH");

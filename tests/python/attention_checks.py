@@ -247,19 +247,20 @@ class deterministic:
 
 class cuda_path:
     """Context manager choosing the CUDA forward kernel: "sm80" sets SCREE_CUDA_PATH=sm80 (the portable
-    mma.sync kernel, also on Hopper), "default" unsets it (the Hopper kernel on sm_90 where compiled).
-    scree reads it at every call (src/cuda/attention/api.cu)."""
+    mma.sync kernel, also on Hopper), "sm90" sets SCREE_CUDA_PATH=sm90 (the Hopper kernel wherever it
+    is compiled and the card is sm_90, else the portable one), "default" unsets it (the Hopper kernel
+    at head dim 128 on sm_90). scree reads it at every call (src/cuda/attention/api.cu)."""
 
     def __init__(self, path: str):
-        assert path in ("default", "sm80"), path
+        assert path in ("default", "sm80", "sm90"), path
         self.path = path
 
     def __enter__(self):
         self.old = os.environ.get("SCREE_CUDA_PATH")
-        if self.path == "sm80":
-            os.environ["SCREE_CUDA_PATH"] = "sm80"
-        else:
+        if self.path == "default":
             os.environ.pop("SCREE_CUDA_PATH", None)
+        else:
+            os.environ["SCREE_CUDA_PATH"] = self.path
         return self
 
     def __exit__(self, *exc):

@@ -7,7 +7,7 @@ Every test is marked `cuda` and skipped without a visible GPU. Covered: bf16 and
 and 128; lengths 0, 1, odd, longer than a tile (130, 300, 1000); q and k lengths differing both ways
 within one batch; causal (bottom-right) and not; GQA 1, 2, 8 and MQA; sliding windows (left only,
 both sides, causal + left); softcap; custom scale; lse; zero sequences; 500 sequences; the forward
-through both CUDA kernels (default: Hopper's on sm_90 where compiled; SCREE_CUDA_PATH=sm80); direct
+through both CUDA kernels (SCREE_CUDA_PATH=sm90: Hopper's on sm_90 where compiled; =sm80); direct
 scree._C calls into NaN-poisoned outputs (every element written, rows with no visible key 0 with
 lse -inf, keys nobody sees get zero gradients); backward in default and deterministic
 (SCREE_DETERMINISTIC=1, read at call time: two runs bit-identical) mode; FA-2 (aten varlen op) on
@@ -92,7 +92,7 @@ def expect_kernel(q, k, v) -> None:
 def run_case(lq, lk, hq, hk, d, dtype, opts, backward: bool, what: str, paths=("default",)) -> None:
     """One fresh random case: kernel (through scree.varlen_attention and torch autograd) vs fp64
     reference, FA rule on out, lse and (backward) dq, dk, dv; once per forward kernel path
-    ("default": the Hopper kernel on sm_90 where compiled; "sm80": SCREE_CUDA_PATH=sm80)."""
+    ("sm90": the Hopper kernel on sm_90 where compiled; "sm80": SCREE_CUDA_PATH=sm80)."""
     seed = fresh_seed()
     q, k, v = random_qkv(lq, lk, hq, hk, d, d, dtype, DEV, seed)
     expect_kernel(q, k, v)
@@ -135,7 +135,7 @@ def test_cuda_kernel_is_dispatched():
 @pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
 def test_forward_matrix(dtype, d, lengths, opts):
     run_case(*lengths, 4, 2, d, dtype, opts, backward=False, what=f"fwd {dtype} d{d} {opts}",
-             paths=("default", "sm80"))
+             paths=("sm90", "sm80"))
 
 
 # ---- backward matrix (default mode: dq may be accumulated with atomics) ------------------------
@@ -156,7 +156,7 @@ def test_backward_matrix(dtype, d, lengths, opts):
 def test_gqa_forward_backward(dtype, d, heads, causal):
     lq, lk = [64, 1, 0, 131, 9], [64, 5, 3, 131, 200]
     run_case(lq, lk, *heads, d, dtype, {"causal": causal}, backward=True, what=f"gqa {heads} {dtype} d{d}",
-             paths=("default", "sm80"))
+             paths=("sm90", "sm80"))
 
 
 # ---- batches: many sequences, zero sequences, all empty ----------------------------------------
@@ -217,7 +217,7 @@ def test_direct_call_writes_every_output(dtype, d, case):
     ref64, low = reference_pair(q, k, v, dout, opts)
     empty_rows = torch.isneginf(ref64[1]).T.to(DEV)  # (Tq, Hq): rows that see no key
     assert bool(empty_rows.any()), "case meant to contain rows with no visible key"
-    for path in ("sm80", "default"):  # the default path's out and lse feed the backward below
+    for path in ("sm80", "sm90"):  # the Hopper path's out and lse feed the backward below
         out = poisoned((q.total, hq, d), dtype, DEV)
         lse = poisoned((hq, q.total), torch.float32, DEV)
         with cuda_path(path):

@@ -24,8 +24,9 @@ void validate_cuda(const VarlenParams& p);
 
 // out (Tq, Hq, Dv) and, when p.lse is set, lse (Hq, Tq) float32. Grid sized from the host-side
 // maxima p.max_seqlen_q (an upper bound is fine: extra tiles exit at once). On sm_90 devices the
-// Hopper kernel (wgmma, TMA) runs where it is compiled for p's type and head dim, the portable
-// sm80 kernel elsewhere; the environment variable SCREE_CUDA_PATH=sm80 forces the portable one.
+// Hopper kernel (wgmma, TMA) runs at head dim 128 (where it is faster), the portable sm80 kernel
+// elsewhere; the environment variable SCREE_CUDA_PATH=sm80 forces the portable one, =sm90 the
+// Hopper one wherever it is compiled (head dims 64 and 128).
 void varlen_fwd_cuda(const VarlenParams& p, void* stream);
 
 // Which forward kernel varlen_fwd_cuda would run for p on the current device: "sm90" or "sm80".
