@@ -229,3 +229,25 @@ def params_to(params: Any, backend: str) -> Any:
     src = _backends.of(params)
     host = np.asarray(params) if src.name == "numpy" else src.to_numpy(params)
     return _backends.get(backend).from_numpy(np.array(host))
+
+
+def framework_params_api(backend: str) -> tuple[Any, Any, Any]:
+    """(init_block_params, init_causal_lm_params, params_from) returning `backend` arrays: the
+    parameter entry points of functional_jax / functional_mlx, written once."""
+
+    def init_block(config: BlockConfig, seed: int = 0) -> dict[str, Any]:
+        return params_to(init_block_params(config, np.random.default_rng(seed)), backend)
+
+    def init_lm(vocab: int, num_layers: int, config: BlockConfig, seed: int = 0) -> dict[str, Any]:
+        return params_to(init_causal_lm_params(vocab, num_layers, config, np.random.default_rng(seed)), backend)
+
+    def params_from(params: Any) -> Any:
+        return params_to(params, backend)
+
+    init_block.__doc__ = f"Parameters of one block as {backend} arrays (float32)."
+    init_lm.__doc__ = f"Parameters of causal_lm as {backend} arrays (float32)."
+    params_from.__doc__ = (f"A parameter tree of another framework (e.g. `scree.nn.TransformerBlock(...).params()`) "
+                           f"as {backend} arrays.")
+    for f, name in ((init_block, "init_block_params"), (init_lm, "init_causal_lm_params"), (params_from, "params_from")):
+        f.__name__ = f.__qualname__ = name
+    return init_block, init_lm, params_from

@@ -266,12 +266,10 @@ __global__ void __launch_bounds__(128) varlen_dq_kernel(const VarlenBackwardPara
   constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN;
   extern __shared__ __align__(128) char smem[];
 
-  const SeqTile s = sequence(p, blockIdx.x);
-  const int m0 = int(blockIdx.y) * kM;
-  if (m0 >= s.q_len) return;
-  const int h = int(blockIdx.z);
-  const int hk = h / int(p.heads_q / p.heads_k);
-  const int rows = min(kM, s.q_len - m0);
+  const QueryTile tile = query_tile<kM>(p);
+  if (tile.empty) return;
+  const SeqTile& s = tile.s;
+  const int m0 = tile.m0, rows = tile.rows, h = tile.h, hk = tile.hk;
 
   const SmemTile<kM, D> sQ{smem}, sdO{smem + Tiles::kTileBytes};
   const SmemTile<kN, D> sK{smem + 2 * Tiles::kTileBytes}, sV{smem + 3 * Tiles::kTileBytes};

@@ -49,12 +49,10 @@ __global__ void __launch_bounds__(128) varlen_fwd_kernel(const VarlenParams p, c
   constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN, kR = Tiles::kRowTiles;
   extern __shared__ __align__(128) char smem[];
 
-  const SeqTile s = sequence(p, blockIdx.x);
-  const int m0 = int(blockIdx.y) * kM;
-  if (m0 >= s.q_len) return;
-  const int h = int(blockIdx.z);
-  const int hk = h / int(p.heads_q / p.heads_k);
-  const int rows = min(kM, s.q_len - m0);
+  const QueryTile tile = query_tile<kM>(p);
+  if (tile.empty) return;
+  const SeqTile& s = tile.s;
+  const int m0 = tile.m0, rows = tile.rows, h = tile.h, hk = tile.hk;
 
   const T* q = static_cast<const T*>(p.q) + (s.q_start + m0) * p.q_row_stride + h * p.q_head_stride;
   const T* k = static_cast<const T*>(p.k) + s.k_start * p.k_row_stride + hk * p.k_head_stride;

@@ -28,6 +28,26 @@ __device__ __forceinline__ SeqTile sequence(const VarlenParams& p, int64_t b) {
   return {q0, k0, int(q1 - q0), int(k1 - k0)};
 }
 
+// The query tile of a forward-like kernel (grid = sequences x tiles of BLOCK_M queries x query
+// heads): its sequence, first row m0, rows in it, query head h and kv head hk (GQA).
+struct QueryTile {
+  SeqTile s;
+  int m0, rows, h, hk;
+  bool empty;  // past the sequence's end: the block has nothing to do
+};
+
+template <int BLOCK_M>
+__device__ __forceinline__ QueryTile query_tile(const VarlenParams& p) {
+  QueryTile t;
+  t.s = sequence(p, blockIdx.x);
+  t.m0 = int(blockIdx.y) * BLOCK_M;
+  t.empty = t.m0 >= t.s.q_len;
+  t.rows = t.empty ? 0 : min(BLOCK_M, t.s.q_len - t.m0);
+  t.h = int(blockIdx.z);
+  t.hk = t.h / int(p.heads_q / p.heads_k);
+  return t;
+}
+
 // Key blocks [begin, end) of size BLOCK_N that query rows [m0, m0 + rows) can see, plus the keys
 // every one of those rows sees ([full_lo, full_hi)): blocks inside it need no mask. visible_keys'
 // bounds are non-decreasing in the row, so the first and last rows bound the others.

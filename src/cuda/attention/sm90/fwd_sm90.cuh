@@ -70,12 +70,10 @@ __global__ void __launch_bounds__(384, 1)
   uint64_t* full = bar_q + 1;
   uint64_t* empty = bar_q + 1 + kStages;
 
-  const SeqTile s = sequence(p, blockIdx.x);
-  const int m0 = int(blockIdx.y) * kM;
-  if (m0 >= s.q_len) return;  // the whole block leaves before any barrier exists
-  const int h = int(blockIdx.z);
-  const int hk = h / int(p.heads_q / p.heads_k);
-  const int rows = min(kM, s.q_len - m0);
+  const QueryTile tile = query_tile<kM>(p);
+  if (tile.empty) return;  // the whole block leaves before any barrier exists
+  const SeqTile& s = tile.s;
+  const int m0 = tile.m0, rows = tile.rows, h = tile.h, hk = tile.hk;
   const KeyBlocks kb = key_blocks<kN>(p, s, m0, rows);
 
   if (threadIdx.x == 0) {
