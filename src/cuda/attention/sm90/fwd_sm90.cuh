@@ -1,9 +1,10 @@
 // Hopper (sm_90a) varlen attention forward: warp-specialised, TMA + mbarrier + wgmma.
-// One thread block per (sequence, 128-query tile, query head), three warpgroups:
-//  - producer (warpgroup 0, registers lowered to 24 with setmaxnreg): one thread issues TMA
+// A persistent grid (one CTA per SM) working through (sequence, 128-query tile, query head) tiles
+// longest first (TileOrder below); three warpgroups:
+//  - producer (warpgroup 0, registers lowered to 40 with setmaxnreg): one thread issues TMA
 //    loads of the Q tile and of K/V tiles of 128 keys into a 3- or 4-stage ring, each guarded by
 //    a "full" mbarrier (transaction bytes) and an "empty" one (the 256 consumer threads arrive);
-//  - two consumers (warpgroups 1, 2, registers raised to 240), 64 query rows each:
+//  - two consumers (warpgroups 1, 2, registers raised to 232), 64 query rows each:
 //    S = Q K^T with wgmma from shared memory (both K-major, 128-byte swizzle as TMA wrote them),
 //    the online softmax of online_softmax.cuh on the accumulators, then O += P V with P from
 //    registers and V from shared memory (transposed descriptor); S of the next key block and
@@ -50,14 +51,36 @@ struct FwdTiles {
   static constexpr int kKVBytes = kBlockN * D * 2;
   // Shared memory: Q + stages x (K + V) + barriers, plus 1 KiB to align the base to 1024 bytes
   // (the 128-byte swizzle atom).
-  static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages);
+  static constexpr int kBarrierBytes = 8 * (2 + 2 * kStages) + 2 * 8;  // + the two tile slots
   static constexpr int kSmemBytes = kQBytes + kStages * 2 * kKVBytes + kBarrierBytes + 1024;
+};
+
+// Persistent schedule: one CTA per SM; the producer thread takes the next tile of the order
+// below from a global counter (dynamic, like the hardware's block scheduler, so a CTA that drew
+// short tiles takes more) and publishes it to the consumers through shared memory. Longest first
+// without reading lengths on the host: within each query head, query tiles by index descending
+// (tiles that exist only in long sequences come first, and under a causal mask they are also the
+// costliest), sequences fastest; tiles past a sequence's end are skipped. Heads outermost keeps
+// the tiles running at one time on one head's K/V (L2 reuse). Measured on an H200 (NOTES.md): a
+// static round-robin of the same order lost 35% on mixed lengths; hence the counter.
+struct TileOrder {
+  int64_t sequences, m_tiles, heads;
+  __device__ __forceinline__ int64_t count() const { return sequences * m_tiles * heads; }
+  __device__ __forceinline__ void at(int64_t t, int64_t& b, int& m_tile, int& h) const {
+    const int64_t per_head = sequences * m_tiles;
+    h = int(t / per_head);
+    const int64_t r = t % per_head;
+    m_tile = int(m_tiles - 1 - r / sequences);
+    b = r % sequences;
+  }
 };
 
 template <class T, int D>
 __global__ void __launch_bounds__(384, 1)
-    varlen_fwd_sm90_kernel(const VarlenParams p, const ScoreMap score, const __grid_constant__ CUtensorMap tm_q,
-                           const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v) {
+    varlen_fwd_sm90_kernel(const VarlenParams p, const ScoreMap score, const TileOrder order,
+                           unsigned long long* tile_counter,
+                           const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+                           const __grid_constant__ CUtensorMap tm_v) {
   using Tiles = FwdTiles<D>;
   constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN, kStages = Tiles::kStages;
   constexpr bool kPingpong = SCREE_SM90_PINGPONG != 0;
@@ -67,65 +90,89 @@ __global__ void __launch_bounds__(384, 1)
   auto sK = [&](int stage) { return smem + Tiles::kQBytes + stage * 2 * Tiles::kKVBytes; };
   auto sV = [&](int stage) { return smem + Tiles::kQBytes + stage * 2 * Tiles::kKVBytes + Tiles::kKVBytes; };
   uint64_t* bar_q = reinterpret_cast<uint64_t*>(smem + Tiles::kQBytes + kStages * 2 * Tiles::kKVBytes);
-  uint64_t* full = bar_q + 1;
-  uint64_t* empty = bar_q + 1 + kStages;
-
-  const QueryTile tile = query_tile<kM>(p);
-  if (tile.empty) return;  // the whole block leaves before any barrier exists
-  const SeqTile& s = tile.s;
-  const int m0 = tile.m0, rows = tile.rows, h = tile.h, hk = tile.hk;
-  const KeyBlocks kb = key_blocks<kN>(p, s, m0, rows);
+  uint64_t* q_empty = bar_q + 1;  // the consumers are done reading the Q tile
+  uint64_t* full = bar_q + 2;
+  uint64_t* empty = bar_q + 2 + kStages;
+  int64_t* tile_slot = reinterpret_cast<int64_t*>(empty + kStages);  // [2]: tile j in slot j % 2, -1 = done
 
   if (threadIdx.x == 0) {
     mbar_init(bar_q, 1);
+    mbar_init(q_empty, 256);
     for (int i = 0; i < kStages; ++i) mbar_init(&full[i], 1), mbar_init(&empty[i], 256);
     fence_barrier_init();
   }
   __syncthreads();
 
+  // A tile's index math, read once: the producer finds the next non-empty tile and publishes its
+  // index (tile_slot); the consumers recompute the same Tile from it. `it` counts key blocks over
+  // all of a CTA's tiles (the K/V ring's stage and phase), `j` its tiles (Q's phase).
+  struct Tile {
+    SeqTile s;
+    int m0, rows, h, hk;
+    KeyBlocks kb;
+  };
+  auto tile_at = [&](int64_t t, Tile& x) {
+    int64_t b;
+    int m_tile;
+    order.at(t, b, m_tile, x.h);
+    x.s = sequence(p, b);
+    x.m0 = m_tile * kM;
+    if (x.m0 >= x.s.q_len) return false;
+    x.rows = min(kM, x.s.q_len - x.m0);
+    x.hk = x.h / int(p.heads_q / p.heads_k);
+    x.kb = key_blocks<kN>(p, x.s, x.m0, x.rows);
+    return true;
+  };
+  const int64_t tiles = order.count();
+
   const int wg = threadIdx.x / 128;
   if (wg == 0) {
-    setmaxnreg_dec<24>();
+    setmaxnreg_dec<40>();
     if (threadIdx.x == 0) {
-      mbar_arrive_expect_tx(bar_q, Tiles::kQBytes);
+      // The first tile is the CTA's own index; later ones come from the counter.
+      auto next = [&](int64_t) { return int64_t(gridDim.x) + int64_t(atomicAdd(tile_counter, 1ull)); };
+      int it = 0;
+      int64_t t = blockIdx.x;
+      for (int j = 0;; ++j) {
+        if (j > 0) {
+          mbar_wait(q_empty, (j - 1) & 1);  // the previous tile's Q (and its slot) is no longer read
+          t = next(t);
+        }
+        Tile x;
+        bool found = false;
+        while (t < tiles && !(found = tile_at(t, x))) t = next(t);
+        tile_slot[j & 1] = found ? t : -1;  // published by the arrive below (release semantics)
+        if (!found) {
+          mbar_arrive(bar_q);  // completes the phase with no bytes: the consumers read -1 and stop
+          break;
+        }
+        mbar_arrive_expect_tx(bar_q, Tiles::kQBytes);
 #pragma unroll
-      for (int slab = 0; slab < D / 64; ++slab)
-        tma_load_3d(sQ + slab * Tiles::kSlabBytesQ, &tm_q, slab * 64, h, int(s.q_start + m0), bar_q);
-      for (int nb = kb.begin, i = 0; nb < kb.end; ++nb, ++i) {
-        const int stage = i % kStages;
-        if (i >= kStages) mbar_wait(&empty[stage], ((i / kStages) & 1) ^ 1);  // consumers freed it
-        mbar_arrive_expect_tx(&full[stage], 2 * Tiles::kKVBytes);
-        const int row = int(s.k_start) + nb * kN;
+        for (int slab = 0; slab < D / 64; ++slab)
+          tma_load_3d(sQ + slab * Tiles::kSlabBytesQ, &tm_q, slab * 64, x.h, int(x.s.q_start + x.m0), bar_q);
+        for (int nb = x.kb.begin; nb < x.kb.end; ++nb, ++it) {
+          const int stage = it % kStages;
+          if (it >= kStages) mbar_wait(&empty[stage], ((it / kStages) & 1) ^ 1);  // consumers freed it
+          mbar_arrive_expect_tx(&full[stage], 2 * Tiles::kKVBytes);
+          const int row = int(x.s.k_start) + nb * kN;
 #pragma unroll
-        for (int slab = 0; slab < D / 64; ++slab) {
-          tma_load_3d(sK(stage) + slab * Tiles::kSlabBytesKV, &tm_k, slab * 64, hk, row, &full[stage]);
-          tma_load_3d(sV(stage) + slab * Tiles::kSlabBytesKV, &tm_v, slab * 64, hk, row, &full[stage]);
+          for (int slab = 0; slab < D / 64; ++slab) {
+            tma_load_3d(sK(stage) + slab * Tiles::kSlabBytesKV, &tm_k, slab * 64, x.hk, row, &full[stage]);
+            tma_load_3d(sV(stage) + slab * Tiles::kSlabBytesKV, &tm_v, slab * 64, x.hk, row, &full[stage]);
+          }
         }
       }
     }
   } else {
-    setmaxnreg_inc<240>();
+    setmaxnreg_inc<232>();
     const int cw = wg - 1;  // this warpgroup's rows: [64 cw, 64 cw + 64) of the tile
     const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-    int row[2];
-    KeyRange vis[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      row[r] = 64 * cw + 16 * warp + lane / 4 + 8 * r;
-      vis[r] = visible_keys(p, m0 + min(row[r], rows - 1), s.q_len, s.k_len);
-    }
+    const uint32_t q_base = smem_u32(sQ) + 64 * cw * 128;
     float o[D / 8][4], sacc[kN / 8][4];
-#pragma unroll
-    for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+    uint32_t pa[kN / 16][4];
 #pragma unroll
     for (int i = 0; i < kN / 8; ++i) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.f;
-    RowState st;
-    const uint32_t q_base = smem_u32(sQ) + 64 * cw * 128;
 
-    // Intra-warpgroup overlap: while the softmax of key block i runs on the CUDA cores, the
-    // tensor cores finish O += P(i-1) V(i-1); S(i) = Q K(i)^T is issued together with it.
-    // Invariant at the top of step i: O holds sum_{j <= i-2} P(j) V(j) against max m(i-1), and pa
-    // holds P(i-1) against m(i-1).
     auto issue_s = [&](int stage) {
       const uint32_t k_base = smem_u32(sK(stage));
 #pragma unroll
@@ -137,27 +184,26 @@ __global__ void __launch_bounds__(384, 1)
       }
       wgmma_commit();
     };
-    uint32_t pa[kN / 16][4];
     auto issue_pv = [&](int stage) {
       const uint32_t v_base = smem_u32(sV(stage));
 #pragma unroll
-      for (int j = 0; j < kN / 16; ++j)
-        wgmma_rs_tb<D, T>(o, pa[j], desc_sw128(v_base + j * 2048, Tiles::kSlabBytesKV, 1024), 1);
+      for (int i = 0; i < kN / 16; ++i)
+        wgmma_rs_tb<D, T>(o, pa[i], desc_sw128(v_base + i * 2048, Tiles::kSlabBytesKV, 1024), 1);
       wgmma_commit();
     };
     auto pack_p = [&] {
 #pragma unroll
-      for (int j = 0; j < kN / 16; ++j) acc_to_a<T>(pa[j], sacc[2 * j], sacc[2 * j + 1]);
+      for (int i = 0; i < kN / 16; ++i) acc_to_a<T>(pa[i], sacc[2 * i], sacc[2 * i + 1]);
     };
     // Every consumer thread arrives on the stage's "empty" barrier once its reads are done (one
     // arrival per warp after __syncwarp measured slower on an H200: mix d128 288 vs 339 TFLOP/s).
     auto release = [&](int stage) { mbar_arrive(&empty[stage]); };
-    auto is_full = [&](int nb) { return nb * kN >= kb.full_lo && nb * kN + kN <= kb.full_hi; };
 
     // Pingpong (SCREE_SM90_PINGPONG): the two consumer warpgroups take turns to issue their
     // products (named barrier 1 + cw is "my turn"), so that one's softmax runs while the other's
     // products occupy the tensor cores instead of both hitting their softmax at once. Each issue
     // phase waits for its turn and hands the turn over; warpgroup 1 hands warpgroup 0 the first.
+    // Both warpgroups walk the same tiles and key blocks, so their issue phases pair up.
     // Measured on an H200 (NOTES.md): eq2048 d128 345 -> 376 TFLOP/s, mix d128 328 -> 319, others
     // within 3%.
     auto my_turn = [&] {
@@ -168,53 +214,83 @@ __global__ void __launch_bounds__(384, 1)
     };
     if (kPingpong && cw == 1) named_arrive(1, 256);
 
-    mbar_wait(bar_q, 0);
-    const int blocks = kb.end - kb.begin;
-    float alpha[2];
-    if (blocks > 0) {
-      mbar_wait(&full[0], 0);
-      fence_regs(sacc);
-      my_turn();
-      wgmma_fence();
-      issue_s(0);
-      their_turn();
-      wgmma_wait<0>();
-      fence_regs(sacc);
-      softmax_scores(sacc, st, vis, is_full(kb.begin), kb.begin * kN, score, alpha);  // O is still 0
-      pack_p();
+    int it = 0;
+    for (int j = 0;; ++j) {
+      mbar_wait(bar_q, j & 1);  // the producer published tile j (and started loading its Q)
+      const int64_t t = tile_slot[j & 1];
+      if (t < 0) break;
+      Tile x;
+      tile_at(t, x);  // non-empty: the producer skipped the others
+      int row[2];
+      KeyRange vis[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        row[r] = 64 * cw + 16 * warp + lane / 4 + 8 * r;
+        vis[r] = visible_keys(p, x.m0 + min(row[r], x.rows - 1), x.s.q_len, x.s.k_len);
+      }
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+      RowState st;
+      auto is_full = [&](int nb) { return nb * kN >= x.kb.full_lo && nb * kN + kN <= x.kb.full_hi; };
+
+      // Intra-warpgroup overlap: while the softmax of key block i runs on the CUDA cores, the
+      // tensor cores finish O += P(i-1) V(i-1); S(i) = Q K(i)^T is issued together with it.
+      // Invariant at the top of step i: O holds sum_{j <= i-2} P(j) V(j) against max m(i-1), and
+      // pa holds P(i-1) against m(i-1). Q is released once the tile's last S is done, so the
+      // producer loads the next tile's Q while this one finishes.
+      const int blocks = x.kb.end - x.kb.begin;
+      const int it0 = it;
+      float alpha[2];
+      if (blocks == 0) mbar_arrive(q_empty);
+      if (blocks > 0) {
+        const int stage = it % kStages;
+        mbar_wait(&full[stage], (it / kStages) & 1);
+        fence_regs(sacc);
+        my_turn();
+        wgmma_fence();
+        issue_s(stage);
+        their_turn();
+        wgmma_wait<0>();
+        fence_regs(sacc);
+        if (blocks == 1) mbar_arrive(q_empty);
+        softmax_scores(sacc, st, vis, is_full(x.kb.begin), x.kb.begin * kN, score, alpha);  // O is still 0
+        pack_p();
+        ++it;
+      }
+      for (int i = 1; i < blocks; ++i, ++it) {
+        const int stage = it % kStages, prev = (it - 1) % kStages;
+        const int nb = x.kb.begin + i;
+        mbar_wait(&full[stage], (it / kStages) & 1);
+        fence_regs(sacc);
+        fence_regs(o);
+        my_turn();
+        wgmma_fence();
+        issue_s(stage);
+        issue_pv(prev);
+        their_turn();
+        wgmma_wait<1>();  // S(i) is done (groups complete in order); P(i-1) V(i-1) may still run
+        fence_regs(sacc);
+        if (i == blocks - 1) mbar_arrive(q_empty);
+        softmax_scores(sacc, st, vis, is_full(nb), nb * kN, score, alpha);
+        wgmma_wait<0>();
+        fence_regs(o);
+        release(prev);
+        rescale(o, alpha);
+        pack_p();
+      }
+      if (blocks > 0) {
+        const int last = (it0 + blocks - 1) % kStages;
+        fence_regs(o);
+        my_turn();
+        wgmma_fence();
+        issue_pv(last);
+        their_turn();
+        wgmma_wait<0>();
+        fence_regs(o);
+        release(last);
+      }
+      store_rows<T>(p, o, st, row, x.rows, x.s.q_start + x.m0, x.h);
     }
-    for (int i = 1; i < blocks; ++i) {
-      const int stage = i % kStages, prev = (i - 1) % kStages;
-      const int nb = kb.begin + i;
-      mbar_wait(&full[stage], (i / kStages) & 1);
-      fence_regs(sacc);
-      fence_regs(o);
-      my_turn();
-      wgmma_fence();
-      issue_s(stage);
-      issue_pv(prev);
-      their_turn();
-      wgmma_wait<1>();  // S(i) is done (groups complete in order); P(i-1) V(i-1) may still run
-      fence_regs(sacc);
-      softmax_scores(sacc, st, vis, is_full(nb), nb * kN, score, alpha);
-      wgmma_wait<0>();
-      fence_regs(o);
-      release(prev);
-      rescale(o, alpha);
-      pack_p();
-    }
-    if (blocks > 0) {
-      const int last = (blocks - 1) % kStages;
-      fence_regs(o);
-      my_turn();
-      wgmma_fence();
-      issue_pv(last);
-      their_turn();
-      wgmma_wait<0>();
-      fence_regs(o);
-      release(last);
-    }
-    store_rows<T>(p, o, st, row, rows, s.q_start + m0, h);
   }
 }
 

@@ -71,9 +71,23 @@ void launch_fwd_sm90(const VarlenParams& p, cudaStream_t stream) {
                                            p.total_k > 0 ? p.v_head_stride : p.q_head_stride, Tiles::kBlockN, "v");
   auto kernel = varlen_fwd_sm90_kernel<T, D>;
   set_smem(kernel, Tiles::kSmemBytes);
-  kernel<<<tile_grid(p.num_sequences, p.max_seqlen_q, Tiles::kBlockM, p.heads_q), Tiles::kThreads, Tiles::kSmemBytes,
-           stream>>>(p, ScoreMap::from(p), tq, tk_map, tv_map);
-  check_cuda(cudaGetLastError(), "varlen_fwd_sm90_kernel launch");
+  // Persistent: one CTA per SM (224 KiB of shared memory allows no second), at most one per tile.
+  const TileOrder order{p.num_sequences, ceil_div(p.max_seqlen_q, Tiles::kBlockM), p.heads_q};
+  int device = 0, sms = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  const int64_t tiles = order.sequences * order.m_tiles * order.heads;
+  const unsigned grid = unsigned(tiles < sms ? tiles : sms);
+  // The tile counter: 8 stream-ordered bytes per call (the pool makes this cheap), zeroed on the
+  // stream and freed after the kernel, so concurrent calls on other streams never share one.
+  void* counter = nullptr;
+  check_cuda(cudaMallocAsync(&counter, sizeof(unsigned long long), stream), "cudaMallocAsync(tile counter)");
+  check_cuda(cudaMemsetAsync(counter, 0, sizeof(unsigned long long), stream), "cudaMemsetAsync(tile counter)");
+  kernel<<<grid, Tiles::kThreads, Tiles::kSmemBytes, stream>>>(
+      p, ScoreMap::from(p), order, static_cast<unsigned long long*>(counter), tq, tk_map, tv_map);
+  const cudaError_t launched = cudaGetLastError();
+  check_cuda(cudaFreeAsync(counter, stream), "cudaFreeAsync(tile counter)");
+  check_cuda(launched, "varlen_fwd_sm90_kernel launch");
 }
 
 }  // namespace scree::cuda_attention::sm90
