@@ -189,8 +189,10 @@ def main() -> None:
     ap.add_argument("--median", type=int, default=64)
     ap.add_argument("--sigma", type=float, default=1.0)
     ap.add_argument("--max-len", type=int, default=1024)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--intermediate", type=int, default=688)
+    # Defaults: hidden 256 on the CPU (head dim 32, fast there); on CUDA 1024 / 2752, i.e. head
+    # dim 128, which the CUDA kernels compile (head dim 32 would run the reference attention).
+    ap.add_argument("--hidden", type=int, default=None)
+    ap.add_argument("--intermediate", type=int, default=None)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--kv-heads", type=int, default=2)
@@ -206,6 +208,11 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(Path(args.worker).read_text()))))
         return
+    on_cuda = args.device.startswith("cuda")
+    if args.hidden is None:
+        args.hidden = 1024 if on_cuda else 256
+    if args.intermediate is None:
+        args.intermediate = 2752 if on_cuda else 688
     if args.quick:
         args.sequences, args.median, args.max_len = 8, 8, 64
         args.hidden, args.intermediate, args.layers, args.heads, args.kv_heads, args.vocab = 64, 96, 2, 4, 2, 128
