@@ -124,11 +124,13 @@ def forward(ns: ModuleType, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: 
 def backward(ns: ModuleType, dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, cu_q: Any, cu_k: Any,
              args: tuple) -> tuple[Any, Any, Any]:
     """(dq, dk, dv) from the compiled kernel; outputs, and the workspace the CUDA backward needs
-    (sized by scree._C.varlen_bwd_workspace_bytes, none on the CPU), allocated by `ns` like q."""
+    (sized by scree._C.cuda_bwd_workspace_bytes, none on the CPU), allocated by `ns` like q."""
     dt = ns.dtype_name(q)
     dq, dk, dv = (ns.empty(tuple(x.shape), dt, like=x) for x in (q, k, v))
     det = deterministic(ns)
-    nbytes = _C.varlen_bwd_workspace_bytes(q, k, v, cu_q, cu_k, *args, deterministic=det)
+    # Sized from the shapes (the C++ formula, as JAX sizes it): the arguments are checked once,
+    # by varlen_bwd below, not a second time on every backward.
+    nbytes = 0 if ns.is_host(q) else _C.cuda_bwd_workspace_bytes(q.shape[0], q.shape[1], q.shape[2], det)
     workspace = ns.empty((nbytes,), "uint8", like=q) if nbytes else None
     _C.varlen_bwd(ns.contiguous(dout), q, k, v, out, lse, cu_q, cu_k, dq, dk, dv, *args, deterministic=det,
                   workspace=workspace, stream=ns.stream(q))
