@@ -43,7 +43,8 @@ struct FwdTiles {
   static constexpr int kSmemBytes = kQBytes + 4 * kKVBytes;
 };
 
-template <class T, int D>
+// kFolded: ScoreMap::folds() (no softcap, scale > 0), see online_softmax.cuh.
+template <class T, int D, bool kFolded>
 __global__ void __launch_bounds__(128) varlen_fwd_kernel(const VarlenParams p, const ScoreMap score) {
   using Tiles = FwdTiles<D>;
   constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN, kR = Tiles::kRowTiles;
@@ -128,7 +129,7 @@ __global__ void __launch_bounds__(128) varlen_fwd_kernel(const VarlenParams p, c
     const int n0 = nb * kN;
     const bool full = n0 >= kb.full_lo && n0 + kN <= kb.full_hi;
 #pragma unroll
-    for (int t = 0; t < kR; ++t) softmax_step(acc_s[t], acc_o[t], st[t], vis[t], full, n0, score);
+    for (int t = 0; t < kR; ++t) softmax_step<kFolded>(acc_s[t], acc_o[t], st[t], vis[t], full, n0, score);
 
     // O += P V.
 #pragma unroll

@@ -32,10 +32,11 @@ template <class T, int D>
 void launch_fwd(const VarlenParams& p, cudaStream_t stream) {
   using Tiles = FwdTiles<D>;
   if (p.num_sequences == 0 || p.max_seqlen_q == 0 || p.heads_q == 0) return;
-  auto kernel = varlen_fwd_kernel<T, D>;
+  const ScoreMap score = ScoreMap::from(p);
+  auto kernel = score.folds() ? varlen_fwd_kernel<T, D, true> : varlen_fwd_kernel<T, D, false>;
   set_smem(kernel, Tiles::kSmemBytes);
   kernel<<<tile_grid(p.num_sequences, p.max_seqlen_q, Tiles::kBlockM, p.heads_q), Tiles::kThreads,
-           Tiles::kSmemBytes, stream>>>(p, ScoreMap::from(p));
+           Tiles::kSmemBytes, stream>>>(p, score);
   check_cuda(cudaGetLastError(), "varlen_fwd_kernel launch");
 }
 

@@ -1,10 +1,18 @@
 // The per-thread softmax of the forward kernels (sm80 and sm90), written once. A thread holds two
 // query rows (r = 0, 1: rows lane/4 and lane/4 + 8 of a 16-row tile) of a score tile s[NT][4] in
 // the m16n8 accumulator layout (n-tile j, element e: row e / 2, key 8j + 2(lane % 4) + e % 2),
-// and the matching output rows o[DT][4]. step(): scores -> scale/softcap -> mask -> running
+// and the matching output rows o[DT][4]. step(): q.k products -> scores -> mask -> running
 // max -> probabilities in s (ready to be packed as the A operand of P V) and O rescaled
 // (softmax_scores + rescale, which the Hopper kernel calls apart).
 // store(): O / l and lse = max + log(l); a row that saw no key gets 0 and -inf.
+//
+// This is the forward's inner loop on the CUDA cores, so its instruction count is the kernel's
+// speed once the tensor cores are fed (NOTES.md, issue 7: the Hopper kernel was issue-bound at
+// ~17 instructions a score). Hence: the running max is kept in base-2 units, so one FFMA gives the
+// exp2 argument (folding the scale in when kFolded: no softcap, scale > 0); exp2 is the bare
+// ex2.approx.ftz (exp2f adds a range check and two multiplies); the mask is a separate
+// instantiation used only on key blocks that need it, with 32-bit column tests; max and sum
+// run in two independent chains a row.
 #pragma once
 
 #include <cmath>
@@ -17,53 +25,79 @@
 namespace scree::cuda_attention {
 
 struct RowState {
-  float max[2] = {-INFINITY, -INFINITY};
+  float max[2] = {-INFINITY, -INFINITY};  // running max of the scores times log2(e)
   float sum[2] = {0.f, 0.f};  // per-thread partial sums; the 4 lanes of a row are added in store()
 };
 
-// n0: key index (in the sequence) of column 0 of s; full: no key of the tile is masked for any row.
-// Turns the scores in s into probabilities against the new running max and returns in alpha the
-// factor that rescales everything accumulated so far (output rows and sums); the sums are
-// rescaled here, the output by rescale() — separately, so that the Hopper kernel can compute the
-// next probabilities while the previous P V product is still in flight.
-template <int NT>
-__device__ __forceinline__ void softmax_scores(float (&s)[NT][4], RowState& st, const KeyRange (&vis)[2], bool full,
-                                               int n0, const ScoreMap& score, float (&alpha)[2]) {
-  const int lane = threadIdx.x % 32;
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Visible keys of a thread's two rows as column bounds relative to its first column in the block
+// (key n0 + 2 (lane % 4)): column 8 nt + (e % 2) of row r is kept iff lo[r] <= it < hi[r].
+struct ColMask {
+  int lo[2], hi[2];
+};
+__device__ __forceinline__ ColMask col_mask(const KeyRange (&vis)[2], int n0) {
+  const int c0 = n0 + 2 * (int(threadIdx.x) % 4);
+  return {{int(vis[0].lo) - c0, int(vis[1].lo) - c0}, {int(vis[0].hi) - c0, int(vis[1].hi) - c0}};
+}
+
+// kMask: some key of the block is masked for some row; kFolded: s holds q.k and the score is
+// ScoreMap::scale times it (ScoreMap::folds()); otherwise the full ScoreMap (softcap) is applied.
+template <bool kMask, bool kFolded, int NT>
+__device__ __forceinline__ void softmax_scores_impl(float (&s)[NT][4], RowState& st, const ColMask& mask,
+                                                    const ScoreMap& score, float (&alpha)[2]) {
+  // s * mult is the score in base-2 units (mult > 0, so maxima commute with it).
+  const float mult = kFolded ? score.scale_log2 : kLog2e;
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      float x = score(s[nt][e]);
-      if (!full) {
-        const int col = n0 + nt * 8 + (lane % 4) * 2 + (e & 1);
-        const KeyRange& r = vis[e >> 1];
-        if (col < r.lo || col >= r.hi) x = -INFINITY;
+      float x = kFolded ? s[nt][e] : score(s[nt][e]);
+      if (kMask) {
+        const int c = nt * 8 + (e & 1);
+        if (c < mask.lo[e >> 1] || c >= mask.hi[e >> 1]) x = -INFINITY;
       }
       s[nt][e] = x;
     }
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    float mx = st.max[r];
+    float m0 = -INFINITY, m1 = -INFINITY;
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-    mx = quad_max(mx);
+    for (int nt = 0; nt < NT; ++nt) m0 = fmaxf(m0, s[nt][2 * r]), m1 = fmaxf(m1, s[nt][2 * r + 1]);
+    const float mx = fmaxf(st.max[r], quad_max(fmaxf(m0, m1)) * mult);
     // A row that has seen no key yet keeps max -inf; subtract 0 then so exp gives 0, not NaN.
-    const float base = mx == -INFINITY ? 0.f : mx * kLog2e;
-    alpha[r] = exp2f(st.max[r] * kLog2e - base);
+    const float base = mx == -INFINITY ? 0.f : mx;
+    alpha[r] = exp2_ftz(st.max[r] - base);
     st.max[r] = mx;
-    float sum = 0.f;
+    float s0 = 0.f, s1 = 0.f;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-      for (int e = 2 * r; e < 2 * r + 2; ++e) {
-        s[nt][e] = exp2f(s[nt][e] * kLog2e - base);
-        sum += s[nt][e];
-      }
+      s[nt][2 * r] = exp2_ftz(fmaf(s[nt][2 * r], mult, -base));
+      s[nt][2 * r + 1] = exp2_ftz(fmaf(s[nt][2 * r + 1], mult, -base));
+      s0 += s[nt][2 * r];
+      s1 += s[nt][2 * r + 1];
     }
-    st.sum[r] = st.sum[r] * alpha[r] + sum;
+    st.sum[r] = st.sum[r] * alpha[r] + (s0 + s1);
   }
+}
+
+// n0: key index (in the sequence) of column 0 of s; full: no key of the tile is masked for any row.
+// Turns the scores in s into probabilities against the new running max and returns in alpha the
+// factor that rescales everything accumulated so far (output rows and sums); the sums are
+// rescaled here, the output by rescale() — separately, so that the Hopper kernel can compute the
+// next probabilities while the previous P V product is still in flight.
+template <bool kFolded, int NT>
+__device__ __forceinline__ void softmax_scores(float (&s)[NT][4], RowState& st, const KeyRange (&vis)[2], bool full,
+                                               int n0, const ScoreMap& score, float (&alpha)[2]) {
+  if (full)
+    softmax_scores_impl<false, kFolded>(s, st, ColMask{}, score, alpha);
+  else
+    softmax_scores_impl<true, kFolded>(s, st, col_mask(vis, n0), score, alpha);
 }
 
 template <int DT>
@@ -74,11 +108,11 @@ __device__ __forceinline__ void rescale(float (&o)[DT][4], const float (&alpha)[
     for (int dt = 0; dt < DT; ++dt) o[dt][2 * r] *= alpha[r], o[dt][2 * r + 1] *= alpha[r];
 }
 
-template <int NT, int DT>
+template <bool kFolded, int NT, int DT>
 __device__ __forceinline__ void softmax_step(float (&s)[NT][4], float (&o)[DT][4], RowState& st,
                                              const KeyRange (&vis)[2], bool full, int n0, const ScoreMap& score) {
   float alpha[2];
-  softmax_scores(s, st, vis, full, n0, score, alpha);
+  softmax_scores<kFolded>(s, st, vis, full, n0, score, alpha);
   rescale(o, alpha);
 }
 
@@ -98,7 +132,7 @@ __device__ __forceinline__ void store_rows(const VarlenParams& p, const float (&
 #pragma unroll
     for (int dt = 0; dt < DT; ++dt)
       *reinterpret_cast<uint32_t*>(out + dt * 8) = pack2<T>(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
-    if (p.lse != nullptr && lane % 4 == 0) p.lse[h * p.total_q + tok] = l > 0.f ? st.max[r] + logf(l) : -INFINITY;
+    if (p.lse != nullptr && lane % 4 == 0) p.lse[h * p.total_q + tok] = l > 0.f ? st.max[r] * kLn2 + logf(l) : -INFINITY;
   }
 }
 

@@ -75,7 +75,8 @@ struct TileOrder {
   }
 };
 
-template <class T, int D>
+// kFolded: ScoreMap::folds() (no softcap, scale > 0), see online_softmax.cuh.
+template <class T, int D, bool kFolded>
 __global__ void __launch_bounds__(384, 1)
     varlen_fwd_sm90_kernel(const VarlenParams p, const ScoreMap score, const TileOrder order,
                            unsigned long long* tile_counter,
@@ -253,7 +254,7 @@ __global__ void __launch_bounds__(384, 1)
         wgmma_wait<0>();
         fence_regs(sacc);
         if (blocks == 1) mbar_arrive(q_empty);
-        softmax_scores(sacc, st, vis, is_full(x.kb.begin), x.kb.begin * kN, score, alpha);  // O is still 0
+        softmax_scores<kFolded>(sacc, st, vis, is_full(x.kb.begin), x.kb.begin * kN, score, alpha);  // O is still 0
         pack_p();
         ++it;
       }
@@ -271,7 +272,7 @@ __global__ void __launch_bounds__(384, 1)
         wgmma_wait<1>();  // S(i) is done (groups complete in order); P(i-1) V(i-1) may still run
         fence_regs(sacc);
         if (i == blocks - 1) mbar_arrive(q_empty);
-        softmax_scores(sacc, st, vis, is_full(nb), nb * kN, score, alpha);
+        softmax_scores<kFolded>(sacc, st, vis, is_full(nb), nb * kN, score, alpha);
         wgmma_wait<0>();
         fence_regs(o);
         release(prev);

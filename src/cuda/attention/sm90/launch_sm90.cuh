@@ -69,7 +69,8 @@ void launch_fwd_sm90(const VarlenParams& p, cudaStream_t stream) {
   const CUtensorMap tv_map = tensor_map<T>(vbase, tk, p.total_k > 0 ? p.heads_k : p.heads_q, D,
                                            p.total_k > 0 ? p.v_row_stride : p.q_row_stride,
                                            p.total_k > 0 ? p.v_head_stride : p.q_head_stride, Tiles::kBlockN, "v");
-  auto kernel = varlen_fwd_sm90_kernel<T, D>;
+  const ScoreMap score = ScoreMap::from(p);
+  auto kernel = score.folds() ? varlen_fwd_sm90_kernel<T, D, true> : varlen_fwd_sm90_kernel<T, D, false>;
   set_smem(kernel, Tiles::kSmemBytes);
   // Persistent: one CTA per SM (224 KiB of shared memory allows no second), at most one per tile.
   const TileOrder order{p.num_sequences, ceil_div(p.max_seqlen_q, Tiles::kBlockM), p.heads_q};
@@ -84,7 +85,7 @@ void launch_fwd_sm90(const VarlenParams& p, cudaStream_t stream) {
   check_cuda(cudaMallocAsync(&counter, sizeof(unsigned long long), stream), "cudaMallocAsync(tile counter)");
   check_cuda(cudaMemsetAsync(counter, 0, sizeof(unsigned long long), stream), "cudaMemsetAsync(tile counter)");
   kernel<<<grid, Tiles::kThreads, Tiles::kSmemBytes, stream>>>(
-      p, ScoreMap::from(p), order, static_cast<unsigned long long*>(counter), tq, tk_map, tv_map);
+      p, score, order, static_cast<unsigned long long*>(counter), tq, tk_map, tv_map);
   const cudaError_t launched = cudaGetLastError();
   check_cuda(cudaFreeAsync(counter, stream), "cudaFreeAsync(tile counter)");
   check_cuda(launched, "varlen_fwd_sm90_kernel launch");
