@@ -9,7 +9,7 @@ within one batch; causal (bottom-right) and not; GQA 1, 2, 8 and MQA; sliding wi
 both sides, causal + left); softcap; custom scale; lse; zero sequences; 500 sequences; the forward
 through both CUDA kernels (SCREE_CUDA_PATH=sm90: Hopper's on sm_90 where compiled; =sm80); direct
 scree._C calls into NaN-poisoned outputs (every element written, rows with no visible key 0 with
-lse -inf, keys nobody sees get zero gradients); backward in default and deterministic
+lse -inf, keys nobody sees get zero gradients); row maxima that keep moving (lazy rescaling); backward in default and deterministic
 (SCREE_DETERMINISTIC=1, read at call time: two runs bit-identical) mode; FA-2 (aten varlen op) on
 the same inputs where it supports the case; torch.compile(fullgraph=True) forward and backward;
 no device synchronisation for Arrays with host bookkeeping; bad input (typed errors, documented
@@ -157,6 +157,32 @@ def test_gqa_forward_backward(dtype, d, heads, causal):
     lq, lk = [64, 1, 0, 131, 9], [64, 5, 3, 131, 200]
     run_case(lq, lk, *heads, d, dtype, {"causal": causal}, backward=True, what=f"gqa {heads} {dtype} d{d}",
              paths=("sm90", "sm80"))
+
+
+# ---- running max that keeps moving (the kernels' lazy rescaling) --------------------------------
+@pytest.mark.parametrize("opts", [{}, {"causal": True}, {"softcap": 30.0}], ids=["plain", "causal", "softcap"])
+@pytest.mark.parametrize("d", HEAD_DIMS)
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+def test_drifting_row_maxima(dtype, d, opts):
+    """Keys whose scores grow along the sequence (gently, then in jumps), so a row's running max moves
+    by less than the kernels' rescaling threshold (2^8) on some key blocks and by more on others; and
+    a sequence where the largest scores come first (the max never moves after block 0)."""
+    seed = fresh_seed()
+    lq, lk = [700, 300, 33], [1000, 300, 500]
+    q, k, v = random_qkv(lq, lk, 4, 2, d, d, dtype, DEV, seed)
+    expect_kernel(q, k, v)
+    pos = torch.cat([torch.arange(n, device=DEV, dtype=torch.float32) for n in lk])
+    seq = torch.repeat_interleave(torch.arange(len(lk), device=DEV), torch.tensor(lk, device=DEV))
+    gain = torch.where(seq == 0, 1 + pos / 150 + 3 * (pos >= 640), torch.where(seq == 1, 1 + pos / 100, 4 - pos / 200))
+    k = k.with_values((k.values.float() * gain[:, None, None]).to(dtype))
+    v = k.with_values(v.values)
+    dout = random_values((q.total, 4, d), dtype, DEV, generator(seed + 1, DEV))
+    ref64, low = reference_pair(q, k, v, dout, opts)
+    for path in ("sm90", "sm80"):
+        with cuda_path(path):
+            got = fwd_grads(scree.varlen_attention, q, k, v, dout, opts)
+        check_against_references(f"drifting maxima [{path} forward]", got, ref64, low, seed,
+                                 softcap=bool(opts.get("softcap")))
 
 
 # ---- batches: many sequences, zero sequences, all empty ----------------------------------------

@@ -115,17 +115,16 @@ bool sm90_compiled(DType dtype, int64_t head_dim) {
   return false;
 }
 
-// The Hopper forward serves p when compiled for its type and head dim and the device is sm_90;
-// by default only at head dim 128, where it is the faster one (H200, benchmarks/NOTES.md: mix d128
-// 320-350 vs 230 TFLOP/s; at d64 it loses on short sequences, 103 vs 141, and ties on mixed).
+// The Hopper forward serves p when compiled for its type and head dim (64, 128) and the device is
+// sm_90: since the softmax rewrite it is the faster one at both (H200, benchmarks/NOTES.md: mix
+// d128 566 vs 268 TFLOP/s, mix d64 387 vs 248; short d64 166 vs 173, within 5%).
 // SCREE_CUDA_PATH=sm80 forces the portable kernel, =sm90 the Hopper one wherever it is compiled
 // (tests run both on one card).
 bool use_sm90(const VarlenParams& p) {
   if (!sm90_compiled(p.dtype, p.head_dim) || device_major() != 9) return false;
   const char* forced = std::getenv("SCREE_CUDA_PATH");
   if (forced != nullptr && std::string(forced) == "sm80") return false;
-  if (forced != nullptr && std::string(forced) == "sm90") return true;
-  return p.head_dim == 128;
+  return true;
 }
 
 bool compiled(DType dtype, int64_t head_dim) {

@@ -22,6 +22,17 @@
 #include "scores.cuh"
 #include "varlen_tile.cuh"
 
+// Lazy rescaling: a row keeps its old running max until the new one exceeds it by more than
+// SCREE_RESCALE_THRESHOLD (base-2 units), so probabilities reach at most 2^8 = 256 before the
+// final division (exact in fp32 accumulators and no worse in bf16/fp16 P, whose relative precision
+// does not depend on size); O and the sum share the stale max, so the result is the same math.
+// O is rescaled only when some row of the warp moved its max (a warp vote): after the first blocks
+// of a long row that is rare. Measured on an H200 (NOTES.md, same call): mix d128 537 -> 579
+// TFLOP/s, short d128 causal 114 -> 130. 0 = move the max on every increase (still voting).
+#ifndef SCREE_RESCALE_THRESHOLD
+#define SCREE_RESCALE_THRESHOLD 8
+#endif
+
 namespace scree::cuda_attention {
 
 struct RowState {
@@ -48,10 +59,11 @@ __device__ __forceinline__ ColMask col_mask(const KeyRange (&vis)[2], int n0) {
 // kMask: some key of the block is masked for some row; kFolded: s holds q.k and the score is
 // ScoreMap::scale times it (ScoreMap::folds()); otherwise the full ScoreMap (softcap) is applied.
 template <bool kMask, bool kFolded, int NT>
-__device__ __forceinline__ void softmax_scores_impl(float (&s)[NT][4], RowState& st, const ColMask& mask,
+__device__ __forceinline__ bool softmax_scores_impl(float (&s)[NT][4], RowState& st, const ColMask& mask,
                                                     const ScoreMap& score, float (&alpha)[2]) {
   // s * mult is the score in base-2 units (mult > 0, so maxima commute with it).
   const float mult = kFolded ? score.scale_log2 : kLog2e;
+  bool moved = false;
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
@@ -69,10 +81,12 @@ __device__ __forceinline__ void softmax_scores_impl(float (&s)[NT][4], RowState&
     float m0 = -INFINITY, m1 = -INFINITY;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) m0 = fmaxf(m0, s[nt][2 * r]), m1 = fmaxf(m1, s[nt][2 * r + 1]);
-    const float mx = fmaxf(st.max[r], quad_max(fmaxf(m0, m1)) * mult);
+    float mx = fmaxf(st.max[r], quad_max(fmaxf(m0, m1)) * mult);
+    if (SCREE_RESCALE_THRESHOLD > 0 && !(mx > st.max[r] + float(SCREE_RESCALE_THRESHOLD))) mx = st.max[r];
+    moved |= mx != st.max[r];
     // A row that has seen no key yet keeps max -inf; subtract 0 then so exp gives 0, not NaN.
     const float base = mx == -INFINITY ? 0.f : mx;
-    alpha[r] = exp2_ftz(st.max[r] - base);
+    alpha[r] = mx == st.max[r] ? 1.f : exp2_ftz(st.max[r] - base);
     st.max[r] = mx;
     float s0 = 0.f, s1 = 0.f;
 #pragma unroll
@@ -84,20 +98,20 @@ __device__ __forceinline__ void softmax_scores_impl(float (&s)[NT][4], RowState&
     }
     st.sum[r] = st.sum[r] * alpha[r] + (s0 + s1);
   }
+  return __any_sync(0xffffffffu, moved);
 }
 
 // n0: key index (in the sequence) of column 0 of s; full: no key of the tile is masked for any row.
 // Turns the scores in s into probabilities against the new running max and returns in alpha the
 // factor that rescales everything accumulated so far (output rows and sums); the sums are
 // rescaled here, the output by rescale() — separately, so that the Hopper kernel can compute the
-// next probabilities while the previous P V product is still in flight.
+// next probabilities while the previous P V product is still in flight. Returns false when O needs
+// no rescaling (alpha is 1 for every row of the warp; warp-uniform).
 template <bool kFolded, int NT>
-__device__ __forceinline__ void softmax_scores(float (&s)[NT][4], RowState& st, const KeyRange (&vis)[2], bool full,
+__device__ __forceinline__ bool softmax_scores(float (&s)[NT][4], RowState& st, const KeyRange (&vis)[2], bool full,
                                                int n0, const ScoreMap& score, float (&alpha)[2]) {
-  if (full)
-    softmax_scores_impl<false, kFolded>(s, st, ColMask{}, score, alpha);
-  else
-    softmax_scores_impl<true, kFolded>(s, st, col_mask(vis, n0), score, alpha);
+  if (full) return softmax_scores_impl<false, kFolded>(s, st, ColMask{}, score, alpha);
+  return softmax_scores_impl<true, kFolded>(s, st, col_mask(vis, n0), score, alpha);
 }
 
 template <int DT>
@@ -112,8 +126,7 @@ template <bool kFolded, int NT, int DT>
 __device__ __forceinline__ void softmax_step(float (&s)[NT][4], float (&o)[DT][4], RowState& st,
                                              const KeyRange (&vis)[2], bool full, int n0, const ScoreMap& score) {
   float alpha[2];
-  softmax_scores<kFolded>(s, st, vis, full, n0, score, alpha);
-  rescale(o, alpha);
+  if (softmax_scores<kFolded>(s, st, vis, full, n0, score, alpha)) rescale(o, alpha);
 }
 
 // Writes this thread's two rows: row_in_tile[r] (skipped when >= rows), token index of tile row 0

@@ -25,34 +25,38 @@
 #include "ptx.cuh"
 #include "wgmma.cuh"
 
-// K/V ring depth: 0 = the default of FwdTiles (3 at D = 128, 4 at D = 64); other values for
-// experiments. Measured on an H200 (benchmarks/NOTES.md): 3 stages instead of 2 at D = 128 took
-// mix d128 from 288 to 349 TFLOP/s.
+// K/V ring depth: 0 = as many as fit (FwdTiles, at most 4); other values for experiments.
+// Measured on an H200 (benchmarks/NOTES.md): 3 stages instead of 2 at D = 128 took mix d128 from
+// 288 to 349 TFLOP/s.
 #ifndef SCREE_SM90_STAGES
 #define SCREE_SM90_STAGES 0
 #endif
 #ifndef SCREE_SM90_PINGPONG
 #define SCREE_SM90_PINGPONG 1
 #endif
-
 namespace scree::cuda_attention::sm90 {
 
 template <int D>
 struct FwdTiles {
   static constexpr int kBlockM = 128;  // 2 consumer warpgroups x 64 rows
-  static constexpr int kBlockN = 128;  // S is 64 x 128 per warpgroup: 64 fp32 registers a thread
-  // K/V ring depth. D = 128: Q 32 KiB + 3 x 64 KiB = 224 KiB fits the 227 KiB opt-in limit;
-  // D = 64: Q 16 KiB + 4 x 32 KiB = 144 KiB.
-  static constexpr int kStages = SCREE_SM90_STAGES > 0 ? SCREE_SM90_STAGES : (D <= 64 ? 4 : 3);
+  // S is 64 x 128 per warpgroup: 64 fp32 registers a thread. 176 keys (FA-3's choice at D = 128,
+  // which leaves room for 2 stages) measured 25% slower on an H200 (NOTES.md).
+  static constexpr int kBlockN = 128;
   static constexpr int kThreads = 384;
   static constexpr int kSlabBytesQ = kBlockM * 128;   // one 64-column slab of the Q tile
   static constexpr int kSlabBytesKV = kBlockN * 128;  // one 64-column slab of a K or V tile
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kKVBytes = kBlockN * D * 2;
+  // K/V ring depth: as many stages as the 227 KiB opt-in limit takes, at most 4. D = 128: Q 32 KiB
+  // + 3 x 64 KiB = 224 KiB; D = 64: Q 16 KiB + 4 x 32 KiB = 144 KiB.
+  static constexpr int kSmemLimit = 227 * 1024;
+  static constexpr int kFitStages = (kSmemLimit - 1024 - kQBytes - 128) / (2 * kKVBytes);
+  static constexpr int kStages = SCREE_SM90_STAGES > 0 ? SCREE_SM90_STAGES : (kFitStages < 4 ? kFitStages : 4);
   // Shared memory: Q + stages x (K + V) + barriers, plus 1 KiB to align the base to 1024 bytes
   // (the 128-byte swizzle atom).
   static constexpr int kBarrierBytes = 8 * (2 + 2 * kStages) + 2 * 8;  // + the two tile slots
   static constexpr int kSmemBytes = kQBytes + kStages * 2 * kKVBytes + kBarrierBytes + 1024;
+  static_assert(kStages >= 2 && kSmemBytes <= kSmemLimit, "the K/V ring does not fit shared memory");
 };
 
 // Persistent schedule: one CTA per SM; the producer thread takes the next tile of the order
@@ -272,11 +276,11 @@ __global__ void __launch_bounds__(384, 1)
         wgmma_wait<1>();  // S(i) is done (groups complete in order); P(i-1) V(i-1) may still run
         fence_regs(sacc);
         if (i == blocks - 1) mbar_arrive(q_empty);
-        softmax_scores<kFolded>(sacc, st, vis, is_full(nb), nb * kN, score, alpha);
+        const bool moved = softmax_scores<kFolded>(sacc, st, vis, is_full(nb), nb * kN, score, alpha);
         wgmma_wait<0>();
         fence_regs(o);
         release(prev);
-        rescale(o, alpha);
+        if (moved) rescale(o, alpha);
         pack_p();
       }
       if (blocks > 0) {
