@@ -4,7 +4,8 @@
 // and the matching output rows o[DT][4]. step(): q.k products -> scores -> mask -> running
 // max -> probabilities in s (ready to be packed as the A operand of P V) and O rescaled
 // (softmax_scores + rescale, which the Hopper kernel calls apart).
-// store(): O / l and lse = max + log(l); a row that saw no key gets 0 and -inf.
+// store(): O / l and lse = max ln(2) + log(l) (the max is kept in base-2 units); a row that saw no
+// key gets 0 and -inf.
 //
 // This is the forward's inner loop on the CUDA cores, so its instruction count is the kernel's
 // speed once the tensor cores are fed (NOTES.md, issue 7: the Hopper kernel was issue-bound at
@@ -27,8 +28,9 @@
 // final division (exact in fp32 accumulators and no worse in bf16/fp16 P, whose relative precision
 // does not depend on size); O and the sum share the stale max, so the result is the same math.
 // O is rescaled only when some row of the warp moved its max (a warp vote): after the first blocks
-// of a long row that is rare. Measured on an H200 (NOTES.md, same call): mix d128 537 -> 579
-// TFLOP/s, short d128 causal 114 -> 130. 0 = move the max on every increase (still voting).
+// of a long row that is rare. Measured on an H200 (NOTES.md): in one call mix d128 537 -> 579
+// TFLOP/s and short d128 causal 114 -> 130; a second call put the difference within its ~5%
+// noise. 0 = move the max on every increase (still voting).
 #ifndef SCREE_RESCALE_THRESHOLD
 #define SCREE_RESCALE_THRESHOLD 8
 #endif

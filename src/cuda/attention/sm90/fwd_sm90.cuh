@@ -34,6 +34,7 @@
 #ifndef SCREE_SM90_PINGPONG
 #define SCREE_SM90_PINGPONG 1
 #endif
+
 namespace scree::cuda_attention::sm90 {
 
 template <int D>
