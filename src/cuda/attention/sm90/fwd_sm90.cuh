@@ -138,15 +138,13 @@ __global__ void __launch_bounds__(384, 1)
       // The first tile is the CTA's own index; later ones come from the counter.
       auto next = [&](int64_t) { return int64_t(gridDim.x) + int64_t(atomicAdd(tile_counter, 1ull)); };
       int it = 0;
-      int64_t t = blockIdx.x;
+      int64_t t = blockIdx.x, reserved = 0;
       for (int j = 0;; ++j) {
-        if (j > 0) {
-          mbar_wait(q_empty, (j - 1) & 1);  // the previous tile's Q (and its slot) is no longer read
-          t = next(t);
-        }
+        if (j > 0) t = reserved;
         Tile x;
         bool found = false;
         while (t < tiles && !(found = tile_at(t, x))) t = next(t);
+        if (j > 0) mbar_wait(q_empty, (j - 1) & 1);  // the previous tile's Q (and its slot) is no longer read
         tile_slot[j & 1] = found ? t : -1;  // published by the arrive below (release semantics)
         if (!found) {
           mbar_arrive(bar_q);  // completes the phase with no bytes: the consumers read -1 and stop
@@ -156,6 +154,10 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
         for (int slab = 0; slab < D / 64; ++slab)
           tma_load_3d(sQ + slab * Tiles::kSlabBytesQ, &tm_q, slab * 64, x.h, int(x.s.q_start + x.m0), bar_q);
+        // Reserve the next tile now, so that the counter's round trip and the next tile's offsets
+        // (read above, before the q_empty wait) overlap this tile's loads instead of sitting between
+        // two tiles: a short sequence's tile lasts only a few microseconds.
+        reserved = next(t);
         for (int nb = x.kb.begin; nb < x.kb.end; ++nb, ++it) {
           const int stage = it % kStages;
           if (it >= kStages) mbar_wait(&empty[stage], ((it / kStages) & 1) ^ 1);  // consumers freed it
