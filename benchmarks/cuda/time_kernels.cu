@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <random>
 #include <string>
 #include <vector>
@@ -111,25 +112,30 @@ void run(const Workload& w) {
   p.dq = dq, p.dk = dk, p.dv = dv, p.lse_in = lse;
   p.dq_row_stride = p.dk_row_stride = p.dv_row_stride = int64_t(H) * w.d;
   p.dq_head_stride = p.dk_head_stride = p.dv_head_stride = w.d;
-  const size_t ws_bytes = scree::attention::varlen_bwd_cuda_workspace_bytes(p, false);
+  const size_t ws_bytes = scree::attention::varlen_bwd_cuda_workspace_bytes(p, true);  // the larger one
   CHECK(cudaMalloc(&ws, ws_bytes));
 
-  setenv("SCREE_CUDA_PATH", "sm90", 1);  // time the Hopper kernel wherever it can run
+  // Each kernel on both paths where the card has the Hopper one (SCREE_CUDA_PATH forces a path).
+  auto on = [&](const char* path, auto&& f) {
+    setenv("SCREE_CUDA_PATH", path, 1);
+    const float ms = median_ms(f);
+    unsetenv("SCREE_CUDA_PATH");
+    return ms;
+  };
+  setenv("SCREE_CUDA_PATH", "sm90", 1);
   const std::string path = scree::attention::cuda_forward_path(p);
-  float fwd_sm80 = 0;
-  if (path != "sm80") {
-    setenv("SCREE_CUDA_PATH", "sm80", 1);
-    fwd_sm80 = median_ms([&] { scree::attention::varlen_fwd_cuda(p, nullptr); });
-    setenv("SCREE_CUDA_PATH", "sm90", 1);
-  }
-  const float fwd = median_ms([&] { scree::attention::varlen_fwd_cuda(p, nullptr); });
   unsetenv("SCREE_CUDA_PATH");
-  const float bwd = median_ms([&] { scree::attention::varlen_bwd_cuda(p, ws, ws_bytes, false, nullptr); });
-  const float bwd_det = median_ms([&] { scree::attention::varlen_bwd_cuda(p, ws, ws_bytes, true, nullptr); });
-  std::printf("%-20s seqs %4zu  fwd[%s] %7.3f ms %6.1f TFLOP/s | fwd[sm80] %6.1f | bwd %6.1f | bwd det %6.1f\n",
-              w.name.c_str(), L.size(), path.c_str(), fwd, flops / fwd / 1e9,
-              fwd_sm80 > 0 ? flops / fwd_sm80 / 1e9 : flops / fwd / 1e9, 2.5 * flops / bwd / 1e9,
-              2.5 * flops / bwd_det / 1e9);
+  auto fwd = [&] { scree::attention::varlen_fwd_cuda(p, nullptr); };
+  auto bwd = [&] { scree::attention::varlen_bwd_cuda(p, ws, ws_bytes, false, nullptr); };
+  auto bwd_det = [&] { scree::attention::varlen_bwd_cuda(p, ws, ws_bytes, true, nullptr); };
+  const float f90 = on(path.c_str(), fwd), f80 = path != "sm80" ? on("sm80", fwd) : f90;
+  const float b90 = on(path.c_str(), bwd), b80 = path != "sm80" ? on("sm80", bwd) : b90;
+  const float bdet = on(path.c_str(), bwd_det);
+  const double bf = 2.5 * flops / 1e9;
+  std::printf("%-20s seqs %4zu  fwd[%s] %7.3f ms %6.1f TFLOP/s | fwd[sm80] %6.1f | bwd[%s] %7.3f ms %6.1f | "
+              "bwd[sm80] %6.1f | bwd det[%s] %6.1f\n",
+              w.name.c_str(), L.size(), path.c_str(), f90, flops / f90 / 1e9, flops / f80 / 1e9, path.c_str(), b90,
+              bf / b90, bf / b80, path.c_str(), bf / bdet);
   for (void* ptr : {q, k, v, o, g, dq, dk, dv, cu, ws}) cudaFree(ptr);
   cudaFree(lse);
 }
@@ -149,6 +155,11 @@ int main(int argc, char** argv) {
   for (const auto& w : all) {
     bool pick = argc == 1;
     for (int i = 1; i < argc; ++i) pick |= w.name.find(argv[i]) != std::string::npos;
-    if (pick) run(w);
+    if (!pick) continue;
+    try {
+      run(w);
+    } catch (const std::exception& e) {
+      std::printf("%-20s FAILED: %s\n", w.name.c_str(), e.what());
+    }
   }
 }

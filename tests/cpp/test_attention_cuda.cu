@@ -1,8 +1,9 @@
 // CUDA attention (forward; backward in both modes) against the CPU kernels run in float64 on the
 // same bf16/fp16-rounded inputs, with FlashAttention's tolerance rule: the CUDA error against the
 // fp64 result may be at most 2x (3x for gradients) the error of the CPU kernel computing in the
-// input dtype, plus a small absolute term. Outputs are poisoned (NaN) before each run, so an
-// unwritten element fails. The forward runs on both paths of an sm_90 card (Hopper and portable).
+// input dtype, plus a small absolute term. Outputs (and the backward's workspace) are poisoned
+// (NaN) before each run, so an unwritten element fails. Forward and backward run on both paths of
+// an sm_90 card (Hopper and portable); deterministic runs are compared bit for bit.
 // Cases: lengths 0, 1, odd, longer than a tile, q/k lengths differing,
 // causal (bottom-right), windows, softcap, GQA/MQA, many sequences. Skips without a GPU.
 #include <cuda_bf16.h>
@@ -178,17 +179,18 @@ void run_case(const Case& c, DType dtype, uint32_t seed) {
   p.dtype = dtype;
   p.q = dq_.ptr, p.k = dk_.ptr, p.v = dv_.ptr, p.out = dout.ptr, p.lse = dlse.ptr;
   p.cu_seqlens_q = {dcq.ptr, false}, p.cu_seqlens_k = {dck.ptr, false};
-  // The forward on every path this card has: the Hopper kernel where it applies, and the portable
-  // one (SCREE_CUDA_PATH=sm80); the backward then uses the last forward's lse.
+  // Every path this card has: the Hopper kernels where they apply, and the portable ones
+  // (SCREE_CUDA_PATH=sm80); each path's backward runs on its own forward's lse.
   setenv("SCREE_CUDA_PATH", "sm90", 1);
   std::vector<std::string> paths{scree::attention::cuda_forward_path(p)};  // "sm90" where it can run
+  unsetenv("SCREE_CUDA_PATH");
   if (paths[0] != "sm80") paths.push_back("sm80");
   for (const std::string& path : paths) {
-    SCOPED_TRACE("forward path " + path);
+    SCOPED_TRACE("path " + path);
     setenv("SCREE_CUDA_PATH", path.c_str(), 1);
+    p.out = dout.ptr, p.lse = dlse.ptr, p.dout = nullptr, p.lse_in = nullptr;
     dout.poison(), dlse.poison();
     scree::attention::varlen_fwd_cuda(p, nullptr);
-    unsetenv("SCREE_CUDA_PATH");
     CUDA_OK(cudaDeviceSynchronize());
 
     const auto out = widen(dout.download());
@@ -203,37 +205,41 @@ void run_case(const Case& c, DType dtype, uint32_t seed) {
         ASSERT_NEAR(lse[i], r, 2e-2 + 2e-3 * std::fabs(r)) << "lse[" << i << "]";
       }
     }
-  }
 
-  for (bool deterministic : {false, true}) {
-    p.dout = dg.ptr, p.lse_in = dlse.ptr, p.lse = nullptr;
-    p.dq = ddq.ptr, p.dk = ddk.ptr, p.dv = ddv.ptr;
-    ddq.poison(), ddk.poison(), ddv.poison();
-    const size_t ws_bytes = scree::attention::varlen_bwd_cuda_workspace_bytes(p, deterministic);
-    DeviceBuf<char> ws(ws_bytes);
-    scree::attention::varlen_bwd_cuda(p, ws.ptr, ws_bytes, deterministic, nullptr);
-    CUDA_OK(cudaDeviceSynchronize());
-    struct {
-      const char* name;
-      std::vector<double> got;
-      const std::vector<double>& want;
-      std::vector<double> base;
-    } grads[] = {{"dq", widen(ddq.download()), ref.dq, widen(low.dq)},
-                 {"dk", widen(ddk.download()), ref.dk, widen(low.dk)},
-                 {"dv", widen(ddv.download()), ref.dv, widen(low.dv)}};
-    for (auto& gr : grads) {
-      const double e = max_err(gr.got, gr.want), eb = max_err(gr.base, gr.want);
-      EXPECT_LE(e, 3 * eb + 2e-3) << gr.name << (deterministic ? " (deterministic)" : "") << ": cuda error " << e
-                                  << ", low-precision CPU error " << eb;
-    }
-    if (deterministic) {  // a second run gives the same bits
-      const auto first = ddq.download();
-      ddq.poison();
-      scree::attention::varlen_bwd_cuda(p, ws.ptr, ws_bytes, true, nullptr);
+    for (bool deterministic : {false, true}) {
+      p.dout = dg.ptr, p.lse_in = dlse.ptr, p.lse = nullptr;
+      p.dq = ddq.ptr, p.dk = ddk.ptr, p.dv = ddv.ptr;
+      ddq.poison(), ddk.poison(), ddv.poison();
+      const size_t ws_bytes = scree::attention::varlen_bwd_cuda_workspace_bytes(p, deterministic);
+      DeviceBuf<char> ws(ws_bytes);
+      ws.poison();  // the kernels must initialise what they read
+      scree::attention::varlen_bwd_cuda(p, ws.ptr, ws_bytes, deterministic, nullptr);
       CUDA_OK(cudaDeviceSynchronize());
-      const auto second = ddq.download();
-      EXPECT_EQ(0, std::memcmp(first.data(), second.data(), first.size() * sizeof(T))) << "deterministic dq differs";
+      struct {
+        const char* name;
+        std::vector<double> got;
+        const std::vector<double>& want;
+        std::vector<double> base;
+      } grads[] = {{"dq", widen(ddq.download()), ref.dq, widen(low.dq)},
+                   {"dk", widen(ddk.download()), ref.dk, widen(low.dk)},
+                   {"dv", widen(ddv.download()), ref.dv, widen(low.dv)}};
+      for (auto& gr : grads) {
+        const double e = max_err(gr.got, gr.want), eb = max_err(gr.base, gr.want);
+        EXPECT_LE(e, 3 * eb + 2e-3) << gr.name << (deterministic ? " (deterministic)" : "") << ": cuda error " << e
+                                    << ", low-precision CPU error " << eb;
+      }
+      if (deterministic) {  // a second run gives the same bits
+        const auto first_dq = ddq.download(), first_dk = ddk.download(), first_dv = ddv.download();
+        ddq.poison(), ddk.poison(), ddv.poison(), ws.poison();
+        scree::attention::varlen_bwd_cuda(p, ws.ptr, ws_bytes, true, nullptr);
+        CUDA_OK(cudaDeviceSynchronize());
+        const auto dq2 = ddq.download(), dk2 = ddk.download(), dv2 = ddv.download();
+        EXPECT_EQ(0, std::memcmp(first_dq.data(), dq2.data(), dq2.size() * sizeof(T))) << "deterministic dq differs";
+        EXPECT_EQ(0, std::memcmp(first_dk.data(), dk2.data(), dk2.size() * sizeof(T))) << "deterministic dk differs";
+        EXPECT_EQ(0, std::memcmp(first_dv.data(), dv2.data(), dv2.size() * sizeof(T))) << "deterministic dv differs";
+      }
     }
+    unsetenv("SCREE_CUDA_PATH");
   }
 }
 
@@ -253,6 +259,10 @@ std::vector<Named> cases(int64_t d) {
       {"window", {{150, 90}, {150, 120}, 2, 1, d, false, 20, 5}},
       {"causal_left", {{257}, {257}, 2, 2, d, true, 31}},
       {"softcap", {{96, 40}, {96, 70}, 2, 2, d, false, -1, -1, 5.0}},
+      // Several key tiles and query blocks per sequence (the Hopper backward walks both).
+      {"long_causal_gqa", {{700, 513}, {700, 513}, 4, 2, d, true}},
+      {"long_q_ne_k", {{1000, 3, 260}, {257, 900, 260}, 2, 1, d}},
+      {"long_window_softcap", {{600}, {600}, 2, 2, d, true, 150, -1, 20.0}},
   };
   std::vector<int64_t> many_q, many_k;
   for (int i = 0; i < 300; ++i) many_q.push_back((i * 37) % 23), many_k.push_back((i * 37) % 23);

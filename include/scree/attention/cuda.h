@@ -32,16 +32,23 @@ void varlen_fwd_cuda(const VarlenParams& p, void* stream);
 // Which forward kernel varlen_fwd_cuda would run for p on the current device: "sm90" or "sm80".
 const char* cuda_forward_path(const VarlenParams& p);
 
-// Bytes of device workspace varlen_bwd_cuda needs (float32 row sums of dout*out, and the float32
-// dq accumulator unless deterministic). The caller allocates it with its framework's allocator.
+// Bytes of device workspace varlen_bwd_cuda needs (a small header, float32 row sums of dout*out and
+// the lse in base-2 units, the float32 dq accumulator, and int32 ordering counters when
+// deterministic). The caller allocates it with its framework's allocator, 16-byte aligned.
 size_t varlen_bwd_cuda_workspace_bytes(const VarlenBackwardParams& p, bool deterministic);
 // The same from the sizes it depends on (for callers that allocate before they have pointers: JAX).
 size_t varlen_bwd_cuda_workspace_bytes(int64_t total_q, int64_t heads_q, int64_t head_dim, bool deterministic);
 
 // dq, dk, dv. dk/dv of a kv head are summed over its query heads inside one thread block (no
-// atomics); dq is accumulated with float32 atomics, or, when deterministic, by a second kernel
-// that owns each dq tile (same result on every run, ~1.4x the matrix work).
+// atomics); dq is accumulated in float32 in the workspace and converted at the end. On sm_90 the
+// Hopper kernel (wgmma, TMA) adds each key tile's dq with bulk reduce-adds, in a fixed order per
+// query block when deterministic; the portable kernel uses float32 atomics, or, when
+// deterministic, a second kernel that owns each dq tile (~1.4x the matrix work). Either way a
+// deterministic run gives the same bits every time. SCREE_CUDA_PATH chooses as for the forward.
 void varlen_bwd_cuda(const VarlenBackwardParams& p, void* workspace, size_t workspace_bytes, bool deterministic,
                      void* stream);
+
+// Which backward varlen_bwd_cuda would run for p on the current device: "sm90" or "sm80".
+const char* cuda_backward_path(const VarlenBackwardParams& p);
 
 }  // namespace scree::attention

@@ -91,4 +91,28 @@ SCREE_HOST_DEVICE inline KeyRange visible_keys(const VarlenParams& p, int64_t i,
   return {lo, hi};
 }
 
+// The inverse of visible_keys: the queries [lo, hi) that see at least one key of [j0, j1) (within
+// [0, Lk)). For a key j inside the sequence, query i sees it iff j >= diag(i) - left and
+// j < diag(i) + right + 1 (each bound only where that side is bounded), which the clamps of
+// visible_keys do not change; both bounds grow with i, so the answer is one range. Backward
+// kernels walk key tiles and need the query tiles that can see them.
+struct QueryRange {
+  int64_t lo, hi;
+};
+
+SCREE_HOST_DEVICE inline QueryRange visible_queries(const VarlenParams& p, int64_t j0, int64_t j1, int64_t Lq,
+                                                    int64_t Lk) {
+  if (j0 < 0) j0 = 0;
+  if (j1 > Lk) j1 = Lk;
+  if (j0 >= j1 || Lq <= 0) return {0, 0};
+  const int64_t off = Lk - Lq;  // diag(i) = i + off
+  int64_t right = p.window_right;
+  if (p.causal && (right == kUnbounded || right > 0)) right = 0;
+  int64_t lo = 0, hi = Lq;
+  if (right != kUnbounded && j0 - off - right > lo) lo = j0 - off - right;             // i >= j - off - right
+  if (p.window_left != kUnbounded && j1 - 1 - off + p.window_left + 1 < hi) hi = j1 - off + p.window_left;  // i <= j - off + left
+  if (hi <= lo) return {0, 0};
+  return {lo, hi};
+}
+
 }  // namespace scree::attention

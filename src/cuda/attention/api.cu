@@ -1,7 +1,8 @@
 // The host API of include/scree/attention/cuda.h: validation of what the CUDA kernels can serve
 // (shapes, types, alignment, grid limits; offsets stay on the device and are clamped there), the
-// backward's workspace, and dispatch on (element type, head dim) to the launchers compiled for
-// this build (SCREE_CUDA_<TYPE>_D<dim> definitions from src/cuda/CMakeLists.txt).
+// backward's workspace (bwd_workspace.h), and dispatch on (path, element type, head dim) to the
+// launchers compiled for this build (SCREE_CUDA_<TYPE>_D<dim> and SCREE_CUDA_SM90_<TYPE>_D<dim>
+// definitions from src/cuda/CMakeLists.txt).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -12,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "bwd_workspace.h"
 #include "cuda_check.h"
 #include "scree/attention/cuda.h"
 #include "scree/error.h"
@@ -21,12 +23,14 @@ using attention::VarlenBackwardParams;
 using attention::VarlenParams;
 // Defined and explicitly instantiated in instances/*.cu.
 template <class T, int D>
-void launch_fwd(const VarlenParams& p, cudaStream_t stream);
+void launch_fwd_sm80(const VarlenParams& p, cudaStream_t stream);
 template <class T, int D>
-void launch_bwd(const VarlenBackwardParams& p, float* delta, float* dq_accum, bool deterministic, cudaStream_t stream);
+void launch_bwd_sm80(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool deterministic, cudaStream_t stream);
 namespace sm90 {
 template <class T, int D>
 void launch_fwd_sm90(const VarlenParams& p, cudaStream_t stream);
+template <class T, int D>
+void launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool deterministic, cudaStream_t stream);
 }  // namespace sm90
 }  // namespace scree::cuda_attention
 
@@ -69,8 +73,8 @@ using cuda_attention::check_cuda;
 #define SCREE_FP16_128(F)
 #endif
 
-// The Hopper forward instances (SCREE_CUDA_SM90_<TYPE>_D<dim>, compiled when 90a is in
-// SCREE_CUDA_ARCHS and the head dim in SCREE_HEADDIMS).
+// The Hopper instances, forward and backward (SCREE_CUDA_SM90_<TYPE>_D<dim>, compiled when 90a is
+// in SCREE_CUDA_ARCHS and the head dim in SCREE_HEADDIMS).
 #define SCREE_SM90_INSTANCES(F) SCREE_SM90_BF16_64(F) SCREE_SM90_BF16_128(F) SCREE_SM90_FP16_64(F) SCREE_SM90_FP16_128(F)
 #if defined(SCREE_CUDA_SM90_BF16_D64)
 #define SCREE_SM90_BF16_64(F) F(__nv_bfloat16, DType::BFloat16, 64)
@@ -115,17 +119,21 @@ bool sm90_compiled(DType dtype, int64_t head_dim) {
   return false;
 }
 
-// The Hopper forward serves p when compiled for its type and head dim (64, 128) and the device is
-// sm_90: since the softmax rewrite it is the faster one at both (H200, benchmarks/NOTES.md: mix
-// d128 566 vs 268 TFLOP/s, mix d64 387 vs 248; short d64 166 vs 173, within 5%).
-// SCREE_CUDA_PATH=sm80 forces the portable kernel, =sm90 the Hopper one wherever it is compiled
-// (tests run both on one card).
+// The Hopper kernels serve p when compiled for its type and head dim (64, 128) and the device is
+// sm_90: the forward is the faster one at both since the softmax rewrite (H200, benchmarks/NOTES.md:
+// mix d128 566 vs 268 TFLOP/s, mix d64 387 vs 248; short d64 166 vs 173, within 5%).
+// SCREE_CUDA_PATH=sm80 forces the portable kernels, =sm90 the Hopper ones wherever they are
+// compiled (tests run both on one card); read at each call, so a process can switch.
 bool use_sm90(const VarlenParams& p) {
   if (!sm90_compiled(p.dtype, p.head_dim) || device_major() != 9) return false;
   const char* forced = std::getenv("SCREE_CUDA_PATH");
   if (forced != nullptr && std::string(forced) == "sm80") return false;
   return true;
 }
+
+// The Hopper backward also needs a query token (a call with none only zeroes dK and dV, which the
+// portable kernel does without tensor maps over empty arrays).
+bool use_sm90_bwd(const VarlenBackwardParams& p) { return p.total_q > 0 && use_sm90(p); }
 
 bool compiled(DType dtype, int64_t head_dim) {
 #define SCREE_MATCH(T, TAG, D) if (dtype == TAG && head_dim == D) return true;
@@ -178,11 +186,6 @@ void require_present(const void* ptr, int64_t rows, const char* name) {
 
 constexpr int64_t kGridYZ = 65535;  // CUDA's limit on gridDim.y and gridDim.z
 constexpr int64_t kMinTile = 64;    // smallest tile along a sequence (tile_grid in launch.cuh)
-
-size_t delta_bytes(int64_t total_q, int64_t heads_q) {
-  // Rounded to 256 bytes so the dq accumulator after it stays aligned for float2 loads.
-  return (size_t(heads_q * total_q) * sizeof(float) + 255) / 256 * 256;
-}
 
 }  // namespace
 
@@ -252,20 +255,21 @@ void varlen_fwd_cuda(const VarlenParams& p, void* stream) {
 #undef SCREE_RUN
   }
 #define SCREE_RUN(T, TAG, D) \
-  if (p.dtype == TAG && p.head_dim == D) return cuda_attention::launch_fwd<T, D>(p, s);
+  if (p.dtype == TAG && p.head_dim == D) return cuda_attention::launch_fwd_sm80<T, D>(p, s);
   SCREE_CUDA_INSTANCES(SCREE_RUN)
 #undef SCREE_RUN
   (void)s;
 }
 
 size_t varlen_bwd_cuda_workspace_bytes(int64_t total_q, int64_t heads_q, int64_t head_dim, bool deterministic) {
-  const size_t accum = deterministic ? 0 : size_t(total_q * heads_q * head_dim) * sizeof(float);
-  return delta_bytes(total_q, heads_q) + accum;
+  return cuda_attention::BwdWorkspace::sizes(total_q, heads_q, head_dim, deterministic).total();
 }
 
 size_t varlen_bwd_cuda_workspace_bytes(const VarlenBackwardParams& p, bool deterministic) {
   return varlen_bwd_cuda_workspace_bytes(p.total_q, p.heads_q, p.head_dim, deterministic);
 }
+
+const char* cuda_backward_path(const VarlenBackwardParams& p) { return use_sm90_bwd(p) ? "sm90" : "sm80"; }
 
 void varlen_bwd_cuda(const VarlenBackwardParams& p, void* workspace, size_t workspace_bytes, bool deterministic,
                      void* stream) {
@@ -286,14 +290,19 @@ void varlen_bwd_cuda(const VarlenBackwardParams& p, void* workspace, size_t work
   });
   require(reinterpret_cast<uintptr_t>(workspace) % 16 == 0, ErrorKind::InvalidArgument,
           [&] { return std::string("the workspace must be 16-byte aligned"); });
-  auto* delta = static_cast<float*>(workspace);
-  float* dq_accum = deterministic ? nullptr : reinterpret_cast<float*>(static_cast<char*>(workspace) + delta_bytes(p.total_q, p.heads_q));
+  const auto ws = cuda_attention::BwdWorkspace::carve(workspace, p.total_q, p.heads_q, p.head_dim, deterministic);
   auto s = static_cast<cudaStream_t>(stream);
+  if (use_sm90_bwd(p)) {
 #define SCREE_RUN(T, TAG, D) \
-  if (p.dtype == TAG && p.head_dim == D) return cuda_attention::launch_bwd<T, D>(p, delta, dq_accum, deterministic, s);
+  if (p.dtype == TAG && p.head_dim == D) return cuda_attention::sm90::launch_bwd_sm90<T, D>(p, ws, deterministic, s);
+    SCREE_SM90_INSTANCES(SCREE_RUN)
+#undef SCREE_RUN
+  }
+#define SCREE_RUN(T, TAG, D) \
+  if (p.dtype == TAG && p.head_dim == D) return cuda_attention::launch_bwd_sm80<T, D>(p, ws, deterministic, s);
   SCREE_CUDA_INSTANCES(SCREE_RUN)
 #undef SCREE_RUN
-  (void)s, (void)delta, (void)dq_accum;
+  (void)s, (void)ws;
 }
 
 }  // namespace scree::attention

@@ -19,7 +19,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "mma.cuh"
+#include "fragment.cuh"
 #include "scores.cuh"
 #include "varlen_tile.cuh"
 

@@ -1,6 +1,6 @@
 // Hopper (sm_90a) varlen attention forward: warp-specialised, TMA + mbarrier + wgmma.
 // A persistent grid (one CTA per SM) working through (sequence, 128-query tile, query head) tiles
-// longest first (TileOrder below); three warpgroups:
+// longest first (tile_scheduler.cuh); three warpgroups:
 //  - producer (warpgroup 0, registers lowered to 40 with setmaxnreg): one thread issues TMA
 //    loads of the Q tile and of K/V tiles of 128 keys into a 3- or 4-stage ring, each guarded by
 //    a "full" mbarrier (transaction bytes) and an "empty" one (the 256 consumer threads arrive);
@@ -18,11 +18,15 @@
 
 #include <cstdint>
 
+#include "../fragment.cuh"
 #include "../online_softmax.cuh"
 #include "../scores.cuh"
-#include "../smem_tile.cuh"
 #include "../varlen_tile.cuh"
+#include "named_barrier.cuh"
+#include "pipeline.cuh"
 #include "ptx.cuh"
+#include "tile_scheduler.cuh"
+#include "tma.cuh"
 #include "wgmma.cuh"
 
 // K/V ring depth: 0 = as many as fit (FwdTiles, at most 4); other values for experiments.
@@ -51,34 +55,27 @@ struct FwdTiles {
   // K/V ring depth: as many stages as the 227 KiB opt-in limit takes, at most 4. D = 128: Q 32 KiB
   // + 3 x 64 KiB = 224 KiB; D = 64: Q 16 KiB + 4 x 32 KiB = 144 KiB.
   static constexpr int kSmemLimit = 227 * 1024;
-  static constexpr int kFitStages = (kSmemLimit - 1024 - kQBytes - 128) / (2 * kKVBytes);
+  static constexpr int kFitStages = (kSmemLimit - 2048 - kQBytes) / (2 * kKVBytes);
   static constexpr int kStages = SCREE_SM90_STAGES > 0 ? SCREE_SM90_STAGES : (kFitStages < 4 ? kFitStages : 4);
-  // Shared memory: Q + stages x (K + V) + barriers, plus 1 KiB to align the base to 1024 bytes
-  // (the 128-byte swizzle atom).
-  static constexpr int kBarrierBytes = 8 * (2 + 2 * kStages) + 2 * 8;  // + the two tile slots
-  static constexpr int kSmemBytes = kQBytes + kStages * 2 * kKVBytes + kBarrierBytes + 1024;
-  static_assert(kStages >= 2 && kSmemBytes <= kSmemLimit, "the K/V ring does not fit shared memory");
 };
 
-// Persistent schedule: one CTA per SM; the producer thread takes the next tile of the order
-// below from a global counter (dynamic, like the hardware's block scheduler, so a CTA that drew
-// short tiles takes more) and publishes it to the consumers through shared memory. Longest first
-// without reading lengths on the host: within each query head, query tiles by index descending
-// (tiles that exist only in long sequences come first, and under a causal mask they are also the
-// costliest), sequences fastest; tiles past a sequence's end are skipped. Heads outermost keeps
-// the tiles running at one time on one head's K/V (L2 reuse). Measured on an H200 (NOTES.md): a
-// static round-robin of the same order lost 35% on mixed lengths; hence the counter.
-struct TileOrder {
-  int64_t sequences, m_tiles, heads;
-  __device__ __forceinline__ int64_t count() const { return sequences * m_tiles * heads; }
-  __device__ __forceinline__ void at(int64_t t, int64_t& b, int& m_tile, int& h) const {
-    const int64_t per_head = sequences * m_tiles;
-    h = int(t / per_head);
-    const int64_t r = t % per_head;
-    m_tile = int(m_tiles - 1 - r / sequences);
-    b = r % sequences;
-  }
+// The forward's shared memory, 1024-byte aligned tiles (the 128-byte swizzle atom) first.
+template <int D>
+struct FwdSmem {
+  using Tiles = FwdTiles<D>;
+  static constexpr int kStages = Tiles::kStages;
+  alignas(1024) char q[Tiles::kQBytes];
+  struct Stage {
+    alignas(1024) char k[Tiles::kKVBytes];
+    alignas(1024) char v[Tiles::kKVBytes];
+  } kv[kStages];
+  uint64_t q_full;   // the producer published a tile and its Q is loading
+  uint64_t q_empty;  // the consumers are done reading the Q tile (and its slot)
+  MbarRing<kStages> ring;
+  TileSlots tiles;
 };
+template <int D>
+inline constexpr int kFwdSmemBytes = smem_bytes<FwdSmem<D>>();
 
 // kFolded: ScoreMap::folds() (no softcap, scale > 0), see online_softmax.cuh.
 template <class T, int D, bool kFolded>
@@ -88,30 +85,23 @@ __global__ void __launch_bounds__(384, 1)
                            const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                            const __grid_constant__ CUtensorMap tm_v) {
   using Tiles = FwdTiles<D>;
+  using Smem = FwdSmem<D>;
   constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN, kStages = Tiles::kStages;
   constexpr bool kPingpong = SCREE_SM90_PINGPONG != 0;
   extern __shared__ char smem_raw[];
-  char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
-  char* sQ = smem;
-  auto sK = [&](int stage) { return smem + Tiles::kQBytes + stage * 2 * Tiles::kKVBytes; };
-  auto sV = [&](int stage) { return smem + Tiles::kQBytes + stage * 2 * Tiles::kKVBytes + Tiles::kKVBytes; };
-  uint64_t* bar_q = reinterpret_cast<uint64_t*>(smem + Tiles::kQBytes + kStages * 2 * Tiles::kKVBytes);
-  uint64_t* q_empty = bar_q + 1;  // the consumers are done reading the Q tile
-  uint64_t* full = bar_q + 2;
-  uint64_t* empty = bar_q + 2 + kStages;
-  int64_t* tile_slot = reinterpret_cast<int64_t*>(empty + kStages);  // [2]: tile j in slot j % 2, -1 = done
+  Smem& sm = aligned_smem<Smem>(smem_raw);
 
   if (threadIdx.x == 0) {
-    mbar_init(bar_q, 1);
-    mbar_init(q_empty, 256);
-    for (int i = 0; i < kStages; ++i) mbar_init(&full[i], 1), mbar_init(&empty[i], 256);
+    mbar_init(&sm.q_full, 1);
+    mbar_init(&sm.q_empty, 256);
+    sm.ring.init(256);
     fence_barrier_init();
   }
   __syncthreads();
 
   // A tile's index math, read once: the producer finds the next non-empty tile and publishes its
-  // index (tile_slot); the consumers recompute the same Tile from it. `it` counts key blocks over
-  // all of a CTA's tiles (the K/V ring's stage and phase), `j` its tiles (Q's phase).
+  // index; the consumers recompute the same Tile from it. The K/V ring's PipelineState walks the
+  // key blocks of all of a CTA's tiles, `j` its tiles (Q's phase).
   struct Tile {
     SeqTile s;
     int m0, rows, h, hk;
@@ -135,39 +125,32 @@ __global__ void __launch_bounds__(384, 1)
   if (wg == 0) {
     setmaxnreg_dec<40>();
     if (threadIdx.x == 0) {
-      // The first tile is the CTA's own index; later ones come from the counter.
-      auto next = [&](int64_t) { return int64_t(gridDim.x) + int64_t(atomicAdd(tile_counter, 1ull)); };
-      int it = 0;
-      int64_t t = blockIdx.x, reserved = 0;
+      const TileCounter counter{tile_counter};
+      PipelineState<kStages> kv = MbarRing<kStages>::producer_start();
+      int64_t t = counter.first(), reserved = 0;
       for (int j = 0;; ++j) {
         if (j > 0) t = reserved;
         Tile x;
         bool found = false;
-        while (t < tiles && !(found = tile_at(t, x))) t = next(t);
-        if (j > 0) mbar_wait(q_empty, (j - 1) & 1);  // the previous tile's Q (and its slot) is no longer read
-        tile_slot[j & 1] = found ? t : -1;  // published by the arrive below (release semantics)
+        while (t < tiles && !(found = tile_at(t, x))) t = counter.next();
+        if (j > 0) mbar_wait(&sm.q_empty, (j - 1) & 1);  // the previous tile's Q (and its slot) is no longer read
+        sm.tiles.publish(j, found ? t : -1);  // published by the arrive below (release semantics)
         if (!found) {
-          mbar_arrive(bar_q);  // completes the phase with no bytes: the consumers read -1 and stop
+          mbar_arrive(&sm.q_full);  // completes the phase with no bytes: the consumers read -1 and stop
           break;
         }
-        mbar_arrive_expect_tx(bar_q, Tiles::kQBytes);
-#pragma unroll
-        for (int slab = 0; slab < D / 64; ++slab)
-          tma_load_3d(sQ + slab * Tiles::kSlabBytesQ, &tm_q, slab * 64, x.h, int(x.s.q_start + x.m0), bar_q);
+        mbar_arrive_expect_tx(&sm.q_full, Tiles::kQBytes);
+        tma_load_slabs<D>(sm.q, Tiles::kSlabBytesQ, &tm_q, x.h, int(x.s.q_start + x.m0), &sm.q_full);
         // Reserve the next tile now, so that the counter's round trip and the next tile's offsets
         // (read above, before the q_empty wait) overlap this tile's loads instead of sitting between
         // two tiles: a short sequence's tile lasts only a few microseconds.
-        reserved = next(t);
-        for (int nb = x.kb.begin; nb < x.kb.end; ++nb, ++it) {
-          const int stage = it % kStages;
-          if (it >= kStages) mbar_wait(&empty[stage], ((it / kStages) & 1) ^ 1);  // consumers freed it
-          mbar_arrive_expect_tx(&full[stage], 2 * Tiles::kKVBytes);
+        reserved = counter.next();
+        for (int nb = x.kb.begin; nb < x.kb.end; ++nb, kv.advance()) {
+          sm.ring.acquire(kv, 2 * Tiles::kKVBytes);
           const int row = int(x.s.k_start) + nb * kN;
-#pragma unroll
-          for (int slab = 0; slab < D / 64; ++slab) {
-            tma_load_3d(sK(stage) + slab * Tiles::kSlabBytesKV, &tm_k, slab * 64, x.hk, row, &full[stage]);
-            tma_load_3d(sV(stage) + slab * Tiles::kSlabBytesKV, &tm_v, slab * 64, x.hk, row, &full[stage]);
-          }
+          typename Smem::Stage& st = sm.kv[kv.index];
+          tma_load_slabs<D>(st.k, Tiles::kSlabBytesKV, &tm_k, x.hk, row, sm.ring.full_bar(kv));
+          tma_load_slabs<D>(st.v, Tiles::kSlabBytesKV, &tm_v, x.hk, row, sm.ring.full_bar(kv));
         }
       }
     }
@@ -175,14 +158,14 @@ __global__ void __launch_bounds__(384, 1)
     setmaxnreg_inc<232>();
     const int cw = wg - 1;  // this warpgroup's rows: [64 cw, 64 cw + 64) of the tile
     const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-    const uint32_t q_base = smem_u32(sQ) + 64 * cw * 128;
+    const uint32_t q_base = smem_u32(sm.q) + 64 * cw * 128;
     float o[D / 8][4], sacc[kN / 8][4];
     uint32_t pa[kN / 16][4];
 #pragma unroll
     for (int i = 0; i < kN / 8; ++i) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.f;
 
     auto issue_s = [&](int stage) {
-      const uint32_t k_base = smem_u32(sK(stage));
+      const uint32_t k_base = smem_u32(sm.kv[stage].k);
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         const uint32_t off_q = (kk / 4) * Tiles::kSlabBytesQ + (kk % 4) * 32;
@@ -193,7 +176,7 @@ __global__ void __launch_bounds__(384, 1)
       wgmma_commit();
     };
     auto issue_pv = [&](int stage) {
-      const uint32_t v_base = smem_u32(sV(stage));
+      const uint32_t v_base = smem_u32(sm.kv[stage].v);
 #pragma unroll
       for (int i = 0; i < kN / 16; ++i)
         wgmma_rs_tb<D, T>(o, pa[i], desc_sw128(v_base + i * 2048, Tiles::kSlabBytesKV, 1024), 1);
@@ -205,27 +188,26 @@ __global__ void __launch_bounds__(384, 1)
     };
     // Every consumer thread arrives on the stage's "empty" barrier once its reads are done (one
     // arrival per warp after __syncwarp measured slower on an H200: mix d128 288 vs 339 TFLOP/s).
-    auto release = [&](int stage) { mbar_arrive(&empty[stage]); };
 
     // Pingpong (SCREE_SM90_PINGPONG): the two consumer warpgroups take turns to issue their
-    // products (named barrier 1 + cw is "my turn"), so that one's softmax runs while the other's
-    // products occupy the tensor cores instead of both hitting their softmax at once. Each issue
-    // phase waits for its turn and hands the turn over; warpgroup 1 hands warpgroup 0 the first.
-    // Both warpgroups walk the same tiles and key blocks, so their issue phases pair up.
+    // products (NamedBarrier::kFwdTurn0 + cw is "my turn"), so that one's softmax runs while the
+    // other's products occupy the tensor cores instead of both hitting their softmax at once. Each
+    // issue phase waits for its turn and hands the turn over; warpgroup 1 hands warpgroup 0 the
+    // first. Both warpgroups walk the same tiles and key blocks, so their issue phases pair up.
     // Measured on an H200 (NOTES.md): eq2048 d128 345 -> 376 TFLOP/s, mix d128 328 -> 319, others
     // within 3%.
     auto my_turn = [&] {
-      if (kPingpong) named_sync(1 + cw, 256);
+      if (kPingpong) named_sync(NamedBarrier::kFwdTurn0 + cw, 256);
     };
     auto their_turn = [&] {
-      if (kPingpong) named_arrive(2 - cw, 256);
+      if (kPingpong) named_arrive(NamedBarrier::kFwdTurn0 + (1 - cw), 256);
     };
-    if (kPingpong && cw == 1) named_arrive(1, 256);
+    if (kPingpong && cw == 1) named_arrive(NamedBarrier::kFwdTurn0, 256);
 
-    int it = 0;
+    PipelineState<kStages> kv;
     for (int j = 0;; ++j) {
-      mbar_wait(bar_q, j & 1);  // the producer published tile j (and started loading its Q)
-      const int64_t t = tile_slot[j & 1];
+      mbar_wait(&sm.q_full, j & 1);  // the producer published tile j (and started loading its Q)
+      const int64_t t = sm.tiles.read(j);
       if (t < 0) break;
       Tile x;
       tile_at(t, x);  // non-empty: the producer skipped the others
@@ -247,55 +229,54 @@ __global__ void __launch_bounds__(384, 1)
       // pa holds P(i-1) against m(i-1). Q is released once the tile's last S is done, so the
       // producer loads the next tile's Q while this one finishes.
       const int blocks = x.kb.end - x.kb.begin;
-      const int it0 = it;
       float alpha[2];
-      if (blocks == 0) mbar_arrive(q_empty);
+      int prev = 0;  // the stage of key block i - 1
+      if (blocks == 0) mbar_arrive(&sm.q_empty);
       if (blocks > 0) {
-        const int stage = it % kStages;
-        mbar_wait(&full[stage], (it / kStages) & 1);
+        sm.ring.wait(kv);
         fence_regs(sacc);
         my_turn();
         wgmma_fence();
-        issue_s(stage);
+        issue_s(kv.index);
         their_turn();
         wgmma_wait<0>();
         fence_regs(sacc);
-        if (blocks == 1) mbar_arrive(q_empty);
+        if (blocks == 1) mbar_arrive(&sm.q_empty);
         softmax_scores<kFolded>(sacc, st, vis, is_full(x.kb.begin), x.kb.begin * kN, score, alpha);  // O is still 0
         pack_p();
-        ++it;
+        prev = kv.index;
+        kv.advance();
       }
-      for (int i = 1; i < blocks; ++i, ++it) {
-        const int stage = it % kStages, prev = (it - 1) % kStages;
+      for (int i = 1; i < blocks; ++i, kv.advance()) {
         const int nb = x.kb.begin + i;
-        mbar_wait(&full[stage], (it / kStages) & 1);
+        sm.ring.wait(kv);
         fence_regs(sacc);
         fence_regs(o);
         my_turn();
         wgmma_fence();
-        issue_s(stage);
+        issue_s(kv.index);
         issue_pv(prev);
         their_turn();
         wgmma_wait<1>();  // S(i) is done (groups complete in order); P(i-1) V(i-1) may still run
         fence_regs(sacc);
-        if (i == blocks - 1) mbar_arrive(q_empty);
+        if (i == blocks - 1) mbar_arrive(&sm.q_empty);
         const bool moved = softmax_scores<kFolded>(sacc, st, vis, is_full(nb), nb * kN, score, alpha);
         wgmma_wait<0>();
         fence_regs(o);
-        release(prev);
+        sm.ring.release(prev);
         if (moved) rescale(o, alpha);
         pack_p();
+        prev = kv.index;
       }
       if (blocks > 0) {
-        const int last = (it0 + blocks - 1) % kStages;
         fence_regs(o);
         my_turn();
         wgmma_fence();
-        issue_pv(last);
+        issue_pv(prev);
         their_turn();
         wgmma_wait<0>();
         fence_regs(o);
-        release(last);
+        sm.ring.release(prev);
       }
       store_rows<T>(p, o, st, row, x.rows, x.s.q_start + x.m0, x.h);
     }

@@ -1,7 +1,9 @@
-// Hopper (sm_90a) building blocks of the warp-specialised forward, as inline PTX: mbarriers
-// (init, arrive, arrive with an expected transaction count, parity wait), TMA tile loads
-// (cp.async.bulk.tensor completing on an mbarrier), the wgmma fence / commit / wait protocol,
+// Hopper (sm_90a) instructions the warp-specialised kernels are built from, as inline PTX:
+// mbarriers (init, arrive, arrive with an expected transaction count, parity wait), the wgmma
+// fence / commit / wait protocol, the proxy fence between ordinary shared-memory stores and the
+// async units, bulk reduce-adds from shared to global memory (and their completion groups),
 // setmaxnreg, and the shared-memory matrix descriptors of wgmma for 128-byte-swizzled tiles.
+// TMA loads are in tma.cuh, named barriers in named_barrier.cuh.
 #pragma once
 
 #include <cuda.h>
@@ -11,6 +13,19 @@
 namespace scree::cuda_attention::sm90 {
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
+// A kernel's shared memory as one struct whose tiles are alignas(1024) (the 128-byte swizzle
+// atom): the dynamic base is aligned up to 1024 bytes inside an allocation 1 KiB larger. The
+// opt-in limit is 227 KiB a block.
+template <class Smem>
+__device__ __forceinline__ Smem& aligned_smem(char* raw) {
+  return *reinterpret_cast<Smem*>(raw + ((1024 - (smem_u32(raw) & 1023)) & 1023));
+}
+template <class Smem>
+constexpr int smem_bytes() {
+  static_assert(sizeof(Smem) + 1024 <= 227 * 1024, "the tiles do not fit the 227 KiB of shared memory");
+  return int(sizeof(Smem)) + 1024;
+}
 
 __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count));
@@ -34,16 +49,6 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
       : "memory");
 }
 
-// One box of a rank-3 tensor map (coordinates innermost first) into shared memory; the bytes
-// count towards bar's expected transactions.
-__device__ __forceinline__ void tma_load_3d(void* smem, const CUtensorMap* map, int c0, int c1, int c2, uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
-          smem_u32(smem)),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar))
-      : "memory");
-}
-
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>
@@ -58,15 +63,35 @@ __device__ __forceinline__ void fence_regs(float (&d)[N][4]) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e])::"memory");
 }
+// The same for A fragments in registers: read asynchronously by wgmma until wgmma_wait, so they
+// must keep their values (and registers) until a fence after the wait.
+template <int N>
+__device__ __forceinline__ void fence_regs(uint32_t (&a)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[i][e])::"memory");
+}
 
-// Named barriers (id 0 is __syncthreads'): sync waits until `count` threads have arrived or
-// synced on id; arrive counts this thread without waiting.
-__device__ __forceinline__ void named_sync(int id, int count) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+// Ordinary shared-memory stores (st.shared, by this thread) become visible to the async proxy
+// (wgmma operands read from shared memory, bulk copies) once each writing thread has run this and
+// the readers are past a barrier that orders them after it.
+__device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Bulk reduce-add of `bytes` (a multiple of 16; both addresses 16-byte aligned) fp32 values from
+// shared to global memory, element-wise atomic with other adds; tracked by this thread's bulk
+// groups: commit, then wait until at most N groups are still reading shared memory (.read) or
+// still writing (the plain form: the adds are done and visible to this thread).
+__device__ __forceinline__ void bulk_reduce_add_f32(float* gmem, const void* smem, uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(gmem),
+               "r"(smem_u32(smem)), "r"(bytes)
+               : "memory");
 }
-__device__ __forceinline__ void named_arrive(int id, int count) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
-}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory"); }
+template <int N>
+__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory"); }
 
 template <int REGS>
 __device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(REGS)); }

@@ -11,11 +11,11 @@
 #include <cmath>
 #include <cstdint>
 
-#include "mma.cuh"
-#include "online_softmax.cuh"
-#include "scores.cuh"
-#include "smem_tile.cuh"
-#include "varlen_tile.cuh"
+#include "../online_softmax.cuh"
+#include "../scores.cuh"
+#include "../varlen_tile.cuh"
+#include "mma_sm80.cuh"
+#include "smem_tile_sm80.cuh"
 
 namespace scree::cuda_attention {
 

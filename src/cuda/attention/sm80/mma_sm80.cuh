@@ -1,13 +1,16 @@
-// Thin wrappers over the sm80 PTX the attention kernels are built from: cp.async (16-byte
-// global->shared copies that zero-fill out-of-range rows), ldmatrix (plain and transposed 8x8
-// b16 tiles), and mma.sync m16n8k16 with float accumulators for bfloat16 and float16 operands.
-// Fragment layouts follow the PTX ISA's "Matrix fragments for mma.m16n8k16" tables.
+// Thin wrappers over the sm80 PTX the portable attention kernels are built from: cp.async
+// (16-byte global->shared copies that zero-fill out-of-range rows), ldmatrix (plain and
+// transposed 8x8 b16 tiles), and mma.sync m16n8k16 with float accumulators for bfloat16 and
+// float16 operands. Fragment layouts follow the PTX ISA's "Matrix fragments for mma.m16n8k16"
+// tables (fragment.cuh holds the helpers both architectures share).
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
+
+#include "../fragment.cuh"
 
 namespace scree::cuda_attention {
 
@@ -59,37 +62,6 @@ __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t 
       "{%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two floats -> one register of two 16-bit values (lower address = x).
-template <class T>
-__device__ __forceinline__ uint32_t pack2(float x, float y);
-template <>
-__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float x, float y) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-template <>
-__device__ __forceinline__ uint32_t pack2<__half>(float x, float y) {
-  __half2 v = __floats2half2_rn(x, y);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-
-template <class T>
-__device__ __forceinline__ float to_float(T x);
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <>
-__device__ __forceinline__ float to_float<__half>(__half x) { return __half2float(x); }
-
-// Reductions over the 4 lanes that share a row of an mma accumulator (lanes 4r..4r+3).
-__device__ __forceinline__ float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(0xffffffffu, x, 1);
-  return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
 }  // namespace scree::cuda_attention

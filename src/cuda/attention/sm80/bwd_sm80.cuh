@@ -1,5 +1,6 @@
 // sm80 varlen attention backward (mma.sync + cp.async), recomputing P from the forward's lse:
-//  1. row_dot:  delta[h, t] = sum_d dout * out (fp32), the softmax-gradient row term;
+//  1. preprocess (bwd_prepost.cuh): delta[h, t] = sum_d dout * out (fp32), the softmax-gradient
+//               row term (rows of ld floats), and the dq accumulator zeroed;
 //  2. dkdv:     one block per (sequence, 64-key tile, kv head), 4 warps of 16 keys; loops over the
 //               kv head's query heads (GQA sums stay in registers: no atomics for dk, dv) and the
 //               query tiles that can see the keys: S^T = K Q^T, P^T, dP^T = V dO^T,
@@ -7,7 +8,7 @@
 //               dQ += dS K into an fp32 accumulator with atomics;
 //  3. dq:       deterministic mode: one block per (sequence, 64-query tile, head) recomputes S, P,
 //               dP and owns its dQ += dS K (no atomics: the same bits every run, 7 instead of
-//               5 products); otherwise dq_convert casts the fp32 accumulator.
+//               5 products); otherwise the postprocess (bwd_prepost.cuh) casts the fp32 accumulator.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -15,10 +16,10 @@
 #include <cmath>
 #include <cstdint>
 
-#include "mma.cuh"
-#include "scores.cuh"
-#include "smem_tile.cuh"
-#include "varlen_tile.cuh"
+#include "../scores.cuh"
+#include "../varlen_tile.cuh"
+#include "mma_sm80.cuh"
+#include "smem_tile_sm80.cuh"
 
 namespace scree::cuda_attention {
 
@@ -50,32 +51,13 @@ struct DqTiles {
   static constexpr int kSmemBytes = 4 * kTileBytes;
 };
 
-// delta[h, t] = sum_d dout[t, h, d] * out[t, h, d]: one warp per (token, head).
-template <class T, int D>
-__global__ void __launch_bounds__(128) row_dot_kernel(const VarlenBackwardParams p, float* delta) {
-  const int64_t rows = p.total_q * p.heads_q;
-  const int lane = threadIdx.x % 32;
-  for (int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; w < rows;
-       w += int64_t(gridDim.x) * blockDim.x / 32) {
-    const int64_t t = w / p.heads_q, h = w % p.heads_q;
-    const T* o = static_cast<const T*>(p.out) + t * p.out_row_stride + h * p.out_head_stride;
-    const T* g = static_cast<const T*>(p.dout) + t * p.dout_row_stride + h * p.dout_head_stride;
-    float acc = 0.f;
-#pragma unroll
-    for (int d = lane; d < D; d += 32) acc += to_float(o[d]) * to_float(g[d]);
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-    if (lane == 0) delta[h * p.total_q + t] = acc;
-  }
-}
-
 // The lse a row's probabilities are measured against: a row that saw no key (lse = -inf) gets +inf
 // so that exp(s - lse) is 0 for it instead of NaN; so do rows past the sequence's end.
 __device__ __forceinline__ float lse_for_recompute(float lse) { return lse == -INFINITY ? INFINITY : lse; }
 
 template <class T, int D>
 __global__ void __launch_bounds__(128) varlen_dkdv_kernel(const VarlenBackwardParams p, const ScoreMap score,
-                                                          const float* delta, float* dq_accum) {
+                                                          const float* delta, int64_t ld, float* dq_accum) {
   using Tiles = BwdTiles<D>;
   constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN;
   extern __shared__ __align__(128) char smem[];
@@ -114,7 +96,7 @@ __global__ void __launch_bounds__(128) varlen_dkdv_kernel(const VarlenBackwardPa
     const T* qh = static_cast<const T*>(p.q) + s.q_start * p.q_row_stride + h * p.q_head_stride;
     const T* doh = static_cast<const T*>(p.dout) + s.q_start * p.dout_row_stride + h * p.dout_head_stride;
     const float* lse_h = p.lse_in + h * p.total_q + s.q_start;
-    const float* delta_h = delta + h * p.total_q + s.q_start;
+    const float* delta_h = delta + h * ld + s.q_start;
     for (int mb = mb_begin; mb < mb_end; ++mb) {
       const int m0 = mb * kM;
       const int rows = min(kM, s.q_len - m0);
@@ -261,7 +243,7 @@ __global__ void __launch_bounds__(128) varlen_dkdv_kernel(const VarlenBackwardPa
 // Deterministic dQ: one block per (sequence, 64-query tile, head), over the key tiles it sees.
 template <class T, int D>
 __global__ void __launch_bounds__(128) varlen_dq_kernel(const VarlenBackwardParams p, const ScoreMap score,
-                                                        const float* delta) {
+                                                        const float* delta, int64_t ld) {
   using Tiles = DqTiles<D>;
   constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN;
   extern __shared__ __align__(128) char smem[];
@@ -291,7 +273,7 @@ __global__ void __launch_bounds__(128) varlen_dq_kernel(const VarlenBackwardPara
     const int i = min(row[r], rows - 1);
     vis[r] = visible_keys(p, m0 + i, s.q_len, s.k_len);
     lse[r] = lse_for_recompute(p.lse_in[h * p.total_q + s.q_start + m0 + i]);
-    dlt[r] = delta[h * p.total_q + s.q_start + m0 + i];
+    dlt[r] = delta[h * ld + s.q_start + m0 + i];
   }
   const KeyBlocks kb = key_blocks<kN>(p, s, m0, rows);
 
@@ -367,19 +349,6 @@ __global__ void __launch_bounds__(128) varlen_dq_kernel(const VarlenBackwardPara
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt)
       *reinterpret_cast<uint32_t*>(dq + dt * 8) = pack2<T>(acc_dq[dt][2 * r], acc_dq[dt][2 * r + 1]);
-  }
-}
-
-// dq (Tq, Hq, D) in T from the fp32 accumulator laid out (Tq, Hq, D) contiguously.
-template <class T, int D>
-__global__ void __launch_bounds__(256) dq_convert_kernel(const VarlenBackwardParams p, const float* dq_accum) {
-  const int64_t n = p.total_q * p.heads_q * (D / 2);
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t row = i / (D / 2), d = (i % (D / 2)) * 2;
-    const int64_t t = row / p.heads_q, h = row % p.heads_q;
-    const float2 x = *reinterpret_cast<const float2*>(dq_accum + row * D + d);
-    *reinterpret_cast<uint32_t*>(static_cast<T*>(p.dq) + t * p.dq_row_stride + h * p.dq_head_stride + d) =
-        pack2<T>(x.x, x.y);
   }
 }
 

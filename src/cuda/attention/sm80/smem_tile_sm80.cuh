@@ -3,12 +3,12 @@
 // ldmatrix phase reads (same logical chunk, rows r..r+7) in 8 different 16-byte bank groups:
 // without it a 128- or 256-byte row stride maps all 8 to the same banks (an 8-way conflict).
 // D = 32 (64-byte rows, two per 128-byte bank line) XORs with (r / 2) % 4 for the same effect.
-// Also: the cp.async tile loader and the four fragment loads of the mma.m16n8k16 operands.
+// Also: the cp.async tile loader and the four fragment loads of the mma.m16n8k16 operands (sm80 path).
 #pragma once
 
 #include <cstdint>
 
-#include "mma.cuh"
+#include "mma_sm80.cuh"
 
 namespace scree::cuda_attention {
 
@@ -65,16 +65,5 @@ struct SmemTile {
     ldmatrix_x4_trans(b, at(k0 + (l % 8) + ((l / 8) % 2) * 8, n0 / 8 + l / 16));
   }
 };
-
-// The A operand of a 16 x 16 product whose values are two adjacent 16 x 8 accumulators (keys
-// [16j, 16j+8) and [16j+8, 16j+16)): the accumulator layout of m16n8 matches A's register order,
-// so P never leaves registers between S = Q K^T and O += P V.
-template <class T>
-__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
-  a[0] = pack2<T>(lo[0], lo[1]);
-  a[1] = pack2<T>(lo[2], lo[3]);
-  a[2] = pack2<T>(hi[0], hi[1]);
-  a[3] = pack2<T>(hi[2], hi[3]);
-}
 
 }  // namespace scree::cuda_attention

@@ -1,0 +1,116 @@
+// The backward's two memory-bound passes around its main kernels, shared by both paths:
+//  preprocess: one warp per (token, head): delta = rowsum(dO * O) in fp32, lse in base-2 units,
+//              the fp32 dQ accumulator row and the deterministic-order counter zeroed (one pass
+//              instead of a memset launch); block 0 also writes the workspace header (tile
+//              counter 0, the true maximum lengths).
+//  postprocess: dq = dq_accum * mult in dq's type (mult: the score scale the Hopper kernel leaves
+//              out of dS, 1 for the sm80 one).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "bwd_workspace.h"
+#include "fragment.cuh"
+#include "scores.cuh"
+#include "varlen_tile.cuh"
+
+namespace scree::cuda_attention {
+
+using attention::VarlenBackwardParams;
+
+template <class T, int D>
+__global__ void __launch_bounds__(128) bwd_preprocess_kernel(const VarlenBackwardParams p, const BwdWorkspace ws) {
+  const int lane = threadIdx.x % 32;
+  if (blockIdx.x == 0) {
+    // The true maxima over the sequences as the kernels clamp them (the host's max_seqlen may be
+    // a loose bound): a block reduction, then one plain store (the header needs no zeroing).
+    __shared__ int warp_max[2][4];
+    int mq = 0, mk = 0;
+    for (int64_t b = threadIdx.x; b < p.num_sequences; b += blockDim.x) {
+      const SeqTile s = sequence(p, b);
+      mq = max(mq, s.q_len), mk = max(mk, s.k_len);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) {
+      mq = max(mq, __shfl_xor_sync(0xffffffffu, mq, off));
+      mk = max(mk, __shfl_xor_sync(0xffffffffu, mk, off));
+    }
+    if (lane == 0) warp_max[0][threadIdx.x / 32] = mq, warp_max[1][threadIdx.x / 32] = mk;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      BwdHeader h{0ull, 0, 0};
+      for (int w = 0; w < 4; ++w) h.max_seqlen_q = max(h.max_seqlen_q, warp_max[0][w]), h.max_seqlen_k = max(h.max_seqlen_k, warp_max[1][w]);
+      *ws.header = h;
+    }
+  }
+  // The padding of each head's row (tokens [total_q, ld)): read by TMA boxes that end past the
+  // last token, never used (those queries are masked), written so that nothing reads garbage.
+  const int64_t pad = ws.ld - p.total_q;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < p.heads_q * pad;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t at = (i / pad) * ws.ld + p.total_q + i % pad;
+    ws.delta[at] = 0.f;
+    if (ws.lse2 != nullptr) ws.lse2[at] = INFINITY;
+  }
+  const int64_t rows = p.total_q * p.heads_q;
+  for (int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; w < rows;
+       w += int64_t(gridDim.x) * blockDim.x / 32) {
+    const int64_t t = w / p.heads_q, h = w % p.heads_q;
+    const T* o = static_cast<const T*>(p.out) + t * p.out_row_stride + h * p.out_head_stride;
+    const T* g = static_cast<const T*>(p.dout) + t * p.dout_row_stride + h * p.dout_head_stride;
+    float acc = 0.f;
+#pragma unroll
+    for (int d = lane; d < D; d += 32) acc += to_float(o[d]) * to_float(g[d]);
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (ws.dq_accum != nullptr) {
+      float* row = ws.dq_accum + (t * p.heads_q + h) * D;
+#pragma unroll
+      for (int d = lane; d < D; d += 32) row[d] = 0.f;
+    }
+    if (lane == 0) {
+      ws.delta[h * ws.ld + t] = acc;
+      if (ws.lse2 != nullptr) {
+        const float lse = p.lse_in[h * p.total_q + t];
+        ws.lse2[h * ws.ld + t] = lse == -INFINITY ? INFINITY : lse * kLog2e;
+      }
+      if (ws.dq_sem != nullptr) ws.dq_sem[h * p.total_q + t] = 0;
+    }
+  }
+}
+
+// dq (Tq, Hq, D) in T from the fp32 accumulator laid out (Tq, Hq, D) contiguously.
+template <class T, int D>
+__global__ void __launch_bounds__(256) dq_convert_kernel(const VarlenBackwardParams p, const float* dq_accum, float mult) {
+  const int64_t n = p.total_q * p.heads_q * (D / 2);
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = i / (D / 2), d = (i % (D / 2)) * 2;
+    const int64_t t = row / p.heads_q, h = row % p.heads_q;
+    const float2 x = *reinterpret_cast<const float2*>(dq_accum + row * D + d);
+    *reinterpret_cast<uint32_t*>(static_cast<T*>(p.dq) + t * p.dq_row_stride + h * p.dq_head_stride + d) =
+        pack2<T>(x.x * mult, x.y * mult);
+  }
+}
+
+// Grid of a grid-stride pass over `items` units of work, `per_block` a block.
+inline unsigned stride_grid(int64_t items, int64_t per_block) {
+  const int64_t blocks = (items + per_block - 1) / per_block;
+  return unsigned(blocks < 1 ? 1 : (blocks < 65536 * 8 ? blocks : 65536 * 8));
+}
+
+// Launches the preprocess (always one block at least: block 0 writes the header).
+template <class T, int D>
+void launch_bwd_preprocess(const VarlenBackwardParams& p, const BwdWorkspace& ws, cudaStream_t stream) {
+  bwd_preprocess_kernel<T, D><<<stride_grid(p.total_q * p.heads_q, 4), 128, 0, stream>>>(p, ws);
+}
+
+template <class T, int D>
+void launch_dq_convert(const VarlenBackwardParams& p, const float* dq_accum, float mult, cudaStream_t stream) {
+  if (p.total_q == 0 || p.heads_q == 0) return;
+  dq_convert_kernel<T, D><<<stride_grid(p.total_q * p.heads_q * (D / 2), 256), 256, 0, stream>>>(p, dq_accum, mult);
+}
+
+}  // namespace scree::cuda_attention

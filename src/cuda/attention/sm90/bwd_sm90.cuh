@@ -1,0 +1,459 @@
+// Hopper (sm_90a) varlen attention backward: warp-specialised, TMA + mbarrier + wgmma, composed
+// from the parts the forward uses (pipeline.cuh, tile_scheduler.cuh, tma.cuh, named_barrier.cuh).
+// A persistent grid works through key tiles (sequence, 128 keys, kv head) longest first; each CTA
+// keeps its tile's K and V in shared memory and walks every (query head of the GQA group, query
+// block) that sees them, so dK and dV of the whole group are summed in registers (no atomics):
+//  - producer (warpgroup 0, 24 registers): one thread loads K, V once per tile and Q, dO, lse, delta
+//    of each query block into a 2-stage ring (TMA, transaction-counted mbarriers);
+//  - two consumers (warpgroups 1, 2, 240 registers), 64 keys each:
+//      S^T = K Q^T and dP^T = V dO^T (wgmma, both operands from shared memory),
+//      P^T = exp2(S^T log2(e) scale - lse2), dS^T = P^T (dP^T - delta) [(1 - tanh^2) with softcap],
+//      dV += P^T dO and dK += dS^T Q with P and dS in registers (A operands),
+//      dS^T to shared memory, then dQ (64 x 64 per warpgroup) = dS K from shared memory, staged in
+//      shared memory as fp32 and added to the fp32 accumulator in global memory by bulk
+//      reduce-adds (cp.reduce.async.bulk, one 256-byte row per thread of the first two warps).
+// The score scale is left out of dS (one multiply less per score): dK is scaled in the epilogue,
+// dQ by the postprocess. Deterministic mode orders the dQ additions of the key tiles of one query
+// block by the schedule (a per-block counter in global memory), so the sums are the same bits on
+// every run. Rows past a sequence's end read the neighbours' tokens or TMA's zeros: their P and dS
+// are set to 0 (a select, never a product, so non-finite neighbours cannot leak in).
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "../bwd_workspace.h"
+#include "../fragment.cuh"
+#include "../online_softmax.cuh"
+#include "../scores.cuh"
+#include "../varlen_tile.cuh"
+#include "named_barrier.cuh"
+#include "pipeline.cuh"
+#include "ptx.cuh"
+#include "tile_scheduler.cuh"
+#include "tma.cuh"
+#include "wgmma.cuh"
+
+namespace scree::cuda_attention::sm90 {
+
+using attention::QueryRange;
+using attention::VarlenBackwardParams;
+using attention::visible_queries;
+
+template <int D>
+struct BwdTiles {
+  static constexpr int kBlockN = 128;  // keys of a CTA tile: 2 consumer warpgroups x 64
+  // Queries per step. Registers of a consumer thread: S^T and dP^T are 64 x kBlockM fp32 each,
+  // dK and dV 64 x D each, dQ 64 x 64: D = 128 with 64 queries: 32 + 32 + 64 + 64 + 32 = 224 of
+  // 240; D = 64 with 128 queries: 64 + 64 + 32 + 32 + 32 = 224.
+  static constexpr int kBlockM = D <= 64 ? 128 : 64;
+  static constexpr int kThreads = 384;
+  static constexpr int kStages = 2;  // of the Q / dO ring: two fit next to K, V, dS^T and dQ
+  static constexpr int kSlabQ = kBlockM * 128;   // bytes of a 64-column slab of a Q or dO tile
+  static constexpr int kSlabK = kBlockN * 128;   // of a K or V tile
+  static constexpr int kSlabDs = kBlockN * 128;  // of dS^T: 128 keys x 64 queries
+  static constexpr int kQBytes = kBlockM * D * 2;
+  static constexpr int kKBytes = kBlockN * D * 2;
+  // The dQ tile of a warpgroup is 64 x 64: D = 128: all 64 queries, head dims [64 w, 64 w + 64);
+  // D = 64: queries [64 w, 64 w + 64), every head dim. Rows staged 256 + 32 bytes apart so the
+  // accumulator stores (8 rows x 4 lanes a warp) hit 32 distinct banks in two wavefronts.
+  static constexpr int kDqRowBytes = 64 * 4 + 32;
+  static constexpr int kDqTileBytes = 64 * kDqRowBytes;
+};
+
+template <int D>
+struct BwdSmem {
+  using Tiles = BwdTiles<D>;
+  alignas(1024) char k[Tiles::kKBytes];
+  alignas(1024) char v[Tiles::kKBytes];
+  struct Stage {
+    alignas(1024) char q[Tiles::kQBytes];
+    alignas(1024) char dout[Tiles::kQBytes];
+    alignas(128) float lse2[Tiles::kBlockM];
+    alignas(128) float delta[Tiles::kBlockM];
+  } stage[Tiles::kStages];
+  alignas(1024) char ds[Tiles::kBlockM / 64][Tiles::kSlabDs];  // dS^T, 64-query slabs
+  alignas(128) char dq[2][2][Tiles::kDqTileBytes];             // [warpgroup][buffer]
+  uint64_t kv_full;   // the producer published a tile and its K, V are loading
+  uint64_t kv_empty;  // the consumers are done with the tile's K, V (and its slot)
+  MbarRing<Tiles::kStages> ring;
+  TileSlots tiles;
+};
+template <int D>
+inline constexpr int kBwdSmemBytes = smem_bytes<BwdSmem<D>>();
+
+// A key tile: its sequence, first key n0 (and keys in it), kv head, and the query blocks
+// [mb_begin, mb_end) that can see its keys; the steps walk them for each query head of the group.
+struct BwdTile {
+  SeqTile s;
+  int n_tile, n0, hk;
+  int mb_begin, mb_blocks, steps;
+};
+
+template <int kM, int kN>
+__device__ __forceinline__ bool bwd_tile_at(const VarlenBackwardParams& p, const TileOrder& order, int group, int64_t t,
+                                            BwdTile& x) {
+  int64_t b;
+  order.at(t, b, x.n_tile, x.hk);
+  x.s = sequence(p, b);
+  x.n0 = x.n_tile * kN;
+  if (x.n0 >= x.s.k_len) return false;
+  const QueryRange qr = visible_queries(p, x.n0, x.n0 + kN, x.s.q_len, x.s.k_len);
+  x.mb_begin = int(qr.lo) / kM;
+  x.mb_blocks = qr.hi > qr.lo ? int((qr.hi + kM - 1) / kM) - x.mb_begin : 0;
+  x.steps = group * x.mb_blocks;
+  return true;
+}
+
+// Whether key tile n of sequence s walks query block mb (the same range bwd_tile_at computes).
+template <int kM, int kN>
+__device__ __forceinline__ bool tile_sees_block(const VarlenBackwardParams& p, const SeqTile& s, int n, int mb) {
+  const QueryRange qr = visible_queries(p, int64_t(n) * kN, int64_t(n) * kN + kN, s.q_len, s.k_len);
+  return qr.hi > qr.lo && int(qr.lo) / kM <= mb && int((qr.hi + kM - 1) / kM) > mb;
+}
+
+// Deterministic mode: how many key tiles of this sequence add to query block mb before tile n in
+// the schedule's order (the tiles that see a block form one range of n; binary search for its end
+// on the schedule's side of n).
+template <int kM, int kN>
+__device__ __forceinline__ int dq_adds_before(const VarlenBackwardParams& p, const SeqTile& s, int n, int mb,
+                                              bool descending) {
+  const int last = (s.k_len + kN - 1) / kN - 1;
+  if (descending) {  // tiles n+1 .. end of the range came first
+    int lo = n, hi = last;  // the range's end is in [lo, hi]
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (tile_sees_block<kM, kN>(p, s, mid, mb)) lo = mid; else hi = mid - 1;
+    }
+    return lo - n;
+  }
+  int lo = 0, hi = n;  // tiles start of the range .. n-1 came first
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (tile_sees_block<kM, kN>(p, s, mid, mb)) hi = mid; else lo = mid + 1;
+  }
+  return n - lo;
+}
+
+__device__ __forceinline__ int load_acquire_gpu(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void add_release_gpu(int* p, int v) {
+  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ void fence_proxy_async_global() { asm volatile("fence.proxy.async.global;\n" ::: "memory"); }
+
+// kFolded: no softcap and scale > 0 (ScoreMap::folds()): P = exp2(q.k * scale log2 e - lse2) is one
+// FFMA and an ex2, and P can be computed while dP^T is still in flight.
+template <class T, int D, bool kFolded>
+__global__ void __launch_bounds__(384, 1)
+    varlen_bwd_sm90_kernel(const VarlenBackwardParams p, const ScoreMap score, const BwdWorkspace ws, bool deterministic,
+                           const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+                           const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
+                           const __grid_constant__ CUtensorMap tm_lse2, const __grid_constant__ CUtensorMap tm_delta) {
+  using Tiles = BwdTiles<D>;
+  using Smem = BwdSmem<D>;
+  constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN, kStages = Tiles::kStages;
+  extern __shared__ char smem_raw[];
+  Smem& sm = aligned_smem<Smem>(smem_raw);
+
+  if (threadIdx.x == 0) {
+    mbar_init(&sm.kv_full, 1);
+    mbar_init(&sm.kv_empty, 256);
+    sm.ring.init(256);
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  // The order over the true maximum key length the preprocess found (a loose host bound would
+  // otherwise cost a counter round trip per empty tile).
+  const int group = int(p.heads_q / p.heads_k);
+  const TileOrder order{p.num_sequences, (int64_t(ws.header->max_seqlen_k) + kN - 1) / kN, p.heads_k, !p.causal};
+  const int64_t tiles = order.count();
+
+  const int wg = threadIdx.x / 128;
+  if (wg == 0) {
+    setmaxnreg_dec<24>();
+    if (threadIdx.x == 0) {
+      const TileCounter counter{&ws.header->tile_counter};
+      PipelineState<kStages> qs = MbarRing<kStages>::producer_start();
+      int64_t t = counter.first(), reserved = 0;
+      for (int j = 0;; ++j) {
+        if (j > 0) t = reserved;
+        BwdTile x;
+        bool found = false;
+        while (t < tiles && !(found = bwd_tile_at<kM, kN>(p, order, group, t, x))) t = counter.next();
+        if (j > 0) mbar_wait(&sm.kv_empty, (j - 1) & 1);  // the previous tile's K, V (and slot) are free
+        sm.tiles.publish(j, found ? t : -1);
+        if (!found) {
+          mbar_arrive(&sm.kv_full);  // no bytes: the consumers read -1 and stop
+          break;
+        }
+        mbar_arrive_expect_tx(&sm.kv_full, 2 * Tiles::kKBytes);
+        const int krow = int(x.s.k_start) + x.n0;
+        tma_load_slabs<D>(sm.k, Tiles::kSlabK, &tm_k, x.hk, krow, &sm.kv_full);
+        tma_load_slabs<D>(sm.v, Tiles::kSlabK, &tm_v, x.hk, krow, &sm.kv_full);
+        reserved = counter.next();  // the next tile's round trip overlaps this tile's loads
+        for (int step = 0; step < x.steps; ++step, qs.advance()) {
+          const int h = x.hk * group + step / x.mb_blocks;
+          const int qrow = int(x.s.q_start) + (x.mb_begin + step % x.mb_blocks) * kM;
+          sm.ring.acquire(qs, 2 * Tiles::kQBytes + 2 * kM * 4);
+          typename Smem::Stage& st = sm.stage[qs.index];
+          uint64_t* bar = sm.ring.full_bar(qs);
+          tma_load_slabs<D>(st.q, Tiles::kSlabQ, &tm_q, h, qrow, bar);
+          tma_load_slabs<D>(st.dout, Tiles::kSlabQ, &tm_do, h, qrow, bar);
+          tma_load_2d(st.lse2, &tm_lse2, qrow, h, bar);
+          tma_load_2d(st.delta, &tm_delta, qrow, h, bar);
+        }
+      }
+    }
+  } else {
+    setmaxnreg_inc<240>();
+    const int cw = wg - 1;                       // this warpgroup's keys: [64 cw, 64 cw + 64) of the tile
+    const int tid = threadIdx.x - 128 * wg;      // 0..127 within the warpgroup
+    const int warp = tid / 32, lane = tid % 32, quad = lane % 4;
+    // The dQ tile of this warpgroup (see BwdTiles): query offset and head-dim offset.
+    const int dq_row0 = D <= 64 ? 64 * cw : 0, dq_col0 = D <= 64 ? 0 : 64 * cw;
+    const uint32_t k_rows = smem_u32(sm.k) + 64 * cw * 128;  // this warpgroup's 64 rows of each K slab
+    const uint32_t v_rows = smem_u32(sm.v) + 64 * cw * 128;
+    const uint32_t ds_base = smem_u32(sm.ds[0]);
+    const float mult = kFolded ? score.scale_log2 : kLog2e;
+
+    float sacc[kM / 8][4], dpacc[kM / 8][4], dv[D / 8][4], dk[D / 8][4], dq[8][4];
+    uint32_t pa[kM / 16][4], da[kM / 16][4];
+    PipelineState<kStages> qs;
+    int staged = 0;  // dQ tiles staged so far (the staging buffer alternates)
+
+    for (int j = 0;; ++j) {
+      mbar_wait(&sm.kv_full, j & 1);
+      const int64_t t = sm.tiles.read(j);
+      if (t < 0) break;
+      BwdTile x;
+      bwd_tile_at<kM, kN>(p, order, group, t, x);
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dv[i][e] = dk[i][e] = 0.f;
+
+      // This thread's two key rows and the queries that see each (in the sequence), as column
+      // bounds relative to the thread's first column in a query block (query m0 + 2 quad).
+      int key[2];
+      QueryRange sees[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        key[r] = 64 * cw + 16 * warp + lane / 4 + 8 * r;
+        sees[r] = visible_queries(p, x.n0 + key[r], x.n0 + key[r] + 1, x.s.q_len, x.s.k_len);
+      }
+      // A query block needs no mask when every key of the tile is in the sequence and every query
+      // of the block sees every key: the bounds grow with the key, so the first key's upper and
+      // the last key's lower bound decide.
+      const bool keys_full = x.n0 + kN <= x.s.k_len;
+      const QueryRange first_key = visible_queries(p, x.n0, x.n0 + 1, x.s.q_len, x.s.k_len);
+      const QueryRange last_key = visible_queries(p, x.n0 + kN - 1, x.n0 + kN, x.s.q_len, x.s.k_len);
+
+      for (int step = 0; step < x.steps; ++step, qs.advance(), ++staged) {
+        const int h = x.hk * group + step / x.mb_blocks;
+        const int mb = x.mb_begin + step % x.mb_blocks;
+        const int m0 = mb * kM;
+        const bool full = keys_full && last_key.lo <= m0 && first_key.hi >= m0 + kM;
+        typename Smem::Stage& st = sm.stage[qs.index];
+        const uint32_t q_base = smem_u32(st.q), do_base = smem_u32(st.dout);
+        sm.ring.wait(qs);
+
+        // S^T = K Q^T, dP^T = V dO^T (64 keys x kM queries each), issued together. The first
+        // k-step overwrites the accumulators (outputs only, so the last step's values are dead).
+        wgmma_fence();
+        auto issue_kq = [&](float (&acc)[kM / 8][4], uint32_t a_rows, uint32_t b_base) {
+#pragma unroll
+          for (int kk = 0; kk < D / 16; ++kk) {
+            const uint64_t a = desc_sw128(a_rows + (kk / 4) * Tiles::kSlabK + (kk % 4) * 32, 16, 1024);
+            const uint64_t b = desc_sw128(b_base + (kk / 4) * Tiles::kSlabQ + (kk % 4) * 32, 16, 1024);
+            if (kk == 0) wgmma_ss_zero<kM, T>(acc, a, b); else wgmma_ss<kM, T>(acc, a, b, 1);
+          }
+          wgmma_commit();
+        };
+        issue_kq(sacc, k_rows, q_base);
+        issue_kq(dpacc, v_rows, do_base);
+
+        // P^T and dS^T, elementwise: element (j, e) is key key[e / 2], query m0 + 8 j + 2 quad + e % 2.
+        int lo[2], hi[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) lo[r] = int(sees[r].lo) - m0 - 2 * quad, hi[r] = int(sees[r].hi) - m0 - 2 * quad;
+        auto visible = [&](int j, int e) {
+          const int c = 8 * j + (e & 1);
+          return c >= lo[e >> 1] && c < hi[e >> 1];
+        };
+        const float* lse2 = st.lse2 + 2 * quad;
+        const float* delta = st.delta + 2 * quad;
+        if constexpr (kFolded) {
+          wgmma_wait<1>();  // S^T is done; dP^T may still run
+          fence_regs(sacc);
+#pragma unroll
+          for (int j = 0; j < kM / 8; ++j) {
+            const float2 l = *reinterpret_cast<const float2*>(lse2 + 8 * j);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float pr = exp2_ftz(fmaf(sacc[j][e], mult, -((e & 1) ? l.y : l.x)));
+              sacc[j][e] = (full || visible(j, e)) ? pr : 0.f;
+            }
+          }
+          wgmma_wait<0>();
+          fence_regs(dpacc);
+#pragma unroll
+          for (int j = 0; j < kM / 8; ++j) {
+            const float2 dl = *reinterpret_cast<const float2*>(delta + 8 * j);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float ds = sacc[j][e] * (dpacc[j][e] - ((e & 1) ? dl.y : dl.x));
+              dpacc[j][e] = (full || visible(j, e)) ? ds : 0.f;
+            }
+          }
+        } else {
+          wgmma_wait<0>();
+          fence_regs(sacc);
+          fence_regs(dpacc);
+#pragma unroll
+          for (int j = 0; j < kM / 8; ++j) {
+            const float2 l = *reinterpret_cast<const float2*>(lse2 + 8 * j);
+            const float2 dl = *reinterpret_cast<const float2*>(delta + 8 * j);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float x = score(sacc[j][e]);  // the (capped) score
+              const float pr = exp2_ftz(fmaf(x, mult, -((e & 1) ? l.y : l.x)));
+              float ds = pr * (dpacc[j][e] - ((e & 1) ? dl.y : dl.x));
+              if (score.softcap > 0.f) {
+                const float th = x * score.inv_softcap;
+                ds *= 1.f - th * th;
+              }
+              const bool keep = full || visible(j, e);
+              sacc[j][e] = keep ? pr : 0.f;
+              dpacc[j][e] = keep ? ds : 0.f;
+            }
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < kM / 16; ++i) {
+          acc_to_a<T>(pa[i], sacc[2 * i], sacc[2 * i + 1]);
+          acc_to_a<T>(da[i], dpacc[2 * i], dpacc[2 * i + 1]);
+        }
+
+        // dV += P^T dO (A = P^T from registers, B = dO, head dims contiguous).
+        fence_regs(dv);
+        wgmma_fence();
+#pragma unroll
+        for (int i = 0; i < kM / 16; ++i)
+          wgmma_rs_tb<D, T>(dv, pa[i], desc_sw128(do_base + i * 2048, Tiles::kSlabQ, 1024), 1);
+        wgmma_commit();
+
+        // dS^T to shared memory for dQ, once both warpgroups are done reading the last one: key
+        // row 64 cw + 16 warp + lane / 4 (+ 8), queries 8 j + 2 quad (+ 1), 128-byte swizzled
+        // rows of 64 queries (the 16-byte chunk index XOR the row's index mod 8), as TMA would write.
+        named_sync(NamedBarrier::kBwdDsFree, 256);
+#pragma unroll
+        for (int i = 0; i < kM / 16; ++i)
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {  // n-tile j = 2 i + half
+            const int j8 = (2 * i + half) % 8, slab = (2 * i + half) / 8;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+              const int row = key[r];
+              char* at = sm.ds[slab] + row * 128 + ((j8 ^ (row & 7)) << 4) + 4 * quad;
+              *reinterpret_cast<uint32_t*>(at) = da[i][2 * half + r];
+            }
+          }
+
+        // dK += dS^T Q (A = dS^T from registers, B = Q, head dims contiguous).
+        fence_regs(dk);
+        wgmma_fence();
+#pragma unroll
+        for (int i = 0; i < kM / 16; ++i)
+          wgmma_rs_tb<D, T>(dk, da[i], desc_sw128(q_base + i * 2048, Tiles::kSlabQ, 1024), 1);
+        wgmma_commit();
+
+        // dQ (64 queries x 64 head dims of this warpgroup) = dS K over the tile's 128 keys: A = dS
+        // read from dS^T (queries contiguous), B = K (head dims contiguous).
+        fence_proxy_async_smem();
+        named_sync(NamedBarrier::kBwdDsReady, 256);
+        wgmma_fence();
+        {
+          const uint32_t a_base = ds_base + (dq_row0 / 64) * Tiles::kSlabDs;
+          const uint32_t b_base = smem_u32(sm.k) + (dq_col0 / 64) * Tiles::kSlabK;
+#pragma unroll
+          for (int i = 0; i < kN / 16; ++i) {
+            const uint64_t a = desc_sw128(a_base + i * 2048, Tiles::kSlabDs, 1024);
+            const uint64_t b = desc_sw128(b_base + i * 2048, Tiles::kSlabK, 1024);
+            if (i == 0) wgmma_ss_mn_zero<64, T>(dq, a, b); else wgmma_ss_mn<64, T>(dq, a, b, 1);
+          }
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(dv);
+        fence_regs(dk);
+        fence_regs(dq);
+        fence_regs(pa);
+        fence_regs(da);
+        sm.ring.release(qs);  // Q, dO, lse, delta of this step are no longer read
+
+        // Stage dQ as fp32 rows, then the first 64 threads add one row each to the accumulator.
+        char* buf = sm.dq[cw][staged & 1];
+#pragma unroll
+        for (int jn = 0; jn < 8; ++jn)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int row = 16 * warp + lane / 4 + 8 * r;
+            *reinterpret_cast<float2*>(buf + row * Tiles::kDqRowBytes + (8 * jn + 2 * quad) * 4) =
+                make_float2(dq[jn][2 * r], dq[jn][2 * r + 1]);
+          }
+        fence_proxy_async_smem();
+        // Before this step's barrier the issuing threads wait until their adds of the earlier steps
+        // have read shared memory, so the buffer the next step writes (read by the add of the step
+        // before this one) is free once the barrier is passed; that add had a whole step to finish.
+        if (tid < 64) bulk_wait_read<0>();
+        named_sync(NamedBarrier::kBwdDqStaged0 + cw, 128);
+        if (tid < 64) {
+          const int q = m0 + dq_row0 + tid;  // query of this row in the sequence
+          int* sem = deterministic ? ws.dq_sem + int64_t(h) * p.total_q + x.s.q_start + m0 : nullptr;
+          if (sem != nullptr) {
+            const int before = dq_adds_before<kM, kN>(p, x.s, x.n_tile, mb, order.descending);
+            while (load_acquire_gpu(sem) < 128 * before) {
+            }
+            fence_proxy_async_global();
+          }
+          if (q < x.s.q_len) {
+            bulk_reduce_add_f32(ws.dq_accum + ((x.s.q_start + q) * p.heads_q + h) * int64_t(D) + dq_col0,
+                                buf + tid * Tiles::kDqRowBytes, 64 * 4);
+            bulk_commit();
+          }
+          if (sem != nullptr) {
+            bulk_wait<0>();  // this row's adds are done before the next tile's may start
+            fence_proxy_async_global();
+            add_release_gpu(sem, 1);
+          }
+        }
+      }
+      mbar_arrive(&sm.kv_empty);  // the last dQ product was the last read of K (and of V before it)
+
+      // dK (times the score scale, left out of dS) and dV of this thread's two key rows.
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        if (x.n0 + key[r] >= x.s.k_len) continue;
+        const int64_t tok = x.s.k_start + x.n0 + key[r];
+        T* gk = static_cast<T*>(p.dk) + tok * p.dk_row_stride + x.hk * p.dk_head_stride + 2 * quad;
+        T* gv = static_cast<T*>(p.dv) + tok * p.dv_row_stride + x.hk * p.dv_head_stride + 2 * quad;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) {
+          *reinterpret_cast<uint32_t*>(gk + dt * 8) = pack2<T>(dk[dt][2 * r] * score.scale, dk[dt][2 * r + 1] * score.scale);
+          *reinterpret_cast<uint32_t*>(gv + dt * 8) = pack2<T>(dv[dt][2 * r], dv[dt][2 * r + 1]);
+        }
+      }
+    }
+    if (tid < 64) bulk_wait<0>();  // shared memory stays valid until the last adds have read it
+  }
+}
+
+}  // namespace scree::cuda_attention::sm90

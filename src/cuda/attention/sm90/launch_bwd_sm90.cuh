@@ -1,0 +1,57 @@
+// Launcher of the Hopper backward for one (element type, head dim): the preprocess (delta, lse in
+// base-2 units, the dQ accumulator and the deterministic counters zeroed, the tile counter and the
+// true maximum lengths in the workspace header), the persistent key-tile kernel over TMA tensor
+// maps, and the postprocess that converts dQ (times the score scale). Explicitly instantiated in
+// instances/bwd_sm90_*.cu, compiled for sm_90a only. The host API sends calls with no query token
+// (dK = dV = 0 for every key) to the portable path.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../bwd_prepost.cuh"
+#include "../bwd_workspace.h"
+#include "../cuda_check.h"
+#include "../launch_common.cuh"
+#include "bwd_sm90.cuh"
+#include "sm_count.h"
+#include "tma.cuh"
+
+namespace scree::cuda_attention::sm90 {
+
+template <class T, int D>
+void launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool deterministic, cudaStream_t stream) {
+  using Tiles = BwdTiles<D>;
+  if (p.total_q == 0 || p.heads_q == 0) return;
+  BwdWorkspace w = ws;
+  if (!deterministic) w.dq_sem = nullptr;
+  launch_bwd_preprocess<T, D>(p, w, stream);
+  check_cuda(cudaGetLastError(), "bwd_preprocess_kernel launch");
+  if (p.num_sequences > 0 && p.total_k > 0 && p.max_seqlen_k > 0) {
+    constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN;
+    const CUtensorMap tm_q = tensor_map_3d<T>(p.q, p.total_q, p.heads_q, D, p.q_row_stride, p.q_head_stride, kM, "q");
+    const CUtensorMap tm_do =
+        tensor_map_3d<T>(p.dout, p.total_q, p.heads_q, D, p.dout_row_stride, p.dout_head_stride, kM, "dout");
+    const CUtensorMap tm_k = tensor_map_3d<T>(p.k, p.total_k, p.heads_k, D, p.k_row_stride, p.k_head_stride, kN, "k");
+    const CUtensorMap tm_v = tensor_map_3d<T>(p.v, p.total_k, p.heads_k, D, p.v_row_stride, p.v_head_stride, kN, "v");
+    const CUtensorMap tm_lse2 = tensor_map_rows_f32(w.lse2, p.heads_q, w.ld, kM, "lse2");
+    const CUtensorMap tm_delta = tensor_map_rows_f32(w.delta, p.heads_q, w.ld, kM, "delta");
+    const ScoreMap score = ScoreMap::from(p);
+    auto kernel = score.folds() ? varlen_bwd_sm90_kernel<T, D, true> : varlen_bwd_sm90_kernel<T, D, false>;
+    constexpr int kSmem = kBwdSmemBytes<D>;
+    set_smem(kernel, kSmem);
+    // Persistent: one CTA per SM, at most one per key tile of the host's (upper-bound) lengths.
+    const int64_t tiles = p.num_sequences * ceil_div(p.max_seqlen_k, kN) * p.heads_k;
+    const int sms = sm_count();
+    const unsigned grid = unsigned(tiles < sms ? tiles : sms);
+    kernel<<<grid, Tiles::kThreads, kSmem, stream>>>(p, score, w, deterministic, tm_q, tm_k, tm_v, tm_do, tm_lse2,
+                                                      tm_delta);
+    check_cuda(cudaGetLastError(), "varlen_bwd_sm90_kernel launch");
+  }
+  launch_dq_convert<T, D>(p, w.dq_accum, float(p.scale), stream);
+  check_cuda(cudaGetLastError(), "dq_convert_kernel launch");
+}
+
+}  // namespace scree::cuda_attention::sm90

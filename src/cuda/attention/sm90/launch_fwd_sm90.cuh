@@ -1,0 +1,55 @@
+// Launcher of the Hopper forward for one (element type, head dim): TMA tensor maps over the
+// packed q, k, v tensors, the dynamic shared-memory opt-in, the tile counter, the persistent
+// launch and its error check. Explicitly instantiated in instances/fwd_sm90_*.cu, compiled for
+// sm_90a only.
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../cuda_check.h"
+#include "../launch_common.cuh"
+#include "fwd_sm90.cuh"
+#include "sm_count.h"
+#include "tma.cuh"
+
+namespace scree::cuda_attention::sm90 {
+
+template <class T, int D>
+void launch_fwd_sm90(const VarlenParams& p, cudaStream_t stream) {
+  using Tiles = FwdTiles<D>;
+  if (p.num_sequences == 0 || p.max_seqlen_q == 0 || p.heads_q == 0 || p.total_q == 0) return;
+  // Keys: a map needs at least one row; with no key at all every row outputs 0 / -inf, which the
+  // kernel does without reading k or v (no key block is visible).
+  const bool keys = p.total_k > 0;
+  const int64_t tk = keys ? p.total_k : 1;
+  const int64_t hk = keys ? p.heads_k : p.heads_q;
+  const CUtensorMap tq = tensor_map_3d<T>(p.q, p.total_q, p.heads_q, D, p.q_row_stride, p.q_head_stride, Tiles::kBlockM, "q");
+  const CUtensorMap tk_map = tensor_map_3d<T>(keys ? p.k : p.q, tk, hk, D, keys ? p.k_row_stride : p.q_row_stride,
+                                              keys ? p.k_head_stride : p.q_head_stride, Tiles::kBlockN, "k");
+  const CUtensorMap tv_map = tensor_map_3d<T>(keys ? p.v : p.q, tk, hk, D, keys ? p.v_row_stride : p.q_row_stride,
+                                              keys ? p.v_head_stride : p.q_head_stride, Tiles::kBlockN, "v");
+  const ScoreMap score = ScoreMap::from(p);
+  auto kernel = score.folds() ? varlen_fwd_sm90_kernel<T, D, true> : varlen_fwd_sm90_kernel<T, D, false>;
+  constexpr int kSmem = kFwdSmemBytes<D>;
+  set_smem(kernel, kSmem);
+  // Persistent: one CTA per SM (224 KiB of shared memory allows no second), at most one per tile.
+  const TileOrder order{p.num_sequences, ceil_div(p.max_seqlen_q, Tiles::kBlockM), p.heads_q, true};
+  const int64_t tiles = order.sequences * order.tiles * order.heads;
+  const int sms = sm_count();
+  const unsigned grid = unsigned(tiles < sms ? tiles : sms);
+  // The tile counter: 8 stream-ordered bytes per call (the pool makes this cheap), zeroed on the
+  // stream and freed after the kernel, so concurrent calls on other streams never share one.
+  void* counter = nullptr;
+  check_cuda(cudaMallocAsync(&counter, sizeof(unsigned long long), stream), "cudaMallocAsync(tile counter)");
+  check_cuda(cudaMemsetAsync(counter, 0, sizeof(unsigned long long), stream), "cudaMemsetAsync(tile counter)");
+  kernel<<<grid, Tiles::kThreads, kSmem, stream>>>(p, score, order, static_cast<unsigned long long*>(counter), tq,
+                                                    tk_map, tv_map);
+  const cudaError_t launched = cudaGetLastError();
+  check_cuda(cudaFreeAsync(counter, stream), "cudaFreeAsync(tile counter)");
+  check_cuda(launched, "varlen_fwd_sm90_kernel launch");
+}
+
+}  // namespace scree::cuda_attention::sm90

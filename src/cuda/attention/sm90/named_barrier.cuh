@@ -1,0 +1,30 @@
+// The named barriers (bar.sync / bar.arrive ids) of the Hopper kernels, one enum so that no two
+// roles of one kernel share an id (id 0 is __syncthreads'; 16 exist). sync waits until `threads`
+// threads have arrived or synced on the id; arrive counts this thread without waiting.
+#pragma once
+
+namespace scree::cuda_attention::sm90 {
+
+enum class NamedBarrier : int {
+  // forward: consumer warpgroup 0 / 1 may issue its products (pingpong turn)
+  kFwdTurn0 = 1,
+  kFwdTurn1 = 2,
+  // backward: both consumers are done reading dS from shared memory (it may be overwritten) /
+  // both have written it (the dQ product may read it)
+  kBwdDsFree = 3,
+  kBwdDsReady = 4,
+  // backward: consumer warpgroup 0 / 1 has staged its dQ tile in shared memory
+  kBwdDqStaged0 = 5,
+  kBwdDqStaged1 = 6,
+};
+
+__device__ __forceinline__ NamedBarrier operator+(NamedBarrier b, int i) { return NamedBarrier(int(b) + i); }
+
+__device__ __forceinline__ void named_sync(NamedBarrier id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(int(id)), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_arrive(NamedBarrier id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(int(id)), "r"(threads) : "memory");
+}
+
+}  // namespace scree::cuda_attention::sm90

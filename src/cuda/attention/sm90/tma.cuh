@@ -1,0 +1,100 @@
+// TMA (the bulk tensor copy engine): host-side tensor maps over the packed attention tensors and
+// the backward's fp32 row arrays, and the device-side loads that complete on an mbarrier.
+//  - tensor_map_3d<T>: a (tokens, heads, d) tensor of 16-bit T with element strides (row, head) and
+//    a contiguous last dimension, as a rank-3 map (d, heads, tokens) with boxes of (64 columns,
+//    1 head, box_rows tokens) and 128-byte swizzle, the layout wgmma's descriptors read;
+//  - tensor_map_rows_f32: an fp32 (rows, ld) array, boxes of (box, 1), no swizzle.
+// Coordinates past the tensor's end read zeros; a box's full byte count is always credited to the
+// mbarrier, so the expected transaction bytes never depend on where a tile ends.
+#pragma once
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "../cuda_check.h"
+#include "ptx.cuh"
+
+namespace scree::cuda_attention::sm90 {
+
+// cuTensorMapEncodeTiled from the driver, found once through the runtime (no link to libcuda).
+inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    check_cuda(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &found),
+               "cudaGetDriverEntryPointByVersion(cuTensorMapEncodeTiled)");
+    if (found != cudaDriverEntryPointSuccess || ptr == nullptr)
+      throw Error(ErrorKind::DeviceFailure, "the CUDA driver has no cuTensorMapEncodeTiled (needs CUDA 12+)");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+  }();
+  return fn;
+}
+
+inline CUtensorMap encode_tensor_map(CUtensorMapDataType type, cuuint32_t rank, const void* base, const cuuint64_t* dims,
+                                     const cuuint64_t* strides, const cuuint32_t* box, CUtensorMapSwizzle swizzle,
+                                     const char* name) {
+  CUtensorMap map;
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUresult rc = tensor_map_encoder()(&map, type, rank, const_cast<void*>(base), dims, strides, box,
+                                           element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+                                           CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (rc != CUDA_SUCCESS)
+    throw Error(ErrorKind::DeviceFailure, std::string("cuTensorMapEncodeTiled(") + name + ") failed with CUresult " +
+                                              std::to_string(int(rc)));
+  return map;
+}
+
+template <class T>
+CUtensorMap tensor_map_3d(const void* base, int64_t tokens, int64_t heads, int64_t d, int64_t row_stride,
+                          int64_t head_stride, int box_rows, const char* name) {
+  const cuuint64_t dims[3] = {cuuint64_t(d), cuuint64_t(heads), cuuint64_t(tokens)};
+  const cuuint64_t strides[2] = {cuuint64_t(head_stride) * sizeof(T), cuuint64_t(row_stride) * sizeof(T)};
+  const cuuint32_t box[3] = {64, 1, cuuint32_t(box_rows)};
+  const CUtensorMapDataType type =
+      std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  return encode_tensor_map(type, 3, base, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B, name);
+}
+
+// rows x ld floats, ld a multiple of 4 (16-byte row stride).
+inline CUtensorMap tensor_map_rows_f32(const float* base, int64_t rows, int64_t ld, int box, const char* name) {
+  const cuuint64_t dims[2] = {cuuint64_t(ld), cuuint64_t(rows)};
+  const cuuint64_t strides[1] = {cuuint64_t(ld) * sizeof(float)};
+  const cuuint32_t boxes[2] = {cuuint32_t(box), 1};
+  return encode_tensor_map(CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, base, dims, strides, boxes, CU_TENSOR_MAP_SWIZZLE_NONE,
+                           name);
+}
+
+// One box of a rank-3 / rank-2 tensor map (coordinates innermost first) into shared memory; the
+// bytes count towards bar's expected transactions.
+__device__ __forceinline__ void tma_load_3d(void* smem, const CUtensorMap* map, int c0, int c1, int c2, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
+          smem_u32(smem)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar))
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_2d(void* smem, const CUtensorMap* map, int c0, int c1, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          smem_u32(smem)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_u32(bar))
+      : "memory");
+}
+
+// The D / 64 slabs (64 columns each) of one box of a tensor_map_3d map: slab s lands at
+// smem + s * slab_bytes.
+template <int D>
+__device__ __forceinline__ void tma_load_slabs(char* smem, int slab_bytes, const CUtensorMap* map, int head, int row,
+                                               uint64_t* bar) {
+#pragma unroll
+  for (int s = 0; s < D / 64; ++s) tma_load_3d(smem + s * slab_bytes, map, s * 64, head, row, bar);
+}
+
+}  // namespace scree::cuda_attention::sm90
