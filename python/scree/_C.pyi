@@ -57,6 +57,54 @@ def segment_ids(offsets: Annotated[NDArray, dict(writable=False)], out: NDArray)
 def segment_reduce(values: Annotated[NDArray, dict(writable=False)], offsets: Annotated[NDArray, dict(writable=False)], out: NDArray, op: str) -> None:
     """Per-sequence 'sum', 'mean' or 'max' over tokens into out (n, *f)."""
 
+class AttentionArgs:
+    """
+    The scalar arguments of one varlen attention call, as the kernels take them (immutable).
+    max_seqlen_q/k: longest sequence lengths (upper bounds are accepted); scale; causal (bottom-right
+    aligned); window_left/right (-1 = unbounded); softcap (0 = off); deterministic (CUDA backward).
+    XLA FFI calls pass the same fields as attributes of the same names (fields()).
+    """
+
+    def __init__(self, max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool = False, window_left: int = -1, window_right: int = -1, softcap: float = 0.0, deterministic: bool = False) -> None: ...
+
+    @property
+    def max_seqlen_q(self) -> int: ...
+
+    @property
+    def max_seqlen_k(self) -> int: ...
+
+    @property
+    def scale(self) -> float: ...
+
+    @property
+    def causal(self) -> bool: ...
+
+    @property
+    def window_left(self) -> int: ...
+
+    @property
+    def window_right(self) -> int: ...
+
+    @property
+    def softcap(self) -> float: ...
+
+    @property
+    def deterministic(self) -> bool: ...
+
+    def with_deterministic(self, deterministic: bool) -> AttentionArgs:
+        """A copy with `deterministic` replaced (the backward's choice)."""
+
+    def fields(self) -> dict:
+        """
+        The fields by name, in declaration order (the attributes of the XLA FFI calls).
+        """
+
+    def __repr__(self) -> str: ...
+
+    def __eq__(self, arg: object, /) -> bool: ...
+
+    def __hash__(self) -> int: ...
+
 def cpu_isa() -> str:
     """Instruction-set variant of the CPU attention kernels in use."""
 
@@ -65,15 +113,15 @@ def cuda_head_dims() -> list[int]:
     Head dims (D == Dv) the CUDA attention kernels were compiled for, ascending; [] without CUDA.
     """
 
-def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], out: NDArray, lse: NDArray | None, max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, window_left: int, window_right: int, softcap: float, stream: int = 0) -> None:
+def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], out: NDArray, lse: NDArray | None, args: AttentionArgs, stream: int = 0) -> None:
     """
     Varlen attention forward into out (Tq, Hq, Dv) and lse (Hq, Tq) float32 (optional).
     All arrays on one device: the CPU, or one CUDA GPU (float16/bfloat16; launched on `stream`,
     a cudaStream_t as an int, 0 = legacy default stream). cu_seqlens are int32/int64 (n+1) on
-    that device; window sides -1 = unbounded; softcap 0 = off; max_seqlen may be upper bounds.
+    that device; `args` (AttentionArgs) holds the scalars.
     """
 
-def varlen_bwd_workspace_bytes(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, window_left: int, window_right: int, softcap: float, deterministic: bool = False) -> int:
+def varlen_bwd_workspace_bytes(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], args: AttentionArgs) -> int:
     """
     Bytes of device workspace varlen_bwd needs for these arguments (0 on the CPU).
     """
@@ -83,12 +131,12 @@ def cuda_bwd_workspace_bytes(total_q: int, heads_q: int, head_dim: int, determin
     Bytes of workspace the CUDA backward needs for these sizes (0 in builds without CUDA).
     """
 
-def varlen_bwd(dout: Annotated[NDArray, dict(writable=False)], q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], out: Annotated[NDArray, dict(writable=False)], lse: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], dq: NDArray, dk: NDArray, dv: NDArray, max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool, window_left: int, window_right: int, softcap: float, deterministic: bool = False, workspace: NDArray | None = None, stream: int = 0) -> None:
+def varlen_bwd(dout: Annotated[NDArray, dict(writable=False)], q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], out: Annotated[NDArray, dict(writable=False)], lse: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], dq: NDArray, dk: NDArray, dv: NDArray, args: AttentionArgs, workspace: NDArray | None = None, stream: int = 0) -> None:
     """
     Varlen attention backward: dq, dk, dv from dout, the forward's out and lse.
     On CUDA, `workspace` (contiguous, on the same GPU, 16-byte aligned) must hold at least
     varlen_bwd_workspace_bytes(...) bytes (None: allocated stream-ordered with cudaMallocAsync);
-    deterministic=True makes dq bit-reproducible there (the CPU backward always is).
+    args.deterministic makes dq bit-reproducible there (the CPU backward always is).
     """
 
 def registrations() -> dict:

@@ -9,14 +9,16 @@ With JAX, ``scree.Array`` is a pytree (registered when scree first sees a JAX ar
 ``import scree`` if jax was imported before): it passes through ``jax.jit``, ``jax.grad`` and
 ``jax.vmap``. An Array built from NumPy data only and handed to jax.jit before scree ever saw jax
 needs ``arr.to("jax")`` first (which registers it too).
+
+Layers, each importing only those below it: _backends (array primitives) < _layout < _array <
+kernels (reference, layout dispatch, attention plan and calls) < _connect (framework glue) <
+_construct, _combine, _attention (the public functions) < bridges, nn, integrations.
 """
 
-import sys as _sys
-
 from scree._array import Array
+from scree._attention import varlen_attention, varlen_attention_backward
 from scree._construct import from_cu_seqlens, from_lengths, from_offsets, from_padded, pack, unpack
 from scree._combine import concat_sequences
-from scree.kernels.attention import varlen_attention, varlen_attention_backward
 from scree._errors import (
     ArgumentError,
     BackendError,
@@ -36,6 +38,3 @@ __all__ = [
     "ScreeError", "RaggedError", "ShapeError", "DTypeError", "UnsupportedError", "ArgumentError",
     "BackendError", "DeviceError", "varlen_attention", "varlen_attention_backward", "__version__",
 ]
-
-if "jax" in _sys.modules:  # jax was imported first: make Array a pytree now (imports nothing new)
-    from scree._backends import jax as _jax_backend  # noqa: F401

@@ -1,27 +1,50 @@
-"""The scree.Array type: `values` (total, *feature) plus `offsets` (n+1), both native arrays of one
-backend and device. Invariants are checked once, in C++ (RaggedLayout), when data enters; the
-host-side offsets, lengths and max_length are kept with the object so no kernel call has to sync
-a device to learn them. Array is immutable: every operation returns a new Array or native array."""
+"""The scree.Array type: `values` (total, *feature) plus a Layout (its offsets (n+1) and everything
+derived from them, scree._layout), both native arrays of one backend and device. Invariants are
+checked once per Layout, in C++ (RaggedLayout), when data enters, without synchronising a device;
+Arrays made with with_values share their Layout, so the host offsets, max_length, int32
+cu_seqlens and kernel plans are computed once for every layer that maps a batch's values. Array
+is immutable: every operation returns a new Array or native array.
+
+This module sits below the kernels: the per-sequence operations its methods expose (positions,
+segment_ids, gather, to_padded, sum/mean/max) are provided by scree.kernels.layout through
+`provide_layout_ops` when that module loads (`import scree` loads it), so nothing here imports
+upwards."""
 
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from scree import _backends, _C
-from scree._errors import ArgumentError, BackendError, DTypeError, ShapeError
+from scree import _backends
+from scree._errors import ArgumentError, BackendError, ShapeError
+from scree._layout import Layout, host_index, poll
 
-__all__ = ["Array"]
+__all__ = ["Array", "LayoutOps", "provide_layout_ops"]
 
 
-def _host_index(ns: ModuleType, x: Any) -> np.ndarray:
-    """A host int64 NumPy copy/view of int32/int64 offsets; DTypeError for any other dtype."""
-    if ns.dtype_name(x) not in ("int32", "int64"):
-        raise DTypeError(f"offsets must be int32 or int64, got {ns.dtype_name(x)}")
-    host = ns.to_numpy(x)
-    return np.ascontiguousarray(host, dtype=np.int64)
+class LayoutOps(Protocol):
+    """The per-sequence operations behind Array's methods (scree.kernels.layout provides them)."""
+
+    def positions(self, arr: "Array", dtype: str) -> Any: ...
+
+    def segment_ids(self, arr: "Array", dtype: str) -> Any: ...
+
+    def gather(self, arr: "Array", index: Any) -> "Array": ...
+
+    def to_padded(self, arr: "Array", pad_value: Any, padding_side: str, max_length: int | None) -> tuple[Any, Any]: ...
+
+    def reduce(self, arr: "Array", op: str) -> Any: ...
+
+
+_OPS: Any = None
+
+
+def provide_layout_ops(ops: LayoutOps) -> None:
+    """Install the implementation of Array's per-sequence methods (called once, by scree.kernels.layout)."""
+    global _OPS
+    _OPS = ops
 
 
 class Array:
@@ -32,61 +55,76 @@ class Array:
     ``values[offsets[i]:offsets[i+1]]``. Both are native arrays (NumPy, torch, JAX or MLX) of one
     device.
 
-    ``validate=False`` skips the check here and is meant for trusted callers that produced the
-    offsets themselves (and for device offsets, where checking costs one host transfer). The
-    compiled host kernels still re-check the host offsets (O(n), cheap) before touching memory,
-    so bad offsets raise rather than crash there; device paths trust them.
-    ``max_length``, when known, spares a device sync for offsets living on a GPU. Like
-    FlashAttention's ``max_seqlen`` it may be an upper bound: padding then uses that length.
+    Validation never synchronises a device: host offsets are checked at once; offsets on a GPU are
+    checked on the GPU and a bad layout raises scree.RaggedError at the next scree call after the
+    check has finished (see scree._layout). ``validate=False`` skips the check and is meant for
+    trusted callers that produced the offsets themselves. The compiled host kernels still re-check
+    host offsets (O(n), cheap) before touching memory, so bad offsets raise rather than crash
+    there; the GPU kernels clamp every sequence into the buffers. ``max_length``, when known, is
+    kept (and on a GPU spares the wait for the device check); like FlashAttention's
+    ``max_seqlen`` it may be an upper bound: padding then uses that length.
     """
 
-    __slots__ = ("_values", "_offsets", "_ns", "_host", "_max_length", "_cu")
+    __slots__ = ("_values", "_layout")
 
     def __init__(self, values: Any, offsets: Any, *, validate: bool = True, max_length: int | None = None):
+        poll()
         ns = _backends.of(values)
         if isinstance(offsets, (list, tuple)):
             offsets = ns.asarray(offsets, dtype="int64" if len(offsets) == 0 else None, like=values)
         _backends.common(values=values, offsets=offsets)
         if len(ns.shape(values)) < 1:
             raise ShapeError("values must have at least one dimension (total, *feature), got a 0-D array")
-        host = None
-        if validate or ns.is_host(offsets):
-            host = _host_index(ns, offsets)
+        total = ns.shape(values)[0]
         if validate:
-            _, _, max_len = _C.validate_offsets(host, ns.shape(values)[0])
-            if max_length is not None and max_length < max_len:
-                raise ArgumentError(f"max_length={max_length} is smaller than the longest sequence ({max_len})")
-            max_length = max_len if max_length is None else max_length
-        self._init(ns, values, offsets, host, max_length)
-
-    def _init(self, ns: ModuleType, values: Any, offsets: Any, host: np.ndarray | None, max_length: int | None) -> None:
-        self._ns = ns
+            self._layout = Layout.validated(ns, offsets, total, max_length)
+        else:
+            host = host_index(ns, offsets) if ns.is_host(offsets) else None
+            self._layout = Layout(ns, offsets, total, host, max_length)
         self._values = values
-        self._offsets = offsets
-        self._host = host
-        self._max_length = max_length
-        self._cu = None
+
+    @classmethod
+    def _over(cls, values: Any, layout: Layout) -> "Array":
+        """values over an existing Layout (same rows; checked by the caller)."""
+        arr = cls.__new__(cls)
+        arr._values, arr._layout = values, layout
+        return arr
 
     @classmethod
     def _trusted(cls, values: Any, offsets: Any, host: np.ndarray | None = None,
                  max_length: int | None = None) -> "Array":
         """Build without validation from parts scree computed itself."""
-        arr = cls.__new__(cls)
-        arr._init(_backends.of(values), values, offsets, host, max_length)
-        return arr
+        ns = _backends.of(values)
+        return cls._over(values, Layout(ns, offsets, ns.shape(values)[0], host, max_length))
+
+    @classmethod
+    def _checked(cls, values: Any, offsets: Any, max_length: int | None, name: str) -> "Array":
+        """Validated as Array(values, offsets) does, a too-small max_length named `name` in the error."""
+        ns = _backends.common(values=values, offsets=offsets)
+        if len(ns.shape(values)) < 1:
+            raise ShapeError("values must have at least one dimension (total, *feature), got a 0-D array")
+        return cls._over(values, Layout.validated(ns, offsets, ns.shape(values)[0], max_length, name))
 
     @classmethod
     def _unflattened(cls, values: Any, offsets: Any) -> "Array":
-        """Rebuild from pytree leaves (JAX's unflatten; see _backends/jax.py): no validation and no
-        host bookkeeping, which is recomputed lazily where the offsets are concrete. JAX's tree
-        utilities also unflatten placeholders (None, object()), so the leaves are not checked."""
-        arr = cls.__new__(cls)
+        """Rebuild from pytree leaves (JAX's unflatten; see scree._connect.jax_pytree): no
+        validation and no host bookkeeping, which is recomputed lazily where the offsets are
+        concrete. JAX's tree utilities also unflatten placeholders (None, object()), so the leaves
+        are not checked."""
         try:
             ns = _backends.of(values)
         except BackendError:
             ns = _backends.get("jax")
-        arr._init(ns, values, offsets, None, None)
-        return arr
+        total = values.shape[0] if hasattr(values, "shape") and len(values.shape) else 0
+        return cls._over(values, Layout(ns, offsets, total))
+
+    @property
+    def _ns(self) -> ModuleType:
+        return self._layout.ns
+
+    @property
+    def _offsets(self) -> Any:
+        return self._layout.offsets
 
     # ---- layout ----------------------------------------------------------------------------
     @property
@@ -101,11 +139,9 @@ class Array:
 
     @property
     def host_offsets(self) -> np.ndarray:
-        """Offsets as host int64 NumPy, kept with the Array (computed once; for device offsets the
-        first access is the only synchronisation)."""
-        if self._host is None:
-            self._host = _host_index(self._ns, self._offsets)
-        return self._host
+        """Offsets as host int64 NumPy, kept with the Layout (computed once; for device offsets the
+        first access copies them: a synchronisation)."""
+        return self._layout.host_offsets()
 
     @property
     def lengths(self) -> Any:
@@ -117,31 +153,37 @@ class Array:
 
     def _known_host_offsets(self) -> np.ndarray | None:
         """host_offsets, or None where the host cannot know them (offsets traced under jax.jit)."""
-        if self._host is None and self._ns.is_traced(self._offsets):
+        lay = self._layout
+        if lay.host is None and lay.ns.is_traced(lay.offsets):
             return None
-        return self.host_offsets
+        return lay.host_offsets()
 
     def _host_offsets_without_sync(self) -> np.ndarray | None:
         """host_offsets when the host has them or can read them without a device sync (cached, or
         the offsets live in host memory); None for device offsets never copied and traced ones."""
-        if self._host is None and (self._ns.is_traced(self._offsets) or not self._ns.is_host(self._offsets)):
+        lay = self._layout
+        if lay.host is None and not lay.ns.host_readable(lay.offsets):
             return None
-        return self.host_offsets
+        return lay.host_offsets()
 
     def _known_max_length(self) -> int | None:
         """max_length, or None where it cannot be known (offsets traced under jax.jit)."""
-        if self._max_length is None and self._known_host_offsets() is None:
+        if self._layout.max_length is None and self._known_host_offsets() is None:
             return None
         return self.max_length
 
     @property
     def max_length(self) -> int:
-        """Length of the longest sequence (0 for an empty batch); host int, cached. Unknown inside
-        jax.jit, where the offsets are traced (scree.UnsupportedError): pass sizes explicitly there."""
-        if self._max_length is None:
-            h = self.host_offsets
-            self._max_length = int(np.max(np.diff(h))) if len(h) > 1 else 0
-        return self._max_length
+        """Length of the longest sequence (0 for an empty batch); host int, cached. Known without a
+        sync when given, when the host has the offsets, or once the device check has landed; else
+        reading it copies the offsets (a synchronisation). Unknown inside jax.jit, where the offsets
+        are traced (scree.UnsupportedError): pass sizes explicitly there."""
+        lay = self._layout
+        if lay.known_max_length() is None:
+            h = lay.host_offsets()
+            if lay.max_length is None:
+                lay.max_length = int(np.max(np.diff(h))) if len(h) > 1 else 0
+        return lay.max_length
 
     @property
     def num_sequences(self) -> int:
@@ -178,25 +220,24 @@ class Array:
     def cu_seqlens(self) -> Any:
         """Offsets as int32 on the values' device (FlashAttention's cu_seqlens); zero-copy when the
         offsets already are int32."""
-        if self._cu is None:
-            if self._ns.dtype_name(self._offsets) == "int32":
-                self._cu = self._offsets
+        lay = self._layout
+        if lay.cu32 is None:
+            if lay.ns.dtype_name(lay.offsets) == "int32":
+                lay.cu32 = lay.offsets
             else:
                 if self.total > np.iinfo(np.int32).max:
                     raise ArgumentError(f"total = {self.total} tokens does not fit int32 cu_seqlens")
-                self._cu = self._ns.astype(self._offsets, "int32")
-        return self._cu
+                lay.cu32 = lay.ns.astype(lay.offsets, "int32")
+        return lay.cu32
 
     # ---- derived per-token arrays --------------------------------------------------------------
     def positions(self, dtype: str = "int64") -> Any:
         """Index of each token within its own sequence, shape (total,) — what RoPE needs."""
-        from scree.kernels import layout
-        return layout.positions(self, dtype)
+        return _OPS.positions(self, dtype)
 
     def segment_ids(self, dtype: str = "int64") -> Any:
         """Index of the sequence each token belongs to, shape (total,)."""
-        from scree.kernels import layout
-        return layout.segment_ids(self, dtype)
+        return _OPS.segment_ids(self, dtype)
 
     # ---- sequences -----------------------------------------------------------------------------
     def __getitem__(self, index: Any) -> Any:
@@ -226,8 +267,7 @@ class Array:
                 lens = np.diff(host)
                 return Array._trusted(self._values[lo:hi], off, host, int(lens.max()) if len(lens) else 0)
             index = np.arange(start, stop, step, dtype=np.int64)
-        from scree.kernels import layout
-        return layout.gather(self, index)
+        return _OPS.gather(self, index)
 
     @staticmethod
     def _is_integer_scalar(x: Any) -> bool:
@@ -250,22 +290,26 @@ class Array:
                   max_length: int | None = None) -> tuple[Any, Any]:
         """(padded, mask): padded (n, L, *feature) with L = max_length or the longest sequence,
         mask (n, L) bool, True at tokens. padding_side='left' right-aligns each sequence."""
-        from scree.kernels import layout
-        return layout.to_padded(self, pad_value, padding_side, max_length)
+        return _OPS.to_padded(self, pad_value, padding_side, max_length)
 
     def with_values(self, values: Any) -> "Array":
         """The same layout over new values with the same number of rows (offsets shared). Values
         of another framework raise scree.BackendError, except where this Array's framework takes
         them itself: a JAX Array takes NumPy values (as jnp functions do)."""
-        if not self._ns.owns(values):
-            adopted = self._ns.adopt(values)
+        lay = self._layout
+        ns = lay.ns
+        if ns.owns(values):
+            dv, do = ns.device(values), ns.device(lay.offsets)
+            if dv != do and dv is not None and do is not None:
+                _backends.common(values=values, offsets=lay.offsets)  # raises, naming both devices
+        else:
+            adopted = ns.adopt(values)
             values = values if adopted is None else adopted
-        ns = _backends.common(values=values, offsets=self._offsets)
-        if len(ns.shape(values)) < 1 or ns.shape(values)[0] != self.total:
-            raise ShapeError(f"with_values needs {self.total} rows, got shape {tuple(ns.shape(values))}")
-        arr = Array._trusted(values, self._offsets, self._host, self._max_length)
-        arr._cu = self._cu
-        return arr
+            _backends.common(values=values, offsets=lay.offsets)  # raises for another framework
+        shape = ns.shape(values)
+        if len(shape) < 1 or shape[0] != lay.total:
+            raise ShapeError(f"with_values needs {lay.total} rows, got shape {tuple(shape)}")
+        return Array._over(values, lay)
 
     def map(self, fn: Callable[[Any], Any]) -> "Array":
         """Apply a token-wise function to values: ``arr.with_values(fn(arr.values))``."""
@@ -298,27 +342,24 @@ class Array:
                 src = self.to(device="cpu")  # NumPy takes host memory only
             values = target.to_backend(src._ns.exportable(src._values), device)
             offsets = target.to_backend(src._ns.exportable(src._offsets), device)
-        return Array._trusted(values, offsets, self._host, self._max_length)
+        return Array._trusted(values, offsets, self._layout.host, self._layout.max_length)
 
     # ---- reductions ----------------------------------------------------------------------------
     def sum(self) -> Any:
         """Per-sequence sum over tokens -> (n, *feature); integers sum to int64; empty -> 0."""
-        from scree.kernels import layout
-        return layout.reduce(self, "sum")
+        return _OPS.reduce(self, "sum")
 
     def mean(self) -> Any:
         """Per-sequence mean over tokens -> (n, *feature); floating dtypes only; empty -> NaN."""
-        from scree.kernels import layout
-        return layout.reduce(self, "mean")
+        return _OPS.reduce(self, "mean")
 
     def max(self) -> Any:
         """Per-sequence max over tokens -> (n, *feature); empty -> -inf (lowest int for integers)."""
-        from scree.kernels import layout
-        return layout.reduce(self, "max")
+        return _OPS.reduce(self, "max")
 
     def __repr__(self) -> str:
         n = self.num_sequences
-        if self._host is not None or self._ns.is_host(self._offsets):
+        if self._host_offsets_without_sync() is not None:
             lens = np.diff(self.host_offsets).tolist()
             shown = ", ".join(map(str, lens[:8])) + (", ..." if n > 8 else "")
             lengths = f"lengths=[{shown}], "

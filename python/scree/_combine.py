@@ -7,6 +7,7 @@ from typing import Sequence
 from scree import _backends
 from scree._array import Array
 from scree._errors import ArgumentError, BackendError, DTypeError, ShapeError
+from scree.kernels import layout
 
 __all__ = ["concat_sequences"]
 
@@ -45,6 +46,4 @@ def concat_sequences(arrays: Sequence[Array]) -> Array:
                              f"arrays[0] has {ns.dtype_name(first.values)}")
     if len(arrs) == 1:
         return first
-    from scree.kernels import layout
-
     return layout.concat_sequences(ns, arrs)

@@ -8,33 +8,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from scree import _backends, _C
+from scree import _backends
 from scree._array import Array
 from scree._errors import ArgumentError, DTypeError, RaggedError, ShapeError
+from scree._layout import offsets_from_lengths
+from scree.kernels import layout
 
-__all__ = ["pack", "unpack", "from_offsets", "from_lengths", "from_cu_seqlens", "from_padded",
-           "offsets_from_lengths"]
-
-
-def offsets_from_lengths(ns: ModuleType, lengths: Any, like: Any) -> tuple[Any, np.ndarray, int]:
-    """(offsets on like's device, host int64 offsets, max_length) from lengths given as a list or
-    a native array; scree.RaggedError names the first negative length."""
-    if ns.owns(lengths):
-        if not ns.is_integer(lengths):
-            raise DTypeError(f"lengths must be integers, got {ns.dtype_name(lengths)}")
-        lengths_host = ns.to_numpy(lengths)
-    else:
-        lengths_host = np.asarray(lengths)
-        if lengths_host.size == 0:
-            lengths_host = lengths_host.astype(np.int64)
-        if not np.issubdtype(lengths_host.dtype, np.integer):
-            raise DTypeError(f"lengths must be integers, got {lengths_host.dtype}")
-    lengths_host = np.ascontiguousarray(lengths_host, dtype=np.int64)
-    if lengths_host.ndim != 1:
-        raise ShapeError(f"lengths must be 1-D, got shape {lengths_host.shape}")
-    host = np.empty(len(lengths_host) + 1, dtype=np.int64)
-    longest = _C.offsets_from_lengths(lengths_host, host)
-    return ns.from_numpy(host, like=like), host, longest
+__all__ = ["pack", "unpack", "from_offsets", "from_lengths", "from_cu_seqlens", "from_padded"]
 
 
 def from_offsets(values: Any, offsets: Any, validate: bool = True) -> Array:
@@ -59,15 +39,13 @@ def from_lengths(values: Any, lengths: Any) -> Array:
 def from_cu_seqlens(values: Any, cu_seqlens: Any, max_seqlen: int | None = None,
                     validate: bool = True) -> Array:
     """Array over FlashAttention-style `values` (total, ...) and `cu_seqlens` (int32, n+1), zero-copy:
-    the Array's offsets *are* cu_seqlens. With validate=False and max_seqlen given, no device
-    synchronisation happens (for offsets on a GPU). With validate=True a max_seqlen below the
-    longest sequence raises scree.ArgumentError naming max_seqlen."""
-    if not validate or max_seqlen is None:
-        return Array(values, cu_seqlens, validate=validate, max_length=max_seqlen)
-    arr = Array(values, cu_seqlens)
-    if max_seqlen < arr.max_length:
-        raise ArgumentError(f"max_seqlen={max_seqlen} is smaller than the longest sequence ({arr.max_length})")
-    return Array._trusted(arr.values, arr.offsets, arr.host_offsets, max_seqlen)
+    the Array's offsets *are* cu_seqlens. No device synchronisation either way: on a GPU the check
+    runs there (see scree.Array). A max_seqlen below the longest sequence raises
+    scree.ArgumentError naming max_seqlen (on a GPU: at the next scree call after the check ran);
+    an upper bound is kept, as FlashAttention takes it."""
+    if not validate:
+        return Array(values, cu_seqlens, validate=False, max_length=max_seqlen)
+    return Array._checked(values, cu_seqlens, max_seqlen, "max_seqlen")
 
 
 def pack(sequences: Sequence[Any]) -> Array:
@@ -91,7 +69,6 @@ def pack(sequences: Sequence[Any]) -> Array:
             raise ShapeError(f"sequences[{i}] has feature shape {shape[1:]}, sequences[0] has {feat}")
         if s.dtype != dt:
             raise DTypeError(f"sequences[{i}] has dtype {ns.dtype_name(s)}, sequences[0] has {ns.dtype_name(first)}")
-    from scree.kernels import layout
     lengths = np.fromiter((shape[0] for shape in shapes), dtype=np.int64, count=len(shapes))
     return layout.pack(ns, seqs, lengths)
 
@@ -110,5 +87,4 @@ def from_padded(padded: Any, mask: Any = None, lengths: Any = None, padding_side
     ns = _backends.common(padded=padded, mask=mask)
     if mask is not None and ns.shape(mask) != ns.shape(padded)[:2]:
         raise ShapeError(f"mask shape {ns.shape(mask)} must equal padded.shape[:2] = {ns.shape(padded)[:2]}")
-    from scree.kernels import layout
     return layout.from_padded(ns, padded, mask, lengths, padding_side)

@@ -29,7 +29,7 @@ import torch
 
 import scree
 from scree import _C
-from scree.kernels.attention import kernel_args
+from scree.kernels.attention import kernel_args, plan
 from scree.kernels.attention_spec import attention_spec
 from scree.kernels.reference import varlen_attention as reference
 
@@ -173,17 +173,17 @@ def stream_of(x: torch.Tensor) -> int:
     return torch.cuda.current_stream(x.device).cuda_stream if x.device.type == "cuda" else 0
 
 
-def c_args(q: scree.Array, k: scree.Array, v: scree.Array, opts: dict) -> tuple:
-    """(max_q, max_k, scale, causal, window_left, window_right, softcap) as the dispatch computes them."""
-    _, spec = attention_spec(q, k, v, **opts)
-    return kernel_args(q, k, spec)
+def c_args(q: scree.Array, k: scree.Array, v: scree.Array, opts: dict, deterministic: bool = False) -> Any:
+    """The scalars as scree.varlen_attention passes them: a scree._C.AttentionArgs."""
+    spec = attention_spec(q, k, v, **opts)
+    return kernel_args(spec, plan(q).max_seqlen, plan(k).max_seqlen, deterministic)
 
 
 def c_varlen_fwd(q: scree.Array, k: scree.Array, v: scree.Array, out: torch.Tensor, lse: torch.Tensor | None,
                  opts: dict) -> None:
     """scree._C.varlen_fwd into the given out (Tq, Hq, Dv) / lse (Hq, Tq) on torch's current stream;
     synchronises the device after the call."""
-    _C.varlen_fwd(q.values, k.values, v.values, kernel_offsets(q), kernel_offsets(k), out, lse, *c_args(q, k, v, opts),
+    _C.varlen_fwd(q.values, k.values, v.values, kernel_offsets(q), kernel_offsets(k), out, lse, c_args(q, k, v, opts),
                   stream=stream_of(q.values))
     if out.device.type == "cuda":
         torch.cuda.synchronize()
@@ -195,13 +195,12 @@ def c_varlen_bwd(dout: torch.Tensor, q: scree.Array, k: scree.Array, v: scree.Ar
     """scree._C.varlen_bwd into the given dq, dk, dv, with a workspace of
     varlen_bwd_workspace_bytes bytes filled with 0xFF (NaN as float32): the kernels must initialise
     whatever they accumulate into. Synchronises the device; returns the workspace size."""
-    args = c_args(q, k, v, opts)
+    args = c_args(q, k, v, opts, deterministic)
     cu_q, cu_k = kernel_offsets(q), kernel_offsets(k)
-    nbytes = int(_C.varlen_bwd_workspace_bytes(q.values, k.values, v.values, cu_q, cu_k, *args,
-                                               deterministic=deterministic))
+    nbytes = int(_C.varlen_bwd_workspace_bytes(q.values, k.values, v.values, cu_q, cu_k, args))
     workspace = torch.full((nbytes,), 255, dtype=torch.uint8, device=q.values.device) if nbytes else None
-    _C.varlen_bwd(dout, q.values, k.values, v.values, out, lse, cu_q, cu_k, dq, dk, dv, *args,
-                  deterministic=deterministic, workspace=workspace, stream=stream_of(q.values))
+    _C.varlen_bwd(dout, q.values, k.values, v.values, out, lse, cu_q, cu_k, dq, dk, dv, args,
+                  workspace=workspace, stream=stream_of(q.values))
     if dq.device.type == "cuda":
         torch.cuda.synchronize()
     return nbytes
@@ -209,8 +208,8 @@ def c_varlen_bwd(dout: torch.Tensor, q: scree.Array, k: scree.Array, v: scree.Ar
 
 def has_kernel(q: scree.Array, k: scree.Array, v: scree.Array) -> bool:
     """Whether scree.varlen_attention dispatches these Arrays to a compiled kernel (not the reference)."""
-    from scree import _backends
-    return bool(_backends.of(q.values).has_attention_kernel(q.values, v.values))
+    from scree import _backends, _connect
+    return bool(_connect.glue(_backends.of(q.values)).serves(q.values, v.values))
 
 
 def poisoned(shape: Sequence[int], dtype: torch.dtype, device: Any) -> torch.Tensor:
@@ -227,7 +226,7 @@ def cuda_head_dims() -> list[int] | None:
 
 class deterministic:
     """Context manager: SCREE_DETERMINISTIC=1 (or =0) while inside, restored after. scree reads it
-    at every backward call (scree.kernels.attention.deterministic)."""
+    at every backward call (scree.kernels.attention.resolve_deterministic)."""
 
     def __init__(self, on: bool = True):
         self.value = "1" if on else "0"

@@ -193,7 +193,7 @@ def test_bad_inputs_raise_typed_errors():
     # The compiled boundary itself: a non-contiguous head_dim is a typed error, not a crash.
     with pytest.raises(scree.ArgumentError, match="contiguous"):
         scree._C.varlen_fwd(q.values[:, :, ::2], k.values[:, :, ::2], v.values, q.host_offsets, k.host_offsets,
-                            np.empty((7, 4, 16), np.float32), None, 4, 4, 0.25, False, -1, -1, 0.0)
+                            np.empty((7, 4, 16), np.float32), None, scree._C.AttentionArgs(4, 4, 0.25))
 
 
 def test_strided_heads_are_read_in_place():

@@ -86,7 +86,7 @@ def expect_kernel(q, k, v) -> None:
         return
     assert has_kernel(q, k, v), (
         f"{q.values.dtype} head dim {q.values.shape[-1]} is in scree._C.cuda_head_dims() = {dims} but "
-        f"has_attention_kernel is False: the CUDA kernel is not dispatched")
+        f"scree._connect.torch.serves is False: the CUDA kernel is not dispatched")
 
 
 def run_case(lq, lk, hq, hk, d, dtype, opts, backward: bool, what: str, paths=("default",)) -> None:
@@ -473,7 +473,7 @@ def test_compiled_boundary_rejects_what_the_kernels_cannot_serve():
     stream = stream_of(q.values)
 
     def fwd(qv, kv, vv, o=out, cq=cu_q, ck=cu_k):
-        _C.varlen_fwd(qv, kv, vv, cq, ck, o, lse, *args, stream=stream)
+        _C.varlen_fwd(qv, kv, vv, cq, ck, o, lse, args, stream=stream)
 
     fwd(q.values, k.values, v.values)  # the valid call works
     with pytest.raises((scree.DTypeError, scree.UnsupportedError)):          # float32 on CUDA
@@ -487,18 +487,18 @@ def test_compiled_boundary_rejects_what_the_kernels_cannot_serve():
     if 96 not in dims:                                                         # head dim without a kernel
         q96, k96, v96 = random_qkv([3, 4], [3, 4], 4, 2, 96, 96, torch.bfloat16, DEV, seed)
         with pytest.raises(scree.UnsupportedError):
-            _C.varlen_fwd(q96.values, k96.values, v96.values, cu_q, cu_k, torch.empty_like(q96.values), lse, *args,
+            _C.varlen_fwd(q96.values, k96.values, v96.values, cu_q, cu_k, torch.empty_like(q96.values), lse, args,
                           stream=stream)
     with pytest.raises(scree.ScreeError):                                     # D != Dv
         fwd(q.values, k.values, v.values[..., :32].contiguous(), o=out[..., :32].contiguous())
     # backward: a workspace smaller than varlen_bwd_workspace_bytes is refused
-    nbytes = _C.varlen_bwd_workspace_bytes(q.values, k.values, v.values, cu_q, cu_k, *args, deterministic=False)
+    nbytes = _C.varlen_bwd_workspace_bytes(q.values, k.values, v.values, cu_q, cu_k, args)
     if nbytes:
         grads = [torch.empty_like(a.values) for a in (q, k, v)]
         small = torch.empty(nbytes // 2, dtype=torch.uint8, device=DEV)
         with pytest.raises(scree.ArgumentError, match="workspace"):
-            _C.varlen_bwd(torch.randn_like(out), q.values, k.values, v.values, out, lse, cu_q, cu_k, *grads, *args,
-                          deterministic=False, workspace=small, stream=stream)
+            _C.varlen_bwd(torch.randn_like(out), q.values, k.values, v.values, out, lse, cu_q, cu_k, *grads, args,
+                          workspace=small, stream=stream)
     torch.cuda.synchronize()  # nothing above left the device in an error state
 
 

@@ -1,7 +1,8 @@
-"""The CUDA wiring of varlen attention, checked without a GPU: the new scree._C arguments (stream,
-deterministic, workspace) and bindings (cuda_head_dims, varlen_bwd_workspace_bytes), the typed
-errors for arrays on the wrong device or offsets the CUDA kernels cannot take, and the Python
-dispatch helpers (which kernel serves what, deterministic mode, max_seqlen without a device sync).
+"""The CUDA wiring of varlen attention, checked without a GPU: the scree._C arguments (the
+AttentionArgs record, stream, workspace) and bindings (cuda_head_dims, varlen_bwd_workspace_bytes),
+the typed errors for arrays on the wrong device or offsets the CUDA kernels cannot take, and the
+Python dispatch helpers (which kernel serves what, deterministic mode, max_seqlen without a device
+sync).
 
 Arrays "on a CUDA device" are hand-made DLPack capsules whose data pointer is bogus: every call
 below must be refused before a pointer is used, so they are safe on any machine, GPU or not. The
@@ -18,6 +19,7 @@ import pytest
 import scree
 from scree import _C
 from scree.kernels import attention
+from scree.kernels.attention import plan, resolve_deterministic
 
 # ---- DLPack capsules of arrays that claim to live on a CUDA device ------------------------------
 _CPU, _CUDA = 1, 2                       # DLDeviceType
@@ -67,7 +69,7 @@ def device_array(shape, dtype="bfloat16", device_id=0, strides=None):
 
 
 HQ, HK, D, T = 4, 2, 64, 7
-ARGS = (4, 4, 0.125, False, -1, -1, 0.0)  # max_seqlen_q/k, scale, causal, window_left/right, softcap
+ARGS = _C.AttentionArgs(4, 4, 0.125)  # max_seqlen_q/k 4, scale 0.125; no causal, window or softcap
 
 
 def host_problem(dtype=np.float32):
@@ -88,7 +90,7 @@ def device_problem(dtype="bfloat16", device_id=0):
 
 
 def fwd(**kw):
-    _C.varlen_fwd(kw["q"], kw["k"], kw["v"], kw["cu_seqlens_q"], kw["cu_seqlens_k"], kw["out"], kw["lse"], *ARGS)
+    _C.varlen_fwd(kw["q"], kw["k"], kw["v"], kw["cu_seqlens_q"], kw["cu_seqlens_k"], kw["out"], kw["lse"], ARGS)
 
 
 needs_cpu_only_build = pytest.mark.skipif(_C.cuda_compiled(), reason="this build has CUDA kernels")
@@ -109,17 +111,17 @@ def test_cpu_calls_take_the_new_arguments_and_ignore_them():
     outs = []
     for kw in ({}, {"stream": 0}, {"stream": 12345}):  # no stream on the host: any handle is ignored
         out, lse = np.empty((T, HQ, D), np.float32), np.empty((HQ, T), np.float32)
-        _C.varlen_fwd(q, k, v, cu, cu, out, lse, *ARGS, **kw)
+        _C.varlen_fwd(q, k, v, cu, cu, out, lse, ARGS, **kw)
         outs.append((out, lse))
     for out, lse in outs[1:]:
         assert np.array_equal(out, outs[0][0]) and np.array_equal(lse, outs[0][1])
     out, lse = outs[0]
     dout = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
     grads = []
-    for kw in ({}, {"deterministic": True}, {"deterministic": False, "workspace": None, "stream": 0},
-               {"workspace": np.empty(64, np.uint8)}):
+    for det, kw in ((False, {}), (True, {}), (False, {"workspace": None, "stream": 0}),
+                    (False, {"workspace": np.empty(64, np.uint8)})):
         g = [np.empty_like(x) for x in (q, k, v)]
-        _C.varlen_bwd(dout, q, k, v, out, lse, cu, cu, *g, *ARGS, **kw)
+        _C.varlen_bwd(dout, q, k, v, out, lse, cu, cu, *g, ARGS.with_deterministic(det), **kw)
         grads.append(g)
     for g in grads[1:]:  # the CPU backward is deterministic whatever is asked
         assert all(np.array_equal(a, b) for a, b in zip(g, grads[0]))
@@ -128,31 +130,31 @@ def test_cpu_calls_take_the_new_arguments_and_ignore_them():
 @pytest.mark.parametrize("det", [False, True])
 def test_workspace_bytes_is_zero_on_the_cpu(det):
     q, k, v, cu = host_problem()
-    assert _C.varlen_bwd_workspace_bytes(q, k, v, cu, cu, *ARGS, deterministic=det) == 0
+    assert _C.varlen_bwd_workspace_bytes(q, k, v, cu, cu, ARGS.with_deterministic(det)) == 0
 
 
 def test_workspace_bytes_checks_its_arguments():
     q, k, v, cu = host_problem()
     with pytest.raises(scree.ShapeError):
-        _C.varlen_bwd_workspace_bytes(q[:, :, :32], k, v, cu, cu, *ARGS)
+        _C.varlen_bwd_workspace_bytes(q[:, :, :32], k, v, cu, cu, ARGS)
     with pytest.raises(scree.DTypeError, match="cu_seqlens_q"):
-        _C.varlen_bwd_workspace_bytes(q, k, v, cu.astype(np.float32), cu, *ARGS)
+        _C.varlen_bwd_workspace_bytes(q, k, v, cu.astype(np.float32), cu, ARGS)
 
 
 def test_stream_must_be_a_nonnegative_int():
     q, k, v, cu = host_problem()
     out, lse = np.empty((T, HQ, D), np.float32), np.empty((HQ, T), np.float32)
     with pytest.raises(TypeError):
-        _C.varlen_fwd(q, k, v, cu, cu, out, lse, *ARGS, stream=-1)
+        _C.varlen_fwd(q, k, v, cu, cu, out, lse, ARGS, stream=-1)
     with pytest.raises(TypeError):
-        _C.varlen_fwd(q, k, v, cu, cu, out, lse, *ARGS, stream="default")
+        _C.varlen_fwd(q, k, v, cu, cu, out, lse, ARGS, stream="default")
 
 
 def test_negative_max_seqlen_is_an_argument_error():
     q, k, v, cu = host_problem()
     out, lse = np.empty((T, HQ, D), np.float32), np.empty((HQ, T), np.float32)
     with pytest.raises(scree.ArgumentError, match="max_seqlen"):
-        _C.varlen_fwd(q, k, v, cu, cu, out, lse, -1, 4, *ARGS[2:])
+        _C.varlen_fwd(q, k, v, cu, cu, out, lse, _C.AttentionArgs(-1, 4, 0.125))
 
 
 def test_empty_offsets_are_a_ragged_error():
@@ -160,7 +162,7 @@ def test_empty_offsets_are_a_ragged_error():
     out, lse = np.empty((T, HQ, D), np.float32), np.empty((HQ, T), np.float32)
     empty = np.empty(0, np.int64)
     with pytest.raises(scree.RaggedError, match="cu_seqlens_q"):
-        _C.varlen_fwd(q, k, v, empty, empty, out, lse, *ARGS)
+        _C.varlen_fwd(q, k, v, empty, empty, out, lse, ARGS)
 
 
 # ---- devices: every array of a call on q's device, the culprit named ----------------------------
@@ -179,10 +181,10 @@ def test_host_call_with_one_device_array_names_it(culprit):
 def test_host_backward_with_a_device_workspace_names_it():
     q, k, v, cu = host_problem()
     out, lse = np.empty((T, HQ, D), np.float32), np.empty((HQ, T), np.float32)
-    _C.varlen_fwd(q, k, v, cu, cu, out, lse, *ARGS)
+    _C.varlen_fwd(q, k, v, cu, cu, out, lse, ARGS)
     g = [np.empty_like(x) for x in (q, k, v)]
     with pytest.raises(scree.ArgumentError, match="^workspace is on cuda:0"):
-        _C.varlen_bwd(out, q, k, v, out, lse, cu, cu, *g, *ARGS, workspace=device_array((1024,), "int8"))
+        _C.varlen_bwd(out, q, k, v, out, lse, cu, cu, *g, ARGS, workspace=device_array((1024,), "int8"))
 
 
 @needs_cpu_only_build
@@ -191,12 +193,12 @@ def test_cuda_arrays_in_a_cpu_build_are_unsupported():
         fwd(**device_problem())
     p = device_problem()
     with pytest.raises(scree.UnsupportedError, match="no CUDA kernels"):
-        _C.varlen_bwd_workspace_bytes(p["q"], p["k"], p["v"], p["cu_seqlens_q"], p["cu_seqlens_k"], *ARGS)
+        _C.varlen_bwd_workspace_bytes(p["q"], p["k"], p["v"], p["cu_seqlens_q"], p["cu_seqlens_k"], ARGS)
     p = device_problem()
     with pytest.raises(scree.UnsupportedError, match="no CUDA kernels"):
         _C.varlen_bwd(p["out"], p["q"], p["k"], p["v"], device_array((T, HQ, D)), p["lse"], p["cu_seqlens_q"],
                       p["cu_seqlens_k"], device_array((T, HQ, D)), device_array((T, HK, D)),
-                      device_array((T, HK, D)), *ARGS)
+                      device_array((T, HK, D)), ARGS)
 
 
 @needs_cuda_build
@@ -239,13 +241,13 @@ def test_device_workspace_size_and_check():
     for det in (False, True):
         p = device_problem()
         sizes[det] = _C.varlen_bwd_workspace_bytes(p["q"], p["k"], p["v"], p["cu_seqlens_q"], p["cu_seqlens_k"],
-                                                   *ARGS, deterministic=det)
+                                                   ARGS.with_deterministic(det))
     assert sizes[False] >= sizes[True] > 0  # deterministic mode needs no float32 dq accumulator
     p = device_problem()
     with pytest.raises(scree.ArgumentError, match="workspace holds 16 bytes"):
         _C.varlen_bwd(p["out"], p["q"], p["k"], p["v"], device_array((T, HQ, D)), p["lse"], p["cu_seqlens_q"],
                       p["cu_seqlens_k"], device_array((T, HQ, D)), device_array((T, HK, D)),
-                      device_array((T, HK, D)), *ARGS, workspace=device_array((16,), "int8"))
+                      device_array((T, HK, D)), ARGS, workspace=device_array((16,), "int8"))
 
 
 # ---- Python dispatch helpers ----------------------------------------------------------------
@@ -274,34 +276,40 @@ def _namespaces():
     return out
 
 
-def test_every_backend_has_the_attention_protocol():
+def test_every_backend_has_glue_with_the_attention_entry_points():
+    from scree import _connect
     for ns in _namespaces():
-        for fn in ("has_attention_kernel", "varlen_attention", "stream", "deterministic_algorithms"):
-            assert callable(getattr(ns, fn, None)), f"{ns.name} lacks {fn}"
+        glue = _connect.glue(ns)
+        for fn in ("serves", "varlen_attention"):
+            assert callable(getattr(glue, fn, None)), f"scree._connect.{ns.name} lacks {fn}"
         assert isinstance(ns.deterministic_algorithms(), bool)
 
 
 def test_deterministic_reads_the_environment_at_call_time(monkeypatch):
     ns = importlib.import_module("scree._backends.numpy")
     monkeypatch.delenv("SCREE_DETERMINISTIC", raising=False)
-    assert attention.deterministic(ns) is False
+    assert resolve_deterministic(None, ns) is False
     monkeypatch.setenv("SCREE_DETERMINISTIC", "1")
-    assert attention.deterministic(ns) is True
+    assert resolve_deterministic(None, ns) is True
+    assert resolve_deterministic(False, ns) is False  # the caller's choice wins over the rule
     monkeypatch.setenv("SCREE_DETERMINISTIC", "0")
-    assert attention.deterministic(ns) is False
+    assert resolve_deterministic(None, ns) is False
+    assert resolve_deterministic(True, ns) is True
 
 
 def test_torch_glue_on_the_cpu():
     torch = pytest.importorskip("torch")
     from scree._backends import torch as tb
+    from scree._connect import torch as glue
     x = torch.zeros((3, 2, 64))
-    assert tb.has_attention_kernel(x) and tb.has_attention_kernel(x, x[..., :32])
+    assert glue.serves(x, x) and glue.serves(x, x[..., :32])
     assert tb.stream(x) == 0
-    assert not tb.has_attention_kernel(torch.zeros((3, 2, 64), device="meta"))
+    meta = torch.zeros((3, 2, 64), device="meta")
+    assert not glue.serves(meta, meta)
     was = torch.are_deterministic_algorithms_enabled()
     try:
         torch.use_deterministic_algorithms(True)
-        assert attention.deterministic(tb) is True
+        assert resolve_deterministic(None, tb) is True
     finally:
         torch.use_deterministic_algorithms(was)
 
@@ -313,10 +321,10 @@ def test_max_seqlen_never_reads_device_offsets():
     values = torch.empty((10, 2, 8), device="meta")
     offsets = torch.empty((4,), dtype=torch.int32, device="meta")
     arr = scree.Array(values, offsets, validate=False)
-    assert attention._max_seqlen(arr) == 10
-    assert attention._max_seqlen(scree.Array(values, offsets, validate=False, max_length=6)) == 6
+    assert plan(arr).max_seqlen == 10 and plan(arr).offsets is offsets
+    assert plan(scree.Array(values, offsets, validate=False, max_length=6)).max_seqlen == 6
     host = scree.from_lengths(np.zeros((10, 2, 8), np.float32), [2, 5, 3])
-    assert attention._max_seqlen(host) == 5
+    assert plan(host).max_seqlen == 5
 
 
 def test_jax_registrations_name_their_platform():

@@ -38,8 +38,8 @@ class TestJax:
         return [scree.from_lengths(jnp.asarray(x, dtype=dtype), l) for x, l in ((q, lq), (k, lk), (v, lk))]
 
     def test_uses_compiled_kernel(self):
-        from scree._backends import jax_attention
-        assert jax_attention.available(), "scree._C was built without the XLA FFI handlers"
+        from scree._connect import jax as glue
+        assert glue.serves(), "scree._C was built without the XLA FFI handlers"
 
     @pytest.mark.parametrize("opts", [{}, {"causal": True}, {"window": (3, 1), "softcap": 2.0}])
     def test_forward_matches_reference(self, opts):

@@ -1,19 +1,21 @@
-"""Backend detection and lookup. Each backend is one small module (numpy.py, torch.py, jax.py,
-mlx.py) exposing
-the same handful of functions; everything above this package is written once against that
-namespace. Frameworks are detected through `sys.modules` only (array-api-compat's habit), so
-scree never imports a framework the user has not imported."""
+"""Backend detection and lookup: the bottom layer of scree's Python side. Each backend is one small
+module (numpy.py, torch.py, jax.py, mlx.py) of array primitives with the same names and meaning,
+written down once as the typed Protocol in protocol.py; everything above this package is written
+once against that namespace. Frameworks are detected through `sys.modules` only (array-api-compat's
+habit), so scree never imports a framework the user has not imported. Layers above that must act
+when a backend is first loaded (the JAX pytree registration in scree._connect) say so with
+`on_load`, so this package never imports upwards."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 from scree._errors import BackendError
 
-__all__ = ["get", "of", "common", "names"]
+__all__ = ["get", "of", "common", "names", "on_load"]
 
 _MODULES = {"numpy": "scree._backends.numpy", "torch": "scree._backends.torch",
             "jax": "scree._backends.jax", "mlx": "scree._backends.mlx"}
@@ -25,6 +27,14 @@ def names() -> tuple[str, ...]:
 
 
 _LOADED: dict[str, ModuleType] = {}
+_ON_LOAD: dict[str, list[Callable[[ModuleType], None]]] = {}
+
+
+def on_load(name: str, hook: Callable[[ModuleType], None]) -> None:
+    """Call hook(namespace) when backend `name` is first loaded (at once if it already is)."""
+    _ON_LOAD.setdefault(name, []).append(hook)
+    if name in _LOADED:
+        hook(_LOADED[name])
 
 
 def get(name: str) -> ModuleType:
@@ -35,10 +45,13 @@ def get(name: str) -> ModuleType:
     if mod is not None:
         return mod
     try:
-        mod = _LOADED[name] = importlib.import_module(_MODULES[name])
-        return mod
+        path = _MODULES[name]
     except KeyError:
         raise BackendError(f"unknown backend {name!r}; known: {', '.join(_MODULES)}") from None
+    mod = _LOADED[name] = importlib.import_module(path)
+    for hook in _ON_LOAD.get(name, ()):
+        hook(mod)
+    return mod
 
 
 def of(x: Any) -> ModuleType:

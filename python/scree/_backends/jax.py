@@ -1,8 +1,8 @@
 """JAX backend namespace: the same names as _backends/numpy.py over `jax.Array` values (concrete or
 traced). Imported only after the user imported jax (detection goes through sys.modules).
 
-Importing this module also registers `scree.Array` as a JAX pytree (see `_register_pytree`), so
-Arrays pass through `jax.jit`, `jax.grad`, `jax.vmap` and `jax.tree.*` like tuples do.
+Loading this namespace (scree._backends.get("jax")) also makes `scree.Array` a JAX pytree: the
+registration lives in scree._connect.jax_pytree and runs through scree._backends.on_load.
 
 Two JAX habits shape this module:
 
@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scree._backends.protocol import Landed
 from scree._errors import BackendError, UnsupportedError
 
 name = "jax"
@@ -92,6 +93,56 @@ def is_host(x: Any) -> bool:
     """Always False: JAX buffers are immutable, so the C++ kernels (which write their outputs in
     place) never serve JAX arrays; the jnp reference does."""
     return False
+
+
+def host_readable(x: Any) -> bool:
+    """A concrete array whose buffers are all in host memory (JAX's CPU devices)."""
+    if isinstance(x, jax.core.Tracer):
+        return False
+    return all(d.platform == "cpu" for d in x.devices())
+
+
+def is_capturing(x: Any) -> bool:
+    """Never: no graph capture here."""
+    return False
+
+
+class _AsyncCopy:
+    """A JAX array whose host copy was started (copy_to_host_async); ready once it has been computed."""
+
+    __slots__ = ("_x",)
+
+    def __init__(self, x: Any):
+        self._x = x
+        x.copy_to_host_async()
+
+    def ready(self) -> bool:
+        return bool(self._x.is_ready())
+
+    def value(self) -> np.ndarray:
+        return np.asarray(self._x)
+
+
+def readback(x: Any) -> Any:
+    """Host copy of x, started without waiting (JAX dispatches asynchronously)."""
+    if host_readable(x):
+        return Landed(to_numpy(x))
+    return _AsyncCopy(x)
+
+
+@jax.jit
+def _summary(off: Any) -> Any:
+    if off.shape[0] < 2:
+        zero = jnp.zeros((1,), off.dtype)
+        return jnp.concatenate([off, off, zero, zero])
+    steps = off[1:] - off[:-1]
+    return jnp.stack([off[0], off[-1], jnp.min(steps), jnp.max(steps)])
+
+
+def offsets_summary(offsets: Any) -> Any:
+    """[offsets[0], offsets[-1], smallest step, largest step] on offsets' device, one jitted call
+    (compiled once per number of offsets), dispatched asynchronously."""
+    return _summary(offsets)
 
 
 def needs_autograd(x: Any) -> bool:
@@ -316,14 +367,9 @@ def to_backend(x: Any, device_: Any = None) -> Any:
     return out
 
 
-def has_attention_kernel(q: Any, v: Any = None) -> bool:
-    """Whether a compiled kernel serves q values (and v values, q's head dim when omitted) through
-    XLA FFI (jax_attention.py): the C++ CPU kernels where this build registered them and the arrays
-    are on the CPU, the CUDA kernels for float16/bfloat16 with a compiled head dim on a GPU; else
-    the reference."""
-    from scree._backends import jax_attention
-
-    return jax_attention.available(q, v)
+def kernel_arg(x: Any) -> Any:
+    """scree._C reads x as it is."""
+    return x
 
 
 def stream(x: Any) -> int:
@@ -335,48 +381,6 @@ def deterministic_algorithms() -> bool:
     """XLA's own switch for reproducible GPU results (XLA_FLAGS=--xla_gpu_deterministic_ops=true)
     asks the attention backward for the same."""
     return "--xla_gpu_deterministic_ops=true" in os.environ.get("XLA_FLAGS", "")
-
-
-def varlen_attention(q: Any, k: Any, v: Any, args: tuple) -> tuple[Any, Any]:
-    """Compiled varlen attention on scree.Arrays: XLA FFI call + jax.custom_vjp (jax_attention.py)."""
-    from scree._backends import jax_attention
-
-    return jax_attention.varlen_attention(q, k, v, args)
-
-
-# ---- pytree -------------------------------------------------------------------------------------
-def _register_pytree() -> None:
-    """Register scree.Array as a pytree node: children (values, offsets), no auxiliary data.
-
-    Nothing that depends on the offsets' values (host offsets, lengths, max_length) is static aux
-    data, so a jitted function compiles once per (total, n, feature shape, dtypes) and never once
-    per offsets value. The price: inside jit the Array knows only shapes. Per-token and
-    per-sequence ops (positions, segment_ids, lengths, cu_seqlens, sum/mean/max, with_values, map,
-    concat_sequences, the masked reference attention) work on traced offsets; ops whose output
-    shape depends on the lengths need the size given as a static Python int (to_padded's
-    max_length, as FlashAttention's max_seqlen) and ops that index sequences on the host (arr[i],
-    iteration, slicing, gather) raise scree.UnsupportedError there. After unflattening outside jit
-    (jax.grad results, jax.tree.map) the host bookkeeping is recomputed lazily from the offsets."""
-    from scree._array import Array as ScreeArray
-
-    def flatten_with_keys(arr: Any) -> tuple[tuple, None]:
-        return ((jax.tree_util.GetAttrKey("values"), arr._values),
-                (jax.tree_util.GetAttrKey("offsets"), arr._offsets)), None
-
-    def flatten(arr: Any) -> tuple[tuple, None]:
-        return (arr._values, arr._offsets), None
-
-    def unflatten(aux: None, children: Sequence[Any]) -> Any:
-        values, offsets = children
-        return ScreeArray._unflattened(values, offsets)
-
-    try:
-        jax.tree_util.register_pytree_with_keys(ScreeArray, flatten_with_keys, unflatten, flatten)
-    except ValueError:  # already registered (module reloaded)
-        pass
-
-
-_register_pytree()
 
 
 def is_tracing() -> bool:

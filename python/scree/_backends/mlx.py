@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import mlx.core as mx
 import numpy as np
 
+from scree._backends.protocol import Landed
 from scree._errors import BackendError
 
 name = "mlx"
@@ -59,6 +60,29 @@ def is_host(x: Any) -> bool:
     """Always False: the C++ kernels write outputs in place, which MLX buffers do not allow; the
     mlx.core reference serves MLX arrays."""
     return False
+
+
+def host_readable(x: Any) -> bool:
+    """MLX arrays live in unified memory: the host reads them (after evaluating them) directly."""
+    return True
+
+
+def is_capturing(x: Any) -> bool:
+    """Never: no graph capture here."""
+    return False
+
+
+def readback(x: Any) -> Landed:
+    return Landed(to_numpy(x))
+
+
+def offsets_summary(offsets: Any) -> Any:
+    """[offsets[0], offsets[-1], smallest step, largest step] (steps 0 for a single offset)."""
+    if offsets.shape[0] < 2:
+        zero = mx.zeros((1,), dtype=offsets.dtype)
+        return mx.concatenate([offsets, offsets, zero, zero])
+    steps = offsets[1:] - offsets[:-1]
+    return mx.stack([offsets[0], offsets[-1], mx.min(steps), mx.max(steps)])
 
 
 def needs_autograd(x: Any) -> bool:
@@ -270,12 +294,9 @@ def to_backend(x: Any, device_: str | None = None) -> Any:
     return from_numpy(np.from_dlpack(x) if hasattr(x, "__dlpack__") else np.asarray(x))
 
 
-def has_attention_kernel(q: Any, v: Any = None) -> bool:
-    """Whether the compiled C++ kernel serves q (and v) values (mlx_attention.py: float32/float16
-    on the CPU)."""
-    from scree._backends import mlx_attention
-
-    return mx.default_device().type == mx.DeviceType.cpu and mlx_attention.available(q)
+def kernel_arg(x: Any) -> Any:
+    """scree._C reads x as it is."""
+    return x
 
 
 def stream(x: Any) -> int:
@@ -286,14 +307,6 @@ def stream(x: Any) -> int:
 def deterministic_algorithms() -> bool:
     """MLX has no determinism switch (and the CPU kernels are deterministic)."""
     return False
-
-
-def varlen_attention(q: Any, k: Any, v: Any, args: tuple) -> tuple[Any, Any]:
-    """Compiled varlen attention on scree.Arrays, mx.custom_function with the backward kernel as
-    its vjp (mlx_attention.py)."""
-    from scree._backends import mlx_attention
-
-    return mlx_attention.varlen_attention(q, k, v, args)
 
 
 def is_tracing() -> bool:

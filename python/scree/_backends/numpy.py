@@ -7,6 +7,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from scree._backends.protocol import Landed
+
 name = "numpy"
 Array = np.ndarray
 
@@ -38,6 +40,26 @@ def device(x: Any) -> str:
 def is_host(x: Any) -> bool:
     """Whether the C++ CPU kernels can read x's memory directly."""
     return True
+
+
+def host_readable(x: Any) -> bool:
+    return True
+
+
+def is_capturing(x: Any) -> bool:
+    """Never: no graph capture here."""
+    return False
+
+
+def readback(x: Any) -> Landed:
+    return Landed(x)
+
+
+def offsets_summary(offsets: Any) -> np.ndarray:
+    """[offsets[0], offsets[-1], smallest step, largest step] (steps 0 for a single offset)."""
+    steps = np.diff(offsets)
+    lo, hi = (int(steps.min()), int(steps.max())) if steps.size else (0, 0)
+    return np.array([offsets[0], offsets[-1], lo, hi], dtype=np.int64)
 
 
 def needs_autograd(x: Any) -> bool:
@@ -226,9 +248,9 @@ def to_backend(x: Any, device_: str | None = None) -> np.ndarray:
         raise
 
 
-def has_attention_kernel(q: Any, v: Any = None) -> bool:
-    """The C++ CPU kernels serve every float dtype and head dims."""
-    return True
+def kernel_arg(x: Any) -> Any:
+    """scree._C reads x as it is."""
+    return x
 
 
 def stream(x: Any) -> int:
@@ -239,20 +261,6 @@ def stream(x: Any) -> int:
 def deterministic_algorithms() -> bool:
     """NumPy has no determinism switch (and the CPU kernels are deterministic)."""
     return False
-
-
-def varlen_attention(q: Any, k: Any, v: Any, args: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """Compiled varlen attention forward on scree.Arrays (NumPy has no autograd: see
-    scree.varlen_attention_backward)."""
-    from scree.kernels.attention import forward
-
-    return forward(_self(), q.values, k.values, v.values, q.host_offsets, k.host_offsets, args)
-
-
-def _self() -> Any:
-    import sys
-
-    return sys.modules[__name__]
 
 
 def is_tracing() -> bool:

@@ -9,8 +9,9 @@ import numpy as np
 
 from scree import _backends
 from scree._array import Array
-from scree._construct import from_cu_seqlens, offsets_from_lengths
+from scree._construct import from_cu_seqlens
 from scree._errors import DTypeError, RaggedError, ShapeError
+from scree._layout import offsets_from_lengths
 
 __all__ = ["to_cu_seqlens", "from_cu_seqlens", "cu_seqlens_from_lengths", "from_position_ids"]
 

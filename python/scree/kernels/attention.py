@@ -1,27 +1,34 @@
-"""scree.varlen_attention: checks the arguments once (attention_spec), then runs the compiled
-kernel for the arrays' backend and device. Each backend namespace provides
-`has_attention_kernel(q, v)` and `varlen_attention(q, k, v, args)` (its autograd glue: a torch
-custom op, a jax.custom_vjp over XLA FFI, an mx.custom_function, a plain call for NumPy) on top of
-`forward` / `backward` below, which call scree._C with outputs (and the CUDA backward's workspace)
-allocated in the caller's framework, on the framework's current stream. Inputs no compiled kernel
-serves (MLX bfloat16, CUDA float32 or head dims this build did not compile) run the reference."""
+"""The compiled varlen attention kernels as the framework glue (scree._connect) runs them:
+
+* `plan(a)`: what a kernel needs from an Array's layout alone (the offsets as scree._C reads them
+  for the arrays' device, and max_seqlen), computed once per Layout and shared by every layer
+  that maps the same batch and by the backward (FlashInfer's plan/run split). Never a device sync:
+  max_seqlen is the known maximum (given, computed on the host, or delivered by the device check
+  of scree._layout), else the token count, an upper bound the kernels accept.
+* `kernel_args`: the typed record of a call's scalars, scree._C.AttentionArgs, the one thing that
+  carries them from here to the C++ function that fills the kernel parameters.
+* `forward` / `backward`: outputs (and the CUDA backward's workspace) allocated with the caller's
+  framework, scree._C called on the framework's current stream.
+* `cuda_kernel_serves` and `resolve_deterministic`: which inputs the CUDA kernels take, and the
+  deterministic rule."""
 
 from __future__ import annotations
 
 import os
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from scree import _C
 from scree._array import Array
-from scree.kernels import attention_reference
-from scree.kernels.attention_spec import AttentionSpec, attention_spec, drop_head_axis, with_head_axis
+from scree._layout import Layout
+from scree.kernels.attention_spec import AttentionSpec
 
-__all__ = ["varlen_attention", "varlen_attention_backward", "forward", "backward", "cuda_kernel_serves",
-           "deterministic"]
+__all__ = ["Plan", "plan", "kernel_args", "forward", "backward", "cuda_kernel_serves", "resolve_deterministic"]
 
 # What this build's CUDA kernels serve, read once at import: torch.compile (dynamo) cannot trace a
-# call into scree._C while it traces has_attention_kernel, but it reads module constants.
+# call into scree._C, but it reads module constants.
 _CUDA_COMPILED = _C.cuda_compiled()
 _CUDA_HEAD_DIMS = frozenset(_C.cuda_head_dims())
 _CUDA_DTYPES = ("float16", "bfloat16")
@@ -29,109 +36,83 @@ _CUDA_DTYPES = ("float16", "bfloat16")
 
 def cuda_kernel_serves(dtype: str, head_dim: int, head_dim_v: int) -> bool:
     """Whether this build's CUDA kernels serve inputs of this dtype and head dims (D == Dv, one of
-    scree._C.cuda_head_dims()); the backends ask it for arrays on a CUDA device."""
+    scree._C.cuda_head_dims()); the glue asks it for arrays on a CUDA device."""
     return _CUDA_COMPILED and dtype in _CUDA_DTYPES and head_dim == head_dim_v and head_dim in _CUDA_HEAD_DIMS
 
 
-def deterministic(ns: ModuleType) -> bool:
-    """Whether the backward must give the same bits on every run: SCREE_DETERMINISTIC=1 (read at
-    each call, so it can be switched inside a process) or the framework's own switch
-    (torch.use_deterministic_algorithms). Only the CUDA backward has a choice; the CPU one always is."""
+def resolve_deterministic(choice: bool | None, ns: ModuleType) -> bool:
+    """The backward's determinism: the caller's choice, else the rule read now: SCREE_DETERMINISTIC=1
+    or the framework's own switch (torch.use_deterministic_algorithms, XLA's deterministic-ops
+    flag). Only the CUDA backward has a choice; the CPU one always is deterministic."""
+    if choice is not None:
+        return bool(choice)
     return os.environ.get("SCREE_DETERMINISTIC", "") == "1" or ns.deterministic_algorithms()
 
 
-def varlen_attention(q: Array, k: Array, v: Array, causal: bool = False, scale: float | None = None,
-                     window: tuple[int | None, int | None] | None = None, softcap: float | None = None,
-                     return_lse: bool = False) -> Array | tuple[Array, Any]:
-    """Attention of each query sequence of q over the matching sequence of k, v (DESIGN §3).
-
-    q (Tq, Hq, D), k (Tk, Hk, D), v (Tk, Hk, Dv) Arrays with the same number of sequences,
-    Hq % Hk == 0 (GQA/MQA). Causal is bottom-right aligned when a sequence's q and k lengths
-    differ; window=(left, right) is a sliding window (None/-1: unbounded side); softcap applies
-    softcap*tanh(s/softcap). A query row that sees no key outputs 0 with lse = -inf. Returns an
-    Array with q's offsets and values (Tq, Hq, Dv), and lse (Hq, Tq) float32 when return_lse.
-    Gradients flow through the framework's autograd (torch) to q, k, v.
-    """
-    B, spec = attention_spec(q, k, v, causal, scale, window, softcap)
-    if spec.single_head:
-        out, lse = varlen_attention(*(with_head_axis(B, a) for a in (q, k, v)), causal=causal, scale=scale,
-                                    window=window, softcap=softcap, return_lse=True)
-        out, lse = drop_head_axis(B, q, out, lse)
-        return (out, lse) if return_lse else out
-    if not B.has_attention_kernel(q.values, v.values):
-        return attention_reference.varlen_attention(q, k, v, causal=causal, scale=scale, window=window,
-                                                    softcap=softcap, return_lse=return_lse, upcast=False)
-    out_values, lse = B.varlen_attention(q, k, v, kernel_args(q, k, spec))
-    out = q.with_values(out_values)
-    return (out, lse) if return_lse else out
+class Plan(NamedTuple):
+    offsets: Any     # host int64 (native array over the host copy) for host kernels; the Array's own offsets on a GPU
+    max_seqlen: int  # exact where known without a sync, else the token count (an upper bound)
 
 
-def varlen_attention_backward(dout: Any, q: Array, k: Array, v: Array, out: Array, lse: Any, causal: bool = False,
-                              scale: float | None = None, window: tuple[int | None, int | None] | None = None,
-                              softcap: float | None = None) -> tuple[Array, Array, Array]:
-    """Gradients (dq, dk, dv) as Arrays, for frameworks without autograd (NumPy): `dout` is the
-    gradient of the output (an Array or values (Tq, Hq, Dv)), `out` and `lse` what the forward
-    returned with the same options."""
-    B, spec = attention_spec(q, k, v, causal, scale, window, softcap)
-    d = dout.values if isinstance(dout, Array) else dout
-    if spec.single_head:  # (T, D) inputs: run with a head axis, drop it from the gradients
-        grads = varlen_attention_backward(
-            B.reshape(d, (d.shape[0], 1, d.shape[1])), *(with_head_axis(B, a) for a in (q, k, v, out)),
-            B.reshape(lse, (1, lse.shape[0])), causal=causal, scale=scale, window=window, softcap=softcap)
-        return tuple(a.with_values(B.reshape(g.values, (g.values.shape[0], g.values.shape[2])))
-                     for a, g in zip((q, k, v), grads))
-    args = kernel_args(q, k, spec)
-    dq, dk, dv = backward(B, d, q.values, k.values, v.values, out.values, lse, kernel_offsets(B, q),
-                          kernel_offsets(B, k), args)
-    return q.with_values(dq), k.with_values(dk), v.with_values(dv)
+def plan(a: Array) -> Plan:
+    """The attention plan of a's Layout, made on first use and kept with it (Layout.plans; cleared
+    when a device check delivers the exact max_length)."""
+    lay = a._layout
+    p = lay.plans.get("attention")
+    if p is None:
+        p = lay.plans["attention"] = _make_plan(lay)
+    return p
 
 
-def kernel_args(q: Array, k: Array, spec: AttentionSpec) -> tuple[int, int, float, bool, int, int, float]:
-    """The scalar arguments of scree._C.varlen_fwd/bwd after the offsets:
-    (max_seqlen_q, max_seqlen_k, scale, causal, window_left, window_right, softcap)."""
+def _make_plan(lay: Layout) -> Plan:
+    ns = lay.ns
+    if ns.is_host(lay.offsets):  # the C++ CPU kernels read host int64 offsets (a view for int64 host offsets)
+        offsets = ns.from_numpy(lay.host_offsets())
+    else:  # device offsets as they are, int32 or int64: no copy, no sync
+        offsets = lay.offsets
+    return Plan(offsets, _max_seqlen(lay))
+
+
+def _max_seqlen(lay: Layout) -> int:
+    if lay.max_length is not None:
+        return lay.max_length
+    if lay.host is not None:
+        lay.max_length = int(np.diff(lay.host).max(initial=0))
+        return lay.max_length
+    return lay.total  # device offsets never read, or traced ones: the token count bounds every length
+
+
+def kernel_args(spec: AttentionSpec, max_seqlen_q: int, max_seqlen_k: int, deterministic: bool = False) -> Any:
+    """The scalars of one kernel call as scree._C.AttentionArgs."""
     left, right = spec.window_args
-    return (_max_seqlen(q), _max_seqlen(k), spec.scale, spec.causal, left, right, spec.softcap or 0.0)
+    return _C.AttentionArgs(max_seqlen_q, max_seqlen_k, spec.scale, spec.causal, left, right, spec.softcap or 0.0,
+                            deterministic)
 
 
-def _max_seqlen(a: Array) -> int:
-    """The longest sequence where the host knows it without a device sync, else the token count
-    (a valid upper bound, which the kernels accept): offsets traced under jax.jit, or device
-    offsets whose host copy was never made (reading them would synchronise the GPU)."""
-    if a._max_length is None and a._host is None and not a._ns.is_host(a._offsets):
-        return a.total
-    known = a._known_max_length()
-    return a.total if known is None else known
-
-
-def kernel_offsets(ns: ModuleType, a: Array) -> Any:
-    """The offsets as the kernel for a's device reads them: the cached host int64 copy for the CPU
-    kernels (host arrays), the Array's own offsets (int32 or int64, on the device: no copy, no
-    sync) for device kernels."""
-    return a.host_offsets if ns.is_host(a.values) else a.offsets
-
-
-def forward(ns: ModuleType, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: tuple) -> tuple[Any, Any]:
+def forward(ns: ModuleType, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: Any) -> tuple[Any, Any]:
     """(out (Tq, Hq, Dv), lse (Hq, Tq) float32) from the compiled kernel; outputs allocated by `ns`
-    like q. cu_q / cu_k are int32/int64 offsets on q's device (kernel_offsets); args as kernel_args
-    returns them. GPU kernels run on the framework's current stream (ns.stream)."""
+    like q. cu_q / cu_k as plan() gives them; args a scree._C.AttentionArgs. GPU kernels run on the
+    framework's current stream (ns.stream)."""
     tq, hq = q.shape[0], q.shape[1]
     out = ns.empty((tq, hq, v.shape[2]), ns.dtype_name(q), like=q)
     lse = ns.empty((hq, tq), "float32", like=q)
-    _C.varlen_fwd(q, k, v, cu_q, cu_k, out, lse, *args, stream=ns.stream(q))
+    a = ns.kernel_arg
+    _C.varlen_fwd(a(q), a(k), a(v), a(cu_q), a(cu_k), a(out), a(lse), args, ns.stream(q))
     return out, lse
 
 
 def backward(ns: ModuleType, dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, cu_q: Any, cu_k: Any,
-             args: tuple) -> tuple[Any, Any, Any]:
+             args: Any) -> tuple[Any, Any, Any]:
     """(dq, dk, dv) from the compiled kernel; outputs, and the workspace the CUDA backward needs
     (sized by scree._C.cuda_bwd_workspace_bytes, none on the CPU), allocated by `ns` like q."""
     dt = ns.dtype_name(q)
     dq, dk, dv = (ns.empty(tuple(x.shape), dt, like=x) for x in (q, k, v))
-    det = deterministic(ns)
     # Sized from the shapes (the C++ formula, as JAX sizes it): the arguments are checked once,
     # by varlen_bwd below, not a second time on every backward.
-    nbytes = 0 if ns.is_host(q) else _C.cuda_bwd_workspace_bytes(q.shape[0], q.shape[1], q.shape[2], det)
+    nbytes = 0 if ns.is_host(q) else _C.cuda_bwd_workspace_bytes(q.shape[0], q.shape[1], q.shape[2],
+                                                                  args.deterministic)
     workspace = ns.empty((nbytes,), "uint8", like=q) if nbytes else None
-    _C.varlen_bwd(ns.contiguous(dout), q, k, v, out, lse, cu_q, cu_k, dq, dk, dv, *args, deterministic=det,
-                  workspace=workspace, stream=ns.stream(q))
+    a = ns.kernel_arg
+    _C.varlen_bwd(a(dout), a(q), a(k), a(v), a(out), a(lse), a(cu_q), a(cu_k), a(dq), a(dk), a(dv), args,
+                  None if workspace is None else a(workspace), ns.stream(q))
     return dq, dk, dv

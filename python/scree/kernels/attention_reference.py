@@ -24,14 +24,10 @@ Semantics, per sequence with query length Lq and key length Lk (query row i, key
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-
+from scree._array import Array
 from scree.kernels.attention_spec import attention_spec, drop_head_axis, with_head_axis
-
-if TYPE_CHECKING:  # the Array type is only needed for annotations; avoid an import cycle
-    from scree._array import Array
 
 __all__ = ["varlen_attention"]
 
@@ -71,7 +67,8 @@ def varlen_attention(
 
     Single-head inputs may drop the head axis: q, k, v all (T, D) give out (Tq, Dv) and lse (Tq,).
     """
-    B, spec = attention_spec(q, k, v, causal, scale, window, softcap)
+    spec = attention_spec(q, k, v, causal, scale, window, softcap)
+    B = spec.ns
     if spec.single_head:
         heads = [with_head_axis(B, a) for a in (q, k, v)]
         res = varlen_attention(*heads, causal=causal, scale=scale, window=window, softcap=softcap,

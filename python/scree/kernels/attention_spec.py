@@ -1,26 +1,29 @@
 """The argument contract of varlen attention, in one place for the reference and the kernels:
 checks that q, k, v are Arrays of one backend with consistent shapes, dtypes and sequence counts,
-and normalises causal / window / softcap / scale into an AttentionSpec. Every violation raises a
-typed scree error that names the argument."""
+and normalises causal / window / softcap / scale / deterministic into an AttentionSpec. Every
+violation raises a typed scree error that names the argument. It runs on every call, so the
+option normalisation is memoised (a model passes the same few option sets on every layer)."""
 
 from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from scree import _backends
+from scree._array import Array
 from scree._errors import ArgumentError, BackendError, DTypeError, ShapeError
 
 __all__ = ["AttentionSpec", "attention_spec", "with_head_axis", "drop_head_axis"]
 
 
-@dataclass(frozen=True)
-class AttentionSpec:
+class AttentionSpec(NamedTuple):
+    """The checked, normalised arguments of one call (a NamedTuple: built on every call, and a
+    frozen dataclass costs ~2 us more to construct)."""
+    ns: ModuleType        # the backend namespace of q, k, v
     heads_q: int
     heads_k: int
     head_dim: int
@@ -32,6 +35,7 @@ class AttentionSpec:
     right: int | None     # None: unbounded; causal makes it 0
     softcap: float | None  # None: off
     single_head: bool     # q, k, v given as (T, D): one head, axis dropped again on output
+    deterministic: bool | None  # the caller's choice for the backward; None: the rule at backward time
 
     @property
     def window_args(self) -> tuple[int, int]:
@@ -39,21 +43,52 @@ class AttentionSpec:
         return (-1 if self.left is None else self.left, -1 if self.right is None else self.right)
 
 
+# (causal, scale, window, softcap) -> (left, right, scale or None, softcap); bounded, see _options.
+_OPTIONS: dict[tuple, tuple[int | None, int | None, float | None, float | None]] = {}
+
+
+def _options(causal: Any, scale: Any, window: Any, softcap: Any) -> tuple[int | None, int | None, float | None,
+                                                                           float | None]:
+    try:
+        key = (bool(causal), scale, window, softcap)
+        hit = _OPTIONS.get(key)
+    except TypeError:  # an unhashable window (a list): normalised every time
+        key, hit = None, None
+    if hit is None:
+        left, right = _window_bounds(window, causal)
+        hit = (left, right, None if scale is None else _scale_value(scale), _softcap_value(softcap))
+        if key is not None and len(_OPTIONS) < 256:
+            _OPTIONS[key] = hit
+    return hit
+
+
 def attention_spec(q: Any, k: Any, v: Any, causal: bool = False, scale: Any = None, window: Any = None,
-                   softcap: Any = None) -> tuple[ModuleType, AttentionSpec]:
-    """(backend namespace, spec) after checking every argument of varlen attention."""
+                   softcap: Any = None, deterministic: bool | None = None) -> AttentionSpec:
+    """The spec after checking every argument of varlen attention."""
     for name, arr in (("q", q), ("k", k), ("v", v)):
-        _require_array(name, arr)
-    B = _backends.common(q=q.values, k=k.values, v=v.values)
-    single = all(len(a.values.shape) == 2 for a in (q, k, v))
+        if not isinstance(arr, Array):
+            raise BackendError(
+                f"{name} must be a scree.Array, got {type(arr).__module__}.{type(arr).__qualname__}; "
+                f"wrap packed values with scree.from_lengths(values, lengths) or scree.Array(values, offsets)")
+    B = q._layout.ns
+    if k._layout.ns is not B or v._layout.ns is not B or not _same_device(B, q.values, k.values, v.values):
+        B = _backends.common(q=q.values, k=k.values, v=v.values)  # raises, naming the culprits
+    if deterministic is not None and not isinstance(deterministic, (bool, np.bool_)):
+        raise ArgumentError(f"deterministic must be True, False or None, got {deterministic!r}")
+    single = len(q.values.shape) == 2 and len(k.values.shape) == 2 and len(v.values.shape) == 2
     if single:
         q, k, v = (with_head_axis(B, a) for a in (q, k, v))
     Hq, Hk, D, Dv = _check_shapes(q, k, v)
     dtype = _check_dtypes(B, q, k, v)
-    left, right = _window_bounds(window, causal)
-    scale_value = 1.0 / math.sqrt(D) if scale is None else _scale_value(scale)
-    return B, AttentionSpec(Hq, Hk, D, Dv, dtype, scale_value, bool(causal), left, right,
-                            _softcap_value(softcap), single)
+    left, right, scale_value, cap = _options(causal, scale, window, softcap)
+    return AttentionSpec(B, Hq, Hk, D, Dv, dtype, 1.0 / math.sqrt(D) if scale_value is None else scale_value,
+                         bool(causal), left, right, cap, single,
+                         None if deterministic is None else bool(deterministic))
+
+
+def _same_device(B: ModuleType, q: Any, k: Any, v: Any) -> bool:
+    dq = B.device(q)
+    return dq is None or ((B.device(k) in (dq, None)) and (B.device(v) in (dq, None)))
 
 
 def with_head_axis(B: ModuleType, a: Any) -> Any:
@@ -67,25 +102,16 @@ def drop_head_axis(B: ModuleType, q: Any, out: Any, lse: Any) -> tuple[Any, Any]
     return q.with_values(B.reshape(values, (values.shape[0], values.shape[2]))), B.reshape(lse, (lse.shape[1],))
 
 
-def _require_array(name: str, x: Any) -> None:
-    # Checked by duck type (values + host offsets + with_values) so that this module does not have
-    # to import the Array class, and a raw tensor gets a message saying how to wrap it.
-    # (looked up on the type: reading host_offsets of an Array traced under jax.jit would raise)
-    if not all(hasattr(type(x), attr) for attr in ("values", "host_offsets", "with_values")):
-        raise BackendError(
-            f"{name} must be a scree.Array, got {type(x).__module__}.{type(x).__qualname__}; "
-            f"wrap packed values with scree.from_lengths(values, lengths) or scree.Array(values, offsets)"
-        )
-
-
 def _check_shapes(q: Any, k: Any, v: Any) -> tuple[int, int, int, int]:
-    for name, arr, dims in (("q", q, "(Tq, Hq, D)"), ("k", k, "(Tk, Hk, D)"), ("v", v, "(Tk, Hk, Dv)")):
-        if len(arr.values.shape) != 3:
-            raise ShapeError(f"{name} values must have shape {dims}, got {tuple(arr.values.shape)}")
-    _, Hq, D = q.values.shape
-    _, Hk, Dk = k.values.shape
-    _, Hv, Dv = v.values.shape
-    nq, nk, nv = (a.num_sequences for a in (q, k, v))
+    qs, ks, vs = q.values.shape, k.values.shape, v.values.shape
+    for name, shape, dims in (("q", qs, "(Tq, Hq, D)"), ("k", ks, "(Tk, Hk, D)"), ("v", vs, "(Tk, Hk, Dv)")):
+        if len(shape) != 3:
+            raise ShapeError(f"{name} values must have shape {dims}, got {tuple(shape)}")
+    _, Hq, D = qs
+    _, Hk, Dk = ks
+    _, Hv, Dv = vs
+    kl, vl = k._layout, v._layout
+    nq, nk, nv = q._layout.offsets.shape[0] - 1, kl.offsets.shape[0] - 1, vl.offsets.shape[0] - 1
     if nq != nk or nk != nv:
         raise ShapeError(f"q, k, v must hold the same number of sequences, got {nq}, {nk}, {nv}")
     # Offsets traced under jax.jit cannot be compared on the host; there k and v are trusted, as
@@ -93,10 +119,10 @@ def _check_shapes(q: Any, k: Any, v: Any) -> tuple[int, int, int, int]:
     # Shared offsets (the usual case: v = k.with_values(...)) need no comparison. While a tracer
     # runs (torch.compile) the host comparison cannot be traced and is skipped: the kernel reads
     # v with k's offsets, as FlashAttention does with its single cu_seqlens_k.
-    hk, hv = k._host_offsets_without_sync(), v._host_offsets_without_sync()
-    if (hk is not None and hv is not None and hk is not hv and not k._ns.is_tracing()
-            and not np.array_equal(hk, hv)):
-        raise ShapeError("k and v must have the same offsets (same sequence lengths)")
+    if kl is not vl and kl.offsets is not vl.offsets and not kl.ns.is_tracing():
+        hk, hv = k._host_offsets_without_sync(), v._host_offsets_without_sync()
+        if hk is not None and hv is not None and hk is not hv and not np.array_equal(hk, hv):
+            raise ShapeError("k and v must have the same offsets (same sequence lengths)")
     if Hk != Hv:
         raise ShapeError(f"k and v must have the same number of heads, got {Hk} and {Hv}")
     if Hq < 1 or Hk < 1:
@@ -111,12 +137,14 @@ def _check_shapes(q: Any, k: Any, v: Any) -> tuple[int, int, int, int]:
 
 
 def _check_dtypes(B: Any, q: Any, k: Any, v: Any) -> str:
-    names = [B.dtype_name(a.values) for a in (q, k, v)]
-    if len(set(names)) != 1:
-        raise DTypeError(f"q, k, v must share one dtype, got {names[0]}, {names[1]}, {names[2]}")
-    if not B.is_floating(q.values):
-        raise DTypeError(f"attention needs floating-point inputs, got {names[0]}")
-    return names[0]
+    qv, kv, vv = q.values, k.values, v.values
+    if not (qv.dtype == kv.dtype and qv.dtype == vv.dtype):
+        raise DTypeError(f"q, k, v must share one dtype, got {B.dtype_name(qv)}, {B.dtype_name(kv)}, "
+                         f"{B.dtype_name(vv)}")
+    name = B.dtype_name(qv)
+    if not B.is_floating(qv):
+        raise DTypeError(f"attention needs floating-point inputs, got {name}")
+    return name
 
 
 def _window_bounds(window: Any, causal: bool) -> tuple[int | None, int | None]:

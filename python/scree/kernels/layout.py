@@ -5,14 +5,16 @@ the caller's framework, so the C++ side never needs to know which framework it s
 
 from __future__ import annotations
 
+import sys
 from types import ModuleType
 from typing import Any, Sequence
 
 import numpy as np
 
-from scree import _backends, _C
+from scree import _array, _backends, _C
 from scree._array import Array
 from scree._errors import ArgumentError, ShapeError
+from scree._layout import offsets_from_lengths
 from scree.kernels import reference
 
 # dtypes the C++ reductions are instantiated for (src/cpu/reduce.cpp).
@@ -125,7 +127,6 @@ def from_padded(ns: ModuleType, padded: Any, mask: Any, lengths: Any, padding_si
         values = ns.empty((int(host[-1]), *shape[2:]), ns.dtype_name(padded), like=padded)
         _C.unpad_mask(padded, mask, host, values)
     else:
-        from scree._construct import offsets_from_lengths
         if lengths is None:
             lengths = np.full(n, length, dtype=np.int64)
         _, host, _ = offsets_from_lengths(ns, lengths, like=padded)
@@ -175,3 +176,7 @@ def concat_sequences(ns: ModuleType, arrays: Sequence[Array]) -> Array:
     _C.pack(pieces, piece_offsets, out)
     lengths = np.diff(out_host)
     return Array._trusted(out, _host_int64(ns, out_host, arrays[0].offsets), out_host, int(lengths.max(initial=0)))
+
+
+# Array's per-sequence methods (arr.positions(), arr.sum(), arr[[0, 2]], ...) run these.
+_array.provide_layout_ops(sys.modules[__name__])

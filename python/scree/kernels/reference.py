@@ -13,6 +13,7 @@ import numpy as np
 from scree import _backends
 from scree._array import Array
 from scree._errors import ArgumentError, DTypeError, ShapeError
+from scree._layout import offsets_from_lengths
 from scree.kernels.attention_reference import varlen_attention
 
 __all__ = [
@@ -112,7 +113,6 @@ def from_padded(padded: Any, mask: Any = None, lengths: Any = None, padding_side
         return Array(values, offsets)
     if lengths is None:
         lengths = np.full(n, length, dtype=np.int64)  # host: known without a sync (or a jax.jit trace)
-    from scree._construct import offsets_from_lengths
     offsets, host, longest = offsets_from_lengths(ns, lengths, like=padded)
     if len(host) - 1 != n or longest > length:
         raise ShapeError(f"lengths (n={len(host) - 1}, longest={longest}) do not fit padded of shape "

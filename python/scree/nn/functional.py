@@ -33,7 +33,7 @@ import numpy as np
 from scree import _backends
 from scree._array import Array
 from scree._errors import ArgumentError, ShapeError
-from scree.kernels.attention import varlen_attention
+from scree._attention import varlen_attention
 
 __all__ = ["BlockConfig", "rms_norm", "rotary", "rotary_tables", "linear", "silu", "swiglu", "attention",
            "transformer_block", "causal_lm"]

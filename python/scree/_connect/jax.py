@@ -2,13 +2,13 @@
 (scree._C.registrations(): CPU, and CUDA in CUDA builds), called with jax.ffi.ffi_call,
 differentiated with jax.custom_vjp. Each direction is one target name with a handler per platform,
 so the same ffi_call lowers to the CPU or the GPU kernel wherever XLA places the computation.
-Offsets travel as device arrays, so it works under jax.jit with traced offsets (the CPU kernel
-re-validates them at run time; the CUDA kernels clamp every sequence into the buffers); vmap runs
-the batch sequentially."""
+The scalars travel as the call's attributes, AttentionArgs.fields() by name, which the handlers
+decode into the same record the nanobind binding takes. Offsets travel as device arrays, so it
+works under jax.jit with traced offsets (the CPU kernel validates them at run time; the CUDA kernels
+clamp every sequence into the buffers); vmap runs the batch sequentially."""
 
 from __future__ import annotations
 
-import sys
 from functools import partial
 from typing import Any
 
@@ -16,9 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scree import _C
-from scree.kernels import attention as _dispatch
+from scree import _backends, _C
+from scree._array import Array
+from scree.kernels import attention as K
+from scree.kernels.attention_spec import AttentionSpec
 
+_NS = _backends.get("jax")
 _FWD, _BWD = "scree_varlen_fwd", "scree_varlen_bwd"
 # Suffix of a registrations() key -> JAX's platform name for register_ffi_target.
 _PLATFORMS = {"cpu": "cpu", "cuda": "CUDA"}
@@ -50,7 +53,7 @@ def _platform(x: Any) -> str:
     return next(iter(devices)).platform if len(devices) == 1 else jax.default_backend()
 
 
-def available(q: Any = None, v: Any = None) -> bool:
+def serves(q: Any = None, v: Any = None) -> bool:
     """Whether a registered handler serves q, v values (v: q's head dim when omitted): the CPU one
     for any float dtype, the CUDA one where this build compiled kernels for the dtype and head dim.
     Without arrays: whether the default backend has a handler at all."""
@@ -61,17 +64,15 @@ def available(q: Any = None, v: Any = None) -> bool:
     if where in ("gpu", "cuda"):
         if q is None:
             return "cuda" in platforms
-        ns = sys.modules["scree._backends.jax"]
         dv = (q if v is None else v).shape[-1]
-        return "cuda" in platforms and _dispatch.cuda_kernel_serves(ns.dtype_name(q), q.shape[-1], dv)
+        return "cuda" in platforms and K.cuda_kernel_serves(_NS.dtype_name(q), q.shape[-1], dv)
     return False
 
 
-def _attrs(args: tuple) -> dict[str, Any]:
-    max_q, max_k, scale, causal, left, right, softcap = args
-    return dict(max_seqlen_q=np.int64(max_q), max_seqlen_k=np.int64(max_k), scale=np.float64(scale),
-                causal=bool(causal), window_left=np.int64(left), window_right=np.int64(right),
-                softcap=np.float64(softcap))
+def _attrs(args: Any) -> dict[str, Any]:
+    """AttentionArgs as FFI attributes: ints are int64 and bools bool already; floats must be named
+    float64 (a Python float becomes an f32 attribute)."""
+    return {name: np.float64(x) if isinstance(x, float) else x for name, x in args.fields().items()}
 
 
 def _forward(q, k, v, cu_q, cu_k, args):
@@ -80,34 +81,36 @@ def _forward(q, k, v, cu_q, cu_k, args):
     return jax.ffi.ffi_call(_FWD, out_types, vmap_method="sequential")(q, k, v, cu_q, cu_k, **_attrs(args))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _attention(q, k, v, cu_q, cu_k, args):
+@partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _attention(q, k, v, cu_q, cu_k, args, deterministic):
     return _forward(q, k, v, cu_q, cu_k, args)
 
 
-def _attention_fwd(q, k, v, cu_q, cu_k, args):
+def _attention_fwd(q, k, v, cu_q, cu_k, args, deterministic):
     out, lse = _forward(q, k, v, cu_q, cu_k, args)
     return (out, lse), (q, k, v, cu_q, cu_k, out, lse)
 
 
-def _attention_bwd(args, res, cotangents):
+def _attention_bwd(args, deterministic, res, cotangents):
     q, k, v, cu_q, cu_k, out, lse = res
     dout, _ = cotangents  # the gradient through lse is not propagated (as FlashAttention)
     # Read at trace time: a jitted backward keeps the mode it was traced with.
-    det = _dispatch.deterministic(sys.modules["scree._backends.jax"])
+    args = args.with_deterministic(K.resolve_deterministic(deterministic, _NS))
     # The CUDA kernels' workspace is a fourth (discarded) output, sized by the C++ formula; the
     # CPU handler ignores it (0 bytes).
-    ws = _C.cuda_bwd_workspace_bytes(q.shape[0], q.shape[1], q.shape[2], det) if _platform(q) == "gpu" else 0
+    ws = _C.cuda_bwd_workspace_bytes(q.shape[0], q.shape[1], q.shape[2], args.deterministic) \
+        if _platform(q) == "gpu" else 0
     out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v))
     out_types += (jax.ShapeDtypeStruct((ws,), jnp.uint8),)
     dq, dk, dv, _ = jax.ffi.ffi_call(_BWD, out_types, vmap_method="sequential")(
-        dout.astype(q.dtype), q, k, v, out, lse, cu_q, cu_k, deterministic=det, **_attrs(args))
+        dout.astype(q.dtype), q, k, v, out, lse, cu_q, cu_k, **_attrs(args))
     return dq, dk, dv, None, None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def varlen_attention(q: Any, k: Any, v: Any, args: tuple) -> tuple[Any, Any]:
-    """(out values, lse) for scree.Arrays q, k, v; args as scree.kernels.attention.kernel_args."""
-    return _attention(q.values, k.values, v.values, q.offsets, k.offsets, tuple(args))
+def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec) -> tuple[Any, Any]:
+    """(out values, lse) for scree.Arrays q, k, v."""
+    args = K.kernel_args(spec, K.plan(q).max_seqlen, K.plan(k).max_seqlen)
+    return _attention(q.values, k.values, v.values, q.offsets, k.offsets, args, spec.deterministic)

@@ -1,0 +1,52 @@
+"""MLX glue of the compiled varlen attention. MLX arrays live in host (unified) memory on the
+CPU; they reach the C++ kernel as NumPy views through the buffer protocol, and the results come
+back as mx.arrays (one copy each way: MLX arrays are immutable, so the kernel cannot write into
+them). Gradients through mx.custom_function with a vjp that calls the backward kernel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from scree import _backends
+from scree._array import Array
+from scree.kernels import attention as K
+from scree.kernels.attention_spec import AttentionSpec
+
+_HOST = _backends.get("numpy")  # the kernels run on NumPy views of the MLX buffers
+_MLX = _backends.get("mlx")
+
+
+def _host(x: Any) -> np.ndarray:
+    return np.asarray(x)  # a view where MLX allows it (evaluated, row-contiguous), else a copy
+
+
+def serves(q: Any, v: Any) -> bool:
+    """On MLX's CPU device, float32 and float16 (bfloat16 has no NumPy type, so it stays on the
+    reference)."""
+    return mx.default_device().type == mx.DeviceType.cpu and q.dtype in (mx.float32, mx.float16)
+
+
+def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec) -> tuple[Any, Any]:
+    """(out values, lse) for scree.Arrays q, k, v."""
+    cu_q, cu_k = q.host_offsets, k.host_offsets
+    args = K.kernel_args(spec, K.plan(q).max_seqlen, K.plan(k).max_seqlen)
+
+    @mx.custom_function
+    def attend(qv, kv, vv):
+        out, lse = K.forward(_HOST, _host(qv), _host(kv), _host(vv), cu_q, cu_k, args)
+        return mx.array(out), mx.array(lse)
+
+    @attend.vjp
+    def attend_vjp(primals, cotangents, outputs):
+        qv, kv, vv = primals
+        dout = cotangents[0]
+        out, lse = outputs
+        bwd_args = args.with_deterministic(K.resolve_deterministic(spec.deterministic, _MLX))
+        grads = K.backward(_HOST, _host(dout.astype(qv.dtype)), _host(qv), _host(kv), _host(vv), _host(out),
+                           _host(lse), cu_q, cu_k, bwd_args)
+        return tuple(mx.array(g) for g in grads)
+
+    return attend(q.values, k.values, v.values)

@@ -1,0 +1,130 @@
+"""torch glue of the compiled varlen attention, with two roads to the same kernels:
+
+* eager (the usual call): a torch.autograd.Function when a gradient is needed, else a direct call.
+  No trip through torch's dispatcher: on the CPU here, torch.library's Python custom-op path
+  (argument normalisation, the autograd wrapper, the redispatch) cost more than everything else of
+  a tiny call put together (docs/design.md, "The call path").
+* traced (torch.compile / dynamo, export, torch function or dispatch modes, tensor subclasses,
+  functorch transforms): the `scree::varlen_fwd` / `scree::varlen_bwd` custom ops (torch.library),
+  their fake implementations and their autograd formula, so fullgraph compilation works.
+
+Both roads call scree.kernels.attention.forward / backward, which allocate with torch's caching
+allocator and launch on torch's current stream (so both capture into CUDA graphs), and take the
+Arrays' own offsets: a host int64 view on the CPU, the device offsets on a GPU (no copy, no sync).
+The gradient through lse is not propagated (as FlashAttention); lse is a by-product."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from scree import _backends, _C
+from scree._array import Array
+from scree.kernels import attention as K
+from scree.kernels.attention_spec import AttentionSpec
+
+_NS = _backends.get("torch")
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+def serves(q: torch.Tensor, v: torch.Tensor) -> bool:
+    """CPU tensors: the C++ kernels (every float dtype); CUDA tensors: the CUDA kernels where this
+    build compiled them for the dtype and head dim; anything else (meta, other devices): no."""
+    if q.device.type == "cpu":
+        return True
+    if q.device.type == "cuda":
+        return K.cuda_kernel_serves(_NS.dtype_name(q), q.shape[-1], v.shape[-1])
+    return False
+
+
+def _eager(q: Any, k: Any, v: Any) -> bool:
+    """Whether the call may skip torch's dispatcher: nothing traces it and nothing intercepts ops."""
+    return (not torch.compiler.is_compiling() and type(q) is torch.Tensor and type(k) is torch.Tensor
+            and type(v) is torch.Tensor and not torch._C._is_torch_function_mode_enabled()
+            and torch._C._len_torch_dispatch_stack() == 0 and not _functorch_active())
+
+
+def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out values, lse) for scree.Arrays on the CPU or one CUDA device."""
+    pq, pk = K.plan(q), K.plan(k)
+    qv, kv, vv = q.values, k.values, v.values
+    if not _eager(qv, kv, vv):
+        left, right = spec.window_args
+        return varlen_fwd(qv, kv, vv, pq.offsets, pk.offsets, pq.max_seqlen, pk.max_seqlen, spec.scale, spec.causal,
+                          left, right, spec.softcap or 0.0, spec.deterministic)
+    args = K.kernel_args(spec, pq.max_seqlen, pk.max_seqlen)
+    if torch.is_grad_enabled() and (qv.requires_grad or kv.requires_grad or vv.requires_grad):
+        return _Attention.apply(qv, kv, vv, pq.offsets, pk.offsets, args, spec.deterministic)
+    return K.forward(_NS, qv, kv, vv, pq.offsets, pk.offsets, args)
+
+
+# ---- eager --------------------------------------------------------------------------------------
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+                args: Any, deterministic: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+        out, lse = K.forward(_NS, q, k, v, cu_q, cu_k, args)
+        ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
+        ctx.args, ctx.deterministic = args, deterministic
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, dout: torch.Tensor, _dlse: Any) -> tuple:
+        q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
+        args = ctx.args.with_deterministic(K.resolve_deterministic(ctx.deterministic, _NS))
+        dq, dk, dv = K.backward(_NS, dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, args)
+        return dq, dk, dv, None, None, None, None
+
+
+# ---- traced: torch.library custom ops ---------------------------------------------------------------
+@torch.library.custom_op("scree::varlen_fwd", mutates_args=())
+def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+               cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, scale: float, causal: bool,
+               window_left: int, window_right: int, softcap: float,
+               deterministic: Optional[bool] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    # deterministic is carried to the backward (setup_context); the forward does not read it.
+    args = _C.AttentionArgs(max_seqlen_q, max_seqlen_k, scale, causal, window_left, window_right, softcap, False)
+    return K.forward(_NS, q, k, v, cu_seqlens_q, cu_seqlens_k, args)
+
+
+@varlen_fwd.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal, window_left,
+      window_right, softcap, deterministic=None):
+    return (q.new_empty((q.shape[0], q.shape[1], v.shape[2])),
+            q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32))
+
+
+@torch.library.custom_op("scree::varlen_bwd", mutates_args=())
+def varlen_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+               lse: torch.Tensor, cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_q: int,
+               max_seqlen_k: int, scale: float, causal: bool, window_left: int, window_right: int,
+               softcap: float, deterministic: Optional[bool] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # None: the rule is read here, when the backward kernel runs (not while tracing).
+    det = K.resolve_deterministic(deterministic, _NS)
+    args = _C.AttentionArgs(max_seqlen_q, max_seqlen_k, scale, causal, window_left, window_right, softcap, det)
+    return K.backward(_NS, dout.contiguous(), q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, args)
+
+
+@varlen_bwd.register_fake
+def _(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal,
+      window_left, window_right, softcap, deterministic=None):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    q, k, v, cu_q, cu_k, *scalars = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
+    ctx.scalars = tuple(scalars)
+
+
+def _backward(ctx: Any, dout: torch.Tensor, dlse: torch.Tensor) -> tuple:
+    q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
+    dq, dk, dv = varlen_bwd(dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, *ctx.scalars)
+    return (dq, dk, dv) + (None,) * (2 + len(ctx.scalars))
+
+
+varlen_fwd.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,177 @@
+"""Layout: the offsets of a scree.Array and everything that depends on them alone, computed at most
+once and shared by every Array over the same offsets (Array.with_values, so every layer of a model
+that maps a batch's values sees one Layout): the host int64 copy, max_length, the int32 cu_seqlens,
+the per-kernel plans (scree.kernels.attention.plan) and the validation state.
+
+Validation (DESIGN §2) happens once per Layout, in C++ (RaggedLayout), and never synchronises a
+device by default:
+* offsets the host can read without a device transfer (NumPy, torch CPU, JAX CPU, MLX) are checked
+  at once, and a bad layout raises where it is built;
+* offsets on a GPU are checked on the GPU: the backend reduces them to four numbers (first, last,
+  smallest and largest step; offsets_summary) and starts copying those to the host behind an event
+  (readback). The verdict is read when the copy has landed, by the next scree call that polls
+  (`poll`: every Array construction and attention call, one cheap query per check in flight), and a
+  bad layout raises scree.RaggedError there, as torch._assert_async raises at the next sync point,
+  but typed and recoverable. The same four numbers give the exact max_length, also without a sync;
+* traced offsets (inside jax.jit) cannot be checked by the host: UnsupportedError, as before.
+Reading host_offsets of device offsets (indexing, iteration, to_padded, ...) copies them and is the
+documented synchronisation; it checks them in C++ at the same time."""
+
+from __future__ import annotations
+
+import weakref
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from scree import _C
+from scree._backends.protocol import Readback
+from scree._errors import ArgumentError, DTypeError, RaggedError, ShapeError
+
+__all__ = ["Layout", "host_index", "offsets_from_lengths", "poll"]
+
+
+def host_index(ns: ModuleType, x: Any) -> np.ndarray:
+    """A host int64 NumPy copy/view of int32/int64 offsets; DTypeError for any other dtype."""
+    if ns.dtype_name(x) not in ("int32", "int64"):
+        raise DTypeError(f"offsets must be int32 or int64, got {ns.dtype_name(x)}")
+    return np.ascontiguousarray(ns.to_numpy(x), dtype=np.int64)
+
+
+def offsets_from_lengths(ns: ModuleType, lengths: Any, like: Any) -> tuple[Any, np.ndarray, int]:
+    """(offsets on like's device, host int64 offsets, max_length) from lengths given as a list or
+    a native array; scree.RaggedError names the first negative length."""
+    if ns.owns(lengths):
+        if not ns.is_integer(lengths):
+            raise DTypeError(f"lengths must be integers, got {ns.dtype_name(lengths)}")
+        lengths_host = ns.to_numpy(lengths)
+    else:
+        lengths_host = np.asarray(lengths)
+        if lengths_host.size == 0:
+            lengths_host = lengths_host.astype(np.int64)
+        if not np.issubdtype(lengths_host.dtype, np.integer):
+            raise DTypeError(f"lengths must be integers, got {lengths_host.dtype}")
+    lengths_host = np.ascontiguousarray(lengths_host, dtype=np.int64)
+    if lengths_host.ndim != 1:
+        raise ShapeError(f"lengths must be 1-D, got shape {lengths_host.shape}")
+    host = np.empty(len(lengths_host) + 1, dtype=np.int64)
+    longest = _C.offsets_from_lengths(lengths_host, host)
+    return ns.from_numpy(host, like=like), host, longest
+
+
+def check_max_length(max_length: int | None, longest: int, name: str = "max_length") -> None:
+    """A caller's max_length may bound the longest sequence from above, never from below."""
+    if max_length is not None and max_length < longest:
+        raise ArgumentError(f"{name}={max_length} is smaller than the longest sequence ({longest})")
+
+
+class Layout:
+    """Offsets (n+1, native, on the values' device) and what derives from them (see the module)."""
+
+    __slots__ = ("ns", "offsets", "total", "host", "max_length", "cu32", "plans", "check", "__weakref__")
+
+    def __init__(self, ns: ModuleType, offsets: Any, total: int, host: np.ndarray | None = None,
+                 max_length: int | None = None):
+        self.ns = ns
+        self.offsets = offsets
+        self.total = total
+        self.host = host                  # host int64 offsets, once known
+        self.max_length = max_length      # exact, or a caller's upper bound (FlashAttention's max_seqlen)
+        self.cu32: Any = None             # int32 offsets on the device, once asked for
+        self.plans: dict[str, Any] = {}   # per-kernel work depending on the offsets only
+        self.check: DeviceCheck | None = None
+
+    @classmethod
+    def validated(cls, ns: ModuleType, offsets: Any, total: int, max_length: int | None = None,
+                  name: str = "max_length") -> "Layout":
+        """A checked Layout: in C++ at once where the host reads the offsets directly, on the
+        device (verdict polled later, no sync) where they live on a GPU."""
+        if ns.host_readable(offsets) or ns.is_traced(offsets):
+            host = host_index(ns, offsets)  # traced: UnsupportedError saying how to build it
+            _, _, longest = _C.validate_offsets(host, total)
+            check_max_length(max_length, longest, name)
+            return cls(ns, offsets, total, host, longest if max_length is None else max_length)
+        if ns.dtype_name(offsets) not in ("int32", "int64"):
+            raise DTypeError(f"offsets must be int32 or int64, got {ns.dtype_name(offsets)}")
+        if len(ns.shape(offsets)) != 1 or ns.shape(offsets)[0] < 1:
+            raise RaggedError(f"offsets must be a 1-D array of n+1 >= 1 entries, got shape {ns.shape(offsets)}")
+        layout = cls(ns, offsets, total, None, max_length)
+        check = DeviceCheck(layout, name)
+        layout.check = check if check.readback is not None else None
+        return layout
+
+    def host_offsets(self) -> np.ndarray:
+        """The host int64 offsets, copied from the device once (the documented sync) and checked."""
+        if self.host is None:
+            host = host_index(self.ns, self.offsets)
+            if self.check is not None:  # the host copy settles the check in flight at once
+                self.check.cancel()
+                _, _, longest = _C.validate_offsets(host, self.total)
+                check_max_length(self.max_length, longest, self.check.name)
+            self.host = host
+        return self.host
+
+    def known_max_length(self) -> int | None:
+        """max_length where the host knows it without a sync (given, computed, or a landed device
+        check's verdict), else None."""
+        if self.max_length is None and self.check is not None:
+            poll()
+        return self.max_length
+
+
+class DeviceCheck:
+    """The check of one Layout's device offsets, in flight: a Readback of their summary."""
+
+    __slots__ = ("layout", "readback", "name", "shape")
+
+    def __init__(self, layout: Layout, name: str):
+        ns = layout.ns
+        self.layout = weakref.ref(layout)
+        self.name = name  # how the caller called the max length it gave (for the message)
+        self.shape = (ns.shape(layout.offsets)[0], layout.total)
+        self.readback: Readback | None = None
+        if ns.is_capturing(layout.offsets):  # inside CUDA graph capture nothing can be read back:
+            return                           # unchecked, as with validate=False (kernels clamp)
+        self.readback = ns.readback(ns.offsets_summary(layout.offsets))
+        _PENDING.append(self)
+
+    def cancel(self) -> None:
+        self.readback = None
+        layout = self.layout()
+        if layout is not None and layout.check is self:
+            layout.check = None
+
+    def verdict(self, summary: np.ndarray) -> None:
+        """Settle the check: record max_length on the Layout, or raise what the host check would."""
+        first, last, lo, hi = (int(x) for x in summary)
+        count, total = self.shape
+        layout = self.layout()
+        self.cancel()
+        where = f"offsets (n+1 = {count}, checked on the device after the Array was built)"
+        if first != 0:
+            raise RaggedError(f"{where}: offsets[0] must be 0, got {first}")
+        if lo < 0:
+            raise RaggedError(f"{where} must be non-decreasing: a sequence has length {lo}")
+        if last != total:
+            raise RaggedError(f"{where}: offsets[-1] = {last} must equal values.shape[0] = {total}")
+        if layout is not None:
+            check_max_length(layout.max_length, hi, self.name)
+            if layout.max_length is None:
+                layout.max_length = hi
+                layout.plans.clear()  # plans sized from the token count can now use the exact max
+
+
+_PENDING: list[DeviceCheck] = []
+
+
+def poll() -> None:
+    """Settle every device check whose summary has reached the host (never waits); raises the first
+    bad verdict (the others stay in flight). Cheap when nothing is in flight: every scree entry
+    point calls it."""
+    for c in list(_PENDING):
+        if c.readback is None:
+            _PENDING.remove(c)
+        elif c.readback.ready():
+            _PENDING.remove(c)
+            c.verdict(c.readback.value())
