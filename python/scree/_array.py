@@ -19,7 +19,7 @@ import numpy as np
 
 from scree import _backends
 from scree._errors import ArgumentError, BackendError, ShapeError
-from scree._layout import Layout, host_index, poll
+from scree._layout import Layout, host_index
 
 __all__ = ["Array", "LayoutOps", "provide_layout_ops"]
 
@@ -68,7 +68,6 @@ class Array:
     __slots__ = ("_values", "_layout")
 
     def __init__(self, values: Any, offsets: Any, *, validate: bool = True, max_length: int | None = None):
-        poll()
         ns = _backends.of(values)
         if isinstance(offsets, (list, tuple)):
             offsets = ns.asarray(offsets, dtype="int64" if len(offsets) == 0 else None, like=values)

@@ -73,6 +73,7 @@ class Layout:
 
     def __init__(self, ns: ModuleType, offsets: Any, total: int, host: np.ndarray | None = None,
                  max_length: int | None = None):
+        poll()  # every new layout is a point where the host learns of earlier device checks
         self.ns = ns
         self.offsets = offsets
         self.total = total
@@ -105,10 +106,11 @@ class Layout:
         """The host int64 offsets, copied from the device once (the documented sync) and checked."""
         if self.host is None:
             host = host_index(self.ns, self.offsets)
-            if self.check is not None:  # the host copy settles the check in flight at once
-                self.check.cancel()
+            check = self.check
+            if check is not None:  # the host copy settles the check in flight at once
+                check.cancel()
                 _, _, longest = _C.validate_offsets(host, self.total)
-                check_max_length(self.max_length, longest, self.check.name)
+                check_max_length(self.max_length, longest, check.name)
             self.host = host
         return self.host
 
@@ -123,12 +125,13 @@ class Layout:
 class DeviceCheck:
     """The check of one Layout's device offsets, in flight: a Readback of their summary."""
 
-    __slots__ = ("layout", "readback", "name", "shape")
+    __slots__ = ("layout", "readback", "name", "claimed", "shape")
 
     def __init__(self, layout: Layout, name: str):
         ns = layout.ns
         self.layout = weakref.ref(layout)
         self.name = name  # how the caller called the max length it gave (for the message)
+        self.claimed = layout.max_length
         self.shape = (ns.shape(layout.offsets)[0], layout.total)
         self.readback: Readback | None = None
         if ns.is_capturing(layout.offsets):  # inside CUDA graph capture nothing can be read back:
@@ -155,8 +158,8 @@ class DeviceCheck:
             raise RaggedError(f"{where} must be non-decreasing: a sequence has length {lo}")
         if last != total:
             raise RaggedError(f"{where}: offsets[-1] = {last} must equal values.shape[0] = {total}")
+        check_max_length(self.claimed, hi, self.name)
         if layout is not None:
-            check_max_length(layout.max_length, hi, self.name)
             if layout.max_length is None:
                 layout.max_length = hi
                 layout.plans.clear()  # plans sized from the token count can now use the exact max
@@ -169,6 +172,8 @@ def poll() -> None:
     """Settle every device check whose summary has reached the host (never waits); raises the first
     bad verdict (the others stay in flight). Cheap when nothing is in flight: every scree entry
     point calls it."""
+    if not _PENDING:
+        return
     for c in list(_PENDING):
         if c.readback is None:
             _PENDING.remove(c)

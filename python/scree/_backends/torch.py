@@ -64,7 +64,8 @@ class _CudaReadback:
         self._host, self._event = host, event
 
     def ready(self) -> bool:
-        return bool(self._event.query())
+        # Querying an event is not allowed while a CUDA graph is being captured: not ready then.
+        return not torch.cuda.is_current_stream_capturing() and bool(self._event.query())
 
     def value(self) -> np.ndarray:
         self._event.synchronize()
@@ -131,9 +132,11 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 def from_numpy(a: np.ndarray, like: Any = None) -> torch.Tensor:
+    """a as a tensor on like's device. To a GPU through pinned memory, non_blocking: a copy from
+    pageable memory would synchronise the stream (torch's sync debug mode flags it)."""
     t = torch.from_numpy(np.ascontiguousarray(a))
     if like is not None and like.device.type != "cpu":
-        t = t.to(like.device, non_blocking=False)
+        t = t.pin_memory().to(like.device, non_blocking=True) if like.device.type == "cuda" else t.to(like.device)
     return t
 
 
