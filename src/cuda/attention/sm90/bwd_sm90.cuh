@@ -62,6 +62,10 @@ struct BwdTiles {
   // accumulator stores (8 rows x 4 lanes a warp) hit 32 distinct banks in two wavefronts.
   static constexpr int kDqRowBytes = 64 * 4 + 32;
   static constexpr int kDqTileBytes = 64 * kDqRowBytes;
+  // lse and delta of a query block come as a box of kRowBox floats starting at the block's first
+  // token rounded down to a multiple of 4: TMA needs a 16-byte aligned start in the innermost
+  // dimension (an unaligned one is an illegal instruction), and a block starts at any token.
+  static constexpr int kRowBox = kBlockM + 4;
 };
 
 template <int D>
@@ -72,8 +76,8 @@ struct BwdSmem {
   struct Stage {
     alignas(1024) char q[Tiles::kQBytes];
     alignas(1024) char dout[Tiles::kQBytes];
-    alignas(128) float lse2[Tiles::kBlockM];
-    alignas(128) float delta[Tiles::kBlockM];
+    alignas(128) float lse2[Tiles::kRowBox];
+    alignas(128) float delta[Tiles::kRowBox];
   } stage[Tiles::kStages];
   alignas(1024) char ds[Tiles::kBlockM / 64][Tiles::kSlabDs];  // dS^T, 64-query slabs
   alignas(128) char dq[2][2][Tiles::kDqTileBytes];             // [warpgroup][buffer]
@@ -202,13 +206,13 @@ __global__ void __launch_bounds__(384, 1)
         for (int step = 0; step < x.steps; ++step, qs.advance()) {
           const int h = x.hk * group + step / x.mb_blocks;
           const int qrow = int(x.s.q_start) + (x.mb_begin + step % x.mb_blocks) * kM;
-          sm.ring.acquire(qs, 2 * Tiles::kQBytes + 2 * kM * 4);
+          sm.ring.acquire(qs, 2 * Tiles::kQBytes + 2 * Tiles::kRowBox * 4);
           typename Smem::Stage& st = sm.stage[qs.index];
           uint64_t* bar = sm.ring.full_bar(qs);
           tma_load_slabs<D>(st.q, Tiles::kSlabQ, &tm_q, h, qrow, bar);
           tma_load_slabs<D>(st.dout, Tiles::kSlabQ, &tm_do, h, qrow, bar);
-          tma_load_2d(st.lse2, &tm_lse2, qrow, h, bar);
-          tma_load_2d(st.delta, &tm_delta, qrow, h, bar);
+          tma_load_2d(st.lse2, &tm_lse2, qrow & ~3, h, bar);
+          tma_load_2d(st.delta, &tm_delta, qrow & ~3, h, bar);
         }
       }
     }
@@ -288,17 +292,18 @@ __global__ void __launch_bounds__(384, 1)
           const int c = 8 * j + (e & 1);
           return c >= lo[e >> 1] && c < hi[e >> 1];
         };
-        const float* lse2 = st.lse2 + 2 * quad;
-        const float* delta = st.delta + 2 * quad;
+        const int row_off = int((x.s.q_start + m0) & 3) + 2 * quad;  // see BwdTiles::kRowBox
+        const float* lse2 = st.lse2 + row_off;
+        const float* delta = st.delta + row_off;
         if constexpr (kFolded) {
           wgmma_wait<1>();  // S^T is done; dP^T may still run
           fence_regs(sacc);
 #pragma unroll
           for (int j = 0; j < kM / 8; ++j) {
-            const float2 l = *reinterpret_cast<const float2*>(lse2 + 8 * j);
+            const float l[2] = {lse2[8 * j], lse2[8 * j + 1]};
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-              const float pr = exp2_ftz(fmaf(sacc[j][e], mult, -((e & 1) ? l.y : l.x)));
+              const float pr = exp2_ftz(fmaf(sacc[j][e], mult, -l[e & 1]));
               sacc[j][e] = (full || visible(j, e)) ? pr : 0.f;
             }
           }
@@ -306,10 +311,10 @@ __global__ void __launch_bounds__(384, 1)
           fence_regs(dpacc);
 #pragma unroll
           for (int j = 0; j < kM / 8; ++j) {
-            const float2 dl = *reinterpret_cast<const float2*>(delta + 8 * j);
+            const float dl[2] = {delta[8 * j], delta[8 * j + 1]};
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-              const float ds = sacc[j][e] * (dpacc[j][e] - ((e & 1) ? dl.y : dl.x));
+              const float ds = sacc[j][e] * (dpacc[j][e] - dl[e & 1]);
               dpacc[j][e] = (full || visible(j, e)) ? ds : 0.f;
             }
           }
@@ -319,13 +324,13 @@ __global__ void __launch_bounds__(384, 1)
           fence_regs(dpacc);
 #pragma unroll
           for (int j = 0; j < kM / 8; ++j) {
-            const float2 l = *reinterpret_cast<const float2*>(lse2 + 8 * j);
-            const float2 dl = *reinterpret_cast<const float2*>(delta + 8 * j);
+            const float l[2] = {lse2[8 * j], lse2[8 * j + 1]};
+            const float dl[2] = {delta[8 * j], delta[8 * j + 1]};
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const float x = score(sacc[j][e]);  // the (capped) score
-              const float pr = exp2_ftz(fmaf(x, mult, -((e & 1) ? l.y : l.x)));
-              float ds = pr * (dpacc[j][e] - ((e & 1) ? dl.y : dl.x));
+              const float pr = exp2_ftz(fmaf(x, mult, -l[e & 1]));
+              float ds = pr * (dpacc[j][e] - dl[e & 1]);
               if (score.softcap > 0.f) {
                 const float th = x * score.inv_softcap;
                 ds *= 1.f - th * th;

@@ -36,8 +36,8 @@ void launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool
         tensor_map_3d<T>(p.dout, p.total_q, p.heads_q, D, p.dout_row_stride, p.dout_head_stride, kM, "dout");
     const CUtensorMap tm_k = tensor_map_3d<T>(p.k, p.total_k, p.heads_k, D, p.k_row_stride, p.k_head_stride, kN, "k");
     const CUtensorMap tm_v = tensor_map_3d<T>(p.v, p.total_k, p.heads_k, D, p.v_row_stride, p.v_head_stride, kN, "v");
-    const CUtensorMap tm_lse2 = tensor_map_rows_f32(w.lse2, p.heads_q, w.ld, kM, "lse2");
-    const CUtensorMap tm_delta = tensor_map_rows_f32(w.delta, p.heads_q, w.ld, kM, "delta");
+    const CUtensorMap tm_lse2 = tensor_map_rows_f32(w.lse2, p.heads_q, w.ld, Tiles::kRowBox, "lse2");
+    const CUtensorMap tm_delta = tensor_map_rows_f32(w.delta, p.heads_q, w.ld, Tiles::kRowBox, "delta");
     const ScoreMap score = ScoreMap::from(p);
     auto kernel = score.folds() ? varlen_bwd_sm90_kernel<T, D, true> : varlen_bwd_sm90_kernel<T, D, false>;
     constexpr int kSmem = kBwdSmemBytes<D>;

@@ -5,7 +5,9 @@
 //    1 head, box_rows tokens) and 128-byte swizzle, the layout wgmma's descriptors read;
 //  - tensor_map_rows_f32: an fp32 (rows, ld) array, boxes of (box, 1), no swizzle.
 // Coordinates past the tensor's end read zeros; a box's full byte count is always credited to the
-// mbarrier, so the expected transaction bytes never depend on where a tile ends.
+// mbarrier, so the expected transaction bytes never depend on where a tile ends. The innermost
+// coordinate must give a 16-byte aligned address (seen on an H200: an unaligned one is an illegal
+// instruction); outer coordinates are free.
 #pragma once
 
 #include <cuda.h>
