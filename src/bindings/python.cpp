@@ -52,6 +52,10 @@ void translate(const std::exception_ptr& p, void*) {
 NB_MODULE(_C, m) {
   m.doc() = "scree's compiled core: ragged-layout validation and CPU layout kernels.";
   nb::register_exception_translator(translate);
+  // AttentionArgs live in other frameworks' objects (a torch autograd graph's saved context, JAX's
+  // traces), which Python may tear down after this module at exit: nanobind would report those
+  // as leaks although nothing leaks while the process runs.
+  nb::set_leak_warnings(false);
 
 #ifdef SCREE_WITH_CUDA
   constexpr bool with_cuda = true;

@@ -84,13 +84,26 @@ def test_attention_polls_and_plans_with_the_exact_max(device_offsets):
     from scree.kernels.attention import plan
     cu = torch.tensor([0, 3, 3, 10], dtype=torch.int32)
     q = scree.from_cu_seqlens(_values(10), cu)
-    k = scree.from_cu_seqlens(_values(10), cu)  # building k settled q's check
+    k = scree.from_cu_seqlens(_values(10), cu.clone())
     v = k.with_values(_values(10))
-    assert q._layout.max_length == 7 and k._layout.max_length is None  # k's check is in flight
+    assert q._layout.max_length == 7 and k._layout.max_length is None  # building k settled q's check
     out = scree.varlen_attention(q, k, v, causal=True)
     assert k._layout.check is None and plan(k).max_seqlen == 7
     host = [scree.from_offsets(a.values, cu.long()) for a in (q, k, v)]
     torch.testing.assert_close(out.values, reference(*host, causal=True).values, rtol=1e-4, atol=1e-5)
+
+
+def test_arrays_over_one_offsets_tensor_share_one_layout(device_offsets):
+    """q, k and v (or every layer) built from the same cu_seqlens tensor: one Layout, one check,
+    one plan; written in place, the tensor gets a new Layout (torch counts the writes)."""
+    cu = torch.tensor([0, 3, 3, 10], dtype=torch.int32)
+    q, k, v = (scree.from_cu_seqlens(_values(10), cu) for _ in range(3))
+    assert q._layout is k._layout is v._layout
+    assert len([c for c in scree._layout._PENDING if c.layout() is q._layout]) == 1
+    assert scree.from_cu_seqlens(_values(10), cu, max_seqlen=8)._layout is not q._layout  # another claim
+    cu[2] = 4  # lengths 3, 1, 6
+    moved = scree.from_cu_seqlens(_values(10), cu)
+    assert moved._layout is not q._layout and moved.max_length == 6
 
 
 def test_jax_device_check_with_its_asynchronous_copy(monkeypatch):

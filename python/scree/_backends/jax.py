@@ -145,6 +145,11 @@ def offsets_summary(offsets: Any) -> Any:
     return _summary(offsets)
 
 
+def version(x: Any) -> int | None:
+    """JAX arrays are immutable."""
+    return 0
+
+
 def needs_autograd(x: Any) -> bool:
     return False
 

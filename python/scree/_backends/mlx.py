@@ -85,6 +85,11 @@ def offsets_summary(offsets: Any) -> Any:
     return mx.stack([offsets[0], offsets[-1], mx.min(steps), mx.max(steps)])
 
 
+def version(x: Any) -> int | None:
+    """MLX keeps no write counter."""
+    return None
+
+
 def needs_autograd(x: Any) -> bool:
     return False
 

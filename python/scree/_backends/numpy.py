@@ -62,6 +62,11 @@ def offsets_summary(offsets: Any) -> np.ndarray:
     return np.array([offsets[0], offsets[-1], lo, hi], dtype=np.int64)
 
 
+def version(x: Any) -> int | None:
+    """NumPy keeps no write counter."""
+    return None
+
+
 def needs_autograd(x: Any) -> bool:
     return False
 

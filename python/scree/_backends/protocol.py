@@ -52,6 +52,11 @@ class Backend(Protocol):
         """Whether the host can read x without a device transfer (host memory: NumPy, torch CPU,
         JAX CPU, MLX); False for GPU memory and for traced arrays."""
 
+    def version(self, x: Any) -> int | None:
+        """A counter that changes whenever x is written in place (torch's _version; 0 for JAX's
+        immutable arrays), or None where the framework keeps none: then nothing derived from x's
+        values may be cached by x's identity."""
+
     def needs_autograd(self, x: Any) -> bool:
         """Whether writing x's result through raw pointers would cut an autograd graph."""
 

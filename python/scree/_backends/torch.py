@@ -95,6 +95,11 @@ def offsets_summary(offsets: Any) -> torch.Tensor:
     return torch.stack((off[0], off[-1], lo, hi))
 
 
+def version(x: Any) -> int | None:
+    """torch's counter of in-place writes."""
+    return x._version
+
+
 def needs_autograd(x: Any) -> bool:
     """Kernels writing through raw pointers would cut the graph: use torch ops instead."""
     return bool(x.requires_grad) and torch.is_grad_enabled()

@@ -23,19 +23,24 @@ _GLUE: dict[str, ModuleType] = {}
 
 
 def glue(ns: ModuleType) -> ModuleType:
-    """The glue module of backend namespace `ns` (imported on first use)."""
-    mod = _GLUE.get(ns.name)  # a plain dict hit after the first import: torch.compile traces it
+    """The glue module of backend namespace `ns`. Loaded with the namespace (below), so this is a
+    plain dict hit, which torch.compile traces (an import inside a traced call it cannot)."""
+    mod = _GLUE.get(ns.name)
     if mod is None:
-        mod = _GLUE[ns.name] = importlib.import_module(f"scree._connect.{ns.name}")
+        mod = _load(ns)
     return mod
 
 
-def _register_jax_pytree(ns: ModuleType) -> None:
-    importlib.import_module("scree._connect.jax_pytree")
+def _load(ns: ModuleType) -> ModuleType:
+    mod = _GLUE[ns.name] = importlib.import_module(f"scree._connect.{ns.name}")
+    if ns.name == "jax":  # scree.Array becomes a pytree as soon as scree meets JAX
+        importlib.import_module("scree._connect.jax_pytree")
+    return mod
 
 
-# scree.Array becomes a JAX pytree as soon as scree meets JAX (the backend namespace loads); if jax
-# was imported before scree, at `import scree` (sys.modules only: this imports nothing new).
-_backends.on_load("jax", _register_jax_pytree)
+# Each backend's glue loads with its namespace, when scree first meets that framework; if jax was
+# imported before scree, at `import scree` (sys.modules only: this imports nothing new).
+for _name in _backends.names():
+    _backends.on_load(_name, _load)
 if "jax" in sys.modules:
     _backends.get("jax")
