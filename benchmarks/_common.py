@@ -1,12 +1,15 @@
-"""Helpers shared by the benchmark scripts: thread-count overrides for scree's kernels and the
-machine description every results JSON starts with."""
+"""Helpers shared by the benchmark scripts: thread-count overrides for scree's kernels, the machine
+description every results JSON starts with, and the two timings of a call as a user sees it
+(isolated_call, call_stream), which every attention benchmark reports beside its kernel time."""
 
 from __future__ import annotations
 
 import datetime as _dt
 import os
 import platform
+import statistics
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -71,3 +74,44 @@ def machine_info(**extra: Any) -> dict:
     )
     info.update(extra)
     return info
+
+
+def isolated_call(fn: Callable[[], Any], sync: Callable[[], None], reps: int,
+                  prepare: Callable[[], Any] | None = None) -> dict:
+    """One call as a user sees it: the device idle before it (synchronised), synchronised after it,
+    caches not flushed. Wall time per call, median over `reps` calls; `prepare()` (untimed) runs
+    before each, e.g. to give the call fresh inputs."""
+    fn()
+    sync()
+    ms = []
+    for _ in range(reps):
+        if prepare is not None:
+            prepare()
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        ms.append((time.perf_counter() - t0) * 1e3)
+    return dict(median_ms=statistics.median(ms), min_ms=min(ms), reps=reps, samples_ms=ms)
+
+
+def call_stream(fn: Callable[[], Any], sync: Callable[[], None], calls: int, repeats: int = 3) -> dict:
+    """Back-to-back calls, synchronised only at the end of each run of `calls`: host_us is the
+    median time one call takes to return (what the CPU spends per call; on a GPU the device runs
+    behind), wall_us the run's wall time per call with its final synchronisation (what a stream of
+    calls costs when the device keeps up, or the device time when it does not). Median over
+    `repeats` runs for wall_us, over all calls for host_us."""
+    fn()
+    sync()
+    host, wall = [], []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            fn()
+            host.append(time.perf_counter() - t0)
+        sync()
+        wall.append((time.perf_counter() - start) / calls)
+    return dict(host_us=statistics.median(host) * 1e6, wall_us=statistics.median(wall) * 1e6, calls=calls,
+                repeats=repeats)

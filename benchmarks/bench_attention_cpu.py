@@ -52,6 +52,10 @@ keeps every sample. gc is off while timing.
 Correctness: every method's output (and for fwdbwd dq, dk, dv) is compared on real tokens with
 padded SDPA; the max abs diff is printed and stored. A failing method is recorded, not fatal.
 
+Call overhead (printed first, "call_overhead" in the JSON): host time per call on a batch of 4
+sequences of 16 tokens (8 heads, head dim 64, fp32, causal), forward and forward+backward, in a
+stream of back-to-back calls, scree against padded SDPA (see call_overhead).
+
 Writes attention_cpu.json and attention_cpu.png into --out (default benchmarks/results; with
 --quick and no --out, a temporary folder).
 """
@@ -82,7 +86,7 @@ import scree
 from scree import _C
 from scree.kernels import reference as scree_reference
 
-from _common import HERE, NCORES, with_threads  # noqa: E402 - benchmarks/ is on sys.path
+from _common import HERE, NCORES, call_stream, with_threads  # noqa: E402 - benchmarks/ is on sys.path
 from _common import machine_info as _machine_info  # noqa: E402
 ALTERNATIVES = ("padded", "loop", "nested")  # "best alternative" is taken over these
 # torch.nested SDPA logs why each backend was rejected and warns that nested tensors are a prototype
@@ -347,6 +351,52 @@ def matmul_fns(n: int) -> tuple[Callable[[], Any], float]:
     b = torch.randn(n, n)
     c = torch.empty(n, n)
     return (lambda: torch.matmul(a, b, out=c)), 2.0 * n ** 3
+
+
+# The per-call overhead batch (issue 13): 4 sequences of 16 tokens, where the cost of the call
+# around the kernel is what a user pays.
+CALL_LENGTHS, CALL_HEADS, CALL_DIM = [16] * 4, 8, 64
+
+
+def call_overhead(calls: int, repeats: int) -> dict:
+    """Host time per call on the tiny batch, forward and forward+backward, fp32, causal, in a
+    stream of back-to-back calls (median per call; the CPU runs the kernels synchronously, so this
+    is the whole call): scree.varlen_attention on the batch's Arrays mapped with with_values (as a
+    model's layers make them), and torch's SDPA on prebuilt padded (B, H, L, D) tensors."""
+    gen = torch.Generator().manual_seed(0)
+    T, B, L = sum(CALL_LENGTHS), len(CALL_LENGTHS), max(CALL_LENGTHS)
+    q, k, v, g = (torch.randn(T, CALL_HEADS, CALL_DIM, generator=gen) for _ in range(4))
+    Q, K = scree.from_lengths(q, CALL_LENGTHS), scree.from_lengths(k, CALL_LENGTHS)
+    V = K.with_values(v)
+    lq, lk, lv = (x.clone().requires_grad_(True) for x in (q, k, v))
+    pq, pk, pv, pg = (x.reshape(B, L, CALL_HEADS, CALL_DIM).transpose(1, 2).contiguous() for x in (q, k, v, g))
+    plq, plk, plv = (x.clone().requires_grad_(True) for x in (pq, pk, pv))
+
+    def scree_fwd():
+        with torch.no_grad():
+            return scree.varlen_attention(Q.with_values(q), K.with_values(k), V.with_values(v), causal=True)
+
+    def scree_fwdbwd():
+        out = scree.varlen_attention(Q.with_values(lq), K.with_values(lk), V.with_values(lv), causal=True)
+        return torch.autograd.grad(out.values, (lq, lk, lv), g)
+
+    def sdpa_fwd():
+        with torch.no_grad():
+            return F.scaled_dot_product_attention(pq, pk, pv, is_causal=True)
+
+    def sdpa_fwdbwd():
+        return torch.autograd.grad(F.scaled_dot_product_attention(plq, plk, plv, is_causal=True), (plq, plk, plv), pg)
+
+    def no_sync() -> None:
+        return None
+
+    out: dict[str, Any] = dict(lengths=CALL_LENGTHS, heads=CALL_HEADS, head_dim=CALL_DIM, dtype="float32",
+                               causal=True, modes={})
+    for mode, fns in (("fwd", dict(scree=scree_fwd, sdpa=sdpa_fwd)), ("fwdbwd", dict(scree=scree_fwdbwd, sdpa=sdpa_fwdbwd))):
+        res = {name: call_stream(fn, no_sync, calls=calls, repeats=repeats) for name, fn in fns.items()}
+        out["modes"][mode] = dict(host_us={name: r["host_us"] for name, r in res.items()},
+                                  x_sdpa=res["sdpa"]["host_us"] / res["scree"]["host_us"], runs=res)
+    return out
 
 
 def measure_peak(n: int, reps: int) -> dict:
@@ -617,6 +667,11 @@ def main(argv: list[str] | None = None) -> int:
           "x best / x pad = alternative time / scree time; * = NumPy ref capped (<3 calls); ~ = < 3 samples "
           "(slow method, timed in fewer rounds); skip/ERR: see the line below or the JSON; "
           "max|diff| = scree vs padded SDPA on real tokens (fwd: out; fwdbwd: dq/dk/dv)", flush=True)
+    overhead = call_overhead(calls=200 if q else 2000, repeats=3)
+    for mode, m in overhead["modes"].items():
+        print(f"# call overhead, 4 x 16 tokens, {mode:<6}: scree {m['host_us']['scree']:.1f} us, padded SDPA "
+              f"{m['host_us']['sdpa']:.1f} us per call (median of back-to-back calls; x SDPA {m['x_sdpa']:.2f})",
+              flush=True)
     print(HEADER, flush=True)
 
     workloads = WORKLOADS_QUICK if q else WORKLOADS_FULL
@@ -644,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
                                             flops="fwd 4*L^2*D*H per sequence (half causal); fwdbwd 3.5x fwd"),
                   peak=dict(start=peak_start, in_group_size_start=peak_group_start, end=peak_end,
                             gflops=max(peak_start["gflops"], peak_end["gflops"])),
-                  workloads=rows, targets=targets)
+                  call_overhead=overhead, workloads=rows, targets=targets)
     out_dir.mkdir(parents=True, exist_ok=True)
     jpath = out_dir / "attention_cpu.json"
     jpath.write_text(json.dumps(result, indent=1))

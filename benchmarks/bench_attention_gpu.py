@@ -9,13 +9,17 @@ in one process on the same inputs (the workloads of TARGETS.md).
 
 Workloads (TARGETS.md): 32k tokens, hidden 2048, heads = 2048 / head_dim, q and k lengths equal per
 sequence; eqL = equal lengths L, mix = lengths uniform in [64, 4096], short = uniform in [16, 512]
-(drawn with a fixed seed until 32768 tokens, the last one cut to fit). Values: fixed-seed normals.
+(drawn with a fixed seed until 32768 tokens, the last one cut to fit); and batch4x16, 4 sequences of
+16 tokens, where the host's cost of a call is all there is. Values: fixed-seed normals.
 
 Methods (each in try/except: a failing backend is recorded in the JSON, the run goes on):
     scree   scree.varlen_attention(Q, K, V, causal) on scree.Arrays over packed (T, H, D) tensors
             (from_lengths: host bookkeeping known, no device sync); backward through torch autograd.
     fa2     torch.ops.aten._flash_attention_forward / _flash_attention_backward on the same packed
             tensors with int32 cu_seqlens (torch's FlashAttention-2 varlen).
+    fa4     flash_attn.cute.flash_attn_varlen_func (PyPI flash-attn-4, CuTe DSL) on the same packed
+            tensors and cu_seqlens, backward through its autograd, when importable (else the reason
+            is printed and recorded, and the run goes on).
     cudnn   F.scaled_dot_product_attention on padded (B, H, Lmax, D) tensors under
             sdpa_kernel(SDPBackend.CUDNN_ATTENTION); causal: is_causal (right padding: real rows never
             see pad keys), not causal with unequal lengths: a boolean key-padding mask; where cuDNN
@@ -23,8 +27,15 @@ Methods (each in try/except: a failing backend is recorded in the JSON, the run 
     flex    torch.compile(flex_attention) on (1, H, T, D) with a document mask from create_block_mask
             (and causal within documents), on the workloads named by --flex (default: mix).
 Modes: fwd (forward only), bwd (backward only: the graph of one forward kept, autograd.grad with
-retain_graph, or the aten backward op for fa2), fwdbwd (both). Timing: CUDA events around each call,
-L2 flushed (a 256 MiB memset) before each, after warm-up calls; median of --reps (30). FLOPs counted
+retain_graph, or the aten backward op for fa2), fwdbwd (both). Kernel timing: CUDA events around
+each call, L2 flushed (a 256 MiB memset) before each, after warm-up calls; median of --reps (30).
+The flush hides host time behind the memset, so fwd and fwdbwd are also timed as a user sees the
+call (no flush): "isolated" = GPU idle before, synchronised after (median wall ms; scree builds its
+three Arrays from a fresh copy of cu_seqlens inside the call, as a user does per batch, and FA-2 /
+FA-4 take the cu_seqlens themselves), and "stream" = back-to-back calls synchronised at the end
+(host_us: the host time per call; wall_us: wall time per call; scree's Arrays come from the batch's
+Arrays with with_values, as a model's layers make them). cuDNN and flex reuse their prepared padded /
+flex layouts (their conversion is not timed). FLOPs counted
 are useful work only: forward 4 * Lq * Lk * D * H per sequence, half when causal; backward 2.5x,
 fwdbwd 3.5x the forward. Ratios "x FA-2" = FA-2 time / method time. Correctness: outputs (fwd) and
 dq, dk, dv (fwdbwd) of every method against FA-2's on real tokens, max abs diff (recorded; a large
@@ -54,13 +65,14 @@ from typing import Any, Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HERE, machine_info, sh  # noqa: E402
+from _common import HERE, call_stream, isolated_call, machine_info, sh  # noqa: E402
 
 TOKENS = 32768
 HIDDEN = 2048
 RANGES = {"mix": (64, 4096), "short": (16, 512)}
 # name, lengths kind, head dim, causal (TARGETS.md: the GPU baselines table)
 WORKLOADS = [
+    ("batch4x16 d128", "eq16", 128, False),
     ("eq2048 d128", "eq2048", 128, False),
     ("eq8192 d128 causal", "eq8192", 128, True),
     ("mix d128", "mix", 128, False),
@@ -71,13 +83,17 @@ WORKLOADS = [
     ("short d64", "short", 64, False),
 ]
 WORKLOADS_QUICK = [
+    ("batch4x16 d64", "eq16", 64, False),
     ("eq512 d128 causal", "eq512", 128, True),
     ("short d64", "short", 64, False),
 ]
+# Workloads of a fixed size (every other one has --tokens tokens).
+WORKLOAD_TOKENS = {"batch4x16 d128": 64, "batch4x16 d64": 64}
 MODES = ("fwd", "bwd", "fwdbwd")
 MODE_FLOPS = {"fwd": 1.0, "bwd": 2.5, "fwdbwd": 3.5}   # x forward FLOPs
-METHODS = ("scree", "fa2", "cudnn", "flex")
-PEERS = ("fa2", "cudnn", "flex")                       # "best peer" is taken over these
+METHODS = ("scree", "fa2", "fa4", "cudnn", "flex")
+PEERS = ("fa2", "fa4", "cudnn", "flex")                # "best peer" is taken over these
+CALL_MODES = ("fwd", "fwdbwd")                         # also timed as a user sees the call
 DIFF_FLAG = {"out": 2e-2, "grad": 5e-2}                # bf16 max abs diff vs FA-2 above this: flagged
 
 
@@ -239,11 +255,11 @@ def leaves(torch, *xs):
     return [x.detach().clone().requires_grad_(True) for x in xs]
 
 
-def scree_fns(w: Workload, scree) -> dict[str, Callable]:
+def scree_fns(w: Workload, scree) -> dict[str, Any]:
     torch = w.torch
     lq, lk, lv = leaves(torch, w.q, w.k, w.v)
     Q, K, V = w.Q.with_values(lq), w.K.with_values(lk), w.V.with_values(lv)
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"cu": w.cu}
 
     def fwd():
         with torch.no_grad():
@@ -260,6 +276,80 @@ def scree_fns(w: Workload, scree) -> dict[str, Callable]:
     def fwdbwd():
         out = scree.varlen_attention(Q, K, V, causal=w.causal).values
         return torch.autograd.grad(out, (lq, lk, lv), w.g)
+
+    # The call as a user sees it. Isolated: the batch's three Arrays built from its cu_seqlens and
+    # max_seqlen inside the call (a fresh cu_seqlens tensor per call, so the Layout and its device
+    # check are new each time, as for a new batch). Stream: a model's layers, which map the batch's
+    # Arrays with with_values.
+    def arrays(q, k, v):
+        cu = state["cu"]
+        return [scree.from_cu_seqlens(x, cu, max_seqlen=w.L) for x in (q, k, v)]
+
+    def new_batch():
+        state["cu"] = w.cu.clone()
+
+    def iso_fwd():
+        with torch.no_grad():
+            return scree.varlen_attention(*arrays(w.q, w.k, w.v), causal=w.causal).values
+
+    def iso_fwdbwd():
+        out = scree.varlen_attention(*arrays(lq, lk, lv), causal=w.causal).values
+        return torch.autograd.grad(out, (lq, lk, lv), w.g)
+
+    def layer_fwd():
+        with torch.no_grad():
+            return scree.varlen_attention(w.Q.with_values(w.q), w.K.with_values(w.k), w.V.with_values(w.v),
+                                          causal=w.causal).values
+
+    def layer_fwdbwd():
+        out = scree.varlen_attention(Q.with_values(lq), K.with_values(lk), V.with_values(lv), causal=w.causal).values
+        return torch.autograd.grad(out, (lq, lk, lv), w.g)
+
+    return dict(fwd=fwd, bwd=bwd, fwdbwd=fwdbwd,
+                _calls=dict(fwd=(iso_fwd, layer_fwd, new_batch), fwdbwd=(iso_fwdbwd, layer_fwdbwd, new_batch)))
+
+
+_FA4: dict[str, Any] = {}
+
+
+def fa4_function() -> Any:
+    """flash_attn.cute.flash_attn_varlen_func (FA-4), or None with the reason in _FA4["error"]."""
+    if "fn" not in _FA4 and "error" not in _FA4:
+        try:
+            from flash_attn.cute import flash_attn_varlen_func
+            _FA4["fn"] = flash_attn_varlen_func
+        except Exception as e:  # noqa: BLE001 - any import failure: FA-4 is not here
+            _FA4["error"] = short_error(e)
+    return _FA4.get("fn")
+
+
+def fa4_fns(w: Workload) -> dict[str, Callable]:
+    """FA-4 on the packed tensors with int32 cu_seqlens; it returns out or (out, lse) by version."""
+    fn = fa4_function()
+    if fn is None:
+        raise RuntimeError(f"FA-4 is not importable: {_FA4['error']}")
+    torch = w.torch
+    kw = dict(cu_seqlens_q=w.cu, cu_seqlens_k=w.cu, max_seqlen_q=w.L, max_seqlen_k=w.L, causal=w.causal,
+              softmax_scale=w.scale)
+
+    def attend(q, k, v):
+        r = fn(q, k, v, **kw)
+        return r[0] if isinstance(r, (tuple, list)) else r
+
+    lq, lk, lv = leaves(torch, w.q, w.k, w.v)
+    state: dict[str, Any] = {}
+
+    def fwd():
+        with torch.no_grad():
+            return attend(w.q, w.k, w.v)
+
+    def bwd():
+        if "out" not in state:
+            state["out"] = attend(lq, lk, lv)
+        return torch.autograd.grad(state["out"], (lq, lk, lv), w.g, retain_graph=True)
+
+    def fwdbwd():
+        return torch.autograd.grad(attend(lq, lk, lv), (lq, lk, lv), w.g)
 
     return dict(fwd=fwd, bwd=bwd, fwdbwd=fwdbwd)
 
@@ -377,7 +467,7 @@ def flex_fns(w: Workload) -> dict[str, Callable]:
 
 def to_tokens(w: Workload, method: str, x):
     """A method's output or gradient in its own layout -> packed (T, H, D)."""
-    if method in ("scree", "fa2"):
+    if method in ("scree", "fa2", "fa4"):
         return x
     if method == "cudnn":
         return w.unpad(x)
@@ -417,7 +507,7 @@ def check(w: Workload, mode: str, outputs: dict[str, Any], fns_meta: dict[str, A
 def run_workload(torch, scree, spec: tuple, tokens: int, hidden: int, rng: np.random.Generator, timer: Timer,
                  flex_on: bool, modes: tuple[str, ...]) -> dict:
     name, kind, D, causal = spec
-    lens = make_lengths(kind, tokens, rng)
+    lens = make_lengths(kind, WORKLOAD_TOKENS.get(name, tokens), rng)
     H = heads_for(D, hidden)
     row: dict[str, Any] = dict(name=name, kind=kind, head_dim=D, heads=H, causal=causal, tokens=sum(lens),
                                num_sequences=len(lens), max_len=max(lens), mean_len=float(np.mean(lens)),
@@ -426,17 +516,21 @@ def run_workload(torch, scree, spec: tuple, tokens: int, hidden: int, rng: np.ra
     makers: dict[str, Callable[[], dict]] = {
         "scree": lambda: scree_fns(w, scree),
         "fa2": lambda: fa2_fns(w),
+        "fa4": lambda: fa4_fns(w),
         "cudnn": lambda: cudnn_fns(w, row["notes"]),
     }
     if flex_on:
         makers["flex"] = lambda: flex_fns(w)
     fns: dict[str, dict] = {}
+    calls: dict[str, dict] = {}
     meta: dict[str, dict] = {}
     errors: dict[str, str] = {}
     for m, make in makers.items():
         try:
             f = make()
             meta[m] = dict(masked=bool(f.pop("_masked", True)))
+            # (isolated call, call in a stream, per-call preparation); by default the timed function
+            calls[m] = f.pop("_calls", {mode: (f[mode], f[mode], None) for mode in CALL_MODES})
             fns[m] = f
         except Exception as e:  # noqa: BLE001 - a backend that cannot even set up is a result
             errors[m] = short_error(e)
@@ -456,6 +550,8 @@ def run_workload(torch, scree, spec: tuple, tokens: int, hidden: int, rng: np.ra
                     outputs[m] = out
                 r = timer(fns[m][mode])
                 r["tflops"] = mrow["flops"] / (r["median_ms"] * 1e-3) / 1e12
+                if mode in CALL_MODES:
+                    r.update(time_calls(torch, calls[m][mode], r["median_ms"], timer.reps))
                 mrow["methods"][m] = r
             except Exception as e:  # noqa: BLE001
                 mrow["methods"][m] = dict(error=short_error(e))
@@ -472,10 +568,23 @@ def run_workload(torch, scree, spec: tuple, tokens: int, hidden: int, rng: np.ra
     return row
 
 
+def time_calls(torch, call: tuple, kernel_ms: float, reps: int) -> dict:
+    """The call as a user sees it: isolated (GPU idle before, synchronised after, no flush) and in a
+    stream of back-to-back calls (host time per call, wall time per call)."""
+    iso_fn, stream_fn, prepare = call
+    sync_ = lambda: sync(torch)  # noqa: E731
+    calls = int(max(5, min(200, 0.3 / max(kernel_ms * 1e-3, 1e-6))))  # ~0.3 s of calls per run
+    return dict(isolated=isolated_call(iso_fn, sync_, reps=max(5, min(reps, 30)), prepare=prepare),
+                stream=call_stream(stream_fn, sync_, calls=calls))
+
+
 def finish_mode(m: dict) -> None:
     ok = {k: v["median_ms"] for k, v in m["methods"].items() if "median_ms" in v}
     if "fa2" in ok:
         m["x_fa2"] = {k: ok["fa2"] / v for k, v in ok.items()}
+    iso = {k: v["isolated"]["median_ms"] for k, v in m["methods"].items() if "isolated" in v}
+    if "fa2" in iso:
+        m["isolated_x_fa2"] = {k: iso["fa2"] / v for k, v in iso.items()}
     peers = {k: ok[k] for k in PEERS if k in ok}
     if peers:
         best = min(peers, key=peers.get)
@@ -521,8 +630,14 @@ def print_row(row: dict, mode: str) -> None:
     print(f"{row['name']:<20} {mode:<6} {row['num_sequences']:>4} | "
           + " | ".join(f"{fmt(meth, k):>15}" for k in METHODS)
           + f" | {('-' if x is None else f'{x:.2f}'):>12} {('-' if xb is None else f'{xb:.2f}'):>6} | {c}", flush=True)
+    calls = [f"{k} {v['isolated']['median_ms']:.3f} ms, {v['stream']['host_us']:.0f}/{v['stream']['wall_us']:.0f} us"
+             for k, v in meth.items() if "isolated" in v]
+    if calls:
+        xi = m.get("isolated_x_fa2", {}).get("scree")
+        print(f"{'':<20} {'call':<6} isolated, stream host/wall per call: " + " | ".join(calls)
+              + ("" if xi is None else f" | isolated scree x FA-2 {xi:.2f}"), flush=True)
     for k, v in meth.items():
-        if "error" in v:
+        if "error" in v and not (k == "fa4" and "error" in _FA4):  # FA-4's import failure: said once at the start
             print(f"{'':<20}   {k} failed: {v['error'][:200]}", flush=True)
 
 
@@ -542,7 +657,8 @@ def evaluate_targets(rows: list[dict]) -> list[dict]:
             add(">= 2.0x FA-2 backward (mix d128)", r, "bwd", bwd.get("x_fa2", {}).get("scree"), 2.0)
         if r["kind"] == "short" and r["head_dim"] == 128:
             add(">= 2.5x FA-2 forward (short d128)", r, "fwd", x_fwd, 2.5)
-        if r["kind"].startswith("eq") and "scree" in fwd.get("methods", {}) and "median_ms" in \
+        if r["kind"].startswith("eq") and r["name"] not in WORKLOAD_TOKENS and "scree" in fwd.get("methods", {}) and \
+                "median_ms" in \
                 fwd["methods"].get("cudnn", {}) and "median_ms" in fwd["methods"]["scree"]:
             add(">= cuDNN forward (equal lengths)", r, "fwd",
                 fwd["methods"]["cudnn"]["median_ms"] / fwd["methods"]["scree"]["median_ms"], 1.0)
@@ -550,6 +666,7 @@ def evaluate_targets(rows: list[dict]) -> list[dict]:
             add(">= 1.9x FA-2 fwd+bwd (training step)", r, "fwdbwd", fb.get("x_fa2", {}).get("scree"), 1.9)
         if fwd:
             add("forward ahead of the best peer", r, "fwd", fwd.get("x_best_peer"), 1.0)
+            add("isolated call ahead of FA-2", r, "fwd", fwd.get("isolated_x_fa2", {}).get("scree"), 1.0)
     return out
 
 
@@ -672,6 +789,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {info['gpu']} (sm {info['capability']}, {info['sm_count']} SMs) | torch {info['torch']} cuda "
           f"{info['torch_cuda']} cudnn {info['cudnn']} triton {info['triton']} | scree head dims "
           f"{info['scree_cuda_head_dims']} | commit {str(info['git_commit'])[:10]}", flush=True)
+    if fa4_function() is None:
+        print(f"# FA-4 (flash_attn.cute.flash_attn_varlen_func) is not importable, its columns stay empty: "
+              f"{_FA4['error']}", flush=True)
     timer = Timer(torch, reps=reps, warmup=2 if q else 3, budget_s=budget)
     ceil = ceilings(torch, timer, q)
     print(f"# ceilings: bf16 matmul {ceil['matmul'].get('tflops', float('nan')):.0f} TFLOP/s, device copy "
@@ -686,7 +806,9 @@ def main(argv: list[str] | None = None) -> int:
         config=dict(tokens=tokens, hidden=args.hidden, reps=reps, budget_s=budget, flex=flex_sel, seed=args.seed,
                     dtype="bfloat16", modes=list(args.modes),
                     flops="fwd 4*Lq*Lk*D*H per sequence (half causal); bwd 2.5x fwd; fwdbwd 3.5x fwd",
-                    timing="CUDA events, L2 flushed before each call, median"),
+                    timing="kernel: CUDA events, L2 flushed before each call, median; isolated: GPU idle before, "
+                           "synchronised after, no flush, median wall ms; stream: back-to-back calls, host and wall "
+                           "us per call", fa4=_FA4.get("error", "importable")),
         ceilings=ceil, workloads=[], skipped=[], targets=[])
     rng = np.random.default_rng(args.seed)
     for spec in workloads:

@@ -27,6 +27,10 @@ def test_benchmark_quick_run(tmp_path: Path, script: str, result: str):
     data = json.loads(written[0].read_text())
     rows = data.get("rows") or data.get("workloads")
     assert data["machine"]["git_commit"] is not None and rows, "results must name the machine and hold results"
+    if script == "bench_attention_cpu.py":  # the per-call overhead against SDPA (issue 13)
+        for mode in ("fwd", "fwdbwd"):
+            host = data["call_overhead"]["modes"][mode]["host_us"]
+            assert host["scree"] > 0 and host["sdpa"] > 0
 
 
 def _gpu_bench():
@@ -40,24 +44,28 @@ def _gpu_bench():
 
 
 def test_gpu_benchmark_workloads_and_flops():
-    """The GPU benchmark's CPU-side helpers: TARGETS.md's workloads (32k tokens, heads = 2048 / D),
-    lengths in range and summing to the token count, useful FLOPs as DESIGN.md counts them."""
+    """The GPU benchmark's CPU-side helpers: TARGETS.md's workloads (32k tokens, heads = 2048 / D) and
+    the 4 x 16-token batch of issue 13, lengths in range and summing to the token count, useful FLOPs
+    as DESIGN.md counts them."""
     import numpy as np
     b = _gpu_bench()
     names = {w[0] for w in b.WORKLOADS}
-    assert names == {"eq2048 d128", "eq8192 d128 causal", "mix d128", "mix d128 causal", "short d128",
-                     "short d128 causal", "mix d64", "short d64"}
+    assert names == {"batch4x16 d128", "eq2048 d128", "eq8192 d128 causal", "mix d128", "mix d128 causal",
+                     "short d128", "short d128 causal", "mix d64", "short d64"}
+    assert b.RANGES["short"] == (16, 512)  # 32k tokens of lengths 16-512
     assert b.heads_for(128) == 16 and b.heads_for(64) == 32
     rng = np.random.default_rng(0)
-    for _, kind, _, _ in b.WORKLOADS:
-        lens = b.make_lengths(kind, b.TOKENS, rng)
-        assert sum(lens) == b.TOKENS and min(lens) >= 1
+    for name, kind, _, _ in b.WORKLOADS:
+        tokens = b.WORKLOAD_TOKENS.get(name, b.TOKENS)
+        lens = b.make_lengths(kind, tokens, rng)
+        assert sum(lens) == tokens and min(lens) >= 1
         if kind.startswith("eq"):
             assert set(lens) == {int(kind[2:])}
         else:
             lo, hi = b.RANGES[kind]
             assert all(lo <= n <= hi for n in lens[:-1]) and lens[-1] <= hi
     assert b.make_lengths("eq512", 1200, rng) == [512, 512, 176]
+    assert b.make_lengths("eq16", b.WORKLOAD_TOKENS["batch4x16 d128"], rng) == [16] * 4
     # 4 * Lq * Lk * D * H per sequence, half when causal; backward 2.5x, forward+backward 3.5x
     assert b.flops_fwd([2, 3], [2, 3], 2, 4, False) == 4 * (4 + 9) * 4 * 2
     assert b.flops_fwd([2, 3], [5, 1], 2, 4, True) == 4 * (10 + 3) * 4 * 2 / 2
@@ -67,16 +75,22 @@ def test_gpu_benchmark_workloads_and_flops():
 
 def test_gpu_benchmark_dry_run_on_cpu(tmp_path: Path):
     """--device cpu runs the GPU benchmark's plumbing on the CPU (scree and padded SDPA; FA-2 and
-    cuDNN fail there and must be recorded, not fatal) and writes its JSON."""
+    FA-4 fail there and must be recorded, not fatal) and writes its JSON, with the call timings
+    (isolated and in a stream) beside the kernel timings."""
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_attention_gpu.py"), "--device", "cpu",
                            "--quick", "--tokens", "128", "--flex", "none", "--no-plot", "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((tmp_path / "attention_gpu.json").read_text())
-    assert data["machine"]["git_commit"] is not None and len(data["workloads"]) == 2
+    assert data["machine"]["git_commit"] is not None and len(data["workloads"]) == 3
+    assert data["workloads"][0]["tokens"] == 64 and data["workloads"][0]["num_sequences"] == 4
     for row in data["workloads"]:
         for mode in ("fwd", "bwd", "fwdbwd"):
             methods = row["modes"][mode]["methods"]
-            assert methods["scree"]["median_ms"] > 0 and "error" in methods["fa2"]
+            assert methods["scree"]["median_ms"] > 0 and "error" in methods["fa2"] and "error" in methods["fa4"]
+            for m in ("scree", "cudnn"):
+                assert ("isolated" in methods[m]) == (mode != "bwd")
+                if mode != "bwd":
+                    assert methods[m]["isolated"]["median_ms"] > 0 and methods[m]["stream"]["host_us"] > 0
         assert row["modes"]["fwd"]["check"]["cudnn"]["ok"], row["modes"]["fwd"]["check"]
