@@ -14,12 +14,14 @@
 #   racecheck  compute-sanitizer --tool racecheck python tools/sanitize_attention.py -> sanitizer.log
 #   bench      python benchmarks/bench_attention_gpu.py --out OUTDIR (copied to benchmarks/results too)
 #                                                                                  -> bench.log
+#   train      python benchmarks/bench_train_step.py --out OUTDIR (copied likewise)  -> bench.log
 #   suite      pytest tests/python -m "not cuda" (the cuda-marked tests ran above) -> pytest_all.log
-# OUTDIR gets at most 8 files: summary.txt (machine, step results, failures), the 5 logs above,
-# attention_gpu.json and attention_gpu.png. The summary is printed last (short: a reply carries the tail).
+# OUTDIR gets summary.txt (machine, step results, failures), the logs above, attention_gpu.json/.png and
+# train_step_cuda.json/.png. The summary is printed last (short: a reply carries the tail).
 #
 # Switches (environment): SKIP_BUILD=1 SKIP_CTEST=1 SKIP_CUDA_TESTS=1 SKIP_SANITIZER=1 SKIP_BENCH=1
-# SKIP_SUITE=1; GPU_CHECK_BUDGET_S (540); SANITIZER_TOOLS ("memcheck racecheck"; initcheck and
+# SKIP_TRAIN=1 SKIP_SUITE=1 (OUTDIR brings back at most 8 files: split a full check over two calls,
+# e.g. build + tests + sanitizers, then the benchmarks with SKIP_BUILD=1); TRAIN_ARGS; GPU_CHECK_BUDGET_S (540); SANITIZER_TOOLS ("memcheck racecheck"; initcheck and
 # synccheck also work); BENCH_ARGS (extra benchmark arguments, e.g. "--only mix"); PYTEST_ARGS
 # (extra arguments for both pytest runs, e.g. "-k attention"); CTEST_CUDA (auto|ON|OFF: auto = ON when
 # tests/cpp has CUDA tests); SCREE_CUDA_ARCHS, SCREE_HEADDIMS, SCREE_CUDA_DTYPES (passed to both builds);
@@ -42,6 +44,12 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     > "$out/build.log" 2>&1 || echo "wheel install from .whl/ failed (see build.log)"
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+# FA-4 (flash-attn-4, CuTe DSL), the benchmark's bar, installed with --target by an earlier call of
+# this session into FA4_SITE (its 92 MB libs wheel travels in two halves: see benchmarks/NOTES.md).
+FA4_SITE=${FA4_SITE:-/tmp/fa4}
+if [ -d "$FA4_SITE/flash_attn" ]; then
+  export PYTHONPATH=$FA4_SITE:$FA4_SITE/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
 fi
 if [ -z "${SCREE_GIT_COMMIT:-}" ]; then
   SCREE_GIT_COMMIT=$(git rev-parse HEAD 2>/dev/null || true)
@@ -150,6 +158,15 @@ if [ -f "$out/attention_gpu.json" ]; then
   mkdir -p benchmarks/results && cp "$out"/attention_gpu.json benchmarks/results/ && \
     { [ ! -f "$out/attention_gpu.png" ] || cp "$out/attention_gpu.png" benchmarks/results/; }
 fi
+
+# ---- model-level training step (HF Llama-style, packed 32k tokens; scree vs FA-2 varlen vs padded sdpa)
+# shellcheck disable=SC2016
+step train SKIP_TRAIN "$out/bench.log" 240 bash -c \
+  '"$0" benchmarks/bench_train_step.py --out "$1" --time-limit $(( STEP_LIMIT > 60 ? STEP_LIMIT - 30 : STEP_LIMIT / 2 )) ${TRAIN_ARGS:-}' \
+  "$PY" "$out"
+for f in "$out"/train_step_*; do
+  [ -f "$f" ] && mkdir -p benchmarks/results && cp "$f" benchmarks/results/
+done
 
 # ---- the rest of the Python suite -------------------------------------------------------------
 # shellcheck disable=SC2086

@@ -6,8 +6,8 @@ out-of-bounds access cannot land silently in a neighbour).
 
 Cases: bf16 and fp16, head dims 64 and 128 (those this build compiled), lengths 0, 1 and odd, q
 longer and shorter than k, causal and not, a window, GQA 2 and MQA; the forward through both kernels
-(SCREE_CUDA_PATH=sm80, and the default: Hopper's on sm_90 where compiled); backward in default and
-deterministic mode. Outputs (out, lse, dq, dk, dv) and the backward workspace are poisoned (NaN /
+(SCREE_CUDA_PATH=sm80, and the default: Hopper's on sm_90 where compiled), each followed by that
+path's backward in default and deterministic mode. Outputs (out, lse, dq, dk, dv) and the backward workspace are poisoned (NaN /
 0xFF) before each call; every element must be written, and the results must pass FlashAttention's
 tolerance rule against the fp64 reference (the reference in the input dtype as the baseline). The
 references run on the CPU, so the only GPU kernels are scree's and torch's fills and copies.
@@ -38,6 +38,8 @@ CASES = [  # (name, q lengths, k lengths, heads q, heads k, options)
     ("edge causal gqa2", [0, 1, 3, 17, 0, 5], [0, 1, 5, 17, 4, 0], 4, 2, {"causal": True}),
     ("odd full mqa", [77, 1, 9], [64, 130, 9], 4, 1, {}),
     ("window q>k", [131, 2], [40, 2], 2, 2, {"window": (16, 3), "softcap": 5.0}),
+    # several key tiles and query blocks per sequence (the Hopper backward walks both)
+    ("long causal gqa2", [300, 140], [300, 200], 4, 2, {"causal": True}),
 ]
 
 
@@ -55,7 +57,7 @@ def run_case(name: str, lq, lk, hq: int, hk: int, d: int, dtype: torch.dtype, op
     ref64 = fwd_grads(reference, *(cpu64(a) for a in (qc, kc, vc)), doutc.to(torch.float64), opts)
     low = fwd_grads(lambda *a, **kw: reference(*a, upcast=False, **kw), qc, kc, vc, doutc, opts)
 
-    for path in ("sm80", "sm90"):  # both forward kernels (Hopper's where compiled); its output feeds the backward
+    for path in ("sm80", "sm90"):  # both paths (Hopper's where compiled); the forward's output feeds the backward
         out = poisoned((q.total, hq, d), dtype, DEVICE)
         lse = poisoned((hq, q.total), torch.float32, DEVICE)
         with cuda_path(path):
@@ -65,13 +67,15 @@ def run_case(name: str, lq, lk, hq: int, hk: int, d: int, dtype: torch.dtype, op
         assert_fa_close(f"[{path}] out", out, ref64[0], low[0], seed=seed)
         assert_lse_close(f"[{path}] lse", lse, ref64[1], low[1], seed=seed)
 
-    for det in (False, True):
-        grads = [poisoned(a.values.shape, dtype, DEVICE) for a in (q, k, v)]
-        c_varlen_bwd(dout, q, k, v, out, lse, *grads, opts, deterministic=det)
-        for what, g, r, lo in zip(("dq", "dk", "dv"), grads, ref64[2], low[2]):
-            assert not torch.isnan(g).any(), f"{what} (deterministic={det}): {int(torch.isnan(g).sum())} not written"
-            assert_fa_close(f"{what} (deterministic={det})", g, r, lo, rtol=3.0,
-                            extra_atol=1e-5 + (3e-4 if opts.get("softcap") else 0.0), seed=seed)
+        for det in (False, True):
+            grads = [poisoned(a.values.shape, dtype, DEVICE) for a in (q, k, v)]
+            with cuda_path(path):
+                c_varlen_bwd(dout, q, k, v, out, lse, *grads, opts, deterministic=det)
+            for what, g, r, lo in zip(("dq", "dk", "dv"), grads, ref64[2], low[2]):
+                label = f"[{path}] {what} (deterministic={det})"
+                assert not torch.isnan(g).any(), f"{label}: {int(torch.isnan(g).sum())} not written"
+                assert_fa_close(label, g, r, lo, rtol=3.0, extra_atol=1e-5 + (3e-4 if opts.get("softcap") else 0.0),
+                                seed=seed)
 
 
 def main() -> int:

@@ -5,18 +5,21 @@
 // block) that sees them, so dK and dV of the whole group are summed in registers (no atomics):
 //  - producer (warpgroup 0, 24 registers): one thread loads K, V once per tile and Q, dO, lse, delta
 //    of each query block into a 2-stage ring (TMA, transaction-counted mbarriers);
-//  - two consumers (warpgroups 1, 2, 240 registers), 64 keys each:
+//  - two consumers (warpgroups 1, 2, 240 registers), 64 keys each, per query block (a step):
 //      S^T = K Q^T and dP^T = V dO^T (wgmma, both operands from shared memory),
 //      P^T = exp2(S^T log2(e) scale - lse2), dS^T = P^T (dP^T - delta) [(1 - tanh^2) with softcap],
 //      dV += P^T dO and dK += dS^T Q with P and dS in registers (A operands),
-//      dS^T to shared memory, then dQ (64 x 64 per warpgroup) = dS K from shared memory, staged in
-//      shared memory as fp32 and added to the fp32 accumulator in global memory by bulk
-//      reduce-adds (cp.reduce.async.bulk, one 256-byte row per thread of the first two warps).
+//      dS^T to shared memory (two buffers), then dQ (64 x 64 per warpgroup) = dS K from shared
+//      memory, staged in shared memory as fp32 and added to the fp32 accumulator in global memory
+//      by TMA reduce-adds (two 64 x 32 boxes, one thread).
+//    Software pipelined: a step's S^T is issued behind the last step's dQ, which is staged once
+//    both are done, while dP^T runs; each consumer waits once a step for the other's half of dS^T.
 // The score scale is left out of dS (one multiply less per score): dK is scaled in the epilogue,
 // dQ by the postprocess. Deterministic mode orders the dQ additions of the key tiles of one query
-// block by the schedule (a per-block counter in global memory), so the sums are the same bits on
+// block by the schedule (a per-block counter in global memory; each add is released when the next
+// one is issued, so its completion overlaps a step of work), so the sums are the same bits on
 // every run. Rows past a sequence's end read the neighbours' tokens or TMA's zeros: their P and dS
-// are set to 0 (a select, never a product, so non-finite neighbours cannot leak in).
+// are set to 0 (a select, never a product, so non-finite neighbours cannot leak into P or dS).
 #pragma once
 
 #include <cuda.h>
@@ -24,6 +27,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "../bwd_workspace.h"
 #include "../fragment.cuh"
@@ -58,10 +62,9 @@ struct BwdTiles {
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kKBytes = kBlockN * D * 2;
   // The dQ tile of a warpgroup is 64 x 64: D = 128: all 64 queries, head dims [64 w, 64 w + 64);
-  // D = 64: queries [64 w, 64 w + 64), every head dim. Rows staged 256 + 32 bytes apart so the
-  // accumulator stores (8 rows x 4 lanes a warp) hit 32 distinct banks in two wavefronts.
-  static constexpr int kDqRowBytes = 64 * 4 + 32;
-  static constexpr int kDqTileBytes = 64 * kDqRowBytes;
+  // D = 64: queries [64 w, 64 w + 64), every head dim. Staged as two boxes of 64 rows x 32 fp32
+  // (128-byte swizzled rows, so the accumulator stores of a warp take the minimum two wavefronts).
+  static constexpr int kDqBoxBytes = 64 * 128;
   // lse and delta of a query block come as a box of kRowBox floats starting at the block's first
   // token rounded down to a multiple of 4: TMA needs a 16-byte aligned start in the innermost
   // dimension (an unaligned one is an illegal instruction), and a block starts at any token.
@@ -79,8 +82,8 @@ struct BwdSmem {
     alignas(128) float lse2[Tiles::kRowBox];
     alignas(128) float delta[Tiles::kRowBox];
   } stage[Tiles::kStages];
-  alignas(1024) char ds[Tiles::kBlockM / 64][Tiles::kSlabDs];  // dS^T, 64-query slabs
-  alignas(128) char dq[2][2][Tiles::kDqTileBytes];             // [warpgroup][buffer]
+  alignas(1024) char ds[2][Tiles::kBlockM / 64][Tiles::kSlabDs];  // dS^T, two buffers of 64-query slabs
+  alignas(1024) char dq[2][2][Tiles::kDqBoxBytes];                // [warpgroup][box]
   uint64_t kv_full;   // the producer published a tile and its K, V are loading
   uint64_t kv_empty;  // the consumers are done with the tile's K, V (and its slot)
   MbarRing<Tiles::kStages> ring;
@@ -159,7 +162,8 @@ __global__ void __launch_bounds__(384, 1)
     varlen_bwd_sm90_kernel(const VarlenBackwardParams p, const ScoreMap score, const BwdWorkspace ws, bool deterministic,
                            const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                            const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
-                           const __grid_constant__ CUtensorMap tm_lse2, const __grid_constant__ CUtensorMap tm_delta) {
+                           const __grid_constant__ CUtensorMap tm_lse2, const __grid_constant__ CUtensorMap tm_delta,
+                           const __grid_constant__ CUtensorMap tm_dq) {
   using Tiles = BwdTiles<D>;
   using Smem = BwdSmem<D>;
   constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN, kStages = Tiles::kStages;
@@ -218,20 +222,81 @@ __global__ void __launch_bounds__(384, 1)
     }
   } else {
     setmaxnreg_inc<240>();
-    const int cw = wg - 1;                       // this warpgroup's keys: [64 cw, 64 cw + 64) of the tile
-    const int tid = threadIdx.x - 128 * wg;      // 0..127 within the warpgroup
+    const int cw = wg - 1;                   // this warpgroup's keys: [64 cw, 64 cw + 64) of the tile
+    const int tid = threadIdx.x - 128 * wg;  // 0..127 within the warpgroup
     const int warp = tid / 32, lane = tid % 32, quad = lane % 4;
     // The dQ tile of this warpgroup (see BwdTiles): query offset and head-dim offset.
     const int dq_row0 = D <= 64 ? 64 * cw : 0, dq_col0 = D <= 64 ? 0 : 64 * cw;
     const uint32_t k_rows = smem_u32(sm.k) + 64 * cw * 128;  // this warpgroup's 64 rows of each K slab
     const uint32_t v_rows = smem_u32(sm.v) + 64 * cw * 128;
-    const uint32_t ds_base = smem_u32(sm.ds[0]);
     const float mult = kFolded ? score.scale_log2 : kLog2e;
 
     float sacc[kM / 8][4], dpacc[kM / 8][4], dv[D / 8][4], dk[D / 8][4], dq[8][4];
     uint32_t pa[kM / 16][4], da[kM / 16][4];
     PipelineState<kStages> qs;
-    int staged = 0;  // dQ tiles staged so far (the staging buffer alternates)
+    int step_count = 0;  // steps so far over all tiles: the dS^T buffer alternates
+
+    // S^T = K Q^T or dP^T = V dO^T (64 keys x kM queries) of the stage qs holds; the first k-step
+    // overwrites the accumulators (outputs only: their last values are dead).
+    auto issue_kq = [&](float (&acc)[kM / 8][4], uint32_t a_rows, const char* b_tile) {
+      const uint32_t b_base = smem_u32(b_tile);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const uint64_t a = desc_sw128(a_rows + (kk / 4) * Tiles::kSlabK + (kk % 4) * 32, 16, 1024);
+        const uint64_t b = desc_sw128(b_base + (kk / 4) * Tiles::kSlabQ + (kk % 4) * 32, 16, 1024);
+        if (kk == 0) wgmma_ss_zero<kM, T>(acc, a, b); else wgmma_ss<kM, T>(acc, a, b, 1);
+      }
+      wgmma_commit();
+    };
+    auto issue_s = [&] { issue_kq(sacc, k_rows, sm.stage[qs.index].q); };
+    auto issue_dp = [&] { issue_kq(dpacc, v_rows, sm.stage[qs.index].dout); };
+
+    // dQ of a step, in dq: staged into this warpgroup's two boxes, then added to the accumulator by
+    // one thread. Deterministic: that thread first completes and releases its previous add, then
+    // waits until the adds that come before this one in the schedule's order are done.
+    int* pending_sem = nullptr;  // deterministic: the counter of the add issued last, not yet released
+    auto release_pending = [&] {
+      if (pending_sem != nullptr) {
+        bulk_wait<0>();  // the add is done (and visible to this thread)
+        fence_proxy_async_global();
+        add_release_gpu(pending_sem, 1);
+        pending_sem = nullptr;
+      }
+    };
+    auto stage_and_add_dq = [&](const BwdTile& x, int h, int mb) {
+      if (tid == 0) bulk_wait_read<0>();  // the last add has read the boxes
+      named_sync(NamedBarrier::kBwdDqStaged0 + cw, 128);
+#pragma unroll
+      for (int jn = 0; jn < 8; ++jn)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          // row 16 warp + lane / 4 (+ 8), columns 8 jn + 2 quad (+ 1): box jn / 4, 16-byte chunk
+          // 2 (jn % 4) + quad / 2 of the 128-byte row, XOR the row's index mod 8.
+          const int row = 16 * warp + lane / 4 + 8 * r;
+          const int chunk = (2 * (jn % 4) + quad / 2) ^ (row & 7);
+          *reinterpret_cast<float2*>(sm.dq[cw][jn / 4] + row * 128 + chunk * 16 + 8 * (quad % 2)) =
+              make_float2(dq[jn][2 * r], dq[jn][2 * r + 1]);
+        }
+      fence_proxy_async_smem();
+      named_sync(NamedBarrier::kBwdDqStaged0 + cw, 128);
+      if (tid == 0) {
+        const int m0 = mb * kM;
+        if (deterministic) {
+          release_pending();
+          int* sem = ws.dq_sem + int64_t(h) * p.total_q + x.s.q_start + m0;
+          const int before = dq_adds_before<kM, kN>(p, x.s, x.n_tile, mb, order.descending);
+          while (load_acquire_gpu(sem) < 2 * before) {  // two adds (warpgroups) per key tile
+          }
+          fence_proxy_async_global();
+          pending_sem = sem;
+        }
+        const int row = int(x.s.q_start) + m0 + dq_row0;
+        tma_reduce_add_3d(&tm_dq, sm.dq[cw][0], dq_col0, h, row);
+        tma_reduce_add_3d(&tm_dq, sm.dq[cw][1], dq_col0 + 32, h, row);
+        bulk_commit();
+      }
+    };
 
     for (int j = 0;; ++j) {
       mbar_wait(&sm.kv_full, j & 1);
@@ -260,92 +325,97 @@ __global__ void __launch_bounds__(384, 1)
       const QueryRange first_key = visible_queries(p, x.n0, x.n0 + 1, x.s.q_len, x.s.k_len);
       const QueryRange last_key = visible_queries(p, x.n0 + kN - 1, x.n0 + kN, x.s.q_len, x.s.k_len);
 
-      for (int step = 0; step < x.steps; ++step, qs.advance(), ++staged) {
-        const int h = x.hk * group + step / x.mb_blocks;
-        const int mb = x.mb_begin + step % x.mb_blocks;
+      int h = 0, mb = 0;  // the step whose dQ is in flight
+      for (int step = 0; step < x.steps; ++step, ++step_count) {
+        const int h_prev = h, mb_prev = mb;
+        h = x.hk * group + step / x.mb_blocks;
+        mb = x.mb_begin + step % x.mb_blocks;
         const int m0 = mb * kM;
         const bool full = keys_full && last_key.lo <= m0 && first_key.hi >= m0 + kM;
         typename Smem::Stage& st = sm.stage[qs.index];
-        const uint32_t q_base = smem_u32(st.q), do_base = smem_u32(st.dout);
-        sm.ring.wait(qs);
 
-        // S^T = K Q^T, dP^T = V dO^T (64 keys x kM queries each), issued together. The first
-        // k-step overwrites the accumulators (outputs only, so the last step's values are dead).
-        wgmma_fence();
-        auto issue_kq = [&](float (&acc)[kM / 8][4], uint32_t a_rows, uint32_t b_base) {
-#pragma unroll
-          for (int kk = 0; kk < D / 16; ++kk) {
-            const uint64_t a = desc_sw128(a_rows + (kk / 4) * Tiles::kSlabK + (kk % 4) * 32, 16, 1024);
-            const uint64_t b = desc_sw128(b_base + (kk / 4) * Tiles::kSlabQ + (kk % 4) * 32, 16, 1024);
-            if (kk == 0) wgmma_ss_zero<kM, T>(acc, a, b); else wgmma_ss<kM, T>(acc, a, b, 1);
-          }
-          wgmma_commit();
-        };
-        issue_kq(sacc, k_rows, q_base);
-        issue_kq(dpacc, v_rows, do_base);
+        // This step's S^T queues behind the last step's dQ. Once both are done, the dQ is staged and
+        // added while this step's dP^T runs and P is computed (S^T, dQ and dP^T are never all live:
+        // 240 registers). Every product is issued unconditionally in the loop: one under a branch
+        // the compiler cannot prove uniform makes ptxas serialise all of them (warning C7518).
+        sm.ring.wait(qs);
+        issue_s();
+        wgmma_wait<0>();
+        fence_regs(sacc);
+        fence_regs(dq);
+        if (step > 0) stage_and_add_dq(x, h_prev, mb_prev);
+        issue_dp();
 
         // P^T and dS^T, elementwise: element (j, e) is key key[e / 2], query m0 + 8 j + 2 quad + e % 2.
+        // With a softcap dS needs the capped score, so both come in one pass after dP^T.
         int lo[2], hi[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) lo[r] = int(sees[r].lo) - m0 - 2 * quad, hi[r] = int(sees[r].hi) - m0 - 2 * quad;
-        auto visible = [&](int j, int e) {
-          const int c = 8 * j + (e & 1);
-          return c >= lo[e >> 1] && c < hi[e >> 1];
-        };
         const int row_off = int((x.s.q_start + m0) & 3) + 2 * quad;  // see BwdTiles::kRowBox
         const float* lse2 = st.lse2 + row_off;
         const float* delta = st.delta + row_off;
+        auto with_mask = [&](auto&& pass) {
+          if (full) pass(std::false_type{}); else pass(std::true_type{});
+        };
+        auto keep = [&](auto mask_tag, int j, int e) {
+          if constexpr (!decltype(mask_tag)::value) return true;
+          const int c = 8 * j + (e & 1);
+          return c >= lo[e >> 1] && c < hi[e >> 1];
+        };
         if constexpr (kFolded) {
-          wgmma_wait<1>();  // S^T is done; dP^T may still run
-          fence_regs(sacc);
+          with_mask([&](auto mask_tag) {
 #pragma unroll
-          for (int j = 0; j < kM / 8; ++j) {
-            const float l[2] = {lse2[8 * j], lse2[8 * j + 1]};
+            for (int j = 0; j < kM / 8; ++j) {
+              const float l[2] = {lse2[8 * j], lse2[8 * j + 1]};
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const float pr = exp2_ftz(fmaf(sacc[j][e], mult, -l[e & 1]));
-              sacc[j][e] = (full || visible(j, e)) ? pr : 0.f;
+              for (int e = 0; e < 4; ++e) {
+                const float pr = exp2_ftz(fmaf(sacc[j][e], mult, -l[e & 1]));
+                sacc[j][e] = keep(mask_tag, j, e) ? pr : 0.f;
+              }
             }
-          }
-          wgmma_wait<0>();
+          });
+          wgmma_wait<0>();  // dP^T done
           fence_regs(dpacc);
+          with_mask([&](auto mask_tag) {
 #pragma unroll
-          for (int j = 0; j < kM / 8; ++j) {
-            const float dl[2] = {delta[8 * j], delta[8 * j + 1]};
+            for (int j = 0; j < kM / 8; ++j) {
+              const float dl[2] = {delta[8 * j], delta[8 * j + 1]};
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const float ds = sacc[j][e] * (dpacc[j][e] - dl[e & 1]);
-              dpacc[j][e] = (full || visible(j, e)) ? ds : 0.f;
+              for (int e = 0; e < 4; ++e) {
+                const float ds = sacc[j][e] * (dpacc[j][e] - dl[e & 1]);
+                dpacc[j][e] = keep(mask_tag, j, e) ? ds : 0.f;
+              }
             }
-          }
+          });
         } else {
           wgmma_wait<0>();
-          fence_regs(sacc);
           fence_regs(dpacc);
+          with_mask([&](auto mask_tag) {
 #pragma unroll
-          for (int j = 0; j < kM / 8; ++j) {
-            const float l[2] = {lse2[8 * j], lse2[8 * j + 1]};
-            const float dl[2] = {delta[8 * j], delta[8 * j + 1]};
+            for (int j = 0; j < kM / 8; ++j) {
+              const float l[2] = {lse2[8 * j], lse2[8 * j + 1]};
+              const float dl[2] = {delta[8 * j], delta[8 * j + 1]};
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const float x = score(sacc[j][e]);  // the (capped) score
-              const float pr = exp2_ftz(fmaf(x, mult, -l[e & 1]));
-              float ds = pr * (dpacc[j][e] - dl[e & 1]);
-              if (score.softcap > 0.f) {
-                const float th = x * score.inv_softcap;
-                ds *= 1.f - th * th;
+              for (int e = 0; e < 4; ++e) {
+                const float x = score(sacc[j][e]);  // the (capped) score
+                const float pr = exp2_ftz(fmaf(x, mult, -l[e & 1]));
+                float ds = pr * (dpacc[j][e] - dl[e & 1]);
+                if (score.softcap > 0.f) {
+                  const float th = x * score.inv_softcap;
+                  ds *= 1.f - th * th;
+                }
+                const bool k = keep(mask_tag, j, e);
+                sacc[j][e] = k ? pr : 0.f;
+                dpacc[j][e] = k ? ds : 0.f;
               }
-              const bool keep = full || visible(j, e);
-              sacc[j][e] = keep ? pr : 0.f;
-              dpacc[j][e] = keep ? ds : 0.f;
             }
-          }
+          });
         }
 #pragma unroll
-        for (int i = 0; i < kM / 16; ++i) {
-          acc_to_a<T>(pa[i], sacc[2 * i], sacc[2 * i + 1]);
-          acc_to_a<T>(da[i], dpacc[2 * i], dpacc[2 * i + 1]);
-        }
+        for (int i = 0; i < kM / 16; ++i) acc_to_a<T>(pa[i], sacc[2 * i], sacc[2 * i + 1]);
+#pragma unroll
+        for (int i = 0; i < kM / 16; ++i) acc_to_a<T>(da[i], dpacc[2 * i], dpacc[2 * i + 1]);
+        const uint32_t q_base = smem_u32(st.q), do_base = smem_u32(st.dout);
 
         // dV += P^T dO (A = P^T from registers, B = dO, head dims contiguous).
         fence_regs(dv);
@@ -355,10 +425,12 @@ __global__ void __launch_bounds__(384, 1)
           wgmma_rs_tb<D, T>(dv, pa[i], desc_sw128(do_base + i * 2048, Tiles::kSlabQ, 1024), 1);
         wgmma_commit();
 
-        // dS^T to shared memory for dQ, once both warpgroups are done reading the last one: key
-        // row 64 cw + 16 warp + lane / 4 (+ 8), queries 8 j + 2 quad (+ 1), 128-byte swizzled
-        // rows of 64 queries (the 16-byte chunk index XOR the row's index mod 8), as TMA would write.
-        named_sync(NamedBarrier::kBwdDsFree, 256);
+        // dS^T to shared memory for dQ: key row 64 cw + 16 warp + lane / 4 (+ 8), queries 8 j + 2 quad
+        // (+ 1), 128-byte swizzled rows of 64 queries (the 16-byte chunk index XOR the row's index mod
+        // 8), as TMA would write them. Two buffers: the one written now was last read by the dQ
+        // products of two steps ago; the other warpgroup finished those before it wrote its half
+        // of the last step's dS^T, which this one waited for.
+        char(&ds)[Tiles::kBlockM / 64][Tiles::kSlabDs] = sm.ds[step_count & 1];
 #pragma unroll
         for (int i = 0; i < kM / 16; ++i)
 #pragma unroll
@@ -367,8 +439,8 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
               const int row = key[r];
-              char* at = sm.ds[slab] + row * 128 + ((j8 ^ (row & 7)) << 4) + 4 * quad;
-              *reinterpret_cast<uint32_t*>(at) = da[i][2 * half + r];
+              *reinterpret_cast<uint32_t*>(ds[slab] + row * 128 + ((j8 ^ (row & 7)) << 4) + 4 * quad) =
+                  da[i][2 * half + r];
             }
           }
 
@@ -380,13 +452,15 @@ __global__ void __launch_bounds__(384, 1)
           wgmma_rs_tb<D, T>(dk, da[i], desc_sw128(q_base + i * 2048, Tiles::kSlabQ, 1024), 1);
         wgmma_commit();
 
-        // dQ (64 queries x 64 head dims of this warpgroup) = dS K over the tile's 128 keys: A = dS
-        // read from dS^T (queries contiguous), B = K (head dims contiguous).
+        // dQ (64 queries x 64 head dims of this warpgroup) = dS K over the tile's 128 keys, once the
+        // other warpgroup has written its half of dS^T (it waits for ours in turn; arriving does not
+        // block, so the two drift apart by up to a step and one's elementwise work overlaps the
+        // other's products): A = dS read from dS^T (queries contiguous), B = K (head dims contiguous).
         fence_proxy_async_smem();
-        named_sync(NamedBarrier::kBwdDsReady, 256);
-        wgmma_fence();
+        named_arrive(NamedBarrier::kBwdDsWritten0 + cw, 256);
+        named_sync(NamedBarrier::kBwdDsWritten0 + (1 - cw), 256);
         {
-          const uint32_t a_base = ds_base + (dq_row0 / 64) * Tiles::kSlabDs;
+          const uint32_t a_base = smem_u32(ds[dq_row0 / 64]);
           const uint32_t b_base = smem_u32(sm.k) + (dq_col0 / 64) * Tiles::kSlabK;
 #pragma unroll
           for (int i = 0; i < kN / 16; ++i) {
@@ -396,51 +470,17 @@ __global__ void __launch_bounds__(384, 1)
           }
         }
         wgmma_commit();
-        wgmma_wait<0>();
+        wgmma_wait<1>();  // dV and dK done: P and dS registers and this stage's Q, dO are free
         fence_regs(dv);
         fence_regs(dk);
-        fence_regs(dq);
         fence_regs(pa);
         fence_regs(da);
-        sm.ring.release(qs);  // Q, dO, lse, delta of this step are no longer read
-
-        // Stage dQ as fp32 rows, then the first 64 threads add one row each to the accumulator.
-        char* buf = sm.dq[cw][staged & 1];
-#pragma unroll
-        for (int jn = 0; jn < 8; ++jn)
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            const int row = 16 * warp + lane / 4 + 8 * r;
-            *reinterpret_cast<float2*>(buf + row * Tiles::kDqRowBytes + (8 * jn + 2 * quad) * 4) =
-                make_float2(dq[jn][2 * r], dq[jn][2 * r + 1]);
-          }
-        fence_proxy_async_smem();
-        // Before this step's barrier the issuing threads wait until their adds of the earlier steps
-        // have read shared memory, so the buffer the next step writes (read by the add of the step
-        // before this one) is free once the barrier is passed; that add had a whole step to finish.
-        if (tid < 64) bulk_wait_read<0>();
-        named_sync(NamedBarrier::kBwdDqStaged0 + cw, 128);
-        if (tid < 64) {
-          const int q = m0 + dq_row0 + tid;  // query of this row in the sequence
-          int* sem = deterministic ? ws.dq_sem + int64_t(h) * p.total_q + x.s.q_start + m0 : nullptr;
-          if (sem != nullptr) {
-            const int before = dq_adds_before<kM, kN>(p, x.s, x.n_tile, mb, order.descending);
-            while (load_acquire_gpu(sem) < 128 * before) {
-            }
-            fence_proxy_async_global();
-          }
-          if (q < x.s.q_len) {
-            bulk_reduce_add_f32(ws.dq_accum + ((x.s.q_start + q) * p.heads_q + h) * int64_t(D) + dq_col0,
-                                buf + tid * Tiles::kDqRowBytes, 64 * 4);
-            bulk_commit();
-          }
-          if (sem != nullptr) {
-            bulk_wait<0>();  // this row's adds are done before the next tile's may start
-            fence_proxy_async_global();
-            add_release_gpu(sem, 1);
-          }
-        }
+        sm.ring.release(qs);
+        qs.advance();
       }
+      wgmma_wait<0>();  // unconditional: a wait under a branch also serialises every product (C7518)
+      fence_regs(dq);
+      if (x.steps > 0) stage_and_add_dq(x, h, mb);
       mbar_arrive(&sm.kv_empty);  // the last dQ product was the last read of K (and of V before it)
 
       // dK (times the score scale, left out of dS) and dV of this thread's two key rows.
@@ -457,7 +497,10 @@ __global__ void __launch_bounds__(384, 1)
         }
       }
     }
-    if (tid < 64) bulk_wait<0>();  // shared memory stays valid until the last adds have read it
+    if (tid == 0) {
+      release_pending();
+      bulk_wait<0>();  // shared memory stays valid until the last adds have read it
+    }
   }
 }
 

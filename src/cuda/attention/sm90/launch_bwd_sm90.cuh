@@ -38,6 +38,8 @@ void launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool
     const CUtensorMap tm_v = tensor_map_3d<T>(p.v, p.total_k, p.heads_k, D, p.v_row_stride, p.v_head_stride, kN, "v");
     const CUtensorMap tm_lse2 = tensor_map_rows_f32(w.lse2, p.heads_q, w.ld, Tiles::kRowBox, "lse2");
     const CUtensorMap tm_delta = tensor_map_rows_f32(w.delta, p.heads_q, w.ld, Tiles::kRowBox, "delta");
+    // dQ's fp32 accumulator, (total_q, heads_q, D): boxes of 32 columns x 64 rows (reduce-adds).
+    const CUtensorMap tm_dq = tensor_map_3d<float>(w.dq_accum, p.total_q, p.heads_q, D, p.heads_q * D, D, 64, "dq_accum");
     const ScoreMap score = ScoreMap::from(p);
     auto kernel = score.folds() ? varlen_bwd_sm90_kernel<T, D, true> : varlen_bwd_sm90_kernel<T, D, false>;
     constexpr int kSmem = kBwdSmemBytes<D>;
@@ -47,7 +49,7 @@ void launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool
     const int sms = sm_count();
     const unsigned grid = unsigned(tiles < sms ? tiles : sms);
     kernel<<<grid, Tiles::kThreads, kSmem, stream>>>(p, score, w, deterministic, tm_q, tm_k, tm_v, tm_do, tm_lse2,
-                                                      tm_delta);
+                                                      tm_delta, tm_dq);
     check_cuda(cudaGetLastError(), "varlen_bwd_sm90_kernel launch");
   }
   launch_dq_convert<T, D>(p, w.dq_accum, float(p.scale), stream);

@@ -9,10 +9,9 @@ enum class NamedBarrier : int {
   // forward: consumer warpgroup 0 / 1 may issue its products (pingpong turn)
   kFwdTurn0 = 1,
   kFwdTurn1 = 2,
-  // backward: both consumers are done reading dS from shared memory (it may be overwritten) /
-  // both have written it (the dQ product may read it)
-  kBwdDsFree = 3,
-  kBwdDsReady = 4,
+  // backward: consumer warpgroup 0 / 1 has written its half of dS^T (the other's dQ may read it)
+  kBwdDsWritten0 = 3,
+  kBwdDsWritten1 = 4,
   // backward: consumer warpgroup 0 / 1 has staged its dQ tile in shared memory
   kBwdDqStaged0 = 5,
   kBwdDqStaged1 = 6,

@@ -1,5 +1,6 @@
 // TMA (the bulk tensor copy engine): host-side tensor maps over the packed attention tensors and
-// the backward's fp32 row arrays, and the device-side loads that complete on an mbarrier.
+// the backward's fp32 arrays, the device-side loads that complete on an mbarrier, and the
+// reduce-add of a shared-memory box into a tensor.
 //  - tensor_map_3d<T>: a (tokens, heads, d) tensor of 16-bit T with element strides (row, head) and
 //    a contiguous last dimension, as a rank-3 map (d, heads, tokens) with boxes of (64 columns,
 //    1 head, box_rows tokens) and 128-byte swizzle, the layout wgmma's descriptors read;
@@ -53,14 +54,17 @@ inline CUtensorMap encode_tensor_map(CUtensorMapDataType type, cuuint32_t rank, 
   return map;
 }
 
+// A (tokens, heads, d) tensor as a rank-3 map (d, heads, tokens) with 128-byte swizzled boxes of
+// (128 bytes of a row, 1 head, box_rows tokens): 64 columns of a 16-bit T, 32 of fp32.
 template <class T>
 CUtensorMap tensor_map_3d(const void* base, int64_t tokens, int64_t heads, int64_t d, int64_t row_stride,
                           int64_t head_stride, int box_rows, const char* name) {
   const cuuint64_t dims[3] = {cuuint64_t(d), cuuint64_t(heads), cuuint64_t(tokens)};
   const cuuint64_t strides[2] = {cuuint64_t(head_stride) * sizeof(T), cuuint64_t(row_stride) * sizeof(T)};
-  const cuuint32_t box[3] = {64, 1, cuuint32_t(box_rows)};
-  const CUtensorMapDataType type =
-      std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const cuuint32_t box[3] = {128 / sizeof(T), 1, cuuint32_t(box_rows)};
+  const CUtensorMapDataType type = std::is_same_v<T, float>    ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+                                   : std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                                               : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   return encode_tensor_map(type, 3, base, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B, name);
 }
 
@@ -87,6 +91,16 @@ __device__ __forceinline__ void tma_load_2d(void* smem, const CUtensorMap* map, 
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
           smem_u32(smem)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_u32(bar))
+      : "memory");
+}
+
+// Adds a box from shared memory to the tensor element-wise (atomic per element; boxes past the
+// tensor's end are clipped), tracked by this thread's bulk groups (ptx.cuh: bulk_commit / waits).
+__device__ __forceinline__ void tma_reduce_add_3d(const CUtensorMap* map, const void* smem, int c0, int c1, int c2) {
+  asm volatile(
+      "cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(smem_u32(smem)), "r"(c0), "r"(c1), "r"(c2)
       : "memory");
 }
 
