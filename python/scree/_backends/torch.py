@@ -237,7 +237,9 @@ def segment_reduce(values: Any, segment_ids: Any, n: int, op: str) -> torch.Tens
     if op == "mean":
         out = torch.zeros((n, *feat), dtype=torch.float64, device=values.device)
         out = out.scatter_add(0, idx, values.to(torch.float64))
-        counts = torch.bincount(segment_ids, minlength=n).to(torch.float64)
+        # (not bincount: on CUDA it reads the largest id back to size its output, a sync)
+        counts = torch.zeros(n, dtype=torch.float64, device=values.device).scatter_add(
+            0, segment_ids, torch.ones(segment_ids.shape, dtype=torch.float64, device=values.device))
         return (out / counts.reshape((n,) + (1,) * len(feat))).to(values.dtype)
     if op == "max":
         low = float("-inf") if values.is_floating_point() else torch.iinfo(values.dtype).min
