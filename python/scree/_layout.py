@@ -141,11 +141,12 @@ _BY_OFFSETS: "weakref.WeakValueDictionary[tuple, Layout]" = weakref.WeakValueDic
 class DeviceCheck:
     """The check of one Layout's device offsets, in flight: a Readback of their summary."""
 
-    __slots__ = ("layout", "readback", "name", "claimed", "shape")
+    __slots__ = ("layout", "ns", "readback", "name", "claimed", "shape")
 
     def __init__(self, layout: Layout, name: str):
         ns = layout.ns
         self.layout = weakref.ref(layout)
+        self.ns = ns
         self.name = name  # how the caller called the max length it gave (for the message)
         self.claimed = layout.max_length
         self.shape = (ns.shape(layout.offsets)[0], layout.total)
@@ -193,6 +194,8 @@ def poll() -> None:
     for c in list(_PENDING):
         if c.readback is None:
             _PENDING.remove(c)
+        elif c.ns.is_tracing():  # torch.compile traces this call: an event query cannot be traced
+            continue
         elif c.readback.ready():
             _PENDING.remove(c)
             c.verdict(c.readback.value())
