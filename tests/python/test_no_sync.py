@@ -210,8 +210,10 @@ def test_cuda_construction_forward_backward_without_sync(build):
 def test_cuda_bad_offsets_raise_at_the_next_call_after_the_check():
     poll()
     values = torch.randn(9, 2, 64, device="cuda", dtype=torch.bfloat16)
+    # made before the guard: a tensor from a Python list is a host-to-device copy, which syncs
+    bad = torch.tensor([0, 5, 3, 9], dtype=torch.int32, device="cuda")
     with _sync_errors():
-        scree.from_cu_seqlens(values, torch.tensor([0, 5, 3, 9], dtype=torch.int32, device="cuda"))
+        scree.from_cu_seqlens(values, bad)
     torch.cuda.synchronize()  # the check has certainly run now
     with pytest.raises(scree.RaggedError, match="non-decreasing"):
         scree.from_lengths(values, [9])
