@@ -54,23 +54,18 @@ __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_grou
 template <int N>
 __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
 
-// Keeps the compiler from moving reads or writes of accumulator registers across the async
-// wgmma boundary (the instruction writes them behind the compiler's back until wgmma_wait).
-template <int N>
-__device__ __forceinline__ void fence_regs(float (&d)[N][4]) {
+// Keeps the compiler from moving reads or writes of wgmma registers across the async boundary:
+// accumulators (written behind the compiler's back until wgmma_wait) and A fragments in registers
+// (read asynchronously until then, so they must keep their values, and registers, until a fence
+// after the wait).
+__device__ __forceinline__ void fence_reg(float& x) { asm volatile("" : "+f"(x)::"memory"); }
+__device__ __forceinline__ void fence_reg(uint32_t& x) { asm volatile("" : "+r"(x)::"memory"); }
+template <class E, int N>
+__device__ __forceinline__ void fence_regs(E (&d)[N][4]) {
 #pragma unroll
   for (int i = 0; i < N; ++i)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e])::"memory");
-}
-// The same for A fragments in registers: read asynchronously by wgmma until wgmma_wait, so they
-// must keep their values (and registers) until a fence after the wait.
-template <int N>
-__device__ __forceinline__ void fence_regs(uint32_t (&a)[N][4]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[i][e])::"memory");
+    for (int e = 0; e < 4; ++e) fence_reg(d[i][e]);
 }
 
 // Ordinary shared-memory stores (st.shared, by this thread) become visible to the async proxy
