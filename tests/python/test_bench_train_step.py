@@ -7,13 +7,12 @@ never asserted."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from benchmark_module import benchmark_module
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -24,11 +23,7 @@ TINY = ["--hidden", "64", "--intermediate", "96", "--layers", "2", "--heads", "4
 
 
 def _bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return importlib.import_module("bench_train_step")
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return benchmark_module("bench_train_step")
 
 
 def _check_result(data: dict, ran: list[str], steps: int) -> None:

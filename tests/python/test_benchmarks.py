@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from benchmark_module import benchmark_module
 
 ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("torch", reason="the benchmarks compare against torch")
@@ -35,12 +36,7 @@ def test_benchmark_quick_run(tmp_path: Path, script: str, result: str):
 
 def _gpu_bench():
     """benchmarks/bench_attention_gpu.py as a module (it imports torch and triton only inside main)."""
-    import importlib
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return importlib.import_module("bench_attention_gpu")
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return benchmark_module("bench_attention_gpu")
 
 
 def test_gpu_benchmark_workloads_and_flops():
