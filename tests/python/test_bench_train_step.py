@@ -17,7 +17,6 @@ from benchmark_module import benchmark_module
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--hidden", "64", "--intermediate", "96", "--layers", "2", "--heads", "4", "--kv-heads", "2",
         "--vocab", "128", "--tokens", "512", "--lengths", "short", "--steps", "2", "--warmup", "1", "--seed", "3"]
 
