@@ -125,7 +125,10 @@ void run(const Workload& w) {
   setenv("SCREE_CUDA_PATH", "sm90", 1);
   const std::string path = scree::attention::cuda_forward_path(p);
   unsetenv("SCREE_CUDA_PATH");
-  auto fwd = [&] { scree::attention::varlen_fwd_cuda(p, nullptr); };
+  void* fws = nullptr;
+  const size_t fws_bytes = scree::attention::varlen_fwd_cuda_workspace_bytes();
+  CHECK(cudaMalloc(&fws, fws_bytes));
+  auto fwd = [&] { scree::attention::varlen_fwd_cuda(p, fws, fws_bytes, nullptr); };
   auto bwd = [&] { scree::attention::varlen_bwd_cuda(p, ws, ws_bytes, false, nullptr); };
   auto bwd_det = [&] { scree::attention::varlen_bwd_cuda(p, ws, ws_bytes, true, nullptr); };
   const float f90 = on(path.c_str(), fwd), f80 = path != "sm80" ? on("sm80", fwd) : f90;
@@ -136,7 +139,7 @@ void run(const Workload& w) {
               "bwd[sm80] %6.1f | bwd det[%s] %6.1f\n",
               w.name.c_str(), L.size(), path.c_str(), f90, flops / f90 / 1e9, flops / f80 / 1e9, path.c_str(), b90,
               bf / b90, bf / b80, path.c_str(), bf / bdet);
-  for (void* ptr : {q, k, v, o, g, dq, dk, dv, cu, ws}) cudaFree(ptr);
+  for (void* ptr : {q, k, v, o, g, dq, dk, dv, cu, ws, fws}) cudaFree(ptr);
   cudaFree(lse);
 }
 

@@ -5,6 +5,7 @@ scree's compiled core: ragged-layout validation and CPU layout kernels.
 from collections.abc import Sequence
 from typing import Annotated
 
+import numpy
 from numpy.typing import NDArray
 
 
@@ -56,6 +57,26 @@ def segment_ids(offsets: Annotated[NDArray, dict(writable=False)], out: NDArray)
 
 def segment_reduce(values: Annotated[NDArray, dict(writable=False)], offsets: Annotated[NDArray, dict(writable=False)], out: NDArray, op: str) -> None:
     """Per-sequence 'sum', 'mean' or 'max' over tokens into out (n, *f)."""
+
+class OffsetsSummary:
+    """
+    The device check of offsets in flight (offsets_summary_cuda): [offsets[0], offsets[-1], smallest step,
+    largest step] written by one kernel into pinned host memory, an event behind it.
+    """
+
+    def ready(self) -> bool:
+        """Whether the four numbers have reached the host (never blocks)."""
+
+    def value(self) -> Annotated[NDArray[numpy.int64], dict(shape=(4))]:
+        """
+        The four numbers as a new int64 NumPy array; waits for the device only when not ready().
+        """
+
+def offsets_summary_cuda(offsets: Annotated[NDArray, dict(writable=False)], stream: int) -> OffsetsSummary:
+    """
+    Start the device check of 1-D contiguous int32/int64 `offsets` on a CUDA GPU on `stream` (an int
+    cudaStream_t): one kernel and one event, no synchronisation. Returns an OffsetsSummary to poll.
+    """
 
 class AttentionArgs:
     """
@@ -113,12 +134,19 @@ def cuda_head_dims() -> list[int]:
     Head dims (D == Dv) the CUDA attention kernels were compiled for, ascending; [] without CUDA.
     """
 
-def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], out: NDArray, lse: NDArray | None, args: AttentionArgs, stream: int = 0) -> None:
+def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], out: NDArray, lse: NDArray | None, args: AttentionArgs, workspace: NDArray | None = None, stream: int = 0) -> None:
     """
     Varlen attention forward into out (Tq, Hq, Dv) and lse (Hq, Tq) float32 (optional).
     All arrays on one device: the CPU, or one CUDA GPU (float16/bfloat16; launched on `stream`,
     a cudaStream_t as an int, 0 = legacy default stream). cu_seqlens are int32/int64 (n+1) on
-    that device; `args` (AttentionArgs) holds the scalars.
+    that device; `args` (AttentionArgs) holds the scalars. On CUDA, `workspace` (contiguous, on
+    the same GPU, 16-byte aligned) holds cuda_fwd_workspace_bytes() bytes (None: allocated
+    stream-ordered with cudaMallocAsync, slower).
+    """
+
+def cuda_fwd_workspace_bytes() -> int:
+    """
+    Bytes of workspace the CUDA forward needs (the same for every call; 0 in builds without CUDA).
     """
 
 def varlen_bwd_workspace_bytes(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], args: AttentionArgs) -> int:

@@ -9,8 +9,9 @@ device by default:
   at once, and a bad layout raises where it is built;
 * offsets on a GPU are checked on the GPU, once per offsets array and write (Arrays built from the
   same cu_seqlens tensor share one Layout): the backend reduces them to four numbers (first, last,
-  smallest and largest step; offsets_summary) and starts copying those to the host behind an event
-  (readback). The verdict is read when the copy has landed, by the next scree call that polls
+  smallest and largest step) and starts them on their way to the host behind an event, in one call
+  (offsets_summary; torch CUDA: one scree kernel writing into pinned host memory). The verdict is
+  read when the numbers have landed, by the next scree call that polls
   (`poll`: every Array construction and attention call, one cheap query per check in flight), and a
   bad layout raises scree.RaggedError there, as torch._assert_async raises at the next sync point,
   but typed and recoverable. The same four numbers give the exact max_length, also without a sync;
@@ -153,7 +154,7 @@ class DeviceCheck:
         self.readback: Readback | None = None
         if ns.is_capturing(layout.offsets):  # inside CUDA graph capture nothing can be read back:
             return                           # unchecked, as with validate=False (kernels clamp)
-        self.readback = ns.readback(ns.offsets_summary(layout.offsets))
+        self.readback = ns.offsets_summary(layout.offsets)
         _PENDING.append(self)
 
     def cancel(self) -> None:

@@ -101,7 +101,8 @@ class DeviceGuard {
 
 // Workspace for callers that pass none (direct scree._C calls): allocated with cudaMallocAsync on
 // the launch stream and freed on it after the kernels, so neither costs a device sync. The
-// framework glue passes a buffer from its own caching allocator instead, which is cheaper.
+// framework glue passes a buffer from its own caching allocator instead, which is cheaper (on an
+// H200 host cudaMallocAsync cost ~12 us a call, ~100 us after a device sync).
 class StreamScratch {
  public:
   StreamScratch(size_t bytes, void* stream) : stream_(static_cast<cudaStream_t>(stream)) {
@@ -111,7 +112,7 @@ class StreamScratch {
       ptr_ = nullptr;
       cudaGetLastError();  // not sticky, but leave no error behind for the caller's next check
       throw Error(ErrorKind::DeviceFailure, "cannot allocate " + std::to_string(bytes) +
-                                                " bytes of attention backward workspace: " + cudaGetErrorString(e));
+                                                " bytes of attention workspace: " + cudaGetErrorString(e));
     }
   }
   ~StreamScratch() {
@@ -127,13 +128,37 @@ class StreamScratch {
 };
 #endif
 
+// The caller's workspace (any dtype: only its bytes count; contiguous, with q), or none.
+struct Workspace {
+  void* data = nullptr;
+  size_t bytes = 0;
+  bool given = false;
+};
+
+Workspace workspace_arg(const std::optional<OutArray>& w, const ArrayArg& q) {
+  if (!w) return {};
+  const ArrayArg a = arg(*w, "workspace");
+  require_with_q(a, q);
+  require_contiguous(*w, "workspace");
+  return {a.data, size_t(a.nbytes), true};
+}
+
+// `need` bytes of workspace are required: the caller's must hold them (`what` names the size query).
+void require_workspace(const Workspace& ws, size_t need, const char* what) {
+  scree::require(!ws.given || ws.bytes >= need, ErrorKind::InvalidArgument, [&] {
+    return "workspace holds " + std::to_string(ws.bytes) + " bytes but this call needs " + std::to_string(need) +
+           " (" + what + ")";
+  });
+}
+
 
 // The stream argument is an integer handle (torch's current stream as an int); 0 is the legacy
 // default stream. Host kernels run synchronously on the calling thread and ignore it.
 void* stream_ptr(uintptr_t stream) { return reinterpret_cast<void*>(stream); }
 
 void varlen_fwd(const InArray& q_, const InArray& k_, const InArray& v_, const InArray& cu_q_, const InArray& cu_k_,
-                OutArray out_, std::optional<OutArray> lse_, const AttentionArgs& args, uintptr_t stream) {
+                OutArray out_, std::optional<OutArray> lse_, const AttentionArgs& args,
+                const std::optional<OutArray>& workspace_, uintptr_t stream) {
   const ArrayArg q = arg(q_, "q");
   const bool cuda = on_cuda(q);
   VarlenParams p;
@@ -141,16 +166,34 @@ void varlen_fwd(const InArray& q_, const InArray& k_, const InArray& v_, const I
   ArrayArg lse;
   if (lse_) lse = arg(*lse_, "lse");
   fill_forward_outputs(p, q, arg(out_, "out"), lse_ ? &lse : nullptr);
-  nb::gil_scoped_release release;
+  Workspace ws = workspace_arg(workspace_, q);
 #ifdef SCREE_WITH_CUDA
   if (cuda) {
+    const size_t need = attention::varlen_fwd_cuda_workspace_bytes();
+    require_workspace(ws, need, "scree._C.cuda_fwd_workspace_bytes()");
+    nb::gil_scoped_release release;
     DeviceGuard guard(q.device_id);
-    attention::varlen_fwd_cuda(p, stream_ptr(stream));  // validates p for the CUDA kernels first
+    std::optional<StreamScratch> scratch;
+    if (!ws.given) {
+      scratch.emplace(need, stream_ptr(stream));
+      ws = {scratch->get(), need, true};
+    }
+    attention::varlen_fwd_cuda(p, ws.data, ws.bytes, stream_ptr(stream));  // validates p for the CUDA kernels first
     return;
   }
 #endif
-  (void)cuda, (void)stream;
+  (void)cuda, (void)stream, (void)ws;
+  nb::gil_scoped_release release;
   attention::varlen_fwd_cpu(p);  // validates p, the host offsets included, once
+}
+
+// The CUDA forward's workspace size (the same for every call); 0 without CUDA.
+size_t cuda_fwd_workspace_bytes() {
+#ifdef SCREE_WITH_CUDA
+  return attention::varlen_fwd_cuda_workspace_bytes();
+#else
+  return 0;
+#endif
 }
 
 // Bytes of device workspace varlen_bwd needs for these arguments: 0 on the CPU (the host kernels
@@ -183,38 +226,27 @@ size_t cuda_bwd_workspace_bytes(int64_t total_q, int64_t heads_q, int64_t head_d
 
 void varlen_bwd(const InArray& dout_, const InArray& q_, const InArray& k_, const InArray& v_, const InArray& out_,
                 const InArray& lse_, const InArray& cu_q_, const InArray& cu_k_, OutArray dq_, OutArray dk_,
-                OutArray dv_, const AttentionArgs& args, std::optional<OutArray> workspace_, uintptr_t stream) {
+                OutArray dv_, const AttentionArgs& args, const std::optional<OutArray>& workspace_, uintptr_t stream) {
   const ArrayArg q = arg(q_, "q");
   const bool cuda = on_cuda(q);
   VarlenBackwardParams p;
   fill_inputs(p, q, arg(k_, "k"), arg(v_, "v"), arg(cu_q_, "cu_seqlens_q"), arg(cu_k_, "cu_seqlens_k"), args);
   fill_backward(p, q, arg(dout_, "dout"), arg(out_, "out"), arg(lse_, "lse"), arg(dq_, "dq"), arg(dk_, "dk"),
                 arg(dv_, "dv"));
-  void* ws = nullptr;
-  size_t ws_bytes = 0;
-  if (workspace_) {
-    // Any dtype: only its bytes count (the kernels check the alignment they need).
-    const ArrayArg w = arg(*workspace_, "workspace");
-    require_with_q(w, q);
-    require_contiguous(*workspace_, "workspace");
-    ws = w.data, ws_bytes = size_t(w.nbytes);
-  }
+  Workspace ws = workspace_arg(workspace_, q);
 #ifdef SCREE_WITH_CUDA
   if (cuda) {
     const size_t need = attention::varlen_bwd_cuda_workspace_bytes(p, args.deterministic);
-    scree::require(!workspace_ || ws_bytes >= need, ErrorKind::InvalidArgument, [&] {
-      return "workspace holds " + std::to_string(ws_bytes) + " bytes but this backward needs " + std::to_string(need) +
-             " (scree._C.varlen_bwd_workspace_bytes with the same arguments)";
-    });
+    require_workspace(ws, need, "scree._C.varlen_bwd_workspace_bytes with the same arguments");
     nb::gil_scoped_release release;
     DeviceGuard guard(q.device_id);
     std::optional<StreamScratch> scratch;
-    if (!workspace_) {
+    if (!ws.given) {
       scratch.emplace(need, stream_ptr(stream));
-      ws = scratch->get(), ws_bytes = need;
+      ws = {scratch->get(), need, true};
     }
     // varlen_bwd_cuda validates p for the CUDA kernels before anything runs.
-    attention::varlen_bwd_cuda(p, ws, ws_bytes, args.deterministic, stream_ptr(stream));
+    attention::varlen_bwd_cuda(p, ws.data, ws.bytes, args.deterministic, stream_ptr(stream));
     return;
   }
 #endif
@@ -301,11 +333,16 @@ void register_attention(nb::module_& m) {
   m.def("cuda_head_dims", &cuda_head_dims,
         "Head dims (D == Dv) the CUDA attention kernels were compiled for, ascending; [] without CUDA.");
   m.def("varlen_fwd", &varlen_fwd, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("cu_seqlens_q"),
-        nb::arg("cu_seqlens_k"), nb::arg("out"), nb::arg("lse").none(), nb::arg("args"), nb::arg("stream") = 0,
+        nb::arg("cu_seqlens_k"), nb::arg("out"), nb::arg("lse").none(), nb::arg("args"),
+        nb::arg("workspace").none() = nb::none(), nb::arg("stream") = 0,
         "Varlen attention forward into out (Tq, Hq, Dv) and lse (Hq, Tq) float32 (optional).\n"
         "All arrays on one device: the CPU, or one CUDA GPU (float16/bfloat16; launched on `stream`,\n"
         "a cudaStream_t as an int, 0 = legacy default stream). cu_seqlens are int32/int64 (n+1) on\n"
-        "that device; `args` (AttentionArgs) holds the scalars.");
+        "that device; `args` (AttentionArgs) holds the scalars. On CUDA, `workspace` (contiguous, on\n"
+        "the same GPU, 16-byte aligned) holds cuda_fwd_workspace_bytes() bytes (None: allocated\n"
+        "stream-ordered with cudaMallocAsync, slower).");
+  m.def("cuda_fwd_workspace_bytes", &cuda_fwd_workspace_bytes,
+        "Bytes of workspace the CUDA forward needs (the same for every call; 0 in builds without CUDA).");
   m.def("varlen_bwd_workspace_bytes", &varlen_bwd_workspace_bytes, nb::arg("q"), nb::arg("k"), nb::arg("v"),
         nb::arg("cu_seqlens_q"), nb::arg("cu_seqlens_k"), nb::arg("args"),
         "Bytes of device workspace varlen_bwd needs for these arguments (0 on the CPU).");

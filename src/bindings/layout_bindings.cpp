@@ -1,6 +1,8 @@
 // Bindings of the layout kernels (include/scree/ops): validation of offsets, pack, pad, unpad,
 // gather, positions, segment ids, per-sequence reductions. Outputs are allocated by the Python
 // caller in its own framework; these functions check every array once, release the GIL and run.
+// In CUDA builds also the device check of offsets on a GPU (offsets_summary_cuda, returning a
+// scree._C.OffsetsSummary polled by scree._layout); CPU-only builds define neither.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -20,6 +22,14 @@
 #include "scree/ops/pack.h"
 #include "scree/ops/reduce.h"
 #include "scree/ops/segments.h"
+#ifdef SCREE_WITH_CUDA
+#include <nanobind/stl/unique_ptr.h>
+
+#include <array>
+#include <memory>
+
+#include "scree/cuda_offsets_check.h"
+#endif
 
 namespace scree::bindings {
 namespace {
@@ -279,6 +289,43 @@ void segment_reduce(const InArray& values, const InArray& offsets, OutArray out,
   else run(static_cast<const int64_t*>(v), static_cast<int64_t*>(o));
 }
 
+#ifdef SCREE_WITH_CUDA
+using scree::cuda::OffsetsSummary;
+
+// Starts the device check of 1-D, contiguous int32/int64 offsets on a CUDA GPU: one kernel and one
+// event on `stream` (an int cudaStream_t, the framework's current stream of that device). Every
+// check here is on metadata only: nothing reads the offsets on the host.
+std::unique_ptr<OffsetsSummary> offsets_summary_cuda(const InArray& offsets, uintptr_t stream) {
+  scree::require(offsets.device_type() == nb::device::cuda::value, ErrorKind::Unsupported, [&] {
+    return "offsets must be on a CUDA device for offsets_summary_cuda, got " +
+           device_str(offsets.device_type(), offsets.device_id()) + " (host offsets are checked with validate_offsets)";
+  });
+  require_ndim(offsets, 1, "offsets");
+  require_dtype_index(offsets, "offsets");
+  require_contiguous(offsets, "offsets");
+  const int64_t count = static_cast<int64_t>(offsets.shape(0));
+  scree::require(count >= 1, ErrorKind::InvalidOffsets,
+                 [] { return std::string("offsets must be a 1-D array of n+1 >= 1 entries, got none"); });
+  return OffsetsSummary::start(offsets.data(), count, is(offsets.dtype(), dl::dtype_code::Int, 64),
+                               static_cast<int>(offsets.device_id()), reinterpret_cast<void*>(stream));
+}
+
+// The four numbers as a fresh NumPy int64 array. Waiting (only when not ready) releases the GIL, so
+// other Python threads run while this one waits for the device.
+nb::ndarray<nb::numpy, int64_t, nb::shape<4>> offsets_summary_value(OffsetsSummary& s) {
+  std::array<int64_t, 4> v;
+  if (s.ready()) {
+    v = s.value();
+  } else {
+    nb::gil_scoped_release release;
+    v = s.value();
+  }
+  auto* data = new int64_t[4]{v[0], v[1], v[2], v[3]};
+  nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<int64_t*>(p); });
+  return nb::ndarray<nb::numpy, int64_t, nb::shape<4>>(data, {4}, owner);
+}
+#endif
+
 }  // namespace
 
 void register_layout(nb::module_& m) {
@@ -306,6 +353,18 @@ void register_layout(nb::module_& m) {
   m.def("segment_ids", &segment_ids, nb::arg("offsets"), nb::arg("out"), "Sequence index of each token.");
   m.def("segment_reduce", &segment_reduce, nb::arg("values"), nb::arg("offsets"), nb::arg("out"), nb::arg("op"),
         "Per-sequence 'sum', 'mean' or 'max' over tokens into out (n, *f).");
+#ifdef SCREE_WITH_CUDA
+  nb::class_<OffsetsSummary>(
+      m, "OffsetsSummary",
+      "The device check of offsets in flight (offsets_summary_cuda): [offsets[0], offsets[-1], smallest step,\n"
+      "largest step] written by one kernel into pinned host memory, an event behind it.")
+      .def("ready", &OffsetsSummary::ready, "Whether the four numbers have reached the host (never blocks).")
+      .def("value", &offsets_summary_value,
+           "The four numbers as a new int64 NumPy array; waits for the device only when not ready().");
+  m.def("offsets_summary_cuda", &offsets_summary_cuda, nb::arg("offsets"), nb::arg("stream"),
+        "Start the device check of 1-D contiguous int32/int64 `offsets` on a CUDA GPU on `stream` (an int\n"
+        "cudaStream_t): one kernel and one event, no synchronisation. Returns an OffsetsSummary to poll.");
+#endif
 }
 
 }  // namespace scree::bindings

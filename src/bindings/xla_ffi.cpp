@@ -115,8 +115,10 @@ void fill_bwd(VarlenBackwardParams& p, int device, const ffi::AnyBuffer& dout, c
                 arg(dq, "dq", device), arg(dk, "dk", device), arg(dv, "dv", device));
 }
 
+// The workspace result is empty on the CPU (the host kernels need none).
 ffi::Error varlen_fwd(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer cu_q, ffi::AnyBuffer cu_k,
-                      AttentionArgs a, ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> lse) {
+                      AttentionArgs a, ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> lse,
+                      ffi::Result<ffi::AnyBuffer> /*workspace: unused here*/) {
   return guarded([&] {
     VarlenParams p;
     fill_fwd(p, kCpuDevice, q, k, v, cu_q, cu_k, a, *out, *lse);
@@ -140,13 +142,15 @@ ffi::Error varlen_bwd(ffi::AnyBuffer dout, ffi::AnyBuffer q, ffi::AnyBuffer k, f
 // CUDA: the buffers and the offsets are device memory (offsets int32 or int64 as JAX holds them);
 // the kernels go to XLA's stream. Under jax.jit the max_seqlen attributes may be token counts
 // (upper bounds), which the kernels accept.
+// The workspace (the tile counter) is the call's third result, as the backward's is its fourth.
 ffi::Error varlen_fwd_cuda(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                            ffi::AnyBuffer cu_q, ffi::AnyBuffer cu_k, AttentionArgs a, ffi::Result<ffi::AnyBuffer> out,
-                           ffi::Result<ffi::AnyBuffer> lse) {
+                           ffi::Result<ffi::AnyBuffer> lse, ffi::Result<ffi::AnyBuffer> workspace) {
   return guarded([&] {
     VarlenParams p;
     fill_fwd(p, kCudaDevice, q, k, v, cu_q, cu_k, a, *out, *lse);
-    attention::varlen_fwd_cuda(p, stream);  // validates p for the CUDA kernels first
+    // validates p and the workspace's size for the CUDA kernels first
+    attention::varlen_fwd_cuda(p, workspace->untyped_data(), workspace->size_bytes(), stream);
   });
 }
 
@@ -183,7 +187,8 @@ auto fwd_signature(Binding binding) {
       .template Arg<ffi::AnyBuffer>()  // cu_seqlens_k
       .template Attrs<AttentionArgs>()
       .template Ret<ffi::AnyBuffer>()   // out
-      .template Ret<ffi::AnyBuffer>();  // lse (float32)
+      .template Ret<ffi::AnyBuffer>()   // lse (float32)
+      .template Ret<ffi::AnyBuffer>();  // workspace (uint8; empty on the CPU)
 }
 
 template <class Binding>

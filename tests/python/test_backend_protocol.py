@@ -53,12 +53,17 @@ def test_backend_meets_the_protocol(name):
 
 @pytest.mark.parametrize("name", _installed())
 def test_offsets_summary_and_readback(name):
-    """The four numbers the device check of a layout reads, through the backend's own readback."""
+    """The four numbers the device check of a layout reads, already on their way to the host
+    (offsets_summary is a Readback), for int32 and int64 offsets; and readback of any array."""
     ns = _backends.get(name)
     for host, want in (([0, 3, 3, 7], [0, 7, 0, 4]), ([5], [5, 5, 0, 0]), ([0, 4, 2, 9], [0, 9, -2, 7])):
-        off = ns.from_numpy(np.array(host, dtype=np.int64))
-        rb = ns.readback(ns.offsets_summary(off))
-        assert isinstance(rb, Readback)
-        assert isinstance(rb.ready(), bool)
-        assert np.asarray(rb.value()).astype(np.int64).tolist() == want
-        assert rb.ready()  # once the value has been read, the copy has landed
+        for dtype in (np.int64, np.int32):
+            off = ns.from_numpy(np.array(host, dtype=dtype))
+            rb = ns.offsets_summary(off)
+            assert isinstance(rb, Readback)
+            assert isinstance(rb.ready(), bool)
+            assert np.asarray(rb.value()).astype(np.int64).tolist() == want
+            assert rb.ready()  # once the value has been read, it has landed
+    rb = ns.readback(ns.from_numpy(np.array([4, -1, 7], dtype=np.int64)))
+    assert isinstance(rb, Readback) and isinstance(rb.ready(), bool)
+    assert np.asarray(rb.value()).astype(np.int64).tolist() == [4, -1, 7] and rb.ready()

@@ -26,8 +26,15 @@ void validate_cuda(const VarlenParams& p);
 // maxima p.max_seqlen_q (an upper bound is fine: extra tiles exit at once). On sm_90 devices the
 // Hopper kernel (wgmma, TMA) runs at head dim 128 (where it is faster), the portable sm80 kernel
 // elsewhere; the environment variable SCREE_CUDA_PATH=sm80 forces the portable one, =sm90 the
-// Hopper one wherever it is compiled (head dims 64 and 128).
-void varlen_fwd_cuda(const VarlenParams& p, void* stream);
+// Hopper one wherever it is compiled (head dims 64 and 128). `workspace` (at least
+// varlen_fwd_cuda_workspace_bytes(), 16-byte aligned, device memory of the stream's device) holds
+// the persistent scheduler's tile counter, which the call zeroes on the stream: the caller
+// allocates it with its framework's caching allocator (a cudaMallocAsync of it per call cost ~12 us
+// of host time, ~100 us after every device sync, which returns the pool's memory on an H200 host).
+void varlen_fwd_cuda(const VarlenParams& p, void* workspace, size_t workspace_bytes, void* stream);
+
+// Bytes of device workspace varlen_fwd_cuda needs (the same for every call).
+size_t varlen_fwd_cuda_workspace_bytes();
 
 // Which forward kernel varlen_fwd_cuda would run for p on the current device: "sm90" or "sm80".
 const char* cuda_forward_path(const VarlenParams& p);

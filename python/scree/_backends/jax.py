@@ -142,8 +142,9 @@ def _summary(off: Any) -> Any:
 
 def offsets_summary(offsets: Any) -> Any:
     """[offsets[0], offsets[-1], smallest step, largest step] on offsets' device, one jitted call
-    (compiled once per number of offsets), dispatched asynchronously."""
-    return _summary(offsets)
+    (compiled once per number of offsets), dispatched asynchronously, its host copy started behind
+    it (readback)."""
+    return readback(_summary(offsets))
 
 
 def version(x: Any) -> int | None:

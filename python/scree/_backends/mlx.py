@@ -76,13 +76,14 @@ def readback(x: Any) -> Landed:
     return Landed(to_numpy(x))
 
 
-def offsets_summary(offsets: Any) -> Any:
-    """[offsets[0], offsets[-1], smallest step, largest step] (steps 0 for a single offset)."""
+def offsets_summary(offsets: Any) -> Landed:
+    """[offsets[0], offsets[-1], smallest step, largest step] (steps 0 for a single offset), landed:
+    MLX arrays live in unified memory, so the host reads the result as soon as it is evaluated."""
     if offsets.shape[0] < 2:
         zero = mx.zeros((1,), dtype=offsets.dtype)
-        return mx.concatenate([offsets, offsets, zero, zero])
+        return Landed(to_numpy(mx.concatenate([offsets, offsets, zero, zero])))
     steps = offsets[1:] - offsets[:-1]
-    return mx.stack([offsets[0], offsets[-1], mx.min(steps), mx.max(steps)])
+    return Landed(to_numpy(mx.stack([offsets[0], offsets[-1], mx.min(steps), mx.max(steps)])))
 
 
 def version(x: Any) -> int | None:

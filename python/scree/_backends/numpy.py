@@ -55,11 +55,18 @@ def readback(x: Any) -> Landed:
     return Landed(x)
 
 
-def offsets_summary(offsets: Any) -> np.ndarray:
-    """[offsets[0], offsets[-1], smallest step, largest step] (steps 0 for a single offset)."""
-    steps = np.diff(offsets)
+def _host_summary(offsets: np.ndarray) -> np.ndarray:
+    """[offsets[0], offsets[-1], smallest step, largest step] of host offsets, int64 (steps 0 for a
+    single offset), steps taken in int64 so int32 offsets cannot wrap; the torch backend uses it
+    for CPU tensors too."""
+    steps = np.diff(offsets.astype(np.int64, copy=False))
     lo, hi = (int(steps.min()), int(steps.max())) if steps.size else (0, 0)
     return np.array([offsets[0], offsets[-1], lo, hi], dtype=np.int64)
+
+
+def offsets_summary(offsets: Any) -> Landed:
+    """The four numbers of the device check, landed at once: NumPy arrays are host memory."""
+    return Landed(_host_summary(offsets))
 
 
 def version(x: Any) -> int | None:

@@ -18,7 +18,8 @@ __all__ = ["Backend", "Readback", "Landed"]
 
 @runtime_checkable
 class Readback(Protocol):
-    """A device-to-host copy in flight (backend.readback): polled without blocking."""
+    """A device-to-host copy in flight (backend.readback, backend.offsets_summary): polled without
+    blocking."""
 
     def ready(self) -> bool:
         """Whether the copy has landed (never blocks, never synchronises the device)."""
@@ -102,10 +103,14 @@ class Backend(Protocol):
         """Start copying x to the host without synchronising (device arrays: a copy into pinned
         memory behind an event, or JAX's own asynchronous dispatch); poll it with ready()."""
 
-    def offsets_summary(self, offsets: Any) -> Any:
-        """(4,) integer array on offsets' device, computed there without a host sync: offsets[0],
-        offsets[-1], the smallest and the largest step offsets[i+1] - offsets[i] (0 and 0 for one
-        offset). The ragged invariants and max_length follow from these four numbers."""
+    def offsets_summary(self, offsets: Any) -> Readback:
+        """The four numbers the device check of a Layout reads, already on their way to the host:
+        offsets[0], offsets[-1], the smallest and the largest step offsets[i+1] - offsets[i] (0 and 0
+        for one offset), computed where the offsets live without a host sync, polled with ready()
+        and read with value() (a (4,) integer NumPy array). The ragged invariants and max_length
+        follow from these four numbers. Host-readable offsets: Landed; torch CUDA: one scree kernel
+        writing into pinned host memory behind an event (scree._C.offsets_summary_cuda); JAX: a
+        jitted reduction and its asynchronous copy."""
 
     # ---- creation and layout -----------------------------------------------------------------------
     def empty(self, shape_: Sequence[int], dtype: str, like: Any = None) -> Any: ...

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.dlpack import to_dlpack as _to_dlpack
 
+from scree import _C
+from scree._backends.numpy import _host_summary
 from scree._backends.protocol import Landed
 
 name = "torch"
@@ -84,15 +86,34 @@ def readback(x: Any) -> Any:
     return _CudaReadback(host, event)
 
 
-def offsets_summary(offsets: Any) -> torch.Tensor:
-    """[offsets[0], offsets[-1], smallest step, largest step] on offsets' device: three kernels
-    (subtract, aminmax, stack), no host sync."""
+# scree's own device check (CUDA builds of scree only): one kernel writing the four numbers into
+# pinned host memory behind one event, ~5x less host time than torch ops + readback.
+_summary_cuda = getattr(_C, "offsets_summary_cuda", None)
+
+
+def _summary_ops(offsets: Any) -> torch.Tensor:
+    """The four numbers on offsets' device with torch ops (subtract, aminmax, stack; no host sync):
+    for devices scree has no kernel for, or a CPU-only build of scree with a CUDA torch."""
     off = offsets.detach()
     if off.shape[0] < 2:
         zero = off - off
         return torch.cat((off, off, zero, zero))
     lo, hi = torch.aminmax(off[1:] - off[:-1])
     return torch.stack((off[0], off[-1], lo, hi))
+
+
+def offsets_summary(offsets: Any) -> Any:
+    """[offsets[0], offsets[-1], smallest step, largest step] on their way to the host: a CUDA
+    tensor gets one scree kernel and one event on torch's current stream (scree._C.OffsetsSummary,
+    a Readback); a CPU tensor is summarised on the host at once (Landed)."""
+    kind = offsets.device.type
+    if kind == "cpu":
+        return Landed(_host_summary(to_numpy(offsets)))
+    if kind == "cuda" and _summary_cuda is not None:
+        if not offsets.is_contiguous():  # a strided view (cu[::2]): one copy kernel, still no sync
+            offsets = offsets.contiguous()
+        return _summary_cuda(_to_dlpack(offsets), stream(offsets))
+    return readback(_summary_ops(offsets))
 
 
 def version(x: Any) -> int | None:

@@ -76,9 +76,14 @@ def _attrs(args: Any) -> dict[str, Any]:
 
 
 def _forward(q, k, v, cu_q, cu_k, args):
+    # The CUDA forward's workspace (its tile counter) is a third, discarded output; the CPU handler
+    # ignores it (0 bytes). An output, not XLA's scratch allocator: see the backward.
+    ws = _C.cuda_fwd_workspace_bytes() if _platform(q) == "gpu" else 0
     out_types = (jax.ShapeDtypeStruct((q.shape[0], q.shape[1], v.shape[2]), q.dtype),
-                 jax.ShapeDtypeStruct((q.shape[1], q.shape[0]), jnp.float32))
-    return jax.ffi.ffi_call(_FWD, out_types, vmap_method="sequential")(q, k, v, cu_q, cu_k, **_attrs(args))
+                 jax.ShapeDtypeStruct((q.shape[1], q.shape[0]), jnp.float32),
+                 jax.ShapeDtypeStruct((ws,), jnp.uint8))
+    out, lse, _ = jax.ffi.ffi_call(_FWD, out_types, vmap_method="sequential")(q, k, v, cu_q, cu_k, **_attrs(args))
+    return out, lse
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(5, 6))

@@ -68,11 +68,16 @@ class _Attention(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
         ctx.args, ctx.deterministic = args, deterministic
         ctx.mark_non_differentiable(lse)
+        # No zeros for lse's (never used) gradient: materialising them cost a fill kernel on the
+        # autograd device thread, ~20% of a small call's host time on an H200 host (NOTES.md).
+        ctx.set_materialize_grads(False)
         return out, lse
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, dout: torch.Tensor, _dlse: Any) -> tuple:
+    def backward(ctx: Any, dout: torch.Tensor | None, _dlse: Any) -> tuple:
+        if dout is None:  # out did not reach the loss: no gradient flows back through this call
+            return None, None, None, None, None, None, None
         q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
         args = ctx.args.with_deterministic(K.resolve_deterministic(ctx.deterministic, _NS))
         dq, dk, dv = K.backward(_NS, dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, args)

@@ -28,7 +28,7 @@ template <class T, int D>
 void launch_bwd_sm80(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool deterministic, cudaStream_t stream);
 namespace sm90 {
 template <class T, int D>
-void launch_fwd_sm90(const VarlenParams& p, cudaStream_t stream);
+void launch_fwd_sm90(const VarlenParams& p, unsigned long long* tile_counter, cudaStream_t stream);
 template <class T, int D>
 void launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool deterministic, cudaStream_t stream);
 }  // namespace sm90
@@ -245,12 +245,23 @@ void validate_cuda(const VarlenParams& p) {
 
 const char* cuda_forward_path(const VarlenParams& p) { return use_sm90(p) ? "sm90" : "sm80"; }
 
-void varlen_fwd_cuda(const VarlenParams& p, void* stream) {
+// The Hopper forward's tile counter (8 bytes), padded to the 16-byte alignment asked of the buffer.
+size_t varlen_fwd_cuda_workspace_bytes() { return 16; }
+
+void varlen_fwd_cuda(const VarlenParams& p, void* workspace, size_t workspace_bytes, void* stream) {
   validate_cuda(p);
+  require(workspace != nullptr && workspace_bytes >= varlen_fwd_cuda_workspace_bytes(), ErrorKind::InvalidArgument,
+          [&] {
+            return "the forward needs " + std::to_string(varlen_fwd_cuda_workspace_bytes()) +
+                   " bytes of workspace, got " + std::to_string(workspace_bytes);
+          });
+  require(reinterpret_cast<uintptr_t>(workspace) % 16 == 0, ErrorKind::InvalidArgument,
+          [&] { return std::string("the workspace must be 16-byte aligned"); });
   auto s = static_cast<cudaStream_t>(stream);
   if (use_sm90(p)) {
+    auto* counter = static_cast<unsigned long long*>(workspace);
 #define SCREE_RUN(T, TAG, D) \
-  if (p.dtype == TAG && p.head_dim == D) return cuda_attention::sm90::launch_fwd_sm90<T, D>(p, s);
+  if (p.dtype == TAG && p.head_dim == D) return cuda_attention::sm90::launch_fwd_sm90<T, D>(p, counter, s);
     SCREE_SM90_INSTANCES(SCREE_RUN)
 #undef SCREE_RUN
   }

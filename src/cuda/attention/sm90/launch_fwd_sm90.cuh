@@ -1,6 +1,6 @@
 // Launcher of the Hopper forward for one (element type, head dim): TMA tensor maps over the
-// packed q, k, v tensors, the dynamic shared-memory opt-in, the tile counter, the persistent
-// launch and its error check. Explicitly instantiated in instances/fwd_sm90_*.cu, compiled for
+// packed q, k, v tensors, the dynamic shared-memory opt-in, the tile counter (zeroed on the stream
+// in the caller's workspace), the persistent launch and its error check. Explicitly instantiated in instances/fwd_sm90_*.cu, compiled for
 // sm_90a only.
 #pragma once
 
@@ -18,7 +18,7 @@
 namespace scree::cuda_attention::sm90 {
 
 template <class T, int D>
-void launch_fwd_sm90(const VarlenParams& p, cudaStream_t stream) {
+void launch_fwd_sm90(const VarlenParams& p, unsigned long long* tile_counter, cudaStream_t stream) {
   using Tiles = FwdTiles<D>;
   if (p.num_sequences == 0 || p.max_seqlen_q == 0 || p.heads_q == 0 || p.total_q == 0) return;
   // Keys: a map needs at least one row; with no key at all every row outputs 0 / -inf, which the
@@ -40,16 +40,11 @@ void launch_fwd_sm90(const VarlenParams& p, cudaStream_t stream) {
   const int64_t tiles = order.sequences * order.tiles * order.heads;
   const int sms = sm_count();
   const unsigned grid = unsigned(tiles < sms ? tiles : sms);
-  // The tile counter: 8 stream-ordered bytes per call (the pool makes this cheap), zeroed on the
-  // stream and freed after the kernel, so concurrent calls on other streams never share one.
-  void* counter = nullptr;
-  check_cuda(cudaMallocAsync(&counter, sizeof(unsigned long long), stream), "cudaMallocAsync(tile counter)");
-  check_cuda(cudaMemsetAsync(counter, 0, sizeof(unsigned long long), stream), "cudaMemsetAsync(tile counter)");
-  kernel<<<grid, Tiles::kThreads, kSmem, stream>>>(p, score, order, static_cast<unsigned long long*>(counter), tq,
-                                                    tk_map, tv_map);
-  const cudaError_t launched = cudaGetLastError();
-  check_cuda(cudaFreeAsync(counter, stream), "cudaFreeAsync(tile counter)");
-  check_cuda(launched, "varlen_fwd_sm90_kernel launch");
+  // The tile counter lives in the call's own workspace (so concurrent calls on other streams never
+  // share one) and is zeroed on the stream, in stream order with the kernel.
+  check_cuda(cudaMemsetAsync(tile_counter, 0, sizeof(unsigned long long), stream), "cudaMemsetAsync(tile counter)");
+  kernel<<<grid, Tiles::kThreads, kSmem, stream>>>(p, score, order, tile_counter, tq, tk_map, tv_map);
+  check_cuda(cudaGetLastError(), "varlen_fwd_sm90_kernel launch");
 }
 
 }  // namespace scree::cuda_attention::sm90
