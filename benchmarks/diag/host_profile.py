@@ -119,6 +119,9 @@ def main() -> None:
         "scree _C.varlen_fwd, no workspace (cudaMallocAsync)": lambda: _C.varlen_fwd(*caps_f(), spec_args, None, stream),
         "scree kernel_arg x7": caps_f,
         "scree K.forward": lambda: K.forward(ns, q, k, v, cu, cu, spec_args),
+        "scree K.forward, counter by cudaMallocAsync (as at bebac47)": lambda: _forward_malloc(ns, q, k, v, cu, spec_args),
+        "scree ns.empty((16,), uint8)": lambda: ns.empty((16,), "uint8", like=q),
+        "scree ns.is_host(q)": lambda: ns.is_host(q),
         "scree varlen_attention no_grad": lambda: _nograd(lambda: scree.varlen_attention(Q, Kk, V, causal=True)),
         "scree _C.varlen_bwd": lambda: _C.varlen_bwd(a(g), a(q), a(k), a(v), a(out), a(lse), a(cu), a(cu), a(dq),
                                                      a(dk), a(dv), spec_args, a(ws), stream),
@@ -169,6 +172,15 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump(dict(rows=rows, profile=table, torch=torch.__version__,
                            gpu=torch.cuda.get_device_name()), f, indent=1)
+
+
+def _forward_malloc(ns, q, k, v, cu, args):
+    """K.forward without the workspace: scree._C allocates the tile counter (cudaMallocAsync)."""
+    out = ns.empty((q.shape[0], q.shape[1], v.shape[2]), ns.dtype_name(q), like=q)
+    lse = ns.empty((q.shape[1], q.shape[0]), "float32", like=q)
+    a = ns.kernel_arg
+    _C.varlen_fwd(a(q), a(k), a(v), a(cu), a(cu), a(out), a(lse), args, None, ns.stream(q))
+    return out, lse
 
 
 def _nograd(fn: Callable[[], Any]) -> Any:

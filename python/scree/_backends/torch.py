@@ -52,9 +52,13 @@ def host_readable(x: Any) -> bool:
     return x.device.type == "cpu"
 
 
+# torch.cuda.is_current_stream_capturing without its Python frame (every device check asks).
+_capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None) or torch.cuda.is_current_stream_capturing
+
+
 def is_capturing(x: Any) -> bool:
     """Whether x's device stream is capturing a CUDA graph."""
-    return x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    return x.device.type == "cuda" and _capturing()
 
 
 class _CudaReadback:
@@ -180,7 +184,8 @@ def _dev(like: Any) -> Any:
 
 
 def empty(shape_: Sequence[int], dtype: str, like: Any = None) -> torch.Tensor:
-    return torch.empty(tuple(shape_), dtype=_DTYPES[dtype], device=_dev(like))
+    # (no _dev call: every kernel call allocates 3 to 5 outputs through here)
+    return torch.empty(shape_, dtype=_DTYPES[dtype], device=None if like is None else like.device)
 
 
 def zeros(shape_: Sequence[int], dtype: str, like: Any = None) -> torch.Tensor:
@@ -309,11 +314,11 @@ def to_backend(x: Any, device_: str | None = None) -> torch.Tensor:
     return t if device_ is None else t.to(device_)
 
 
-def kernel_arg(x: Any) -> Any:
-    """A DLPack capsule of x made in C++: torch's Tensor.__dlpack__ adds ~1.6 us of Python checks
-    per tensor (measured with torch 2.13), and a call passes 7 (forward) to 12 (backward) tensors;
-    it also refuses tensors that require grad, which the kernels only read or write raw."""
-    return _to_dlpack(x)
+# kernel_arg(x): a DLPack capsule of x made in C++ (torch.utils.dlpack.to_dlpack itself, no Python
+# frame around it: a call passes 8 (forward) to 13 (backward) tensors). torch's Tensor.__dlpack__
+# adds ~1.6 us of Python checks per tensor (torch 2.13) and refuses tensors that require grad,
+# which the kernels only read or write raw.
+kernel_arg = _to_dlpack
 
 
 # torch's current raw stream by device index, a plain int: torch.cuda.current_stream(device)

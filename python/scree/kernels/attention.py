@@ -109,7 +109,7 @@ def backward(ns: ModuleType, dout: Any, q: Any, k: Any, v: Any, out: Any, lse: A
     """(dq, dk, dv) from the compiled kernel; outputs, and the workspace the CUDA backward needs
     (sized by scree._C.cuda_bwd_workspace_bytes, none on the CPU), allocated by `ns` like q."""
     dt = ns.dtype_name(q)
-    dq, dk, dv = (ns.empty(tuple(x.shape), dt, like=x) for x in (q, k, v))
+    dq, dk, dv = ns.empty(q.shape, dt, like=q), ns.empty(k.shape, dt, like=k), ns.empty(v.shape, dt, like=v)
     # Sized from the shapes (the C++ formula, as JAX sizes it): the arguments are checked once,
     # by varlen_bwd below, not a second time on every backward.
     nbytes = 0 if ns.is_host(q) else _C.cuda_bwd_workspace_bytes(q.shape[0], q.shape[1], q.shape[2],
