@@ -10,7 +10,8 @@ longer and shorter than k, causal and not, a window, GQA 2 and MQA; the forward 
 path's backward in default and deterministic mode. Outputs (out, lse, dq, dk, dv) and the backward workspace are poisoned (NaN /
 0xFF) before each call; every element must be written, and the results must pass FlashAttention's
 tolerance rule against the fp64 reference (the reference in the input dtype as the baseline). The
-references run on the CPU, so the only GPU kernels are scree's and torch's fills and copies.
+references run on the CPU, so the only GPU kernels are scree's and torch's fills and copies. First,
+the device check of offsets (scree._C.offsets_summary_cuda) against NumPy.
 
     python tools/sanitize_attention.py            # exit 0: all cases passed; 1: a mismatch; 2: no GPU
 """
@@ -22,6 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
@@ -78,6 +80,20 @@ def run_case(name: str, lq, lk, hq: int, hk: int, d: int, dtype: torch.dtype, op
                                 seed=seed)
 
 
+def check_offsets_summary() -> None:
+    """The device check of offsets (one scree kernel writing into mapped pinned memory) against
+    NumPy, int32 and int64, one offset, a block's worth and more, a negative step."""
+    rng = np.random.default_rng(7)
+    for count in (1, 2, 7, 257, 5000):
+        host = np.concatenate([[3], 3 + np.cumsum(rng.integers(-2, 50, count - 1))]).astype(np.int64)
+        steps = np.diff(host)
+        want = [host[0], host[-1], steps.min() if count > 1 else 0, steps.max() if count > 1 else 0]
+        for dt in (torch.int32, torch.int64):
+            off = torch.from_numpy(host).to(dt).to(DEVICE)
+            got = scree._C.offsets_summary_cuda(torch.utils.dlpack.to_dlpack(off), 0).value().tolist()
+            assert got == [int(x) for x in want], f"offsets summary, count {count}, {dt}: {got} != {want}"
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("sanitize_attention.py needs a CUDA GPU", file=sys.stderr)
@@ -89,6 +105,12 @@ def main() -> int:
         return 1
     failures = 0
     t0 = time.perf_counter()
+    try:
+        check_offsets_summary()
+        print("ok   offsets summary", flush=True)
+    except Exception as e:  # noqa: BLE001
+        failures += 1
+        print(f"FAIL offsets summary: {type(e).__name__}: {str(e)[:400]}", flush=True)
     seed = 1234
     for dtype in (torch.bfloat16, torch.float16):
         for d in (x for x in (64, 128) if x in dims):

@@ -181,10 +181,14 @@ def c_args(q: scree.Array, k: scree.Array, v: scree.Array, opts: dict, determini
 
 def c_varlen_fwd(q: scree.Array, k: scree.Array, v: scree.Array, out: torch.Tensor, lse: torch.Tensor | None,
                  opts: dict) -> None:
-    """scree._C.varlen_fwd into the given out (Tq, Hq, Dv) / lse (Hq, Tq) on torch's current stream;
+    """scree._C.varlen_fwd into the given out (Tq, Hq, Dv) / lse (Hq, Tq) on torch's current stream,
+    on CUDA with a workspace filled with 0xFF (the forward must zero its tile counter itself);
     synchronises the device after the call."""
+    ws = None
+    if out.device.type == "cuda":
+        ws = torch.full((_C.cuda_fwd_workspace_bytes(),), 0xFF, dtype=torch.uint8, device=out.device)
     _C.varlen_fwd(q.values, k.values, v.values, kernel_offsets(q), kernel_offsets(k), out, lse, c_args(q, k, v, opts),
-                  stream=stream_of(q.values))
+                  ws, stream=stream_of(q.values))
     if out.device.type == "cuda":
         torch.cuda.synchronize()
 
