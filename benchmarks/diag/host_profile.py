@@ -116,10 +116,10 @@ def main() -> None:
         "fa2 aten fwd": lambda: fa2_f(q, k, v, cu, cu, L, L, 0.0, True, False),
         "fa2 aten fwd+bwd (no autograd)": fa2_fwdbwd,
         "scree _C.varlen_fwd (incl. kernel_arg x8)": lambda: _C.varlen_fwd(*caps_f(), spec_args, a(ws_f), stream),
-        "scree _C.varlen_fwd, no workspace (scree pool)": lambda: _C.varlen_fwd(*caps_f(), spec_args, None, stream),
+        "scree _C.varlen_fwd, no workspace (cudaMallocAsync)": lambda: _C.varlen_fwd(*caps_f(), spec_args, None, stream),
         "scree kernel_arg x7": caps_f,
         "scree K.forward": lambda: K.forward(ns, q, k, v, cu, cu, spec_args),
-        "scree K.forward with a torch-allocated workspace": lambda: _forward_ws(ns, q, k, v, cu, spec_args),
+        "scree K.forward, counter by cudaMallocAsync (as at bebac47)": lambda: _forward_malloc(ns, q, k, v, cu, spec_args),
         "scree ns.empty((16,), uint8)": lambda: ns.empty((16,), "uint8", like=q),
         "scree ns.is_host(q)": lambda: ns.is_host(q),
         "scree varlen_attention no_grad": lambda: _nograd(lambda: scree.varlen_attention(Q, Kk, V, causal=True)),
@@ -146,7 +146,7 @@ def main() -> None:
             rows[name] = dict(error=f"{type(e).__name__}: {e}"[:160])
     rows["scree _C.varlen_fwd, synchronised each call"] = per_call(
         lambda: _C.varlen_fwd(*caps_f(), spec_args, a(ws_f), stream), 100, sync_each=True)
-    rows["scree _C.varlen_fwd, no workspace (pool), synchronised each call"] = per_call(
+    rows["scree _C.varlen_fwd, no workspace, synchronised each call"] = per_call(
         lambda: _C.varlen_fwd(*caps_f(), spec_args, None, stream), 100, sync_each=True)
     rows["fa2 aten fwd, synchronised each call"] = per_call(
         lambda: fa2_f(q, k, v, cu, cu, L, L, 0.0, True, False), 100, sync_each=True)
@@ -174,13 +174,12 @@ def main() -> None:
                            gpu=torch.cuda.get_device_name()), f, indent=1)
 
 
-def _forward_ws(ns, q, k, v, cu, args):
-    """K.forward with the tile counter's workspace allocated by torch instead of scree._C's pool."""
+def _forward_malloc(ns, q, k, v, cu, args):
+    """K.forward without the workspace: scree._C allocates the tile counter (cudaMallocAsync)."""
     out = ns.empty((q.shape[0], q.shape[1], v.shape[2]), ns.dtype_name(q), like=q)
     lse = ns.empty((q.shape[1], q.shape[0]), "float32", like=q)
     a = ns.kernel_arg
-    ws = ns.empty((_C.cuda_fwd_workspace_bytes(),), "uint8", like=q)
-    _C.varlen_fwd(a(q), a(k), a(v), a(cu), a(cu), a(out), a(lse), args, a(ws), ns.stream(q))
+    _C.varlen_fwd(a(q), a(k), a(v), a(cu), a(cu), a(out), a(lse), args, None, ns.stream(q))
     return out, lse
 
 

@@ -141,7 +141,7 @@ def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray
     a cudaStream_t as an int, 0 = legacy default stream). cu_seqlens are int32/int64 (n+1) on
     that device; `args` (AttentionArgs) holds the scalars. On CUDA, `workspace` (contiguous, on
     the same GPU, 16-byte aligned) holds cuda_fwd_workspace_bytes() bytes (None: allocated
-    stream-ordered from scree's own pool, which keeps small blocks across device syncs).
+    stream-ordered with cudaMallocAsync, slower).
     """
 
 def cuda_fwd_workspace_bytes() -> int:
@@ -163,7 +163,7 @@ def varlen_bwd(dout: Annotated[NDArray, dict(writable=False)], q: Annotated[NDAr
     """
     Varlen attention backward: dq, dk, dv from dout, the forward's out and lse.
     On CUDA, `workspace` (contiguous, on the same GPU, 16-byte aligned) must hold at least
-    varlen_bwd_workspace_bytes(...) bytes (None: allocated stream-ordered from scree's pool);
+    varlen_bwd_workspace_bytes(...) bytes (None: allocated stream-ordered with cudaMallocAsync);
     args.deterministic makes dq bit-reproducible there (the CPU backward always is).
     """
 

@@ -11,7 +11,6 @@
 #include <nanobind/stl/vector.h>
 
 #include <cstdint>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -100,51 +99,15 @@ class DeviceGuard {
   int previous_ = -1;
 };
 
-// scree's own stream-ordered memory pool of a device, created once. The device's default pool
-// returns its memory to the driver at every synchronisation (release threshold 0), so the next
-// cudaMallocAsync maps it again: ~100 us of host time for the forward's 16 bytes on an H200 host,
-// against ~2 us from a pool that keeps up to kKeptBytes across syncs. Large workspaces (the
-// backward's, when a caller passes none) still go back to the driver above that threshold.
-constexpr uint64_t kKeptBytes = uint64_t(1) << 20;
-
-cudaMemPool_t kept_pool(int device) {
-  static std::mutex lock;
-  static std::vector<cudaMemPool_t> pools;
-  std::lock_guard<std::mutex> guard(lock);
-  if (size_t(device) >= pools.size()) pools.resize(size_t(device) + 1, nullptr);
-  if (pools[size_t(device)] == nullptr) {
-    cudaMemPoolProps props{};
-    props.allocType = cudaMemAllocationTypePinned;
-    props.location.type = cudaMemLocationTypeDevice;
-    props.location.id = device;
-    cudaMemPool_t pool = nullptr;
-    cudaError_t e = cudaMemPoolCreate(&pool, &props);
-    uint64_t keep = kKeptBytes;
-    if (e == cudaSuccess) e = cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep);
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      throw Error(ErrorKind::DeviceFailure, std::string("cannot create scree's memory pool: ") + cudaGetErrorString(e));
-    }
-    pools[size_t(device)] = pool;  // kept for the process: workspaces in flight may outlive any owner
-  }
-  return pools[size_t(device)];
-}
-
-// Workspace for callers that pass none (direct scree._C calls, and the torch glue's forward, whose
-// tile counter costs less here than a torch allocation through Python: ~2 vs ~5.5 us on an H200
-// host): stream-ordered from scree's kept pool on the launch stream and freed on it after the
-// kernels, so neither costs a device sync. While the stream captures a CUDA graph, from the
-// device's default pool, whose captured allocations become the graph's own memory nodes.
+// Workspace for callers that pass none (direct scree._C calls): allocated with cudaMallocAsync on
+// the launch stream and freed on it after the kernels, so neither costs a device sync. The
+// framework glue passes a buffer from its own caching allocator instead, which is cheaper (on an
+// H200 host cudaMallocAsync cost ~12 us a call, ~100 us after a device sync).
 class StreamScratch {
  public:
-  StreamScratch(size_t bytes, void* stream, int device) : stream_(static_cast<cudaStream_t>(stream)) {
+  StreamScratch(size_t bytes, void* stream) : stream_(static_cast<cudaStream_t>(stream)) {
     if (bytes == 0) return;
-    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    cudaError_t e = cudaStreamIsCapturing(stream_, &capture);
-    if (e == cudaSuccess) {
-      e = capture == cudaStreamCaptureStatusNone ? cudaMallocFromPoolAsync(&ptr_, bytes, kept_pool(device), stream_)
-                                                 : cudaMallocAsync(&ptr_, bytes, stream_);
-    }
+    const cudaError_t e = cudaMallocAsync(&ptr_, bytes, stream_);
     if (e != cudaSuccess) {
       ptr_ = nullptr;
       cudaGetLastError();  // not sticky, but leave no error behind for the caller's next check
@@ -212,7 +175,7 @@ void varlen_fwd(const InArray& q_, const InArray& k_, const InArray& v_, const I
     DeviceGuard guard(q.device_id);
     std::optional<StreamScratch> scratch;
     if (!ws.given) {
-      scratch.emplace(need, stream_ptr(stream), q.device_id);
+      scratch.emplace(need, stream_ptr(stream));
       ws = {scratch->get(), need, true};
     }
     attention::varlen_fwd_cuda(p, ws.data, ws.bytes, stream_ptr(stream));  // validates p for the CUDA kernels first
@@ -279,7 +242,7 @@ void varlen_bwd(const InArray& dout_, const InArray& q_, const InArray& k_, cons
     DeviceGuard guard(q.device_id);
     std::optional<StreamScratch> scratch;
     if (!ws.given) {
-      scratch.emplace(need, stream_ptr(stream), q.device_id);
+      scratch.emplace(need, stream_ptr(stream));
       ws = {scratch->get(), need, true};
     }
     // varlen_bwd_cuda validates p for the CUDA kernels before anything runs.
@@ -377,7 +340,7 @@ void register_attention(nb::module_& m) {
         "a cudaStream_t as an int, 0 = legacy default stream). cu_seqlens are int32/int64 (n+1) on\n"
         "that device; `args` (AttentionArgs) holds the scalars. On CUDA, `workspace` (contiguous, on\n"
         "the same GPU, 16-byte aligned) holds cuda_fwd_workspace_bytes() bytes (None: allocated\n"
-        "stream-ordered from scree's own pool, which keeps small blocks across device syncs).");
+        "stream-ordered with cudaMallocAsync, slower).");
   m.def("cuda_fwd_workspace_bytes", &cuda_fwd_workspace_bytes,
         "Bytes of workspace the CUDA forward needs (the same for every call; 0 in builds without CUDA).");
   m.def("varlen_bwd_workspace_bytes", &varlen_bwd_workspace_bytes, nb::arg("q"), nb::arg("k"), nb::arg("v"),
@@ -391,7 +354,7 @@ void register_attention(nb::module_& m) {
         nb::arg("dv"), nb::arg("args"), nb::arg("workspace").none() = nb::none(), nb::arg("stream") = 0,
         "Varlen attention backward: dq, dk, dv from dout, the forward's out and lse.\n"
         "On CUDA, `workspace` (contiguous, on the same GPU, 16-byte aligned) must hold at least\n"
-        "varlen_bwd_workspace_bytes(...) bytes (None: allocated stream-ordered from scree's pool);\n"
+        "varlen_bwd_workspace_bytes(...) bytes (None: allocated stream-ordered with cudaMallocAsync);\n"
         "args.deterministic makes dq bit-reproducible there (the CPU backward always is).");
 }
 

@@ -28,9 +28,9 @@ void validate_cuda(const VarlenParams& p);
 // elsewhere; the environment variable SCREE_CUDA_PATH=sm80 forces the portable one, =sm90 the
 // Hopper one wherever it is compiled (head dims 64 and 128). `workspace` (at least
 // varlen_fwd_cuda_workspace_bytes(), 16-byte aligned, device memory of the stream's device) holds
-// the persistent scheduler's tile counter, which the call zeroes on the stream (no allocation in
-// here: a cudaMallocAsync from the device's default pool cost ~100 us of host time after every
-// device sync on an H200 host, that pool returning its memory at each sync).
+// the persistent scheduler's tile counter, which the call zeroes on the stream: the caller
+// allocates it with its framework's caching allocator (a cudaMallocAsync of it per call cost ~12 us
+// of host time, ~100 us after every device sync, which returns the pool's memory on an H200 host).
 void varlen_fwd_cuda(const VarlenParams& p, void* workspace, size_t workspace_bytes, void* stream);
 
 // Bytes of device workspace varlen_fwd_cuda needs (the same for every call).

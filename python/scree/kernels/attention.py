@@ -32,6 +32,7 @@ __all__ = ["Plan", "plan", "kernel_args", "forward", "backward", "cuda_kernel_se
 _CUDA_COMPILED = _C.cuda_compiled()
 _CUDA_HEAD_DIMS = frozenset(_C.cuda_head_dims())
 _CUDA_DTYPES = ("float16", "bfloat16")
+_CUDA_FWD_WORKSPACE = _C.cuda_fwd_workspace_bytes()  # the Hopper forward's tile counter (the same for every call)
 
 
 def cuda_kernel_serves(dtype: str, head_dim: int, head_dim_v: int) -> bool:
@@ -90,15 +91,16 @@ def kernel_args(spec: AttentionSpec, max_seqlen_q: int, max_seqlen_k: int, deter
 
 
 def forward(ns: ModuleType, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: Any) -> tuple[Any, Any]:
-    """(out (Tq, Hq, Dv), lse (Hq, Tq) float32) from the compiled kernel; outputs allocated by `ns`
-    like q (the CUDA forward's 16-byte workspace comes from scree._C's own kept pool, cheaper than a
-    framework allocation from Python: benchmarks/NOTES.md). cu_q / cu_k as plan() gives them; args a
-    scree._C.AttentionArgs. GPU kernels run on the framework's current stream (ns.stream)."""
+    """(out (Tq, Hq, Dv), lse (Hq, Tq) float32) from the compiled kernel; outputs, and the workspace
+    of the CUDA forward (16 bytes: cudaMallocAsync'ing it in C++ cost ~12 us a call and ~100 us after
+    each device sync on an H200 host), allocated by `ns` like q. cu_q / cu_k as plan() gives them;
+    args a scree._C.AttentionArgs. GPU kernels run on the framework's current stream (ns.stream)."""
     tq, hq = q.shape[0], q.shape[1]
     out = ns.empty((tq, hq, v.shape[2]), ns.dtype_name(q), like=q)
     lse = ns.empty((hq, tq), "float32", like=q)
     a = ns.kernel_arg
-    _C.varlen_fwd(a(q), a(k), a(v), a(cu_q), a(cu_k), a(out), a(lse), args, None, ns.stream(q))
+    ws = None if ns.is_host(q) else a(ns.empty((_CUDA_FWD_WORKSPACE,), "uint8", like=q))
+    _C.varlen_fwd(a(q), a(k), a(v), a(cu_q), a(cu_k), a(out), a(lse), args, ws, ns.stream(q))
     return out, lse
 
 
