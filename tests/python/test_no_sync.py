@@ -4,8 +4,9 @@
   later and a bad layout raises the typed error at the next scree call (RaggedError, or
   ArgumentError for a max_seqlen below the longest sequence); the same check delivers the exact
   max_length. On the CPU the mechanism runs by treating host tensors as device memory (the
-  backend's host_readable says False): offsets_summary, readback and the verdict are the real code,
-  only the copy has nothing to wait for. JAX's asynchronous copy runs for real.
+  backend's host_readable says False): offsets_summary (with its readback) and the verdict are the
+  real code, only the copy has nothing to wait for. JAX's asynchronous copy runs for real, and on a
+  GPU torch's one-kernel check (scree._C.offsets_summary_cuda).
 * jax.jit forward and backward make no implicit transfer (jax.transfer_guard("disallow")).
 * On a GPU (marked cuda): torch.cuda.set_sync_debug_mode("error") around construction (default
   validation), forward and backward; bad device offsets raise at the next call after the device
