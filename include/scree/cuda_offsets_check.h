@@ -24,8 +24,10 @@ class OffsetsSummary {
   // stream), and records an event behind it. The calling thread's current device is restored.
   // Throws scree::Error: InvalidOffsets for count < 1, Unsupported while `stream` is capturing a
   // CUDA graph (the kernel would only run at replay), DeviceFailure naming the CUDA call that failed.
+  // `device_copy` (optional, 4 int64 of device memory on `device`) receives the same four numbers,
+  // for kernels later on the stream (VarlenParams::max_seqlen_q_device).
   static std::unique_ptr<OffsetsSummary> start(const void* offsets, int64_t count, bool int64, int device,
-                                               void* stream);
+                                               void* stream, int64_t* device_copy = nullptr);
 
   // Whether the four numbers have reached the host: cudaEventQuery, never blocks. Throws
   // scree::Error(DeviceFailure) for any error other than "not ready".

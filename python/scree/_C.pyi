@@ -72,10 +72,11 @@ class OffsetsSummary:
         The four numbers as a new int64 NumPy array; waits for the device only when not ready().
         """
 
-def offsets_summary_cuda(offsets: Annotated[NDArray, dict(writable=False)], stream: int) -> OffsetsSummary:
+def offsets_summary_cuda(offsets: Annotated[NDArray, dict(writable=False)], stream: int, device_copy: NDArray | None = None) -> OffsetsSummary:
     """
     Start the device check of 1-D contiguous int32/int64 `offsets` on a CUDA GPU on `stream` (an int
     cudaStream_t): one kernel and one event, no synchronisation. Returns an OffsetsSummary to poll.
+    `device_copy` (optional, int64 (4,) on the same device) receives the four numbers too.
     """
 
 class AttentionArgs:
@@ -134,14 +135,16 @@ def cuda_head_dims() -> list[int]:
     Head dims (D == Dv) the CUDA attention kernels were compiled for, ascending; [] without CUDA.
     """
 
-def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], out: NDArray, lse: NDArray | None, args: AttentionArgs, workspace: NDArray | None = None, stream: int = 0) -> None:
+def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], out: NDArray, lse: NDArray | None, args: AttentionArgs, workspace: NDArray | None = None, q_summary: Annotated[NDArray, dict(writable=False)] | None = None, stream: int = 0) -> None:
     """
     Varlen attention forward into out (Tq, Hq, Dv) and lse (Hq, Tq) float32 (optional).
     All arrays on one device: the CPU, or one CUDA GPU (float16/bfloat16; launched on `stream`,
     a cudaStream_t as an int, 0 = legacy default stream). cu_seqlens are int32/int64 (n+1) on
     that device; `args` (AttentionArgs) holds the scalars. On CUDA, `workspace` (contiguous, on
     the same GPU, 16-byte aligned) holds cuda_fwd_workspace_bytes() bytes (None: allocated
-    stream-ordered with cudaMallocAsync, slower).
+    stream-ordered with cudaMallocAsync, slower). `q_summary` (CUDA, optional): the device check's
+    int64 [first, last, smallest step, largest step] of cu_seqlens_q (offsets_summary_cuda's
+    device copy), whose largest step bounds the query lengths when max_seqlen_q is only a bound.
     """
 
 def cuda_fwd_workspace_bytes() -> int:

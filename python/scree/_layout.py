@@ -71,7 +71,8 @@ def check_max_length(max_length: int | None, longest: int, name: str = "max_leng
 class Layout:
     """Offsets (n+1, native, on the values' device) and what derives from them (see the module)."""
 
-    __slots__ = ("ns", "offsets", "total", "host", "max_length", "cu32", "plans", "check", "__weakref__")
+    __slots__ = ("ns", "offsets", "total", "host", "max_length", "cu32", "plans", "check", "device_summary",
+                 "__weakref__")
 
     def __init__(self, ns: ModuleType, offsets: Any, total: int, host: np.ndarray | None = None,
                  max_length: int | None = None):
@@ -84,6 +85,10 @@ class Layout:
         self.cu32: Any = None             # int32 offsets on the device, once asked for
         self.plans: dict[str, Any] = {}   # per-kernel work depending on the offsets only
         self.check: DeviceCheck | None = None
+        # The device check's four numbers on the device, where the backend leaves a copy there:
+        # kernels read the exact max_length from it before the host knows it. Kept as long as the
+        # Layout (a kernel enqueued earlier on the stream may still read it).
+        self.device_summary: Any = None
 
     @classmethod
     def validated(cls, ns: ModuleType, offsets: Any, total: int, max_length: int | None = None,
@@ -155,6 +160,7 @@ class DeviceCheck:
         if ns.is_capturing(layout.offsets):  # inside CUDA graph capture nothing can be read back:
             return                           # unchecked, as with validate=False (kernels clamp)
         self.readback = ns.offsets_summary(layout.offsets)
+        layout.device_summary = getattr(self.readback, "device_copy", None)
         _PENDING.append(self)
 
     def cancel(self) -> None:

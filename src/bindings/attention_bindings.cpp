@@ -156,9 +156,22 @@ void require_workspace(const Workspace& ws, size_t need, const char* what) {
 // default stream. Host kernels run synchronously on the calling thread and ignore it.
 void* stream_ptr(uintptr_t stream) { return reinterpret_cast<void*>(stream); }
 
+// The device check's four numbers for cu_seqlens_q ([first, last, smallest step, largest step],
+// int64, on q's device; scree._C.offsets_summary_cuda's device copy): its largest step bounds the
+// query lengths where the host only knows the token count.
+const int64_t* q_summary_arg(const std::optional<InArray>& s, const ArrayArg& q) {
+  if (!s) return nullptr;
+  const ArrayArg a = arg(*s, "q_summary");
+  require_with_q(a, q);
+  require(a.ndim == 1 && a.shape[0] == 4 && a.type == ElemType::Int64 && a.stride[0] == 1, ErrorKind::InvalidArgument,
+          [&] { return "q_summary must be a contiguous int64 array of 4, got " + type_name(a) + " " + shape_text(a); });
+  return static_cast<const int64_t*>(a.data) + 3;
+}
+
 void varlen_fwd(const InArray& q_, const InArray& k_, const InArray& v_, const InArray& cu_q_, const InArray& cu_k_,
                 OutArray out_, std::optional<OutArray> lse_, const AttentionArgs& args,
-                const std::optional<OutArray>& workspace_, uintptr_t stream) {
+                const std::optional<OutArray>& workspace_, const std::optional<InArray>& q_summary_,
+                uintptr_t stream) {
   const ArrayArg q = arg(q_, "q");
   const bool cuda = on_cuda(q);
   VarlenParams p;
@@ -167,6 +180,7 @@ void varlen_fwd(const InArray& q_, const InArray& k_, const InArray& v_, const I
   if (lse_) lse = arg(*lse_, "lse");
   fill_forward_outputs(p, q, arg(out_, "out"), lse_ ? &lse : nullptr);
   Workspace ws = workspace_arg(workspace_, q);
+  p.max_seqlen_q_device = q_summary_arg(q_summary_, q);
 #ifdef SCREE_WITH_CUDA
   if (cuda) {
     const size_t need = attention::varlen_fwd_cuda_workspace_bytes();
@@ -334,13 +348,15 @@ void register_attention(nb::module_& m) {
         "Head dims (D == Dv) the CUDA attention kernels were compiled for, ascending; [] without CUDA.");
   m.def("varlen_fwd", &varlen_fwd, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("cu_seqlens_q"),
         nb::arg("cu_seqlens_k"), nb::arg("out"), nb::arg("lse").none(), nb::arg("args"),
-        nb::arg("workspace").none() = nb::none(), nb::arg("stream") = 0,
+        nb::arg("workspace").none() = nb::none(), nb::arg("q_summary").none() = nb::none(), nb::arg("stream") = 0,
         "Varlen attention forward into out (Tq, Hq, Dv) and lse (Hq, Tq) float32 (optional).\n"
         "All arrays on one device: the CPU, or one CUDA GPU (float16/bfloat16; launched on `stream`,\n"
         "a cudaStream_t as an int, 0 = legacy default stream). cu_seqlens are int32/int64 (n+1) on\n"
         "that device; `args` (AttentionArgs) holds the scalars. On CUDA, `workspace` (contiguous, on\n"
         "the same GPU, 16-byte aligned) holds cuda_fwd_workspace_bytes() bytes (None: allocated\n"
-        "stream-ordered with cudaMallocAsync, slower).");
+        "stream-ordered with cudaMallocAsync, slower). `q_summary` (CUDA, optional): the device check's\n"
+        "int64 [first, last, smallest step, largest step] of cu_seqlens_q (offsets_summary_cuda's\n"
+        "device copy), whose largest step bounds the query lengths when max_seqlen_q is only a bound.");
   m.def("cuda_fwd_workspace_bytes", &cuda_fwd_workspace_bytes,
         "Bytes of workspace the CUDA forward needs (the same for every call; 0 in builds without CUDA).");
   m.def("varlen_bwd_workspace_bytes", &varlen_bwd_workspace_bytes, nb::arg("q"), nb::arg("k"), nb::arg("v"),

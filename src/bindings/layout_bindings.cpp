@@ -295,7 +295,8 @@ using scree::cuda::OffsetsSummary;
 // Starts the device check of 1-D, contiguous int32/int64 offsets on a CUDA GPU: one kernel and one
 // event on `stream` (an int cudaStream_t, the framework's current stream of that device). Every
 // check here is on metadata only: nothing reads the offsets on the host.
-std::unique_ptr<OffsetsSummary> offsets_summary_cuda(const InArray& offsets, uintptr_t stream) {
+std::unique_ptr<OffsetsSummary> offsets_summary_cuda(const InArray& offsets, uintptr_t stream,
+                                                     const std::optional<OutArray>& device_copy) {
   scree::require(offsets.device_type() == nb::device::cuda::value, ErrorKind::Unsupported, [&] {
     return "offsets must be on a CUDA device for offsets_summary_cuda, got " +
            device_str(offsets.device_type(), offsets.device_id()) + " (host offsets are checked with validate_offsets)";
@@ -306,8 +307,18 @@ std::unique_ptr<OffsetsSummary> offsets_summary_cuda(const InArray& offsets, uin
   const int64_t count = static_cast<int64_t>(offsets.shape(0));
   scree::require(count >= 1, ErrorKind::InvalidOffsets,
                  [] { return std::string("offsets must be a 1-D array of n+1 >= 1 entries, got none"); });
+  int64_t* copy = nullptr;
+  if (device_copy) {
+    const OutArray& c = *device_copy;
+    scree::require(c.device_type() == offsets.device_type() && c.device_id() == offsets.device_id() && c.ndim() == 1 &&
+                       c.shape(0) == 4 && is(c.dtype(), dl::dtype_code::Int, 64) && c.stride(0) == 1,
+                   ErrorKind::InvalidArgument, [] {
+                     return std::string("device_copy must be a contiguous int64 array of 4 on the offsets' device");
+                   });
+    copy = static_cast<int64_t*>(c.data());
+  }
   return OffsetsSummary::start(offsets.data(), count, is(offsets.dtype(), dl::dtype_code::Int, 64),
-                               static_cast<int>(offsets.device_id()), reinterpret_cast<void*>(stream));
+                               static_cast<int>(offsets.device_id()), reinterpret_cast<void*>(stream), copy);
 }
 
 // The four numbers as a fresh NumPy int64 array. Waiting (only when not ready) releases the GIL, so
@@ -355,15 +366,17 @@ void register_layout(nb::module_& m) {
         "Per-sequence 'sum', 'mean' or 'max' over tokens into out (n, *f).");
 #ifdef SCREE_WITH_CUDA
   nb::class_<OffsetsSummary>(
-      m, "OffsetsSummary",
+      m, "OffsetsSummary", nb::dynamic_attr(),
       "The device check of offsets in flight (offsets_summary_cuda): [offsets[0], offsets[-1], smallest step,\n"
       "largest step] written by one kernel into pinned host memory, an event behind it.")
       .def("ready", &OffsetsSummary::ready, "Whether the four numbers have reached the host (never blocks).")
       .def("value", &offsets_summary_value,
            "The four numbers as a new int64 NumPy array; waits for the device only when not ready().");
   m.def("offsets_summary_cuda", &offsets_summary_cuda, nb::arg("offsets"), nb::arg("stream"),
+        nb::arg("device_copy").none() = nb::none(),
         "Start the device check of 1-D contiguous int32/int64 `offsets` on a CUDA GPU on `stream` (an int\n"
-        "cudaStream_t): one kernel and one event, no synchronisation. Returns an OffsetsSummary to poll.");
+        "cudaStream_t): one kernel and one event, no synchronisation. Returns an OffsetsSummary to poll.\n"
+        "`device_copy` (optional, int64 (4,) on the same device) receives the four numbers too.");
 #endif
 }
 

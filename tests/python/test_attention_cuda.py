@@ -408,6 +408,32 @@ def test_no_device_sync(build):
     assert all(g.shape == x.shape and not torch.isnan(g).any() for g, x in zip(grads, leaves))
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("path", ["sm90", "sm80"])
+def test_forward_before_the_device_check_lands(path, causal):
+    """Arrays over device offsets with no max_length: until the device check lands the plan's
+    max_seqlen is the token count, and the forward reads the exact maximum from the check's device
+    copy (the Hopper kernel cuts its tile order to it). Held back behind a busy GPU so the check
+    cannot have landed; the result must match the reference either way."""
+    from scree.kernels import attention as K
+    seed = fresh_seed()
+    lens = [130, 1, 0, 700, 65, 3]
+    q0, k0, v0 = random_qkv(lens, lens, 4, 2, 128, 128, torch.bfloat16, DEV, seed)
+    ref64, low = reference_pair(q0, k0, v0, None, {"causal": causal})
+    torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU work ahead of the check
+    cu = q0.cu_seqlens().to(torch.int64)
+    q, k, v = (scree.from_offsets(a.values, cu) for a in (q0, k0, v0))
+    plan = K.plan(q)
+    assert plan.max_seqlen == q.values.shape[0] and plan.summary is not None, plan
+    with cuda_path(path):
+        got = fwd_grads(scree.varlen_attention, q, k, v, None, {"causal": causal})
+    check_against_references(f"device max [{path}] causal={causal}", got, ref64, low, seed)
+    torch.cuda.synchronize()
+    assert plan.summary.tolist()[3] == max(lens)
+    scree._layout.poll()
+    assert K.plan(q).max_seqlen == max(lens) and K.plan(q).summary is None  # landed: the exact max on the host
+
+
 # ---- bad input ------------------------------------------------------------------------------
 def test_float32_and_uncompiled_head_dims_fall_back_to_the_reference():
     """Inputs the CUDA kernels do not serve (float32; a head dim not compiled; D != Dv) run the

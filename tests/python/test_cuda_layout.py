@@ -203,6 +203,9 @@ def test_torch_backend_checks_cuda_offsets_with_the_kernel():
     rb = ns.offsets_summary(cu)
     assert isinstance(rb, scree._C.OffsetsSummary) and isinstance(rb, Readback)
     assert rb.value().tolist() == [0, 10, 0, 7]
+    # the device copy the forward reads its exact max_length from (kernels.attention.plan)
+    assert rb.device_copy.device == cu.device and rb.device_copy.dtype == torch.int64
+    assert rb.device_copy.tolist() == [0, 10, 0, 7]
     strided = torch.tensor([0, 9, 3, 9, 3, 9, 10, 9], dtype=torch.int64, device="cuda")[::2]  # 0, 3, 3, 10
     assert ns.offsets_summary(strided).value().tolist() == [0, 10, 0, 7]
 

@@ -49,6 +49,11 @@ struct VarlenParams {
   int64_t num_sequences = 0;
   int64_t total_q = 0, total_k = 0;
   int64_t max_seqlen_q = 0, max_seqlen_k = 0;  // host-side maxima; kernels never compute them
+  // Optional (null: unused), device memory: the exact longest query sequence as the Layout's device
+  // check computed it (the largest step of cu_seqlens_q), for calls made before the host learns it,
+  // when max_seqlen_q is only the token count. The Hopper forward sizes its tile order by the
+  // smaller of the two (the token count as a bound made ~8x more tiles to skip on 32k mixed tokens).
+  const int64_t* max_seqlen_q_device = nullptr;
 
   int64_t heads_q = 0, heads_k = 0;  // heads_q % heads_k == 0 (GQA / MQA)
   int64_t head_dim = 0, head_dim_v = 0;

@@ -110,7 +110,9 @@ class Backend(Protocol):
         and read with value() (a (4,) integer NumPy array). The ragged invariants and max_length
         follow from these four numbers. Host-readable offsets: Landed; torch CUDA: one scree kernel
         writing into pinned host memory behind an event (scree._C.offsets_summary_cuda); JAX: a
-        jitted reduction and its asynchronous copy."""
+        jitted reduction and its asynchronous copy. A Readback may also carry `device_copy`, the
+        four numbers as an int64 array on the offsets' device, which kernels later on the stream can
+        read (torch CUDA; the Layout keeps it: kernels.attention.plan)."""
 
     # ---- creation and layout -----------------------------------------------------------------------
     def empty(self, shape_: Sequence[int], dtype: str, like: Any = None) -> Any: ...

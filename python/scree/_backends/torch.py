@@ -116,7 +116,10 @@ def offsets_summary(offsets: Any) -> Any:
     if kind == "cuda" and _summary_cuda is not None:
         if not offsets.is_contiguous():  # a strided view (cu[::2]): one copy kernel, still no sync
             offsets = offsets.contiguous()
-        return _summary_cuda(_to_dlpack(offsets), stream(offsets))
+        copy = torch.empty(4, dtype=torch.int64, device=offsets.device)
+        check = _summary_cuda(_to_dlpack(offsets), stream(offsets), _to_dlpack(copy))
+        check.device_copy = copy  # the four numbers on the device too, for kernels (kernels.attention.plan)
+        return check
     return readback(_summary_ops(offsets))
 
 

@@ -55,16 +55,16 @@ def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec) -> tuple
                           left, right, spec.softcap or 0.0, spec.deterministic)
     args = K.kernel_args(spec, pq.max_seqlen, pk.max_seqlen)
     if torch.is_grad_enabled() and (qv.requires_grad or kv.requires_grad or vv.requires_grad):
-        return _Attention.apply(qv, kv, vv, pq.offsets, pk.offsets, args, spec.deterministic)
-    return K.forward(_NS, qv, kv, vv, pq.offsets, pk.offsets, args)
+        return _Attention.apply(qv, kv, vv, pq.offsets, pk.offsets, args, spec.deterministic, pq.summary)
+    return K.forward(_NS, qv, kv, vv, pq.offsets, pk.offsets, args, pq.summary)
 
 
 # ---- eager --------------------------------------------------------------------------------------
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
-                args: Any, deterministic: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
-        out, lse = K.forward(_NS, q, k, v, cu_q, cu_k, args)
+                args: Any, deterministic: bool | None, q_summary: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        out, lse = K.forward(_NS, q, k, v, cu_q, cu_k, args, q_summary)
         ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
         ctx.args, ctx.deterministic = args, deterministic
         ctx.mark_non_differentiable(lse)
@@ -77,11 +77,11 @@ class _Attention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, dout: torch.Tensor | None, _dlse: Any) -> tuple:
         if dout is None:  # out did not reach the loss: no gradient flows back through this call
-            return None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None
         q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
         args = ctx.args.with_deterministic(K.resolve_deterministic(ctx.deterministic, _NS))
         dq, dk, dv = K.backward(_NS, dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, args)
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
 # ---- traced: torch.library custom ops ---------------------------------------------------------------

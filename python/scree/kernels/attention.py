@@ -53,6 +53,9 @@ def resolve_deterministic(choice: bool | None, ns: ModuleType) -> bool:
 class Plan(NamedTuple):
     offsets: Any     # host int64 (native array over the host copy) for host kernels; the Array's own offsets on a GPU
     max_seqlen: int  # exact where known without a sync, else the token count (an upper bound)
+    # Where the host knows no exact maximum: the device check's four numbers on the device (its
+    # largest step is the exact maximum, which the CUDA forward reads there), else None.
+    summary: Any = None
 
 
 def plan(a: Array) -> Plan:
@@ -71,7 +74,9 @@ def _make_plan(lay: Layout) -> Plan:
         offsets = ns.from_numpy(lay.host_offsets())
     else:  # device offsets as they are, int32 or int64: no copy, no sync
         offsets = lay.offsets
-    return Plan(offsets, _max_seqlen(lay))
+    # The device summary wherever the host has no exact maximum (max_seqlen is the token count or a
+    # caller's bound): the kernel takes the smaller of the two.
+    return Plan(offsets, _max_seqlen(lay), lay.device_summary if lay.host is None else None)
 
 
 def _max_seqlen(lay: Layout) -> int:
@@ -90,17 +95,20 @@ def kernel_args(spec: AttentionSpec, max_seqlen_q: int, max_seqlen_k: int, deter
                             deterministic)
 
 
-def forward(ns: ModuleType, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: Any) -> tuple[Any, Any]:
+def forward(ns: ModuleType, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: Any,
+            q_summary: Any = None) -> tuple[Any, Any]:
     """(out (Tq, Hq, Dv), lse (Hq, Tq) float32) from the compiled kernel; outputs, and the workspace
     of the CUDA forward (16 bytes: cudaMallocAsync'ing it in C++ cost ~12 us a call and ~100 us after
     each device sync on an H200 host), allocated by `ns` like q. cu_q / cu_k as plan() gives them;
-    args a scree._C.AttentionArgs. GPU kernels run on the framework's current stream (ns.stream)."""
+    args a scree._C.AttentionArgs; q_summary the plan's device summary of q's offsets (or None). GPU
+    kernels run on the framework's current stream (ns.stream)."""
     tq, hq = q.shape[0], q.shape[1]
     out = ns.empty((tq, hq, v.shape[2]), ns.dtype_name(q), like=q)
     lse = ns.empty((hq, tq), "float32", like=q)
     a = ns.kernel_arg
     ws = None if ns.is_host(q) else a(ns.empty((_CUDA_FWD_WORKSPACE,), "uint8", like=q))
-    _C.varlen_fwd(a(q), a(k), a(v), a(cu_q), a(cu_k), a(out), a(lse), args, ws, ns.stream(q))
+    _C.varlen_fwd(a(q), a(k), a(v), a(cu_q), a(cu_k), a(out), a(lse), args, ws,
+                  None if q_summary is None else a(q_summary), ns.stream(q))
     return out, lse
 
 

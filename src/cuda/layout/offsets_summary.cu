@@ -204,7 +204,7 @@ __device__ __forceinline__ int64_t step(int64_t next, int64_t prev) {
 
 template <class T>
 __global__ void __launch_bounds__(kThreads) offsets_summary_kernel(const T* __restrict__ offsets, int64_t count,
-                                                                   int64_t* out) {
+                                                                   int64_t* out, int64_t* device_copy) {
   int64_t lo = INT64_MAX, hi = INT64_MIN;
   for (int64_t i = threadIdx.x; i + 1 < count; i += kThreads) {
     const int64_t d = step(static_cast<int64_t>(offsets[i + 1]), static_cast<int64_t>(offsets[i]));
@@ -230,18 +230,19 @@ __global__ void __launch_bounds__(kThreads) offsets_summary_kernel(const T* __re
   }
   // Volatile stores go straight to the mapped host memory (no caching in L1 to be flushed later);
   // the system-scope fence orders them before the kernel's completion, which the event reports.
+  const int64_t v[4] = {static_cast<int64_t>(offsets[0]), static_cast<int64_t>(offsets[count - 1]),
+                        count > 1 ? lo : 0, count > 1 ? hi : 0};
+  if (device_copy != nullptr)  // for later kernels on the stream (ordinary stores: the kernel boundary orders them)
+    for (int i = 0; i < 4; ++i) device_copy[i] = v[i];
   volatile int64_t* o = out;
-  o[0] = static_cast<int64_t>(offsets[0]);
-  o[1] = static_cast<int64_t>(offsets[count - 1]);
-  o[2] = count > 1 ? lo : 0;
-  o[3] = count > 1 ? hi : 0;
+  for (int i = 0; i < 4; ++i) o[i] = v[i];
   __threadfence_system();
 }
 
 }  // namespace
 
 std::unique_ptr<OffsetsSummary> OffsetsSummary::start(const void* offsets, int64_t count, bool int64, int device,
-                                                      void* stream) {
+                                                      void* stream, int64_t* device_copy) {
   scree::require(count >= 1, ErrorKind::InvalidOffsets,
                  [] { return std::string("offsets must be a 1-D array of n+1 >= 1 entries, got none"); });
   scree::require(offsets != nullptr, ErrorKind::InvalidArgument, [] { return std::string("offsets is a null pointer"); });
@@ -262,7 +263,7 @@ std::unique_ptr<OffsetsSummary> OffsetsSummary::start(const void* offsets, int64
   r->slot_ = pool.take_slot();
   r->event_ = pool.take_event(device);  // on failure r's destructor returns the slot
   int64_t* out = r->slot_;              // the device pointer too, under unified addressing (see Pool)
-  void* args[] = {&offsets, &count, &out};
+  void* args[] = {&offsets, &count, &out, &device_copy};
   const void* kernel = int64 ? reinterpret_cast<const void*>(&offsets_summary_kernel<int64_t>)
                              : reinterpret_cast<const void*>(&offsets_summary_kernel<int32_t>);
   // cudaLaunchKernel returns this launch's own error; <<<>>> + cudaGetLastError could report an

@@ -80,7 +80,7 @@ inline constexpr int kFwdSmemBytes = smem_bytes<FwdSmem<D>>();
 // kFolded: ScoreMap::folds() (no softcap, scale > 0), see online_softmax.cuh.
 template <class T, int D, bool kFolded>
 __global__ void __launch_bounds__(384, 1)
-    varlen_fwd_sm90_kernel(const VarlenParams p, const ScoreMap score, const TileOrder order,
+    varlen_fwd_sm90_kernel(const VarlenParams p, const ScoreMap score, const TileOrder host_order,
                            unsigned long long* tile_counter,
                            const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                            const __grid_constant__ CUtensorMap tm_v) {
@@ -90,6 +90,7 @@ __global__ void __launch_bounds__(384, 1)
   constexpr bool kPingpong = SCREE_SM90_PINGPONG != 0;
   extern __shared__ char smem_raw[];
   Smem& sm = aligned_smem<Smem>(smem_raw);
+  const TileOrder order = bounded_by_device_max<kM>(host_order, p.max_seqlen_q_device);
 
   if (threadIdx.x == 0) {
     mbar_init(&sm.q_full, 1);

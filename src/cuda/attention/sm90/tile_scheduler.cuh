@@ -31,6 +31,19 @@ struct TileOrder {
   }
 };
 
+// The order with its tiles per sequence cut to the exact longest sequence where the device knows it
+// (VarlenParams::max_seqlen_q_device) and the host passed only a bound: every thread reads the same
+// value, written by an earlier kernel in stream order, so producer and consumers agree on it.
+template <int kTile>
+__device__ __forceinline__ TileOrder bounded_by_device_max(TileOrder order, const int64_t* device_max) {
+  if (device_max != nullptr) {
+    const int64_t longest = *device_max;  // a negative value (bad offsets, raised on the host) -> 0
+    const int64_t tiles = longest > 0 ? (longest + kTile - 1) / kTile : 0;
+    order.tiles = tiles < order.tiles ? tiles : order.tiles;
+  }
+  return order;
+}
+
 // The counter: a CTA's first tile is its own index; later ones are gridDim.x + the counter's old
 // value (the counter is zero before the launch).
 struct TileCounter {
