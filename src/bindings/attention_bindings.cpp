@@ -23,6 +23,7 @@
 #include <cuda_runtime_api.h>
 
 #include "scree/attention/cuda.h"
+#include "scree/cuda_device_guard.h"
 #endif
 
 namespace scree::bindings {
@@ -75,29 +76,6 @@ bool on_cuda(const ArrayArg& q) {
 }
 
 #ifdef SCREE_WITH_CUDA
-// Makes the arrays' GPU current for the launch (torch lets a tensor live on cuda:1 while cuda:0
-// is current; a launch on the wrong device would fail or touch foreign memory), and restores the
-// previous device afterwards, as torch's own CUDAGuard does.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    check(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (previous_ == device) previous_ = -1;
-    else check(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceGuard() {
-    if (previous_ >= 0) cudaSetDevice(previous_);
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  static void check(cudaError_t e, const char* what) {
-    if (e != cudaSuccess)
-      throw Error(ErrorKind::DeviceFailure, std::string(what) + " failed: " + cudaGetErrorString(e));
-  }
-  int previous_ = -1;
-};
 
 // Workspace for callers that pass none (direct scree._C calls): allocated with cudaMallocAsync on
 // the launch stream and freed on it after the kernels, so neither costs a device sync. The
@@ -186,7 +164,7 @@ void varlen_fwd(const InArray& q_, const InArray& k_, const InArray& v_, const I
     const size_t need = attention::varlen_fwd_cuda_workspace_bytes();
     require_workspace(ws, need, "scree._C.cuda_fwd_workspace_bytes()");
     nb::gil_scoped_release release;
-    DeviceGuard guard(q.device_id);
+    cuda::DeviceGuard guard(q.device_id);
     std::optional<StreamScratch> scratch;
     if (!ws.given) {
       scratch.emplace(need, stream_ptr(stream));
@@ -253,7 +231,7 @@ void varlen_bwd(const InArray& dout_, const InArray& q_, const InArray& k_, cons
     const size_t need = attention::varlen_bwd_cuda_workspace_bytes(p, args.deterministic);
     require_workspace(ws, need, "scree._C.varlen_bwd_workspace_bytes with the same arguments");
     nb::gil_scoped_release release;
-    DeviceGuard guard(q.device_id);
+    cuda::DeviceGuard guard(q.device_id);
     std::optional<StreamScratch> scratch;
     if (!ws.given) {
       scratch.emplace(need, stream_ptr(stream));

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "scree/cuda_device_guard.h"
 #include "scree/cuda_offsets_check.h"
 #include "scree/error.h"
 
@@ -64,25 +65,6 @@ cudaError_t query(void* event) {
   if (e == cudaErrorNotReady) cudaGetLastError();
   return e;
 }
-
-// Makes `device` current for the launch (a framework lets a tensor live on cuda:1 while cuda:0 is
-// current; a launch on the wrong device fails or reads foreign memory) and restores the previous one.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    check(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (previous_ == device) previous_ = -1;
-    else check(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~DeviceGuard() {
-    if (previous_ >= 0) cudaSetDevice(previous_);
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_ = -1;
-};
 
 // A slot and an event whose check was dropped before its kernel finished.
 struct Retired {
