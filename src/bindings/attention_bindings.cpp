@@ -121,6 +121,15 @@ Workspace workspace_arg(const std::optional<OutArray>& w, const ArrayArg& q) {
   return {a.data, size_t(a.nbytes), true};
 }
 
+#ifdef SCREE_WITH_CUDA
+// The caller's workspace, else `need` bytes stream-ordered in `scratch` (freed when it goes).
+Workspace or_scratch(const Workspace& ws, size_t need, void* stream, std::optional<StreamScratch>& scratch) {
+  if (ws.given) return ws;
+  scratch.emplace(need, stream);
+  return {scratch->get(), need, true};
+}
+#endif
+
 // `need` bytes of workspace are required: the caller's must hold them (`what` names the size query).
 void require_workspace(const Workspace& ws, size_t need, const char* what) {
   scree::require(!ws.given || ws.bytes >= need, ErrorKind::InvalidArgument, [&] {
@@ -166,10 +175,7 @@ void varlen_fwd(const InArray& q_, const InArray& k_, const InArray& v_, const I
     nb::gil_scoped_release release;
     cuda::DeviceGuard guard(q.device_id);
     std::optional<StreamScratch> scratch;
-    if (!ws.given) {
-      scratch.emplace(need, stream_ptr(stream));
-      ws = {scratch->get(), need, true};
-    }
+    ws = or_scratch(ws, need, stream_ptr(stream), scratch);
     attention::varlen_fwd_cuda(p, ws.data, ws.bytes, stream_ptr(stream));  // validates p for the CUDA kernels first
     return;
   }
@@ -233,10 +239,7 @@ void varlen_bwd(const InArray& dout_, const InArray& q_, const InArray& k_, cons
     nb::gil_scoped_release release;
     cuda::DeviceGuard guard(q.device_id);
     std::optional<StreamScratch> scratch;
-    if (!ws.given) {
-      scratch.emplace(need, stream_ptr(stream));
-      ws = {scratch->get(), need, true};
-    }
+    ws = or_scratch(ws, need, stream_ptr(stream), scratch);
     // varlen_bwd_cuda validates p for the CUDA kernels before anything runs.
     attention::varlen_bwd_cuda(p, ws.data, ws.bytes, args.deterministic, stream_ptr(stream));
     return;
