@@ -12,6 +12,7 @@ upwards."""
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 from typing import Any, Callable, Iterator, Protocol
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from scree import _backends
 from scree._errors import ArgumentError, BackendError, ShapeError
-from scree._layout import Layout, host_index
+from scree._layout import Layout, checked_args, checked_length, host_index
 
 __all__ = ["Array", "LayoutOps", "provide_layout_ops"]
 
@@ -78,6 +79,7 @@ class Array:
         if validate:
             self._layout = Layout.validated(ns, offsets, total, max_length)
         else:
+            max_length = checked_args(ns, offsets, max_length)
             host = host_index(ns, offsets) if ns.is_host(offsets) else None
             self._layout = Layout(ns, offsets, total, host, max_length)
         self._values = values
@@ -289,6 +291,12 @@ class Array:
                   max_length: int | None = None) -> tuple[Any, Any]:
         """(padded, mask): padded (n, L, *feature) with L = max_length or the longest sequence,
         mask (n, L) bool, True at tokens. padding_side='left' right-aligns each sequence."""
+        max_length = checked_length(max_length, "max_length", negative_ok=True)
+        length = self._layout.max_length if max_length is None else max_length
+        # XLA aborts the process on a shape whose element count overflows int64 (max_length=2**62)
+        if length is not None and self.num_sequences * length * math.prod(self.feature_shape) >= 1 << 62:
+            raise ArgumentError(f"max_length={length} makes a padded array of {self.num_sequences} x {length} x "
+                                f"{math.prod(self.feature_shape)} elements, more than any framework can hold")
         return _OPS.to_padded(self, pad_value, padding_side, max_length)
 
     def with_values(self, values: Any) -> "Array":

@@ -10,8 +10,8 @@ import numpy as np
 
 from scree import _backends
 from scree._array import Array
-from scree._errors import ArgumentError, DTypeError, RaggedError, ShapeError
-from scree._layout import offsets_from_lengths
+from scree._errors import ArgumentError, BackendError, DTypeError, RaggedError, ShapeError
+from scree._layout import checked_args, offsets_from_lengths
 from scree.kernels import layout
 
 __all__ = ["pack", "unpack", "from_offsets", "from_lengths", "from_cu_seqlens", "from_padded"]
@@ -44,6 +44,7 @@ def from_cu_seqlens(values: Any, cu_seqlens: Any, max_seqlen: int | None = None,
     scree.ArgumentError naming max_seqlen (on a GPU: at the next scree call after the check ran);
     an upper bound is kept, as FlashAttention takes it."""
     if not validate:
+        max_seqlen = checked_args(_backends.of(values), cu_seqlens, max_seqlen, "max_seqlen")
         return Array(values, cu_seqlens, validate=False, max_length=max_seqlen)
     return Array._checked(values, cu_seqlens, max_seqlen, "max_seqlen")
 
@@ -59,6 +60,9 @@ def pack(sequences: Sequence[Any]) -> Array:
     # message only on a mismatch (per-sequence overhead dominated packs of many short sequences).
     kind, dev, dt = type(first), ns.device(first), first.dtype
     if any(type(s) is not kind or ns.device(s) != dev for s in seqs):
+        for i, s in enumerate(seqs):
+            if s is None:  # (common() ignores None, as optional arguments)
+                raise BackendError(f"sequences[{i}] is None; every sequence must be a {ns.name} array")
         _backends.common(**{f"sequences[{i}]": s for i, s in enumerate(seqs)})
     shapes = [tuple(s.shape) for s in seqs]
     feat = shapes[0][1:]

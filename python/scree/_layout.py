@@ -21,6 +21,7 @@ documented synchronisation; it checks them in C++ at the same time."""
 
 from __future__ import annotations
 
+import operator
 import weakref
 from types import ModuleType
 from typing import Any
@@ -62,6 +63,39 @@ def offsets_from_lengths(ns: ModuleType, lengths: Any, like: Any) -> tuple[Any, 
     return ns.from_numpy(host, like=like), host, longest
 
 
+def checked_args(ns: ModuleType, offsets: Any, max_length: Any, name: str = "max_length",
+                 negative_ok: bool = False) -> int | None:
+    """What every Layout needs of its arguments before anything reads the offsets (validate=False
+    included; metadata only, no sync): offsets a 1-D integer array of n+1 >= 1 entries, and
+    max_length None or an int >= 0 (returned as an int). Typed errors naming the argument."""
+    if ns.dtype_name(offsets) not in ("int32", "int64"):
+        raise DTypeError(f"offsets must be int32 or int64, got {ns.dtype_name(offsets)}")
+    shape = ns.shape(offsets)
+    if len(shape) != 1:
+        raise ShapeError(f"offsets must be 1-D (n+1 entries), got {len(shape)}-D with shape {tuple(shape)}")
+    if shape[0] < 1:
+        raise RaggedError("offsets must have at least one element (offsets = [0] describes zero sequences), "
+                          "got an empty array")
+    return checked_length(max_length, name, negative_ok)
+
+
+def checked_length(length: Any, name: str, negative_ok: bool = False) -> int | None:
+    """A length argument (max_length, max_seqlen): None, or an int >= 0 (NumPy ints too, never a
+    bool or a float); ArgumentError naming it otherwise. negative_ok: the caller reports negative
+    values itself (to_padded: "shorter than the longest sequence")."""
+    if length is None:
+        return None
+    if isinstance(length, (bool, np.bool_)):
+        raise ArgumentError(f"{name} must be an int, got {length!r}")
+    try:
+        value = operator.index(length)
+    except TypeError:
+        raise ArgumentError(f"{name} must be an int, got {length!r}") from None
+    if value < 0 and not negative_ok:
+        raise ArgumentError(f"{name} must be >= 0, got {value}")
+    return value
+
+
 def check_max_length(max_length: int | None, longest: int, name: str = "max_length") -> None:
     """A caller's max_length may bound the longest sequence from above, never from below."""
     if max_length is not None and max_length < longest:
@@ -95,21 +129,21 @@ class Layout:
                   name: str = "max_length") -> "Layout":
         """A checked Layout: in C++ at once where the host reads the offsets directly, on the
         device (verdict polled later, no sync) where they live on a GPU."""
+        # (a negative max_length is "smaller than the longest sequence", said below with the longest)
+        max_length = checked_args(ns, offsets, max_length, name, negative_ok=True)
         if ns.host_readable(offsets) or ns.is_traced(offsets):
             host = host_index(ns, offsets)  # traced: UnsupportedError saying how to build it
             _, _, longest = _C.validate_offsets(host, total)
             check_max_length(max_length, longest, name)
             return cls(ns, offsets, total, host, longest if max_length is None else max_length)
+        if max_length is not None and max_length < 0:
+            raise ArgumentError(f"{name}={max_length} must be >= 0")
         version = ns.version(offsets)
         key = None if version is None else (id(offsets), version, total, max_length)
         if key is not None:
             hit = _BY_OFFSETS.get(key)
             if hit is not None and hit.offsets is offsets:  # alive, so its offsets' id was not reused
                 return hit
-        if ns.dtype_name(offsets) not in ("int32", "int64"):
-            raise DTypeError(f"offsets must be int32 or int64, got {ns.dtype_name(offsets)}")
-        if len(ns.shape(offsets)) != 1 or ns.shape(offsets)[0] < 1:
-            raise RaggedError(f"offsets must be a 1-D array of n+1 >= 1 entries, got shape {ns.shape(offsets)}")
         layout = cls(ns, offsets, total, None, max_length)
         check = DeviceCheck(layout, name)
         layout.check = check if check.readback is not None else None

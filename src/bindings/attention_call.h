@@ -8,8 +8,11 @@
 // call) and the CUDA kernels clamp device offsets. No framework header: this file serves both.
 #pragma once
 
+#include <cfloat>
+#include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <string>
 
 #include "scree/attention/params.h"
@@ -93,7 +96,9 @@ inline void require_rows_heads_dim(const ArrayArg& a, const char* dims) {
   require(a.ndim == 3, ErrorKind::ShapeMismatch, [&] {
     return std::string(a.name) + " values must have shape " + dims + ", got " + std::to_string(a.ndim) + "-D";
   });
-  require(a.shape[2] <= 1 || a.stride[2] == 1, ErrorKind::InvalidArgument,
+  // (an array with no element has no layout to speak of: NumPy gives empty ones strides of 0)
+  const bool empty = a.shape[0] == 0 || a.shape[1] == 0 || a.shape[2] == 0;
+  require(empty || a.shape[2] <= 1 || a.stride[2] == 1, ErrorKind::InvalidArgument,
           [&] { return std::string(a.name) + " must have a contiguous last (head_dim) dimension"; });
 }
 
@@ -137,6 +142,29 @@ inline attention::Offsets offsets_arg(const ArrayArg& a, const ArrayArg& q) {
   return {a.data, a.type == ElemType::Int64};
 }
 
+// The kernels compute scores in float32 (float64 for float64 inputs), with q scaled by scale, or by
+// scale / softcap under a cap: those must be finite normal numbers there, or the scores become inf
+// or 0 and the output NaN (scale=1e39 on float32 inputs did). A cap beyond the type's range changes
+// no representable score (cap * tanh(s / cap) == s): it is dropped, which is the exact answer.
+inline void require_in_kernel_range(attention::VarlenParams& p) {
+  const bool f64 = p.dtype == DType::Float64;
+  const double hi = f64 ? DBL_MAX : FLT_MAX, lo = f64 ? DBL_MIN : FLT_MIN;
+  const std::string type = f64 ? "float64" : "float32";
+  auto g = [](double x) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", x);
+    return std::string(buf);
+  };
+  require(std::abs(p.scale) <= hi, ErrorKind::InvalidArgument,
+          [&] { return "scale=" + g(p.scale) + " does not fit the kernels' " + type + " arithmetic"; });
+  if (p.softcap > hi) p.softcap = 0.0;
+  const bool cap_ok = p.softcap == 0.0 || (p.softcap >= lo && std::abs(p.scale / p.softcap) <= hi);
+  require(cap_ok, ErrorKind::InvalidArgument, [&] {
+    return "softcap=" + g(p.softcap) + " with scale=" + g(p.scale) + " does not fit the kernels' " + type +
+           " arithmetic (softcap must be a normal number there, and scale / softcap finite)";
+  });
+}
+
 // The fields forward and backward share: q, k, v, the offsets and the scalars, each checked.
 inline void fill_inputs(attention::VarlenParams& p, const ArrayArg& q, const ArrayArg& k, const ArrayArg& v,
                         const ArrayArg& cu_q, const ArrayArg& cu_k, const AttentionArgs& a) {
@@ -177,8 +205,15 @@ inline void fill_inputs(attention::VarlenParams& p, const ArrayArg& q, const Arr
   p.max_seqlen_q = a.max_seqlen_q, p.max_seqlen_k = a.max_seqlen_k;
   p.heads_q = q.shape[1], p.heads_k = k.shape[1];
   p.head_dim = q.shape[2], p.head_dim_v = v.shape[2];
-  p.scale = a.scale, p.causal = a.causal, p.window_left = a.window_left, p.window_right = a.window_right;
+  p.scale = a.scale, p.causal = a.causal;
   p.softcap = a.softcap;
+  require_in_kernel_range(p);
+  // A window side at least as long as any query-key distance of this call (< total_q + total_k,
+  // bottom-right alignment included) is unbounded; saying so keeps the kernels' position
+  // arithmetic from overflowing on sides near 2^63 (window=(0, 2**63 - 1) returned wrong values).
+  const int64_t reach = q.shape[0] > INT64_MAX - k.shape[0] ? INT64_MAX : q.shape[0] + k.shape[0];
+  p.window_left = a.window_left >= reach ? attention::kUnbounded : a.window_left;
+  p.window_right = a.window_right >= reach ? attention::kUnbounded : a.window_right;
 }
 
 // lse (Hq, Tq) float32, contiguous, with q.

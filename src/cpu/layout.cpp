@@ -2,6 +2,7 @@
 // invariants, explicitly instantiated for int32 and int64 indices.
 #include "scree/layout.h"
 
+#include <cstdint>
 #include <string>
 
 #include "scree/error.h"
@@ -47,6 +48,12 @@ RaggedLayout offsets_from_lengths(const Index* lengths, int64_t n, int64_t strid
     const int64_t len = static_cast<int64_t>(lengths[i * stride]);
     require(len >= 0, ErrorKind::InvalidOffsets,
             [&] { return "lengths must be >= 0: lengths[" + std::to_string(i) + "] = " + std::to_string(len); });
+    // A sum past int64 would wrap (signed overflow is undefined behaviour) into small offsets that
+    // later pass every check: lengths [2^63 - 1, 2^63 - 1, 3] summed to 1.
+    require(len <= INT64_MAX - offsets[i], ErrorKind::InvalidOffsets, [&] {
+      return "lengths overflow int64: their running sum passes 2^63 - 1 at lengths[" + std::to_string(i) + "] = " +
+             std::to_string(len);
+    });
     offsets[i + 1] = offsets[i] + len;
     if (len > layout.max_length) layout.max_length = len;
   }

@@ -203,7 +203,9 @@ def repeat(x: Any, repeats: Any, total: int) -> Any:
 def index_put(dst: Any, index: Any, values: Any) -> Any:
     """dst[index] = values; returns dst (an MLX scatter, differentiable by mx.grad)."""
     index = tuple(index)
-    if index[0].size == 0:  # MLX's scatter rejects empty updates into an empty array
+    # Nothing to write: MLX's scatter rejects empty updates into an empty array, and with a zero-size
+    # feature dimension the evaluated scatter dies with SIGFPE (MLX 0.32) instead of doing nothing.
+    if index[0].size == 0 or values.size == 0:
         return dst
     dst[index] = values
     return dst
@@ -228,8 +230,9 @@ def segment_reduce(values: Any, segment_ids: Any, n: int, op: str) -> Any:
     acc = (mx.float64 if values.dtype == mx.float64 else mx.float32) if floating else mx.int64
 
     def scatter(base: Any, how: str, updates: Any) -> Any:
-        # MLX's scatter rejects empty updates (no tokens): the base is the answer then.
-        return base if segment_ids.size == 0 else getattr(base.at[segment_ids], how)(updates)
+        # MLX's scatter rejects empty updates (no tokens), and dies with SIGFPE on zero-size rows (a
+        # zero-size feature dimension; MLX 0.32): nothing to scatter, the base is the answer then.
+        return base if segment_ids.size == 0 or updates.size == 0 else getattr(base.at[segment_ids], how)(updates)
 
     if op == "sum":
         out = scatter(mx.zeros((n, *feat), dtype=acc), "add", values.astype(acc))

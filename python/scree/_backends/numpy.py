@@ -236,8 +236,10 @@ def swapaxes(x: Any, a: int, b: int) -> np.ndarray:
 
 
 def exportable(x: Any) -> np.ndarray:
-    """x as a DLPack producer for another framework (NumPy arrays already are)."""
-    return x
+    """x as a DLPack producer for another framework: x itself, or a contiguous copy where x has a
+    negative stride (a reversed view: DLPack carries it, but torch aborts the process importing
+    one and other consumers refuse it)."""
+    return x if all(s >= 0 for s in x.strides) else np.ascontiguousarray(x)
 
 
 def to_backend(x: Any, device_: str | None = None) -> np.ndarray:

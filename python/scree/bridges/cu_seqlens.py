@@ -10,7 +10,7 @@ import numpy as np
 from scree import _backends
 from scree._array import Array
 from scree._construct import from_cu_seqlens
-from scree._errors import DTypeError, RaggedError, ShapeError
+from scree._errors import ArgumentError, DTypeError, RaggedError, ShapeError
 from scree._layout import offsets_from_lengths
 
 __all__ = ["to_cu_seqlens", "from_cu_seqlens", "cu_seqlens_from_lengths", "from_position_ids"]
@@ -24,7 +24,9 @@ def to_cu_seqlens(arr: Array) -> tuple[Any, int]:
 def cu_seqlens_from_lengths(lengths: Any) -> tuple[Any, int]:
     """(cu_seqlens int32, max_seqlen) from per-sequence lengths (a native int array of any backend)."""
     ns = _backends.of(lengths)
-    offsets, _, longest = offsets_from_lengths(ns, lengths, like=lengths)
+    offsets, host, longest = offsets_from_lengths(ns, lengths, like=lengths)
+    if host[-1] > np.iinfo(np.int32).max:  # (the cast wrapped silently)
+        raise ArgumentError(f"sum(lengths) = {int(host[-1])} tokens does not fit int32 cu_seqlens")
     return ns.astype(offsets, "int32"), longest
 
 

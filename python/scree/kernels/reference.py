@@ -126,10 +126,16 @@ def from_padded(padded: Any, mask: Any = None, lengths: Any = None, padding_side
 def reduce(arr: Array, op: str) -> Any:
     """Per-sequence 'sum', 'mean' or 'max' over tokens -> (n, *feature)."""
     ns = _backends.of(arr.values)
+    kind = ns.dtype_name(arr.values)
+    if not (ns.is_floating(arr.values) or ns.is_integer(arr.values) or kind == "bool"):
+        # (complex sums came back as int64, silently wrong: NumPy cast them)
+        raise DTypeError(f"{op} needs boolean, integer or floating-point values, got {kind}")
     if op == "mean" and not ns.is_floating(arr.values):
         raise DTypeError(f"mean needs a floating-point dtype, got {ns.dtype_name(arr.values)}")
     if op not in ("sum", "mean", "max"):
         raise ArgumentError(f"reduction must be 'sum', 'mean' or 'max', got {op!r}")
+    if op == "max" and kind == "bool":  # any(); the backends' max needs an integer's lowest value
+        return ns.segment_reduce(ns.astype(arr.values, "int8"), segment_ids(arr), arr.num_sequences, "max") > 0
     return ns.segment_reduce(arr.values, segment_ids(arr), arr.num_sequences, op)
 
 
