@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from scree import _backends
+from scree import _C, _backends
 from scree._errors import ArgumentError, BackendError, ShapeError
 from scree._layout import Layout, checked_args, checked_length, host_index
 
@@ -81,7 +81,11 @@ class Array:
         else:
             max_length = checked_args(ns, offsets, max_length)
             host = host_index(ns, offsets) if ns.is_host(offsets) else None
+            if not ns.safe_indexing and ns.host_readable(offsets) and not ns.is_traced(offsets):
+                # the framework's own ops could not be trusted with bad offsets: checked anyway
+                _C.validate_offsets(host_index(ns, offsets) if host is None else host, total)
             self._layout = Layout(ns, offsets, total, host, max_length)
+            self._layout.unchecked = host is not None
         self._values = values
 
     @classmethod

@@ -106,7 +106,7 @@ class Layout:
     """Offsets (n+1, native, on the values' device) and what derives from them (see the module)."""
 
     __slots__ = ("ns", "offsets", "total", "host", "max_length", "cu32", "plans", "check", "device_summary",
-                 "__weakref__")
+                 "unchecked", "__weakref__")
 
     def __init__(self, ns: ModuleType, offsets: Any, total: int, host: np.ndarray | None = None,
                  max_length: int | None = None):
@@ -123,6 +123,10 @@ class Layout:
         # kernels read the exact max_length from it before the host knows it. Kept as long as the
         # Layout (a kernel enqueued earlier on the stream may still read it).
         self.device_summary: Any = None
+        # Host offsets of an Array made with validate=False: checked in C++ the first time anything
+        # reads them (host_offsets), so an operation raises RaggedError before it allocates from
+        # or indexes with them (a lying offsets[-1] made to_padded try to allocate 16 TiB).
+        self.unchecked = False
 
     @classmethod
     def validated(cls, ns: ModuleType, offsets: Any, total: int, max_length: int | None = None,
@@ -153,6 +157,9 @@ class Layout:
 
     def host_offsets(self) -> np.ndarray:
         """The host int64 offsets, copied from the device once (the documented sync) and checked."""
+        if self.unchecked:
+            _C.validate_offsets(self.host, self.total)
+            self.unchecked = False
         if self.host is None:
             host = host_index(self.ns, self.offsets)
             check = self.check

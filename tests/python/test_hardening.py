@@ -171,3 +171,34 @@ def test_cu_seqlens_from_lengths_past_int32_raises():
     from scree.bridges import cu_seqlens_from_lengths
     with pytest.raises(scree.ArgumentError, match="int32"):
         cu_seqlens_from_lengths(np.array([2**31, 5]))
+
+
+@pytest.mark.parametrize("offsets", [[3, 1, 5], [0, 2, 2**40], [-5, 5], [0, 2**62, 5]])
+@pytest.mark.parametrize("op", ["to_padded", "concat", "unpack", "sum"])
+def test_validate_false_bad_offsets_never_crash(offsets, op):
+    """validate=False with lying host offsets: MLX's scatter has no bounds checks (segfaults), and
+    NumPy/torch allocated from offsets[-1] (16 TiB) before the kernels re-checked them. Now a
+    RaggedError on every backend (MLX: at construction; others: at the first use)."""
+    backends = ["numpy", "torch", "mlx"]
+    code = f"""
+        import numpy as np, scree
+        for fw in {backends!r}:
+            try:
+                if fw == "torch":
+                    import torch; mk, V = (lambda o: torch.tensor(o)), torch.ones(5, 2)
+                elif fw == "mlx":
+                    import mlx.core as mx; mk, V = (lambda o: mx.array(np.array(o))), mx.ones((5, 2))
+                else:
+                    mk, V = np.array, np.ones((5, 2), np.float32)
+            except ImportError:
+                continue
+            try:
+                a = scree.Array(V, mk({offsets!r}), validate=False)
+                {{"to_padded": lambda: a.to_padded(), "concat": lambda: scree.concat_sequences([a, a]),
+                  "unpack": lambda: a.unpack(), "sum": lambda: a.sum()}}["{op}"]()
+                print(fw, "no error")
+            except scree.RaggedError:
+                print(fw, "RaggedError")
+    """
+    out = assert_child_ok(code)
+    assert all(line.endswith("RaggedError") for line in out.split("\n") if line), out

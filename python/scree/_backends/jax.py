@@ -28,6 +28,7 @@ from scree._errors import BackendError, UnsupportedError
 
 name = "jax"
 Array = jax.Array
+safe_indexing = True  # (XLA clamps)
 
 _NAMES = ("bool", "int8", "int16", "int32", "int64", "uint8", "float16", "bfloat16", "float32", "float64")
 

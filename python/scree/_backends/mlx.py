@@ -21,6 +21,7 @@ from scree._errors import BackendError
 
 name = "mlx"
 Array = mx.array
+safe_indexing = False  # (no bounds checks: out-of-range scatter indices segfaulted (MLX 0.32))
 
 _DTYPES = {
     "bool": mx.bool_, "int8": mx.int8, "int16": mx.int16, "int32": mx.int32, "int64": mx.int64,

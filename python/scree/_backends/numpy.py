@@ -11,6 +11,7 @@ from scree._backends.protocol import Landed
 
 name = "numpy"
 Array = np.ndarray
+safe_indexing = True  # (IndexError)
 
 _DTYPES = {
     "bool": np.bool_, "int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64,

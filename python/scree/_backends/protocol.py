@@ -32,6 +32,10 @@ class Readback(Protocol):
 class Backend(Protocol):
     name: str
     Array: type
+    # Whether the framework's gather and scatter keep out-of-range indices inside the arrays (raise
+    # or clamp): where not (MLX), Arrays made with validate=False over host-readable offsets are
+    # still checked, since the framework ops would read or write out of bounds (a segfault).
+    safe_indexing: bool
 
     # ---- what an array is and where it lives ---------------------------------------------------
     def owns(self, x: Any) -> bool:

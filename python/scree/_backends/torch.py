@@ -15,6 +15,7 @@ from scree._backends.protocol import Landed
 
 name = "torch"
 Array = torch.Tensor
+safe_indexing = True  # (IndexError; device-side asserts on CUDA)
 
 _DTYPES = {
     "bool": torch.bool, "int8": torch.int8, "int16": torch.int16, "int32": torch.int32,
