@@ -140,7 +140,10 @@ class Array:
     @property
     def offsets(self) -> Any:
         """The offsets (n+1), as given (int32 or int64), on the values' device."""
-        return self._offsets
+        lay = self._layout
+        if lay.unchecked:  # validate=False host offsets: checked before anything computes with them
+            lay.host_offsets()
+        return lay.offsets
 
     @property
     def host_offsets(self) -> np.ndarray:

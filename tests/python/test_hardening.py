@@ -202,3 +202,28 @@ def test_validate_false_bad_offsets_never_crash(offsets, op):
     """
     out = assert_child_ok(code)
     assert all(line.endswith("RaggedError") for line in out.split("\n") if line), out
+
+
+def test_fuzz_found_crashes():
+    """Found by tools/fuzz (seed 0): a reversed MLX view to torch (abort in torch's DLPack import),
+    and torch reductions over lying validate=False offsets with zero-size values (segfault in
+    repeat_interleave: the reference path never read host_offsets, so nothing re-checked them)."""
+    pytest.importorskip("torch")
+    out = assert_child_ok("""
+        import numpy as np, scree, torch
+        try:
+            import mlx.core as mx
+            a = scree.from_offsets(mx.arange(6).reshape(3, 2)[::-1], mx.array([0, 1, 3]))
+            assert a.to("torch").values.tolist() == [[4, 5], [2, 3], [0, 1]]
+        except ImportError:
+            pass
+        for values, offsets, op in ((torch.zeros(9, 0, dtype=torch.uint64), [0, 2147483646, 9], "max"),
+                                    (torch.zeros(0, dtype=torch.uint32), [0, 2147483647, 0], "sum")):
+            a = scree.from_offsets(values, torch.tensor(offsets), validate=False)
+            try:
+                getattr(a, op)()
+                print("no error")
+            except scree.RaggedError:
+                print("RaggedError")
+    """)
+    assert out.split() == ["RaggedError", "RaggedError"]

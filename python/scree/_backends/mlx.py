@@ -280,8 +280,9 @@ def swapaxes(x: Any, a: int, b: int) -> Any:
 
 # ---- moving between frameworks ----------------------------------------------------------------
 def exportable(x: Any) -> Any:
-    """x as a DLPack producer for another framework (evaluated on export)."""
-    return x
+    """x as a DLPack producer for another framework (evaluated on export), made contiguous: a view
+    such as x[::-1] exports negative strides, on which torch's DLPack import aborts the process."""
+    return mx.contiguous(x)
 
 
 def to_backend(x: Any, device_: str | None = None) -> Any:
