@@ -48,6 +48,8 @@ def offsets_from_lengths(ns: ModuleType, lengths: Any, like: Any) -> tuple[Any, 
     if ns.owns(lengths):
         if not ns.is_integer(lengths):
             raise DTypeError(f"lengths must be integers, got {ns.dtype_name(lengths)}")
+        if len(ns.shape(lengths)) != 1:  # (to_numpy may hand back a 0-d array as 1-d)
+            raise ShapeError(f"lengths must be 1-D, got shape {tuple(ns.shape(lengths))}")
         lengths_host = ns.to_numpy(lengths)
     else:
         lengths_host = np.asarray(lengths)
@@ -55,9 +57,9 @@ def offsets_from_lengths(ns: ModuleType, lengths: Any, like: Any) -> tuple[Any, 
             lengths_host = lengths_host.astype(np.int64)
         if not np.issubdtype(lengths_host.dtype, np.integer):
             raise DTypeError(f"lengths must be integers, got {lengths_host.dtype}")
+    if np.ndim(lengths_host) != 1:  # (before ascontiguousarray, which makes a 0-d array 1-d)
+        raise ShapeError(f"lengths must be 1-D, got shape {np.shape(lengths_host)}")
     lengths_host = np.ascontiguousarray(lengths_host, dtype=np.int64)
-    if lengths_host.ndim != 1:
-        raise ShapeError(f"lengths must be 1-D, got shape {lengths_host.shape}")
     host = np.empty(len(lengths_host) + 1, dtype=np.int64)
     longest = _C.offsets_from_lengths(lengths_host, host)
     return ns.from_numpy(host, like=like), host, longest

@@ -227,3 +227,12 @@ def test_fuzz_found_crashes():
                 print("RaggedError")
     """)
     assert out.split() == ["RaggedError", "RaggedError"]
+
+
+def test_zero_d_lengths_raise():
+    """A 0-d lengths array was taken as one length (np.ascontiguousarray makes it 1-d); found by tools/fuzz."""
+    from scree.bridges import cu_seqlens_from_lengths
+    with pytest.raises(scree.ShapeError, match="1-D"):
+        scree.from_lengths(np.ones((3, 2)), np.array(3))
+    with pytest.raises(scree.ShapeError, match="1-D"):
+        cu_seqlens_from_lengths(np.array(3))
