@@ -18,9 +18,9 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from scree import _C, _backends
+from scree import _backends
 from scree._errors import ArgumentError, BackendError, ShapeError
-from scree._layout import Layout, checked_args, checked_length, host_index
+from scree._layout import Layout, checked_length
 
 __all__ = ["Array", "LayoutOps", "provide_layout_ops"]
 
@@ -48,6 +48,13 @@ def provide_layout_ops(ops: LayoutOps) -> None:
     _OPS = ops
 
 
+def _as_native_offsets(ns: ModuleType, offsets: Any, like: Any) -> Any:
+    """Offsets given as a Python list or tuple, as an array of the values' backend and device."""
+    if isinstance(offsets, (list, tuple)):
+        return ns.asarray(offsets, dtype="int64" if len(offsets) == 0 else None, like=like)
+    return offsets
+
+
 class Array:
     """A batch of variable-length sequences stored packed.
 
@@ -70,8 +77,7 @@ class Array:
 
     def __init__(self, values: Any, offsets: Any, *, validate: bool = True, max_length: int | None = None):
         ns = _backends.of(values)
-        if isinstance(offsets, (list, tuple)):
-            offsets = ns.asarray(offsets, dtype="int64" if len(offsets) == 0 else None, like=values)
+        offsets = _as_native_offsets(ns, offsets, values)
         _backends.common(values=values, offsets=offsets)
         if len(ns.shape(values)) < 1:
             raise ShapeError("values must have at least one dimension (total, *feature), got a 0-D array")
@@ -79,13 +85,7 @@ class Array:
         if validate:
             self._layout = Layout.validated(ns, offsets, total, max_length)
         else:
-            max_length = checked_args(ns, offsets, max_length)
-            host = host_index(ns, offsets) if ns.is_host(offsets) else None
-            if not ns.safe_indexing and ns.host_readable(offsets) and not ns.is_traced(offsets):
-                # the framework's own ops could not be trusted with bad offsets: checked anyway
-                _C.validate_offsets(host_index(ns, offsets) if host is None else host, total)
-            self._layout = Layout(ns, offsets, total, host, max_length)
-            self._layout.unchecked = host is not None
+            self._layout = Layout.unvalidated(ns, offsets, total, max_length)
         self._values = values
 
     @classmethod
@@ -109,6 +109,15 @@ class Array:
         if len(ns.shape(values)) < 1:
             raise ShapeError("values must have at least one dimension (total, *feature), got a 0-D array")
         return cls._over(values, Layout.validated(ns, offsets, ns.shape(values)[0], max_length, name))
+
+    @classmethod
+    def _unchecked(cls, values: Any, offsets: Any, max_length: int | None, name: str) -> "Array":
+        """As Array(values, offsets, validate=False), a bad max_length named `name` in the error."""
+        offsets = _as_native_offsets(_backends.of(values), offsets, values)
+        ns = _backends.common(values=values, offsets=offsets)
+        if len(ns.shape(values)) < 1:
+            raise ShapeError("values must have at least one dimension (total, *feature), got a 0-D array")
+        return cls._over(values, Layout.unvalidated(ns, offsets, ns.shape(values)[0], max_length, name))
 
     @classmethod
     def _unflattened(cls, values: Any, offsets: Any) -> "Array":

@@ -11,7 +11,7 @@ import numpy as np
 from scree import _backends
 from scree._array import Array
 from scree._errors import ArgumentError, BackendError, DTypeError, RaggedError, ShapeError
-from scree._layout import checked_args, offsets_from_lengths
+from scree._layout import offsets_from_lengths
 from scree.kernels import layout
 
 __all__ = ["pack", "unpack", "from_offsets", "from_lengths", "from_cu_seqlens", "from_padded"]
@@ -44,8 +44,7 @@ def from_cu_seqlens(values: Any, cu_seqlens: Any, max_seqlen: int | None = None,
     scree.ArgumentError naming max_seqlen (on a GPU: at the next scree call after the check ran);
     an upper bound is kept, as FlashAttention takes it."""
     if not validate:
-        max_seqlen = checked_args(_backends.of(values), cu_seqlens, max_seqlen, "max_seqlen")
-        return Array(values, cu_seqlens, validate=False, max_length=max_seqlen)
+        return Array._unchecked(values, cu_seqlens, max_seqlen, "max_seqlen")
     return Array._checked(values, cu_seqlens, max_seqlen, "max_seqlen")
 
 

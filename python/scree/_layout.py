@@ -157,6 +157,20 @@ class Layout:
             _BY_OFFSETS[key] = layout
         return layout
 
+    @classmethod
+    def unvalidated(cls, ns: ModuleType, offsets: Any, total: int, max_length: Any = None,
+                    name: str = "max_length") -> "Layout":
+        """The Layout of validate=False: the arguments' metadata checked, the offsets' values not
+        (host offsets: at their first use, see `unchecked`), except where the framework's own ops
+        would index out of bounds with bad ones (MLX: checked here)."""
+        max_length = checked_args(ns, offsets, max_length, name)
+        host = host_index(ns, offsets) if ns.is_host(offsets) else None
+        if not ns.safe_indexing and ns.host_readable(offsets) and not ns.is_traced(offsets):
+            _C.validate_offsets(host_index(ns, offsets) if host is None else host, total)
+        layout = cls(ns, offsets, total, host, max_length)
+        layout.unchecked = host is not None
+        return layout
+
     def host_offsets(self) -> np.ndarray:
         """The host int64 offsets, copied from the device once (the documented sync) and checked."""
         if self.unchecked:
