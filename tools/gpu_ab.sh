@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Kernel experiments in one GPU call: builds benchmarks/cuda/time_kernels once per variant (each a
-# set of compile-time switches, e.g. -DSCREE_SM90_BLOCK_N=176), in parallel, then times every
-# variant on the same card, one after another, so their numbers compare. Optionally profiles the
-# first variant with Nsight Compute (PROFILE="workload name"). Writes OUTDIR/ab.txt (the timings),
-# OUTDIR/build-NAME.log and OUTDIR/ncu.txt.
+# set of compile-time switches, e.g. -DSCREE_SM90_BLOCK_N=176, and optionally another source tree,
+# e.g. an older commit's `git archive` carried in an excluded folder), in parallel, then times every
+# variant on the same card, one after another, so their numbers compare. Optionally runs the first
+# variant's CUDA gtest (AB_TEST=1: the kernels against the fp64 CPU oracle) and profiles the first
+# variant's kernel with Nsight Compute (PROFILE="workload name"). Writes OUTDIR/ab.txt (timings and
+# test result), OUTDIR/build-NAME.log, OUTDIR/ncu.txt (the sections) and OUTDIR/ncu_sass.csv (per
+# SASS instruction: executions and warp stall samples, to see where the warps wait).
 #
-#   usage: tools/gpu_ab.sh OUTDIR "name:-DFLAG=1 -DOTHER=2" "base:" ...
+#   usage: tools/gpu_ab.sh OUTDIR "name:-DFLAG=1 -DOTHER=2" "base@.abold:" ...   (name[@SRCDIR]:flags)
 #   environment: AB_HEADDIMS (default 128), AB_DTYPES (bf16), AB_ARCHS (90a),
-#                AB_WORKLOADS (time_kernels filters, default "d128"), PROFILE (a workload to profile)
+#                AB_WORKLOADS (time_kernels filters, default "d128"), AB_TEST (1: run the gtest),
+#                PROFILE (a workload to profile), PROFILE_KERNEL (kernel name regex, varlen_fwd_sm90)
 set -uo pipefail
 out=${1:?usage: tools/gpu_ab.sh OUTDIR name:flags ...}
 shift
@@ -18,15 +22,20 @@ read -r -a workloads <<<"${AB_WORKLOADS:-d128}"
 names=()
 declare -A flags_of
 for spec in "$@"; do
-  name=${spec%%:*}
+  head=${spec%%:*}
   flags=${spec#*:}
+  name=${head%%@*}
+  src=.
+  [ "$head" != "$name" ] && src=${head#*@}
   names+=("$name")
-  flags_of[$name]=$flags
+  flags_of[$name]="$src $flags"
+  targets=(scree_time_kernels)
+  [ "${AB_TEST:-}" = 1 ] && [ ${#names[@]} = 1 ] && targets+=(scree_cuda_tests)
   (
-    cmake -S . -B "build/ab-$name" -G Ninja -DSCREE_BUILD_TESTS=ON -DSCREE_CUDA=ON \
+    cmake -S "$src" -B "build/ab-$name" -G Ninja -DSCREE_BUILD_TESTS=ON -DSCREE_CUDA=ON \
       -DSCREE_CUDA_ARCHS="${AB_ARCHS:-90a}" -DSCREE_HEADDIMS="${AB_HEADDIMS:-128}" \
       -DSCREE_CUDA_DTYPES="${AB_DTYPES:-bf16}" -DCMAKE_CUDA_FLAGS="$flags" &&
-      cmake --build "build/ab-$name" --target scree_time_kernels
+      cmake --build "build/ab-$name" --target "${targets[@]}"
   ) >"$out/build-$name.log" 2>&1 &
 done
 wait
@@ -40,10 +49,17 @@ for name in "${names[@]}"; do
     tail -20 "$out/build-$name.log"
   fi
 done
+if [ "${AB_TEST:-}" = 1 ]; then
+  echo "== gtest ${names[0]}" | tee -a "$out/ab.txt"
+  timeout 300 "build/ab-${names[0]}/tests/cpp/scree_cuda_tests" 2>&1 | grep -E "^\[  (PASSED|FAILED) |FAILED|Failure" \
+    | head -30 | tee -a "$out/ab.txt"
+fi
 if [ -n "${PROFILE:-}" ] && command -v ncu >/dev/null; then
-  timeout 200 ncu --kernel-name regex:varlen_fwd_sm90 --launch-skip 3 --launch-count 1 \
-    --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section Occupancy \
-    --section ComputeWorkloadAnalysis --section SourceCounters \
-    "build/ab-${names[0]}/tests/cpp/scree_time_kernels" "$PROFILE" >"$out/ncu.txt" 2>&1
+  timeout 240 ncu --clock-control none --kernel-name "regex:${PROFILE_KERNEL:-varlen_fwd_sm90}" --launch-skip 3 \
+    --launch-count 1 --set full --import-source no -o "$out/prof" \
+    "build/ab-${names[0]}/tests/cpp/scree_time_kernels" "$PROFILE" >"$out/ncu_run.txt" 2>&1
+  ncu -i "$out/prof.ncu-rep" --page details >"$out/ncu.txt" 2>&1
+  ncu -i "$out/prof.ncu-rep" --page source --csv --print-source sass >"$out/ncu_sass.csv" 2>&1
+  rm -f "$out/prof.ncu-rep"
   grep -E "Issue Slots|Eligible|No Eligible|Stall|stall|Warp Cycles|Duration|Tensor|Pipe" "$out/ncu.txt" | head -40
 fi
