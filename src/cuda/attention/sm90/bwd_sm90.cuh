@@ -18,7 +18,8 @@
 // dQ by the postprocess. Deterministic mode orders the dQ additions of the key tiles of one query
 // block by the schedule (a per-block counter in global memory; each add is released when the next
 // one is issued, so its completion overlaps a step of work), so the sums are the same bits on
-// every run. Rows past a sequence's end read the neighbours' tokens or TMA's zeros: their P and dS
+// every run; its tile order puts tile indices outermost (TileOrder::tiles_outermost), so the
+// tiles whose adds wait for each other run a wave apart. Rows past a sequence's end read the neighbours' tokens or TMA's zeros: their P and dS
 // are set to 0 (a select, never a product, so non-finite neighbours cannot leak into P or dS).
 #pragma once
 
@@ -181,7 +182,8 @@ __global__ void __launch_bounds__(384, 1)
   // The order over the true maximum key length the preprocess found (a loose host bound would
   // otherwise cost a counter round trip per empty tile).
   const int group = int(p.heads_q / p.heads_k);
-  const TileOrder order{p.num_sequences, (int64_t(ws.header->max_seqlen_k) + kN - 1) / kN, p.heads_k, !p.causal};
+  const TileOrder order{p.num_sequences, (int64_t(ws.header->max_seqlen_k) + kN - 1) / kN, p.heads_k, !p.causal,
+                        deterministic};
   const int64_t tiles = order.count();
 
   const int wg = threadIdx.x / 128;

@@ -11,6 +11,10 @@
 // them the costliest; the non-causal backward, where every key tile of a sequence costs its query
 // length); ascending for the causal backward, where key tile 0 sees every query and is the
 // costliest of its sequence. Tiles past a sequence's end are skipped by the caller.
+// `tiles_outermost` (the deterministic backward): tile index, then head, then sequence, so the key
+// tiles of one (sequence, head), whose dQ adds must follow each other, run a wave apart instead of
+// side by side (side by side, each waited a global-memory round trip for its neighbour every step:
+// 5x slower than the default order on mixed lengths, NOTES.md).
 #pragma once
 
 #include <cstdint>
@@ -20,14 +24,24 @@ namespace scree::cuda_attention::sm90 {
 struct TileOrder {
   int64_t sequences, tiles, heads;  // tiles: per sequence, ceil(max length / tile)
   bool descending;
+  bool tiles_outermost = false;
   __device__ __forceinline__ int64_t count() const { return sequences * tiles * heads; }
   __device__ __forceinline__ void at(int64_t t, int64_t& b, int& tile, int& h) const {
-    const int64_t per_head = sequences * tiles;
-    h = int(t / per_head);
-    const int64_t r = t % per_head;
-    const int i = int(r / sequences);
+    int i;
+    if (tiles_outermost) {
+      const int64_t per_tile = sequences * heads;
+      i = int(t / per_tile);
+      const int64_t r = t % per_tile;
+      h = int(r / sequences);
+      b = r % sequences;
+    } else {
+      const int64_t per_head = sequences * tiles;
+      h = int(t / per_head);
+      const int64_t r = t % per_head;
+      i = int(r / sequences);
+      b = r % sequences;
+    }
     tile = descending ? int(tiles - 1 - i) : i;
-    b = r % sequences;
   }
 };
 
