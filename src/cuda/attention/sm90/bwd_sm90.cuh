@@ -329,9 +329,12 @@ __global__ void __launch_bounds__(384, 1)
 
       int h = 0, mb = 0;  // the step whose dQ is in flight
       for (int step = 0; step < x.steps; ++step, ++step_count) {
+        // (h, mb) of this step, advanced from the last: the division step / mb_blocks cost ~30
+        // dependent instructions (~5% of the warps' stall samples, ncu) ahead of every S^T.
         const int h_prev = h, mb_prev = mb;
-        h = x.hk * group + step / x.mb_blocks;
-        mb = x.mb_begin + step % x.mb_blocks;
+        const bool next_head = step > 0 && mb + 1 == x.mb_begin + x.mb_blocks;
+        h = step == 0 ? x.hk * group : h + int(next_head);
+        mb = step == 0 || next_head ? x.mb_begin : mb + 1;
         const int m0 = mb * kM;
         const bool full = keys_full && last_key.lo <= m0 && first_key.hi >= m0 + kM;
         typename Smem::Stage& st = sm.stage[qs.index];
