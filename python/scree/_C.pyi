@@ -137,9 +137,10 @@ def cuda_head_dims() -> list[int]:
 
 def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], out: NDArray, lse: NDArray | None, args: AttentionArgs, workspace: NDArray | None = None, q_summary: Annotated[NDArray, dict(writable=False)] | None = None, stream: int = 0) -> None:
     """
-    Varlen attention forward into out (Tq, Hq, Dv) and lse (Hq, Tq) float32 (optional).
-    All arrays on one device: the CPU, or one CUDA GPU (float16/bfloat16; launched on `stream`,
-    a cudaStream_t as an int, 0 = legacy default stream). cu_seqlens are int32/int64 (n+1) on
+    Varlen attention forward into out (Tq, Hq, Dv) and lse (Hq, Tq) float32 (optional; float64
+    inputs take a float64 lse, or a float32 one that rounds it). All arrays on one device: the
+    CPU, or one CUDA GPU (float16/bfloat16; launched on `stream`, a cudaStream_t as an int,
+    0 = legacy default stream). cu_seqlens are int32/int64 (n+1) on
     that device; `args` (AttentionArgs) holds the scalars. On CUDA, `workspace` (contiguous, on
     the same GPU, 16-byte aligned) holds cuda_fwd_workspace_bytes() bytes (None: allocated
     stream-ordered with cudaMallocAsync, slower). `q_summary` (CUDA, optional): the device check's
@@ -164,7 +165,8 @@ def cuda_bwd_workspace_bytes(total_q: int, heads_q: int, head_dim: int, determin
 
 def varlen_bwd(dout: Annotated[NDArray, dict(writable=False)], q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], out: Annotated[NDArray, dict(writable=False)], lse: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], dq: NDArray, dk: NDArray, dv: NDArray, args: AttentionArgs, workspace: NDArray | None = None, stream: int = 0) -> None:
     """
-    Varlen attention backward: dq, dk, dv from dout, the forward's out and lse.
+    Varlen attention backward: dq, dk, dv from dout, the forward's out and lse (float32, or
+    float64 for float64 inputs).
     On CUDA, `workspace` (contiguous, on the same GPU, 16-byte aligned) must hold at least
     varlen_bwd_workspace_bytes(...) bytes (None: allocated stream-ordered with cudaMallocAsync);
     args.deterministic makes dq bit-reproducible there (the CPU backward always is).

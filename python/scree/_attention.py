@@ -24,9 +24,10 @@ def varlen_attention(q: Array, k: Array, v: Array, causal: bool = False, scale: 
 
     q (Tq, Hq, D), k (Tk, Hk, D), v (Tk, Hk, Dv) Arrays with the same number of sequences,
     Hq % Hk == 0 (GQA/MQA). Causal is bottom-right aligned when a sequence's q and k lengths
-    differ; window=(left, right) is a sliding window (None/-1: unbounded side); softcap applies
-    softcap*tanh(s/softcap). A query row that sees no key outputs 0 with lse = -inf. Returns an
-    Array with q's offsets and values (Tq, Hq, Dv), and lse (Hq, Tq) float32 when return_lse.
+    differ; window=(left, right) is a sliding window (ints >= 0; None/-1: unbounded side, as is any
+    side at least Tq + Tk long, however large); softcap applies softcap*tanh(s/softcap). A query row
+    that sees no key outputs 0 with lse = -inf. Returns an Array with q's offsets and values
+    (Tq, Hq, Dv), and lse (Hq, Tq) when return_lse: float32, float64 for float64 inputs.
     Gradients flow through the framework's autograd (torch autograd, jax.grad, mx.grad) to q, k, v.
 
     deterministic: whether the backward must give the same bits on every run (only the CUDA
@@ -59,7 +60,9 @@ def varlen_attention_backward(dout: Any, q: Array, k: Array, v: Array, out: Arra
                               deterministic: bool | None = None) -> tuple[Array, Array, Array]:
     """Gradients (dq, dk, dv) as Arrays, for frameworks without autograd (NumPy): `dout` is the
     gradient of the output (an Array or values (Tq, Hq, Dv)), `out` and `lse` what the forward
-    returned with the same options; `deterministic` as in varlen_attention."""
+    returned with the same options (lse float32, or float64 for float64 inputs: the float64
+    backward recomputes the softmax statistics, so a float32 lse gives it the same gradients);
+    `deterministic` as in varlen_attention."""
     spec = attention_spec(q, k, v, causal, scale, window, softcap, deterministic)
     B = spec.ns
     d = dout.values if isinstance(dout, Array) else dout

@@ -330,9 +330,10 @@ void register_attention(nb::module_& m) {
   m.def("varlen_fwd", &varlen_fwd, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("cu_seqlens_q"),
         nb::arg("cu_seqlens_k"), nb::arg("out"), nb::arg("lse").none(), nb::arg("args"),
         nb::arg("workspace").none() = nb::none(), nb::arg("q_summary").none() = nb::none(), nb::arg("stream") = 0,
-        "Varlen attention forward into out (Tq, Hq, Dv) and lse (Hq, Tq) float32 (optional).\n"
-        "All arrays on one device: the CPU, or one CUDA GPU (float16/bfloat16; launched on `stream`,\n"
-        "a cudaStream_t as an int, 0 = legacy default stream). cu_seqlens are int32/int64 (n+1) on\n"
+        "Varlen attention forward into out (Tq, Hq, Dv) and lse (Hq, Tq) float32 (optional; float64\n"
+        "inputs take a float64 lse, or a float32 one that rounds it). All arrays on one device: the\n"
+        "CPU, or one CUDA GPU (float16/bfloat16; launched on `stream`, a cudaStream_t as an int,\n"
+        "0 = legacy default stream). cu_seqlens are int32/int64 (n+1) on\n"
         "that device; `args` (AttentionArgs) holds the scalars. On CUDA, `workspace` (contiguous, on\n"
         "the same GPU, 16-byte aligned) holds cuda_fwd_workspace_bytes() bytes (None: allocated\n"
         "stream-ordered with cudaMallocAsync, slower). `q_summary` (CUDA, optional): the device check's\n"
@@ -349,7 +350,8 @@ void register_attention(nb::module_& m) {
   m.def("varlen_bwd", &varlen_bwd, nb::arg("dout"), nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"),
         nb::arg("lse"), nb::arg("cu_seqlens_q"), nb::arg("cu_seqlens_k"), nb::arg("dq"), nb::arg("dk"),
         nb::arg("dv"), nb::arg("args"), nb::arg("workspace").none() = nb::none(), nb::arg("stream") = 0,
-        "Varlen attention backward: dq, dk, dv from dout, the forward's out and lse.\n"
+        "Varlen attention backward: dq, dk, dv from dout, the forward's out and lse (float32, or\n"
+        "float64 for float64 inputs).\n"
         "On CUDA, `workspace` (contiguous, on the same GPU, 16-byte aligned) must hold at least\n"
         "varlen_bwd_workspace_bytes(...) bytes (None: allocated stream-ordered with cudaMallocAsync);\n"
         "args.deterministic makes dq bit-reproducible there (the CPU backward always is).");

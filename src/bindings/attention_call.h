@@ -216,11 +216,15 @@ inline void fill_inputs(attention::VarlenParams& p, const ArrayArg& q, const Arr
   p.window_right = a.window_right >= reach ? attention::kUnbounded : a.window_right;
 }
 
-// lse (Hq, Tq) float32, contiguous, with q.
+// lse (Hq, Tq) float32, or float64 for float64 inputs (what scree's glue allocates for them: an
+// fp32 lse of fp64 inputs loses their precision), contiguous, with q.
 inline void require_lse(const ArrayArg& lse, const ArrayArg& q, int64_t hq, int64_t tq) {
   require_with_q(lse, q);
-  require(lse.type == ElemType::Float32, ErrorKind::DTypeMismatch,
-          [&] { return std::string(lse.name) + " must be float32, got " + type_name(lse); });
+  const bool f64 = q.type == ElemType::Float64;
+  require(lse.type == ElemType::Float32 || (f64 && lse.type == ElemType::Float64), ErrorKind::DTypeMismatch, [&] {
+    return std::string(lse.name) + (f64 ? " must be float64 (or float32) for float64 inputs, got "
+                                        : " must be float32, got ") + type_name(lse);
+  });
   require(lse.ndim == 2 && lse.shape[0] == hq && lse.shape[1] == tq, ErrorKind::ShapeMismatch, [&] {
     return std::string(lse.name) + " must have shape (Hq, Tq) = (" + std::to_string(hq) + ", " + std::to_string(tq) +
            ")";
@@ -239,7 +243,7 @@ inline void require_like_q(const ArrayArg& a, const ArrayArg& q, int64_t d0, int
   require_dims(a, d0, d1, d2);
 }
 
-// Forward outputs: out (Tq, Hq, Dv) and, when given, lse (Hq, Tq) float32.
+// Forward outputs: out (Tq, Hq, Dv) and, when given, lse (Hq, Tq) float32 (or float64, see require_lse).
 inline void fill_forward_outputs(attention::VarlenParams& p, const ArrayArg& q, const ArrayArg& out,
                                  const ArrayArg* lse) {
   require_like_q(out, q, p.total_q, p.heads_q, p.head_dim_v);
@@ -247,7 +251,10 @@ inline void fill_forward_outputs(attention::VarlenParams& p, const ArrayArg& q, 
   p.out_row_stride = out.stride[0], p.out_head_stride = out.stride[1];
   if (lse != nullptr) {
     require_lse(*lse, q, p.heads_q, p.total_q);
-    p.lse = static_cast<float*>(lse->data);
+    if (lse->type == ElemType::Float64)
+      p.lse64 = static_cast<double*>(lse->data);
+    else
+      p.lse = static_cast<float*>(lse->data);
   }
 }
 
@@ -264,7 +271,10 @@ inline void fill_backward(attention::VarlenBackwardParams& p, const ArrayArg& q,
   p.out = out.data;  // read only in the backward
   p.out_row_stride = out.stride[0], p.out_head_stride = out.stride[1];
   p.dout = dout.data, p.dout_row_stride = dout.stride[0], p.dout_head_stride = dout.stride[1];
-  p.lse_in = static_cast<const float*>(lse.data);
+  if (lse.type == ElemType::Float64)
+    p.lse_in64 = static_cast<const double*>(lse.data);
+  else
+    p.lse_in = static_cast<const float*>(lse.data);
   p.dq = dq.data, p.dq_row_stride = dq.stride[0], p.dq_head_stride = dq.stride[1];
   p.dk = dk.data, p.dk_row_stride = dk.stride[0], p.dk_head_stride = dk.stride[1];
   p.dv = dv.data, p.dv_row_stride = dv.stride[0], p.dv_head_stride = dv.stride[1];

@@ -187,7 +187,7 @@ auto fwd_signature(Binding binding) {
       .template Arg<ffi::AnyBuffer>()  // cu_seqlens_k
       .template Attrs<AttentionArgs>()
       .template Ret<ffi::AnyBuffer>()   // out
-      .template Ret<ffi::AnyBuffer>()   // lse (float32)
+      .template Ret<ffi::AnyBuffer>()   // lse (float32; float64 for float64 inputs)
       .template Ret<ffi::AnyBuffer>();  // workspace (uint8; empty on the CPU)
 }
 

@@ -2,8 +2,9 @@
 // definition (DESIGN §3; the mask is spelled out here, not taken from visible_keys): lengths 0, 1,
 // odd and longer than a block, q/k lengths differing both ways, GQA 1/2/4 and MQA, D != Dv, causal
 // (bottom-right), windows, softcap, custom scale, padded strides; float32/float64/float16/bfloat16.
-// Also: bit-identical repeated runs and thread counts, dq = 0 for rows with no visible key,
-// dk = dv = 0 for keys no query sees, and a timing report (no assertion on time).
+// Also: large scores that lse cannot carry (float32 and float64), bit-identical repeated runs and
+// thread counts, dq = 0 for rows with no visible key, dk = dv = 0 for keys no query sees, and a
+// timing report (no assertion on time).
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -19,6 +20,7 @@
 
 #include "scree/attention/cpu.h"
 #include "scree/dtypes.h"
+#include "scree/error.h"
 #include "scree/parallel.h"
 
 namespace {
@@ -103,7 +105,7 @@ Ref naive(const BwdCase& c, const std::vector<double>& q, const std::vector<doub
         double* orow = &r.out[(qi * c.hq + h) * c.dv];
         for (int64_t j = 0; j < Lk; ++j) {
           if (!vis[j]) continue;
-          p[j] = std::exp(s[j] - lse);
+          p[j] = std::exp(s[j] - m) / l;  // not exp(s - lse): lse's rounding would scale the row
           const double* vrow = &v[((ok[b] + j) * c.hk + kh) * c.dv];
           for (int64_t d = 0; d < c.dv; ++d) orow[d] += p[j] * vrow[d];
         }
@@ -416,6 +418,133 @@ TEST(AttentionBwd, EmptyRowsAndUnseenKeys) {
   compare("dq", pr.dq, ref.dq, &ref.row_has_key, 1e-4, c);
   compare("dk", pr.dk, ref.dk, &ref.key_seen, 1e-4, c);
   compare("dv", pr.dv, ref.dv, &ref.key_seen, 1e-4, c);
+}
+
+// Large scores (tools/fuzz, issue 14): inputs whose scores are exactly representable, large and
+// O(1) apart: q = (1, a), k = (big, b) with a, b multiples of 1/8 in [-1, 1] less 0 and D = 16 (scale
+// 1/4), so scale q.k = big / 4 + a.b / 4 exactly in any summation order and the softmax is spread.
+// P = exp(s - lse) with lse rounded to its type scales a whole row by exp(that rounding): for a
+// float32 lse 2.4e-4 at scores of 4096 (dv ~1000x its float32 error), for a float64 lse 1.2e-4 at
+// 1e12; the backward recomputes the statistics of such rows instead (bwd.cpp, softmax_stats).
+template <class T>
+void exact_scores(Problem<T>& pr, double big, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::uniform_int_distribution<int> dist(-8, 8);
+  auto fill = [&](Strided<T>& s, std::vector<double>& dense, double first) {
+    for (int64_t t = 0; t < s.rows; ++t)
+      for (int64_t h = 0; h < s.heads; ++h)
+        for (int64_t e = 0; e < s.dim; ++e) {
+          const int n = dist(gen);
+          const double x = e == 0 && first != 0.0 ? first : n == 0 ? 0.5 : n / 8.0;
+          s.at(t, h, e) = from_double<T>(x);
+          dense[(t * s.heads + h) * s.dim + e] = x;
+        }
+  };
+  fill(pr.sq, pr.q, 1.0);
+  fill(pr.sk, pr.k, big);
+  fill(pr.sv, pr.v, 0.0);
+  fill(pr.sdout, pr.dout, 0.0);
+}
+
+// dq against the reference: component 0 (where every key holds `big`) is dq_i0 = scale big sum_j
+// dS_ij, a sum that cancels to ~0 from terms of size |dS| big, which rounding leaves at ~eps big
+// |dS| in any precision (sum_j |dS_ij| <= 2 |dout_i| max|v_j| <= 32 here: 16 entries of at most 1;
+// scale 1/4; a factor 8 of margin): absolute bound. The other components: relative `tol`.
+template <class T>
+void compare_dq(Strided<T>& got, const Ref& ref, double tol, double eps, double big, const BwdCase& c) {
+  double scale = 0, err0 = 0, err = 0;
+  for (double x : ref.dq) scale = std::max(scale, std::abs(x));
+  for (int64_t t = 0; t < got.rows; ++t)
+    for (int64_t h = 0; h < got.heads; ++h)
+      for (int64_t e = 0; e < got.dim; ++e) {
+        const double g = to_double(got.at(t, h, e)), r = ref.dq[(t * got.heads + h) * got.dim + e];
+        const double d = std::isfinite(g) ? std::abs(g - r) : INFINITY;
+        (e == 0 ? err0 : err) = std::max(e == 0 ? err0 : err, d);
+      }
+  const double bound0 = 8 * eps * 0.25 * 32 * big;
+  if (std::getenv("SCREE_TEST_VERBOSE"))
+    std::printf("  dq   rel error %.3g (tol %.3g), component 0: %.3g (bound %.3g)\n", err / scale, tol, err0, bound0);
+  EXPECT_LE(err / scale, tol) << "dq (causal " << c.causal << " window " << c.left << "," << c.right << ")";
+  EXPECT_LE(err0, bound0) << "dq component 0";
+}
+
+std::vector<BwdCase> large_score_cases() {
+  const std::vector<int64_t> lq{0, 1, 37, 130, 5}, lk{3, 1, 37, 150, 0};
+  std::vector<BwdCase> cases;
+  cases.push_back({lq, lk, 4, 2, 16, 16});
+  { BwdCase c{lq, lk, 4, 2, 16, 16}; c.causal = true; cases.push_back(c); }
+  { BwdCase c{{41, 5}, {17, 1}, 2, 1, 16, 16}; c.left = 5; c.right = 2; cases.push_back(c); }
+  { BwdCase c{{200}, {200}, 2, 1, 16, 16}; c.causal = true; c.left = 150; cases.push_back(c); }  // chunked
+  return cases;
+}
+
+TEST(AttentionBwd, Float64LargeScoresWithFloat64Lse) {
+  const double big = std::ldexp(1.0, 42);  // scores ~1.1e12
+  unsigned seed = 700;
+  for (const BwdCase& c : large_score_cases()) {
+    SCOPED_TRACE(::testing::Message() << "case seed " << seed);
+    Problem<double> pr(c);
+    exact_scores(pr, big, seed++);
+    std::vector<double> lse64(static_cast<size_t>(std::max<int64_t>(c.hq * pr.Tq, 1)), 12345.0);
+    VarlenBackwardParams p = pr.params();
+    p.lse = nullptr, p.lse_in = nullptr;  // the float64 lse alone, both ways
+    p.lse64 = lse64.data(), p.lse_in64 = lse64.data();
+    scree::attention::varlen_fwd_cpu(p);
+    scree::attention::varlen_bwd_cpu(p);
+    const Ref ref = naive(c, pr.q, pr.k, pr.v, pr.dout);
+    for (int64_t i = 0; i < c.hq * pr.Tq; ++i) {
+      const double want = ref.lse[size_t(i)], got = lse64[size_t(i)];
+      if (std::isinf(want)) {
+        EXPECT_EQ(got, want) << "lse " << i;
+      } else {
+        EXPECT_LE(std::abs(got - want), 4 * std::numeric_limits<double>::epsilon() * std::abs(want)) << "lse " << i;
+      }
+    }
+    compare("out", pr.out, ref.out, nullptr, 1e-13, c);
+    compare("dk", pr.dk, ref.dk, &ref.key_seen, 1e-13, c);
+    compare("dv", pr.dv, ref.dv, &ref.key_seen, 1e-13, c);
+    compare_dq(pr.dq, ref, 1e-13, std::numeric_limits<double>::epsilon(), big, c);
+    // The float64 backward does not read lse: a float32 one gives the same bits.
+    const std::vector<double> dq(pr.dq.data), dk(pr.dk.data), dv(pr.dv.data);
+    p.lse64 = nullptr, p.lse_in64 = nullptr;
+    p.lse = pr.lse.data(), p.lse_in = pr.lse.data();
+    scree::attention::varlen_fwd_cpu(p);
+    scree::attention::varlen_bwd_cpu(p);
+    EXPECT_EQ(std::memcmp(dq.data(), pr.dq.data.data(), dq.size() * sizeof(double)), 0);
+    EXPECT_EQ(std::memcmp(dk.data(), pr.dk.data.data(), dk.size() * sizeof(double)), 0);
+    EXPECT_EQ(std::memcmp(dv.data(), pr.dv.data.data(), dv.size() * sizeof(double)), 0);
+  }
+}
+
+TEST(AttentionBwd, Float32LargeScores) {
+  const double big = std::ldexp(1.0, 14);  // scores ~4096, exact in float32
+  unsigned seed = 800;
+  for (const BwdCase& c : large_score_cases()) {
+    SCOPED_TRACE(::testing::Message() << "case seed " << seed);
+    Problem<float> pr(c);
+    exact_scores(pr, big, seed++);
+    pr.run();
+    const Ref ref = naive(c, pr.q, pr.k, pr.v, pr.dout);
+    compare("out", pr.out, ref.out, nullptr, 2e-6, c);  // seen: 1e-7 (it was 1.3e-4 for dv)
+    compare("dk", pr.dk, ref.dk, &ref.key_seen, 2e-6, c);
+    compare("dv", pr.dv, ref.dv, &ref.key_seen, 2e-6, c);
+    compare_dq(pr.dq, ref, 2e-6, std::numeric_limits<float>::epsilon(), big, c);
+  }
+}
+
+TEST(AttentionBwd, Float64LseOnlyForFloat64) {
+  BwdCase c{{3, 4}, {5, 2}, 2, 1, 16, 16};
+  Problem<float> pr(c);
+  std::vector<double> lse64(static_cast<size_t>(c.hq * pr.Tq));
+  VarlenBackwardParams p = pr.params();
+  p.lse = nullptr, p.lse64 = lse64.data();
+  EXPECT_THROW(scree::attention::varlen_fwd_cpu(p), scree::Error);
+  p = pr.params();
+  scree::attention::varlen_fwd_cpu(p);
+  p.lse_in = nullptr, p.lse_in64 = lse64.data();
+  EXPECT_THROW(scree::attention::varlen_bwd_cpu(p), scree::Error);
+  p.lse_in64 = nullptr;
+  EXPECT_THROW(scree::attention::varlen_bwd_cpu(p), scree::Error);  // no lse at all
 }
 
 // Same bits on every run and for every thread count, for a batch of many sequences (one item per

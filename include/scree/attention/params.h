@@ -1,6 +1,7 @@
 // VarlenParams: everything a varlen attention kernel needs, as raw pointers and element strides,
 // shared by the CPU and GPU paths. Layout (DESIGN §3): q (Tq, Hq, D), k (Tk, Hk, D), v (Tk, Hk, Dv),
-// out (Tq, Hq, Dv), lse (Hq, Tq) float32; sequences delimited by cu_seqlens_q / cu_seqlens_k.
+// out (Tq, Hq, Dv), lse (Hq, Tq) float32 (float64 for float64 inputs on the CPU: lse64 / lse_in64);
+// sequences delimited by cu_seqlens_q / cu_seqlens_k.
 #pragma once
 
 #include <cstdint>
@@ -38,6 +39,10 @@ struct VarlenParams {
   const void* v = nullptr;
   void* out = nullptr;
   float* lse = nullptr;  // (Hq, Tq), may be null when not requested (forward only)
+  // float64 inputs (CPU only; the CUDA kernels take no float64): lse (Hq, Tq) in float64 instead of
+  // `lse`, which cannot hold an fp64 lse (float32 rounds |lse| >= 2^24 to whole numbers and
+  // overflows past 3.4e38). At most one of lse / lse64 is set.
+  double* lse64 = nullptr;
 
   // Strides in elements: row (token) and head. The last dimension is contiguous.
   int64_t q_row_stride = 0, q_head_stride = 0;
@@ -75,6 +80,10 @@ struct VarlenBackwardParams : VarlenParams {
   int64_t dk_row_stride = 0, dk_head_stride = 0;
   int64_t dv_row_stride = 0, dv_head_stride = 0;
   const float* lse_in = nullptr;  // forward's lse (Hq, Tq)
+  // float64 inputs (CPU only): the forward's lse in float64 instead of lse_in (one of the two is
+  // set). The float64 backward recomputes each row's softmax statistics itself (bwd.cpp), so either
+  // gives the same, fp64-accurate gradients.
+  const double* lse_in64 = nullptr;
 };
 
 // Visible key range [lo, hi) of query row i in a sequence with lengths (Lq, Lk): bottom-right

@@ -80,7 +80,7 @@ def _forward(q, k, v, cu_q, cu_k, args):
     # ignores it (0 bytes). An output, not XLA's scratch allocator: see the backward.
     ws = _C.cuda_fwd_workspace_bytes() if _platform(q) == "gpu" else 0
     out_types = (jax.ShapeDtypeStruct((q.shape[0], q.shape[1], v.shape[2]), q.dtype),
-                 jax.ShapeDtypeStruct((q.shape[1], q.shape[0]), jnp.float32),
+                 jax.ShapeDtypeStruct((q.shape[1], q.shape[0]), K.lse_dtype(_NS.dtype_name(q))),
                  jax.ShapeDtypeStruct((ws,), jnp.uint8))
     out, lse, _ = jax.ffi.ffi_call(_FWD, out_types, vmap_method="sequential")(q, k, v, cu_q, cu_k, **_attrs(args))
     return out, lse

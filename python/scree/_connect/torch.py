@@ -99,7 +99,7 @@ def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: 
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, causal, window_left,
       window_right, softcap, deterministic=None):
     return (q.new_empty((q.shape[0], q.shape[1], v.shape[2])),
-            q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32))
+            q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float64 if q.dtype == torch.float64 else torch.float32))
 
 
 @torch.library.custom_op("scree::varlen_bwd", mutates_args=())

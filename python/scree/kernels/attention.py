@@ -25,7 +25,8 @@ from scree._array import Array
 from scree._layout import Layout
 from scree.kernels.attention_spec import AttentionSpec
 
-__all__ = ["Plan", "plan", "kernel_args", "forward", "backward", "cuda_kernel_serves", "resolve_deterministic"]
+__all__ = ["Plan", "plan", "kernel_args", "forward", "backward", "lse_dtype", "cuda_kernel_serves",
+           "resolve_deterministic"]
 
 # What this build's CUDA kernels serve, read once at import: torch.compile (dynamo) cannot trace a
 # call into scree._C, but it reads module constants.
@@ -33,6 +34,13 @@ _CUDA_COMPILED = _C.cuda_compiled()
 _CUDA_HEAD_DIMS = frozenset(_C.cuda_head_dims())
 _CUDA_DTYPES = ("float16", "bfloat16")
 _CUDA_FWD_WORKSPACE = _C.cuda_fwd_workspace_bytes()  # the Hopper forward's tile counter (the same for every call)
+
+
+def lse_dtype(dtype: str) -> str:
+    """The dtype of the lse the kernels return for inputs of `dtype`: float32, and float64 for
+    float64 inputs (float32 would round an fp64 lse to whole numbers past 2^24 and overflow past
+    3.4e38; docs/design.md, "lse of float64 inputs")."""
+    return "float64" if dtype == "float64" else "float32"
 
 
 def cuda_kernel_serves(dtype: str, head_dim: int, head_dim_v: int) -> bool:
@@ -98,14 +106,16 @@ def kernel_args(spec: AttentionSpec, max_seqlen_q: int, max_seqlen_k: int, deter
 
 def forward(ns: ModuleType, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: Any,
             q_summary: Any = None) -> tuple[Any, Any]:
-    """(out (Tq, Hq, Dv), lse (Hq, Tq) float32) from the compiled kernel; outputs, and the workspace
+    """(out (Tq, Hq, Dv), lse (Hq, Tq)) from the compiled kernel, lse in `lse_dtype(q's dtype)`
+    (float32; float64 for float64 inputs); outputs, and the workspace
     of the CUDA forward (16 bytes: cudaMallocAsync'ing it in C++ cost ~12 us a call and ~100 us after
     each device sync on an H200 host), allocated by `ns` like q. cu_q / cu_k as plan() gives them;
     args a scree._C.AttentionArgs; q_summary the plan's device summary of q's offsets (or None). GPU
     kernels run on the framework's current stream (ns.stream)."""
     tq, hq = q.shape[0], q.shape[1]
-    out = ns.empty((tq, hq, v.shape[2]), ns.dtype_name(q), like=q)
-    lse = ns.empty((hq, tq), "float32", like=q)
+    dt = ns.dtype_name(q)
+    out = ns.empty((tq, hq, v.shape[2]), dt, like=q)
+    lse = ns.empty((hq, tq), lse_dtype(dt), like=q)
     a = ns.kernel_arg
     ws = None if ns.is_host(q) else a(ns.empty((_CUDA_FWD_WORKSPACE,), "uint8", like=q))
     _C.varlen_fwd(a(q), a(k), a(v), a(cu_q), a(cu_k), a(out), a(lse), args, ws,

@@ -53,7 +53,8 @@ def varlen_attention(
         v: Array with values (Tk, Hk, Dv) and the same offsets as k.
         causal: mask keys after the (bottom-right aligned) diagonal.
         scale: score multiplier; default 1/sqrt(D).
-        window: (left, right) sliding window; each side an int >= 0, or None / -1 for unbounded.
+        window: (left, right) sliding window; each side an int >= 0, or None / -1 for unbounded
+            (as is any side at least Tq + Tk long, however large).
         softcap: cap scores to (-softcap, softcap) with tanh; None or 0 disables it (as in
             FlashAttention, where 0.0 is the "off" value).
         return_lse: also return the log-sum-exp of the scores, shape (Hq, Tq).

@@ -49,17 +49,30 @@ _OPTIONS: dict[tuple, tuple[int | None, int | None, float | None, float | None]]
 
 def _options(causal: Any, scale: Any, window: Any, softcap: Any) -> tuple[int | None, int | None, float | None,
                                                                            float | None]:
+    causal = _causal_value(causal)
     try:
-        key = (bool(causal), scale, window, softcap)
+        key = (causal, scale, window, softcap)
         hit = _OPTIONS.get(key)
     except TypeError:  # an unhashable window (a list): normalised every time
         key, hit = None, None
     if hit is None:
         left, right = _window_bounds(window, causal)
         hit = (left, right, None if scale is None else _scale_value(scale), _softcap_value(softcap))
-        if key is not None and len(_OPTIONS) < 256:
+        if key is not None and len(_OPTIONS) < 256 and _cacheable(key):
             _OPTIONS[key] = hit
     return hit
+
+
+def _cacheable(x: Any) -> bool:
+    """Whether an option key holds only plain Python scalars (ints within int64): torch.compile
+    guards on this dict's keys, and one np.uint64 or 2**64 window side kept there made every later
+    compiled call fail in dynamo's guard code."""
+    t = type(x)
+    if t is tuple:
+        return all(_cacheable(e) for e in x)
+    if t is int:
+        return -(2 ** 63) <= x < 2 ** 63
+    return t is bool or t is float or t is np.float64 or x is None
 
 
 def attention_spec(q: Any, k: Any, v: Any, causal: bool = False, scale: Any = None, window: Any = None,
@@ -74,15 +87,23 @@ def attention_spec(q: Any, k: Any, v: Any, causal: bool = False, scale: Any = No
     if k._layout.ns is not B or v._layout.ns is not B or not _same_device(B, q.values, k.values, v.values):
         B = _backends.common(q=q.values, k=k.values, v=v.values)  # raises, naming the culprits
     if deterministic is not None and not isinstance(deterministic, (bool, np.bool_)):
-        raise ArgumentError(f"deterministic must be True, False or None, got {deterministic!r}")
+        raise ArgumentError(f"deterministic must be True, False or None, got {_show(deterministic)}")
     single = len(q.values.shape) == 2 and len(k.values.shape) == 2 and len(v.values.shape) == 2
     if single:
         q, k, v = (with_head_axis(B, a) for a in (q, k, v))
     Hq, Hk, D, Dv = _check_shapes(q, k, v)
     dtype = _check_dtypes(B, q, k, v)
     left, right, scale_value, cap = _options(causal, scale, window, softcap)
+    # A side at least as long as any query-key distance of the call (< Tq + Tk, bottom-right
+    # alignment included) bounds nothing: unbounded, so that sides of any size (2**63 and beyond,
+    # which int64 cannot hold) reach the kernels and the reference as None / -1.
+    reach = q.values.shape[0] + k.values.shape[0]
+    if left is not None and left >= reach:
+        left = None
+    if right is not None and right >= reach:
+        right = None
     return AttentionSpec(B, Hq, Hk, D, Dv, dtype, 1.0 / math.sqrt(D) if scale_value is None else scale_value,
-                         bool(causal), left, right, cap, single,
+                         _causal_value(causal), left, right, cap, single,
                          None if deterministic is None else bool(deterministic))
 
 
@@ -152,13 +173,13 @@ def _window_bounds(window: Any, causal: bool) -> tuple[int | None, int | None]:
     left = right = None
     if window is not None:
         if isinstance(window, (str, bytes)):
-            raise ArgumentError(f"window must be a (left, right) pair, got {window!r}")
+            raise ArgumentError(f"window must be a (left, right) pair, got {_show(window)}")
         try:
             sides = tuple(window)
         except TypeError:
-            raise ArgumentError(f"window must be a (left, right) pair, got {window!r}") from None
+            raise ArgumentError(f"window must be a (left, right) pair, got {_show(window)}") from None
         if len(sides) != 2:
-            raise ArgumentError(f"window must be a (left, right) pair, got {window!r}")
+            raise ArgumentError(f"window must be a (left, right) pair, got {_show(window)}")
         left, right = _window_side("left", sides[0]), _window_side("right", sides[1])
     if causal:
         right = 0  # every bounded right side is >= 0, so causal always wins
@@ -169,37 +190,64 @@ def _window_side(name: str, x: Any) -> int | None:
     if x is None:
         return None
     if isinstance(x, bool):  # bool is an int subclass; True as a window size is surely a mistake
-        raise ArgumentError(f"window {name} must be an int, None or -1, got {x!r}")
+        raise ArgumentError(f"window {name} must be an int, None or -1, got {_show(x)}")
     try:
         n = operator.index(x)
     except TypeError:
-        raise ArgumentError(f"window {name} must be an int, None or -1, got {x!r}") from None
+        raise ArgumentError(f"window {name} must be an int, None or -1, got {_show(x)}") from None
     if n == -1:
         return None
     if n < 0:
-        raise ArgumentError(f"window {name} must be >= 0, or None / -1 for unbounded, got {n}")
+        raise ArgumentError(f"window {name} must be >= 0, or None / -1 for unbounded, got {_show(n)}")
     return n
+
+
+def _show(x: Any) -> str:
+    """repr(x) for a message, shortened; never raises (an int of 10**5000 has no repr in Python >=
+    3.11 by default, and a message must not replace the typed error with a ValueError)."""
+    try:
+        text = repr(x)
+    except Exception:
+        text = f"<{type(x).__name__} without a repr>"
+    return text if len(text) <= 80 else text[:60] + "..." + text[-10:]
+
+
+def _causal_value(causal: Any) -> bool:
+    try:
+        return bool(causal)
+    except Exception:  # e.g. an array of several values: its truth value is ambiguous
+        raise ArgumentError(f"causal must be True or False, got {_show(causal)}") from None
+
+
+def _number(x: Any) -> float:
+    """float(x), or ValueError for whatever has no float value: a string, an array of several
+    values, an int beyond float64's range (10**400: OverflowError), an object whose __float__
+    raises."""
+    try:
+        return float(x)
+    except Exception as e:
+        raise ValueError(f"{type(e).__name__}") from None
 
 
 def _softcap_value(softcap: Any) -> float | None:
     if softcap is None:
         return None
     try:
-        c = float(softcap)
-    except (TypeError, ValueError):
-        raise ArgumentError(f"softcap must be a positive number or None, got {softcap!r}") from None
+        c = _number(softcap)
+    except ValueError:
+        raise ArgumentError(f"softcap must be a positive finite number or None, got {_show(softcap)}") from None
     if c == 0.0:
         return None
     if not (math.isfinite(c) and c > 0):
-        raise ArgumentError(f"softcap must be a positive finite number (or None/0 for off), got {softcap!r}")
+        raise ArgumentError(f"softcap must be a positive finite number (or None/0 for off), got {_show(softcap)}")
     return c
 
 
 def _scale_value(scale: Any) -> float:
     try:
-        s = float(scale)
-    except (TypeError, ValueError):
-        raise ArgumentError(f"scale must be a number, got {scale!r}") from None
+        s = _number(scale)
+    except ValueError:
+        raise ArgumentError(f"scale must be a finite number, got {_show(scale)}") from None
     if not math.isfinite(s):
-        raise ArgumentError(f"scale must be finite, got {scale!r}")
+        raise ArgumentError(f"scale must be finite, got {_show(scale)}")
     return s

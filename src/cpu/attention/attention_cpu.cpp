@@ -71,6 +71,8 @@ void validate(const VarlenParams& p) {
   const bool has_rows = p.total_q > 0;
   require(!has_rows || (p.q && p.out && (p.total_k == 0 || (p.k && p.v))), ErrorKind::InvalidArgument,
           [] { return std::string("null q/k/v/out pointer"); });
+  require(p.lse64 == nullptr || p.dtype == DType::Float64, ErrorKind::InvalidArgument,
+          [] { return std::string("a float64 lse (lse64) is for float64 inputs only; use the float32 lse"); });
 }
 
 void varlen_fwd_cpu(const VarlenParams& p) {
@@ -83,7 +85,10 @@ void varlen_fwd_cpu(const VarlenParams& p) {
 
 void varlen_bwd_cpu(const VarlenBackwardParams& p) {
   validate(p);
-  require(p.total_q == 0 || (p.dout && p.lse_in && p.dq && (p.total_k == 0 || (p.dk && p.dv))),
+  require(p.lse_in64 == nullptr || p.dtype == DType::Float64, ErrorKind::InvalidArgument,
+          [] { return std::string("a float64 lse (lse_in64) is for float64 inputs only; use the float32 lse"); });
+  const bool has_lse = p.lse_in != nullptr || p.lse_in64 != nullptr;
+  require(p.total_q == 0 || (p.dout && has_lse && p.dq && (p.total_k == 0 || (p.dk && p.dv))),
           ErrorKind::InvalidArgument, [] { return std::string("backward needs dout, lse, dq, dk, dv"); });
 #if defined(SCREE_HAVE_AVX2_KERNELS)
   if (use_avx2()) return cpu::avx2::varlen_bwd(p);

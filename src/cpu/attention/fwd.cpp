@@ -172,9 +172,11 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
     const C inv = l > C(0) ? C(1) / l : C(0);  // a row that saw no key outputs 0
     for (int64_t d = 0; d < Dv; ++d) orow[d] *= inv;
     from_compute(orow, O + (q0 + i0 + r) * p.out_row_stride + h * p.out_head_stride, Dv);
-    if (p.lse != nullptr)
-      p.lse[h * p.total_q + q0 + i0 + r] =
-          l > C(0) ? float(buf.m[r] + std::log(l)) : -std::numeric_limits<float>::infinity();
+    const C lse = l > C(0) ? buf.m[r] + std::log(l) : kNegInf;  // no visible key: -inf
+    const int64_t at = h * p.total_q + q0 + i0 + r;
+    if (p.lse != nullptr) p.lse[at] = float(lse);
+    if constexpr (std::is_same_v<C, double>)
+      if (p.lse64 != nullptr) p.lse64[at] = lse;  // float64 inputs: lse in their precision
   }
 }
 
