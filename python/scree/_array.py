@@ -12,17 +12,17 @@ upwards."""
 
 from __future__ import annotations
 
-import math
 from types import ModuleType
 from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
 from scree import _backends
+from scree._backends import dtypes
 from scree._errors import ArgumentError, BackendError, ShapeError
 from scree._layout import Layout, checked_length
 
-__all__ = ["Array", "LayoutOps", "provide_layout_ops"]
+__all__ = ["Array", "LayoutOps", "provide_layout_ops", "checked_values"]
 
 
 class LayoutOps(Protocol):
@@ -46,6 +46,14 @@ def provide_layout_ops(ops: LayoutOps) -> None:
     """Install the implementation of Array's per-sequence methods (called once, by scree.kernels.layout)."""
     global _OPS
     _OPS = ops
+
+
+def checked_values(ns: ModuleType, values: Any, what: str = "values") -> None:
+    """What every Array needs of its values (checked once, where they enter): at least one
+    dimension (total, *feature) and a dtype scree serves (ShapeError / DTypeError naming `what`)."""
+    if len(ns.shape(values)) < 1:
+        raise ShapeError(f"{what} must have at least one dimension (total, *feature), got a 0-D array")
+    dtypes.checked_dtype(ns, values, what)
 
 
 def _as_native_offsets(ns: ModuleType, offsets: Any, like: Any) -> Any:
@@ -79,8 +87,7 @@ class Array:
         ns = _backends.of(values)
         offsets = _as_native_offsets(ns, offsets, values)
         _backends.common(values=values, offsets=offsets)
-        if len(ns.shape(values)) < 1:
-            raise ShapeError("values must have at least one dimension (total, *feature), got a 0-D array")
+        checked_values(ns, values)
         total = ns.shape(values)[0]
         if validate:
             self._layout = Layout.validated(ns, offsets, total, max_length)
@@ -106,8 +113,7 @@ class Array:
     def _checked(cls, values: Any, offsets: Any, max_length: int | None, name: str) -> "Array":
         """Validated as Array(values, offsets) does, a too-small max_length named `name` in the error."""
         ns = _backends.common(values=values, offsets=offsets)
-        if len(ns.shape(values)) < 1:
-            raise ShapeError("values must have at least one dimension (total, *feature), got a 0-D array")
+        checked_values(ns, values)
         return cls._over(values, Layout.validated(ns, offsets, ns.shape(values)[0], max_length, name))
 
     @classmethod
@@ -115,8 +121,7 @@ class Array:
         """As Array(values, offsets, validate=False), a bad max_length named `name` in the error."""
         offsets = _as_native_offsets(_backends.of(values), offsets, values)
         ns = _backends.common(values=values, offsets=offsets)
-        if len(ns.shape(values)) < 1:
-            raise ShapeError("values must have at least one dimension (total, *feature), got a 0-D array")
+        checked_values(ns, values)
         return cls._over(values, Layout.unvalidated(ns, offsets, ns.shape(values)[0], max_length, name))
 
     @classmethod
@@ -274,7 +279,10 @@ class Array:
             h = self.host_offsets
             return self._values[int(h[i]):int(h[i + 1])]
         if isinstance(index, slice):
-            start, stop, step = index.indices(n)
+            try:
+                start, stop, step = index.indices(n)
+            except (TypeError, ValueError) as e:  # a zero step, non-integer bounds
+                raise ArgumentError(f"bad sequence slice {index!r}: {e}") from None
             if step == 1:
                 stop = max(stop, start)
                 h = self.host_offsets
@@ -306,13 +314,28 @@ class Array:
     def to_padded(self, pad_value: Any = 0, padding_side: str = "right",
                   max_length: int | None = None) -> tuple[Any, Any]:
         """(padded, mask): padded (n, L, *feature) with L = max_length or the longest sequence,
-        mask (n, L) bool, True at tokens. padding_side='left' right-aligns each sequence."""
+        mask (n, L) bool, True at tokens. padding_side='left' right-aligns each sequence.
+
+        pad_value must be exactly representable in the values' dtype (scree.ArgumentError
+        otherwise: 300 or -1 into uint8, NaN into int32, None); floating dtypes round it as they
+        round any value, but never overflow it to infinity. Before anything is allocated, a padded
+        array that cannot exist (an axis past the framework's index type, e.g. int32 for MLX and for
+        JAX without jax_enable_x64) raises scree.ArgumentError, one that does not fit the host
+        memory left an OutOfMemoryError (a scree.ScreeError and a MemoryError)."""
+        ns = self._ns
         max_length = checked_length(max_length, "max_length", negative_ok=True)
+        dt = dtypes.checked_dtype(ns, self._values)
+        if not (ns.owns(pad_value) and ns.is_traced(pad_value)):  # (a traced pad fills as jnp.full takes it)
+            pad_value = dtypes.scalar(pad_value, dt, "pad_value")
         length = self._layout.max_length if max_length is None else max_length
-        # XLA aborts the process on a shape whose element count overflows int64 (max_length=2**62)
-        if length is not None and self.num_sequences * length * math.prod(self.feature_shape) >= 1 << 62:
-            raise ArgumentError(f"max_length={length} makes a padded array of {self.num_sequences} x {length} x "
-                                f"{math.prod(self.feature_shape)} elements, more than any framework can hold")
+        if length is not None and length >= 0:  # (unknown under jax.jit; negative: too short, said below)
+            n = self.num_sequences
+            # XLA aborts the process on a shape whose element count overflows int64, MLX dies with
+            # SIGSEGV evaluating an allocation that fails, Linux kills the process touching an
+            # overcommitted NumPy or torch buffer: all checked before allocating.
+            what = f"max_length={length}" if max_length is not None else f"the Array's max_length {length}"
+            dtypes.checked_size(ns, self._values, [((n, length, *self.feature_shape), dtypes.ITEMSIZE[dt]),
+                                                   ((n, length), 1)], what)
         return _OPS.to_padded(self, pad_value, padding_side, max_length)
 
     def with_values(self, values: Any) -> "Array":
@@ -332,6 +355,7 @@ class Array:
         shape = ns.shape(values)
         if len(shape) < 1 or shape[0] != lay.total:
             raise ShapeError(f"with_values needs {lay.total} rows, got shape {tuple(shape)}")
+        dtypes.checked_dtype(ns, values)
         return Array._over(values, lay)
 
     def map(self, fn: Callable[[Any], Any]) -> "Array":
@@ -355,6 +379,8 @@ class Array:
         along, so no device sync follows. Converting away from torch detaches: autograd graphs do
         not cross frameworks."""
         target = self._ns if backend is None else _backends.get(backend)
+        # host offsets travel as trusted bookkeeping: those of validate=False are checked first
+        host = self._layout.host_offsets() if self._layout.unchecked else self._layout.host
         if target is self._ns:
             if device is None or device == self.device:
                 return self
@@ -365,11 +391,13 @@ class Array:
                 src = self.to(device="cpu")  # NumPy takes host memory only
             values = target.to_backend(src._ns.exportable(src._values), device)
             offsets = target.to_backend(src._ns.exportable(src._offsets), device)
-        return Array._trusted(values, offsets, self._layout.host, self._layout.max_length)
+        return Array._trusted(values, offsets, host, self._layout.max_length)
 
     # ---- reductions ----------------------------------------------------------------------------
     def sum(self) -> Any:
-        """Per-sequence sum over tokens -> (n, *feature); integers sum to int64; empty -> 0."""
+        """Per-sequence sum over tokens -> (n, *feature); bool and integers sum to int64 (int32 on
+        JAX without x64), wrapping on overflow as NumPy and torch do; empty -> 0. Complex values
+        raise scree.DTypeError (as mean and max do)."""
         return _OPS.reduce(self, "sum")
 
     def mean(self) -> Any:
@@ -377,7 +405,8 @@ class Array:
         return _OPS.reduce(self, "mean")
 
     def max(self) -> Any:
-        """Per-sequence max over tokens -> (n, *feature); empty -> -inf (lowest int for integers)."""
+        """Per-sequence max over tokens -> (n, *feature); empty -> -inf (lowest int for integers,
+        False for bool); complex values have no order: scree.DTypeError."""
         return _OPS.reduce(self, "max")
 
     def __repr__(self) -> str:

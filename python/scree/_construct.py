@@ -3,15 +3,15 @@ and unpack. Lengths and offsets are turned into a layout by the C++ core (one va
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any, Sequence
 
 import numpy as np
 
 from scree import _backends
-from scree._array import Array
+from scree._array import Array, checked_values
+from scree._backends import dtypes
 from scree._errors import ArgumentError, BackendError, DTypeError, RaggedError, ShapeError
-from scree._layout import offsets_from_lengths
+from scree._layout import host_lengths, offsets_from_lengths
 from scree.kernels import layout
 
 __all__ = ["pack", "unpack", "from_offsets", "from_lengths", "from_cu_seqlens", "from_padded"]
@@ -27,8 +27,7 @@ def from_lengths(values: Any, lengths: Any) -> Array:
     ns = _backends.of(values)
     if ns.owns(lengths):
         _backends.common(values=values, lengths=lengths)
-    if len(ns.shape(values)) < 1:
-        raise ShapeError("values must have at least one dimension (total, *feature), got a 0-D array")
+    checked_values(ns, values)
     offsets, host, longest = offsets_from_lengths(ns, lengths, like=values)
     if ns.shape(values)[0] != host[-1]:
         raise RaggedError(f"sum(lengths) = {int(host[-1])} must equal values.shape[0] "
@@ -72,6 +71,7 @@ def pack(sequences: Sequence[Any]) -> Array:
             raise ShapeError(f"sequences[{i}] has feature shape {shape[1:]}, sequences[0] has {feat}")
         if s.dtype != dt:
             raise DTypeError(f"sequences[{i}] has dtype {ns.dtype_name(s)}, sequences[0] has {ns.dtype_name(first)}")
+    checked_values(ns, first, "sequences[0]")
     lengths = np.fromiter((shape[0] for shape in shapes), dtype=np.int64, count=len(shapes))
     return layout.pack(ns, seqs, lengths)
 
@@ -88,6 +88,15 @@ def from_padded(padded: Any, mask: Any = None, lengths: Any = None, padding_side
     if mask is not None and lengths is not None:
         raise ArgumentError("give mask or lengths to from_padded, not both")
     ns = _backends.common(padded=padded, mask=mask)
-    if mask is not None and ns.shape(mask) != ns.shape(padded)[:2]:
-        raise ShapeError(f"mask shape {ns.shape(mask)} must equal padded.shape[:2] = {ns.shape(padded)[:2]}")
+    shape = ns.shape(padded)
+    if len(shape) < 2:
+        raise ShapeError(f"padded must have shape (n, max_len, *feature), got {shape}")
+    dtypes.checked_dtype(ns, padded, "padded")
+    if mask is not None and ns.shape(mask) != shape[:2]:
+        raise ShapeError(f"mask shape {ns.shape(mask)} must equal padded.shape[:2] = {shape[:2]}")
+    if lengths is not None:  # checked before the result is allocated from them
+        lengths = host_lengths(ns, lengths)
+        if len(lengths) != shape[0] or (lengths.size and lengths.max() > shape[1]):
+            raise ShapeError(f"lengths (n={len(lengths)}, longest={int(lengths.max(initial=0))}) do not fit padded "
+                             f"of shape {tuple(shape)}")
     return layout.from_padded(ns, padded, mask, lengths, padding_side)

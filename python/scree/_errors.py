@@ -13,6 +13,7 @@ __all__ = [
     "ArgumentError",
     "BackendError",
     "DeviceError",
+    "OutOfMemoryError",
 ]
 
 
@@ -47,3 +48,9 @@ class BackendError(ScreeError, TypeError):
 class DeviceError(ScreeError, RuntimeError):
     """The GPU runtime reported a failure (a kernel launch, an illegal address): not bad input,
     but surfaced as a Python exception instead of a crash."""
+
+
+class OutOfMemoryError(ScreeError, MemoryError):
+    """An array scree was asked to make does not fit the memory left (checked before allocating:
+    MLX allocates lazily and dies with SIGSEGV when that fails, and Linux lets NumPy and torch
+    overcommit, then kills the process when the pages are touched)."""

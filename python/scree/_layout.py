@@ -32,7 +32,7 @@ from scree import _C
 from scree._backends.protocol import Readback
 from scree._errors import ArgumentError, DTypeError, RaggedError, ShapeError
 
-__all__ = ["Layout", "host_index", "offsets_from_lengths", "poll"]
+__all__ = ["Layout", "host_index", "host_lengths", "offsets_from_lengths", "poll"]
 
 
 def host_index(ns: ModuleType, x: Any) -> np.ndarray:
@@ -45,6 +45,16 @@ def host_index(ns: ModuleType, x: Any) -> np.ndarray:
 def offsets_from_lengths(ns: ModuleType, lengths: Any, like: Any) -> tuple[Any, np.ndarray, int]:
     """(offsets on like's device, host int64 offsets, max_length) from lengths given as a list or
     a native array; scree.RaggedError names the first negative length."""
+    lengths_host = host_lengths(ns, lengths)
+    host = np.empty(len(lengths_host) + 1, dtype=np.int64)
+    longest = _C.offsets_from_lengths(lengths_host, host)
+    return ns.from_numpy(host, like=like), host, longest
+
+
+def host_lengths(ns: ModuleType, lengths: Any) -> np.ndarray:
+    """Lengths given as a list or a native array, as a 1-D contiguous host int64 array (device
+    lengths are copied: a sync); DTypeError for non-integers, ShapeError for another rank. Signs
+    are checked where they become offsets (offsets_from_lengths)."""
     if ns.owns(lengths):
         if not ns.is_integer(lengths):
             raise DTypeError(f"lengths must be integers, got {ns.dtype_name(lengths)}")
@@ -59,10 +69,7 @@ def offsets_from_lengths(ns: ModuleType, lengths: Any, like: Any) -> tuple[Any, 
             raise DTypeError(f"lengths must be integers, got {lengths_host.dtype}")
     if np.ndim(lengths_host) != 1:  # (before ascontiguousarray, which makes a 0-d array 1-d)
         raise ShapeError(f"lengths must be 1-D, got shape {np.shape(lengths_host)}")
-    lengths_host = np.ascontiguousarray(lengths_host, dtype=np.int64)
-    host = np.empty(len(lengths_host) + 1, dtype=np.int64)
-    longest = _C.offsets_from_lengths(lengths_host, host)
-    return ns.from_numpy(host, like=like), host, longest
+    return np.ascontiguousarray(lengths_host, dtype=np.int64)
 
 
 def checked_args(ns: ModuleType, offsets: Any, max_length: Any, name: str = "max_length",
@@ -161,14 +168,16 @@ class Layout:
     def unvalidated(cls, ns: ModuleType, offsets: Any, total: int, max_length: Any = None,
                     name: str = "max_length") -> "Layout":
         """The Layout of validate=False: the arguments' metadata checked, the offsets' values not
-        (host offsets: at their first use, see `unchecked`), except where the framework's own ops
-        would index out of bounds with bad ones (MLX: checked here)."""
+        (offsets in host memory: at their first use, see `unchecked`; JAX CPU ones too, which the
+        XLA FFI handlers would otherwise refuse with an untyped JaxRuntimeError), except where the
+        framework's own ops would index out of bounds with bad ones (MLX: checked here)."""
         max_length = checked_args(ns, offsets, max_length, name)
-        host = host_index(ns, offsets) if ns.is_host(offsets) else None
-        if not ns.safe_indexing and ns.host_readable(offsets) and not ns.is_traced(offsets):
-            _C.validate_offsets(host_index(ns, offsets) if host is None else host, total)
+        readable = ns.host_readable(offsets) and not ns.is_traced(offsets)
+        host = host_index(ns, offsets) if readable else None
+        if readable and not ns.safe_indexing:
+            _C.validate_offsets(host, total)
         layout = cls(ns, offsets, total, host, max_length)
-        layout.unchecked = host is not None
+        layout.unchecked = readable and ns.safe_indexing
         return layout
 
     def host_offsets(self) -> np.ndarray:

@@ -5,6 +5,7 @@ regression fails this test instead of taking pytest down."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,9 @@ import numpy as np
 import pytest
 
 import scree
+from scree import _backends
+from scree._backends import dtypes as scree_dtypes
+from scree._errors import OutOfMemoryError
 from scree.kernels.reference import varlen_attention as reference
 
 
@@ -236,3 +240,468 @@ def test_zero_d_lengths_raise():
         scree.from_lengths(np.ones((3, 2)), np.array(3))
     with pytest.raises(scree.ShapeError, match="1-D"):
         cu_seqlens_from_lengths(np.array(3))
+
+
+# ---- issue 14, second round (tools/fuzz, seed 11): dtypes, pad values, sizes, devices, slices -----
+# Each test runs on every framework installed here, with fresh random non-zero values.
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+FRAMEWORKS = [pytest.param(fw, marks=pytest.mark.skipif(not _importable(mod), reason=f"{mod} is not installed"))
+              for fw, mod in (("numpy", "numpy"), ("torch", "torch"), ("jax", "jax"), ("mlx", "mlx.core"))]
+DTYPES = list(scree_dtypes.ITEMSIZE)
+LENGTHS = [3, 0, 2, 4]
+WIDE = {"int64", "uint64", "float64", "complex128"}
+
+
+def _x64() -> bool:
+    import jax
+
+    return bool(jax.config.jax_enable_x64)
+
+
+def _lacks(fw: str, dt: str) -> str | None:
+    """Why framework `fw` has no `dt` arrays here (None: it has them)."""
+    if fw == "numpy" and dt == "bfloat16" and not _importable("ml_dtypes"):
+        return "NumPy's bfloat16 comes with ml_dtypes"
+    if fw == "jax" and dt in WIDE and not _x64():
+        return "JAX without jax_enable_x64 has no 64-bit types (it narrows them)"
+    if fw == "mlx" and dt == "complex128":
+        return "MLX has no complex128"
+    return None
+
+
+def _round_bfloat16(a: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bfloat16 (nearest even), kept as float32."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).view(np.float32)
+
+
+def _random(dt: str, shape: tuple, rng: np.random.Generator, small: bool = False) -> np.ndarray:
+    """Fresh random non-zero host values of dt (bfloat16 as float32 holding bfloat16 values);
+    integers over the whole range of the type (the top bit of uint64 included) unless small."""
+    if dt == "bool":
+        a = rng.random(shape) < 0.5
+        a.reshape(-1)[:2] = (True, False)
+        return a
+    if dt.startswith(("int", "uint")):
+        info = np.iinfo(dt)
+        lo, hi = (1, 100) if small else (info.min, info.max)
+        a = rng.integers(lo, hi, size=shape, dtype=dt, endpoint=True)
+        a.reshape(-1)[:2] = (hi, max(lo, 1) if small else lo)
+    elif dt.startswith("complex"):
+        a = (rng.standard_normal(shape) * 3 + 1j * rng.standard_normal(shape)).astype(dt)
+    else:
+        a = (rng.standard_normal(shape) * 3).astype(np.float32 if dt == "bfloat16" else dt)
+        a = _round_bfloat16(a) if dt == "bfloat16" else a
+    a[a == 0] = 1
+    return a
+
+
+def _native(fw: str, h: np.ndarray, dt: str):
+    """Host values h (of dt; bfloat16 held as float32) as a `fw` array of dtype dt."""
+    if fw == "numpy":
+        import ml_dtypes
+
+        return h.astype(ml_dtypes.bfloat16) if dt == "bfloat16" else h.copy()
+    if fw == "torch":
+        import torch
+
+        if dt == "bfloat16":
+            return torch.from_numpy(h.copy()).to(torch.bfloat16)
+        if dt in ("uint16", "uint32", "uint64"):  # torch.from_numpy lacks these: the same bits, signed
+            return torch.from_numpy(h.view(dt[1:])).view(getattr(torch, dt))
+        return torch.from_numpy(h.copy())
+    if fw == "jax":
+        import jax.numpy as jnp
+
+        return jnp.asarray(h).astype(jnp.bfloat16) if dt == "bfloat16" else jnp.asarray(h)
+    import mlx.core as mx
+
+    if dt == "bfloat16":
+        return mx.array(h).astype(mx.bfloat16)
+    return mx.array(h, dtype=getattr(mx, "bool_" if dt == "bool" else dt))  # (mx.array narrows float64 unasked)
+
+
+def _host(x) -> np.ndarray:
+    """Any framework's array as host NumPy, bit-exact (bfloat16 widened to float32)."""
+    ns = _backends.of(x)
+    name = ns.dtype_name(x)
+    if ns.name == "torch":
+        import torch
+
+        t = x.detach().cpu()
+        if name == "bfloat16":
+            return t.float().numpy()
+        if name in ("uint16", "uint32", "uint64"):
+            return t.view(getattr(torch, name[1:])).numpy().view(name)
+        return t.numpy()
+    if name == "bfloat16":
+        x = ns.astype(x, "float32")
+    return np.array(x)
+
+
+def _same(got, want: np.ndarray, dt: str, what: str = "") -> None:
+    """got is a native array of dtype dt holding exactly want (NaN where NaN)."""
+    assert _backends.of(got).dtype_name(got) == dt, what
+    np.testing.assert_array_equal(_host(got), want, err_msg=what)
+
+
+def _segments(h: np.ndarray, lengths: list) -> list:
+    off = np.concatenate([[0], np.cumsum(lengths)])
+    return [h[a:b] for a, b in zip(off[:-1], off[1:])]
+
+
+def _extreme_pad(dt: str):
+    """A pad value at the edge of what dt holds exactly."""
+    if dt == "bool":
+        return True
+    if dt.startswith(("int", "uint")):
+        return int(np.iinfo(dt).max)
+    return complex(1.5, -2.0) if dt.startswith("complex") else -2.5
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_every_dtype_moves_exactly_on_every_framework(fw, dt, rng):
+    """KeyError in the backends' dtype tables (_backends/numpy.py:122 for ml_dtypes' bfloat16,
+    ~6000 fuzz cases; torch complex and uint16/32/64; MLX uint16/32/64 and complex64; JAX uint32 and
+    complex): every dtype a framework has is now carried by every layout operation, bit for bit, and
+    an MLX bool to_padded is bool (it was int32)."""
+    if _lacks(fw, dt):
+        pytest.skip(_lacks(fw, dt))
+    h = _random(dt, (9, 2), rng)
+    arr = scree.from_lengths(_native(fw, h, dt), LENGTHS)
+    segs = _segments(h, LENGTHS)
+    pad = _extreme_pad(dt)
+    padded, mask = arr.to_padded(pad_value=pad, padding_side="left", max_length=5)
+    want = np.full((4, 5, 2), pad, dtype=h.dtype)
+    want_mask = np.zeros((4, 5), bool)
+    for i, s in enumerate(segs):
+        want[i, 5 - len(s):] = s
+        want_mask[i, 5 - len(s):] = True
+    _same(padded, want, dt, "to_padded")
+    _same(mask, want_mask, "bool", "mask")
+    _same(scree.from_padded(padded, mask=mask).values, h, dt, "from_padded(mask)")
+    _same(scree.from_padded(padded, lengths=LENGTHS, padding_side="left").values, h, dt, "from_padded(lengths)")
+    _same(arr[[3, 0, 3]].values, np.concatenate([segs[3], segs[0], segs[3]]), dt, "gather")
+    _same(arr[::-2].values, np.concatenate([segs[3], segs[1]]), dt, "arr[::-2]")
+    _same(scree.pack(arr.unpack()).values, h, dt, "pack(unpack)")
+    _same(scree.concat_sequences([arr, arr]).values, np.concatenate([np.concatenate([s, s]) for s in segs]), dt,
+          "concat_sequences")
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_reductions_of_every_dtype(fw, dt, rng):
+    """Per op and dtype, the same on every framework: sum of bool/integers -> int64 (int32 on JAX
+    without x64), of floats -> the dtype; max of everything but complex (torch's uint16/32/64 had
+    no scatter-max: NotImplementedError); mean of floats only; complex sum/mean/max raise
+    DTypeError naming the op and the dtype."""
+    if _lacks(fw, dt):
+        pytest.skip(_lacks(fw, dt))
+    small = _random(dt, (9, 2), rng, small=True)
+    full = _random(dt, (9, 2), rng)
+    arr, arr_full = (scree.from_lengths(_native(fw, h, dt), LENGTHS) for h in (small, full))
+    if dt.startswith("complex"):
+        for op in ("sum", "mean", "max"):
+            with pytest.raises(scree.DTypeError, match=rf"{op}.*{dt}"):
+                getattr(arr, op)()
+        return
+    exact = dt == "bool" or dt.startswith(("int", "uint"))
+    low = False if dt == "bool" else np.iinfo(dt).min if exact else -np.inf
+    want_max = np.stack([s.max(axis=0) if len(s) else np.full(2, low, full.dtype) for s in _segments(full, LENGTHS)])
+    _same(arr_full.max(), want_max, dt, "max")
+    sums = np.stack([s.astype(np.float64 if not exact else np.int64).sum(axis=0) for s in _segments(small, LENGTHS)])
+    if exact:
+        _same(arr.sum(), sums, "int32" if fw == "jax" and not _x64() else "int64", "sum")
+        with pytest.raises(scree.DTypeError, match=rf"mean.*{dt}"):
+            arr.mean()
+        return
+    eps = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64": 2.0**-52}[dt]
+    scale = np.stack([np.abs(s).sum(axis=0) for s in _segments(small.astype(np.float64), LENGTHS)])
+    got = arr.sum()
+    assert _backends.of(got).dtype_name(got) == dt
+    np.testing.assert_allclose(_host(got), sums, rtol=0, atol=1e-300 + 8 * eps * scale.max())
+    got = arr.mean()
+    assert _backends.of(got).dtype_name(got) == dt
+    lens = np.array(LENGTHS, float)[:, None]
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(_host(got), sums / lens, rtol=2 * eps, atol=8 * eps * scale.max(),
+                                   equal_nan=True)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("target", FRAMEWORKS)
+@pytest.mark.parametrize("source", FRAMEWORKS)
+def test_to_carries_every_dtype_or_names_it(source, target, dt, rng):
+    """Array.to between frameworks keeps every dtype bit for bit (NumPy's ml_dtypes bfloat16
+    raised BufferError on its way to torch and MLX), or raises DTypeError naming the dtype where
+    the target has none: complex128 into MLX (it was narrowed to complex64, silently), bfloat16
+    into NumPy from another framework (scree hands out no ml_dtypes arrays)."""
+    if _lacks(source, dt):
+        pytest.skip(_lacks(source, dt))
+    if target == "jax" and dt in WIDE and not _x64():
+        pytest.skip("JAX without x64 narrows 64-bit types (documented; ints that would wrap: tested below)")
+    h = _random(dt, (9, 2), rng)
+    arr = scree.from_lengths(_native(source, h, dt), LENGTHS)
+    if target == "mlx" and dt == "complex128":
+        with pytest.raises(scree.DTypeError, match="complex128"):
+            arr.to(target)
+        return
+    if target == "numpy" and dt == "bfloat16" and source != "numpy":
+        with pytest.raises(scree.DTypeError, match="bfloat16"):
+            arr.to(target)
+        return
+    out = arr.to(target)
+    assert out.backend == target
+    _same(out.values, h, dt, f"{source} -> {target}")
+    assert _host(out.offsets).tolist() == [0, 3, 3, 5, 9]
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_mlx_keeps_float64_and_refuses_complex128(fw, rng):
+    """MLX has float64 (CPU) and no complex128: .to('mlx') keeps float64 values exactly and names
+    complex128 in a DTypeError (mx.from_dlpack narrowed it to complex64 without a word)."""
+    pytest.importorskip("mlx.core")
+    if fw == "jax" and not _x64():
+        pytest.skip("JAX without x64 has neither")
+    h = rng.standard_normal((5, 3)) * 1e200
+    out = scree.from_lengths(_native(fw, h, "float64"), [2, 3]).to("mlx")
+    _same(out.values, h, "float64")
+    if fw == "mlx":
+        return
+    c = (h + 1j * rng.standard_normal((5, 3)) * 1e-200).astype(np.complex128)
+    with pytest.raises(scree.DTypeError, match="complex128"):
+        scree.from_lengths(_native(fw, c, "complex128"), [2, 3]).to("mlx")
+
+
+def test_jax_without_x64_refuses_ints_that_would_wrap(rng):
+    """JAX without jax_enable_x64 narrows int64 to int32 by wrapping (2**40 -> 0, silently): scree
+    raises ArgumentError naming int32 and the flag instead, and keeps values that fit."""
+    pytest.importorskip("jax")
+    if _x64():
+        pytest.skip("jax_enable_x64 is on: nothing narrows")
+    big = rng.integers(2**31, 2**40, size=(4, 2), dtype=np.int64)
+    sources = [big] + ([__import__("torch").from_numpy(big)] if _importable("torch") else [])
+    for src in sources:
+        arr = scree.from_lengths(src, [1, 3])
+        with pytest.raises(scree.ArgumentError, match="int32.*jax_enable_x64"):
+            arr.to("jax")
+        with pytest.raises(scree.ArgumentError, match="jax_enable_x64"):
+            scree.from_offsets(_native("jax", np.ones((4, 2), np.float32), "float32"), [0, 2**40, 4])
+    fits = rng.integers(-2**31, 2**31, size=(4, 2), dtype=np.int64)
+    _same(scree.from_lengths(fits, [1, 3]).to("jax").values, fits, "int32")
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_unsupported_dtypes_raise_dtype_error_where_arrays_enter():
+    """Element types scree cannot name (float8, int4, complex32, object, strings, NumPy's
+    longdouble) raise DTypeError naming the dtype where an Array is built, not a KeyError in a
+    later operation."""
+    cases = [np.array([1, 2, 3], dtype=object), np.array(["a", "b", "c"])]
+    if np.dtype(np.longdouble).itemsize > 8:
+        cases.append(np.ones(3, np.longdouble))
+    if _importable("ml_dtypes"):
+        import ml_dtypes
+
+        cases.append(np.ones(3, ml_dtypes.float8_e4m3fn))
+    if _importable("torch"):
+        import torch
+
+        cases += [torch.ones(3, dtype=torch.float8_e4m3fn), torch.ones(3, dtype=torch.complex32)]
+    if _importable("jax"):
+        import jax.numpy as jnp
+
+        cases += [jnp.ones(3, jnp.float8_e4m3fn), jnp.ones(3, jnp.int4)]
+    for v in cases:
+        name = _backends.of(v).dtype_name(v)
+        ns = _backends.of(v)
+        offsets = ns.asarray([0, 1, 3], dtype="int64")
+        ok = scree.from_lengths(ns.astype(ns.arange(3, "int64"), "float32"), [1, 2])
+        for build in (lambda: scree.from_lengths(v, [1, 2]), lambda: scree.Array(v, offsets),
+                      lambda: scree.Array(v, offsets, validate=False), lambda: scree.pack([v[:1], v[1:]]),
+                      lambda: scree.from_padded(ns.reshape(v, (1, 3))), lambda: ok.with_values(v)):
+            with pytest.raises(scree.DTypeError, match=name.replace("[", r"\[")):
+                build()
+
+
+def test_numpy_bfloat16_reductions_and_attention(rng):
+    """ml_dtypes' NumPy bfloat16 (KeyError before): reductions run on NumPy's ops, in float64 and
+    rounded once; the compiled attention kernels cannot read it: DTypeError naming bfloat16."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    h = _random("bfloat16", (5, 2, 8), rng)
+    arr = scree.from_lengths(h.astype(ml_dtypes.bfloat16), [2, 3])
+    sums = np.stack([s.astype(np.float64).sum(axis=0) for s in _segments(h, [2, 3])])
+    np.testing.assert_array_equal(arr.sum().astype(np.float32), _round_bfloat16(sums.astype(np.float32)))
+    np.testing.assert_array_equal(arr.max().astype(np.float32), np.stack([s.max(axis=0) for s in _segments(h, [2, 3])]))
+    with pytest.raises(scree.DTypeError, match="bfloat16"):
+        scree.varlen_attention(arr, arr, arr)
+
+
+PAD_CASES = [  # (dtype, bad pad values, exactly representable ones)
+    ("uint8", [300, -1, 2.5, float("nan"), float("inf"), None, "a", 1 + 2j], [255, 0, 2.0, True, 3 + 0j]),
+    ("int32", [2**31, float("nan"), float("-inf"), 2**70, b"1"], [-2**31, 2**31 - 1, -7.0]),
+    ("int64", [2**63, -2**63 - 1], [2**63 - 1, -2**63]),
+    ("uint64", [2**64, -1], [2**64 - 1]),
+    ("float16", [65520, 1e300, 2**1100, 1 + 1j, None], [65504, -65504, float("nan"), float("-inf"), True]),
+    ("float32", [1e39, -3.5e38], [3.4e38, 2**70, float("inf")]),
+    ("bool", [2, -1, 0.5, float("nan"), None], [0, 1, True, False, 1.0]),
+    ("complex64", [1e39 + 0j, "x"], [1.5 - 2j, 3]),
+]
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_pad_value_must_fit_the_dtype(fw, rng):
+    """Pad values that do not fit the dtype padded silently (NaN/inf into ints, 300 -> 44 and -1 ->
+    255 into uint8, 2**63 into int64) or raised the frameworks' own errors (None, strings, MLX's
+    std::bad_cast): ArgumentError naming pad_value and the dtype now; values the dtype holds
+    exactly still pad, on every framework (bridges.to_hf_padded too)."""
+    from scree.bridges import to_hf_padded
+
+    for dt, bad, good in PAD_CASES:
+        if _lacks(fw, dt):
+            continue
+        h = _random(dt, (5, 3), rng)
+        arr = scree.from_lengths(_native(fw, h, dt), [2, 3])
+        for pad in bad:
+            with pytest.raises(scree.ArgumentError, match=rf"pad_value.*{dt}"):
+                arr.to_padded(pad_value=pad)
+            with pytest.raises(scree.ArgumentError, match="pad_value"):
+                to_hf_padded(arr, pad_value=pad)
+        for pad in good:
+            padded, mask = arr.to_padded(pad_value=pad, max_length=4)
+            want = np.full((2, 4, 3), pad.real if isinstance(pad, complex) and dt != "complex64" else pad, h.dtype)
+            want[0, :2], want[1, :3] = h[:2], h[2:]
+            _same(padded, want, dt, f"pad_value={pad!r}")
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_bad_slices_raise_argument_error(fw, rng):
+    """arr[::0] raised Python's ValueError, arr['a':] and arr[1.5:] its TypeError."""
+    arr = scree.from_lengths(_native(fw, _random("float32", (5, 2), rng), "float32"), [2, 0, 3])
+    for index in (slice(None, None, 0), slice("a", None), slice(1.5, None), slice(None, 2, 0.5)):
+        with pytest.raises(scree.ArgumentError, match="slice"):
+            arr[index]
+    _same(arr[::-1].values, _host(arr.values)[[2, 3, 4, 0, 1]], "float32")  # good slices still work
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_padded_sizes_are_checked_before_allocating(fw, rng):
+    """to_padded sized past what can exist raised NumPy's ValueError/MemoryError, torch's
+    RuntimeError, JAX's RESOURCE_EXHAUSTED, MLX's OverflowError (or built a lazy array that
+    segfaulted when evaluated), and from_padded allocated from lengths before checking them
+    (48 GiB for lengths=[2**31]). Now, before anything is allocated: an axis past the
+    framework's index type (int32 for MLX shapes and JAX without x64) or bytes past the platform's
+    address space -> ArgumentError naming max_length; more than the memory left ->
+    OutOfMemoryError (a ScreeError and a MemoryError)."""
+    arr = scree.from_lengths(_native(fw, _random("float32", (5, 3), rng), "float32"), [2, 3])
+    with pytest.raises(scree.ArgumentError, match="max_length=4611686018427387904"):
+        arr.to_padded(max_length=2**62)
+    zero = scree.from_lengths(_native(fw, np.ones((4, 0), np.float32), "float32"), [1, 3])
+    with pytest.raises(scree.ArgumentError, match="max_length"):  # no elements, but strides overflow
+        zero.to_padded(max_length=2**63 - 1)
+    narrow = fw == "mlx" or (fw == "jax" and not _x64())
+    with pytest.raises(scree.ArgumentError if narrow else OutOfMemoryError, match="max_length=35184372088832"):
+        arr.to_padded(max_length=2**45)  # 768 TiB, past any machine's memory
+    if narrow:
+        with pytest.raises(scree.ArgumentError, match="2147483647"):
+            arr.to_padded(max_length=2**31)
+    padded = _native(fw, _random("float32", (2, 4, 3), rng), "float32")
+    for lengths in ([2**31, 1], [1, 5], [1, 2, 3]):
+        with pytest.raises(scree.ShapeError, match="do not fit padded"):
+            scree.from_padded(padded, lengths=lengths)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_padded_past_the_address_space_limit_is_refused_not_a_crash(fw):
+    """Under an address-space limit (the fuzzing workers run with 8 GiB) a padded array that fits
+    the machine but not the limit made NumPy and torch raise their MemoryErrors and MLX die with
+    SIGSEGV evaluating it: OutOfMemoryError before allocating now (a child process, so a
+    regression cannot take pytest down)."""
+    if fw == "mlx":
+        pytest.importorskip("mlx.core")
+    else:
+        pytest.importorskip(fw)
+    if not _importable("resource") or not os.path.exists("/proc/self/status"):
+        pytest.skip("needs Linux's /proc and RLIMIT_AS")
+    make = {"numpy": "np.ones((3, 2), np.float32)", "torch": "__import__('torch').ones(3, 2)",
+            "jax": "__import__('jax.numpy').numpy.ones((3, 2))", "mlx": "__import__('mlx.core').core.ones((3, 2))"}[fw]
+    evaluate = "__import__('mlx.core').core.eval(p)" if fw == "mlx" else "pass"
+    code = f"""
+        import resource, numpy as np, scree
+        arr = scree.from_lengths({make}, [1, 2])
+        used = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize:")).split()[1]) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (used + (1 << 30), resource.getrlimit(resource.RLIMIT_AS)[1]))
+        try:
+            p, m = arr.to_padded(max_length=1 << 30)  # 8 GiB of float32 padding, 1 GiB left
+            {evaluate}
+            print("no error")
+        except scree.ScreeError as e:
+            print(type(e).__name__, isinstance(e, MemoryError))
+    """
+    out = assert_child_ok(code)
+    assert out.strip() == "OutOfMemoryError True"
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_to_an_absent_device_raises_backend_error(fw, rng):
+    """.to('torch', device='cuda') on a machine without a GPU raised torch's AssertionError
+    ('Torch not compiled with CUDA enabled'), device='gpu' its RuntimeError: BackendError naming
+    the device, for every target."""
+    arr = scree.from_lengths(_native(fw, _random("float32", (5, 2), rng), "float32"), [2, 3])
+    targets = [t.values[0] for t in FRAMEWORKS if _importable({"mlx": "mlx.core"}.get(t.values[0], t.values[0]))]
+    absent = ["gpu", "tpu", "cuda:99", 0]
+    if not (_importable("torch") and __import__("torch").cuda.is_available()):
+        absent.append("cuda")
+    for target in targets:
+        for device in absent:
+            if target == "torch" and device == 0 and __import__("torch").cuda.is_available():
+                continue
+            with pytest.raises(scree.BackendError, match=repr(device).replace("(", r"\(")):
+                arr.to(target, device=device)
+        _same(arr.to(target, device="cpu").values, _host(arr.values), "float32")
+
+
+def test_validate_false_offsets_are_checked_before_they_travel():
+    """Array.to carried validate=False host offsets as trusted bookkeeping: to_torch_nested over
+    [0, 5, 6, 8, -2**31] raised torch's RuntimeError. Checked first now: RaggedError. JAX CPU
+    offsets are checked at their first use too (the XLA FFI handlers raised JaxRuntimeError)."""
+    v = np.random.default_rng(5).standard_normal((8,)).astype(np.float32)
+    bad = scree.from_offsets(v, np.array([0, 5, 6, 8, -2**31]), validate=False)
+    for target in [t for t in ("torch", "jax", "mlx") if _importable({"mlx": "mlx.core"}.get(t, t))]:
+        with pytest.raises(scree.RaggedError):
+            bad.to(target)
+    if _importable("torch"):
+        from scree.bridges import to_torch_nested
+
+        with pytest.raises(scree.RaggedError):
+            to_torch_nested(bad)
+    if _importable("jax"):
+        import jax.numpy as jnp
+
+        q = scree.from_offsets(jnp.asarray(np.ones((3, 2, 8), np.float32)), jnp.array([0, 4]), validate=False)
+        with pytest.raises(scree.RaggedError, match="total"):
+            scree.varlen_attention(q, q, q)
+
+
+def test_torch_unsigned_index_put_on_signed_bits(rng):
+    """torch has no index_put for uint16/32/64 (the reference path, which CUDA tensors take): the
+    backend writes the same bits through the signed type of the same width."""
+    torch = pytest.importorskip("torch")
+    ns = _backends.get("torch")
+    for dt in ("uint16", "uint32", "uint64"):
+        h = _random(dt, (6, 2), rng)
+        dst = _native("torch", np.zeros((9, 2), dt), dt)
+        rows = np.array([7, 0, 3, 8, 1, 5])
+        out = ns.index_put(dst, (torch.from_numpy(rows),), _native("torch", h, dt))
+        want = np.zeros((9, 2), dt)
+        want[rows] = h
+        _same(out, want, dt, dt)

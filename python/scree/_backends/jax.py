@@ -17,6 +17,7 @@ Two JAX habits shape this module:
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Sequence
 
 import jax
@@ -24,20 +25,49 @@ import jax.numpy as jnp
 import numpy as np
 
 from scree._backends.protocol import Landed
-from scree._errors import BackendError, UnsupportedError
+from scree._errors import ArgumentError, BackendError, DTypeError, UnsupportedError
 
 name = "jax"
 Array = jax.Array
 safe_indexing = True  # (XLA clamps)
 
-_NAMES = ("bool", "int8", "int16", "int32", "int64", "uint8", "float16", "bfloat16", "float32", "float64")
+_NAMES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "bfloat16",
+          "float32", "float64", "complex64", "complex128")
 
 
 def _dt(name_: str) -> Any:
     """The JAX dtype for a scree dtype name, canonicalised (int64 -> int32 without x64)."""
     if name_ not in _NAMES:
-        raise TypeError(f"JAX has no dtype {name_!r}")
+        raise DTypeError(f"JAX has no dtype {name_!r}")
     return jax.dtypes.canonicalize_dtype(jnp.dtype(name_))
+
+
+def _x64() -> bool:
+    return bool(jax.config.jax_enable_x64)
+
+
+def max_extent() -> int:
+    """The largest extent of an axis (and index) scree's JAX ops take: without jax_enable_x64 its
+    positions, segment ids and offsets are int32, so 2**31 - 1."""
+    return sys.maxsize if _x64() else np.iinfo(np.int32).max
+
+
+def _fits_32_bits(x: Any) -> None:
+    """Without jax_enable_x64 JAX narrows 64-bit integers to 32 bits by wrapping them (2**40 -> 0,
+    silently); ArgumentError where x's values would wrap. x: any framework's array (its minimum
+    and maximum read on the host, device arrays copied there)."""
+    name = str(getattr(x, "dtype", "")).rpartition(".")[2]
+    if _x64() or name not in ("int64", "uint64") or not int(np.prod(getattr(x, "shape", ()))):
+        return
+    try:
+        h = np.from_dlpack(x) if not isinstance(x, np.ndarray) else x
+    except (BufferError, RuntimeError, TypeError, ValueError):  # device memory: a copy
+        h = np.asarray(x.cpu() if hasattr(x, "cpu") else x)
+    lo, hi = int(h.min()), int(h.max())
+    info = np.iinfo(np.uint32 if name == "uint64" else np.int32)
+    if lo < info.min or hi > info.max:
+        raise ArgumentError(f"{name} values in [{lo}, {hi}] do not fit {info.dtype}, JAX's integer type without "
+                            "jax_enable_x64 (they would wrap): jax.config.update('jax_enable_x64', True) keeps them")
 
 
 def owns(x: Any) -> bool:
@@ -161,8 +191,16 @@ def dtype(name_: str) -> Any:
     return _dt(name_)
 
 
+# dtype -> name: every Array construction asks, and dtype.name costs ~2 us where a hit costs ~50 ns
+_NAME_OF: dict[Any, str] = {}
+
+
 def dtype_name(x: Any) -> str:
-    return np.dtype(x.dtype).name
+    dt = x.dtype
+    name = _NAME_OF.get(dt)
+    if name is None:
+        name = _NAME_OF[dt] = np.dtype(dt).name
+    return name
 
 
 def is_floating(x: Any) -> bool:
@@ -193,12 +231,17 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 def from_numpy(a: np.ndarray, like: Any = None) -> Any:
+    _fits_32_bits(a)
     d = None if like is None else _device_of(like)
     out = jnp.asarray(a)
     return out if d is None else jax.device_put(out, d)
 
 
 def asarray(obj: Any, dtype: str | None = None, like: Any = None) -> Any:
+    if isinstance(obj, (list, tuple)) and all(type(v) is int for v in obj):  # (jnp.asarray: OverflowError)
+        obj = np.asarray(obj)
+    if isinstance(obj, np.ndarray):
+        _fits_32_bits(obj)
     out = jnp.asarray(obj, dtype=None if dtype is None else _dt(dtype))
     d = None if like is None else _device_of(like)
     return out if d is None else jax.device_put(out, d)
@@ -363,12 +406,13 @@ def to_backend(x: Any, device_: Any = None) -> Any:
     if isinstance(x, jax.Array):
         out = x
     elif hasattr(x, "__dlpack__"):
+        _fits_32_bits(x)
         try:
             out = jnp.from_dlpack(x)
         except (BufferError, RuntimeError, TypeError, ValueError):
             out = jnp.asarray(np.asarray(x))  # e.g. a read-only NumPy array that refuses DLPack export
     else:
-        out = jnp.asarray(x)
+        out = asarray(x)
     target = _target_device(device_)
     if target is not None and _device_of(out) != target:
         out = jax.device_put(out, target)

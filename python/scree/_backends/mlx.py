@@ -17,7 +17,7 @@ import mlx.core as mx
 import numpy as np
 
 from scree._backends.protocol import Landed
-from scree._errors import BackendError
+from scree._errors import BackendError, DTypeError
 
 name = "mlx"
 Array = mx.array
@@ -25,8 +25,9 @@ safe_indexing = False  # (no bounds checks: out-of-range scatter indices segfaul
 
 _DTYPES = {
     "bool": mx.bool_, "int8": mx.int8, "int16": mx.int16, "int32": mx.int32, "int64": mx.int64,
-    "uint8": mx.uint8, "float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32,
-    "float64": mx.float64,
+    "uint8": mx.uint8, "uint16": mx.uint16, "uint32": mx.uint32, "uint64": mx.uint64,
+    "float16": mx.float16, "bfloat16": mx.bfloat16, "float32": mx.float32, "float64": mx.float64,
+    "complex64": mx.complex64,
 }
 _NAMES = {v: k for k, v in _DTYPES.items()}
 
@@ -35,7 +36,7 @@ def _dt(name_: str) -> Any:
     try:
         return _DTYPES[name_]
     except KeyError:
-        raise TypeError(f"MLX has no dtype {name_!r}") from None
+        raise DTypeError(f"MLX has no dtype {name_!r}") from None
 
 
 def owns(x: Any) -> bool:
@@ -163,7 +164,11 @@ def zeros(shape_: Sequence[int], dtype: str, like: Any = None) -> Any:
 
 
 def full(shape_: Sequence[int], value: Any, dtype: str, like: Any = None) -> Any:
-    return mx.full(tuple(shape_), value, dtype=_dt(dtype))
+    # The fill as a 0-d array of the dtype: mx.full(shape, 0, dtype=mx.bool_) gives int32, and a
+    # Python int past int64 (a uint64 value) raises std::bad_cast (MLX 0.32) unless it is NumPy's.
+    if isinstance(value, int) and value > np.iinfo(np.int64).max:
+        value = np.uint64(value)
+    return mx.full(tuple(shape_), mx.array(value, dtype=_dt(dtype)))
 
 
 def arange(n: int, dtype: str = "int64", like: Any = None) -> Any:
@@ -172,6 +177,11 @@ def arange(n: int, dtype: str = "int64", like: Any = None) -> Any:
 
 def astype(x: Any, dtype: str) -> Any:
     return x.astype(_dt(dtype))
+
+
+def max_extent() -> int:
+    """The largest extent of an axis MLX arrays take: their shapes are int32."""
+    return np.iinfo(np.int32).max
 
 
 def contiguous(x: Any) -> Any:
@@ -296,7 +306,12 @@ def to_backend(x: Any, device_: str | None = None) -> Any:
                            f"{device_!r}: call mx.set_default_device first")
     if isinstance(x, mx.array):
         return x
-    if hasattr(x, "__dlpack__") and "float64" not in str(getattr(x, "dtype", "")):
+    kind = str(getattr(x, "dtype", "")).rpartition(".")[2]  # 'float64' in every framework's spelling
+    if kind == "complex128":  # (mx.from_dlpack would narrow it to complex64, silently)
+        raise DTypeError("MLX has no complex128: cast the values to complex64 first")
+    if kind == "bfloat16" and isinstance(x, np.ndarray):  # ml_dtypes' type exports no DLPack
+        return mx.array(x.view(np.uint16)).view(mx.bfloat16)
+    if hasattr(x, "__dlpack__") and kind != "float64":
         try:
             return mx.from_dlpack(x)
         except (BufferError, RuntimeError, TypeError, ValueError):

@@ -3,11 +3,13 @@ Every backend module defines the same names with the same meaning (see _backends
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 import numpy as np
 
 from scree._backends.protocol import Landed
+from scree._errors import BackendError, DTypeError
 
 name = "numpy"
 Array = np.ndarray
@@ -15,8 +17,29 @@ safe_indexing = True  # (IndexError)
 
 _DTYPES = {
     "bool": np.bool_, "int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64,
-    "uint8": np.uint8, "float16": np.float16, "float32": np.float32, "float64": np.float64,
+    "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64,
+    "float16": np.float16, "float32": np.float32, "float64": np.float64,
+    "complex64": np.complex64, "complex128": np.complex128,
 }
+
+
+def _dt(name_: str) -> Any:
+    """The NumPy type called name_; bfloat16 is ml_dtypes' (JAX's dependency, which gives NumPy
+    one), looked up where it is loaded (an array of it exists only then)."""
+    try:
+        return _DTYPES[name_]
+    except KeyError:
+        ml = sys.modules.get("ml_dtypes")
+        if name_ == "bfloat16" and ml is not None:
+            return ml.bfloat16
+        raise DTypeError(f"NumPy has no dtype {name_!r}" +
+                         (" (ml_dtypes gives it one: import ml_dtypes)" if name_ == "bfloat16" else "")) from None
+
+
+def _foreign(x: Any) -> bool:
+    """Whether x's dtype is ml_dtypes' bfloat16 (kind 'V'; the only such dtype an Array takes):
+    NumPy ufuncs serve it, the compiled kernels cannot read it (nanobind knows NumPy's own types)."""
+    return x.dtype.kind == "V"
 
 
 def owns(x: Any) -> bool:
@@ -39,8 +62,9 @@ def device(x: Any) -> str:
 
 
 def is_host(x: Any) -> bool:
-    """Whether the C++ CPU kernels can read x's memory directly."""
-    return True
+    """Whether the C++ CPU kernels can read x's memory directly: not ml_dtypes' bfloat16, which
+    the reference serves with NumPy's own ops."""
+    return not _foreign(x)
 
 
 def host_readable(x: Any) -> bool:
@@ -80,18 +104,23 @@ def needs_autograd(x: Any) -> bool:
 
 
 def dtype(name_: str) -> Any:
-    try:
-        return np.dtype(_DTYPES[name_])
-    except KeyError:
-        raise TypeError(f"NumPy has no dtype {name_!r}") from None
+    return np.dtype(_dt(name_))
+
+
+# dtype -> name: every Array construction asks, and dtype.name costs ~2 us where a hit costs ~50 ns
+_NAME_OF: dict[Any, str] = {}
 
 
 def dtype_name(x: Any) -> str:
-    return np.dtype(x.dtype).name
+    dt = x.dtype
+    name = _NAME_OF.get(dt)
+    if name is None:
+        name = _NAME_OF[dt] = np.dtype(dt).name
+    return name
 
 
 def is_floating(x: Any) -> bool:
-    return np.issubdtype(x.dtype, np.floating)
+    return x.dtype.kind == "f" or (_foreign(x) and x.dtype.name == "bfloat16")
 
 
 def is_integer(x: Any) -> bool:
@@ -111,7 +140,7 @@ def from_numpy(a: np.ndarray, like: Any = None) -> np.ndarray:
 
 
 def asarray(obj: Any, dtype: str | None = None, like: Any = None) -> np.ndarray:
-    return np.asarray(obj, dtype=None if dtype is None else _DTYPES[dtype])
+    return np.asarray(obj, dtype=None if dtype is None else _dt(dtype))
 
 
 def data_ptr(x: Any) -> int:
@@ -119,23 +148,28 @@ def data_ptr(x: Any) -> int:
 
 
 def empty(shape_: Sequence[int], dtype: str, like: Any = None) -> np.ndarray:
-    return np.empty(tuple(shape_), dtype=_DTYPES[dtype])
+    return np.empty(tuple(shape_), dtype=_dt(dtype))
 
 
 def zeros(shape_: Sequence[int], dtype: str, like: Any = None) -> np.ndarray:
-    return np.zeros(tuple(shape_), dtype=_DTYPES[dtype])
+    return np.zeros(tuple(shape_), dtype=_dt(dtype))
 
 
 def full(shape_: Sequence[int], value: Any, dtype: str, like: Any = None) -> np.ndarray:
-    return np.full(tuple(shape_), value, dtype=_DTYPES[dtype])
+    return np.full(tuple(shape_), value, dtype=_dt(dtype))
 
 
 def arange(n: int, dtype: str = "int64", like: Any = None) -> np.ndarray:
-    return np.arange(n, dtype=_DTYPES[dtype])
+    return np.arange(n, dtype=_dt(dtype))
 
 
 def astype(x: Any, dtype: str) -> np.ndarray:
-    return x.astype(_DTYPES[dtype], copy=False)
+    return x.astype(_dt(dtype), copy=False)
+
+
+def max_extent() -> int:
+    """The largest extent of an axis (and index) NumPy arrays take: the platform's."""
+    return sys.maxsize
 
 
 def contiguous(x: Any) -> np.ndarray:
@@ -248,8 +282,6 @@ def to_backend(x: Any, device_: str | None = None) -> np.ndarray:
     (torch CPU, JAX CPU, MLX). Views of JAX and MLX buffers are read-only: those frameworks'
     arrays are immutable. bfloat16 has no NumPy dtype and raises scree.DTypeError."""
     if device_ is not None and str(device_) != "cpu":
-        from scree._errors import BackendError
-
         raise BackendError(f"NumPy arrays live on the host; device must be None or 'cpu', got {device_!r}")
     if not hasattr(x, "__dlpack__"):
         return np.asarray(x)
@@ -257,14 +289,15 @@ def to_backend(x: Any, device_: str | None = None) -> np.ndarray:
         return np.from_dlpack(x)
     except (RuntimeError, TypeError, BufferError) as e:
         if "bfloat16" in str(getattr(x, "dtype", "")):
-            from scree._errors import DTypeError
-
             raise DTypeError("NumPy has no bfloat16: cast the values first, e.g. arr.map(lambda v: v.astype(...))") from e
         raise
 
 
 def kernel_arg(x: Any) -> Any:
-    """scree._C reads x as it is."""
+    """scree._C reads x as it is; DTypeError for ml_dtypes' bfloat16, which it cannot read."""
+    if _foreign(x):
+        raise DTypeError(f"scree's compiled kernels cannot read NumPy arrays of {x.dtype.name} (ml_dtypes): "
+                         "cast them to float32, or use torch, JAX or MLX for bfloat16")
     return x
 
 

@@ -5,7 +5,8 @@ meets it (every name present, same parameters and defaults). Backends hold array
 framework queries only: no attention glue, no autograd, no pytree (those live in scree._connect).
 
 "Native array" below means the backend's own array type; dtypes are named by strings ('float32',
-'int64', 'bfloat16', ...); `like` places a new array on the device of an existing one."""
+'int64', 'bfloat16', ..., the names in scree._backends.dtypes.NAMES; a name the framework lacks
+raises scree.DTypeError); `like` places a new array on the device of an existing one."""
 
 from __future__ import annotations
 
@@ -85,6 +86,10 @@ class Backend(Protocol):
         """Bytes per element."""
 
     def is_contiguous(self, x: Any) -> bool: ...
+
+    def max_extent(self) -> int:
+        """The largest extent of one axis, and index, the framework's arrays and scree's index
+        arithmetic over them take (int64's, or int32's: MLX shapes, JAX without jax_enable_x64)."""
 
     def data_ptr(self, x: Any) -> int: ...
 

@@ -3,6 +3,7 @@ only after the user imported torch (detection goes through sys.modules)."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 import numpy as np
@@ -12,6 +13,7 @@ from torch.utils.dlpack import to_dlpack as _to_dlpack
 from scree import _C
 from scree._backends.numpy import _host_summary
 from scree._backends.protocol import Landed
+from scree._errors import BackendError, DTypeError
 
 name = "torch"
 Array = torch.Tensor
@@ -19,10 +21,14 @@ safe_indexing = True  # (IndexError; device-side asserts on CUDA)
 
 _DTYPES = {
     "bool": torch.bool, "int8": torch.int8, "int16": torch.int16, "int32": torch.int32,
-    "int64": torch.int64, "uint8": torch.uint8, "float16": torch.float16,
-    "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64,
+    "int64": torch.int64, "uint8": torch.uint8, "uint16": torch.uint16, "uint32": torch.uint32,
+    "uint64": torch.uint64, "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+    "float64": torch.float64, "complex64": torch.complex64, "complex128": torch.complex128,
 }
 _NAMES = {v: k for k, v in _DTYPES.items()}
+# torch's unsigned types past uint8 are "barebones" (torch 2.13: no index_put, no scatter-max):
+# those ops run on the signed type of the same width, over the same bits.
+_SIGNED = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
 
 
 def owns(x: Any) -> bool:
@@ -134,11 +140,15 @@ def needs_autograd(x: Any) -> bool:
     return bool(x.requires_grad) and torch.is_grad_enabled()
 
 
-def dtype(name_: str) -> torch.dtype:
+def _dt(name_: str) -> torch.dtype:
     try:
         return _DTYPES[name_]
     except KeyError:
-        raise TypeError(f"torch has no dtype {name_!r}") from None
+        raise DTypeError(f"torch has no dtype {name_!r}") from None
+
+
+def dtype(name_: str) -> torch.dtype:
+    return _dt(name_)
 
 
 def dtype_name(x: Any) -> str:
@@ -175,7 +185,7 @@ def from_numpy(a: np.ndarray, like: Any = None) -> torch.Tensor:
 
 
 def asarray(obj: Any, dtype: str | None = None, like: Any = None) -> torch.Tensor:
-    return torch.as_tensor(obj, dtype=None if dtype is None else _DTYPES[dtype],
+    return torch.as_tensor(obj, dtype=None if dtype is None else _dt(dtype),
                            device=None if like is None else like.device)
 
 
@@ -189,23 +199,28 @@ def _dev(like: Any) -> Any:
 
 def empty(shape_: Sequence[int], dtype: str, like: Any = None) -> torch.Tensor:
     # (no _dev call: every kernel call allocates 3 to 5 outputs through here)
-    return torch.empty(shape_, dtype=_DTYPES[dtype], device=None if like is None else like.device)
+    return torch.empty(shape_, dtype=_dt(dtype), device=None if like is None else like.device)
 
 
 def zeros(shape_: Sequence[int], dtype: str, like: Any = None) -> torch.Tensor:
-    return torch.zeros(tuple(shape_), dtype=_DTYPES[dtype], device=_dev(like))
+    return torch.zeros(tuple(shape_), dtype=_dt(dtype), device=_dev(like))
 
 
 def full(shape_: Sequence[int], value: Any, dtype: str, like: Any = None) -> torch.Tensor:
-    return torch.full(tuple(shape_), value, dtype=_DTYPES[dtype], device=_dev(like))
+    return torch.full(tuple(shape_), value, dtype=_dt(dtype), device=_dev(like))
 
 
 def arange(n: int, dtype: str = "int64", like: Any = None) -> torch.Tensor:
-    return torch.arange(n, dtype=_DTYPES[dtype], device=_dev(like))
+    return torch.arange(n, dtype=_dt(dtype), device=_dev(like))
 
 
 def astype(x: Any, dtype: str) -> torch.Tensor:
-    return x.to(_DTYPES[dtype])
+    return x.to(_dt(dtype))
+
+
+def max_extent() -> int:
+    """The largest extent of an axis (and index) torch tensors take: int64."""
+    return sys.maxsize
 
 
 def contiguous(x: Any) -> torch.Tensor:
@@ -248,6 +263,9 @@ def repeat(x: Any, repeats: Any, total: int) -> torch.Tensor:
 
 def index_put(dst: Any, index: Any, values: Any) -> torch.Tensor:
     # index_put (not the in-place form) so autograd flows from `values` when it requires grad.
+    signed = _SIGNED.get(dst.dtype)
+    if signed is not None:
+        return dst.view(signed).index_put(tuple(index), values.view(signed)).view(dst.dtype)
     return dst.index_put(tuple(index), values)
 
 
@@ -272,6 +290,10 @@ def segment_reduce(values: Any, segment_ids: Any, n: int, op: str) -> torch.Tens
             0, segment_ids, torch.ones(segment_ids.shape, dtype=torch.float64, device=values.device))
         return (out / counts.reshape((n,) + (1,) * len(feat))).to(values.dtype)
     if op == "max":
+        signed = _SIGNED.get(values.dtype)
+        if signed is not None:  # flipping the sign bit maps the unsigned order onto the signed one
+            flip = torch.iinfo(signed).min
+            return (segment_reduce(values.view(signed) ^ flip, segment_ids, n, op) ^ flip).view(values.dtype)
         low = float("-inf") if values.is_floating_point() else torch.iinfo(values.dtype).min
         out = torch.full((n, *feat), low, dtype=values.dtype, device=values.device)
         return out.scatter_reduce(0, idx, values, reduce="amax", include_self=True)
@@ -310,12 +332,39 @@ def exportable(x: Any) -> torch.Tensor:
     return x.detach()
 
 
+def _target_device(device_: Any) -> torch.device:
+    """torch.device(device_) where this process can place tensors; BackendError otherwise (torch
+    itself raises AssertionError for CUDA in a build without it, RuntimeError for unknown names)."""
+    try:
+        dev = torch.device(device_)
+    except (RuntimeError, TypeError, ValueError) as e:  # (torch.device(0) asks for an accelerator)
+        raise BackendError(f"torch cannot place tensors on {device_!r}: {e}") from None
+    if dev.type in ("cpu", "meta"):
+        return dev
+    if dev.type == "cuda":
+        count = torch.cuda.device_count()
+        if (dev.index or 0) < count:
+            return dev
+        raise BackendError(f"torch cannot place tensors on {device_!r}: {count} CUDA device(s) visible"
+                           + ("" if torch.backends.cuda.is_built() else " (this torch was built without CUDA)"))
+    available = torch.backends.mps.is_available if dev.type == "mps" else \
+        getattr(getattr(torch, dev.type, None), "is_available", None)
+    if available is None or not available():
+        raise BackendError(f"torch cannot place tensors on {device_!r}: no {dev.type} device here")
+    return dev
+
+
 def to_backend(x: Any, device_: str | None = None) -> torch.Tensor:
     """Bring a native array of another framework here, zero-copy through DLPack: NumPy, JAX and
     MLX host buffers are shared (a tensor over a JAX or MLX buffer must not be written to: those
-    frameworks assume their arrays never change). Moving to another device copies."""
-    t = torch.from_dlpack(x) if hasattr(x, "__dlpack__") else torch.as_tensor(x)
-    return t if device_ is None else t.to(device_)
+    frameworks assume their arrays never change). Moving to another device copies; a device this
+    process does not have raises scree.BackendError."""
+    dev = None if device_ is None else _target_device(device_)
+    if isinstance(x, np.ndarray) and x.dtype.name == "bfloat16":  # ml_dtypes' type exports no DLPack
+        t = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    else:
+        t = torch.from_dlpack(x) if hasattr(x, "__dlpack__") else torch.as_tensor(x)
+    return t if dev is None else t.to(dev)
 
 
 # kernel_arg(x): a DLPack capsule of x made in C++ (torch.utils.dlpack.to_dlpack itself, no Python

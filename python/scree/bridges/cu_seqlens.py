@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from scree import _backends
-from scree._array import Array
+from scree._array import Array, checked_values
 from scree._construct import from_cu_seqlens
 from scree._errors import ArgumentError, DTypeError, RaggedError, ShapeError
 from scree._layout import offsets_from_lengths
@@ -34,13 +34,14 @@ def from_position_ids(values: Any, position_ids: Any) -> Array:
     """Array from a packed row whose position_ids restart at 0 at each sequence start (shape
     (total,) or (1, total)). A sequence must count 0, 1, 2, ... without gaps."""
     ns = _backends.common(values=values, position_ids=position_ids)
+    checked_values(ns, values)
     if not ns.is_integer(position_ids):
         raise DTypeError(f"position_ids must be integers, got {ns.dtype_name(position_ids)}")
     shape = tuple(ns.shape(position_ids))
     if not (len(shape) == 1 or (len(shape) == 2 and shape[0] == 1)):
         raise ShapeError(f"position_ids must have shape (total,) or (1, total) (one packed row), got {shape}")
     pos = np.asarray(ns.to_numpy(position_ids)).reshape(-1).astype(np.int64)
-    if len(ns.shape(values)) < 1 or pos.shape[0] != ns.shape(values)[0]:
+    if pos.shape[0] != ns.shape(values)[0]:
         raise ShapeError(f"position_ids has {pos.shape[0]} entries but values has shape {ns.shape(values)}")
     starts = np.flatnonzero(pos == 0)
     if pos.size and (starts.size == 0 or starts[0] != 0):
