@@ -24,6 +24,7 @@ from scree._errors import (
     BackendError,
     DeviceError,
     DTypeError,
+    OutOfMemoryError,
     RaggedError,
     ScreeError,
     ShapeError,
@@ -36,5 +37,5 @@ __all__ = [
     "Array", "pack", "unpack", "from_offsets", "from_lengths", "from_cu_seqlens", "from_padded",
     "concat_sequences",
     "ScreeError", "RaggedError", "ShapeError", "DTypeError", "UnsupportedError", "ArgumentError",
-    "BackendError", "DeviceError", "varlen_attention", "varlen_attention_backward", "__version__",
+    "BackendError", "DeviceError", "OutOfMemoryError", "varlen_attention", "varlen_attention_backward", "__version__",
 ]

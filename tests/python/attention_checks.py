@@ -160,6 +160,21 @@ def check_against_references(what: str, got: tuple, ref64: tuple, low: tuple, se
                             seed=seed)
 
 
+def assert_compiled_matches_eager(loss: Callable, arrays: Sequence[scree.Array], backend: str = "aot_eager") -> None:
+    """loss(*values) under torch.compile(fullgraph=True) equals the eager call, value and gradients
+    with respect to each Array's values (fresh leaves cloned from them for each run)."""
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, fullgraph=True, backend=backend)
+    leaves = [a.values.detach().clone().requires_grad_(True) for a in arrays]
+    eager = [a.values.detach().clone().requires_grad_(True) for a in arrays]
+    got, want = compiled(*leaves), loss(*eager)
+    got.backward()
+    want.backward()
+    torch.testing.assert_close(got, want)
+    for a, b in zip(leaves, eager):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
 # ---- direct calls of the compiled op with preallocated outputs ---------------------------------
 def kernel_offsets(a: scree.Array) -> Any:
     """Offsets as scree._C reads them for a's device: int32 cu_seqlens on the GPU (the same device

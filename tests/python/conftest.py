@@ -47,7 +47,7 @@ def rng(request: pytest.FixtureRequest) -> np.random.Generator:
 def torch_one_thread():
     """torch ops on tiny arrays (the reference kernels, test oracles) run fastest on one thread;
     on a busy 2-core machine each parallel region otherwise waits on the scheduler. scree's C++
-    kernels start their own std::threads (SCREE_NUM_THREADS), which this does not touch."""
+    kernels use their own worker pool (SCREE_NUM_THREADS), which this does not touch."""
     if torch is None:
         yield
         return
@@ -57,3 +57,14 @@ def torch_one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture
+def jax_x64():
+    """JAX with 64-bit types for the test (float64 references), switched back off after it."""
+    jax = pytest.importorskip("jax", reason="jax is not installed")
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield jax
+    finally:
+        jax.config.update("jax_enable_x64", False)

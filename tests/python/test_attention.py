@@ -14,6 +14,8 @@ from scree.kernels.reference import varlen_attention as reference
 
 torch = pytest.importorskip("torch", reason="torch is not installed")
 
+from attention_checks import assert_compiled_matches_eager  # noqa: E402
+
 LENGTHS = {  # (q lengths, k lengths)
     "edge": ([0, 1, 3, 0, 7], [0, 1, 3, 5, 0]),
     "long": ([130, 1, 200], [130, 1, 200]),
@@ -152,15 +154,7 @@ def test_torch_compile_fullgraph_forward_and_backward():
         out = scree.varlen_attention(q.with_values(qv), k.with_values(kv), v.with_values(vv), causal=True)
         return (out.values ** 2).sum()
 
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    leaves = [a.values.clone().requires_grad_(True) for a in (q, k, v)]
-    eager_leaves = [a.values.clone().requires_grad_(True) for a in (q, k, v)]
-    got, want = compiled(*leaves), loss(*eager_leaves)
-    got.backward()
-    want.backward()
-    torch.testing.assert_close(got, want)
-    for a, b in zip(leaves, eager_leaves):
-        torch.testing.assert_close(a.grad, b.grad)
+    assert_compiled_matches_eager(loss, (q, k, v))
 
 
 def test_single_head_two_dimensional_inputs():

@@ -37,6 +37,8 @@ from scree.kernels.reference import varlen_attention as reference
 
 torch = pytest.importorskip("torch", reason="torch is not installed")
 
+from attention_checks import assert_compiled_matches_eager  # noqa: E402
+
 LENGTHS = {  # (q lengths, k lengths): 0, 1, odd, longer than a block (96 keys), Lq > Lk and Lq < Lk
     "mixed": ([0, 1, 7, 33, 2, 130], [3, 1, 9, 20, 0, 150]),
     "q_longer": ([41, 5], [17, 1]),
@@ -293,10 +295,8 @@ class TestJax:
     jax = pytest.importorskip("jax", reason="jax is not installed")
 
     @pytest.fixture(autouse=True)
-    def _x64(self):
-        self.jax.config.update("jax_enable_x64", True)
+    def _x64(self, jax_x64):
         yield
-        self.jax.config.update("jax_enable_x64", False)
 
     def _run(self, x, lq, lk, dtype, opts, jit=False):
         jax, jnp = self.jax, self.jax.numpy
@@ -449,16 +449,7 @@ def test_torch_compile_after_exotic_options():
                                      window=(2 ** 70, None))
         return (out.values ** 2).sum()
 
-    torch._dynamo.reset()
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    leaves = [a.values.clone().requires_grad_(True) for a in (q, k, v)]
-    eager = [a.values.clone().requires_grad_(True) for a in (q, k, v)]
-    got, want = compiled(*leaves), loss(*eager)
-    got.backward()
-    want.backward()
-    torch.testing.assert_close(got, want)
-    for a, b in zip(leaves, eager):
-        torch.testing.assert_close(a.grad, b.grad)
+    assert_compiled_matches_eager(loss, (q, k, v))
 
 
 def test_ambiguous_causal_raises_argument_error():

@@ -28,10 +28,8 @@ class TestJax:
     jax = pytest.importorskip("jax", reason="jax is not installed")
 
     @pytest.fixture(autouse=True)
-    def _x64(self):
-        self.jax.config.update("jax_enable_x64", True)
+    def _x64(self, jax_x64):
         yield
-        self.jax.config.update("jax_enable_x64", False)
 
     def _arrays(self, q, k, v, lq, lk, dtype):
         jnp = self.jax.numpy
