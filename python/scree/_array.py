@@ -194,6 +194,21 @@ class Array:
             return None
         return self.max_length
 
+    def _padded_length(self, max_length: int | None) -> int:
+        """L of to_padded: max_length, else the Array's max_length. An explicit max_length shorter
+        than the longest sequence is a ShapeError; the Array's max_length may be a bound its maker
+        gave (like max_seqlen), so below it the host offsets decide (read only then). Traced offsets
+        (jax.jit) trust the caller's max_length, as FlashAttention trusts max_seqlen."""
+        if max_length is None:
+            return self.max_length
+        bound = self._known_max_length()
+        if bound is not None and max_length < bound:
+            h = self._known_host_offsets()
+            longest = bound if h is None else int(np.max(np.diff(h))) if len(h) > 1 else 0
+            if max_length < longest:
+                raise ShapeError(f"max_length={max_length} is shorter than the longest sequence ({longest})")
+        return max_length
+
     @property
     def max_length(self) -> int:
         """Length of the longest sequence (0 for an empty batch); host int, cached. Known without a

@@ -100,9 +100,7 @@ def to_padded(arr: Array, pad_value: Any, padding_side: str, max_length: int | N
     if not _native(ns, arr.values):
         return reference.to_padded(arr, pad_value, padding_side, max_length)
     left = reference._padding_side(padding_side)
-    length = arr.max_length if max_length is None else max_length
-    if length < arr.max_length:
-        raise ShapeError(f"max_length={length} is shorter than the longest sequence ({arr.max_length})")
+    length = arr._padded_length(max_length)  # checked against the longest sequence
     values = ns.contiguous(arr.values)
     dt = ns.dtype_name(values)
     padded = ns.empty((arr.num_sequences, length, *arr.feature_shape), dt, like=values)
@@ -115,9 +113,7 @@ def from_padded(ns: ModuleType, padded: Any, mask: Any, lengths: Any, padding_si
     if not _native(ns, padded, mask):
         return reference.from_padded(padded, mask, lengths, padding_side)
     left = reference._padding_side(padding_side)
-    shape = ns.shape(padded)
-    if len(shape) < 2:
-        raise ShapeError(f"padded must have shape (n, max_len, *feature), got {shape}")
+    shape = ns.shape(padded)  # rank, mask shape and lengths checked by scree.from_padded
     n, length = shape[:2]
     padded = ns.contiguous(padded)
     if mask is not None:
@@ -130,8 +126,6 @@ def from_padded(ns: ModuleType, padded: Any, mask: Any, lengths: Any, padding_si
         if lengths is None:
             lengths = np.full(n, length, dtype=np.int64)
         _, host, _ = offsets_from_lengths(ns, lengths, like=padded)
-        if len(host) - 1 != n:
-            raise ShapeError(f"got {len(host) - 1} lengths for {n} padded rows")
         values = ns.empty((int(host[-1]), *shape[2:]), ns.dtype_name(padded), like=padded)
         _C.unpad(padded, host, values, left)
     lens = np.diff(host)

@@ -82,12 +82,7 @@ def to_padded(arr: Array, pad_value: Any = 0, padding_side: str = "right",
     """(padded (n, L, *feature), mask (n, L) bool)."""
     ns = _backends.of(arr.values)
     left = _padding_side(padding_side)
-    length = arr.max_length if max_length is None else max_length
-    # Traced offsets (jax.jit) have no known max_length to check against: the caller's static
-    # max_length is trusted there, as FlashAttention trusts max_seqlen (rows past it are dropped).
-    known = arr._known_max_length()
-    if known is not None and length < known:
-        raise ShapeError(f"max_length={length} is shorter than the longest sequence ({known})")
+    length = arr._padded_length(max_length)  # checked against the longest sequence
     n, dt = arr.num_sequences, ns.dtype_name(arr.values)
     seg, pos = _padded_slots(arr, length, left)
     padded = ns.full((n, length, *arr.feature_shape), pad_value, dt, like=arr.values)
