@@ -19,7 +19,8 @@ struct RaggedLayout {
 };
 
 // Writes offsets[0..n] (n+1 values) from n lengths; throws InvalidOffsets naming the first
-// negative length. Returns the layout the offsets describe.
+// negative length (or where the sum passes INT64_MAX), InvalidArgument for n < 0. Returns the
+// layout the offsets describe.
 template <class Index>
 RaggedLayout offsets_from_lengths(const Index* lengths, int64_t n, int64_t stride, int64_t* offsets);
 

@@ -41,6 +41,8 @@ class Copier {
       : stream_(out_bytes >= (int64_t(16) << 20) && pieces > 0 && out_bytes / pieces >= (int64_t(64) << 10)) {}
 
   void operator()(void* dst, const void* src, int64_t n) const {
+    // An empty buffer's pointer may be null, which memcpy must not get even for 0 bytes (UBSan).
+    if (n <= 0) return;
 #if defined(SCREE_STREAMING_STORES)
     if (stream_ && n >= 256) {
       auto* d = static_cast<unsigned char*>(dst);

@@ -41,6 +41,8 @@ RaggedLayout RaggedLayout::from_offsets(const Index* offsets, int64_t count, int
 
 template <class Index>
 RaggedLayout offsets_from_lengths(const Index* lengths, int64_t n, int64_t stride, int64_t* offsets) {
+  require(n >= 0, ErrorKind::InvalidArgument,
+          [&] { return "the number of lengths must be >= 0, got " + std::to_string(n); });
   RaggedLayout layout;
   layout.num_sequences = n;
   offsets[0] = 0;

@@ -3,6 +3,7 @@
 // sequence length so skewed batches stay balanced; outputs >= 4 MiB ask for huge pages first.
 #include "scree/ops/pack.h"
 
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -31,7 +32,7 @@ struct PadRow {
     }
   }
   void fill(byte* dst, int64_t rows, int64_t row_bytes) const {
-    if (rows <= 0) return;
+    if (rows <= 0 || row_bytes <= 0) return;
     if (zero) {
       std::memset(dst, 0, static_cast<size_t>(rows * row_bytes));
       return;
@@ -40,9 +41,27 @@ struct PadRow {
   }
 };
 
+// pad and unpad index (n, max_len) blocks: every sequence must fit, or `lead` goes negative and
+// the copies run outside the padded buffer. Checked here too (not only in the bindings) because
+// C++ callers reach these kernels directly.
+void require_fits(const int64_t* offsets, int64_t n, int64_t max_len) {
+  require(max_len >= 0, ErrorKind::ShapeMismatch,
+          [&] { return "the padded length must be >= 0, got " + std::to_string(max_len); });
+  for (int64_t i = 0; i < n; ++i)
+    require(offsets[i + 1] - offsets[i] <= max_len, ErrorKind::ShapeMismatch, [&] {
+      return "sequence " + std::to_string(i) + " has length " + std::to_string(offsets[i + 1] - offsets[i]) +
+             ", more than the padded length " + std::to_string(max_len);
+    });
+}
+
 }  // namespace
 
+// Rows of zero bytes (feature dimension 0) leave nothing to copy, and their counts are then not
+// bounded by any allocation: offsets near INT64_MAX would overflow the byte arithmetic below
+// (2 * offsets[n] * row_bytes, n * max_len * row_bytes), so the kernels return first.
+
 void pack(const void* const* sources, const int64_t* offsets, int64_t n, int64_t row_bytes, void* dst) {
+  if (row_bytes == 0) return;
   byte* out = static_cast<byte*>(dst);
   advise_hugepages(out, offsets[n] * row_bytes);
   const Copier copy(offsets[n] * row_bytes, n);
@@ -60,6 +79,12 @@ void pack(const void* const* sources, const int64_t* offsets, int64_t n, int64_t
 
 void pad(const void* values, const int64_t* offsets, int64_t n, int64_t max_len, int64_t row_bytes,
          const void* pad_value, int64_t elem_bytes, bool left, void* padded, uint8_t* mask) {
+  require_fits(offsets, n, max_len);
+  require(elem_bytes > 0 && row_bytes % elem_bytes == 0, ErrorKind::InvalidArgument, [&] {
+    return "row_bytes (" + std::to_string(row_bytes) + ") must be a multiple of the pad value's size (" +
+           std::to_string(elem_bytes) + ")";
+  });
+  if (row_bytes == 0 && mask == nullptr) return;
   const byte* in = static_cast<const byte*>(values);
   byte* out = static_cast<byte*>(padded);
   const PadRow pad_row(pad_value, elem_bytes, row_bytes);
@@ -87,6 +112,8 @@ void pad(const void* values, const int64_t* offsets, int64_t n, int64_t max_len,
 
 void unpad(const void* padded, const int64_t* offsets, int64_t n, int64_t max_len, int64_t row_bytes, bool left,
            void* values) {
+  require_fits(offsets, n, max_len);
+  if (row_bytes == 0) return;
   const byte* in = static_cast<const byte*>(padded);
   byte* out = static_cast<byte*>(values);
   advise_hugepages(out, offsets[n] * row_bytes);
@@ -116,6 +143,7 @@ void mask_offsets(const uint8_t* mask, int64_t n, int64_t max_len, int64_t* offs
 
 void unpad_mask(const void* padded, const uint8_t* mask, const int64_t* offsets, int64_t n, int64_t max_len,
                 int64_t row_bytes, void* values) {
+  if (row_bytes == 0) return;
   const byte* in = static_cast<const byte*>(padded);
   byte* out = static_cast<byte*>(values);
   advise_hugepages(out, offsets[n] * row_bytes);
@@ -151,12 +179,19 @@ void gather_offsets(const int64_t* offsets, int64_t n, const int64_t* indices, i
       return "sequence index " + std::to_string(k) + " (at position " + std::to_string(j) +
              ") is out of range for " + std::to_string(n) + " sequences";
     });
-    out_offsets[j + 1] = out_offsets[j] + (offsets[k + 1] - offsets[k]);
+    // Repeating a long sequence can pass INT64_MAX (lengths are not bounded by memory when rows
+    // have no bytes); the wrapped sum would be undefined behaviour and small, wrong offsets.
+    const int64_t len = offsets[k + 1] - offsets[k];
+    require(len <= INT64_MAX - out_offsets[j], ErrorKind::InvalidArgument, [&] {
+      return "the gathered sequences hold more than 2^63 - 1 rows (at position " + std::to_string(j) + ")";
+    });
+    out_offsets[j + 1] = out_offsets[j] + len;
   }
 }
 
 void gather(const void* values, const int64_t* offsets, const int64_t* indices, int64_t count,
             const int64_t* out_offsets, int64_t row_bytes, void* out) {
+  if (row_bytes == 0) return;
   const byte* in = static_cast<const byte*>(values);
   byte* dst = static_cast<byte*>(out);
   advise_hugepages(dst, out_offsets[count] * row_bytes);

@@ -5,10 +5,12 @@
 
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <type_traits>
 #include <vector>
 
 #include "scree/dtypes.h"
+#include "scree/error.h"
 #include "scree/parallel.h"
 
 namespace scree::ops {
@@ -29,6 +31,17 @@ template <class T, class Out>
 void segment_reduce(const T* values, const int64_t* offsets, int64_t n, int64_t features, Reduce op, Out* out) {
   // Integers sum into int64; floats into Accum<T> (float for 16-bit types).
   using A = std::conditional_t<std::is_integral_v<T>, int64_t, typename Accum<T>::type>;
+  // Instantiations the header rules out would otherwise write nothing (mean of integers) or
+  // truncate the int64 sum silently (an int32 Out exists for max).
+  if constexpr (std::is_integral_v<T>) {
+    require(op != Reduce::Mean, ErrorKind::DTypeMismatch,
+            [] { return std::string("mean needs a floating-point dtype, got an integer type"); });
+    require(op != Reduce::Sum || std::is_same_v<Out, int64_t>, ErrorKind::DTypeMismatch,
+            [] { return std::string("the sum of integers is int64; the output must be int64"); });
+  }
+  // No features: the output is empty, and a sequence's length is not bounded by memory (a
+  // (2^62, 0) array has no bytes), so walking its rows could take forever.
+  if (features == 0) return;
   parallel_for(
       n, offsets[n] * features * int64_t(sizeof(T)),
       [&](int64_t begin, int64_t end) {
@@ -45,6 +58,11 @@ void segment_reduce(const T* values, const int64_t* offsets, int64_t n, int64_t 
                 const A v = A(Accum<T>::load(row[f]));
                 acc[f] = (v > acc[f] || v != v) ? v : acc[f];  // NaN propagates, as torch/numpy max
               }
+            } else if constexpr (std::is_integral_v<T>) {
+              // Integer sums wrap modulo 2^64 as NumPy's and torch's do; signed overflow would be
+              // undefined behaviour (found by tests/cpp/fuzz_reduce.cpp).
+              for (int64_t f = 0; f < features; ++f)
+                acc[f] = static_cast<int64_t>(static_cast<uint64_t>(acc[f]) + static_cast<uint64_t>(int64_t(row[f])));
             } else {
               for (int64_t f = 0; f < features; ++f) acc[f] += A(Accum<T>::load(row[f]));
             }

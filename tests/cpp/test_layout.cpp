@@ -90,4 +90,17 @@ TEST(OffsetsFromLengths, RejectsNegativeAndNamesIndex) {
   }
 }
 
+// tests/cpp/fuzz_layout.cpp: n < 0 read offsets[n], before the output (ASan heap-buffer-overflow).
+TEST(OffsetsFromLengths, RejectsNegativeCount) {
+  std::vector<int32_t> lengths{1};
+  std::vector<int64_t> off{-5, -5};
+  try {
+    scree::offsets_from_lengths(lengths.data(), -1, 1, off.data() + 1);
+    FAIL() << "n = -1 accepted";
+  } catch (const scree::Error& e) {
+    EXPECT_EQ(e.kind(), scree::ErrorKind::InvalidArgument);
+  }
+  EXPECT_EQ(off, (std::vector<int64_t>{-5, -5}));
+}
+
 }  // namespace

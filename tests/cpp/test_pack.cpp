@@ -1,9 +1,11 @@
 // Layout kernels against straightforward loops: pack, pad (left/right, zero and non-zero pad
 // value), unpad, mask-driven unpad, gather, positions and segment ids; sizes above the
-// threading threshold so the multi-threaded split is exercised too.
+// threading threshold so the multi-threaded split is exercised too. The last tests are the
+// inputs tests/cpp/fuzz_pack.cpp found crashing or wrong (run under SCREE_SANITIZE to see UB).
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -129,6 +131,86 @@ TEST(Segments, PositionsAndIds) {
         ASSERT_EQ(pos[t], t - b.offsets[i]);
         ASSERT_EQ(seg[t], i);
       }
+  }
+}
+
+constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+
+// A padded length shorter than a sequence made `lead` negative: pad and unpad copied outside
+// the padded buffer (SEGV in memcpy). Both throw now, before writing anything.
+TEST(Pad, RejectsSequenceLongerThanPaddedLength) {
+  Batch b = make_batch({2, 3}, 2, 6);
+  std::vector<float> padded(2 * 2 * 2, -1.f), back(b.values.size(), -1.f);
+  std::vector<uint8_t> mask(2 * 2, 7);
+  const float zero = 0.f;
+  for (bool left : {false, true}) {
+    for (int64_t max_len : {int64_t(2), int64_t(-1)}) {
+      try {
+        scree::ops::pad(b.values.data(), b.offsets.data(), 2, max_len, 8, &zero, 4, left, padded.data(), mask.data());
+        FAIL() << "pad accepted max_len " << max_len;
+      } catch (const scree::Error& e) {
+        EXPECT_EQ(e.kind(), scree::ErrorKind::ShapeMismatch);
+      }
+      EXPECT_THROW(scree::ops::unpad(padded.data(), b.offsets.data(), 2, max_len, 8, left, back.data()), scree::Error);
+    }
+  }
+  EXPECT_EQ(padded, std::vector<float>(8, -1.f));
+  EXPECT_EQ(mask, std::vector<uint8_t>(4, 7));
+  EXPECT_EQ(back, std::vector<float>(b.values.size(), -1.f));
+}
+
+// A pad value whose size does not divide the row (or is 0) wrote past the padding row / spun.
+TEST(Pad, RejectsRowNotAMultipleOfTheElement) {
+  Batch b = make_batch({1}, 3, 7);
+  std::vector<float> padded(3 * 2, -1.f);
+  const double pad_value = 1.0;
+  EXPECT_THROW(scree::ops::pad(b.values.data(), b.offsets.data(), 1, 2, 12, &pad_value, 8, false, padded.data(),
+                               nullptr),
+               scree::Error);
+  EXPECT_THROW(scree::ops::pad(b.values.data(), b.offsets.data(), 1, 2, 12, &pad_value, 0, false, padded.data(),
+                               nullptr),
+               scree::Error);
+}
+
+// Rows of zero bytes (feature dim 0) hold no memory, so lengths reach INT64_MAX: the byte counts
+// 2 * offsets[n] * row_bytes and n * max_len * row_bytes overflowed (UBSan), and empty buffers
+// (null pointers) reached memcpy / memset. Nothing is copied and nothing fails now.
+TEST(ZeroByteRows, HugeLengthsAndNullBuffers) {
+  const std::vector<int64_t> off{0, int64_t(1) << 62, kMax - 1};
+  const std::vector<const void*> sources{nullptr, nullptr};
+  scree::ops::pack(sources.data(), off.data(), 2, 0, nullptr);
+  const float zero = 0.f;
+  for (bool left : {false, true}) {
+    scree::ops::pad(nullptr, off.data(), 2, kMax, 0, &zero, 4, left, nullptr, nullptr);
+    scree::ops::unpad(nullptr, off.data(), 2, kMax, 0, left, nullptr);
+  }
+  const std::vector<int64_t> idx{1, 0};
+  std::vector<int64_t> out_off(3);
+  scree::ops::gather_offsets(off.data(), 2, idx.data(), 2, out_off.data());
+  EXPECT_EQ(out_off, (std::vector<int64_t>{0, kMax - 1 - (int64_t(1) << 62), kMax - 1}));
+  scree::ops::gather(nullptr, off.data(), idx.data(), 2, out_off.data(), 0, nullptr);
+
+  // A mask is still written when rows have no bytes; the padded values are empty (null).
+  const std::vector<int64_t> small{0, 1, 3};
+  std::vector<uint8_t> mask(2 * 3, 7);
+  scree::ops::pad(nullptr, small.data(), 2, 3, 0, &zero, 4, true, nullptr, mask.data());
+  EXPECT_EQ(mask, (std::vector<uint8_t>{0, 0, 1, 0, 1, 1}));
+  std::vector<int64_t> from_mask(3);
+  scree::ops::mask_offsets(mask.data(), 2, 3, from_mask.data());
+  EXPECT_EQ(from_mask, small);
+  scree::ops::unpad_mask(nullptr, mask.data(), from_mask.data(), 2, 3, 0, nullptr);
+}
+
+// Gathering a long sequence twice summed past INT64_MAX: undefined behaviour that wrapped into
+// small, wrong out_offsets (fuzz_pack's oracle saw them differ). It is an error now.
+TEST(Gather, RejectsTotalPastInt64Max) {
+  const std::vector<int64_t> off{0, int64_t(1) << 62, kMax - 1}, idx{0, 1, 0};
+  std::vector<int64_t> out(4);
+  try {
+    scree::ops::gather_offsets(off.data(), 2, idx.data(), 3, out.data());
+    FAIL() << "overflowing gather accepted";
+  } catch (const scree::Error& e) {
+    EXPECT_EQ(e.kind(), scree::ErrorKind::InvalidArgument);
   }
 }
 

@@ -1,5 +1,6 @@
 // Per-sequence reductions against loops in double, for float, half, bfloat16 and integers,
-// including empty sequences (sum 0, mean NaN, max -inf / lowest integer).
+// including empty sequences (sum 0, mean NaN, max -inf / lowest integer), and the inputs
+// tests/cpp/fuzz_reduce.cpp found wrong, undefined or hanging.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "scree/dtypes.h"
+#include "scree/error.h"
 #include "scree/ops/reduce.h"
 
 namespace {
@@ -100,6 +102,49 @@ TEST(Float16, ConversionRoundTrips) {
   EXPECT_TRUE(std::isinf(scree::to_float(scree::to_float16(1e6f))));
   EXPECT_TRUE(std::isnan(scree::to_float(scree::to_float16(NAN))));
   EXPECT_EQ(scree::to_float(scree::to_bfloat16(1.5f)), 1.5f);
+}
+
+// Signed overflow of the int64 accumulator was undefined behaviour (UBSan); sums wrap modulo
+// 2^64 now, as NumPy's and torch's int64 sums do.
+TEST(SegmentReduce, Int64SumWrapsLikeNumPy) {
+  const int64_t big = std::numeric_limits<int64_t>::max(), low = std::numeric_limits<int64_t>::min();
+  const std::vector<int64_t> in{big, 1, low, -1}, off{0, 2, 4};
+  std::vector<int64_t> out(2);
+  scree::ops::segment_reduce(in.data(), off.data(), 2, 1, Reduce::Sum, out.data());
+  EXPECT_EQ(out, (std::vector<int64_t>{low, big}));
+  const std::vector<int32_t> in32{std::numeric_limits<int32_t>::max(), 1};
+  const std::vector<int64_t> off1{0, 2};
+  scree::ops::segment_reduce(in32.data(), off1.data(), 1, 1, Reduce::Sum, out.data());
+  EXPECT_EQ(out[0], int64_t(std::numeric_limits<int32_t>::max()) + 1);  // widened, no wrap
+}
+
+// Mean of integers wrote nothing (the output kept its old bytes) and an int32 sum into int32
+// truncated silently: both pairs are outside the header's contract and throw now.
+TEST(SegmentReduce, RejectsIntegerMeanAndNarrowSum) {
+  const std::vector<int32_t> in{1, 2, 3};
+  const std::vector<int64_t> off{0, 3};
+  std::vector<int32_t> out{-7};
+  for (Reduce op : {Reduce::Mean, Reduce::Sum}) {
+    try {
+      scree::ops::segment_reduce(in.data(), off.data(), 1, 1, op, out.data());
+      FAIL() << "op " << int(op) << " of int32 into int32 accepted";
+    } catch (const scree::Error& e) {
+      EXPECT_EQ(e.kind(), scree::ErrorKind::DTypeMismatch);
+    }
+  }
+  std::vector<int64_t> out64{-7};
+  EXPECT_THROW(scree::ops::segment_reduce(in.data(), off.data(), 1, 1, Reduce::Mean, out64.data()), scree::Error);
+  EXPECT_EQ(out[0], -7);
+}
+
+// Without features a sequence of 2^62 rows holds no bytes; the kernel walked its rows one by one
+// (fuzz_reduce timed out). The output is empty, so it returns at once.
+TEST(SegmentReduce, NoFeaturesDoesNotWalkRows) {
+  const std::vector<int64_t> off{0, int64_t(1) << 62, std::numeric_limits<int64_t>::max()};
+  for (Reduce op : {Reduce::Sum, Reduce::Mean, Reduce::Max})
+    scree::ops::segment_reduce(static_cast<const float*>(nullptr), off.data(), 2, 0, op, static_cast<float*>(nullptr));
+  scree::ops::segment_reduce(static_cast<const int32_t*>(nullptr), off.data(), 2, 0, Reduce::Sum,
+                             static_cast<int64_t*>(nullptr));
 }
 
 }  // namespace
