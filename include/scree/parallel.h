@@ -1,11 +1,17 @@
-// parallel_for: split [0, n) over the machine's cores with plain std::threads. The CPU kernels
-// are memory-bound copies; a thread start costs ~20 us, so work below ~1 MiB stays on one core.
+// Running CPU work on several cores: parallel_parts / parallel_for over a process-wide pool of
+// worker threads (src/cpu/thread_pool.cpp: started on first use, asleep between calls). A thread start costs
+// ~20 us (more on a busy machine), and the CPU kernels used to start num_threads() - 1 of them
+// per call: on a 64-core host ~1 ms before any work, on every call. Waking a pooled worker costs
+// a futex wake. The CPU kernels are mostly memory-bound copies, so work below ~1 MiB stays on the
+// calling thread.
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -23,6 +29,36 @@ inline int num_threads() {
 
 // Below this many bytes of traffic a kernel runs on the calling thread.
 inline constexpr int64_t kParallelMinBytes = int64_t(1) << 20;
+
+namespace detail {
+
+// Runs task(i) for every i in [0, parts) on the process's worker pool (src/cpu/thread_pool.cpp)
+// and the calling thread, and returns once all have finished; false, having run nothing, when the
+// pool is busy with another caller's job (the caller then runs the parts itself). `task` must not
+// throw. Out of line so that no ISA-specific translation unit (the AVX2 attention kernels)
+// provides the pool's code to the others.
+bool pool_try_run(int parts, const std::function<void(int)>& task);
+
+}  // namespace detail
+
+// Calls fn(part) for every part in [0, parts), on the pool's workers and the calling thread, and
+// rethrows the first exception once all parts have run.
+template <class Fn>
+void parallel_parts(int parts, Fn&& fn) {
+  if (parts <= 0) return;
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(parts));
+  const std::function<void(int)> task = [&](int p) {
+    try {
+      fn(p);
+    } catch (...) {
+      errors[static_cast<size_t>(p)] = std::current_exception();
+    }
+  };
+  if (parts == 1 || !detail::pool_try_run(parts, task))
+    for (int p = 0; p < parts; ++p) task(p);
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
 
 // Calls fn(begin, end) on disjoint chunks covering [0, n). `bytes` is the kernel's total memory
 // traffic, used only to decide whether threads pay off. `weight_prefix`, when given, is a
@@ -48,26 +84,9 @@ void parallel_for(int64_t n, int64_t bytes, Fn&& fn, const int64_t* weight_prefi
     }
     bounds[p] = std::clamp(bounds[p], bounds[p - 1], n);
   }
-  std::vector<std::thread> pool;
-  std::vector<std::exception_ptr> errors(parts);
-  pool.reserve(parts - 1);
-  for (int p = 1; p < parts; ++p) {
-    pool.emplace_back([&, p] {
-      try {
-        if (bounds[p] < bounds[p + 1]) fn(bounds[p], bounds[p + 1]);
-      } catch (...) {
-        errors[p] = std::current_exception();
-      }
-    });
-  }
-  try {
-    if (bounds[0] < bounds[1]) fn(bounds[0], bounds[1]);
-  } catch (...) {
-    errors[0] = std::current_exception();
-  }
-  for (auto& t : pool) t.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  parallel_parts(parts, [&](int p) {
+    if (bounds[p] < bounds[p + 1]) fn(bounds[p], bounds[p + 1]);
+  });
 }
 
 }  // namespace scree

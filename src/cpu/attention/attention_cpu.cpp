@@ -1,6 +1,9 @@
 // CPU attention front door: parameter validation (the one place for it), and the choice between
 // the AVX2+FMA+F16C build of the kernels and the portable one, made once per process from cpuid.
 #include <cstdlib>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <string>
 
 #include "scree/attention/cpu.h"
@@ -29,7 +32,11 @@ bool use_avx2() {
   static const bool ok = [] {
     const char* force = std::getenv("SCREE_CPU_ISA");
     if (force != nullptr && std::string(force) == "generic") return false;
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    // F16C from CPUID leaf 1, ECX bit 29: clang's __builtin_cpu_supports has no "f16c" (a compile
+    // error there); every CPU with AVX2 and FMA has it, but the kernels use it, so ask.
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29)) != 0;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
   }();
   return ok;
 #else

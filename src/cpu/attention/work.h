@@ -8,8 +8,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <exception>
-#include <thread>
 #include <vector>
 
 #include "scree/parallel.h"
@@ -26,7 +24,7 @@ struct WorkItem {
 template <class Fn>
 void run_items(std::vector<WorkItem>& items, double total_flops, Fn&& fn) {
   std::sort(items.begin(), items.end(), [](const WorkItem& a, const WorkItem& b) { return a.cost > b.cost; });
-  // ~2 MFLOP per thread start: below that a second thread costs more than it saves.
+  // ~2 MFLOP per thread: below that waking a second one costs more than it saves.
   int threads = static_cast<int>(std::min<int64_t>(num_threads(), static_cast<int64_t>(items.size())));
   if (total_flops < 2e6) threads = 1;
   std::atomic<int64_t> next{0};
@@ -38,24 +36,7 @@ void run_items(std::vector<WorkItem>& items, double total_flops, Fn&& fn) {
     worker(0);
     return;
   }
-  std::vector<std::thread> pool;
-  std::vector<std::exception_ptr> errors(threads);
-  for (int t = 1; t < threads; ++t)
-    pool.emplace_back([&, t] {
-      try {
-        worker(t);
-      } catch (...) {
-        errors[t] = std::current_exception();
-      }
-    });
-  try {
-    worker(0);
-  } catch (...) {
-    errors[0] = std::current_exception();
-  }
-  for (auto& th : pool) th.join();
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  parallel_parts(threads, worker);  // the process's worker pool (scree/parallel.h), no thread starts
 }
 
 SCREE_CPU_NAMESPACE_END
