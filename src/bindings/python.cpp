@@ -8,6 +8,7 @@
 #ifdef SCREE_WITH_CUDA
 #include "scree/cuda_runtime.h"
 #endif
+#include "error_names.h"
 #include "scree/error.h"
 
 namespace nb = nanobind;
@@ -29,15 +30,7 @@ void translate(const std::exception_ptr& p, void*) {
   try {
     std::rethrow_exception(p);
   } catch (const Error& e) {
-    const char* cls_name = "ScreeError";
-    switch (e.kind()) {
-      case ErrorKind::InvalidOffsets: cls_name = "RaggedError"; break;
-      case ErrorKind::ShapeMismatch: cls_name = "ShapeError"; break;
-      case ErrorKind::DTypeMismatch: cls_name = "DTypeError"; break;
-      case ErrorKind::Unsupported: cls_name = "UnsupportedError"; break;
-      case ErrorKind::InvalidArgument: cls_name = "ArgumentError"; break;
-      case ErrorKind::DeviceFailure: cls_name = "DeviceError"; break;
-    }
+    const char* cls_name = scree::bindings::error_class_name(e.kind());
     try {
       nb::object cls = nb::module_::import_("scree._errors").attr(cls_name);
       PyErr_SetString(cls.ptr(), e.what());

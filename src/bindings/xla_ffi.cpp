@@ -14,6 +14,7 @@
 #include "attention_call.h"
 #include "scree/attention/cpu.h"
 #include "scree/attention/params.h"
+#include "error_names.h"
 #include "scree/error.h"
 #include "xla/ffi/api/ffi.h"
 #ifdef SCREE_WITH_CUDA
@@ -86,7 +87,7 @@ ffi::Error guarded(Fn&& fn) {
   try {
     fn();
   } catch (const scree::Error& e) {
-    return ffi::Error::InvalidArgument(std::string("scree: ") + e.what());
+    return ffi::Error::InvalidArgument(std::string("scree.") + error_class_name(e.kind()) + ": " + e.what());
   }
   return ffi::Error::Success();
 }

@@ -705,3 +705,40 @@ def test_torch_unsigned_index_put_on_signed_bits(rng):
         want = np.zeros((9, 2), dt)
         want[rows] = h
         _same(out, want, dt, dt)
+
+
+def test_jax_ffi_errors_name_the_scree_class(rng):
+    """A scree::Error in an XLA FFI handler reaches Python as JAX's runtime error whose message
+    starts with "scree.<Class>:" (here: offsets that are only known, and found decreasing, when the
+    jitted CPU kernel runs); where the ffi_call runs eagerly, scree raises that class itself."""
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    from scree._connect import jax as glue
+    if not glue.serves():
+        pytest.skip("this build has no XLA FFI handlers")
+    q = jnp.asarray(rng.standard_normal((6, 2, 16)).astype(np.float32))
+
+    @jax.jit
+    def run(values, offsets):
+        a = scree.Array(values, offsets, validate=False, max_length=6)
+        return scree.varlen_attention(a, a, a).values
+
+    with pytest.raises(Exception, match=r"scree\.RaggedError: ") as info:
+        jax.block_until_ready(run(q, jnp.asarray([0, 4, 2, 6], dtype=jnp.int32)))
+    assert not isinstance(info.value, scree.ScreeError)  # raised by XLA, outside scree's code
+    with pytest.raises(scree.RaggedError, match="decreasing|non-decreasing|offsets"):
+        with glue._scree_errors():
+            raise RuntimeError("INVALID_ARGUMENT: scree.RaggedError: offsets must be non-decreasing")
+
+
+def test_to_padded_below_a_given_bound_but_above_the_longest(backend, rng):
+    """max_length given to the Array is a bound (like max_seqlen): to_padded(max_length=m) with the
+    longest sequence <= m < that bound pads to m; below the longest it is a ShapeError."""
+    values = rng.standard_normal((10, 2)).astype(np.float32)
+    a = scree.Array(values, np.array([0, 3, 10]), max_length=12).to(backend)
+    padded, mask = a.to_padded(max_length=8)
+    assert tuple(padded.shape) == (2, 8, 2) and tuple(mask.shape) == (2, 8)
+    np.testing.assert_array_equal(np.asarray(scree.from_padded(padded, mask=mask).to("numpy").values), values)
+    with pytest.raises(scree.ShapeError, match="longest sequence \\(7\\)"):
+        a.to_padded(max_length=6)

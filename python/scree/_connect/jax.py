@@ -9,14 +9,16 @@ clamp every sequence into the buffers); vmap runs the batch sequentially."""
 
 from __future__ import annotations
 
+import contextlib
+import re
 from functools import partial
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scree import _backends, _C
+from scree import _backends, _C, _errors
 from scree._array import Array
 from scree.kernels import attention as K
 from scree.kernels.attention_spec import AttentionSpec
@@ -26,6 +28,26 @@ _FWD, _BWD = "scree_varlen_fwd", "scree_varlen_bwd"
 # Suffix of a registrations() key -> JAX's platform name for register_ffi_target.
 _PLATFORMS = {"cpu": "cpu", "cuda": "CUDA"}
 _registered: frozenset[str] | None = None  # the suffixes registered, once per process
+
+
+# How a handler's scree::Error reaches Python: JAX's runtime error with "scree.<Class>: message"
+# (src/bindings/error_names.h).
+_SCREE_ERROR = re.compile(r"scree\.(\w+Error): (.*)", re.DOTALL)
+
+
+@contextlib.contextmanager
+def _scree_errors() -> Iterator[None]:
+    """Where an ffi_call runs eagerly, raise the scree error class its handler named instead of
+    JAX's runtime error. Under jit the error comes when the compiled function runs, outside scree;
+    its message still starts with the class name."""
+    try:
+        yield
+    except Exception as e:  # jax.errors.JaxRuntimeError (its module moved across JAX versions)
+        m = _SCREE_ERROR.search(str(e))
+        cls = getattr(_errors, m.group(1), None) if m else None
+        if isinstance(cls, type) and issubclass(cls, _errors.ScreeError):
+            raise cls(m.group(2).strip()) from e
+        raise
 
 
 def _register() -> frozenset[str]:
@@ -82,7 +104,9 @@ def _forward(q, k, v, cu_q, cu_k, args):
     out_types = (jax.ShapeDtypeStruct((q.shape[0], q.shape[1], v.shape[2]), q.dtype),
                  jax.ShapeDtypeStruct((q.shape[1], q.shape[0]), K.lse_dtype(_NS.dtype_name(q))),
                  jax.ShapeDtypeStruct((ws,), jnp.uint8))
-    out, lse, _ = jax.ffi.ffi_call(_FWD, out_types, vmap_method="sequential")(q, k, v, cu_q, cu_k, **_attrs(args))
+    with _scree_errors():
+        out, lse, _ = jax.ffi.ffi_call(_FWD, out_types, vmap_method="sequential")(q, k, v, cu_q, cu_k,
+                                                                                  **_attrs(args))
     return out, lse
 
 
@@ -107,8 +131,9 @@ def _attention_bwd(args, deterministic, res, cotangents):
         if _platform(q) == "gpu" else 0
     out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v))
     out_types += (jax.ShapeDtypeStruct((ws,), jnp.uint8),)
-    dq, dk, dv, _ = jax.ffi.ffi_call(_BWD, out_types, vmap_method="sequential")(
-        dout.astype(q.dtype), q, k, v, out, lse, cu_q, cu_k, **_attrs(args))
+    with _scree_errors():
+        dq, dk, dv, _ = jax.ffi.ffi_call(_BWD, out_types, vmap_method="sequential")(
+            dout.astype(q.dtype), q, k, v, out, lse, cu_q, cu_k, **_attrs(args))
     return dq, dk, dv, None, None
 
 
