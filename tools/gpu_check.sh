@@ -134,7 +134,7 @@ elif [ -z "$sanitizer" ]; then
   results+=("$(printf '%-10s FAIL: compute-sanitizer not found' sanitizer)"); status=1
 else
   for tool in ${SANITIZER_TOOLS:-memcheck racecheck}; do
-    before=$(wc -l < "$out/sanitizer.log" 2>/dev/null || echo 0)
+    before=$( { wc -l < "$out/sanitizer.log"; } 2>/dev/null || echo 0)
     step "$tool" SKIP_SANITIZER "$out/sanitizer.log" 150 \
       env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool "$tool" --error-exitcode 1 --print-limit 20 \
       "$PY" tools/sanitize_attention.py
