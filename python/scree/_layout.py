@@ -63,7 +63,7 @@ def host_lengths(ns: ModuleType, lengths: Any) -> np.ndarray:
         lengths_host = ns.to_numpy(lengths)
     else:
         lengths_host = np.asarray(lengths)
-        if lengths_host.size == 0:
+        if lengths_host.size == 0 and not hasattr(lengths, "dtype"):  # [] is float64 to NumPy
             lengths_host = lengths_host.astype(np.int64)
         if not np.issubdtype(lengths_host.dtype, np.integer):
             raise DTypeError(f"lengths must be integers, got {lengths_host.dtype}")

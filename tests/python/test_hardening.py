@@ -742,3 +742,49 @@ def test_to_padded_below_a_given_bound_but_above_the_longest(backend, rng):
     np.testing.assert_array_equal(np.asarray(scree.from_padded(padded, mask=mask).to("numpy").values), values)
     with pytest.raises(scree.ShapeError, match="longest sequence \\(7\\)"):
         a.to_padded(max_length=6)
+
+
+def test_to_hf_padded_checks_its_int64_mask_before_allocating():
+    """to_hf_padded's attention_mask is int64, 8x the bool mask to_padded checks: 2^31 slots of
+    zero-size rows fit, their 16 GiB mask must be refused before NumPy tries (found by tools/fuzz)."""
+    import scree.bridges
+
+    a = scree.from_offsets(np.zeros((5, 0), np.float32), np.array([0, 5]))
+    with pytest.raises((OutOfMemoryError, scree.ArgumentError), match="max_length=2147483648"):
+        scree.bridges.to_hf_padded(a, max_length=2 ** 31)
+
+
+def test_strided_torch_bfloat16_view_moves_to_jax(rng):
+    """A strided or broadcast torch view is exported dense: JAX refused to import it and NumPy, the
+    fallback, has no bfloat16 (a bare TypeError before; tools/fuzz)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("jax")
+    base = torch.from_numpy(rng.standard_normal(28).astype(np.float32)).to(torch.bfloat16)
+    for view in (base[::2], base[:1].expand(14)):
+        a = scree.from_lengths(view, [1, 3, 10])
+        b = a.to("jax")
+        np.testing.assert_array_equal(np.asarray(b.values).astype(np.float32), view.float().numpy())
+
+
+def test_empty_lengths_of_another_framework_keep_their_dtype():
+    """[] means no sequences whatever NumPy makes of it, but an empty float or bool array from
+    another framework is still not integer lengths (tools/fuzz: MLX lengths for torch values)."""
+    torch = pytest.importorskip("torch")
+    mx = pytest.importorskip("mlx.core")
+    values = torch.zeros((0, 2))
+    assert scree.from_lengths(values, []).num_sequences == 0
+    for lengths in (mx.array(np.zeros(0, np.float32)), mx.array(np.zeros(0, bool)), np.zeros(0, np.float64)):
+        with pytest.raises(scree.DTypeError, match="lengths must be integers"):
+            scree.from_lengths(values, lengths)
+
+
+def test_mlx_float64_attention_is_float64_accurate(rng):
+    """MLX float64 runs the compiled kernels (MLX's own ops lost ~5e-7 relative on large values)."""
+    mx = pytest.importorskip("mlx.core")
+    x = [rng.standard_normal((7, 1, 4)) for _ in range(3)]
+    x[2] *= 1e26
+    want = reference(*(scree.from_lengths(a, [3, 4]) for a in x), causal=True).values
+    got = scree.varlen_attention(*(scree.from_lengths(mx.array(a, dtype=mx.float64), [3, 4]) for a in x),
+                                 causal=True).values
+    assert got.dtype == mx.float64
+    np.testing.assert_allclose(np.array(got), want, rtol=1e-12, atol=0)

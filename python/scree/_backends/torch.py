@@ -328,8 +328,11 @@ def swapaxes(x: Any, a: int, b: int) -> torch.Tensor:
 
 def exportable(x: Any) -> torch.Tensor:
     """x as a DLPack producer for another framework: detached (DLPack carries no autograd graph,
-    so Array.to() to another framework is where the torch graph ends)."""
-    return x.detach()
+    so Array.to() to another framework is where the torch graph ends) and dense (a strided or
+    broadcast view is copied: JAX refuses to import one, and NumPy cannot take bfloat16 as a
+    fallback)."""
+    x = x.detach()
+    return x if x.is_contiguous() else x.contiguous()
 
 
 def _target_device(device_: Any) -> torch.device:

@@ -24,9 +24,11 @@ def _host(x: Any) -> np.ndarray:
 
 
 def serves(q: Any, v: Any) -> bool:
-    """On MLX's CPU device, float32, float16 and bfloat16 (which NumPy cannot hold: it runs on
-    float32 copies, see varlen_attention)."""
-    return mx.default_device().type == mx.DeviceType.cpu and q.dtype in (mx.float32, mx.float16, mx.bfloat16)
+    """On MLX's CPU device, float64, float32, float16 and bfloat16 (which NumPy cannot hold: it runs
+    on float32 copies, see varlen_attention). float64 too: MLX's own float64 ops fell ~5e-7 short of
+    float64 accuracy on large values (tools/fuzz), the kernels do not."""
+    return mx.default_device().type == mx.DeviceType.cpu and q.dtype in (mx.float64, mx.float32, mx.float16,
+                                                                          mx.bfloat16)
 
 
 def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec) -> tuple[Any, Any]:
@@ -46,7 +48,7 @@ def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec) -> tuple
     @mx.custom_function
     def attend(qv, kv, vv):
         out, lse = K.forward(_HOST, host(qv), host(kv), host(vv), cu_q, cu_k, args)
-        return mx.array(out).astype(dtype), mx.array(lse)
+        return _MLX.from_numpy(out).astype(dtype), _MLX.from_numpy(lse)  # (from_numpy keeps float64)
 
     @attend.vjp
     def attend_vjp(primals, cotangents, outputs):
@@ -56,6 +58,6 @@ def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec) -> tuple
         bwd_args = args.with_deterministic(K.resolve_deterministic(spec.deterministic, _MLX))
         grads = K.backward(_HOST, host(dout), host(qv), host(kv), host(vv), host(out), _host(lse), cu_q, cu_k,
                            bwd_args)
-        return tuple(mx.array(g).astype(dtype) for g in grads)
+        return tuple(_MLX.from_numpy(g).astype(dtype) for g in grads)
 
     return attend(q.values, k.values, v.values)
