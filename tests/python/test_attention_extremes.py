@@ -456,3 +456,18 @@ def test_ambiguous_causal_raises_argument_error():
     q, k, v = _small()
     with pytest.raises(scree.ArgumentError, match="causal"):
         scree.varlen_attention(q, k, v, causal=np.array([True, False]))
+
+
+def test_backward_stays_finite_with_a_huge_scale_and_softcap(rng):
+    """scale = softcap = 1e30 in float64: a score and its row's maximum, computed by two GEMMs,
+    may differ in their last bit, which the softcap turns into ~1e14: exp(1e14) was inf and the
+    gradients inf/NaN (tools/fuzz). P is now capped at 1. (Such inputs are ill-conditioned: one
+    ulp of a score moves the softmax completely, so only finiteness is asserted.)"""
+    q = scree.from_offsets(rng.standard_normal((13, 1, 1)), np.array([0, 5, 13, 13]))
+    k = scree.from_offsets(rng.standard_normal((14, 1, 1)), np.array([0, 3, 11, 14]))
+    v = k.with_values(rng.standard_normal((14, 1, 1)))
+    dout = rng.standard_normal((13, 1, 1))
+    opts = {"scale": 1e30, "softcap": 1e30}
+    out, lse = scree.varlen_attention(q, k, v, return_lse=True, **opts)
+    for g in scree.varlen_attention_backward(dout, q, k, v, out, lse, **opts):
+        assert np.isfinite(np.asarray(g.values if hasattr(g, "values") else g)).all()

@@ -513,15 +513,19 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
           }
           const V vshift = splat<C>(shift), vdelta = splat<C>(delta[r]);
           const V vlog_sum = splat<C>(plan.log_sum[row0 + r]);
+          // P <= 1: an exponent above 0 only comes from rounding, when a score here and the row
+          // maximum of softmax_stats (another GEMM, other summation order) differ in their last
+          // bit, times a huge softcap or scale (1e30: exp(1e14) = inf, then NaN gradients).
+          const V zero = splat<C>(C(0));
           for (int64_t c = 0; c < w; c += W) {
             const V x = load<C>(prow + c);
             V pv, ds;
             if (capped) {
               const V t = vtanh<C>(x);
-              pv = vexp<C>((cap * t - vshift) - vlog_sum);
+              pv = vexp<C>(vmin<C>((cap * t - vshift) - vlog_sum, zero));
               ds = pv * (load<C>(dsrow + c) - vdelta) * ((C(1) - t * t) * cap);
             } else {
-              pv = vexp<C>((x - vshift) - vlog_sum);
+              pv = vexp<C>(vmin<C>((x - vshift) - vlog_sum, zero));
               ds = pv * (load<C>(dsrow + c) - vdelta);
             }
             store<C>(prow + c, pv);

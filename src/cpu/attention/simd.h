@@ -64,6 +64,12 @@ inline vec_t<T> vmax(vec_t<T> a, vec_t<T> b) {
   return a > b ? a : b;
 }
 
+// min(a, b) where a NaN in a stays NaN (so NaN inputs still reach the output).
+template <class T>
+inline vec_t<T> vmin(vec_t<T> a, vec_t<T> b) {
+  return b < a ? b : a;
+}
+
 // e^x, vectorised: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 (float) / degree-11
 // (double) Taylor-Horner polynomial, 2^n assembled in the exponent bits. Inputs below the
 // underflow bound give 0 (needed: exp(-inf) = 0 for masked scores), above overflow give inf.
