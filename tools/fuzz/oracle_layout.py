@@ -201,8 +201,12 @@ def reduction(b: Built, op: str) -> Expect:
         return Expect("either" if kind == "bool" else "answer", e, "sum of integers -> int64")
     if kind in ("int", "bool"):  # max
         low = False if kind == "bool" else np.iinfo(np.dtype(dt)).min
-        data = np.array([s.max(axis=0) if len(s) else np.full(feat, low) for s in segs]).reshape(len(segs), *feat)
-        e = Nat(fw, (dt,), data.astype(np.dtype(dt)) if kind == "int" else data.astype(bool))
+        # The dtype named up front: uint64 maxima mixed with Python ints would make a float64 array,
+        # whose 2**64 - 1 rounds to 2**64 and wraps to 0 on the way back.
+        target = np.dtype(dt) if kind == "int" else np.dtype(bool)
+        data = np.array([s.max(axis=0) if len(s) else np.full(feat, low, dtype=target) for s in segs],
+                        dtype=target).reshape(len(segs), *feat)
+        e = Nat(fw, (dt,), data)
         return Expect("either" if kind == "bool" else "answer", e, "max of integers, empty -> lowest")
     wide = np.complex128 if kind == "complex" else np.float64
     with np.errstate(all="ignore"):

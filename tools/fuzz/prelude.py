@@ -224,8 +224,10 @@ def host(x: Any) -> np.ndarray:
         t = x.detach().cpu()
         if t.dtype == torch.bfloat16:
             t = t.float()
-        if t.dtype in (torch.uint16, torch.uint32, torch.uint64):
-            t = t.to(torch.int64) if t.dtype != torch.uint64 else t.to(torch.float64)
+        if t.dtype == torch.uint64:  # (torch cannot hand it to NumPy; through float64 it rounds)
+            return t.contiguous().view(torch.int64).numpy().view(np.uint64).copy()
+        if t.dtype in (torch.uint16, torch.uint32):
+            t = t.to(torch.int64)
         return t.resolve_conj().numpy().copy()
     if fw == "mlx":
         import mlx.core as mx
