@@ -547,6 +547,54 @@ TEST(AttentionBwd, Float64LseOnlyForFloat64) {
   EXPECT_THROW(scree::attention::varlen_bwd_cpu(p), scree::Error);  // no lse at all
 }
 
+// Window sides longer than every sequence mean "unbounded", however large (fuzz_attention, issue
+// 14: the int64 position arithmetic of visible_keys overflowed for sides near INT64_MAX).
+TEST(AttentionBwd, HugeWindowSides) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  for (int64_t side : {kMax, kMax - 1, int64_t(1) << 62}) {
+    SCOPED_TRACE(::testing::Message() << "side " << side);
+    BwdCase both{{7, 3, 30}, {2, 9, 30}, 2, 1, 16, 16};
+    both.left = both.right = side;
+    check<float>(both);
+    check<double>(both);
+    BwdCase causal = both;
+    causal.causal = true, causal.right = -1;
+    check<float>(causal);
+    BwdCase right = both;
+    right.left = -1, right.hq = 4, right.hk = 2;
+    check<double>(right);
+  }
+}
+
+// With no query rows the backward still packs every key block and writes dk = dv = 0, so k, v, dk
+// and dv are required whenever there are keys (fuzz_attention: with total_q = 0 the validation let
+// a null dk through, which the kernel wrote, and a null k, which it read).
+TEST(AttentionBwd, NoQueryRowsStillNeedKeyPointers) {
+  BwdCase c{{0, 0}, {5, 3}, 2, 1, 16, 8};
+  Problem<float> pr(c);
+  VarlenBackwardParams p = pr.params();
+  scree::attention::varlen_fwd_cpu(p);
+  scree::attention::varlen_bwd_cpu(p);
+  for (float x : pr.dk.data) EXPECT_EQ(x, 0.f);
+  for (float x : pr.dv.data) EXPECT_EQ(x, 0.f);
+  for (int which = 0; which < 4; ++which) {
+    VarlenBackwardParams bad = pr.params();
+    switch (which) {
+      case 0: bad.k = nullptr; break;
+      case 1: bad.v = nullptr; break;
+      case 2: bad.dk = nullptr; break;
+      default: bad.dv = nullptr; break;
+    }
+    EXPECT_THROW(scree::attention::varlen_bwd_cpu(bad), scree::Error) << "pointer " << which;
+  }
+  // Without keys none of them is needed.
+  BwdCase no_keys{{0, 0}, {0, 0}, 2, 1, 16, 8};
+  Problem<float> empty(no_keys);
+  VarlenBackwardParams q = empty.params();
+  q.k = q.v = nullptr, q.dk = q.dv = nullptr;
+  EXPECT_NO_THROW(scree::attention::varlen_bwd_cpu(q));
+}
+
 // Same bits on every run and for every thread count, for a batch of many sequences (one item per
 // (sequence, kv head)) and for one long sequence with one kv head (chunked, partial dQ reduced).
 template <class T>

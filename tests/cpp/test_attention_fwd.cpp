@@ -183,6 +183,38 @@ TEST(AttentionFwd, Float16) {
   for (const Case& c : cases()) run_case<scree::float16>(c, 3e-3);
 }
 
+// Window sides longer than every sequence mean "unbounded", however large (fuzz_attention, issue
+// 14: visible_keys' diag + right + 1 overflowed int64 for sides near INT64_MAX, and a right side
+// of INT64_MAX - 1 hid every key; Lq > Lk makes diag - left overflow too).
+TEST(AttentionFwd, HugeWindowSides) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  for (int64_t side : {kMax, kMax - 1, int64_t(1) << 62, int64_t(81)}) {
+    SCOPED_TRACE(::testing::Message() << "side " << side);
+    run_case<float>({{7, 3, 30}, {2, 9, 30}, 2, 1, 16, 16, false, side, side}, 2e-5);
+    run_case<double>({{7, 3, 30}, {2, 9, 30}, 2, 1, 16, 16, true, side, -1}, 1e-11);
+    run_case<float>({{7, 3, 30}, {2, 9, 30}, 4, 2, 16, 8, false, -1, side}, 2e-5);
+  }
+}
+
+// No keys at all: k and v may be null (validate allows it), every row outputs 0 with lse -inf, and
+// no pointer arithmetic touches the null k / v (fuzz_attention: UBSan flagged k + head offset).
+TEST(AttentionFwd, NoKeysWithNullKeyPointers) {
+  std::vector<int64_t> oq{0, 3, 5}, ok{0, 0, 0};
+  std::vector<float> q(5 * 4 * 8, 0.5f), out(5 * 4 * 8, 777.f), lse(4 * 5, 777.f);
+  VarlenParams p;
+  p.dtype = scree::DType::Float32;
+  p.q = q.data(), p.k = nullptr, p.v = nullptr, p.out = out.data(), p.lse = lse.data();
+  p.q_row_stride = 32, p.q_head_stride = 8, p.k_row_stride = 16, p.k_head_stride = 8;
+  p.v_row_stride = 16, p.v_head_stride = 8, p.out_row_stride = 32, p.out_head_stride = 8;
+  p.cu_seqlens_q = {oq.data(), true};
+  p.cu_seqlens_k = {ok.data(), true};
+  p.num_sequences = 2, p.total_q = 5, p.total_k = 0, p.max_seqlen_q = 3;
+  p.heads_q = 4, p.heads_k = 2, p.head_dim = 8, p.head_dim_v = 8;
+  scree::attention::varlen_fwd_cpu(p);
+  for (float x : out) EXPECT_EQ(x, 0.f);
+  for (float x : lse) EXPECT_TRUE(std::isinf(x) && x < 0);
+}
+
 TEST(AttentionFwd, RejectsBadHeadsAndOffsets) {
   Case c{{3}, {3}, 3, 2, 16, 16};
   EXPECT_THROW(run_case<float>(c, 1e-5), scree::Error);

@@ -78,8 +78,9 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   const bool v_in_place = in_place && Dv == Dv_pad;
 
   const T* Q = static_cast<const T*>(p.q);
-  const T* K = static_cast<const T*>(p.k) + k0 * p.k_row_stride + kvh * p.k_head_stride;
-  const T* Vg = static_cast<const T*>(p.v) + k0 * p.v_row_stride + kvh * p.v_head_stride;
+  // No keys: k and v may be null (validate), and an offset on a null pointer is undefined.
+  const T* K = Lk == 0 ? nullptr : static_cast<const T*>(p.k) + k0 * p.k_row_stride + kvh * p.k_head_stride;
+  const T* Vg = Lk == 0 ? nullptr : static_cast<const T*>(p.v) + k0 * p.v_row_stride + kvh * p.v_head_stride;
   T* O = static_cast<T*>(p.out);
 
   // Q^T (D x cols), pre-multiplied by scale (and 1/softcap when capping, so tanh sees s / softcap).
