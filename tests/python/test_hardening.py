@@ -745,13 +745,14 @@ def test_to_padded_below_a_given_bound_but_above_the_longest(backend, rng):
 
 
 def test_to_hf_padded_checks_its_int64_mask_before_allocating():
-    """to_hf_padded's attention_mask is int64, 8x the bool mask to_padded checks: 2^31 slots of
-    zero-size rows fit, their 16 GiB mask must be refused before NumPy tries (found by tools/fuzz)."""
+    """to_hf_padded's attention_mask is int64, 8x the bool mask to_padded checks: zero-size rows
+    make the padded array free, the int64 mask must still be sized before NumPy tries (tools/fuzz
+    found 2^31 slots, 16 GiB, reaching NumPy's MemoryError; 2^40 slots, 8 TiB, fit no machine)."""
     import scree.bridges
 
     a = scree.from_offsets(np.zeros((5, 0), np.float32), np.array([0, 5]))
-    with pytest.raises((OutOfMemoryError, scree.ArgumentError), match="max_length=2147483648"):
-        scree.bridges.to_hf_padded(a, max_length=2 ** 31)
+    with pytest.raises((OutOfMemoryError, scree.ArgumentError), match="max_length=1099511627776"):
+        scree.bridges.to_hf_padded(a, max_length=2 ** 40)
 
 
 def test_strided_torch_bfloat16_view_moves_to_jax(rng):
