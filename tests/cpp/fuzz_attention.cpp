@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "fuzz_input.h"
+#include "element_types.h"
 #include "scree/attention/cpu.h"
 #include "scree/dtypes.h"
 #include "scree/error.h"
@@ -48,31 +49,9 @@ constexpr int64_t kI64Max = std::numeric_limits<int64_t>::max();
 
 // ---- storage types --------------------------------------------------------------------------
 
-template <class T>
-T from_double(double x) {
-  if constexpr (std::is_same_v<T, scree::float16>)
-    return scree::to_float16(float(x));
-  else if constexpr (std::is_same_v<T, scree::bfloat16>)
-    return scree::to_bfloat16(float(x));
-  else
-    return T(x);
-}
-
-template <class T>
-double to_double(T x) {
-  if constexpr (std::is_same_v<T, scree::float16> || std::is_same_v<T, scree::bfloat16>)
-    return double(scree::to_float(x));
-  else
-    return double(x);
-}
-
-template <class T>
-constexpr DType dtype_of() {
-  if constexpr (std::is_same_v<T, float>) return DType::Float32;
-  if constexpr (std::is_same_v<T, double>) return DType::Float64;
-  if constexpr (std::is_same_v<T, scree::float16>) return DType::Float16;
-  return DType::BFloat16;
-}
+using scree::test::dtype_of;
+using scree::test::from_double;
+using scree::test::to_double;
 
 template <class T>
 const char* name_of() {

@@ -18,6 +18,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "element_types.h"
 #include "scree/attention/cpu.h"
 #include "scree/dtypes.h"
 #include "scree/error.h"
@@ -139,31 +140,9 @@ Ref naive(const BwdCase& c, const std::vector<double>& q, const std::vector<doub
   return r;
 }
 
-template <class T>
-T from_double(double x) {
-  if constexpr (std::is_same_v<T, scree::float16>)
-    return scree::to_float16(float(x));
-  else if constexpr (std::is_same_v<T, scree::bfloat16>)
-    return scree::to_bfloat16(float(x));
-  else
-    return T(x);
-}
-
-template <class T>
-double to_double(T x) {
-  if constexpr (std::is_same_v<T, scree::float16> || std::is_same_v<T, scree::bfloat16>)
-    return double(scree::to_float(x));
-  else
-    return double(x);
-}
-
-template <class T>
-constexpr DType dtype_of() {
-  if constexpr (std::is_same_v<T, float>) return DType::Float32;
-  if constexpr (std::is_same_v<T, double>) return DType::Float64;
-  if constexpr (std::is_same_v<T, scree::float16>) return DType::Float16;
-  return DType::BFloat16;
-}
+using scree::test::dtype_of;
+using scree::test::from_double;
+using scree::test::to_double;
 
 // A (T, H, E) tensor stored with strides (row_stride, head_stride) in elements of T.
 template <class T>
