@@ -208,12 +208,8 @@ inline void fill_inputs(attention::VarlenParams& p, const ArrayArg& q, const Arr
   p.scale = a.scale, p.causal = a.causal;
   p.softcap = a.softcap;
   require_in_kernel_range(p);
-  // A window side at least as long as any query-key distance of this call (< total_q + total_k,
-  // bottom-right alignment included) is unbounded; saying so keeps the kernels' position
-  // arithmetic from overflowing on sides near 2^63 (window=(0, 2**63 - 1) returned wrong values).
-  const int64_t reach = q.shape[0] > INT64_MAX - k.shape[0] ? INT64_MAX : q.shape[0] + k.shape[0];
-  p.window_left = a.window_left >= reach ? attention::kUnbounded : a.window_left;
-  p.window_right = a.window_right >= reach ? attention::kUnbounded : a.window_right;
+  p.window_left = a.window_left, p.window_right = a.window_right;
+  attention::make_windows_reachable(p);  // (the CUDA entry points do not clamp themselves)
 }
 
 // lse (Hq, Tq) float32, or float64 for float64 inputs (what scree's glue allocates for them: an

@@ -129,4 +129,15 @@ SCREE_HOST_DEVICE inline QueryRange visible_queries(const VarlenParams& p, int64
   return {lo, hi};
 }
 
+// Window sides at least as long as any query-key distance of the call (< total_q + total_k, bottom-
+// right alignment included) made kUnbounded, which they mean: visible_keys' position arithmetic
+// (diag + right + 1, diag - left) overflows int64 for sides near INT64_MAX (window=(0, 2**63 - 1)
+// returned zeros; a right side of INT64_MAX - 1 hid every key). Totals must be >= 0.
+inline void make_windows_reachable(VarlenParams& p) {
+  constexpr int64_t kMax = INT64_MAX;
+  const int64_t reach = p.total_q > kMax - p.total_k ? kMax : p.total_q + p.total_k;
+  if (p.window_left >= reach) p.window_left = kUnbounded;
+  if (p.window_right >= reach) p.window_right = kUnbounded;
+}
+
 }  // namespace scree::attention

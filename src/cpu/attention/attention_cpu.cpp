@@ -1,7 +1,6 @@
 // CPU attention front door: parameter validation (the one place for it), and the choice between
 // the AVX2+FMA+F16C build of the kernels and the portable one, made once per process from cpuid.
 #include <cstdlib>
-#include <limits>
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
@@ -57,21 +56,6 @@ void check_offsets(const Offsets& off, int64_t n, int64_t total, const char* nam
   }
 }
 
-// p with window sides that reach past every sequence (>= total_q + total_k) made kUnbounded, which
-// they mean. The kernels' position arithmetic (visible_keys: diag + right + 1, diag - left) is
-// exact for sides below that but overflows int64 for sides near INT64_MAX (fuzz_attention: a
-// right side of INT64_MAX - 1 wrapped to "no key visible" in the optimised build).
-template <class Params>
-Params with_reachable_windows(const Params& p) {
-  const int64_t reach = p.total_q > std::numeric_limits<int64_t>::max() - p.total_k
-                            ? std::numeric_limits<int64_t>::max()
-                            : p.total_q + p.total_k;  // totals are >= 0 (validated)
-  Params out = p;
-  if (out.window_left >= reach) out.window_left = kUnbounded;
-  if (out.window_right >= reach) out.window_right = kUnbounded;
-  return out;
-}
-
 }  // namespace
 
 void validate(const VarlenParams& p) {
@@ -100,7 +84,8 @@ void validate(const VarlenParams& p) {
 
 void varlen_fwd_cpu(const VarlenParams& params) {
   validate(params);
-  const VarlenParams p = with_reachable_windows(params);
+  VarlenParams p = params;
+  make_windows_reachable(p);
 #if defined(SCREE_HAVE_AVX2_KERNELS)
   if (use_avx2()) return cpu::avx2::varlen_fwd(p);
 #endif
@@ -109,7 +94,8 @@ void varlen_fwd_cpu(const VarlenParams& params) {
 
 void varlen_bwd_cpu(const VarlenBackwardParams& params) {
   validate(params);
-  const VarlenBackwardParams p = with_reachable_windows(params);
+  VarlenBackwardParams p = params;
+  make_windows_reachable(p);
   require(p.lse_in64 == nullptr || p.dtype == DType::Float64, ErrorKind::InvalidArgument,
           [] { return std::string("a float64 lse (lse_in64) is for float64 inputs only; use the float32 lse"); });
   const bool has_lse = p.lse_in != nullptr || p.lse_in64 != nullptr;
