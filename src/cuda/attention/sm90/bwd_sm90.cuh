@@ -4,23 +4,25 @@
 // keeps its tile's K and V in shared memory and walks every (query head of the GQA group, query
 // block) that sees them, so dK and dV of the whole group are summed in registers (no atomics):
 //  - producer (warpgroup 0, 24 registers): one thread loads K, V once per tile and Q, dO, lse, delta
-//    of each query block into a 2-stage ring (TMA, transaction-counted mbarriers);
+//    of each query block into a 2-stage ring (TMA, transaction-counted mbarriers); warps 1 and 2 are
+//    the dQ writers of consumers 0 and 1 (dq_writer.cuh);
 //  - two consumers (warpgroups 1, 2, 240 registers), 64 keys each, per query block (a step):
 //      S^T = K Q^T and dP^T = V dO^T (wgmma, both operands from shared memory),
 //      P^T = exp2(S^T log2(e) scale - lse2), dS^T = P^T (dP^T - delta) [(1 - tanh^2) with softcap],
 //      dV += P^T dO and dK += dS^T Q with P and dS in registers (A operands),
 //      dS^T to shared memory (two buffers), then dQ (64 x 64 per warpgroup) = dS K from shared
-//      memory, staged in shared memory as fp32 and added to the fp32 accumulator in global memory
-//      by TMA reduce-adds (two 64 x 32 boxes, one thread).
+//      memory, staged in shared memory as fp32 for the warpgroup's writer warp, which adds it to the
+//      fp32 accumulator in global memory by TMA reduce-adds (two 64 x 32 boxes).
 //    Software pipelined: a step's S^T is issued behind the last step's dQ, which is staged once
 //    both are done, while dP^T runs; each consumer waits once a step for the other's half of dS^T.
 // The score scale is left out of dS (one multiply less per score): dK is scaled in the epilogue,
 // dQ by the postprocess. Deterministic mode orders the dQ additions of the key tiles of one query
-// block by the schedule (a per-block counter in global memory; each add is released when the next
-// one is issued, so its completion overlaps a step of work), so the sums are the same bits on
-// every run; its tile order puts tile indices outermost (TileOrder::tiles_outermost), so the
-// tiles whose adds wait for each other run a wave apart. Rows past a sequence's end read the neighbours' tokens or TMA's zeros: their P and dS
-// are set to 0 (a select, never a product, so non-finite neighbours cannot leak into P or dS).
+// block by the schedule (dq_writer.cuh: a per-block counter in global memory, waited on and
+// released by the writer warps, off the consumers' path), so the sums are the same bits on every
+// run; its tile order puts tile indices outermost (TileOrder::tiles_outermost), so the tiles whose
+// adds wait for each other run a wave apart. Rows past a sequence's end read the neighbours' tokens
+// or TMA's zeros: their P and dS are set to 0 (a select, never a product, so non-finite neighbours
+// cannot leak into P or dS).
 #pragma once
 
 #include <cuda.h>
@@ -35,6 +37,7 @@
 #include "../online_softmax.cuh"
 #include "../scores.cuh"
 #include "../varlen_tile.cuh"
+#include "dq_writer.cuh"
 #include "named_barrier.cuh"
 #include "pipeline.cuh"
 #include "ptx.cuh"
@@ -85,6 +88,7 @@ struct BwdSmem {
   } stage[Tiles::kStages];
   alignas(1024) char ds[2][Tiles::kBlockM / 64][Tiles::kSlabDs];  // dS^T, two buffers of 64-query slabs
   alignas(1024) char dq[2][2][Tiles::kDqBoxBytes];                // [warpgroup][box]
+  DqJob dq_job[2];                                                // [warpgroup], for its writer warp
   uint64_t kv_full;   // the producer published a tile and its K, V are loading
   uint64_t kv_empty;  // the consumers are done with the tile's K, V (and its slot)
   MbarRing<Tiles::kStages> ring;
@@ -116,46 +120,6 @@ __device__ __forceinline__ bool bwd_tile_at(const VarlenBackwardParams& p, const
   return true;
 }
 
-// Whether key tile n of sequence s walks query block mb (the same range bwd_tile_at computes).
-template <int kM, int kN>
-__device__ __forceinline__ bool tile_sees_block(const VarlenBackwardParams& p, const SeqTile& s, int n, int mb) {
-  const QueryRange qr = visible_queries(p, int64_t(n) * kN, int64_t(n) * kN + kN, s.q_len, s.k_len);
-  return qr.hi > qr.lo && int(qr.lo) / kM <= mb && int((qr.hi + kM - 1) / kM) > mb;
-}
-
-// Deterministic mode: how many key tiles of this sequence add to query block mb before tile n in
-// the schedule's order (the tiles that see a block form one range of n; binary search for its end
-// on the schedule's side of n).
-template <int kM, int kN>
-__device__ __forceinline__ int dq_adds_before(const VarlenBackwardParams& p, const SeqTile& s, int n, int mb,
-                                              bool descending) {
-  const int last = (s.k_len + kN - 1) / kN - 1;
-  if (descending) {  // tiles n+1 .. end of the range came first
-    int lo = n, hi = last;  // the range's end is in [lo, hi]
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) / 2;
-      if (tile_sees_block<kM, kN>(p, s, mid, mb)) lo = mid; else hi = mid - 1;
-    }
-    return lo - n;
-  }
-  int lo = 0, hi = n;  // tiles start of the range .. n-1 came first
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    if (tile_sees_block<kM, kN>(p, s, mid, mb)) hi = mid; else lo = mid + 1;
-  }
-  return n - lo;
-}
-
-__device__ __forceinline__ int load_acquire_gpu(const int* p) {
-  int v;
-  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ void add_release_gpu(int* p, int v) {
-  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
-}
-__device__ __forceinline__ void fence_proxy_async_global() { asm volatile("fence.proxy.async.global;\n" ::: "memory"); }
-
 // kFolded: no softcap and scale > 0 (ScoreMap::folds()): P = exp2(q.k * scale log2 e - lse2) is one
 // FFMA and an ex2, and P can be computed while dP^T is still in flight.
 template <class T, int D, bool kFolded>
@@ -186,10 +150,15 @@ __global__ void __launch_bounds__(384, 1)
                         deterministic};
   const int64_t tiles = order.count();
 
-  const int wg = threadIdx.x / 128;
+  const int wg = warp_uniform(threadIdx.x / 128);
   if (wg == 0) {
     setmaxnreg_dec<24>();
-    if (threadIdx.x == 0) {
+    const int warp = warp_uniform(threadIdx.x / 32);
+    if (warp == 1 || warp == 2) {
+      const int cw = warp - 1;
+      dq_writer<kM, kN>(p, ws, &tm_dq, sm.dq[cw][0], sm.dq[cw][1], sm.dq_job[cw], cw, D <= 64 ? 64 * cw : 0,
+                        D <= 64 ? 0 : 64 * cw, deterministic, order.descending);
+    } else if (threadIdx.x == 0) {
       const TileCounter counter{&ws.header->tile_counter};
       PipelineState<kStages> qs = MbarRing<kStages>::producer_start();
       int64_t t = counter.first(), reserved = 0;
@@ -254,21 +223,10 @@ __global__ void __launch_bounds__(384, 1)
     auto issue_s = [&] { issue_kq(sacc, k_rows, sm.stage[qs.index].q); };
     auto issue_dp = [&] { issue_kq(dpacc, v_rows, sm.stage[qs.index].dout); };
 
-    // dQ of a step, in dq: staged into this warpgroup's two boxes, then added to the accumulator by
-    // one thread. Deterministic: that thread first completes and releases its previous add, then
-    // waits until the adds that come before this one in the schedule's order are done.
-    int* pending_sem = nullptr;  // deterministic: the counter of the add issued last, not yet released
-    auto release_pending = [&] {
-      if (pending_sem != nullptr) {
-        bulk_wait<0>();  // the add is done (and visible to this thread)
-        fence_proxy_async_global();
-        add_release_gpu(pending_sem, 1);
-        pending_sem = nullptr;
-      }
-    };
-    auto stage_and_add_dq = [&](const BwdTile& x, int h, int mb) {
-      if (tid == 0) bulk_wait_read<0>();  // the last add has read the boxes
-      named_sync(NamedBarrier::kBwdDqStaged0 + cw, 128);
+    // dQ of a step, in dq: staged into this warpgroup's two boxes for its writer warp (dq_writer.cuh),
+    // which adds them to the accumulator in global memory.
+    auto stage_dq = [&](const BwdTile& x, int h, int mb) {
+      dq_wait_free(cw);
 #pragma unroll
       for (int jn = 0; jn < 8; ++jn)
 #pragma unroll
@@ -280,24 +238,8 @@ __global__ void __launch_bounds__(384, 1)
           *reinterpret_cast<float2*>(sm.dq[cw][jn / 4] + row * 128 + chunk * 16 + 8 * (quad % 2)) =
               make_float2(dq[jn][2 * r], dq[jn][2 * r + 1]);
         }
-      fence_proxy_async_smem();
-      named_sync(NamedBarrier::kBwdDqStaged0 + cw, 128);
-      if (tid == 0) {
-        const int m0 = mb * kM;
-        if (deterministic) {
-          release_pending();
-          int* sem = ws.dq_sem + int64_t(h) * p.total_q + x.s.q_start + m0;
-          const int before = dq_adds_before<kM, kN>(p, x.s, x.n_tile, mb, order.descending);
-          while (load_acquire_gpu(sem) < 2 * before) {  // two adds (warpgroups) per key tile
-          }
-          fence_proxy_async_global();
-          pending_sem = sem;
-        }
-        const int row = int(x.s.q_start) + m0 + dq_row0;
-        tma_reduce_add_3d(&tm_dq, sm.dq[cw][0], dq_col0, h, row);
-        tma_reduce_add_3d(&tm_dq, sm.dq[cw][1], dq_col0 + 32, h, row);
-        bulk_commit();
-      }
+      if (tid == 0) sm.dq_job[cw] = DqJob{x.s, h, mb, x.n_tile};
+      dq_publish(cw);
     };
 
     for (int j = 0;; ++j) {
@@ -348,7 +290,7 @@ __global__ void __launch_bounds__(384, 1)
         wgmma_wait<0>();
         fence_regs(sacc);
         fence_regs(dq);
-        if (step > 0) stage_and_add_dq(x, h_prev, mb_prev);
+        if (step > 0) stage_dq(x, h_prev, mb_prev);
         issue_dp();
 
         // P^T and dS^T, elementwise: element (j, e) is key key[e / 2], query m0 + 8 j + 2 quad + e % 2.
@@ -485,7 +427,7 @@ __global__ void __launch_bounds__(384, 1)
       }
       wgmma_wait<0>();  // unconditional: a wait under a branch also serialises every product (C7518)
       fence_regs(dq);
-      if (x.steps > 0) stage_and_add_dq(x, h, mb);
+      if (x.steps > 0) stage_dq(x, h, mb);
       mbar_arrive(&sm.kv_empty);  // the last dQ product was the last read of K (and of V before it)
 
       // dK (times the score scale, left out of dS) and dV of this thread's two key rows.
@@ -502,10 +444,9 @@ __global__ void __launch_bounds__(384, 1)
         }
       }
     }
-    if (tid == 0) {
-      release_pending();
-      bulk_wait<0>();  // shared memory stays valid until the last adds have read it
-    }
+    dq_wait_free(cw);  // the writer's last job is done: end it
+    if (tid == 0) sm.dq_job[cw].h = -1;
+    dq_publish(cw);
   }
 }
 

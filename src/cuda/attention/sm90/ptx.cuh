@@ -14,6 +14,12 @@ namespace scree::cuda_attention::sm90 {
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 
+// A value the same in every lane of the warp, in a form the compiler can prove so (a shuffle from
+// lane 0): what is derived from it (a warpgroup's smem offsets, hence its wgmma descriptors) then
+// lives in uniform registers, instead of being rebuilt in vector registers and moved over by
+// R2UR before every wgmma (372 R2UR in the D = 128 backward kernel with threadIdx.x / 128).
+__device__ __forceinline__ int warp_uniform(int v) { return __shfl_sync(0xffffffffu, v, 0); }
+
 // A kernel's shared memory as one struct whose tiles are alignas(1024) (the 128-byte swizzle
 // atom): the dynamic base is aligned up to 1024 bytes inside an allocation 1 KiB larger. The
 // opt-in limit is 227 KiB a block.
