@@ -265,6 +265,9 @@ std::vector<Named> cases(int64_t d) {
       {"long_causal_gqa", {{700, 513}, {700, 513}, 4, 2, d, true}},
       {"long_q_ne_k", {{1000, 3, 260}, {257, 900, 260}, 2, 1, d}},
       {"long_window_softcap", {{600}, {600}, 2, 2, d, true, 150, -1, 20.0}},
+      // More than 16 key tiles (2048 keys): the deterministic Hopper backward's other tile order.
+      {"over_16_key_tiles", {{2200, 300}, {2300, 150}, 2, 1, d}},
+      {"over_16_key_tiles_causal", {{2100, 40}, {2180, 40}, 2, 2, d, true}},
   };
   std::vector<int64_t> many_q, many_k;
   for (int i = 0; i < 300; ++i) many_q.push_back((i * 37) % 23), many_k.push_back((i * 37) % 23);
