@@ -4,21 +4,21 @@
 // keeps its tile's K and V in shared memory and walks every (query head of the GQA group, query
 // block) that sees them, so dK and dV of the whole group are summed in registers (no atomics):
 //  - producer (warpgroup 0, 24 registers): one thread loads K, V once per tile and Q, dO, lse, delta
-//    of each query block into a 2-stage ring (TMA, transaction-counted mbarriers); warps 1 and 2 are
-//    the dQ writers of consumers 0 and 1 (dq_writer.cuh);
+//    of each query block into a 2-stage ring (TMA, transaction-counted mbarriers); lane 0 of warps
+//    1 and 2 are the dQ writers of consumers 0 and 1 (dq_writer.cuh);
 //  - two consumers (warpgroups 1, 2, 240 registers), 64 keys each, per query block (a step):
 //      S^T = K Q^T and dP^T = V dO^T (wgmma, both operands from shared memory),
 //      P^T = exp2(S^T log2(e) scale - lse2), dS^T = P^T (dP^T - delta) [(1 - tanh^2) with softcap],
 //      dV += P^T dO and dK += dS^T Q with P and dS in registers (A operands),
 //      dS^T to shared memory (two buffers), then dQ (64 x 64 per warpgroup) = dS K from shared
-//      memory, staged in shared memory as fp32 for the warpgroup's writer warp, which adds it to the
+//      memory, staged in shared memory as fp32 for the warpgroup's writer, which adds it to the
 //      fp32 accumulator in global memory by TMA reduce-adds (two 64 x 32 boxes).
 //    Software pipelined: a step's S^T is issued behind the last step's dQ, which is staged once
 //    both are done, while dP^T runs; each consumer waits once a step for the other's half of dS^T.
 // The score scale is left out of dS (one multiply less per score): dK is scaled in the epilogue,
 // dQ by the postprocess. Deterministic mode orders the dQ additions of the key tiles of one query
 // block by the schedule (dq_writer.cuh: a per-block counter in global memory, waited on and
-// released by the writer warps, off the consumers' path), so the sums are the same bits on every
+// released by the writers, off the consumers' path), so the sums are the same bits on every
 // run; where sequences are longer than 2048 keys its tile order puts tile indices outermost
 // (TileOrder::tiles_outermost), so the tiles whose adds wait for each other run a wave apart. Rows past a sequence's end read the neighbours' tokens
 // or TMA's zeros: their P and dS are set to 0 (a select, never a product, so non-finite neighbours
@@ -88,7 +88,7 @@ struct BwdSmem {
   } stage[Tiles::kStages];
   alignas(1024) char ds[2][Tiles::kBlockM / 64][Tiles::kSlabDs];  // dS^T, two buffers of 64-query slabs
   alignas(1024) char dq[2][2][Tiles::kDqBoxBytes];                // [warpgroup][box]
-  DqJob dq_job[2];                                                // [warpgroup], for its writer warp
+  DqHandover dq_handover[2];                                      // [warpgroup], with its writer
   uint64_t kv_full;   // the producer published a tile and its K, V are loading
   uint64_t kv_empty;  // the consumers are done with the tile's K, V (and its slot)
   MbarRing<Tiles::kStages> ring;
@@ -138,6 +138,7 @@ __global__ void __launch_bounds__(384, 1)
   if (threadIdx.x == 0) {
     mbar_init(&sm.kv_full, 1);
     mbar_init(&sm.kv_empty, 256);
+    sm.dq_handover[0].init(), sm.dq_handover[1].init();
     sm.ring.init(256);
     fence_barrier_init();
   }
@@ -157,10 +158,9 @@ __global__ void __launch_bounds__(384, 1)
   const int wg = warp_uniform(threadIdx.x / 128);
   if (wg == 0) {
     setmaxnreg_dec<24>();
-    const int warp = warp_uniform(threadIdx.x / 32);
-    if (warp == 1 || warp == 2) {
-      const int cw = warp - 1;
-      dq_writer<kM, kN>(p, ws, &tm_dq, sm.dq[cw][0], sm.dq[cw][1], sm.dq_job[cw], cw, D <= 64 ? 64 * cw : 0,
+    if (threadIdx.x == 32 || threadIdx.x == 64) {
+      const int cw = threadIdx.x / 32 - 1;
+      dq_writer<kM, kN>(p, ws, &tm_dq, sm.dq[cw][0], sm.dq[cw][1], sm.dq_handover[cw], D <= 64 ? 64 * cw : 0,
                         D <= 64 ? 0 : 64 * cw, deterministic, order.descending);
     } else if (threadIdx.x == 0) {
       const TileCounter counter{&ws.header->tile_counter};
@@ -227,10 +227,12 @@ __global__ void __launch_bounds__(384, 1)
     auto issue_s = [&] { issue_kq(sacc, k_rows, sm.stage[qs.index].q); };
     auto issue_dp = [&] { issue_kq(dpacc, v_rows, sm.stage[qs.index].dout); };
 
-    // dQ of a step, in dq: staged into this warpgroup's two boxes for its writer warp (dq_writer.cuh),
+    // dQ of a step, in dq: staged into this warpgroup's two boxes for its writer (dq_writer.cuh),
     // which adds them to the accumulator in global memory.
+    DqHandover& ho = sm.dq_handover[cw];
+    uint32_t free_parity = 1;
     auto stage_dq = [&](const BwdTile& x, int h, int mb) {
-      dq_wait_free(cw);
+      dq_wait_free(ho, free_parity);
 #pragma unroll
       for (int jn = 0; jn < 8; ++jn)
 #pragma unroll
@@ -242,8 +244,8 @@ __global__ void __launch_bounds__(384, 1)
           *reinterpret_cast<float2*>(sm.dq[cw][jn / 4] + row * 128 + chunk * 16 + 8 * (quad % 2)) =
               make_float2(dq[jn][2 * r], dq[jn][2 * r + 1]);
         }
-      if (tid == 0) sm.dq_job[cw] = DqJob{x.s, h, mb, x.n_tile};
-      dq_publish(cw);
+      if (tid == 0) ho.job = DqJob{x.s, h, mb, x.n_tile};
+      dq_publish(ho);
     };
 
     for (int j = 0;; ++j) {
@@ -448,9 +450,9 @@ __global__ void __launch_bounds__(384, 1)
         }
       }
     }
-    dq_wait_free(cw);  // the writer's last job is done: end it
-    if (tid == 0) sm.dq_job[cw].h = -1;
-    dq_publish(cw);
+    dq_wait_free(ho, free_parity);  // the writer's last job is done: end it
+    if (tid == 0) ho.job.h = -1;
+    dq_publish(ho);
   }
 }
 

@@ -1,16 +1,16 @@
-// The Hopper backward's dQ writer: one warp per consumer warpgroup (warps 1 and 2 of the producer
-// warpgroup, idle otherwise) that takes a staged dQ tile out of shared memory and adds it to the
-// fp32 accumulator in global memory (two TMA reduce-adds), so that neither the wait for the last
-// add to have read the boxes nor, in deterministic mode, the wait for the adds that must come
-// first sits in a consumer's step. The hand-over, per consumer warpgroup, is two named barriers
-// of 160 threads (the warpgroup's 128 and the writer's 32):
-//   consumers: sync kBwdDqFree, store dQ (and the job) to shared memory, fence, arrive kBwdDqStaged;
-//   writer:    sync kBwdDqStaged, issue the adds, wait until they have read the boxes, arrive
-//              kBwdDqFree (it arrives once up front: the boxes start free).
-// Each side arrives exactly once per sync of the other, so the counts cannot mix across rounds.
-// A job with h < 0 ends the writer. Deterministic mode: the writer waits until the adds that come
-// before this one in the schedule's order (a per-block counter in global memory) are done, and
-// releases its own as soon as it has completed, so the sums are the same bits on every run.
+// The Hopper backward's dQ writer: one thread per consumer warpgroup (lane 0 of warps 1 and 2 of
+// the producer warpgroup, idle otherwise) that takes a staged dQ tile out of shared memory and
+// adds it to the fp32 accumulator in global memory (two TMA reduce-adds), so that neither the wait
+// for the last add to have read the boxes nor, in deterministic mode, the wait for the adds that
+// must come first sits in a consumer's step. The hand-over (DqHandover, per consumer warpgroup) is
+// two mbarriers, whose arrive / wait are release / acquire, so the job record written by the
+// warpgroup's thread 0 is seen by the writer (named barriers were reported as a race by racecheck):
+//   consumers: wait `free`, store dQ (thread 0: the job), fence, arrive `staged` (128 arrivals);
+//   writer:    wait `staged`, issue the adds, wait until they have read the boxes, arrive `free`.
+// The first wait on `free` passes at once (parity 1 of a fresh barrier, as in pipeline.cuh). A job
+// with h < 0 ends the writer. Deterministic mode: the writer waits until the adds that come before
+// this one in the schedule's order (a per-block counter in global memory) are done, and releases
+// its own as soon as it has completed, so the sums are the same bits on every run.
 #pragma once
 
 #include <cuda.h>
@@ -19,7 +19,6 @@
 
 #include "../bwd_workspace.h"
 #include "../varlen_tile.cuh"
-#include "named_barrier.cuh"
 #include "ptx.cuh"
 #include "tma.cuh"
 
@@ -30,11 +29,29 @@ using attention::VarlenBackwardParams;
 using attention::visible_queries;
 
 // What a consumer warpgroup staged: its dQ tile of query head h, query block mb of sequence s,
-// from key tile n_tile. Written by the warpgroup's thread 0 before its kBwdDqStaged arrive.
+// from key tile n_tile. Written by the warpgroup's thread 0 before its `staged` arrive.
 struct DqJob {
   SeqTile s;
   int h, mb, n_tile;
 };
+
+struct DqHandover {
+  uint64_t staged;  // 128 arrivals: the warpgroup has stored a dQ tile (and its job)
+  uint64_t free;    // 1 arrival: the writer's adds have read the boxes
+  DqJob job;
+  // One thread, before the block's first barrier (with the kernel's other mbarriers).
+  __device__ __forceinline__ void init() { mbar_init(&staged, 128), mbar_init(&free, 1); }
+};
+
+// The consumer side, around its stores of one dQ tile into the boxes; free_parity starts at 1.
+__device__ __forceinline__ void dq_wait_free(DqHandover& ho, uint32_t& free_parity) {
+  mbar_wait(&ho.free, free_parity);
+  free_parity ^= 1;
+}
+__device__ __forceinline__ void dq_publish(DqHandover& ho) {
+  fence_proxy_async_smem();  // the stores reach the TMA unit's (async) proxy
+  mbar_arrive(&ho.staged);
+}
 
 // Whether key tile n of sequence s walks query block mb (the same range bwd_tile_at computes).
 template <int kM, int kN>
@@ -76,51 +93,39 @@ __device__ __forceinline__ void add_release_gpu(int* p, int v) {
 }
 __device__ __forceinline__ void fence_proxy_async_global() { asm volatile("fence.proxy.async.global;\n" ::: "memory"); }
 
-// The consumer side, around its stores of one dQ tile into the boxes.
-__device__ __forceinline__ void dq_wait_free(int cw) { named_sync(NamedBarrier::kBwdDqFree0 + cw, 160); }
-__device__ __forceinline__ void dq_publish(int cw) {
-  fence_proxy_async_smem();  // the stores reach the TMA unit's (async) proxy
-  named_arrive(NamedBarrier::kBwdDqStaged0 + cw, 160);
-}
-
-// The writer warp of consumer warpgroup cw, until the job with h < 0. boxes: the warpgroup's two
-// 64-row x 32-column fp32 boxes; (row0, col0): the tile's query and head-dim offsets in a block.
+// The writer of one consumer warpgroup (one thread), until the job with h < 0. boxes: the
+// warpgroup's two 64-row x 32-column fp32 boxes; (row0, col0): the tile's query and head-dim
+// offsets in a block.
 template <int kM, int kN>
 __device__ __forceinline__ void dq_writer(const VarlenBackwardParams& p, const BwdWorkspace& ws,
                                           const CUtensorMap* tm_dq, const char* box0, const char* box1,
-                                          const DqJob& job, int cw, int row0, int col0, bool deterministic,
-                                          bool descending) {
-  const bool leader = threadIdx.x % 32 == 0;
-  named_arrive(NamedBarrier::kBwdDqFree0 + cw, 160);
-  for (;;) {
-    named_sync(NamedBarrier::kBwdDqStaged0 + cw, 160);
-    const DqJob j = job;
+                                          DqHandover& ho, int row0, int col0, bool deterministic, bool descending) {
+  for (uint32_t parity = 0;; parity ^= 1) {
+    mbar_wait(&ho.staged, parity);
+    const DqJob j = ho.job;
     if (j.h < 0) break;
+    const int m0 = j.mb * kM;
     int* sem = nullptr;
-    if (leader) {
-      const int m0 = j.mb * kM;
-      if (deterministic) {
-        sem = ws.dq_sem + int64_t(j.h) * p.total_q + j.s.q_start + m0;
-        const int before = dq_adds_before<kM, kN>(p, j.s, j.n_tile, j.mb, descending);
-        while (load_acquire_gpu(sem) < 2 * before) {  // two adds (warpgroups) per key tile
-        }
-        fence_proxy_async_global();
+    if (deterministic) {
+      sem = ws.dq_sem + int64_t(j.h) * p.total_q + j.s.q_start + m0;
+      const int before = dq_adds_before<kM, kN>(p, j.s, j.n_tile, j.mb, descending);
+      while (load_acquire_gpu(sem) < 2 * before) {  // two adds (warpgroups) per key tile
       }
-      const int row = int(j.s.q_start) + m0 + row0;
-      tma_reduce_add_3d(tm_dq, box0, col0, j.h, row);
-      tma_reduce_add_3d(tm_dq, box1, col0 + 32, j.h, row);
-      bulk_commit();
-      bulk_wait_read<0>();
+      fence_proxy_async_global();
     }
-    __syncwarp();
-    named_arrive(NamedBarrier::kBwdDqFree0 + cw, 160);
+    const int row = int(j.s.q_start) + m0 + row0;
+    tma_reduce_add_3d(tm_dq, box0, col0, j.h, row);
+    tma_reduce_add_3d(tm_dq, box1, col0 + 32, j.h, row);
+    bulk_commit();
+    bulk_wait_read<0>();
+    mbar_arrive(&ho.free);
     if (sem != nullptr) {  // released once done (visible to this thread), off the consumers' path
       bulk_wait<0>();
       fence_proxy_async_global();
       add_release_gpu(sem, 1);
     }
   }
-  if (leader) bulk_wait<0>();  // shared memory stays valid until the last adds have read it
+  bulk_wait<0>();  // shared memory stays valid until the last adds have read it
 }
 
 }  // namespace scree::cuda_attention::sm90

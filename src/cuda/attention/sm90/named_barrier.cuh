@@ -12,12 +12,6 @@ enum class NamedBarrier : int {
   // backward: consumer warpgroup 0 / 1 has written its half of dS^T (the other's dQ may read it)
   kBwdDsWritten0 = 3,
   kBwdDsWritten1 = 4,
-  // backward: consumer warpgroup 0 / 1 has staged its dQ tile in shared memory (for its writer warp)
-  kBwdDqStaged0 = 5,
-  kBwdDqStaged1 = 6,
-  // backward: the writer warp of consumer warpgroup 0 / 1 has read its dQ boxes (they are free)
-  kBwdDqFree0 = 7,
-  kBwdDqFree1 = 8,
 };
 
 __device__ __forceinline__ NamedBarrier operator+(NamedBarrier b, int i) { return NamedBarrier(int(b) + i); }
