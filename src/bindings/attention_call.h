@@ -208,8 +208,7 @@ inline void fill_inputs(attention::VarlenParams& p, const ArrayArg& q, const Arr
   p.scale = a.scale, p.causal = a.causal;
   p.softcap = a.softcap;
   require_in_kernel_range(p);
-  p.window_left = a.window_left, p.window_right = a.window_right;
-  attention::make_windows_reachable(p);  // (the CUDA entry points do not clamp themselves)
+  p.window_left = a.window_left, p.window_right = a.window_right;  // clamped by the entry points
 }
 
 // lse (Hq, Tq) float32, or float64 for float64 inputs (what scree's glue allocates for them: an

@@ -248,8 +248,10 @@ const char* cuda_forward_path(const VarlenParams& p) { return use_sm90(p) ? "sm9
 // The Hopper forward's tile counter (8 bytes), padded to the 16-byte alignment asked of the buffer.
 size_t varlen_fwd_cuda_workspace_bytes() { return 16; }
 
-void varlen_fwd_cuda(const VarlenParams& p, void* workspace, size_t workspace_bytes, void* stream) {
-  validate_cuda(p);
+void varlen_fwd_cuda(const VarlenParams& params, void* workspace, size_t workspace_bytes, void* stream) {
+  validate_cuda(params);
+  VarlenParams p = params;
+  make_windows_reachable(p);  // as the CPU entry points: a side past every distance is unbounded
   require(workspace != nullptr && workspace_bytes >= varlen_fwd_cuda_workspace_bytes(), ErrorKind::InvalidArgument,
           [&] {
             return "the forward needs " + std::to_string(varlen_fwd_cuda_workspace_bytes()) +
@@ -282,9 +284,11 @@ size_t varlen_bwd_cuda_workspace_bytes(const VarlenBackwardParams& p, bool deter
 
 const char* cuda_backward_path(const VarlenBackwardParams& p) { return use_sm90_bwd(p) ? "sm90" : "sm80"; }
 
-void varlen_bwd_cuda(const VarlenBackwardParams& p, void* workspace, size_t workspace_bytes, bool deterministic,
+void varlen_bwd_cuda(const VarlenBackwardParams& params, void* workspace, size_t workspace_bytes, bool deterministic,
                      void* stream) {
-  validate_cuda(p);
+  validate_cuda(params);
+  VarlenBackwardParams p = params;
+  make_windows_reachable(p);
   for (auto [ptr, rows, name] : {std::tuple{p.dout, p.total_q, "dout"}, std::tuple{(const void*)p.dq, p.total_q, "dq"},
                                  std::tuple{(const void*)p.dk, p.total_k, "dk"},
                                  std::tuple{(const void*)p.dv, p.total_k, "dv"},
