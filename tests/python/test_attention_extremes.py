@@ -108,11 +108,16 @@ def row_norm(a: np.ndarray) -> float:
     return float(np.sqrt((a.astype(np.float64) ** 2).sum(-1)).max(initial=0.0)) if a.size else 0.0
 
 
-def cancellation(x, lq, dtype: str) -> dict:
-    """What rounding leaves in dq, dk where they are sums that cancel (module docstring)."""
+def cancellation(x, lq, dtype: str, ds: float = 0.0) -> dict:
+    """What rounding leaves in dq, dk where they are sums that cancel (module docstring), plus, with
+    ds = score_rounding(...), what rounding the scores moves in the gradients (first order: P_ij by
+    up to 2 ds P_ij, so dS_ij = P_ij (dP_ij - delta_i) by up to 6 ds P_ij max|dP|, summed against
+    k (dq), q over a key's rows (dk), and P against dout (dv))."""
     q, k, v, dout = x
-    base = 8 * EPS[dtype] * (1 / math.sqrt(D)) * row_norm(dout) * row_norm(v)
-    return {"dq": base * row_norm(k), "dk": base * row_norm(q) * max(max(lq), 1), "dv": 0.0}
+    base = (8 * EPS[dtype] + 6 * ds) * (1 / math.sqrt(D)) * row_norm(dout) * row_norm(v)
+    rows = max(max(lq), 1)
+    return {"dq": base * row_norm(k), "dk": base * row_norm(q) * rows,
+            "dv": 2 * ds * rows * float(np.abs(dout).max(initial=0.0))}
 
 
 def score_rounding(x, dtype: str, kind: str) -> float:
@@ -178,7 +183,7 @@ def check_all(what, got, ref64, low, dtype, x, lq, seed, kind, grads=True):
     if lse is not None:
         assert_lse(f"{what} lse", lse, ref64[1], low[1], dtype, seed, ds)
     if grads:
-        cancel = cancellation(x, lq, dtype)
+        cancel = cancellation(x, lq, dtype, ds)
         for name, a, r, lo in zip(("dq", "dk", "dv"), g, ref64[2], low[2]):
             assert_fa(f"{what} {name}", a, r, lo, dtype, 3.0, cancel[name], seed)
 
