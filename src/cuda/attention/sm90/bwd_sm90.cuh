@@ -20,9 +20,9 @@
 // block by the schedule (dq_writer.cuh: a per-block counter in global memory, waited on and
 // released by the writers, off the consumers' path), so the sums are the same bits on every
 // run; where sequences are longer than 2048 keys its tile order puts tile indices outermost
-// (TileOrder::tiles_outermost), so the tiles whose adds wait for each other run a wave apart. Rows past a sequence's end read the neighbours' tokens
-// or TMA's zeros: their P and dS are set to 0 (a select, never a product, so non-finite neighbours
-// cannot leak into P or dS).
+// (TileOrder::tiles_outermost), so the tiles whose adds wait for each other run a wave apart.
+// Rows past a sequence's end read the neighbours' tokens or TMA's zeros: their P and dS are set
+// to 0 (a select, never a product, so non-finite neighbours cannot leak into P or dS).
 #pragma once
 
 #include <cuda.h>

@@ -11,10 +11,11 @@
 // them the costliest; the non-causal backward, where every key tile of a sequence costs its query
 // length); ascending for the causal backward, where key tile 0 sees every query and is the
 // costliest of its sequence. Tiles past a sequence's end are skipped by the caller.
-// `tiles_outermost` (the deterministic backward over sequences longer than 16 tiles): tile index, then head, then sequence, so the key
-// tiles of one (sequence, head), whose dQ adds must follow each other, run a wave apart instead of
-// side by side (side by side, each waited a global-memory round trip for its neighbour every step:
-// 5x slower than the default order on mixed lengths, NOTES.md).
+// `tiles_outermost` (the deterministic backward over sequences longer than 16 tiles): tile index,
+// then head, then sequence, so the key tiles of one (sequence, head), whose dQ adds must follow
+// each other, run a wave apart instead of side by side (side by side, each waited a global-memory
+// round trip for its neighbour every step: 5x slower than the default order on mixed lengths,
+// NOTES.md).
 #pragma once
 
 #include <cstdint>
