@@ -47,6 +47,17 @@ def test_reversed_numpy_view_to_torch_and_nested():
     assert out.strip() == "ok"
 
 
+def test_reversed_numpy_view_to_mlx():
+    """A negative-stride NumPy view moved to MLX raised MLX's bare ValueError (tools/fuzz)."""
+    mx = pytest.importorskip("mlx.core")
+    for v in (np.arange(12.0, dtype=np.float32).reshape(6, 2)[::-1], np.ones(1, np.float32)[::-1],
+              np.arange(6.0)[::-2]):
+        a = scree.from_offsets(v, np.array([0, 1, v.shape[0]]) if v.shape[0] > 1 else np.array([0, 1]))
+        m = a.to("mlx")
+        assert isinstance(m.values, mx.array) and str(m.values.dtype).endswith(v.dtype.name)
+        np.testing.assert_array_equal(np.array(m.values), v)
+
+
 @pytest.mark.parametrize("op", ["to_padded", "mean", "sum", "max"])
 def test_mlx_zero_size_feature(op):
     """MLX values with a zero-size feature dimension died with SIGFPE in scatter."""

@@ -125,7 +125,11 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 def from_numpy(a: np.ndarray, like: Any = None) -> Any:
-    # The dtype must be named: mx.array(float64 NumPy) would otherwise give float32.
+    # The dtype must be named: mx.array(float64 NumPy) would otherwise give float32. mx.array
+    # refuses negative strides (a view such as x[::-1]: "Cannot convert DLPack arrays with negative
+    # strides", tools/fuzz); it copies anyway, so such a view is made contiguous first.
+    if any(st < 0 for st in a.strides):
+        a = a.copy(order="C")  # (ascontiguousarray keeps a 1-element view's stride: "contiguous")
     return mx.array(a, dtype=_dt(np.dtype(a.dtype).name))
 
 
