@@ -408,6 +408,21 @@ class Array:
             offsets = target.to_backend(src._ns.exportable(src._offsets), device)
         return Array._trusted(values, offsets, host, self._layout.max_length)
 
+    # ---- pickle and copy -----------------------------------------------------------------------
+    def __getstate__(self) -> tuple:
+        """Pickled as its values and offsets, each by its own framework's pickling (so torch's
+        DataLoader workers and torch.save / torch.load carry Arrays, CUDA tensors included), and
+        the max_length the Layout knows. Unpickling runs Array(values, offsets, max_length=...)
+        again (__setstate__): the offsets are validated where they arrive, as any data entering
+        scree is (an Array made with validate=False over bad offsets raises scree.RaggedError
+        there). `copy.copy` shares the values, `copy.deepcopy` copies them. For
+        `torch.load(weights_only=True)`: `torch.serialization.add_safe_globals([scree.Array])`."""
+        return (self._values, self._layout.offsets, self._layout.max_length)
+
+    def __setstate__(self, state: tuple) -> None:
+        values, offsets, max_length = state
+        Array.__init__(self, values, offsets, max_length=max_length)
+
     # ---- reductions ----------------------------------------------------------------------------
     def sum(self) -> Any:
         """Per-sequence sum over tokens -> (n, *feature); bool and integers sum to int64 (int32 on
