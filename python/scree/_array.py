@@ -281,6 +281,11 @@ class Array:
         """arr[i] -> sequence i (a native view); arr[a:b] -> Array view (zero-copy);
         arr[[i, j, ...]] or arr[index_array] -> Array of those sequences (a copy)."""
         n = self.num_sequences
+        if isinstance(index, tuple) and any(isinstance(i, slice) or i is Ellipsis or i is None for i in index):
+            # (a tuple of integers stays a list of sequences to gather, as it always was)
+            raise ArgumentError(
+                f"arr[{', '.join(type(i).__name__ for i in index)}]: an Array is indexed by sequence only, with one "
+                "integer, slice, integer list / array or boolean mask; a sequence's tokens are arr[i][a:b]")
         if not isinstance(index, (int, np.integer, slice)) and getattr(index, "ndim", None) == 0 \
                 and self._is_integer_scalar(index):
             index = int(index)  # a 0-d integer array/tensor indexes like an int (as in NumPy/torch)

@@ -378,6 +378,16 @@ def test_non_integer_index(arr, index):
         arr[index]
 
 
+@pytest.mark.parametrize("index", [(slice(None), slice(None, 2)), (slice(None), 0), (Ellipsis, 0), (0, None)],
+                         ids=["all-first-two", "all-int", "ellipsis", "newaxis"])
+def test_token_level_index_says_what_is_supported(arr, index):
+    """arr[:, :2] said "got object": a multi-dimensional index names what an Array is indexed by
+    (a tuple of integers still gathers those sequences)."""
+    with raises(scree.ArgumentError, "indexed by sequence only"):
+        arr[index]
+    assert arr[(0, 1)].num_sequences == 2
+
+
 def test_float_native_index_array(arr, path):
     idx = path([0.0, 2.0], np.float32)
     if isinstance(idx, torch.Tensor):
