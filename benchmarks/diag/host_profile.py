@@ -115,8 +115,8 @@ def main() -> None:
             fa2_f(lq, lk, lv, cu, cu, L, L, 0.0, True, False)[0], (lq, lk, lv), g),
         "fa2 aten fwd": lambda: fa2_f(q, k, v, cu, cu, L, L, 0.0, True, False),
         "fa2 aten fwd+bwd (no autograd)": fa2_fwdbwd,
-        "scree _C.varlen_fwd (incl. kernel_arg x8)": lambda: _C.varlen_fwd(*caps_f(), spec_args, a(ws_f), stream),
-        "scree _C.varlen_fwd, no workspace (cudaMallocAsync)": lambda: _C.varlen_fwd(*caps_f(), spec_args, None, stream),
+        "scree _C.varlen_fwd (incl. kernel_arg x8)": lambda: _C.varlen_fwd(*caps_f(), spec_args, a(ws_f), stream=stream),
+        "scree _C.varlen_fwd, no workspace (cudaMallocAsync)": lambda: _C.varlen_fwd(*caps_f(), spec_args, None, stream=stream),
         "scree kernel_arg x7": caps_f,
         "scree K.forward": lambda: K.forward(ns, q, k, v, cu, cu, spec_args),
         "scree K.forward, counter by cudaMallocAsync (as at bebac47)": lambda: _forward_malloc(ns, q, k, v, cu, spec_args),
@@ -145,9 +145,9 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 - a piece that cannot run here is reported, not fatal
             rows[name] = dict(error=f"{type(e).__name__}: {e}"[:160])
     rows["scree _C.varlen_fwd, synchronised each call"] = per_call(
-        lambda: _C.varlen_fwd(*caps_f(), spec_args, a(ws_f), stream), 100, sync_each=True)
+        lambda: _C.varlen_fwd(*caps_f(), spec_args, a(ws_f), stream=stream), 100, sync_each=True)
     rows["scree _C.varlen_fwd, no workspace, synchronised each call"] = per_call(
-        lambda: _C.varlen_fwd(*caps_f(), spec_args, None, stream), 100, sync_each=True)
+        lambda: _C.varlen_fwd(*caps_f(), spec_args, None, stream=stream), 100, sync_each=True)
     rows["fa2 aten fwd, synchronised each call"] = per_call(
         lambda: fa2_f(q, k, v, cu, cu, L, L, 0.0, True, False), 100, sync_each=True)
     print(f"{'piece':48s} {'host us':>9s} {'wall us':>9s}")
@@ -179,7 +179,7 @@ def _forward_malloc(ns, q, k, v, cu, args):
     out = ns.empty((q.shape[0], q.shape[1], v.shape[2]), ns.dtype_name(q), like=q)
     lse = ns.empty((q.shape[1], q.shape[0]), "float32", like=q)
     a = ns.kernel_arg
-    _C.varlen_fwd(a(q), a(k), a(v), a(cu), a(cu), a(out), a(lse), args, None, ns.stream(q))
+    _C.varlen_fwd(a(q), a(k), a(v), a(cu), a(cu), a(out), a(lse), args, None, stream=ns.stream(q))
     return out, lse
 
 
