@@ -10,7 +10,7 @@ With JAX, ``scree.Array`` is a pytree (registered when scree first sees a JAX ar
 ``jax.vmap``. An Array built from NumPy data only and handed to jax.jit before scree ever saw jax
 needs ``arr.to("jax")`` first (which registers it too).
 
-Layers, each importing only those below it: _backends (array primitives) < _layout < _array <
+Layers, each importing only those below it: _backends (array primitives) < _layout < _array, _elementwise <
 kernels (reference, layout dispatch, attention plan and calls) < _connect (framework glue) <
 _construct, _combine, _attention (the public functions) < bridges, nn, integrations.
 """

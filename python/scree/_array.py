@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from scree import _backends
+from scree import _backends, _elementwise
 from scree._backends import dtypes
 from scree._errors import ArgumentError, BackendError, ShapeError
 from scree._layout import Layout, checked_length
@@ -61,6 +61,22 @@ def _as_native_offsets(ns: ModuleType, offsets: Any, like: Any) -> Any:
     if isinstance(offsets, (list, tuple)):
         return ns.asarray(offsets, dtype="int64" if len(offsets) == 0 else None, like=like)
     return offsets
+
+
+def _operator(name: str, reflected: bool = False) -> Callable[["Array", Any], "Array"]:
+    """Array's method for the binary operator `name` (scree._elementwise.OPERATORS)."""
+    def method(self: "Array", other: Any) -> "Array":
+        return _elementwise.binary(self, other, name, reflected)
+    method.__name__ = f"__{'r' if reflected else ''}{name.rstrip('_')}__"
+    method.__doc__ = f"Elementwise {name} on values, the layout kept (operands: scree._elementwise)."
+    return method
+
+
+def _unary(fn: Callable[[Any], Any], name: str) -> Callable[["Array"], "Array"]:
+    def method(self: "Array") -> "Array":
+        return _elementwise.unary(self, fn, name)
+    method.__name__ = f"__{name}__"
+    return method
 
 
 class Array:
@@ -427,6 +443,44 @@ class Array:
     def __setstate__(self, state: tuple) -> None:
         values, offsets, max_length = state
         Array.__init__(self, values, offsets, max_length=max_length)
+
+    # ---- elementwise math (scree._elementwise has the operand rules) ---------------------------
+    __add__, __radd__ = _operator("add"), _operator("add", True)
+    __sub__, __rsub__ = _operator("sub"), _operator("sub", True)
+    __mul__, __rmul__ = _operator("mul"), _operator("mul", True)
+    __truediv__, __rtruediv__ = _operator("truediv"), _operator("truediv", True)
+    __floordiv__, __rfloordiv__ = _operator("floordiv"), _operator("floordiv", True)
+    __mod__, __rmod__ = _operator("mod"), _operator("mod", True)
+    __pow__, __rpow__ = _operator("pow"), _operator("pow", True)
+    __and__, __rand__ = _operator("and"), _operator("and", True)
+    __or__, __ror__ = _operator("or"), _operator("or", True)
+    __xor__, __rxor__ = _operator("xor"), _operator("xor", True)
+    __matmul__, __rmatmul__ = _operator("matmul"), _operator("matmul", True)
+    __lt__, __le__, __gt__, __ge__ = _operator("lt"), _operator("le"), _operator("gt"), _operator("ge")
+    __eq__, __ne__ = _operator("eq"), _operator("ne")  # type: ignore[assignment]
+    __hash__ = object.__hash__  # (by identity, as torch tensors: == compares elementwise)
+    __neg__, __pos__ = _unary(lambda v: -v, "neg"), _unary(lambda v: +v, "pos")
+    __abs__, __invert__ = _unary(abs, "abs"), _unary(lambda v: ~v, "invert")
+
+    def __bool__(self) -> bool:
+        raise ArgumentError("the truth value of a scree.Array is ambiguous (== and the comparisons are "
+                            "elementwise): use len(arr) for its number of sequences, or reduce the values")
+
+    def expand(self, per_sequence: Any) -> Any:
+        """A per-sequence array (n, *f) repeated over each sequence's tokens: (total, ..., *f), ones
+        inserted after the token axis so f broadcasts against the feature axes as NumPy aligns
+        them. Operators do this by themselves for an operand of the values' rank with n rows;
+        expand says it explicitly (e.g. where n == total). Differentiable; no device sync."""
+        return _elementwise.expand(self, per_sequence)
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        """np.exp(a), np.add(a, x), np_x * a: NumPy ufuncs on the values (scree._elementwise)."""
+        return _elementwise.array_ufunc(self, ufunc, method, inputs, kwargs)
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        """torch.exp(a), F.gelu(a), F.linear(a, W): torch functions on the values (scree._elementwise)."""
+        return _elementwise.torch_function(cls, func, args, kwargs)
 
     # ---- reductions ----------------------------------------------------------------------------
     def sum(self) -> Any:

@@ -17,7 +17,7 @@ LAYERS = [
     ("scree._errors", "scree._C"),
     ("scree._backends",),
     ("scree._layout",),
-    ("scree._array",),
+    ("scree._array", "scree._elementwise"),
     ("scree.kernels",),
     ("scree._connect",),
     ("scree._construct", "scree._combine", "scree._attention"),

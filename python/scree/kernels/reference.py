@@ -18,7 +18,7 @@ from scree.kernels.attention_reference import varlen_attention
 
 __all__ = [
     "pack", "gather", "segment_ids", "positions", "to_padded", "from_padded", "reduce",
-    "concat_sequences", "varlen_attention",
+    "concat_sequences", "elementwise", "expand", "varlen_attention",
 ]
 
 
@@ -168,3 +168,50 @@ def _concat_host_offsets(arrays: Sequence[Array]) -> tuple[np.ndarray, int] | No
     out_host = np.zeros(arrays[0].num_sequences + 1, dtype=np.int64)
     np.cumsum(np.sum([np.diff(h) for h in hosts], axis=0), out=out_host[1:])
     return out_host, int(np.diff(out_host).max(initial=0))
+
+
+def expand(arr: Array, per_sequence: Any) -> Any:
+    """Row i of per_sequence (n, *f) broadcast to sequence i's tokens, one sequence at a time:
+    (total, *ones, *f), the ones making f align with the feature axes from the right."""
+    ns = _backends.of(arr.values)
+    rank, f = len(ns.shape(arr.values)), tuple(ns.shape(per_sequence))[1:]
+    row_shape = (1,) * (rank - 1 - len(f)) + f
+    h = arr.host_offsets
+    rows = [ns.concat([ns.reshape(per_sequence[i:i + 1], (1, *row_shape))] * int(h[i + 1] - h[i]), axis=0)
+            for i in range(arr.num_sequences) if h[i + 1] > h[i]]
+    return ns.concat(rows, axis=0) if rows else ns.reshape(per_sequence[:0], (0, *row_shape))
+
+
+def elementwise(fn: Any, arr: Array, *operands: Any) -> Array:
+    """fn(arr, *operands) computed sequence by sequence, the semantics of Array's operators and
+    ufuncs written out: for sequence i, an Array operand (same offsets) gives its sequence i, a
+    scalar or an array of lower rank than the values passes whole, an array of the values' rank
+    gives its rows of sequence i (total rows), its row i (n rows, where n != total) or its single
+    row (1 row)."""
+    ns = _backends.of(arr.values)
+    h, n, total = arr.host_offsets, arr.num_sequences, arr.total
+    rank = len(ns.shape(arr.values))
+    for x in operands:
+        if isinstance(x, Array) and not np.array_equal(x.host_offsets, h):
+            raise ShapeError("elementwise operands are Arrays over different layouts")
+
+    def piece(x: Any, i: int, lo: int, hi: int) -> Any:
+        if isinstance(x, Array):
+            return x.values[lo:hi]
+        shape = tuple(getattr(x, "shape", ()))
+        if len(shape) < rank:
+            return x
+        if shape[0] == total:
+            return x[lo:hi]
+        if shape[0] == 1:
+            return x
+        if shape[0] == n:
+            return x[i:i + 1]
+        raise ShapeError(f"operand of shape {shape} does not fit values of {total} tokens in {n} sequences")
+
+    pieces = [fn(*(piece(x, i, int(h[i]), int(h[i + 1])) for x in (arr, *operands))) for i in range(n)]
+    if not pieces:  # no sequence: the whole (empty) values, so the result has fn's dtype and shape
+        return arr.with_values(fn(arr.values, *(piece(x, 0, 0, 0) if isinstance(x, Array) else x
+                                                for x in operands)))
+    values = ns.concat(pieces, axis=0)
+    return Array._trusted(values, ns.from_numpy(h, like=values), h, int(np.diff(h).max(initial=0)))
