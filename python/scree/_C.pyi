@@ -56,7 +56,14 @@ def segment_ids(offsets: Annotated[NDArray, dict(writable=False)], out: NDArray)
     """Sequence index of each token."""
 
 def segment_reduce(values: Annotated[NDArray, dict(writable=False)], offsets: Annotated[NDArray, dict(writable=False)], out: NDArray, op: str) -> None:
-    """Per-sequence 'sum', 'mean' or 'max' over tokens into out (n, *f)."""
+    """
+    Per-sequence 'sum', 'mean', 'max', 'min', 'prod' or 'logsumexp' over tokens into out (n, *f).
+    """
+
+def segment_softmax(values: Annotated[NDArray, dict(writable=False)], offsets: Annotated[NDArray, dict(writable=False)], out: NDArray, log: bool) -> None:
+    """
+    Per-sequence softmax (log_softmax when log) over tokens into out (total, *f).
+    """
 
 class OffsetsSummary:
     """

@@ -36,7 +36,9 @@ class LayoutOps(Protocol):
 
     def to_padded(self, arr: "Array", pad_value: Any, padding_side: str, max_length: int | None) -> tuple[Any, Any]: ...
 
-    def reduce(self, arr: "Array", op: str) -> Any: ...
+    def reduce(self, arr: "Array", op: str, ddof: int = 0) -> Any: ...
+
+    def softmax(self, arr: "Array", log: bool) -> "Array": ...
 
 
 _OPS: Any = None
@@ -77,6 +79,12 @@ def _unary(fn: Callable[[Any], Any], name: str) -> Callable[["Array"], "Array"]:
         return _elementwise.unary(self, fn, name)
     method.__name__ = f"__{name}__"
     return method
+
+
+def _ddof(ddof: Any) -> int:
+    if isinstance(ddof, bool) or not isinstance(ddof, (int, np.integer)) or ddof < 0:
+        raise ArgumentError(f"ddof must be an integer >= 0, got {ddof!r}")
+    return int(ddof)
 
 
 class Array:
@@ -495,8 +503,60 @@ class Array:
 
     def max(self) -> Any:
         """Per-sequence max over tokens -> (n, *feature); empty -> -inf (lowest int for integers,
-        False for bool); complex values have no order: scree.DTypeError."""
+        False for bool); NaN propagates; complex values have no order: scree.DTypeError."""
         return _OPS.reduce(self, "max")
+
+    def min(self) -> Any:
+        """Per-sequence min over tokens -> (n, *feature); empty -> +inf (highest int for integers,
+        True for bool); NaN propagates."""
+        return _OPS.reduce(self, "min")
+
+    def prod(self) -> Any:
+        """Per-sequence product over tokens -> (n, *feature); bool and integers multiply in int64
+        (wrapping, as NumPy and torch); empty -> 1."""
+        return _OPS.reduce(self, "prod")
+
+    def any(self) -> Any:
+        """Per-sequence: is any token nonzero -> (n, *feature) bool; empty -> False."""
+        return _OPS.reduce(self, "any")
+
+    def all(self) -> Any:
+        """Per-sequence: are all tokens nonzero -> (n, *feature) bool; empty -> True."""
+        return _OPS.reduce(self, "all")
+
+    def argmax(self) -> Any:
+        """Per-sequence position (within the sequence) of the first largest token -> (n, *feature)
+        int64; a NaN counts as the largest (as np.argmax); empty -> -1."""
+        return _OPS.reduce(self, "argmax")
+
+    def argmin(self) -> Any:
+        """Per-sequence position of the first smallest token -> (n, *feature) int64; NaN counts
+        as the smallest (as np.argmin); empty -> -1."""
+        return _OPS.reduce(self, "argmin")
+
+    def logsumexp(self) -> Any:
+        """Per-sequence log(sum(exp(x))) over tokens -> (n, *feature), computed stably (shifted by
+        the largest finite value); floats only; empty -> -inf."""
+        return _OPS.reduce(self, "logsumexp")
+
+    def var(self, ddof: int = 0) -> Any:
+        """Per-sequence variance over tokens -> (n, *feature): the mean squared deviation from the
+        sequence's mean, divided by length - ddof (ddof=0 as NumPy; torch's default is 1); floats
+        only; NaN where length <= ddof (an empty sequence included)."""
+        return _OPS.reduce(self, "var", _ddof(ddof))
+
+    def std(self, ddof: int = 0) -> Any:
+        """Per-sequence standard deviation, the square root of var(ddof)."""
+        return _OPS.reduce(self, "std", _ddof(ddof))
+
+    def softmax(self) -> "Array":
+        """Softmax over each sequence's tokens (per feature column), the same layout; computed
+        stably; floats only. A column of -inf gives NaN (as torch)."""
+        return _OPS.softmax(self, False)
+
+    def log_softmax(self) -> "Array":
+        """log(softmax) over each sequence's tokens, computed as x - logsumexp (no log of 0)."""
+        return _OPS.softmax(self, True)
 
     def __repr__(self) -> str:
         n = self.num_sequences

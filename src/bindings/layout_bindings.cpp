@@ -1,5 +1,5 @@
 // Bindings of the layout kernels (include/scree/ops): validation of offsets, pack, pad, unpad,
-// gather, positions, segment ids, per-sequence reductions. Outputs are allocated by the Python
+// gather, positions, segment ids, per-sequence reductions and the softmax family. Outputs are allocated by the Python
 // caller in its own framework; these functions check every array once, release the GIL and run.
 // In CUDA builds also the device check of offsets on a GPU (offsets_summary_cuda, returning a
 // scree._C.OffsetsSummary polled by scree._layout); CPU-only builds define neither.
@@ -22,6 +22,7 @@
 #include "scree/ops/pack.h"
 #include "scree/ops/reduce.h"
 #include "scree/ops/segments.h"
+#include "scree/ops/softmax.h"
 #ifdef SCREE_WITH_CUDA
 #include <nanobind/stl/unique_ptr.h>
 
@@ -244,33 +245,74 @@ void segment_ids(const InArray& offsets, OutArray out) {
   index_kernel(offsets, out, "segment_ids dtype", scree::ops::segment_ids<int32_t>, scree::ops::segment_ids<int64_t>);
 }
 
-void segment_reduce(const InArray& values, const InArray& offsets, OutArray out, const std::string& op_name) {
-  using scree::ops::Reduce;
-  int64_t n;
-  const int64_t* off = host_offsets(offsets, rows_of(values), n);
+// Checks shared by the per-sequence kernels: host int64 offsets (n returned), contiguous values
+// with offsets[-1] rows, an output of `out_rows` rows with the values' features; the feature count.
+int64_t segment_args(const InArray& values, const InArray& offsets, const OutArray& out, bool per_token,
+                     const int64_t*& off, int64_t& n) {
+  off = host_offsets(offsets, rows_of(values), n);
   require_kernel_input(values, "values");
   require_kernel_input(out, "out");
   require_rows(values, off[n], "values", "offsets[-1]");
-  require_rows(out, n, "out", "number of sequences");
+  if (per_token) require_rows(out, off[n], "out", "offsets[-1]");
+  else require_rows(out, n, "out", "number of sequences");
   require_same_features(values, 1, "values", out, 1, "out");
+  return row_bytes(values, 1) / static_cast<int64_t>(values.itemsize());
+}
+
+bool is_float_type(dl::dtype t) {
+  return is(t, dl::dtype_code::Float, 32) || is(t, dl::dtype_code::Float, 64) || is(t, dl::dtype_code::Float, 16) ||
+         is(t, dl::dtype_code::Bfloat, 16);
+}
+
+// fn(typed pointer to const values, typed pointer to out) for the four float types (same type in and out).
+template <class Fn>
+void with_float_type(dl::dtype t, const void* v, void* o, Fn&& fn) {
+  if (is(t, dl::dtype_code::Float, 32)) fn(static_cast<const float*>(v), static_cast<float*>(o));
+  else if (is(t, dl::dtype_code::Float, 64)) fn(static_cast<const double*>(v), static_cast<double*>(o));
+  else if (is(t, dl::dtype_code::Float, 16)) fn(static_cast<const scree::float16*>(v), static_cast<scree::float16*>(o));
+  else fn(static_cast<const scree::bfloat16*>(v), static_cast<scree::bfloat16*>(o));
+}
+
+void require_float(dl::dtype t, const char* op) {
+  scree::require(is_float_type(t), ErrorKind::DTypeMismatch, [&] {
+    return std::string(op) + " needs a floating-point dtype (float16/32/64, bfloat16), got " + dtype_name(t);
+  });
+}
+
+void segment_reduce(const InArray& values, const InArray& offsets, OutArray out, const std::string& op_name) {
+  using scree::ops::Reduce;
+  int64_t n;
+  const int64_t* off;
+  const int64_t features = segment_args(values, offsets, out, false, off, n);
+  const dl::dtype t = values.dtype();
+  if (op_name == "logsumexp") {
+    require_float(t, "logsumexp");
+    scree::require(out.dtype() == t, ErrorKind::DTypeMismatch,
+                   [&] { return "out must be " + dtype_name(t) + ", got " + dtype_name(out.dtype()); });
+    const void* v = values.data();
+    void* o = out.data();
+    nb::gil_scoped_release release;
+    with_float_type(t, v, o, [&](auto* tv, auto* to) { scree::ops::segment_logsumexp(tv, off, n, features, to); });
+    return;
+  }
   Reduce op;
   if (op_name == "sum") op = Reduce::Sum;
   else if (op_name == "mean") op = Reduce::Mean;
   else if (op_name == "max") op = Reduce::Max;
-  else throw Error(ErrorKind::InvalidArgument, "reduction must be 'sum', 'mean' or 'max', got '" + op_name + "'");
-  const int64_t features = row_bytes(values, 1) / static_cast<int64_t>(values.itemsize());
-  const dl::dtype t = values.dtype();
+  else if (op_name == "min") op = Reduce::Min;
+  else if (op_name == "prod") op = Reduce::Prod;
+  else
+    throw Error(ErrorKind::InvalidArgument,
+                "reduction must be 'sum', 'mean', 'max', 'min', 'prod' or 'logsumexp', got '" + op_name + "'");
   const bool integral = t.code == uint8_t(dl::dtype_code::Int);
   scree::require(!(integral && op == Reduce::Mean), ErrorKind::DTypeMismatch,
                  [&] { return "mean needs a floating-point dtype, got " + dtype_name(t); });
-  // Sum of integers is int64 (as NumPy and torch); everything else keeps the input dtype.
-  const bool widen = integral && op == Reduce::Sum;
+  // Sums and products of integers are int64 (as NumPy and torch); everything else keeps the input dtype.
+  const bool widen = integral && (op == Reduce::Sum || op == Reduce::Prod);
   scree::require(widen ? is(out.dtype(), dl::dtype_code::Int, 64) : out.dtype() == t, ErrorKind::DTypeMismatch, [&] {
     return "out must be " + (widen ? std::string("int64") : dtype_name(t)) + ", got " + dtype_name(out.dtype());
   });
-  const bool supported = is(t, dl::dtype_code::Float, 32) || is(t, dl::dtype_code::Float, 64) ||
-                         is(t, dl::dtype_code::Float, 16) || is(t, dl::dtype_code::Bfloat, 16) ||
-                         is(t, dl::dtype_code::Int, 32) || is(t, dl::dtype_code::Int, 64);
+  const bool supported = is_float_type(t) || is(t, dl::dtype_code::Int, 32) || is(t, dl::dtype_code::Int, 64);
   scree::require(supported, ErrorKind::DTypeMismatch, [&] {
     return op_name + " does not support dtype " + dtype_name(t) + " (float16/32/64, bfloat16, int32, int64 are supported)";
   });
@@ -280,13 +322,24 @@ void segment_reduce(const InArray& values, const InArray& offsets, OutArray out,
   auto run = [&](auto* typed_values, auto* typed_out) {
     scree::ops::segment_reduce(typed_values, off, n, features, op, typed_out);
   };
-  if (is(t, dl::dtype_code::Float, 32)) run(static_cast<const float*>(v), static_cast<float*>(o));
-  else if (is(t, dl::dtype_code::Float, 64)) run(static_cast<const double*>(v), static_cast<double*>(o));
-  else if (is(t, dl::dtype_code::Float, 16)) run(static_cast<const scree::float16*>(v), static_cast<scree::float16*>(o));
-  else if (is(t, dl::dtype_code::Bfloat, 16)) run(static_cast<const scree::bfloat16*>(v), static_cast<scree::bfloat16*>(o));
+  if (is_float_type(t)) with_float_type(t, v, o, run);
   else if (is(t, dl::dtype_code::Int, 32) && widen) run(static_cast<const int32_t*>(v), static_cast<int64_t*>(o));
   else if (is(t, dl::dtype_code::Int, 32)) run(static_cast<const int32_t*>(v), static_cast<int32_t*>(o));
   else run(static_cast<const int64_t*>(v), static_cast<int64_t*>(o));
+}
+
+void segment_softmax(const InArray& values, const InArray& offsets, OutArray out, bool log) {
+  int64_t n;
+  const int64_t* off;
+  const int64_t features = segment_args(values, offsets, out, true, off, n);
+  const dl::dtype t = values.dtype();
+  require_float(t, log ? "log_softmax" : "softmax");
+  scree::require(out.dtype() == t, ErrorKind::DTypeMismatch,
+                 [&] { return "out must be " + dtype_name(t) + ", got " + dtype_name(out.dtype()); });
+  const void* v = values.data();
+  void* o = out.data();
+  nb::gil_scoped_release release;
+  with_float_type(t, v, o, [&](auto* tv, auto* to) { scree::ops::segment_softmax(tv, off, n, features, log, to); });
 }
 
 #ifdef SCREE_WITH_CUDA
@@ -363,7 +416,9 @@ void register_layout(nb::module_& m) {
   m.def("positions", &positions, nb::arg("offsets"), nb::arg("out"), "Index of each token within its sequence.");
   m.def("segment_ids", &segment_ids, nb::arg("offsets"), nb::arg("out"), "Sequence index of each token.");
   m.def("segment_reduce", &segment_reduce, nb::arg("values"), nb::arg("offsets"), nb::arg("out"), nb::arg("op"),
-        "Per-sequence 'sum', 'mean' or 'max' over tokens into out (n, *f).");
+        "Per-sequence 'sum', 'mean', 'max', 'min', 'prod' or 'logsumexp' over tokens into out (n, *f).");
+  m.def("segment_softmax", &segment_softmax, nb::arg("values"), nb::arg("offsets"), nb::arg("out"), nb::arg("log"),
+        "Per-sequence softmax (log_softmax when log) over tokens into out (total, *f).");
 #ifdef SCREE_WITH_CUDA
   nb::class_<OffsetsSummary>(
       m, "OffsetsSummary", nb::dynamic_attr(),

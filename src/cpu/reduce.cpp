@@ -1,4 +1,4 @@
-// Per-sequence sum / mean / max over tokens. Each work item keeps a `features`-long accumulator
+// Per-sequence sum / mean / max / min / prod over tokens. Each work item keeps a `features`-long accumulator
 // row (allocated once per thread chunk, never per sequence) so the inner loop is a contiguous,
 // vectorisable pass over one token's features.
 #include "scree/ops/reduce.h"
@@ -25,6 +25,26 @@ A lowest_of() {
   }
 }
 
+template <class T, class A>
+A highest_of() {
+  if constexpr (std::is_floating_point_v<A>) {
+    return std::numeric_limits<A>::infinity();
+  } else {
+    return A(std::numeric_limits<T>::max());
+  }
+}
+
+// A sequence's starting value: the identity of the operation (an empty sequence's result).
+template <class T, class A>
+A identity_of(Reduce op) {
+  switch (op) {
+    case Reduce::Max: return lowest_of<T, A>();
+    case Reduce::Min: return highest_of<T, A>();
+    case Reduce::Prod: return A(1);
+    default: return A(0);
+  }
+}
+
 }  // namespace
 
 template <class T, class Out>
@@ -36,8 +56,8 @@ void segment_reduce(const T* values, const int64_t* offsets, int64_t n, int64_t 
   if constexpr (std::is_integral_v<T>) {
     require(op != Reduce::Mean, ErrorKind::DTypeMismatch,
             [] { return std::string("mean needs a floating-point dtype, got an integer type"); });
-    require(op != Reduce::Sum || std::is_same_v<Out, int64_t>, ErrorKind::DTypeMismatch,
-            [] { return std::string("the sum of integers is int64; the output must be int64"); });
+    require((op != Reduce::Sum && op != Reduce::Prod) || std::is_same_v<Out, int64_t>, ErrorKind::DTypeMismatch,
+            [] { return std::string("the sum or product of integers is int64; the output must be int64"); });
   }
   // No features: the output is empty, and a sequence's length is not bounded by memory (a
   // (2^62, 0) array has no bytes), so walking its rows could take forever.
@@ -48,8 +68,8 @@ void segment_reduce(const T* values, const int64_t* offsets, int64_t n, int64_t 
         std::vector<A> acc(static_cast<size_t>(features));
         for (int64_t i = begin; i < end; ++i) {
           const int64_t len = offsets[i + 1] - offsets[i];
-          // An empty sequence's max is the lowest value of T (-inf for floats), not of A.
-          const A init = op == Reduce::Max ? lowest_of<T, A>() : A(0);
+          // An empty sequence's max (min) is the lowest (highest) value of T, not of A.
+          const A init = identity_of<T, A>(op);
           for (int64_t f = 0; f < features; ++f) acc[f] = init;
           const T* row = values + offsets[i] * features;
           for (int64_t r = 0; r < len; ++r, row += features) {
@@ -57,6 +77,18 @@ void segment_reduce(const T* values, const int64_t* offsets, int64_t n, int64_t 
               for (int64_t f = 0; f < features; ++f) {
                 const A v = A(Accum<T>::load(row[f]));
                 acc[f] = (v > acc[f] || v != v) ? v : acc[f];  // NaN propagates, as torch/numpy max
+              }
+            } else if (op == Reduce::Min) {
+              for (int64_t f = 0; f < features; ++f) {
+                const A v = A(Accum<T>::load(row[f]));
+                acc[f] = (v < acc[f] || v != v) ? v : acc[f];
+              }
+            } else if (op == Reduce::Prod) {
+              if constexpr (std::is_integral_v<T>) {  // wraps modulo 2^64, as the sum
+                for (int64_t f = 0; f < features; ++f)
+                  acc[f] = static_cast<int64_t>(static_cast<uint64_t>(acc[f]) * static_cast<uint64_t>(int64_t(row[f])));
+              } else {
+                for (int64_t f = 0; f < features; ++f) acc[f] *= A(Accum<T>::load(row[f]));
               }
             } else if constexpr (std::is_integral_v<T>) {
               // Integer sums wrap modulo 2^64 as NumPy's and torch's do; signed overflow would be

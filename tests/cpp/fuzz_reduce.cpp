@@ -3,7 +3,7 @@
 // valid offsets (lengths near INT64_MAX when a row has no features). The result must equal a
 // naive loop written here that accumulates in the documented type and order (so float results
 // are compared bit for bit, any NaN matching any NaN), or the call must throw scree::Error for
-// the pairs the header rules out (mean of integers, an integer sum narrower than int64).
+// the pairs the header rules out (mean of integers, an integer sum or product narrower than int64).
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -40,23 +40,32 @@ template <class T, class Out>
 Out reference(const std::vector<T>& v, const std::vector<int64_t>& off, int64_t i, int64_t f, int64_t F, Reduce op) {
   const int64_t len = off[i + 1] - off[i];
   if constexpr (std::is_integral_v<T>) {
-    if (op == Reduce::Max) {
-      T m = std::numeric_limits<T>::lowest();
-      for (int64_t r = off[i]; r < off[i + 1]; ++r) m = std::max(m, v[r * F + f]);
+    if (op == Reduce::Max || op == Reduce::Min) {
+      T m = op == Reduce::Max ? std::numeric_limits<T>::lowest() : std::numeric_limits<T>::max();
+      for (int64_t r = off[i]; r < off[i + 1]; ++r) m = op == Reduce::Max ? std::max(m, v[r * F + f]) : std::min(m, v[r * F + f]);
       return static_cast<Out>(m);
     }
-    uint64_t s = 0;  // integer sums wrap modulo 2^64, as NumPy's and torch's int64 sums do
-    for (int64_t r = off[i]; r < off[i + 1]; ++r) s += static_cast<uint64_t>(static_cast<int64_t>(v[r * F + f]));
+    // integer sums and products wrap modulo 2^64, as NumPy's and torch's int64 ones do
+    uint64_t s = op == Reduce::Prod ? 1 : 0;
+    for (int64_t r = off[i]; r < off[i + 1]; ++r) {
+      const uint64_t x = static_cast<uint64_t>(static_cast<int64_t>(v[r * F + f]));
+      s = op == Reduce::Prod ? s * x : s + x;
+    }
     return static_cast<Out>(static_cast<int64_t>(s));
   } else {
     using A = typename Accum<T>::type;
-    A acc = op == Reduce::Max ? -std::numeric_limits<A>::infinity() : A(0);
+    A acc = op == Reduce::Max   ? -std::numeric_limits<A>::infinity()
+            : op == Reduce::Min ? std::numeric_limits<A>::infinity()
+            : op == Reduce::Prod ? A(1)
+                                 : A(0);
     bool nan = false;
     for (int64_t r = off[i]; r < off[i + 1]; ++r) {
       const A x = Accum<T>::load(v[r * F + f]);
-      if (op == Reduce::Max) {
+      if (op == Reduce::Max || op == Reduce::Min) {
         nan = nan || std::isnan(x);
-        acc = std::max(acc, x);
+        acc = op == Reduce::Max ? std::max(acc, x) : std::min(acc, x);
+      } else if (op == Reduce::Prod) {
+        acc *= x;
       } else {
         acc += x;
       }
@@ -69,7 +78,7 @@ Out reference(const std::vector<T>& v, const std::vector<int64_t>& off, int64_t 
 
 template <class T, class Out>
 void check(Input& in) {
-  const Reduce op = static_cast<Reduce>(in.byte() % 3);
+  const Reduce op = static_cast<Reduce>(in.byte() % 5);  // Sum, Mean, Max, Min, Prod
   const int64_t n = in.small(0, 8);
   const int64_t F = in.small(0, 5);
   std::vector<int64_t> off(static_cast<size_t>(n + 1), 0);
@@ -89,7 +98,8 @@ void check(Input& in) {
   const Out sentinel = out.back();
 
   const bool rejected = (std::is_integral_v<T> && op == Reduce::Mean) ||
-                        (std::is_integral_v<T> && op == Reduce::Sum && !std::is_same_v<Out, int64_t>);
+                        (std::is_integral_v<T> && (op == Reduce::Sum || op == Reduce::Prod) &&
+                         !std::is_same_v<Out, int64_t>);
   try {
     scree::ops::segment_reduce(v.data(), off.data(), n, F, op, out.data());
     SCREE_FUZZ_CHECK(!rejected, "op %d accepted for an integer type it does not serve", int(op));

@@ -1,5 +1,6 @@
 // Per-sequence reductions against loops in double, for float, half, bfloat16 and integers,
-// including empty sequences (sum 0, mean NaN, max -inf / lowest integer), and the inputs
+// including empty sequences (sum 0, prod 1, mean NaN, max -inf / lowest integer, min +inf /
+// highest integer), and the inputs
 // tests/cpp/fuzz_reduce.cpp found wrong, undefined or hanging.
 #include <gtest/gtest.h>
 
@@ -29,9 +30,11 @@ std::vector<double> data() {
 }
 
 double expect(const std::vector<double>& v, int64_t i, int64_t f, Reduce op) {
-  double acc = op == Reduce::Max ? -INFINITY : 0.0;
-  for (int64_t r = kOffsets[i]; r < kOffsets[i + 1]; ++r)
-    acc = op == Reduce::Max ? std::max(acc, v[r * kF + f]) : acc + v[r * kF + f];
+  double acc = op == Reduce::Max ? -INFINITY : op == Reduce::Min ? INFINITY : op == Reduce::Prod ? 1.0 : 0.0;
+  for (int64_t r = kOffsets[i]; r < kOffsets[i + 1]; ++r) {
+    const double x = v[r * kF + f];
+    acc = op == Reduce::Max ? std::max(acc, x) : op == Reduce::Min ? std::min(acc, x) : op == Reduce::Prod ? acc * x : acc + x;
+  }
   if (op == Reduce::Mean) acc /= double(kOffsets[i + 1] - kOffsets[i]);
   return acc;
 }
@@ -44,7 +47,7 @@ void check(Load load, Store store, double tol) {
     in[i] = store(ref[i]);
     ref[i] = load(in[i]);  // compare against what the type can hold
   }
-  for (Reduce op : {Reduce::Sum, Reduce::Mean, Reduce::Max}) {
+  for (Reduce op : {Reduce::Sum, Reduce::Mean, Reduce::Max, Reduce::Min, Reduce::Prod}) {
     std::vector<T> out(kN * kF);
     scree::ops::segment_reduce(in.data(), kOffsets.data(), kN, kF, op, out.data());
     for (int64_t i = 0; i < kN; ++i)
@@ -81,18 +84,25 @@ TEST(SegmentReduce, IntegersSumToInt64AndEmptyMaxIsLowest) {
   for (size_t i = 0; i < in.size(); ++i) in[i] = int32_t(i % 7) - 3 + int32_t(i);
   std::vector<int64_t> sum(kN * kF);
   scree::ops::segment_reduce(in.data(), kOffsets.data(), kN, kF, Reduce::Sum, sum.data());
-  std::vector<int32_t> mx(kN * kF);
+  std::vector<int32_t> mx(kN * kF), mn(kN * kF);
   scree::ops::segment_reduce(in.data(), kOffsets.data(), kN, kF, Reduce::Max, mx.data());
+  scree::ops::segment_reduce(in.data(), kOffsets.data(), kN, kF, Reduce::Min, mn.data());
+  std::vector<int64_t> prod(kN * kF);
+  scree::ops::segment_reduce(in.data(), kOffsets.data(), kN, kF, Reduce::Prod, prod.data());
   for (int64_t i = 0; i < kN; ++i)
     for (int64_t f = 0; f < kF; ++f) {
-      int64_t s = 0;
-      int32_t m = std::numeric_limits<int32_t>::lowest();
+      int64_t s = 0, p = 1;
+      int32_t m = std::numeric_limits<int32_t>::lowest(), lo = std::numeric_limits<int32_t>::max();
       for (int64_t r = kOffsets[i]; r < kOffsets[i + 1]; ++r) {
         s += in[r * kF + f];
+        p *= in[r * kF + f];
         m = std::max(m, in[r * kF + f]);
+        lo = std::min(lo, in[r * kF + f]);
       }
       EXPECT_EQ(sum[i * kF + f], s);
+      EXPECT_EQ(prod[i * kF + f], p);
       EXPECT_EQ(mx[i * kF + f], m);
+      EXPECT_EQ(mn[i * kF + f], lo);
     }
 }
 
@@ -124,7 +134,7 @@ TEST(SegmentReduce, RejectsIntegerMeanAndNarrowSum) {
   const std::vector<int32_t> in{1, 2, 3};
   const std::vector<int64_t> off{0, 3};
   std::vector<int32_t> out{-7};
-  for (Reduce op : {Reduce::Mean, Reduce::Sum}) {
+  for (Reduce op : {Reduce::Mean, Reduce::Sum, Reduce::Prod}) {
     try {
       scree::ops::segment_reduce(in.data(), off.data(), 1, 1, op, out.data());
       FAIL() << "op " << int(op) << " of int32 into int32 accepted";

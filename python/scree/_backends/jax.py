@@ -327,7 +327,7 @@ def masked_rows(padded: Any, mask: Any) -> Any:
 def segment_reduce(values: Any, segment_ids: Any, n: int, op: str) -> Any:
     """Rows of `values` reduced into n rows by (sorted) segment id, with jax.ops segment ops:
     sums accumulate in the widest float (float64 with x64, else float32); integers sum to int64
-    (int32 without x64); empty segments give 0 (sum), NaN (mean), -inf / lowest int (max)."""
+    (int32 without x64); empty segments give 0 (sum), 1 (prod), NaN (mean), -inf / lowest int (max)."""
     feat = values.shape[1:]
     floating = is_floating(values)
     if op == "sum":
@@ -342,6 +342,10 @@ def segment_reduce(values: Any, segment_ids: Any, n: int, op: str) -> Any:
         return (total / counts.reshape((n,) + (1,) * len(feat))).astype(values.dtype)
     if op == "max":
         return jax.ops.segment_max(values, segment_ids, num_segments=n, indices_are_sorted=True)
+    if op == "prod":
+        acc = _dt("float64") if floating else _dt("int64")
+        out = jax.ops.segment_prod(values.astype(acc), segment_ids, num_segments=n, indices_are_sorted=True)
+        return out.astype(values.dtype) if floating else out
     raise ValueError(f"unknown reduction {op!r}")
 
 

@@ -263,6 +263,9 @@ def segment_reduce(values: Any, segment_ids: Any, n: int, op: str) -> Any:
             nans = scatter(mx.zeros((n, *feat), dtype=mx.int32), "add", mx.isnan(values).astype(mx.int32))
             out = mx.where(nans > 0, mx.array(float("nan"), dtype=values.dtype), out)
         return out
+    if op == "prod":
+        out = scatter(mx.ones((n, *feat), dtype=acc), "multiply", values.astype(acc))
+        return out.astype(values.dtype) if floating else out
     raise ValueError(f"unknown reduction {op!r}")
 
 

@@ -219,7 +219,7 @@ def masked_rows(padded: Any, mask: Any) -> np.ndarray:
 
 
 def segment_reduce(values: Any, segment_ids: Any, n: int, op: str) -> np.ndarray:
-    """Reduce rows of `values` into n rows by segment id: 'sum', 'mean' or 'max'."""
+    """Reduce rows of `values` into n rows by segment id: 'sum', 'mean', 'max' or 'prod'."""
     feat = values.shape[1:]
     if op == "sum":
         acc = np.float64 if is_floating(values) else np.int64
@@ -237,6 +237,11 @@ def segment_reduce(values: Any, segment_ids: Any, n: int, op: str) -> np.ndarray
         out = np.full((n, *feat), low, dtype=values.dtype)
         np.maximum.at(out, segment_ids, values)
         return out
+    if op == "prod":
+        acc = np.float64 if is_floating(values) else np.int64
+        out = np.ones((n, *feat), dtype=acc)
+        np.multiply.at(out, segment_ids, values.astype(acc))
+        return out.astype(values.dtype if is_floating(values) else np.int64)
     raise ValueError(f"unknown reduction {op!r}")
 
 

@@ -152,7 +152,8 @@ class Backend(Protocol):
         """padded[mask] for a boolean (n, L) mask, rows in order."""
 
     def segment_reduce(self, values: Any, segment_ids: Any, n: int, op: str) -> Any:
-        """Rows of values reduced into n rows by segment id: 'sum', 'mean' or 'max'."""
+        """Rows of values reduced into n rows by segment id: 'sum', 'mean', 'max' or 'prod'
+        (sums and products of integers in int64; empty segments: 0, NaN, the lowest value, 1)."""
 
     def cumsum(self, x: Any) -> Any: ...
 

@@ -297,6 +297,11 @@ def segment_reduce(values: Any, segment_ids: Any, n: int, op: str) -> torch.Tens
         low = float("-inf") if values.is_floating_point() else torch.iinfo(values.dtype).min
         out = torch.full((n, *feat), low, dtype=values.dtype, device=values.device)
         return out.scatter_reduce(0, idx, values, reduce="amax", include_self=True)
+    if op == "prod":
+        acc = torch.float64 if values.is_floating_point() else torch.int64
+        out = torch.ones((n, *feat), dtype=acc, device=values.device)
+        out = out.scatter_reduce(0, idx, values.to(acc), reduce="prod", include_self=True)
+        return out.to(values.dtype) if values.is_floating_point() else out
     raise ValueError(f"unknown reduction {op!r}")
 
 

@@ -132,16 +132,32 @@ def from_padded(ns: ModuleType, padded: Any, mask: Any, lengths: Any, padding_si
     return Array._trusted(values, _host_int64(ns, host, padded), host, int(lens.max(initial=0)))
 
 
-def reduce(arr: Array, op: str) -> Any:
+# Reductions with a C++ kernel (src/cpu/reduce.cpp, softmax.cpp); the others compose those in the
+# reference (any / all / argmax / argmin / var / std: a few framework ops over the same segments).
+_CPP_REDUCTIONS = {"sum", "mean", "max", "min", "prod", "logsumexp"}
+_FLOATS = {"float16", "bfloat16", "float32", "float64"}
+
+
+def reduce(arr: Array, op: str, ddof: int = 0) -> Any:
     ns = arr._ns
     dt = ns.dtype_name(arr.values)
-    if not _native(ns, arr.values) or dt not in _REDUCE_DTYPES:
-        return reference.reduce(arr, op)
+    if op not in _CPP_REDUCTIONS or not _native(ns, arr.values) or dt not in _REDUCE_DTYPES:
+        return reference.reduce(arr, op, ddof)
     values = ns.contiguous(arr.values)
-    out_dt = "int64" if (op == "sum" and ns.is_integer(values)) else dt
+    out_dt = "int64" if (op in ("sum", "prod") and ns.is_integer(values)) else dt
     out = ns.empty((arr.num_sequences, *arr.feature_shape), out_dt, like=values)
     _C.segment_reduce(values, arr.host_offsets, out, op)
     return out
+
+
+def softmax(arr: Array, log: bool) -> Array:
+    ns = arr._ns
+    if not _native(ns, arr.values) or ns.dtype_name(arr.values) not in _FLOATS:
+        return reference.softmax(arr, log)
+    values = ns.contiguous(arr.values)
+    out = ns.empty(ns.shape(values), ns.dtype_name(values), like=values)
+    _C.segment_softmax(values, arr.host_offsets, out, log)
+    return arr.with_values(out)
 
 
 def concat_sequences(ns: ModuleType, arrays: Sequence[Array]) -> Array:

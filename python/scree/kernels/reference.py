@@ -18,7 +18,7 @@ from scree.kernels.attention_reference import varlen_attention
 
 __all__ = [
     "pack", "gather", "segment_ids", "positions", "to_padded", "from_padded", "reduce",
-    "concat_sequences", "elementwise", "expand", "varlen_attention",
+    "concat_sequences", "elementwise", "expand", "softmax", "REDUCTIONS", "varlen_attention",
 ]
 
 
@@ -118,20 +118,94 @@ def from_padded(padded: Any, mask: Any = None, lengths: Any = None, padding_side
     return shell.with_values(padded[seg, pos])
 
 
-def reduce(arr: Array, op: str) -> Any:
-    """Per-sequence 'sum', 'mean' or 'max' over tokens -> (n, *feature)."""
+REDUCTIONS = ("sum", "mean", "max", "min", "prod", "any", "all", "logsumexp", "var", "std", "argmax", "argmin")
+_FLOAT_ONLY = ("mean", "logsumexp", "var", "std")
+
+
+def reduce(arr: Array, op: str, ddof: int = 0) -> Any:
+    """Per-sequence reduction over tokens -> (n, *feature): one of REDUCTIONS. dtypes: sum and prod
+    of bool and integers give int64; mean, logsumexp, var, std need floats; any, all give bool;
+    argmax / argmin give int64 positions within the sequence (the first one; a NaN wins, as in
+    NumPy). Empty sequences: sum 0, prod 1, mean / var / std NaN, max -inf and min +inf (the lowest
+    / highest integer; False / True for bool), any False, all True, logsumexp -inf, argmax /
+    argmin -1. var / std divide by length - ddof (NaN where that is <= 0)."""
     ns = _backends.of(arr.values)
     kind = ns.dtype_name(arr.values)
+    if op not in REDUCTIONS:
+        raise ArgumentError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {op!r}")
     if not (ns.is_floating(arr.values) or ns.is_integer(arr.values) or kind == "bool"):
         # (complex sums came back as int64, silently wrong: NumPy cast them)
         raise DTypeError(f"{op} needs boolean, integer or floating-point values, got {kind}")
-    if op == "mean" and not ns.is_floating(arr.values):
-        raise DTypeError(f"mean needs a floating-point dtype, got {ns.dtype_name(arr.values)}")
-    if op not in ("sum", "mean", "max"):
-        raise ArgumentError(f"reduction must be 'sum', 'mean' or 'max', got {op!r}")
-    if op == "max" and kind == "bool":  # any(); the backends' max needs an integer's lowest value
-        return ns.segment_reduce(ns.astype(arr.values, "int8"), segment_ids(arr), arr.num_sequences, "max") > 0
-    return ns.segment_reduce(arr.values, segment_ids(arr), arr.num_sequences, op)
+    if op in _FLOAT_ONLY and not ns.is_floating(arr.values):
+        raise DTypeError(f"{op} needs a floating-point dtype, got {kind}")
+    with np.errstate(divide="ignore", invalid="ignore"):  # (NumPy: empty sequences' 0/0 and log 0 are the answers)
+        return _reduce(ns, arr, op, kind, ddof)
+
+
+def _reduce(ns: Any, arr: Array, op: str, kind: str, ddof: int) -> Any:
+    v, seg, n = arr.values, segment_ids(arr), arr.num_sequences
+    if op in ("any", "all"):
+        b = v if kind == "bool" else v != 0
+        hit = ns.segment_reduce(ns.astype(b if op == "any" else ~b, "int8"), seg, n, "max") > 0
+        return hit if op == "any" else ~hit
+    if op in ("max", "min") and kind == "bool":
+        return reduce(arr, "any" if op == "max" else "all")
+    if op == "min":  # the order reversed: -x for floats, ~x (two's complement) for integers
+        return -ns.segment_reduce(-v, seg, n, "max") if ns.is_floating(v) else ~ns.segment_reduce(~v, seg, n, "max")
+    if op in ("sum", "prod", "mean", "max"):
+        return ns.segment_reduce(ns.astype(v, "int64") if kind == "bool" else v, seg, n, op)
+    if op in ("argmax", "argmin"):
+        return _arg_extreme(arr, op)
+    wide = ns.astype(v, "float32") if kind in ("float16", "bfloat16") else v  # 16-bit floats: float32 math
+    if op == "logsumexp":
+        shift, total = _shifted_sums(ns, wide, seg, n)
+        return ns.astype(ns.log(total) + shift, kind)
+    mean = ns.segment_reduce(wide, seg, n, "mean")
+    dev = wide - mean[seg]
+    count = ns.reshape(ns.astype(arr.lengths, ns.dtype_name(wide)) - ddof, (n,) + (1,) * (len(ns.shape(v)) - 1))
+    # length <= ddof: NaN (no degrees of freedom left), not the inf or -0 that the division gives
+    var = ns.where(count > 0, ns.segment_reduce(dev * dev, seg, n, "sum") / ns.maximum(count, 0 * count + 1),
+                   float("nan"))
+    return ns.astype(var if op == "var" else var ** 0.5, kind)
+
+
+def _shifted_sums(ns: Any, x: Any, seg: Any, n: int) -> tuple[Any, Any]:
+    """(shift, sum(exp(x - shift))) per sequence: shift = the largest value where it is finite,
+    else 0 (so a column of -inf sums to 0 and +inf / NaN propagate), as the C++ kernels do."""
+    m = ns.segment_reduce(x, seg, n, "max")
+    shift = ns.where(ns.isfinite(m), m, ns.zeros(tuple(ns.shape(m)), ns.dtype_name(m), like=m))
+    return shift, ns.segment_reduce(ns.exp(x - shift[seg]), seg, n, "sum")
+
+
+def _arg_extreme(arr: Array, op: str) -> Any:
+    ns = _backends.of(arr.values)
+    v, seg, n = arr.values, segment_ids(arr), arr.num_sequences
+    x = ns.astype(v, "int8") if ns.dtype_name(v) == "bool" else v
+    best = reduce(arr.with_values(x), "max" if op == "argmax" else "min")[seg]
+    hit = x == best
+    if ns.is_floating(x):
+        hit = hit | ((x != x) & (best != best))  # NaN is the extreme, as in NumPy
+    rank = len(ns.shape(v))
+    pos = ns.reshape(positions(arr), (arr.total,) + (1,) * (rank - 1))
+    first = ~ns.segment_reduce(~ns.where(hit, pos, arr.total), seg, n, "max")  # the smallest hit position
+    empty = ns.reshape(arr.lengths == 0, (n,) + (1,) * (rank - 1))
+    return ns.where(empty, -1, first)
+
+
+def softmax(arr: Array, log: bool = False) -> Array:
+    """Per-sequence softmax over tokens (log_softmax when log), the same shape as arr; floats only,
+    16-bit floats computed in float32. A column of -inf gives NaN (0/0, as torch); an empty
+    sequence has no rows."""
+    ns = _backends.of(arr.values)
+    kind = ns.dtype_name(arr.values)
+    if not ns.is_floating(arr.values):
+        raise DTypeError(f"{'log_softmax' if log else 'softmax'} needs a floating-point dtype, got {kind}")
+    seg, n = segment_ids(arr), arr.num_sequences
+    x = ns.astype(arr.values, "float32") if kind in ("float16", "bfloat16") else arr.values
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift, total = _shifted_sums(ns, x, seg, n)
+        out = x - shift[seg] - ns.log(total)[seg] if log else ns.exp(x - shift[seg]) / total[seg]
+    return arr.with_values(ns.astype(out, kind))
 
 
 def concat_sequences(arrays: Sequence[Array]) -> Array:
