@@ -18,7 +18,7 @@ _construct, _combine, _attention (the public functions) < bridges, nn, integrati
 from scree._array import Array
 from scree._attention import varlen_attention, varlen_attention_backward
 from scree._construct import from_cu_seqlens, from_lengths, from_offsets, from_padded, pack, unpack
-from scree._combine import concat_sequences
+from scree._combine import cat, concat_sequences
 from scree._errors import (
     ArgumentError,
     BackendError,
@@ -35,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Array", "pack", "unpack", "from_offsets", "from_lengths", "from_cu_seqlens", "from_padded",
+    "cat",
     "concat_sequences",
     "ScreeError", "RaggedError", "ShapeError", "DTypeError", "UnsupportedError", "ArgumentError",
     "BackendError", "DeviceError", "OutOfMemoryError", "varlen_attention", "varlen_attention_backward", "__version__",

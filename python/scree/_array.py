@@ -40,6 +40,12 @@ class LayoutOps(Protocol):
 
     def softmax(self, arr: "Array", log: bool) -> "Array": ...
 
+    def slice_tokens(self, arr: "Array", start: int | None, stop: int | None) -> "Array": ...
+
+    def truncate(self, arr: "Array", max_length: int, side: str) -> "Array": ...
+
+    def filter_tokens(self, arr: "Array", mask: Any) -> "Array": ...
+
 
 _OPS: Any = None
 
@@ -303,13 +309,31 @@ class Array:
     # ---- sequences -----------------------------------------------------------------------------
     def __getitem__(self, index: Any) -> Any:
         """arr[i] -> sequence i (a native view); arr[a:b] -> Array view (zero-copy);
-        arr[[i, j, ...]] or arr[index_array] -> Array of those sequences (a copy)."""
+        arr[[i, j, ...]] or arr[index_array] -> Array of those sequences (a copy);
+        arr[seqs, a:b] -> the sequences `seqs` (any of the above but an integer: arr[i, a:b] is
+        arr[i][a:b]) with each one's tokens sliced as a Python list is, seq[a:b] (negative bounds
+        count from that sequence's own end), a new Array (a copy)."""
         n = self.num_sequences
+        if isinstance(index, tuple) and len(index) == 2 and isinstance(index[1], slice) \
+                and not isinstance(index[0], tuple) and index[0] is not Ellipsis and index[0] is not None:
+            seqs, tokens = index
+            if tokens.step not in (None, 1):
+                raise ArgumentError(f"a token slice takes no step, got {tokens!r} (arr[:, a:b] slices each sequence)")
+            for b in (tokens.start, tokens.stop):
+                if b is not None and not isinstance(b, (int, np.integer)) or isinstance(b, bool):
+                    raise ArgumentError(f"token slice bounds must be integers or None, got {tokens!r}")
+            picked = self[seqs]
+            if not isinstance(picked, Array):  # arr[i, a:b]: one sequence's tokens
+                return picked[tokens]
+            start = None if tokens.start is None else int(tokens.start)
+            stop = None if tokens.stop is None else int(tokens.stop)
+            return _OPS.slice_tokens(picked, start, stop)
         if isinstance(index, tuple) and any(isinstance(i, slice) or i is Ellipsis or i is None for i in index):
             # (a tuple of integers stays a list of sequences to gather, as it always was)
             raise ArgumentError(
-                f"arr[{', '.join(type(i).__name__ for i in index)}]: an Array is indexed by sequence only, with one "
-                "integer, slice, integer list / array or boolean mask; a sequence's tokens are arr[i][a:b]")
+                f"arr[{', '.join(type(i).__name__ for i in index)}]: an Array is indexed by sequence, then optionally "
+                "by a token slice: arr[i], arr[a:b], arr[[i, j]], arr[mask], arr[:, a:b] (each sequence's tokens "
+                "a:b); feature axes are indexed on values (arr.map(lambda v: v[..., 0]))")
         if not isinstance(index, (int, np.integer, slice)) and getattr(index, "ndim", None) == 0 \
                 and self._is_integer_scalar(index):
             index = int(index)  # a 0-d integer array/tensor indexes like an int (as in NumPy/torch)
@@ -349,6 +373,29 @@ class Array:
         h = self.host_offsets
         for i in range(self.num_sequences):
             yield self._values[int(h[i]):int(h[i + 1])]
+
+    def truncate(self, max_length: int, side: str = "right") -> "Array":
+        """At most max_length tokens per sequence, a new Array: side='right' keeps each sequence's
+        first max_length tokens, side='left' its last ones (as tokenizers' truncation_side)."""
+        return _OPS.truncate(self, checked_length(max_length, "max_length"), side)
+
+    def filter(self, mask: Any) -> "Array":
+        """The tokens where mask (total,) is true, each kept in its own sequence (sequences may
+        become empty), a new Array. The mask is read on the host (the result's size depends on it:
+        a device sync for a GPU mask)."""
+        return _OPS.filter_tokens(self, mask)
+
+    def split(self, sizes: Any) -> list["Array"]:
+        """Consecutive groups of sizes[0], sizes[1], ... sequences (summing to len(arr)), each an
+        Array view (zero-copy), as torch.split along the sequence axis."""
+        try:
+            counts = [int(s) for s in sizes]
+        except (TypeError, ValueError):
+            raise ArgumentError(f"split takes a list of sequence counts, got {sizes!r}") from None
+        if any(c < 0 for c in counts) or sum(counts) != self.num_sequences:
+            raise ArgumentError(f"split sizes {counts} must be >= 0 and sum to the {self.num_sequences} sequences")
+        ends = np.cumsum([0] + counts)
+        return [self[int(a):int(b)] for a, b in zip(ends[:-1], ends[1:])]
 
     def unpack(self) -> list[Any]:
         """The sequences as a list of native views (zero-copy)."""

@@ -188,5 +188,13 @@ def concat_sequences(ns: ModuleType, arrays: Sequence[Array]) -> Array:
     return Array._trusted(out, _host_int64(ns, out_host, arrays[0].offsets), out_host, int(lengths.max(initial=0)))
 
 
+# Token-level indexing: one gather of rows by a host index (reference), a single framework op on
+# every backend; the C++ pack (as concat_sequences) only pays past ~64 KiB a piece, which these
+# rarely reach.
+slice_tokens = reference.slice_tokens
+truncate = reference.truncate
+filter_tokens = reference.filter_tokens
+
+
 # Array's per-sequence methods (arr.positions(), arr.sum(), arr[[0, 2]], ...) run these.
 _array.provide_layout_ops(sys.modules[__name__])

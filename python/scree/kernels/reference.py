@@ -18,7 +18,8 @@ from scree.kernels.attention_reference import varlen_attention
 
 __all__ = [
     "pack", "gather", "segment_ids", "positions", "to_padded", "from_padded", "reduce",
-    "concat_sequences", "elementwise", "expand", "softmax", "REDUCTIONS", "varlen_attention",
+    "concat_sequences", "elementwise", "expand", "softmax", "REDUCTIONS", "token_range", "slice_tokens",
+    "truncate", "filter_tokens", "cat", "varlen_attention",
 ]
 
 
@@ -289,3 +290,87 @@ def elementwise(fn: Any, arr: Array, *operands: Any) -> Array:
                                                 for x in operands)))
     values = ns.concat(pieces, axis=0)
     return Array._trusted(values, ns.from_numpy(h, like=values), h, int(np.diff(h).max(initial=0)))
+
+
+# ---- token-level indexing ----------------------------------------------------------------------
+def token_range(arr: Array, lo: np.ndarray, hi: np.ndarray) -> Array:
+    """Tokens [lo[i], hi[i]) of each sequence i (host int64, 0 <= lo <= hi <= length), as a new
+    Array: one gather of rows by a host index (differentiable; the host offsets are read, a sync
+    for device offsets never copied to the host)."""
+    ns = _backends.of(arr.values)
+    h = arr.host_offsets
+    lens = (hi - lo).astype(np.int64)
+    out_host = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(lens, out=out_host[1:])
+    idx = np.repeat(h[:-1] + lo - out_host[:-1], lens) + np.arange(out_host[-1], dtype=np.int64)
+    return _rows(arr, idx, out_host)
+
+
+def _rows(arr: Array, idx: np.ndarray, out_host: np.ndarray) -> Array:
+    """arr's rows idx (host int64) over the host offsets out_host."""
+    ns = _backends.of(arr.values)
+    values = arr.values[:0] if idx.size == 0 else arr.values[ns.from_numpy(idx, like=arr.values)]
+    lens = np.diff(out_host)
+    return Array._trusted(values, ns.from_numpy(out_host, like=arr.offsets), out_host, int(lens.max(initial=0)))
+
+
+def slice_tokens(arr: Array, start: int | None, stop: int | None) -> Array:
+    """Each sequence sliced as a Python list is, seq[start:stop] (negative bounds count from that
+    sequence's end, bounds past it clamp, an empty result where stop <= start)."""
+    lens = np.diff(arr.host_offsets)
+
+    def bound(b: int | None, default: np.ndarray) -> np.ndarray:
+        if b is None:
+            return default
+        return np.clip(lens + b, 0, lens) if b < 0 else np.minimum(b, lens)
+
+    lo = bound(start, np.zeros_like(lens))
+    hi = np.maximum(bound(stop, lens), lo)
+    return token_range(arr, lo, hi)
+
+
+def truncate(arr: Array, max_length: int, side: str = "right") -> Array:
+    """At most max_length tokens of each sequence: side='right' drops tokens at the end (keeps
+    the first max_length), side='left' drops them at the start (keeps the last), as tokenizers'
+    truncation_side."""
+    if side not in ("right", "left"):
+        raise ArgumentError(f"side must be 'right' or 'left', got {side!r}")
+    lens = np.diff(arr.host_offsets)
+    keep = np.minimum(lens, max_length)
+    return token_range(arr, lens - keep, lens) if side == "left" else token_range(arr, np.zeros_like(lens), keep)
+
+
+def filter_tokens(arr: Array, mask: Any) -> Array:
+    """The tokens where mask (total,) is true, each staying in its sequence (read on the host: the
+    result's size depends on it)."""
+    ns = _backends.of(arr.values)
+    m = np.asarray(ns.to_numpy(mask) if ns.owns(mask) else mask)
+    if m.dtype != np.bool_ or m.shape != (arr.total,):
+        raise ShapeError(f"filter needs a boolean mask of shape ({arr.total},) (one per token), "
+                         f"got {m.dtype} of shape {m.shape}")
+    h = arr.host_offsets
+    idx = np.flatnonzero(m).astype(np.int64)
+    counts = np.add.reduceat(m.astype(np.int64), h[:-1]) if arr.total else np.zeros(arr.num_sequences, np.int64)
+    counts = np.where(np.diff(h) > 0, counts, 0)  # (reduceat gives the next row for an empty sequence)
+    out_host = np.zeros(arr.num_sequences + 1, dtype=np.int64)
+    np.cumsum(counts, out=out_host[1:])
+    return _rows(arr, idx, out_host)
+
+
+def cat(arrays: Sequence[Array]) -> Array:
+    """The sequences of arrays[0], then those of arrays[1], ... in one Array: values concatenated,
+    offsets shifted by the tokens before (on the device where the offsets are: no sync)."""
+    ns = _backends.of(arrays[0].values)
+    values = ns.concat([a.values for a in arrays], axis=0)
+    pieces, base = [], 0
+    for a in arrays:
+        off = ns.astype(a.offsets, "int64")
+        pieces.append(off[:-1] + base)
+        base += a.total
+    offsets = ns.concat(pieces + [ns.from_numpy(np.array([base], np.int64), like=arrays[0].offsets)])
+    hosts = [a._host_offsets_without_sync() for a in arrays]
+    if any(h is None for h in hosts):
+        return Array._trusted(values, offsets)
+    shifts = np.cumsum([0] + [a.total for a in arrays[:-1]])
+    host = np.concatenate([h[:-1] + s for h, s in zip(hosts, shifts)] + [np.array([base], np.int64)])
+    return Array._trusted(values, offsets, host, int(np.diff(host).max(initial=0)))
