@@ -242,3 +242,22 @@ def test_mlx_grad(rng):
     keep = mx.array(np.array(LENGTHS) > 0)
     g = mx.grad(lambda x: mx.sum(mx.where(keep[:, None], a.with_values(x).logsumexp(), 0.0)))(a.values)
     _close(g, _softmax_loop(host, False), "float32")
+
+
+@pytest.mark.cuda
+def test_torch_cuda_matches_cpu(rng):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    v = rng.standard_normal((TOTAL, F)).astype(np.float32)
+    cpu = scree.from_offsets(torch.from_numpy(v), torch.tensor(OFFSETS))
+    gpu = scree.from_offsets(torch.from_numpy(v).cuda(), torch.tensor(OFFSETS).cuda())
+    for op in FLOAT_OPS:
+        np.testing.assert_allclose(_host(getattr(gpu, op)()), _host(getattr(cpu, op)()), rtol=1e-5, atol=1e-6,
+                                   err_msg=op)
+    for log in (False, True):
+        got = gpu.log_softmax() if log else gpu.softmax()
+        want = cpu.log_softmax() if log else cpu.softmax()
+        np.testing.assert_allclose(_host(got.values), _host(want.values), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(_host(gpu[:, 1:3].values), _host(cpu[:, 1:3].values))
+    np.testing.assert_array_equal(_host(scree.cat([gpu, gpu]).values), _host(scree.cat([cpu, cpu]).values))
