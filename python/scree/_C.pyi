@@ -60,6 +60,11 @@ def segment_reduce(values: Annotated[NDArray, dict(writable=False)], offsets: An
     Per-sequence 'sum', 'mean', 'max', 'min', 'prod' or 'logsumexp' over tokens into out (n, *f).
     """
 
+def segment_var(values: Annotated[NDArray, dict(writable=False)], offsets: Annotated[NDArray, dict(writable=False)], out: NDArray, ddof: int, sqrt: bool) -> None:
+    """
+    Per-sequence variance (standard deviation when sqrt) over tokens into out (n, *f).
+    """
+
 def segment_softmax(values: Annotated[NDArray, dict(writable=False)], offsets: Annotated[NDArray, dict(writable=False)], out: NDArray, log: bool) -> None:
     """
     Per-sequence softmax (log_softmax when log) over tokens into out (total, *f).

@@ -328,6 +328,21 @@ void segment_reduce(const InArray& values, const InArray& offsets, OutArray out,
   else run(static_cast<const int64_t*>(v), static_cast<int64_t*>(o));
 }
 
+void segment_var(const InArray& values, const InArray& offsets, OutArray out, int64_t ddof, bool sqrt) {
+  int64_t n;
+  const int64_t* off;
+  const int64_t features = segment_args(values, offsets, out, false, off, n);
+  const dl::dtype t = values.dtype();
+  require_float(t, sqrt ? "std" : "var");
+  scree::require(out.dtype() == t, ErrorKind::DTypeMismatch,
+                 [&] { return "out must be " + dtype_name(t) + ", got " + dtype_name(out.dtype()); });
+  scree::require(ddof >= 0, ErrorKind::InvalidArgument, [&] { return "ddof must be >= 0, got " + std::to_string(ddof); });
+  const void* v = values.data();
+  void* o = out.data();
+  nb::gil_scoped_release release;
+  with_float_type(t, v, o, [&](auto* tv, auto* to) { scree::ops::segment_var(tv, off, n, features, ddof, sqrt, to); });
+}
+
 void segment_softmax(const InArray& values, const InArray& offsets, OutArray out, bool log) {
   int64_t n;
   const int64_t* off;
@@ -417,6 +432,8 @@ void register_layout(nb::module_& m) {
   m.def("segment_ids", &segment_ids, nb::arg("offsets"), nb::arg("out"), "Sequence index of each token.");
   m.def("segment_reduce", &segment_reduce, nb::arg("values"), nb::arg("offsets"), nb::arg("out"), nb::arg("op"),
         "Per-sequence 'sum', 'mean', 'max', 'min', 'prod' or 'logsumexp' over tokens into out (n, *f).");
+  m.def("segment_var", &segment_var, nb::arg("values"), nb::arg("offsets"), nb::arg("out"), nb::arg("ddof"),
+        nb::arg("sqrt"), "Per-sequence variance (standard deviation when sqrt) over tokens into out (n, *f).");
   m.def("segment_softmax", &segment_softmax, nb::arg("values"), nb::arg("offsets"), nb::arg("out"), nb::arg("log"),
         "Per-sequence softmax (log_softmax when log) over tokens into out (total, *f).");
 #ifdef SCREE_WITH_CUDA

@@ -1,8 +1,10 @@
-// Per-sequence sum / mean / max / min / prod over tokens. Each work item keeps a `features`-long accumulator
+// Per-sequence sum / mean / max / min / prod and var / std over tokens. Each work item keeps a `features`-long accumulator
 // row (allocated once per thread chunk, never per sequence) so the inner loop is a contiguous,
 // vectorisable pass over one token's features.
 #include "scree/ops/reduce.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -114,6 +116,45 @@ void segment_reduce(const T* values, const int64_t* offsets, int64_t n, int64_t 
       },
       offsets);
 }
+
+template <class T>
+void segment_var(const T* values, const int64_t* offsets, int64_t n, int64_t features, int64_t ddof, bool sqrt, T* out) {
+  if (features == 0) return;  // (as segment_reduce: a featureless sequence may be longer than memory)
+  parallel_for(
+      n, offsets[n] * features * int64_t(sizeof(T)) * 2,
+      [&](int64_t begin, int64_t end) {
+        std::vector<double> mean(static_cast<size_t>(features)), ss(static_cast<size_t>(features));
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t len = offsets[i + 1] - offsets[i];
+          const T* rows = values + offsets[i] * features;
+          std::fill(mean.begin(), mean.end(), 0.0);
+          std::fill(ss.begin(), ss.end(), 0.0);
+          const T* row = rows;
+          for (int64_t r = 0; r < len; ++r, row += features)
+            for (int64_t f = 0; f < features; ++f) mean[f] += double(Accum<T>::load(row[f]));
+          for (int64_t f = 0; f < features; ++f) mean[f] /= double(len);
+          row = rows;
+          for (int64_t r = 0; r < len; ++r, row += features)
+            for (int64_t f = 0; f < features; ++f) {
+              const double d = double(Accum<T>::load(row[f])) - mean[f];
+              ss[f] += d * d;
+            }
+          const double dof = double(len - ddof);
+          T* o = out + i * features;
+          for (int64_t f = 0; f < features; ++f) {
+            const double v = len > ddof ? ss[f] / dof : std::numeric_limits<double>::quiet_NaN();
+            using A = typename Accum<T>::type;
+            o[f] = Accum<T>::store(A(sqrt ? std::sqrt(v) : v));
+          }
+        }
+      },
+      offsets);
+}
+
+template void segment_var<float>(const float*, const int64_t*, int64_t, int64_t, int64_t, bool, float*);
+template void segment_var<double>(const double*, const int64_t*, int64_t, int64_t, int64_t, bool, double*);
+template void segment_var<float16>(const float16*, const int64_t*, int64_t, int64_t, int64_t, bool, float16*);
+template void segment_var<bfloat16>(const bfloat16*, const int64_t*, int64_t, int64_t, int64_t, bool, bfloat16*);
 
 #define SCREE_REDUCE(T, Out) \
   template void segment_reduce<T, Out>(const T*, const int64_t*, int64_t, int64_t, Reduce, Out*);

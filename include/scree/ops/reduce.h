@@ -16,4 +16,12 @@ enum class Reduce { Sum, Mean, Max, Min, Prod };
 template <class T, class Out>
 void segment_reduce(const T* values, const int64_t* offsets, int64_t n, int64_t features, Reduce op, Out* out);
 
+// Per-sequence variance (or, with `sqrt`, standard deviation) over tokens: the squared deviations
+// from the sequence's mean (two passes, so no cancellation), summed and divided by length - ddof;
+// NaN where length <= ddof. Floats only (T in {float, double, float16, bfloat16}), accumulated in
+// double for every type (a variance of float32 data to float32 precision needs it for long
+// sequences).
+template <class T>
+void segment_var(const T* values, const int64_t* offsets, int64_t n, int64_t features, int64_t ddof, bool sqrt, T* out);
+
 }  // namespace scree::ops

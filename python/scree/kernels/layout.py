@@ -132,8 +132,8 @@ def from_padded(ns: ModuleType, padded: Any, mask: Any, lengths: Any, padding_si
     return Array._trusted(values, _host_int64(ns, host, padded), host, int(lens.max(initial=0)))
 
 
-# Reductions with a C++ kernel (src/cpu/reduce.cpp, softmax.cpp); the others compose those in the
-# reference (any / all / argmax / argmin / var / std: a few framework ops over the same segments).
+# Reductions with a C++ kernel (src/cpu/reduce.cpp, softmax.cpp; var / std: segment_var); the others
+# compose those in the reference (any / all / argmax / argmin: a few framework ops over the segments).
 _CPP_REDUCTIONS = {"sum", "mean", "max", "min", "prod", "logsumexp"}
 _FLOATS = {"float16", "bfloat16", "float32", "float64"}
 
@@ -141,6 +141,11 @@ _FLOATS = {"float16", "bfloat16", "float32", "float64"}
 def reduce(arr: Array, op: str, ddof: int = 0) -> Any:
     ns = arr._ns
     dt = ns.dtype_name(arr.values)
+    if op in ("var", "std") and _native(ns, arr.values) and dt in _FLOATS:
+        values = ns.contiguous(arr.values)
+        out = ns.empty((arr.num_sequences, *arr.feature_shape), dt, like=values)
+        _C.segment_var(values, arr.host_offsets, out, ddof, op == "std")
+        return out
     if op not in _CPP_REDUCTIONS or not _native(ns, arr.values) or dt not in _REDUCE_DTYPES:
         return reference.reduce(arr, op, ddof)
     values = ns.contiguous(arr.values)
