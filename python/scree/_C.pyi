@@ -65,6 +65,11 @@ def segment_var(values: Annotated[NDArray, dict(writable=False)], offsets: Annot
     Per-sequence variance (standard deviation when sqrt) over tokens into out (n, *f).
     """
 
+def segment_cumsum(values: Annotated[NDArray, dict(writable=False)], offsets: Annotated[NDArray, dict(writable=False)], out: NDArray) -> None:
+    """
+    Per-sequence running sum over tokens into out (total, *f); integers into int64.
+    """
+
 def segment_softmax(values: Annotated[NDArray, dict(writable=False)], offsets: Annotated[NDArray, dict(writable=False)], out: NDArray, log: bool) -> None:
     """
     Per-sequence softmax (log_softmax when log) over tokens into out (total, *f).

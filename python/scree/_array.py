@@ -40,6 +40,8 @@ class LayoutOps(Protocol):
 
     def softmax(self, arr: "Array", log: bool) -> "Array": ...
 
+    def cumsum(self, arr: "Array") -> "Array": ...
+
     def slice_tokens(self, arr: "Array", start: int | None, stop: int | None) -> "Array": ...
 
     def truncate(self, arr: "Array", max_length: int, side: str) -> "Array": ...
@@ -600,6 +602,11 @@ class Array:
         """Softmax over each sequence's tokens (per feature column), the same layout; computed
         stably; floats only. A column of -inf gives NaN (as torch)."""
         return _OPS.softmax(self, False)
+
+    def cumsum(self) -> "Array":
+        """Running sum over each sequence's tokens, the same layout (each sequence starts from
+        0); bool and integers sum into int64, wrapping (as torch.cumsum)."""
+        return _OPS.cumsum(self)
 
     def log_softmax(self) -> "Array":
         """log(softmax) over each sequence's tokens, computed as x - logsumexp (no log of 0)."""

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from scree import _backends
-from scree._errors import BackendError, ShapeError, UnsupportedError
+from scree._errors import BackendError, ShapeError, UnsupportedError, framework_unsupported
 
 __all__ = ["binary", "unary", "expand", "array_ufunc", "torch_function", "OPERATORS"]
 
@@ -152,12 +152,14 @@ def binary(a: Any, other: Any, name: str, reflected: bool = False) -> Any:
             same_layout(a, other)
     else:
         y = operand(a, other)
-    out = fn(y, a.values) if reflected else fn(a.values, y)
+    with framework_unsupported(f"the operator {name} on {a._ns.dtype_name(a.values)} values"):
+        out = fn(y, a.values) if reflected else fn(a.values, y)
     return wrap(a, out, f"the operator {name}")
 
 
 def unary(a: Any, fn: Callable[[Any], Any], name: str) -> Any:
-    return wrap(a, fn(a.values), name)
+    with framework_unsupported(f"{name} of {a._ns.dtype_name(a.values)} values"):
+        return wrap(a, fn(a.values), name)
 
 
 # ---- NumPy ------------------------------------------------------------------------------------

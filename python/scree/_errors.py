@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 __all__ = [
     "ScreeError",
     "RaggedError",
@@ -14,6 +17,7 @@ __all__ = [
     "BackendError",
     "DeviceError",
     "OutOfMemoryError",
+    "framework_unsupported",
 ]
 
 
@@ -54,3 +58,14 @@ class OutOfMemoryError(ScreeError, MemoryError):
     """An array scree was asked to make does not fit the memory left (checked before allocating:
     MLX allocates lazily and dies with SIGSEGV when that fails, and Linux lets NumPy and torch
     overcommit, then kills the process when the pages are touched)."""
+
+
+@contextmanager
+def framework_unsupported(what: str) -> Iterator[None]:
+    """Run framework ops, turning the framework's NotImplementedError (a dtype it has no kernel
+    for, e.g. torch's bitwise_not or add on uint64) into an UnsupportedError naming `what`."""
+    try:
+        yield
+    except NotImplementedError as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise UnsupportedError(f"{what}: the framework has no kernel for it ({first})") from e

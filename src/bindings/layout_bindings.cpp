@@ -343,6 +343,27 @@ void segment_var(const InArray& values, const InArray& offsets, OutArray out, in
   with_float_type(t, v, o, [&](auto* tv, auto* to) { scree::ops::segment_var(tv, off, n, features, ddof, sqrt, to); });
 }
 
+void segment_cumsum(const InArray& values, const InArray& offsets, OutArray out) {
+  int64_t n;
+  const int64_t* off;
+  const int64_t features = segment_args(values, offsets, out, true, off, n);
+  const dl::dtype t = values.dtype();
+  const bool integral = is(t, dl::dtype_code::Int, 32) || is(t, dl::dtype_code::Int, 64);
+  scree::require(integral || is_float_type(t), ErrorKind::DTypeMismatch, [&] {
+    return "cumsum does not support dtype " + dtype_name(t) + " (float16/32/64, bfloat16, int32, int64 are supported)";
+  });
+  scree::require(integral ? is(out.dtype(), dl::dtype_code::Int, 64) : out.dtype() == t, ErrorKind::DTypeMismatch, [&] {
+    return "out must be " + (integral ? std::string("int64") : dtype_name(t)) + ", got " + dtype_name(out.dtype());
+  });
+  const void* v = values.data();
+  void* o = out.data();
+  nb::gil_scoped_release release;
+  auto run = [&](auto* tv, auto* to) { scree::ops::segment_cumsum(tv, off, n, features, to); };
+  if (is(t, dl::dtype_code::Int, 32)) run(static_cast<const int32_t*>(v), static_cast<int64_t*>(o));
+  else if (is(t, dl::dtype_code::Int, 64)) run(static_cast<const int64_t*>(v), static_cast<int64_t*>(o));
+  else with_float_type(t, v, o, run);
+}
+
 void segment_softmax(const InArray& values, const InArray& offsets, OutArray out, bool log) {
   int64_t n;
   const int64_t* off;
@@ -434,6 +455,8 @@ void register_layout(nb::module_& m) {
         "Per-sequence 'sum', 'mean', 'max', 'min', 'prod' or 'logsumexp' over tokens into out (n, *f).");
   m.def("segment_var", &segment_var, nb::arg("values"), nb::arg("offsets"), nb::arg("out"), nb::arg("ddof"),
         nb::arg("sqrt"), "Per-sequence variance (standard deviation when sqrt) over tokens into out (n, *f).");
+  m.def("segment_cumsum", &segment_cumsum, nb::arg("values"), nb::arg("offsets"), nb::arg("out"),
+        "Per-sequence running sum over tokens into out (total, *f); integers into int64.");
   m.def("segment_softmax", &segment_softmax, nb::arg("values"), nb::arg("offsets"), nb::arg("out"), nb::arg("log"),
         "Per-sequence softmax (log_softmax when log) over tokens into out (total, *f).");
 #ifdef SCREE_WITH_CUDA

@@ -1,4 +1,4 @@
-// Per-sequence sum / mean / max / min / prod and var / std over tokens. Each work item keeps a `features`-long accumulator
+// Per-sequence sum / mean / max / min / prod, var / std and cumsum over tokens. Each work item keeps a `features`-long accumulator
 // row (allocated once per thread chunk, never per sequence) so the inner loop is a contiguous,
 // vectorisable pass over one token's features.
 #include "scree/ops/reduce.h"
@@ -155,6 +155,40 @@ template void segment_var<float>(const float*, const int64_t*, int64_t, int64_t,
 template void segment_var<double>(const double*, const int64_t*, int64_t, int64_t, int64_t, bool, double*);
 template void segment_var<float16>(const float16*, const int64_t*, int64_t, int64_t, int64_t, bool, float16*);
 template void segment_var<bfloat16>(const bfloat16*, const int64_t*, int64_t, int64_t, int64_t, bool, bfloat16*);
+
+template <class T, class Out>
+void segment_cumsum(const T* values, const int64_t* offsets, int64_t n, int64_t features, Out* out) {
+  using A = std::conditional_t<std::is_integral_v<T>, int64_t, double>;
+  if (features == 0) return;
+  parallel_for(
+      n, offsets[n] * features * int64_t(sizeof(T)),
+      [&](int64_t begin, int64_t end) {
+        std::vector<A> acc(static_cast<size_t>(features));
+        for (int64_t i = begin; i < end; ++i) {
+          std::fill(acc.begin(), acc.end(), A(0));
+          const T* row = values + offsets[i] * features;
+          Out* o = out + offsets[i] * features;
+          for (int64_t r = offsets[i]; r < offsets[i + 1]; ++r, row += features, o += features)
+            for (int64_t f = 0; f < features; ++f) {
+              if constexpr (std::is_integral_v<T>) {
+                acc[f] = static_cast<int64_t>(static_cast<uint64_t>(acc[f]) + static_cast<uint64_t>(int64_t(row[f])));
+                o[f] = acc[f];
+              } else {
+                acc[f] += double(Accum<T>::load(row[f]));
+                o[f] = Accum<T>::store(typename Accum<T>::type(acc[f]));
+              }
+            }
+        }
+      },
+      offsets);
+}
+
+template void segment_cumsum<float, float>(const float*, const int64_t*, int64_t, int64_t, float*);
+template void segment_cumsum<double, double>(const double*, const int64_t*, int64_t, int64_t, double*);
+template void segment_cumsum<float16, float16>(const float16*, const int64_t*, int64_t, int64_t, float16*);
+template void segment_cumsum<bfloat16, bfloat16>(const bfloat16*, const int64_t*, int64_t, int64_t, bfloat16*);
+template void segment_cumsum<int32_t, int64_t>(const int32_t*, const int64_t*, int64_t, int64_t, int64_t*);
+template void segment_cumsum<int64_t, int64_t>(const int64_t*, const int64_t*, int64_t, int64_t, int64_t*);
 
 #define SCREE_REDUCE(T, Out) \
   template void segment_reduce<T, Out>(const T*, const int64_t*, int64_t, int64_t, Reduce, Out*);

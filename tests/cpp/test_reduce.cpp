@@ -158,3 +158,28 @@ TEST(SegmentReduce, NoFeaturesDoesNotWalkRows) {
 }
 
 }  // namespace
+
+namespace {
+
+// Running sums restart at each sequence (lengths 3, 0, 1, 6); integers widen to int64 and wrap.
+TEST(SegmentCumsum, RestartsPerSequence) {
+  std::vector<double> v(10 * kF);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = double(i % 11) - 4.5;
+  std::vector<double> out(v.size());
+  scree::ops::segment_cumsum(v.data(), kOffsets.data(), kN, kF, out.data());
+  for (int64_t i = 0; i < kN; ++i)
+    for (int64_t f = 0; f < kF; ++f) {
+      double acc = 0;
+      for (int64_t r = kOffsets[i]; r < kOffsets[i + 1]; ++r) {
+        acc += v[r * kF + f];
+        EXPECT_EQ(out[r * kF + f], acc);
+      }
+    }
+  const std::vector<int32_t> in32{std::numeric_limits<int32_t>::max(), 1, 5};
+  const std::vector<int64_t> off{0, 2, 3};
+  std::vector<int64_t> out64(3);
+  scree::ops::segment_cumsum(in32.data(), off.data(), 2, 1, out64.data());
+  EXPECT_EQ(out64, (std::vector<int64_t>{std::numeric_limits<int32_t>::max(), int64_t(1) << 31, 5}));
+}
+
+}  // namespace

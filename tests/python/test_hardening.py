@@ -800,3 +800,27 @@ def test_mlx_float64_attention_is_float64_accurate(rng):
                                  causal=True).values
     assert got.dtype == mx.float64
     np.testing.assert_allclose(np.array(got), want, rtol=1e-12, atol=0)
+
+
+# ---- found by the fuzz campaign over the issue-15 ops (seed 15, 20k cases) --------------------------
+def test_truncate_past_int64_is_no_bound():
+    """a.truncate(2**63) raised NumPy's bare OverflowError."""
+    a = scree.from_lengths(np.arange(6.0).reshape(3, 2), [2, 1])
+    out = a.truncate(2**63)
+    np.testing.assert_array_equal(out.values, a.values)
+    np.testing.assert_array_equal(out.host_offsets, a.host_offsets)
+
+
+def test_unsigned_torch_ops_without_a_kernel_are_typed():
+    """min / argmin of uint16 / uint64 torch values (bitwise_not) and their arithmetic (add) raised
+    torch's NotImplementedError: now scree.UnsupportedError naming the op and dtype."""
+    torch = pytest.importorskip("torch")
+    for dt in (torch.uint16, torch.uint64):
+        a = scree.from_lengths(torch.arange(4).to(dt).reshape(4, 1), [3, 1])
+        for call, want in ((a.min, [[0], [3]]), (a.argmin, [[0], [0]]), (lambda: (a * 2 + a).values, [[0], [3], [6], [9]])):
+            try:
+                got = call()
+            except scree.UnsupportedError as e:
+                assert "kernel" in str(e) and str(dt).split(".")[1] in str(e)
+            else:  # a torch that has the kernel must give the right answer
+                np.testing.assert_array_equal(got.to(torch.int64).numpy(), want)

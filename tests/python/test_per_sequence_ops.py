@@ -261,3 +261,29 @@ def test_torch_cuda_matches_cpu(rng):
         np.testing.assert_allclose(_host(got.values), _host(want.values), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(_host(gpu[:, 1:3].values), _host(cpu[:, 1:3].values))
     np.testing.assert_array_equal(_host(scree.cat([gpu, gpu]).values), _host(scree.cat([cpu, cpu]).values))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "int32", "bool"])
+def test_cumsum(backend, dtype, rng):
+    v = rng.standard_normal((TOTAL, F))
+    v = (v > 0) if dtype == "bool" else (3 * v).astype(dtype)
+    a = scree.from_offsets(_native(backend, v), _native(backend, OFFSETS))
+    want = np.concatenate([np.cumsum(v[OFFSETS[i]:OFFSETS[i + 1]].astype(np.float64 if dtype == "float32" else np.int64),
+                                     axis=0) for i in range(N)])
+    for got in (a.cumsum(), R.cumsum(a)):
+        assert isinstance(got, scree.Array) and got._layout is a._layout
+        if dtype != "float32":
+            assert np.dtype(str(got.values.dtype).replace("torch.", "").replace("mlx.core.", "")) == np.int64 \
+                or backend == "jax"  # (JAX without x64: int32)
+        _close(got.values, want, "float32" if dtype == "float32" else "int64")
+
+
+def test_cumsum_gradient(rng):
+    torch = pytest.importorskip("torch")
+    v = torch.tensor(rng.standard_normal((TOTAL, F)), requires_grad=True)
+    a = scree.from_offsets(v, torch.tensor(OFFSETS))
+    g, = torch.autograd.grad(a.cumsum().values.sum(), v)
+    # d/dx_t of sum of running sums = the tokens from t to the end of t's sequence
+    want = np.concatenate([np.arange(n, 0, -1) for n in LENGTHS]).astype(np.float64)
+    np.testing.assert_array_equal(g[:, 0].numpy(), want)

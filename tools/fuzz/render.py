@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from tools.fuzz.generate import NEW_OPS
+
 _DEFAULTS = {"validate": True}
 
 
@@ -217,7 +219,9 @@ def render(recipe: dict) -> dict[str, list[str]]:
     method = {"sum": "a.sum()", "mean": "a.mean()", "max": "a.max()", "lengths": "a.lengths",
               "max_length": "a.max_length", "cu_seqlens": "a.cu_seqlens()", "unpack": "scree.unpack(a)",
               "bridges.to_cu_seqlens": "scree.bridges.to_cu_seqlens(a)",
-              "bridges.to_torch_nested": "scree.bridges.to_torch_nested(a)"}
+              "bridges.to_torch_nested": "scree.bridges.to_torch_nested(a)",
+              **{name: f"a.{name}()" for name in NEW_OPS if name not in ("elementwise", "cat")},
+              "elementwise": "a * 2 + a", "cat": "scree.cat([a, a[1:]])"}
     if entry == "bridges.to_torch_nested":  # judged by its values() and offsets()
         op.append("nt = scree.bridges.to_torch_nested(a)")
         op.append("out = (nt.values(), nt.offsets())")
@@ -232,6 +236,10 @@ def render(recipe: dict) -> dict[str, list[str]]:
         op.append(f"out = {call('a.to_padded', **args)}")
     elif entry == "bridges.to_hf_padded":
         op.append(f"out = {call('scree.bridges.to_hf_padded', 'a', **args)}")
+    elif entry == "slice_tokens":
+        op.append(f"out = a[:, {args['start']!r}:{args['stop']!r}]")
+    elif entry == "truncate":
+        op.append(f"out = a.truncate({args['k']!r}, side={args['side']!r})")
     elif entry == "getitem":
         op.append(f"out = a[{_index_code(args['index'], fw)}]")
     elif entry == "with_values":

@@ -24,4 +24,10 @@ void segment_reduce(const T* values, const int64_t* offsets, int64_t n, int64_t 
 template <class T>
 void segment_var(const T* values, const int64_t* offsets, int64_t n, int64_t features, int64_t ddof, bool sqrt, T* out);
 
+// Per-sequence running sum over tokens: out (total, features), row t of sequence i the sum of its
+// rows up to t. Accumulated in double for floats (as torch.cumsum on the CPU), int64 for integers
+// (wrapping modulo 2^64); Out is T for floats, int64_t for integers (as torch).
+template <class T, class Out>
+void segment_cumsum(const T* values, const int64_t* offsets, int64_t n, int64_t features, Out* out);
+
 }  // namespace scree::ops

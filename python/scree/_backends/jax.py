@@ -350,7 +350,7 @@ def segment_reduce(values: Any, segment_ids: Any, n: int, op: str) -> Any:
 
 
 def cumsum(x: Any) -> Any:
-    return jnp.cumsum(x)
+    return jnp.cumsum(x, axis=0)
 
 
 # ---- math used by the reference kernels ------------------------------------------------------

@@ -246,7 +246,7 @@ def segment_reduce(values: Any, segment_ids: Any, n: int, op: str) -> np.ndarray
 
 
 def cumsum(x: Any) -> np.ndarray:
-    return np.cumsum(x)
+    return np.cumsum(x, axis=0)
 
 
 # ---- math used by the reference kernels ------------------------------------------------------

@@ -155,7 +155,8 @@ class Backend(Protocol):
         """Rows of values reduced into n rows by segment id: 'sum', 'mean', 'max' or 'prod'
         (sums and products of integers in int64; empty segments: 0, NaN, the lowest value, 1)."""
 
-    def cumsum(self, x: Any) -> Any: ...
+    def cumsum(self, x: Any) -> Any:
+        """The running sum along the first axis."""
 
     # ---- math of the reference kernels ---------------------------------------------------------
     def einsum(self, subscripts: str, *operands: Any) -> Any: ...

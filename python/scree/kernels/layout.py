@@ -193,6 +193,17 @@ def concat_sequences(ns: ModuleType, arrays: Sequence[Array]) -> Array:
     return Array._trusted(out, _host_int64(ns, out_host, arrays[0].offsets), out_host, int(lengths.max(initial=0)))
 
 
+def cumsum(arr: Array) -> Array:
+    ns = arr._ns
+    dt = ns.dtype_name(arr.values)
+    if not _native(ns, arr.values) or dt not in _REDUCE_DTYPES:
+        return reference.cumsum(arr)
+    values = ns.contiguous(arr.values)
+    out = ns.empty(ns.shape(values), dt if dt in _FLOATS else "int64", like=values)
+    _C.segment_cumsum(values, arr.host_offsets, out)
+    return arr.with_values(out)
+
+
 # Token-level indexing: one gather of rows by a host index (reference), a single framework op on
 # every backend; the C++ pack (as concat_sequences) only pays past ~64 KiB a piece, which these
 # rarely reach.

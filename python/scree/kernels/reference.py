@@ -12,13 +12,13 @@ import numpy as np
 
 from scree import _backends
 from scree._array import Array
-from scree._errors import ArgumentError, DTypeError, ShapeError
+from scree._errors import ArgumentError, DTypeError, ShapeError, framework_unsupported
 from scree._layout import offsets_from_lengths
 from scree.kernels.attention_reference import varlen_attention
 
 __all__ = [
     "pack", "gather", "segment_ids", "positions", "to_padded", "from_padded", "reduce",
-    "concat_sequences", "elementwise", "expand", "softmax", "REDUCTIONS", "token_range", "slice_tokens",
+    "concat_sequences", "elementwise", "expand", "softmax", "cumsum", "REDUCTIONS", "token_range", "slice_tokens",
     "truncate", "filter_tokens", "cat", "varlen_attention",
 ]
 
@@ -139,7 +139,8 @@ def reduce(arr: Array, op: str, ddof: int = 0) -> Any:
         raise DTypeError(f"{op} needs boolean, integer or floating-point values, got {kind}")
     if op in _FLOAT_ONLY and not ns.is_floating(arr.values):
         raise DTypeError(f"{op} needs a floating-point dtype, got {kind}")
-    with np.errstate(divide="ignore", invalid="ignore"):  # (NumPy: empty sequences' 0/0 and log 0 are the answers)
+    # (NumPy: empty sequences' 0/0 and log 0 are the answers)
+    with np.errstate(divide="ignore", invalid="ignore"), framework_unsupported(f"{op} of {kind} values"):
         return _reduce(ns, arr, op, kind, ddof)
 
 
@@ -292,6 +293,26 @@ def elementwise(fn: Any, arr: Array, *operands: Any) -> Array:
     return Array._trusted(values, ns.from_numpy(h, like=values), h, int(np.diff(h).max(initial=0)))
 
 
+def cumsum(arr: Array) -> Array:
+    """Per-sequence running sum over tokens, the same layout: bool and integers in int64, floats
+    in their dtype. The running sum of all rows minus, for each sequence, the sum before it,
+    accumulated in float64 (int64): one scan and one gather, differentiable and jit-able. A float64
+    sequence that starts after a large prefix loses the prefix's rounding (|prefix| x 1e-16); the
+    C++ kernel (host arrays) sums each sequence from zero."""
+    ns = _backends.of(arr.values)
+    kind = ns.dtype_name(arr.values)
+    if not (ns.is_floating(arr.values) or ns.is_integer(arr.values) or kind == "bool"):
+        raise DTypeError(f"cumsum needs boolean, integer or floating-point values, got {kind}")
+    floating = ns.is_floating(arr.values)
+    with framework_unsupported(f"cumsum of {kind} values"):
+        x = ns.astype(arr.values, "float64" if floating else "int64")
+    running = ns.cumsum(x)
+    before = ns.concat([ns.zeros((1, *arr.feature_shape), ns.dtype_name(x), like=x), running], axis=0)
+    starts = ns.astype(arr.offsets, "int64")[:-1]
+    out = running - before[starts][segment_ids(arr)]
+    return arr.with_values(ns.astype(out, kind if floating else "int64"))
+
+
 # ---- token-level indexing ----------------------------------------------------------------------
 def token_range(arr: Array, lo: np.ndarray, hi: np.ndarray) -> Array:
     """Tokens [lo[i], hi[i]) of each sequence i (host int64, 0 <= lo <= hi <= length), as a new
@@ -336,7 +357,7 @@ def truncate(arr: Array, max_length: int, side: str = "right") -> Array:
     if side not in ("right", "left"):
         raise ArgumentError(f"side must be 'right' or 'left', got {side!r}")
     lens = np.diff(arr.host_offsets)
-    keep = np.minimum(lens, max_length)
+    keep = np.minimum(lens, min(max_length, arr.total))  # (a max_length past int64 is no bound either)
     return token_range(arr, lens - keep, lens) if side == "left" else token_range(arr, np.zeros_like(lens), keep)
 
 
