@@ -234,12 +234,13 @@ def torch_function(a_type: type, func: Any, args: tuple, kwargs: dict | None) ->
     results whose first axis is the token axis become Arrays over that layout (in tuples too);
     anything else (torch.sum(a), a shape) is returned as torch gives it. Autograd flows."""
     kwargs = kwargs or {}
-    name = _tensor_operators().get(func)
-    if name is not None and len(args) == 2 and not kwargs and isinstance(args[1], a_type) \
-            and not isinstance(args[0], a_type):
-        # tensor <op> Array reaches here (torch asks the Array before Python would): the operator's
-        # reflected form, so the tensor is resolved as an operand (per-sequence rows included)
-        return binary(args[1], args[0], name, reflected=True)
+    if len(args) == 2 and not kwargs and isinstance(args[1], a_type) and not isinstance(args[0], a_type):
+        name = _TENSOR_OPERATORS.get(getattr(func, "__name__", ""))
+        if name is not None:
+            # tensor <op> Array reaches here (torch asks the Array before Python would): the
+            # operator's reflected form, so the tensor is resolved as an operand (per-sequence rows
+            # included)
+            return binary(args[1], args[0], name, reflected=True)
     found: list = []
     _arrays_in(args, a_type, found)
     _arrays_in(kwargs, a_type, found)
@@ -253,26 +254,15 @@ def torch_function(a_type: type, func: Any, args: tuple, kwargs: dict | None) ->
     return _rewrapped(first, out)
 
 
-_TENSOR_OPERATORS: dict = {}
-
-
-def _tensor_operators() -> dict:
-    """torch.Tensor's operator methods -> OPERATORS names (built on first use: torch is imported
-    by then, since torch is what calls __torch_function__)."""
-    if not _TENSOR_OPERATORS:
-        import sys
-        torch = sys.modules["torch"]
-        # what torch hands over for `t <op> x` differs by operator and version: the dunder of
-        # Tensor or TensorBase, or the method it calls (t / x arrives as TensorBase.div)
-        methods = {"truediv": ("div", "true_divide"), "floordiv": ("floor_divide",), "mod": ("remainder",),
-                   "and": ("bitwise_and",), "or": ("bitwise_or",), "xor": ("bitwise_xor",)}
-        for name in OPERATORS:
-            for attr in (f"__{name}__", name, *methods.get(name, ())):
-                for cls in (torch.Tensor, torch._C.TensorBase):
-                    fn = getattr(cls, attr, None)
-                    if fn is not None:
-                        _TENSOR_OPERATORS.setdefault(fn, name)
-    return _TENSOR_OPERATORS
+# What torch hands over for `t <op> x` differs by operator and version (the dunder of Tensor or
+# TensorBase, or the method it calls: t / x arrives as TensorBase.div), so functions are matched by
+# name (a string comparison torch.compile can trace; comparing the function objects it cannot).
+# torch.add(t, arr) etc. match too, with the same meaning.
+_TENSOR_OPERATORS = {
+    **{f"__{name}__": name for name in OPERATORS}, **{name: name for name in OPERATORS},
+    "div": "truediv", "true_divide": "truediv", "floor_divide": "floordiv", "remainder": "mod",
+    "bitwise_and": "and", "bitwise_or": "or", "bitwise_xor": "xor",
+}
 
 
 def _rewrapped(a: Any, out: Any) -> Any:

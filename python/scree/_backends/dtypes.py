@@ -107,7 +107,10 @@ def checked_size(ns: ModuleType, like: Any, arrays: Sequence[tuple[tuple[int, ..
     `what` when a shape cannot exist (an extent past ns.max_extent(), the framework's index type:
     int32 for MLX shapes and for JAX without jax_enable_x64; or a stride past the platform's
     address space), OutOfMemoryError when host memory (NumPy, torch CPU, JAX CPU, MLX's unified
-    memory) cannot hold them all."""
+    memory) cannot hold them all. Not while torch.compile traces (it cannot trace these host-side
+    checks; the compiled graph's allocation raises the framework's own error)."""
+    if ns.is_tracing():
+        return
     limit = ns.max_extent()
     total = 0
     for shape, itemsize in arrays:

@@ -22,7 +22,9 @@ _REDUCE_DTYPES = {"float16", "bfloat16", "float32", "float64", "int32", "int64"}
 
 
 def _native(ns: ModuleType, *arrays: Any) -> bool:
-    return all(ns.is_host(x) and not ns.needs_autograd(x) for x in arrays if x is not None)
+    """Whether the C++ kernels take these arrays: host memory, no autograd graph to extend, and not
+    while torch.compile traces (it cannot trace into scree._C; the reference's torch ops it can)."""
+    return all(ns.is_host(x) and not ns.needs_autograd(x) for x in arrays if x is not None) and not ns.is_tracing()
 
 
 def _host_int64(ns: ModuleType, host: np.ndarray, like: Any) -> Any:

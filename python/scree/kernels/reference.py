@@ -6,6 +6,7 @@ a result's shape depends on data (from_padded)."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -139,9 +140,14 @@ def reduce(arr: Array, op: str, ddof: int = 0) -> Any:
         raise DTypeError(f"{op} needs boolean, integer or floating-point values, got {kind}")
     if op in _FLOAT_ONLY and not ns.is_floating(arr.values):
         raise DTypeError(f"{op} needs a floating-point dtype, got {kind}")
-    # (NumPy: empty sequences' 0/0 and log 0 are the answers)
-    with np.errstate(divide="ignore", invalid="ignore"), framework_unsupported(f"{op} of {kind} values"):
+    with _quiet(ns), framework_unsupported(f"{op} of {kind} values"):
         return _reduce(ns, arr, op, kind, ddof)
+
+
+def _quiet(ns: Any) -> Any:
+    """NumPy's warnings off where empty sequences' 0/0 and log 0 are the answers (NumPy only:
+    torch.compile cannot trace np.errstate, and other frameworks do not warn)."""
+    return np.errstate(divide="ignore", invalid="ignore") if ns.name == "numpy" else contextlib.nullcontext()
 
 
 def _reduce(ns: Any, arr: Array, op: str, kind: str, ddof: int) -> Any:
@@ -204,7 +210,7 @@ def softmax(arr: Array, log: bool = False) -> Array:
         raise DTypeError(f"{'log_softmax' if log else 'softmax'} needs a floating-point dtype, got {kind}")
     seg, n = segment_ids(arr), arr.num_sequences
     x = ns.astype(arr.values, "float32") if kind in ("float16", "bfloat16") else arr.values
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with _quiet(ns):
         shift, total = _shifted_sums(ns, x, seg, n)
         out = x - shift[seg] - ns.log(total)[seg] if log else ns.exp(x - shift[seg]) / total[seg]
     return arr.with_values(ns.astype(out, kind))
@@ -388,9 +394,9 @@ def cat(arrays: Sequence[Array]) -> Array:
         off = ns.astype(a.offsets, "int64")
         pieces.append(off[:-1] + base)
         base += a.total
-    offsets = ns.concat(pieces + [ns.from_numpy(np.array([base], np.int64), like=arrays[0].offsets)])
-    hosts = [a._host_offsets_without_sync() for a in arrays]
-    if any(h is None for h in hosts):
+    offsets = ns.concat(pieces + [ns.full((1,), base, "int64", like=arrays[0].offsets)])
+    hosts = None if ns.is_tracing() else [a._host_offsets_without_sync() for a in arrays]
+    if hosts is None or any(h is None for h in hosts):  # (torch.compile: no host bookkeeping to trace)
         return Array._trusted(values, offsets)
     shifts = np.cumsum([0] + [a.total for a in arrays[:-1]])
     host = np.concatenate([h[:-1] + s for h, s in zip(hosts, shifts)] + [np.array([base], np.int64)])
