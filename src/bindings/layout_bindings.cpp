@@ -279,22 +279,36 @@ void require_float(dl::dtype t, const char* op) {
   });
 }
 
+// The float-only per-sequence kernels (logsumexp, var / std, softmax / log_softmax): the checks,
+// then fn(typed values, typed out, offsets, n, features) without the GIL; out has the values' dtype.
+template <class Fn>
+void run_float_segments(const InArray& values, const InArray& offsets, OutArray& out, bool per_token, const char* op,
+                        Fn&& fn) {
+  int64_t n;
+  const int64_t* off;
+  const int64_t features = segment_args(values, offsets, out, per_token, off, n);
+  const dl::dtype t = values.dtype();
+  require_float(t, op);
+  scree::require(out.dtype() == t, ErrorKind::DTypeMismatch,
+                 [&] { return "out must be " + dtype_name(t) + ", got " + dtype_name(out.dtype()); });
+  const void* v = values.data();
+  void* o = out.data();
+  nb::gil_scoped_release release;
+  with_float_type(t, v, o, [&](auto* tv, auto* to) { fn(tv, to, off, n, features); });
+}
+
 void segment_reduce(const InArray& values, const InArray& offsets, OutArray out, const std::string& op_name) {
   using scree::ops::Reduce;
+  if (op_name == "logsumexp") {
+    run_float_segments(values, offsets, out, false, "logsumexp", [](auto* tv, auto* to, auto* off, int64_t n, int64_t f) {
+      scree::ops::segment_logsumexp(tv, off, n, f, to);
+    });
+    return;
+  }
   int64_t n;
   const int64_t* off;
   const int64_t features = segment_args(values, offsets, out, false, off, n);
   const dl::dtype t = values.dtype();
-  if (op_name == "logsumexp") {
-    require_float(t, "logsumexp");
-    scree::require(out.dtype() == t, ErrorKind::DTypeMismatch,
-                   [&] { return "out must be " + dtype_name(t) + ", got " + dtype_name(out.dtype()); });
-    const void* v = values.data();
-    void* o = out.data();
-    nb::gil_scoped_release release;
-    with_float_type(t, v, o, [&](auto* tv, auto* to) { scree::ops::segment_logsumexp(tv, off, n, features, to); });
-    return;
-  }
   Reduce op;
   if (op_name == "sum") op = Reduce::Sum;
   else if (op_name == "mean") op = Reduce::Mean;
@@ -329,18 +343,10 @@ void segment_reduce(const InArray& values, const InArray& offsets, OutArray out,
 }
 
 void segment_var(const InArray& values, const InArray& offsets, OutArray out, int64_t ddof, bool sqrt) {
-  int64_t n;
-  const int64_t* off;
-  const int64_t features = segment_args(values, offsets, out, false, off, n);
-  const dl::dtype t = values.dtype();
-  require_float(t, sqrt ? "std" : "var");
-  scree::require(out.dtype() == t, ErrorKind::DTypeMismatch,
-                 [&] { return "out must be " + dtype_name(t) + ", got " + dtype_name(out.dtype()); });
   scree::require(ddof >= 0, ErrorKind::InvalidArgument, [&] { return "ddof must be >= 0, got " + std::to_string(ddof); });
-  const void* v = values.data();
-  void* o = out.data();
-  nb::gil_scoped_release release;
-  with_float_type(t, v, o, [&](auto* tv, auto* to) { scree::ops::segment_var(tv, off, n, features, ddof, sqrt, to); });
+  run_float_segments(values, offsets, out, false, sqrt ? "std" : "var", [&](auto* tv, auto* to, auto* off, int64_t n, int64_t f) {
+    scree::ops::segment_var(tv, off, n, f, ddof, sqrt, to);
+  });
 }
 
 void segment_cumsum(const InArray& values, const InArray& offsets, OutArray out) {
@@ -365,17 +371,10 @@ void segment_cumsum(const InArray& values, const InArray& offsets, OutArray out)
 }
 
 void segment_softmax(const InArray& values, const InArray& offsets, OutArray out, bool log) {
-  int64_t n;
-  const int64_t* off;
-  const int64_t features = segment_args(values, offsets, out, true, off, n);
-  const dl::dtype t = values.dtype();
-  require_float(t, log ? "log_softmax" : "softmax");
-  scree::require(out.dtype() == t, ErrorKind::DTypeMismatch,
-                 [&] { return "out must be " + dtype_name(t) + ", got " + dtype_name(out.dtype()); });
-  const void* v = values.data();
-  void* o = out.data();
-  nb::gil_scoped_release release;
-  with_float_type(t, v, o, [&](auto* tv, auto* to) { scree::ops::segment_softmax(tv, off, n, features, log, to); });
+  run_float_segments(values, offsets, out, true, log ? "log_softmax" : "softmax",
+                     [&](auto* tv, auto* to, auto* off, int64_t n, int64_t f) {
+                       scree::ops::segment_softmax(tv, off, n, f, log, to);
+                     });
 }
 
 #ifdef SCREE_WITH_CUDA

@@ -135,6 +135,32 @@ def to_host(x: Any) -> np.ndarray:
     return x.cpu().numpy()
 
 
+def native(backend: str, x: np.ndarray) -> Any:
+    """x as an array of `backend` ('numpy', 'torch', 'jax', 'mlx'); the calling test is skipped where
+    that framework is not installed."""
+    import pytest
+
+    if backend == "numpy":
+        return x
+    if backend == "torch":
+        return pytest.importorskip("torch").from_numpy(np.ascontiguousarray(x))
+    if backend == "jax":
+        return pytest.importorskip("jax.numpy").asarray(x)
+    return pytest.importorskip("mlx.core").array(x)
+
+
+def host(x: Any) -> np.ndarray:
+    """A host NumPy array of an Array's values or of a native array of any backend (torch bfloat16
+    widened to float32, exactly)."""
+    if isinstance(x, scree.Array):
+        x = x.values
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "detach"):
+        return to_host(x)
+    return np.asarray(x)
+
+
 def data_ptr(x: Any) -> int:
     if isinstance(x, np.ndarray):
         return int(x.__array_interface__["data"][0])

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import scree
+from cases import host, native
 from scree.kernels import reference as R
 
 LENGTHS = [3, 0, 1, 5, 2]  # an empty sequence, a single token, n (5) != total (11)
@@ -20,31 +21,8 @@ N, TOTAL, H, D = len(LENGTHS), sum(LENGTHS), 2, 3
 OFFSETS = np.concatenate([[0], np.cumsum(LENGTHS)]).astype(np.int64)
 
 
-def _native(backend: str, x: np.ndarray):
-    if backend == "numpy":
-        return x
-    if backend == "torch":
-        torch = pytest.importorskip("torch")
-        return torch.from_numpy(np.ascontiguousarray(x))
-    if backend == "jax":
-        jnp = pytest.importorskip("jax.numpy")
-        return jnp.asarray(x)
-    mx = pytest.importorskip("mlx.core")
-    return mx.array(x)
-
-
-def _host(x) -> np.ndarray:
-    if isinstance(x, scree.Array):
-        x = x.values
-    if isinstance(x, np.ndarray):
-        return x
-    if hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
 def _array(backend: str, values: np.ndarray) -> scree.Array:
-    return scree.from_offsets(_native(backend, values), _native(backend, OFFSETS))
+    return scree.from_offsets(native(backend, values), native(backend, OFFSETS))
 
 
 def _rand(rng, *shape, low=0.5, high=2.0) -> np.ndarray:
@@ -61,14 +39,14 @@ def _operand(kind: str, backend: str, rng, arr: scree.Array):
     if kind == "scalar":
         return 1.5
     if kind == "feature":
-        return _native(backend, _rand(rng, H, D))
+        return native(backend, _rand(rng, H, D))
     if kind == "token":
-        return _native(backend, _rand(rng, TOTAL, H, D))
+        return native(backend, _rand(rng, TOTAL, H, D))
     if kind == "per_sequence":
-        return _native(backend, _rand(rng, N, H, D))
+        return native(backend, _rand(rng, N, H, D))
     if kind == "row":
-        return _native(backend, _rand(rng, 1, 1, D))
-    return arr.with_values(_native(backend, _rand(rng, TOTAL, H, D)))
+        return native(backend, _rand(rng, 1, 1, D))
+    return arr.with_values(native(backend, _rand(rng, TOTAL, H, D)))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -82,7 +60,7 @@ def test_operator_matches_reference(backend, op, kind, rng):
     want = R.elementwise(fn, a, x)
     assert isinstance(got, scree.Array) and got._layout is a._layout
     np.testing.assert_array_equal(got.host_offsets, want.host_offsets)
-    np.testing.assert_allclose(_host(got), _host(want), rtol=1e-6)
+    np.testing.assert_allclose(host(got), host(want), rtol=1e-6)
     if backend == "mlx" and kind not in ("scalar", "array"):
         # MLX's operators do not defer to the right operand (documented limitation): arithmetic
         # raises, == and != compare the objects
@@ -93,51 +71,51 @@ def test_operator_matches_reference(backend, op, kind, rng):
         got_r = fn(x, a)
         want_r = R.elementwise(lambda u, v: fn(v, u), a, x)
         assert isinstance(got_r, scree.Array)
-        np.testing.assert_allclose(_host(got_r), _host(want_r), rtol=1e-6)
+        np.testing.assert_allclose(host(got_r), host(want_r), rtol=1e-6)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_integer_and_bool_operators(backend, rng):
     v = rng.integers(1, 50, (TOTAL, 4)).astype(np.int32)
     a = _array(backend, v)
-    per_seq = _native(backend, rng.integers(1, 7, (N, 4)).astype(np.int32))
+    per_seq = native(backend, rng.integers(1, 7, (N, 4)).astype(np.int32))
     for fn in (operator.floordiv, operator.mod, operator.and_, operator.or_, operator.xor):
-        np.testing.assert_array_equal(_host(fn(a, per_seq)), _host(R.elementwise(fn, a, per_seq)))
-    np.testing.assert_array_equal(_host(-a), -v)
-    np.testing.assert_array_equal(_host(abs(-a)), v)
-    np.testing.assert_array_equal(_host(~(a > 10)), ~(v > 10))
+        np.testing.assert_array_equal(host(fn(a, per_seq)), host(R.elementwise(fn, a, per_seq)))
+    np.testing.assert_array_equal(host(-a), -v)
+    np.testing.assert_array_equal(host(abs(-a)), v)
+    np.testing.assert_array_equal(host(~(a > 10)), ~(v > 10))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_expand_repeats_each_sequence_row(backend, rng):
     a = _array(backend, _rand(rng, TOTAL, H, D))
     for shape in [(N,), (N, D), (N, H, D)]:
-        per_seq = _native(backend, _rand(rng, *shape))
+        per_seq = native(backend, _rand(rng, *shape))
         got = a.expand(per_seq)
         want = R.expand(a, per_seq)
         assert tuple(got.shape) == (TOTAL, *(1,) * (3 - len(shape)), *shape[1:])
-        np.testing.assert_array_equal(_host(got), _host(want))
+        np.testing.assert_array_equal(host(got), host(want))
     # a per-sequence scale of shape (n,) through expand, against a loop over the sequences
     s = _rand(rng, N)
-    scaled = a * a.expand(_native(backend, s))
+    scaled = a * a.expand(native(backend, s))
     for i, seq in enumerate(scaled):
-        np.testing.assert_allclose(_host(seq), _host(a[i]) * s[i], rtol=1e-6)
+        np.testing.assert_allclose(host(seq), host(a[i]) * s[i], rtol=1e-6)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_layout_and_shape_errors(backend, rng):
     a = _array(backend, _rand(rng, TOTAL, H, D))
     other_lengths = [2, 1, 1, 5, 2]  # same n and total, different sequences
-    b = scree.from_lengths(_native(backend, _rand(rng, TOTAL, H, D)), other_lengths)
+    b = scree.from_lengths(native(backend, _rand(rng, TOTAL, H, D)), other_lengths)
     with pytest.raises(scree.ShapeError, match=r"different layouts.*lengths \[3, 0, 1, 5, 2\].*\[2, 1, 1, 5, 2\]"):
         a + b
     with pytest.raises(scree.ShapeError, match="first axis"):
-        a + _native(backend, _rand(rng, 4, H, D))
+        a + native(backend, _rand(rng, 4, H, D))
     with pytest.raises(scree.ShapeError, match="more axes"):
-        a * _native(backend, _rand(rng, 1, TOTAL, H, D))
+        a * native(backend, _rand(rng, 1, TOTAL, H, D))
     flat = _array(backend, _rand(rng, TOTAL, D))
     with pytest.raises(scree.ShapeError, match="token axis"):
-        flat.__rmatmul__(_native(backend, _rand(rng, D, TOTAL)))  # (D, D): the token axis is gone
+        flat.__rmatmul__(native(backend, _rand(rng, D, TOTAL)))  # (D, D): the token axis is gone
     with pytest.raises(scree.BackendError):
         a + "text"
     with pytest.raises(scree.ArgumentError, match="ambiguous"):
@@ -178,7 +156,7 @@ def test_numpy_ufunc_on_other_frameworks(rng):
     j = _array("jax", _rand(rng, TOTAL, H, D))  # JAX takes NumPy operands, as jnp functions do
     got = x + j
     assert isinstance(got, scree.Array) and got.backend == "jax"
-    np.testing.assert_allclose(_host(got), x + _host(j), rtol=1e-6)
+    np.testing.assert_allclose(host(got), x + host(j), rtol=1e-6)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
@@ -228,7 +206,7 @@ def test_jax_jit_grad_vmap(rng):
 
     got = f(a, s)
     want = R.elementwise(lambda u, w: (u * w + 1.0) / (u + 2.0), a, s)
-    np.testing.assert_allclose(_host(got), _host(want), rtol=1e-6)
+    np.testing.assert_allclose(host(got), host(want), rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(got.offsets), OFFSETS)
 
     def loss(values, per_seq):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import scree
+from cases import host, native
 from scree.kernels import reference as R
 
 LENGTHS = [3, 0, 1, 6, 2]  # an empty sequence, a single token
@@ -18,28 +19,6 @@ N, TOTAL, F = len(LENGTHS), sum(LENGTHS), 4
 OFFSETS = np.concatenate([[0], np.cumsum(LENGTHS)]).astype(np.int64)
 BACKENDS = ["numpy", "torch", "jax", "mlx"]
 FLOAT_OPS = ["sum", "mean", "max", "min", "prod", "any", "all", "argmax", "argmin", "logsumexp", "var", "std"]
-
-
-def _native(backend: str, x: np.ndarray):
-    if backend == "numpy":
-        return x
-    if backend == "torch":
-        torch = pytest.importorskip("torch")
-        return torch.from_numpy(np.ascontiguousarray(x))
-    if backend == "jax":
-        jnp = pytest.importorskip("jax.numpy")
-        return jnp.asarray(x)
-    mx = pytest.importorskip("mlx.core")
-    return mx.array(x)
-
-
-def _host(x) -> np.ndarray:
-    if isinstance(x, scree.Array):
-        x = x.values
-    if hasattr(x, "detach"):
-        x = x.detach().cpu()
-        return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
-    return np.asarray(x)
 
 
 def _oracle(x: np.ndarray, op: str, ddof: int = 0) -> np.ndarray:
@@ -98,7 +77,7 @@ def _softmax_loop(values: np.ndarray, log: bool) -> np.ndarray:
 
 
 def _close(got, want, dtype: str) -> None:
-    got = _host(got)
+    got = host(got)
     tol = {"float32": 1e-5, "float64": 1e-12, "float16": 2e-3, "bfloat16": 1.6e-2}.get(dtype, 0)
     if got.dtype.kind == "f" or np.asarray(want).dtype.kind == "f":
         np.testing.assert_allclose(got.astype(np.float64), want, rtol=tol, atol=tol)
@@ -111,7 +90,7 @@ def _close(got, want, dtype: str) -> None:
 def test_float_reductions(backend, op, rng):
     v = rng.standard_normal((TOTAL, F)).astype(np.float32)
     v[rng.random(v.shape) < 0.1] = 0.0  # some zeros for any / all
-    a = scree.from_offsets(_native(backend, v), _native(backend, OFFSETS))
+    a = scree.from_offsets(native(backend, v), native(backend, OFFSETS))
     got = getattr(a, op)()
     _close(got, _loop(v, op), "float32")
     _close(R.reduce(a, op), _loop(v, op), "float32")
@@ -125,8 +104,8 @@ def test_other_float_dtypes_cpp_against_reference(backend, dtype, rng):
     torch = pytest.importorskip("torch")
     v = rng.standard_normal((TOTAL, F))
     vals = torch.tensor(v).to(getattr(torch, dtype)) if backend == "torch" else v.astype(dtype)
-    a = scree.from_offsets(vals, _native(backend, OFFSETS))
-    exact = _host(a.to("torch").values.double()) if backend == "torch" else v.astype(dtype).astype(np.float64)
+    a = scree.from_offsets(vals, native(backend, OFFSETS))
+    exact = host(a.to("torch").values.double()) if backend == "torch" else v.astype(dtype).astype(np.float64)
     for op in ["sum", "mean", "max", "min", "prod", "logsumexp", "var", "std", "argmax"]:
         _close(getattr(a, op)(), _loop(exact, op), dtype)
     for log in (False, True):
@@ -136,10 +115,10 @@ def test_other_float_dtypes_cpp_against_reference(backend, dtype, rng):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_integer_and_bool_reductions(backend, rng):
     v = rng.integers(-3, 4, (TOTAL, F)).astype(np.int32)
-    a = scree.from_offsets(_native(backend, v), _native(backend, OFFSETS))
+    a = scree.from_offsets(native(backend, v), native(backend, OFFSETS))
     for op in ["sum", "max", "min", "prod", "any", "all", "argmax", "argmin"]:
         _close(getattr(a, op)(), _loop(v, op), "int32")
-    b = scree.from_offsets(_native(backend, v > 0), _native(backend, OFFSETS))
+    b = scree.from_offsets(native(backend, v > 0), native(backend, OFFSETS))
     for op in ["sum", "max", "min", "any", "all", "argmax", "argmin"]:
         _close(getattr(b, op)(), _loop(v > 0, op), "bool")
     with pytest.raises(scree.DTypeError, match="floating"):
@@ -151,13 +130,13 @@ def test_integer_and_bool_reductions(backend, rng):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_softmax_family(backend, rng):
     v = (3 * rng.standard_normal((TOTAL, F))).astype(np.float32)
-    a = scree.from_offsets(_native(backend, v), _native(backend, OFFSETS))
+    a = scree.from_offsets(native(backend, v), native(backend, OFFSETS))
     for log in (False, True):
         got = a.log_softmax() if log else a.softmax()
         assert isinstance(got, scree.Array) and got._layout is a._layout
         _close(got.values, _softmax_loop(v, log), "float32")
         _close(R.softmax(a, log).values, _softmax_loop(v, log), "float32")
-    sums = _host(a.softmax().sum())
+    sums = host(a.softmax().sum())
     np.testing.assert_allclose(sums[np.array(LENGTHS) > 0], 1.0, rtol=1e-5)
 
 
@@ -168,21 +147,21 @@ def test_non_finite_columns(backend):
     v = np.array([[-np.inf, 1.0, np.nan, 1000.0],
                   [-np.inf, np.inf, 2.0, 999.0],
                   [-np.inf, 0.0, 3.0, 998.0]], np.float32)
-    a = scree.from_offsets(_native(backend, v), _native(backend, np.array([0, 3], np.int64)))
-    lse = _host(a.logsumexp())[0]
+    a = scree.from_offsets(native(backend, v), native(backend, np.array([0, 3], np.int64)))
+    lse = host(a.logsumexp())[0]
     assert lse[0] == -np.inf and lse[1] == np.inf and np.isnan(lse[2])
     np.testing.assert_allclose(lse[3], 1000 + np.log(1 + np.exp(-1) + np.exp(-2)), rtol=1e-6)
-    sm = _host(a.softmax().values)
+    sm = host(a.softmax().values)
     assert np.isnan(sm[:, 0]).all() and np.isnan(sm[:, 2]).all()
     np.testing.assert_allclose(sm[:, 3].sum(), 1.0, rtol=1e-6)
-    assert _host(a.argmax())[0, 2] == 0  # the NaN, as np.argmax
-    assert np.isnan(_host(a.max())[0, 2]) and np.isnan(_host(a.min())[0, 2])
+    assert host(a.argmax())[0, 2] == 0  # the NaN, as np.argmax
+    assert np.isnan(host(a.max())[0, 2]) and np.isnan(host(a.min())[0, 2])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_var_ddof(backend, rng):
     v = rng.standard_normal((TOTAL, F)).astype(np.float32)
-    a = scree.from_offsets(_native(backend, v), _native(backend, OFFSETS))
+    a = scree.from_offsets(native(backend, v), native(backend, OFFSETS))
     for ddof in (0, 1, 2):
         _close(a.var(ddof=ddof), _loop(v, "var", ddof), "float32")
         _close(a.std(ddof=ddof), _loop(v, "std", ddof), "float32")
@@ -253,14 +232,14 @@ def test_torch_cuda_matches_cpu(rng):
     cpu = scree.from_offsets(torch.from_numpy(v), torch.tensor(OFFSETS))
     gpu = scree.from_offsets(torch.from_numpy(v).cuda(), torch.tensor(OFFSETS).cuda())
     for op in FLOAT_OPS:
-        np.testing.assert_allclose(_host(getattr(gpu, op)()), _host(getattr(cpu, op)()), rtol=1e-5, atol=1e-6,
+        np.testing.assert_allclose(host(getattr(gpu, op)()), host(getattr(cpu, op)()), rtol=1e-5, atol=1e-6,
                                    err_msg=op)
     for log in (False, True):
         got = gpu.log_softmax() if log else gpu.softmax()
         want = cpu.log_softmax() if log else cpu.softmax()
-        np.testing.assert_allclose(_host(got.values), _host(want.values), rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(_host(gpu[:, 1:3].values), _host(cpu[:, 1:3].values))
-    np.testing.assert_array_equal(_host(scree.cat([gpu, gpu]).values), _host(scree.cat([cpu, cpu]).values))
+        np.testing.assert_allclose(host(got.values), host(want.values), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(host(gpu[:, 1:3].values), host(cpu[:, 1:3].values))
+    np.testing.assert_array_equal(host(scree.cat([gpu, gpu]).values), host(scree.cat([cpu, cpu]).values))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -268,7 +247,7 @@ def test_torch_cuda_matches_cpu(rng):
 def test_cumsum(backend, dtype, rng):
     v = rng.standard_normal((TOTAL, F))
     v = (v > 0) if dtype == "bool" else (3 * v).astype(dtype)
-    a = scree.from_offsets(_native(backend, v), _native(backend, OFFSETS))
+    a = scree.from_offsets(native(backend, v), native(backend, OFFSETS))
     want = np.concatenate([np.cumsum(v[OFFSETS[i]:OFFSETS[i + 1]].astype(np.float64 if dtype == "float32" else np.int64),
                                      axis=0) for i in range(N)])
     for got in (a.cumsum(), R.cumsum(a)):

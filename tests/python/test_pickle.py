@@ -12,25 +12,9 @@ import numpy as np
 import pytest
 
 import scree
+from cases import host, native
 
 LENGTHS = [3, 0, 1, 5]
-
-
-def _native(backend: str, x: np.ndarray):
-    if backend == "numpy":
-        return x
-    if backend == "torch":
-        torch = pytest.importorskip("torch")
-        return torch.from_numpy(x)
-    if backend == "jax":
-        jnp = pytest.importorskip("jax.numpy")
-        return jnp.asarray(x)
-    mx = pytest.importorskip("mlx.core")
-    return mx.array(x)
-
-
-def _host(x) -> np.ndarray:
-    return np.asarray(x.tolist() if hasattr(x, "tolist") and not isinstance(x, np.ndarray) else x)
 
 
 @pytest.fixture(params=["numpy", "torch", "jax", "mlx"])
@@ -38,12 +22,12 @@ def arr(request) -> scree.Array:
     rng = np.random.default_rng(15)
     values = rng.standard_normal((sum(LENGTHS), 2)).astype(np.float32)
     offsets = np.concatenate([[0], np.cumsum(LENGTHS)]).astype(np.int64)
-    return scree.from_offsets(_native(request.param, values), _native(request.param, offsets))
+    return scree.from_offsets(native(request.param, values), native(request.param, offsets))
 
 
 def _same(a: scree.Array, b: scree.Array) -> None:
     assert type(b) is scree.Array and b.backend == a.backend
-    np.testing.assert_array_equal(_host(b.values), _host(a.values))
+    np.testing.assert_array_equal(host(b.values), host(a.values))
     np.testing.assert_array_equal(b.host_offsets, a.host_offsets)
     assert b.max_length == a.max_length and b.values.dtype == a.values.dtype
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import scree
+from cases import host, native
 
 LENGTHS = [3, 0, 1, 6, 2]
 OFFSETS = np.concatenate([[0], np.cumsum(LENGTHS)]).astype(np.int64)
@@ -17,28 +18,9 @@ TOTAL, F = sum(LENGTHS), 2
 BACKENDS = ["numpy", "torch", "jax", "mlx"]
 
 
-def _native(backend: str, x: np.ndarray):
-    if backend == "numpy":
-        return x
-    if backend == "torch":
-        torch = pytest.importorskip("torch")
-        return torch.from_numpy(np.ascontiguousarray(x))
-    if backend == "jax":
-        jnp = pytest.importorskip("jax.numpy")
-        return jnp.asarray(x)
-    mx = pytest.importorskip("mlx.core")
-    return mx.array(x)
-
-
-def _host(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
 def _seqs(a: scree.Array) -> list[np.ndarray]:
     h = a.host_offsets
-    v = _host(a.values)
+    v = host(a.values)
     return [v[h[i]:h[i + 1]] for i in range(len(h) - 1)]
 
 
@@ -53,7 +35,7 @@ def _same(a: scree.Array, want: list[np.ndarray]) -> None:
 @pytest.fixture(params=BACKENDS)
 def arr(request, rng) -> scree.Array:
     v = rng.standard_normal((TOTAL, F)).astype(np.float32)
-    return scree.from_offsets(_native(request.param, v), _native(request.param, OFFSETS))
+    return scree.from_offsets(native(request.param, v), native(request.param, OFFSETS))
 
 
 @pytest.mark.parametrize("start, stop", [(None, None), (1, None), (None, 2), (1, 3), (-2, None), (None, -1),
@@ -63,7 +45,7 @@ def test_token_slice_matches_python_slicing(arr, start, stop):
     _same(arr[:, start:stop], want)
     _same(arr[[3, 0], start:stop], [want[3], want[0]])
     _same(arr[1:4, start:stop], want[1:4])
-    np.testing.assert_array_equal(_host(arr[3, start:stop]), want[3])  # one sequence: its tokens
+    np.testing.assert_array_equal(host(arr[3, start:stop]), want[3])  # one sequence: its tokens
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
@@ -78,7 +60,7 @@ def test_filter(arr, rng):
     seqs = _seqs(arr)
     want = [s[mask[OFFSETS[i]:OFFSETS[i + 1]]] for i, s in enumerate(seqs)]
     _same(arr.filter(mask), want)
-    _same(arr.filter(_native(arr.backend, mask)), want)
+    _same(arr.filter(native(arr.backend, mask)), want)
     _same(arr.filter(np.zeros(TOTAL, bool)), [s[:0] for s in seqs])
 
 
@@ -91,7 +73,7 @@ def test_cat_and_split(arr):
     back = scree.cat(parts)
     _same(back, seqs)
     _same(scree.cat([arr, arr[3:4]]), seqs + seqs[3:4])
-    np.testing.assert_array_equal(_host(back.offsets).astype(np.int64), OFFSETS)
+    np.testing.assert_array_equal(host(back.offsets).astype(np.int64), OFFSETS)
 
 
 def test_errors(arr):
