@@ -324,7 +324,7 @@ def masked_rows(padded: Any, mask: Any) -> Any:
     return padded[mask]
 
 
-def segment_reduce(values: Any, segment_ids: Any, n: int, op: str) -> Any:
+def segment_reduce(values: Any, segment_ids: Any, n: int, op: str, offsets: Any = None) -> Any:
     """Rows of `values` reduced into n rows by (sorted) segment id, with jax.ops segment ops:
     sums accumulate in the widest float (float64 with x64, else float32); integers sum to int64
     (int32 without x64); empty segments give 0 (sum), 1 (prod), NaN (mean), -inf / lowest int (max)."""

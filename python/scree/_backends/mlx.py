@@ -235,7 +235,7 @@ def masked_rows(padded: Any, mask: Any) -> Any:
     return flat[mx.array(rows.astype(np.int64))]
 
 
-def segment_reduce(values: Any, segment_ids: Any, n: int, op: str) -> Any:
+def segment_reduce(values: Any, segment_ids: Any, n: int, op: str, offsets: Any = None) -> Any:
     """Rows of `values` reduced into n rows by segment id with scatter-add / scatter-max
     (`array.at[...]`). Floats accumulate in float32 (float64 stays float64), integers sum to int64;
     empty segments give 0 (sum), NaN (mean), -inf / lowest int (max); max propagates NaN as NumPy

@@ -218,7 +218,7 @@ def masked_rows(padded: Any, mask: Any) -> np.ndarray:
     return padded[mask]
 
 
-def segment_reduce(values: Any, segment_ids: Any, n: int, op: str) -> np.ndarray:
+def segment_reduce(values: Any, segment_ids: Any, n: int, op: str, offsets: Any = None) -> np.ndarray:
     """Reduce rows of `values` into n rows by segment id: 'sum', 'mean', 'max' or 'prod'."""
     feat = values.shape[1:]
     if op == "sum":

@@ -151,9 +151,11 @@ class Backend(Protocol):
     def masked_rows(self, padded: Any, mask: Any) -> Any:
         """padded[mask] for a boolean (n, L) mask, rows in order."""
 
-    def segment_reduce(self, values: Any, segment_ids: Any, n: int, op: str) -> Any:
+    def segment_reduce(self, values: Any, segment_ids: Any, n: int, op: str, offsets: Any = None) -> Any:
         """Rows of values reduced into n rows by segment id: 'sum', 'mean', 'max' or 'prod'
-        (sums and products of integers in int64; empty segments: 0, NaN, the lowest value, 1)."""
+        (sums and products of integers in int64; empty segments: 0, NaN, the lowest value, 1).
+        `offsets` (n + 1, int64, on the values' device), where the caller has them, lets a backend
+        use a segment kernel over offsets instead of a scatter by id (torch on CUDA)."""
 
     def cumsum(self, x: Any) -> Any:
         """The running sum along the first axis."""

@@ -151,7 +151,7 @@ def _quiet(ns: Any) -> Any:
 
 
 def _reduce(ns: Any, arr: Array, op: str, kind: str, ddof: int) -> Any:
-    v, seg, n = arr.values, segment_ids(arr), arr.num_sequences
+    v, seg, n, off = arr.values, segment_ids(arr), arr.num_sequences, _device_offsets(arr)
     if op in ("any", "all"):
         b = v if kind == "bool" else v != 0
         hit = ns.segment_reduce(ns.astype(b if op == "any" else ~b, "int8"), seg, n, "max") > 0
@@ -159,30 +159,30 @@ def _reduce(ns: Any, arr: Array, op: str, kind: str, ddof: int) -> Any:
     if op in ("max", "min") and kind == "bool":
         return reduce(arr, "any" if op == "max" else "all")
     if op == "min":  # the order reversed: -x for floats, ~x (two's complement) for integers
-        return -ns.segment_reduce(-v, seg, n, "max") if ns.is_floating(v) else ~ns.segment_reduce(~v, seg, n, "max")
+        return -ns.segment_reduce(-v, seg, n, "max", off) if ns.is_floating(v) else ~ns.segment_reduce(~v, seg, n, "max")
     if op in ("sum", "prod", "mean", "max"):
-        return ns.segment_reduce(ns.astype(v, "int64") if kind == "bool" else v, seg, n, op)
+        return ns.segment_reduce(ns.astype(v, "int64") if kind == "bool" else v, seg, n, op, off)
     if op in ("argmax", "argmin"):
         return _arg_extreme(arr, op)
     wide = ns.astype(v, "float32") if kind in ("float16", "bfloat16") else v  # 16-bit floats: float32 math
     if op == "logsumexp":
-        shift, total = _shifted_sums(ns, wide, seg, n)
+        shift, total = _shifted_sums(ns, wide, seg, n, off)
         return ns.astype(ns.log(total) + shift, kind)
-    mean = ns.segment_reduce(wide, seg, n, "mean")
+    mean = ns.segment_reduce(wide, seg, n, "mean", off)
     dev = wide - mean[seg]
     count = ns.reshape(ns.astype(arr.lengths, ns.dtype_name(wide)) - ddof, (n,) + (1,) * (len(ns.shape(v)) - 1))
     # length <= ddof: NaN (no degrees of freedom left), not the inf or -0 that the division gives
-    var = ns.where(count > 0, ns.segment_reduce(dev * dev, seg, n, "sum") / ns.maximum(count, 0 * count + 1),
+    var = ns.where(count > 0, ns.segment_reduce(dev * dev, seg, n, "sum", off) / ns.maximum(count, 0 * count + 1),
                    float("nan"))
     return ns.astype(var if op == "var" else var ** 0.5, kind)
 
 
-def _shifted_sums(ns: Any, x: Any, seg: Any, n: int) -> tuple[Any, Any]:
+def _shifted_sums(ns: Any, x: Any, seg: Any, n: int, off: Any) -> tuple[Any, Any]:
     """(shift, sum(exp(x - shift))) per sequence: shift = the largest value where it is finite,
     else 0 (so a column of -inf sums to 0 and +inf / NaN propagate), as the C++ kernels do."""
-    m = ns.segment_reduce(x, seg, n, "max")
+    m = ns.segment_reduce(x, seg, n, "max", off)
     shift = ns.where(ns.isfinite(m), m, ns.zeros(tuple(ns.shape(m)), ns.dtype_name(m), like=m))
-    return shift, ns.segment_reduce(ns.exp(x - shift[seg]), seg, n, "sum")
+    return shift, ns.segment_reduce(ns.exp(x - shift[seg]), seg, n, "sum", off)
 
 
 def _arg_extreme(arr: Array, op: str) -> Any:
@@ -211,7 +211,7 @@ def softmax(arr: Array, log: bool = False) -> Array:
     seg, n = segment_ids(arr), arr.num_sequences
     x = ns.astype(arr.values, "float32") if kind in ("float16", "bfloat16") else arr.values
     with _quiet(ns):
-        shift, total = _shifted_sums(ns, x, seg, n)
+        shift, total = _shifted_sums(ns, x, seg, n, _device_offsets(arr))
         out = x - shift[seg] - ns.log(total)[seg] if log else ns.exp(x - shift[seg]) / total[seg]
     return arr.with_values(ns.astype(out, kind))
 
