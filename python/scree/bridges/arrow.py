@@ -23,16 +23,13 @@ import numpy as np
 
 from scree._array import Array
 from scree._errors import ArgumentError, BackendError, DTypeError, UnsupportedError
+from scree.bridges._optional import optional_module
 
 __all__ = ["from_arrow", "to_arrow"]
 
 
 def _pa() -> Any:
-    try:
-        import pyarrow
-    except ImportError as e:  # pragma: no cover - pyarrow is a test dependency
-        raise UnsupportedError("the Arrow bridge needs pyarrow (pip install pyarrow)") from e
-    return pyarrow
+    return optional_module("pyarrow", "the Arrow bridge")
 
 
 def _values(pa: Any, child: Any) -> np.ndarray:

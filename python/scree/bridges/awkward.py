@@ -13,16 +13,13 @@ import numpy as np
 
 from scree._array import Array
 from scree._errors import ArgumentError, BackendError, DTypeError, UnsupportedError
+from scree.bridges._optional import optional_module
 
 __all__ = ["from_awkward", "to_awkward"]
 
 
 def _ak() -> Any:
-    try:
-        import awkward
-    except ImportError as e:  # pragma: no cover - awkward is a test dependency
-        raise UnsupportedError("the awkward bridge needs awkward (pip install awkward)") from e
-    return awkward
+    return optional_module("awkward", "the awkward bridge")
 
 
 def _content(ak: Any, node: Any) -> np.ndarray:
