@@ -33,6 +33,19 @@ from scree._errors import (
 
 __version__ = "0.1.0"
 
+# Subpackages reachable as attributes after `import scree` (scree.bridges.from_arrow, scree.nn,
+# scree.integrations, scree.data), imported on first use: scree.nn builds torch modules, so
+# importing it eagerly would import torch (PEP 562 module __getattr__).
+_LAZY_SUBPACKAGES = ("bridges", "data", "integrations", "nn")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"scree.{name}")
+    raise AttributeError(f"module 'scree' has no attribute {name!r}")
+
 __all__ = [
     "Array", "pack", "unpack", "from_offsets", "from_lengths", "from_cu_seqlens", "from_padded",
     "cat",

@@ -18,7 +18,8 @@ pytest.importorskip("torch", reason="the benchmarks compare against torch")
 
 @pytest.mark.parametrize("script,result", [("bench_layout.py", "layout_cpu_quick.json"),
                                            ("bench_attention_cpu.py", "attention_cpu.json"),
-                                           ("bench_ragged_ops.py", "ragged_ops_cpu_quick.json")])
+                                           ("bench_ragged_ops.py", "ragged_ops_cpu_quick.json"),
+                                           ("bench_batching.py", "batching_quick.json")])
 def test_benchmark_quick_run(tmp_path: Path, script: str, result: str):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--no-plot",
                            "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600,

@@ -50,6 +50,8 @@ def test_import_scree_imports_no_framework():
         after_scree = {_LOADED}
         import scree.bridges
         import scree.bridges.cu_seqlens, scree.bridges.hf, scree.bridges.torch_nested
+        import scree.bridges.arrow, scree.bridges.awkward, scree.bridges.datasets
+        assert scree.bridges.from_arrow is not None and scree.data.TokenBudgetSampler is not None
         import scree.kernels.reference
         import scree.kernels.layout
         import scree._C

@@ -21,7 +21,7 @@ LAYERS = [
     ("scree.kernels",),
     ("scree._connect",),
     ("scree._construct", "scree._combine", "scree._attention"),
-    ("scree.bridges", "scree"),
+    ("scree.bridges", "scree.data", "scree"),
     ("scree.nn",),
     ("scree.integrations",),
 ]
