@@ -5,6 +5,7 @@ description every results JSON starts with, and the two timings of a call as a u
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import statistics
@@ -115,3 +116,18 @@ def call_stream(fn: Callable[[], Any], sync: Callable[[], None], calls: int, rep
         wall.append((time.perf_counter() - start) / calls)
     return dict(host_us=statistics.median(host) * 1e6, wall_us=statistics.median(wall) * 1e6, calls=calls,
                 repeats=repeats)
+
+
+def write_results(out: Path, stem: str, payload: dict, plot: Callable[[Any], Any] | None = None) -> None:
+    """payload as out/stem.json and, with `plot` (given matplotlib.pyplot, it returns a figure),
+    that figure as out/stem.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+    if plot is not None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig = plot(plt)
+        fig.tight_layout()
+        fig.savefig(out / f"{stem}.png", dpi=110)
+    print(f"# wrote {out / (stem + '.json')}")

@@ -11,7 +11,6 @@ throughput (sequences planned per second). Prints a table, writes batching.json 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HERE, machine_info  # noqa: E402
+from _common import HERE, machine_info, write_results  # noqa: E402
 
 from scree.data import TokenBudgetSampler  # noqa: E402
 
@@ -62,15 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in rows.items():
         print(f"{name:38s} {r['batches']:8d} {100 * r['padding']:7.1f}% {r['largest_batch_tokens']:22d}")
     print(f"# sampler: {budget['sequences_per_s'] / 1e6:.2f} M sequences planned per second ({plan_s * 1e3:.0f} ms)")
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "batching" + ("_quick" if args.quick else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(dict(machine=machine_info(), config=dict(
-        sequences=n, max_tokens=args.max_tokens, lengths="lognormal(5, 1) + 1, capped", seed=args.seed),
-        rows=rows), indent=1))
-    if not args.no_plot:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+
+    def plot(plt):
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
         names = list(rows)
         axes[0].bar(names, [rows[k]["batches"] for k in names])
@@ -79,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         axes[1].set_title("padding, % of computed tokens")
         for ax in axes:
             ax.tick_params(axis="x", labelsize=7, rotation=10)
-        fig.tight_layout()
-        fig.savefig(args.out / f"{stem}.png", dpi=110)
-    print(f"# wrote {args.out / (stem + '.json')}")
+        return fig
+
+    config = dict(sequences=n, max_tokens=args.max_tokens, lengths="lognormal(5, 1) + 1, capped", seed=args.seed)
+    write_results(args.out, stem, dict(machine=machine_info(), config=config, rows=rows),
+                  None if args.no_plot else plot)
     return 0
 
 

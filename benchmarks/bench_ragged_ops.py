@@ -14,7 +14,6 @@ over the ragged axis (NotImplementedError in torch 2.11-2.13): those cells say s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scree  # noqa: E402
-from _common import HERE, call_stream, isolated_call, machine_info  # noqa: E402
+from _common import HERE, call_stream, isolated_call, machine_info, write_results  # noqa: E402
 
 METHODS = ("scree", "nested", "loop")
 
@@ -126,13 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:14s} | {cells} | {ratios}")
     behind = [r["op"] for r in rows if r["scree_x_nested"] is not None and r["scree_x_nested"] < 1.0]
     print(f"# scree behind torch.nested on: {', '.join(behind) or 'none'} (ratio = nested ms / scree ms)")
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = f"ragged_ops_{dev.type}" + ("_quick" if args.quick else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(dict(machine=info, config=config, rows=rows), indent=1))
-    if not args.no_plot:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+
+    def plot(plt):
         fig, ax = plt.subplots(figsize=(9, 4))
         x = np.arange(len(rows))
         for k, other in enumerate(("nested", "loop")):
@@ -143,9 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_ylabel("speed-up of scree (isolated call)")
         ax.set_title(f"ragged ops, {n} sequences x {f} features, {dev}")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.out / f"{stem}.png", dpi=110)
-    print(f"# wrote {args.out / (stem + '.json')}")
+        return fig
+
+    write_results(args.out, stem, dict(machine=info, config=config, rows=rows), None if args.no_plot else plot)
     return 0
 
 
