@@ -122,7 +122,12 @@ def main() -> None:
         "scree K.forward, counter by cudaMallocAsync (as at bebac47)": lambda: _forward_malloc(ns, q, k, v, cu, spec_args),
         "scree ns.empty((16,), uint8)": lambda: ns.empty((16,), "uint8", like=q),
         "scree ns.is_host(q)": lambda: ns.is_host(q),
+        "scree K.forward, kept workspace, no lse": lambda: K.forward(ns, q, k, v, cu, cu, spec_args, None, False,
+                                                                    ws_f, stream),
         "scree varlen_attention no_grad": lambda: _nograd(lambda: scree.varlen_attention(Q, Kk, V, causal=True)),
+        "scree varlen_attention no_grad, return_lse": lambda: _nograd(
+            lambda: scree.varlen_attention(Q, Kk, V, causal=True, return_lse=True)),
+        "torch.no_grad() enter+exit (in the no_grad rows)": lambda: _nograd(lambda: None),
         "scree _C.varlen_bwd": lambda: _C.varlen_bwd(a(g), a(q), a(k), a(v), a(out), a(lse), a(cu), a(cu), a(dq),
                                                      a(dk), a(dv), spec_args, a(ws), stream),
         "scree K.backward": lambda: K.backward(ns, g, q, k, v, out, lse, cu, cu, spec_args),

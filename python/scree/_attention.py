@@ -49,7 +49,7 @@ def varlen_attention(q: Array, k: Array, v: Array, causal: bool = False, scale: 
     if not glue.serves(q.values, v.values):
         return attention_reference.varlen_attention(q, k, v, causal=causal, scale=scale, window=window,
                                                     softcap=softcap, return_lse=return_lse, upcast=False)
-    out_values, lse = glue.varlen_attention(q, k, v, spec)
+    out_values, lse = glue.varlen_attention(q, k, v, spec, return_lse)
     out = Array._over(out_values, q._layout)
     return (out, lse) if return_lse else out
 

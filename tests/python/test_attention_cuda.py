@@ -223,6 +223,40 @@ def test_lse_and_output_layout():
     assert torch.equal(plain.values, out.values)  # return_lse does not change the output
 
 
+def test_forward_tile_counter_is_shared_safely_by_threads_and_streams():
+    """The Hopper forward's tile counter is kept per (device, stream, thread) and zeroed by each
+    call: two threads launching on one stream, and streams running side by side, must each get
+    every tile (a counter shared across them would start a kernel past tiles it never ran)."""
+    import threading
+
+    seed = fresh_seed()
+    lengths = [700, 3, 1000, 64, 129, 0, 513] * 3
+    q, k, v = random_qkv(lengths, lengths, 8, 2, 128, 128, torch.bfloat16, DEV, seed)
+    want = scree.varlen_attention(q, k, v, causal=True).values.clone()
+    s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
+    torch.cuda.synchronize()
+    outs, errors = [], []
+
+    def work(stream):
+        try:
+            with torch.cuda.stream(stream):
+                for _ in range(30):
+                    outs.append(scree.varlen_attention(q, k, v, causal=True).values)
+        except Exception as e:  # surfaced below, with the seed
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in (s1, s1, s2, s2, torch.cuda.current_stream())]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    torch.cuda.synchronize()
+    assert not errors, f"seed {seed}: {errors[0]!r}"
+    assert len(outs) == 150
+    bad = sum(not torch.equal(o, want) for o in outs)
+    assert bad == 0, f"seed {seed}: {bad} of 150 concurrent forwards differ from the single call"
+
+
 # ---- direct scree._C calls into poisoned outputs ----------------------------------------------
 POISON_CASES = {  # lengths and options that leave query rows without any visible key
     "empty_k_and_window": (([3, 0, 40, 7], [0, 5, 40, 7]), {"window": (2, 1)}),

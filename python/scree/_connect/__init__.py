@@ -6,7 +6,8 @@ of that framework (`glue`), so importing this package imports no framework.
 
 Every glue module provides the same two functions:
     serves(q, v) -> bool                    whether a compiled kernel takes these q, v values
-    varlen_attention(q, k, v, spec) -> (out values, lse)   for scree.Arrays and an AttentionSpec
+    varlen_attention(q, k, v, spec, with_lse) -> (out values, lse)   for scree.Arrays and an
+        AttentionSpec; lse may be None when not with_lse (the glue then need not compute it)
 """
 
 from __future__ import annotations

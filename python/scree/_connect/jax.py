@@ -140,7 +140,7 @@ def _attention_bwd(args, deterministic, res, cotangents):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec) -> tuple[Any, Any]:
-    """(out values, lse) for scree.Arrays q, k, v."""
+def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec, with_lse: bool = True) -> tuple[Any, Any]:
+    """(out values, lse) for scree.Arrays q, k, v (lse always: XLA drops it when unused)."""
     args = K.kernel_args(spec, K.plan(q).max_seqlen, K.plan(k).max_seqlen)
     return _attention(q.values, k.values, v.values, q.offsets, k.offsets, args, spec.deterministic)

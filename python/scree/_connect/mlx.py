@@ -31,8 +31,8 @@ def serves(q: Any, v: Any) -> bool:
                                                                           mx.bfloat16)
 
 
-def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec) -> tuple[Any, Any]:
-    """(out values, lse) for scree.Arrays q, k, v."""
+def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec, with_lse: bool = True) -> tuple[Any, Any]:
+    """(out values, lse) for scree.Arrays q, k, v (lse always: mx.grad may ask for the vjp later)."""
     cu_q, cu_k = q.host_offsets, k.host_offsets
     args = K.kernel_args(spec, K.plan(q).max_seqlen, K.plan(k).max_seqlen)
 

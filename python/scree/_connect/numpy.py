@@ -20,7 +20,8 @@ def serves(q: Any, v: Any) -> bool:
     return True
 
 
-def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec) -> tuple[np.ndarray, np.ndarray]:
+def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec,
+                     with_lse: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     pq, pk = K.plan(q), K.plan(k)
     args = K.kernel_args(spec, pq.max_seqlen, pk.max_seqlen)
-    return K.forward(_NS, q.values, k.values, v.values, pq.offsets, pk.offsets, args)
+    return K.forward(_NS, q.values, k.values, v.values, pq.offsets, pk.offsets, args, with_lse=with_lse)

@@ -15,6 +15,7 @@ The gradient through lse is not propagated (as FlashAttention); lse is a by-prod
 
 from __future__ import annotations
 
+from threading import get_ident
 from typing import Any, Optional
 
 import torch
@@ -26,6 +27,7 @@ from scree.kernels.attention_spec import AttentionSpec
 
 _NS = _backends.get("torch")
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+_capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None) or torch.cuda.is_current_stream_capturing
 
 
 def serves(q: torch.Tensor, v: torch.Tensor) -> bool:
@@ -45,8 +47,10 @@ def _eager(q: Any, k: Any, v: Any) -> bool:
             and torch._C._len_torch_dispatch_stack() == 0 and not _functorch_active())
 
 
-def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out values, lse) for scree.Arrays on the CPU or one CUDA device."""
+def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec,
+                     with_lse: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(out values, lse) for scree.Arrays on the CPU or one CUDA device; lse may be None where
+    `with_lse` is False and no gradient is recorded (the eager, no-grad call skips allocating it)."""
     pq, pk = K.plan(q), K.plan(k)
     qv, kv, vv = q.values, k.values, v.values
     if not _eager(qv, kv, vv):
@@ -56,7 +60,35 @@ def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec) -> tuple
     args = K.kernel_args(spec, pq.max_seqlen, pk.max_seqlen)
     if torch.is_grad_enabled() and (qv.requires_grad or kv.requires_grad or vv.requires_grad):
         return _Attention.apply(qv, kv, vv, pq.offsets, pk.offsets, args, spec.deterministic, pq.summary)
-    return K.forward(_NS, qv, kv, vv, pq.offsets, pk.offsets, args, pq.summary)
+    return _forward(qv, kv, vv, pq.offsets, pk.offsets, args, pq.summary, with_lse)
+
+
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, args: Any,
+             q_summary: Any, with_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    stream = _NS.stream(q)
+    return K.forward(_NS, q, k, v, cu_q, cu_k, args, q_summary, with_lse, _fwd_workspace(q, stream), stream)
+
+
+# The CUDA forward's 16-byte tile counter, one per (device, stream, Python thread), allocated once:
+# the call zeroes it on its stream before the kernel, so calls in one stream's order share it, and
+# the thread in the key keeps two threads (which launch with the GIL released) from interleaving
+# their zeroing and kernels on one stream. A fresh allocation cost ~6 us of host time a call on an
+# H200 host (benchmarks/NOTES.md). Inside CUDA graph capture each call gets its own (None here:
+# K.forward allocates it from the graph's pool), so a graph never shares one with eager calls.
+_WORKSPACES: dict[tuple[int, int, int], torch.Tensor] = {}
+_WORKSPACES_KEPT = 1024  # (threads x streams x devices); past it the dict starts over
+
+
+def _fwd_workspace(q: torch.Tensor, stream: int) -> torch.Tensor | None:
+    if q.device.type != "cuda" or _capturing():
+        return None
+    key = (q.get_device(), stream, get_ident())
+    ws = _WORKSPACES.get(key)
+    if ws is None:
+        if len(_WORKSPACES) >= _WORKSPACES_KEPT:
+            _WORKSPACES.clear()  # a dropped counter may be reused by the allocator only in its stream's order
+        ws = _WORKSPACES[key] = torch.empty((K.CUDA_FWD_WORKSPACE_BYTES,), dtype=torch.uint8, device=q.device)
+    return ws
 
 
 # ---- eager --------------------------------------------------------------------------------------
@@ -64,7 +96,7 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
                 args: Any, deterministic: bool | None, q_summary: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        out, lse = K.forward(_NS, q, k, v, cu_q, cu_k, args, q_summary)
+        out, lse = _forward(q, k, v, cu_q, cu_k, args, q_summary, True)
         ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
         ctx.args, ctx.deterministic = args, deterministic
         ctx.mark_non_differentiable(lse)

@@ -33,7 +33,8 @@ __all__ = ["Plan", "plan", "kernel_args", "forward", "backward", "lse_dtype", "c
 _CUDA_COMPILED = _C.cuda_compiled()
 _CUDA_HEAD_DIMS = frozenset(_C.cuda_head_dims())
 _CUDA_DTYPES = ("float16", "bfloat16")
-_CUDA_FWD_WORKSPACE = _C.cuda_fwd_workspace_bytes()  # the Hopper forward's tile counter (the same for every call)
+# The Hopper forward's tile counter (the same size for every call); glue that keeps one passes it.
+CUDA_FWD_WORKSPACE_BYTES = _C.cuda_fwd_workspace_bytes()
 
 
 def lse_dtype(dtype: str) -> str:
@@ -105,21 +106,25 @@ def kernel_args(spec: AttentionSpec, max_seqlen_q: int, max_seqlen_k: int, deter
 
 
 def forward(ns: ModuleType, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: Any,
-            q_summary: Any = None) -> tuple[Any, Any]:
+            q_summary: Any = None, with_lse: bool = True, workspace: Any = None,
+            stream: int | None = None) -> tuple[Any, Any]:
     """(out (Tq, Hq, Dv), lse (Hq, Tq)) from the compiled kernel, lse in `lse_dtype(q's dtype)`
-    (float32; float64 for float64 inputs); outputs, and the workspace
-    of the CUDA forward (16 bytes: cudaMallocAsync'ing it in C++ cost ~12 us a call and ~100 us after
-    each device sync on an H200 host), allocated by `ns` like q. cu_q / cu_k as plan() gives them;
-    args a scree._C.AttentionArgs; q_summary the plan's device summary of q's offsets (or None). GPU
-    kernels run on the framework's current stream (ns.stream)."""
+    (float32; float64 for float64 inputs), or None when not `with_lse` (a call that neither returns
+    lse nor keeps it for a backward: one allocation less). Outputs, and the CUDA forward's 16-byte
+    workspace unless the caller passes one (cudaMallocAsync'ing it in C++ cost ~12 us a call and
+    ~100 us after each device sync on an H200 host), are allocated by `ns` like q. cu_q / cu_k as
+    plan() gives them; args a scree._C.AttentionArgs; q_summary the plan's device summary of q's
+    offsets (or None). GPU kernels run on `stream`, by default the framework's current one."""
     tq, hq = q.shape[0], q.shape[1]
     dt = ns.dtype_name(q)
     out = ns.empty((tq, hq, v.shape[2]), dt, like=q)
-    lse = ns.empty((hq, tq), lse_dtype(dt), like=q)
+    lse = ns.empty((hq, tq), lse_dtype(dt), like=q) if with_lse else None
     a = ns.kernel_arg
-    ws = None if ns.is_host(q) else a(ns.empty((_CUDA_FWD_WORKSPACE,), "uint8", like=q))
-    _C.varlen_fwd(a(q), a(k), a(v), a(cu_q), a(cu_k), a(out), a(lse), args, ws,
-                  None if q_summary is None else a(q_summary), ns.stream(q))
+    if workspace is None and not ns.is_host(q):
+        workspace = ns.empty((CUDA_FWD_WORKSPACE_BYTES,), "uint8", like=q)
+    _C.varlen_fwd(a(q), a(k), a(v), a(cu_q), a(cu_k), a(out), None if lse is None else a(lse), args,
+                  None if workspace is None else a(workspace), None if q_summary is None else a(q_summary),
+                  ns.stream(q) if stream is None else stream)
     return out, lse
 
 

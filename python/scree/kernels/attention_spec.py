@@ -78,11 +78,8 @@ def _cacheable(x: Any) -> bool:
 def attention_spec(q: Any, k: Any, v: Any, causal: bool = False, scale: Any = None, window: Any = None,
                    softcap: Any = None, deterministic: bool | None = None) -> AttentionSpec:
     """The spec after checking every argument of varlen attention."""
-    for name, arr in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(arr, Array):
-            raise BackendError(
-                f"{name} must be a scree.Array, got {type(arr).__module__}.{type(arr).__qualname__}; "
-                f"wrap packed values with scree.from_lengths(values, lengths) or scree.Array(values, offsets)")
+    if not (isinstance(q, Array) and isinstance(k, Array) and isinstance(v, Array)):
+        _not_arrays(q, k, v)
     B = q._layout.ns
     if k._layout.ns is not B or v._layout.ns is not B or not _same_device(B, q.values, k.values, v.values):
         B = _backends.common(q=q.values, k=k.values, v=v.values)  # raises, naming the culprits
@@ -107,6 +104,14 @@ def attention_spec(q: Any, k: Any, v: Any, causal: bool = False, scale: Any = No
                          None if deterministic is None else bool(deterministic))
 
 
+def _not_arrays(q: Any, k: Any, v: Any) -> None:
+    for name, arr in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(arr, Array):
+            raise BackendError(
+                f"{name} must be a scree.Array, got {type(arr).__module__}.{type(arr).__qualname__}; "
+                f"wrap packed values with scree.from_lengths(values, lengths) or scree.Array(values, offsets)")
+
+
 def _same_device(B: ModuleType, q: Any, k: Any, v: Any) -> bool:
     dq = B.device(q)
     return dq is None or ((B.device(k) in (dq, None)) and (B.device(v) in (dq, None)))
@@ -125,9 +130,10 @@ def drop_head_axis(B: ModuleType, q: Any, out: Any, lse: Any) -> tuple[Any, Any]
 
 def _check_shapes(q: Any, k: Any, v: Any) -> tuple[int, int, int, int]:
     qs, ks, vs = q.values.shape, k.values.shape, v.values.shape
-    for name, shape, dims in (("q", qs, "(Tq, Hq, D)"), ("k", ks, "(Tk, Hk, D)"), ("v", vs, "(Tk, Hk, Dv)")):
-        if len(shape) != 3:
-            raise ShapeError(f"{name} values must have shape {dims}, got {tuple(shape)}")
+    if not (len(qs) == 3 and len(ks) == 3 and len(vs) == 3):
+        for name, shape, dims in (("q", qs, "(Tq, Hq, D)"), ("k", ks, "(Tk, Hk, D)"), ("v", vs, "(Tk, Hk, Dv)")):
+            if len(shape) != 3:
+                raise ShapeError(f"{name} values must have shape {dims}, got {tuple(shape)}")
     _, Hq, D = qs
     _, Hk, Dk = ks
     _, Hv, Dv = vs
