@@ -19,9 +19,14 @@ env_dir=$(mktemp -d)/venv
 work=$(mktemp -d)
 log="$out/wheel_check.log"
 
-{
+(  # a subshell: a step that fails exits it, and the verdict below is still written
   echo "# wheel_check $(date -u +%Y-%m-%dT%H:%M:%SZ): $(basename "$wheel") ($(stat -c %s "$wheel") bytes)"
   "$PY" -m venv --system-site-packages "$env_dir" || exit 1
+  # Where python3 is itself a virtual environment (the GPU machine's is), --system-site-packages
+  # reaches only the base interpreter's packages: a .pth file adds the frameworks' own.
+  site=$("$env_dir/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  "$PY" -c 'import site, sys; print("\n".join(p for p in site.getsitepackages() if "site-packages" in p))' \
+    > "$site/_frameworks.pth"
   # A PATH with the venv and the system's basic tools only, with no compiler on it.
   nocc=$(mktemp -d)
   for tool in "$PY" git uname env sh bash nvidia-smi; do
@@ -48,7 +53,7 @@ EOF
   XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -q -p no:cacheprovider -m cuda \
     "$work/tests/test_attention_cuda.py" "$work/tests/test_cuda_layout.py" "$work/tests/test_no_sync.py" \
     ${PYTEST_ARGS:-}
-} > "$log" 2>&1
+) > "$log" 2>&1
 rc=$?
 if [ $rc -eq 0 ]; then verdict="PASS"; else verdict="FAIL (rc $rc)"; fi
 echo "wheel_check: $verdict; $(grep -E '^[0-9]+ (passed|failed)|passed|failed' "$log" | tail -1)" | tee -a "$log"
