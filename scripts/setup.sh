@@ -2,7 +2,7 @@
 # Installs everything scree needs on a fresh machine from this repo's own files: the build tools,
 # torch (the CPU build on this project's machines, only when torch is missing), JAX and MLX (CPU;
 # only when missing), GoogleTest for the
-# C++ tests, and scree itself (editable, with its test extras). Sourced by demo.sh and test.sh.
+# C++ tests, and scree itself (editable, with its test, benchmark and docs extras). Sourced by demo.sh and test.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}
@@ -37,4 +37,4 @@ if [ "${1:-}" = "test" ] && [ ! -f /usr/include/gtest/gtest.h ]; then
   fi
 fi
 # Editable install; scikit-build-core keeps its build dir under build/ so rebuilds are incremental.
-"${PIP[@]}" --no-build-isolation -e ".[test,bench]"
+"${PIP[@]}" --no-build-isolation -e ".[test,bench,docs]"

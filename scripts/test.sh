@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: sets the machine up (scripts/setup.sh), builds and runs the C++ GoogleTest suite
-# with ctest, then the Python suite with pytest. CUDA tests skip where there is no GPU.
+# with ctest, then the Python suite with pytest, then builds the docs with warnings as errors. CUDA tests skip where there is no GPU.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Without a GPU (CI) nothing could run CUDA code: the Python extension is built without it, and
@@ -21,3 +21,5 @@ cmake --build build/cpp
 ctest --test-dir build/cpp --output-on-failure
 
 "$PY" -m pytest tests/python -q "$@"
+
+bash scripts/docs.sh

@@ -1,4 +1,4 @@
-"""The scree.Array type: `values` (total, *feature) plus a Layout (its offsets (n+1) and everything
+"""The scree.Array type: `values` `(total, *feature)` plus a Layout (its offsets (n+1) and everything
 derived from them, scree._layout), both native arrays of one backend and device. Invariants are
 checked once per Layout, in C++ (RaggedLayout), when data enters, without synchronising a device;
 Arrays made with with_values share their Layout, so the host offsets, max_length, int32
@@ -60,7 +60,7 @@ def provide_layout_ops(ops: LayoutOps) -> None:
 
 def checked_values(ns: ModuleType, values: Any, what: str = "values") -> None:
     """What every Array needs of its values (checked once, where they enter): at least one
-    dimension (total, *feature) and a dtype scree serves (ShapeError / DTypeError naming `what`)."""
+    dimension `(total, *feature)` and a dtype scree serves (ShapeError / DTypeError naming `what`)."""
     if len(ns.shape(values)) < 1:
         raise ShapeError(f"{what} must have at least one dimension (total, *feature), got a 0-D array")
     dtypes.checked_dtype(ns, values, what)
@@ -180,7 +180,7 @@ class Array:
     # ---- layout ----------------------------------------------------------------------------
     @property
     def values(self) -> Any:
-        """The packed values, shape (total, *feature)."""
+        """The packed values, shape `(total, *feature)`."""
         return self._values
 
     @property
@@ -406,7 +406,7 @@ class Array:
     # ---- conversions ---------------------------------------------------------------------------
     def to_padded(self, pad_value: Any = 0, padding_side: str = "right",
                   max_length: int | None = None) -> tuple[Any, Any]:
-        """(padded, mask): padded (n, L, *feature) with L = max_length or the longest sequence,
+        """(padded, mask): padded `(n, L, *feature)` with L = max_length or the longest sequence,
         mask (n, L) bool, True at tokens. padding_side='left' right-aligns each sequence.
 
         pad_value must be exactly representable in the values' dtype (scree.ArgumentError
@@ -524,7 +524,7 @@ class Array:
                             "elementwise): use len(arr) for its number of sequences, or reduce the values")
 
     def expand(self, per_sequence: Any) -> Any:
-        """A per-sequence array (n, *f) repeated over each sequence's tokens: (total, ..., *f), ones
+        """A per-sequence array `(n, *f)` repeated over each sequence's tokens: `(total, ..., *f)`, ones
         inserted after the token axis so f broadcasts against the feature axes as NumPy aligns
         them. Operators do this by themselves for an operand of the values' rank with n rows;
         expand says it explicitly (e.g. where n == total). Differentiable; no device sync."""
@@ -541,55 +541,55 @@ class Array:
 
     # ---- reductions ----------------------------------------------------------------------------
     def sum(self) -> Any:
-        """Per-sequence sum over tokens -> (n, *feature); bool and integers sum to int64 (int32 on
+        """Per-sequence sum over tokens -> `(n, *feature)`; bool and integers sum to int64 (int32 on
         JAX without x64), wrapping on overflow as NumPy and torch do; empty -> 0. Complex values
         raise scree.DTypeError (as mean and max do)."""
         return _OPS.reduce(self, "sum")
 
     def mean(self) -> Any:
-        """Per-sequence mean over tokens -> (n, *feature); floating dtypes only; empty -> NaN."""
+        """Per-sequence mean over tokens -> `(n, *feature)`; floating dtypes only; empty -> NaN."""
         return _OPS.reduce(self, "mean")
 
     def max(self) -> Any:
-        """Per-sequence max over tokens -> (n, *feature); empty -> -inf (lowest int for integers,
+        """Per-sequence max over tokens -> `(n, *feature)`; empty -> -inf (lowest int for integers,
         False for bool); NaN propagates; complex values have no order: scree.DTypeError."""
         return _OPS.reduce(self, "max")
 
     def min(self) -> Any:
-        """Per-sequence min over tokens -> (n, *feature); empty -> +inf (highest int for integers,
+        """Per-sequence min over tokens -> `(n, *feature)`; empty -> +inf (highest int for integers,
         True for bool); NaN propagates."""
         return _OPS.reduce(self, "min")
 
     def prod(self) -> Any:
-        """Per-sequence product over tokens -> (n, *feature); bool and integers multiply in int64
+        """Per-sequence product over tokens -> `(n, *feature)`; bool and integers multiply in int64
         (wrapping, as NumPy and torch); empty -> 1."""
         return _OPS.reduce(self, "prod")
 
     def any(self) -> Any:
-        """Per-sequence: is any token nonzero -> (n, *feature) bool; empty -> False."""
+        """Per-sequence: is any token nonzero -> `(n, *feature)` bool; empty -> False."""
         return _OPS.reduce(self, "any")
 
     def all(self) -> Any:
-        """Per-sequence: are all tokens nonzero -> (n, *feature) bool; empty -> True."""
+        """Per-sequence: are all tokens nonzero -> `(n, *feature)` bool; empty -> True."""
         return _OPS.reduce(self, "all")
 
     def argmax(self) -> Any:
-        """Per-sequence position (within the sequence) of the first largest token -> (n, *feature)
+        """Per-sequence position (within the sequence) of the first largest token -> `(n, *feature)`
         int64; a NaN counts as the largest (as np.argmax); empty -> -1."""
         return _OPS.reduce(self, "argmax")
 
     def argmin(self) -> Any:
-        """Per-sequence position of the first smallest token -> (n, *feature) int64; NaN counts
+        """Per-sequence position of the first smallest token -> `(n, *feature)` int64; NaN counts
         as the smallest (as np.argmin); empty -> -1."""
         return _OPS.reduce(self, "argmin")
 
     def logsumexp(self) -> Any:
-        """Per-sequence log(sum(exp(x))) over tokens -> (n, *feature), computed stably (shifted by
+        """Per-sequence log(sum(exp(x))) over tokens -> `(n, *feature)`, computed stably (shifted by
         the largest finite value); floats only; empty -> -inf."""
         return _OPS.reduce(self, "logsumexp")
 
     def var(self, ddof: int = 0) -> Any:
-        """Per-sequence variance over tokens -> (n, *feature): the mean squared deviation from the
+        """Per-sequence variance over tokens -> `(n, *feature)`: the mean squared deviation from the
         sequence's mean, divided by length - ddof (ddof=0 as NumPy; torch's default is 1); floats
         only; NaN where length <= ddof (an empty sequence included)."""
         return _OPS.reduce(self, "var", _ddof(ddof))

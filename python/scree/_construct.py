@@ -18,7 +18,7 @@ __all__ = ["pack", "unpack", "from_offsets", "from_lengths", "from_cu_seqlens", 
 
 
 def from_offsets(values: Any, offsets: Any, validate: bool = True) -> Array:
-    """Array over `values` (total, *feature) split at `offsets` (n+1). Zero-copy."""
+    """Array over `values` `(total, *feature)` split at `offsets` (n+1). Zero-copy."""
     return Array(values, offsets, validate=validate)
 
 
@@ -48,7 +48,7 @@ def from_cu_seqlens(values: Any, cu_seqlens: Any, max_seqlen: int | None = None,
 
 
 def pack(sequences: Sequence[Any]) -> Array:
-    """Pack a list of native arrays (len_i, *feature) of one backend, device and dtype."""
+    """Pack a list of native arrays `(len_i, *feature)` of one backend, device and dtype."""
     seqs = list(sequences)
     if not seqs:
         raise ArgumentError("pack needs at least one sequence to know the dtype and feature shape")
@@ -82,7 +82,7 @@ def unpack(arr: Array) -> list[Any]:
 
 
 def from_padded(padded: Any, mask: Any = None, lengths: Any = None, padding_side: str = "right") -> Array:
-    """Array from padded (n, L, *feature) plus a mask (n, L; tokens where true/nonzero, taken in
+    """Array from padded `(n, L, *feature)` plus a mask (n, L; tokens where true/nonzero, taken in
     order, so left and right padding both work) or lengths (n,) with padding on `padding_side`.
     Without either, every row is L tokens long."""
     if mask is not None and lengths is not None:

@@ -5,6 +5,7 @@ Arrow offsets (int32 for ListArray, kept as int32; int64 for LargeListArray). py
 inside the functions, so `import scree` stays free of it.
 
 What maps and what does not:
+
 * `list<numeric>` and `large_list<numeric>`: feature shape (); `list<fixed_size_list<k>>` (nested
   fixed-size lists too): feature shape (k, ...). Lists of lists, strings or structs: an error.
 * A sliced array (offsets not starting at 0): the offsets are rebased (a copy of n + 1 integers),

@@ -1,4 +1,4 @@
-"""HuggingFace padded batches: (hidden (B, L, *feature), attention_mask (B, L)) <-> scree.Array.
+"""HuggingFace padded batches: (hidden `(B, L, *feature)`, attention_mask (B, L)) <-> scree.Array.
 Round trips are bit-exact for right and left padding: tokens are copied, never recomputed."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def from_hf_padded(x: Any, attention_mask: Any) -> Array:
 
 def to_hf_padded(arr: Array, padding_side: str = "right", pad_value: Any = 0,
                  max_length: int | None = None) -> tuple[Any, Any]:
-    """(x (n, L, *feature), attention_mask (n, L) int64 of 0/1), as a HF tokenizer would pad."""
+    """(x `(n, L, *feature)`, attention_mask (n, L) int64 of 0/1), as a HF tokenizer would pad."""
     ns, length = arr._ns, arr._layout.max_length if max_length is None else max_length
     if isinstance(length, int) and length >= 0:  # (unknown under jax.jit; bad values: to_padded says)
         # to_padded checks its own two arrays; the int64 mask is 8x its bool one (2^31 slots: 16 GiB).

@@ -29,7 +29,7 @@ def _device_offsets(arr: Array) -> Any:
 
 
 def pack(sequences: Sequence[Any], lengths: np.ndarray | None = None) -> Array:
-    """Concatenate sequences (each (len_i, *feature)) into one Array; `lengths`, when the caller
+    """Concatenate sequences (each `(len_i, *feature)`) into one Array; `lengths`, when the caller
     has them already, are their row counts."""
     ns = _backends.of(sequences[0])
     if lengths is None:
@@ -81,7 +81,7 @@ def _padded_slots(arr: Array, length: int, left: bool) -> tuple[Any, Any]:
 
 def to_padded(arr: Array, pad_value: Any = 0, padding_side: str = "right",
               max_length: int | None = None) -> tuple[Any, Any]:
-    """(padded (n, L, *feature), mask (n, L) bool)."""
+    """(padded `(n, L, *feature)`, mask (n, L) bool)."""
     ns = _backends.of(arr.values)
     left = _padding_side(padding_side)
     length = arr._padded_length(max_length)  # checked against the longest sequence
@@ -95,7 +95,7 @@ def to_padded(arr: Array, pad_value: Any = 0, padding_side: str = "right",
 
 
 def from_padded(padded: Any, mask: Any = None, lengths: Any = None, padding_side: str = "right") -> Array:
-    """Array from padded (n, L, *feature) and either a mask (n, L) (tokens where nonzero, any
+    """Array from padded `(n, L, *feature)` and either a mask (n, L) (tokens where nonzero, any
     pattern, in order) or lengths (n,) with padding on `padding_side`; neither: all L tokens."""
     ns = _backends.of(padded)
     left = _padding_side(padding_side)
@@ -125,7 +125,7 @@ _FLOAT_ONLY = ("mean", "logsumexp", "var", "std")
 
 
 def reduce(arr: Array, op: str, ddof: int = 0) -> Any:
-    """Per-sequence reduction over tokens -> (n, *feature): one of REDUCTIONS. dtypes: sum and prod
+    """Per-sequence reduction over tokens -> `(n, *feature)`: one of REDUCTIONS. dtypes: sum and prod
     of bool and integers give int64; mean, logsumexp, var, std need floats; any, all give bool;
     argmax / argmin give int64 positions within the sequence (the first one; a NaN wins, as in
     NumPy). Empty sequences: sum 0, prod 1, mean / var / std NaN, max -inf and min +inf (the lowest
@@ -253,8 +253,8 @@ def _concat_host_offsets(arrays: Sequence[Array]) -> tuple[np.ndarray, int] | No
 
 
 def expand(arr: Array, per_sequence: Any) -> Any:
-    """Row i of per_sequence (n, *f) broadcast to sequence i's tokens, one sequence at a time:
-    (total, *ones, *f), the ones making f align with the feature axes from the right."""
+    """Row i of per_sequence `(n, *f)` broadcast to sequence i's tokens, one sequence at a time:
+    `(total, *ones, *f)`, the ones making f align with the feature axes from the right."""
     ns = _backends.of(arr.values)
     rank, f = len(ns.shape(arr.values)), tuple(ns.shape(per_sequence))[1:]
     row_shape = (1,) * (rank - 1 - len(f)) + f
@@ -265,7 +265,7 @@ def expand(arr: Array, per_sequence: Any) -> Any:
 
 
 def elementwise(fn: Any, arr: Array, *operands: Any) -> Array:
-    """fn(arr, *operands) computed sequence by sequence, the semantics of Array's operators and
+    """`fn(arr, *operands)` computed sequence by sequence, the semantics of Array's operators and
     ufuncs written out: for sequence i, an Array operand (same offsets) gives its sequence i, a
     scalar or an array of lower rank than the values passes whole, an array of the values' rank
     gives its rows of sequence i (total rows), its row i (n rows, where n != total) or its single
@@ -303,7 +303,7 @@ def cumsum(arr: Array) -> Array:
     """Per-sequence running sum over tokens, the same layout: bool and integers in int64, floats
     in their dtype. The running sum of all rows minus, for each sequence, the sum before it,
     accumulated in float64 (int64): one scan and one gather, differentiable and jit-able. A float64
-    sequence that starts after a large prefix loses the prefix's rounding (|prefix| x 1e-16); the
+    sequence that starts after a large prefix loses the prefix's rounding (abs(prefix) x 1e-16); the
     C++ kernel (host arrays) sums each sequence from zero."""
     ns = _backends.of(arr.values)
     kind = ns.dtype_name(arr.values)

@@ -1,15 +1,18 @@
 """Role: scree.nn, no-pad transformer building blocks on `scree.Array` (imported explicitly by
 users; `import scree` never imports it).
 
-PyTorch modules (torch is imported on first access to one of them, not by `import scree.nn`):
+PyTorch modules (torch is imported on first access to one of them, not by `import scree.nn`)::
+
     RMSNorm, RotaryEmbedding, SelfAttention (GQA), SwiGLU, TransformerBlock, CausalLM
+
 Functional forms sharing the same definition (scree.nn.functional, written once against the
-backend namespace), with thin JAX and MLX entry points:
+backend namespace), with thin JAX and MLX entry points::
+
     scree.nn.functional      rms_norm, rotary, linear, silu, swiglu, attention, transformer_block
     scree.nn.functional_jax  init_block_params / transformer_block / causal_lm for JAX
     scree.nn.functional_mlx  the same for MLX
 
-Every module takes and returns `scree.Array`s whose values are (total tokens, features); rotary
+Every module takes and returns scree.Arrays whose values are (total tokens, features); rotary
 angles come from each token's position within its own sequence (`Array.positions()`), and
 attention never crosses a sequence boundary (`scree.varlen_attention`)."""
 

@@ -1,6 +1,6 @@
 """Role: the one definition of scree.nn's math — RMSNorm, rotary embedding by position within each
 sequence, SwiGLU, GQA self-attention over `scree.varlen_attention`, a pre-norm transformer block —
-as pure functions on `scree.Array`s of any framework (NumPy, PyTorch, JAX, MLX).
+as pure functions on scree.Arrays of any framework (NumPy, PyTorch, JAX, MLX).
 
 Like `scree/kernels/attention_reference.py`, every function is written once against the backend
 namespace of `scree._backends` (plus Python's array operators, which the four frameworks share),

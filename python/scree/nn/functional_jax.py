@@ -1,6 +1,6 @@
 """Role: scree.nn's functional forms for JAX. The math is scree.nn.functional (one definition for
 every framework); this module adds JAX parameter initialisation and conversion. Every function
-takes `scree.Array`s of jax arrays and works under jax.jit (offsets traced: one compile per
+takes scree.Arrays of jax arrays and works under jax.jit (offsets traced: one compile per
 (total, n) shape), jax.grad and jax.vmap like the rest of scree.
 
     params = init_block_params(config, seed=0)            # or params_from(torch_block.params())

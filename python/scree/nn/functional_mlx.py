@@ -1,6 +1,6 @@
 """Role: scree.nn's functional forms for MLX. The math is scree.nn.functional (one definition for
 every framework); this module adds MLX parameter initialisation and conversion. Every function
-takes `scree.Array`s of mlx arrays; gradients through mx.grad (scree.varlen_attention is an
+takes scree.Arrays of mlx arrays; gradients through mx.grad (scree.varlen_attention is an
 mx.custom_function with a compiled backward on float32 / float16).
 
     params = init_block_params(config, seed=0)            # or params_from(torch_block.params())

@@ -1,6 +1,6 @@
 """Role: the PyTorch modules of scree.nn. Each holds its parameters as torch.nn parameters and calls
 the shared definition in scree.nn.functional with them, so a module, its JAX / MLX functional form
-and the NumPy form compute the same thing. Inputs and outputs are `scree.Array`s of torch tensors
+and the NumPy form compute the same thing. Inputs and outputs are scree.Arrays of torch tensors
 (values (total, features)); no padding anywhere. Gradients flow through torch autograd, including
 scree.varlen_attention's compiled CPU kernel (a torch custom op with a backward)."""
 
