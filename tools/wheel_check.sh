@@ -27,6 +27,9 @@ log="$out/wheel_check.log"
   site=$("$env_dir/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   "$PY" -c 'import site, sys; print("\n".join(p for p in site.getsitepackages() if "site-packages" in p))' \
     > "$site/_frameworks.pth"
+  # The tests, copied out of the checkout (pytest would otherwise put its parent on sys.path).
+  cp -r "$repo/tests/python" "$work/tests"
+  sys_cc=$(command -v cc || command -v gcc || echo /usr/bin/cc)
   # A PATH with the venv and the system's basic tools only, with no compiler on it.
   nocc=$(mktemp -d)
   for tool in "$PY" git uname env sh bash nvidia-smi; do
@@ -48,11 +51,17 @@ assert "/site-packages/" in scree.__file__, "scree was not imported from the ins
 print("cuda compiled:", C.cuda_compiled(), "head dims:", C.cuda_head_dims(), "devices:", C.cuda_device_count())
 assert C.cuda_compiled() and C.cuda_device_count() > 0, "the wheel's CUDA kernels do not see the GPU"
 EOF
-  # The tests, copied out of the checkout (pytest would otherwise put its parent on sys.path).
-  cp -r "$repo/tests/python" "$work/tests"
-  XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -q -p no:cacheprovider -m cuda \
-    "$work/tests/test_attention_cuda.py" "$work/tests/test_cuda_layout.py" "$work/tests/test_no_sync.py" \
-    ${PYTEST_ARGS:-}
+  tests=("$work/tests/test_attention_cuda.py" "$work/tests/test_cuda_layout.py" "$work/tests/test_no_sync.py")
+  XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -q -p no:cacheprovider -m cuda "${tests[@]}" \
+    -k "not torch_compile" ${PYTEST_ARGS:-} || exit 1
+  # torch.compile's own code generator (inductor, through Triton) compiles C launchers with the host
+  # C compiler, so the compiled tests run with the machine's cc on PATH again, nvcc still hidden:
+  # the wheel itself needs neither.
+  export PATH="$env_dir/bin:$nocc:$(dirname "$(command -v "$sys_cc")")"
+  unset CC CXX
+  echo "torch.compile tests, with $sys_cc back on PATH (inductor's requirement, not scree's); nvcc: $(command -v nvcc || echo none)"
+  XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -q -p no:cacheprovider -m cuda "${tests[@]}" \
+    -k "torch_compile" ${PYTEST_ARGS:-}
 ) > "$log" 2>&1
 rc=$?
 if [ $rc -eq 0 ]; then verdict="PASS"; else verdict="FAIL (rc $rc)"; fi
