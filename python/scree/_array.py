@@ -12,6 +12,7 @@ upwards."""
 
 from __future__ import annotations
 
+from itertools import accumulate
 from types import ModuleType
 from typing import Any, Callable, Iterator, Protocol
 
@@ -353,7 +354,7 @@ class Array:
                 start, stop, step = index.indices(n)
             except (TypeError, ValueError) as e:  # a zero step, non-integer bounds
                 raise ArgumentError(f"bad sequence slice {index!r}: {e}") from None
-            if step == 1:
+            if step == 1 and not self._ns.is_tracing():  # (a view needs the host offsets)
                 stop = max(stop, start)
                 h = self.host_offsets
                 lo, hi = int(h[start]), int(h[stop])
@@ -361,7 +362,8 @@ class Array:
                 off = self._ns.from_numpy(host, like=self._offsets)
                 lens = np.diff(host)
                 return Array._trusted(self._values[lo:hi], off, host, int(lens.max()) if len(lens) else 0)
-            index = np.arange(start, stop, step, dtype=np.int64)
+            # (under torch.compile a copy, as every gather: its values are a trace's constants)
+            index = range(start, stop, step) if self._ns.is_tracing() else np.arange(start, stop, step, dtype=np.int64)
         return _OPS.gather(self, index)
 
     @staticmethod
@@ -396,8 +398,8 @@ class Array:
             raise ArgumentError(f"split takes a list of sequence counts, got {sizes!r}") from None
         if any(c < 0 for c in counts) or sum(counts) != self.num_sequences:
             raise ArgumentError(f"split sizes {counts} must be >= 0 and sum to the {self.num_sequences} sequences")
-        ends = np.cumsum([0] + counts)
-        return [self[int(a):int(b)] for a, b in zip(ends[:-1], ends[1:])]
+        ends = list(accumulate(counts, initial=0))
+        return [self[a:b] for a, b in zip(ends[:-1], ends[1:])]
 
     def unpack(self) -> list[Any]:
         """The sequences as a list of native views (zero-copy)."""

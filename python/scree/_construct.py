@@ -12,7 +12,7 @@ from scree._array import Array, checked_values
 from scree._backends import dtypes
 from scree._errors import ArgumentError, BackendError, DTypeError, RaggedError, ShapeError
 from scree._layout import host_lengths, offsets_from_lengths
-from scree.kernels import layout
+from scree.kernels import layout, reference
 
 __all__ = ["pack", "unpack", "from_offsets", "from_lengths", "from_cu_seqlens", "from_padded"]
 
@@ -28,11 +28,34 @@ def from_lengths(values: Any, lengths: Any) -> Array:
     if ns.owns(lengths):
         _backends.common(values=values, lengths=lengths)
     checked_values(ns, values)
+    if ns.is_tracing():
+        return Array._trusted(values, _traced_offsets(ns, values, lengths))
     offsets, host, longest = offsets_from_lengths(ns, lengths, like=values)
     if ns.shape(values)[0] != host[-1]:
         raise RaggedError(f"sum(lengths) = {int(host[-1])} must equal values.shape[0] "
                           f"(values has shape {tuple(ns.shape(values))})")
     return Array._trusted(values, offsets, host, longest)
+
+
+def _traced_offsets(ns: Any, values: Any, lengths: Any) -> Any:
+    """from_lengths' offsets while torch.compile traces: Python int lengths are constants of the
+    trace and checked here; a length tensor's values cannot be (like offsets built in a compiled
+    region, see README)."""
+    if ns.owns(lengths):
+        if not ns.is_integer(lengths) or len(ns.shape(lengths)) != 1:
+            raise DTypeError(f"lengths must be a 1-D integer array, got {ns.dtype_name(lengths)} of shape "
+                             f"{tuple(ns.shape(lengths))}")
+    else:
+        lengths = list(lengths)
+        if not all(isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)) for x in lengths):
+            raise DTypeError("lengths must be integers")
+        bad = next((i for i, x in enumerate(lengths) if x < 0), None)
+        if bad is not None:
+            raise RaggedError(f"lengths[{bad}] = {lengths[bad]} is negative")
+        if sum(lengths) != ns.shape(values)[0]:
+            raise RaggedError(f"sum(lengths) = {sum(lengths)} must equal values.shape[0] "
+                              f"(values has shape {tuple(ns.shape(values))})")
+    return reference.offsets_on_device(ns, lengths, values)
 
 
 def from_cu_seqlens(values: Any, cu_seqlens: Any, max_seqlen: int | None = None,
@@ -72,6 +95,8 @@ def pack(sequences: Sequence[Any]) -> Array:
         if s.dtype != dt:
             raise DTypeError(f"sequences[{i}] has dtype {ns.dtype_name(s)}, sequences[0] has {ns.dtype_name(first)}")
     checked_values(ns, first, "sequences[0]")
+    if ns.is_tracing():  # torch.compile: offsets from the trace's shapes, on the device
+        return reference.pack_on_device(seqs)
     lengths = np.fromiter((shape[0] for shape in shapes), dtype=np.int64, count=len(shapes))
     return layout.pack(ns, seqs, lengths)
 

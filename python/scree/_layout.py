@@ -144,6 +144,8 @@ class Layout:
         device (verdict polled later, no sync) where they live on a GPU."""
         # (a negative max_length is "smaller than the longest sequence", said below with the longest)
         max_length = checked_args(ns, offsets, max_length, name, negative_ok=True)
+        if ns.is_tracing():  # torch.compile: no host read or device check can be traced (see README)
+            return cls(ns, offsets, total, None, max_length if max_length is None or max_length >= 0 else None)
         if ns.host_readable(offsets) or ns.is_traced(offsets):
             host = host_index(ns, offsets)  # traced: UnsupportedError saying how to build it
             _, _, longest = _C.validate_offsets(host, total)
@@ -172,7 +174,7 @@ class Layout:
         XLA FFI handlers would otherwise refuse with an untyped JaxRuntimeError), except where the
         framework's own ops would index out of bounds with bad ones (MLX: checked here)."""
         max_length = checked_args(ns, offsets, max_length, name)
-        readable = ns.host_readable(offsets) and not ns.is_traced(offsets)
+        readable = ns.host_readable(offsets) and not ns.is_traced(offsets) and not ns.is_tracing()
         host = host_index(ns, offsets) if readable else None
         if readable and not ns.safe_indexing:
             _C.validate_offsets(host, total)

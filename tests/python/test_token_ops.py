@@ -64,6 +64,36 @@ def test_filter(arr, rng):
     _same(arr.filter(np.zeros(TOTAL, bool)), [s[:0] for s in seqs])
 
 
+@pytest.mark.parametrize("start, stop", [(None, None), (1, None), (None, 2), (1, 3), (-2, None), (None, -1),
+                                         (-10, 10), (4, 2), (0, 0), (5, None), (2 ** 70, None), (None, -2 ** 70)])
+def test_device_forms_match_python_loops(arr, start, stop, rng):
+    """The forms torch.compile traces (kernels.reference.*_on_device: device offsets only, the
+    result's size from Backend.rows_of_ranges / true_rows), run eagerly on every backend."""
+    from scree.kernels import reference as R
+    ns = arr._ns
+    seqs = _seqs(arr)
+    got = R.slice_tokens_on_device(arr, start, stop)
+    _same_offsets(got, [s[start:stop] for s in seqs])
+    for side in ("right", "left"):
+        for k in (0, 2, 10, 2 ** 70):
+            want = [s[:k] if side == "right" else s[len(s) - min(k, len(s)):] for s in seqs]
+            _same_offsets(R.truncate_on_device(arr, k, side), want)
+    idx = [3, 0, 4, 1]
+    _same_offsets(R.gather_on_device(arr, ns.asarray(idx, dtype="int64", like=arr.values)), [seqs[i] for i in idx])
+    mask = rng.random(TOTAL) < 0.5
+    want = [s[mask[OFFSETS[i]:OFFSETS[i + 1]]] for i, s in enumerate(seqs)]
+    _same_offsets(R.filter_tokens_on_device(arr, native(arr.backend, mask)), want)
+
+
+def _same_offsets(a: scree.Array, want: list[np.ndarray]) -> None:
+    """As _same, for Arrays whose host bookkeeping was never made (offsets read back here)."""
+    h = host(a.offsets).astype(np.int64)
+    np.testing.assert_array_equal(h, np.concatenate([[0], np.cumsum([len(w) for w in want])]))
+    v = host(a.values)
+    for i, w in enumerate(want):
+        np.testing.assert_array_equal(v[h[i]:h[i + 1]], w.reshape((-1, F)))
+
+
 def test_cat_and_split(arr):
     parts = arr.split([2, 0, 3])
     assert [len(p) for p in parts] == [2, 0, 3]

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scree._backends import numpy as _NP
 from scree._backends.protocol import Landed
 from scree._errors import ArgumentError, BackendError, DTypeError, UnsupportedError
 
@@ -316,6 +317,15 @@ def repeat(x: Any, repeats: Any, total: int) -> Any:
 def index_put(dst: Any, index: Any, values: Any) -> Any:
     """dst with dst[index] = values (functional: a new array)."""
     return dst.at[tuple(index)].set(values)
+
+
+def rows_of_ranges(starts: Any, lengths: Any) -> Any:
+    """(the sizes are read on the host: the result's length depends on them)"""
+    return from_numpy(_NP.rows_of_ranges(to_numpy(starts), to_numpy(lengths)), like=starts)
+
+
+def true_rows(mask: Any) -> Any:
+    return from_numpy(_NP.true_rows(to_numpy(mask)), like=mask)
 
 
 def masked_rows(padded: Any, mask: Any) -> Any:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import mlx.core as mx
 import numpy as np
 
+from scree._backends import numpy as _NP
 from scree._backends.protocol import Landed
 from scree._errors import BackendError, DTypeError
 
@@ -224,6 +225,15 @@ def index_put(dst: Any, index: Any, values: Any) -> Any:
         return dst
     dst[index] = values
     return dst
+
+
+def rows_of_ranges(starts: Any, lengths: Any) -> Any:
+    """(the sizes are read on the host: the result's length depends on them)"""
+    return from_numpy(_NP.rows_of_ranges(to_numpy(starts), to_numpy(lengths)), like=starts)
+
+
+def true_rows(mask: Any) -> Any:
+    return from_numpy(_NP.true_rows(to_numpy(mask)), like=mask)
 
 
 def masked_rows(padded: Any, mask: Any) -> Any:

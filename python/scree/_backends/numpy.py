@@ -213,6 +213,17 @@ def index_put(dst: Any, index: Any, values: Any) -> np.ndarray:
     return dst
 
 
+def rows_of_ranges(starts: Any, lengths: Any) -> np.ndarray:
+    lengths = np.asarray(lengths, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    return np.repeat(np.asarray(starts, dtype=np.int64) - (ends - lengths), lengths) + np.arange(
+        int(ends[-1]) if ends.size else 0, dtype=np.int64)
+
+
+def true_rows(mask: Any) -> np.ndarray:
+    return np.flatnonzero(mask).astype(np.int64)
+
+
 def masked_rows(padded: Any, mask: Any) -> np.ndarray:
     """padded[mask] for a boolean (n, L) mask: the rows where mask is true, in order."""
     return padded[mask]

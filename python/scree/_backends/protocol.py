@@ -148,6 +148,15 @@ class Backend(Protocol):
     def index_put(self, dst: Any, index: Any, values: Any) -> Any:
         """dst[index] = values, returned (out of place where the framework is functional)."""
 
+    def rows_of_ranges(self, starts: Any, lengths: Any) -> Any:
+        """Row indices starts[j], ..., starts[j] + lengths[j] - 1 for every j in order (int64, on
+        starts' device; lengths >= 0). Its size, sum(lengths), is known only from the values: NumPy
+        and MLX read them, torch reads them eagerly (a sync on a GPU) and leaves an unbacked size
+        under torch.compile (a custom op), JAX needs them concrete (not under jax.jit)."""
+
+    def true_rows(self, mask: Any) -> Any:
+        """The indices where the 1-D boolean mask is true, in order (int64); the same size rule."""
+
     def masked_rows(self, padded: Any, mask: Any) -> Any:
         """padded[mask] for a boolean (n, L) mask, rows in order."""
 

@@ -277,6 +277,43 @@ def index_put(dst: Any, index: Any, values: Any) -> torch.Tensor:
     return dst.index_put(tuple(index), values)
 
 
+# Selections whose size is data-dependent: eagerly they read the total on the host (a sync on a
+# GPU, as any such selection needs). While torch.compile traces, the torch custom ops of
+# scree._connect.torch_selections stand in (installed there with provide_traced_selections):
+# their fake implementations give the result an unbacked size.
+_TRACED_SELECTIONS: Any = None
+
+
+def provide_traced_selections(ops: Any) -> None:
+    """Install what rows_of_ranges / true_rows call while torch.compile traces (the glue's ops)."""
+    global _TRACED_SELECTIONS
+    _TRACED_SELECTIONS = ops
+
+
+def rows_of_ranges(starts: Any, lengths: Any) -> torch.Tensor:
+    starts, lengths = starts.to(torch.int64), lengths.to(torch.int64)
+    if _TRACED_SELECTIONS is not None and torch.compiler.is_compiling():
+        return _TRACED_SELECTIONS.rows_of_ranges(starts, lengths)
+    return eager_rows_of_ranges(starts, lengths)
+
+
+def eager_rows_of_ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    ends = torch.cumsum(lengths, 0)
+    total = int(ends[-1]) if ends.numel() else 0
+    return torch.repeat_interleave(starts - (ends - lengths), lengths, output_size=total) + torch.arange(
+        total, dtype=torch.int64, device=starts.device)
+
+
+def true_rows(mask: Any) -> torch.Tensor:
+    if _TRACED_SELECTIONS is not None and torch.compiler.is_compiling():
+        return _TRACED_SELECTIONS.true_rows(mask)
+    return eager_true_rows(mask)
+
+
+def eager_true_rows(mask: torch.Tensor) -> torch.Tensor:
+    return torch.nonzero(mask).reshape(-1)
+
+
 def masked_rows(padded: Any, mask: Any) -> torch.Tensor:
     """padded[mask] for a boolean (n, L) mask: the rows where mask is true, in order."""
     return padded[mask]

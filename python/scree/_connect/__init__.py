@@ -1,5 +1,6 @@
 """scree._connect: the framework glue, in one place above the kernels layer (awkward's _connect is
-the model): the torch custom ops and autograd (torch.py), the JAX XLA FFI calls and custom_vjp
+the model): the torch custom ops and autograd of attention (torch.py) and the custom ops that let
+torch.compile trace selections of data-dependent size (torch_selections.py), the JAX XLA FFI calls and custom_vjp
 (jax.py) and the JAX pytree registration (jax_pytree.py), the MLX custom_function (mlx.py), and the
 plain NumPy calls (numpy.py). Each glue module imports its framework and is loaded only for arrays
 of that framework (`glue`), so importing this package imports no framework.
@@ -36,6 +37,8 @@ def _load(ns: ModuleType) -> ModuleType:
     mod = _GLUE[ns.name] = importlib.import_module(f"scree._connect.{ns.name}")
     if ns.name == "jax":  # scree.Array becomes a pytree as soon as scree meets JAX
         importlib.import_module("scree._connect.jax_pytree")
+    if ns.name == "torch":  # the custom ops torch.compile traces selections of data-dependent size with
+        ns.provide_traced_selections(importlib.import_module("scree._connect.torch_selections"))
     return mod
 
 

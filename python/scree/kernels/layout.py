@@ -53,6 +53,8 @@ def pack(ns: ModuleType, seqs: Sequence[Any], lengths: np.ndarray) -> Array:
 
 def gather(arr: Array, index: Any) -> Array:
     ns = arr._ns
+    if ns.is_tracing():
+        return _gather_traced(arr, index)
     idx = np.asarray(ns.to_numpy(index) if ns.owns(index) else index)
     if idx.dtype == np.bool_:
         if idx.shape != (arr.num_sequences,):
@@ -76,6 +78,33 @@ def gather(arr: Array, index: Any) -> Array:
     _C.gather(values, arr.host_offsets, idx, out_host, out)
     lens = np.diff(out_host)
     return Array._trusted(out, _host_int64(ns, out_host, arr.offsets), out_host, int(lens.max(initial=0)))
+
+
+def _gather_traced(arr: Array, index: Any) -> Array:
+    """gather while torch.compile traces: the index as a device array, no host offsets. A list of
+    ints is checked here (its values are constants of the trace); a traced index tensor cannot be,
+    and indexes the offsets as the framework does (IndexError on the CPU, a device assert on CUDA)."""
+    ns, n = arr._ns, arr.num_sequences
+    if isinstance(index, range):
+        index = list(index)
+    if isinstance(index, (list, tuple)):
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in index):
+            raise ArgumentError("sequence indices must be ints while torch.compile traces (a list of ints, or an "
+                                "integer or boolean tensor)")
+        for pos, i in enumerate(index):
+            if i < -n or i >= n:
+                raise IndexError(f"sequence index {i} (at position {pos}) out of range for {n} sequences")
+        index = ns.asarray([i % n for i in index] if index else [], dtype="int64", like=arr.offsets)
+    elif ns.owns(index) and ns.dtype_name(index) == "bool":
+        if tuple(ns.shape(index)) != (n,):
+            raise ShapeError(f"boolean sequence mask must have shape ({n},), got {tuple(ns.shape(index))}")
+        index = ns.true_rows(index)
+    elif ns.owns(index) and ns.is_integer(index):
+        index = ns.astype(index.reshape(-1), "int64")
+        index = ns.where(index < 0, index + n, index)
+    else:
+        raise ArgumentError(f"sequence indices must be ints, an integer or boolean tensor, got {type(index).__name__}")
+    return reference.gather_on_device(arr, index)
 
 
 def _index_kernel(arr: Array, dtype: str, kernel: Any, ref: Any) -> Any:
@@ -209,9 +238,28 @@ def cumsum(arr: Array) -> Array:
 # Token-level indexing: one gather of rows by a host index (reference), a single framework op on
 # every backend; the C++ pack (as concat_sequences) only pays past ~64 KiB a piece, which these
 # rarely reach.
-slice_tokens = reference.slice_tokens
-truncate = reference.truncate
-filter_tokens = reference.filter_tokens
+# Token selection: from the host offsets (one gather by a host index), or, while torch.compile
+# traces (no host offsets to read), from the device offsets with a symbolic result size.
+def slice_tokens(arr: Array, start: int | None, stop: int | None) -> Array:
+    if arr._ns.is_tracing():
+        return reference.slice_tokens_on_device(arr, start, stop)
+    return reference.slice_tokens(arr, start, stop)
+
+
+def truncate(arr: Array, max_length: int, side: str) -> Array:
+    if arr._ns.is_tracing():
+        return reference.truncate_on_device(arr, max_length, side)
+    return reference.truncate(arr, max_length, side)
+
+
+def filter_tokens(arr: Array, mask: Any) -> Array:
+    ns = arr._ns
+    if ns.is_tracing():
+        if not ns.owns(mask) or ns.dtype_name(mask) != "bool" or tuple(ns.shape(mask)) != (arr.total,):
+            raise ShapeError(f"filter needs a boolean mask of shape ({arr.total},) (one per token) of the values' "
+                             f"framework while torch.compile traces, got {type(mask).__name__}")
+        return reference.filter_tokens_on_device(arr, mask)
+    return reference.filter_tokens(arr, mask)
 
 
 # Array's per-sequence methods (arr.positions(), arr.sum(), arr[[0, 2]], ...) run these.

@@ -7,6 +7,8 @@ a result's shape depends on data (from_padded)."""
 from __future__ import annotations
 
 import contextlib
+from itertools import accumulate
+from types import ModuleType
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,9 +20,10 @@ from scree._layout import offsets_from_lengths
 from scree.kernels.attention_reference import varlen_attention
 
 __all__ = [
-    "pack", "gather", "segment_ids", "positions", "to_padded", "from_padded", "reduce",
+    "pack", "pack_on_device", "offsets_on_device", "gather", "segment_ids", "positions", "to_padded", "from_padded", "reduce",
     "concat_sequences", "elementwise", "expand", "softmax", "cumsum", "REDUCTIONS", "token_range", "slice_tokens",
-    "truncate", "filter_tokens", "cat", "varlen_attention",
+    "truncate", "filter_tokens", "take_ranges", "slice_tokens_on_device", "truncate_on_device", "gather_on_device",
+    "filter_tokens_on_device", "cat", "varlen_attention",
 ]
 
 
@@ -37,6 +40,23 @@ def pack(sequences: Sequence[Any], lengths: np.ndarray | None = None) -> Array:
     host = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     values = ns.concat(list(sequences), axis=0)
     return Array._trusted(values, ns.from_numpy(host, like=values), host, int(lengths.max(initial=0)))
+
+
+def pack_on_device(sequences: Sequence[Any]) -> Array:
+    """pack with the offsets made from the row counts on the values' device, no NumPy (what
+    torch.compile traces; the counts are the trace's shapes)."""
+    ns = _backends.of(sequences[0])
+    values = ns.concat(list(sequences), axis=0)
+    ends = list(accumulate((ns.shape(s)[0] for s in sequences), initial=0))
+    return Array._trusted(values, ns.asarray(ends, dtype="int64", like=values))
+
+
+def offsets_on_device(ns: ModuleType, lengths: Any, like: Any) -> Any:
+    """Offsets (n + 1, int64, on like's device) from lengths given as Python ints or a native
+    integer array, without a host read (torch.compile): 0 then the running sum."""
+    if ns.owns(lengths):
+        return ns.concat([ns.zeros((1,), "int64", like=like), ns.cumsum(ns.astype(lengths, "int64"))])
+    return ns.asarray(list(accumulate(lengths, initial=0)), dtype="int64", like=like)
 
 
 def gather(arr: Array, indices: np.ndarray) -> Array:
@@ -382,6 +402,64 @@ def filter_tokens(arr: Array, mask: Any) -> Array:
     out_host = np.zeros(arr.num_sequences + 1, dtype=np.int64)
     np.cumsum(counts, out=out_host[1:])
     return _rows(arr, idx, out_host)
+
+
+# ---- the same selections from device offsets alone (what torch.compile traces) ----------------------
+def take_ranges(arr: Array, starts: Any, lengths: Any) -> Array:
+    """Rows starts[j] .. starts[j] + lengths[j] - 1 of arr's values as sequence j of a new Array
+    (int64 on the values' device, lengths >= 0): token and sequence selection without host offsets.
+    The result's size is data-dependent (Backend.rows_of_ranges: symbolic under torch.compile)."""
+    ns = _backends.of(arr.values)
+    rows = ns.rows_of_ranges(starts, lengths)
+    offsets = ns.concat([ns.zeros((1,), "int64", like=lengths), ns.cumsum(lengths)])
+    return Array._trusted(arr.values[rows], offsets)
+
+
+def _bounded(ns: ModuleType, lens: Any, b: int, total: int) -> Any:
+    """A slice bound per sequence, as a Python list takes it: min(b, length) for b >= 0,
+    max(length + b, 0) for b < 0 (b first brought within the token count, so no int64 overflow)."""
+    if b < 0:
+        return ns.maximum(lens + max(b, -total), lens * 0)
+    b = min(b, total)
+    return ns.where(lens < b, lens, lens * 0 + b)
+
+
+def slice_tokens_on_device(arr: Array, start: int | None, stop: int | None) -> Array:
+    """slice_tokens computed from the device offsets (no host copy)."""
+    ns = _backends.of(arr.values)
+    off = _device_offsets(arr)
+    lens = off[1:] - off[:-1]
+    lo = lens * 0 if start is None else _bounded(ns, lens, start, arr.total)
+    hi = lens if stop is None else _bounded(ns, lens, stop, arr.total)
+    hi = ns.maximum(hi, lo)
+    return take_ranges(arr, off[:-1] + lo, hi - lo)
+
+
+def truncate_on_device(arr: Array, max_length: int, side: str = "right") -> Array:
+    """truncate computed from the device offsets (no host copy)."""
+    if side not in ("right", "left"):
+        raise ArgumentError(f"side must be 'right' or 'left', got {side!r}")
+    ns = _backends.of(arr.values)
+    off = _device_offsets(arr)
+    keep = _bounded(ns, off[1:] - off[:-1], max_length, arr.total)
+    return take_ranges(arr, off[1:] - keep if side == "left" else off[:-1], keep)
+
+
+def gather_on_device(arr: Array, index: Any) -> Array:
+    """The sequences `index` (int64 on the values' device, already in [0, n)) as a new Array."""
+    off = _device_offsets(arr)
+    starts = off[index]
+    return take_ranges(arr, starts, off[index + 1] - starts)
+
+
+def filter_tokens_on_device(arr: Array, mask: Any) -> Array:
+    """filter_tokens with the mask and offsets left on the device (the mask must already be a
+    boolean array of shape (total,) of the values' backend)."""
+    ns = _backends.of(arr.values)
+    off = _device_offsets(arr)
+    counts = ns.segment_reduce(ns.astype(mask, "int64"), segment_ids(arr), arr.num_sequences, "sum", off)
+    offsets = ns.concat([ns.zeros((1,), "int64", like=off), ns.cumsum(counts)])
+    return Array._trusted(arr.values[ns.true_rows(mask)], offsets)
 
 
 def cat(arrays: Sequence[Array]) -> Array:
