@@ -29,7 +29,7 @@ log="$out/wheel_check.log"
     > "$site/_frameworks.pth"
   # The tests, copied out of the checkout (pytest would otherwise put its parent on sys.path).
   cp -r "$repo/tests/python" "$work/tests"
-  sys_cc=$(command -v cc || command -v gcc || echo /usr/bin/cc)
+  orig_path=$PATH orig_cc=${CC:-} orig_cxx=${CXX:-}
   # A PATH with the venv and the system's basic tools only, with no compiler on it.
   nocc=$(mktemp -d)
   for tool in "$PY" git uname env sh bash nvidia-smi; do
@@ -55,11 +55,13 @@ EOF
   XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -q -p no:cacheprovider -m cuda "${tests[@]}" \
     -k "not torch_compile" ${PYTEST_ARGS:-} || exit 1
   # torch.compile's own code generator (inductor, through Triton) compiles C launchers with the host
-  # C compiler, so the compiled tests run with the machine's cc on PATH again, nvcc still hidden:
-  # the wheel itself needs neither.
-  export PATH="$env_dir/bin:$nocc:$(dirname "$(command -v "$sys_cc")")"
-  unset CC CXX
-  echo "torch.compile tests, with $sys_cc back on PATH (inductor's requirement, not scree's); nvcc: $(command -v nvcc || echo none)"
+  # C compiler, so the compiled tests run in the machine's own environment again (the wheel still
+  # the scree they import): a requirement of inductor's, not of the wheel's.
+  export PATH="$env_dir/bin:$orig_path"
+  if [ -n "$orig_cc" ]; then export CC=$orig_cc; else unset CC; fi
+  if [ -n "$orig_cxx" ]; then export CXX=$orig_cxx; else unset CXX; fi
+  unset CUDACXX
+  echo "torch.compile tests, in the machine's environment (inductor needs its C compiler; CC=${CC:-unset})"
   XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -q -p no:cacheprovider -m cuda "${tests[@]}" \
     -k "torch_compile" ${PYTEST_ARGS:-}
 ) > "$log" 2>&1

@@ -54,8 +54,21 @@ def get(name: str) -> ModuleType:
     return mod
 
 
+# Backend by array type, once a type has been seen: `of` runs several times per scree call (each
+# Array built, each argument checked), and the module-name test below cost ~4 us a call on an H200
+# host (benchmarks/NOTES.md).
+_BY_TYPE: dict[type, ModuleType] = {}
+
+
 def of(x: Any) -> ModuleType:
     """The backend namespace owning native array `x`; BackendError for anything else."""
+    be = _BY_TYPE.get(type(x))
+    if be is None:
+        be = _BY_TYPE[type(x)] = _of_type(x)
+    return be
+
+
+def _of_type(x: Any) -> ModuleType:
     mod = type(x).__module__.split(".", 1)[0]
     if mod == "numpy":
         return get("numpy")
