@@ -21,6 +21,14 @@ def validate_offsets(offsets: Annotated[NDArray, dict(writable=False)], total: i
     Returns (num_sequences, total, max_length); raises scree.RaggedError naming the first bad index.
     """
 
+def validate_paged(page_table: Annotated[NDArray, dict(writable=False)], kv_lens: Annotated[NDArray, dict(writable=False)], num_pages: int, page_size: int) -> tuple[int, int]:
+    """
+    Check a paged KV cache's host page_table (n, width) and kv_lens (n,) (int32/int64) against
+    num_pages pages of page_size tokens. Returns (max_kv_len, max_pages); raises
+    scree.RaggedError naming the first sequence whose length is negative or past its row,
+    or whose page id is outside the cache.
+    """
+
 def offsets_from_lengths(lengths: Annotated[NDArray, dict(writable=False)], out: NDArray) -> int:
     """
     Write offsets (int64, n+1) from host lengths into `out`; returns max_length.

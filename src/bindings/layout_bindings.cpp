@@ -19,6 +19,7 @@
 #include "ndarray_checks.h"
 #include "scree/dtypes.h"
 #include "scree/layout.h"
+#include "scree/paged.h"
 #include "scree/ops/pack.h"
 #include "scree/ops/reduce.h"
 #include "scree/ops/segments.h"
@@ -46,6 +47,36 @@ std::tuple<int64_t, int64_t, int64_t> validate_offsets(const InArray& offsets, i
           ? scree::RaggedLayout::from_offsets(static_cast<const int32_t*>(offsets.data()), count, stride, total)
           : scree::RaggedLayout::from_offsets(static_cast<const int64_t*>(offsets.data()), count, stride, total);
   return {layout.num_sequences, layout.total, layout.max_length};
+}
+
+// The bookkeeping of a paged KV cache: (max_kv_len, max_pages), or RaggedError naming the sequence.
+std::tuple<int64_t, int64_t> validate_paged(const InArray& page_table, const InArray& kv_lens, int64_t num_pages,
+                                            int64_t page_size) {
+  require_cpu(page_table, "page_table");
+  require_ndim(page_table, 2, "page_table");
+  require_dtype_index(page_table, "page_table");
+  require_cpu(kv_lens, "kv_lens");
+  require_ndim(kv_lens, 1, "kv_lens");
+  require_dtype_index(kv_lens, "kv_lens");
+  const int64_t n = static_cast<int64_t>(page_table.shape(0)), width = static_cast<int64_t>(page_table.shape(1));
+  scree::require(static_cast<int64_t>(kv_lens.shape(0)) == n, ErrorKind::ShapeMismatch, [&] {
+    return "kv_lens has " + std::to_string(kv_lens.shape(0)) + " entries but page_table has " + std::to_string(n) +
+           " rows (one per sequence)";
+  });
+  const int64_t rs = page_table.stride(0), cs = page_table.stride(1), ls = n > 0 ? kv_lens.stride(0) : 1;
+  const bool t32 = is(page_table.dtype(), dl::dtype_code::Int, 32), l32 = is(kv_lens.dtype(), dl::dtype_code::Int, 32);
+  const void* t = page_table.data();
+  const void* l = kv_lens.data();
+  scree::PagedLayout out =
+      t32 ? (l32 ? scree::PagedLayout::from_tables(static_cast<const int32_t*>(t), n, width, rs, cs,
+                                            static_cast<const int32_t*>(l), ls, num_pages, page_size)
+                 : scree::PagedLayout::from_tables(static_cast<const int32_t*>(t), n, width, rs, cs,
+                                            static_cast<const int64_t*>(l), ls, num_pages, page_size))
+          : (l32 ? scree::PagedLayout::from_tables(static_cast<const int64_t*>(t), n, width, rs, cs,
+                                            static_cast<const int32_t*>(l), ls, num_pages, page_size)
+                 : scree::PagedLayout::from_tables(static_cast<const int64_t*>(t), n, width, rs, cs,
+                                            static_cast<const int64_t*>(l), ls, num_pages, page_size));
+  return {out.max_kv_len, out.max_pages};
 }
 
 int64_t offsets_from_lengths(const InArray& lengths, OutArray out) {
@@ -431,6 +462,12 @@ void register_layout(nb::module_& m) {
   m.def("validate_offsets", &validate_offsets, nb::arg("offsets"), nb::arg("total"),
         "Check the ragged invariants of 1-D int32/int64 host `offsets` against `total` rows.\n"
         "Returns (num_sequences, total, max_length); raises scree.RaggedError naming the first bad index.");
+  m.def("validate_paged", &validate_paged, nb::arg("page_table"), nb::arg("kv_lens"), nb::arg("num_pages"),
+        nb::arg("page_size"),
+        "Check a paged KV cache's host page_table (n, width) and kv_lens (n,) (int32/int64) against\n"
+        "num_pages pages of page_size tokens. Returns (max_kv_len, max_pages); raises\n"
+        "scree.RaggedError naming the first sequence whose length is negative or past its row,\n"
+        "or whose page id is outside the cache.");
   m.def("offsets_from_lengths", &offsets_from_lengths, nb::arg("lengths"), nb::arg("out"),
         "Write offsets (int64, n+1) from host lengths into `out`; returns max_length.");
   m.def("pack", &pack, nb::arg("sources"), nb::arg("offsets"), nb::arg("out"),
