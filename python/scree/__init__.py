@@ -12,11 +12,14 @@ needs ``arr.to("jax")`` first (which registers it too).
 
 Layers, each importing only those below it: _backends (array primitives) < _layout < _array, _elementwise <
 kernels (reference, layout dispatch, attention plan and calls) < _connect (framework glue) <
-_construct, _combine, _attention (the public functions) < bridges, nn, integrations.
+_construct, _combine, _attention, _paged_attention (the public functions) < bridges, nn, integrations.
+_paged (the paged KV cache type) sits beside _array.
 """
 
 from scree._array import Array
 from scree._attention import varlen_attention, varlen_attention_backward
+from scree._paged import PagedKV
+from scree._paged_attention import paged_attention
 from scree._construct import from_cu_seqlens, from_lengths, from_offsets, from_padded, pack, unpack
 from scree._combine import cat, concat_sequences
 from scree._errors import (
@@ -51,5 +54,6 @@ __all__ = [
     "cat",
     "concat_sequences",
     "ScreeError", "RaggedError", "ShapeError", "DTypeError", "UnsupportedError", "ArgumentError",
-    "BackendError", "DeviceError", "OutOfMemoryError", "varlen_attention", "varlen_attention_backward", "__version__",
+    "BackendError", "DeviceError", "OutOfMemoryError", "varlen_attention", "varlen_attention_backward",
+    "PagedKV", "paged_attention", "__version__",
 ]

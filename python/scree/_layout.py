@@ -32,7 +32,7 @@ from scree import _C
 from scree._backends.protocol import Readback
 from scree._errors import ArgumentError, DTypeError, RaggedError, ShapeError
 
-__all__ = ["Layout", "host_index", "host_lengths", "offsets_from_lengths", "poll"]
+__all__ = ["Layout", "host_index", "host_lengths", "offsets_from_lengths", "poll", "defer_check"]
 
 
 def host_index(ns: ModuleType, x: Any) -> np.ndarray:
@@ -257,7 +257,15 @@ class DeviceCheck:
                 layout.plans.clear()  # plans sized from the token count can now use the exact max
 
 
-_PENDING: list[DeviceCheck] = []
+# Checks in flight: anything with `ns`, `readback` (None once settled or cancelled) and
+# `verdict(summary)`: the device checks of offsets, and of paged KV tables (scree._paged).
+_PENDING: list[Any] = []
+
+
+def defer_check(check: Any) -> None:
+    """Settle `check` at a later poll, once its readback has landed (never waits)."""
+    if check.readback is not None:
+        _PENDING.append(check)
 
 
 def poll() -> None:

@@ -23,7 +23,7 @@ __all__ = [
     "pack", "pack_on_device", "offsets_on_device", "gather", "segment_ids", "positions", "to_padded", "from_padded", "reduce",
     "concat_sequences", "elementwise", "expand", "softmax", "cumsum", "REDUCTIONS", "token_range", "slice_tokens",
     "truncate", "filter_tokens", "take_ranges", "slice_tokens_on_device", "truncate_on_device", "gather_on_device",
-    "filter_tokens_on_device", "cat", "varlen_attention",
+    "filter_tokens_on_device", "paged_tokens", "paged_attention", "cat", "varlen_attention",
 ]
 
 
@@ -460,6 +460,32 @@ def filter_tokens_on_device(arr: Array, mask: Any) -> Array:
     counts = ns.segment_reduce(ns.astype(mask, "int64"), segment_ids(arr), arr.num_sequences, "sum", off)
     offsets = ns.concat([ns.zeros((1,), "int64", like=off), ns.cumsum(counts)])
     return Array._trusted(arr.values[ns.true_rows(mask)], offsets)
+
+
+# ---- a paged KV cache ------------------------------------------------------------------------------
+def paged_tokens(kv: Any, which: str) -> list[Any]:
+    """Sequence i's cached keys (which="k") or values, token by token out of its pages: token t is
+    position t % page_size of page page_table[i][t // page_size]."""
+    ns = _backends.of(kv.page_table)
+    table, lens = ns.to_numpy(kv.page_table), ns.to_numpy(kv.kv_lens)
+    pages = kv.k_pages if which == "k" else kv.v_pages
+    size = kv.page_size
+    seqs = []
+    for i in range(len(lens)):
+        rows = [pages[int(table[i][t // size]), t % size] if kv.layout == "NHD" else
+                pages[int(table[i][t // size]), :, t % size] for t in range(int(lens[i]))]
+        seqs.append(ns.stack(rows) if rows else ns.reshape(pages[:0], (0, kv.heads, kv.head_dim)))
+    return seqs
+
+
+def paged_attention(q: Array, kv: Any, causal: bool = False, scale: float | None = None, window: Any = None,
+                    softcap: float | None = None, return_lse: bool = False, upcast: bool = True) -> Any:
+    """Attention of q's sequence i over the first kv_lens[i] tokens of sequence i of the paged
+    cache `kv` (a scree.PagedKV), bottom-right aligned, with varlen_attention's options."""
+    k = pack(paged_tokens(kv, "k"))
+    v = k.with_values(pack(paged_tokens(kv, "v")).values)
+    return varlen_attention(q, k, v, causal=causal, scale=scale, window=window, softcap=softcap,
+                            return_lse=return_lse, upcast=upcast)
 
 
 def cat(arrays: Sequence[Array]) -> Array:

@@ -1,0 +1,174 @@
+"""scree.PagedKV and scree.paged_attention (issue 17): attention over a paged KV cache against the
+fp64 reference (kernels.reference.paged_attention, which reads the pages token by token) with
+FlashAttention's tolerance rule, on fresh random inputs: page sizes 1, 16 and 64, sequences ending
+exactly on a page boundary, empty sequences, pages in random order with padding entries holding
+garbage, NHD and HND layouts, decode (one query), chunked prefill and both in one batch, GQA,
+causal, windows, softcap; the table checks (typed errors naming the sequence; on a device, the
+deferred verdict); KV append by slot mapping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import scree
+from cases import native
+from scree._paged import _PagedCheck
+from scree.kernels import reference as R
+
+BACKENDS = ["numpy", "torch"]
+
+
+def make_cache(rng, lens, page_size, hk, d, layout="NHD", dtype=np.float32, spare=3):
+    """(k_pages, v_pages, page_table, kv_lens) as NumPy: pages shuffled, padding entries garbage."""
+    need = [-(-n // page_size) for n in lens]
+    num_pages = sum(need) + spare
+    order = rng.permutation(num_pages)
+    width = max(need, default=0) + 1
+    table = rng.integers(-5, 10 * num_pages, size=(len(lens), width))  # garbage past the used pages
+    at = 0
+    for i, k in enumerate(need):
+        table[i, :k] = order[at:at + k]
+        at += k
+    shape = (num_pages, page_size, hk, d) if layout == "NHD" else (num_pages, hk, page_size, d)
+    kp = (rng.standard_normal(shape) + 0.1).astype(dtype)
+    vp = (rng.standard_normal(shape) + 0.1).astype(dtype)
+    return kp, vp, table.astype(np.int32), np.asarray(lens, dtype=np.int32)
+
+
+def on(backend, *xs):
+    return tuple(native(backend, x) for x in xs)
+
+
+def f64(x):
+    return np.asarray(x.detach().double().numpy() if hasattr(x, "detach") else x, dtype=np.float64)
+
+
+def assert_fa_close(got, ref64, low, extra=1e-5):
+    err = np.abs(f64(got) - f64(ref64)).max(initial=0.0)
+    base = np.abs(f64(low) - f64(ref64)).max(initial=0.0)
+    assert err <= 2 * base + extra, f"error {err:.3g} vs the reference in the input dtype {base:.3g}"
+
+
+CASES = {  # (kv lengths, query lengths): decode, chunked prefill, mixed, empty, page boundaries
+    "decode": ([37, 64, 1, 130, 16], [1, 1, 1, 1, 1]),
+    "prefill_chunks": ([37, 64, 130, 16], [37, 20, 7, 16]),
+    "mixed": ([0, 64, 200, 3, 48], [0, 1, 33, 3, 1]),
+}
+OPTIONS = {"plain": {}, "causal": {"causal": True}, "window": {"causal": True, "window": (24, None)},
+           "softcap": {"softcap": 5.0, "scale": 0.2}}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("page_size", [1, 16, 64])
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+@pytest.mark.parametrize("opts", list(OPTIONS.values()), ids=list(OPTIONS))
+def test_paged_attention_matches_fp64_reference(backend, layout, page_size, case, opts):
+    if backend == "torch":
+        pytest.importorskip("torch")
+    rng = np.random.default_rng()
+    kv_lens, q_lens = CASES[case]
+    hq, hk, d = 4, 2, 16
+    kp, vp, table, lens = make_cache(rng, kv_lens, page_size, hk, d, layout)
+    kv = scree.PagedKV(*on(backend, kp, vp, table, lens), layout=layout)
+    qv = (rng.standard_normal((sum(q_lens), hq, d)) + 0.1).astype(np.float32)
+    q = scree.from_lengths(native(backend, qv), q_lens)
+    got = scree.paged_attention(q, kv, **opts, return_lse=True)
+    kv64 = scree.PagedKV(kp.astype(np.float64), vp.astype(np.float64), table, lens, layout=layout)
+    ref64 = R.paged_attention(scree.from_lengths(qv.astype(np.float64), q_lens), kv64, **opts, return_lse=True)
+    low = R.paged_attention(scree.from_lengths(qv, q_lens), scree.PagedKV(kp, vp, table, lens, layout=layout),
+                            **opts, return_lse=True, upcast=False)
+    assert got[0].offsets is q.offsets
+    assert_fa_close(got[0].values, ref64[0].values, low[0].values)
+    finite = np.isfinite(f64(ref64[1]))
+    assert np.array_equal(finite, np.isfinite(f64(got[1])))
+    assert_fa_close(f64(got[1])[finite], f64(ref64[1])[finite], f64(low[1])[finite], extra=1e-4)
+
+
+def test_paged_attention_equals_varlen_attention_on_the_same_tokens():
+    """A cache whose pages hold exactly a packed K/V gives what varlen_attention gives on them."""
+    rng = np.random.default_rng()
+    lens, page = [16, 48, 32], 16
+    k = (rng.standard_normal((96, 2, 8)) + 0.1).astype(np.float32)
+    v = (rng.standard_normal((96, 2, 8)) + 0.1).astype(np.float32)
+    kv = scree.PagedKV(k.reshape(6, page, 2, 8), v.reshape(6, page, 2, 8), np.array([[0, 0, 0], [1, 2, 3], [4, 5, 0]]),
+                       np.array(lens))
+    q = scree.from_lengths((rng.standard_normal((9, 4, 8)) + 0.1).astype(np.float32), [1, 5, 3])
+    K = scree.from_lengths(k, lens)
+    want = scree.varlen_attention(q, K, K.with_values(v), causal=True).values
+    np.testing.assert_array_equal(scree.paged_attention(q, kv, causal=True).values, want)
+
+
+# ---- the table checks -------------------------------------------------------------------------------
+def _cache(rng, lens=(20, 7), page=16):
+    return make_cache(rng, list(lens), page, 2, 8, spare=0)
+
+
+def test_bad_tables_raise_naming_the_sequence():
+    rng = np.random.default_rng(0)
+    kp, vp, table, lens = _cache(rng)
+    bad = table.copy()
+    bad[1, 0] = 99
+    with pytest.raises(scree.RaggedError, match="sequence 1: page 0 is page id 99"):
+        scree.PagedKV(kp, vp, bad, lens)
+    with pytest.raises(scree.RaggedError, match="sequence 0 holds 60 tokens, 4 pages"):
+        scree.PagedKV(kp, vp, table, np.array([60, 7], np.int32))
+    with pytest.raises(scree.RaggedError, match=r"kv_lens\[1\] = -2"):
+        scree.PagedKV(kp, vp, table, np.array([20, -2], np.int32))
+    with pytest.raises(scree.ShapeError, match="one per sequence"):
+        scree.PagedKV(kp, vp, table, lens[:1])
+    with pytest.raises(scree.ShapeError, match="num_pages, page_size, heads, head_dim"):
+        scree.PagedKV(kp[0], vp, table, lens)
+    with pytest.raises(scree.DTypeError, match="int32 or int64"):
+        scree.PagedKV(kp, vp, table.astype(np.float32), lens)
+    with pytest.raises(scree.ArgumentError, match="layout"):
+        scree.PagedKV(kp, vp, table, lens, layout="NDH")
+    with pytest.raises(scree.ShapeError, match="q has 1 sequences"):
+        scree.paged_attention(scree.from_lengths(np.ones((1, 2, 8), np.float32), [1]), scree.PagedKV(kp, vp, table, lens))
+    scree.PagedKV(kp, vp, bad, lens, validate=False)  # trusted: no check
+
+
+def test_device_verdict_raises_with_the_sequence_named():
+    """The deferred check (used for device tables) run on host arrays: its summary and verdict."""
+    rng = np.random.default_rng(1)
+    kp, vp, table, lens = _cache(rng)
+    good = scree.PagedKV(kp, vp, table, lens, validate=False)
+    check = _PagedCheck(good)
+    check.verdict(check.readback.value())
+    assert good.max_kv_len == 20
+    bad_table = table.copy()
+    bad_table[0, 1] = -1
+    bad = scree.PagedKV(kp, vp, bad_table, lens, validate=False)
+    check = _PagedCheck(bad)
+    assert int(check.readback.value()[0]) == 1
+    with pytest.raises(scree.RaggedError, match="sequence 0: page 1 is page id -1"):
+        check.verdict(check.readback.value())
+
+
+# ---- append ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+def test_append_writes_slots_and_skips_padding(backend, layout):
+    pytest.importorskip(backend if backend != "numpy" else "numpy")
+    rng = np.random.default_rng()
+    kp, vp, table, lens = make_cache(rng, [5, 17], 4, 2, 8, layout)
+    kv = scree.PagedKV(*on(backend, kp, vp, table, lens), layout=layout)
+    knew = rng.standard_normal((3, 2, 8)).astype(np.float32)
+    vnew = rng.standard_normal((3, 2, 8)).astype(np.float32)
+    slots = np.array([int(table[0, 1]) * 4 + 1, -1, int(table[1, 4]) * 4], np.int64)  # token 5 of seq 0, pad, 16 of 1
+    out = kv.append(*on(backend, knew, vnew, slots))
+    if backend in ("numpy", "torch"):
+        assert out is kv
+    got_k = np.asarray(out.k_pages)
+    want = kp.copy()
+    for row, s in ((0, slots[0]), (2, slots[2])):
+        if layout == "NHD":
+            want[s // 4, s % 4] = knew[row]
+        else:
+            want[s // 4, :, s % 4] = knew[row]
+    np.testing.assert_array_equal(got_k, want)
+    with pytest.raises(scree.ArgumentError, match="past the cache's"):
+        kv.append(*on(backend, knew[:1], vnew[:1], np.array([kp.shape[0] * 4], np.int64)))
+    with pytest.raises(scree.ShapeError, match="len\\(slot_mapping\\)"):
+        kv.append(*on(backend, knew[:2], vnew[:2], slots))
