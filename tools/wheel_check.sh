@@ -51,7 +51,8 @@ assert "/site-packages/" in scree.__file__, "scree was not imported from the ins
 print("cuda compiled:", C.cuda_compiled(), "head dims:", C.cuda_head_dims(), "devices:", C.cuda_device_count())
 assert C.cuda_compiled() and C.cuda_device_count() > 0, "the wheel's CUDA kernels do not see the GPU"
 EOF
-  tests=("$work/tests/test_attention_cuda.py" "$work/tests/test_cuda_layout.py" "$work/tests/test_no_sync.py")
+  tests=("$work/tests/test_attention_cuda.py" "$work/tests/test_cuda_layout.py" "$work/tests/test_no_sync.py"
+         "$work/tests/test_paged.py")
   XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -q -p no:cacheprovider -m cuda "${tests[@]}" \
     -k "not torch_compile" ${PYTEST_ARGS:-} || exit 1
   # torch.compile's own code generator (inductor, through Triton) compiles C launchers with the host

@@ -172,3 +172,52 @@ def test_append_writes_slots_and_skips_padding(backend, layout):
         kv.append(*on(backend, knew[:1], vnew[:1], np.array([kp.shape[0] * 4], np.int64)))
     with pytest.raises(scree.ShapeError, match="len\\(slot_mapping\\)"):
         kv.append(*on(backend, knew[:2], vnew[:2], slots))
+
+
+# ---- CUDA: the varlen kernels on the gathered tokens, the device check of the tables ----------------
+def _cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to torch")
+    return torch
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_paged_attention_cuda_bf16(d, case):
+    torch = _cuda()
+    rng = np.random.default_rng()
+    kv_lens, q_lens = CASES[case]
+    kp, vp, table, lens = make_cache(rng, kv_lens, 16, 2, d)
+    dev = lambda x: torch.from_numpy(x).cuda()  # noqa: E731
+    kv = scree.PagedKV(dev(kp).bfloat16(), dev(vp).bfloat16(), dev(table), dev(lens))
+    qv = (rng.standard_normal((sum(q_lens), 8, d)) + 0.1).astype(np.float32)
+    q = scree.from_lengths(dev(qv).bfloat16(), q_lens)
+    got = scree.paged_attention(q, kv, causal=True).values
+    # the fp64 reference on the same (bf16-rounded) inputs, and the reference in bf16 for the FA rule
+    kp16, vp16, q16 = (torch.from_numpy(x).bfloat16() for x in (kp, vp, qv))
+    kv64 = scree.PagedKV(kp16.double().numpy(), vp16.double().numpy(), table, lens)
+    ref64 = R.paged_attention(scree.from_lengths(q16.double().numpy(), q_lens), kv64, causal=True).values
+    kvlow = scree.PagedKV(kp16, vp16, torch.from_numpy(table), torch.from_numpy(lens))
+    low = R.paged_attention(scree.from_lengths(q16, q_lens), kvlow, causal=True, upcast=False).values
+    assert_fa_close(got.float().cpu(), ref64, low.float(), extra=4e-3)
+
+
+@pytest.mark.cuda
+def test_bad_device_tables_raise_at_the_next_call_without_a_sync():
+    torch = _cuda()
+    rng = np.random.default_rng(2)
+    kp, vp, table, lens = _cache(rng)
+    table[1, 0] = 999
+    parts = [torch.from_numpy(x).cuda() for x in (kp, vp, table, lens)]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        kv = scree.PagedKV(*parts)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    with pytest.raises(scree.RaggedError, match="sequence 1: page 0 is page id 999"):
+        scree.from_lengths(torch.zeros(3, 1, device="cuda"), [3])  # any later scree call polls
+    assert kv.max_kv_len is None
