@@ -29,10 +29,12 @@ LAYOUTS = ("NHD", "HND")
 class PagedKV:
     """A paged KV cache and the pages each sequence uses (module doc). `validate=False` trusts
     the tables (the gathers that read them index within the cache: a framework IndexError or
-    device assert for a bad one, never a read outside it)."""
+    device assert for a bad one, never a read outside it). The tables are read when the PagedKV is
+    built and at its first attention call, and what derives from them is kept: build one per step,
+    as the engines rebuild their metadata (writing new tokens with `append` keeps it valid)."""
 
     __slots__ = ("k_pages", "v_pages", "page_table", "kv_lens", "layout", "max_kv_len", "_ns", "_host_lens",
-                 "__weakref__")
+                 "_rows", "__weakref__")
 
     def __init__(self, k_pages: Any, v_pages: Any, page_table: Any, kv_lens: Any, layout: str = "NHD",
                  validate: bool = True):
@@ -61,6 +63,7 @@ class PagedKV:
         self.layout = layout
         self._ns = ns
         self._host_lens: np.ndarray | None = None
+        self._rows: tuple[Any, np.ndarray] | None = None
         self.max_kv_len: int | None = None  # known once the tables were checked (or read) on the host
         if not validate:
             return
@@ -143,25 +146,27 @@ class PagedKV:
         return PagedKV(k_pages, v_pages, self.page_table, self.kv_lens, self.layout, validate=False)._known(self)
 
     def _known(self, other: "PagedKV") -> "PagedKV":
-        self.max_kv_len, self._host_lens = other.max_kv_len, other._host_lens
+        self.max_kv_len, self._host_lens, self._rows = other.max_kv_len, other._host_lens, other._rows
         return self
 
     # ---- reading the cached tokens ---------------------------------------------------------------
     def token_rows(self) -> tuple[Any, np.ndarray]:
         """(rows, offsets): for every cached token of every sequence in order, its row in the pages
-        flattened to (num_pages * page_size, Hk, D) (NHD order), on the tables' device; offsets the
-        host int64 offsets of the sequences' tokens. Reads kv_lens on the host (a sync for device
-        tables, until the paged kernels read the pages in place)."""
-        ns = self._ns
-        lens = self.host_kv_lens()
-        offsets = np.zeros(len(lens) + 1, dtype=np.int64)
-        np.cumsum(lens, out=offsets[1:])
-        seg = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
-        pos = np.arange(int(offsets[-1]), dtype=np.int64) - offsets[seg]
-        like = self.page_table
-        page_col = ns.from_numpy(pos // self.page_size, like=like)
-        pages = ns.astype(self.page_table, "int64")[ns.from_numpy(seg, like=like), page_col]
-        return pages * self.page_size + ns.from_numpy(pos % self.page_size, like=like), offsets
+        flattened to (num_pages * page_size, Hk, D) (NHD order), computed on the tables' device;
+        offsets the host int64 offsets of the sequences' tokens. Reads kv_lens on the host once (a
+        sync for device tables, until the paged kernels read the pages in place); kept with the
+        PagedKV, which every layer of a step shares when it shares the tables."""
+        if self._rows is None:
+            ns = self._ns
+            lens = self.host_kv_lens()
+            offsets = np.zeros(len(lens) + 1, dtype=np.int64)
+            np.cumsum(lens, out=offsets[1:])
+            total, like = int(offsets[-1]), self.page_table
+            seg = ns.repeat(ns.arange(len(lens), "int64", like=like), ns.astype(self.kv_lens, "int64"), total)
+            pos = ns.arange(total, "int64", like=like) - ns.from_numpy(offsets, like=like)[seg]
+            pages = ns.astype(self.page_table, "int64")[seg, pos // self.page_size]
+            self._rows = (pages * self.page_size + pos % self.page_size, offsets)
+        return self._rows
 
     def flat_pages(self, which: str) -> Any:
         """k_pages or v_pages as (num_pages * page_size, Hk, D) rows (a view for NHD, a copy for HND)."""
