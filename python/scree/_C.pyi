@@ -197,6 +197,20 @@ def varlen_bwd(dout: Annotated[NDArray, dict(writable=False)], q: Annotated[NDAr
     args.deterministic makes dq bit-reproducible there (the CPU backward always is).
     """
 
+def paged_decode_plan(q: Annotated[NDArray, dict(writable=False)], k_pages: Annotated[NDArray, dict(writable=False)], v_pages: Annotated[NDArray, dict(writable=False)], page_table: Annotated[NDArray, dict(writable=False)], kv_lens: Annotated[NDArray, dict(writable=False)], max_kv_len: int) -> tuple[int, int]:
+    """
+    (splits, workspace_bytes) of the CUDA paged decode for these arrays and a bound on the longest
+    cached sequence; raises scree.UnsupportedError where the kernel does not serve them.
+    """
+
+def paged_decode(q: Annotated[NDArray, dict(writable=False)], k_pages: Annotated[NDArray, dict(writable=False)], v_pages: Annotated[NDArray, dict(writable=False)], page_table: Annotated[NDArray, dict(writable=False)], kv_lens: Annotated[NDArray, dict(writable=False)], out: NDArray, lse: NDArray | None, scale: float, softcap: float, window_left: int, splits: int, workspace: NDArray | None, stream: int) -> None:
+    """
+    One query per sequence over a paged KV cache on CUDA, into out (n, heads_q, head_dim) and
+    lse (heads_q, n) float32 (optional): pages (num_pages, page_size, heads_k, head_dim), any
+    strides; page_table (n, width) and kv_lens (n,) int32; splits and the workspace from
+    paged_decode_plan; on the given stream.
+    """
+
 def registrations() -> dict:
     """
     XLA FFI handlers (name -> capsule) for jax.ffi.register_ffi_target; empty when built without jax.

@@ -11,7 +11,9 @@ from typing import Any
 from scree._array import Array
 from scree._attention import varlen_attention
 from scree._errors import BackendError, ShapeError
+from scree._layout import poll
 from scree._paged import PagedKV
+from scree.kernels import paged
 
 __all__ = ["paged_attention", "cached_kv"]
 
@@ -23,14 +25,24 @@ def paged_attention(q: Array, kv: PagedKV, causal: bool = False, scale: float | 
     scree.varlen_attention (GQA when Hq is a multiple of the cache's heads, causal bottom-right,
     window, softcap, lse). Returns an Array with q's offsets.
 
-    This version gathers each sequence's cached tokens out of the pages (one copy of the keys and
-    values in use, reading kv_lens on the host: a sync for device tables) and runs the varlen
-    kernels on them; kernels that read the pages in place are the next step (benchmarks/NOTES.md)."""
+    A decode batch (every query sequence one token, its layout knowing so) of torch CUDA half
+    tensors runs the CUDA paged decode, which reads the pages in place (scree.kernels.paged; no
+    sync). Anything else gathers each sequence's cached tokens out of the pages (one copy of the
+    keys and values in use, reading kv_lens on the host: a sync for device tables) and runs the
+    varlen kernels on them (a chunked-prefill kernel over the pages is the next step,
+    benchmarks/NOTES.md)."""
     if not isinstance(q, Array) or not isinstance(kv, PagedKV):
         raise BackendError(f"paged_attention takes a scree.Array q and a scree.PagedKV, got "
                            f"{type(q).__name__} and {type(kv).__name__}")
     if q.num_sequences != kv.num_sequences:
         raise ShapeError(f"q has {q.num_sequences} sequences but the cache has {kv.num_sequences}")
+    if not q._ns.is_tracing():
+        poll()  # device checks (of offsets, of paged tables) that have landed raise here
+    if paged.decode_serves(q, kv):
+        done = paged.decode(q, kv, scale, window, softcap, return_lse)
+        if done is not None:
+            out = Array._over(done[0], q._layout)
+            return (out, done[1]) if return_lse else out
     k, v = cached_kv(kv)
     return varlen_attention(q, k, v, causal=causal, scale=scale, window=window, softcap=softcap,
                             return_lse=return_lse)

@@ -18,6 +18,7 @@ using scree::ErrorKind;
 namespace scree::bindings {
 void register_layout(nb::module_& m);
 void register_attention(nb::module_& m);
+void register_paged(nb::module_& m);
 #ifdef SCREE_WITH_XLA_FFI
 void register_xla(nb::module_& m);
 #endif
@@ -61,6 +62,7 @@ NB_MODULE(_C, m) {
   m.def("cuda_device_count", device_count, "Visible CUDA devices (0 without a driver or in a CPU-only build).");
   scree::bindings::register_layout(m);
   scree::bindings::register_attention(m);
+  scree::bindings::register_paged(m);
 #ifdef SCREE_WITH_XLA_FFI
   scree::bindings::register_xla(m);
 #else

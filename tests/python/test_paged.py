@@ -221,3 +221,44 @@ def test_bad_device_tables_raise_at_the_next_call_without_a_sync():
     with pytest.raises(scree.RaggedError, match="sequence 1: page 0 is page id 999"):
         scree.from_lengths(torch.zeros(3, 1, device="cuda"), [3])  # any later scree call polls
     assert kv.max_kv_len is None
+
+
+DECODE = {  # (kv lengths, heads q, heads k, options)
+    "gqa4_long": ([1, 300, 3000, 16, 0, 47], 8, 2, {}),           # one sequence split many ways, one empty
+    "mha": ([700, 5, 64], 4, 4, {"softcap": 3.0}),
+    "gqa8_window": ([2048, 100, 17], 16, 2, {"window": (50, 0)}),
+    "gqa2_scale": ([33, 1000], 4, 2, {"scale": 0.05}),
+}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("page_size", [1, 16, 64])
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("case", list(DECODE), ids=list(DECODE))
+def test_cuda_decode_kernel_reads_the_pages(case, d, page_size, layout):
+    """The CUDA paged decode (the pages read in place, keys split and merged by lse) against the
+    fp64 reference, out and lse, with FlashAttention's rule."""
+    torch = _cuda()
+    from scree.kernels import paged
+    rng = np.random.default_rng()
+    kv_lens, hq, hk, opts = DECODE[case]
+    kp, vp, table, lens = make_cache(rng, kv_lens, page_size, hk, d, layout)
+    dev = lambda x: torch.from_numpy(x).cuda()  # noqa: E731
+    for dt in (torch.bfloat16, torch.float16):
+        kv = scree.PagedKV(dev(kp).to(dt), dev(vp).to(dt), dev(table), dev(lens), layout=layout)
+        qv = (rng.standard_normal((len(kv_lens), hq, d)) + 0.1).astype(np.float32)
+        q = scree.from_lengths(dev(qv).to(dt), [1] * len(kv_lens))
+        assert paged.decode_serves(q, kv)
+        out, lse = scree.paged_attention(q, kv, **opts, return_lse=True)
+        kp16, vp16, q16 = (torch.from_numpy(x).to(dt) for x in (kp, vp, qv))
+        kv64 = scree.PagedKV(kp16.double().numpy(), vp16.double().numpy(), table, lens, layout=layout)
+        ref64 = R.paged_attention(scree.from_lengths(q16.double().numpy(), [1] * len(kv_lens)), kv64, **opts,
+                                  return_lse=True)
+        kvlow = scree.PagedKV(kp16, vp16, torch.from_numpy(table), torch.from_numpy(lens), layout=layout)
+        low = R.paged_attention(scree.from_lengths(q16, [1] * len(kv_lens)), kvlow, **opts, return_lse=True,
+                                upcast=False)
+        assert_fa_close(out.values.float().cpu(), ref64[0].values, low[0].values.float(), extra=4e-3)
+        finite = np.isfinite(f64(ref64[1]))
+        assert np.array_equal(finite, np.isfinite(f64(lse.cpu())))
+        assert_fa_close(f64(lse.cpu())[finite], f64(ref64[1])[finite], f64(low[1])[finite], extra=1e-3)
