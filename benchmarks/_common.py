@@ -118,6 +118,24 @@ def call_stream(fn: Callable[[], Any], sync: Callable[[], None], calls: int, rep
                 repeats=repeats)
 
 
+def cuda_event_ms(fn: Callable[[], Any], reps: int = 30) -> float:
+    """Median milliseconds of a call between CUDA events on the current stream, the GPU idle before
+    each (no flush); the host time of the call counts where the GPU waits for it."""
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
 def write_results(out: Path, stem: str, payload: dict, plot: Callable[[Any], Any] | None = None) -> None:
     """payload as out/stem.json and, with `plot` (given matplotlib.pyplot, it returns a figure),
     that figure as out/stem.png."""

@@ -16,7 +16,6 @@ a reader of the pages needs, so the gather's extra traffic shows as a lower rate
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
 import numpy as np
@@ -24,23 +23,9 @@ import torch
 
 import scree
 from scree._paged_attention import cached_kv
-from _common import machine_info, write_results
+from _common import cuda_event_ms as gpu_ms, machine_info, write_results
 
 HQ, HK, D, PAGE = 32, 8, 128, 16
-
-
-def gpu_ms(fn, reps: int = 20) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def copy_rate() -> float:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Callable
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,20 +21,8 @@ import torch
 import scree
 from scree import _backends
 
-
-def ms(fn: Callable[[], Any], reps: int = 30) -> float:
-    """Median milliseconds per call, CUDA events around each call, the GPU idle before."""
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return float(np.median(times))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _common
+from _common import cuda_event_ms as ms  # noqa: E402
 
 
 def main() -> None:
