@@ -344,7 +344,6 @@ def token_range(arr: Array, lo: np.ndarray, hi: np.ndarray) -> Array:
     """Tokens [lo[i], hi[i]) of each sequence i (host int64, 0 <= lo <= hi <= length), as a new
     Array: one gather of rows by a host index (differentiable; the host offsets are read, a sync
     for device offsets never copied to the host)."""
-    ns = _backends.of(arr.values)
     h = arr.host_offsets
     lens = (hi - lo).astype(np.int64)
     out_host = np.zeros(len(lens) + 1, dtype=np.int64)
