@@ -97,22 +97,40 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const attention:
   // The loop is uniform across a warp (its lane groups reduce with shuffles of the whole warp):
   // warp w takes kRowsPerWarp * kUnroll consecutive keys a step, lane group r of it kUnroll of those.
   const int64_t step = static_cast<int64_t>(kGroups) * kUnroll;
-  for (int64_t wbase = lo + static_cast<int64_t>(warp) * kRowsPerWarp * kUnroll; wbase < hi; wbase += step) {
-    const int64_t base = wbase + static_cast<int64_t>(lane / kLanes) * kUnroll;
-    uint4 kraw[kUnroll], vraw[kUnroll];
+  const int64_t lane_off = static_cast<int64_t>(lane / kLanes) * kUnroll;
+  // Rows of a step are loaded one step ahead (register double buffering), so their latency hides
+  // behind the previous step's math.
+  // Keys fit int32 (kv_lens are int32): one 32-bit division per step, then the page and the slot
+  // advance row by row (a 64-bit division per row cost more than all the math of the row).
+  const int32_t page_size = static_cast<int32_t>(p.page_size);
+  const int32_t last_page = static_cast<int32_t>(min(p.num_pages, int64_t(INT32_MAX)) - 1);
+  auto load = [&](int64_t base, uint4 (&kr)[kUnroll], uint4 (&vr)[kUnroll]) {
+    const int32_t b32 = static_cast<int32_t>(min(base, int64_t(INT32_MAX)));
+    int32_t col = b32 / page_size, slot = b32 - col * page_size;
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int64_t t = base + u;
-      if (t < hi) {
-        const int64_t page = min(max(static_cast<int64_t>(table[t / p.page_size]), int64_t(0)), p.num_pages - 1);
-        const int64_t at = page * p.page_stride + (t % p.page_size) * p.page_row_stride;
-        kraw[u] = *reinterpret_cast<const uint4*>(kbase + at);
-        vraw[u] = *reinterpret_cast<const uint4*>(vbase + at);
+      if (base + u < hi) {
+        const int64_t page = min(max(table[col], 0), last_page);
+        const int64_t at = page * p.page_stride + static_cast<int64_t>(slot) * p.page_row_stride;
+        kr[u] = *reinterpret_cast<const uint4*>(kbase + at);
+        vr[u] = *reinterpret_cast<const uint4*>(vbase + at);
       } else {
-        kraw[u] = make_uint4(0, 0, 0, 0);
-        vraw[u] = make_uint4(0, 0, 0, 0);
+        kr[u] = make_uint4(0, 0, 0, 0);
+        vr[u] = make_uint4(0, 0, 0, 0);
+      }
+      if (++slot == page_size) {
+        slot = 0;
+        ++col;
       }
     }
+  };
+  const int64_t wstart = lo + static_cast<int64_t>(warp) * kRowsPerWarp * kUnroll;
+  uint4 kraw[kUnroll], vraw[kUnroll];
+  load(wstart + lane_off, kraw, vraw);
+  for (int64_t wbase = wstart; wbase < hi; wbase += step) {
+    const int64_t base = wbase + lane_off;
+    uint4 knext[kUnroll], vnext[kUnroll];
+    load(base + step, knext, vnext);
     float s[kUnroll][G];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -152,6 +170,11 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const attention:
 #pragma unroll
         for (int i = 0; i < 8; ++i) acc[g][i] = fmaf(pu[u], v[i], acc[g][i]);
       }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      kraw[u] = knext[u];
+      vraw[u] = vnext[u];
     }
   }
 
