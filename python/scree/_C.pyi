@@ -160,6 +160,14 @@ def cuda_head_dims() -> list[int]:
     Head dims (D == Dv) the CUDA attention kernels were compiled for, ascending; [] without CUDA.
     """
 
+def paged_fwd_cpu(q: Annotated[NDArray, dict(writable=False)], k_rows: Annotated[NDArray, dict(writable=False)], v_rows: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], page_table: Annotated[NDArray, dict(writable=False)], page_size: int, out: NDArray, lse: NDArray | None, args: AttentionArgs) -> None:
+    """
+    Varlen attention forward on the CPU over a paged KV cache: k_rows / v_rows (num_pages *
+    page_size, Hk, D) the pages as rows, cu_seqlens_k the cached tokens of each sequence,
+    page_table (n, width) int32/int64 (sequence i's key t is row page_table[i][t // page_size] *
+    page_size + t % page_size); q, out, lse and args as varlen_fwd. The table is checked first.
+    """
+
 def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], out: NDArray, lse: NDArray | None, args: AttentionArgs, workspace: NDArray | None = None, q_summary: Annotated[NDArray, dict(writable=False)] | None = None, stream: int = 0) -> None:
     """
     Varlen attention forward into out (Tq, Hq, Dv) and lse (Hq, Tq) float32 (optional; float64

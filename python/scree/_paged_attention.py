@@ -38,6 +38,10 @@ def paged_attention(q: Array, kv: PagedKV, causal: bool = False, scale: float | 
         raise ShapeError(f"q has {q.num_sequences} sequences but the cache has {kv.num_sequences}")
     if not q._ns.is_tracing():
         poll()  # device checks (of offsets, of paged tables) that have landed raise here
+    if paged.cpu_serves(q, kv):
+        out_values, lse = paged.forward_cpu(q, kv, causal, scale, window, softcap, return_lse)
+        out = Array._over(out_values, q._layout)
+        return (out, lse) if return_lse else out
     if paged.decode_serves(q, kv):
         done = paged.decode(q, kv, scale, window, softcap, return_lse)
         if done is not None:

@@ -185,6 +185,42 @@ void varlen_fwd(const InArray& q_, const InArray& k_, const InArray& v_, const I
   attention::varlen_fwd_cpu(p);  // validates p, the host offsets included, once
 }
 
+// The forward over paged keys and values on the CPU (decode and chunked prefill alike): q, out,
+// lse and args as varlen_fwd; k_rows / v_rows the cache's pages as rows (num_pages * page_size,
+// Hk, D); cu_seqlens_k the cached tokens of each sequence (host); page_table (n, width) host
+// int32/int64. The table is checked against the lengths (PagedLayout) before anything is read.
+void paged_fwd_cpu(const InArray& q_, const InArray& k_, const InArray& v_, const InArray& cu_q_, const InArray& cu_k_,
+                   const InArray& page_table, int64_t page_size, OutArray out_, std::optional<OutArray> lse_,
+                   const AttentionArgs& args) {
+  const ArrayArg q = arg(q_, "q");
+  require(q.device_type == kCpuDevice, ErrorKind::Unsupported,
+          [] { return std::string("paged_fwd_cpu runs on host arrays (CUDA: paged_decode)"); });
+  VarlenParams p;
+  fill_inputs(p, q, arg(k_, "k_rows"), arg(v_, "v_rows"), arg(cu_q_, "cu_seqlens_q"), arg(cu_k_, "cu_seqlens_k"), args);
+  ArrayArg lse;
+  if (lse_) lse = arg(*lse_, "lse");
+  fill_forward_outputs(p, q, arg(out_, "out"), lse_ ? &lse : nullptr);
+  require_cpu(page_table, "page_table");
+  require_ndim(page_table, 2, "page_table");
+  require_dtype_index(page_table, "page_table");
+  require(static_cast<int64_t>(page_table.shape(0)) == p.num_sequences, ErrorKind::ShapeMismatch, [&] {
+    return "page_table has " + std::to_string(page_table.shape(0)) + " rows for " + std::to_string(p.num_sequences) +
+           " sequences";
+  });
+  require(page_table.shape(1) == 0 || page_table.stride(1) == 1, ErrorKind::InvalidArgument,
+          [] { return std::string("page_table rows must be contiguous"); });
+  require(p.num_sequences >= 0, ErrorKind::ShapeMismatch, [] { return std::string("cu_seqlens_k is empty"); });
+  p.kv_rows = p.total_k;
+  p.total_k = p.cu_seqlens_k[p.num_sequences];  // (host offsets: validate() checks them against it)
+  p.page_table = page_table.data();
+  p.page_table_int64 = is(page_table.dtype(), dl::dtype_code::Int, 64);
+  p.page_table_width = static_cast<int64_t>(page_table.shape(1));
+  p.page_table_stride = page_table.shape(1) > 0 ? page_table.stride(0) : 0;
+  p.page_size = page_size;
+  nb::gil_scoped_release release;
+  attention::varlen_fwd_cpu(p);
+}
+
 // The CUDA forward's workspace size (the same for every call); 0 without CUDA.
 size_t cuda_fwd_workspace_bytes() {
 #ifdef SCREE_WITH_CUDA
@@ -327,6 +363,13 @@ void register_attention(nb::module_& m) {
   m.def("cpu_isa", &attention::cpu_isa, "Instruction-set variant of the CPU attention kernels in use.");
   m.def("cuda_head_dims", &cuda_head_dims,
         "Head dims (D == Dv) the CUDA attention kernels were compiled for, ascending; [] without CUDA.");
+  m.def("paged_fwd_cpu", &paged_fwd_cpu, nb::arg("q"), nb::arg("k_rows"), nb::arg("v_rows"), nb::arg("cu_seqlens_q"),
+        nb::arg("cu_seqlens_k"), nb::arg("page_table"), nb::arg("page_size"), nb::arg("out"), nb::arg("lse").none(),
+        nb::arg("args"),
+        "Varlen attention forward on the CPU over a paged KV cache: k_rows / v_rows (num_pages *\n"
+        "page_size, Hk, D) the pages as rows, cu_seqlens_k the cached tokens of each sequence,\n"
+        "page_table (n, width) int32/int64 (sequence i's key t is row page_table[i][t // page_size] *\n"
+        "page_size + t % page_size); q, out, lse and args as varlen_fwd. The table is checked first.");
   m.def("varlen_fwd", &varlen_fwd, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("cu_seqlens_q"),
         nb::arg("cu_seqlens_k"), nb::arg("out"), nb::arg("lse").none(), nb::arg("args"),
         nb::arg("workspace").none() = nb::none(), nb::arg("q_summary").none() = nb::none(), nb::arg("stream") = 0,

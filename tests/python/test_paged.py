@@ -262,3 +262,23 @@ def test_cuda_decode_kernel_reads_the_pages(case, d, page_size, layout):
         finite = np.isfinite(f64(ref64[1]))
         assert np.array_equal(finite, np.isfinite(f64(lse.cpu())))
         assert_fa_close(f64(lse.cpu())[finite], f64(ref64[1])[finite], f64(low[1])[finite], extra=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cpu_kernel_reads_the_pages_and_checks_an_unvalidated_table(backend):
+    """Host arrays take the CPU kernel over the pages (scree._C.paged_fwd_cpu), which checks the
+    table itself: a PagedKV built with validate=False and a bad page id still gives a RaggedError
+    naming the sequence, never a read outside the cache."""
+    if backend == "torch":
+        pytest.importorskip("torch")
+    from scree.kernels import paged
+    rng = np.random.default_rng()
+    kp, vp, table, lens = make_cache(rng, [40, 3, 17], 16, 2, 8)
+    q = scree.from_lengths(native(backend, rng.standard_normal((6, 4, 8)).astype(np.float32)), [2, 3, 1])
+    kv = scree.PagedKV(*on(backend, kp, vp, table, lens))
+    assert paged.cpu_serves(q, kv)
+    bad = table.copy()
+    bad[2, 1] = 10 ** 6
+    trusted = scree.PagedKV(*on(backend, kp, vp, bad, lens), validate=False)
+    with pytest.raises(scree.RaggedError, match="sequence 2: page 1 is page id 1000000"):
+        scree.paged_attention(q, trusted, causal=True)

@@ -1,21 +1,28 @@
-"""The compiled paged decode (scree._C.paged_decode, CUDA) as scree.paged_attention runs it: one
-query per sequence over the pages in place, split along the keys and combined by lse. Served for
-torch CUDA tensors of bfloat16 / float16, head dims 64 and 128, GQA groups of 1, 2, 4 or 8 query
-heads per kv head, no autograd (serving); everything else, and batches with prefill chunks, takes
-the gather path of scree.paged_attention."""
+"""The compiled attention over a paged KV cache as scree.paged_attention runs it, reading the pages
+in place:
+* `decode` (scree._C.paged_decode, CUDA): one query per sequence, split along the keys and combined
+  by lse; torch CUDA tensors of bfloat16 / float16, head dims 64 and 128, GQA groups of 1, 2, 4 or
+  8 query heads per kv head;
+* `forward_cpu` (scree._C.paged_fwd_cpu): any batch (decode, chunked prefill, both) on host arrays
+  (NumPy, torch CPU), the CPU varlen kernel reading key and value rows through the page table.
+Neither records a gradient (serving); everything else takes the gather path of
+scree.paged_attention."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+import numpy as np
+
 from scree import _C
 from scree._array import Array
 from scree._errors import UnsupportedError
 from scree._paged import PagedKV
+from scree.kernels import attention as K
 from scree.kernels.attention_spec import _options
 
-__all__ = ["decode_serves", "decode"]
+__all__ = ["decode_serves", "decode", "cpu_serves", "forward_cpu"]
 
 _COMPILED = hasattr(_C, "paged_decode")
 
@@ -59,4 +66,42 @@ def decode(q: Array, kv: PagedKV, scale: Any, window: Any, softcap: Any, return_
     _C.paged_decode(a(qv), a(kp), a(vp), a(table), a(lens), a(out), None if lse is None else a(lse),
                     1.0 / math.sqrt(d) if scale_value is None else scale_value, cap or 0.0,
                     -1 if left is None else left, splits, None if ws is None else a(ws), ns.stream(qv))
+    return out, lse
+
+
+def cpu_serves(q: Array, kv: PagedKV) -> bool:
+    """Whether the CPU kernel takes this call: host arrays of one floating dtype, no autograd."""
+    ns = q._ns
+    v = q.values
+    if ns.is_tracing() or not ns.is_host(v) or ns.needs_autograd(v) or not ns.is_host(kv.k_pages):
+        return False
+    if kv._ns is not ns or not ns.is_floating(v) or ns.dtype_name(kv.k_pages) != ns.dtype_name(v):
+        return False
+    s = ns.shape(v)
+    return len(s) == 3 and s[2] == kv.head_dim and s[1] % kv.heads == 0
+
+
+def forward_cpu(q: Array, kv: PagedKV, causal: Any, scale: Any, window: Any, softcap: Any,
+                return_lse: bool) -> tuple[Any, Any]:
+    """(out values, lse or None) from the CPU varlen kernel over the pages (NHD pages are read in
+    place; HND pages are transposed into rows first)."""
+    ns = q._ns
+    left, right, scale_value, cap = _options(causal, scale, window, softcap)
+    qv = q.values
+    tq, hq, d = ns.shape(qv)
+    lens = kv.host_kv_lens()
+    cu_k = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(lens, out=cu_k[1:])
+    reach = tq + int(cu_k[-1])  # a side at least this long bounds nothing (as attention_spec)
+    left = None if left is None or left >= reach else left
+    right = None if right is None or right >= reach else right
+    pq = K.plan(q)
+    args = _C.AttentionArgs(pq.max_seqlen, int(lens.max(initial=0)), 1.0 / math.sqrt(d) if scale_value is None
+                            else scale_value, bool(causal), -1 if left is None else left,
+                            -1 if right is None else right, cap or 0.0, False)
+    out = ns.empty((tq, hq, d), ns.dtype_name(qv), like=qv)
+    lse = ns.empty((hq, tq), K.lse_dtype(ns.dtype_name(qv)), like=qv) if return_lse else None
+    a = ns.kernel_arg
+    _C.paged_fwd_cpu(a(qv), a(kv.flat_pages("k")), a(kv.flat_pages("v")), a(pq.offsets), a(ns.from_numpy(cu_k, like=qv)),
+                     a(kv.page_table), kv.page_size, a(out), None if lse is None else a(lse), args)
     return out, lse

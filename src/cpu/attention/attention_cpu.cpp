@@ -5,10 +5,12 @@
 #include <cpuid.h>
 #endif
 #include <string>
+#include <vector>
 
 #include "scree/attention/cpu.h"
 #include "scree/error.h"
 #include "scree/layout.h"
+#include "scree/paged.h"
 
 namespace scree::cpu {
 #if defined(SCREE_HAVE_AVX2_KERNELS)
@@ -56,6 +58,27 @@ void check_offsets(const Offsets& off, int64_t n, int64_t total, const char* nam
   }
 }
 
+// A paged forward's table against the lengths cu_seqlens_k gives (PagedLayout: the pages each
+// sequence uses exist, its length fits its row).
+void check_pages(const VarlenParams& p) {
+  require(p.page_size >= 1 && p.page_table_width >= 0 && p.page_table_stride >= 0 && p.kv_rows >= 0 &&
+              p.kv_rows % p.page_size == 0,
+          ErrorKind::InvalidArgument, [&] {
+            return "paged keys: page_size " + std::to_string(p.page_size) + " must be >= 1 and divide the " +
+                   std::to_string(p.kv_rows) + " rows of k and v";
+          });
+  const int64_t n = p.num_sequences;
+  std::vector<int64_t> lens(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) lens[i] = p.cu_seqlens_k[i + 1] - p.cu_seqlens_k[i];
+  const int64_t pages = p.kv_rows / p.page_size;
+  if (p.page_table_int64)
+    PagedLayout::from_tables(static_cast<const int64_t*>(p.page_table), n, p.page_table_width, p.page_table_stride, 1,
+                             lens.data(), 1, pages, p.page_size);
+  else
+    PagedLayout::from_tables(static_cast<const int32_t*>(p.page_table), n, p.page_table_width, p.page_table_stride, 1,
+                             lens.data(), 1, pages, p.page_size);
+}
+
 }  // namespace
 
 void validate(const VarlenParams& p) {
@@ -72,6 +95,7 @@ void validate(const VarlenParams& p) {
   require(p.num_sequences >= 0, ErrorKind::ShapeMismatch, [] { return std::string("negative number of sequences"); });
   check_offsets(p.cu_seqlens_q, p.num_sequences, p.total_q, "cu_seqlens_q");
   check_offsets(p.cu_seqlens_k, p.num_sequences, p.total_k, "cu_seqlens_k");
+  if (p.page_table != nullptr) check_pages(p);
   require(p.softcap >= 0.0, ErrorKind::InvalidArgument, [] { return std::string("softcap must be >= 0 (0 = off)"); });
   require(p.window_left >= kUnbounded && p.window_right >= kUnbounded, ErrorKind::InvalidArgument,
           [] { return std::string("window sides must be >= 0, or -1 for unbounded"); });

@@ -73,14 +73,30 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   const int64_t cols = round_up(rows, 2 * W);  // query columns of S^T, zero-padded
   const bool capped = p.softcap > 0.0;
   const C cap = C(p.softcap);
-  // fp32 K and V are used where they lie (row strides as given); other types are converted.
-  constexpr bool in_place = std::is_same_v<T, C>;
-  const bool v_in_place = in_place && Dv == Dv_pad;
+  // fp32 K and V are used where they lie (row strides as given); other types, and rows read
+  // through a page table, are converted (copied) row by row.
+  const bool paged = p.page_table != nullptr;
+  const bool k_in_place = std::is_same_v<T, C> && !paged;
+  const bool v_in_place = k_in_place && Dv == Dv_pad;
 
   const T* Q = static_cast<const T*>(p.q);
   // No keys: k and v may be null (validate), and an offset on a null pointer is undefined.
   const T* K = Lk == 0 ? nullptr : static_cast<const T*>(p.k) + k0 * p.k_row_stride + kvh * p.k_head_stride;
   const T* Vg = Lk == 0 ? nullptr : static_cast<const T*>(p.v) + k0 * p.v_row_stride + kvh * p.v_head_stride;
+  // Row of key/value t of this sequence relative to K / Vg: t itself, or through the page table.
+  const T* Kp = static_cast<const T*>(p.k) + kvh * p.k_head_stride;
+  const T* Vp = static_cast<const T*>(p.v) + kvh * p.v_head_stride;
+  const int64_t num_pages = paged ? p.kv_rows / p.page_size : 0;
+  auto paged_row = [&](int64_t t) {
+    const int64_t col = std::min(t / p.page_size, p.page_table_width - 1);
+    const int64_t at = b * p.page_table_stride + col;
+    int64_t page = p.page_table_int64 ? static_cast<const int64_t*>(p.page_table)[at]
+                                      : static_cast<const int32_t*>(p.page_table)[at];
+    page = std::min(std::max(page, int64_t(0)), num_pages - 1);
+    return page * p.page_size + t % p.page_size;
+  };
+  auto krow = [&](int64_t t) { return paged ? Kp + paged_row(t) * p.k_row_stride : K + t * p.k_row_stride; };
+  auto vrow_of = [&](int64_t t) { return paged ? Vp + paged_row(t) * p.v_row_stride : Vg + t * p.v_row_stride; };
   T* O = static_cast<T*>(p.out);
 
   // Q^T (D x cols), pre-multiplied by scale (and 1/softcap when capping, so tanh sees s / softcap).
@@ -109,10 +125,10 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
     const int64_t n = std::min(kBlockK, last.hi - kb);
     const C* kblk;
     int64_t ldk;
-    if constexpr (in_place) {
-      kblk = K + kb * p.k_row_stride, ldk = p.k_row_stride;
+    if (k_in_place) {
+      kblk = reinterpret_cast<const C*>(K + kb * p.k_row_stride), ldk = p.k_row_stride;
     } else {
-      for (int64_t j = 0; j < n; ++j) to_compute(K + (kb + j) * p.k_row_stride, buf.k.data() + j * D, D, C(1));
+      for (int64_t j = 0; j < n; ++j) to_compute(krow(kb + j), buf.k.data() + j * D, D, C(1));
       kblk = buf.k.data(), ldk = D;
     }
     const C* vblk;
@@ -122,7 +138,7 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
     } else {
       for (int64_t j = 0; j < n; ++j) {
         C* vrow = buf.v.data() + j * Dv_pad;
-        to_compute(Vg + (kb + j) * p.v_row_stride, vrow, Dv, C(1));
+        to_compute(vrow_of(kb + j), vrow, Dv, C(1));
         std::fill(vrow + Dv, vrow + Dv_pad, C(0));
       }
       vblk = buf.v.data(), ldv = Dv_pad;
