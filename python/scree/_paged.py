@@ -121,11 +121,10 @@ class PagedKV:
         arrays are immutable, so a new PagedKV over the written pages is returned."""
         ns = self._ns
         _backends.common(k_pages=self.k_pages, k=k, v=v, slot_mapping=slot_mapping)
-        want = (self.heads, self.head_dim)
-        for name, x in (("k", k), ("v", v)):
+        for name, x, dim in (("k", k, self.head_dim), ("v", v, ns.shape(self.v_pages)[3])):
             s = tuple(ns.shape(x))
-            if len(s) != 3 or s[1:] != want or s[0] != ns.shape(slot_mapping)[0]:
-                raise ShapeError(f"{name} must have shape (len(slot_mapping), {want[0]}, {want[1]}), got {s}")
+            if len(s) != 3 or s[1:] != (self.heads, dim) or s[0] != ns.shape(slot_mapping)[0]:
+                raise ShapeError(f"{name} must have shape (len(slot_mapping), {self.heads}, {dim}), got {s}")
         if ns.dtype_name(slot_mapping) not in ("int32", "int64") or len(ns.shape(slot_mapping)) != 1:
             raise DTypeError(f"slot_mapping must be 1-D int32 or int64, got {ns.dtype_name(slot_mapping)} of shape "
                              f"{tuple(ns.shape(slot_mapping))}")
@@ -158,6 +157,8 @@ class PagedKV:
         PagedKV, which every layer of a step shares when it shares the tables."""
         if self._rows is None:
             ns = self._ns
+            if self.max_kv_len is None:  # built with validate=False, or its device check is in flight:
+                self.max_kv_len = self._check_on_host()  # the tables are read here anyway (a sync on a GPU)
             lens = self.host_kv_lens()
             offsets = np.zeros(len(lens) + 1, dtype=np.int64)
             np.cumsum(lens, out=offsets[1:])
@@ -169,12 +170,13 @@ class PagedKV:
         return self._rows
 
     def flat_pages(self, which: str) -> Any:
-        """k_pages or v_pages as (num_pages * page_size, Hk, D) rows (a view for NHD, a copy for HND)."""
+        """k_pages or v_pages as (num_pages * page_size, Hk, D or Dv) rows (a view for NHD, a copy
+        for HND)."""
         x = self.k_pages if which == "k" else self.v_pages
         ns = self._ns
         if self.layout == "HND":
             x = ns.swapaxes(x, 1, 2)
-        return ns.reshape(ns.contiguous(x), (self.num_pages * self.page_size, self.heads, self.head_dim))
+        return ns.reshape(ns.contiguous(x), (self.num_pages * self.page_size, self.heads, ns.shape(x)[3]))
 
 
 def _write(ns: ModuleType, pages: Any, page: Any, pos: Any, rows: Any, layout: str) -> Any:

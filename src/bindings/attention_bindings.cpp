@@ -212,6 +212,7 @@ void paged_fwd_cpu(const InArray& q_, const InArray& k_, const InArray& v_, cons
   require(p.num_sequences >= 0, ErrorKind::ShapeMismatch, [] { return std::string("cu_seqlens_k is empty"); });
   p.kv_rows = p.total_k;
   p.total_k = p.cu_seqlens_k[p.num_sequences];  // (host offsets: validate() checks them against it)
+  p.paged = true;
   p.page_table = page_table.data();
   p.page_table_int64 = is(page_table.dtype(), dl::dtype_code::Int, 64);
   p.page_table_width = static_cast<int64_t>(page_table.shape(1));

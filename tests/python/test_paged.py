@@ -282,3 +282,35 @@ def test_cpu_kernel_reads_the_pages_and_checks_an_unvalidated_table(backend):
     trusted = scree.PagedKV(*on(backend, kp, vp, bad, lens), validate=False)
     with pytest.raises(scree.RaggedError, match="sequence 2: page 1 is page id 1000000"):
         scree.paged_attention(q, trusted, causal=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unvalidated_empty_table_with_a_huge_length_is_an_error_not_a_crash(backend):
+    """Found by fuzzing: a (n, 0) page table has a null data pointer in torch, and the CPU kernel
+    took 'no table pointer' for 'not paged' and read a million rows of a 16-row cache (a segfault).
+    The paged flag is explicit now, and the check names the sequence."""
+    if backend == "torch":
+        pytest.importorskip("torch")
+    kp = np.ones((1, 16, 1, 8), np.float32)
+    kv = scree.PagedKV(*on(backend, kp, kp, np.zeros((1, 0), np.int64), np.array([10 ** 6])), validate=False)
+    q = scree.from_lengths(native(backend, np.ones((2, 3, 8), np.float32)), [2])
+    with pytest.raises(scree.RaggedError, match="sequence 0 holds 1000000 tokens, 62500 pages of 16"):
+        scree.paged_attention(q, kv, causal=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_value_head_dim_may_differ(backend):
+    """v pages with their own head dim (Dv != D), on the CPU kernel and in append."""
+    if backend == "torch":
+        pytest.importorskip("torch")
+    rng = np.random.default_rng()
+    kp, vp, table, lens = make_cache(rng, [9, 30], 4, 2, 8)
+    vp = (rng.standard_normal(vp.shape[:3] + (5,)) + 0.1).astype(np.float32)
+    kv = scree.PagedKV(*on(backend, kp, vp, table, lens))
+    qv = (rng.standard_normal((4, 4, 8)) + 0.1).astype(np.float32)
+    got = scree.paged_attention(scree.from_lengths(native(backend, qv), [1, 3]), kv, causal=True).values
+    assert tuple(got.shape) == (4, 4, 5)
+    want = R.paged_attention(scree.from_lengths(qv, [1, 3]), scree.PagedKV(kp, vp, table, lens), causal=True).values
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    slots = np.array([int(table[0, 0]) * 4], np.int64)
+    kv.append(*on(backend, np.ones((1, 2, 8), np.float32), np.ones((1, 2, 5), np.float32), slots))

@@ -63,11 +63,14 @@ struct VarlenParams {
   int64_t heads_q = 0, heads_k = 0;  // heads_q % heads_k == 0 (GQA / MQA)
   int64_t head_dim = 0, head_dim_v = 0;
 
-  // Paged keys and values (CPU forward only; null: k, v are rows in cu_seqlens_k order). With a
+  // Paged keys and values (CPU forward only; not paged: k, v are rows in cu_seqlens_k order). With a
   // page table, k and v hold kv_rows rows in pages of page_size, and key/value t of sequence b is
   // row page_table[b * page_table_stride + t / page_size] * page_size + t % page_size, page ids
   // clamped into the rows; cu_seqlens_k then only gives each sequence's length (total_k its last
   // entry). The entry point checks the table (PagedLayout) like the offsets.
+  // `paged` says so explicitly: an empty table's data pointer may be null (a (n, 0) table is legal
+  // only while every sequence is empty, which the check enforces).
+  bool paged = false;
   const void* page_table = nullptr;
   bool page_table_int64 = false;
   int64_t page_table_stride = 0, page_table_width = 0, page_size = 0, kv_rows = 0;

@@ -40,7 +40,8 @@ def decode_serves(q: Array, kv: PagedKV) -> bool:
     if dt not in ("bfloat16", "float16") or ns.dtype_name(kv.k_pages) != dt or len(ns.shape(v)) != 3:
         return False
     hq, d = ns.shape(v)[1], ns.shape(v)[2]
-    return d == kv.head_dim and d in (64, 128) and hq % kv.heads == 0 and hq // kv.heads in (1, 2, 4, 8)
+    return (d == kv.head_dim and ns.shape(kv.v_pages)[3] == d and d in (64, 128) and hq % kv.heads == 0
+            and hq // kv.heads in (1, 2, 4, 8))
 
 
 def decode(q: Array, kv: PagedKV, scale: Any, window: Any, softcap: Any, return_lse: bool) -> tuple[Any, Any] | None:
@@ -99,7 +100,7 @@ def forward_cpu(q: Array, kv: PagedKV, causal: Any, scale: Any, window: Any, sof
     args = _C.AttentionArgs(pq.max_seqlen, int(lens.max(initial=0)), 1.0 / math.sqrt(d) if scale_value is None
                             else scale_value, bool(causal), -1 if left is None else left,
                             -1 if right is None else right, cap or 0.0, False)
-    out = ns.empty((tq, hq, d), ns.dtype_name(qv), like=qv)
+    out = ns.empty((tq, hq, ns.shape(kv.v_pages)[3]), ns.dtype_name(qv), like=qv)
     lse = ns.empty((hq, tq), K.lse_dtype(ns.dtype_name(qv)), like=qv) if return_lse else None
     a = ns.kernel_arg
     _C.paged_fwd_cpu(a(qv), a(kv.flat_pages("k")), a(kv.flat_pages("v")), a(pq.offsets), a(ns.from_numpy(cu_k, like=qv)),

@@ -95,7 +95,7 @@ void validate(const VarlenParams& p) {
   require(p.num_sequences >= 0, ErrorKind::ShapeMismatch, [] { return std::string("negative number of sequences"); });
   check_offsets(p.cu_seqlens_q, p.num_sequences, p.total_q, "cu_seqlens_q");
   check_offsets(p.cu_seqlens_k, p.num_sequences, p.total_k, "cu_seqlens_k");
-  if (p.page_table != nullptr) check_pages(p);
+  if (p.paged) check_pages(p);
   require(p.softcap >= 0.0, ErrorKind::InvalidArgument, [] { return std::string("softcap must be >= 0 (0 = off)"); });
   require(p.window_left >= kUnbounded && p.window_right >= kUnbounded, ErrorKind::InvalidArgument,
           [] { return std::string("window sides must be >= 0, or -1 for unbounded"); });

@@ -75,7 +75,7 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   const C cap = C(p.softcap);
   // fp32 K and V are used where they lie (row strides as given); other types, and rows read
   // through a page table, are converted (copied) row by row.
-  const bool paged = p.page_table != nullptr;
+  const bool paged = p.paged;
   const bool k_in_place = std::is_same_v<T, C> && !paged;
   const bool v_in_place = k_in_place && Dv == Dv_pad;
 
