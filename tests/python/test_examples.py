@@ -19,7 +19,7 @@ ARGS = {"demo.py": ["--sequences", "12", "--median", "32", "--max-len", "200"]}
 def test_examples_exist():
     names = {p.name for p in EXAMPLES}
     assert {"01_quickstart.py", "02_nopad_transformer.py", "03_training_step.py", "04_hf_compat.py",
-            "05_multimodal.py", "06_ragged_ops.py", "demo.py"} <= names
+            "05_multimodal.py", "06_ragged_ops.py", "07_paged_serving.py", "demo.py"} <= names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
