@@ -117,8 +117,8 @@ class PagedKV:
     def append(self, k: Any, v: Any, slot_mapping: Any) -> "PagedKV":
         """Write new tokens' keys and values, k and v `(T, Hk, D)`, into their cache slots
         (slot = page * page_size + position in the page, vLLM's slot_mapping; a negative slot is a
-        padding token and is skipped). In place for NumPy and torch (returns self); JAX and MLX
-        arrays are immutable, so a new PagedKV over the written pages is returned."""
+        padding token and is skipped). In place for NumPy, torch and MLX (returns self); JAX arrays
+        are immutable, so a new PagedKV over the written pages is returned."""
         ns = self._ns
         _backends.common(k_pages=self.k_pages, k=k, v=v, slot_mapping=slot_mapping)
         for name, x, dim in (("k", k, self.head_dim), ("v", v, ns.shape(self.v_pages)[3])):
@@ -180,22 +180,15 @@ class PagedKV:
 
 
 def _write(ns: ModuleType, pages: Any, page: Any, pos: Any, rows: Any, layout: str) -> Any:
-    """pages with rows written at (page, pos): in place where the framework allows, else a new array."""
-    if ns.name in ("numpy", "torch"):
-        if layout == "NHD":
-            pages[page, pos] = rows
-        else:
-            pages[page, :, pos] = rows
-        return pages
+    """pages with rows written at (page, pos): a new array for JAX (immutable), else in place (MLX's
+    index assignment updates the array object too)."""
     if ns.name == "jax":
         return pages.at[page, pos].set(rows) if layout == "NHD" else pages.at[page, :, pos].set(rows)
-    # MLX: arrays support index assignment, which makes a new buffer for the array object.
-    out = pages
     if layout == "NHD":
-        out[page, pos] = rows
+        pages[page, pos] = rows
     else:
-        out[page, :, pos] = rows
-    return out
+        pages[page, :, pos] = rows
+    return pages
 
 
 class _PagedCheck:
