@@ -1,63 +1,122 @@
 #!/usr/bin/env python3
-"""Paged decode as a serving step runs it (issue 17): batch of sequences, one query each, 32 query
-heads / 8 KV heads, head dim 128, bf16, pages of 16 tokens in shuffled order, contexts 1k..16k.
-Same process, same inputs: scree.paged_attention over the PagedKV, and FA-2's varlen forward (the
-aten op) on the same keys and values laid out contiguously (no page table: the best an unpaged
-kernel does, an upper reference). Reported: the call's GPU time (CUDA events, no flush) and the KV
-bytes read per second against the device copy rate measured in the same run (bytes read +
-written), the metric of TARGETS.md (>= 75% at contexts >= 4k).
+"""Attention over a paged KV cache as a serving step runs it (issue 17): 32 query heads / 8 KV heads,
+head dim 128, bf16, pages of 16 tokens in shuffled order. Same process, same inputs:
 
-    python benchmarks/bench_paged.py [--out benchmarks/results] [--batch 32] [--contexts 1024 4096 16384]
+* decode (one query per sequence), batch 16 / 64, contexts 1k..16k: scree.paged_attention over the
+  PagedKV; FA-4's flash_attn_varlen_func over the same pages (`page_table`, `seqused_k`, its split
+  heuristic) when flash-attn-4 is importable; FA-2's varlen forward (the aten op) on the same keys
+  laid out contiguously (no page table: what an unpaged kernel reaches, an upper reference).
+* chunked prefill (several new tokens per sequence over a cached prefix, bottom-right causal):
+  scree.paged_attention over the pages against scree.varlen_attention on the same tokens laid out
+  contiguously (the target: within 10%), and FA-4 over the pages.
 
-Writes paged_decode.json and .png. The current paged_attention gathers the cached tokens out of
-the pages and runs the varlen kernel (benchmarks/NOTES.md): its bandwidth counts only the KV bytes
-a reader of the pages needs, so the gather's extra traffic shows as a lower rate."""
+Reported per method: kernel time (CUDA events, L2 flushed before each call by a 256 MiB memset
+outside the events: Timer of bench_attention_gpu.py), the call as a user sees it (isolated: GPU
+idle before, synchronised after, no flush; and host microseconds per call in a stream of calls),
+and for decode the KV bytes read per second of kernel time against the device copy rate measured
+in the same run (bytes read + written), the metric of TARGETS.md (>= 75% at contexts >= 4k).
+
+    python benchmarks/bench_paged.py [--out benchmarks/results] [--batch 16 64] [--contexts ...]
+
+Writes paged_decode.json and .png."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 import scree
 from scree._paged_attention import cached_kv
-from _common import cuda_event_ms as gpu_ms, machine_info, write_results
+from _common import call_stream, isolated_call, machine_info, write_results
+from bench_attention_gpu import Timer, fa4_function, short_error
 
 HQ, HK, D, PAGE = 32, 8, 128, 16
 
 
-def copy_rate() -> float:
+def copy_rate(timer: Timer) -> float:
     """Device copy, bytes read + written per second."""
     x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
-    ms = gpu_ms(lambda: y.copy_(x), 10)
-    return 2 * x.numel() / (ms * 1e-3)
+    return 2 * x.numel() / (timer(lambda: y.copy_(x))["median_ms"] * 1e-3)
 
 
-def case(batch: int, context: int, rng: np.random.Generator) -> dict:
-    pages_per = -(-context // PAGE)
+def paged_cache(batch: int, kv_len: int, rng: np.random.Generator) -> scree.PagedKV:
+    pages_per = -(-kv_len // PAGE)
     num_pages = batch * pages_per + 8
     k_pages = torch.randn((num_pages, PAGE, HK, D), device="cuda", dtype=torch.bfloat16)
     v_pages = torch.randn_like(k_pages)
     order = torch.from_numpy(rng.permutation(num_pages)[:batch * pages_per].astype(np.int32)).cuda()
-    table = order.reshape(batch, pages_per)
-    lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
-    kv = scree.PagedKV(k_pages, v_pages, table, lens)
+    lens = torch.full((batch,), kv_len, dtype=torch.int32, device="cuda")
+    kv = scree.PagedKV(k_pages, v_pages, order.reshape(batch, pages_per), lens)
+    return kv
+
+
+def measure(timer: Timer, fn: Callable[[], Any], reps: int) -> dict:
+    """Kernel time (flushed) and the call as a user sees it; an error is recorded, not raised."""
+    try:
+        out = dict(kernel_ms=timer(fn)["median_ms"])
+        sync = torch.cuda.synchronize
+        out["isolated_ms"] = isolated_call(fn, sync, reps=reps)["median_ms"]
+        out["host_us"] = call_stream(fn, sync, calls=50)["host_us"]
+        return out
+    except Exception as e:  # noqa: BLE001 - a baseline that fails is reported, the rest still runs
+        return dict(error=short_error(e))
+
+
+def fa4_paged(q: torch.Tensor, kv: scree.PagedKV, cu_q: torch.Tensor | None, max_q: int) -> Callable[[], Any] | None:
+    fn = fa4_function()
+    if fn is None:
+        return None
+    kw = dict(page_table=kv.page_table, seqused_k=kv.kv_lens, causal=True, num_splits=0)
+    if cu_q is None:  # decode: (batch, 1, heads, d)
+        qb = q.view(q.shape[0], 1, HQ, D)
+        return lambda: fn(qb, kv.k_pages, kv.v_pages, **kw)
+    return lambda: fn(q, kv.k_pages, kv.v_pages, cu_seqlens_q=cu_q, max_seqlen_q=max_q, **kw)
+
+
+def decode_case(timer: Timer, batch: int, context: int, rng: np.random.Generator, reps: int) -> dict:
+    kv = paged_cache(batch, context, rng)
     q = scree.from_lengths(torch.randn((batch, HQ, D), device="cuda", dtype=torch.bfloat16), [1] * batch)
     scree.paged_attention(q, kv)  # the device check lands; later calls know max_kv_len
-    # FA-2 on the same tokens, contiguous
     k_cont = cached_kv(kv)[0].values
     v_cont = torch.randn_like(k_cont)
     cu_q = torch.arange(0, batch + 1, dtype=torch.int32, device="cuda")
     cu_k = torch.arange(0, (batch + 1) * context, context, dtype=torch.int32, device="cuda")
     fa2 = torch.ops.aten._flash_attention_forward
-    kv_bytes = 2 * batch * context * HK * D * 2
-    out = dict(batch=batch, context=context, kv_bytes=kv_bytes)
-    out["scree_ms"] = gpu_ms(lambda: scree.paged_attention(q, kv))
-    out["fa2_contiguous_ms"] = gpu_ms(lambda: fa2(q.values, k_cont, v_cont, cu_q, cu_k, 1, context, 0.0, False, False))
-    return out
+    row: dict[str, Any] = dict(batch=batch, context=context, kv_bytes=2 * batch * context * HK * D * 2)
+    methods = {"scree": lambda: scree.paged_attention(q, kv),
+               "fa2_contiguous": lambda: fa2(q.values, k_cont, v_cont, cu_q, cu_k, 1, context, 0.0, False, False)}
+    fa4 = fa4_paged(q.values, kv, None, 1)
+    if fa4 is not None:
+        methods["fa4_paged"] = fa4
+    row["methods"] = {m: measure(timer, fn, reps) for m, fn in methods.items()}
+    return row
+
+
+def prefill_case(timer: Timer, batch: int, prefix: int, chunk: int, rng: np.random.Generator, reps: int) -> dict:
+    """`chunk` new query tokens per sequence over `prefix` cached ones (the chunk's own keys are in
+    the cache too, appended before attention as engines do): keys prefix + chunk per sequence."""
+    kv = paged_cache(batch, prefix + chunk, rng)
+    q = scree.from_lengths(torch.randn((batch * chunk, HQ, D), device="cuda", dtype=torch.bfloat16), [chunk] * batch)
+    scree.paged_attention(q, kv, causal=True)
+    k_arr, v_arr = cached_kv(kv)
+    k_arr, v_arr = k_arr.with_values(k_arr.values.clone()), v_arr.with_values(v_arr.values.clone())
+    cu_q = torch.arange(0, (batch + 1) * chunk, chunk, dtype=torch.int32, device="cuda")
+    tokens = batch * chunk
+    row: dict[str, Any] = dict(batch=batch, prefix=prefix, chunk=chunk,
+                               flops=4.0 * HQ * D * batch * (chunk * prefix + chunk * (chunk + 1) / 2))
+    methods = {"scree": lambda: scree.paged_attention(q, kv, causal=True),
+               "scree_contiguous": lambda: scree.varlen_attention(q, k_arr, v_arr, causal=True)}
+    fa4 = fa4_paged(q.values, kv, cu_q, chunk)
+    if fa4 is not None:
+        methods["fa4_paged"] = fa4
+    row["tokens"] = tokens
+    row["methods"] = {m: measure(timer, fn, reps) for m, fn in methods.items()}
+    return row
 
 
 def main() -> None:
@@ -65,39 +124,66 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--batch", type=int, nargs="*", default=[16, 64])
     ap.add_argument("--contexts", type=int, nargs="*", default=[1024, 4096, 16384])
+    ap.add_argument("--prefill", type=str, nargs="*", default=["4x4096x512", "8x8192x2048"],
+                    help="chunked-prefill cases, batch x prefix x chunk")
+    ap.add_argument("--reps", type=int, default=30)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    copy = copy_rate()
+    timer = Timer(torch, reps=args.reps, warmup=3, budget_s=2.0)
+    copy = copy_rate(timer)
+    fa4_note = "importable" if fa4_function() is not None else "not importable"
     print(f"# {torch.cuda.get_device_name()} | device copy {copy / 1e9:.0f} GB/s (read + write) | "
-          f"{HQ}/{HK} heads, d{D}, bf16, page {PAGE}")
-    print(f"{'batch':>5s} {'context':>8s} | {'scree ms':>9s} {'% copy':>7s} | {'FA-2 contiguous ms':>18s} {'% copy':>7s}")
-    rows = []
+          f"{HQ}/{HK} heads, d{D}, bf16, page {PAGE} | FA-4 {fa4_note}")
+    print("# decode: kernel ms (L2 flushed) and KV bytes / kernel time as % of the copy rate; "
+          "isolated call ms; host us per call")
+    decode = []
     for b in args.batch:
         for c in args.contexts:
-            r = case(b, c, rng)
-            for m in ("scree", "fa2_contiguous"):
-                r[f"{m}_pct_copy"] = 100 * r["kv_bytes"] / (r[f"{m}_ms"] * 1e-3) / copy
-            rows.append(r)
-            print(f"{b:5d} {c:8d} | {r['scree_ms']:9.3f} {r['scree_pct_copy']:6.1f}% | "
-                  f"{r['fa2_contiguous_ms']:18.3f} {r['fa2_contiguous_pct_copy']:6.1f}%")
+            r = decode_case(timer, b, c, rng, args.reps)
+            cells = []
+            for m, v in r["methods"].items():
+                if "kernel_ms" in v:
+                    v["pct_copy"] = 100 * r["kv_bytes"] / (v["kernel_ms"] * 1e-3) / copy
+                    cells.append(f"{m} {v['kernel_ms']:.3f} ({v['pct_copy']:.1f}%) iso {v['isolated_ms']:.3f} "
+                                 f"host {v['host_us']:.0f}")
+                else:
+                    cells.append(f"{m} failed: {v['error'][:120]}")
+            decode.append(r)
+            print(f"{b:3d} x {c:6d} | " + " | ".join(cells), flush=True)
             torch.cuda.empty_cache()
+    print("# chunked prefill: kernel ms, TFLOP/s; scree paged / scree contiguous kernel time")
+    prefill = []
+    for spec in args.prefill:
+        b, pre, ch = (int(x) for x in spec.split("x"))
+        r = prefill_case(timer, b, pre, ch, rng, args.reps)
+        ms = {m: v.get("kernel_ms") for m, v in r["methods"].items()}
+        if ms.get("scree") and ms.get("scree_contiguous"):
+            r["paged_over_contiguous"] = ms["scree"] / ms["scree_contiguous"]
+        cells = [f"{m} {v:.3f} ({r['flops'] / (v * 1e-3) / 1e12:.0f})" if v else f"{m} failed: "
+                 f"{r['methods'][m]['error'][:120]}" for m, v in ms.items()]
+        prefill.append(r)
+        print(f"{spec} | " + " | ".join(cells) + f" | paged / contiguous {r.get('paged_over_contiguous', float('nan')):.3f}",
+              flush=True)
+        torch.cuda.empty_cache()
 
     def plot(plt):
         fig, ax = plt.subplots(figsize=(7, 4))
         for b in args.batch:
-            sub = [r for r in rows if r["batch"] == b]
-            ax.plot([r["context"] for r in sub], [r["scree_pct_copy"] for r in sub], "o-", label=f"scree, batch {b}")
-            ax.plot([r["context"] for r in sub], [r["fa2_contiguous_pct_copy"] for r in sub], "s--",
-                    label=f"FA-2 contiguous, batch {b}")
+            sub = [r for r in decode if r["batch"] == b]
+            for m, style in (("scree", "o-"), ("fa4_paged", "^-."), ("fa2_contiguous", "s--")):
+                pts = [(r["context"], r["methods"][m]["pct_copy"]) for r in sub if "pct_copy" in r["methods"].get(m, {})]
+                if pts:
+                    ax.plot(*zip(*pts), style, label=f"{m}, batch {b}")
         ax.axhline(75, color="gray", lw=0.8, ls=":")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("context (tokens)")
-        ax.set_ylabel("KV bytes read / s, % of device copy")
-        ax.legend(fontsize=8)
+        ax.set_ylabel("KV bytes read / kernel s, % of device copy")
+        ax.legend(fontsize=7)
         return fig
 
     write_results(args.out, "paged_decode", dict(machine=machine_info(gpu=torch.cuda.get_device_name(),
-                                                                       copy_bytes_per_s=copy), rows=rows), plot)
+                                                                       copy_bytes_per_s=copy, fa4=fa4_note),
+                                                 decode=decode, prefill=prefill), plot)
 
 
 if __name__ == "__main__":

@@ -85,6 +85,7 @@ attention::PagedDecodeParams params(const InArray& q, const InArray& k_pages, co
   p.page_head_stride = k_pages.stride(2);
   p.page_table = static_cast<const int32_t*>(page_table.data());
   p.table_stride = page_table.shape(1) > 0 ? page_table.stride(0) : 0;
+  p.table_width = static_cast<int64_t>(page_table.shape(1));
   p.kv_lens = static_cast<const int32_t*>(kv_lens.data());
   p.scale = scale;
   p.softcap = softcap;

@@ -228,6 +228,8 @@ DECODE = {  # (kv lengths, heads q, heads k, options)
     "mha": ([700, 5, 64], 4, 4, {"softcap": 3.0}),
     "gqa8_window": ([2048, 100, 17], 16, 2, {"window": (50, 0)}),
     "gqa2_scale": ([33, 1000], 4, 2, {"scale": 0.05}),
+    "gqa3_softcap_window": ([511, 512, 513, 64], 6, 2, {"softcap": 5.0, "window": (100, 0)}),  # tile edges
+    "mqa20": ([129, 65, 1, 4097], 20, 1, {}),  # 20 query heads a kv head: two blocks of 16 rows
 }
 
 

@@ -20,8 +20,8 @@ struct PagedDecodeParams {
   const void* v_pages = nullptr;
   int64_t page_stride = 0, page_row_stride = 0, page_head_stride = 0;
   int64_t page_size = 0, num_pages = 0;
-  const int32_t* page_table = nullptr;  // (n, table_stride): sequence i's pages in order
-  int64_t table_stride = 0;
+  const int32_t* page_table = nullptr;  // row i (at i * table_stride): sequence i's pages in order
+  int64_t table_stride = 0, table_width = 0;  // table_width pages a row
   const int32_t* kv_lens = nullptr;  // (n,)
   void* out = nullptr;  // (n, Hq, D)
   int64_t out_row_stride = 0, out_head_stride = 0;
@@ -37,7 +37,8 @@ int paged_decode_splits(const PagedDecodeParams& p, int64_t max_kv_len);
 // Workspace for `splits` (float32 partial outputs and their lse); 0 when splits == 1.
 size_t paged_decode_workspace_bytes(const PagedDecodeParams& p, int splits);
 
-// Throws scree::Error when the kernels cannot serve p (type, head dim, GQA group > 8, alignment).
+// Throws scree::Error when the kernels cannot serve p (type, head dim, query heads not a multiple of kv
+// heads, alignment).
 void validate_paged_decode(const PagedDecodeParams& p);
 
 // out and lse. Page ids and lengths are clamped into the cache (a bad table cannot read outside

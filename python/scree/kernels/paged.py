@@ -1,8 +1,8 @@
 """The compiled attention over a paged KV cache as scree.paged_attention runs it, reading the pages
 in place:
 * `decode` (scree._C.paged_decode, CUDA): one query per sequence, split along the keys and combined
-  by lse; torch CUDA tensors of bfloat16 / float16, head dims 64 and 128, GQA groups of 1, 2, 4 or
-  8 query heads per kv head;
+  by lse; torch CUDA tensors of bfloat16 / float16, head dims 64 and 128, any number of query heads
+  per kv head;
 * `forward_cpu` (scree._C.paged_fwd_cpu): any batch (decode, chunked prefill, both) on host arrays
   (NumPy, torch CPU), the CPU varlen kernel reading key and value rows through the page table.
 Neither records a gradient (serving); everything else takes the gather path of
@@ -41,7 +41,7 @@ def decode_serves(q: Array, kv: PagedKV) -> bool:
         return False
     hq, d = ns.shape(v)[1], ns.shape(v)[2]
     return (d == kv.head_dim and ns.shape(kv.v_pages)[3] == d and d in (64, 128) and hq % kv.heads == 0
-            and hq // kv.heads in (1, 2, 4, 8))
+            and hq // kv.heads >= 1)
 
 
 def decode(q: Array, kv: PagedKV, scale: Any, window: Any, softcap: Any, return_lse: bool) -> tuple[Any, Any] | None:

@@ -1,10 +1,17 @@
 // Paged decode (include/scree/attention/paged.h): one query per sequence over a paged KV cache.
-// Decode reads every cached key and value once and does little math with them (Hq / Hk queries per
-// row), so the kernel is built for bandwidth: one thread block per (key split, kv head, sequence)
-// holding the GQA group's queries in registers, each group of D*2/16 lanes reading whole 16-byte
-// slices of kUnroll key and value rows at a time out of their pages (the loads of a step are all
-// issued before any is used), an online softmax per lane group, the groups merged through shared
-// memory, and the splits of a sequence merged by a second kernel weighted by their lse.
+// Decode reads every cached key and value once and does little math with each (Hq / Hk queries
+// a key), so the kernel is built for bandwidth, and its math must stay off the issue slots the
+// copies need: one thread block per (key split, kv head, block of 16 query heads, sequence);
+// tiles of 64 keys gathered through the page table into shared memory by cp.async, three stages
+// in flight (paged_rows.cuh); the GQA group's query heads are the 16 rows of m16n8k16 tensor-core
+// products (S = Q K^T, O += P V, P kept in registers), each warp taking 16 keys of a tile with its
+// own online softmax; the warps merged through shared memory, the splits of a sequence by a second
+// kernel weighted by their lse.
+//
+// Why tensor cores for a memory-bound kernel: the first version (CUDA cores, a key row per 16
+// lanes, shuffles to reduce q.k) spent ~80 warp instructions a key row and reached 47% of the copy
+// rate at 64 x 16k (benchmarks/NOTES.md); here a key row costs ~8 (two mma, an ldmatrix, its share
+// of the softmax and of the copy), most of it the page lookup.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -14,8 +21,13 @@
 #include <string>
 
 #include "cuda_check.h"
+#include "launch_common.cuh"
+#include "online_softmax.cuh"
+#include "paged_rows.cuh"
 #include "scree/attention/paged.h"
 #include "scree/error.h"
+#include "sm80/mma_sm80.cuh"
+#include "sm80/smem_tile_sm80.cuh"
 #include "sm90/sm_count.h"
 
 namespace scree::cuda_attention::paged {
@@ -23,196 +35,167 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
-constexpr int kUnroll = 4;        // key rows in flight per lane group
+constexpr int kBlockKeys = 16 * kWarps;  // keys a stage: 16 a warp (one k-step of P V)
+constexpr int kStages = 3;               // tiles in flight: 2 blocks x 2 x 32 KiB a SM at d128
+constexpr int kHeadRows = 16;            // query heads a block: the m16 rows of the products
 constexpr int kMinSplitKeys = 256;
 
-template <class T>
-struct Pair;
-template <>
-struct Pair<__nv_bfloat16> {
-  using T2 = __nv_bfloat162;
-  static __device__ float2 widen(T2 x) { return __bfloat1622float2(x); }
-};
-template <>
-struct Pair<__half> {
-  using T2 = __half2;
-  static __device__ float2 widen(T2 x) { return __half22float2(x); }
+template <int D>
+struct Smem {
+  using Tile = SmemTile<kBlockKeys, D>;
+  // K and V of each stage; reused after the loop for the warps' partial results (O, max, sum).
+  static constexpr int kPipeline = kStages * 2 * Tile::kBytes;  // 96 KiB at d128, 48 KiB at d64
+  static constexpr int kMerge = kWarps * kHeadRows * (D + 2) * int(sizeof(float));
+  static constexpr int kBytes = kPipeline > kMerge ? kPipeline : kMerge;
+  static constexpr int kBlocksPerSm = (227 * 1024) / kBytes;  // Hopper: 227 KiB a SM for blocks
 };
 
-// 8 elements of T (16 bytes) as floats.
-template <class T>
-__device__ inline void widen8(const uint4& raw, float (&x)[8]) {
-  const auto* h = reinterpret_cast<const typename Pair<T>::T2*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = Pair<T>::widen(h[i]);
-    x[2 * i] = f.x;
-    x[2 * i + 1] = f.y;
-  }
-}
-
-template <class T, int D, int G>
-__global__ void __launch_bounds__(kThreads) paged_decode_kernel(const attention::PagedDecodeParams p, int splits,
-                                                                float* ws_out, float* ws_lse) {
-  constexpr int kLanes = D * static_cast<int>(sizeof(T)) / 16;  // lanes per key row (16 bytes each)
-  constexpr int kRowsPerWarp = 32 / kLanes;
-  constexpr int kGroups = kWarps * kRowsPerWarp;
-  constexpr float kNegInf = -INFINITY;
-  const int split = blockIdx.x, kvh = blockIdx.y;
+// kFolded: no softcap and scale > 0 (ScoreMap::folds()): scores stay raw q.k until the exp2.
+template <class T, int D, bool kFolded>
+__global__ void __launch_bounds__(kThreads) paged_decode_kernel(const attention::PagedDecodeParams p,
+                                                                const ScoreMap score, const int32_t page_shift,
+                                                                int splits, int head_blocks, float* ws_out,
+                                                                float* ws_lse) {
+  using Tile = typename Smem<D>::Tile;
+  constexpr int KS = D / 16;  // k-steps of Q K^T
+  constexpr int DT = D / 8;   // n-tiles of O
+  extern __shared__ __align__(128) char smem[];
+  const int split = blockIdx.x;
+  const int kvh = int(blockIdx.y) / head_blocks, hb = int(blockIdx.y) % head_blocks;
   const int64_t seq = blockIdx.z;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int sub = lane % kLanes, grp = warp * kRowsPerWarp + lane / kLanes;
+  const int group = int(p.heads_q / p.heads_k);
+  const int h0 = kvh * group + hb * kHeadRows;  // the block's first query head
+  const int rows = min(kHeadRows, group - hb * kHeadRows);
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32, g = lane / 4, t = lane % 4;
 
-  // Keys of this split: the sequence's visible keys [first, len) cut in `splits` pieces. Lengths
-  // and page ids are clamped into the table and the cache (a bad table never reads outside).
-  const int64_t cap_len = p.table_stride * p.page_size;
-  const int64_t len = min(max(static_cast<int64_t>(p.kv_lens[seq]), int64_t(0)), cap_len);
-  const int64_t first = p.window_left >= 0 ? max(int64_t(0), len - 1 - p.window_left) : 0;
-  const int64_t chunk = (len - first + splits - 1) / splits;
-  const int64_t lo = first + split * chunk, hi = min(len, lo + chunk);
+  // Keys of this split: the visible keys [first, len) cut into `splits` chunks of whole tiles.
+  // The length is clamped into the table (a bad length never reads past it).
+  const int64_t cap_len = p.table_width * p.page_size;
+  const int32_t len = int32_t(min(max(int64_t(p.kv_lens[seq]), int64_t(0)), cap_len));
+  const int32_t first = p.window_left >= 0 ? int32_t(max(int64_t(0), int64_t(len) - 1 - p.window_left)) : 0;
+  const int64_t per = (int64_t(len - first) + splits - 1) / splits;
+  const int64_t chunk = (per + kBlockKeys - 1) / kBlockKeys * kBlockKeys;
+  const int32_t lo = int32_t(min(int64_t(len), first + split * chunk));
+  const int32_t hi = int32_t(min(int64_t(len), int64_t(lo) + chunk));
+  const int tiles = int((hi - lo + kBlockKeys - 1) / kBlockKeys);
 
-  const bool capped = p.softcap > 0.0;
-  const float cap = static_cast<float>(p.softcap);
-  const float qscale = static_cast<float>(capped ? p.scale / p.softcap : p.scale);
-  float q[G][8];
+  // Q as the A operand of every k-step: rows g and g + 8 of the block's heads (zero past `rows`).
+  uint32_t qa[KS][4];
+  {
+    const T* qs = static_cast<const T*>(p.q) + seq * p.q_row_stride + 2 * t;
 #pragma unroll
-  for (int g = 0; g < G; ++g) {
-    const T* qp = static_cast<const T*>(p.q) + seq * p.q_row_stride + (kvh * G + g) * p.q_head_stride + sub * 8;
-    widen8<T>(*reinterpret_cast<const uint4*>(qp), q[g]);
+    for (int half = 0; half < 2; ++half) {
+      const int r = g + 8 * half;
+      const T* qr = qs + int64_t(h0 + r) * p.q_head_stride;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) q[g][i] *= qscale;
-  }
-  float m[G], l[G], acc[G][8];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    m[g] = kNegInf;
-    l[g] = 0.f;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) acc[g][i] = 0.f;
-  }
-
-  const int32_t* table = p.page_table + seq * p.table_stride;
-  const T* kbase = static_cast<const T*>(p.k_pages) + kvh * p.page_head_stride + sub * 8;
-  const T* vbase = static_cast<const T*>(p.v_pages) + kvh * p.page_head_stride + sub * 8;
-  // The loop is uniform across a warp (its lane groups reduce with shuffles of the whole warp):
-  // warp w takes kRowsPerWarp * kUnroll consecutive keys a step, lane group r of it kUnroll of those.
-  const int64_t step = static_cast<int64_t>(kGroups) * kUnroll;
-  const int64_t lane_off = static_cast<int64_t>(lane / kLanes) * kUnroll;
-  // Rows of a step are loaded one step ahead (register double buffering), so their latency hides
-  // behind the previous step's math.
-  // Keys fit int32 (kv_lens are int32): one 32-bit division per step, then the page and the slot
-  // advance row by row (a 64-bit division per row cost more than all the math of the row).
-  const int32_t page_size = static_cast<int32_t>(p.page_size);
-  const int32_t last_page = static_cast<int32_t>(min(p.num_pages, int64_t(INT32_MAX)) - 1);
-  auto load = [&](int64_t base, uint4 (&kr)[kUnroll], uint4 (&vr)[kUnroll]) {
-    const int32_t b32 = static_cast<int32_t>(min(base, int64_t(INT32_MAX)));
-    int32_t col = b32 / page_size, slot = b32 - col * page_size;
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (base + u < hi) {
-        const int64_t page = min(max(table[col], 0), last_page);
-        const int64_t at = page * p.page_stride + static_cast<int64_t>(slot) * p.page_row_stride;
-        kr[u] = *reinterpret_cast<const uint4*>(kbase + at);
-        vr[u] = *reinterpret_cast<const uint4*>(vbase + at);
-      } else {
-        kr[u] = make_uint4(0, 0, 0, 0);
-        vr[u] = make_uint4(0, 0, 0, 0);
-      }
-      if (++slot == page_size) {
-        slot = 0;
-        ++col;
+      for (int ks = 0; ks < KS; ++ks) {
+        qa[ks][half] = r < rows ? *reinterpret_cast<const uint32_t*>(qr + 16 * ks) : 0u;
+        qa[ks][2 + half] = r < rows ? *reinterpret_cast<const uint32_t*>(qr + 16 * ks + 8) : 0u;
       }
     }
+  }
+
+  const T* kp = static_cast<const T*>(p.k_pages) + kvh * p.page_head_stride;
+  const T* vp = static_cast<const T*>(p.v_pages) + kvh * p.page_head_stride;
+  const PageMap pages{p.page_table + seq * p.table_stride, p.page_stride, p.page_row_stride,
+                      int32_t(p.page_size), int32_t(min(p.num_pages, int64_t(INT32_MAX)) - 1), page_shift};
+  auto sk = [&](int stage) { return Tile{smem + (2 * stage) * Tile::kBytes}; };
+  auto sv = [&](int stage) { return Tile{smem + (2 * stage + 1) * Tile::kBytes}; };
+  // Every call commits a group, empty past the last tile, so the wait below counts uniformly.
+  auto load = [&](int tile) {
+    if (tile < tiles) {
+      load_paged_rows<kThreads>(sk(tile % kStages), sv(tile % kStages), kp, vp, pages, lo + tile * kBlockKeys, hi);
+    }
+    cp_async_commit();
   };
-  const int64_t wstart = lo + static_cast<int64_t>(warp) * kRowsPerWarp * kUnroll;
-  uint4 kraw[kUnroll], vraw[kUnroll];
-  load(wstart + lane_off, kraw, vraw);
-  for (int64_t wbase = wstart; wbase < hi; wbase += step) {
-    const int64_t base = wbase + lane_off;
-    uint4 knext[kUnroll], vnext[kUnroll];
-    load(base + step, knext, vnext);
-    float s[kUnroll][G];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      float k[8];
-      widen8<T>(kraw[u], k);
+  for (int s = 0; s < kStages - 1; ++s) load(s);
+
+  RowState st;
+  float o[DT][4];
 #pragma unroll
-      for (int g = 0; g < G; ++g) {
-        float dot = 0.f;
+  for (int dt = 0; dt < DT; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+  for (int it = 0; it < tiles; ++it) {
+    cp_async_wait<kStages - 2>();  // tile it has landed (for this thread's copies)
+    __syncthreads();               // ... and everyone's; the stage of tile it - 1 is free
+    load(it + kStages - 1);
+    const Tile k_tile = sk(it % kStages), v_tile = sv(it % kStages);
+    float s[2][4] = {};
 #pragma unroll
-        for (int i = 0; i < 8; ++i) dot = fmaf(q[g][i], k[i], dot);
-#pragma unroll
-        for (int o = kLanes / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-        s[u][g] = base + u < hi ? (capped ? cap * tanhf(dot) : dot) : kNegInf;
-      }
+    for (int ks = 0; ks < KS; ++ks) {
+      uint32_t b[4];
+      k_tile.load_b(b, 16 * warp, 16 * ks);
+      mma_16816<T>(s[0], qa[ks], b[0], b[1]);
+      mma_16816<T>(s[1], qa[ks], b[2], b[3]);
     }
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      float mb = m[g];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) mb = fmaxf(mb, s[u][g]);
-      if (mb == kNegInf) continue;  // nothing visible yet in this lane group
-      const float alpha = __expf(m[g] - mb);  // 0 while m is -inf
-      float pu[kUnroll], sum = 0.f;
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        pu[u] = __expf(s[u][g] - mb);
-        sum += pu[u];
-      }
-      l[g] = l[g] * alpha + sum;
-      m[g] = mb;
-#pragma unroll
-      for (int i = 0; i < 8; ++i) acc[g][i] *= alpha;
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        float v[8];
-        widen8<T>(vraw[u], v);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc[g][i] = fmaf(pu[u], v[i], acc[g][i]);
-      }
+    const int32_t n0 = lo + it * kBlockKeys + 16 * warp;  // key of this warp's column 0
+    float alpha[2];
+    bool moved;
+    if (n0 + 16 <= hi) {
+      moved = softmax_scores_impl<false, kFolded>(s, st, ColMask{}, score, alpha);
+    } else {  // the last tile: keys at or past hi are masked (columns relative to key n0 + 2t)
+      const int end = hi - n0 - 2 * t;
+      moved = softmax_scores_impl<true, kFolded>(s, st, ColMask{{INT32_MIN / 2, INT32_MIN / 2}, {end, end}}, score,
+                                                 alpha);
     }
+    if (moved) rescale(o, alpha);
+    uint32_t pa[4];
+    acc_to_a<T>(pa, s[0], s[1]);
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      kraw[u] = knext[u];
-      vraw[u] = vnext[u];
+    for (int j = 0; j < D / 16; ++j) {
+      uint32_t b[4];
+      v_tile.load_b_trans(b, 16 * j, 16 * warp);
+      mma_16816<T>(o[2 * j], pa, b[0], b[1]);
+      mma_16816<T>(o[2 * j + 1], pa, b[2], b[3]);
     }
   }
+  cp_async_wait<0>();
+  __syncthreads();  // the pipeline's shared memory becomes the merge buffer
 
-  // Merge the lane groups of the block.
-  __shared__ float sm_m[kGroups][G], sm_l[kGroups][G];
-  __shared__ float sm_acc[kGroups][G][D];
+  // Merge the warps: each leaves its rows' max (base 2), sum and unnormalised O.
+  float* sm_o = reinterpret_cast<float*>(smem);  // [warp][row][D]
+  float* sm_m = sm_o + kWarps * kHeadRows * D;   // [warp][row]
+  float* sm_l = sm_m + kWarps * kHeadRows;
 #pragma unroll
-  for (int g = 0; g < G; ++g) {
-    if (sub == 0) {
-      sm_m[grp][g] = m[g];
-      sm_l[grp][g] = l[g];
+  for (int r = 0; r < 2; ++r) {
+    const int row = g + 8 * r;
+    const float l = quad_sum(st.sum[r]);
+    if (t == 0) {
+      sm_m[warp * kHeadRows + row] = st.max[r];
+      sm_l[warp * kHeadRows + row] = l;
     }
+    float* dst = sm_o + (warp * kHeadRows + row) * D + 2 * t;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) sm_acc[grp][g][sub * 8 + i] = acc[g][i];
+    for (int dt = 0; dt < DT; ++dt) {
+      dst[8 * dt] = o[dt][2 * r];
+      dst[8 * dt + 1] = o[dt][2 * r + 1];
+    }
   }
   __syncthreads();
   const int64_t n = p.num_sequences, hq = p.heads_q;
-  for (int e = threadIdx.x; e < G * D; e += kThreads) {
-    const int g = e / D, d = e % D;
-    float mx = kNegInf;
-    for (int r = 0; r < kGroups; ++r) mx = fmaxf(mx, sm_m[r][g]);
+  for (int e = int(threadIdx.x); e < rows * D; e += kThreads) {
+    const int r = e / D, d = e % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, sm_m[w * kHeadRows + r]);
     float tot = 0.f, a = 0.f;
-    if (mx != kNegInf) {
-      for (int r = 0; r < kGroups; ++r) {
-        const float w = __expf(sm_m[r][g] - mx);
-        tot += sm_l[r][g] * w;
-        a += sm_acc[r][g][d] * w;
+    if (mx != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float wt = exp2_ftz(sm_m[w * kHeadRows + r] - mx);
+        tot += sm_l[w * kHeadRows + r] * wt;
+        a += sm_o[(w * kHeadRows + r) * D + d] * wt;
       }
     }
-    const int64_t h = kvh * G + g;
-    const float o = tot > 0.f ? a / tot : 0.f;
-    const float lse = tot > 0.f ? mx + logf(tot) : kNegInf;
+    const int64_t h = h0 + r;
+    const float out = tot > 0.f ? a / tot : 0.f;
+    const float lse = tot > 0.f ? mx * kLn2 + logf(tot) : -INFINITY;
     if (splits == 1) {
-      static_cast<T*>(p.out)[seq * p.out_row_stride + h * p.out_head_stride + d] = static_cast<T>(o);
+      static_cast<T*>(p.out)[seq * p.out_row_stride + h * p.out_head_stride + d] = static_cast<T>(out);
       if (d == 0 && p.lse != nullptr) p.lse[h * n + seq] = lse;
     } else {
       const int64_t slot = (seq * hq + h) * splits + split;
-      ws_out[slot * D + d] = o;
+      ws_out[slot * D + d] = out;
       if (d == 0) ws_lse[slot] = lse;
     }
   }
@@ -240,14 +223,28 @@ __global__ void combine_kernel(const attention::PagedDecodeParams p, int splits,
   if (d == 0 && p.lse != nullptr) p.lse[h * p.num_sequences + seq] = tot > 0.f ? mx + logf(tot) : -INFINITY;
 }
 
-template <class T, int D, int G>
+int head_blocks(const attention::PagedDecodeParams& p) {
+  return int((p.heads_q / p.heads_k + kHeadRows - 1) / kHeadRows);
+}
+
+template <class T, int D, bool kFolded>
 void launch(const attention::PagedDecodeParams& p, int splits, float* ws, cudaStream_t stream) {
   const int64_t slots = p.num_sequences * p.heads_q * splits;
   float* ws_out = ws;
   float* ws_lse = ws == nullptr ? nullptr : ws + slots * D;
-  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.heads_k),
+  const int hb = head_blocks(p);
+  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(p.heads_k * hb),
                   static_cast<unsigned>(p.num_sequences));
-  paged_decode_kernel<T, D, G><<<grid, kThreads, 0, stream>>>(p, splits, ws_out, ws_lse);
+  const float cap = static_cast<float>(p.softcap);
+  const ScoreMap score{static_cast<float>(p.scale), cap, cap > 0.f ? 1.f / cap : 0.f,
+                       static_cast<float>(p.scale) * kLog2e};
+  int32_t shift = -1;
+  for (int32_t b = 0; b < 31; ++b) {
+    if ((int64_t(1) << b) == p.page_size) shift = b;
+  }
+  auto kernel = paged_decode_kernel<T, D, kFolded>;
+  set_smem(kernel, Smem<D>::kBytes);
+  kernel<<<grid, kThreads, Smem<D>::kBytes, stream>>>(p, score, shift, splits, hb, ws_out, ws_lse);
   check_cuda(cudaGetLastError(), "paged_decode_kernel launch");
   if (splits > 1) {
     combine_kernel<T, D><<<static_cast<unsigned>(p.num_sequences * p.heads_q), D, 0, stream>>>(p, splits, ws_out,
@@ -257,20 +254,15 @@ void launch(const attention::PagedDecodeParams& p, int splits, float* ws, cudaSt
 }
 
 template <class T, int D>
-void launch_group(const attention::PagedDecodeParams& p, int splits, float* ws, cudaStream_t stream) {
-  switch (p.heads_q / p.heads_k) {
-    case 1: return launch<T, D, 1>(p, splits, ws, stream);
-    case 2: return launch<T, D, 2>(p, splits, ws, stream);
-    case 4: return launch<T, D, 4>(p, splits, ws, stream);
-    case 8: return launch<T, D, 8>(p, splits, ws, stream);
-    default: break;
-  }
+void launch_score(const attention::PagedDecodeParams& p, int splits, float* ws, cudaStream_t stream) {
+  if (p.softcap == 0.0 && p.scale > 0.0) return launch<T, D, true>(p, splits, ws, stream);
+  return launch<T, D, false>(p, splits, ws, stream);
 }
 
 template <class T>
 void launch_dim(const attention::PagedDecodeParams& p, int splits, float* ws, cudaStream_t stream) {
-  if (p.head_dim == 64) return launch_group<T, 64>(p, splits, ws, stream);
-  return launch_group<T, 128>(p, splits, ws, stream);
+  if (p.head_dim == 64) return launch_score<T, 64>(p, splits, ws, stream);
+  return launch_score<T, 128>(p, splits, ws, stream);
 }
 
 }  // namespace
@@ -283,12 +275,12 @@ void validate_paged_decode(const PagedDecodeParams& p) {
   if (p.dtype != DType::BFloat16 && p.dtype != DType::Float16) unsupported("needs bfloat16 or float16");
   if (p.head_dim != 64 && p.head_dim != 128) unsupported("head dim " + std::to_string(p.head_dim) + " (64 or 128)");
   if (p.heads_k < 1 || p.heads_q % p.heads_k != 0) unsupported("query heads must be a multiple of kv heads");
-  const int64_t group = p.heads_q / p.heads_k;
-  if (group != 1 && group != 2 && group != 4 && group != 8) {
-    unsupported("GQA group of " + std::to_string(group) + " query heads per kv head (1, 2, 4 or 8)");
+  if (p.num_sequences > 65535 || p.heads_k * cuda_attention::paged::head_blocks(p) > 65535) {
+    unsupported("more than 65535 sequences or kv heads x blocks of 16 query heads");
   }
-  if (p.num_sequences > 65535 || p.heads_k > 65535) unsupported("more than 65535 sequences or kv heads");
-  if (p.page_size < 1 || p.num_pages < 1 || p.table_stride < 0) unsupported("an empty cache or bad page size");
+  if (p.page_size < 1 || p.page_size > INT32_MAX || p.num_pages < 1 || p.table_stride < 0 || p.table_width < 0) {
+    unsupported("an empty cache or bad page size");
+  }
   // 16-byte loads of 8 elements: pointers and every stride a multiple of 8 elements.
   const auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
   for (int64_t s : {p.q_row_stride, p.q_head_stride, p.page_stride, p.page_row_stride, p.page_head_stride}) {
@@ -298,11 +290,14 @@ void validate_paged_decode(const PagedDecodeParams& p) {
 }
 
 int paged_decode_splits(const PagedDecodeParams& p, int64_t max_kv_len) {
-  const int64_t blocks = std::max<int64_t>(1, p.num_sequences * p.heads_k);
-  // ~16 blocks per SM: 2-3 are resident at a time (141-220 registers a thread), so the last wave
-  // of a grid of one block per (sequence, kv head) left most SMs idle (batch 64, 8 kv heads: 512
-  // blocks in 1.3 waves of 396, 37% of the copy rate at 16k; benchmarks/NOTES.md).
-  const int64_t want = (16 * static_cast<int64_t>(cuda_attention::sm90::sm_count()) + blocks - 1) / blocks;
+  namespace pd = cuda_attention::paged;
+  const int64_t blocks = std::max<int64_t>(1, p.num_sequences * p.heads_k * pd::head_blocks(p));
+  // At least two waves of resident blocks (2 a SM at d128, 4 at d64: shared memory), so a grid of
+  // one block per (sequence, kv head) does not leave SMs idle in a short last wave (batch 64 x 8
+  // kv heads = 512 blocks on 132 SMs x 2 would be 1.9 waves; benchmarks/NOTES.md).
+  const int64_t resident = (p.head_dim == 64 ? pd::Smem<64>::kBlocksPerSm : pd::Smem<128>::kBlocksPerSm) *
+                           static_cast<int64_t>(cuda_attention::sm90::sm_count());
+  const int64_t want = (2 * resident + blocks - 1) / blocks;
   const int64_t most = std::max<int64_t>(1, (max_kv_len + cuda_attention::paged::kMinSplitKeys - 1) /
                                                 cuda_attention::paged::kMinSplitKeys);
   return static_cast<int>(std::clamp<int64_t>(want, 1, std::min<int64_t>(most, 64)));
