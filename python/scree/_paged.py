@@ -34,7 +34,7 @@ class PagedKV:
     as the engines rebuild their metadata (writing new tokens with `append` keeps it valid)."""
 
     __slots__ = ("k_pages", "v_pages", "page_table", "kv_lens", "layout", "max_kv_len", "_ns", "_host_lens",
-                 "_rows", "__weakref__")
+                 "_rows", "_cu_kv", "__weakref__")
 
     def __init__(self, k_pages: Any, v_pages: Any, page_table: Any, kv_lens: Any, layout: str = "NHD",
                  validate: bool = True):
@@ -64,6 +64,7 @@ class PagedKV:
         self._ns = ns
         self._host_lens: np.ndarray | None = None
         self._rows: tuple[Any, np.ndarray] | None = None
+        self._cu_kv: Any = None  # device offsets of the cached lengths (device_kv_offsets)
         self.max_kv_len: int | None = None  # known once the tables were checked (or read) on the host
         if not validate:
             return
@@ -146,7 +147,17 @@ class PagedKV:
 
     def _known(self, other: "PagedKV") -> "PagedKV":
         self.max_kv_len, self._host_lens, self._rows = other.max_kv_len, other._host_lens, other._rows
+        self._cu_kv = other._cu_kv
         return self
+
+    def device_kv_offsets(self) -> Any:
+        """int64 offsets (n + 1) of the cached lengths on the tables' device (a cumulative sum there,
+        no sync), made once and kept: the paged kernels take cu_seqlens_k from it."""
+        if self._cu_kv is None:
+            ns = self._ns
+            lens = ns.astype(self.kv_lens, "int64")
+            self._cu_kv = ns.concat([ns.zeros((1,), "int64", like=lens), ns.cumsum(lens)])
+        return self._cu_kv
 
     # ---- reading the cached tokens ---------------------------------------------------------------
     def token_rows(self) -> tuple[Any, np.ndarray]:

@@ -25,12 +25,12 @@ def paged_attention(q: Array, kv: PagedKV, causal: bool = False, scale: float | 
     scree.varlen_attention (GQA when Hq is a multiple of the cache's heads, causal bottom-right,
     window, softcap, lse). Returns an Array with q's offsets.
 
-    A decode batch (every query sequence one token, its layout knowing so) of torch CUDA half
-    tensors runs the CUDA paged decode, which reads the pages in place (scree.kernels.paged; no
-    sync). Anything else gathers each sequence's cached tokens out of the pages (one copy of the
-    keys and values in use, reading kv_lens on the host: a sync for device tables) and runs the
-    varlen kernels on them (a chunked-prefill kernel over the pages is the next step,
-    benchmarks/NOTES.md)."""
+    Torch CUDA half tensors read the pages in place, with no sync (scree.kernels.paged): a decode
+    batch (every query sequence one token, its layout knowing so) runs the CUDA paged decode, any
+    other batch (chunked prefill, mixed) the Hopper forward over the pages (page sizes 16, 32, 64,
+    128 or multiples of 128). Host arrays run the CPU kernel over the pages. Anything else gathers
+    each sequence's cached tokens out of the pages (a copy of the keys and values in use, reading
+    kv_lens on the host: a sync for device tables) and runs the varlen kernels on them."""
     if not isinstance(q, Array) or not isinstance(kv, PagedKV):
         raise BackendError(f"paged_attention takes a scree.Array q and a scree.PagedKV, got "
                            f"{type(q).__name__} and {type(kv).__name__}")
@@ -42,11 +42,14 @@ def paged_attention(q: Array, kv: PagedKV, causal: bool = False, scale: float | 
         out_values, lse = paged.forward_cpu(q, kv, causal, scale, window, softcap, return_lse)
         out = Array._over(out_values, q._layout)
         return (out, lse) if return_lse else out
+    done = None
     if paged.decode_serves(q, kv):
         done = paged.decode(q, kv, scale, window, softcap, return_lse)
-        if done is not None:
-            out = Array._over(done[0], q._layout)
-            return (out, done[1]) if return_lse else out
+    if done is None and paged.cuda_serves(q, kv):
+        done = paged.forward_cuda(q, kv, causal, scale, window, softcap, return_lse)
+    if done is not None:
+        out = Array._over(done[0], q._layout)
+        return (out, done[1]) if return_lse else out
     k, v = cached_kv(kv)
     return varlen_attention(q, k, v, causal=causal, scale=scale, window=window, softcap=softcap,
                             return_lse=return_lse)

@@ -10,6 +10,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -222,6 +223,73 @@ void paged_fwd_cpu(const InArray& q_, const InArray& k_, const InArray& v_, cons
   attention::varlen_fwd_cpu(p);
 }
 
+#ifdef SCREE_WITH_CUDA
+// (num_pages, page_size, H, D) pages as the (num_pages * page_size, H, D) rows fill_inputs checks:
+// row stride = the slot stride; the page stride travels apart (VarlenParams::kv_page_stride).
+ArrayArg page_rows(const InArray& a, const char* name) {
+  require(a.ndim() == 4, ErrorKind::ShapeMismatch, [&] {
+    return std::string(name) + " must have shape (num_pages, page_size, heads, head_dim), got " +
+           std::to_string(a.ndim()) + " dimensions";
+  });
+  ArrayArg r = arg(a, name);
+  r.ndim = 3;
+  r.shape[0] = int64_t(a.shape(0)) * int64_t(a.shape(1)), r.shape[1] = int64_t(a.shape(2)), r.shape[2] = int64_t(a.shape(3));
+  r.stride[0] = a.stride(1), r.stride[1] = a.stride(2), r.stride[2] = a.stride(3);
+  return r;
+}
+
+// The forward over a paged KV cache on CUDA (chunked prefill, decode, both; Hopper kernels): q,
+// out, lse, args, workspace and q_summary as varlen_fwd; k_pages / v_pages (num_pages, page_size,
+// Hk, D) with any strides, the same for both (NHD pages, or HND ones as a transposed view);
+// cu_seqlens_k (n + 1) device offsets of the cached lengths; page_table (n, width) device int32 /
+// int64, its values checked where they entered scree (scree.PagedKV) and clamped into the cache
+// by the kernel.
+void paged_fwd_cuda(const InArray& q_, const InArray& k_, const InArray& v_, const InArray& cu_q_, const InArray& cu_k_,
+                    const InArray& page_table, OutArray out_, std::optional<OutArray> lse_, const AttentionArgs& args,
+                    const std::optional<OutArray>& workspace_, const std::optional<InArray>& q_summary_,
+                    uintptr_t stream) {
+  const ArrayArg q = arg(q_, "q");
+  require(on_cuda(q), ErrorKind::Unsupported,
+          [] { return std::string("paged_fwd_cuda runs on CUDA arrays (host arrays: paged_fwd_cpu)"); });
+  const ArrayArg k = page_rows(k_, "k_pages"), v = page_rows(v_, "v_pages");
+  for (size_t i = 0; i < 4; ++i) {
+    require(k_.shape(i) == v_.shape(i) && k_.stride(i) == v_.stride(i), ErrorKind::ShapeMismatch,
+            [] { return std::string("k_pages and v_pages must have one shape and one layout"); });
+  }
+  VarlenParams p;
+  fill_inputs(p, q, k, v, arg(cu_q_, "cu_seqlens_q"), arg(cu_k_, "cu_seqlens_k"), args);
+  ArrayArg lse;
+  if (lse_) lse = arg(*lse_, "lse");
+  fill_forward_outputs(p, q, arg(out_, "out"), lse_ ? &lse : nullptr);
+  const ArrayArg table = arg(page_table, "page_table");
+  require_with_q(table, q);
+  require(table.ndim == 2 && (table.type == ElemType::Int32 || table.type == ElemType::Int64), ErrorKind::DTypeMismatch,
+          [] { return std::string("page_table must be a 2-d int32 or int64 array"); });
+  require(table.shape[0] == p.num_sequences && (table.shape[1] == 0 || table.stride[1] == 1), ErrorKind::ShapeMismatch,
+          [&] { return "page_table must have one contiguous row per sequence (" + std::to_string(p.num_sequences) + ")"; });
+  p.paged = true;
+  p.page_size = int64_t(k_.shape(1));
+  p.kv_rows = k.shape[0];
+  p.kv_page_stride = k_.stride(0);
+  p.page_table = table.data;
+  p.page_table_int64 = table.type == ElemType::Int64;
+  p.page_table_width = table.shape[1];
+  p.page_table_stride = table.shape[1] > 0 ? table.stride[0] : 0;
+  // The cached lengths sit on the device: the tables' capacity bounds their sum (pages may be shared
+  // between sequences, so the cache's own size does not).
+  p.total_k = std::min<int64_t>(p.num_sequences * p.page_table_width * p.page_size, (int64_t(1) << 31) - 1);
+  p.max_seqlen_q_device = q_summary_arg(q_summary_, q);
+  Workspace ws = workspace_arg(workspace_, q);
+  const size_t need = attention::varlen_fwd_cuda_workspace_bytes();
+  require_workspace(ws, need, "scree._C.cuda_fwd_workspace_bytes()");
+  nb::gil_scoped_release release;
+  cuda::DeviceGuard guard(q.device_id);
+  std::optional<StreamScratch> scratch;
+  ws = or_scratch(ws, need, stream_ptr(stream), scratch);
+  attention::varlen_fwd_cuda(p, ws.data, ws.bytes, stream_ptr(stream));  // validates p (paged: sm90, page size)
+}
+#endif
+
 // The CUDA forward's workspace size (the same for every call); 0 without CUDA.
 size_t cuda_fwd_workspace_bytes() {
 #ifdef SCREE_WITH_CUDA
@@ -371,6 +439,16 @@ void register_attention(nb::module_& m) {
         "page_size, Hk, D) the pages as rows, cu_seqlens_k the cached tokens of each sequence,\n"
         "page_table (n, width) int32/int64 (sequence i's key t is row page_table[i][t // page_size] *\n"
         "page_size + t % page_size); q, out, lse and args as varlen_fwd. The table is checked first.");
+#ifdef SCREE_WITH_CUDA
+  m.def("paged_fwd_cuda", &paged_fwd_cuda, nb::arg("q"), nb::arg("k_pages"), nb::arg("v_pages"), nb::arg("cu_seqlens_q"),
+        nb::arg("cu_seqlens_k"), nb::arg("page_table"), nb::arg("out"), nb::arg("lse").none(), nb::arg("args"),
+        nb::arg("workspace").none() = nb::none(), nb::arg("q_summary").none() = nb::none(), nb::arg("stream") = 0,
+        "Varlen attention forward on CUDA (Hopper) over a paged KV cache read in place: k_pages / v_pages\n"
+        "(num_pages, page_size, Hk, D), any strides (HND pages as a transposed view), page sizes 16, 32,\n"
+        "64, 128 or multiples of 128; cu_seqlens_k device offsets of the cached lengths; page_table (n,\n"
+        "width) int32/int64 on the device (values checked by scree.PagedKV, clamped by the kernel); the\n"
+        "rest as varlen_fwd. Slots past a sequence's end in its last page may hold anything.");
+#endif
   m.def("varlen_fwd", &varlen_fwd, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("cu_seqlens_q"),
         nb::arg("cu_seqlens_k"), nb::arg("out"), nb::arg("lse").none(), nb::arg("args"),
         nb::arg("workspace").none() = nb::none(), nb::arg("q_summary").none() = nb::none(), nb::arg("stream") = 0,

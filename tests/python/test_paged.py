@@ -316,3 +316,62 @@ def test_value_head_dim_may_differ(backend):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
     slots = np.array([int(table[0, 0]) * 4], np.int64)
     kv.append(*on(backend, np.ones((1, 2, 8), np.float32), np.ones((1, 2, 5), np.float32), slots))
+
+
+PREFILL = {  # (kv lengths, query lengths, heads q, heads k, options): the Hopper forward over the pages
+    "chunks_causal": ([300, 129, 1000, 16], [44, 129, 256, 1], 8, 2, {"causal": True}),
+    "mixed_window_softcap": ([0, 700, 33, 256, 5], [0, 200, 1, 17, 5], 4, 4,
+                             {"causal": True, "window": (64, 0), "softcap": 4.0}),
+    "not_causal_mqa": ([513, 90], [100, 90], 6, 1, {}),
+}
+
+
+def poison_past_ends(pages, table, lens, page_size, layout):
+    """NaN in every slot after a sequence's end in its last page (never-written cache memory)."""
+    for i, n in enumerate(lens):
+        if n % page_size:
+            page, first = table[i, (n - 1) // page_size], n % page_size
+            if layout == "NHD":
+                pages[page, first:] = np.nan
+            else:
+                pages[page, :, first:] = np.nan
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("page_size", [16, 32, 128, 256])
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("case", list(PREFILL), ids=list(PREFILL))
+def test_cuda_paged_forward_reads_the_pages(case, d, page_size, layout, monkeypatch):
+    """Chunked prefill and mixed batches on CUDA: the Hopper forward loads K/V tiles out of the
+    pages (never the gather path), against the fp64 reference with FlashAttention's rule; NaN in
+    the unused slots of a sequence's last page must not reach the output."""
+    torch = _cuda()
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the CUDA paged forward runs on Hopper")
+    from scree import _paged_attention
+    from scree.kernels import paged
+    rng = np.random.default_rng()
+    kv_lens, q_lens, hq, hk, opts = PREFILL[case]
+    kp, vp, table, lens = make_cache(rng, kv_lens, page_size, hk, d, layout)
+    poison_past_ends(kp, table, lens, page_size, layout)
+    poison_past_ends(vp, table, lens, page_size, layout)
+    monkeypatch.setattr(_paged_attention, "cached_kv", lambda kv: pytest.fail("took the gather path"))
+    dev = lambda x: torch.from_numpy(x).cuda()  # noqa: E731
+    tab = dev(table).long() if layout == "HND" else dev(table)  # int64 tables too
+    for dt in (torch.bfloat16, torch.float16):
+        kv = scree.PagedKV(dev(kp).to(dt), dev(vp).to(dt), tab, dev(lens), layout=layout)
+        qv = (rng.standard_normal((sum(q_lens), hq, d)) + 0.1).astype(np.float32)
+        q = scree.from_lengths(dev(qv).to(dt), q_lens)
+        assert paged.cuda_serves(q, kv)
+        out, lse = scree.paged_attention(q, kv, **opts, return_lse=True)
+        kp16, vp16, q16 = (torch.from_numpy(x).to(dt) for x in (kp, vp, qv))
+        kv64 = scree.PagedKV(kp16.double().numpy(), vp16.double().numpy(), table, lens, layout=layout)
+        ref64 = R.paged_attention(scree.from_lengths(q16.double().numpy(), q_lens), kv64, **opts, return_lse=True)
+        kvlow = scree.PagedKV(kp16, vp16, torch.from_numpy(table), torch.from_numpy(lens), layout=layout)
+        low = R.paged_attention(scree.from_lengths(q16, q_lens), kvlow, **opts, return_lse=True, upcast=False)
+        assert torch.isfinite(out.values).all()
+        assert_fa_close(out.values.float().cpu(), ref64[0].values, low[0].values.float(), extra=4e-3)
+        finite = np.isfinite(f64(ref64[1]))
+        assert np.array_equal(finite, np.isfinite(f64(lse.cpu())))
+        assert_fa_close(f64(lse.cpu())[finite], f64(ref64[1])[finite], f64(low[1])[finite], extra=1e-3)

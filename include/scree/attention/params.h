@@ -63,7 +63,7 @@ struct VarlenParams {
   int64_t heads_q = 0, heads_k = 0;  // heads_q % heads_k == 0 (GQA / MQA)
   int64_t head_dim = 0, head_dim_v = 0;
 
-  // Paged keys and values (CPU forward only; not paged: k, v are rows in cu_seqlens_k order). With a
+  // Paged keys and values (the CPU forward; CUDA: paged_fwd_cuda on Hopper; not paged: k, v are rows in cu_seqlens_k order). With a
   // page table, k and v hold kv_rows rows in pages of page_size, and key/value t of sequence b is
   // row page_table[b * page_table_stride + t / page_size] * page_size + t % page_size, page ids
   // clamped into the rows; cu_seqlens_k then only gives each sequence's length (total_k its last
@@ -74,6 +74,9 @@ struct VarlenParams {
   const void* page_table = nullptr;
   bool page_table_int64 = false;
   int64_t page_table_stride = 0, page_table_width = 0, page_size = 0, kv_rows = 0;
+  // CUDA (paged_fwd_cuda): the pages keep their own strides, k_row_stride / v_row_stride being the
+  // slot stride and this the page stride (elements; NHD and HND pages alike).
+  int64_t kv_page_stride = 0;
 
   double scale = 1.0;         // applied to q.k before softcap (double: fp64 inputs keep fp64 accuracy)
   double softcap = 0.0;       // 0 = off, else s -> softcap * tanh(s / softcap)

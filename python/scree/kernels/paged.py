@@ -3,6 +3,9 @@ in place:
 * `decode` (scree._C.paged_decode, CUDA): one query per sequence, split along the keys and combined
   by lse; torch CUDA tensors of bfloat16 / float16, head dims 64 and 128, any number of query heads
   per kv head;
+* `forward_cuda` (scree._C.paged_fwd_cuda, Hopper): any batch (chunked prefill, decode, both) of
+  torch CUDA half tensors, the Hopper forward loading K/V tiles out of the pages by TMA; page sizes
+  of 16, 32, 64, 128 or multiples of 128;
 * `forward_cpu` (scree._C.paged_fwd_cpu): any batch (decode, chunked prefill, both) on host arrays
   (NumPy, torch CPU), the CPU varlen kernel reading key and value rows through the page table.
 Neither records a gradient (serving); everything else takes the gather path of
@@ -22,9 +25,10 @@ from scree._paged import PagedKV
 from scree.kernels import attention as K
 from scree.kernels.attention_spec import _options
 
-__all__ = ["decode_serves", "decode", "cpu_serves", "forward_cpu"]
+__all__ = ["decode_serves", "decode", "cuda_serves", "forward_cuda", "cpu_serves", "forward_cpu"]
 
 _COMPILED = hasattr(_C, "paged_decode")
+_COMPILED_FWD = hasattr(_C, "paged_fwd_cuda")
 
 
 def decode_serves(q: Array, kv: PagedKV) -> bool:
@@ -67,6 +71,53 @@ def decode(q: Array, kv: PagedKV, scale: Any, window: Any, softcap: Any, return_
     _C.paged_decode(a(qv), a(kp), a(vp), a(table), a(lens), a(out), None if lse is None else a(lse),
                     1.0 / math.sqrt(d) if scale_value is None else scale_value, cap or 0.0,
                     -1 if left is None else left, splits, None if ws is None else a(ws), ns.stream(qv))
+    return out, lse
+
+
+def cuda_serves(q: Array, kv: PagedKV) -> bool:
+    """Whether the Hopper paged forward may take this call (the C++ side refuses, with
+    scree.UnsupportedError, a device or head dim it has no kernel for): torch CUDA arrays of one
+    half type, no autograd, a page size whose boxes tile a 128-key block."""
+    ns = q._ns
+    v = q.values
+    if not _COMPILED_FWD or ns.name != "torch" or ns.is_host(v) or ns.is_tracing() or ns.needs_autograd(v):
+        return False
+    dt = ns.dtype_name(v)
+    if dt not in ("bfloat16", "float16") or ns.dtype_name(kv.k_pages) != dt or len(ns.shape(v)) != 3:
+        return False
+    ps = kv.page_size
+    hq, d = ns.shape(v)[1], ns.shape(v)[2]
+    return (d == kv.head_dim and ns.shape(kv.v_pages)[3] == d and hq % kv.heads == 0 and ps % 16 == 0
+            and (128 % ps == 0 or ps % 128 == 0))
+
+
+def forward_cuda(q: Array, kv: PagedKV, causal: Any, scale: Any, window: Any, softcap: Any,
+                 return_lse: bool) -> tuple[Any, Any] | None:
+    """(out values, lse or None) from the Hopper forward over the pages, or None where the C++ side
+    refuses the call (no Hopper device or kernel: scree.UnsupportedError), for the gather path."""
+    ns = q._ns
+    left, right, scale_value, cap = _options(causal, scale, window, softcap)
+    qv = q.values
+    tq, hq, d = ns.shape(qv)
+    kp, vp = kv.k_pages, kv.v_pages
+    if kv.layout == "HND":
+        kp, vp = ns.swapaxes(kp, 1, 2), ns.swapaxes(vp, 1, 2)
+    # The longest cached sequence: known once the tables' check landed, else the tables' capacity.
+    bound = kv.max_kv_len if kv.max_kv_len is not None else ns.shape(kv.page_table)[1] * kv.page_size
+    pq = K.plan(q)
+    args = _C.AttentionArgs(pq.max_seqlen, int(bound), 1.0 / math.sqrt(d) if scale_value is None else scale_value,
+                            bool(causal), -1 if left is None else left, -1 if right is None else right, cap or 0.0,
+                            False)
+    out = ns.empty((tq, hq, d), ns.dtype_name(qv), like=qv)
+    lse = ns.empty((hq, tq), "float32", like=qv) if return_lse else None
+    ws = ns.empty((K.CUDA_FWD_WORKSPACE_BYTES,), "uint8", like=qv)
+    a = ns.kernel_arg
+    try:
+        _C.paged_fwd_cuda(a(qv), a(kp), a(vp), a(pq.offsets), a(kv.device_kv_offsets()), a(kv.page_table), a(out),
+                          None if lse is None else a(lse), args, a(ws),
+                          None if pq.summary is None else a(pq.summary), ns.stream(qv))
+    except UnsupportedError:
+        return None
     return out, lse
 
 

@@ -11,6 +11,8 @@
 //    P V of the previous one are in flight together while the softmax runs.
 // Rows past a sequence's end read the next sequence's tokens (or TMA's zero fill past the tensor):
 // keys there are masked, query rows there are computed and never stored.
+// kPaged: keys and values come from a paged KV cache through the page table (paged_tma.cuh;
+// VarlenParams::paged; cu_seqlens_k then only gives each sequence's cached length).
 #pragma once
 
 #include <cuda.h>
@@ -23,6 +25,7 @@
 #include "../scores.cuh"
 #include "../varlen_tile.cuh"
 #include "named_barrier.cuh"
+#include "paged_tma.cuh"
 #include "pipeline.cuh"
 #include "ptx.cuh"
 #include "tile_scheduler.cuh"
@@ -78,7 +81,7 @@ template <int D>
 inline constexpr int kFwdSmemBytes = smem_bytes<FwdSmem<D>>();
 
 // kFolded: ScoreMap::folds() (no softcap, scale > 0), see online_softmax.cuh.
-template <class T, int D, bool kFolded>
+template <class T, int D, bool kFolded, bool kPaged>
 __global__ void __launch_bounds__(384, 1)
     varlen_fwd_sm90_kernel(const VarlenParams p, const ScoreMap score, const TileOrder host_order,
                            unsigned long long* tile_counter,
@@ -105,14 +108,14 @@ __global__ void __launch_bounds__(384, 1)
   // key blocks of all of a CTA's tiles, `j` its tiles (Q's phase).
   struct Tile {
     SeqTile s;
+    int64_t b;  // the sequence
     int m0, rows, h, hk;
     KeyBlocks kb;
   };
   auto tile_at = [&](int64_t t, Tile& x) {
-    int64_t b;
     int m_tile;
-    order.at(t, b, m_tile, x.h);
-    x.s = sequence(p, b);
+    order.at(t, x.b, m_tile, x.h);
+    x.s = sequence(p, x.b);
     x.m0 = m_tile * kM;
     if (x.m0 >= x.s.q_len) return false;
     x.rows = min(kM, x.s.q_len - x.m0);
@@ -148,10 +151,14 @@ __global__ void __launch_bounds__(384, 1)
         reserved = counter.next();
         for (int nb = x.kb.begin; nb < x.kb.end; ++nb, kv.advance()) {
           sm.ring.acquire(kv, 2 * Tiles::kKVBytes);
-          const int row = int(x.s.k_start) + nb * kN;
           typename Smem::Stage& st = sm.kv[kv.index];
-          tma_load_slabs<D>(st.k, Tiles::kSlabBytesKV, &tm_k, x.hk, row, sm.ring.full_bar(kv));
-          tma_load_slabs<D>(st.v, Tiles::kSlabBytesKV, &tm_v, x.hk, row, sm.ring.full_bar(kv));
+          if constexpr (kPaged) {
+            tma_load_paged_block<D, kN>(p, x.b, x.hk, nb, x.s.k_len, st.k, st.v, &tm_k, &tm_v, sm.ring.full_bar(kv));
+          } else {
+            const int row = int(x.s.k_start) + nb * kN;
+            tma_load_slabs<D>(st.k, Tiles::kSlabBytesKV, &tm_k, x.hk, row, sm.ring.full_bar(kv));
+            tma_load_slabs<D>(st.v, Tiles::kSlabBytesKV, &tm_v, x.hk, row, sm.ring.full_bar(kv));
+          }
         }
       }
     }
@@ -270,6 +277,16 @@ __global__ void __launch_bounds__(384, 1)
         prev = kv.index;
       }
       if (blocks > 0) {
+        if constexpr (kPaged) {
+          // The last block holds the sequence's end when it reaches past it: its V rows from the end
+          // to the end of that page are the page's leftovers (paged_tma.cuh).
+          const int n0 = (x.kb.end - 1) * kN, ps = int(p.page_size);
+          if (n0 + kN > x.s.k_len && x.s.k_len % ps != 0) {
+            const int page_end = (x.s.k_len / ps + 1) * ps;
+            zero_rows_past_end<D, kN>(sm.kv[prev].v, x.s.k_len - n0, min(kN, page_end - n0), int(threadIdx.x) % 128,
+                                      NamedBarrier::kFwdPagedTail0 + cw);
+          }
+        }
         fence_regs(o);
         my_turn();
         wgmma_fence();

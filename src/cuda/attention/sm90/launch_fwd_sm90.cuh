@@ -1,5 +1,5 @@
 // Launcher of the Hopper forward for one (element type, head dim): TMA tensor maps over the
-// packed q, k, v tensors, the dynamic shared-memory opt-in, the tile counter (zeroed on the stream
+// packed q, k, v tensors (or the pages of a paged cache), the dynamic shared-memory opt-in, the tile counter (zeroed on the stream
 // in the caller's workspace), the persistent launch and its error check. Explicitly instantiated in instances/fwd_sm90_*.cu, compiled for
 // sm_90a only.
 #pragma once
@@ -27,12 +27,25 @@ void launch_fwd_sm90(const VarlenParams& p, unsigned long long* tile_counter, cu
   const int64_t tk = keys ? p.total_k : 1;
   const int64_t hk = keys ? p.heads_k : p.heads_q;
   const CUtensorMap tq = tensor_map_3d<T>(p.q, p.total_q, p.heads_q, D, p.q_row_stride, p.q_head_stride, Tiles::kBlockM, "q");
-  const CUtensorMap tk_map = tensor_map_3d<T>(keys ? p.k : p.q, tk, hk, D, keys ? p.k_row_stride : p.q_row_stride,
-                                              keys ? p.k_head_stride : p.q_head_stride, Tiles::kBlockN, "k");
-  const CUtensorMap tv_map = tensor_map_3d<T>(keys ? p.v : p.q, tk, hk, D, keys ? p.v_row_stride : p.q_row_stride,
-                                              keys ? p.v_head_stride : p.q_head_stride, Tiles::kBlockN, "v");
+  CUtensorMap tk_map, tv_map;
+  if (p.paged) {  // (num_pages, page_size, Hk, D) pages, boxes of min(page_size, kBlockN) slots (paged_tma.cuh)
+    const int64_t pages = p.kv_rows / p.page_size;
+    const int box = int(p.page_size < Tiles::kBlockN ? p.page_size : Tiles::kBlockN);
+    tk_map = tensor_map_pages<T>(p.k, pages, p.page_size, p.heads_k, D, p.kv_page_stride, p.k_row_stride,
+                                 p.k_head_stride, box, "k pages");
+    tv_map = tensor_map_pages<T>(p.v, pages, p.page_size, p.heads_k, D, p.kv_page_stride, p.v_row_stride,
+                                 p.v_head_stride, box, "v pages");
+  } else {
+    tk_map = tensor_map_3d<T>(keys ? p.k : p.q, tk, hk, D, keys ? p.k_row_stride : p.q_row_stride,
+                              keys ? p.k_head_stride : p.q_head_stride, Tiles::kBlockN, "k");
+    tv_map = tensor_map_3d<T>(keys ? p.v : p.q, tk, hk, D, keys ? p.v_row_stride : p.q_row_stride,
+                              keys ? p.v_head_stride : p.q_head_stride, Tiles::kBlockN, "v");
+  }
   const ScoreMap score = ScoreMap::from(p);
-  auto kernel = score.folds() ? varlen_fwd_sm90_kernel<T, D, true> : varlen_fwd_sm90_kernel<T, D, false>;
+  auto kernel = p.paged ? (score.folds() ? varlen_fwd_sm90_kernel<T, D, true, true>
+                                         : varlen_fwd_sm90_kernel<T, D, false, true>)
+                        : (score.folds() ? varlen_fwd_sm90_kernel<T, D, true, false>
+                                         : varlen_fwd_sm90_kernel<T, D, false, false>);
   constexpr int kSmem = kFwdSmemBytes<D>;
   set_smem(kernel, kSmem);
   // Persistent: one CTA per SM (224 KiB of shared memory allows no second), at most one per tile.

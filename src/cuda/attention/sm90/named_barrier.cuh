@@ -12,6 +12,9 @@ enum class NamedBarrier : int {
   // backward: consumer warpgroup 0 / 1 has written its half of dS^T (the other's dQ may read it)
   kBwdDsWritten0 = 3,
   kBwdDsWritten1 = 4,
+  // paged forward: consumer warpgroup 0 / 1 zeroed the V rows past a sequence's end (its own 128)
+  kFwdPagedTail0 = 5,
+  kFwdPagedTail1 = 6,
 };
 
 __device__ __forceinline__ NamedBarrier operator+(NamedBarrier b, int i) { return NamedBarrier(int(b) + i); }

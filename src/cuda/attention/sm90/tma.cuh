@@ -4,6 +4,10 @@
 //  - tensor_map_3d<T>: a (tokens, heads, d) tensor of 16-bit T with element strides (row, head) and
 //    a contiguous last dimension, as a rank-3 map (d, heads, tokens) with boxes of (64 columns,
 //    1 head, box_rows tokens) and 128-byte swizzle, the layout wgmma's descriptors read;
+//  - tensor_map_pages<T>: a paged KV cache (num_pages, page_size, heads, d) with any strides (NHD
+//    and HND pages alike) as a rank-4 map (d, slot, heads, pages), boxes of (64 columns, box_rows
+//    slots, 1 head, 1 page), the same swizzle: box_rows-row boxes stacked in shared memory at
+//    multiples of 1024 bytes give the layout of one tall box;
 //  - tensor_map_rows_f32: an fp32 (rows, ld) array, boxes of (box, 1), no swizzle.
 // Coordinates past the tensor's end read zeros; a box's full byte count is always credited to the
 // mbarrier, so the expected transaction bytes never depend on where a tile ends. The innermost
@@ -44,7 +48,7 @@ inline CUtensorMap encode_tensor_map(CUtensorMapDataType type, cuuint32_t rank, 
                                      const cuuint64_t* strides, const cuuint32_t* box, CUtensorMapSwizzle swizzle,
                                      const char* name) {
   CUtensorMap map;
-  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
   const CUresult rc = tensor_map_encoder()(&map, type, rank, const_cast<void*>(base), dims, strides, box,
                                            element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
                                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
@@ -52,6 +56,13 @@ inline CUtensorMap encode_tensor_map(CUtensorMapDataType type, cuuint32_t rank, 
     throw Error(ErrorKind::DeviceFailure, std::string("cuTensorMapEncodeTiled(") + name + ") failed with CUresult " +
                                               std::to_string(int(rc)));
   return map;
+}
+
+template <class T>
+CUtensorMapDataType tma_type() {
+  return std::is_same_v<T, float> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+         : std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                     : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
 }
 
 // A (tokens, heads, d) tensor as a rank-3 map (d, heads, tokens) with 128-byte swizzled boxes of
@@ -62,10 +73,20 @@ CUtensorMap tensor_map_3d(const void* base, int64_t tokens, int64_t heads, int64
   const cuuint64_t dims[3] = {cuuint64_t(d), cuuint64_t(heads), cuuint64_t(tokens)};
   const cuuint64_t strides[2] = {cuuint64_t(head_stride) * sizeof(T), cuuint64_t(row_stride) * sizeof(T)};
   const cuuint32_t box[3] = {128 / sizeof(T), 1, cuuint32_t(box_rows)};
-  const CUtensorMapDataType type = std::is_same_v<T, float>    ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
-                                   : std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
-                                                               : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
-  return encode_tensor_map(type, 3, base, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B, name);
+  return encode_tensor_map(tma_type<T>(), 3, base, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B, name);
+}
+
+// Pages (num_pages, page_size, heads, d) of 16-bit T, strides in elements; boxes of box_rows slots.
+// A coordinate past a dimension (a page id of num_pages, a slot of page_size) reads zeros.
+template <class T>
+CUtensorMap tensor_map_pages(const void* base, int64_t num_pages, int64_t page_size, int64_t heads, int64_t d,
+                             int64_t page_stride, int64_t slot_stride, int64_t head_stride, int box_rows,
+                             const char* name) {
+  const cuuint64_t dims[4] = {cuuint64_t(d), cuuint64_t(page_size), cuuint64_t(heads), cuuint64_t(num_pages)};
+  const cuuint64_t strides[3] = {cuuint64_t(slot_stride) * sizeof(T), cuuint64_t(head_stride) * sizeof(T),
+                                 cuuint64_t(page_stride) * sizeof(T)};
+  const cuuint32_t box[4] = {128 / sizeof(T), cuuint32_t(box_rows), 1, 1};
+  return encode_tensor_map(tma_type<T>(), 4, base, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B, name);
 }
 
 // rows x ld floats, ld a multiple of 4 (16-byte row stride).
@@ -84,6 +105,14 @@ __device__ __forceinline__ void tma_load_3d(void* smem, const CUtensorMap* map, 
       "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
           smem_u32(smem)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar))
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_4d(void* smem, const CUtensorMap* map, int c0, int c1, int c2, int c3,
+                                            uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+      "[%6];\n" ::"r"(smem_u32(smem)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(smem_u32(bar))
       : "memory");
 }
 __device__ __forceinline__ void tma_load_2d(void* smem, const CUtensorMap* map, int c0, int c1, uint64_t* bar) {
