@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
 
 #include "cuda_check.h"
@@ -292,15 +293,22 @@ void validate_paged_decode(const PagedDecodeParams& p) {
 int paged_decode_splits(const PagedDecodeParams& p, int64_t max_kv_len) {
   namespace pd = cuda_attention::paged;
   const int64_t blocks = std::max<int64_t>(1, p.num_sequences * p.heads_k * pd::head_blocks(p));
-  // At least two waves of resident blocks (2 a SM at d128, 4 at d64: shared memory), so a grid of
-  // one block per (sequence, kv head) does not leave SMs idle in a short last wave (batch 64 x 8
-  // kv heads = 512 blocks on 132 SMs x 2 would be 1.9 waves; benchmarks/NOTES.md).
   const int64_t resident = (p.head_dim == 64 ? pd::Smem<64>::kBlocksPerSm : pd::Smem<128>::kBlocksPerSm) *
                            static_cast<int64_t>(cuda_attention::sm90::sm_count());
-  const int64_t want = (2 * resident + blocks - 1) / blocks;
-  const int64_t most = std::max<int64_t>(1, (max_kv_len + cuda_attention::paged::kMinSplitKeys - 1) /
-                                                cuda_attention::paged::kMinSplitKeys);
-  return static_cast<int>(std::clamp<int64_t>(want, 1, std::min<int64_t>(most, 64)));
+  const int64_t tiles = std::max<int64_t>(1, (max_kv_len + pd::kBlockKeys - 1) / pd::kBlockKeys);
+  const int64_t most = std::clamp<int64_t>((max_kv_len + pd::kMinSplitKeys - 1) / pd::kMinSplitKeys, 1, 64);
+  // The split count with the least modelled time: waves of resident blocks (2 a SM at d128, 4 at
+  // d64: shared memory) times the tiles a block streams plus ~1 tile of fixed cost (pipeline fill,
+  // merge). A short last wave idles most SMs: 5 splits of batch 16 x 8 kv heads made 2.4 waves,
+  // 61% / 76% of the copy rate at 4k / 16k on an H200, where 1 full wave was predicted faster
+  // (benchmarks/NOTES.md).
+  int64_t best = 1, best_cost = INT64_MAX;
+  for (int64_t s = 1; s <= most; ++s) {
+    const int64_t waves = (blocks * s + resident - 1) / resident;
+    const int64_t cost = waves * ((tiles + s - 1) / s + 1);
+    if (cost < best_cost) best = s, best_cost = cost;
+  }
+  return static_cast<int>(best);
 }
 
 size_t paged_decode_workspace_bytes(const PagedDecodeParams& p, int splits) {

@@ -128,32 +128,47 @@ __global__ void __launch_bounds__(384, 1)
   const int wg = threadIdx.x / 128;
   if (wg == 0) {
     setmaxnreg_dec<40>();
-    if (threadIdx.x == 0) {
+    // One thread drives the loads; a paged cache takes the whole warp, a lane per page box of a key
+    // block (paged_tma.cuh): one thread issuing the 32 boxes of a block and waiting for its page
+    // ids kept the tensor cores at 177 of 621 TFLOP/s on an H200 (benchmarks/NOTES.md).
+    constexpr int kLanes = kPaged ? 32 : 1;
+    constexpr unsigned kMask = kPaged ? 0xffffffffu : 1u;
+    if (threadIdx.x < kLanes) {
+      const bool leader = threadIdx.x == 0;
       const TileCounter counter{tile_counter};
+      auto next_tile = [&] {  // the leader's atomic, the same index in every lane
+        long long n = 0;
+        if (leader) n = counter.next();
+        return int64_t(__shfl_sync(kMask, n, 0));
+      };
       PipelineState<kStages> kv = MbarRing<kStages>::producer_start();
       int64_t t = counter.first(), reserved = 0;
       for (int j = 0;; ++j) {
         if (j > 0) t = reserved;
         Tile x;
         bool found = false;
-        while (t < tiles && !(found = tile_at(t, x))) t = counter.next();
+        while (t < tiles && !(found = tile_at(t, x))) t = next_tile();
         if (j > 0) mbar_wait(&sm.q_empty, (j - 1) & 1);  // the previous tile's Q (and its slot) is no longer read
-        sm.tiles.publish(j, found ? t : -1);  // published by the arrive below (release semantics)
+        if (leader) sm.tiles.publish(j, found ? t : -1);  // published by the arrive below (release semantics)
         if (!found) {
-          mbar_arrive(&sm.q_full);  // completes the phase with no bytes: the consumers read -1 and stop
+          if (leader) mbar_arrive(&sm.q_full);  // completes the phase with no bytes: the consumers read -1 and stop
           break;
         }
-        mbar_arrive_expect_tx(&sm.q_full, Tiles::kQBytes);
-        tma_load_slabs<D>(sm.q, Tiles::kSlabBytesQ, &tm_q, x.h, int(x.s.q_start + x.m0), &sm.q_full);
+        if (leader) {
+          mbar_arrive_expect_tx(&sm.q_full, Tiles::kQBytes);
+          tma_load_slabs<D>(sm.q, Tiles::kSlabBytesQ, &tm_q, x.h, int(x.s.q_start + x.m0), &sm.q_full);
+        }
         // Reserve the next tile now, so that the counter's round trip and the next tile's offsets
         // (read above, before the q_empty wait) overlap this tile's loads instead of sitting between
         // two tiles: a short sequence's tile lasts only a few microseconds.
-        reserved = counter.next();
+        reserved = next_tile();
         for (int nb = x.kb.begin; nb < x.kb.end; ++nb, kv.advance()) {
-          sm.ring.acquire(kv, 2 * Tiles::kKVBytes);
+          if (leader) sm.ring.acquire(kv, 2 * Tiles::kKVBytes);
+          __syncwarp(kMask);  // no lane loads into the stage before it is free
           typename Smem::Stage& st = sm.kv[kv.index];
           if constexpr (kPaged) {
-            tma_load_paged_block<D, kN>(p, x.b, x.hk, nb, x.s.k_len, st.k, st.v, &tm_k, &tm_v, sm.ring.full_bar(kv));
+            tma_load_paged_block<D, kN>(p, x.b, x.hk, nb, x.s.k_len, int(threadIdx.x), st.k, st.v, &tm_k, &tm_v,
+                                        sm.ring.full_bar(kv));
           } else {
             const int row = int(x.s.k_start) + nb * kN;
             tma_load_slabs<D>(st.k, Tiles::kSlabBytesKV, &tm_k, x.hk, row, sm.ring.full_bar(kv));

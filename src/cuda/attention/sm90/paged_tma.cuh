@@ -1,10 +1,11 @@
 // Paged keys and values for the Hopper forward (chunked prefill over a serving cache): the K/V
 // tiles of 128 keys come out of the pages in place, by TMA, instead of from a packed copy.
-//  - tma_load_paged_block (the producer thread): key block nb of sequence b as kN / seg boxes of
-//    seg = min(page_size, kN) rows (tensor_map_pages: 64 columns x seg slots of one head of one
-//    page), stacked in the stage the way one tall box would land (seg x 128 bytes is a multiple of
-//    the 1024-byte swizzle atom for page sizes that are multiples of 8). The page ids of a block are
-//    all read before the first box is issued, so their latency is paid once a block. A segment past
+//  - tma_load_paged_block (the producer warp, lane j): segment j of key block nb of sequence b, one
+//    box of seg = min(page_size, kN) rows per 64-column slab of K and of V (tensor_map_pages: 64
+//    columns x seg slots of one head of one page), stacked in the stage the way one tall box would
+//    land (seg x 128 bytes is a multiple of the 1024-byte swizzle atom for page sizes that are
+//    multiples of 8). The lanes read their page ids together, so the latency is paid once a block
+//    and the boxes go out in parallel. A segment past
 //    the sequence's last page reads page id num_pages, past the map: TMA zero-fills it and still
 //    credits the full bytes, so the stage's expected transaction count never changes.
 //  - zero_rows_past_end (each consumer warpgroup, on the block holding the sequence's end): the
@@ -28,39 +29,29 @@ namespace scree::cuda_attention::sm90 {
 
 template <int D, int kN>
 __device__ __forceinline__ void tma_load_paged_block(const VarlenParams& p, int64_t b, int hk, int nb, int k_len,
-                                                     char* k_smem, char* v_smem, const CUtensorMap* tm_k,
+                                                     int lane, char* k_smem, char* v_smem, const CUtensorMap* tm_k,
                                                      const CUtensorMap* tm_v, uint64_t* bar) {
-  constexpr int kSlab = kN * 128;    // bytes of one 64-column slab of a tile
-  constexpr int kMaxSegs = kN / 16;  // page sizes >= 16 (paged_fwd_cuda checks)
+  constexpr int kSlab = kN * 128;  // bytes of one 64-column slab of a tile
   const int ps = int(p.page_size);
-  const int seg = ps < kN ? ps : kN;
-  const int segs = kN / seg;
+  const int seg = ps < kN ? ps : kN;  // page sizes >= 16 (varlen_fwd_cuda checks): at most 8 boxes a block
+  if (lane >= kN / seg) return;
   const int num_pages = int(p.kv_rows / p.page_size);
-  int32_t page[kMaxSegs];
-#pragma unroll
-  for (int j = 0; j < kMaxSegs; ++j) {
-    page[j] = num_pages;
-    const int key0 = nb * kN + j * seg;
-    if (j < segs && key0 < k_len) {
-      const int64_t col = key0 / ps;
-      if (col < p.page_table_width) {
-        const int64_t at = b * p.page_table_stride + col;
-        const int64_t id = p.page_table_int64 ? static_cast<const int64_t*>(p.page_table)[at]
-                                              : int64_t(static_cast<const int32_t*>(p.page_table)[at]);
-        page[j] = int32_t(id < 0 ? 0 : (id >= num_pages ? num_pages - 1 : id));
-      }
+  const int key0 = nb * kN + lane * seg;
+  int page = num_pages;
+  if (key0 < k_len) {
+    const int64_t col = key0 / ps;
+    if (col < p.page_table_width) {
+      const int64_t at = b * p.page_table_stride + col;
+      const int64_t id = p.page_table_int64 ? static_cast<const int64_t*>(p.page_table)[at]
+                                            : int64_t(static_cast<const int32_t*>(p.page_table)[at]);
+      page = int(id < 0 ? 0 : (id >= num_pages ? num_pages - 1 : id));
     }
   }
+  const int slot = key0 % ps;
 #pragma unroll
-  for (int j = 0; j < kMaxSegs; ++j) {
-    if (j < segs) {
-      const int slot = (nb * kN + j * seg) % ps;
-#pragma unroll
-      for (int s = 0; s < D / 64; ++s) {
-        tma_load_4d(k_smem + s * kSlab + j * seg * 128, tm_k, s * 64, slot, hk, page[j], bar);
-        tma_load_4d(v_smem + s * kSlab + j * seg * 128, tm_v, s * 64, slot, hk, page[j], bar);
-      }
-    }
+  for (int s = 0; s < D / 64; ++s) {
+    tma_load_4d(k_smem + s * kSlab + lane * seg * 128, tm_k, s * 64, slot, hk, page, bar);
+    tma_load_4d(v_smem + s * kSlab + lane * seg * 128, tm_v, s * 64, slot, hk, page, bar);
   }
 }
 
