@@ -34,7 +34,8 @@ from scree._paged_attention import cached_kv
 from _common import call_stream, isolated_call, machine_info, write_results
 from bench_attention_gpu import Timer, fa4_function, short_error
 
-HQ, HK, D, PAGE = 32, 8, 128, 16
+HQ, HK, D = 32, 8, 128
+PAGE = 16  # tokens a page (--page)
 
 
 def copy_rate(timer: Timer) -> float:
@@ -127,7 +128,10 @@ def main() -> None:
     ap.add_argument("--prefill", type=str, nargs="*", default=["4x4096x512", "8x8192x2048"],
                     help="chunked-prefill cases, batch x prefix x chunk")
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--page", type=int, default=16, help="tokens a page")
     args = ap.parse_args()
+    global PAGE
+    PAGE = args.page
     rng = np.random.default_rng(0)
     timer = Timer(torch, reps=args.reps, warmup=3, budget_s=2.0)
     copy = copy_rate(timer)
