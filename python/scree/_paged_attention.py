@@ -27,8 +27,8 @@ def paged_attention(q: Array, kv: PagedKV, causal: bool = False, scale: float | 
 
     Torch CUDA half tensors read the pages in place, with no sync (scree.kernels.paged): a decode
     batch (every query sequence one token, its layout knowing so) runs the CUDA paged decode, any
-    other batch (chunked prefill, mixed) the Hopper forward over the pages (page sizes 8, 16, 32,
-    64, 128 or multiples of 128). Host arrays run the CPU kernel over the pages. Anything else gathers
+    other batch (chunked prefill, mixed) the Hopper forward over the pages (page sizes 16, 32, 64,
+    128 or multiples of 128). Host arrays run the CPU kernel over the pages. Anything else gathers
     each sequence's cached tokens out of the pages (a copy of the keys and values in use, reading
     kv_lens on the host: a sync for device tables) and runs the varlen kernels on them."""
     if not isinstance(q, Array) or not isinstance(kv, PagedKV):

@@ -444,8 +444,8 @@ void register_attention(nb::module_& m) {
         nb::arg("cu_seqlens_k"), nb::arg("page_table"), nb::arg("out"), nb::arg("lse").none(), nb::arg("args"),
         nb::arg("workspace").none() = nb::none(), nb::arg("q_summary").none() = nb::none(), nb::arg("stream") = 0,
         "Varlen attention forward on CUDA (Hopper) over a paged KV cache read in place: k_pages / v_pages\n"
-        "(num_pages, page_size, Hk, D), any strides (HND pages as a transposed view), page sizes 8, 16,\n"
-        "32, 64, 128 or multiples of 128; cu_seqlens_k device offsets of the cached lengths; page_table (n,\n"
+        "(num_pages, page_size, Hk, D), any strides (HND pages as a transposed view), page sizes 16, 32,\n"
+        "64, 128 or multiples of 128; cu_seqlens_k device offsets of the cached lengths; page_table (n,\n"
         "width) int32/int64 on the device (values checked by scree.PagedKV, clamped by the kernel); the\n"
         "rest as varlen_fwd. Slots past a sequence's end in its last page may hold anything.");
 #endif

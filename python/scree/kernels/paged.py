@@ -4,8 +4,8 @@ in place:
   by lse; torch CUDA tensors of bfloat16 / float16, head dims 64 and 128, any number of query heads
   per kv head;
 * `forward_cuda` (scree._C.paged_fwd_cuda, Hopper): any batch (chunked prefill, decode, both) of
-  torch CUDA half tensors, the Hopper forward loading K/V tiles out of the pages (TMA, cp.async for
-  pages under 64 tokens); page sizes of 8, 16, 32, 64, 128 or multiples of 128;
+  torch CUDA half tensors, the Hopper forward loading K/V tiles out of the pages by TMA; page sizes
+  of 16, 32, 64, 128 or multiples of 128;
 * `forward_cpu` (scree._C.paged_fwd_cpu): any batch (decode, chunked prefill, both) on host arrays
   (NumPy, torch CPU), the CPU varlen kernel reading key and value rows through the page table.
 Neither records a gradient (serving); everything else takes the gather path of
@@ -87,7 +87,7 @@ def cuda_serves(q: Array, kv: PagedKV) -> bool:
         return False
     ps = kv.page_size
     hq, d = ns.shape(v)[1], ns.shape(v)[2]
-    return (d == kv.head_dim and ns.shape(kv.v_pages)[3] == d and hq % kv.heads == 0 and ps % 8 == 0
+    return (d == kv.head_dim and ns.shape(kv.v_pages)[3] == d and hq % kv.heads == 0 and ps % 16 == 0
             and (128 % ps == 0 or ps % 128 == 0))
 
 

@@ -11,9 +11,8 @@
 //    P V of the previous one are in flight together while the softmax runs.
 // Rows past a sequence's end read the next sequence's tokens (or TMA's zero fill past the tensor):
 // keys there are masked, query rows there are computed and never stored.
-// kKv (KvSource): keys and values from packed rows, or from a paged KV cache through the page
-// table by TMA or by cp.async (paged_kv.cuh; VarlenParams::paged; cu_seqlens_k then only gives each
-// sequence's cached length).
+// kPaged: keys and values come from a paged KV cache through the page table (paged_tma.cuh;
+// VarlenParams::paged; cu_seqlens_k then only gives each sequence's cached length).
 #pragma once
 
 #include <cuda.h>
@@ -26,7 +25,7 @@
 #include "../scores.cuh"
 #include "../varlen_tile.cuh"
 #include "named_barrier.cuh"
-#include "paged_kv.cuh"
+#include "paged_tma.cuh"
 #include "pipeline.cuh"
 #include "ptx.cuh"
 #include "tile_scheduler.cuh"
@@ -77,13 +76,12 @@ struct FwdSmem {
   uint64_t q_empty;  // the consumers are done reading the Q tile (and its slot)
   MbarRing<kStages> ring;
   TileSlots tiles;
-  long long producer_tile[2];  // the producer warpgroup's next tile (KvSource::kPagesCopy)
 };
 template <int D>
 inline constexpr int kFwdSmemBytes = smem_bytes<FwdSmem<D>>();
 
 // kFolded: ScoreMap::folds() (no softcap, scale > 0), see online_softmax.cuh.
-template <class T, int D, bool kFolded, KvSource kKv>
+template <class T, int D, bool kFolded, bool kPaged>
 __global__ void __launch_bounds__(384, 1)
     varlen_fwd_sm90_kernel(const VarlenParams p, const ScoreMap score, const TileOrder host_order,
                            unsigned long long* tile_counter,
@@ -93,7 +91,6 @@ __global__ void __launch_bounds__(384, 1)
   using Smem = FwdSmem<D>;
   constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN, kStages = Tiles::kStages;
   constexpr bool kPingpong = SCREE_SM90_PINGPONG != 0;
-  constexpr bool kPaged = kKv != KvSource::kPacked, kCopy = kKv == KvSource::kPagesCopy;
   extern __shared__ char smem_raw[];
   Smem& sm = aligned_smem<Smem>(smem_raw);
   const TileOrder order = bounded_by_device_max<kM>(host_order, p.max_seqlen_q_device);
@@ -101,7 +98,7 @@ __global__ void __launch_bounds__(384, 1)
   if (threadIdx.x == 0) {
     mbar_init(&sm.q_full, 1);
     mbar_init(&sm.q_empty, 256);
-    sm.ring.init(256, kCopy ? 128 : 1);
+    sm.ring.init(256);
     fence_barrier_init();
   }
   __syncthreads();
@@ -131,29 +128,18 @@ __global__ void __launch_bounds__(384, 1)
   const int wg = threadIdx.x / 128;
   if (wg == 0) {
     setmaxnreg_dec<40>();
-    // One thread drives the loads. Pages by TMA take the whole warp, a lane per page box of a key
-    // block (paged_kv.cuh): one thread issuing the 32 boxes of a block and waiting for its page ids
-    // kept the tensor cores at 177 of 621 TFLOP/s on an H200 (benchmarks/NOTES.md). Pages by
-    // cp.async take the whole warpgroup, the leader still scheduling tiles and loading Q.
-    constexpr int kLanes = kCopy ? 128 : kPaged ? 32 : 1;
+    // One thread drives the loads; a paged cache takes the whole warp, a lane per page box of a key
+    // block (paged_tma.cuh): one thread issuing the 32 boxes of a block and waiting for its page
+    // ids kept the tensor cores at 177 of 621 TFLOP/s on an H200 (benchmarks/NOTES.md).
+    constexpr int kLanes = kPaged ? 32 : 1;
     constexpr unsigned kMask = kPaged ? 0xffffffffu : 1u;
     if (threadIdx.x < kLanes) {
       const bool leader = threadIdx.x == 0;
-      const int lane = int(threadIdx.x) % 32;
       const TileCounter counter{tile_counter};
-      int calls = 0;
-      auto next_tile = [&] {  // the leader's atomic, the same index in every thread
+      auto next_tile = [&] {  // the leader's atomic, the same index in every lane
         long long n = 0;
         if (leader) n = counter.next();
-        if constexpr (kCopy) {  // four warps: through shared memory, a slot per parity of the call
-          if (leader) sm.producer_tile[calls & 1] = n;
-          named_sync(NamedBarrier::kFwdProducerTile, 128);
-          n = sm.producer_tile[calls & 1];
-          ++calls;
-        } else {
-          n = __shfl_sync(kMask, n, 0);
-        }
-        return int64_t(n);
+        return int64_t(__shfl_sync(kMask, n, 0));
       };
       PipelineState<kStages> kv = MbarRing<kStages>::producer_start();
       int64_t t = counter.first(), reserved = 0;
@@ -176,29 +162,23 @@ __global__ void __launch_bounds__(384, 1)
         // (read above, before the q_empty wait) overlap this tile's loads instead of sitting between
         // two tiles: a short sequence's tile lasts only a few microseconds.
         reserved = next_tile();
+        const int lane = int(threadIdx.x);
         int page_next = kPaged && x.kb.begin < x.kb.end ? paged_block_page<kN>(p, x.b, x.kb.begin, x.s.k_len, lane) : 0;
         for (int nb = x.kb.begin; nb < x.kb.end; ++nb, kv.advance()) {
           const int page = page_next;  // paged: read one block ahead, in flight during the wait below
           if (kPaged && nb + 1 < x.kb.end) page_next = paged_block_page<kN>(p, x.b, nb + 1, x.s.k_len, lane);
+          if (leader) sm.ring.acquire(kv, 2 * Tiles::kKVBytes);
+          __syncwarp(kMask);  // no lane loads into the stage before it is free
           typename Smem::Stage& st = sm.kv[kv.index];
-          if constexpr (kCopy) {
-            sm.ring.wait_empty(kv);
-            copy_paged_block<T, D, kN>(p, nb, page, x.hk, x.s.k_len, int(threadIdx.x), st.k, st.v);
-            cp_async_mbar_arrive_noinc(sm.ring.full_bar(kv));
+          if constexpr (kPaged) {
+            tma_load_paged_block<D, kN>(p, nb, page, x.hk, lane, st.k, st.v, &tm_k, &tm_v, sm.ring.full_bar(kv));
           } else {
-            if (leader) sm.ring.acquire(kv, 2 * Tiles::kKVBytes);
-            __syncwarp(kMask);  // no lane loads into the stage before it is free
-            if constexpr (kPaged) {
-              tma_load_paged_block<D, kN>(p, nb, page, x.hk, lane, st.k, st.v, &tm_k, &tm_v, sm.ring.full_bar(kv));
-            } else {
-              const int row = int(x.s.k_start) + nb * kN;
-              tma_load_slabs<D>(st.k, Tiles::kSlabBytesKV, &tm_k, x.hk, row, sm.ring.full_bar(kv));
-              tma_load_slabs<D>(st.v, Tiles::kSlabBytesKV, &tm_v, x.hk, row, sm.ring.full_bar(kv));
-            }
+            const int row = int(x.s.k_start) + nb * kN;
+            tma_load_slabs<D>(st.k, Tiles::kSlabBytesKV, &tm_k, x.hk, row, sm.ring.full_bar(kv));
+            tma_load_slabs<D>(st.v, Tiles::kSlabBytesKV, &tm_v, x.hk, row, sm.ring.full_bar(kv));
           }
         }
       }
-      if constexpr (kCopy) cp_async_wait<0>();  // no copy outlives its thread
     }
   } else {
     setmaxnreg_inc<232>();
@@ -280,7 +260,6 @@ __global__ void __launch_bounds__(384, 1)
       if (blocks == 0) mbar_arrive(&sm.q_empty);
       if (blocks > 0) {
         sm.ring.wait(kv);
-        if constexpr (kCopy) fence_proxy_async_smem();  // cp.async wrote the stage (generic proxy); wgmma reads it
         fence_regs(sacc);
         my_turn();
         wgmma_fence();
@@ -297,7 +276,6 @@ __global__ void __launch_bounds__(384, 1)
       for (int i = 1; i < blocks; ++i, kv.advance()) {
         const int nb = x.kb.begin + i;
         sm.ring.wait(kv);
-        if constexpr (kCopy) fence_proxy_async_smem();  // cp.async wrote the stage (generic proxy); wgmma reads it
         fence_regs(sacc);
         fence_regs(o);
         my_turn();
@@ -317,9 +295,9 @@ __global__ void __launch_bounds__(384, 1)
         prev = kv.index;
       }
       if (blocks > 0) {
-        if constexpr (kKv == KvSource::kPagesTma) {
+        if constexpr (kPaged) {
           // The last block holds the sequence's end when it reaches past it: its V rows from the end
-          // to the end of that page are the page's leftovers (paged_kv.cuh).
+          // to the end of that page are the page's leftovers (paged_tma.cuh).
           const int n0 = (x.kb.end - 1) * kN, ps = int(p.page_size);
           if (n0 + kN > x.s.k_len && x.s.k_len % ps != 0) {
             const int page_end = (x.s.k_len / ps + 1) * ps;

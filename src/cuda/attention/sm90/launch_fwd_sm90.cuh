@@ -8,7 +8,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <type_traits>
 
 #include "../cuda_check.h"
 #include "../launch_common.cuh"
@@ -29,7 +28,7 @@ void launch_fwd_sm90(const VarlenParams& p, unsigned long long* tile_counter, cu
   const int64_t hk = keys ? p.heads_k : p.heads_q;
   const CUtensorMap tq = tensor_map_3d<T>(p.q, p.total_q, p.heads_q, D, p.q_row_stride, p.q_head_stride, Tiles::kBlockM, "q");
   CUtensorMap tk_map, tv_map;
-  if (p.paged) {  // (num_pages, page_size, Hk, D) pages, boxes of min(page_size, kBlockN) slots (paged_kv.cuh)
+  if (p.paged) {  // (num_pages, page_size, Hk, D) pages, boxes of min(page_size, kBlockN) slots (paged_tma.cuh)
     const int64_t pages = p.kv_rows / p.page_size;
     const int box = int(p.page_size < Tiles::kBlockN ? p.page_size : Tiles::kBlockN);
     tk_map = tensor_map_pages<T>(p.k, pages, p.page_size, p.heads_k, D, p.kv_page_stride, p.k_row_stride,
@@ -43,15 +42,10 @@ void launch_fwd_sm90(const VarlenParams& p, unsigned long long* tile_counter, cu
                               keys ? p.v_head_stride : p.q_head_stride, Tiles::kBlockN, "v");
   }
   const ScoreMap score = ScoreMap::from(p);
-  // Pages of 64 tokens and more by TMA, smaller ones by cp.async (paged_kv.cuh).
-  const KvSource source = !p.paged ? KvSource::kPacked : p.page_size >= 64 ? KvSource::kPagesTma : KvSource::kPagesCopy;
-  auto pick = [&](auto folded) {
-    constexpr bool kF = decltype(folded)::value;
-    return source == KvSource::kPacked     ? varlen_fwd_sm90_kernel<T, D, kF, KvSource::kPacked>
-           : source == KvSource::kPagesTma ? varlen_fwd_sm90_kernel<T, D, kF, KvSource::kPagesTma>
-                                           : varlen_fwd_sm90_kernel<T, D, kF, KvSource::kPagesCopy>;
-  };
-  auto kernel = score.folds() ? pick(std::true_type{}) : pick(std::false_type{});
+  auto kernel = p.paged ? (score.folds() ? varlen_fwd_sm90_kernel<T, D, true, true>
+                                         : varlen_fwd_sm90_kernel<T, D, false, true>)
+                        : (score.folds() ? varlen_fwd_sm90_kernel<T, D, true, false>
+                                         : varlen_fwd_sm90_kernel<T, D, false, false>);
   constexpr int kSmem = kFwdSmemBytes<D>;
   set_smem(kernel, kSmem);
   // Persistent: one CTA per SM (224 KiB of shared memory allows no second), at most one per tile.

@@ -1,9 +1,5 @@
 // Paged keys and values for the Hopper forward (chunked prefill over a serving cache): the K/V
-// tiles of 128 keys come out of the pages in place instead of from a packed copy, in one of two
-// ways (KvSource): by TMA for pages of 64 tokens and more, by cp.async for smaller ones. Measured
-// on an H200 (benchmarks/NOTES.md): with TMA a 16-token page is a box of 2 KiB, 32 boxes a block,
-// and the forward ran at 1.5-1.6x the packed one (1.05x with 128-token pages); FA-3 and FA-4 also
-// copy small pages with cp.async.
+// tiles of 128 keys come out of the pages in place, by TMA, instead of from a packed copy.
 //  - paged_block_page / tma_load_paged_block (the producer warp, lane j): segment j of key block nb
 //    of sequence b (its page id read one block ahead, so the read overlaps the wait for a free
 //    stage), one
@@ -25,7 +21,6 @@
 
 #include <cstdint>
 
-#include "../sm80/mma_sm80.cuh"
 #include "../varlen_tile.cuh"
 #include "named_barrier.cuh"
 #include "ptx.cuh"
@@ -33,19 +28,12 @@
 
 namespace scree::cuda_attention::sm90 {
 
-// Where the forward's K/V tiles come from: packed rows (TMA), pages by TMA, pages by cp.async.
-enum class KvSource : int { kPacked = 0, kPagesTma = 1, kPagesCopy = 2 };
-
-__device__ __forceinline__ void cp_async_mbar_arrive_noinc(uint64_t* bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_u32(bar)) : "memory");
-}
-
 // The page id lane `lane` loads for key block nb (num_pages, past the map, where its segment lies
 // past the sequence's last page; kN / seg lanes take part, seg = min(page_size, kN)).
 template <int kN>
 __device__ __forceinline__ int paged_block_page(const VarlenParams& p, int64_t b, int nb, int k_len, int lane) {
   const int ps = int(p.page_size);
-  const int seg = ps < kN ? ps : kN;  // page sizes >= 8 (varlen_fwd_cuda checks): at most 16 lanes a block
+  const int seg = ps < kN ? ps : kN;  // page sizes >= 16 (varlen_fwd_cuda checks): at most 8 boxes a block
   const int num_pages = int(p.kv_rows / p.page_size);
   const int key0 = nb * kN + lane * seg;
   if (lane >= kN / seg || key0 >= k_len) return num_pages;
@@ -71,36 +59,6 @@ __device__ __forceinline__ void tma_load_paged_block(const VarlenParams& p, int 
   for (int s = 0; s < D / 64; ++s) {
     tma_load_4d(k_smem + s * kSlab + lane * seg * 128, tm_k, s * 64, slot, hk, page, bar);
     tma_load_4d(v_smem + s * kSlab + lane * seg * 128, tm_v, s * 64, slot, hk, page, bar);
-  }
-}
-
-// kPagesCopy (the 128 threads of the producer warpgroup, thread tid): key block nb as 128 rows of
-// K and V, D / 8 threads a row copying 16 bytes each with cp.async into the 128-byte swizzle that
-// TMA would have written (chunk c of row r at slab c / 8, chunk (c % 8) ^ (r % 8)); rows at or
-// past the sequence's end are zero-filled (so no V row needs zeroing afterwards). The page of a
-// row comes from lane r / page_size of the thread's warp (paged_block_page, called by every warp).
-// The caller arrives on the stage's barrier with cp_async_mbar_arrive_noinc.
-template <class T, int D, int kN>
-__device__ __forceinline__ void copy_paged_block(const VarlenParams& p, int nb, int lane_page, int hk, int k_len, int tid,
-                                                 char* k_smem, char* v_smem) {
-  constexpr int kChunks = D / 8;
-  constexpr int kRowStep = 128 / kChunks;
-  constexpr int kSlab = kN * 128;
-  const int ps = int(p.page_size);
-  const int num_pages = int(p.kv_rows / p.page_size);
-  const int c = tid % kChunks;
-  const int64_t col = int64_t(hk) * p.k_head_stride + c * 8;  // k and v pages share their strides
-  const T* k = static_cast<const T*>(p.k);
-  const T* v = static_cast<const T*>(p.v);
-#pragma unroll 4
-  for (int r = tid / kChunks; r < kN; r += kRowStep) {
-    const int page = __shfl_sync(0xffffffffu, lane_page, ps < kN ? r / ps : 0);
-    const int slot = ps < kN ? r % ps : (nb * kN) % ps + r;
-    const bool ok = nb * kN + r < k_len && page < num_pages;
-    const int64_t at = ok ? int64_t(page) * p.kv_page_stride + int64_t(slot) * p.k_row_stride + col : 0;
-    const int sw = (c / 8) * kSlab + r * 128 + (((c % 8) ^ (r % 8)) << 4);
-    cp_async_16(k_smem + sw, k + at, ok);
-    cp_async_16(v_smem + sw, v + at, ok);
   }
 }
 
