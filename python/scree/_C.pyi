@@ -168,6 +168,15 @@ def paged_fwd_cpu(q: Annotated[NDArray, dict(writable=False)], k_rows: Annotated
     page_size + t % page_size); q, out, lse and args as varlen_fwd. The table is checked first.
     """
 
+def paged_fwd_cuda(q: Annotated[NDArray, dict(writable=False)], k_pages: Annotated[NDArray, dict(writable=False)], v_pages: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], page_table: Annotated[NDArray, dict(writable=False)], out: NDArray, lse: NDArray | None, args: AttentionArgs, workspace: NDArray | None = None, q_summary: Annotated[NDArray, dict(writable=False)] | None = None, stream: int = 0) -> None:
+    """
+    Varlen attention forward on CUDA (Hopper) over a paged KV cache read in place: k_pages / v_pages
+    (num_pages, page_size, Hk, D), any strides (HND pages as a transposed view), page sizes 16, 32,
+    64, 128 or multiples of 128; cu_seqlens_k device offsets of the cached lengths; page_table (n,
+    width) int32/int64 on the device (values checked by scree.PagedKV, clamped by the kernel); the
+    rest as varlen_fwd. Slots past a sequence's end in its last page may hold anything.
+    """
+
 def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], out: NDArray, lse: NDArray | None, args: AttentionArgs, workspace: NDArray | None = None, q_summary: Annotated[NDArray, dict(writable=False)] | None = None, stream: int = 0) -> None:
     """
     Varlen attention forward into out (Tq, Hq, Dv) and lse (Hq, Tq) float32 (optional; float64

@@ -15,7 +15,7 @@ import pytest
 from scree import _C
 
 ROOT = Path(__file__).resolve().parents[2]
-CUDA_ONLY = ("OffsetsSummary", "offsets_summary_cuda", "paged_decode_plan", "paged_decode")
+CUDA_ONLY = ("OffsetsSummary", "offsets_summary_cuda", "paged_decode_plan", "paged_decode", "paged_fwd_cuda")
 
 
 def without_cuda_only(text: str) -> str:
