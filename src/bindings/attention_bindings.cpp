@@ -156,6 +156,20 @@ const int64_t* q_summary_arg(const std::optional<InArray>& s, const ArrayArg& q)
   return static_cast<const int64_t*>(a.data) + 3;
 }
 
+#ifdef SCREE_WITH_CUDA
+// The CUDA forward of a filled p on q's device and the caller's stream, in the caller's workspace
+// (or a stream-ordered scratch one); varlen_fwd_cuda validates p for the kernels first.
+void run_cuda_forward(const VarlenParams& p, const ArrayArg& q, Workspace ws, uintptr_t stream) {
+  const size_t need = attention::varlen_fwd_cuda_workspace_bytes();
+  require_workspace(ws, need, "scree._C.cuda_fwd_workspace_bytes()");
+  nb::gil_scoped_release release;
+  cuda::DeviceGuard guard(q.device_id);
+  std::optional<StreamScratch> scratch;
+  ws = or_scratch(ws, need, stream_ptr(stream), scratch);
+  attention::varlen_fwd_cuda(p, ws.data, ws.bytes, stream_ptr(stream));
+}
+#endif
+
 void varlen_fwd(const InArray& q_, const InArray& k_, const InArray& v_, const InArray& cu_q_, const InArray& cu_k_,
                 OutArray out_, std::optional<OutArray> lse_, const AttentionArgs& args,
                 const std::optional<OutArray>& workspace_, const std::optional<InArray>& q_summary_,
@@ -170,16 +184,7 @@ void varlen_fwd(const InArray& q_, const InArray& k_, const InArray& v_, const I
   Workspace ws = workspace_arg(workspace_, q);
   p.max_seqlen_q_device = q_summary_arg(q_summary_, q);
 #ifdef SCREE_WITH_CUDA
-  if (cuda) {
-    const size_t need = attention::varlen_fwd_cuda_workspace_bytes();
-    require_workspace(ws, need, "scree._C.cuda_fwd_workspace_bytes()");
-    nb::gil_scoped_release release;
-    cuda::DeviceGuard guard(q.device_id);
-    std::optional<StreamScratch> scratch;
-    ws = or_scratch(ws, need, stream_ptr(stream), scratch);
-    attention::varlen_fwd_cuda(p, ws.data, ws.bytes, stream_ptr(stream));  // validates p for the CUDA kernels first
-    return;
-  }
+  if (cuda) return run_cuda_forward(p, q, ws, stream);
 #endif
   (void)cuda, (void)stream, (void)ws;
   nb::gil_scoped_release release;
@@ -279,14 +284,7 @@ void paged_fwd_cuda(const InArray& q_, const InArray& k_, const InArray& v_, con
   // between sequences, so the cache's own size does not).
   p.total_k = std::min<int64_t>(p.num_sequences * p.page_table_width * p.page_size, (int64_t(1) << 31) - 1);
   p.max_seqlen_q_device = q_summary_arg(q_summary_, q);
-  Workspace ws = workspace_arg(workspace_, q);
-  const size_t need = attention::varlen_fwd_cuda_workspace_bytes();
-  require_workspace(ws, need, "scree._C.cuda_fwd_workspace_bytes()");
-  nb::gil_scoped_release release;
-  cuda::DeviceGuard guard(q.device_id);
-  std::optional<StreamScratch> scratch;
-  ws = or_scratch(ws, need, stream_ptr(stream), scratch);
-  attention::varlen_fwd_cuda(p, ws.data, ws.bytes, stream_ptr(stream));  // validates p (paged: sm90, page size)
+  run_cuda_forward(p, q, workspace_arg(workspace_, q), stream);
 }
 #endif
 
