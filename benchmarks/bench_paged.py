@@ -35,7 +35,6 @@ from _common import call_stream, isolated_call, machine_info, write_results
 from bench_attention_gpu import Timer, fa4_function, short_error
 
 HQ, HK, D = 32, 8, 128
-PAGE = 16  # tokens a page (--page)
 
 
 def copy_rate(timer: Timer) -> float:
@@ -45,10 +44,10 @@ def copy_rate(timer: Timer) -> float:
     return 2 * x.numel() / (timer(lambda: y.copy_(x))["median_ms"] * 1e-3)
 
 
-def paged_cache(batch: int, kv_len: int, rng: np.random.Generator) -> scree.PagedKV:
-    pages_per = -(-kv_len // PAGE)
+def paged_cache(batch: int, kv_len: int, page: int, rng: np.random.Generator) -> scree.PagedKV:
+    pages_per = -(-kv_len // page)
     num_pages = batch * pages_per + 8
-    k_pages = torch.randn((num_pages, PAGE, HK, D), device="cuda", dtype=torch.bfloat16)
+    k_pages = torch.randn((num_pages, page, HK, D), device="cuda", dtype=torch.bfloat16)
     v_pages = torch.randn_like(k_pages)
     order = torch.from_numpy(rng.permutation(num_pages)[:batch * pages_per].astype(np.int32)).cuda()
     lens = torch.full((batch,), kv_len, dtype=torch.int32, device="cuda")
@@ -79,8 +78,8 @@ def fa4_paged(q: torch.Tensor, kv: scree.PagedKV, cu_q: torch.Tensor | None, max
     return lambda: fn(q, kv.k_pages, kv.v_pages, cu_seqlens_q=cu_q, max_seqlen_q=max_q, **kw)
 
 
-def decode_case(timer: Timer, batch: int, context: int, rng: np.random.Generator, reps: int) -> dict:
-    kv = paged_cache(batch, context, rng)
+def decode_case(timer: Timer, batch: int, context: int, page: int, rng: np.random.Generator, reps: int) -> dict:
+    kv = paged_cache(batch, context, page, rng)
     q = scree.from_lengths(torch.randn((batch, HQ, D), device="cuda", dtype=torch.bfloat16), [1] * batch)
     scree.paged_attention(q, kv)  # the device check lands; later calls know max_kv_len
     k_cont = cached_kv(kv)[0].values
@@ -98,10 +97,11 @@ def decode_case(timer: Timer, batch: int, context: int, rng: np.random.Generator
     return row
 
 
-def prefill_case(timer: Timer, batch: int, prefix: int, chunk: int, rng: np.random.Generator, reps: int) -> dict:
+def prefill_case(timer: Timer, batch: int, prefix: int, chunk: int, page: int, rng: np.random.Generator,
+                 reps: int) -> dict:
     """`chunk` new query tokens per sequence over `prefix` cached ones (the chunk's own keys are in
     the cache too, appended before attention as engines do): keys prefix + chunk per sequence."""
-    kv = paged_cache(batch, prefix + chunk, rng)
+    kv = paged_cache(batch, prefix + chunk, page, rng)
     q = scree.from_lengths(torch.randn((batch * chunk, HQ, D), device="cuda", dtype=torch.bfloat16), [chunk] * batch)
     scree.paged_attention(q, kv, causal=True)
     k_arr, v_arr = cached_kv(kv)
@@ -130,20 +130,18 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--page", type=int, default=16, help="tokens a page")
     args = ap.parse_args()
-    global PAGE
-    PAGE = args.page
     rng = np.random.default_rng(0)
     timer = Timer(torch, reps=args.reps, warmup=3, budget_s=2.0)
     copy = copy_rate(timer)
     fa4_note = "importable" if fa4_function() is not None else "not importable"
     print(f"# {torch.cuda.get_device_name()} | device copy {copy / 1e9:.0f} GB/s (read + write) | "
-          f"{HQ}/{HK} heads, d{D}, bf16, page {PAGE} | FA-4 {fa4_note}")
+          f"{HQ}/{HK} heads, d{D}, bf16, page {args.page} | FA-4 {fa4_note}")
     print("# decode: kernel ms (L2 flushed) and KV bytes / kernel time as % of the copy rate; "
           "isolated call ms; host us per call")
     decode = []
     for b in args.batch:
         for c in args.contexts:
-            r = decode_case(timer, b, c, rng, args.reps)
+            r = decode_case(timer, b, c, args.page, rng, args.reps)
             cells = []
             for m, v in r["methods"].items():
                 if "kernel_ms" in v:
@@ -159,7 +157,7 @@ def main() -> None:
     prefill = []
     for spec in args.prefill:
         b, pre, ch = (int(x) for x in spec.split("x"))
-        r = prefill_case(timer, b, pre, ch, rng, args.reps)
+        r = prefill_case(timer, b, pre, ch, args.page, rng, args.reps)
         ms = {m: v.get("kernel_ms") for m, v in r["methods"].items()}
         if ms.get("scree") and ms.get("scree_contiguous"):
             r["paged_over_contiguous"] = ms["scree"] / ms["scree_contiguous"]
@@ -186,7 +184,7 @@ def main() -> None:
         return fig
 
     write_results(args.out, "paged_decode", dict(machine=machine_info(gpu=torch.cuda.get_device_name(),
-                                                                       copy_bytes_per_s=copy, fa4=fa4_note),
+                                                                       copy_bytes_per_s=copy, fa4=fa4_note, page=args.page),
                                                  decode=decode, prefill=prefill), plot)
 
 
