@@ -163,10 +163,10 @@ __global__ void __launch_bounds__(384, 1)
         // two tiles: a short sequence's tile lasts only a few microseconds.
         reserved = next_tile();
         const int lane = int(threadIdx.x);
-        int page_next = kPaged && x.kb.begin < x.kb.end ? paged_block_page<D, kN>(p, x.b, x.kb.begin, x.s.k_len, lane) : 0;
+        int page_next = kPaged && x.kb.begin < x.kb.end ? paged_block_page<kN>(p, x.b, x.kb.begin, x.s.k_len, lane) : 0;
         for (int nb = x.kb.begin; nb < x.kb.end; ++nb, kv.advance()) {
           const int page = page_next;  // paged: read one block ahead, in flight during the wait below
-          if (kPaged && nb + 1 < x.kb.end) page_next = paged_block_page<D, kN>(p, x.b, nb + 1, x.s.k_len, lane);
+          if (kPaged && nb + 1 < x.kb.end) page_next = paged_block_page<kN>(p, x.b, nb + 1, x.s.k_len, lane);
           if (leader) sm.ring.acquire(kv, 2 * Tiles::kKVBytes);
           __syncwarp(kMask);  // no lane loads into the stage before it is free
           typename Smem::Stage& st = sm.kv[kv.index];

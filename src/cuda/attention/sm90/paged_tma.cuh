@@ -30,21 +30,13 @@ namespace scree::cuda_attention::sm90 {
 
 // The page id lane `lane` loads for key block nb (num_pages, past the map, where its segment lies
 // past the sequence's last page; kN / seg lanes take part, seg = min(page_size, kN)).
-// Boxes of one segment: K and V, D / 64 slabs each. Lane l issues box l % kBoxes of segment
-// l / kBoxes, so a block's (at most 8 x 4 =) 32 boxes go out from 32 lanes at once.
-template <int D>
-inline constexpr int kSegmentBoxes = 2 * (D / 64);
-
-// The page id lane `lane` needs for key block nb (num_pages, past the map, where its segment lies
-// past the sequence's last page or the lane has no box; seg = min(page_size, kN) rows a segment).
-template <int D, int kN>
+template <int kN>
 __device__ __forceinline__ int paged_block_page(const VarlenParams& p, int64_t b, int nb, int k_len, int lane) {
   const int ps = int(p.page_size);
-  const int seg = ps < kN ? ps : kN;  // page sizes >= 16 (varlen_fwd_cuda checks): at most 8 segments
+  const int seg = ps < kN ? ps : kN;  // page sizes >= 16 (varlen_fwd_cuda checks): at most 8 boxes a block
   const int num_pages = int(p.kv_rows / p.page_size);
-  const int j = lane / kSegmentBoxes<D>;
-  const int key0 = nb * kN + j * seg;
-  if (j >= kN / seg || key0 >= k_len) return num_pages;
+  const int key0 = nb * kN + lane * seg;
+  if (lane >= kN / seg || key0 >= k_len) return num_pages;
   const int64_t col = key0 / ps;
   if (col >= p.page_table_width) return num_pages;
   const int64_t at = b * p.page_table_stride + col;
@@ -53,7 +45,7 @@ __device__ __forceinline__ int paged_block_page(const VarlenParams& p, int64_t b
   return int(id < 0 ? 0 : (id >= num_pages ? num_pages - 1 : id));
 }
 
-// Lane `lane`'s box of key block nb (its page from paged_block_page) into the stage's K or V.
+// Lane `lane`'s boxes of key block nb (its page from paged_block_page) into the stage's K and V.
 template <int D, int kN>
 __device__ __forceinline__ void tma_load_paged_block(const VarlenParams& p, int nb, int page, int hk, int lane,
                                                      char* k_smem, char* v_smem, const CUtensorMap* tm_k,
@@ -61,12 +53,13 @@ __device__ __forceinline__ void tma_load_paged_block(const VarlenParams& p, int 
   constexpr int kSlab = kN * 128;  // bytes of one 64-column slab of a tile
   const int ps = int(p.page_size);
   const int seg = ps < kN ? ps : kN;
-  const int j = lane / kSegmentBoxes<D>, box = lane % kSegmentBoxes<D>;
-  if (j >= kN / seg) return;
-  const int slot = (nb * kN + j * seg) % ps;
-  const int s = box / 2;  // slab
-  char* dst = (box % 2 == 0 ? k_smem : v_smem) + s * kSlab + j * seg * 128;
-  tma_load_4d(dst, box % 2 == 0 ? tm_k : tm_v, s * 64, slot, hk, page, bar);
+  if (lane >= kN / seg) return;
+  const int slot = (nb * kN + lane * seg) % ps;
+#pragma unroll
+  for (int s = 0; s < D / 64; ++s) {
+    tma_load_4d(k_smem + s * kSlab + lane * seg * 128, tm_k, s * 64, slot, hk, page, bar);
+    tma_load_4d(v_smem + s * kSlab + lane * seg * 128, tm_v, s * 64, slot, hk, page, bar);
+  }
 }
 
 // Rows [from, to) of a V tile zeroed by the 128 threads of one consumer warpgroup (thread index
