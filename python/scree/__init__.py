@@ -37,9 +37,9 @@ from scree._errors import (
 __version__ = "0.1.0"
 
 # Subpackages reachable as attributes after `import scree` (scree.bridges.from_arrow, scree.nn,
-# scree.integrations, scree.data), imported on first use: scree.nn builds torch modules, so
+# scree.integrations, scree.data, scree.distributed), imported on first use: scree.nn builds torch modules, so
 # importing it eagerly would import torch (PEP 562 module __getattr__).
-_LAZY_SUBPACKAGES = ("bridges", "data", "integrations", "nn")
+_LAZY_SUBPACKAGES = ("bridges", "data", "distributed", "integrations", "nn")
 
 
 def __getattr__(name: str):

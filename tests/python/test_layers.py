@@ -23,7 +23,7 @@ LAYERS = [
     ("scree._construct", "scree._combine", "scree._attention", "scree._paged_attention"),
     ("scree.bridges", "scree.data", "scree"),
     ("scree.nn",),
-    ("scree.integrations",),
+    ("scree.integrations", "scree.distributed"),
 ]
 
 

@@ -1,0 +1,67 @@
+"""Worker of tests/python/test_distributed.py: `python cp_worker.py WORLD PORT CASE` spawns WORLD
+gloo processes; each shards one seeded fp64 batch, runs scree.distributed's context-parallel
+attention forward and backward on its share, and gathers outputs and gradients back; rank 0
+compares them with single-process scree.varlen_attention on the whole batch and exits non-zero
+on a mismatch (the test runs this under a time limit)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import scree
+import scree.distributed as sd
+
+CASES = {  # name: (lengths, heads q, heads k, options)
+    "causal_gqa": ([37, 1, 0, 64, 3, 130, 8], 4, 2, {"causal": True}),
+    "full_mha": ([19, 64, 2, 0, 77], 2, 2, {}),
+    "causal_window_softcap": ([200, 31, 5, 96], 2, 1, {"causal": True, "window": (17, 0), "softcap": 3.0}),
+}
+D = 8
+
+
+def batch(case: str):
+    lengths, hq, hk, opts = CASES[case]
+    rng = np.random.default_rng(7)
+    total = sum(lengths)
+    q, k, v, g = (rng.standard_normal((total, h, D)) + 0.1 for h in (hq, hk, hk, hq))
+    return lengths, q, k, v, g, opts
+
+
+def run(rank: int, world: int, port: int, case: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    lengths, q, k, v, g, opts = batch(case)
+    full = lambda x: scree.from_lengths(torch.from_numpy(x), lengths)  # noqa: E731
+    local = {}
+    for name, x in (("q", q), ("k", k), ("v", v), ("g", g)):
+        local[name], plan = sd.shard_sequences(full(x), world, rank)
+    leaves = {n: local[n].values.clone().requires_grad_(True) for n in ("q", "k", "v")}
+    arrays = {n: local[n].with_values(leaves[n]) for n in leaves}
+    out = sd.context_parallel_attention(arrays["q"], arrays["k"], arrays["v"], plan, **opts)
+    (out.values * local["g"].values).sum().backward()
+    with torch.no_grad():
+        got_out = sd.unshard(out.with_values(out.values.detach()), plan).values
+        got = {n: sd.unshard(local[n].with_values(leaves[n].grad), plan).values for n in leaves}
+    if rank == 0:
+        ref = {n: torch.from_numpy(x).requires_grad_(True) for n, x in (("q", q), ("k", k), ("v", v))}
+        ref_out = scree.varlen_attention(*(scree.from_lengths(ref[n], lengths) for n in ("q", "k", "v")), **opts)
+        (ref_out.values * torch.from_numpy(g)).sum().backward()
+        torch.testing.assert_close(got_out, ref_out.values.detach(), rtol=1e-10, atol=1e-10)
+        for n in ref:
+            torch.testing.assert_close(got[n], ref[n].grad, rtol=1e-10, atol=1e-10, msg=f"d{n} ({case})")
+        # the positions a rank's tokens have in their sequences (for rotary embeddings)
+        for r in range(world):
+            rows = plan.rows(r)
+            seq = np.searchsorted(plan.starts, rows, side="right") - 1
+            assert np.array_equal(plan.positions(r), rows - plan.starts[seq])
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    world, port, case = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    mp.spawn(run, args=(world, port, case), nprocs=world, join=True)
