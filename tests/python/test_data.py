@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import scree
-from scree.data import PackCollator, TokenBudgetSampler
+from scree.data import PackCollator, TokenBudgetSampler, partition_balanced, sequence_cost
 
 
 @pytest.fixture
@@ -56,6 +56,65 @@ def test_ranks_in_step_and_balanced(lengths):
     a0, a1 = (_all(s) for s in att)
     sq = np.array([[(lengths[b] ** 2).sum() for b in p] for p in (a0, a1)])
     assert np.median(np.abs(sq[0] - sq[1]) / sq.max(axis=0)) < 0.1
+
+
+def _brute_force_makespan(cost: np.ndarray, parts: int) -> float:
+    best = np.inf
+    for assign in np.ndindex(*([parts] * cost.size)):
+        best = min(best, max(cost[np.array(assign) == p].sum() for p in range(parts)))
+    return best
+
+
+def test_partition_balanced_is_near_optimal_and_complete(rng):
+    for _ in range(20):  # small pools: against the exhaustive optimum (LPT is within 4/3 of it)
+        lens = rng.integers(0, 300, size=int(rng.integers(1, 8)))
+        cost = sequence_cost(lens, hidden_size=64, causal=True)
+        parts = partition_balanced(lens, 2, hidden_size=64)
+        assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(lens.size))
+        makespan = max(cost[p].sum() for p in parts)
+        assert makespan <= 4 / 3 * _brute_force_makespan(cost, 2) + 1e-9
+    # a step's worth of skewed lengths: within a few percent of the mean (or the costliest sequence,
+    # which no partition splits), better than a naive split
+    lens = np.minimum(rng.lognormal(5, 1.2, 256).astype(np.int64) + 1, 8192)
+    cost = sequence_cost(lens, causal=True)
+    parts = partition_balanced(lens, 8)
+    loads = np.array([cost[p].sum() for p in parts])
+    assert loads.max() <= max(cost.max(), 1.05 * loads.mean())
+    by_tokens = np.array_split(np.argsort(lens), 8)  # equal counts of sorted lengths: a naive split
+    assert loads.max() < max(cost[p].sum() for p in by_tokens)
+
+
+def test_partition_costs_and_caps():
+    # attention only: L^2 (causal L (L + 1) / 2); with a hidden size the linear term 6 H L joins it
+    np.testing.assert_array_equal(sequence_cost([3, 4], causal=False), [9.0, 16.0])
+    np.testing.assert_array_equal(sequence_cost([3, 4]), [6.0, 10.0])
+    np.testing.assert_array_equal(sequence_cost([3], hidden_size=2), [6.0 * 2 * 3 + 6.0])
+    parts = partition_balanced([100, 90, 80, 5, 5], 2, max_tokens=200, max_sequences=3)
+    assert all(np.array([100, 90, 80, 5, 5])[p].sum() <= 200 and len(p) <= 3 for p in parts)
+    with pytest.raises(scree.ArgumentError, match="sequence 0 .* fits no part"):
+        partition_balanced([200, 1], 2, max_tokens=150)
+    with pytest.raises(scree.ArgumentError, match="parts"):
+        partition_balanced([1], 0)
+    with pytest.raises(scree.ArgumentError, match="hidden_size"):
+        sequence_cost([1], hidden_size=0)
+
+
+def test_sampler_compute_balance_evens_the_ranks(lengths):
+    kw = dict(max_tokens=8192, seed=4, world_size=4, hidden_size=512)
+    ranks = [TokenBudgetSampler(lengths, rank=r, balance="compute", **kw) for r in range(4)]
+    per_rank = [_all(s) for s in ranks]
+    seen = np.concatenate([np.concatenate(p) for p in per_rank])
+    assert len(np.unique(seen)) == len(seen)
+    assert all(lengths[b].sum() <= 8192 for p in per_rank for b in p)
+    cost = sequence_cost(lengths, hidden_size=512)
+
+    def spread(batches_per_rank):
+        c = np.array([[cost[b].sum() for b in p] for p in batches_per_rank])  # (rank, step)
+        return np.median(c.max(axis=0) / c.mean(axis=0))
+
+    tokens = [_all(TokenBudgetSampler(lengths, rank=r, balance="tokens", **kw)) for r in range(4)]
+    assert spread(per_rank) < spread(tokens)
+    assert spread(per_rank) < 1.05
 
 
 def test_argument_errors(lengths):

@@ -4,7 +4,9 @@ buckets of nearby positions sorted by length (so a batch holds similar lengths a
 are needed), then a greedy fill of each batch up to max_tokens (and max_sequences), then the
 batches shuffled. With world_size > 1, every step deals one batch to each rank, the batches of a
 step chosen to cost about the same (by tokens, or by attention cost, the sum of squared lengths),
-so no rank waits on another. Plain Python and NumPy: no framework is imported."""
+or, with balance='compute', the sequences of a step's batches re-dealt over the ranks by
+scree.data.partition_balanced (linear and attention work together, causal-aware), so no rank
+waits on another. Plain Python and NumPy: no framework is imported."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from scree._errors import ArgumentError
+from scree.data.partition import partition_balanced
 
 __all__ = ["TokenBudgetSampler"]
 
@@ -34,12 +37,16 @@ class TokenBudgetSampler:
     DistributedSampler). bucket_size: how many consecutive sequences of the permutation are sorted
     by length together (default: enough for ~64 batches); sort_within_bucket=False keeps the
     shuffled order (more padding-free variety, more batches). world_size / rank: this rank's share
-    of every step, steps balanced by `balance` ('tokens' or 'attention'); a last step that cannot
-    give every rank a batch is dropped, so all ranks run the same number of steps."""
+    of every step, steps balanced by `balance`: 'tokens' or 'attention' (whole batches of similar
+    cost dealt together), or 'compute' (a step's sequences re-partitioned over the ranks by
+    partition_balanced with `hidden_size` and `causal`, each rank within the budgets; a step whose
+    sequences the greedy cannot fit keeps its batches as they were); a last step that cannot give
+    every rank a batch is dropped, so all ranks run the same number of steps."""
 
     def __init__(self, lengths: Sequence[int] | np.ndarray, max_tokens: int, max_sequences: int | None = None,
                  shuffle: bool = True, seed: int = 0, sort_within_bucket: bool = True,
-                 bucket_size: int | None = None, world_size: int = 1, rank: int = 0, balance: str = "tokens"):
+                 bucket_size: int | None = None, world_size: int = 1, rank: int = 0, balance: str = "tokens",
+                 hidden_size: int | None = None, causal: bool = True):
         lens = np.asarray(lengths)
         if lens.ndim != 1 or (lens.size and lens.dtype.kind not in "iu"):
             raise ArgumentError(f"lengths must be a 1-D sequence of integers, got {lens.dtype} of shape {lens.shape}")
@@ -57,9 +64,11 @@ class TokenBudgetSampler:
         self.world_size = _positive(world_size, "world_size")
         if not isinstance(rank, (int, np.integer)) or not 0 <= rank < self.world_size:
             raise ArgumentError(f"rank must be in [0, {self.world_size}), got {rank!r}")
-        if balance not in ("tokens", "attention"):
-            raise ArgumentError(f"balance must be 'tokens' or 'attention', got {balance!r}")
+        if balance not in ("tokens", "attention", "compute"):
+            raise ArgumentError(f"balance must be 'tokens', 'attention' or 'compute', got {balance!r}")
         self.rank, self.balance = int(rank), balance
+        self.hidden_size = _positive(hidden_size, "hidden_size", allow_none=True)
+        self.causal = bool(causal)
         self.shuffle, self.seed, self.sort_within_bucket = bool(shuffle), int(seed), bool(sort_within_bucket)
         mean = max(float(self.lengths.mean()) if self.lengths.size else 1.0, 1.0)
         per_batch = max(1, int(self.max_tokens // mean))
@@ -90,6 +99,8 @@ class TokenBudgetSampler:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         if self.world_size > 1:
             batches = self._balanced_steps(batches, rng)
+            if self.balance == "compute":
+                batches = self._partitioned_steps(batches)
         self._plan = (self.epoch, batches)
         return batches
 
@@ -110,13 +121,31 @@ class TokenBudgetSampler:
         """Steps of world_size batches of about equal cost: batches sorted by cost and dealt in
         consecutive groups, the steps then shuffled; a last partial step is dropped."""
         lens = self.lengths
-        cost = np.array([(lens[b] ** 2).sum() if self.balance == "attention" else lens[b].sum() for b in batches])
+        cost = np.array([(lens[b] ** 2).sum() if self.balance != "tokens" else lens[b].sum() for b in batches])
         ranked = [batches[i] for i in np.argsort(-cost, kind="stable")]
         steps = len(ranked) // self.world_size
         groups = [ranked[s * self.world_size:(s + 1) * self.world_size] for s in range(steps)]
         if self.shuffle:
             groups = [groups[i] for i in rng.permutation(steps)]
         return [b for g in groups for b in g]
+
+    def _partitioned_steps(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        """Each step's sequences re-dealt over the ranks by partition_balanced, within the budgets."""
+        w, out = self.world_size, []
+        for s in range(len(batches) // w):
+            step = batches[s * w:(s + 1) * w]
+            pool = np.concatenate(step)
+            try:
+                parts = partition_balanced(self.lengths[pool], w, self.hidden_size, self.causal, self.max_tokens,
+                                           self.max_sequences)
+            except ArgumentError:  # the greedy found no room for some sequence: keep the step as dealt
+                out.extend(step)
+                continue
+            if any(p.size == 0 for p in parts):  # every rank needs a batch
+                out.extend(step)
+                continue
+            out.extend(pool[p] for p in parts)
+        return out
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self.batches()
