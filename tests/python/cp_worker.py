@@ -1,8 +1,11 @@
-"""Worker of tests/python/test_distributed.py: `python cp_worker.py WORLD PORT CASE` spawns WORLD
-gloo processes; each shards one seeded fp64 batch, runs scree.distributed's context-parallel
+"""Worker of tests/python/test_distributed.py: `python cp_worker.py WORLD PORT CASE [cpu|cuda]`
+spawns WORLD processes; each shards one seeded batch, runs scree.distributed's context-parallel
 attention forward and backward on its share, and gathers outputs and gradients back; rank 0
-compares them with single-process scree.varlen_attention on the whole batch and exits non-zero
-on a mismatch (the test runs this under a time limit)."""
+compares them with single-process attention on the whole batch and exits non-zero on a mismatch
+(the test runs this under a time limit).
+cpu: gloo, float64, against single-process scree.varlen_attention to 1e-10.
+cuda: NCCL, one GPU a rank (tools/multi_gpu_check.sh), bfloat16, against the fp64 CPU result by
+FlashAttention's rule: the error at most twice that of single-GPU bfloat16 attention, plus 1e-3."""
 
 from __future__ import annotations
 
@@ -32,10 +35,20 @@ def batch(case: str):
     return lengths, q, k, v, g, opts
 
 
-def run(rank: int, world: int, port: int, case: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def fa_close(got, ref64, low, what: str) -> None:
+    err, base = (got.double().cpu() - ref64).abs().max().item(), (low.double().cpu() - ref64).abs().max().item()
+    assert err <= 2 * base + 1e-3, f"{what}: error {err:.3g} against {base:.3g} for single-GPU attention"
+
+
+def run(rank: int, world: int, port: int, case: str, device: str) -> None:
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.set_device(rank)
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    dev, dtype = (f"cuda:{rank}", torch.bfloat16) if cuda else ("cpu", torch.float64)
     lengths, q, k, v, g, opts = batch(case)
-    full = lambda x: scree.from_lengths(torch.from_numpy(x), lengths)  # noqa: E731
+    full = lambda x: scree.from_lengths(torch.from_numpy(x).to(dev, dtype), lengths)  # noqa: E731
     local = {}
     for name, x in (("q", q), ("k", k), ("v", v), ("g", g)):
         local[name], plan = sd.shard_sequences(full(x), world, rank)
@@ -47,12 +60,27 @@ def run(rank: int, world: int, port: int, case: str) -> None:
         got_out = sd.unshard(out.with_values(out.values.detach()), plan).values
         got = {n: sd.unshard(local[n].with_values(leaves[n].grad), plan).values for n in leaves}
     if rank == 0:
-        ref = {n: torch.from_numpy(x).requires_grad_(True) for n, x in (("q", q), ("k", k), ("v", v))}
-        ref_out = scree.varlen_attention(*(scree.from_lengths(ref[n], lengths) for n in ("q", "k", "v")), **opts)
-        (ref_out.values * torch.from_numpy(g)).sum().backward()
-        torch.testing.assert_close(got_out, ref_out.values.detach(), rtol=1e-10, atol=1e-10)
-        for n in ref:
-            torch.testing.assert_close(got[n], ref[n].grad, rtol=1e-10, atol=1e-10, msg=f"d{n} ({case})")
+        def single(dev_, dtype_):
+            ref = {n: torch.from_numpy(x).to(dev_, dtype_).requires_grad_(True)
+                   for n, x in (("q", q), ("k", k), ("v", v))}
+            o = scree.varlen_attention(*(scree.from_lengths(ref[n], lengths) for n in ("q", "k", "v")), **opts)
+            (o.values * torch.from_numpy(g).to(dev_, dtype_)).sum().backward()
+            return o.values.detach(), {n: ref[n].grad for n in ref}
+
+        if cuda:  # the fp64 reference on the bf16-rounded inputs, and single-GPU bf16 for the FA rule
+            rounded = {n: torch.from_numpy(x).bfloat16().double().numpy() for n, x in (("q", q), ("k", k), ("v", v))}
+            q, k, v = rounded["q"], rounded["k"], rounded["v"]
+            g = torch.from_numpy(g).bfloat16().double().numpy()
+            ref_out, ref_grad = single("cpu", torch.float64)
+            low_out, low_grad = single(dev, dtype)
+            fa_close(got_out, ref_out, low_out, f"out ({case})")
+            for n in ref_grad:
+                fa_close(got[n], ref_grad[n], low_grad[n], f"d{n} ({case})")
+        else:
+            ref_out, ref_grad = single("cpu", torch.float64)
+            torch.testing.assert_close(got_out, ref_out, rtol=1e-10, atol=1e-10)
+            for n in ref_grad:
+                torch.testing.assert_close(got[n], ref_grad[n], rtol=1e-10, atol=1e-10, msg=f"d{n} ({case})")
         # the positions a rank's tokens have in their sequences (for rotary embeddings)
         for r in range(world):
             rows = plan.rows(r)
@@ -64,4 +92,5 @@ def run(rank: int, world: int, port: int, case: str) -> None:
 
 if __name__ == "__main__":
     world, port, case = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    mp.spawn(run, args=(world, port, case), nprocs=world, join=True)
+    device = sys.argv[4] if len(sys.argv) > 4 else "cpu"
+    mp.spawn(run, args=(world, port, case, device), nprocs=world, join=True)
