@@ -1,5 +1,7 @@
 // CPU attention front door: parameter validation (the one place for it), and the choice between
-// the AVX2+FMA+F16C build of the kernels and the portable one, made once per process from cpuid.
+// the AVX-512, AVX2+FMA+F16C and portable builds of the kernels, made once per process from cpuid
+// (SCREE_CPU_ISA=generic|portable|avx2|avx512 asks for one; a build the CPU cannot run is never
+// taken: the best one it can below the request runs instead).
 #include <cstdlib>
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -13,6 +15,12 @@
 #include "scree/paged.h"
 
 namespace scree::cpu {
+#if defined(SCREE_HAVE_AVX512_KERNELS)
+namespace avx512 {
+void varlen_fwd(const attention::VarlenParams& p);
+void varlen_bwd(const attention::VarlenBackwardParams& p);
+}  // namespace avx512
+#endif
 #if defined(SCREE_HAVE_AVX2_KERNELS)
 namespace avx2 {
 void varlen_fwd(const attention::VarlenParams& p);
@@ -28,22 +36,36 @@ void varlen_bwd(const attention::VarlenBackwardParams& p);
 namespace scree::attention {
 namespace {
 
-// SCREE_CPU_ISA=generic forces the portable kernels (tests use it to cover both builds).
-bool use_avx2() {
-#if defined(SCREE_HAVE_AVX2_KERNELS) && (defined(__x86_64__) || defined(__i386__))
-  static const bool ok = [] {
-    const char* force = std::getenv("SCREE_CPU_ISA");
-    if (force != nullptr && std::string(force) == "generic") return false;
+enum class Isa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// The best build this CPU runs, capped by SCREE_CPU_ISA (tests run every build the machine has).
+Isa isa() {
+  static const Isa chosen = [] {
+    Isa cap = Isa::kAvx512;
+    if (const char* force = std::getenv("SCREE_CPU_ISA")) {
+      const std::string f(force);
+      if (f == "generic" || f == "portable") cap = Isa::kGeneric;
+      else if (f == "avx2") cap = Isa::kAvx2;
+    }
+#if defined(__x86_64__) || defined(__i386__)
     // F16C from CPUID leaf 1, ECX bit 29: clang's __builtin_cpu_supports has no "f16c" (a compile
     // error there); every CPU with AVX2 and FMA has it, but the kernels use it, so ask.
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
     const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29)) != 0;
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
-  }();
-  return ok;
-#else
-  return false;
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#if defined(SCREE_HAVE_AVX512_KERNELS)
+    if (avx512 && cap >= Isa::kAvx512) return Isa::kAvx512;
 #endif
+#if defined(SCREE_HAVE_AVX2_KERNELS)
+    if (avx2 && cap >= Isa::kAvx2) return Isa::kAvx2;
+#endif
+    (void)avx512, (void)avx2, (void)cap;
+#endif
+    return Isa::kGeneric;
+  }();
+  return chosen;
 }
 
 void check_offsets(const Offsets& off, int64_t n, int64_t total, const char* name) {
@@ -110,8 +132,11 @@ void varlen_fwd_cpu(const VarlenParams& params) {
   validate(params);
   VarlenParams p = params;
   make_windows_reachable(p);
+#if defined(SCREE_HAVE_AVX512_KERNELS)
+  if (isa() == Isa::kAvx512) return cpu::avx512::varlen_fwd(p);
+#endif
 #if defined(SCREE_HAVE_AVX2_KERNELS)
-  if (use_avx2()) return cpu::avx2::varlen_fwd(p);
+  if (isa() == Isa::kAvx2) return cpu::avx2::varlen_fwd(p);
 #endif
   cpu::generic::varlen_fwd(p);
 }
@@ -129,12 +154,22 @@ void varlen_bwd_cpu(const VarlenBackwardParams& params) {
   require((p.total_q == 0 || (p.dout && has_lse && p.dq)) && (p.total_k == 0 || (p.k && p.v && p.dk && p.dv)),
           ErrorKind::InvalidArgument,
           [] { return std::string("backward needs dout, lse, dq (with query rows) and k, v, dk, dv (with keys)"); });
+#if defined(SCREE_HAVE_AVX512_KERNELS)
+  if (isa() == Isa::kAvx512) return cpu::avx512::varlen_bwd(p);
+#endif
 #if defined(SCREE_HAVE_AVX2_KERNELS)
-  if (use_avx2()) return cpu::avx2::varlen_bwd(p);
+  if (isa() == Isa::kAvx2) return cpu::avx2::varlen_bwd(p);
 #endif
   cpu::generic::varlen_bwd(p);
 }
 
-const char* cpu_isa() { return use_avx2() ? "avx2" : "generic"; }
+const char* cpu_isa() {
+  switch (isa()) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kGeneric: break;
+  }
+  return "generic";
+}
 
 }  // namespace scree::attention

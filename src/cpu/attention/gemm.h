@@ -1,7 +1,7 @@
 // The one matrix micro-kernel of the CPU attention: C (M x N) (+)= A (M x K) * B (K x N), B and C
 // row-major in the compute type; A row-major, or stored transposed (A_T: element (m, k) at
-// A[k * lda + m]) so that S^T from a previous product can be used without a transpose. Register tile: 6 rows x 2 vectors (12 accumulators + 2 B loads
-// + 1 broadcast fits the 16 AVX2 registers); B's K x 2W panel stays in L1 across row tiles.
+// A[k * lda + m]) so that S^T from a previous product can be used without a transpose. Register
+// tile: kTileRows rows x 2 vectors; B's K x 2W panel stays in L1 across row tiles.
 // N must be a multiple of 2 * width (callers pad their packed buffers with zeros).
 #pragma once
 
@@ -39,24 +39,30 @@ __attribute__((always_inline)) inline void gemm_tile(const T* A, int64_t lda, co
   }
 }
 
+// Rows of the register tile: 6 x 2 vectors fill the 16 AVX2 / SSE registers; AVX-512 has 32, so
+// 12 rows (24 accumulators + 2 B vectors + 1 broadcast) halve the loads of B per FMA.
+inline constexpr int kTileRows = kVectorBytes == 64 ? 12 : 6;
+
+// The rows left below a whole tile (1 .. R - 1), one instantiation each.
+template <class T, int R, bool A_T>
+__attribute__((always_inline)) inline void gemm_rest(int64_t rows, const T* A, int64_t lda, const T* B, int64_t ldb,
+                                                     T* C, int64_t ldc, int64_t K, bool accumulate) {
+  if constexpr (R > 0) {
+    if (rows == R) return gemm_tile<T, R, A_T>(A, lda, B, ldb, C, ldc, K, accumulate);
+    gemm_rest<T, R - 1, A_T>(rows, A, lda, B, ldb, C, ldc, K, accumulate);
+  }
+}
+
 template <class T, bool A_T = false>
 void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
           bool accumulate) {
   constexpr int W2 = 2 * Simd<T>::width;
   for (int64_t j = 0; j < N; j += W2) {
     int64_t i = 0;
-    for (; i + 6 <= M; i += 6)
-      gemm_tile<T, 6, A_T>(A + (A_T ? i : i * lda), lda, B + j, ldb, C + i * ldc + j, ldc, K, accumulate);
-    const T* a = A + (A_T ? i : i * lda);
-    T* c = C + i * ldc + j;
-    switch (M - i) {
-      case 5: gemm_tile<T, 5, A_T>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
-      case 4: gemm_tile<T, 4, A_T>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
-      case 3: gemm_tile<T, 3, A_T>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
-      case 2: gemm_tile<T, 2, A_T>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
-      case 1: gemm_tile<T, 1, A_T>(a, lda, B + j, ldb, c, ldc, K, accumulate); break;
-      default: break;
-    }
+    for (; i + kTileRows <= M; i += kTileRows)
+      gemm_tile<T, kTileRows, A_T>(A + (A_T ? i : i * lda), lda, B + j, ldb, C + i * ldc + j, ldc, K, accumulate);
+    gemm_rest<T, kTileRows - 1, A_T>(M - i, A + (A_T ? i : i * lda), lda, B + j, ldb, C + i * ldc + j, ldc, K,
+                                      accumulate);
   }
 }
 

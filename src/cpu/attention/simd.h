@@ -1,6 +1,6 @@
-// Portable SIMD for the CPU attention kernels: GCC/Clang vector extensions, 32 bytes wide with AVX
-// (8 floats / 4 doubles) and 16 bytes without, so the same source compiles to AVX2+FMA in the TU
-// built with -mavx2 -mfma and to SSE2 in the generic TU. exp/tanh are polynomial, vectorised,
+// Portable SIMD for the CPU attention kernels: GCC/Clang vector extensions, 64 bytes wide with
+// AVX-512 (16 floats / 8 doubles), 32 with AVX and 16 without, so the same source compiles to
+// AVX-512 in the TU built with -mavx512f, to AVX2+FMA with -mavx2 -mfma and to SSE2 in the generic TU. exp/tanh are polynomial, vectorised,
 // accurate to ~2 ulp in float (the softmax error is dominated by fp32 accumulation, not by exp).
 #pragma once
 
@@ -17,9 +17,11 @@ SCREE_CPU_NAMESPACE_BEGIN
 template <class T>
 struct Simd;
 
-// 32-byte vectors where AVX exists; 16 bytes (SSE2, every x86-64) otherwise: 32-byte vector types
-// without AVX compile into slow spills (~1.7 GFLOP/s measured).
-#if defined(__AVX__)
+// 64-byte vectors with AVX-512, 32 bytes where AVX exists, 16 (SSE2, every x86-64) otherwise:
+// vector types wider than the ISA compile into slow spills (32 bytes without AVX: ~1.7 GFLOP/s).
+#if defined(__AVX512F__)
+inline constexpr int kVectorBytes = 64;
+#elif defined(__AVX__)
 inline constexpr int kVectorBytes = 32;
 #else
 inline constexpr int kVectorBytes = 16;

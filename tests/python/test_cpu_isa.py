@@ -1,0 +1,27 @@
+"""Every build of the CPU attention kernels this machine can run (SCREE_CPU_ISA forces each: the
+portable one, AVX2, AVX-512), each in its own process (the choice is made once a process), against
+the fp64 reference (cpu_isa_worker.py). A build the CPU lacks is skipped, naming the one it got."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_cpu_build_matches_the_reference(isa):
+    env = {**os.environ, "SCREE_CPU_ISA": isa}
+    proc = subprocess.run([sys.executable, str(HERE / "cpu_isa_worker.py")], capture_output=True, text=True,
+                          timeout=600, cwd=HERE, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ran = proc.stdout.split()[0]
+    if ran != isa:
+        pytest.skip(f"this CPU has no {isa} (the {ran} build ran and passed)")
+    assert proc.stdout.split()[-1] == "ok"
