@@ -10,6 +10,7 @@ reduce-scatter would move 1 / world_size of the bytes, the next step for the GPU
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,7 @@ def gather_full(local: Any, plan: ShardPlan, group: Any = None) -> Any:
     """Every rank's local rows (a torch tensor, rows in the plan's local order) as the full packed
     batch on every rank, with gradients flowing back to each rank's rows."""
     check_group(plan, group)
-    return _GatherFull.apply(local, plan, group)
+    return _gather_function().apply(local, plan, group)
 
 
 def unshard(local: Array, plan: ShardPlan, group: Any = None) -> Array:
@@ -64,7 +65,9 @@ def unshard(local: Array, plan: ShardPlan, group: Any = None) -> Array:
                           int(plan.lengths.max(initial=0)))
 
 
-def _autograd_function() -> Any:
+@functools.lru_cache(maxsize=1)
+def _gather_function() -> Any:
+    """The autograd Function, built on first use (importing scree.distributed imports no torch)."""
     import torch
     import torch.distributed as dist
 
@@ -88,18 +91,3 @@ def _autograd_function() -> Any:
             return total[rows], None, None
 
     return GatherFull
-
-
-class _Lazy:
-    """The autograd Function, built on first use (importing scree.distributed imports no torch)."""
-
-    fn: Any = None
-
-    @classmethod
-    def apply(cls, *args: Any) -> Any:
-        if cls.fn is None:
-            cls.fn = _autograd_function()
-        return cls.fn.apply(*args)
-
-
-_GatherFull = _Lazy
