@@ -23,15 +23,9 @@ from scree._array import Array
 from scree._attention import varlen_attention
 from scree._errors import ArgumentError, UnsupportedError
 from scree.distributed.gather import gather_full
-from scree.distributed.shard import ShardPlan
+from scree.distributed.shard import ShardPlan, offsets_of, ranges
 
 __all__ = ["context_parallel_attention"]
-
-
-def _offsets(lengths: np.ndarray) -> np.ndarray:
-    out = np.zeros(lengths.size + 1, dtype=np.int64)
-    np.cumsum(lengths, out=out[1:])
-    return out
 
 
 def _key_rows(plan: ShardPlan, causal: bool, left: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -48,12 +42,7 @@ def _key_rows(plan: ShardPlan, causal: bool, left: int | None) -> tuple[np.ndarr
     else:
         first, last = np.zeros(2 * n, dtype=np.int64), seq_len
     lens = np.where(chunk_end > chunk_start, last - first, 0)  # an empty chunk needs no keys
-    seq_first = np.repeat(plan.starts[:-1], 2) + first
-    total = int(lens.sum())
-    starts = np.zeros(lens.size, dtype=np.int64)
-    np.cumsum(lens[:-1], out=starts[1:])
-    rows = np.repeat(seq_first - starts, lens) + np.arange(total, dtype=np.int64)
-    return rows, lens
+    return ranges(np.repeat(plan.starts[:-1], 2) + first, lens), lens
 
 
 def context_parallel_attention(q: Array, k: Array, v: Array, plan: ShardPlan, group: Any = None,
@@ -81,9 +70,9 @@ def context_parallel_attention(q: Array, k: Array, v: Array, plan: ShardPlan, gr
     k_full = gather_full(k.values, plan, group)
     v_full = gather_full(v.values, plan, group)
     la, lb = plan.chunk_lengths(plan.rank)
-    q_chunks = _offsets(np.stack([la, lb], axis=1).reshape(-1))
+    q_chunks = offsets_of(np.stack([la, lb], axis=1).reshape(-1))
     rows, key_lens = _key_rows(plan, causal, left)
-    key_offsets = _offsets(key_lens)
+    key_offsets = offsets_of(key_lens)
     ns = q._ns
     idx = ns.from_numpy(rows, like=k_full)
     qc = Array._trusted(q.values, ns.from_numpy(q_chunks, like=q.values), q_chunks,

@@ -36,8 +36,7 @@ class ShardPlan:
         self.world_size, self.rank = int(world_size), int(rank)
         chunks = 2 * self.world_size
         self.bounds = (self.lengths[:, None] * np.arange(chunks + 1)[None, :]) // chunks
-        self.starts = np.zeros(self.lengths.size + 1, dtype=np.int64)
-        np.cumsum(self.lengths, out=self.starts[1:])
+        self.starts = offsets_of(self.lengths)
 
     def chunk_pair(self, rank: int) -> tuple[int, int]:
         return rank, 2 * self.world_size - 1 - rank
@@ -53,9 +52,7 @@ class ShardPlan:
 
     def local_offsets(self, rank: int | None = None) -> np.ndarray:
         """Offsets (n + 1, host int64) of rank's local Array."""
-        out = np.zeros(self.lengths.size + 1, dtype=np.int64)
-        np.cumsum(self.local_lengths(rank), out=out[1:])
-        return out
+        return offsets_of(self.local_lengths(rank))
 
     def positions(self, rank: int | None = None) -> np.ndarray:
         """Position in its sequence of each of rank's tokens, in local order (int64)."""
@@ -63,7 +60,7 @@ class ShardPlan:
         a, b = self.chunk_pair(r)
         firsts = np.stack([self.bounds[:, a], self.bounds[:, b]], axis=1).reshape(-1)
         counts = np.stack(self.chunk_lengths(r), axis=1).reshape(-1)
-        return _ranges(firsts, counts)
+        return ranges(firsts, counts)
 
     def rows(self, rank: int | None = None) -> np.ndarray:
         """Row in the full packed batch of each of rank's tokens, in local order (int64)."""
@@ -76,7 +73,14 @@ class ShardPlan:
         return int(max(self.local_lengths(r).sum() for r in range(self.world_size)))
 
 
-def _ranges(firsts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def offsets_of(lengths: np.ndarray) -> np.ndarray:
+    """Host int64 offsets (n + 1) of these lengths."""
+    out = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
+
+
+def ranges(firsts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Concatenation of arange(f, f + c) for each (f, c)."""
     total = int(counts.sum())
     if total == 0:

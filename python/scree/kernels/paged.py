@@ -31,6 +31,21 @@ _COMPILED = hasattr(_C, "paged_decode")
 _COMPILED_FWD = hasattr(_C, "paged_fwd_cuda")
 
 
+def _nhd_pages(kv: PagedKV) -> tuple[Any, Any]:
+    """The pages as (num_pages, page_size, Hk, D): HND pages as a strided view (the kernels take
+    any strides)."""
+    kp, vp = kv.k_pages, kv.v_pages
+    if kv.layout == "HND":
+        kp, vp = kv._ns.swapaxes(kp, 1, 2), kv._ns.swapaxes(vp, 1, 2)
+    return kp, vp
+
+
+def _longest_bound(kv: PagedKV) -> int:
+    """The longest cached sequence: exact once the tables' check landed, else the tables' capacity
+    (no sync either way)."""
+    return kv.max_kv_len if kv.max_kv_len is not None else kv._ns.shape(kv.page_table)[1] * kv.page_size
+
+
 def decode_serves(q: Array, kv: PagedKV) -> bool:
     """Whether the decode kernel takes this call: every query sequence one token (q's layout knows
     its longest is 1), torch CUDA arrays of one half type, a compiled head dim and group size."""
@@ -56,10 +71,8 @@ def decode(q: Array, kv: PagedKV, scale: Any, window: Any, softcap: Any, return_
     qv = q.values
     d = ns.shape(qv)[2]
     table, lens = ns.astype(kv.page_table, "int32"), ns.astype(kv.kv_lens, "int32")
-    kp, vp = kv.k_pages, kv.v_pages
-    if kv.layout == "HND":  # (num_pages, Hk, page, D) seen as (num_pages, page, Hk, D): a strided view
-        kp, vp = ns.swapaxes(kp, 1, 2), ns.swapaxes(vp, 1, 2)
-    bound = kv.max_kv_len if kv.max_kv_len is not None else ns.shape(table)[1] * kv.page_size
+    kp, vp = _nhd_pages(kv)
+    bound = _longest_bound(kv)
     a = ns.kernel_arg
     try:
         splits, nbytes = _C.paged_decode_plan(a(qv), a(kp), a(vp), a(table), a(lens), int(bound))
@@ -99,11 +112,8 @@ def forward_cuda(q: Array, kv: PagedKV, causal: Any, scale: Any, window: Any, so
     left, right, scale_value, cap = _options(causal, scale, window, softcap)
     qv = q.values
     tq, hq, d = ns.shape(qv)
-    kp, vp = kv.k_pages, kv.v_pages
-    if kv.layout == "HND":
-        kp, vp = ns.swapaxes(kp, 1, 2), ns.swapaxes(vp, 1, 2)
-    # The longest cached sequence: known once the tables' check landed, else the tables' capacity.
-    bound = kv.max_kv_len if kv.max_kv_len is not None else ns.shape(kv.page_table)[1] * kv.page_size
+    kp, vp = _nhd_pages(kv)
+    bound = _longest_bound(kv)
     pq = K.plan(q)
     args = _C.AttentionArgs(pq.max_seqlen, int(bound), 1.0 / math.sqrt(d) if scale_value is None else scale_value,
                             bool(causal), -1 if left is None else left, -1 if right is None else right, cap or 0.0,
