@@ -337,18 +337,25 @@ def poison_past_ends(pages, table, lens, page_size, layout):
                 pages[page, :, first:] = np.nan
 
 
+# (page size, loader): SCREE_SM90_PAGED_LOADER forces the producer's loader; TMA takes pages of 16,
+# 32, 64, 128 and multiples of 128, cp.async any size (1: SGLang's token pool; 24: not a power of 2).
+PAGED_LOADERS = [(ps, "copy") for ps in (1, 16, 24, 32, 64, 128, 256)] + [
+    (ps, "tma") for ps in (16, 32, 64, 128, 256)]
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
-@pytest.mark.parametrize("page_size", [16, 32, 128, 256])
+@pytest.mark.parametrize(("page_size", "loader"), PAGED_LOADERS, ids=[f"{ps}-{ld}" for ps, ld in PAGED_LOADERS])
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("case", list(PREFILL), ids=list(PREFILL))
-def test_cuda_paged_forward_reads_the_pages(case, d, page_size, layout, monkeypatch):
+def test_cuda_paged_forward_reads_the_pages(case, d, page_size, loader, layout, monkeypatch):
     """Chunked prefill and mixed batches on CUDA: the Hopper forward loads K/V tiles out of the
-    pages (never the gather path), against the fp64 reference with FlashAttention's rule; NaN in
-    the unused slots of a sequence's last page must not reach the output."""
+    pages (never the gather path) by each loader, against the fp64 reference with FlashAttention's
+    rule; NaN in the unused slots of a sequence's last page must not reach the output."""
     torch = _cuda()
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the CUDA paged forward runs on Hopper")
+    monkeypatch.setenv("SCREE_SM90_PAGED_LOADER", loader)
     from scree import _paged_attention
     from scree.kernels import paged
     rng = np.random.default_rng()

@@ -4,8 +4,9 @@ in place:
   by lse; torch CUDA tensors of bfloat16 / float16, head dims 64 and 128, any number of query heads
   per kv head;
 * `forward_cuda` (scree._C.paged_fwd_cuda, Hopper): any batch (chunked prefill, decode, both) of
-  torch CUDA half tensors, the Hopper forward loading K/V tiles out of the pages by TMA; page sizes
-  of 16, 32, 64, 128 or multiples of 128;
+  torch CUDA half tensors, the Hopper forward loading K/V tiles out of the pages in place: by TMA
+  for page sizes that are multiples of 128, by cp.async from the producer warpgroup for any other
+  (1, 16, 32, 64, ...);
 * `forward_cpu` (scree._C.paged_fwd_cpu): any batch (decode, chunked prefill, both) on host arrays
   (NumPy, torch CPU), the CPU varlen kernel reading key and value rows through the page table.
 Neither records a gradient (serving); everything else takes the gather path of
@@ -90,7 +91,7 @@ def decode(q: Array, kv: PagedKV, scale: Any, window: Any, softcap: Any, return_
 def cuda_serves(q: Array, kv: PagedKV) -> bool:
     """Whether the Hopper paged forward may take this call (the C++ side refuses, with
     scree.UnsupportedError, a device or head dim it has no kernel for): torch CUDA arrays of one
-    half type, no autograd, a page size whose boxes tile a 128-key block."""
+    half type, no autograd, any page size."""
     ns = q._ns
     v = q.values
     if not _COMPILED_FWD or ns.name != "torch" or ns.is_host(v) or ns.is_tracing() or ns.needs_autograd(v):
@@ -98,10 +99,8 @@ def cuda_serves(q: Array, kv: PagedKV) -> bool:
     dt = ns.dtype_name(v)
     if dt not in ("bfloat16", "float16") or ns.dtype_name(kv.k_pages) != dt or len(ns.shape(v)) != 3:
         return False
-    ps = kv.page_size
     hq, d = ns.shape(v)[1], ns.shape(v)[2]
-    return (d == kv.head_dim and ns.shape(kv.v_pages)[3] == d and hq % kv.heads == 0 and ps % 16 == 0
-            and (128 % ps == 0 or ps % 128 == 0))
+    return d == kv.head_dim and ns.shape(kv.v_pages)[3] == d and hq % kv.heads == 0
 
 
 def forward_cuda(q: Array, kv: PagedKV, causal: Any, scale: Any, window: Any, softcap: Any,

@@ -16,6 +16,7 @@
 #include "bwd_workspace.h"
 #include "cuda_check.h"
 #include "scree/attention/cuda.h"
+#include "sm90/kv_source.h"
 #include "scree/error.h"
 
 namespace scree::cuda_attention {
@@ -259,16 +260,19 @@ void varlen_fwd_cuda(const VarlenParams& params, void* workspace, size_t workspa
           });
   require(reinterpret_cast<uintptr_t>(workspace) % 16 == 0, ErrorKind::InvalidArgument,
           [&] { return std::string("the workspace must be 16-byte aligned"); });
-  if (p.paged) {  // pages read by TMA (sm90/paged_tma.cuh); the portable kernel reads packed rows only
+  if (p.paged) {  // pages read by TMA or cp.async (sm90/kv_source.h); the portable kernel reads packed rows only
     require(use_sm90(p), ErrorKind::Unsupported, [&] {
       return std::string("attention over a paged cache on CUDA runs on the Hopper kernels (an sm_90 device and ") +
              "head dims 64 and 128 in this build); this call: head dim " + std::to_string(p.head_dim);
     });
     const int64_t ps = p.page_size;
-    require(ps >= 16 && ps % 16 == 0 && (128 % ps == 0 || ps % 128 == 0), ErrorKind::Unsupported, [&] {
-      return "the CUDA paged forward takes pages of 16, 32, 64, 128 or a multiple of 128 tokens (whole TMA boxes of "
-             "a 128-key tile), got " + std::to_string(ps);
-    });
+    require(ps >= 1, ErrorKind::InvalidArgument, [&] { return "page_size must be >= 1, got " + std::to_string(ps); });
+    require(cuda_attention::sm90::paged_source(ps) == cuda_attention::sm90::KvSource::kPagesCopy ||
+                (ps % 16 == 0 && (128 % ps == 0 || ps % 128 == 0)),
+            ErrorKind::Unsupported, [&] {
+              return "the TMA loader of the CUDA paged forward (SCREE_SM90_PAGED_LOADER=tma) takes pages of 16, 32, "
+                     "64, 128 or a multiple of 128 tokens (whole boxes of a 128-key tile), got " + std::to_string(ps);
+            });
     require(p.kv_page_stride % 8 == 0 && p.kv_rows / ps < (int64_t(1) << 31) &&
                 (p.page_table_width == 0 || p.page_table != nullptr),
             ErrorKind::Unsupported, [] {

@@ -1,18 +1,20 @@
 // Hopper (sm_90a) varlen attention forward: warp-specialised, TMA + mbarrier + wgmma.
 // A persistent grid (one CTA per SM) working through (sequence, 128-query tile, query head) tiles
 // longest first (tile_scheduler.cuh); three warpgroups:
-//  - producer (warpgroup 0, registers lowered to 40 with setmaxnreg): one thread issues TMA
+//  - producer (warpgroup 0, registers lowered to 40 with setmaxnreg, 56 over pages): one thread issues TMA
 //    loads of the Q tile and of K/V tiles of 128 keys into a 3- or 4-stage ring, each guarded by
 //    a "full" mbarrier (transaction bytes) and an "empty" one (the 256 consumer threads arrive);
-//  - two consumers (warpgroups 1, 2, registers raised to 232), 64 query rows each:
+//  - two consumers (warpgroups 1, 2, registers raised to 232, 224 over pages), 64 query rows each:
 //    S = Q K^T with wgmma from shared memory (both K-major, 128-byte swizzle as TMA wrote them),
 //    the online softmax of online_softmax.cuh on the accumulators, then O += P V with P from
 //    registers and V from shared memory (transposed descriptor); S of the next key block and
 //    P V of the previous one are in flight together while the softmax runs.
 // Rows past a sequence's end read the next sequence's tokens (or TMA's zero fill past the tensor):
 // keys there are masked, query rows there are computed and never stored.
-// kPaged: keys and values come from a paged KV cache through the page table (paged_tma.cuh;
-// VarlenParams::paged; cu_seqlens_k then only gives each sequence's cached length).
+// kKv (KvSource): keys and values from packed rows, or from a paged KV cache through the page
+// table, by TMA for pages of a multiple of 128 tokens (paged_tma.cuh) and by cp.async from the
+// whole producer warpgroup otherwise (paged_copy.cuh); VarlenParams::paged; cu_seqlens_k then only
+// gives each sequence's cached length.
 #pragma once
 
 #include <cuda.h>
@@ -25,6 +27,7 @@
 #include "../scores.cuh"
 #include "../varlen_tile.cuh"
 #include "named_barrier.cuh"
+#include "paged_copy.cuh"
 #include "paged_tma.cuh"
 #include "pipeline.cuh"
 #include "ptx.cuh"
@@ -76,12 +79,13 @@ struct FwdSmem {
   uint64_t q_empty;  // the consumers are done reading the Q tile (and its slot)
   MbarRing<kStages> ring;
   TileSlots tiles;
+  long long producer_tile[2];  // KvSource::kPagesCopy: the next tile, for the producer's four warps
 };
 template <int D>
 inline constexpr int kFwdSmemBytes = smem_bytes<FwdSmem<D>>();
 
 // kFolded: ScoreMap::folds() (no softcap, scale > 0), see online_softmax.cuh.
-template <class T, int D, bool kFolded, bool kPaged>
+template <class T, int D, bool kFolded, KvSource kKv>
 __global__ void __launch_bounds__(384, 1)
     varlen_fwd_sm90_kernel(const VarlenParams p, const ScoreMap score, const TileOrder host_order,
                            unsigned long long* tile_counter,
@@ -91,6 +95,13 @@ __global__ void __launch_bounds__(384, 1)
   using Smem = FwdSmem<D>;
   constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN, kStages = Tiles::kStages;
   constexpr bool kPingpong = SCREE_SM90_PINGPONG != 0;
+  constexpr bool kPaged = kKv != KvSource::kPacked, kCopy = kKv == KvSource::kPagesCopy;
+  // Registers a thread (setmaxnreg; 128 x producer + 256 x consumer <= 64K): the paged producers
+  // get 56, for the page-table walk and, with cp.async, the row offsets (at 40 they spilled 80-92
+  // bytes); the consumers fit 224 without spilling. Measured on an H200 (NOTES.md): 16-token pages
+  // by cp.async 0.275 -> 0.256 ms at 4 x (4096 + 512), while the packed forward kept 40 / 232
+  // (224 cost it ~4% at 16 x (2048 + 256)).
+  constexpr int kProducerRegs = kPaged ? 56 : 40, kConsumerRegs = kPaged ? 224 : 232;
   extern __shared__ char smem_raw[];
   Smem& sm = aligned_smem<Smem>(smem_raw);
   const TileOrder order = bounded_by_device_max<kM>(host_order, p.max_seqlen_q_device);
@@ -98,7 +109,7 @@ __global__ void __launch_bounds__(384, 1)
   if (threadIdx.x == 0) {
     mbar_init(&sm.q_full, 1);
     mbar_init(&sm.q_empty, 256);
-    sm.ring.init(256);
+    sm.ring.init(256, kCopy ? 128 : 1);
     fence_barrier_init();
   }
   __syncthreads();
@@ -127,21 +138,32 @@ __global__ void __launch_bounds__(384, 1)
 
   const int wg = threadIdx.x / 128;
   if (wg == 0) {
-    setmaxnreg_dec<40>();
-    // One thread drives the loads; a paged cache takes the whole warp, a lane per page box of a key
+    setmaxnreg_dec<kProducerRegs>();
+    // One thread drives the loads. Pages by TMA take the whole warp, a lane per page box of a key
     // block (paged_tma.cuh): one thread issuing the 32 boxes of a block and waiting for its page
-    // ids kept the tensor cores at 177 of 621 TFLOP/s on an H200 (benchmarks/NOTES.md).
-    constexpr int kLanes = kPaged ? 32 : 1;
+    // ids kept the tensor cores at 177 of 621 TFLOP/s on an H200 (benchmarks/NOTES.md). Pages by
+    // cp.async take the whole warpgroup (paged_copy.cuh); its thread 0 still schedules and loads Q.
+    constexpr int kLanes = kCopy ? 128 : kPaged ? 32 : 1;
     constexpr unsigned kMask = kPaged ? 0xffffffffu : 1u;
     if (threadIdx.x < kLanes) {
       const bool leader = threadIdx.x == 0;
       const TileCounter counter{tile_counter};
-      auto next_tile = [&] {  // the leader's atomic, the same index in every lane
+      int calls = 0;
+      auto next_tile = [&] {  // the leader's atomic, the same index in every thread
         long long n = 0;
         if (leader) n = counter.next();
-        return int64_t(__shfl_sync(kMask, n, 0));
+        if constexpr (kCopy) {  // four warps: through shared memory, a slot per parity of the call
+          if (leader) sm.producer_tile[calls & 1] = n;
+          named_sync(NamedBarrier::kFwdProducerTile, 128);
+          n = sm.producer_tile[calls & 1];
+          ++calls;
+        } else {
+          n = __shfl_sync(kMask, n, 0);
+        }
+        return int64_t(n);
       };
       PipelineState<kStages> kv = MbarRing<kStages>::producer_start();
+      [[maybe_unused]] const PagedCopyMode mode = kCopy ? PagedCopyMode::of(p, D) : PagedCopyMode{};
       int64_t t = counter.first(), reserved = 0;
       for (int j = 0;; ++j) {
         if (j > 0) t = reserved;
@@ -163,25 +185,40 @@ __global__ void __launch_bounds__(384, 1)
         // two tiles: a short sequence's tile lasts only a few microseconds.
         reserved = next_tile();
         const int lane = int(threadIdx.x);
-        int page_next = kPaged && x.kb.begin < x.kb.end ? paged_block_page<kN>(p, x.b, x.kb.begin, x.s.k_len, lane) : 0;
-        for (int nb = x.kb.begin; nb < x.kb.end; ++nb, kv.advance()) {
-          const int page = page_next;  // paged: read one block ahead, in flight during the wait below
-          if (kPaged && nb + 1 < x.kb.end) page_next = paged_block_page<kN>(p, x.b, nb + 1, x.s.k_len, lane);
-          if (leader) sm.ring.acquire(kv, 2 * Tiles::kKVBytes);
-          __syncwarp(kMask);  // no lane loads into the stage before it is free
-          typename Smem::Stage& st = sm.kv[kv.index];
-          if constexpr (kPaged) {
-            tma_load_paged_block<D, kN>(p, nb, page, x.hk, lane, st.k, st.v, &tm_k, &tm_v, sm.ring.full_bar(kv));
-          } else {
-            const int row = int(x.s.k_start) + nb * kN;
-            tma_load_slabs<D>(st.k, Tiles::kSlabBytesKV, &tm_k, x.hk, row, sm.ring.full_bar(kv));
-            tma_load_slabs<D>(st.v, Tiles::kSlabBytesKV, &tm_v, x.hk, row, sm.ring.full_bar(kv));
+        if constexpr (kCopy) {
+          // Each thread's own row offsets, read one block ahead (in flight during the wait below).
+          PagedRowOffsets own_next;
+          if (x.kb.begin < x.kb.end) own_next = paged_own_row<T, kN>(p, x.b, x.kb.begin, x.s.k_len, x.hk, lane);
+          for (int nb = x.kb.begin; nb < x.kb.end; ++nb, kv.advance()) {
+            const PagedRowOffsets own = own_next;
+            if (nb + 1 < x.kb.end) own_next = paged_own_row<T, kN>(p, x.b, nb + 1, x.s.k_len, x.hk, lane);
+            sm.ring.wait_empty(kv);
+            typename Smem::Stage& st = sm.kv[kv.index];
+            copy_paged_block<D, kN>(p, mode, own, x.s.k_len - nb * kN - lane / 8, lane, st.k, st.v);
+            cp_async_mbar_arrive_noinc(sm.ring.full_bar(kv));
+          }
+        } else {
+          int page_next = kPaged && x.kb.begin < x.kb.end ? paged_block_page<kN>(p, x.b, x.kb.begin, x.s.k_len, lane) : 0;
+          for (int nb = x.kb.begin; nb < x.kb.end; ++nb, kv.advance()) {
+            const int page = page_next;  // paged: read one block ahead, in flight during the wait below
+            if (kPaged && nb + 1 < x.kb.end) page_next = paged_block_page<kN>(p, x.b, nb + 1, x.s.k_len, lane);
+            if (leader) sm.ring.acquire(kv, 2 * Tiles::kKVBytes);
+            __syncwarp(kMask);  // no lane loads into the stage before it is free
+            typename Smem::Stage& st = sm.kv[kv.index];
+            if constexpr (kPaged) {
+              tma_load_paged_block<D, kN>(p, nb, page, x.hk, lane, st.k, st.v, &tm_k, &tm_v, sm.ring.full_bar(kv));
+            } else {
+              const int row = int(x.s.k_start) + nb * kN;
+              tma_load_slabs<D>(st.k, Tiles::kSlabBytesKV, &tm_k, x.hk, row, sm.ring.full_bar(kv));
+              tma_load_slabs<D>(st.v, Tiles::kSlabBytesKV, &tm_v, x.hk, row, sm.ring.full_bar(kv));
+            }
           }
         }
       }
+      if constexpr (kCopy) cp_async_drain();  // no copy outlives its thread
     }
   } else {
-    setmaxnreg_inc<232>();
+    setmaxnreg_inc<kConsumerRegs>();
     const int cw = wg - 1;  // this warpgroup's rows: [64 cw, 64 cw + 64) of the tile
     const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
     const uint32_t q_base = smem_u32(sm.q) + 64 * cw * 128;
@@ -260,6 +297,7 @@ __global__ void __launch_bounds__(384, 1)
       if (blocks == 0) mbar_arrive(&sm.q_empty);
       if (blocks > 0) {
         sm.ring.wait(kv);
+        if constexpr (kCopy) fence_proxy_async_smem();  // cp.async wrote the stage (generic proxy); wgmma reads it
         fence_regs(sacc);
         my_turn();
         wgmma_fence();
@@ -276,6 +314,7 @@ __global__ void __launch_bounds__(384, 1)
       for (int i = 1; i < blocks; ++i, kv.advance()) {
         const int nb = x.kb.begin + i;
         sm.ring.wait(kv);
+        if constexpr (kCopy) fence_proxy_async_smem();  // cp.async wrote the stage (generic proxy); wgmma reads it
         fence_regs(sacc);
         fence_regs(o);
         my_turn();
@@ -295,7 +334,7 @@ __global__ void __launch_bounds__(384, 1)
         prev = kv.index;
       }
       if (blocks > 0) {
-        if constexpr (kPaged) {
+        if constexpr (kKv == KvSource::kPagesTma) {
           // The last block holds the sequence's end when it reaches past it: its V rows from the end
           // to the end of that page are the page's leftovers (paged_tma.cuh).
           const int n0 = (x.kb.end - 1) * kN, ps = int(p.page_size);

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../cuda_check.h"
 #include "../launch_common.cuh"
@@ -27,25 +28,29 @@ void launch_fwd_sm90(const VarlenParams& p, unsigned long long* tile_counter, cu
   const int64_t tk = keys ? p.total_k : 1;
   const int64_t hk = keys ? p.heads_k : p.heads_q;
   const CUtensorMap tq = tensor_map_3d<T>(p.q, p.total_q, p.heads_q, D, p.q_row_stride, p.q_head_stride, Tiles::kBlockM, "q");
-  CUtensorMap tk_map, tv_map;
-  if (p.paged) {  // (num_pages, page_size, Hk, D) pages, boxes of min(page_size, kBlockN) slots (paged_tma.cuh)
+  CUtensorMap tk_map{}, tv_map{};  // unused (zero) when the producer copies pages with cp.async
+  const KvSource source = p.paged ? paged_source(p.page_size) : KvSource::kPacked;
+  if (source == KvSource::kPagesTma) {  // (num_pages, page_size, Hk, D) pages, boxes of min(page_size, kBlockN) slots (paged_tma.cuh)
     const int64_t pages = p.kv_rows / p.page_size;
     const int box = int(p.page_size < Tiles::kBlockN ? p.page_size : Tiles::kBlockN);
     tk_map = tensor_map_pages<T>(p.k, pages, p.page_size, p.heads_k, D, p.kv_page_stride, p.k_row_stride,
                                  p.k_head_stride, box, "k pages");
     tv_map = tensor_map_pages<T>(p.v, pages, p.page_size, p.heads_k, D, p.kv_page_stride, p.v_row_stride,
                                  p.v_head_stride, box, "v pages");
-  } else {
+  } else if (source == KvSource::kPacked) {
     tk_map = tensor_map_3d<T>(keys ? p.k : p.q, tk, hk, D, keys ? p.k_row_stride : p.q_row_stride,
                               keys ? p.k_head_stride : p.q_head_stride, Tiles::kBlockN, "k");
     tv_map = tensor_map_3d<T>(keys ? p.v : p.q, tk, hk, D, keys ? p.v_row_stride : p.q_row_stride,
                               keys ? p.v_head_stride : p.q_head_stride, Tiles::kBlockN, "v");
   }
   const ScoreMap score = ScoreMap::from(p);
-  auto kernel = p.paged ? (score.folds() ? varlen_fwd_sm90_kernel<T, D, true, true>
-                                         : varlen_fwd_sm90_kernel<T, D, false, true>)
-                        : (score.folds() ? varlen_fwd_sm90_kernel<T, D, true, false>
-                                         : varlen_fwd_sm90_kernel<T, D, false, false>);
+  auto pick = [&](auto folded) {
+    constexpr bool kF = decltype(folded)::value;
+    return source == KvSource::kPacked     ? varlen_fwd_sm90_kernel<T, D, kF, KvSource::kPacked>
+           : source == KvSource::kPagesTma ? varlen_fwd_sm90_kernel<T, D, kF, KvSource::kPagesTma>
+                                           : varlen_fwd_sm90_kernel<T, D, kF, KvSource::kPagesCopy>;
+  };
+  auto kernel = score.folds() ? pick(std::true_type{}) : pick(std::false_type{});
   constexpr int kSmem = kFwdSmemBytes<D>;
   set_smem(kernel, kSmem);
   // Persistent: one CTA per SM (224 KiB of shared memory allows no second), at most one per tile.

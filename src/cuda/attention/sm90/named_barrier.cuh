@@ -15,6 +15,8 @@ enum class NamedBarrier : int {
   // paged forward: consumer warpgroup 0 / 1 zeroed the V rows past a sequence's end (its own 128)
   kFwdPagedTail0 = 5,
   kFwdPagedTail1 = 6,
+  // paged forward copying pages with cp.async: the producer warpgroup's next tile is published
+  kFwdProducerTile = 7,
 };
 
 __device__ __forceinline__ NamedBarrier operator+(NamedBarrier b, int i) { return NamedBarrier(int(b) + i); }

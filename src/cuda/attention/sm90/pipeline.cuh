@@ -26,9 +26,10 @@ struct MbarRing {
   uint64_t full[kStages];
   uint64_t empty[kStages];
 
-  // One thread, before the block's first barrier; consumers: the threads that release a stage.
-  __device__ __forceinline__ void init(uint32_t consumers) {
-    for (int i = 0; i < kStages; ++i) mbar_init(&full[i], 1), mbar_init(&empty[i], consumers);
+  // One thread, before the block's first barrier; consumers: the threads that release a stage;
+  // producers: the arrivals that fill one (1: a TMA arrive with its bytes; n: n cp.async threads).
+  __device__ __forceinline__ void init(uint32_t consumers, uint32_t producers = 1) {
+    for (int i = 0; i < kStages; ++i) mbar_init(&full[i], producers), mbar_init(&empty[i], consumers);
   }
   static __device__ __forceinline__ PipelineState<kStages> producer_start() { return {0, 1}; }
 
@@ -38,6 +39,8 @@ struct MbarRing {
     mbar_arrive_expect_tx(&full[s.index], bytes);
   }
   __device__ __forceinline__ uint64_t* full_bar(const PipelineState<kStages>& s) { return &full[s.index]; }
+  // A producer thread whose copies announce nothing (cp.async arrivals): wait until the stage is free.
+  __device__ __forceinline__ void wait_empty(const PipelineState<kStages>& s) { mbar_wait(&empty[s.index], s.phase); }
 
   // Consumers: wait until the stage's loads have landed; release it when done reading.
   __device__ __forceinline__ void wait(const PipelineState<kStages>& s) { mbar_wait(&full[s.index], s.phase); }
