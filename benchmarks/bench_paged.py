@@ -23,6 +23,7 @@ Writes paged_decode.json and .png."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -78,6 +79,17 @@ def fa4_paged(q: torch.Tensor, kv: scree.PagedKV, cu_q: torch.Tensor | None, max
     return lambda: fn(q, kv.k_pages, kv.v_pages, cu_seqlens_q=cu_q, max_seqlen_q=max_q, **kw)
 
 
+def with_loader(loader: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """fn with the Hopper paged forward's loader forced (SCREE_SM90_PAGED_LOADER, read per call)."""
+    def call() -> Any:
+        os.environ["SCREE_SM90_PAGED_LOADER"] = loader
+        try:
+            return fn()
+        finally:
+            del os.environ["SCREE_SM90_PAGED_LOADER"]
+    return call
+
+
 def decode_case(timer: Timer, batch: int, context: int, page: int, rng: np.random.Generator, reps: int) -> dict:
     kv = paged_cache(batch, context, page, rng)
     q = scree.from_lengths(torch.randn((batch, HQ, D), device="cuda", dtype=torch.bfloat16), [1] * batch)
@@ -112,6 +124,12 @@ def prefill_case(timer: Timer, batch: int, prefix: int, chunk: int, page: int, r
                                flops=4.0 * HQ * D * batch * (chunk * prefix + chunk * (chunk + 1) / 2))
     methods = {"scree": lambda: scree.paged_attention(q, kv, causal=True),
                "scree_contiguous": lambda: scree.varlen_attention(q, k_arr, v_arr, causal=True)}
+    # The Hopper loader the page size does not get by default (kv_source.h): cp.async for multiples of
+    # 128 tokens, TMA for 16, 32 and 64.
+    if page % 128 == 0:
+        methods["scree_copy"] = with_loader("copy", methods["scree"])
+    elif page % 16 == 0 and 128 % page == 0:
+        methods["scree_tma"] = with_loader("tma", methods["scree"])
     fa4 = fa4_paged(q.values, kv, cu_q, chunk)
     if fa4 is not None:
         methods["fa4_paged"] = fa4
@@ -129,8 +147,9 @@ def main() -> None:
                     help="chunked-prefill cases, batch x prefix x chunk")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--page", type=int, default=16, help="tokens a page")
+    ap.add_argument("--seed", type=int, default=0, help="the pages' shuffle")
     args = ap.parse_args()
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.seed)
     timer = Timer(torch, reps=args.reps, warmup=3, budget_s=2.0)
     copy = copy_rate(timer)
     fa4_note = "importable" if fa4_function() is not None else "not importable"
