@@ -48,9 +48,12 @@ import torch
 import scree
 from scree._errors import UnsupportedError
 
-__all__ = ["register", "scree_attention_forward", "scree_attention_mask", "NAME"]
+__all__ = ["register", "register_kernel", "scree_attention_forward", "scree_attention_mask", "NAME", "KERNEL_REPO"]
 
 NAME = "scree"
+# The local Kernel Hub repository of scree.integrations.flash_api (the name must contain "flash":
+# continuous batching takes only flash implementations besides paged|eager and sdpa).
+KERNEL_REPO = "scree/flash-attn"
 
 
 def register(name: str = NAME) -> str:
@@ -61,6 +64,27 @@ def register(name: str = NAME) -> str:
     AttentionInterface.register(name, scree_attention_forward)
     AttentionMaskInterface.register(name, scree_attention_mask)
     return name
+
+
+def register_kernel() -> str:
+    """Make `attn_implementation="scree/flash-attn"` available, including to continuous batching
+    (`model.generate_batch`), which transformers 5.24-5.25 serves only with `paged|eager`, `sdpa` or
+    a flash implementation: the name resolves, through the `kernels` package's local overrides
+    (`LOCAL_KERNELS`, added to this process's environment), to the kernel repository shipped in
+    scree.integrations.hf_kernel, whose `flash_attn_varlen_func` / `flash_attn_with_kvcache` are
+    scree.integrations.flash_api. Needs `pip install kernels`. Returns the name. Idempotent."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    if importlib.util.find_spec("kernels") is None:
+        raise UnsupportedError("register_kernel() needs the `kernels` package (pip install kernels): transformers "
+                               "loads flash implementations for continuous batching through it")
+    entry = f"{KERNEL_REPO}={Path(__file__).with_name('hf_kernel')}"
+    entries = [e for e in os.environ.get("LOCAL_KERNELS", "").split(":") if e]
+    if entry not in entries:
+        os.environ["LOCAL_KERNELS"] = ":".join(entries + [entry])
+    return KERNEL_REPO
 
 
 def scree_attention_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
