@@ -260,3 +260,21 @@ def assert_reduction_matches(actual: Any, expected: Any, arr: scree.Array, op: s
     bad = ok & (err > bound)
     assert not bad.any(), (f"{what}: {int(bad.sum())} outputs off by more than the bound; worst "
                            f"{float(np.max(np.where(ok, err - bound, -np.inf)))} beyond it")
+
+
+def make_cache(rng, lens, page_size, hk, d, layout="NHD", dtype=np.float32, spare=3):
+    """A paged KV cache (k_pages, v_pages, page_table, kv_lens) as NumPy holding lens[i] tokens of
+    sequence i: pages shuffled, `spare` unused pages, table entries past a sequence's pages garbage."""
+    need = [-(-n // page_size) for n in lens]
+    num_pages = sum(need) + spare
+    order = rng.permutation(num_pages)
+    width = max(need, default=0) + 1
+    table = rng.integers(-5, 10 * num_pages, size=(len(lens), width))  # garbage past the used pages
+    at = 0
+    for i, k in enumerate(need):
+        table[i, :k] = order[at:at + k]
+        at += k
+    shape = (num_pages, page_size, hk, d) if layout == "NHD" else (num_pages, hk, page_size, d)
+    kp = (rng.standard_normal(shape) + 0.1).astype(dtype)
+    vp = (rng.standard_normal(shape) + 0.1).astype(dtype)
+    return kp, vp, table.astype(np.int32), np.asarray(lens, dtype=np.int32)

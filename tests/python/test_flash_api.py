@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import scree  # noqa: E402
+from cases import make_cache  # noqa: E402
 from scree.integrations import flash_api as fa  # noqa: E402
 from scree.kernels import reference as R  # noqa: E402
 
@@ -48,19 +49,12 @@ def test_varlen_matches_reference(rng, opts):
 
 
 def _paged(rng, lens, page, hk, d):
-    """A shuffled paged cache holding lens[i] tokens of sequence i, and the same tokens packed."""
-    per = [-(-n // page) for n in lens]
-    width = max(per + [1])
-    num = sum(per) + 3
-    kc, vc = _rand(rng, num, page, hk, d), _rand(rng, num, page, hk, d)
-    order = rng.permutation(num)
-    table = np.zeros((len(lens), width), np.int32)
-    at = 0
-    for i, p in enumerate(per):
-        table[i, :p] = order[at:at + p]
-        at += p
-    rows = lambda c, i: c[torch.from_numpy(table[i, :per[i]]).long()].reshape(-1, hk, d)[:lens[i]]  # noqa: E731
-    return kc, vc, torch.from_numpy(table), rows
+    """A shuffled paged cache holding lens[i] tokens of sequence i (cases.make_cache, float64), and
+    rows(cache, i): sequence i's tokens gathered out of it."""
+    kp, vp, table, _ = make_cache(rng, lens, page, hk, d, dtype=np.float64)
+    need = [-(-n // page) for n in lens]
+    rows = lambda c, i: c[torch.from_numpy(table[i, :need[i]]).long()].reshape(-1, hk, d)[:lens[i]]  # noqa: E731
+    return torch.from_numpy(kp), torch.from_numpy(vp), torch.from_numpy(table), rows
 
 
 def test_varlen_over_pages(rng):
@@ -95,7 +89,7 @@ def test_with_kvcache_appends_then_attends(rng, paged):
         assert out.shape == (len(lens), new, 4, d) and lse.shape == (len(lens), 4, new)
         ks, vs, written = [], [], torch.zeros(kc.shape[:2], dtype=torch.bool)
         for i, n in enumerate(lens):
-            tab = table[i].long() if paged else torch.tensor([i])
+            tab = table[i, :-(-(n + new) // page)].long() if paged else torch.tensor([i])  # entries past: garbage
             flat = lambda c: c[tab].reshape(-1, hk, d)  # noqa: E731
             ks.append(torch.cat([flat(before_k)[:n], k_new[i]]))
             vs.append(torch.cat([flat(before_v)[:n], v_new[i]]))

@@ -12,28 +12,11 @@ import numpy as np
 import pytest
 
 import scree
-from cases import native
+from cases import make_cache, native
 from scree._paged import _PagedCheck
 from scree.kernels import reference as R
 
 BACKENDS = ["numpy", "torch"]
-
-
-def make_cache(rng, lens, page_size, hk, d, layout="NHD", dtype=np.float32, spare=3):
-    """(k_pages, v_pages, page_table, kv_lens) as NumPy: pages shuffled, padding entries garbage."""
-    need = [-(-n // page_size) for n in lens]
-    num_pages = sum(need) + spare
-    order = rng.permutation(num_pages)
-    width = max(need, default=0) + 1
-    table = rng.integers(-5, 10 * num_pages, size=(len(lens), width))  # garbage past the used pages
-    at = 0
-    for i, k in enumerate(need):
-        table[i, :k] = order[at:at + k]
-        at += k
-    shape = (num_pages, page_size, hk, d) if layout == "NHD" else (num_pages, hk, page_size, d)
-    kp = (rng.standard_normal(shape) + 0.1).astype(dtype)
-    vp = (rng.standard_normal(shape) + 0.1).astype(dtype)
-    return kp, vp, table.astype(np.int32), np.asarray(lens, dtype=np.int32)
 
 
 def on(backend, *xs):
