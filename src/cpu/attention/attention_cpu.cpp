@@ -1,7 +1,8 @@
 // CPU attention front door: parameter validation (the one place for it), and the choice between
-// the AVX-512, AVX2+FMA+F16C and portable builds of the kernels, made once per process from cpuid
-// (SCREE_CPU_ISA=generic|portable|avx2|avx512 asks for one; a build the CPU cannot run is never
-// taken: the best one it can below the request runs instead).
+// the AMX, AVX-512, AVX2+FMA+F16C and portable builds of the kernels, made once per process from
+// cpuid (SCREE_CPU_ISA=generic|portable|avx2|avx512|amx asks for one, in that order; a build the
+// CPU cannot run is never taken: the best one it can below the request runs instead). The amx
+// build also needs the OS's permission for the tile state (amx_os.h); refused, avx512 runs.
 #include <cstdlib>
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -9,12 +10,19 @@
 #include <string>
 #include <vector>
 
+#include "amx_os.h"
 #include "scree/attention/cpu.h"
 #include "scree/error.h"
 #include "scree/layout.h"
 #include "scree/paged.h"
 
 namespace scree::cpu {
+#if defined(SCREE_HAVE_AMX_KERNELS)
+namespace amx {
+void varlen_fwd(const attention::VarlenParams& p);
+void varlen_bwd(const attention::VarlenBackwardParams& p);
+}  // namespace amx
+#endif
 #if defined(SCREE_HAVE_AVX512_KERNELS)
 namespace avx512 {
 void varlen_fwd(const attention::VarlenParams& p);
@@ -36,16 +44,17 @@ void varlen_bwd(const attention::VarlenBackwardParams& p);
 namespace scree::attention {
 namespace {
 
-enum class Isa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
+enum class Isa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAmx = 3 };
 
 // The best build this CPU runs, capped by SCREE_CPU_ISA (tests run every build the machine has).
 Isa isa() {
   static const Isa chosen = [] {
-    Isa cap = Isa::kAvx512;
+    Isa cap = Isa::kAmx;
     if (const char* force = std::getenv("SCREE_CPU_ISA")) {
       const std::string f(force);
       if (f == "generic" || f == "portable") cap = Isa::kGeneric;
       else if (f == "avx2") cap = Isa::kAvx2;
+      else if (f == "avx512") cap = Isa::kAvx512;
     }
 #if defined(__x86_64__) || defined(__i386__)
     // F16C from CPUID leaf 1, ECX bit 29: clang's __builtin_cpu_supports has no "f16c" (a compile
@@ -55,6 +64,10 @@ Isa isa() {
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
     const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#if defined(SCREE_HAVE_AMX_KERNELS)
+    // Asked last (the permission is requested only when the amx build may be chosen).
+    if (avx512 && cap >= Isa::kAmx && cpu::amx_bf16_usable()) return Isa::kAmx;
+#endif
 #if defined(SCREE_HAVE_AVX512_KERNELS)
     if (avx512 && cap >= Isa::kAvx512) return Isa::kAvx512;
 #endif
@@ -132,6 +145,9 @@ void varlen_fwd_cpu(const VarlenParams& params) {
   validate(params);
   VarlenParams p = params;
   make_windows_reachable(p);
+#if defined(SCREE_HAVE_AMX_KERNELS)
+  if (isa() == Isa::kAmx) return cpu::amx::varlen_fwd(p);
+#endif
 #if defined(SCREE_HAVE_AVX512_KERNELS)
   if (isa() == Isa::kAvx512) return cpu::avx512::varlen_fwd(p);
 #endif
@@ -154,6 +170,9 @@ void varlen_bwd_cpu(const VarlenBackwardParams& params) {
   require((p.total_q == 0 || (p.dout && has_lse && p.dq)) && (p.total_k == 0 || (p.k && p.v && p.dk && p.dv)),
           ErrorKind::InvalidArgument,
           [] { return std::string("backward needs dout, lse, dq (with query rows) and k, v, dk, dv (with keys)"); });
+#if defined(SCREE_HAVE_AMX_KERNELS)
+  if (isa() == Isa::kAmx) return cpu::amx::varlen_bwd(p);  // bf16 backward: the fp32 kernel (for now)
+#endif
 #if defined(SCREE_HAVE_AVX512_KERNELS)
   if (isa() == Isa::kAvx512) return cpu::avx512::varlen_bwd(p);
 #endif
@@ -165,6 +184,7 @@ void varlen_bwd_cpu(const VarlenBackwardParams& params) {
 
 const char* cpu_isa() {
   switch (isa()) {
+    case Isa::kAmx: return "amx";
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";
     case Isa::kGeneric: break;

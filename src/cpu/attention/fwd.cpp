@@ -1,8 +1,9 @@
 // CPU varlen attention forward: flash-style blocked attention with online softmax in the compute
 // type (fp32; fp64 for fp64 inputs). Work item = (sequence, query head, block of kBlockQ query
 // rows); for each block of kBlockK keys: S = Q K^T (gemm), softcap, mask, online softmax, O += P V.
-// Compiled once per ISA (CMake builds this file with -mavx2 -mfma -mf16c and without); the
-// namespace SCREE_CPU_ISA keeps the two copies apart and attention_cpu.cpp picks one at run time.
+// Compiled once per ISA (CMake: generic, avx2, avx512, amx); the namespace SCREE_CPU_ISA keeps the
+// copies apart and attention_cpu.cpp picks one at run time. In the amx build bfloat16 inputs go to
+// fwd_amx.cpp (tile products); every other type runs this file's code there as in the avx512 build.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -11,6 +12,10 @@
 #include <vector>
 
 #include "convert.h"
+#include "fwd_common.h"
+#if defined(SCREE_CPU_AMX)
+#include "fwd_amx.h"
+#endif
 #include "gemm.h"
 #include "scree/attention/params.h"
 #include "simd.h"
@@ -34,8 +39,6 @@ namespace {
 // + O 96x128 (48 KiB) = at most 228 KiB, inside this machine's 512 KiB L2.
 constexpr int64_t kBlockQ = 96;
 constexpr int64_t kBlockK = 96;
-
-int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 template <class T>
 struct Buffers {
@@ -66,38 +69,17 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   constexpr int W = Simd<C>::width;
   constexpr C kNegInf = -std::numeric_limits<C>::infinity();
   const int64_t D = p.head_dim, Dv = p.head_dim_v, Dv_pad = round_up(Dv, 2 * W);
-  const int64_t b = item.seq, h = item.head, kvh = h / (p.heads_q / p.heads_k);
-  const int64_t q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
-  const int64_t Lq = p.cu_seqlens_q[b + 1] - q0, Lk = p.cu_seqlens_k[b + 1] - k0;
-  const int64_t i0 = item.block * kBlockQ, rows = std::min(kBlockQ, Lq - i0);
+  const ItemGeometry g(p, item, kBlockQ);
+  const int64_t h = g.h, q0 = g.q0, i0 = g.i0, rows = g.rows, Lq = g.Lq, Lk = g.Lk;
   const int64_t cols = round_up(rows, 2 * W);  // query columns of S^T, zero-padded
   const bool capped = p.softcap > 0.0;
   const C cap = C(p.softcap);
   // fp32 K and V are used where they lie (row strides as given); other types, and rows read
   // through a page table, are converted (copied) row by row.
-  const bool paged = p.paged;
-  const bool k_in_place = std::is_same_v<T, C> && !paged;
+  const bool k_in_place = std::is_same_v<T, C> && !p.paged;
   const bool v_in_place = k_in_place && Dv == Dv_pad;
-
+  const KvRows<T> kv(p, g.b, g.kvh, g.k0, Lk);
   const T* Q = static_cast<const T*>(p.q);
-  // No keys: k and v may be null (validate), and an offset on a null pointer is undefined.
-  const T* K = Lk == 0 ? nullptr : static_cast<const T*>(p.k) + k0 * p.k_row_stride + kvh * p.k_head_stride;
-  const T* Vg = Lk == 0 ? nullptr : static_cast<const T*>(p.v) + k0 * p.v_row_stride + kvh * p.v_head_stride;
-  // Row of key/value t of this sequence relative to K / Vg: t itself, or through the page table.
-  const T* Kp = static_cast<const T*>(p.k) + kvh * p.k_head_stride;
-  const T* Vp = static_cast<const T*>(p.v) + kvh * p.v_head_stride;
-  const int64_t num_pages = paged ? p.kv_rows / p.page_size : 0;
-  auto paged_row = [&](int64_t t) {
-    const int64_t col = std::min(t / p.page_size, p.page_table_width - 1);
-    const int64_t at = b * p.page_table_stride + col;
-    int64_t page = p.page_table_int64 ? static_cast<const int64_t*>(p.page_table)[at]
-                                      : static_cast<const int32_t*>(p.page_table)[at];
-    page = std::min(std::max(page, int64_t(0)), num_pages - 1);
-    return page * p.page_size + t % p.page_size;
-  };
-  auto krow = [&](int64_t t) { return paged ? Kp + paged_row(t) * p.k_row_stride : K + t * p.k_row_stride; };
-  auto vrow_of = [&](int64_t t) { return paged ? Vp + paged_row(t) * p.v_row_stride : Vg + t * p.v_row_stride; };
-  T* O = static_cast<T*>(p.out);
 
   // Q^T (D x cols), pre-multiplied by scale (and 1/softcap when capping, so tanh sees s / softcap).
   const C qscale = capped ? C(p.scale / p.softcap) : C(p.scale);
@@ -113,7 +95,7 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
 
   // Each row's visible keys [lo, hi): both bounds grow with the row, so the block needs keys
   // [lo(first), hi(last)) and sees all of them in every row only inside [lo(last), hi(first)).
-  const KeyRange first = visible_keys(p, i0, Lq, Lk), last = visible_keys(p, i0 + rows - 1, Lq, Lk);
+  const KeyRange first = g.first, last = g.last;
   for (int64_t r = 0; r < cols; ++r) {
     const KeyRange kr = r < rows ? visible_keys(p, i0 + r, Lq, Lk) : KeyRange{0, 0};
     buf.lo[r] = C(kr.lo);
@@ -126,19 +108,19 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
     const C* kblk;
     int64_t ldk;
     if (k_in_place) {
-      kblk = reinterpret_cast<const C*>(K + kb * p.k_row_stride), ldk = p.k_row_stride;
+      kblk = reinterpret_cast<const C*>(kv.key(kb)), ldk = p.k_row_stride;
     } else {
-      for (int64_t j = 0; j < n; ++j) to_compute(krow(kb + j), buf.k.data() + j * D, D, C(1));
+      for (int64_t j = 0; j < n; ++j) to_compute(kv.key(kb + j), buf.k.data() + j * D, D, C(1));
       kblk = buf.k.data(), ldk = D;
     }
     const C* vblk;
     int64_t ldv;
     if (v_in_place) {
-      vblk = reinterpret_cast<const C*>(Vg + kb * p.v_row_stride), ldv = p.v_row_stride;
+      vblk = reinterpret_cast<const C*>(kv.value(kb)), ldv = p.v_row_stride;
     } else {
       for (int64_t j = 0; j < n; ++j) {
         C* vrow = buf.v.data() + j * Dv_pad;
-        to_compute(vrow_of(kb + j), vrow, Dv, C(1));
+        to_compute(kv.value(kb + j), vrow, Dv, C(1));
         std::fill(vrow + Dv, vrow + Dv_pad, C(0));
       }
       vblk = buf.v.data(), ldv = Dv_pad;
@@ -183,40 +165,15 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
     gemm<C, true>(rows, Dv_pad, n, st, cols, vblk, ldv, buf.o.data(), Dv_pad, true);  // O += P V
   }
 
-  for (int64_t r = 0; r < rows; ++r) {
-    const C l = buf.l[r];
-    C* orow = buf.o.data() + r * Dv_pad;
-    const C inv = l > C(0) ? C(1) / l : C(0);  // a row that saw no key outputs 0
-    for (int64_t d = 0; d < Dv; ++d) orow[d] *= inv;
-    from_compute(orow, O + (q0 + i0 + r) * p.out_row_stride + h * p.out_head_stride, Dv);
-    const C lse = l > C(0) ? buf.m[r] + std::log(l) : kNegInf;  // no visible key: -inf
-    const int64_t at = h * p.total_q + q0 + i0 + r;
-    if (p.lse != nullptr) p.lse[at] = float(lse);
-    if constexpr (std::is_same_v<C, double>)
-      if (p.lse64 != nullptr) p.lse64[at] = lse;  // float64 inputs: lse in their precision
-  }
+  for (int64_t r = 0; r < rows; ++r) write_output_row<T>(p, g, r, buf.o.data() + r * Dv_pad, buf.m[r], buf.l[r]);
 }
 
 template <class T>
 void forward(const VarlenParams& p) {
   using C = compute_t<T>;
   const int64_t Dv_pad = round_up(p.head_dim_v, 2 * Simd<C>::width);
-  std::vector<WorkItem> items;
   double flops = 0;
-  for (int64_t b = 0; b < p.num_sequences; ++b) {
-    const int64_t Lq = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
-    const int64_t Lk = p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b];
-    for (int64_t blk = 0; blk * kBlockQ < Lq; ++blk) {
-      const int64_t i0 = blk * kBlockQ, rows = std::min(kBlockQ, Lq - i0);
-      const KeyRange first = visible_keys(p, i0, Lq, Lk), last = visible_keys(p, i0 + rows - 1, Lq, Lk);
-      const double cost = double(rows) * double(std::max<int64_t>(last.hi - first.lo, 1)) *
-                          double(p.head_dim + p.head_dim_v);
-      for (int64_t h = 0; h < p.heads_q; ++h) {
-        items.push_back({b, h, blk, cost});
-        flops += 2 * cost;
-      }
-    }
-  }
+  std::vector<WorkItem> items = forward_items(p, kBlockQ, flops);
   std::vector<Buffers<T>> buffers;
   const int threads = std::max(1, num_threads());
   buffers.reserve(threads);
@@ -231,7 +188,13 @@ void varlen_fwd(const VarlenParams& p) {
     case DType::Float32: forward<float>(p); break;
     case DType::Float64: forward<double>(p); break;
     case DType::Float16: forward<float16>(p); break;
-    case DType::BFloat16: forward<bfloat16>(p); break;
+    case DType::BFloat16:
+#if defined(SCREE_CPU_AMX)
+      forward_bf16_amx(p);  // the amx build: both products on the tiles (fwd_amx.cpp)
+#else
+      forward<bfloat16>(p);
+#endif
+      break;
     default: break;  // rejected by the caller's validation
   }
 }

@@ -19,16 +19,31 @@ struct WorkItem {
   double cost;
 };
 
-// Runs fn(thread_index, item) for every item. `make_state(thread_index)` is called once per
-// thread before its first item, so per-thread buffers are allocated once per call, never per item.
-template <class Fn>
-void run_items(std::vector<WorkItem>& items, double total_flops, Fn&& fn) {
-  std::sort(items.begin(), items.end(), [](const WorkItem& a, const WorkItem& b) { return a.cost > b.cost; });
+// A thread scope that does nothing (see run_items).
+struct NoThreadScope {
+  int operator()(int) const { return 0; }
+};
+
+// Runs fn(thread_index, item) for every item. `scope(thread_index)` is called in each thread
+// before its first item and its result is destroyed after its last one: per-thread state that
+// must live in the thread itself (the AMX tile configuration: fwd_amx.cpp) is set up once per
+// thread and call, never per item.
+template <class Fn, class Scope = NoThreadScope>
+void run_items(std::vector<WorkItem>& items, double total_flops, Fn&& fn, Scope&& scope = Scope{}) {
+  // Ties in batch order (std::sort leaves equal costs in any order): the items of one (sequence,
+  // head) then run back to back, its keys and values still in cache. Measured on the AMX forward,
+  // 4 x 1024 tokens, 1 thread: 357 -> 371 GFLOP/s, about the run-to-run spread.
+  std::sort(items.begin(), items.end(), [](const WorkItem& a, const WorkItem& b) {
+    if (a.cost != b.cost) return a.cost > b.cost;
+    if (a.seq != b.seq) return a.seq < b.seq;
+    return a.head != b.head ? a.head < b.head : a.block < b.block;
+  });
   // ~2 MFLOP per thread: below that waking a second one costs more than it saves.
   int threads = static_cast<int>(std::min<int64_t>(num_threads(), static_cast<int64_t>(items.size())));
   if (total_flops < 2e6) threads = 1;
   std::atomic<int64_t> next{0};
   auto worker = [&](int t) {
+    [[maybe_unused]] auto held = scope(t);
     for (int64_t i = next.fetch_add(1); i < static_cast<int64_t>(items.size()); i = next.fetch_add(1))
       fn(t, items[static_cast<size_t>(i)]);
   };

@@ -1,0 +1,172 @@
+// Intel AMX for the CPU attention's bfloat16 products (the amx build only): the tile
+// configuration, the bf16 operand layouts and the one tile micro-kernel.
+// Every tile here is 16 rows x 64 bytes (palette 1, the largest): a C tile holds 16 x 16 fp32, an A
+// tile 16 rows x 32 bf16 (row-major, any row stride), a B tile 16 rows of 16 bf16 *pairs*: B's
+// element (k, n) and (k + 1, n) sit side by side ("VNNI" layout), so that one _tile_dpbf16ps does
+// C (16 x 16) += A (16 x 32) B (32 x 16) with fp32 accumulation: 16384 FLOPs per instruction.
+// Measured on this Xeon (2 cores): torch's bf16 matmul (oneDNN on AMX) ~2.6-2.8 TFLOP/s against
+// ~450 for fp32, the ~6x that makes the tiles worth a separate kernel.
+#pragma once
+
+#include "isa.h"
+
+#if !defined(__AMX_TILE__) || !defined(__AMX_BF16__) || !defined(__AVX512BF16__)
+#error "amx_tiles.h needs -mamx-tile -mamx-bf16 -mavx512bf16 (the amx build of CMakeLists.txt)"
+#endif
+
+// GCC 12's intrinsic headers trip -Wmaybe-uninitialized on their own _mm512_undefined_* idiom
+// (`__m512i __Y = __Y;`, GCC bug 105593, fixed in 13) when the AVX-512 shuffles below inline.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
+#include <cstdint>
+#include <cstring>
+
+SCREE_CPU_NAMESPACE_BEGIN
+namespace tiles {
+
+inline constexpr int kRows = 16;    // rows of every tile
+inline constexpr int kBytes = 64;   // bytes per tile row: 16 fp32, 32 bf16, 16 bf16 pairs
+inline constexpr int kK = 32;       // bf16 elements along k per A tile row (= per B tile pair-row x 2)
+
+// The 64-byte operand of LDTILECFG (Intel SDM vol. 2, LDTILECFG): palette, then bytes per row and
+// rows of each of the (up to 16) tile registers; palette 1 has 8 tiles of at most 16 x 64 bytes.
+struct alignas(64) TileConfig {
+  uint8_t palette_id = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Holds the tile configuration for the lifetime of the object, in the thread that creates it: the
+// configuration is per thread (LDTILECFG writes the thread's XTILECFG state), so each worker of a
+// call loads it before its first tile instruction; the destructor releases the tiles (TILERELEASE:
+// the tile state returns to its init state, so the thread's context switches stop saving 8 KiB of
+// tile data, and a pooled worker carries nothing into unrelated jobs).
+class TileScope {
+ public:
+  TileScope() {
+    TileConfig cfg;
+    for (int t = 0; t < 8; ++t) cfg.colsb[t] = kBytes, cfg.rows[t] = kRows;
+    _tile_loadconfig(&cfg);
+  }
+  ~TileScope() { _tile_release(); }
+  TileScope(const TileScope&) = delete;
+  TileScope& operator=(const TileScope&) = delete;
+};
+
+// C (+)= A B in fp32 over `steps` steps of 32 along k, C cut into 16 x 16 tiles, mt x nt of them
+// (both even), done as 2 x 2 groups: tiles 0-3 hold C, 4-5 two A tiles, 6-7 two B tiles, so each
+// A and B tile loaded serves two products (4 products per 4 loads). All offsets in bytes:
+//   A tile (i, s) at a + 16 i lda + s a_step (rows lda apart),
+//   B tile (j, s) at b + j b_col + s b_step (rows 64 bytes apart: B tiles are stored contiguous),
+//   C tile (i, j) at c + 16 i ldc + 64 j (rows ldc apart).
+// Accumulate = false starts from zero (C is only written).
+template <bool Accumulate>
+inline void gemm(int64_t mt, int64_t nt, int64_t steps, float* c, int64_t ldc, const void* a, int64_t lda,
+                 int64_t a_step, const void* b, int64_t b_col, int64_t b_step) {
+  // Column groups outside: B tiles come from the packed keys / values (L2), A tiles from the item's
+  // query block or P (L1), so each B tile leaves L2 once per product and later row groups find it
+  // in L1.
+  for (int64_t j = 0; j < nt; j += 2) {
+    for (int64_t i = 0; i < mt; i += 2) {
+      char* c00 = reinterpret_cast<char*>(c) + i * kRows * ldc + j * kBytes;
+      char* c10 = c00 + kRows * ldc;
+      if constexpr (Accumulate) {
+        _tile_loadd(0, c00, ldc);
+        _tile_loadd(1, c00 + kBytes, ldc);
+        _tile_loadd(2, c10, ldc);
+        _tile_loadd(3, c10 + kBytes, ldc);
+      } else {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+      }
+      const char* a0 = static_cast<const char*>(a) + i * kRows * lda;
+      const char* b0 = static_cast<const char*>(b) + j * b_col;
+      for (int64_t s = 0; s < steps; ++s) {
+        // Each load just before the first product that needs it (tile registers are not renamed:
+        // a load waits for the previous step's products that read its register).
+        _tile_loadd(4, a0 + s * a_step, lda);
+        _tile_loadd(6, b0 + s * b_step, kBytes);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_loadd(7, b0 + b_col + s * b_step, kBytes);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_loadd(5, a0 + kRows * lda + s * a_step, lda);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+      _tile_stored(0, c00, ldc);
+      _tile_stored(1, c00 + kBytes, ldc);
+      _tile_stored(2, c10, ldc);
+      _tile_stored(3, c10 + kBytes, ldc);
+    }
+  }
+}
+
+// n bf16 values (bits) from src to dst, zeros after them up to dp (a multiple of 32): masked
+// 64-byte loads, so no read past src + n, and no call (memcpy of a 256-byte row plus the fill of
+// its padding were 17% of a forward over 64-token sequences).
+inline void copy_row(uint16_t* dst, const uint16_t* src, int64_t n, int64_t dp) {
+  for (int64_t d = 0; d < dp; d += 32) {
+    const int64_t left = n - d;
+    const __mmask32 m = left >= 32 ? ~__mmask32(0) : left <= 0 ? __mmask32(0) : (__mmask32(1) << left) - 1;
+    _mm512_storeu_si512(dst + d, _mm512_maskz_loadu_epi16(m, src + d));
+  }
+}
+
+// B operand of S = Q K^T for 16 keys: key row j at k + j ldk (bf16 bits; dp values used, dp a
+// multiple of 32, zero padded by the caller when the head dim is shorter); out gets dp / 2 rows
+// of 16 pairs, out[r][j] = (k[j][2r], k[j][2r + 1]): K^T in VNNI layout is K's rows read as 32-bit
+// pairs and transposed 16 x 16 at a time, and the d-chunk c (32 values) of the tile is the 1 KiB at
+// out + 256 c.
+inline void pack_keys(const uint16_t* k, int64_t ldk, int64_t dp, uint32_t* out) {
+  for (int64_t r0 = 0; r0 < dp / 2; r0 += 16) {
+    // 16 x 16 transpose of 32-bit elements: rows j of the source are 16 pairs of key j.
+    __m512i x[16], y[16];
+    for (int j = 0; j < 16; ++j) x[j] = _mm512_loadu_si512(k + j * ldk + 2 * r0);
+    // Stage 1: interleave 32-bit elements of row pairs; 2: 64-bit of row quads; 3-4: 128-bit lanes.
+    for (int j = 0; j < 16; j += 2) {
+      y[j] = _mm512_unpacklo_epi32(x[j], x[j + 1]);
+      y[j + 1] = _mm512_unpackhi_epi32(x[j], x[j + 1]);
+    }
+    for (int j = 0; j < 16; j += 4) {
+      x[j] = _mm512_unpacklo_epi64(y[j], y[j + 2]);
+      x[j + 1] = _mm512_unpackhi_epi64(y[j], y[j + 2]);
+      x[j + 2] = _mm512_unpacklo_epi64(y[j + 1], y[j + 3]);
+      x[j + 3] = _mm512_unpackhi_epi64(y[j + 1], y[j + 3]);
+    }
+    // Now x[4q + e] holds, in 128-bit lane L, elements (row 4q .. 4q+3) of column 4L + e', with
+    // e' = {0, 1, 2, 3} for e = {0, 1, 2, 3}. Gather lanes: column 4L + e comes from x[4q + e]
+    // lane L for q = 0..3.
+    for (int e = 0; e < 4; ++e) {
+      const __m512i a0 = _mm512_shuffle_i32x4(x[e], x[4 + e], 0x88);       // q0 L0, q0 L2, q1 L0, q1 L2
+      const __m512i a1 = _mm512_shuffle_i32x4(x[e], x[4 + e], 0xdd);       // q0 L1, q0 L3, q1 L1, q1 L3
+      const __m512i b0 = _mm512_shuffle_i32x4(x[8 + e], x[12 + e], 0x88);  // q2 L0, q2 L2, q3 L0, q3 L2
+      const __m512i b1 = _mm512_shuffle_i32x4(x[8 + e], x[12 + e], 0xdd);
+      y[e] = _mm512_shuffle_i32x4(a0, b0, 0x88);       // L0: q0 q1 q2 q3  -> column e
+      y[8 + e] = _mm512_shuffle_i32x4(a0, b0, 0xdd);   // L2 -> column 8 + e
+      y[4 + e] = _mm512_shuffle_i32x4(a1, b1, 0x88);   // L1 -> column 4 + e
+      y[12 + e] = _mm512_shuffle_i32x4(a1, b1, 0xdd);  // L3 -> column 12 + e
+    }
+    for (int r = 0; r < 16; ++r) _mm512_storeu_si512(out + (r0 + r) * 16, y[r]);
+  }
+}
+
+// B operand of O = P V for 32 keys and 16 value columns: v points at column 0 of key row 0 (bf16
+// bits, rows ld apart); out[r][c] = (v[2r][c], v[2r + 1][c]), the 1 KiB tile.
+inline void pack_values(const uint16_t* v, int64_t ld, uint32_t* out) {
+  for (int r = 0; r < 16; ++r) {
+    const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + 2 * r * ld)));
+    const __m512i hi =
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + (2 * r + 1) * ld)));
+    _mm512_storeu_si512(out + r * 16, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+  }
+}
+
+}  // namespace tiles
+SCREE_CPU_NAMESPACE_END

@@ -1,0 +1,113 @@
+// A forward work item of the CPU attention, as both forward kernels see it: the fp32 kernel
+// (fwd.cpp, every ISA build) and the AMX bf16 kernel (fwd_amx.cpp, the amx build only). Here:
+// the item list (sequence x query head x query block, most expensive first), an item's place in
+// the batch, key/value row lookup (in place or through the page table), and the output epilogue
+// (normalise by the row sum, store in the output type, write lse). What differs between the two
+// kernels (operand layouts, the products, the softmax's orientation) stays in their files.
+#pragma once
+
+#include "isa.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "convert.h"
+#include "scree/attention/params.h"
+#include "work.h"
+
+SCREE_CPU_NAMESPACE_BEGIN
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Items of a forward with query blocks of block_q rows; `flops` gets their total (2 x cost).
+// Cost = rows x visible keys x (D + Dv): what the two products of the item do.
+inline std::vector<WorkItem> forward_items(const attention::VarlenParams& p, int64_t block_q, double& flops) {
+  std::vector<WorkItem> items;
+  flops = 0;
+  for (int64_t b = 0; b < p.num_sequences; ++b) {
+    const int64_t Lq = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
+    const int64_t Lk = p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b];
+    for (int64_t blk = 0; blk * block_q < Lq; ++blk) {
+      const int64_t i0 = blk * block_q, rows = std::min(block_q, Lq - i0);
+      const attention::KeyRange first = attention::visible_keys(p, i0, Lq, Lk);
+      const attention::KeyRange last = attention::visible_keys(p, i0 + rows - 1, Lq, Lk);
+      const double cost = double(rows) * double(std::max<int64_t>(last.hi - first.lo, 1)) *
+                          double(p.head_dim + p.head_dim_v);
+      for (int64_t h = 0; h < p.heads_q; ++h) {
+        items.push_back({b, h, blk, cost});
+        flops += 2 * cost;
+      }
+    }
+  }
+  return items;
+}
+
+// Where an item sits: sequence b, query head h (kv head kvh under GQA), its sequence's first
+// query / key rows q0 / k0 and lengths, and its query rows [i0, i0 + rows) of the sequence.
+// Keys it needs: [first.lo, last.hi) (both bounds of visible_keys grow with the row).
+struct ItemGeometry {
+  int64_t b, h, kvh, q0, k0, Lq, Lk, i0, rows;
+  attention::KeyRange first, last;
+  ItemGeometry(const attention::VarlenParams& p, const WorkItem& item, int64_t block_q)
+      : b(item.seq), h(item.head), kvh(item.head / (p.heads_q / p.heads_k)) {
+    q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
+    Lq = p.cu_seqlens_q[b + 1] - q0, Lk = p.cu_seqlens_k[b + 1] - k0;
+    i0 = item.block * block_q, rows = std::min(block_q, Lq - i0);
+    first = attention::visible_keys(p, i0, Lq, Lk);
+    last = attention::visible_keys(p, i0 + rows - 1, Lq, Lk);
+  }
+};
+
+// Key and value rows of one (sequence, kv head): row t of the sequence in place (rows in
+// cu_seqlens_k order) or, with p.paged, through the page table (page ids clamped into the rows,
+// as the entry point's check allows).
+template <class T>
+struct KvRows {
+  const attention::VarlenParams& p;
+  int64_t b, Lk;
+  const T *K, *V;    // the sequence's first key / value row (null without keys: validate allows it)
+  const T *Kp, *Vp;  // row 0 of the paged cache for this kv head
+  int64_t num_pages;
+  KvRows(const attention::VarlenParams& p_, int64_t b_, int64_t kvh, int64_t k0, int64_t Lk_)
+      : p(p_), b(b_), Lk(Lk_) {
+    // No keys: k and v may be null, and an offset on a null pointer is undefined.
+    K = Lk == 0 ? nullptr : static_cast<const T*>(p.k) + k0 * p.k_row_stride + kvh * p.k_head_stride;
+    V = Lk == 0 ? nullptr : static_cast<const T*>(p.v) + k0 * p.v_row_stride + kvh * p.v_head_stride;
+    Kp = static_cast<const T*>(p.k) + kvh * p.k_head_stride;
+    Vp = static_cast<const T*>(p.v) + kvh * p.v_head_stride;
+    num_pages = p.paged ? p.kv_rows / p.page_size : 0;
+  }
+  int64_t paged_row(int64_t t) const {
+    const int64_t col = std::min(t / p.page_size, p.page_table_width - 1);
+    const int64_t at = b * p.page_table_stride + col;
+    int64_t page = p.page_table_int64 ? static_cast<const int64_t*>(p.page_table)[at]
+                                      : static_cast<const int32_t*>(p.page_table)[at];
+    page = std::min(std::max(page, int64_t(0)), num_pages - 1);
+    return page * p.page_size + t % p.page_size;
+  }
+  const T* key(int64_t t) const { return p.paged ? Kp + paged_row(t) * p.k_row_stride : K + t * p.k_row_stride; }
+  const T* value(int64_t t) const { return p.paged ? Vp + paged_row(t) * p.v_row_stride : V + t * p.v_row_stride; }
+};
+
+// Query row r of the item: orow (Dv values, O = sum P V unnormalised, in the compute type C,
+// overwritten) divided by the row sum l, stored in the output type T; lse = m + log(l) (m the
+// row's running max, in natural-log units). A row that saw no key (l = 0) outputs 0, lse -inf.
+template <class T, class C>
+inline void write_output_row(const attention::VarlenParams& p, const ItemGeometry& g, int64_t r, C* orow, C m, C l) {
+  constexpr C kNegInf = -std::numeric_limits<C>::infinity();
+  const C inv = l > C(0) ? C(1) / l : C(0);
+  for (int64_t d = 0; d < p.head_dim_v; ++d) orow[d] *= inv;
+  T* O = static_cast<T*>(p.out);
+  from_compute(orow, O + (g.q0 + g.i0 + r) * p.out_row_stride + g.h * p.out_head_stride, p.head_dim_v);
+  const C lse = l > C(0) ? m + std::log(l) : kNegInf;
+  const int64_t at = g.h * p.total_q + g.q0 + g.i0 + r;
+  if (p.lse != nullptr) p.lse[at] = float(lse);
+  if constexpr (std::is_same_v<C, double>)
+    if (p.lse64 != nullptr) p.lse64[at] = lse;  // float64 inputs: lse in their precision
+}
+
+SCREE_CPU_NAMESPACE_END
