@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""CPU varlen attention: scree.varlen_attention against what a user would do instead, fp32.
+"""CPU varlen attention: scree.varlen_attention against what a user would do instead, fp32 or bf16.
 
     python benchmarks/bench_attention_cpu.py             # full run (~4 min on 2 cores with a healthy kernel)
     python benchmarks/bench_attention_cpu.py --quick --out /tmp/x   # smoke run (< 20 s)
     python benchmarks/bench_attention_cpu.py --only mix --no-bwd    # a subset
+    python benchmarks/bench_attention_cpu.py --dtype bfloat16 float32 --stem attention_cpu_xeon_bf16
+                                                         # both dtypes, one JSON/PNG (bf16 first)
 
-Methods (same process, same inputs, fp32, torch intra-op threads = scree threads = usable cores):
+Methods (same process, same inputs, in the --dtype of the row (float32 by default; bfloat16: every
+method gets the same bf16 tensors, scree's forward runs on AMX tiles where the CPU has them, see the
+header's "scree isa"), torch intra-op threads = scree threads = usable cores):
     scree        scree.varlen_attention(Q, K, V, causal) on scree.Arrays wrapping packed torch
                  tensors (T, H, D) + offsets (the Arrays are built once, outside the timed call).
     scree 1T     the same call with SCREE_NUM_THREADS=1 (forward only; a profiling column).
@@ -23,8 +27,8 @@ Methods (same process, same inputs, fp32, torch intra-op threads = scree threads
     nested       torch.nested.nested_tensor_from_jagged(x, offsets).transpose(1, 2) -> (B, H, j, D)
                  and F.scaled_dot_product_attention. The nested views are built inside the timed
                  call (a ~0.1 ms view); a failure (e.g. causal on CPU) is recorded as its message.
-    numpy ref    scree.kernels.reference.varlen_attention on NumPy arrays, upcast=False (fp32),
-                 forward only, timed separately after each group with a time cap (--numpy-cap-s):
+    numpy ref    scree.kernels.reference.varlen_attention on NumPy arrays, upcast=False (fp32; not
+                 run for bf16 rows: NumPy has no bfloat16), forward only, timed separately after each group with a time cap (--numpy-cap-s):
                  a median of at most 3 calls, 1 call when the first one is slow. Not counted as
                  "best alternative" (TARGETS.md names the three torch alternatives).
 Forward+backward ("fwdbwd"): the timed call runs the forward and backward(grad_out) with a fixed
@@ -37,10 +41,12 @@ alternative's (it then cannot be the best; --nested-bwd always times it anyway).
 
 FLOPs (useful work only): forward 4 * Lq * Lk * D * H per sequence, half when causal;
 forward+backward = 3.5 x forward. GFLOP/s = FLOPs / median seconds. "x best" = best alternative's
-median / scree's median (best of padded, loop, nested); "x padded" likewise. Peak: a square fp32
-torch.matmul with all threads: 4096^3 at the start and at the end (--quick 512^3), and 3072^3
-(printed at the start too) inside the timed rounds of the long-sequence (eq2048) workloads ("peak
-in-group", same load conditions); "% peak" of a long-sequence forward uses the in-group peak.
+median / scree's median (best of padded, loop, nested); "x padded" likewise. Peak: a square
+torch.matmul with all threads in fp32 AND in bf16 (oneDNN; AMX on CPUs that have it), both
+measured in every run whatever --dtype: 4096^3 at the start and at the end (--quick 512^3), and
+3072^3 (printed at the start too) in the row's dtype inside the timed rounds of the long-sequence
+(eq2048) workloads ("peak in-group", same load conditions); "%peak" of a long-sequence forward uses
+the in-group peak, of the others the best of the start/end peaks of the row's dtype.
 
 Protocol: per (workload, mode) group one warm-up call of every method (its output is the one
 checked), then R rounds; every method runs once per round, in an order rotated per round, so a
@@ -56,8 +62,9 @@ Call overhead (printed first, "call_overhead" in the JSON): host time per call o
 sequences of 16 tokens (8 heads, head dim 64, fp32, causal), forward and forward+backward, in a
 stream of back-to-back calls, scree against padded SDPA (see call_overhead).
 
-Writes attention_cpu.json and attention_cpu.png into --out (default benchmarks/results; with
---quick and no --out, a temporary folder).
+Writes <stem>.json and <stem>.png (--stem, default attention_cpu) into --out (default
+benchmarks/results; with --quick and no --out, a temporary folder). Rows of a bf16 run are named
+"<workload> bf16".
 """
 
 from __future__ import annotations
@@ -93,7 +100,11 @@ ALTERNATIVES = ("padded", "loop", "nested")  # "best alternative" is taken over 
 logging.getLogger("torch.nested").setLevel(logging.ERROR)
 logging.getLogger("torch.fx").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*nested tensors is in prototype.*")
-DIFF_OK = {"out": 1e-4, "grad": 1e-3}        # max abs diff vs padded SDPA counted as agreeing (fp32)
+# max abs diff vs padded SDPA counted as agreeing: fp32; bf16 (both sides round to bf16, 2^-8
+# relative, on outputs of magnitude ~1, and torch's bf16 SDPA keeps some intermediates in bf16)
+DIFF_OK = {"float32": {"out": 1e-4, "grad": 1e-3}, "bfloat16": {"out": 3e-2, "grad": 6e-2}}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+SUFFIX = {"float32": "", "bfloat16": " bf16"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,11 +206,12 @@ def flops_fwd(lens: list[int], H: int, D: int, causal: bool) -> float:
 class Data:
     """One workload: the same q, k, v (and grad_out) in every layout a method needs."""
 
-    def __init__(self, lens: list[int], H: int, D: int, causal: bool, rng: np.random.Generator):
-        self.lens, self.H, self.D, self.causal = lens, H, D, causal
+    def __init__(self, lens: list[int], H: int, D: int, causal: bool, rng: np.random.Generator,
+                 dtype: str = "float32"):
+        self.lens, self.H, self.D, self.causal, self.dtype = lens, H, D, causal, dtype
         self.B, self.T, self.L = len(lens), sum(lens), max(lens)
         gen = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
-        self.q, self.k, self.v, self.g = (torch.randn(self.T, H, D, generator=gen) for _ in range(4))
+        self.q, self.k, self.v, self.g = (torch.randn(self.T, H, D, generator=gen).to(DTYPES[dtype]) for _ in range(4))
         self.off = torch.tensor(np.concatenate([[0], np.cumsum(lens)]), dtype=torch.int64)
         self.lens_t = torch.tensor(lens, dtype=torch.int64)
         self.mask2d = torch.arange(self.L)[None, :] < self.lens_t[:, None]            # (B, L) real rows
@@ -210,7 +222,8 @@ class Data:
         per_seq = lambda x: [x[s:e].transpose(0, 1).unsqueeze(0).contiguous() for s, e in self.seq]  # noqa: E731
         self.ql, self.kl, self.vl, self.gl = (per_seq(x) for x in (self.q, self.k, self.v, self.g))
         self.Q, self.K, self.V = (scree.Array(x, self.off) for x in (self.q, self.k, self.v))
-        self.np_arrays = tuple(scree.Array(x.numpy(), self.off.numpy()) for x in (self.q, self.k, self.v))
+        self.np_arrays = (tuple(scree.Array(x.numpy(), self.off.numpy()) for x in (self.q, self.k, self.v))
+                          if dtype == "float32" else None)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:  # (T, H, D) -> (B, H, L, D), zero pad
         return pad_sequence(torch.split(x, self.lens), batch_first=True).transpose(1, 2)
@@ -323,7 +336,7 @@ def check_forward(d: Data, outputs: dict[str, Any]) -> dict:
         if name in ("padded", "peak matmul"):
             continue
         diff = max_abs_diff(d.to_tokens(name, o), ref)
-        out[name] = dict(max_abs_diff=diff, ok=bool(diff <= DIFF_OK["out"]))
+        out[name] = dict(max_abs_diff=diff, ok=bool(diff <= DIFF_OK[d.dtype]["out"]))
     return out
 
 
@@ -340,16 +353,16 @@ def check_fwdbwd(d: Data, outputs: dict[str, Any]) -> dict:
         got = d.grads_to_tokens(name, o)
         diffs = {g: max_abs_diff(a, r) for g, a, r in zip(("dq", "dk", "dv"), got, ref)}
         out[name] = dict(**{f"{g}_max_abs_diff": v for g, v in diffs.items()}, ref_max_abs=scale,
-                         ok=bool(max(diffs.values()) <= DIFF_OK["grad"] * max(1.0, scale)))
+                         ok=bool(max(diffs.values()) <= DIFF_OK[d.dtype]["grad"] * max(1.0, scale)))
     return out
 
 
 # --------------------------------------------------------------------------------------------
 # peak
-def matmul_fns(n: int) -> tuple[Callable[[], Any], float]:
-    a = torch.randn(n, n)
-    b = torch.randn(n, n)
-    c = torch.empty(n, n)
+def matmul_fns(n: int, dtype: str = "float32") -> tuple[Callable[[], Any], float]:
+    a = torch.randn(n, n).to(DTYPES[dtype])
+    b = torch.randn(n, n).to(DTYPES[dtype])
+    c = torch.empty(n, n, dtype=DTYPES[dtype])
     return (lambda: torch.matmul(a, b, out=c)), 2.0 * n ** 3
 
 
@@ -399,8 +412,8 @@ def call_overhead(calls: int, repeats: int) -> dict:
     return out
 
 
-def measure_peak(n: int, reps: int) -> dict:
-    fn, fl = matmul_fns(n)
+def measure_peak(n: int, reps: int, dtype: str = "float32") -> dict:
+    fn, fl = matmul_fns(n, dtype)
     fn()
     ts = []
     for _ in range(reps):
@@ -408,18 +421,20 @@ def measure_peak(n: int, reps: int) -> dict:
         fn()
         ts.append(time.perf_counter() - t0)
     s = summary(ts)
-    return dict(n=n, gflops=fl / (s["median_ms"] * 1e-3) / 1e9, gflops_best=fl / (s["min_ms"] * 1e-3) / 1e9, **s)
+    return dict(n=n, dtype=dtype, gflops=fl / (s["median_ms"] * 1e-3) / 1e9,
+                gflops_best=fl / (s["min_ms"] * 1e-3) / 1e9, **s)
 
 
 # --------------------------------------------------------------------------------------------
 def measure_workload(wl: tuple, tokens: int, rng: np.random.Generator, args: argparse.Namespace,
-                     peak_n: int) -> dict:
+                     peak_n: int, dtype: str = "float32") -> dict:
     name, kind, D, causal, do_bwd, is_long = wl
     H = max(1, args.hidden // D)
     lens = make_lengths(kind, tokens, rng)
-    d = Data(lens, H, D, causal, rng)
+    d = Data(lens, H, D, causal, rng, dtype)
     fl = flops_fwd(lens, H, D, causal)
-    res: dict[str, Any] = dict(name=name, kind=kind, head_dim=D, heads=H, causal=causal, long=is_long,
+    res: dict[str, Any] = dict(name=name + SUFFIX[dtype], workload=name, dtype=dtype, kind=kind, head_dim=D,
+                               heads=H, causal=causal, long=is_long,
                                num_sequences=d.B, tokens=d.T, max_len=d.L, mean_len=d.T / d.B,
                                padded_tokens=d.B * d.L, flops_fwd=fl, modes={})
     modes = [("fwd", 1.0)] + ([("fwdbwd", 3.5)] if do_bwd and not args.no_bwd else [])
@@ -428,7 +443,7 @@ def measure_workload(wl: tuple, tokens: int, rng: np.random.Generator, args: arg
         skipped: dict[str, str] = {}
         peak_fl = None
         if mode == "fwd" and is_long:
-            fns["peak matmul"], peak_fl = matmul_fns(args.group_peak_n)
+            fns["peak matmul"], peak_fl = matmul_fns(args.group_peak_n, dtype)
         if mode == "fwdbwd" and args.nested_bwd == "auto":
             fwd = res["modes"]["fwd"]
             nf, bf = fwd["methods"].get("nested", {}).get("median_ms"), fwd.get("best_alternative")
@@ -455,7 +470,7 @@ def measure_workload(wl: tuple, tokens: int, rng: np.random.Generator, args: arg
             m["methods"][k] = dict(error=e)
         for k, e in skipped.items():
             m["methods"][k] = dict(skipped=e)
-        if mode == "fwd" and not args.no_numpy:
+        if mode == "fwd" and not args.no_numpy and d.np_arrays is not None:
             m["methods"]["numpy ref"] = time_numpy_ref(d, args.numpy_cap_s, fl)
         finish_mode(m)
         res["modes"][mode] = m
@@ -559,6 +574,15 @@ def machine_info() -> dict:
 
 def evaluate_targets(rows: list[dict]) -> list[dict]:
     out = []
+    for r in rows:  # issue 20's bf16 targets: the AMX forward against the bf16 matmul and the alternatives
+        if r.get("dtype") == "bfloat16" and "fwd" in r["modes"]:
+            m = r["modes"]["fwd"]
+            pk = m.get("pct_peak_in_group", m.get("pct_peak"))
+            out.append(dict(target=">= 50% of bf16 matmul peak, forward", workload=r["name"], mode="fwd", value=pk,
+                            met=bool(pk is not None and pk >= 50.0)))
+            xb = m.get("x_best")
+            out.append(dict(target=">= 1.0x best alternative, bf16 forward", workload=r["name"], mode="fwd",
+                            value=xb, met=bool(xb is not None and xb >= 1.0)))
     for r in rows:
         for mode, m in r["modes"].items():
             xb = m.get("x_best")
@@ -572,12 +596,12 @@ def evaluate_targets(rows: list[dict]) -> list[dict]:
     for r in rows:
         if r["long"] and "fwd" in r["modes"]:
             pk = r["modes"]["fwd"].get("pct_peak_in_group")
-            out.append(dict(target=">= 50% of fp32 matmul peak, long-sequence forward", workload=r["name"],
-                            mode="fwd", value=pk, met=bool(pk is not None and pk >= 50.0)))
+            out.append(dict(target=f">= 50% of {r.get('dtype', 'float32')} matmul peak, long-sequence forward",
+                            workload=r["name"], mode="fwd", value=pk, met=bool(pk is not None and pk >= 50.0)))
     return out
 
 
-def plot(rows: list[dict], peak_gflops: float, path: Path) -> None:
+def plot(rows: list[dict], peaks: dict[str, float], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -603,7 +627,8 @@ def plot(rows: list[dict], peak_gflops: float, path: Path) -> None:
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("speedup over best alternative (x)")
-    ax.set_title("scree.varlen_attention vs best of {padded SDPA, per-sequence SDPA loop, nested SDPA}, fp32, "
+    dts = "/".join(sorted({r.get("dtype", "float32") for r in rows}, reverse=True))
+    ax.set_title(f"scree.varlen_attention vs best of {{padded SDPA, per-sequence SDPA loop, nested SDPA}}, {dts}, "
                  f"{NCORES} cores (median)")
     ax.legend(fontsize=8)
     meths = ["scree", "padded", "loop", "nested"]
@@ -611,8 +636,10 @@ def plot(rows: list[dict], peak_gflops: float, path: Path) -> None:
     for i, k in enumerate(meths):
         vals = [r["modes"]["fwd"]["methods"].get(k, {}).get("gflops", np.nan) for r in rows]
         ax2.bar(x - 0.4 + w * (i + 0.5), vals, w, label=k)
-    ax2.axhline(peak_gflops, color="r", ls="--", lw=1, label=f"matmul peak {peak_gflops:.0f} (best of start/end)")
-    ax2.axhline(peak_gflops / 2, color="r", ls=":", lw=1, label="50% peak")
+    for (dt, pk), color in zip(sorted(peaks.items()), ("r", "m")):
+        if any(r.get("dtype", "float32") == dt for r in rows):
+            ax2.axhline(pk, color=color, ls="--", lw=1, label=f"{dt} matmul peak {pk:.0f} (best of start/end)")
+            ax2.axhline(pk / 2, color=color, ls=":", lw=1, label=f"50% of {dt} peak")
     ax2.set_xticks(x)
     ax2.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     ax2.set_ylabel("forward GFLOP/s (useful)")
@@ -626,7 +653,10 @@ def plot(rows: list[dict], peak_gflops: float, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small smoke run (< 20 s)")
-    ap.add_argument("--out", type=Path, default=None, help="folder for attention_cpu.json/.png")
+    ap.add_argument("--out", type=Path, default=None, help="folder for <stem>.json/.png")
+    ap.add_argument("--stem", default="attention_cpu", help="output file name without extension")
+    ap.add_argument("--dtype", nargs="+", default=["float32"], choices=sorted(DTYPES),
+                    help="input dtype(s) of every method; several: each workload in each, in this order")
     ap.add_argument("--only", nargs="*", default=None, help="workload names containing any of these strings")
     ap.add_argument("--tokens", type=int, default=None, help="tokens per workload (default 4096, quick 512)")
     ap.add_argument("--hidden", type=int, default=512, help="heads * head_dim (default 512)")
@@ -658,11 +688,14 @@ def main(argv: list[str] | None = None) -> int:
           f"scree isa {info['scree_isa']} | commit {info['git_commit'][:10]}"
           f"{' (src dirty)' if info['git_dirty'] else ''} | _C built {info['scree_so_mtime']} | "
           f"load {tuple(round(x, 2) for x in info['loadavg_start'])}", flush=True)
-    peak_start = measure_peak(peak_n, 3 if q else 5)
-    peak_group_start = measure_peak(args.group_peak_n, 3 if q else 5)
-    print(f"# fp32 matmul {peak_n}^3: {peak_start['gflops']:.1f} GFLOP/s "
-          f"(median; best {peak_start['gflops_best']:.1f}); "
-          f"{args.group_peak_n}^3 (the in-group size): {peak_group_start['gflops']:.1f}", flush=True)
+    peaks: dict[str, dict] = {}
+    for dt in ("float32", "bfloat16"):  # both, whatever --dtype: the bf16 rows are read against both
+        peaks[dt] = dict(start=measure_peak(peak_n, 3 if q else 5, dt),
+                         in_group_size_start=measure_peak(args.group_peak_n, 3 if q else 5, dt))
+        ps, pg = peaks[dt]["start"], peaks[dt]["in_group_size_start"]
+        print(f"# {dt} matmul {peak_n}^3: {ps['gflops']:.1f} GFLOP/s (median; best {ps['gflops_best']:.1f}); "
+              f"{args.group_peak_n}^3 (the in-group size): {pg['gflops']:.1f}", flush=True)
+    peak_start, peak_group_start = peaks["float32"]["start"], peaks["float32"]["in_group_size_start"]
     print("# ms = median over R interleaved rounds; GF/s = useful GFLOP/s of scree; sprd = IQR/median of scree; "
           "x best / x pad = alternative time / scree time; * = NumPy ref capped (<3 calls); ~ = < 3 samples "
           "(slow method, timed in fewer rounds); skip/ERR: see the line below or the JSON; "
@@ -679,14 +712,23 @@ def main(argv: list[str] | None = None) -> int:
         workloads = [w for w in workloads if any(s in w[0] for s in args.only)]
     rng = np.random.default_rng(0)
     rows = []
-    for wl in workloads:
-        try:
-            rows.append(measure_workload(wl, tokens, rng, args, peak_n))
-        except Exception as e:  # noqa: BLE001 - keep the other workloads
-            traceback.print_exc()
-            rows.append(dict(name=wl[0], error=short_error(e), modes={}, kind=wl[1], long=wl[5]))
+    for dt in args.dtype:
+        for wl in workloads:
+            try:
+                rows.append(measure_workload(wl, tokens, rng, args, peak_n, dt))
+            except Exception as e:  # noqa: BLE001 - keep the other workloads
+                traceback.print_exc()
+                rows.append(dict(name=wl[0] + SUFFIX[dt], workload=wl[0], dtype=dt, error=short_error(e), modes={},
+                                 kind=wl[1], long=wl[5]))
 
-    peak_end = measure_peak(peak_n, 3 if q else 5)
+    for dt in ("float32", "bfloat16"):
+        peaks[dt]["end"] = measure_peak(peak_n, 3 if q else 5, dt)
+        peaks[dt]["gflops"] = max(peaks[dt]["start"]["gflops"], peaks[dt]["end"]["gflops"])
+    peak_end = peaks["float32"]["end"]
+    for r in rows:  # forward GFLOP/s against the run's matmul peak in the row's dtype
+        f = r.get("modes", {}).get("fwd", {})
+        if "gflops" in f.get("methods", {}).get("scree", {}):
+            f["pct_peak"] = 100.0 * f["methods"]["scree"]["gflops"] / peaks[r["dtype"]]["gflops"]
     info["loadavg_end"] = os.getloadavg()
     info["wall_seconds"] = time.perf_counter() - t_start
     info["quick"] = q
@@ -697,19 +739,27 @@ def main(argv: list[str] | None = None) -> int:
                                             group_peak_n=args.group_peak_n, nested_bwd=args.nested_bwd,
                                             numpy_cap_s=args.numpy_cap_s,
                                             flops="fwd 4*L^2*D*H per sequence (half causal); fwdbwd 3.5x fwd"),
+                  dtypes=args.dtype,
                   peak=dict(start=peak_start, in_group_size_start=peak_group_start, end=peak_end,
-                            gflops=max(peak_start["gflops"], peak_end["gflops"])),
+                            gflops=max(peak_start["gflops"], peak_end["gflops"]), **peaks),
                   call_overhead=overhead, workloads=rows, targets=targets)
     out_dir.mkdir(parents=True, exist_ok=True)
-    jpath = out_dir / "attention_cpu.json"
+    jpath = out_dir / f"{args.stem}.json"
     jpath.write_text(json.dumps(result, indent=1))
     if not args.no_plot and ok_rows:
         try:
-            plot([r for r in ok_rows if "fwd" in r["modes"]], result["peak"]["gflops"], out_dir / "attention_cpu.png")
+            plot([r for r in ok_rows if "fwd" in r["modes"]], {dt: peaks[dt]["gflops"] for dt in peaks},
+                 out_dir / f"{args.stem}.png")
         except ImportError:
             print("# matplotlib missing: no plot", file=sys.stderr)
     met = sum(t["met"] for t in targets)
-    print(f"# fp32 matmul at end: {peak_end['gflops']:.1f} GFLOP/s | targets met {met}/{len(targets)}")
+    print(f"# matmul at end: fp32 {peaks['float32']['end']['gflops']:.1f}, bf16 {peaks['bfloat16']['end']['gflops']:.1f}"
+          f" GFLOP/s | targets met {met}/{len(targets)}")
+    for r in ok_rows:
+        f = r["modes"].get("fwd", {})
+        if "pct_peak" in f:
+            print(f"#   {r['name']:<24} forward {f['methods']['scree']['gflops']:.0f} GFLOP/s = {f['pct_peak']:.0f}% of "
+                  f"the {r['dtype']} matmul peak; x best {f.get('x_best', float('nan')):.2f} ({f.get('best_alternative')})")
     for t in targets:
         if not t["met"]:
             v = "n/a" if t["value"] is None else f"{t['value']:.2f}"
