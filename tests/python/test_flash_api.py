@@ -128,3 +128,48 @@ def test_unsupported_features_raise(rng):
         fa.flash_attn_with_kvcache(q[None], kc, kc.clone(), rotary_cos=torch.ones(8, 4), rotary_sin=torch.ones(8, 4))
     with pytest.raises(scree.UnsupportedError, match="cache_batch_idx"):
         fa.flash_attn_with_kvcache(q[None], kc, kc.clone(), cache_batch_idx=torch.zeros(1, dtype=torch.int32))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dt", ["bfloat16", "float16"])
+def test_cuda_decode_and_prefill_match_reference(rng, dt):
+    """On CUDA half tensors: flash_attn_with_kvcache (one new token a sequence over a shuffled
+    16-token paged cache: scree's decode kernel after the append) and flash_attn_varlen_func over
+    the same pages (the Hopper paged forward; the gather path elsewhere), against the fp64
+    reference by FlashAttention's rule."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from attention_checks import assert_fa_close
+    dtype = getattr(torch, dt)
+    lens, page, hk, d = [33, 0, 130, 16, 7], 16, 2, 128
+    kp, vp, table, rows = _paged(rng, [n + 1 for n in lens], page, hk, d)
+    kl, vl = kp.to(dtype), vp.to(dtype)  # the low-precision cache both paths and the reference see
+    q = _rand(rng, len(lens), 1, 8, d).to(dtype)
+    k_new, v_new = _rand(rng, len(lens), 1, hk, d).to(dtype), _rand(rng, len(lens), 1, hk, d).to(dtype)
+    kc, vc = kl.cuda(), vl.cuda()
+    out = fa.flash_attn_with_kvcache(q.cuda(), kc, vc, k_new.cuda(), v_new.cuda(),
+                                     cache_seqlens=torch.tensor(lens, dtype=torch.int32, device="cuda"),
+                                     block_table=table.cuda(), causal=True)
+    ks = [torch.cat([rows(kl, i)[:n], k_new[i]]) for i, n in enumerate(lens)]
+    vs = [torch.cat([rows(vl, i)[:n], v_new[i]]) for i, n in enumerate(lens)]
+    full = [n + 1 for n in lens]
+
+    def ref(upcast):
+        cast = (lambda x: x.double().numpy()) if upcast else (lambda x: x)  # noqa: E731
+        r = R.varlen_attention(scree.from_lengths(cast(q.reshape(-1, 8, d)), [1] * len(lens)),
+                               scree.from_lengths(cast(torch.cat(ks)), full),
+                               scree.from_lengths(cast(torch.cat(vs)), full), causal=True, upcast=upcast)
+        return torch.as_tensor(np.asarray(r.values)) if upcast else r.values
+    assert_fa_close("with_kvcache", out.reshape(-1, 8, d).cpu(), ref(True), ref(False).float())
+    # The cache now holds the new tokens: a 3-token chunk per sequence over it, by varlen + block_table.
+    q3 = _rand(rng, 3 * len(lens), 8, d).to(dtype)
+    cu_q = torch.arange(0, 3 * len(lens) + 1, 3, dtype=torch.int32)
+    cu_k = torch.tensor(np.concatenate([[0], np.cumsum(full)]), dtype=torch.int32)
+    got = fa.flash_attn_varlen_func(q3.cuda(), kc, vc, cu_q.cuda(), cu_k.cuda(), 3, max(full), causal=True,
+                                    block_table=table.cuda())
+    want64 = R.varlen_attention(scree.from_lengths(q3.double().numpy(), [3] * len(lens)),
+                                scree.from_lengths(torch.cat(ks).double().numpy(), full),
+                                scree.from_lengths(torch.cat(vs).double().numpy(), full), causal=True)
+    low = R.varlen_attention(scree.from_lengths(q3, [3] * len(lens)), scree.from_lengths(torch.cat(ks), full),
+                             scree.from_lengths(torch.cat(vs), full), causal=True, upcast=False)
+    assert_fa_close("varlen block_table", got.cpu(), torch.as_tensor(np.asarray(want64.values)), low.values.float())
