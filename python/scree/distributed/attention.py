@@ -10,8 +10,9 @@ the key copy and the all-gather, to every rank's own rows. The same answer as si
 attention on the whole batch (tests/python/test_distributed.py, 2 and 4 gloo processes).
 
 Not yet here (the issue's remaining parts): the ring of point-to-point K/V transfers overlapped
-with compute, partial results merged by lse; reduce-scatter instead of all-reduce for the
-gradients on NCCL; the multi-GPU runs and benchmark."""
+with compute, partial results merged by lse (its backward needs the CPU backward to take the
+merged lse as given: today's recomputes the softmax statistics from the keys it sees for float64
+and large-|lse| rows); the multi-GPU runs and benchmark."""
 
 from __future__ import annotations
 

@@ -2,9 +2,11 @@
 rank's local rows of a sharded packed batch gathered into the full batch, in its original order,
 on every rank, differentiably. Forward: an all-gather of each rank's rows (padded to the largest
 rank's count; the ShardPlan says how many each has), then one index into the original order.
-Backward: rank r's rows receive the sum over ranks of the gradients each rank's loss sent to them;
-an all-reduce of the full gradient, then rank r's rows (gloo has no reduce-scatter; on NCCL a
-reduce-scatter would move 1 / world_size of the bytes, the next step for the GPU runs).
+Backward: rank r's rows receive the sum over ranks of the gradients each rank's loss sent to them:
+the full gradient laid back into the all-gather's padded (world_size * pad) layout, then a
+reduce-scatter of it on NCCL (each rank receives only its own block, 1 / world_size of an
+all-reduce's result), or, where the backend has none (gloo), an all-reduce of it and this rank's
+block. Both read the same layout, so the gloo tests cover everything but the collective itself.
 
 `unshard(local, plan)` is this over an Array: the full batch back on every rank."""
 
@@ -80,14 +82,20 @@ def _gather_function() -> Any:
             parts = [torch.empty_like(buf) for _ in range(plan.world_size)]
             dist.all_gather(parts, buf, group=group)
             index = torch.from_numpy(_full_index(plan, pad)).to(local.device)
-            ctx.plan, ctx.group = plan, group
+            ctx.plan, ctx.group, ctx.pad, ctx.index, ctx.count = plan, group, pad, index, local.shape[0]
             return torch.cat(parts)[index]
 
         @staticmethod
         def backward(ctx: Any, grad: Any) -> tuple[Any, None, None]:
-            total = grad.contiguous().clone()
-            dist.all_reduce(total, group=ctx.group)
-            rows = torch.from_numpy(ctx.plan.rows()).to(grad.device)
-            return total[rows], None, None
+            plan, pad = ctx.plan, ctx.pad
+            padded = grad.new_zeros((plan.world_size * pad,) + tuple(grad.shape[1:]))
+            padded[ctx.index] = grad
+            if dist.get_backend(ctx.group) == "nccl":
+                mine = grad.new_empty((pad,) + tuple(grad.shape[1:]))
+                dist.reduce_scatter_tensor(mine, padded, group=ctx.group)
+            else:
+                dist.all_reduce(padded, group=ctx.group)
+                mine = padded[plan.rank * pad:(plan.rank + 1) * pad]
+            return mine[: ctx.count], None, None
 
     return GatherFull
