@@ -128,6 +128,16 @@ def test_unsupported_features_raise(rng):
         fa.flash_attn_with_kvcache(q[None], kc, kc.clone(), rotary_cos=torch.ones(8, 4), rotary_sin=torch.ones(8, 4))
     with pytest.raises(scree.UnsupportedError, match="cache_batch_idx"):
         fa.flash_attn_with_kvcache(q[None], kc, kc.clone(), cache_batch_idx=torch.zeros(1, dtype=torch.int32))
+    with pytest.raises(scree.ArgumentError, match="cache_seqlens"):
+        fa.flash_attn_with_kvcache(q[None], kc, kc.clone(), k[None, :1], v[None, :1])
+
+
+def test_with_kvcache_full_dense_cache(rng):
+    """No cache_seqlens and no new tokens: every slot of the dense cache is a key."""
+    q, kc, vc = _rand(rng, 2, 3, 4, 8), _rand(rng, 2, 6, 2, 8), _rand(rng, 2, 6, 2, 8)
+    out = fa.flash_attn_with_kvcache(q, kc, vc, causal=True)
+    want = fa.flash_attn_func(q, kc, vc, causal=True)
+    np.testing.assert_allclose(out.numpy(), want.numpy(), **TOL)
 
 
 @pytest.mark.cuda

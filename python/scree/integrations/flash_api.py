@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 import scree
-from scree._errors import UnsupportedError
+from scree._errors import ArgumentError, UnsupportedError
 
 __all__ = ["flash_attn_func", "flash_attn_varlen_func", "flash_attn_with_kvcache"]
 
@@ -98,19 +98,21 @@ def flash_attn_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     """Decode / chunked prefill against a KV cache: q (batch, seqlen_q, Hq, D); the cache paged
     (num_pages, page_size, Hk, D) with `block_table` (batch, pages), or dense (batch, seqlen_cache,
     Hk, D) without; `k`, `v` (batch, seqlen_new, Hk, D) are written into the cache at positions
-    `cache_seqlens` (an int or (batch,) tensor) before the attention, which covers `cache_seqlens +
-    seqlen_new` tokens per sequence. Returns out (batch, seqlen_q, Hq, Dv) [, lse (batch, Hq,
+    `cache_seqlens` (an int or (batch,) tensor; None: a full dense cache, no new tokens)
+    before the attention, which covers `cache_seqlens + seqlen_new` tokens per sequence. Returns out (batch, seqlen_q, Hq, Dv) [, lse (batch, Hq,
     seqlen_q) with `return_softmax_lse`]."""
     _refuse(rotary_cos=rotary_cos, rotary_sin=rotary_sin, cache_batch_idx=cache_batch_idx,
             cache_leftpad=cache_leftpad, alibi_slopes=alibi_slopes)
     b, sq = q.shape[0], q.shape[1]
     dev = q.device
+    ps = k_cache.shape[1]
+    if cache_seqlens is None:  # the whole (dense) cache holds keys
+        if block_table is not None or k is not None:
+            raise ArgumentError("flash_attn_with_kvcache needs cache_seqlens over a paged cache or to place new k, v")
+        cache_seqlens = ps
     if block_table is None:  # a dense cache: one page of seqlen_cache slots a sequence
         block_table = torch.arange(b, dtype=torch.int32, device=dev)[:, None]
-    ps = k_cache.shape[1]
-    if cache_seqlens is None:
-        lens = torch.zeros(b, dtype=torch.int32, device=dev)
-    elif isinstance(cache_seqlens, int):
+    if isinstance(cache_seqlens, int):
         lens = torch.full((b,), cache_seqlens, dtype=torch.int32, device=dev)
     else:
         lens = cache_seqlens.to(device=dev, dtype=torch.int32)
