@@ -5,7 +5,11 @@ float16 by FlashAttention's rule and float64 to 1e-9: lengths 0, 1, odd, longer 
 q and k lengths that differ, GQA, causal, a window, a softcap, head dims 32, 64, 128 and an odd 40.
 bfloat16 takes the AMX forward in the amx build (P rounded to bf16 between the tile products),
 the fp32 kernel elsewhere; paged keys (scree.paged_attention, pages of 16 and 5 rows) are checked
-in bfloat16 the same way."""
+in bfloat16 the same way. bfloat16 backward extras (the AMX backward in the amx build, bwd_amx.cpp:
+128-key blocks, 64-row query tiles, 32-row alignment): Dv != D, GQA 4:1 at D 128 with one long
+sequence that the schedule cuts into chunks, rows with |lse| >= 32 (the statistics recomputed
+from S), and exact scores of ~2^19 where the float32 lse's rounding (up to 2^-5) would move P by
+3%, ten times the check's tolerance, so only recomputed statistics pass."""
 
 from __future__ import annotations
 
@@ -29,6 +33,51 @@ PAGED = [  # (kv lengths, q lengths, page size, heads q, heads k, d, options)
     ([37, 64, 130, 0, 70], [37, 20, 7, 0, 3], 5, 4, 1, 40, {"causal": True, "softcap": 5.0}),
     ([200, 33], [150, 33], 16, 2, 2, 128, {"causal": True, "window": (40, None)}),
 ]
+
+BF16_BWD = [  # (q lengths, k lengths, heads q, heads k, d, dv, factor on q, options)
+    ([33, 0, 160], [70, 5, 129], 2, 1, 64, 32, 1.0, {"causal": True}),
+    ([1, 700, 3], [1, 650, 3], 8, 2, 128, 128, 1.0, {"causal": True, "window": (200, 30)}),
+    ([100, 7, 257], [100, 12, 300], 2, 2, 40, 96, 1.0, {"softcap": 3.0}),
+    ([90, 1, 200], [90, 64, 260], 4, 2, 64, 64, 8.0, {}),  # lse ~ 40-80 on most rows, below 32 on some
+    ([65, 2], [130, 40], 2, 1, 128, 128, 8.0, {"causal": True, "softcap": 30.0}),
+]
+
+
+def check_bf16_backward(i: int, lq, lk, hq: int, hk: int, d: int, dv: int, factor: float, opts: dict) -> None:
+    q, k, v = random_qkv(lq, lk, hq, hk, d, dv, torch.bfloat16, "cpu", seed=500 + i)
+    q = q.with_values((q.values.float() * factor).bfloat16())
+    dout = torch.randn(q.values.shape[:2] + (dv,), generator=torch.Generator().manual_seed(600 + i)).bfloat16()
+    got = fwd_grads(scree.varlen_attention, q, k, v, dout, opts)
+    ref64, low = reference_pair(q, k, v, dout, opts)
+    check_against_references(f"bf16 backward case {i}", got, ref64, low, seed=500 + i, softcap="softcap" in opts)
+
+
+def check_bf16_exact_large_scores(seed: int, opts: dict) -> None:
+    """q = (1, a), k = (2^21, b), a, b in {+-1/2, +-1}, D 16 (scale 1/4): scores 2^19 + (a . b) / 4,
+    exact in bf16 inputs and in the products' fp32 accumulation (multiples of 1/16, fp32's spacing
+    there), so the kernel and the fp64 reference see the same scores. lse ~ 2^19 is rounded to
+    float32 by up to 2^-5: P = exp(s - lse) would be off by up to 3% per row. dv and dk within 1%
+    (relative to their largest entry); dq past component 0 too (component 0, 2^21 / 4 times a sum
+    of dS that cancels to ~0, is left to rounding as in test_attention_bwd.cpp)."""
+    rng = np.random.default_rng(seed)
+    lq, lk, hq, hk, D = [40, 1, 130], [40, 3, 150], 4, 2, 16
+
+    def dyadic(n, h):
+        return rng.choice([-1.0, -0.5, 0.5, 1.0], size=(n, h, D))
+    qv, kv, vv, dov = dyadic(sum(lq), hq), dyadic(sum(lk), hk), dyadic(sum(lk), hk), dyadic(sum(lq), hq)
+    qv[..., 0], kv[..., 0] = 1.0, 2.0 ** 21
+    q, k = scree.from_lengths(torch.from_numpy(qv).bfloat16(), lq), scree.from_lengths(torch.from_numpy(kv).bfloat16(), lk)
+    v, dout = k.with_values(torch.from_numpy(vv).bfloat16()), torch.from_numpy(dov).bfloat16()
+    got = fwd_grads(scree.varlen_attention, q, k, v, dout, opts)
+    ref64, _ = reference_pair(q, k, v, dout, opts)
+    assert float(ref64[1][torch.isfinite(ref64[1])].abs().min()) > 2.0 ** 18, "not the large-lse regime"
+    for name, g, r in zip(("dq", "dk", "dv"), got[2], ref64[2]):
+        g, r = g.double(), r.double()
+        if name == "dq":
+            assert torch.isfinite(g[..., 0]).all(), f"exact large scores {opts}: dq component 0 not finite"
+            g, r = g[..., 1:], r[..., 1:]
+        err = float((g - r).abs().max()) / float(r.abs().max())
+        assert err <= 1e-2, f"exact large scores {opts}: {name} relative error {err:.3g} (seed {seed})"
 
 
 def check_paged(i: int, kv_lens, q_lens, page_size: int, hq: int, hk: int, d: int, opts: dict) -> None:
@@ -79,4 +128,8 @@ if __name__ == "__main__":
                                          softcap="softcap" in opts)
     for i, case in enumerate(PAGED):
         check_paged(i, *case)
+    for i, case in enumerate(BF16_BWD):
+        check_bf16_backward(i, *case)
+    for j, opts in enumerate(({}, {"causal": True}, {"window": (9, 2)})):
+        check_bf16_exact_large_scores(900 + j, opts)
     print("ok", flush=True)

@@ -1,6 +1,7 @@
 """Every build of the CPU attention kernels this machine can run (SCREE_CPU_ISA forces each: the
-portable one, AVX2, AVX-512, AMX (bfloat16 forward on the tiles)), each in its own process (the choice is made once a process), against
-the fp64 reference (cpu_isa_worker.py). A build the CPU lacks is skipped, naming the one it got."""
+portable one, AVX2, AVX-512, AMX (bfloat16 forward and backward on the tiles)), each in its own
+process (the choice is made once a process), against the fp64 reference (cpu_isa_worker.py). A
+build the CPU lacks is skipped, naming the one it got."""
 
 from __future__ import annotations
 

@@ -157,6 +157,30 @@ inline void pack_keys(const uint16_t* k, int64_t ldk, int64_t dp, uint32_t* out)
   }
 }
 
+// A operand whose k runs down the columns of a row-major matrix (Q^T and dO^T of the attention
+// backward: k = queries): 32 rows of dp bf16 (bits, rows ld apart, dp a multiple of 32) become dp
+// rows of 32 (rows ld_out apart). pack_keys's 32-bit transpose of each 16 rows gives pair rows
+// (d, d + 1); two permutes per pair row split it into rows d and d + 1 (the rows' 16 + 16 halves).
+// ~1 cycle per output row against ~32 for a scalar loop.
+inline void transpose_rows(const uint16_t* x, int64_t ld, int64_t dp, uint16_t* out, int64_t ld_out) {
+  alignas(64) uint32_t top[256], bottom[256];  // rows 0-15 and 16-31, pair rows of 16 words
+  alignas(64) uint16_t even_idx[32], odd_idx[32];
+  for (int i = 0; i < 32; ++i) {
+    even_idx[i] = uint16_t(i < 16 ? 2 * i : 32 + 2 * (i - 16));
+    odd_idx[i] = uint16_t(even_idx[i] + 1);
+  }
+  const __m512i even = _mm512_load_si512(even_idx), odd = _mm512_load_si512(odd_idx);
+  for (int64_t d0 = 0; d0 < dp; d0 += 32) {
+    pack_keys(x + d0, ld, 32, top);
+    pack_keys(x + 16 * ld + d0, ld, 32, bottom);
+    for (int r = 0; r < 16; ++r) {
+      const __m512i a = _mm512_load_si512(top + 16 * r), b = _mm512_load_si512(bottom + 16 * r);
+      _mm512_storeu_si512(out + (d0 + 2 * r) * ld_out, _mm512_permutex2var_epi16(a, even, b));
+      _mm512_storeu_si512(out + (d0 + 2 * r + 1) * ld_out, _mm512_permutex2var_epi16(a, odd, b));
+    }
+  }
+}
+
 // B operand of O = P V for 32 keys and 16 value columns: v points at column 0 of key row 0 (bf16
 // bits, rows ld apart); out[r][c] = (v[2r][c], v[2r + 1][c]), the 1 KiB tile.
 inline void pack_values(const uint16_t* v, int64_t ld, uint32_t* out) {

@@ -171,7 +171,7 @@ void varlen_bwd_cpu(const VarlenBackwardParams& params) {
           ErrorKind::InvalidArgument,
           [] { return std::string("backward needs dout, lse, dq (with query rows) and k, v, dk, dv (with keys)"); });
 #if defined(SCREE_HAVE_AMX_KERNELS)
-  if (isa() == Isa::kAmx) return cpu::amx::varlen_bwd(p);  // bf16 backward: the fp32 kernel (for now)
+  if (isa() == Isa::kAmx) return cpu::amx::varlen_bwd(p);
 #endif
 #if defined(SCREE_HAVE_AVX512_KERNELS)
   if (isa() == Isa::kAvx512) return cpu::avx512::varlen_bwd(p);

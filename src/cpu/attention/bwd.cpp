@@ -2,7 +2,9 @@
 // statistics it recomputes itself where lse is too coarse for that: softmax_stats), then
 //   dV = P^T dO,  dP = dO V^T,  dS = P * (dP - delta)  [* (1 - tanh^2) under softcap],
 //   dQ = scale * dS K,  dK = scale * dS^T Q,   with delta_i = dO_i . O_i,
-// all in the compute type (fp32; fp64 for fp64 inputs). Compiled once per ISA like fwd.cpp.
+// all in the compute type (fp32; fp64 for fp64 inputs). Compiled once per ISA like fwd.cpp; in the
+// amx build bfloat16 inputs go to bwd_amx.cpp (the products on AMX tiles) instead. The schedule
+// below (key blocks, items, chunks, the dq reduction) lives in bwd_schedule.h, shared with it.
 //
 // Decomposition (why one pass and not FlashAttention-2's two):
 // A work item is (sequence, kv head, chunk of key blocks). It walks its key blocks; for each it
@@ -43,12 +45,17 @@
 #include <type_traits>
 #include <vector>
 
+#include "bwd_schedule.h"
 #include "convert.h"
 #include "gemm.h"
 #include "scree/attention/params.h"
 #include "scree/parallel.h"
 #include "simd.h"
 #include "work.h"
+
+#if defined(SCREE_CPU_AMX)
+#include "bwd_amx.h"
+#endif
 
 #ifndef SCREE_CPU_ISA
 #error "SCREE_CPU_ISA must name the instruction-set variant this file is compiled for"
@@ -70,37 +77,9 @@ namespace {
 // tile (30 KiB) = 375 KiB, inside the 512 KiB L2.
 constexpr int64_t kBlockK = 96;
 constexpr int64_t kBlockQ = 60;
-// Minimum number of items the chunking aims at (independent of the thread count, see above).
-constexpr int64_t kTargetItems = 8;
-// Upper bound on the partial-dQ scratch of chunked sequences.
-constexpr double kScratchBudget = 256.0 * 1024 * 1024;
-
-int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-// Key block j of a sequence is keys [j * kBlockK, min(Lk, (j + 1) * kBlockK)); rows
-// [row_lo, row_hi) are the query rows whose visible range meets it (a contiguous range: both ends
-// of the visible range are non-decreasing in the row).
-struct KeyBlock {
-  int64_t row_lo, row_hi;
-  double cost;  // one kv head, all G query heads
-};
-
-// A run of consecutive key blocks of one sequence (one item per kv head). Rows [row_lo, row_hi)
-// cover every row any of its blocks sees. In a chunked sequence (num_chunks > 1) each chunk owns a
-// partial dQ (Hq, row_hi - row_lo, D_pad) at `scratch` in the shared scratch buffer.
-struct Chunk {
-  int64_t seq;
-  int64_t kb_begin, kb_end;  // indices into the sequence's key blocks
-  int64_t row_lo, row_hi;
-  int64_t scratch;  // offset in elements; -1 in an unchunked sequence (per-thread accumulator)
-  double cost;
-};
-
-struct Sequence {
-  int64_t q0, k0, Lq, Lk;
-  int64_t first_block, num_blocks;  // its KeyBlocks in the flat list
-  int64_t first_chunk, num_chunks;
-};
+using bwd::Chunk;
+using bwd::KeyBlock;
+using bwd::Sequence;
 
 template <class T>
 struct Buffers {
@@ -121,16 +100,12 @@ struct Buffers {
   }
 };
 
+// The schedule (bwd_schedule.h) with this kernel's block sizes, plus its operands.
 template <class T>
-struct Plan {
+struct Plan : bwd::Schedule {
   using C = compute_t<T>;
-  const VarlenBackwardParams& p;
-  int64_t G = 1, D = 0, Dv = 0, D_pad = 0, Dv_pad = 0;
   bool capped = false;
   C cap = 0, qscale = 0;
-  std::vector<Sequence> seqs;
-  std::vector<KeyBlock> blocks;
-  std::vector<Chunk> chunks;
   std::unique_ptr<C[]> qp, dop;  // (Hq, total_q, D_pad) Q * qscale, (Hq, total_q, Dv_pad) dO
   std::vector<C> delta;          // (Hq, total_q): dO . O
   // (Hq, total_q), softmax_stats: P = exp((s - row_max) - log_sum); row_max is the forward's lse
@@ -138,8 +113,13 @@ struct Plan {
   // row_max = -inf for a row that sees no key.
   std::vector<C> row_max, log_sum;
   std::unique_ptr<C[]> scratch;  // partial dQ of chunked sequences
-  int64_t thread_dq_elems = 0;   // per-thread dQ accumulator of unchunked sequences
-  explicit Plan(const VarlenBackwardParams& params) : p(params) {}
+  explicit Plan(const VarlenBackwardParams& params)
+      : bwd::Schedule(params, kBlockK, 1, 2 * Simd<C>::width, sizeof(C)) {
+    capped = p.softcap > 0.f;
+    cap = C(p.softcap);
+    qscale = capped ? C(p.scale) / cap : C(p.scale);
+    if (scratch_elems > 0) scratch.reset(new C[static_cast<size_t>(scratch_elems)]);  // zeroed by the items
+  }
 };
 
 // One pass over the query rows, split over the threads: the packed Q * qscale and dO operands
@@ -212,14 +192,12 @@ void pack_keys(const Plan<T>& plan, const Sequence& s, int64_t kb, int64_t n, in
 // error ~eps wherever the scores lie: s - max is exact near the max and log_sum is small.
 // Which rows: every row for fp64 inputs (the fp64 backward never reads lse, so a float64 or a
 // float32 lse give the same fp64-accurate gradients; an fp64 lse is off by 1.2e-4 at 1e12);
-// for the fp32 compute type, the query blocks with a row whose lse is at least kExactLse in
-// magnitude (or +inf), the others keep row_max = lse, log_sum = 0, the same bits as before.
+// for the fp32 compute type, the query blocks with a row whose lse is at least bwd::kExactLse (32)
+// in magnitude (or +inf; bwd_schedule.h), the others keep row_max = lse, log_sum = 0, the same bits as before.
 // Cost: one extra S = Q K^T pass over those blocks, 2D FLOPs per pair against the backward's
 // 2(3D + 2Dv): +20% where it runs, nothing on ordinary inputs (N(0, 1) scores give |lse| ~ 10).
 // Items (sequence, query head, query block), the forward's decomposition; an online max over the
 // key blocks, as in the forward.
-constexpr float kExactLse = 32.0f;
-
 template <class T>
 void softmax_stats(Plan<T>& plan, std::vector<Buffers<T>>& buffers) {
   using C = compute_t<T>;
@@ -229,36 +207,8 @@ void softmax_stats(Plan<T>& plan, std::vector<Buffers<T>>& buffers) {
   constexpr bool kAll = std::is_same_v<T, double>;
   const auto& p = plan.p;
   const int64_t D = plan.D, D_pad = plan.D_pad;
-  const size_t rows_all = static_cast<size_t>(p.heads_q * p.total_q);
-  plan.row_max.resize(rows_all);
-  plan.log_sum.resize(rows_all);
-  if (!kAll) {  // the forward's lse, where it is accurate enough
-    for (size_t i = 0; i < rows_all; ++i) plan.row_max[i] = C(p.lse_in[i]);
-    std::fill(plan.log_sum.begin(), plan.log_sum.end(), C(0));
-  }
-  // Whether any row of the block has a (finite or +inf) lse at least kExactLse in magnitude.
-  auto far = [&](int64_t row0, int64_t rows) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const float x = p.lse_in[row0 + r];
-      if (x >= kExactLse || (x <= -kExactLse && x != -std::numeric_limits<float>::infinity())) return true;
-    }
-    return false;
-  };
-  std::vector<WorkItem> items;
   double flops = 0;
-  for (int64_t b = 0; b < p.num_sequences; ++b) {
-    const Sequence& s = plan.seqs[b];
-    for (int64_t blk = 0; blk * kBlockQ < s.Lq; ++blk) {
-      const int64_t i0 = blk * kBlockQ, rows = std::min(kBlockQ, s.Lq - i0);
-      const KeyRange first = visible_keys(p, i0, s.Lq, s.Lk), last = visible_keys(p, i0 + rows - 1, s.Lq, s.Lk);
-      const double cost = 2.0 * double(rows) * double(std::max<int64_t>(last.hi - first.lo, 1)) * double(D);
-      for (int64_t h = 0; h < p.heads_q; ++h) {
-        if (!kAll && !far(h * p.total_q + s.q0 + i0, rows)) continue;
-        items.push_back({b, h, blk, cost});
-        flops += cost;
-      }
-    }
-  }
+  std::vector<WorkItem> items = bwd::stats_items(plan, kBlockQ, kAll, plan.row_max, plan.log_sum, flops);
   if (items.empty()) return;
   run_items(items, flops, [&](int t, const WorkItem& it) {
     Buffers<T>& buf = buffers[t];
@@ -301,149 +251,6 @@ void softmax_stats(Plan<T>& plan, std::vector<Buffers<T>>& buffers) {
   });
 }
 
-// First row in [0, Lq) for which pred(visible_keys(row)) holds, pred monotone false -> true.
-template <class Pred>
-int64_t first_row(const VarlenBackwardParams& p, int64_t Lq, int64_t Lk, Pred pred) {
-  int64_t lo = 0, hi = Lq;
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (pred(visible_keys(p, mid, Lq, Lk)))
-      hi = mid;
-    else
-      lo = mid + 1;
-  }
-  return lo;
-}
-
-// Chunk boundaries of one sequence: `count` runs of blocks of about equal cost, none empty.
-template <class T>
-void make_chunks(Plan<T>& plan, Sequence& s, int64_t count) {
-  s.first_chunk = static_cast<int64_t>(plan.chunks.size());
-  s.num_chunks = count;
-  const int64_t seq = static_cast<int64_t>(&s - plan.seqs.data());
-  if (s.num_blocks == 0) {  // no keys: one empty chunk still writes the sequence's dq = 0
-    Chunk ch{};
-    ch.seq = seq;
-    ch.scratch = -1;
-    plan.chunks.push_back(ch);
-    s.num_chunks = 1;
-    return;
-  }
-  const KeyBlock* kb = plan.blocks.data() + s.first_block;
-  double total = 0;
-  for (int64_t j = 0; j < s.num_blocks; ++j) total += kb[j].cost;
-  int64_t begin = 0;
-  double cum = 0;
-  for (int64_t c = 0; c < count; ++c) {
-    int64_t end = begin + 1;
-    cum += kb[begin].cost;
-    if (c == count - 1) {
-      end = s.num_blocks;
-    } else {
-      const double target = total * double(c + 1) / double(count);
-      while (end < s.num_blocks - (count - 1 - c) && cum + 0.5 * kb[end].cost < target) cum += kb[end++].cost;
-    }
-    Chunk ch{};
-    ch.seq = seq;
-    ch.kb_begin = begin;
-    ch.kb_end = end;
-    ch.row_lo = s.Lq;
-    ch.row_hi = 0;
-    for (int64_t j = begin; j < end; ++j) {
-      ch.cost += kb[j].cost;
-      if (kb[j].row_lo < kb[j].row_hi) {
-        ch.row_lo = std::min(ch.row_lo, kb[j].row_lo);
-        ch.row_hi = std::max(ch.row_hi, kb[j].row_hi);
-      }
-    }
-    if (ch.row_lo >= ch.row_hi) ch.row_lo = ch.row_hi = 0;
-    ch.scratch = -1;
-    plan.chunks.push_back(ch);
-    begin = end;
-  }
-}
-
-template <class T>
-void make_plan(Plan<T>& plan) {
-  using C = compute_t<T>;
-  const auto& p = plan.p;
-  constexpr int W2 = 2 * Simd<C>::width;
-  plan.G = p.heads_q / p.heads_k;
-  plan.D = p.head_dim;
-  plan.Dv = p.head_dim_v;
-  plan.D_pad = round_up(plan.D, W2);
-  plan.Dv_pad = round_up(plan.Dv, W2);
-  plan.capped = p.softcap > 0.f;
-  plan.cap = C(p.softcap);
-  plan.qscale = plan.capped ? C(p.scale) / plan.cap : C(p.scale);
-
-  // Key blocks and their costs: the five GEMMs over (rows x keys), plus packing.
-  const double pair_flops = 2.0 * double(3 * plan.D + 2 * plan.Dv);
-  plan.seqs.resize(static_cast<size_t>(p.num_sequences));
-  double total = 0;
-  for (int64_t b = 0; b < p.num_sequences; ++b) {
-    Sequence& s = plan.seqs[b];
-    s.q0 = p.cu_seqlens_q[b];
-    s.k0 = p.cu_seqlens_k[b];
-    s.Lq = p.cu_seqlens_q[b + 1] - s.q0;
-    s.Lk = p.cu_seqlens_k[b + 1] - s.k0;
-    s.first_block = static_cast<int64_t>(plan.blocks.size());
-    s.num_blocks = (s.Lk + kBlockK - 1) / kBlockK;
-    for (int64_t j = 0; j < s.num_blocks; ++j) {
-      const int64_t a = j * kBlockK, e = std::min(s.Lk, a + kBlockK), n = e - a;
-      KeyBlock blk{};
-      blk.row_lo = first_row(p, s.Lq, s.Lk, [&](KeyRange r) { return r.hi > a; });
-      blk.row_hi = first_row(p, s.Lq, s.Lk, [&](KeyRange r) { return r.lo >= e; });
-      if (blk.row_hi < blk.row_lo) blk.row_hi = blk.row_lo;
-      blk.cost = double(plan.G) * double(blk.row_hi - blk.row_lo) * double(n) * pair_flops +
-                 double(n) * double(plan.D + plan.Dv) * 16;
-      plan.blocks.push_back(blk);
-      total += blk.cost * double(p.heads_k);
-    }
-    total += double(s.Lq) * double(p.heads_q) * double(plan.D) * 4;  // dq write-out
-  }
-
-  // Chunk counts: a (sequence, kv head) unit costing more than total / kTargetItems is cut.
-  std::vector<int64_t> count(plan.seqs.size(), 1);
-  const double grain = total / double(kTargetItems);
-  for (size_t b = 0; b < plan.seqs.size(); ++b) {
-    const Sequence& s = plan.seqs[b];
-    double unit = 0;
-    for (int64_t j = 0; j < s.num_blocks; ++j) unit += plan.blocks[s.first_block + j].cost;
-    if (grain > 0 && unit > grain)
-      count[b] = std::min<int64_t>({static_cast<int64_t>(std::ceil(unit / grain)), s.num_blocks, kTargetItems});
-  }
-  // Respect the scratch budget: take chunks away from the most-chunked sequence until it fits.
-  for (;;) {
-    plan.chunks.clear();
-    double bytes = 0;
-    for (size_t b = 0; b < plan.seqs.size(); ++b) {
-      make_chunks(plan, plan.seqs[b], count[b]);
-      if (count[b] > 1)
-        for (int64_t c = 0; c < plan.seqs[b].num_chunks; ++c) {
-          const Chunk& ch = plan.chunks[plan.seqs[b].first_chunk + c];
-          bytes += double(ch.row_hi - ch.row_lo) * double(p.heads_q * plan.D_pad) * sizeof(C);
-        }
-    }
-    if (bytes <= kScratchBudget) break;
-    auto most = std::max_element(count.begin(), count.end());
-    if (*most <= 1) break;
-    --*most;
-  }
-  int64_t offset = 0;
-  for (const Sequence& s : plan.seqs)
-    for (int64_t c = 0; c < s.num_chunks; ++c) {
-      Chunk& ch = plan.chunks[s.first_chunk + c];
-      if (s.num_chunks > 1) {
-        ch.scratch = offset;
-        offset += (ch.row_hi - ch.row_lo) * p.heads_q * plan.D_pad;
-      } else {
-        plan.thread_dq_elems = std::max(plan.thread_dq_elems, (ch.row_hi - ch.row_lo) * plan.G * plan.D_pad);
-      }
-    }
-  if (offset > 0) plan.scratch.reset(new C[static_cast<size_t>(offset)]);  // zeroed by the items
-}
-
 // One item: chunk `ci` of a sequence, for kv head `kvh`.
 template <class T>
 void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& buf) {
@@ -456,7 +263,7 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
   const Sequence& s = plan.seqs[ch.seq];
   const int64_t G = plan.G, D = plan.D, Dv = plan.Dv, D_pad = plan.D_pad, Dv_pad = plan.Dv_pad;
   const int64_t Lq = s.Lq, Lk = s.Lk, q0 = s.q0, k0 = s.k0;
-  const int64_t rows_c = ch.row_hi - ch.row_lo;
+  const int64_t rows_c = ch.acc_rows;  // = row_hi - row_lo (row_align 1)
   const bool capped = plan.capped;
   const C cap = plan.cap;
 
@@ -537,7 +344,7 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
         gemm<C, true>(wk, Dv_pad, m, S, w, dout, Dv_pad, buf.dv.data() + c0 * Dv_pad, Dv_pad, true);
         gemm<C, true>(wk, D_pad, m, dP, w, q, D_pad, buf.dk.data() + c0 * D_pad, D_pad, true);
         gemm<C>(m, D_pad, wk, dP, w, buf.kr.data() + c0 * D_pad, D_pad,
-                dq_acc + (g * rows_c + i0 - ch.row_lo) * D_pad, D_pad, true);
+                dq_acc + (g * rows_c + i0 - ch.acc_lo) * D_pad, D_pad, true);
       }
     }
     // This item owns keys [kb, kb + n) of kv head kvh for all its query heads: write dK, dV.
@@ -550,49 +357,12 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
   }
 
   if (ch.scratch >= 0) return;  // chunked: the reduction pass writes dq
-  // Unchunked: this item owns dq of all the sequence's rows for its G query heads.
-  T* dQ = static_cast<T*>(p.dq);
-  C* row = buf.row.data();
-  for (int64_t g = 0; g < G; ++g) {
-    const int64_t h = kvh * G + g;
-    for (int64_t i = 0; i < Lq; ++i) {
-      if (i >= ch.row_lo && i < ch.row_hi) {
-        const C* acc = dq_acc + (g * rows_c + i - ch.row_lo) * D_pad;
-        for (int64_t d = 0; d < D; ++d) row[d] = acc[d] * plan.qscale;
-      } else {
-        std::fill(row, row + D, C(0));
-      }
-      from_compute(row, dQ + (q0 + i) * p.dq_row_stride + h * p.dq_head_stride, D);
-    }
-  }
-}
-
-// dq of a chunked sequence, rows [i0, i0 + kBlockQ) of head h: partials summed in chunk order.
-template <class T>
-void reduce_dq(const Plan<T>& plan, int64_t b, int64_t h, int64_t i0, Buffers<T>& buf) {
-  using C = compute_t<T>;
-  const auto& p = plan.p;
-  const Sequence& s = plan.seqs[b];
-  const int64_t D = plan.D, D_pad = plan.D_pad;
-  T* dQ = static_cast<T*>(p.dq);
-  C* row = buf.row.data();
-  for (int64_t i = i0; i < std::min(s.Lq, i0 + kBlockQ); ++i) {
-    std::fill(row, row + D, C(0));
-    for (int64_t c = 0; c < s.num_chunks; ++c) {
-      const Chunk& ch = plan.chunks[s.first_chunk + c];
-      if (i < ch.row_lo || i >= ch.row_hi) continue;
-      const C* part = plan.scratch.get() + ch.scratch + (h * (ch.row_hi - ch.row_lo) + i - ch.row_lo) * D_pad;
-      for (int64_t d = 0; d < D; ++d) row[d] += part[d];
-    }
-    for (int64_t d = 0; d < D; ++d) row[d] *= plan.qscale;
-    from_compute(row, dQ + (s.q0 + i) * p.dq_row_stride + h * p.dq_head_stride, D);
-  }
+  plan.template write_dq<T>(ch, kvh, dq_acc, plan.qscale, buf.row.data());  // unchunked: all rows
 }
 
 template <class T>
 void backward(const VarlenBackwardParams& p) {
   Plan<T> plan(p);
-  make_plan(plan);
   pack_rows(plan);
 
   std::vector<Buffers<T>> buffers;
@@ -602,28 +372,15 @@ void backward(const VarlenBackwardParams& p) {
     buffers.emplace_back(plan.D, plan.Dv, plan.D_pad, plan.Dv_pad, plan.thread_dq_elems);
   softmax_stats(plan, buffers);
 
-  std::vector<WorkItem> items;
   double flops = 0;
-  for (size_t ci = 0; ci < plan.chunks.size(); ++ci) {
-    for (int64_t kvh = 0; kvh < p.heads_k; ++kvh) items.push_back({int64_t(ci), kvh, 0, plan.chunks[ci].cost});
-    flops += plan.chunks[ci].cost * double(p.heads_k);
-  }
+  std::vector<WorkItem> items = plan.chunk_items(flops);
   run_items(items, flops, [&](int t, const WorkItem& it) { backward_chunk<T>(plan, it.seq, it.head, buffers[t]); });
 
   if (!plan.scratch) return;
-  items.clear();
-  double work = 0;
-  for (size_t b = 0; b < plan.seqs.size(); ++b) {
-    const Sequence& s = plan.seqs[b];
-    if (s.num_chunks <= 1) continue;
-    for (int64_t h = 0; h < p.heads_q; ++h)
-      for (int64_t i0 = 0; i0 < s.Lq; i0 += kBlockQ) {
-        const double cost = double(std::min(kBlockQ, s.Lq - i0)) * double(plan.D * s.num_chunks);
-        items.push_back({int64_t(b), h, i0, cost});
-        work += cost;
-      }
-  }
-  run_items(items, work, [&](int t, const WorkItem& it) { reduce_dq<T>(plan, it.seq, it.head, it.block, buffers[t]); });
+  items = plan.reduce_items(kBlockQ, flops);
+  run_items(items, flops, [&](int t, const WorkItem& it) {
+    plan.template reduce_dq<T>(plan.scratch.get(), plan.qscale, it.seq, it.head, it.block, kBlockQ, buffers[t].row.data());
+  });
 }
 
 }  // namespace
@@ -633,7 +390,13 @@ void varlen_bwd(const VarlenBackwardParams& p) {
     case DType::Float32: backward<float>(p); break;
     case DType::Float64: backward<double>(p); break;
     case DType::Float16: backward<float16>(p); break;
-    case DType::BFloat16: backward<bfloat16>(p); break;
+    case DType::BFloat16:
+#if defined(SCREE_CPU_AMX)
+      backward_bf16_amx(p);  // the amx build: the five products on the tiles (bwd_amx.cpp)
+#else
+      backward<bfloat16>(p);
+#endif
+      break;
     default: break;  // rejected by the caller's validation
   }
 }

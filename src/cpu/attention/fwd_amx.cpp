@@ -37,6 +37,8 @@
 #include "fwd_amx.h"
 #include "fwd_common.h"
 #include "simd.h"
+#include "vec512.h"
+#include "workspace.h"
 #include "work.h"
 
 namespace scree::cpu::SCREE_CPU_ISA {
@@ -80,30 +82,7 @@ struct PackedKv {
   }
 };
 
-// The packed K and V: a buffer of the calling thread, kept between calls up to kKeptWords (a fresh
-// allocation is mmap'ed and page-faulted on every call: 10.1-10.4 against 8.5-9.1 ms kept, for
-// the 8 MiB of 4 x 1024 tokens, 4 kv heads, D = 128, 2 threads), or one for this call alone
-// above that (holding more than 64 MiB per calling thread between calls would cost more than the
-// faults save).
-constexpr size_t kKeptWords = size_t(64) << 20 >> 2;  // 64 MiB
-struct Workspace {
-  std::unique_ptr<uint32_t[]> own;
-  uint32_t* data;
-  explicit Workspace(size_t words) {
-    thread_local std::unique_ptr<uint32_t[]> kept;
-    thread_local size_t have = 0;
-    if (words > kKeptWords) {
-      own.reset(new uint32_t[words]);
-      data = own.get();
-      return;
-    }
-    if (words > have) {
-      kept.reset(new uint32_t[words]);
-      have = words;
-    }
-    data = kept.get();
-  }
-};
+// The packed K and V live in a Workspace (workspace.h: kept between calls).
 
 void pack_kv(const VarlenParams& p, PackedKv& pk) {
   const int64_t D = p.head_dim, Dv = p.head_dim_v, Dp = pk.Dp, Dvp = pk.Dvp;
@@ -165,33 +144,6 @@ struct Buffers {
 
 using V = vec_t<float>;
 static_assert(Simd<float>::width == 16, "the amx build has 64-byte vectors");
-
-// 2^t for t <= 0 (a softmax's arguments in log2 units), 16 lanes: t = n + f with n = round(t),
-// |f| <= 1/2, 2^f by its degree-5 Taylor polynomial (truncation (ln2 / 2)^6 / 6! ~ 2.4e-6
-// relative; P is rounded to bf16 next, 2^-9 = 2e-3, and the row sum's relative error moves lse by
-// the same 2.4e-6), 2^n applied by VSCALEFPS, which flushes to 0 below the fp32 range. t must not
-// be -inf (-inf - round(-inf) is NaN): masked lanes are zeroed after the call instead.
-// 10 instructions against simd.h's vexp's ~22 (range clamps, exponent assembly by integer ops).
-inline __m512 exp2_nonpositive(__m512 t) {
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(t, n);
-  constexpr float c1 = 0.6931471805599453f, c2 = 0.2402265069591007f, c3 = 0.05550410866482158f,
-                  c4 = 0.009618129107628477f, c5 = 0.0013333558146428443f;
-  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(c5), f, _mm512_set1_ps(c4));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c3));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c2));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c1));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
-}
-
-// Lanes j .. j + 15 of a block whose keys [lo, hi) (block-relative) are visible.
-inline __mmask16 visible_lanes(int64_t j, int64_t lo, int64_t hi) {
-  const __m512i key = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                       _mm512_set1_epi32(int32_t(j)));
-  return _mm512_cmpge_epi32_mask(key, _mm512_set1_epi32(int32_t(lo))) &
-         _mm512_cmplt_epi32_mask(key, _mm512_set1_epi32(int32_t(hi)));
-}
 
 // Scale (and softcap), mask and online softmax of one query row over a key block of nk keys, in
 // log2 units (scores times log2(e), so the exponentials are powers of 2): s (nk unscaled q.k; with

@@ -21,8 +21,6 @@
 
 SCREE_CPU_NAMESPACE_BEGIN
 
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
 // Items of a forward with query blocks of block_q rows; `flops` gets their total (2 x cost).
 // Cost = rows x visible keys x (D + Dv): what the two products of the item do.
 inline std::vector<WorkItem> forward_items(const attention::VarlenParams& p, int64_t block_q, double& flops) {

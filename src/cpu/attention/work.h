@@ -14,6 +14,8 @@
 
 SCREE_CPU_NAMESPACE_BEGIN
 
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
 struct WorkItem {
   int64_t seq, head, block;
   double cost;
