@@ -437,6 +437,7 @@ def measure_workload(wl: tuple, tokens: int, rng: np.random.Generator, args: arg
                                heads=H, causal=causal, long=is_long,
                                num_sequences=d.B, tokens=d.T, max_len=d.L, mean_len=d.T / d.B,
                                padded_tokens=d.B * d.L, flops_fwd=fl, modes={})
+    do_bwd = do_bwd or args.all_bwd
     modes = [("fwd", 1.0)] + ([("fwdbwd", 3.5)] if do_bwd and not args.no_bwd else [])
     for mode, mult in modes:
         fns = d.forward_fns(with_1t=not args.no_1t) if mode == "fwd" else d.fwdbwd_fns()
@@ -667,6 +668,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="auto: skip nested fwd+bwd where its forward was > 5x the best alternative's")
     ap.add_argument("--numpy-cap-s", type=float, default=None, help="time cap of the NumPy reference per workload")
     ap.add_argument("--no-bwd", action="store_true", help="forward only")
+    ap.add_argument("--all-bwd", action="store_true",
+                    help="forward+backward on every workload (default: the 9 marked in WORKLOADS_FULL)")
     ap.add_argument("--no-1t", action="store_true", help="skip the SCREE_NUM_THREADS=1 column")
     ap.add_argument("--no-numpy", action="store_true", help="skip the NumPy reference")
     ap.add_argument("--no-plot", action="store_true")
