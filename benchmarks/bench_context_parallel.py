@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Context-parallel attention across GPUs (issue 19): packed batches of 128k and 512k tokens of
 mixed lengths (log-uniform in 1k..64k), head dim 128, causal, forward + backward of
-scree.distributed.context_parallel_attention on 1, 2 and 4 GPUs (NCCL, one process a GPU, spawned
+scree.distributed.context_parallel_attention (K/V by all-gather and by the ring) on 1, 2 and 4 GPUs (NCCL, one process a GPU, spawned
 here). The one-GPU run is the same total work on one device (world size 1: plain varlen attention
 over the whole batch). Reported per world size: median ms of a forward + backward (CUDA events,
 all ranks synchronised by a barrier before each), tokens per second per GPU, and the scaling
@@ -40,7 +40,7 @@ def lengths_for(tokens: int, lo: int, hi: int, seed: int = 0) -> list[int]:
 
 
 def worker(rank: int, world: int, port: int, device: str, tokens: int, lo: int, hi: int, reps: int,
-           result_file: str) -> None:
+           method: str, result_file: str) -> None:
     import torch
     import torch.distributed as dist
 
@@ -71,7 +71,7 @@ def worker(rank: int, world: int, port: int, device: str, tokens: int, lo: int, 
             out = scree.varlen_attention(arrays["q"], arrays["k"], arrays["v"], causal=True)
             torch.autograd.grad(out.values, list(leaves.values()), full["g"].values)
             return
-        out = sd.context_parallel_attention(arrays["q"], arrays["k"], arrays["v"], plan, causal=True)
+        out = sd.context_parallel_attention(arrays["q"], arrays["k"], arrays["v"], plan, causal=True, method=method)
         torch.autograd.grad(out.values, list(leaves.values()), local["g"].values)
 
     times = []
@@ -97,12 +97,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(world: int, device: str, tokens: int, lo: int, hi: int, reps: int) -> float:
+def run(world: int, device: str, tokens: int, lo: int, hi: int, reps: int, method: str) -> float:
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
         result = os.path.join(tmp, "ms")
-        mp.spawn(worker, args=(world, free_port(), device, tokens, lo, hi, reps, result), nprocs=world, join=True)
+        mp.spawn(worker, args=(world, free_port(), device, tokens, lo, hi, reps, method, result), nprocs=world,
+                 join=True)
         return float(Path(result).read_text())
 
 
@@ -115,6 +116,7 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=65536)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--methods", nargs="*", default=["allgather", "ring"], choices=["allgather", "ring"])
     args = ap.parse_args()
     if args.device == "cuda":
         import torch
@@ -129,20 +131,23 @@ def main() -> None:
     for tokens in args.tokens:
         base = None
         for w in worlds:
-            ms = run(w, args.device, tokens, args.min_len, args.max_len, args.reps)
-            base = ms if w == 1 else base
-            row = dict(tokens=tokens, world=w, ms=ms, tokens_per_s_per_gpu=tokens / (ms * 1e-3) / w,
-                       efficiency=None if base is None else base / (ms * w))
-            rows.append(row)
-            eff = "-" if row["efficiency"] is None else f"{100 * row['efficiency']:.1f}%"
-            print(f"{tokens:8d} tokens x {w} | {ms:9.2f} ms | {row['tokens_per_s_per_gpu']:12.0f} tok/s/GPU | {eff}",
-                  flush=True)
+            for method in (["one GPU"] if w == 1 else args.methods):
+                ms = run(w, args.device, tokens, args.min_len, args.max_len, args.reps, method)
+                base = ms if w == 1 else base
+                row = dict(tokens=tokens, world=w, method=method, ms=ms, tokens_per_s_per_gpu=tokens / (ms * 1e-3) / w,
+                           efficiency=None if base is None else base / (ms * w))
+                rows.append(row)
+                eff = "-" if row["efficiency"] is None else f"{100 * row['efficiency']:.1f}%"
+                print(f"{tokens:8d} tokens x {w} {method:9s} | {ms:9.2f} ms | {row['tokens_per_s_per_gpu']:12.0f} "
+                      f"tok/s/GPU | {eff}", flush=True)
 
     def plot(plt):
         fig, ax = plt.subplots(figsize=(6, 4))
         for tokens in args.tokens:
-            sub = [r for r in rows if r["tokens"] == tokens and r["efficiency"] is not None]
-            ax.plot([r["world"] for r in sub], [100 * r["efficiency"] for r in sub], "o-", label=f"{tokens} tokens")
+            for method in args.methods:
+                sub = [r for r in rows if r["tokens"] == tokens and r["method"] == method]
+                ax.plot([r["world"] for r in sub], [100 * r["efficiency"] for r in sub], "o-",
+                        label=f"{tokens} tokens, {method}")
         ax.axhline(85, color="gray", lw=0.8, ls=":")
         ax.set_xlabel("GPUs")
         ax.set_ylabel("scaling efficiency, %")

@@ -25,7 +25,7 @@ status=0
 } > "$out/summary.txt"
 for world in 2 4; do
   if (( world > gpus )); then echo "tests x$world: NOT RUN ($gpus GPUs)" >> "$out/summary.txt"; continue; fi
-  for case in causal_gqa full_mha causal_window_softcap; do
+  for case in causal_gqa full_mha causal_window_softcap ring_causal_gqa ring_full_softcap; do
     port=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
     if timeout "${CP_TIMEOUT_S:-300}" "$PY" tests/python/cp_worker.py "$world" "$port" "$case" cuda >> "$out/tests.log" 2>&1; then
       echo "tests x$world $case: ok" >> "$out/summary.txt"

@@ -23,6 +23,9 @@ CASES = {  # name: (lengths, heads q, heads k, options)
     "causal_gqa": ([37, 1, 0, 64, 3, 130, 8], 4, 2, {"causal": True}),
     "full_mha": ([19, 64, 2, 0, 77], 2, 2, {}),
     "causal_window_softcap": ([200, 31, 5, 96], 2, 1, {"causal": True, "window": (17, 0), "softcap": 3.0}),
+    # the ring of K/V shards (scree.distributed.ring; no window)
+    "ring_causal_gqa": ([37, 1, 0, 64, 3, 130, 8], 4, 2, {"causal": True, "method": "ring"}),
+    "ring_full_softcap": ([19, 64, 2, 0, 77], 2, 1, {"softcap": 3.0, "method": "ring"}),
 }
 D = 8
 
@@ -63,7 +66,8 @@ def run(rank: int, world: int, port: int, case: str, device: str) -> None:
         def single(dev_, dtype_):
             ref = {n: torch.from_numpy(x).to(dev_, dtype_).requires_grad_(True)
                    for n, x in (("q", q), ("k", k), ("v", v))}
-            o = scree.varlen_attention(*(scree.from_lengths(ref[n], lengths) for n in ("q", "k", "v")), **opts)
+            o = scree.varlen_attention(*(scree.from_lengths(ref[n], lengths) for n in ("q", "k", "v")),
+                                       **{n: x for n, x in opts.items() if n != "method"})
             (o.values * torch.from_numpy(g).to(dev_, dtype_)).sum().backward()
             return o.values.detach(), {n: ref[n].grad for n in ref}
 

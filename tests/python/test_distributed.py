@@ -66,7 +66,8 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("world", [2, 4])
-@pytest.mark.parametrize("case", ["causal_gqa", "full_mha", "causal_window_softcap"])
+@pytest.mark.parametrize("case", ["causal_gqa", "full_mha", "causal_window_softcap", "ring_causal_gqa",
+                                  "ring_full_softcap"])
 def test_context_parallel_attention_matches_one_process(world, case):
     torch = pytest.importorskip("torch")
     if not torch.distributed.is_available():

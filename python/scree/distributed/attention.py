@@ -9,10 +9,9 @@ at key s + i, its place in the sequence; the left window trims the keys further)
 the key copy and the all-gather, to every rank's own rows. The same answer as single-device
 attention on the whole batch (tests/python/test_distributed.py, 2 and 4 gloo processes).
 
-Not yet here (the issue's remaining parts): the ring of point-to-point K/V transfers overlapped
-with compute, partial results merged by lse (its backward needs the CPU backward to take the
-merged lse as given: today's recomputes the softmax statistics from the keys it sees for float64
-and large-|lse| rows); the multi-GPU runs and benchmark."""
+method="ring" runs ring.py instead: K/V shards travel around the group by point-to-point transfers
+overlapped with the attention, partial results merged by lse. Not yet here: the multi-GPU runs
+and benchmark."""
 
 from __future__ import annotations
 
@@ -23,7 +22,8 @@ import numpy as np
 from scree._array import Array
 from scree._attention import varlen_attention
 from scree._errors import ArgumentError, UnsupportedError
-from scree.distributed.gather import gather_full
+from scree.distributed.gather import check_group, gather_full
+from scree.distributed.ring import ring_attention
 from scree.distributed.shard import ShardPlan, offsets_of, ranges
 
 __all__ = ["context_parallel_attention"]
@@ -49,11 +49,15 @@ def _key_rows(plan: ShardPlan, causal: bool, left: int | None) -> tuple[np.ndarr
 def context_parallel_attention(q: Array, k: Array, v: Array, plan: ShardPlan, group: Any = None,
                                causal: bool = False, scale: float | None = None,
                                window: tuple[int | None, int | None] | None = None,
-                               softcap: float | None = None) -> Array:
+                               softcap: float | None = None, method: str = "allgather") -> Array:
     """Attention of this rank's queries (q, k, v: its local Arrays from shard_sequences with `plan`,
     torch tensors, the process group `group`) over the whole batch's keys; returns this rank's
     output as an Array with q's offsets. Options as scree.varlen_attention (GQA when q has a
-    multiple of k's heads); a window needs causal=True (left side only)."""
+    multiple of k's heads); a window needs causal=True (left side only). method: "allgather"
+    (every rank gathers the whole K/V: simple, cheap under GQA) or "ring" (ring.py: K/V shards
+    travel around the group, one at a time on a rank; no window)."""
+    if method not in ("allgather", "ring"):
+        raise ArgumentError(f"method must be 'allgather' or 'ring', got {method!r}")
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, Array):
             raise ArgumentError(f"{name} must be a scree.Array, got {type(x).__name__}")
@@ -62,6 +66,14 @@ def context_parallel_attention(q: Array, k: Array, v: Array, plan: ShardPlan, gr
         if x.num_sequences != plan.lengths.size or x.total != int(plan.local_lengths().sum()):
             raise ArgumentError(f"{name} has {x.num_sequences} sequences and {x.total} tokens; this rank's share in "
                                 f"the plan has {plan.lengths.size} and {int(plan.local_lengths().sum())}")
+    if method == "ring":
+        if window is not None:
+            raise UnsupportedError("the ring takes no window (a chunk pair's window depends on where both chunks "
+                                   "sit); use method='allgather'")
+        if k.values.shape != v.values.shape:
+            raise UnsupportedError("the ring sends K and V as one message: they need the same shape (Dv == D)")
+        check_group(plan, group)
+        return ring_attention(q, k, v, plan, group, causal=causal, scale=scale, softcap=softcap)
     left = None
     if window is not None:
         left, right = window
