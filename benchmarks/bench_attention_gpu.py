@@ -8,7 +8,8 @@ in one process on the same inputs (the workloads of TARGETS.md).
     python benchmarks/bench_attention_gpu.py --only mix      # workloads whose name contains "mix"
 
 Workloads (TARGETS.md): 32k tokens, hidden 2048, heads = 2048 / head_dim, q and k lengths equal per
-sequence; eqL = equal lengths L, mix = lengths uniform in [64, 4096], short = uniform in [16, 512]
+sequence; eqL = equal lengths L, mix = lengths uniform in [64, 4096], short = uniform in [16, 512],
+tiny = uniform in [1, 64] (issue 18: where packed tiles pay)
 (drawn with a fixed seed until 32768 tokens, the last one cut to fit); and batch4x16, 4 sequences of
 16 tokens, where the host's cost of a call is all there is. Values: fixed-seed normals.
 
@@ -69,7 +70,7 @@ from _common import HERE, call_stream, isolated_call, machine_info, sh  # noqa: 
 
 TOKENS = 32768
 HIDDEN = 2048
-RANGES = {"mix": (64, 4096), "short": (16, 512)}
+RANGES = {"mix": (64, 4096), "short": (16, 512), "tiny": (1, 64)}
 # name, lengths kind, head dim, causal (TARGETS.md: the GPU baselines table)
 WORKLOADS = [
     ("batch4x16 d128", "eq16", 128, False),
@@ -81,6 +82,8 @@ WORKLOADS = [
     ("short d128 causal", "short", 128, True),
     ("mix d64", "mix", 64, False),
     ("short d64", "short", 64, False),
+    ("tiny d128", "tiny", 128, False),
+    ("tiny d128 causal", "tiny", 128, True),
 ]
 WORKLOADS_QUICK = [
     ("batch4x16 d64", "eq16", 64, False),
@@ -667,6 +670,9 @@ def evaluate_targets(rows: list[dict]) -> list[dict]:
             add(">= 2.0x FA-2 backward (mix d128)", r, "bwd", bwd.get("x_fa2", {}).get("scree"), 2.0)
         if r["kind"] == "short" and r["head_dim"] == 128:
             add(">= 2.5x FA-2 forward (short d128)", r, "fwd", x_fwd, 2.5)
+        if r["kind"] in ("short", "tiny") and r["head_dim"] == 128:  # issue 18: packed tiles
+            add(">= 2.0x the best peer forward (short / tiny d128)", r, "fwd", fwd.get("x_best_peer"), 2.0)
+            add(">= 2.0x the best peer fwd+bwd (short / tiny d128)", r, "fwdbwd", fb.get("x_best_peer"), 2.0)
         if r["kind"].startswith("eq") and r["name"] not in WORKLOAD_TOKENS and "scree" in fwd.get("methods", {}) and \
                 "median_ms" in \
                 fwd["methods"].get("cudnn", {}) and "median_ms" in fwd["methods"]["scree"]:

@@ -126,7 +126,7 @@ void run(const Workload& w) {
   const std::string path = scree::attention::cuda_forward_path(p);
   unsetenv("SCREE_CUDA_PATH");
   void* fws = nullptr;
-  const size_t fws_bytes = scree::attention::varlen_fwd_cuda_workspace_bytes();
+  const size_t fws_bytes = scree::attention::varlen_fwd_cuda_workspace_bytes(p.total_q, p.num_sequences);
   CHECK(cudaMalloc(&fws, fws_bytes));
   auto fwd = [&] { scree::attention::varlen_fwd_cuda(p, fws, fws_bytes, nullptr); };
   auto bwd = [&] { scree::attention::varlen_bwd_cuda(p, ws, ws_bytes, false, nullptr); };

@@ -105,7 +105,7 @@ def main() -> None:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         varlen_attn = None
-    ws_f = torch.empty(_C.cuda_fwd_workspace_bytes(), device=dev, dtype=torch.uint8)
+    ws_f = torch.empty(_C.cuda_fwd_workspace_bytes(q.shape[0], cu.shape[0] - 1), device=dev, dtype=torch.uint8)
 
     if args.cprofile:
         import cProfile

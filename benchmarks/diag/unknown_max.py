@@ -38,7 +38,7 @@ def main() -> None:
     cu = torch.tensor(np.concatenate([[0], np.cumsum(lens)]), dtype=torch.int32, device="cuda")
     out = torch.empty_like(q)
     lse = torch.empty(h, total, device="cuda", dtype=torch.float32)
-    ws = torch.empty(_C.cuda_fwd_workspace_bytes(), device="cuda", dtype=torch.uint8)
+    ws = torch.empty(_C.cuda_fwd_workspace_bytes(q.shape[0], cu.shape[0] - 1), device="cuda", dtype=torch.uint8)
     summary = torch.empty(4, device="cuda", dtype=torch.int64)
     _C.offsets_summary_cuda(torch.utils.dlpack.to_dlpack(cu), 0, torch.utils.dlpack.to_dlpack(summary)).value()
     stream = torch.cuda.current_stream().cuda_stream

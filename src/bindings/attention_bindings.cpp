@@ -160,8 +160,8 @@ const int64_t* q_summary_arg(const std::optional<InArray>& s, const ArrayArg& q)
 // The CUDA forward of a filled p on q's device and the caller's stream, in the caller's workspace
 // (or a stream-ordered scratch one); varlen_fwd_cuda validates p for the kernels first.
 void run_cuda_forward(const VarlenParams& p, const ArrayArg& q, Workspace ws, uintptr_t stream) {
-  const size_t need = attention::varlen_fwd_cuda_workspace_bytes();
-  require_workspace(ws, need, "scree._C.cuda_fwd_workspace_bytes()");
+  const size_t need = attention::varlen_fwd_cuda_workspace_bytes(p.total_q, p.num_sequences);
+  require_workspace(ws, need, "scree._C.cuda_fwd_workspace_bytes(total_q, num_sequences)");
   nb::gil_scoped_release release;
   cuda::DeviceGuard guard(q.device_id);
   std::optional<StreamScratch> scratch;
@@ -288,11 +288,12 @@ void paged_fwd_cuda(const InArray& q_, const InArray& k_, const InArray& v_, con
 }
 #endif
 
-// The CUDA forward's workspace size (the same for every call); 0 without CUDA.
-size_t cuda_fwd_workspace_bytes() {
+// The CUDA forward's workspace size for these totals; 0 without CUDA.
+size_t cuda_fwd_workspace_bytes(int64_t total_q, int64_t num_sequences) {
 #ifdef SCREE_WITH_CUDA
-  return attention::varlen_fwd_cuda_workspace_bytes();
+  return attention::varlen_fwd_cuda_workspace_bytes(total_q, num_sequences);
 #else
+  (void)total_q, (void)num_sequences;
   return 0;
 #endif
 }
@@ -455,12 +456,13 @@ void register_attention(nb::module_& m) {
         "CPU, or one CUDA GPU (float16/bfloat16; launched on `stream`, a cudaStream_t as an int,\n"
         "0 = legacy default stream). cu_seqlens are int32/int64 (n+1) on\n"
         "that device; `args` (AttentionArgs) holds the scalars. On CUDA, `workspace` (contiguous, on\n"
-        "the same GPU, 16-byte aligned) holds cuda_fwd_workspace_bytes() bytes (None: allocated\n"
+        "the same GPU, 16-byte aligned) holds cuda_fwd_workspace_bytes(Tq, n) bytes (None: allocated\n"
         "stream-ordered with cudaMallocAsync, slower). `q_summary` (CUDA, optional): the device check's\n"
         "int64 [first, last, smallest step, largest step] of cu_seqlens_q (offsets_summary_cuda's\n"
         "device copy), whose largest step bounds the query lengths when max_seqlen_q is only a bound.");
-  m.def("cuda_fwd_workspace_bytes", &cuda_fwd_workspace_bytes,
-        "Bytes of workspace the CUDA forward needs (the same for every call; 0 in builds without CUDA).");
+  m.def("cuda_fwd_workspace_bytes", &cuda_fwd_workspace_bytes, nb::arg("total_q"), nb::arg("num_sequences"),
+        "Bytes of workspace the CUDA forward needs for Tq query tokens in n sequences (the tile counter\n"
+        "and room for the packed-tile schedule of short sequences; 0 in builds without CUDA).");
   m.def("varlen_bwd_workspace_bytes", &varlen_bwd_workspace_bytes, nb::arg("q"), nb::arg("k"), nb::arg("v"),
         nb::arg("cu_seqlens_q"), nb::arg("cu_seqlens_k"), nb::arg("args"),
         "Bytes of device workspace varlen_bwd needs for these arguments (0 on the CPU).");

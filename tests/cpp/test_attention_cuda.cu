@@ -190,9 +190,10 @@ void run_case(const Case& c, DType dtype, uint32_t seed) {
     setenv("SCREE_CUDA_PATH", path.c_str(), 1);
     p.out = dout.ptr, p.lse = dlse.ptr, p.dout = nullptr, p.lse_in = nullptr;
     dout.poison(), dlse.poison();
-    DeviceBuf<char> fws(scree::attention::varlen_fwd_cuda_workspace_bytes());
+    const size_t fws_bytes = scree::attention::varlen_fwd_cuda_workspace_bytes(p.total_q, p.num_sequences);
+    DeviceBuf<char> fws(fws_bytes);
     fws.poison();  // the forward zeroes its tile counter itself
-    scree::attention::varlen_fwd_cuda(p, fws.ptr, scree::attention::varlen_fwd_cuda_workspace_bytes(), nullptr);
+    scree::attention::varlen_fwd_cuda(p, fws.ptr, fws_bytes, nullptr);
     CUDA_OK(cudaDeviceSynchronize());
 
     const auto out = widen(dout.download());

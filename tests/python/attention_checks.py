@@ -201,7 +201,8 @@ def c_varlen_fwd(q: scree.Array, k: scree.Array, v: scree.Array, out: torch.Tens
     synchronises the device after the call."""
     ws = None
     if out.device.type == "cuda":
-        ws = torch.full((_C.cuda_fwd_workspace_bytes(),), 0xFF, dtype=torch.uint8, device=out.device)
+        ws = torch.full((_C.cuda_fwd_workspace_bytes(q.values.shape[0], q.num_sequences),), 0xFF, dtype=torch.uint8,
+                        device=out.device)
     _C.varlen_fwd(q.values, k.values, v.values, kernel_offsets(q), kernel_offsets(k), out, lse, c_args(q, k, v, opts),
                   ws, stream=stream_of(q.values))
     if out.device.type == "cuda":

@@ -49,8 +49,8 @@ def test_gpu_benchmark_workloads_and_flops():
     b = _gpu_bench()
     names = {w[0] for w in b.WORKLOADS}
     assert names == {"batch4x16 d128", "eq2048 d128", "eq8192 d128 causal", "mix d128", "mix d128 causal",
-                     "short d128", "short d128 causal", "mix d64", "short d64"}
-    assert b.RANGES["short"] == (16, 512)  # 32k tokens of lengths 16-512
+                     "short d128", "short d128 causal", "mix d64", "short d64", "tiny d128", "tiny d128 causal"}
+    assert b.RANGES["short"] == (16, 512) and b.RANGES["tiny"] == (1, 64)  # 32k tokens of lengths 16-512 / 1-64
     assert b.heads_for(128) == 16 and b.heads_for(64) == 32
     rng = np.random.default_rng(0)
     for name, kind, _, _ in b.WORKLOADS:

@@ -27,14 +27,16 @@ void validate_cuda(const VarlenParams& p);
 // Hopper kernel (wgmma, TMA) runs at head dim 128 (where it is faster), the portable sm80 kernel
 // elsewhere; the environment variable SCREE_CUDA_PATH=sm80 forces the portable one, =sm90 the
 // Hopper one wherever it is compiled (head dims 64 and 128). `workspace` (at least
-// varlen_fwd_cuda_workspace_bytes(), 16-byte aligned, device memory of the stream's device) holds
-// the persistent scheduler's tile counter, which the call zeroes on the stream: the caller
+// varlen_fwd_cuda_workspace_bytes(p.total_q, p.num_sequences), 16-byte aligned, device memory of the
+// stream's device) holds the persistent scheduler's tile counter and, over short sequences, the
+// packed-tile schedule, which the call writes on the stream: the caller
 // allocates it with its framework's caching allocator (a cudaMallocAsync of it per call cost ~12 us
 // of host time, ~100 us after every device sync, which returns the pool's memory on an H200 host).
 void varlen_fwd_cuda(const VarlenParams& p, void* workspace, size_t workspace_bytes, void* stream);
 
-// Bytes of device workspace varlen_fwd_cuda needs (the same for every call).
-size_t varlen_fwd_cuda_workspace_bytes();
+// Bytes of device workspace varlen_fwd_cuda needs for a call with these totals (16 + ~16 per
+// sequence: the packed-tile schedule's bound).
+size_t varlen_fwd_cuda_workspace_bytes(int64_t total_q, int64_t num_sequences);
 
 // Which forward kernel varlen_fwd_cuda would run for p on the current device: "sm90" or "sm80".
 const char* cuda_forward_path(const VarlenParams& p);

@@ -100,7 +100,7 @@ def _attrs(args: Any) -> dict[str, Any]:
 def _forward(q, k, v, cu_q, cu_k, args):
     # The CUDA forward's workspace (its tile counter) is a third, discarded output; the CPU handler
     # ignores it (0 bytes). An output, not XLA's scratch allocator: see the backward.
-    ws = _C.cuda_fwd_workspace_bytes() if _platform(q) == "gpu" else 0
+    ws = _C.cuda_fwd_workspace_bytes(q.shape[0], cu_q.shape[0] - 1) if _platform(q) == "gpu" else 0
     out_types = (jax.ShapeDtypeStruct((q.shape[0], q.shape[1], v.shape[2]), q.dtype),
                  jax.ShapeDtypeStruct((q.shape[1], q.shape[0]), K.lse_dtype(_NS.dtype_name(q))),
                  jax.ShapeDtypeStruct((ws,), jnp.uint8))

@@ -66,11 +66,12 @@ def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec,
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, args: Any,
              q_summary: Any, with_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     stream = _NS.stream(q)
-    return K.forward(_NS, q, k, v, cu_q, cu_k, args, q_summary, with_lse, _fwd_workspace(q, stream), stream)
+    return K.forward(_NS, q, k, v, cu_q, cu_k, args, q_summary, with_lse, _fwd_workspace(q, cu_q, stream), stream)
 
 
-# The CUDA forward's 16-byte tile counter, one per (device, stream, Python thread), allocated once:
-# the call zeroes it on its stream before the kernel, so calls in one stream's order share it, and
+# The CUDA forward's workspace (its tile counter, and room for the packed-tile schedule of short
+# sequences), one per (device, stream, Python thread), grown when a call needs more: the call writes
+# it on its stream before the kernel, so calls in one stream's order share it, and
 # the thread in the key keeps two threads (which launch with the GIL released) from interleaving
 # their zeroing and kernels on one stream. A fresh allocation cost ~6 us of host time a call on an
 # H200 host (benchmarks/NOTES.md). Inside CUDA graph capture each call gets its own (None here:
@@ -79,15 +80,17 @@ _WORKSPACES: dict[tuple[int, int, int], torch.Tensor] = {}
 _WORKSPACES_KEPT = 1024  # (threads x streams x devices); past it the dict starts over
 
 
-def _fwd_workspace(q: torch.Tensor, stream: int) -> torch.Tensor | None:
+def _fwd_workspace(q: torch.Tensor, cu_q: torch.Tensor, stream: int) -> torch.Tensor | None:
     if q.device.type != "cuda" or _capturing():
         return None
     key = (q.get_device(), stream, get_ident())
     ws = _WORKSPACES.get(key)
-    if ws is None:
+    need = K.fwd_workspace_bytes(q.shape[0], cu_q.shape[0] - 1)
+    if ws is None or ws.shape[0] < need:
         if len(_WORKSPACES) >= _WORKSPACES_KEPT:
-            _WORKSPACES.clear()  # a dropped counter may be reused by the allocator only in its stream's order
-        ws = _WORKSPACES[key] = torch.empty((K.CUDA_FWD_WORKSPACE_BYTES,), dtype=torch.uint8, device=q.device)
+            _WORKSPACES.clear()  # a dropped workspace may be reused by the allocator only in its stream's order
+        # Grown to a power of two: a training loop's varying batch sizes reallocate it a few times.
+        ws = _WORKSPACES[key] = torch.empty((1 << (need - 1).bit_length(),), dtype=torch.uint8, device=q.device)
     return ws
 
 

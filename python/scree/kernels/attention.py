@@ -33,8 +33,13 @@ __all__ = ["Plan", "plan", "kernel_args", "forward", "backward", "lse_dtype", "c
 _CUDA_COMPILED = _C.cuda_compiled()
 _CUDA_HEAD_DIMS = frozenset(_C.cuda_head_dims())
 _CUDA_DTYPES = ("float16", "bfloat16")
-# The Hopper forward's tile counter (the same size for every call); glue that keeps one passes it.
-CUDA_FWD_WORKSPACE_BYTES = _C.cuda_fwd_workspace_bytes()
+
+
+def fwd_workspace_bytes(total_q: int, num_sequences: int) -> int:
+    """Bytes of the CUDA forward's workspace for Tq query tokens in n sequences: the tile counter and
+    room for the packed-tile schedule of short sequences (~16 bytes a sequence); glue that keeps one
+    passes it."""
+    return _C.cuda_fwd_workspace_bytes(total_q, num_sequences)
 
 
 def lse_dtype(dtype: str) -> str:
@@ -110,8 +115,8 @@ def forward(ns: ModuleType, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: 
             stream: int | None = None) -> tuple[Any, Any]:
     """(out (Tq, Hq, Dv), lse (Hq, Tq)) from the compiled kernel, lse in `lse_dtype(q's dtype)`
     (float32; float64 for float64 inputs), or None when not `with_lse` (a call that neither returns
-    lse nor keeps it for a backward: one allocation less). Outputs, and the CUDA forward's 16-byte
-    workspace unless the caller passes one (cudaMallocAsync'ing it in C++ cost ~12 us a call and
+    lse nor keeps it for a backward: one allocation less). Outputs, and the CUDA forward's
+    workspace (fwd_workspace_bytes) unless the caller passes one (cudaMallocAsync'ing it in C++ cost ~12 us a call and
     ~100 us after each device sync on an H200 host), are allocated by `ns` like q. cu_q / cu_k as
     plan() gives them; args a scree._C.AttentionArgs; q_summary the plan's device summary of q's
     offsets (or None). GPU kernels run on `stream`, by default the framework's current one."""
@@ -121,7 +126,7 @@ def forward(ns: ModuleType, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: 
     lse = ns.empty((hq, tq), lse_dtype(dt), like=q) if with_lse else None
     a = ns.kernel_arg
     if workspace is None and not ns.is_host(q):
-        workspace = ns.empty((CUDA_FWD_WORKSPACE_BYTES,), "uint8", like=q)
+        workspace = ns.empty((fwd_workspace_bytes(tq, cu_q.shape[0] - 1),), "uint8", like=q)
     _C.varlen_fwd(a(q), a(k), a(v), a(cu_q), a(cu_k), a(out), None if lse is None else a(lse), args,
                   None if workspace is None else a(workspace), None if q_summary is None else a(q_summary),
                   ns.stream(q) if stream is None else stream)

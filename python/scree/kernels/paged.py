@@ -119,7 +119,7 @@ def forward_cuda(q: Array, kv: PagedKV, causal: Any, scale: Any, window: Any, so
                             False)
     out = ns.empty((tq, hq, d), ns.dtype_name(qv), like=qv)
     lse = ns.empty((hq, tq), "float32", like=qv) if return_lse else None
-    ws = ns.empty((K.CUDA_FWD_WORKSPACE_BYTES,), "uint8", like=qv)
+    ws = ns.empty((K.fwd_workspace_bytes(tq, q.num_sequences),), "uint8", like=qv)
     a = ns.kernel_arg
     try:
         _C.paged_fwd_cuda(a(qv), a(kp), a(vp), a(pq.offsets), a(kv.device_kv_offsets()), a(kv.page_table), a(out),

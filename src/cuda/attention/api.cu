@@ -17,6 +17,7 @@
 #include "cuda_check.h"
 #include "scree/attention/cuda.h"
 #include "sm90/kv_source.h"
+#include "sm90/tile_packing.h"
 #include "scree/error.h"
 
 namespace scree::cuda_attention {
@@ -29,7 +30,7 @@ template <class T, int D>
 void launch_bwd_sm80(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool deterministic, cudaStream_t stream);
 namespace sm90 {
 template <class T, int D>
-void launch_fwd_sm90(const VarlenParams& p, unsigned long long* tile_counter, cudaStream_t stream);
+void launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream);
 template <class T, int D>
 void launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool deterministic, cudaStream_t stream);
 }  // namespace sm90
@@ -246,18 +247,23 @@ void validate_cuda(const VarlenParams& p) {
 
 const char* cuda_forward_path(const VarlenParams& p) { return use_sm90(p) ? "sm90" : "sm80"; }
 
-// The Hopper forward's tile counter (8 bytes), padded to the 16-byte alignment asked of the buffer.
-size_t varlen_fwd_cuda_workspace_bytes() { return 16; }
+// The Hopper forward's tile counter (8 bytes, padded to the 16-byte alignment asked of the buffer),
+// then room for the packed-tile schedule (sm90/tile_packing.h).
+size_t varlen_fwd_cuda_workspace_bytes(int64_t total_q, int64_t num_sequences) {
+  return cuda_attention::sm90::kFwdCounterBytes + cuda_attention::sm90::PackedTiles::bytes(total_q, num_sequences);
+}
 
 void varlen_fwd_cuda(const VarlenParams& params, void* workspace, size_t workspace_bytes, void* stream) {
   validate_cuda(params);
   VarlenParams p = params;
   make_windows_reachable(p);  // as the CPU entry points: a side past every distance is unbounded
-  require(workspace != nullptr && workspace_bytes >= varlen_fwd_cuda_workspace_bytes(), ErrorKind::InvalidArgument,
-          [&] {
-            return "the forward needs " + std::to_string(varlen_fwd_cuda_workspace_bytes()) +
-                   " bytes of workspace, got " + std::to_string(workspace_bytes);
-          });
+  // The packed order needs its schedule's room; the per-sequence one only the counter.
+  const size_t need = use_sm90(p) && cuda_attention::sm90::packed_tiles_chosen(p)
+                          ? varlen_fwd_cuda_workspace_bytes(p.total_q, p.num_sequences)
+                          : cuda_attention::sm90::kFwdCounterBytes;
+  require(workspace != nullptr && workspace_bytes >= need, ErrorKind::InvalidArgument, [&] {
+    return "the forward needs " + std::to_string(need) + " bytes of workspace, got " + std::to_string(workspace_bytes);
+  });
   require(reinterpret_cast<uintptr_t>(workspace) % 16 == 0, ErrorKind::InvalidArgument,
           [&] { return std::string("the workspace must be 16-byte aligned"); });
   if (p.paged) {  // pages read by TMA or cp.async (sm90/kv_source.h); the portable kernel reads packed rows only
@@ -281,9 +287,9 @@ void varlen_fwd_cuda(const VarlenParams& params, void* workspace, size_t workspa
   }
   auto s = static_cast<cudaStream_t>(stream);
   if (use_sm90(p)) {
-    auto* counter = static_cast<unsigned long long*>(workspace);
+    auto* ws = static_cast<char*>(workspace);
 #define SCREE_RUN(T, TAG, D) \
-  if (p.dtype == TAG && p.head_dim == D) return cuda_attention::sm90::launch_fwd_sm90<T, D>(p, counter, s);
+  if (p.dtype == TAG && p.head_dim == D) return cuda_attention::sm90::launch_fwd_sm90<T, D>(p, ws, s);
     SCREE_SM90_INSTANCES(SCREE_RUN)
 #undef SCREE_RUN
   }

@@ -1,6 +1,8 @@
 // Hopper (sm_90a) varlen attention forward: warp-specialised, TMA + mbarrier + wgmma.
 // A persistent grid (one CTA per SM) working through (sequence, 128-query tile, query head) tiles
-// longest first (tile_scheduler.cuh); three warpgroups:
+// longest first (tile_scheduler.cuh), or, over short sequences, through the device-computed packed
+// tiles of tile_packing.cuh (several sequences a tile, each row masked to its own keys); three
+// warpgroups:
 //  - producer (warpgroup 0, registers lowered to 40 with setmaxnreg, 56 over pages): one thread issues TMA
 //    loads of the Q tile and of K/V tiles of 128 keys into a 3- or 4-stage ring, each guarded by
 //    a "full" mbarrier (transaction bytes) and an "empty" one (the 256 consumer threads arrive);
@@ -31,6 +33,7 @@
 #include "paged_tma.cuh"
 #include "pipeline.cuh"
 #include "ptx.cuh"
+#include "tile_packing.cuh"
 #include "tile_scheduler.cuh"
 #include "tma.cuh"
 #include "wgmma.cuh"
@@ -65,6 +68,19 @@ struct FwdTiles {
   static constexpr int kStages = SCREE_SM90_STAGES > 0 ? SCREE_SM90_STAGES : (kFitStages < 4 ? kFitStages : 4);
 };
 
+// A tile's index math, done once by the producer and published with the tile (shared memory) so
+// that the consumers start on it without a global-memory round trip. A packed tile (sequences
+// [b, end), end > b + 1) spans its sequences in s; each row finds its own sequence's keys
+// (packed_row_keys), and no key block is unmasked.
+struct FwdTile {
+  SeqTile s;
+  int64_t b, end;  // the sequence (the first of a packed tile's, and past its last)
+  int m0, rows, h, hk;
+  KeyBlocks kb;
+  __device__ __forceinline__ bool packed() const { return end - b > 1; }
+  __device__ __forceinline__ PackedTileGeometry geometry() const { return {s, m0, b, end}; }
+};
+
 // The forward's shared memory, 1024-byte aligned tiles (the 128-byte swizzle atom) first.
 template <int D>
 struct FwdSmem {
@@ -80,6 +96,7 @@ struct FwdSmem {
   MbarRing<kStages> ring;
   TileSlots tiles;
   long long producer_tile[2];  // KvSource::kPagesCopy: the next tile, for the producer's four warps
+  FwdTile tile[2];             // tile j's geometry in slot j % 2, as the producer computed it
 };
 template <int D>
 inline constexpr int kFwdSmemBytes = smem_bytes<FwdSmem<D>>();
@@ -99,12 +116,15 @@ __global__ void __launch_bounds__(384, 1)
   // Registers a thread (setmaxnreg; 128 x producer + 256 x consumer <= 64K): the paged producers
   // get 56, for the page-table walk and, with cp.async, the row offsets (at 40 they spilled 80-92
   // bytes); the consumers fit 224 without spilling. Measured on an H200 (NOTES.md): 16-token pages
-  // by cp.async 0.275 -> 0.256 ms at 4 x (4096 + 512), while the packed forward kept 40 / 232
-  // (224 cost it ~4% at 16 x (2048 + 256)).
+  // by cp.async 0.275 -> 0.256 ms at 4 x (4096 + 512), while the packed forward kept 40 / 232 (224
+  // cost it ~4% at 16 x (2048 + 256)). The launch holds 168 a thread (384 threads, one CTA an SM):
+  // a setmaxnreg.inc past what the others freed waits forever (48 / 232 hung every call).
   constexpr int kProducerRegs = kPaged ? 56 : 40, kConsumerRegs = kPaged ? 224 : 232;
+  static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 384 * 168, "setmaxnreg past the launch's registers");
   extern __shared__ char smem_raw[];
   Smem& sm = aligned_smem<Smem>(smem_raw);
-  const TileOrder order = bounded_by_device_max<kM>(host_order, p.max_seqlen_q_device);
+  const TileOrder order = host_order.packed != nullptr ? bounded_by_device_count(host_order)
+                                                        : bounded_by_device_max<kM>(host_order, p.max_seqlen_q_device);
 
   if (threadIdx.x == 0) {
     mbar_init(&sm.q_full, 1);
@@ -114,23 +134,32 @@ __global__ void __launch_bounds__(384, 1)
   }
   __syncthreads();
 
-  // A tile's index math, read once: the producer finds the next non-empty tile and publishes its
-  // index; the consumers recompute the same Tile from it. The K/V ring's PipelineState walks the
-  // key blocks of all of a CTA's tiles, `j` its tiles (Q's phase).
-  struct Tile {
-    SeqTile s;
-    int64_t b;  // the sequence
-    int m0, rows, h, hk;
-    KeyBlocks kb;
-  };
+  // The producer finds the next non-empty tile and publishes its index and geometry (FwdTile). The
+  // K/V ring's PipelineState walks the key blocks of all of a CTA's tiles, `j` its tiles (Q's phase).
+  using Tile = FwdTile;
   auto tile_at = [&](int64_t t, Tile& x) {
     int m_tile;
     order.at(t, x.b, m_tile, x.h);
-    x.s = sequence(p, x.b);
-    x.m0 = m_tile * kM;
+    x.hk = x.h / int(p.heads_q / p.heads_k);
+    if (!kPaged && order.packed != nullptr) {  // (the host never packs paged calls)
+      const PackedTileGeometry g = packed_tile(p, order.packed[x.b]);
+      x.s = g.s, x.m0 = g.m0, x.b = g.first, x.end = g.end;
+      if (x.packed()) {
+        x.rows = x.s.q_len;
+        if (x.rows == 0) return false;
+        const KeyRange first = packed_row_keys(p, g, 0), last = packed_row_keys(p, g, x.rows - 1);
+        x.kb.begin = int(first.lo) / kN;
+        x.kb.end = last.hi > first.lo ? int((last.hi + kN - 1) / kN) : x.kb.begin;
+        x.kb.full_lo = INT32_MAX, x.kb.full_hi = 0;  // rows of different sequences: every block masked
+        return true;
+      }
+    } else {
+      x.s = sequence(p, x.b);
+      x.m0 = m_tile * kM;
+      x.end = x.b + 1;
+    }
     if (x.m0 >= x.s.q_len) return false;
     x.rows = min(kM, x.s.q_len - x.m0);
-    x.hk = x.h / int(p.heads_q / p.heads_k);
     x.kb = key_blocks<kN>(p, x.s, x.m0, x.rows);
     return true;
   };
@@ -170,6 +199,9 @@ __global__ void __launch_bounds__(384, 1)
         Tile x;
         bool found = false;
         while (t < tiles && !(found = tile_at(t, x))) t = next_tile();
+        // Tile j's geometry into slot j % 2 before waiting for the consumers: they read that slot
+        // last at the start of tile j - 2, whose products all finished (q_empty, waited at tile j - 1).
+        if (found && leader) sm.tile[j & 1] = x;
         if (j > 0) mbar_wait(&sm.q_empty, (j - 1) & 1);  // the previous tile's Q (and its slot) is no longer read
         if (leader) sm.tiles.publish(j, found ? t : -1);  // published by the arrive below (release semantics)
         if (!found) {
@@ -270,16 +302,15 @@ __global__ void __launch_bounds__(384, 1)
     PipelineState<kStages> kv;
     for (int j = 0;; ++j) {
       mbar_wait(&sm.q_full, j & 1);  // the producer published tile j (and started loading its Q)
-      const int64_t t = sm.tiles.read(j);
-      if (t < 0) break;
-      Tile x;
-      tile_at(t, x);  // non-empty: the producer skipped the others
+      if (sm.tiles.read(j) < 0) break;
+      const Tile x = sm.tile[j & 1];  // non-empty: the producer skipped the others
       int row[2];
       KeyRange vis[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         row[r] = 64 * cw + 16 * warp + lane / 4 + 8 * r;
-        vis[r] = visible_keys(p, x.m0 + min(row[r], x.rows - 1), x.s.q_len, x.s.k_len);
+        vis[r] = x.packed() ? packed_row_keys(p, x.geometry(), min(row[r], x.rows - 1))
+                            : visible_keys(p, x.m0 + min(row[r], x.rows - 1), x.s.q_len, x.s.k_len);
       }
 #pragma unroll
       for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;

@@ -1,6 +1,8 @@
 // Launcher of the Hopper forward for one (element type, head dim): TMA tensor maps over the
-// packed q, k, v tensors (or the pages of a paged cache), the dynamic shared-memory opt-in, the tile counter (zeroed on the stream
-// in the caller's workspace), the persistent launch and its error check. Explicitly instantiated in instances/fwd_sm90_*.cu, compiled for
+// packed q, k, v tensors (or the pages of a paged cache), the dynamic shared-memory opt-in, the
+// tile counter (zeroed on the stream in the caller's workspace) or, for packed tiles, the schedule
+// kernel that zeroes it and writes the tiles after it (tile_packing.cuh), the persistent launch and
+// its error check. Explicitly instantiated in instances/fwd_sm90_*.cu, compiled for
 // sm_90a only.
 #pragma once
 
@@ -14,12 +16,13 @@
 #include "../launch_common.cuh"
 #include "fwd_sm90.cuh"
 #include "sm_count.h"
+#include "tile_packing.cuh"
 #include "tma.cuh"
 
 namespace scree::cuda_attention::sm90 {
 
 template <class T, int D>
-void launch_fwd_sm90(const VarlenParams& p, unsigned long long* tile_counter, cudaStream_t stream) {
+void launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream) {
   using Tiles = FwdTiles<D>;
   if (p.num_sequences == 0 || p.max_seqlen_q == 0 || p.heads_q == 0 || p.total_q == 0) return;
   // Keys: a map needs at least one row; with no key at all every row outputs 0 / -inf, which the
@@ -54,13 +57,24 @@ void launch_fwd_sm90(const VarlenParams& p, unsigned long long* tile_counter, cu
   constexpr int kSmem = kFwdSmemBytes<D>;
   set_smem(kernel, kSmem);
   // Persistent: one CTA per SM (224 KiB of shared memory allows no second), at most one per tile.
-  const TileOrder order{p.num_sequences, ceil_div(p.max_seqlen_q, Tiles::kBlockM), p.heads_q, true};
+  TileOrder order{p.num_sequences, ceil_div(p.max_seqlen_q, Tiles::kBlockM), p.heads_q, true};
+  // The tile counter lives in the call's own workspace (so concurrent calls on other streams never
+  // share one) and is zeroed on the stream, in stream order with the kernel; the packed schedule
+  // follows it there.
+  auto* tile_counter = reinterpret_cast<unsigned long long*>(workspace);
+  if (packed_tiles_chosen(p)) {
+    const PackedTiles sched = PackedTiles::at(workspace + kFwdCounterBytes, p.total_q, p.num_sequences);
+    order = TileOrder{sched.capacity, 1, p.heads_q, false};
+    order.packed = sched.tiles;
+    order.packed_count = sched.count;
+    pack_tiles_kernel<><<<1, kPackThreads, 0, stream>>>(p, sched, tile_counter);
+    check_cuda(cudaGetLastError(), "pack_tiles_kernel launch");
+  } else {
+    check_cuda(cudaMemsetAsync(tile_counter, 0, sizeof(unsigned long long), stream), "cudaMemsetAsync(tile counter)");
+  }
   const int64_t tiles = order.sequences * order.tiles * order.heads;
   const int sms = sm_count();
   const unsigned grid = unsigned(tiles < sms ? tiles : sms);
-  // The tile counter lives in the call's own workspace (so concurrent calls on other streams never
-  // share one) and is zeroed on the stream, in stream order with the kernel.
-  check_cuda(cudaMemsetAsync(tile_counter, 0, sizeof(unsigned long long), stream), "cudaMemsetAsync(tile counter)");
   kernel<<<grid, Tiles::kThreads, kSmem, stream>>>(p, score, order, tile_counter, tq, tk_map, tv_map);
   check_cuda(cudaGetLastError(), "varlen_fwd_sm90_kernel launch");
 }

@@ -16,6 +16,10 @@
 // each other, run a wave apart instead of side by side (side by side, each waited a global-memory
 // round trip for its neighbour every step: 5x slower than the default order on mixed lengths,
 // NOTES.md).
+// `packed` (the forward over short sequences, tile_packing.cuh): tile t is entry t / heads of the
+// device-computed schedule with head t % heads (the query heads of one tile side by side: a GQA
+// group's K/V read once into L2), `sequences` the schedule's capacity until the kernel reads its
+// count (bounded_by_device_count).
 #pragma once
 
 #include <cstdint>
@@ -26,9 +30,17 @@ struct TileOrder {
   int64_t sequences, tiles, heads;  // tiles: per sequence, ceil(max length / tile)
   bool descending;
   bool tiles_outermost = false;
+  const int4* packed = nullptr;
+  const int* packed_count = nullptr;
   __device__ __forceinline__ int64_t count() const { return sequences * tiles * heads; }
   __device__ __forceinline__ void at(int64_t t, int64_t& b, int& tile, int& h) const {
     int i;
+    if (packed != nullptr) {
+      b = t / heads;
+      h = int(t % heads);
+      tile = 0;
+      return;
+    }
     if (tiles_outermost) {
       const int64_t per_tile = sequences * heads;
       i = int(t / per_tile);
@@ -55,6 +67,15 @@ __device__ __forceinline__ TileOrder bounded_by_device_max(TileOrder order, cons
     const int64_t longest = *device_max;  // a negative value (bad offsets, raised on the host) -> 0
     const int64_t tiles = longest > 0 ? (longest + kTile - 1) / kTile : 0;
     order.tiles = tiles < order.tiles ? tiles : order.tiles;
+  }
+  return order;
+}
+
+// A packed order's entries cut to the schedule's count (written by pack_tiles_kernel before the launch).
+__device__ __forceinline__ TileOrder bounded_by_device_count(TileOrder order) {
+  if (order.packed != nullptr) {
+    const int64_t n = *order.packed_count;
+    order.sequences = n < order.sequences ? (n > 0 ? n : 0) : order.sequences;
   }
   return order;
 }

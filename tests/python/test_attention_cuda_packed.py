@@ -1,0 +1,172 @@
+"""The Hopper forward's packed query tiles (issue 18; src/cuda/attention/sm90/tile_packing.cuh):
+several short sequences in one 128-row tile, each row masked to its own sequence's keys, against
+the fp64 reference with FlashAttention's rule, with the order forced both ways
+(SCREE_SM90_TILES=packed / sequence, read at every call) on the same fresh random inputs.
+
+Lengths: 0..300 mixed (packed tiles beside sequence tiles of the longer ones), 1..64, 130 sequences
+of one token (a tile of 128 of them and a second tile), sequences straddling the packed array's
+128-row boundaries, q and k lengths that differ both ways (key spans past one block, keys of empty
+query sequences inside a tile), empty sequences between packed ones; causal, windows, softcap,
+GQA; the direct call into NaN-poisoned outputs (every row written, rows seeing no key 0 / -inf),
+and the backward on the packed forward's out and lse. Skipped without an sm_90 device and the
+Hopper kernels (elsewhere the variable changes nothing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed")
+
+import scree  # noqa: E402
+
+from attention_checks import (  # noqa: E402
+    assert_fa_close, assert_lse_close, c_args, c_varlen_fwd, check_against_references, cuda_path, fresh_seed,
+    fwd_grads, generator, kernel_offsets, poisoned, random_qkv, random_values, reference_pair, stream_of,
+)
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch"),
+]
+
+DEV = "cuda"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_rng = np.random.default_rng(18)  # the lengths are fixed per run; values are fresh per test
+_mixed = _rng.integers(0, 301, 40).tolist()
+_tiny = _rng.integers(1, 65, 70).tolist()
+_tiny_k = _rng.integers(0, 200, 70).tolist()
+LENGTHS = {  # (q lengths, k lengths)
+    "mixed_0_300": (_mixed, _mixed),
+    "tiny_1_64": (_tiny, _tiny),
+    "ones_130": ([1] * 130, [1] * 130),
+    "straddle": ([100, 50, 60, 127, 1, 128, 129, 3, 77, 51], [100, 50, 60, 127, 1, 128, 129, 3, 77, 51]),
+    "q_ne_k": (_tiny, _tiny_k),
+    "k_shorter": ([40, 64, 3, 17, 90], [7, 1, 0, 17, 30]),
+    "empties": ([0, 5, 0, 0, 9, 0, 33, 0], [4, 5, 0, 6, 9, 200, 33, 0]),
+}
+OPTIONS = {
+    "plain": {},
+    "causal": {"causal": True},
+    "window_both": {"window": (7, 3)},
+    "causal_left": {"causal": True, "window": (12, None)},
+    "softcap": {"softcap": 4.0, "scale": 0.3},
+}
+
+
+def hopper_kernels() -> bool:
+    from scree import _C
+    return (torch.cuda.get_device_capability()[0] == 9 and hasattr(_C, "cuda_head_dims")
+            and {64, 128} <= set(_C.cuda_head_dims()))
+
+
+needs_hopper = pytest.mark.skipif(not torch.cuda.is_available() or not hopper_kernels(),
+                                  reason="the packed order is the Hopper forward's (sm_90 device, d 64/128 kernels)")
+
+
+@needs_hopper
+@pytest.mark.parametrize("opts", list(OPTIONS.values()), ids=list(OPTIONS))
+@pytest.mark.parametrize("lengths", list(LENGTHS.values()), ids=list(LENGTHS))
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+def test_packed_and_sequence_tiles_match_the_reference(dtype, d, lengths, opts, monkeypatch):
+    lq, lk = lengths
+    seed = fresh_seed()
+    q, k, v = random_qkv(lq, lk, 8, 2, d, d, dtype, DEV, seed)
+    ref64, low = reference_pair(q, k, v, None, opts)
+    for tiles in ("packed", "sequence"):
+        monkeypatch.setenv("SCREE_SM90_TILES", tiles)
+        with cuda_path("sm90"):
+            got = fwd_grads(scree.varlen_attention, q, k, v, None, opts)
+        check_against_references(f"[{tiles} tiles]", got, ref64, low, seed, softcap=bool(opts.get("softcap")))
+
+
+@needs_hopper
+@pytest.mark.parametrize("lengths", ["mixed_0_300", "empties", "q_ne_k"])
+@pytest.mark.parametrize("opts", [{}, {"causal": True, "window": (12, None)}], ids=["plain", "causal_left"])
+def test_direct_call_writes_every_row(lengths, opts, monkeypatch):
+    lq, lk = LENGTHS[lengths]
+    seed = fresh_seed()
+    q, k, v = random_qkv(lq, lk, 4, 2, 128, 128, torch.bfloat16, DEV, seed)
+    ref64, low = reference_pair(q, k, v, None, opts)
+    empty_rows = torch.isneginf(ref64[1]).T.to(DEV)
+    monkeypatch.setenv("SCREE_SM90_TILES", "packed")
+    out = poisoned((q.total, 4, 128), torch.bfloat16, DEV)
+    lse = poisoned((4, q.total), torch.float32, DEV)
+    with cuda_path("sm90"):
+        c_varlen_fwd(q, k, v, out, lse, opts)
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any(), "a row of a packed tile was never written"
+    assert torch.equal(out[empty_rows], torch.zeros_like(out[empty_rows]))
+    assert bool(torch.isneginf(lse.T[empty_rows]).all())
+    assert_fa_close("direct out", out, ref64[0], low[0], seed=seed)
+    assert_lse_close("direct lse", lse, ref64[1], low[1], seed=seed)
+
+
+@needs_hopper
+@pytest.mark.parametrize("lengths", ["mixed_0_300", "tiny_1_64", "q_ne_k"])
+@pytest.mark.parametrize("opts", [{}, {"causal": True}], ids=["plain", "causal"])
+def test_backward_on_the_packed_forward(lengths, opts, monkeypatch):
+    lq, lk = LENGTHS[lengths]
+    seed = fresh_seed()
+    q, k, v = random_qkv(lq, lk, 8, 2, 128, 128, torch.bfloat16, DEV, seed)
+    dout = random_values((q.total, 8, 128), torch.bfloat16, DEV, generator(seed + 1, DEV))
+    ref64, low = reference_pair(q, k, v, dout, opts)
+    monkeypatch.setenv("SCREE_SM90_TILES", "packed")
+    with cuda_path("sm90"):
+        got = fwd_grads(scree.varlen_attention, q, k, v, dout, opts)
+    check_against_references("[packed tiles] fwd+bwd", got, ref64, low, seed)
+
+
+@needs_hopper
+def test_auto_order_takes_packed_tiles_for_short_sequences_only(monkeypatch):
+    """Unforced, a batch whose longest sequence is short runs packed tiles and a long one sequence
+    tiles: the unforced output equals the forced order's to the bit (the forward has no atomics;
+    the two orders group a row's keys into different blocks, so they differ in the last bits)."""
+    monkeypatch.delenv("SCREE_SM90_TILES", raising=False)
+    for lq in (LENGTHS["tiny_1_64"][0], [700] + LENGTHS["tiny_1_64"][0]):
+        q, k, v = random_qkv(lq, lq, 4, 4, 128, 128, torch.bfloat16, DEV, fresh_seed())
+        with cuda_path("sm90"):
+            auto = scree.varlen_attention(q, k, v).values
+            forced = {}
+            for tiles in ("packed", "sequence"):
+                monkeypatch.setenv("SCREE_SM90_TILES", tiles)
+                forced[tiles] = scree.varlen_attention(q, k, v).values
+            monkeypatch.delenv("SCREE_SM90_TILES")
+        assert torch.equal(auto, forced["packed" if max(lq) <= 128 else "sequence"])
+
+
+@needs_hopper
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+def test_schedule_covers_every_row_once(lengths, monkeypatch):
+    """The schedule the device wrote (read back from the workspace, laid out as tile_packing.h says:
+    the 16-byte counter, `capacity` int4 tiles, the count): every query row in exactly one tile, a
+    packed tile's rows <= 128 and its key span <= 256, sequence tiles of 128 rows from m0."""
+    from scree import _C
+    lq, lk = LENGTHS[lengths]
+    q, k, v = random_qkv(lq, lk, 2, 2, 64, 64, torch.bfloat16, DEV, fresh_seed())
+    monkeypatch.setenv("SCREE_SM90_TILES", "packed")
+    T, B = q.total, q.num_sequences
+    ws = torch.full((_C.cuda_fwd_workspace_bytes(T, B),), 0xFF, dtype=torch.uint8, device=DEV)
+    out = torch.empty_like(q.values)
+    with cuda_path("sm90"):
+        _C.varlen_fwd(q.values, k.values, v.values, kernel_offsets(q), kernel_offsets(k), out, None,
+                      c_args(q, k, v, {}), ws, stream=stream_of(q.values))
+    torch.cuda.synchronize()
+    raw = ws.cpu().numpy()
+    capacity = min(B, T) + 2 * -(-T // 128) + 1
+    tiles = raw[16:16 + 16 * capacity].view(np.int32).reshape(capacity, 4)
+    count = int(raw[16 + 16 * capacity:16 + 16 * capacity + 4].view(np.int32)[0])
+    cq, ck = np.asarray(q.host_offsets), np.asarray(k.host_offsets)
+    seen = np.zeros(T, np.int64)
+    for first, end, m0, _ in tiles[:count]:
+        assert 0 <= first < end <= B, (first, end)
+        if end - first > 1:
+            assert m0 == 0 and cq[end] - cq[first] <= 128 and ck[end] - ck[first] <= 256
+            assert all(cq[b + 1] - cq[b] <= 128 for b in range(first, end))
+            seen[cq[first]:cq[end]] += 1
+        else:
+            assert m0 % 128 == 0 and cq[first] + m0 < cq[first + 1]
+            seen[cq[first] + m0:min(cq[first] + m0 + 128, cq[first + 1])] += 1
+    assert (seen == 1).all(), f"rows covered {np.unique(seen)} times"
+    if lengths in ("ones_130", "tiny_1_64"):  # short sequences do share tiles
+        assert count < B / 2, (count, B)
