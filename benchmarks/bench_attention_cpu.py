@@ -49,8 +49,11 @@ measured in every run whatever --dtype: 4096^3 at the start and at the end (--qu
 the in-group peak, of the others the best of the start/end peaks of the row's dtype.
 
 Protocol: per (workload, mode) group one warm-up call of every method (its output is the one
-checked), then R rounds; every method runs once per round, in an order rotated per round, so a
-noisy neighbour slows everyone alike; medians over rounds. R = clamp(budget / warm-up round time,
+checked), then R rounds; every method runs once per round, in an order shuffled per round (fixed
+seed), so a noisy neighbour slows everyone alike and no method always follows the same one (a
+rotation timed scree right after torch.nested every round, whose OpenMP workers kept spinning on
+scree's second core: 20-45% of scree's time on the AMX forward, benchmarks/NOTES.md); medians over
+rounds. R = clamp(budget / warm-up round time,
 min rounds (3), max rounds (9)). A method whose warm-up took > 4x the fastest and > 1 s (in
 practice torch.nested, whose CPU SDPA falls back to the unfused math kernel) is timed only in the
 first rounds that half the budget allows (at least one; marked "~" when < 3 samples). The JSON
@@ -117,7 +120,7 @@ def short_error(e: BaseException) -> str:
 def run_group(fns: dict[str, Callable[[], Any]], budget_s: float, min_rounds: int, max_rounds: int
               ) -> tuple[dict, dict, dict, int]:
     """Warm-up call of each callable (its output kept for the correctness check; failures
-    recorded and dropped), then interleaved rounds in an order rotated per round. A "slow" method
+    recorded and dropped), then interleaved rounds in an order shuffled per round. A "slow" method
     (warm-up > 4x the fastest and > 1 s: it cannot be the best) is timed only in the first
     rounds its share of the budget allows (at least one), so it does not starve the others of
     rounds. Returns (seconds per call by name, warm-up output by name, error by name, rounds)."""
@@ -141,8 +144,9 @@ def run_group(fns: dict[str, Callable[[], Any]], budget_s: float, min_rounds: in
         rounds = int(max(min_rounds, min(max_rounds, budget_s // max(round_s, 1e-9))))
         slow_rounds = {k: int(max(1, min(rounds, 0.5 * budget_s // warm[k]))) for k in slow}
         times: dict[str, list[float]] = {k: [] for k in names}
+        shuffle = np.random.default_rng(0)
         for r in range(rounds):
-            order = names[r % len(names):] + names[:r % len(names)] if names else []
+            order = [names[i] for i in shuffle.permutation(len(names))]
             for k in order:
                 if k in slow and r >= slow_rounds[k]:
                     continue

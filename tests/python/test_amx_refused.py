@@ -3,9 +3,10 @@ only after Linux grants the tile-data state (src/cpu/attention/amx_os.h: arch_pr
 ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA, asked once per process); refused, the avx512 build must run
 (attention_cpu.cpp), with no tile instruction executed (one would be SIGILL without the permission).
 
-This file is also its own worker: `python test_amx_refused.py refuse|control`. With `refuse` it
+This file is also its own worker: `python test_amx_refused.py refuse|fake|control`. With `refuse` it
 installs a seccomp BPF filter that answers EPERM to arch_prctl(0x1023, ...) and allows every other
-system call, before torch or scree is imported, then checks bfloat16 forward and backward of
+system call, before torch or scree is imported (`fake` answers 0 without granting anything, as a
+sandbox may: amx_os.h reads the grant back, else the first tile instruction is SIGILL), then checks bfloat16 forward and backward of
 scree.varlen_attention against the fp64 reference by FlashAttention's rule (attention_checks.py),
 reruns every check of cpu_isa_worker.py, and prints one JSON line: the build that ran
 (scree._C.cpu_isa()), the probe's errno and the tile-data permission bit before and after. The
@@ -49,10 +50,11 @@ class SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
 
 
-def refuse_tile_permission_program() -> list[tuple[int, int, int, int]]:
-    """(code, jt, jf, k): EPERM for arch_prctl(ARCH_REQ_XCOMP_PERM, ...) of the x86-64 ABI, allow
-    everything else (other architectures' calls, other system calls, other arch_prctl codes)."""
-    allow, refuse = (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW), (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.EPERM)
+def refuse_tile_permission_program(answer: int = errno.EPERM) -> list[tuple[int, int, int, int]]:
+    """(code, jt, jf, k): errno `answer` for arch_prctl(ARCH_REQ_XCOMP_PERM, ...) of the x86-64 ABI
+    (0: a faked success, the call not made), allow everything else (other architectures' calls,
+    other system calls, other arch_prctl codes)."""
+    allow, refuse = (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW), (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | answer)
     return [
         (BPF_LD_W_ABS, 0, 0, OFF_ARCH),
         (BPF_JEQ_K, 0, 4, AUDIT_ARCH_X86_64),  # not x86-64: to allow (pc + 1 + 4)
@@ -81,13 +83,13 @@ def tile_permission(libc: ctypes.CDLL) -> bool | None:
     return bool(mask.value & (1 << XFEATURE_XTILEDATA))
 
 
-def install_refusal(libc: ctypes.CDLL) -> None:
+def install_refusal(libc: ctypes.CDLL, answer: int = errno.EPERM) -> None:
     """No new privileges, then the filter for every thread (seccomp(2) with TSYNC; prctl where the
     kernel has no seccomp system call). Raises OSError where seccomp filters are unavailable."""
     if libc.prctl(PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0),
                   ctypes.c_ulong(0)) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-    program = refuse_tile_permission_program()
+    program = refuse_tile_permission_program(answer)
     filters = (SockFilter * len(program))(*(SockFilter(*ins) for ins in program))
     prog = SockFprog(len(program), ctypes.cast(filters, ctypes.POINTER(SockFilter)))
     ctypes.set_errno(0)
@@ -132,23 +134,25 @@ def check_bf16(torch, scree) -> None:
 def worker(mode: str) -> int:
     libc = _libc()
     report: dict = {"mode": mode, "permission_before": tile_permission(libc)}
-    if mode == "refuse":
+    if mode in ("refuse", "fake"):
         if report["permission_before"] is not False:
             raise AssertionError(f"tile-data permission before the filter: {report['permission_before']} "
                                  "(expected False: an exec'd process starts without it)")
+        answer = errno.EPERM if mode == "refuse" else 0
         try:
-            install_refusal(libc)
+            install_refusal(libc, answer)
         except OSError as e:
             print(f"no seccomp filter here: {e}", flush=True)
             return NO_SECCOMP_EXIT
         report["probe_errno"] = probe_request(libc)
-        if report["probe_errno"] != errno.EPERM:
-            raise AssertionError(f"the filter did not refuse ARCH_REQ_XCOMP_PERM (errno {report['probe_errno']})")
+        if report["probe_errno"] != answer or tile_permission(libc) is not False:
+            raise AssertionError(f"the filter did not answer ARCH_REQ_XCOMP_PERM with errno {answer} "
+                                 f"(got {report['probe_errno']}) without granting it")
     import torch  # noqa: E402  (after the filter: nothing may have asked for the permission before)
     import scree
     from scree import _C
     report["isa"] = _C.cpu_isa()
-    if mode == "refuse":
+    if mode in ("refuse", "fake"):
         check_bf16(torch, scree)
         import runpy
         runpy.run_path(str(HERE / "cpu_isa_worker.py"), run_name="__main__")  # prints the isa, then "ok"
@@ -210,14 +214,15 @@ def amx_machine() -> None:
     assert report["permission_after"] is True, report  # picking amx means Linux granted the request
 
 
+@pytest.mark.parametrize("mode", ["refuse", "fake"], ids=["refused", "faked_grant"])
 @pytest.mark.parametrize("request_isa", [None, "amx"], ids=["default", "SCREE_CPU_ISA=amx"])
-def test_refused_permission_runs_avx512(amx_machine, request_isa):
-    proc, report = run_worker("refuse", request_isa)
+def test_refused_permission_runs_avx512(amx_machine, request_isa, mode):
+    proc, report = run_worker(mode, request_isa)
     if proc.returncode == NO_SECCOMP_EXIT:
         pytest.skip(f"seccomp filters unavailable: {proc.stdout.strip()}")
     assert proc.returncode == 0, describe(proc)  # a tile instruction without the permission: SIGILL (-4)
     assert report is not None and report["checks"] == "ok", describe(proc)
-    assert report["probe_errno"] == errno.EPERM
+    assert report["probe_errno"] == (errno.EPERM if mode == "refuse" else 0)
     # SCREE_CPU_ISA=amx is the top of the cap order (like no request); a build the process cannot
     # run is never taken: the best one below runs, no error (attention_cpu.cpp, isa()).
     assert report["isa"] == report["isa_after"] == "avx512", report

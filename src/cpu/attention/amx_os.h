@@ -29,8 +29,12 @@ inline bool amx_bf16_usable() {
     unsigned lo = 0, hi = 0;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     if ((lo & (3u << 17)) != (3u << 17)) return false;
-    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
-    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+    constexpr long kArchGetXcompPerm = 0x1022, kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) return false;
+    // Read the grant back: a sandbox that fakes the request's success without granting it would
+    // otherwise take the process to SIGILL at the first tile instruction (tests/python/test_amx_refused.py).
+    unsigned long long granted = 0;
+    return syscall(SYS_arch_prctl, kArchGetXcompPerm, &granted) == 0 && (granted & (1ull << kXfeatureXtiledata)) != 0;
 #else
     return false;
 #endif
