@@ -184,15 +184,16 @@ def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray
     CPU, or one CUDA GPU (float16/bfloat16; launched on `stream`, a cudaStream_t as an int,
     0 = legacy default stream). cu_seqlens are int32/int64 (n+1) on
     that device; `args` (AttentionArgs) holds the scalars. On CUDA, `workspace` (contiguous, on
-    the same GPU, 16-byte aligned) holds cuda_fwd_workspace_bytes() bytes (None: allocated
+    the same GPU, 16-byte aligned) holds cuda_fwd_workspace_bytes(Tq, n) bytes (None: allocated
     stream-ordered with cudaMallocAsync, slower). `q_summary` (CUDA, optional): the device check's
     int64 [first, last, smallest step, largest step] of cu_seqlens_q (offsets_summary_cuda's
     device copy), whose largest step bounds the query lengths when max_seqlen_q is only a bound.
     """
 
-def cuda_fwd_workspace_bytes() -> int:
+def cuda_fwd_workspace_bytes(total_q: int, num_sequences: int) -> int:
     """
-    Bytes of workspace the CUDA forward needs (the same for every call; 0 in builds without CUDA).
+    Bytes of workspace the CUDA forward needs for Tq query tokens in n sequences (the tile counter
+    and room for the packed-tile schedule of short sequences; 0 in builds without CUDA).
     """
 
 def varlen_bwd_workspace_bytes(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], args: AttentionArgs) -> int:
