@@ -24,8 +24,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <new>
-#include <vector>
+
+#include "aligned.h"
 
 SCREE_CPU_NAMESPACE_BEGIN
 namespace tiles {
@@ -33,34 +33,6 @@ namespace tiles {
 inline constexpr int kRows = 16;    // rows of every tile
 inline constexpr int kBytes = 64;   // bytes per tile row: 16 fp32, 32 bf16, 16 bf16 pairs
 inline constexpr int kK = 32;       // bf16 elements along k per A tile row (= per B tile pair-row x 2)
-
-// Tile operands must start on a 64-byte line: a tile row then is one line, where a row 16 bytes
-// off (what malloc and new[] return) spans two, and a tile load or store touches 32 lines instead
-// of 16. Measured on this Xeon with gemm below (64 x 256 x 128, L1/L2-resident operands): 29 ns
-// per product with 16-byte aligned buffers against 11 aligned (S = Q K^T: 19 against 9).
-inline constexpr size_t kLine = 64;
-
-template <class T>
-struct LineAllocator {
-  using value_type = T;
-  LineAllocator() = default;
-  template <class U>
-  LineAllocator(const LineAllocator<U>&) {}
-  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(kLine))); }
-  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(kLine)); }
-  bool operator==(const LineAllocator&) const { return true; }
-  bool operator!=(const LineAllocator&) const { return false; }
-};
-
-// A buffer of tile operands (or of rows they are packed from), its first element on a line.
-template <class T>
-using LineVector = std::vector<T, LineAllocator<T>>;
-
-// p rounded up to the next line (for buffers allocated elsewhere with kLine bytes to spare).
-template <class T>
-inline T* align_line(T* p) {
-  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + kLine - 1) & ~uintptr_t(kLine - 1));
-}
 
 // The 64-byte operand of LDTILECFG (Intel SDM vol. 2, LDTILECFG): palette, then bytes per row and
 // rows of each of the (up to 16) tile registers; palette 1 has 8 tiles of at most 16 x 64 bytes.
@@ -95,7 +67,8 @@ class TileScope {
 //   A tile (i, s) at a + 16 i lda + s a_step (rows lda apart),
 //   B tile (j, s) at b + j b_col + s b_step (rows 64 bytes apart: B tiles are stored contiguous),
 //   C tile (i, j) at c + 16 i ldc + 64 j (rows ldc apart).
-// Accumulate = false starts from zero (C is only written).
+// Accumulate = false starts from zero (C is only written). Tile rows should start on a line
+// (buffers from aligned.h, strides multiples of 64): a row across two lines costs ~2x (aligned.h).
 template <bool Accumulate>
 inline void gemm(int64_t mt, int64_t nt, int64_t steps, float* c, int64_t ldc, const void* a, int64_t lda,
                  int64_t a_step, const void* b, int64_t b_col, int64_t b_step) {

@@ -41,10 +41,10 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <memory>
 #include <type_traits>
 #include <vector>
 
+#include "aligned.h"
 #include "bwd_schedule.h"
 #include "convert.h"
 #include "gemm.h"
@@ -81,10 +81,12 @@ using bwd::Chunk;
 using bwd::KeyBlock;
 using bwd::Sequence;
 
+// Every GEMM operand and accumulator on a line (aligned.h; offsets into them are multiples of 2
+// vectors), so no zmm load or store splits a line.
 template <class T>
 struct Buffers {
   using C = compute_t<T>;
-  std::vector<C> kt, vt, kr, dk, dv, s, dp, row, sum, mx, dq;
+  LineVector<C> kt, vt, kr, dk, dv, s, dp, row, sum, mx, dq;
   Buffers(int64_t D, int64_t Dv, int64_t D_pad, int64_t Dv_pad, int64_t dq_elems) {
     kt.resize(D * kBlockK);
     vt.resize(Dv * kBlockK);
@@ -106,19 +108,19 @@ struct Plan : bwd::Schedule {
   using C = compute_t<T>;
   bool capped = false;
   C cap = 0, qscale = 0;
-  std::unique_ptr<C[]> qp, dop;  // (Hq, total_q, D_pad) Q * qscale, (Hq, total_q, Dv_pad) dO
-  std::vector<C> delta;          // (Hq, total_q): dO . O
+  LineArray<C> qp, dop;  // (Hq, total_q, D_pad) Q * qscale, (Hq, total_q, Dv_pad) dO
+  std::vector<C> delta;  // (Hq, total_q): dO . O
   // (Hq, total_q), softmax_stats: P = exp((s - row_max) - log_sum); row_max is the forward's lse
   // and log_sum 0 where that is accurate, else the row's max score and the log of its softmax sum;
   // row_max = -inf for a row that sees no key.
   std::vector<C> row_max, log_sum;
-  std::unique_ptr<C[]> scratch;  // partial dQ of chunked sequences
+  LineArray<C> scratch;  // partial dQ of chunked sequences
   explicit Plan(const VarlenBackwardParams& params)
       : bwd::Schedule(params, kBlockK, 1, 2 * Simd<C>::width, sizeof(C)) {
     capped = p.softcap > 0.f;
     cap = C(p.softcap);
     qscale = capped ? C(p.scale) / cap : C(p.scale);
-    if (scratch_elems > 0) scratch.reset(new C[static_cast<size_t>(scratch_elems)]);  // zeroed by the items
+    if (scratch_elems > 0) scratch = line_array<C>(static_cast<size_t>(scratch_elems));  // zeroed by the items
   }
 };
 
@@ -131,8 +133,8 @@ void pack_rows(Plan<T>& plan) {
   const int64_t Hq = p.heads_q, D = plan.D, Dv = plan.Dv, D_pad = plan.D_pad, Dv_pad = plan.Dv_pad;
   const size_t n = static_cast<size_t>(Hq * p.total_q);
   plan.delta.resize(n);
-  plan.qp.reset(new C[std::max<size_t>(n * D_pad, 1)]);
-  plan.dop.reset(new C[std::max<size_t>(n * Dv_pad, 1)]);
+  plan.qp = line_array<C>(std::max<size_t>(n * D_pad, 1));
+  plan.dop = line_array<C>(std::max<size_t>(n * Dv_pad, 1));
   const T* Q = static_cast<const T*>(p.q);
   const T* dO = static_cast<const T*>(p.dout);
   const T* O = static_cast<const T*>(p.out);

@@ -46,6 +46,7 @@
 #include <memory>
 #include <vector>
 
+#include "aligned.h"
 #include "amx_tiles.h"
 #include "bwd_amx.h"
 #include "bwd_schedule.h"
@@ -91,7 +92,7 @@ struct Plan : bwd::Schedule {
   uint16_t *q, *qt, *dout, *doutt;
   std::vector<float> delta;             // (Hq, total_q): dO . O
   std::vector<float> row_max, log_sum;  // (Hq, total_q), as in bwd.cpp's Plan
-  std::unique_ptr<float[]> scratch;     // partial dQ of chunked sequences
+  LineArray<float> scratch;             // partial dQ of chunked sequences
   explicit Plan(const VarlenBackwardParams& params) : bwd::Schedule(params, kBlockK, kAlign, 32, sizeof(float)) {
     capped = p.softcap > 0.0;
     cap = float(p.softcap);
@@ -108,7 +109,7 @@ struct Plan : bwd::Schedule {
     dout = qt + n * D_pad;
     doutt = dout + n * Dv_pad;
     delta.resize(size_t(p.heads_q * p.total_q));
-    if (scratch_elems > 0) scratch.reset(new float[size_t(scratch_elems)]);  // zeroed by the items
+    if (scratch_elems > 0) scratch = line_array<float>(size_t(scratch_elems));  // zeroed by the items
   }
 };
 
@@ -131,7 +132,7 @@ void pack_queries(Plan& plan) {
         work += double(kAlign) * double(D + 2 * Dv) * 8;
       }
   const int threads = std::max(1, num_threads());
-  std::vector<std::vector<uint16_t>> orow(threads, std::vector<uint16_t>(Dvp));
+  std::vector<LineVector<uint16_t>> orow(threads, LineVector<uint16_t>(Dvp));
   run_items(items, work, [&](int t, const WorkItem& it) {
     const Sequence& s = plan.seqs[it.seq];
     const int64_t h = it.head, i0 = it.block, row0 = h * NQ + plan.qbase[it.seq] + i0;
@@ -158,10 +159,11 @@ void pack_queries(Plan& plan) {
   });
 }
 
+// Every tile operand on a line (aligned.h).
 struct Buffers {
-  std::vector<uint16_t> krows, vrows, dsr;  // block's key / value rows (zero padded); dS rows (bf16)
-  std::vector<uint32_t> kt, vt, kv, pv, dsv;  // K^T, V^T (VNNI over d), K (VNNI over keys); P, dS (VNNI over queries)
-  std::vector<float> s, dp, dkt, dvt, dq, row, mx, sum;
+  LineVector<uint16_t> krows, vrows, dsr;  // block's key / value rows (zero padded); dS rows (bf16)
+  LineVector<uint32_t> kt, vt, kv, pv, dsv;  // K^T, V^T (VNNI over d), K (VNNI over keys); P, dS (VNNI over queries)
+  LineVector<float> s, dp, dkt, dvt, dq, row, mx, sum;
   std::vector<int64_t> lo, hi;
   Buffers(int64_t Dp, int64_t Dvp, int64_t dq_elems)
       : krows(kBlockK * Dp), vrows(kBlockK * Dvp), dsr(kBlockQ * kBlockK), kt(kBlockK * Dp / 2),

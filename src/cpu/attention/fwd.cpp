@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "aligned.h"
 #include "convert.h"
 #include "fwd_common.h"
 #if defined(SCREE_CPU_AMX)
@@ -40,10 +41,12 @@ namespace {
 constexpr int64_t kBlockQ = 96;
 constexpr int64_t kBlockK = 96;
 
+// On a line (aligned.h): Q^T is read by zmm loads for every FMA pair of S^T, S^T and O are the
+// products' C; from std::vector every such load split a line (16-byte aligned).
 template <class T>
 struct Buffers {
   using C = compute_t<T>;
-  std::vector<C> qt, k, v, st, o, m, l, lo, hi, row;
+  LineVector<C> qt, k, v, st, o, m, l, lo, hi, row;
   Buffers(int64_t D, int64_t Dv_pad) {
     qt.resize(D * kBlockQ);
     k.resize(kBlockK * D);

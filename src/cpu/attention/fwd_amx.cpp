@@ -154,21 +154,20 @@ void pack_kv(const VarlenParams& p, const PackedKv& pk) {
     }
   }
   const int threads = std::max(1, num_threads());
-  std::vector<tiles::LineVector<uint16_t>> rows(threads,
-                                                 tiles::LineVector<uint16_t>(kGranule * std::max(pk.Dp, pk.Dvp)));
+  std::vector<LineVector<uint16_t>> rows(threads, LineVector<uint16_t>(kGranule * std::max(pk.Dp, pk.Dvp)));
   run_items(items, flops, [&](int t, const WorkItem& it) {
     pack_sequence(p, it.seq, it.head, pk.of(it.head, it.seq), rows[t].data());
   });
 }
 
 struct Buffers {
-  tiles::LineVector<uint16_t> q, p;  // Q block (bq x Dp), P (bq x kBlockK), bf16 bits
-  tiles::LineVector<float> s, o;     // S (bq x kBlockK), O (bq x Dvp)
-  std::vector<float> m, m_new, l;    // row max, the block's new row max, 16-lane row sums
-  std::vector<int64_t> lo, hi;       // each row's visible keys
-  std::vector<int64_t> blo, bhi;     // the same relative to the key block, clipped to it
-  tiles::LineVector<uint32_t> kv;    // a local sequence's packed keys and values (kLocalKeys)
-  tiles::LineVector<uint16_t> rows;  // pack_sequence's scratch
+  LineVector<uint16_t> q, p;       // Q block (bq x Dp), P (bq x kBlockK), bf16 bits
+  LineVector<float> s, o;          // S (bq x kBlockK), O (bq x Dvp)
+  std::vector<float> m, m_new, l;  // row max, the block's new row max, 16-lane row sums
+  std::vector<int64_t> lo, hi;     // each row's visible keys
+  std::vector<int64_t> blo, bhi;   // the same relative to the key block, clipped to it
+  LineVector<uint32_t> kv;         // a local sequence's packed keys and values (kLocalKeys)
+  LineVector<uint16_t> rows;       // pack_sequence's scratch
   Buffers(int64_t bq, int64_t Dp, int64_t Dvp)
       : q(bq * Dp), p(bq * kBlockK), s(bq * kBlockK), o(bq * Dvp), m(bq), m_new(bq), l(bq * 16), lo(bq), hi(bq),
         blo(bq), bhi(bq), kv(kLocalKeys * (Dp + Dvp) / 2), rows(kGranule * std::max(Dp, Dvp)) {}
@@ -389,8 +388,8 @@ void forward_bf16_amx(const VarlenParams& p) {
   pk.G = pk.gk0[p.num_sequences];
   const size_t k_words = size_t(p.heads_k * pk.G * kGranule * pk.Dp / 2);
   const size_t v_words = size_t(p.heads_k * pk.G * kGranule * pk.Dvp / 2);
-  Workspace ws(k_words + v_words + tiles::kLine / 4);
-  pk.k = tiles::align_line(ws.data);  // every packed tile then starts on a line (its size is 1 KiB)
+  Workspace ws(k_words + v_words);
+  pk.k = ws.data;  // on a line (workspace.h), and so is every packed tile (its size is 1 KiB)
   pk.v = pk.k + k_words;
   pack_kv(p, pk);
 
