@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <exception>
 #include <functional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -29,6 +30,18 @@ inline int num_threads() {
 
 // Below this many bytes of traffic a kernel runs on the calling thread.
 inline constexpr int64_t kParallelMinBytes = int64_t(1) << 20;
+
+// Runs the pool's jobs in parallel regions of an OpenMP runtime that the process has already
+// loaded (`library`: its path or soname, e.g. torch's libgomp; the torch glue shares torch's on
+// import) instead of on scree's own workers, so that a kernel started right after a framework op
+// runs on the workers that op left spinning (src/cpu/openmp_runtime.cpp says why, with the
+// numbers). False, changing nothing, where the library is not loaded, lacks the OpenMP entry
+// points, or the platform has no dlopen. A fork's child goes back to scree's pool.
+bool share_openmp_runtime(const char* library);
+// Back to scree's own pool.
+void stop_sharing_openmp_runtime();
+// The shared runtime's library as given, or "" where scree's own pool runs the jobs.
+std::string shared_openmp_runtime();
 
 namespace detail {
 

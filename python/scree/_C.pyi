@@ -15,6 +15,22 @@ def cuda_compiled() -> bool:
 def cuda_device_count() -> int:
     """Visible CUDA devices (0 without a driver or in a CPU-only build)."""
 
+def share_openmp_runtime(library: str) -> bool:
+    """
+    Run scree's CPU kernels on the workers of an OpenMP runtime the process has already loaded
+    (its path, e.g. torch's libgomp; scree's torch glue shares torch's) instead of scree's own
+    pool, so a kernel right after a framework op does not compete with that op's spinning workers.
+    False (nothing changed) where that library is not loaded or is no OpenMP runtime.
+    """
+
+def stop_sharing_openmp_runtime() -> None:
+    """Back to scree's own worker pool."""
+
+def shared_openmp_runtime() -> str:
+    """
+    The OpenMP runtime's library that runs scree's CPU kernels, or '' for scree's own pool.
+    """
+
 def validate_offsets(offsets: Annotated[NDArray, dict(writable=False)], total: int) -> tuple[int, int, int]:
     """
     Check the ragged invariants of 1-D int32/int64 host `offsets` against `total` rows.

@@ -2,14 +2,17 @@
 // scree/_errors.py) and the registration of every binding group. NumPy arrays and torch tensors
 // arrive zero-copy through DLPack / the buffer protocol; this file never names a framework.
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
 
 #include <exception>
+#include <string>
 
 #ifdef SCREE_WITH_CUDA
 #include "scree/cuda_runtime.h"
 #endif
 #include "error_names.h"
 #include "scree/error.h"
+#include "scree/parallel.h"
 
 namespace nb = nanobind;
 using scree::Error;
@@ -60,6 +63,16 @@ NB_MODULE(_C, m) {
 #endif
   m.def("cuda_compiled", [] { return with_cuda; }, "Whether this build of scree compiled its CUDA sources.");
   m.def("cuda_device_count", device_count, "Visible CUDA devices (0 without a driver or in a CPU-only build).");
+  m.def(
+      "share_openmp_runtime", [](const std::string& library) { return scree::share_openmp_runtime(library.c_str()); },
+      nb::arg("library"),
+      "Run scree's CPU kernels on the workers of an OpenMP runtime the process has already loaded\n"
+      "(its path, e.g. torch's libgomp; scree's torch glue shares torch's) instead of scree's own\n"
+      "pool, so a kernel right after a framework op does not compete with that op's spinning workers.\n"
+      "False (nothing changed) where that library is not loaded or is no OpenMP runtime.");
+  m.def("stop_sharing_openmp_runtime", &scree::stop_sharing_openmp_runtime, "Back to scree's own worker pool.");
+  m.def("shared_openmp_runtime", &scree::shared_openmp_runtime,
+        "The OpenMP runtime's library that runs scree's CPU kernels, or '' for scree's own pool.");
   scree::bindings::register_layout(m);
   scree::bindings::register_attention(m);
   scree::bindings::register_paged(m);

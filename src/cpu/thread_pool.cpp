@@ -3,6 +3,7 @@
 // A job is a task over part indices [0, parts) that the caller and the workers claim from one
 // atomic counter. One job at a time: a second caller (another thread, or a task that itself calls
 // parallel_for) finds the pool busy and runs its parts alone, which is correct and cannot deadlock.
+// Where a framework's OpenMP runtime is shared (openmp_runtime.cpp), jobs run there instead.
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -15,6 +16,7 @@
 #include <unistd.h>
 #endif
 
+#include "openmp_runtime.h"
 #include "scree/parallel.h"
 
 namespace scree::detail {
@@ -101,6 +103,8 @@ ThreadPool& pool() {
 
 }  // namespace
 
-bool pool_try_run(int parts, const std::function<void(int)>& task) { return pool().try_run(parts, task); }
+bool pool_try_run(int parts, const std::function<void(int)>& task) {
+  return openmp_try_run(parts, task) || pool().try_run(parts, task);
+}
 
 }  // namespace scree::detail

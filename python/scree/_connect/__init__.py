@@ -1,7 +1,8 @@
 """scree._connect: the framework glue, in one place above the kernels layer (awkward's _connect is
 the model): the torch custom ops and autograd of attention (torch.py) and the custom ops that let
 torch.compile trace selections of data-dependent size (torch_selections.py), the JAX XLA FFI calls and custom_vjp
-(jax.py) and the JAX pytree registration (jax_pytree.py), the MLX custom_function (mlx.py), and the
+(jax.py) and the JAX pytree registration (jax_pytree.py), scree's CPU kernels on torch's OpenMP
+workers (torch_openmp.py), the MLX custom_function (mlx.py), and the
 plain NumPy calls (numpy.py). Each glue module imports its framework and is loaded only for arrays
 of that framework (`glue`), so importing this package imports no framework.
 
@@ -39,6 +40,7 @@ def _load(ns: ModuleType) -> ModuleType:
         importlib.import_module("scree._connect.jax_pytree")
     if ns.name == "torch":  # the custom ops torch.compile traces selections of data-dependent size with
         ns.provide_traced_selections(importlib.import_module("scree._connect.torch_selections"))
+        importlib.import_module("scree._connect.torch_openmp")  # CPU kernels on torch's OpenMP workers
     return mod
 
 

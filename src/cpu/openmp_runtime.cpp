@@ -1,0 +1,119 @@
+// Sharing a framework's OpenMP runtime (scree::share_openmp_runtime, scree/parallel.h).
+// Why: torch runs its CPU ops on OpenMP (libgomp), whose workers spin for a while after each op
+// (GOMP_SPINCOUNT) before sleeping. A scree kernel started in that window ran its second thread on
+// a core a spinning torch worker held: on this 2-core Xeon, attention right after a torch matmul
+// took 1.14-1.36x as long as back to back (benchmarks/NOTES.md, issue 20 step 6). Run on the same
+// runtime, the spinning workers are the ones that pick the job up.
+// The runtime is reached through its GOMP_parallel entry (the libgomp ABI that compiled
+// `#pragma omp parallel` calls; LLVM's and Intel's runtimes export it too), looked up in a library
+// the process has already loaded: scree links no OpenMP runtime itself.
+#include "openmp_runtime.h"
+
+#include <atomic>
+#include <mutex>
+#include <string>
+
+#if !defined(_WIN32)
+#include <dlfcn.h>
+#include <unistd.h>
+#endif
+
+#include "scree/parallel.h"
+
+namespace scree {
+namespace {
+
+using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+using OmpMaxThreads = int (*)();
+
+struct Shared {
+  std::mutex m;
+  std::string library;  // "" until shared
+  std::atomic<GompParallel> parallel{nullptr};
+  std::atomic<OmpMaxThreads> max_threads{nullptr};
+  std::atomic<long> owner{0};  // the process that shared it: a fork's child has none of its workers
+};
+
+Shared& shared() {
+  static Shared* s = new Shared;  // never destroyed: a job may run during interpreter shutdown
+  return *s;
+}
+
+long this_process() {
+#if !defined(_WIN32)
+  return long(getpid());
+#else
+  return 0;
+#endif
+}
+
+// One parallel region's job: its threads claim parts from one counter, like the pool's.
+struct Job {
+  const std::function<void(int)>* task;
+  int parts;
+  std::atomic<int> next{0};
+};
+
+void run_parts(void* data) {
+  Job& j = *static_cast<Job*>(data);
+  for (int i = j.next.fetch_add(1); i < j.parts; i = j.next.fetch_add(1)) (*j.task)(i);
+}
+
+}  // namespace
+
+bool share_openmp_runtime(const char* library) {
+#if !defined(_WIN32)
+  if (library == nullptr || *library == '\0') return false;
+  // RTLD_NOLOAD: only a runtime the framework already loaded (a second copy would bring its own
+  // workers, the contention this avoids).
+  void* handle = dlopen(library, RTLD_NOW | RTLD_NOLOAD);
+  if (handle == nullptr) return false;
+  auto parallel = reinterpret_cast<GompParallel>(dlsym(handle, "GOMP_parallel"));
+  auto max_threads = reinterpret_cast<OmpMaxThreads>(dlsym(handle, "omp_get_max_threads"));
+  if (parallel == nullptr || max_threads == nullptr) {
+    dlclose(handle);
+    return false;
+  }
+  Shared& s = shared();
+  std::lock_guard<std::mutex> lock(s.m);
+  s.library = library;
+  s.max_threads = max_threads;
+  s.owner = this_process();
+  s.parallel.store(parallel);  // last: a job that sees it sees the rest (seq_cst)
+  return true;  // the handle stays open: the runtime must outlive every later job
+#else
+  (void)library;
+  return false;
+#endif
+}
+
+void stop_sharing_openmp_runtime() {
+  Shared& s = shared();
+  std::lock_guard<std::mutex> lock(s.m);
+  s.parallel.store(nullptr);
+  s.library.clear();
+}
+
+std::string shared_openmp_runtime() {
+  Shared& s = shared();
+  std::lock_guard<std::mutex> lock(s.m);
+  return s.parallel.load() != nullptr && s.owner == this_process() ? s.library : std::string();
+}
+
+namespace detail {
+
+bool openmp_try_run(int parts, const std::function<void(int)>& task) {
+  Shared& s = shared();
+  const GompParallel parallel = s.parallel.load();
+  if (parallel == nullptr || s.owner != this_process()) return false;
+  // The team: the framework's thread count (torch.set_num_threads sets the calling thread's
+  // OpenMP default), at most the parts; SCREE_NUM_THREADS, when set, was already applied to parts.
+  const int runtime_threads = s.max_threads.load()();
+  const int team = parts < runtime_threads ? parts : (runtime_threads > 0 ? runtime_threads : 1);
+  Job job{&task, parts};
+  parallel(run_parts, &job, unsigned(team), 0);
+  return true;
+}
+
+}  // namespace detail
+}  // namespace scree
