@@ -9,7 +9,9 @@
 
 Methods (same process, same inputs, in the --dtype of the row (float32 by default; bfloat16: every
 method gets the same bf16 tensors, scree's forward runs on AMX tiles where the CPU has them, see the
-header's "scree isa"), torch intra-op threads = scree threads = usable cores):
+header's "scree isa"), torch intra-op threads = scree threads = usable cores; scree's kernels run
+on torch's OpenMP workers (scree/_connect/torch_openmp.py; the header names the runtime, or "scree's
+pool" with SCREE_SHARE_OPENMP=0):
     scree        scree.varlen_attention(Q, K, V, causal) on scree.Arrays wrapping packed torch
                  tensors (T, H, D) + offsets (the Arrays are built once, outside the timed call).
     scree 1T     the same call with SCREE_NUM_THREADS=1 (forward only; a profiling column).
@@ -93,7 +95,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 import scree
-from scree import _C
+from scree import _backends, _C
 from scree.kernels import reference as scree_reference
 
 from _common import HERE, NCORES, call_stream, with_threads  # noqa: E402 - benchmarks/ is on sys.path
@@ -573,7 +575,9 @@ def print_row(res: dict, mode: str) -> None:
 
 
 def machine_info() -> dict:
-    return _machine_info(scree_isa=_C.cpu_isa(), scree_so_mtime=_dt.datetime.fromtimestamp(
+    _backends.get("torch")  # scree meets torch: its CPU kernels move onto torch's OpenMP workers
+    return _machine_info(scree_isa=_C.cpu_isa(), scree_threads=_C.shared_openmp_runtime() or "scree's pool",
+                         scree_so_mtime=_dt.datetime.fromtimestamp(
         os.path.getmtime(_C.__file__), _dt.timezone.utc).isoformat(timespec="seconds"))
 
 
@@ -692,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(NCORES)
     info = machine_info()
     print(f"# {info['cpu']} | {NCORES} cores | torch {info['torch']} ({info['torch_threads']} threads) | "
-          f"scree isa {info['scree_isa']} | commit {info['git_commit'][:10]}"
+          f"scree isa {info['scree_isa']} on {os.path.basename(info['scree_threads'])} | commit {info['git_commit'][:10]}"
           f"{' (src dirty)' if info['git_dirty'] else ''} | _C built {info['scree_so_mtime']} | "
           f"load {tuple(round(x, 2) for x in info['loadavg_start'])}", flush=True)
     peaks: dict[str, dict] = {}

@@ -17,7 +17,7 @@ mkdir -p "$out"
 for v in A B; do
   dir=${!v}
   g++ $flags -I"$dir" "$root/benchmarks/diag/cpu_attn_ab.cpp" "$dir/fwd.cpp" "$dir/bwd.cpp" "$dir/fwd_amx.cpp" \
-    "$dir/bwd_amx.cpp" "$root/src/cpu/thread_pool.cpp" -lpthread -o "$out/$v" &
+    "$dir/bwd_amx.cpp" "$root/src/cpu/thread_pool.cpp" "$root/src/cpu/openmp_runtime.cpp" -lpthread -ldl -o "$out/$v" &
 done
 wait
 : > "$out/peak"

@@ -131,21 +131,26 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
     gemm<C>(n, cols, D, kblk, ldk, qt, cols, st, cols, false);  // S^T (n x cols)
 
     const bool full = last.lo <= kb && kb + n <= first.hi && rows == cols;
-    for (int64_t j = 0; j < n; ++j) {
-      C* srow = st + j * cols;
-      const V key = splat<C>(C(kb + j));
-      for (int64_t c = 0; c < cols; c += W) {
-        V s = load<C>(srow + c);
-        if (capped) s = cap * vtanh<C>(s);
-        if (!full) s = (key >= load<C>(buf.lo.data() + c)) & (key < load<C>(buf.hi.data() + c)) ? s : splat<C>(kNegInf);
-        store<C>(srow + c, s);
-      }
-    }
+    // Softcap and mask in the max pass below (one pass over S^T less; none at all for a full block).
     // Online softmax across query columns: new running max, rescale factor, exp and row sums.
     for (int64_t c = 0; c < cols; c += W) {
       const V m_old = load<C>(buf.m.data() + c);
       V m_new = m_old;
-      for (int64_t j = 0; j < n; ++j) m_new = vmax<C>(m_new, load<C>(st + j * cols + c));
+      if (full && !capped) {
+        for (int64_t j = 0; j < n; ++j) m_new = vmax<C>(m_new, load<C>(st + j * cols + c));
+      } else {
+        const V lo = load<C>(buf.lo.data() + c), hi = load<C>(buf.hi.data() + c);
+        for (int64_t j = 0; j < n; ++j) {
+          V s = load<C>(st + j * cols + c);
+          if (capped) s = cap * vtanh<C>(s);
+          if (!full) {
+            const V key = splat<C>(C(kb + j));
+            s = (key >= lo) & (key < hi) ? s : splat<C>(kNegInf);
+          }
+          store<C>(st + j * cols + c, s);
+          m_new = vmax<C>(m_new, s);
+        }
+      }
       // A column that has seen no key yet keeps max -inf; shifting by 0 keeps its exps at 0.
       const V shift = m_new == kNegInf ? splat<C>(C(0)) : m_new;
       V sum = V{};
