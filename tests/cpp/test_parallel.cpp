@@ -1,15 +1,21 @@
-// The worker pool behind parallel_parts / parallel_for (src/cpu/thread_pool.cpp): every part runs
-// exactly once, exceptions reach the caller, a task may itself call parallel_for, callers on
-// several threads at once all complete, and a child process after fork() gets a working pool.
+// The worker pool behind parallel_parts / parallel_for (src/cpu/thread_pool.cpp), run two ways:
+// on scree's own workers, and on a shared OpenMP runtime (src/cpu/openmp_runtime.cpp; here the
+// compiler's libgomp, loaded by the test as a framework would load its own). Either way every
+// part runs exactly once, exceptions reach the caller, a task may itself call parallel_for, callers
+// on several threads at once all complete, and a child process after fork() gets a working pool
+// (scree's own: the parent's OpenMP workers do not exist there). Shared, every part runs inside
+// the runtime's parallel region; only a loaded OpenMP library is taken.
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <cstdint>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
 #if !defined(_WIN32)
+#include <dlfcn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #endif
@@ -19,16 +25,51 @@
 namespace {
 
 constexpr int64_t kBig = int64_t(1) << 30;  // "bytes" that make parallel_for use threads
+constexpr const char* kRuntime = "libgomp.so.1";
 
-TEST(Parallel, EveryPartRunsOnce) {
+// omp_get_level() of the loaded runtime (1 inside its parallel region, 0 outside), or null.
+using IntFn = int (*)();
+IntFn omp_level() {
+#if !defined(_WIN32)
+  static void* handle = dlopen(kRuntime, RTLD_NOW | RTLD_GLOBAL);
+  return handle == nullptr ? nullptr : reinterpret_cast<IntFn>(dlsym(handle, "omp_get_level"));
+#else
+  return nullptr;
+#endif
+}
+
+// Param: whether the jobs run on the shared OpenMP runtime.
+class Pool : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    if (!GetParam()) return;
+    if (omp_level() == nullptr) GTEST_SKIP() << kRuntime << " is not installed";
+    ASSERT_TRUE(scree::share_openmp_runtime(kRuntime));
+  }
+  void TearDown() override { scree::stop_sharing_openmp_runtime(); }
+  // Whether the calling part runs where it should: inside the runtime's region when shared.
+  bool placed() const { return omp_level() == nullptr || omp_level()() == (GetParam() ? 1 : 0); }
+};
+
+INSTANTIATE_TEST_SUITE_P(Parallel, Pool, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& i) { return std::string(i.param ? "OpenMp" : "Own"); });
+
+TEST_P(Pool, EveryPartRunsOnce) {
+  EXPECT_EQ(scree::shared_openmp_runtime(), GetParam() ? kRuntime : "");
   for (int parts : {1, 2, 3, 17, 256}) {
     std::vector<std::atomic<int>> hits(static_cast<size_t>(parts));
-    for (int round = 0; round < 20; ++round) scree::parallel_parts(parts, [&](int p) { hits[size_t(p)]++; });
+    std::atomic<int> misplaced{0};
+    for (int round = 0; round < 20; ++round)
+      scree::parallel_parts(parts, [&](int p) {
+        hits[size_t(p)]++;
+        if (parts > 1 && !placed()) misplaced++;
+      });
     for (int p = 0; p < parts; ++p) EXPECT_EQ(hits[size_t(p)].load(), 20) << "part " << p << " of " << parts;
+    EXPECT_EQ(misplaced.load(), 0) << "parts ran on the other pool";
   }
 }
 
-TEST(Parallel, ForCoversTheRangeOnce) {
+TEST_P(Pool, ForCoversTheRangeOnce) {
   const int64_t n = 100003;
   std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
   scree::parallel_for(n, kBig, [&](int64_t b, int64_t e) {
@@ -37,7 +78,7 @@ TEST(Parallel, ForCoversTheRangeOnce) {
   for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[size_t(i)].load(), 1) << i;
 }
 
-TEST(Parallel, ExceptionsReachTheCaller) {
+TEST_P(Pool, ExceptionsReachTheCaller) {
   EXPECT_THROW(scree::parallel_parts(8, [](int p) {
                  if (p == 5) throw std::runtime_error("part 5");
                }),
@@ -48,7 +89,7 @@ TEST(Parallel, ExceptionsReachTheCaller) {
   EXPECT_EQ(sum.load(), 28);
 }
 
-TEST(Parallel, NestedCallsRunInline) {
+TEST_P(Pool, NestedCallsComplete) {
   std::atomic<int64_t> total{0};
   scree::parallel_parts(4, [&](int) {
     scree::parallel_for(1000, kBig, [&](int64_t b, int64_t e) { total += e - b; });
@@ -56,12 +97,12 @@ TEST(Parallel, NestedCallsRunInline) {
   EXPECT_EQ(total.load(), 4000);
 }
 
-TEST(Parallel, ConcurrentCallersAllComplete) {
+TEST_P(Pool, ConcurrentCallersAllComplete) {
   std::vector<std::thread> callers;
   std::vector<int64_t> sums(8, 0);
   for (int c = 0; c < 8; ++c)
     callers.emplace_back([&, c] {
-      for (int round = 0; round < 200; ++round) {
+      for (int round = 0; round < 100; ++round) {
         std::atomic<int64_t> s{0};
         scree::parallel_for(10000, kBig, [&](int64_t b, int64_t e) {
           for (int64_t i = b; i < e; ++i) s += i;
@@ -70,23 +111,32 @@ TEST(Parallel, ConcurrentCallersAllComplete) {
       }
     });
   for (auto& t : callers) t.join();
-  for (int64_t s : sums) EXPECT_EQ(s, int64_t(200) * (int64_t(10000) * 9999 / 2));
+  for (int64_t s : sums) EXPECT_EQ(s, int64_t(100) * (int64_t(10000) * 9999 / 2));
 }
 
 #if !defined(_WIN32)
-TEST(Parallel, ChildAfterForkHasAPool) {
-  scree::parallel_parts(4, [](int) {});  // the parent's pool exists before the fork
+TEST_P(Pool, ChildAfterForkUsesScreesPool) {
+  scree::parallel_parts(4, [](int) {});  // the parent's pool (or runtime) has run a job before the fork
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
-    std::atomic<int> n{0};
-    scree::parallel_parts(16, [&](int) { n++; });
-    _exit(n.load() == 16 ? 0 : 1);
+    std::atomic<int> n{0}, inside{0};
+    IntFn level = omp_level();
+    scree::parallel_parts(16, [&](int) { n++, inside += level != nullptr && level() != 0; });
+    _exit(n.load() == 16 && inside.load() == 0 && scree::shared_openmp_runtime().empty() ? 0 : 1);
   }
   int status = 0;
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+TEST(OpenMpSharing, OnlyALoadedOpenMpLibrary) {
+  EXPECT_FALSE(scree::share_openmp_runtime("libscree-no-such-runtime.so"));
+  EXPECT_FALSE(scree::share_openmp_runtime(""));
+  EXPECT_FALSE(scree::share_openmp_runtime(nullptr));
+  EXPECT_FALSE(scree::share_openmp_runtime("libc.so.6"));  // loaded, but no OpenMP entry points
+  EXPECT_EQ(scree::shared_openmp_runtime(), "");
 }
 #endif
 
