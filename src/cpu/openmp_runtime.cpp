@@ -2,7 +2,7 @@
 // Why: torch runs its CPU ops on OpenMP (libgomp), whose workers spin for a while after each op
 // (GOMP_SPINCOUNT) before sleeping. A scree kernel started in that window ran its second thread on
 // a core a spinning torch worker held: on this 2-core Xeon, attention right after a torch matmul
-// took 1.14-1.36x as long as back to back (benchmarks/NOTES.md, issue 20 step 6). Run on the same
+// took 1.06-1.44x as long as back to back (benchmarks/NOTES.md, issue 20 step 6). Run on the same
 // runtime, the spinning workers are the ones that pick the job up.
 // The runtime is reached through its GOMP_parallel entry (the libgomp ABI that compiled
 // `#pragma omp parallel` calls; LLVM's and Intel's runtimes export it too), looked up in a library

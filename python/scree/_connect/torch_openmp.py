@@ -2,7 +2,7 @@
 
 torch runs its CPU ops on an OpenMP runtime whose workers spin for a while after each op before
 they sleep; scree's own pool then ran its second thread on a core such a worker held (on a 2-core
-Xeon, attention right after a torch matmul took 1.14-1.36x as long as back to back; NOTES.md,
+Xeon, attention right after a torch matmul took 1.06-1.44x as long as back to back; NOTES.md,
 issue 20 step 6). Sharing the runtime puts scree's parallel regions on those same workers, with
 torch's thread count (torch.set_num_threads). SCREE_SHARE_OPENMP=0 keeps scree's own pool.
 
