@@ -33,7 +33,7 @@ Two regimes, both compared like for like:
             huge pages), and for torch rows also `torch.empty` + copyto ("torch-alloc", 4 KiB
             pages) so the allocator's share is visible. First-touch page faults are paid here.
     reused  the output exists and has been written before (pages faulted in): the compiled
-            kernels scree._C.pack / pad / unpad / mask_offsets+unpad_mask into a preallocated
+            kernels scree._C.pack (torch: pack_addresses, as scree.pack) / pad / unpad / mask_offsets+unpad_mask into a preallocated
             output, against memcpy into a reused buffer and the baselines' out= forms.
 "% memcpy" is op GB/s over the best memcpy reference of the same regime (NumPy allocator for
 fresh; the torch-alloc reference is shown, not used). "x base" is the user baseline's time over
@@ -322,8 +322,14 @@ def reused_groups(d: Data) -> dict[str, tuple[Callable, Callable, str]]:
         _C.mask_offsets(mask, host)
         _C.unpad_mask(padded, mask, host, out)
 
+    def pack():  # as scree.pack hands them over: NumPy arrays as arrays, torch tensors by address
+        if npb:
+            _C.pack(seqs, off, out)
+        else:
+            _C.pack_addresses(np.fromiter((s.data_ptr() for s in seqs), np.int64, len(seqs)), off, out)
+
     return {
-        "pack": (lambda: _C.pack(seqs, off, out), concat, "concatenate(out=)" if npb else "torch.cat(out=)"),
+        "pack": (pack, concat, "concatenate(out=)" if npb else "torch.cat(out=)"),
         "to_padded": (lambda: _C.pad(v, off, pout, mout, padv, False), pad_base, "zero + row loop"),
         "from_padded(lengths)": (lambda: _C.unpad(padded, off, out, False), select, sel_name),
         "from_padded(mask)": (unpad_mask, select, sel_name),

@@ -53,6 +53,13 @@ def offsets_from_lengths(lengths: Annotated[NDArray, dict(writable=False)], out:
 def pack(sources: Sequence[Annotated[NDArray, dict(writable=False)]], offsets: Annotated[NDArray, dict(writable=False)], out: NDArray) -> None:
     """Copy each source array into out[offsets[i]:offsets[i+1]]."""
 
+def pack_addresses(addresses: Annotated[NDArray, dict(writable=False)], offsets: Annotated[NDArray, dict(writable=False)], out: NDArray) -> None:
+    """
+    pack from raw addresses (int64, one per sequence): the rows of sequence i lie contiguously
+    from addresses[i] in out's dtype and row size, which the caller guarantees (scree.pack does,
+    from the arrays it checked). Offsets, sizes and null addresses are checked here.
+    """
+
 def pad(values: Annotated[NDArray, dict(writable=False)], offsets: Annotated[NDArray, dict(writable=False)], padded: NDArray, mask: NDArray | None, pad_value: Annotated[NDArray, dict(writable=False)], left: bool) -> None:
     """
     Scatter values (total, *f) into padded (n, max_len, *f), filling gaps with pad_value; fill mask.

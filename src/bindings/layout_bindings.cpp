@@ -119,6 +119,31 @@ void pack(const std::vector<InArray>& sources, const InArray& offsets, OutArray 
   scree::ops::pack(ptrs.data(), off, n, rb, out.data());
 }
 
+// pack from the sources' addresses (int64, one per sequence): the rows of sequence i lie
+// contiguously from addresses[i], in out's dtype and row size, as the caller (scree.pack, from
+// the arrays it checked: one dtype, one feature shape, contiguous, host memory) guarantees. Why not
+// the arrays themselves: handing 16k torch tensors to the binding cost ~1.3 us each (a NumPy view
+// apiece), more than copying their rows (benchmarks/NOTES.md, issue 20 step 8).
+void pack_addresses(const InArray& addresses, const InArray& offsets, OutArray out) {
+  int64_t n;
+  const int64_t* off = host_offsets(offsets, rows_of(out), n);
+  require_kernel_input(addresses, "addresses");
+  require_ndim(addresses, 1, "addresses");
+  require_int64(addresses, "addresses");
+  require_rows(addresses, n, "addresses", "one per offsets interval");
+  require_kernel_input(out, "out");
+  require_rows(out, off[n], "out", "offsets[-1]");
+  const auto* at = static_cast<const int64_t*>(addresses.data());
+  for (int64_t i = 0; i < n; ++i)
+    scree::require(at[i] != 0 || off[i + 1] == off[i], ErrorKind::InvalidArgument,
+                   [&] { return "sequence " + std::to_string(i) + " has rows but a null address"; });
+  std::vector<const void*> ptrs(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) ptrs[size_t(i)] = reinterpret_cast<const void*>(static_cast<uintptr_t>(at[i]));
+  const int64_t rb = row_bytes(out, 1);
+  nb::gil_scoped_release release;
+  scree::ops::pack(ptrs.data(), off, n, rb, out.data());
+}
+
 // Checks a packed `values` (total, *f) against a `padded` (n, max_len, *f) for pad and unpad;
 // returns max_len. Every sequence must fit the padded length.
 template <class V, class P>
@@ -472,6 +497,10 @@ void register_layout(nb::module_& m) {
         "Write offsets (int64, n+1) from host lengths into `out`; returns max_length.");
   m.def("pack", &pack, nb::arg("sources"), nb::arg("offsets"), nb::arg("out"),
         "Copy each source array into out[offsets[i]:offsets[i+1]].");
+  m.def("pack_addresses", &pack_addresses, nb::arg("addresses"), nb::arg("offsets"), nb::arg("out"),
+        "pack from raw addresses (int64, one per sequence): the rows of sequence i lie contiguously\n"
+        "from addresses[i] in out's dtype and row size, which the caller guarantees (scree.pack does,\n"
+        "from the arrays it checked). Offsets, sizes and null addresses are checked here.");
   m.def("pad", &pad, nb::arg("values"), nb::arg("offsets"), nb::arg("padded"), nb::arg("mask").none(),
         nb::arg("pad_value"), nb::arg("left"),
         "Scatter values (total, *f) into padded (n, max_len, *f), filling gaps with pad_value; fill mask.");

@@ -154,6 +154,10 @@ def itemsize(x: Any) -> int:
     return int(x.itemsize)
 
 
+def by_address(x: Any) -> bool:
+    return False  # lazy arrays: read through host_view, which evaluates
+
+
 def host_view(x: Any) -> np.ndarray:
     """A host NumPy view of x (evaluates it) for C++ kernels that only read it; bfloat16, which
     NumPy lacks, as a copy widened to float32."""

@@ -147,6 +147,10 @@ def data_ptr(x: Any) -> int:
     return int(x.__array_interface__["data"][0])
 
 
+def by_address(x: Any) -> bool:
+    return False  # the array itself crosses for ~0.15 us, its __array_interface__ costs more
+
+
 def empty(shape_: Sequence[int], dtype: str, like: Any = None) -> np.ndarray:
     return np.empty(tuple(shape_), dtype=_dt(dtype))
 

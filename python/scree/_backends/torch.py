@@ -201,6 +201,11 @@ def data_ptr(x: Any) -> int:
     return int(x.data_ptr())
 
 
+def by_address(x: Any) -> bool:
+    """CPU, contiguous, and no lazy conjugate / negative bit (the bits in memory are the values)."""
+    return x.device.type == "cpu" and x.is_contiguous() and not x.is_conj() and not x.is_neg()
+
+
 def _dev(like: Any) -> Any:
     return None if like is None else like.device
 
