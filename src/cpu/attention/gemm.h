@@ -1,7 +1,11 @@
 // The one matrix micro-kernel of the CPU attention: C (M x N) (+)= A (M x K) * B (K x N), B and C
 // row-major in the compute type; A row-major, or stored transposed (A_T: element (m, k) at
 // A[k * lda + m]) so that S^T from a previous product can be used without a transpose. Register
-// tile: kTileRows rows x 2 vectors; B's K x 2W panel stays in L1 across row tiles.
+// tile: kTileRows rows x 2 vectors. Row tiles outermost: a tile's rows of A (12 x K, read by
+// broadcasts, in place from K's rows 2 KiB apart) stay in L1 across the column panels, while B
+// (Q^T or V, packed or dense) is re-read from L1/L2; with the panels outermost (B's panel kept in
+// L1) the fp32 forward was 1-4% slower (D 64: 3-4%), the backward -3..+13% (interleaved A/B, this
+// Xeon, benchmarks/NOTES.md issue 20 step 7).
 // N must be a multiple of 2 * width (callers pad their packed buffers with zeros).
 #pragma once
 
@@ -57,13 +61,13 @@ template <class T, bool A_T = false>
 void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
           bool accumulate) {
   constexpr int W2 = 2 * Simd<T>::width;
-  for (int64_t j = 0; j < N; j += W2) {
-    int64_t i = 0;
-    for (; i + kTileRows <= M; i += kTileRows)
+  int64_t i = 0;
+  for (; i + kTileRows <= M; i += kTileRows)
+    for (int64_t j = 0; j < N; j += W2)
       gemm_tile<T, kTileRows, A_T>(A + (A_T ? i : i * lda), lda, B + j, ldb, C + i * ldc + j, ldc, K, accumulate);
+  for (int64_t j = 0; j < N; j += W2)
     gemm_rest<T, kTileRows - 1, A_T>(M - i, A + (A_T ? i : i * lda), lda, B + j, ldb, C + i * ldc + j, ldc, K,
                                       accumulate);
-  }
 }
 
 SCREE_CPU_NAMESPACE_END
