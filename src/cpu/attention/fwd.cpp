@@ -1,5 +1,5 @@
 // CPU varlen attention forward: flash-style blocked attention with online softmax in the compute
-// type (fp32; fp64 for fp64 inputs). Work item = (sequence, query head, block of kBlockQ query
+// type (fp32; fp64 for fp64 inputs). Work item = (sequence, query head, block of block_rows() query
 // rows); for each block of kBlockK keys: S = Q K^T (gemm), softcap, mask, online softmax, O += P V.
 // Compiled once per ISA (CMake: generic, avx2, avx512, amx); the namespace SCREE_CPU_ISA keeps the
 // copies apart and attention_cpu.cpp picks one at run time. In the amx build bfloat16 inputs go to
@@ -35,11 +35,23 @@ using attention::visible_keys;
 namespace {
 
 // Block sizes: multiples of 6 (the micro-kernel's rows) and of 16 (its columns), so no block leaves
-// a short remainder tile. Per-thread working set for D = Dv = 128 in fp32: Q^T 128x96 (48 KiB)
-// + K 96x128 (48 KiB, only when converted) + V 96x128 (48 KiB, idem) + S^T 96x96 (36 KiB)
-// + O 96x128 (48 KiB) = at most 228 KiB, inside this machine's 512 KiB L2.
-constexpr int64_t kBlockQ = 96;
+// a short remainder tile. Per-thread working set for D = Dv = 128 in fp32, 192 query rows: Q^T
+// 128x192 (96 KiB) + K 96x128 (48 KiB, only when converted) + V 96x128 (48 KiB, idem) + S^T 96x192
+// (72 KiB) + O 192x128 (96 KiB) = at most 360 KiB, inside the L2 (2 MiB on the Xeon, 512 KiB on
+// the EPYC VM).
 constexpr int64_t kBlockK = 96;
+constexpr int64_t kBlockQMax = 192;
+
+// Query rows per item: 192 without a mask (each row tile of K, read by broadcasts, then serves 6
+// column panels of S^T instead of 3): +4.6-10.6% on long and mixed lengths (A/B, this Xeon, after
+// gemm's row-tiles-outermost order); 96 under a causal mask or a window, where a taller block
+// computes more of the masked triangle: 192 rows there measured -1..-8% (eq1024 / mixed causal,
+// 64-token causal) and +5% (eq2048 causal). benchmarks/NOTES.md, issue 20 step 7.
+// Calls whose sequences are all <= 192 rows keep 96 (8..128-token sequences: D 64 +6%, D 128 -5%).
+inline int64_t block_rows(const VarlenParams& p) {
+  const bool masked = p.causal || p.window_left != attention::kUnbounded || p.window_right != attention::kUnbounded;
+  return masked || p.max_seqlen_q <= kBlockQMax ? 96 : kBlockQMax;
+}
 
 // On a line (aligned.h): Q^T is read by zmm loads for every FMA pair of S^T, S^T and O are the
 // products' C; from std::vector every such load split a line (16-byte aligned).
@@ -47,16 +59,16 @@ template <class T>
 struct Buffers {
   using C = compute_t<T>;
   LineVector<C> qt, k, v, st, o, m, l, lo, hi, row;
-  Buffers(int64_t D, int64_t Dv_pad) {
-    qt.resize(D * kBlockQ);
+  Buffers(int64_t D, int64_t Dv_pad, int64_t rows) {
+    qt.resize(D * rows);
     k.resize(kBlockK * D);
     v.resize(kBlockK * Dv_pad);
-    st.resize(kBlockK * kBlockQ);
-    o.resize(kBlockQ * Dv_pad);
-    m.resize(kBlockQ);
-    l.resize(kBlockQ);
-    lo.resize(kBlockQ);
-    hi.resize(kBlockQ);
+    st.resize(kBlockK * rows);
+    o.resize(rows * Dv_pad);
+    m.resize(rows);
+    l.resize(rows);
+    lo.resize(rows);
+    hi.resize(rows);
     row.resize(D);
   }
 };
@@ -72,7 +84,7 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   constexpr int W = Simd<C>::width;
   constexpr C kNegInf = -std::numeric_limits<C>::infinity();
   const int64_t D = p.head_dim, Dv = p.head_dim_v, Dv_pad = round_up(Dv, 2 * W);
-  const ItemGeometry g(p, item, kBlockQ);
+  const ItemGeometry g(p, item, block_rows(p));
   const int64_t h = g.h, q0 = g.q0, i0 = g.i0, rows = g.rows, Lq = g.Lq, Lk = g.Lk;
   const int64_t cols = round_up(rows, 2 * W);  // query columns of S^T, zero-padded
   const bool capped = p.softcap > 0.0;
@@ -181,11 +193,11 @@ void forward(const VarlenParams& p) {
   using C = compute_t<T>;
   const int64_t Dv_pad = round_up(p.head_dim_v, 2 * Simd<C>::width);
   double flops = 0;
-  std::vector<WorkItem> items = forward_items(p, kBlockQ, flops);
+  std::vector<WorkItem> items = forward_items(p, block_rows(p), flops);
   std::vector<Buffers<T>> buffers;
   const int threads = std::max(1, num_threads());
   buffers.reserve(threads);
-  for (int t = 0; t < threads; ++t) buffers.emplace_back(p.head_dim, Dv_pad);
+  for (int t = 0; t < threads; ++t) buffers.emplace_back(p.head_dim, Dv_pad, block_rows(p));
   run_items(items, flops, [&](int t, const WorkItem& item) { forward_block<T>(p, item, buffers[t]); });
 }
 
