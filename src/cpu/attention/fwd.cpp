@@ -58,7 +58,7 @@ inline int64_t block_rows(const VarlenParams& p) {
 template <class T>
 struct Buffers {
   using C = compute_t<T>;
-  LineVector<C> qt, k, v, st, o, m, l, lo, hi, row;
+  LineVector<C> qt, k, v, st, o, m, mx, l, lo, hi, row;
   Buffers(int64_t D, int64_t Dv_pad, int64_t rows) {
     qt.resize(D * rows);
     k.resize(kBlockK * D);
@@ -66,6 +66,7 @@ struct Buffers {
     st.resize(kBlockK * rows);
     o.resize(rows * Dv_pad);
     m.resize(rows);
+    mx.resize(rows);
     l.resize(rows);
     lo.resize(rows);
     hi.resize(rows);
@@ -140,16 +141,18 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
       }
       vblk = buf.v.data(), ldv = Dv_pad;
     }
-    gemm<C>(n, cols, D, kblk, ldk, qt, cols, st, cols, false);  // S^T (n x cols)
-
     const bool full = last.lo <= kb && kb + n <= first.hi && rows == cols;
+    // Unmasked and uncapped, the block's column maxima come out of the product's registers.
+    const bool max_in_gemm = full && !capped;
+    if (max_in_gemm) std::copy(buf.m.begin(), buf.m.begin() + cols, buf.mx.begin());
+    gemm<C>(n, cols, D, kblk, ldk, qt, cols, st, cols, false, max_in_gemm ? buf.mx.data() : nullptr);  // S^T
     // Softcap and mask in the max pass below (one pass over S^T less; none at all for a full block).
     // Online softmax across query columns: new running max, rescale factor, exp and row sums.
     for (int64_t c = 0; c < cols; c += W) {
       const V m_old = load<C>(buf.m.data() + c);
       V m_new = m_old;
-      if (full && !capped) {
-        for (int64_t j = 0; j < n; ++j) m_new = vmax<C>(m_new, load<C>(st + j * cols + c));
+      if (max_in_gemm) {
+        m_new = load<C>(buf.mx.data() + c);
       } else {
         const V lo = load<C>(buf.lo.data() + c), hi = load<C>(buf.hi.data() + c);
         for (int64_t j = 0; j < n; ++j) {

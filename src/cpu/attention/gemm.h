@@ -21,7 +21,7 @@ SCREE_CPU_NAMESPACE_BEGIN
 // cost a measurable share at K = 64..128 (benchmarks/NOTES.md).
 template <class T, int R, bool A_T>
 __attribute__((always_inline)) inline void gemm_tile(const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t K,
-                      bool accumulate) {
+                      bool accumulate, T* col_max) {
   using V = vec_t<T>;
   constexpr int W = Simd<T>::width;
   V c0[R], c1[R];
@@ -41,6 +41,12 @@ __attribute__((always_inline)) inline void gemm_tile(const T* A, int64_t lda, co
     store<T>(C + r * ldc, c0[r]);
     store<T>(C + r * ldc + W, c1[r]);
   }
+  if (col_max != nullptr) {  // the tile's column maxima, from the registers
+    V m0 = c0[0], m1 = c1[0];
+    for (int r = 1; r < R; ++r) m0 = vmax<T>(m0, c0[r]), m1 = vmax<T>(m1, c1[r]);
+    store<T>(col_max, vmax<T>(load<T>(col_max), m0));
+    store<T>(col_max + W, vmax<T>(load<T>(col_max + W), m1));
+  }
 }
 
 // Rows of the register tile: 6 x 2 vectors fill the 16 AVX2 / SSE registers; AVX-512 has 32, so
@@ -50,24 +56,27 @@ inline constexpr int kTileRows = kVectorBytes == 64 ? 12 : 6;
 // The rows left below a whole tile (1 .. R - 1), one instantiation each.
 template <class T, int R, bool A_T>
 __attribute__((always_inline)) inline void gemm_rest(int64_t rows, const T* A, int64_t lda, const T* B, int64_t ldb,
-                                                     T* C, int64_t ldc, int64_t K, bool accumulate) {
+                                                     T* C, int64_t ldc, int64_t K, bool accumulate, T* col_max) {
   if constexpr (R > 0) {
-    if (rows == R) return gemm_tile<T, R, A_T>(A, lda, B, ldb, C, ldc, K, accumulate);
-    gemm_rest<T, R - 1, A_T>(rows, A, lda, B, ldb, C, ldc, K, accumulate);
+    if (rows == R) return gemm_tile<T, R, A_T>(A, lda, B, ldb, C, ldc, K, accumulate, col_max);
+    gemm_rest<T, R - 1, A_T>(rows, A, lda, B, ldb, C, ldc, K, accumulate, col_max);
   }
 }
 
+// col_max (N values, optional): raised to the maximum of each column of C, taken from the registers
+// (the softmax's running max over S^T's key rows without a pass over S^T).
 template <class T, bool A_T = false>
 void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
-          bool accumulate) {
+          bool accumulate, T* col_max = nullptr) {
   constexpr int W2 = 2 * Simd<T>::width;
   int64_t i = 0;
   for (; i + kTileRows <= M; i += kTileRows)
     for (int64_t j = 0; j < N; j += W2)
-      gemm_tile<T, kTileRows, A_T>(A + (A_T ? i : i * lda), lda, B + j, ldb, C + i * ldc + j, ldc, K, accumulate);
+      gemm_tile<T, kTileRows, A_T>(A + (A_T ? i : i * lda), lda, B + j, ldb, C + i * ldc + j, ldc, K, accumulate,
+                                   col_max == nullptr ? nullptr : col_max + j);
   for (int64_t j = 0; j < N; j += W2)
     gemm_rest<T, kTileRows - 1, A_T>(M - i, A + (A_T ? i : i * lda), lda, B + j, ldb, C + i * ldc + j, ldc, K,
-                                      accumulate);
+                                      accumulate, col_max == nullptr ? nullptr : col_max + j);
 }
 
 SCREE_CPU_NAMESPACE_END
