@@ -12,6 +12,10 @@
 #include <limits>
 #include <type_traits>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 SCREE_CPU_NAMESPACE_BEGIN
 
 template <class T>
@@ -82,6 +86,28 @@ inline vec_t<T> vexp(vec_t<T> x) {
   constexpr bool f32 = std::is_same_v<T, float>;
   const T hi = f32 ? T(88.3762626647949) : T(709.78);
   const T lo = f32 ? T(-87.3365447504) : T(-708.39);
+#if defined(__AVX512F__)
+  if constexpr (f32 && kVectorBytes == 64) {
+    // The same reduction and polynomial; VRNDSCALEPS rounds n and VSCALEFPS applies 2^n (no clamp,
+    // no magic-number rounding, no exponent bits built by hand): 6 instructions less a vector.
+    const __m512 xv = reinterpret_cast<__m512>(x);
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xv, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), xv);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723212e-6f), r);
+    __m512 q = _mm512_set1_ps(1.0f / 720);
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 120));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 24));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 6));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(0.5f));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f));
+    V out = reinterpret_cast<V>(_mm512_scalef_ps(q, n));
+    out = x < lo ? splat<T>(T(0)) : out;  // (also -inf, where r is NaN)
+    out = x > hi ? splat<T>(std::numeric_limits<T>::infinity()) : out;
+    return out;
+  }
+#endif
   V xc = x > hi ? splat<T>(hi) : x;
   xc = xc < lo ? splat<T>(lo) : xc;
   const V log2e = splat<T>(T(1.44269504088896341));
