@@ -96,6 +96,13 @@ int64_t offsets_from_lengths(const InArray& lengths, OutArray out) {
   return layout.max_length;
 }
 
+// The copy both packs end in: sources checked, out checked against offsets[n] rows.
+void pack_rows(const std::vector<const void*>& ptrs, const int64_t* off, int64_t n, OutArray out) {
+  const int64_t rb = row_bytes(out, 1);
+  nb::gil_scoped_release release;
+  scree::ops::pack(ptrs.data(), off, n, rb, out.data());
+}
+
 void pack(const std::vector<InArray>& sources, const InArray& offsets, OutArray out) {
   int64_t n;
   const int64_t* off = host_offsets(offsets, rows_of(out), n);
@@ -114,9 +121,7 @@ void pack(const std::vector<InArray>& sources, const InArray& offsets, OutArray 
     require_rows(s, off[i + 1] - off[i], name.c_str(), "its length");
     ptrs[i] = s.data();
   }
-  const int64_t rb = row_bytes(out, 1);
-  nb::gil_scoped_release release;
-  scree::ops::pack(ptrs.data(), off, n, rb, out.data());
+  pack_rows(ptrs, off, n, out);
 }
 
 // pack from the sources' addresses (int64, one per sequence): the rows of sequence i lie
@@ -139,9 +144,7 @@ void pack_addresses(const InArray& addresses, const InArray& offsets, OutArray o
                    [&] { return "sequence " + std::to_string(i) + " has rows but a null address"; });
   std::vector<const void*> ptrs(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) ptrs[size_t(i)] = reinterpret_cast<const void*>(static_cast<uintptr_t>(at[i]));
-  const int64_t rb = row_bytes(out, 1);
-  nb::gil_scoped_release release;
-  scree::ops::pack(ptrs.data(), off, n, rb, out.data());
+  pack_rows(ptrs, off, n, out);
 }
 
 // Checks a packed `values` (total, *f) against a `padded` (n, max_len, *f) for pad and unpad;

@@ -43,20 +43,20 @@ def pack(ns: ModuleType, seqs: Sequence[Any], lengths: np.ndarray) -> Array:
     # One device (the caller checked): the first tells host or not; autograd asks of every one.
     if not ns.is_host(first) or ns.is_tracing() or any(ns.needs_autograd(s) for s in seqs):
         return reference.pack(seqs, lengths)
+    # By address (torch): ~0.2 us a sequence where its NumPy view cost ~1.3; 16k sequences of
+    # 1..64 tokens x 64 floats: 83-84 -> 41-48 ms, torch.cat 64-66 (NOTES.md, issue 20 step 8).
+    by_address = all(ns.by_address(s) for s in seqs)
+    if not by_address:
+        row_bytes = int(np.prod(ns.shape(first)[1:], dtype=np.int64)) * ns.itemsize(first)
+        if len(seqs) > 16 and int(lengths.sum()) * row_bytes < _PACK_MIN_BYTES_PER_SEQUENCE * len(seqs):
+            return reference.pack(seqs, lengths)
     host = np.zeros(len(seqs) + 1, dtype=np.int64)
     np.cumsum(lengths, out=host[1:])
-    if all(ns.by_address(s) for s in seqs):
-        # By address (torch): ~0.2 us a sequence where its NumPy view cost ~1.3; 16k sequences of
-        # 1..64 tokens x 64 floats: 83-84 -> 41-62 ms, torch.cat 64-66 (NOTES.md, issue 20 step 8).
-        addresses = np.fromiter((ns.data_ptr(s) for s in seqs), dtype=np.int64, count=len(seqs))
-        out = ns.empty((int(host[-1]), *ns.shape(first)[1:]), ns.dtype_name(first), like=first)
-        _C.pack_addresses(addresses, host, out)
-        return Array._trusted(out, _host_int64(ns, host, first), host, int(lengths.max(initial=0)))
-    row_bytes = int(np.prod(ns.shape(first)[1:], dtype=np.int64)) * ns.itemsize(first)
-    if len(seqs) > 16 and int(lengths.sum()) * row_bytes < _PACK_MIN_BYTES_PER_SEQUENCE * len(seqs):
-        return reference.pack(seqs, lengths)
     out = ns.empty((int(host[-1]), *ns.shape(first)[1:]), ns.dtype_name(first), like=first)
-    _C.pack([ns.host_view(s) for s in seqs], host, out)
+    if by_address:
+        _C.pack_addresses(np.fromiter((ns.data_ptr(s) for s in seqs), dtype=np.int64, count=len(seqs)), host, out)
+    else:
+        _C.pack([ns.host_view(s) for s in seqs], host, out)
     return Array._trusted(out, _host_int64(ns, host, first), host, int(lengths.max(initial=0)))
 
 
