@@ -67,7 +67,7 @@ def main() -> None:
     out = torch.empty_like(q)
     lse = torch.empty(h, n * L, device=dev, dtype=torch.float32)
     dq, dk, dv = (torch.empty_like(x) for x in (q, k, v))
-    wsb = _C.cuda_bwd_workspace_bytes(n * L, h, d, False)
+    wsb = _C.cuda_bwd_workspace_bytes(n * L, n * L, n, h, d, False)
     ws = torch.empty(wsb, device=dev, dtype=torch.uint8)
     K.forward(ns, q, k, v, cu, cu, spec_args)
     out, lse = K.forward(ns, q, k, v, cu, cu, spec_args)

@@ -224,9 +224,10 @@ def varlen_bwd_workspace_bytes(q: Annotated[NDArray, dict(writable=False)], k: A
     Bytes of device workspace varlen_bwd needs for these arguments (0 on the CPU).
     """
 
-def cuda_bwd_workspace_bytes(total_q: int, heads_q: int, head_dim: int, deterministic: bool = False) -> int:
+def cuda_bwd_workspace_bytes(total_q: int, total_k: int, num_sequences: int, heads_q: int, head_dim: int, deterministic: bool = False) -> int:
     """
-    Bytes of workspace the CUDA backward needs for these sizes (0 in builds without CUDA).
+    Bytes of workspace the CUDA backward needs for these sizes (0 in builds without CUDA): Tq query
+    and Tk key tokens in n sequences (the packed key-tile schedule of short sequences grows with them).
     """
 
 def varlen_bwd(dout: Annotated[NDArray, dict(writable=False)], q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], out: Annotated[NDArray, dict(writable=False)], lse: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], dq: NDArray, dk: NDArray, dv: NDArray, args: AttentionArgs, workspace: NDArray | None = None, stream: int = 0) -> None:

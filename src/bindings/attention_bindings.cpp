@@ -315,11 +315,12 @@ size_t varlen_bwd_workspace_bytes(const InArray& q_, const InArray& k_, const In
 
 // The CUDA backward's workspace size from sizes alone, for callers that size the buffer before
 // they hold arrays (JAX declares it as an extra output of the FFI call); 0 without CUDA.
-size_t cuda_bwd_workspace_bytes(int64_t total_q, int64_t heads_q, int64_t head_dim, bool deterministic) {
-  scree::require(total_q >= 0 && heads_q >= 0 && head_dim >= 0, ErrorKind::InvalidArgument,
-                 [] { return std::string("sizes must be >= 0"); });
+size_t cuda_bwd_workspace_bytes(int64_t total_q, int64_t total_k, int64_t num_sequences, int64_t heads_q,
+                                int64_t head_dim, bool deterministic) {
+  scree::require(total_q >= 0 && total_k >= 0 && num_sequences >= 0 && heads_q >= 0 && head_dim >= 0,
+                 ErrorKind::InvalidArgument, [] { return std::string("sizes must be >= 0"); });
 #ifdef SCREE_WITH_CUDA
-  return attention::varlen_bwd_cuda_workspace_bytes(total_q, heads_q, head_dim, deterministic);
+  return attention::varlen_bwd_cuda_workspace_bytes(total_q, total_k, num_sequences, heads_q, head_dim, deterministic);
 #else
   (void)deterministic;
   return 0;
@@ -466,9 +467,10 @@ void register_attention(nb::module_& m) {
   m.def("varlen_bwd_workspace_bytes", &varlen_bwd_workspace_bytes, nb::arg("q"), nb::arg("k"), nb::arg("v"),
         nb::arg("cu_seqlens_q"), nb::arg("cu_seqlens_k"), nb::arg("args"),
         "Bytes of device workspace varlen_bwd needs for these arguments (0 on the CPU).");
-  m.def("cuda_bwd_workspace_bytes", &cuda_bwd_workspace_bytes, nb::arg("total_q"), nb::arg("heads_q"),
-        nb::arg("head_dim"), nb::arg("deterministic") = false,
-        "Bytes of workspace the CUDA backward needs for these sizes (0 in builds without CUDA).");
+  m.def("cuda_bwd_workspace_bytes", &cuda_bwd_workspace_bytes, nb::arg("total_q"), nb::arg("total_k"),
+        nb::arg("num_sequences"), nb::arg("heads_q"), nb::arg("head_dim"), nb::arg("deterministic") = false,
+        "Bytes of workspace the CUDA backward needs for these sizes (0 in builds without CUDA): Tq query\n"
+        "and Tk key tokens in n sequences (the packed key-tile schedule of short sequences grows with them).");
   m.def("varlen_bwd", &varlen_bwd, nb::arg("dout"), nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"),
         nb::arg("lse"), nb::arg("cu_seqlens_q"), nb::arg("cu_seqlens_k"), nb::arg("dq"), nb::arg("dk"),
         nb::arg("dv"), nb::arg("args"), nb::arg("workspace").none() = nb::none(), nb::arg("stream") = 0,

@@ -1,14 +1,18 @@
-"""The Hopper forward's packed query tiles (issue 18; src/cuda/attention/sm90/tile_packing.cuh):
-several short sequences in one 128-row tile, each row masked to its own sequence's keys, against
-the fp64 reference with FlashAttention's rule, with the order forced both ways
-(SCREE_SM90_TILES=packed / sequence, read at every call) on the same fresh random inputs.
+"""The Hopper kernels' packed tiles (issue 18; src/cuda/attention/sm90/tile_packing.cuh): in the
+forward several short sequences in one 128-row query tile, each row masked to its own sequence's
+keys; in the backward several in one 128-key tile, each key masked to its own sequence's queries.
+Against the fp64 reference with FlashAttention's rule, with the order forced both ways
+(SCREE_SM90_TILES=packed / sequence, read at every call, by both passes) on the same fresh random
+inputs.
 
 Lengths: 0..300 mixed (packed tiles beside sequence tiles of the longer ones), 1..64, 130 sequences
 of one token (a tile of 128 of them and a second tile), sequences straddling the packed array's
 128-row boundaries, q and k lengths that differ both ways (key spans past one block, keys of empty
 query sequences inside a tile), empty sequences between packed ones; causal, windows, softcap,
 GQA; the direct call into NaN-poisoned outputs (every row written, rows seeing no key 0 / -inf),
-and the backward on the packed forward's out and lse. Skipped without an sm_90 device and the
+the backward on the packed forward's out and lse, and the packed backward called directly into
+NaN-poisoned gradients, default and deterministic (two deterministic runs give the same bits; keys
+no query sees get zero gradients). Skipped without an sm_90 device and the
 Hopper kernels (elsewhere the variable changes nothing)."""
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed")
 import scree  # noqa: E402
 
 from attention_checks import (  # noqa: E402
-    assert_fa_close, assert_lse_close, c_args, c_varlen_fwd, check_against_references, cuda_path, fresh_seed,
+    assert_fa_close, assert_lse_close, c_args, c_varlen_bwd, c_varlen_fwd, check_against_references, cuda_path, fresh_seed,
     fwd_grads, generator, kernel_offsets, poisoned, random_qkv, random_values, reference_pair, stream_of,
 )
 
@@ -115,6 +119,40 @@ def test_backward_on_the_packed_forward(lengths, opts, monkeypatch):
     with cuda_path("sm90"):
         got = fwd_grads(scree.varlen_attention, q, k, v, dout, opts)
     check_against_references("[packed tiles] fwd+bwd", got, ref64, low, seed)
+
+
+@needs_hopper
+@pytest.mark.parametrize("opts", [{}, {"causal": True, "window": (12, None)}, {"softcap": 4.0, "scale": 0.3}],
+                         ids=["plain", "causal_left", "softcap"])
+@pytest.mark.parametrize("lengths", list(LENGTHS))
+@pytest.mark.parametrize("d", [64, 128])
+def test_packed_backward_direct(d, lengths, opts, monkeypatch):
+    """The packed key tiles' backward into poisoned dq, dk, dv: every element written, close to the
+    reference, zero for keys no query sees, and the same bits from two deterministic runs."""
+    lq, lk = LENGTHS[lengths]
+    seed = fresh_seed()
+    q, k, v = random_qkv(lq, lk, 8, 2, d, d, torch.bfloat16, DEV, seed)
+    dout = random_values((q.total, 8, d), torch.bfloat16, DEV, generator(seed + 1, DEV))
+    ref64, low = reference_pair(q, k, v, dout, opts)
+    monkeypatch.setenv("SCREE_SM90_TILES", "packed")
+    out = torch.empty((q.total, 8, d), dtype=torch.bfloat16, device=DEV)
+    lse = torch.empty((8, q.total), dtype=torch.float32, device=DEV)
+    kq = np.repeat(np.diff(q.host_offsets) == 0, np.diff(k.host_offsets))  # keys no query can see
+    idx = torch.from_numpy(np.flatnonzero(kq)).to(DEV)
+    results = {}
+    with cuda_path("sm90"):
+        c_varlen_fwd(q, k, v, out, lse, opts)
+        for det in (False, True, True):
+            dq, dk, dv = (poisoned(a.values.shape, torch.bfloat16, DEV) for a in (q, k, v))
+            c_varlen_bwd(dout, q, k, v, out, lse, dq, dk, dv, opts, deterministic=det)
+            for name, g, r, lo in zip(("dq", "dk", "dv"), (dq, dk, dv), ref64[2], low[2]):
+                assert not torch.isnan(g).any(), f"{name} (deterministic={det}): {int(torch.isnan(g).sum())} unwritten"
+                assert_fa_close(f"packed {name} deterministic={det}", g, r, lo, rtol=3.0,
+                                extra_atol=1e-5 + (3e-4 if opts.get("softcap") else 0), seed=seed)
+            assert torch.equal(dk[idx], torch.zeros_like(dk[idx])) and torch.equal(dv[idx], torch.zeros_like(dv[idx]))
+            if det and det in results:
+                assert all(torch.equal(a, b) for a, b in zip(results[det], (dq, dk, dv))), "deterministic runs differ"
+            results[det] = (dq, dk, dv)
 
 
 @needs_hopper

@@ -127,7 +127,8 @@ def _attention_bwd(args, deterministic, res, cotangents):
     args = args.with_deterministic(K.resolve_deterministic(deterministic, _NS))
     # The CUDA kernels' workspace is a fourth (discarded) output, sized by the C++ formula; the
     # CPU handler ignores it (0 bytes).
-    ws = _C.cuda_bwd_workspace_bytes(q.shape[0], q.shape[1], q.shape[2], args.deterministic) \
+    ws = _C.cuda_bwd_workspace_bytes(q.shape[0], k.shape[0], cu_q.shape[0] - 1, q.shape[1], q.shape[2],
+                                     args.deterministic) \
         if _platform(q) == "gpu" else 0
     out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v))
     out_types += (jax.ShapeDtypeStruct((ws,), jnp.uint8),)

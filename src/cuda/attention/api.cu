@@ -300,12 +300,13 @@ void varlen_fwd_cuda(const VarlenParams& params, void* workspace, size_t workspa
   (void)s;
 }
 
-size_t varlen_bwd_cuda_workspace_bytes(int64_t total_q, int64_t heads_q, int64_t head_dim, bool deterministic) {
-  return cuda_attention::BwdWorkspace::sizes(total_q, heads_q, head_dim, deterministic).total();
+size_t varlen_bwd_cuda_workspace_bytes(int64_t total_q, int64_t total_k, int64_t num_sequences, int64_t heads_q,
+                                       int64_t head_dim, bool deterministic) {
+  return cuda_attention::BwdWorkspace::sizes(total_q, total_k, num_sequences, heads_q, head_dim, deterministic).total();
 }
 
 size_t varlen_bwd_cuda_workspace_bytes(const VarlenBackwardParams& p, bool deterministic) {
-  return varlen_bwd_cuda_workspace_bytes(p.total_q, p.heads_q, p.head_dim, deterministic);
+  return varlen_bwd_cuda_workspace_bytes(p.total_q, p.total_k, p.num_sequences, p.heads_q, p.head_dim, deterministic);
 }
 
 const char* cuda_backward_path(const VarlenBackwardParams& p) { return use_sm90_bwd(p) ? "sm90" : "sm80"; }
@@ -331,7 +332,8 @@ void varlen_bwd_cuda(const VarlenBackwardParams& params, void* workspace, size_t
   });
   require(reinterpret_cast<uintptr_t>(workspace) % 16 == 0, ErrorKind::InvalidArgument,
           [&] { return std::string("the workspace must be 16-byte aligned"); });
-  const auto ws = cuda_attention::BwdWorkspace::carve(workspace, p.total_q, p.heads_q, p.head_dim, deterministic);
+  const auto ws = cuda_attention::BwdWorkspace::carve(workspace, p.total_q, p.total_k, p.num_sequences, p.heads_q,
+                                                      p.head_dim, deterministic);
   auto s = static_cast<cudaStream_t>(stream);
   if (use_sm90_bwd(p)) {
 #define SCREE_RUN(T, TAG, D) \

@@ -10,11 +10,15 @@
 //   dq_accum  dQ in fp32, (total_q, heads_q, D) like dq, zeroed by the preprocess, accumulated by
 //             the key-tile kernels and converted to dq's type by the postprocess;
 //   dq_sem    deterministic mode only: per (head, first token of a 64- or 128-query block) the
-//             count of dQ additions done, so the Hopper kernel adds in a fixed order.
+//             count of dQ additions done, so the Hopper kernel adds in a fixed order;
+//   packed    the Hopper kernel's packed key-tile schedule (sm90/tile_packing.h; written only
+//             where a call takes packed tiles), sized by total_k and the sequences.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+
+#include "sm90/tile_packing.h"
 
 namespace scree::cuda_attention {
 
@@ -29,6 +33,7 @@ struct BwdWorkspace {
   float* lse2 = nullptr;
   float* dq_accum = nullptr;
   int* dq_sem = nullptr;  // null unless deterministic
+  void* packed = nullptr;
   int64_t ld = 0;
 
   static constexpr size_t kAlign = 256;
@@ -37,19 +42,22 @@ struct BwdWorkspace {
 
   // Byte sizes of the parts, in order; their sum is what the caller allocates.
   struct Sizes {
-    size_t header, delta, lse2, dq_accum, dq_sem;
-    size_t total() const { return header + delta + lse2 + dq_accum + dq_sem; }
+    size_t header, delta, lse2, dq_accum, dq_sem, packed;
+    size_t total() const { return header + delta + lse2 + dq_accum + dq_sem + packed; }
   };
-  static Sizes sizes(int64_t total_q, int64_t heads_q, int64_t head_dim, bool deterministic) {
+  static Sizes sizes(int64_t total_q, int64_t total_k, int64_t num_sequences, int64_t heads_q, int64_t head_dim,
+                     bool deterministic) {
     const size_t rows = size_t(heads_q) * size_t(row_stride(total_q));
     return {round(sizeof(BwdHeader)), round(rows * sizeof(float)), round(rows * sizeof(float)),
             round(size_t(total_q) * size_t(heads_q) * size_t(head_dim) * sizeof(float)),
-            deterministic ? round(size_t(total_q) * size_t(heads_q) * sizeof(int)) : 0};
+            deterministic ? round(size_t(total_q) * size_t(heads_q) * sizeof(int)) : 0,
+            round(sm90::PackedTiles::bytes(total_k, num_sequences))};
   }
 
   // base: at least sizes(...).total() bytes, 16-byte aligned (checked by the host API).
-  static BwdWorkspace carve(void* base, int64_t total_q, int64_t heads_q, int64_t head_dim, bool deterministic) {
-    const Sizes s = sizes(total_q, heads_q, head_dim, deterministic);
+  static BwdWorkspace carve(void* base, int64_t total_q, int64_t total_k, int64_t num_sequences, int64_t heads_q,
+                            int64_t head_dim, bool deterministic) {
+    const Sizes s = sizes(total_q, total_k, num_sequences, heads_q, head_dim, deterministic);
     char* at = static_cast<char*>(base);
     BwdWorkspace w;
     w.ld = row_stride(total_q);
@@ -57,7 +65,8 @@ struct BwdWorkspace {
     w.delta = reinterpret_cast<float*>(at), at += s.delta;
     w.lse2 = reinterpret_cast<float*>(at), at += s.lse2;
     w.dq_accum = reinterpret_cast<float*>(at), at += s.dq_accum;
-    w.dq_sem = deterministic ? reinterpret_cast<int*>(at) : nullptr;
+    w.dq_sem = deterministic ? reinterpret_cast<int*>(at) : nullptr, at += s.dq_sem;
+    w.packed = at;
     return w;
   }
 };

@@ -23,6 +23,10 @@
 // (TileOrder::tiles_outermost), so the tiles whose adds wait for each other run a wave apart.
 // Rows past a sequence's end read the neighbours' tokens or TMA's zeros: their P and dS are set
 // to 0 (a select, never a product, so non-finite neighbours cannot leak into P or dS).
+// Packed key tiles (short sequences, tile_packing.cuh): a tile's 128 keys hold several whole
+// sequences, its steps walk the query blocks spanning those sequences' queries, and each key row
+// keeps only its own sequence's visible queries (packed_key_queries: a block-diagonal mask); such
+// a tile is the only one adding to its queries' dQ, so deterministic mode waits for no other.
 #pragma once
 
 #include <cuda.h>
@@ -41,6 +45,7 @@
 #include "named_barrier.cuh"
 #include "pipeline.cuh"
 #include "ptx.cuh"
+#include "tile_packing.cuh"
 #include "tile_scheduler.cuh"
 #include "tma.cuh"
 #include "wgmma.cuh"
@@ -99,10 +104,14 @@ inline constexpr int kBwdSmemBytes = smem_bytes<BwdSmem<D>>();
 
 // A key tile: its sequence, first key n0 (and keys in it), kv head, and the query blocks
 // [mb_begin, mb_end) that can see its keys; the steps walk them for each query head of the group.
+// A packed tile (sequences [first, end), end > first + 1): s spans its sequences (k_len its keys,
+// q_len its queries), n0 = 0, and every query block of the span is walked.
 struct BwdTile {
   SeqTile s;
   int n_tile, n0, hk;
   int mb_begin, mb_blocks, steps;
+  int64_t first, end;
+  __device__ __forceinline__ bool packed() const { return end - first > 1; }
 };
 
 template <int kM, int kN>
@@ -110,7 +119,26 @@ __device__ __forceinline__ bool bwd_tile_at(const VarlenBackwardParams& p, const
                                             BwdTile& x) {
   int64_t b;
   order.at(t, b, x.n_tile, x.hk);
-  x.s = sequence(p, b);
+  if (order.packed != nullptr) {  // entry b of the schedule: {first, end, first key, 0}
+    const int4 e = order.packed[b];
+    x.first = e.x, x.end = e.y;
+    x.s = sequence(p, x.first);
+    x.n_tile = e.z / kN;
+    if (x.packed()) {
+      const SeqTile last = sequence(p, x.end - 1);
+      // Clamped, not trusted (an unvalidated layout): keys within one tile, a bounded query span.
+      x.s.k_len = int(clamp64(last.k_start + last.k_len - x.s.k_start, 0, kN));
+      x.s.q_len = int(clamp64(last.q_start + last.q_len - x.s.q_start, 0, kPackKeys));
+      x.n0 = 0;
+      x.mb_begin = 0;
+      x.mb_blocks = (x.s.q_len + kM - 1) / kM;
+      x.steps = group * x.mb_blocks;
+      return x.s.k_len > 0;
+    }
+  } else {
+    x.first = b, x.end = b + 1;
+    x.s = sequence(p, b);
+  }
   x.n0 = x.n_tile * kN;
   if (x.n0 >= x.s.k_len) return false;
   const QueryRange qr = visible_queries(p, x.n0, x.n0 + kN, x.s.q_len, x.s.k_len);
@@ -125,6 +153,7 @@ __device__ __forceinline__ bool bwd_tile_at(const VarlenBackwardParams& p, const
 template <class T, int D, bool kFolded>
 __global__ void __launch_bounds__(384, 1)
     varlen_bwd_sm90_kernel(const VarlenBackwardParams p, const ScoreMap score, const BwdWorkspace ws, bool deterministic,
+                           const PackedTiles packed,
                            const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                            const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
                            const __grid_constant__ CUtensorMap tm_lse2, const __grid_constant__ CUtensorMap tm_delta,
@@ -151,8 +180,15 @@ __global__ void __launch_bounds__(384, 1)
   // (2048 keys): below that, the key tiles of one sequence that run side by side are few, and the
   // default order's L2 reuse wins (H200, bwd det TFLOP/s, tiles outermost vs default: eq2048 304
   // vs 373, short d128 174 vs 194; mix to 4096 keys 304 vs 122, eq8192 causal 363 vs 227).
+  // Packed (packed.tiles set): entry t / heads_k of the schedule, in sequence order, kv head t % heads_k.
   const int64_t key_tiles = (int64_t(ws.header->max_seqlen_k) + kN - 1) / kN;
-  const TileOrder order{p.num_sequences, key_tiles, p.heads_k, !p.causal, deterministic && key_tiles > 16};
+  TileOrder order{p.num_sequences, key_tiles, p.heads_k, !p.causal, deterministic && key_tiles > 16};
+  if (packed.tiles != nullptr) {
+    order = TileOrder{packed.capacity, 1, p.heads_k, false};
+    order.packed = packed.tiles;
+    order.packed_count = packed.count;
+    order = bounded_by_device_count(order);
+  }
   const int64_t tiles = order.count();
 
   const int wg = warp_uniform(threadIdx.x / 128);
@@ -244,7 +280,7 @@ __global__ void __launch_bounds__(384, 1)
           *reinterpret_cast<float2*>(sm.dq[cw][jn / 4] + row * 128 + chunk * 16 + 8 * (quad % 2)) =
               make_float2(dq[jn][2 * r], dq[jn][2 * r + 1]);
         }
-      if (tid == 0) ho.job = DqJob{x.s, h, mb, x.n_tile};
+      if (tid == 0) ho.job = DqJob{x.s, h, mb, x.n_tile, x.packed()};
       dq_publish(ho);
     };
 
@@ -266,12 +302,14 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         key[r] = 64 * cw + 16 * warp + lane / 4 + 8 * r;
-        sees[r] = visible_queries(p, x.n0 + key[r], x.n0 + key[r] + 1, x.s.q_len, x.s.k_len);
+        sees[r] = !x.packed()            ? visible_queries(p, x.n0 + key[r], x.n0 + key[r] + 1, x.s.q_len, x.s.k_len)
+                  : key[r] < x.s.k_len ? packed_key_queries(p, x.first, x.end, x.s.q_start, x.s.k_start, key[r])
+                                       : QueryRange{0, 0};
       }
       // A query block needs no mask when every key of the tile is in the sequence and every query
       // of the block sees every key: the bounds grow with the key, so the first key's upper and
-      // the last key's lower bound decide.
-      const bool keys_full = x.n0 + kN <= x.s.k_len;
+      // the last key's lower bound decide. A packed tile is always masked.
+      const bool keys_full = !x.packed() && x.n0 + kN <= x.s.k_len;
       const QueryRange first_key = visible_queries(p, x.n0, x.n0 + 1, x.s.q_len, x.s.k_len);
       const QueryRange last_key = visible_queries(p, x.n0 + kN - 1, x.n0 + kN, x.s.q_len, x.s.k_len);
 

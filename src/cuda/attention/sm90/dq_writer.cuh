@@ -29,10 +29,13 @@ using attention::VarlenBackwardParams;
 using attention::visible_queries;
 
 // What a consumer warpgroup staged: its dQ tile of query head h, query block mb of sequence s,
-// from key tile n_tile. Written by the warpgroup's thread 0 before its `staged` arrive.
+// from key tile n_tile; `sole`: a packed key tile, the only one adding to these queries (its
+// block's last rows may be the next tile's queries, to which it adds zeros: exact in any order).
+// Written by the warpgroup's thread 0 before its `staged` arrive.
 struct DqJob {
   SeqTile s;
   int h, mb, n_tile;
+  bool sole;
 };
 
 struct DqHandover {
@@ -110,7 +113,7 @@ __device__ __forceinline__ void dq_writer(const VarlenBackwardParams& p, const B
     int* sem = nullptr;
     if (deterministic) {
       sem = ws.dq_sem + int64_t(j.h) * p.total_q + j.s.q_start + m0;
-      const int before = dq_adds_before<kM, kN>(p, j.s, j.n_tile, j.mb, descending);
+      const int before = j.sole ? 0 : dq_adds_before<kM, kN>(p, j.s, j.n_tile, j.mb, descending);
       while (load_acquire_gpu(sem) < 2 * before) {  // two adds (warpgroups) per key tile
       }
       fence_proxy_async_global();

@@ -1,6 +1,7 @@
 // Launcher of the Hopper backward for one (element type, head dim): the preprocess (delta, lse in
 // base-2 units, the dQ accumulator and the deterministic counters zeroed, the tile counter and the
-// true maximum lengths in the workspace header), the persistent key-tile kernel over TMA tensor
+// true maximum lengths in the workspace header), for short sequences the packed key-tile schedule
+// (tile_packing.cuh, into the workspace's own part), the persistent key-tile kernel over TMA tensor
 // maps, and the postprocess that converts dQ (times the score scale). Explicitly instantiated in
 // instances/bwd_sm90_*.cu, compiled for sm_90a only. The host API sends calls with no query token
 // (dK = dV = 0 for every key) to the portable path.
@@ -44,11 +45,18 @@ void launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool
     auto kernel = score.folds() ? varlen_bwd_sm90_kernel<T, D, true> : varlen_bwd_sm90_kernel<T, D, false>;
     constexpr int kSmem = kBwdSmemBytes<D>;
     set_smem(kernel, kSmem);
+    PackedTiles packed{};  // tiles == nullptr: the per-sequence order
+    int64_t tiles = p.num_sequences * ceil_div(p.max_seqlen_k, kN) * p.heads_k;
+    if (packed_tiles_chosen(p, /*by_keys=*/true)) {
+      packed = PackedTiles::at(reinterpret_cast<char*>(w.packed), p.total_k, p.num_sequences);
+      pack_tiles_kernel<true><<<1, kPackThreads, 0, stream>>>(p, packed, &w.header->tile_counter);
+      check_cuda(cudaGetLastError(), "pack_tiles_kernel launch");
+      tiles = packed.capacity * p.heads_k;
+    }
     // Persistent: one CTA per SM, at most one per key tile of the host's (upper-bound) lengths.
-    const int64_t tiles = p.num_sequences * ceil_div(p.max_seqlen_k, kN) * p.heads_k;
     const int sms = sm_count();
     const unsigned grid = unsigned(tiles < sms ? tiles : sms);
-    kernel<<<grid, Tiles::kThreads, kSmem, stream>>>(p, score, w, deterministic, tm_q, tm_k, tm_v, tm_do, tm_lse2,
+    kernel<<<grid, Tiles::kThreads, kSmem, stream>>>(p, score, w, deterministic, packed, tm_q, tm_k, tm_v, tm_do, tm_lse2,
                                                       tm_delta, tm_dq);
     check_cuda(cudaGetLastError(), "varlen_bwd_sm90_kernel launch");
   }

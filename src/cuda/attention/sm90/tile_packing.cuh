@@ -18,6 +18,10 @@
 // alone (one partial tile a window: ~1.5% more tiles at lengths 1..64, none for long sequences);
 // 128 sequences a window lets 128 one-token sequences share a tile. Empty sequences own no row
 // and only widen an open tile's key span.
+// The backward (kByKeys) packs key tiles the same way with queries and keys swapped: whole
+// sequences of <= 128 keys share a 128-key tile while their queries span <= kPackKeys (2-4 query
+// blocks a head), longer ones get 128-key sequence tiles {b, b + 1, n0, 0}. A packed key tile holds
+// every key of its sequences, so it is the only tile that adds to their queries' dQ.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -29,9 +33,12 @@
 
 namespace scree::cuda_attention::sm90 {
 
+using attention::QueryRange;
+using attention::visible_queries;
+
 // The greedy of one window, run by a whole warp on shuffled copies of 32 sequences at a time (every
-// lane takes the same branches); emit(first, end, m0) on every lane.
-template <class Emit>
+// lane takes the same branches); emit(first, end, m0) on every lane. kByKeys: rows are keys.
+template <bool kByKeys, class Emit>
 __device__ __forceinline__ void pack_window(const VarlenParams& p, int64_t b0, int64_t b1, Emit&& emit) {
   const int lane = int(threadIdx.x) % 32;
   int64_t open_first = -1, open_end = 0, open_q0 = 0, open_k0 = 0;
@@ -41,8 +48,14 @@ __device__ __forceinline__ void pack_window(const VarlenParams& p, int64_t b0, i
     const int n = int(b1 - c < 32 ? b1 - c : 32);
     for (int i = 0; i < n; ++i) {
       const int64_t b = c + i;
-      const int64_t q0 = __shfl_sync(0xffffffffu, own.q_start, i), k0 = __shfl_sync(0xffffffffu, own.k_start, i);
-      const int q_len = __shfl_sync(0xffffffffu, own.q_len, i), k_len = __shfl_sync(0xffffffffu, own.k_len, i);
+      int64_t q0 = __shfl_sync(0xffffffffu, own.q_start, i), k0 = __shfl_sync(0xffffffffu, own.k_start, i);
+      int q_len = __shfl_sync(0xffffffffu, own.q_len, i), k_len = __shfl_sync(0xffffffffu, own.k_len, i);
+      if constexpr (kByKeys) {  // below, "q" names the packed side
+        const int64_t t0 = q0;
+        q0 = k0, k0 = t0;
+        const int tl = q_len;
+        q_len = k_len, k_len = tl;
+      }
       if (q_len == 0) continue;
       const bool packable = q_len <= kPackRows && k_len <= kPackKeys;
       if (packable && open_first >= 0 && q0 + q_len - open_q0 <= kPackRows && k0 + k_len - open_k0 <= kPackKeys) {
@@ -95,10 +108,10 @@ __device__ __forceinline__ int block_exclusive_scan(int* v, int64_t n, int* warp
 }
 
 // One block: pass 1 counts each window's tiles, a scan places them, pass 2 writes them. (A template
-// only for its linkage: every forward instance file launches it.)
-template <int kThreads = kPackThreads>
-__global__ void __launch_bounds__(kThreads) pack_tiles_kernel(const VarlenParams p, PackedTiles s,
-                                                                  unsigned long long* tile_counter) {
+// also for its linkage: every forward and backward instance file launches it.)
+template <bool kByKeys = false>
+__global__ void __launch_bounds__(kPackThreads) pack_tiles_kernel(const VarlenParams p, PackedTiles s,
+                                                                      unsigned long long* tile_counter) {
   __shared__ int warp_sums[33];
   const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
   constexpr int kWarps = kPackThreads / 32;
@@ -111,7 +124,7 @@ __global__ void __launch_bounds__(kThreads) pack_tiles_kernel(const VarlenParams
     int64_t b0, b1;
     window(w, b0, b1);
     int n = 0;
-    pack_window(p, b0, b1, [&](int64_t, int64_t, int) { ++n; });
+    pack_window<kByKeys>(p, b0, b1, [&](int64_t, int64_t, int) { ++n; });
     if (lane == 0) s.window_tiles[w] = n;
   }
   __syncthreads();
@@ -120,7 +133,7 @@ __global__ void __launch_bounds__(kThreads) pack_tiles_kernel(const VarlenParams
     int64_t b0, b1;
     window(w, b0, b1);
     int64_t at = s.window_tiles[w];
-    pack_window(p, b0, b1, [&](int64_t first, int64_t end, int m0) {
+    pack_window<kByKeys>(p, b0, b1, [&](int64_t first, int64_t end, int m0) {
       if (lane == 0 && at < s.capacity) s.tiles[at] = make_int4(int(first), int(end), m0, 0);
       ++at;
     });
@@ -165,6 +178,24 @@ __device__ __forceinline__ KeyRange packed_row_keys(const VarlenParams& p, const
   const int64_t shift = s.k_start - g.s.k_start;
   const KeyRange r = visible_keys(p, q - s.q_start, s.q_len, s.k_len);
   return {r.lo + shift, r.hi + shift};
+}
+
+// The queries (relative to the tile's first query) that key `key` of a packed key tile (the
+// backward's; sequences [first, end), queries from q0) sees: its sequence (a binary search over the
+// tile's sequences) and visible_queries there, shifted by where that sequence's queries start.
+__device__ __forceinline__ QueryRange packed_key_queries(const VarlenParams& p, int64_t first, int64_t end, int64_t q0,
+                                                         int64_t k0, int key) {
+  const int64_t k = k0 + key;
+  int64_t lo = first, hi = end - 1;  // the last sequence of [first, end) whose keys start at or before k
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (clamp64(p.cu_seqlens_k[mid], 0, p.total_k) <= k) lo = mid; else hi = mid - 1;
+  }
+  const SeqTile s = sequence(p, lo);
+  const int64_t j = k - s.k_start;
+  const QueryRange r = visible_queries(p, j, j + 1, s.q_len, s.k_len);
+  const int64_t shift = s.q_start - q0;
+  return r.hi > r.lo ? QueryRange{r.lo + shift, r.hi + shift} : QueryRange{0, 0};
 }
 
 }  // namespace scree::cuda_attention::sm90
