@@ -17,6 +17,8 @@ enum class NamedBarrier : int {
   kFwdPagedTail1 = 6,
   // paged forward copying pages with cp.async: the producer warpgroup's next tile is published
   kFwdProducerTile = 7,
+  // forward over packed tiles: the producer warpgroup wrote the next tile's per-row key ranges
+  kFwdProducerRows = 8,
 };
 
 __device__ __forceinline__ NamedBarrier operator+(NamedBarrier b, int i) { return NamedBarrier(int(b) + i); }
