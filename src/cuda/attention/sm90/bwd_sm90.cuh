@@ -98,6 +98,9 @@ struct BwdSmem {
   uint64_t kv_empty;  // the consumers are done with the tile's K, V (and its slot)
   MbarRing<Tiles::kStages> ring;
   TileSlots tiles;
+  // A packed tile's sequence offsets, a copy per consumer warpgroup (one buffer suffices: the
+  // producer publishes tile j + 1 only after every consumer thread arrived on kv_empty for tile j).
+  PackedSeqs packed_seqs[2];
 };
 template <int D>
 inline constexpr int kBwdSmemBytes = smem_bytes<BwdSmem<D>>();
@@ -299,11 +302,15 @@ __global__ void __launch_bounds__(384, 1)
       // bounds relative to the thread's first column in a query block (query m0 + 2 quad).
       int key[2];
       QueryRange sees[2];
+      if (x.packed()) {  // (uniform: every thread holds the same tile)
+        stage_packed_seqs(p, x.first, x.end, x.s.q_start, x.s.k_start, tid, sm.packed_seqs[cw]);
+        named_sync(NamedBarrier::kBwdPackedSeqs0 + cw, 128);
+      }
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         key[r] = 64 * cw + 16 * warp + lane / 4 + 8 * r;
         sees[r] = !x.packed()            ? visible_queries(p, x.n0 + key[r], x.n0 + key[r] + 1, x.s.q_len, x.s.k_len)
-                  : key[r] < x.s.k_len ? packed_key_queries(p, x.first, x.end, x.s.q_start, x.s.k_start, key[r])
+                  : key[r] < x.s.k_len ? packed_key_queries(p, sm.packed_seqs[cw], int(x.end - x.first), key[r])
                                        : QueryRange{0, 0};
       }
       // A query block needs no mask when every key of the tile is in the sequence and every query

@@ -19,6 +19,9 @@ enum class NamedBarrier : int {
   kFwdProducerTile = 7,
   // forward over packed tiles: the producer warpgroup wrote the next tile's per-row key ranges
   kFwdProducerRows = 8,
+  // backward over packed key tiles: consumer warpgroup 0 / 1 staged the tile's sequence offsets
+  kBwdPackedSeqs0 = 9,
+  kBwdPackedSeqs1 = 10,
 };
 
 __device__ __forceinline__ NamedBarrier operator+(NamedBarrier b, int i) { return NamedBarrier(int(b) + i); }

@@ -188,22 +188,40 @@ __device__ __forceinline__ KeyRange packed_row_keys(const VarlenParams& p, const
   return {r.lo + shift, r.hi + shift};
 }
 
-// The queries (relative to the tile's first query) that key `key` of a packed key tile (the
-// backward's; sequences [first, end), queries from q0) sees: its sequence (a binary search over the
-// tile's sequences) and visible_queries there, shifted by where that sequence's queries start.
-__device__ __forceinline__ QueryRange packed_key_queries(const VarlenParams& p, int64_t first, int64_t end, int64_t q0,
-                                                         int64_t k0, int key) {
-  const int64_t k = k0 + key;
-  int64_t lo = first, hi = end - 1;  // the last sequence of [first, end) whose keys start at or before k
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (clamp64(p.cu_seqlens_k[mid], 0, p.total_k) <= k) lo = mid; else hi = mid - 1;
+// A packed key tile's sequence offsets in shared memory (the backward's; a consumer warpgroup's
+// own copy): entry i of sequences [first, end] is where sequence first + i starts in the tile's
+// keys and queries. Staged by the warpgroup with one load a thread (one global round trip), so
+// that each key row's search runs in shared memory: searched in global memory, the forward's rows
+// paid 2-3 dependent loads at every tile's start (6.5 against 3.2 us a tile on an H200, NOTES.md).
+struct PackedSeqs {
+  int k[kPackRows + 1];  // a packed tile holds at most 128 sequences (one key each at least)
+  int q[kPackRows + 1];
+};
+
+// Stages sequences [first, end] (end - first <= kPackRows) relative to the tile's first key k0 and
+// query q0, by the 128 threads tid of a warpgroup; the caller syncs the warpgroup after it.
+__device__ __forceinline__ void stage_packed_seqs(const VarlenParams& p, int64_t first, int64_t end, int64_t q0,
+                                                  int64_t k0, int tid, PackedSeqs& out) {
+  for (int i = tid; i <= int(end - first) && i <= kPackRows; i += 128) {
+    // Clamped (an unvalidated layout): within the tile's keys and query span.
+    out.k[i] = int(clamp64(clamp64(p.cu_seqlens_k[first + i], 0, p.total_k) - k0, 0, kPackRows));
+    out.q[i] = int(clamp64(clamp64(p.cu_seqlens_q[first + i], 0, p.total_q) - q0, 0, kPackKeys));
   }
-  const SeqTile s = sequence(p, lo);
-  const int64_t j = k - s.k_start;
-  const QueryRange r = visible_queries(p, j, j + 1, s.q_len, s.k_len);
-  const int64_t shift = s.q_start - q0;
-  return r.hi > r.lo ? QueryRange{r.lo + shift, r.hi + shift} : QueryRange{0, 0};
+}
+
+// The queries (relative to the tile's first query) that key `key` of a packed key tile sees: its
+// sequence (the last of the n = end - first staged ones starting at or before it) and
+// visible_queries there, shifted by where that sequence's queries start.
+__device__ __forceinline__ QueryRange packed_key_queries(const VarlenParams& p, const PackedSeqs& s, int n, int key) {
+  int lo = 0, hi = n - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (s.k[mid] <= key) lo = mid; else hi = mid - 1;
+  }
+  const int k_len = s.k[lo + 1] - s.k[lo], q_len = max(s.q[lo + 1] - s.q[lo], 0);
+  const int j = key - s.k[lo];
+  const QueryRange r = visible_queries(p, j, j + 1, q_len, k_len);
+  return r.hi > r.lo ? QueryRange{r.lo + s.q[lo], r.hi + s.q[lo]} : QueryRange{0, 0};
 }
 
 }  // namespace scree::cuda_attention::sm90
