@@ -70,8 +70,8 @@ struct FwdTiles {
 
 // A tile's index math, done once by the producer and published with the tile (shared memory) so
 // that the consumers start on it without a global-memory round trip. A packed tile (sequences
-// [b, end), end > b + 1) spans its sequences in s; its rows' keys come in PackedRows, and no key
-// block is unmasked.
+// [b, end), end > b + 1) spans its sequences in s; each row finds its own sequence's keys
+// (packed_row_keys), and no key block is unmasked.
 struct FwdTile {
   SeqTile s;
   int64_t b, end;  // the sequence (the first of a packed tile's, and past its last)
@@ -97,7 +97,6 @@ struct FwdSmem {
   TileSlots tiles;
   long long producer_tile[2];  // KvSource::kPagesCopy: the next tile, for the producer's four warps
   FwdTile tile[2];             // tile j's geometry in slot j % 2, as the producer computed it
-  PackedRows rows[2];          // a packed tile's per-row keys, same slots
 };
 template <int D>
 inline constexpr int kFwdSmemBytes = smem_bytes<FwdSmem<D>>();
@@ -173,9 +172,8 @@ __global__ void __launch_bounds__(384, 1)
     // block (paged_tma.cuh): one thread issuing the 32 boxes of a block and waiting for its page
     // ids kept the tensor cores at 177 of 621 TFLOP/s on an H200 (benchmarks/NOTES.md). Pages by
     // cp.async take the whole warpgroup (paged_copy.cuh); its thread 0 still schedules and loads Q.
-    // Packed rows: the whole warpgroup schedules, a thread fills a row of a packed tile's keys.
-    constexpr int kLanes = kPaged && !kCopy ? 32 : 128;
-    constexpr unsigned kMask = 0xffffffffu;
+    constexpr int kLanes = kCopy ? 128 : kPaged ? 32 : 1;
+    constexpr unsigned kMask = kPaged ? 0xffffffffu : 1u;
     if (threadIdx.x < kLanes) {
       const bool leader = threadIdx.x == 0;
       const TileCounter counter{tile_counter};
@@ -183,7 +181,7 @@ __global__ void __launch_bounds__(384, 1)
       auto next_tile = [&] {  // the leader's atomic, the same index in every thread
         long long n = 0;
         if (leader) n = counter.next();
-        if constexpr (kLanes == 128) {  // four warps: through shared memory, a slot per parity of the call
+        if constexpr (kCopy) {  // four warps: through shared memory, a slot per parity of the call
           if (leader) sm.producer_tile[calls & 1] = n;
           named_sync(NamedBarrier::kFwdProducerTile, 128);
           n = sm.producer_tile[calls & 1];
@@ -204,11 +202,6 @@ __global__ void __launch_bounds__(384, 1)
         // Tile j's geometry into slot j % 2 before waiting for the consumers: they read that slot
         // last at the start of tile j - 2, whose products all finished (q_empty, waited at tile j - 1).
         if (found && leader) sm.tile[j & 1] = x;
-        if (!kPaged && found && x.packed()) {  // (uniform: every thread holds the same tile)
-          const KeyRange r = packed_row_keys(p, x.geometry(), min(int(threadIdx.x), x.rows - 1));
-          sm.rows[j & 1].keys[threadIdx.x] = make_short2(short(r.lo), short(r.hi));
-          named_sync(NamedBarrier::kFwdProducerRows, 128);  // every row before the leader's arrive below
-        }
         if (j > 0) mbar_wait(&sm.q_empty, (j - 1) & 1);  // the previous tile's Q (and its slot) is no longer read
         if (leader) sm.tiles.publish(j, found ? t : -1);  // published by the arrive below (release semantics)
         if (!found) {
@@ -236,13 +229,13 @@ __global__ void __launch_bounds__(384, 1)
             copy_paged_block<D, kN>(p, mode, own, x.s.k_len - nb * kN - lane / 8, lane, st.k, st.v);
             cp_async_mbar_arrive_noinc(sm.ring.full_bar(kv));
           }
-        } else if (kPaged || leader) {  // packed rows by TMA: the leader alone
+        } else {
           int page_next = kPaged && x.kb.begin < x.kb.end ? paged_block_page<kN>(p, x.b, x.kb.begin, x.s.k_len, lane) : 0;
           for (int nb = x.kb.begin; nb < x.kb.end; ++nb, kv.advance()) {
             const int page = page_next;  // paged: read one block ahead, in flight during the wait below
             if (kPaged && nb + 1 < x.kb.end) page_next = paged_block_page<kN>(p, x.b, nb + 1, x.s.k_len, lane);
             if (leader) sm.ring.acquire(kv, 2 * Tiles::kKVBytes);
-            if constexpr (kPaged) __syncwarp(kMask);  // no lane loads into the stage before it is free
+            __syncwarp(kMask);  // no lane loads into the stage before it is free
             typename Smem::Stage& st = sm.kv[kv.index];
             if constexpr (kPaged) {
               tma_load_paged_block<D, kN>(p, nb, page, x.hk, lane, st.k, st.v, &tm_k, &tm_v, sm.ring.full_bar(kv));
@@ -316,12 +309,8 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         row[r] = 64 * cw + 16 * warp + lane / 4 + 8 * r;
-        if (x.packed()) {
-          const short2 k = sm.rows[j & 1].keys[min(row[r], x.rows - 1)];
-          vis[r] = {k.x, k.y};
-        } else {
-          vis[r] = visible_keys(p, x.m0 + min(row[r], x.rows - 1), x.s.q_len, x.s.k_len);
-        }
+        vis[r] = x.packed() ? packed_row_keys(p, x.geometry(), min(row[r], x.rows - 1))
+                            : visible_keys(p, x.m0 + min(row[r], x.rows - 1), x.s.q_len, x.s.k_len);
       }
 #pragma unroll
       for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;

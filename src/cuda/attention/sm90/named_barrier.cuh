@@ -17,8 +17,6 @@ enum class NamedBarrier : int {
   kFwdPagedTail1 = 6,
   // paged forward copying pages with cp.async: the producer warpgroup's next tile is published
   kFwdProducerTile = 7,
-  // forward over packed tiles: the producer warpgroup wrote the next tile's per-row key ranges
-  kFwdProducerRows = 8,
   // backward over packed key tiles: consumer warpgroup 0 / 1 staged the tile's sequence offsets
   kBwdPackedSeqs0 = 9,
   kBwdPackedSeqs1 = 10,

@@ -164,13 +164,6 @@ __device__ __forceinline__ PackedTileGeometry packed_tile(const VarlenParams& p,
   return g;
 }
 
-// Every row's visible keys of a packed tile, relative to its first key (int16: a packed tile spans
-// at most kPackKeys keys), written by the producer warpgroup (a thread a row) while the consumers
-// work on the previous tile: searched by the consumers at a tile's start, the 2-3 dependent global
-// loads made a packed tile cost 6.5 us against a sequence tile's 3.2 on an H200 (NOTES.md).
-struct PackedRows {
-  short2 keys[kPackRows];
-};
 
 // The keys (relative to the tile's first key) that row `row` of a packed tile sees: its sequence
 // (a binary search over the tile's sequences) and visible_keys there, shifted by where that
