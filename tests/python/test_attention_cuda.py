@@ -265,6 +265,24 @@ POISON_CASES = {  # lengths and options that leave query rows without any visibl
 }
 
 
+@pytest.mark.parametrize("d", HEAD_DIMS)
+def test_direct_call_output_rows_not_16_byte_aligned(d):
+    """The forward's epilogue stores 16-byte chunks only where every output row is 16-byte aligned;
+    an out whose rows are 4-byte aligned only (here each head's row padded by two elements) takes
+    the 4-byte stores: same values as into a contiguous out, and the padding left untouched."""
+    seed = fresh_seed()
+    lengths = [1, 33, 0, 130, 64, 7, 200]
+    q, k, v = random_qkv(lengths, lengths, 4, 2, d, d, torch.bfloat16, DEV, seed)
+    for path in ("sm80", "sm90"):
+        with cuda_path(path):
+            want = poisoned((q.total, 4, d), torch.bfloat16, DEV)
+            c_varlen_fwd(q, k, v, want, None, {"causal": True})
+            padded = poisoned((q.total, 4, d + 2), torch.bfloat16, DEV)
+            c_varlen_fwd(q, k, v, padded[..., :d], None, {"causal": True})
+        assert torch.equal(padded[..., :d], want), f"[{path}] seed {seed}: strided out differs from the contiguous one"
+        assert bool(torch.isnan(padded[..., d:]).all()), f"[{path}] the padding columns were written"
+
+
 @pytest.mark.parametrize("case", list(POISON_CASES.values()), ids=list(POISON_CASES))
 @pytest.mark.parametrize("d", HEAD_DIMS)
 @pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))

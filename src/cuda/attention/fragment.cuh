@@ -43,6 +43,26 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
+// One row's four words of four 8-column chunks, as a quad holds them (lane q: columns 2q, 2q + 1
+// of each chunk), regrouped so that lane q holds chunk q whole (16 bytes, one vector store): a 4 x 4
+// transpose over the quad in two rounds of xor shuffles, two words a round. Words b[s] of the
+// result are lane s's word of chunk q.
+__device__ __forceinline__ uint4 quad_transpose(uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, int q) {
+  const bool hi = (q & 2) != 0, odd = (q & 1) != 0;
+  // Partner q ^ 2: keep the two chunks of this lane's half (c & 2 == q & 2), send the other two.
+  const uint32_t u0 = hi ? a2 : a0, u1 = hi ? a3 : a1;
+  const uint32_t v0 = __shfl_xor_sync(0xffffffffu, hi ? a0 : a2, 2);
+  const uint32_t v1 = __shfl_xor_sync(0xffffffffu, hi ? a1 : a3, 2);
+  // u: this lane's, v: lane q ^ 2's words of chunks (q & 2), (q & 2) + 1. Partner q ^ 1: keep
+  // chunk q, send chunk q ^ 1.
+  const uint32_t ko = odd ? u1 : u0, kr = odd ? v1 : v0;
+  const uint32_t r0 = __shfl_xor_sync(0xffffffffu, odd ? u0 : u1, 1);  // lane q ^ 1's
+  const uint32_t r1 = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 1);  // lane q ^ 3's
+  const uint32_t e0 = odd ? r0 : ko, e1 = odd ? ko : r0;  // lanes (q & 2), (q & 2) + 1
+  const uint32_t f0 = odd ? r1 : kr, f1 = odd ? kr : r1;  // lanes (q & 2) ^ 2, ((q & 2) ^ 2) + 1
+  return hi ? make_uint4(f0, f1, e0, e1) : make_uint4(e0, e1, f0, f1);
+}
+
 // The A operand of a 16 x 16 product whose values are two adjacent 16 x 8 accumulators (columns
 // [16j, 16j+8) and [16j+8, 16j+16)): the accumulator layout matches A's register order.
 template <class T>
