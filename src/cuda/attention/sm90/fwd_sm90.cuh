@@ -71,7 +71,7 @@ struct FwdTiles {
 // A tile's index math, done once by the producer and published with the tile (shared memory) so
 // that the consumers start on it without a global-memory round trip. A packed tile (sequences
 // [b, end), end > b + 1) spans its sequences in s; each row finds its own sequence's keys
-// (packed_row_keys), and no key block is unmasked.
+// (packed_rows_keys), and no key block is unmasked.
 struct FwdTile {
   SeqTile s;
   int64_t b, end;  // the sequence (the first of a packed tile's, and past its last)
@@ -306,11 +306,17 @@ __global__ void __launch_bounds__(384, 1)
       const Tile x = sm.tile[j & 1];  // non-empty: the producer skipped the others
       int row[2];
       KeyRange vis[2];
+      int live_row[2];  // rows past the tile's end take its last row's keys
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         row[r] = 64 * cw + 16 * warp + lane / 4 + 8 * r;
-        vis[r] = x.packed() ? packed_row_keys(p, x.geometry(), min(row[r], x.rows - 1))
-                            : visible_keys(p, x.m0 + min(row[r], x.rows - 1), x.s.q_len, x.s.k_len);
+        live_row[r] = min(row[r], x.rows - 1);
+      }
+      if (x.packed()) {
+        packed_rows_keys(p, x.geometry(), live_row, vis);
+      } else {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) vis[r] = visible_keys(p, x.m0 + live_row[r], x.s.q_len, x.s.k_len);
       }
 #pragma unroll
       for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;

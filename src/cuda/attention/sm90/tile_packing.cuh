@@ -2,9 +2,10 @@
 // 128-row query tile, each row masked to its own sequence's keys (block-diagonal), so a batch of
 // 1..64-token sequences computes ~3.5x fewer 128 x 128 blocks than one tile a sequence (the
 // lengths' mean over 128: uniform 1..64 fills 8.6% of a per-sequence block, ~30% of a packed one).
-// Measured on an H200 (32k tokens of 1..64, 16 heads x 128, NOTES.md): 0.375 -> 0.244 ms; a tile
-// still costs ~6 us (its chain of Q load, products, softmax, store is not overlapped with the
-// next tile's), so the time did not fall with the blocks.
+// Measured on an H200 (32k tokens of 1..64, 16 heads x 128, NOTES.md): 0.375 -> 0.244 ms, then
+// 0.202 with 16-byte output stores, the rows' one-round search and this kernel a thread a
+// sequence; the forward kernel then moves 2.6 TB/s of its 536 MB (q, k, v, out), so a tile's cost
+// is its chain of Q load, products, softmax and store, not its block.
 //
 // The schedule is computed on the device, in stream order before the forward (no host sync), by
 // one block of pack_tiles_kernel, which also zeroes the forward's tile counter (the memset it
@@ -14,8 +15,8 @@
 //    uses), m0 = 0;
 //  - a sequence tile: 128 queries (or the rest) of one longer sequence from row m0, as the
 //    per-sequence order has it.
-// Greedy in sequence order, restarted every kPackWindow sequences so that a warp packs a window
-// alone (one partial tile a window: ~1.5% more tiles at lengths 1..64, none for long sequences);
+// Greedy in sequence order, restarted every kPackWindow sequences so that windows pack side by side
+// (one partial tile a window: ~1.5% more tiles at lengths 1..64, none for long sequences);
 // 128 sequences a window lets 128 one-token sequences share a tile. Empty sequences own no row
 // and only widen an open tile's key span.
 // The backward (kByKeys) packs key tiles the same way with queries and keys swapped: whole
@@ -36,42 +37,64 @@ namespace scree::cuda_attention::sm90 {
 using attention::QueryRange;
 using attention::visible_queries;
 
-// The greedy of one window, run by a whole warp on shuffled copies of 32 sequences at a time (every
-// lane takes the same branches); emit(first, end, m0) on every lane. kByKeys: rows are keys.
-template <bool kByKeys, class Emit>
-__device__ __forceinline__ void pack_window(const VarlenParams& p, int64_t b0, int64_t b1, Emit&& emit) {
-  const int lane = int(threadIdx.x) % 32;
-  int64_t open_first = -1, open_end = 0, open_q0 = 0, open_k0 = 0;
-  for (int64_t c = b0; c < b1; c += 32) {
-    const int64_t mine = c + lane;
-    const SeqTile own = mine < b1 ? sequence(p, mine) : SeqTile{0, 0, 0, 0};
-    const int n = int(b1 - c < 32 ? b1 - c : 32);
-    for (int i = 0; i < n; ++i) {
-      const int64_t b = c + i;
-      int64_t q0 = __shfl_sync(0xffffffffu, own.q_start, i), k0 = __shfl_sync(0xffffffffu, own.k_start, i);
-      int q_len = __shfl_sync(0xffffffffu, own.q_len, i), k_len = __shfl_sync(0xffffffffu, own.k_len, i);
-      if constexpr (kByKeys) {  // below, "q" names the packed side
-        const int64_t t0 = q0;
-        q0 = k0, k0 = t0;
-        const int tl = q_len;
-        q_len = k_len, k_len = tl;
-      }
-      if (q_len == 0) continue;
-      const bool packable = q_len <= kPackRows && k_len <= kPackKeys;
-      if (packable && open_first >= 0 && q0 + q_len - open_q0 <= kPackRows && k0 + k_len - open_k0 <= kPackKeys) {
-        open_end = b + 1;
-        continue;
-      }
-      if (open_first >= 0) emit(open_first, open_end, 0);
-      open_first = -1;
-      if (packable) {
-        open_first = b, open_end = b + 1, open_q0 = q0, open_k0 = k0;
-      } else {
-        for (int m0 = 0; m0 < q_len; m0 += kPackRows) emit(b, b + 1, m0);
-      }
+// One window's sequences in shared memory, relative to nothing (totals < 2^31), "q" naming the
+// packed side (keys in the backward), and for each sequence t the greedy's answer had a tile been
+// opened at t: the last sequence it takes (last[t]) and where the next tile opens (next[t]: the
+// first non-empty sequence that does not fit, or the window's end). Computed by a thread a
+// sequence, so that the greedy itself is a walk along next[] (one step a tile): run as one warp's
+// loop over the window's 128 sequences, the greedy took 42 us of a 0.23 ms tiny-sequence forward
+// on an H200 (8 windows, 2 passes; benchmarks/NOTES.md).
+struct PackWindow {
+  int q0[kPackWindow], q_len[kPackWindow], k0[kPackWindow], k_len[kPackWindow];
+  short last[kPackWindow], next[kPackWindow];
+  int n;  // sequences in the window
+};
+
+__device__ __forceinline__ bool packable(const PackWindow& w, int t) {
+  return w.q_len[t] <= kPackRows && w.k_len[t] <= kPackKeys;
+}
+
+// Fills w for sequences [b0, b1) (b1 - b0 <= kPackWindow) by the kPackWindow threads t of one
+// group; the caller syncs between the two steps (load, then the scan that reads the others').
+template <bool kByKeys>
+__device__ __forceinline__ void load_window(const VarlenParams& p, int64_t b0, int64_t b1, int t, PackWindow& w) {
+  if (t == 0) w.n = int(b1 - b0);
+  if (b0 + t >= b1) return;
+  const SeqTile s = sequence(p, b0 + t);
+  w.q0[t] = int(kByKeys ? s.k_start : s.q_start), w.q_len[t] = kByKeys ? s.k_len : s.q_len;
+  w.k0[t] = int(kByKeys ? s.q_start : s.k_start), w.k_len[t] = kByKeys ? s.q_len : s.k_len;
+}
+__device__ __forceinline__ void scan_window(int t, PackWindow& w) {
+  const int n = w.n;
+  if (t >= n) return;
+  int j = t + 1, last = t;
+  if (w.q_len[t] > 0 && packable(w, t)) {  // a tile opened at t takes the sequences that fit
+    for (; j < n; ++j) {
+      if (w.q_len[j] == 0) continue;  // empty: owns no row, only widens the key span of what follows
+      if (!packable(w, j) || w.q0[j] + w.q_len[j] - w.q0[t] > kPackRows || w.k0[j] + w.k_len[j] - w.k0[t] > kPackKeys)
+        break;
+      last = j;
     }
+  } else {  // an empty or unpackable one: the next tile opens at the next non-empty sequence
+    while (j < n && w.q_len[j] == 0) ++j;
   }
-  if (open_first >= 0) emit(open_first, open_end, 0);
+  w.last[t] = short(last), w.next[t] = short(j);
+}
+
+// The greedy of one window in sequence order, by one thread: emit(first, end, m0) for each tile
+// (window-relative sequences).
+template <class Emit>
+__device__ __forceinline__ void walk_window(const PackWindow& w, Emit&& emit) {
+  int t = 0;
+  while (t < w.n && w.q_len[t] == 0) ++t;
+  while (t < w.n) {
+    if (packable(w, t)) {
+      emit(t, w.last[t] + 1, 0);
+    } else {
+      for (int m0 = 0; m0 < w.q_len[t]; m0 += kPackRows) emit(t, t + 1, m0);
+    }
+    t = w.next[t];
+  }
 }
 
 // Exclusive prefix sum of v[0, n) in place by one block of kPackThreads; returns the total.
@@ -107,37 +130,45 @@ __device__ __forceinline__ int block_exclusive_scan(int* v, int64_t n, int* warp
   return carry;
 }
 
-// One block: pass 1 counts each window's tiles, a scan places them, pass 2 writes them. (A template
-// also for its linkage: every forward and backward instance file launches it.)
+// One block, kPackGroups windows at a time (a group of kPackWindow threads each): pass 1 counts each
+// window's tiles, a scan places them, pass 2 writes them. (A template also for its linkage: every
+// forward and backward instance file launches it.)
 template <bool kByKeys = false>
 __global__ void __launch_bounds__(kPackThreads) pack_tiles_kernel(const VarlenParams p, PackedTiles s,
                                                                       unsigned long long* tile_counter) {
+  constexpr int kGroups = kPackThreads / kPackWindow;
+  __shared__ PackWindow windows[kGroups];
   __shared__ int warp_sums[33];
-  const int lane = int(threadIdx.x) % 32, warp = int(threadIdx.x) / 32;
-  constexpr int kWarps = kPackThreads / 32;
+  const int t = int(threadIdx.x) % kPackWindow, g = int(threadIdx.x) / kPackWindow;
+  PackWindow& win = windows[g];
   if (threadIdx.x == 0) *tile_counter = 0;
-  auto window = [&](int64_t w, int64_t& b0, int64_t& b1) {
-    b0 = w * kPackWindow;
-    b1 = b0 + kPackWindow < p.num_sequences ? b0 + kPackWindow : p.num_sequences;
+  // Every thread runs every round (the block syncs inside); a group past the last window idles.
+  auto for_each_window = [&](auto&& per_window) {
+    for (int64_t w0 = 0; w0 < s.windows; w0 += kGroups) {
+      const int64_t w = w0 + g, b0 = w * kPackWindow;
+      const int64_t b1 = w < s.windows ? (b0 + kPackWindow < p.num_sequences ? b0 + kPackWindow : p.num_sequences) : b0;
+      load_window<kByKeys>(p, b0, b1, t, win);
+      __syncthreads();
+      scan_window(t, win);
+      __syncthreads();
+      if (t == 0 && w < s.windows) per_window(w, b0);
+      __syncthreads();
+    }
   };
-  for (int64_t w = warp; w < s.windows; w += kWarps) {
-    int64_t b0, b1;
-    window(w, b0, b1);
+  for_each_window([&](int64_t w, int64_t) {
     int n = 0;
-    pack_window<kByKeys>(p, b0, b1, [&](int64_t, int64_t, int) { ++n; });
-    if (lane == 0) s.window_tiles[w] = n;
-  }
+    walk_window(win, [&](int, int, int) { ++n; });
+    s.window_tiles[w] = n;
+  });
   __syncthreads();
   const int total = block_exclusive_scan(s.window_tiles, s.windows, warp_sums);
-  for (int64_t w = warp; w < s.windows; w += kWarps) {
-    int64_t b0, b1;
-    window(w, b0, b1);
+  for_each_window([&](int64_t w, int64_t b0) {
     int64_t at = s.window_tiles[w];
-    pack_window<kByKeys>(p, b0, b1, [&](int64_t first, int64_t end, int m0) {
-      if (lane == 0 && at < s.capacity) s.tiles[at] = make_int4(int(first), int(end), m0, 0);
+    walk_window(win, [&](int first, int end, int m0) {
+      if (at < s.capacity) s.tiles[at] = make_int4(int(b0 + first), int(b0 + end), m0, 0);
       ++at;
     });
-  }
+  });
   if (threadIdx.x == 0) *s.count = int(total < s.capacity ? total : s.capacity);
 }
 
@@ -179,6 +210,43 @@ __device__ __forceinline__ KeyRange packed_row_keys(const VarlenParams& p, const
   const int64_t shift = s.k_start - g.s.k_start;
   const KeyRange r = visible_keys(p, q - s.q_start, s.q_len, s.k_len);
   return {r.lo + shift, r.hi + shift};
+}
+
+// packed_row_keys for a thread's two rows of one packed tile. A tile of at most kScanSeqs
+// sequences reads all its offsets at once (independent loads: one round trip) and picks each row's
+// sequence by counting; the binary search above costs 2-3 dependent loads and then the sequence's,
+// at every packed tile's start (on an H200, 16% of the tiny-sequence forward's warp samples sat in
+// that search; benchmarks/NOTES.md). Lengths 1..64 put ~4 sequences in a 128-row tile.
+constexpr int kScanSeqs = 8;
+__device__ __forceinline__ void packed_rows_keys(const VarlenParams& p, const PackedTileGeometry& g, const int (&row)[2],
+                                                 KeyRange (&out)[2]) {
+  const int n = int(g.end - g.first);
+  if (n > kScanSeqs) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) out[r] = packed_row_keys(p, g, row[r]);
+    return;
+  }
+  int q_off[kScanSeqs + 1], k_off[kScanSeqs + 1];  // offsets of sequences first .. end (clamped, as sequence())
+#pragma unroll
+  for (int i = 0; i <= kScanSeqs; ++i) {
+    q_off[i] = i <= n ? int(clamp64(p.cu_seqlens_q[g.first + i], 0, p.total_q)) : 0;
+    k_off[i] = i <= n ? int(clamp64(p.cu_seqlens_k[g.first + i], 0, p.total_k)) : 0;
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t q = g.s.q_start + row[r];
+    int j = 0;  // the last of the tile's sequences starting at or before q (the binary search's)
+#pragma unroll
+    for (int i = 1; i < kScanSeqs; ++i) j += i < n && q_off[i] <= q;
+    int q0 = 0, q1 = 0, k0 = 0, k1 = 0;
+#pragma unroll
+    for (int i = 0; i < kScanSeqs; ++i)
+      if (i == j) q0 = q_off[i], q1 = q_off[i + 1], k0 = k_off[i], k1 = k_off[i + 1];
+    q1 = max(q1, q0), k1 = max(k1, k0);
+    const KeyRange v = visible_keys(p, q - q0, q1 - q0, k1 - k0);
+    const int64_t shift = k0 - g.s.k_start;
+    out[r] = {v.lo + shift, v.hi + shift};
+  }
 }
 
 // A packed key tile's sequence offsets in shared memory (the backward's; a consumer warpgroup's

@@ -19,7 +19,7 @@ namespace scree::cuda_attention::sm90 {
 
 constexpr int kPackRows = 128;       // the forward's query tile (FwdTiles::kBlockM), the backward's key tile
 constexpr int kPackKeys = 256;       // the other side's span: two key blocks (forward), 2-4 query blocks (backward)
-constexpr int kPackWindow = 128;     // sequences a warp packs alone
+constexpr int kPackWindow = 128;     // sequences packed alone, a thread each
 constexpr int kPackThreads = 1024;   // one block
 constexpr int kPackAutoMaxLen = 128; // longest query sequence (host bound) the packed order serves unforced
 
