@@ -232,6 +232,29 @@ def has_kernel(q: scree.Array, k: scree.Array, v: scree.Array) -> bool:
     return bool(_connect.glue(_backends.of(q.values)).serves(q.values, v.values))
 
 
+def check_backward_direct(what: str, dout: torch.Tensor, q: scree.Array, k: scree.Array, v: scree.Array,
+                          out: torch.Tensor, lse: torch.Tensor, opts: dict, ref64: tuple, low: tuple, seed: int) -> None:
+    """scree._C.varlen_bwd into NaN-poisoned dq, dk, dv, by default and twice deterministic: every
+    element written, FlashAttention's rule against the references (rtol 3; FA3's extra 3e-4 atol
+    with softcap), zero gradients for keys no query sees, the same bits from both deterministic runs."""
+    kq = np.repeat(np.diff(q.host_offsets) == 0, np.diff(k.host_offsets))  # keys no query can see
+    idx = torch.from_numpy(np.flatnonzero(kq)).to(q.values.device)
+    results = {}
+    for det in (False, True, True):
+        dq, dk, dv = (poisoned(a.values.shape, a.values.dtype, a.values.device) for a in (q, k, v))
+        c_varlen_bwd(dout, q, k, v, out, lse, dq, dk, dv, opts, deterministic=det)
+        for name, g, r, lo in zip(("dq", "dk", "dv"), (dq, dk, dv), ref64[2], low[2]):
+            unwritten = int(torch.isnan(g).sum())
+            assert unwritten == 0, f"{what} {name} (deterministic={det}): {unwritten} unwritten"
+            assert_fa_close(f"{what} {name} deterministic={det}", g, r, lo, rtol=3.0,
+                            extra_atol=1e-5 + (3e-4 if opts.get("softcap") else 0), seed=seed)
+        assert torch.equal(dk[idx], torch.zeros_like(dk[idx])) and torch.equal(dv[idx], torch.zeros_like(dv[idx]))
+        if det and det in results:
+            same = all(torch.equal(a, b) for a, b in zip(results[det], (dq, dk, dv)))
+            assert same, f"{what}: deterministic runs differ"
+        results[det] = (dq, dk, dv)
+
+
 def poisoned(shape: Sequence[int], dtype: torch.dtype, device: Any) -> torch.Tensor:
     """An output buffer filled with NaN: any element the kernel does not write stays NaN."""
     return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)

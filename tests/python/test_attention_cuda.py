@@ -33,7 +33,7 @@ import scree  # noqa: E402
 from scree.kernels.reference import varlen_attention as reference  # noqa: E402
 
 from attention_checks import (  # noqa: E402
-    assert_fa_close, assert_lse_close, c_args, c_varlen_bwd, c_varlen_fwd, check_against_references, cpu64,
+    assert_fa_close, assert_lse_close, c_args, c_varlen_fwd, check_against_references, check_backward_direct, cpu64,
     cuda_head_dims, cuda_path, deterministic, fresh_seed, fwd_grads, generator, has_kernel, kernel_offsets, max_abs_diff,
     poisoned, random_qkv, random_values, reference_pair, stream_of,
 )
@@ -308,20 +308,7 @@ def test_direct_call_writes_every_output(dtype, d, case):
         assert_fa_close(f"[{path}] direct out", out, ref64[0], low[0], seed=seed)
         assert_lse_close(f"[{path}] direct lse", lse, ref64[1], low[1], seed=seed)
 
-    kq = np.repeat(np.diff(q.host_offsets) == 0, np.diff(k.host_offsets))  # keys no query can see
-    idx = torch.from_numpy(np.flatnonzero(kq)).to(DEV)
-    results = {}
-    for det in (False, True, True):
-        dq, dk, dv = (poisoned(a.values.shape, dtype, DEV) for a in (q, k, v))
-        c_varlen_bwd(dout, q, k, v, out, lse, dq, dk, dv, opts, deterministic=det)
-        for name, g, r, lo in zip(("dq", "dk", "dv"), (dq, dk, dv), ref64[2], low[2]):
-            assert not torch.isnan(g).any(), f"{name} (deterministic={det}) has {int(torch.isnan(g).sum())} unwritten elements"
-            assert_fa_close(f"direct {name} deterministic={det}", g, r, lo, rtol=3.0,
-                            extra_atol=1e-5 + (3e-4 if opts.get("softcap") else 0), seed=seed)
-        assert torch.equal(dk[idx], torch.zeros_like(dk[idx])) and torch.equal(dv[idx], torch.zeros_like(dv[idx]))
-        if det and det in results:
-            assert all(torch.equal(a, b) for a, b in zip(results[det], (dq, dk, dv))), "deterministic runs differ"
-        results[det] = (dq, dk, dv)
+    check_backward_direct("direct", dout, q, k, v, out, lse, opts, ref64, low, seed)
 
 
 # ---- deterministic backward -------------------------------------------------------------------
