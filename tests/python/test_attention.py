@@ -199,3 +199,32 @@ def test_strided_heads_are_read_in_place():
     out = scree.varlen_attention(q, k, v, causal=True)
     ref = reference(*(scree.from_lengths(np.ascontiguousarray(qkv[:, i]), lengths) for i in range(3)), causal=True)
     np.testing.assert_allclose(out.values, ref.values, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_concurrent_calls_with_changing_shapes(dtype):
+    """The forward's per-worker scratch is kept by each calling thread between calls and rebuilt when
+    the head dim changes: threads calling at once, each switching head dims call after call, get
+    the single-threaded results bit for bit."""
+    import threading
+    rng = _rng()
+    cases = [make(rng, [5, 130, 1, 64], [9, 130, 3, 64], 4, 2, d, d, dtype, "torch") for d in (64, 128, 32, 64)]
+    want = [scree.varlen_attention(*c, causal=True).values for c in cases]
+    errors = []
+
+    def work(shift):
+        try:
+            for i in range(12):
+                j = (i + shift) % len(cases)
+                got = scree.varlen_attention(*cases[j], causal=True).values
+                if not torch.equal(got, want[j]):
+                    errors.append(f"thread {shift}, call {i}: case {j} differs")
+        except Exception as e:  # surfaced below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]

@@ -21,6 +21,7 @@
 #include "scree/attention/params.h"
 #include "simd.h"
 #include "work.h"
+#include "workspace.h"
 
 #ifndef SCREE_CPU_ISA
 #error "SCREE_CPU_ISA must name the instruction-set variant this file is compiled for"
@@ -213,10 +214,8 @@ void forward(const VarlenParams& p) {
   const int64_t Dv_pad = round_up(p.head_dim_v, 2 * Simd<C>::width);
   double flops = 0;
   std::vector<WorkItem> items = forward_items(p, block_rows(p), flops);
-  std::vector<Buffers<T>> buffers;
-  const int threads = std::max(1, num_threads());
-  buffers.reserve(threads);
-  for (int t = 0; t < threads; ++t) buffers.emplace_back(p.head_dim, Dv_pad, block_rows(p));
+  std::vector<Buffers<T>>& buffers = kept_buffers<Buffers<T>>(std::max(1, num_threads()), p.head_dim, Dv_pad,
+                                                               block_rows(p));
   run_items(items, flops, [&](int t, const WorkItem& item) { forward_block<T>(p, item, buffers[t]); });
 }
 

@@ -396,10 +396,7 @@ void forward_bf16_amx(const VarlenParams& p) {
   double flops = 0;
   std::vector<WorkItem> items = forward_items(p, bq, flops);
   if (p.causal) items = pair_causal_blocks(p, bq, items);
-  const int threads = std::max(1, num_threads());
-  std::vector<Buffers> buffers;
-  buffers.reserve(threads);
-  for (int t = 0; t < threads; ++t) buffers.emplace_back(bq, pk.Dp, pk.Dvp);
+  std::vector<Buffers>& buffers = kept_buffers<Buffers>(std::max(1, num_threads()), bq, pk.Dp, pk.Dvp);
   run_items(
       items, flops,
       [&](int t, const WorkItem& item) {
