@@ -52,6 +52,7 @@
 #include "scree/parallel.h"
 #include "simd.h"
 #include "work.h"
+#include "workspace.h"
 
 #if defined(SCREE_CPU_AMX)
 #include "bwd_amx.h"
@@ -368,11 +369,9 @@ void backward(const VarlenBackwardParams& p) {
   Plan<T> plan(p);
   pack_rows(plan);
 
-  std::vector<Buffers<T>> buffers;
-  const int threads = std::max(1, num_threads());
-  buffers.reserve(threads);
-  for (int t = 0; t < threads; ++t)
-    buffers.emplace_back(plan.D, plan.Dv, plan.D_pad, plan.Dv_pad, plan.thread_dq_elems);
+  std::vector<Buffers<T>> own;
+  std::vector<Buffers<T>>& buffers = backward_buffers<Buffers<T>, compute_t<T>>(
+      own, std::max(1, num_threads()), plan.thread_dq_elems, plan.D, plan.Dv, plan.D_pad, plan.Dv_pad);
   softmax_stats(plan, buffers);
 
   double flops = 0;

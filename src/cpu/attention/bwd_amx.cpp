@@ -425,10 +425,9 @@ void backward_chunk(const Plan& plan, int64_t ci, int64_t kvh, Buffers& buf) {
 void backward_bf16_amx(const VarlenBackwardParams& p) {
   Plan plan(p);
   pack_queries(plan);
-  const int threads = std::max(1, num_threads());
-  std::vector<Buffers> buffers;
-  buffers.reserve(threads);
-  for (int t = 0; t < threads; ++t) buffers.emplace_back(plan.D_pad, plan.Dv_pad, plan.thread_dq_elems);
+  std::vector<Buffers> own;
+  std::vector<Buffers>& buffers =
+      backward_buffers<Buffers, float>(own, std::max(1, num_threads()), plan.thread_dq_elems, plan.D_pad, plan.Dv_pad);
   softmax_stats(plan, buffers);
 
   double flops = 0;

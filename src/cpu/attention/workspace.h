@@ -55,4 +55,23 @@ std::vector<B>& kept_buffers(int threads, Args... args) {
   return kept;
 }
 
+// The backwards' per-worker scratch, kept (kept_buffers, built with no dQ accumulator, which grows
+// to `dq_elems`) where the accumulators are small: built per call, a few short sequences' backward
+// allocated, zero-filled and freed them every time, and with two threads the frees' TLB shootdowns
+// made the call slower than one thread's (4 x 16 tokens: 305 against 148 us; perf, this Xeon).
+// Larger ones (up to a sequence's rows x group x D) are this call's own, in `own`.
+inline constexpr size_t kKeptDqBytes = size_t(4) << 20;
+template <class B, class C, class... Args>
+std::vector<B>& backward_buffers(std::vector<B>& own, int threads, int64_t dq_elems, Args... args) {
+  if (size_t(dq_elems) * sizeof(C) > kKeptDqBytes) {
+    own.reserve(threads);
+    for (int t = 0; t < threads; ++t) own.emplace_back(args..., dq_elems);
+    return own;
+  }
+  std::vector<B>& kept = kept_buffers<B>(threads, args..., int64_t(0));
+  for (B& b : kept)
+    if (int64_t(b.dq.size()) < dq_elems) b.dq.resize(size_t(dq_elems));
+  return kept;
+}
+
 SCREE_CPU_NAMESPACE_END
