@@ -26,6 +26,7 @@
 #include <cstring>
 
 #include "aligned.h"
+#include "simd.h"  // transpose16x16
 
 SCREE_CPU_NAMESPACE_BEGIN
 namespace tiles {
@@ -129,36 +130,8 @@ inline void copy_row(uint16_t* dst, const uint16_t* src, int64_t n, int64_t dp) 
 // pairs and transposed 16 x 16 at a time, and the d-chunk c (32 values) of the tile is the 1 KiB at
 // out + 256 c.
 inline void pack_keys(const uint16_t* k, int64_t ldk, int64_t dp, uint32_t* out) {
-  for (int64_t r0 = 0; r0 < dp / 2; r0 += 16) {
-    // 16 x 16 transpose of 32-bit elements: rows j of the source are 16 pairs of key j.
-    __m512i x[16], y[16];
-    for (int j = 0; j < 16; ++j) x[j] = _mm512_loadu_si512(k + j * ldk + 2 * r0);
-    // Stage 1: interleave 32-bit elements of row pairs; 2: 64-bit of row quads; 3-4: 128-bit lanes.
-    for (int j = 0; j < 16; j += 2) {
-      y[j] = _mm512_unpacklo_epi32(x[j], x[j + 1]);
-      y[j + 1] = _mm512_unpackhi_epi32(x[j], x[j + 1]);
-    }
-    for (int j = 0; j < 16; j += 4) {
-      x[j] = _mm512_unpacklo_epi64(y[j], y[j + 2]);
-      x[j + 1] = _mm512_unpackhi_epi64(y[j], y[j + 2]);
-      x[j + 2] = _mm512_unpacklo_epi64(y[j + 1], y[j + 3]);
-      x[j + 3] = _mm512_unpackhi_epi64(y[j + 1], y[j + 3]);
-    }
-    // Now x[4q + e] holds, in 128-bit lane L, elements (row 4q .. 4q+3) of column 4L + e', with
-    // e' = {0, 1, 2, 3} for e = {0, 1, 2, 3}. Gather lanes: column 4L + e comes from x[4q + e]
-    // lane L for q = 0..3.
-    for (int e = 0; e < 4; ++e) {
-      const __m512i a0 = _mm512_shuffle_i32x4(x[e], x[4 + e], 0x88);       // q0 L0, q0 L2, q1 L0, q1 L2
-      const __m512i a1 = _mm512_shuffle_i32x4(x[e], x[4 + e], 0xdd);       // q0 L1, q0 L3, q1 L1, q1 L3
-      const __m512i b0 = _mm512_shuffle_i32x4(x[8 + e], x[12 + e], 0x88);  // q2 L0, q2 L2, q3 L0, q3 L2
-      const __m512i b1 = _mm512_shuffle_i32x4(x[8 + e], x[12 + e], 0xdd);
-      y[e] = _mm512_shuffle_i32x4(a0, b0, 0x88);       // L0: q0 q1 q2 q3  -> column e
-      y[8 + e] = _mm512_shuffle_i32x4(a0, b0, 0xdd);   // L2 -> column 8 + e
-      y[4 + e] = _mm512_shuffle_i32x4(a1, b1, 0x88);   // L1 -> column 4 + e
-      y[12 + e] = _mm512_shuffle_i32x4(a1, b1, 0xdd);  // L3 -> column 12 + e
-    }
-    for (int r = 0; r < 16; ++r) _mm512_storeu_si512(out + (r0 + r) * 16, y[r]);
-  }
+  // Rows j of the source are 16 pairs of key j (32-bit elements).
+  for (int64_t r0 = 0; r0 < dp / 2; r0 += 16) transpose16x16(k + 2 * r0, ldk * 2, out + r0 * 16, 16);
 }
 
 // A operand whose k runs down the columns of a row-major matrix (Q^T and dO^T of the attention

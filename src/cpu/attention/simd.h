@@ -18,6 +18,40 @@
 
 SCREE_CPU_NAMESPACE_BEGIN
 
+#if defined(__AVX512F__)
+// 16 x 16 transpose of 32-bit elements: out row r (ld_out elements apart) = column r of the 16 rows
+// at x (ld_bytes apart, any alignment). Stage 1 interleaves 32-bit elements of row pairs, 2 64-bit
+// elements of row quads, 3-4 gather 128-bit lanes: 64 shuffles, 16 loads and 16 stores against 256
+// scalar loads and 256 stores a line apart.
+inline void transpose16x16(const void* x, int64_t ld_bytes, uint32_t* out, int64_t ld_out) {
+  __m512i a[16], b[16];
+  for (int j = 0; j < 16; ++j) a[j] = _mm512_loadu_si512(static_cast<const char*>(x) + j * ld_bytes);
+  for (int j = 0; j < 16; j += 2) {
+    b[j] = _mm512_unpacklo_epi32(a[j], a[j + 1]);
+    b[j + 1] = _mm512_unpackhi_epi32(a[j], a[j + 1]);
+  }
+  for (int j = 0; j < 16; j += 4) {
+    a[j] = _mm512_unpacklo_epi64(b[j], b[j + 2]);
+    a[j + 1] = _mm512_unpackhi_epi64(b[j], b[j + 2]);
+    a[j + 2] = _mm512_unpacklo_epi64(b[j + 1], b[j + 3]);
+    a[j + 3] = _mm512_unpackhi_epi64(b[j + 1], b[j + 3]);
+  }
+  // a[4q + e] holds, in 128-bit lane L, rows 4q .. 4q + 3 of column 4L + e: column 4L + e comes
+  // from a[4q + e]'s lane L for q = 0..3.
+  for (int e = 0; e < 4; ++e) {
+    const __m512i a0 = _mm512_shuffle_i32x4(a[e], a[4 + e], 0x88);       // q0 L0, q0 L2, q1 L0, q1 L2
+    const __m512i a1 = _mm512_shuffle_i32x4(a[e], a[4 + e], 0xdd);       // q0 L1, q0 L3, q1 L1, q1 L3
+    const __m512i b0 = _mm512_shuffle_i32x4(a[8 + e], a[12 + e], 0x88);  // q2 L0, q2 L2, q3 L0, q3 L2
+    const __m512i b1 = _mm512_shuffle_i32x4(a[8 + e], a[12 + e], 0xdd);
+    b[e] = _mm512_shuffle_i32x4(a0, b0, 0x88);       // L0: q0 q1 q2 q3 -> column e
+    b[8 + e] = _mm512_shuffle_i32x4(a0, b0, 0xdd);   // L2 -> column 8 + e
+    b[4 + e] = _mm512_shuffle_i32x4(a1, b1, 0x88);   // L1 -> column 4 + e
+    b[12 + e] = _mm512_shuffle_i32x4(a1, b1, 0xdd);  // L3 -> column 12 + e
+  }
+  for (int r = 0; r < 16; ++r) _mm512_storeu_si512(out + r * ld_out, b[r]);
+}
+#endif
+
 template <class T>
 struct Simd;
 
