@@ -219,8 +219,8 @@ inline __m512 exp_row(const float* s, uint16_t* prow, int64_t nk, int64_t lo, in
   const __m512 vmul = _mm512_set1_ps(mul), nshift = _mm512_set1_ps(-shift);
   __m512 sum = _mm512_setzero_ps();
   for (int64_t j = 0; j < nk; j += 32) {
-    __m512 e0 = exp2_nonpositive_bf16(_mm512_fmadd_ps(_mm512_loadu_ps(s + j), vmul, nshift));
-    __m512 e1 = exp2_nonpositive_bf16(_mm512_fmadd_ps(_mm512_loadu_ps(s + j + 16), vmul, nshift));
+    __m512 e0 = exp2_nonpositive</*kCubic=*/true>(_mm512_fmadd_ps(_mm512_loadu_ps(s + j), vmul, nshift));
+    __m512 e1 = exp2_nonpositive</*kCubic=*/true>(_mm512_fmadd_ps(_mm512_loadu_ps(s + j + 16), vmul, nshift));
     if (!full) {  // masked keys (and a masked -inf's NaN from exp2) give 0
       e0 = _mm512_maskz_mov_ps(visible_lanes(j, lo, hi), e0);
       e1 = _mm512_maskz_mov_ps(visible_lanes(j + 16, lo, hi), e1);

@@ -12,35 +12,28 @@
 SCREE_CPU_NAMESPACE_BEGIN
 
 // 2^t for t <= 0 (a softmax's arguments in log2 units), 16 lanes: t = n + f with n = round(t),
-// |f| <= 1/2, 2^f by a degree-4 polynomial fitted for relative error on [-1/2, 1/2] (max 2.7e-6
-// in fp32, the degree-5 Taylor polynomial's 2.4e-6 for one FMA less; P is rounded to bf16 next,
-// 2^-9 = 2e-3, and the row sum's relative error moves lse by the same ~3e-6), 2^n applied by
+// |f| <= 1/2, 2^f by a polynomial fitted for relative error on [-1/2, 1/2], 2^n applied by
 // VSCALEFPS, which flushes to 0 below the fp32 range. t must not be -inf (-inf - round(-inf) is
-// NaN): masked lanes are zeroed after the call instead. 9 instructions against simd.h's vexp's
-// ~22 (range clamps, exponent assembly by integer ops).
+// NaN): masked lanes are zeroed after the call instead. 9 instructions against simd.h's vexp's ~22
+// (range clamps, exponent assembly by integer ops). Degree 4 (max 2.7e-6 in fp32, the degree-5
+// Taylor polynomial's 2.4e-6 for one FMA less; the row sum's relative error moves lse by ~3e-6);
+// kCubic, for values rounded to bf16 right after (the forward's P, 2^-9 = 2e-3): degree 3, 7.5e-5,
+// one FMA less.
+template <bool kCubic = false>
 inline __m512 exp2_nonpositive(__m512 t) {
   const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(t, n);
-  constexpr float c0 = 0.9999992847442627f, c1 = 0.6931218504905701f, c2 = 0.240247443318367f,
-                  c3 = 0.0559174008667469f, c4 = 0.009569929912686348f;
-  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(c4), f, _mm512_set1_ps(c3));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c2));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c1));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c0));
-  return _mm512_scalef_ps(p, n);
-}
-
-// exp2_nonpositive for values rounded to bf16 next (the forward's P): a cubic, relative error
-// 7.5e-5 on [-1/2, 1/2] (the quartic's 2.6e-6 buys nothing under bf16's 2^-9 rounding): 8
-// instructions.
-inline __m512 exp2_nonpositive_bf16(__m512 t) {
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(t, n);
-  constexpr float c0 = 0.9999282360076904f, c1 = 0.693263590335846f, c2 = 0.24261002242565155f,
-                  c3 = 0.055157460272312164f;
-  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(c3), f, _mm512_set1_ps(c2));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c1));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c0));
+  __m512 p;
+  if constexpr (kCubic) {
+    p = _mm512_fmadd_ps(_mm512_set1_ps(0.055157460272312164f), f, _mm512_set1_ps(0.24261002242565155f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.693263590335846f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.9999282360076904f));
+  } else {
+    p = _mm512_fmadd_ps(_mm512_set1_ps(0.009569929912686348f), f, _mm512_set1_ps(0.0559174008667469f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.240247443318367f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.6931218504905701f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.9999992847442627f));
+  }
   return _mm512_scalef_ps(p, n);
 }
 
