@@ -23,9 +23,9 @@ INSTANCES = {
                       "template void launch_bwd_sm80<{T}, {D}>(" + BWD_ARGS + ");"),
     # Hopper (sm_90a only): head dims 64 and 128 (whole 64-column TMA slabs).
     ("fwd", "sm90"): ((64, 128), "sm90/launch_fwd_sm90.cuh", "scree::cuda_attention::sm90",
-                      "template void launch_fwd_sm90<{T}, {D}>(const VarlenParams&, unsigned long long*, cudaStream_t);"),
+                      "template bool launch_fwd_sm90<{T}, {D}>(const VarlenParams&, char*, cudaStream_t);"),
     ("bwd", "sm90"): ((64, 128), "sm90/launch_bwd_sm90.cuh", "scree::cuda_attention::sm90",
-                      "template void launch_bwd_sm90<{T}, {D}>(" + BWD_ARGS + ");"),
+                      "template bool launch_bwd_sm90<{T}, {D}>(" + BWD_ARGS + ");"),
 }
 
 OUT = Path(__file__).resolve().parent.parent / "src" / "cuda" / "attention" / "instances"

@@ -200,7 +200,7 @@ def paged_fwd_cuda(q: Annotated[NDArray, dict(writable=False)], k_pages: Annotat
     rest as varlen_fwd. Slots past a sequence's end in its last page may hold anything.
     """
 
-def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], out: NDArray, lse: NDArray | None, args: AttentionArgs, workspace: NDArray | None = None, q_summary: Annotated[NDArray, dict(writable=False)] | None = None, stream: int = 0) -> None:
+def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], out: NDArray, lse: NDArray | None, args: AttentionArgs, workspace: NDArray | None = None, q_summary: Annotated[NDArray, dict(writable=False)] | None = None, stream: int = 0, schedule: NDArray | None = None, schedule_ready: bool = False) -> bool:
     """
     Varlen attention forward into out (Tq, Hq, Dv) and lse (Hq, Tq) float32 (optional; float64
     inputs take a float64 lse, or a float32 one that rounds it). All arrays on one device: the
@@ -211,6 +211,16 @@ def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray
     stream-ordered with cudaMallocAsync, slower). `q_summary` (CUDA, optional): the device check's
     int64 [first, last, smallest step, largest step] of cu_seqlens_q (offsets_summary_cuda's
     device copy), whose largest step bounds the query lengths when max_seqlen_q is only a bound.
+    `schedule` (CUDA, optional; contiguous, on the same GPU, 16-byte aligned, at least
+    cuda_tile_schedule_bytes(Tq, n) bytes): the packed-tile schedule kept between calls over the
+    same offsets; `schedule_ready` says an earlier call that returned True wrote it, in this
+    stream's order. Returns True when the call's tiles came from `schedule` (False on the CPU).
+    """
+
+def cuda_tile_schedule_bytes(rows: int, num_sequences: int) -> int:
+    """
+    Bytes of a kept packed-tile schedule over `rows` packed rows (the forward's query tokens, the
+    backward's key tokens) in n sequences (0 in builds without CUDA).
     """
 
 def cuda_fwd_workspace_bytes(total_q: int, num_sequences: int) -> int:
@@ -230,13 +240,14 @@ def cuda_bwd_workspace_bytes(total_q: int, total_k: int, num_sequences: int, hea
     and Tk key tokens in n sequences (the packed key-tile schedule of short sequences grows with them).
     """
 
-def varlen_bwd(dout: Annotated[NDArray, dict(writable=False)], q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], out: Annotated[NDArray, dict(writable=False)], lse: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], dq: NDArray, dk: NDArray, dv: NDArray, args: AttentionArgs, workspace: NDArray | None = None, stream: int = 0) -> None:
+def varlen_bwd(dout: Annotated[NDArray, dict(writable=False)], q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], out: Annotated[NDArray, dict(writable=False)], lse: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], dq: NDArray, dk: NDArray, dv: NDArray, args: AttentionArgs, workspace: NDArray | None = None, stream: int = 0, schedule: NDArray | None = None, schedule_ready: bool = False) -> bool:
     """
     Varlen attention backward: dq, dk, dv from dout, the forward's out and lse (float32, or
     float64 for float64 inputs).
     On CUDA, `workspace` (contiguous, on the same GPU, 16-byte aligned) must hold at least
     varlen_bwd_workspace_bytes(...) bytes (None: allocated stream-ordered with cudaMallocAsync);
     args.deterministic makes dq bit-reproducible there (the CPU backward always is).
+    `schedule` / `schedule_ready` and the result as varlen_fwd's, over key tiles: rows Tk.
     """
 
 def paged_decode_plan(q: Annotated[NDArray, dict(writable=False)], k_pages: Annotated[NDArray, dict(writable=False)], v_pages: Annotated[NDArray, dict(writable=False)], page_table: Annotated[NDArray, dict(writable=False)], kv_lens: Annotated[NDArray, dict(writable=False)], max_kv_len: int) -> tuple[int, int]:

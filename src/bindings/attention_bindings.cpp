@@ -122,6 +122,17 @@ Workspace workspace_arg(const std::optional<OutArray>& w, const ArrayArg& q) {
   return {a.data, size_t(a.nbytes), true};
 }
 
+// The caller's kept packed-tile schedule (CUDA; VarlenParams::tile_schedule), on q's device.
+void schedule_arg(VarlenParams& p, const std::optional<OutArray>& s, bool ready, const ArrayArg& q) {
+  p.tile_schedule_ready = ready;
+  if (!s) return;
+  const ArrayArg a = arg(*s, "schedule");
+  require_with_q(a, q);
+  require_contiguous(*s, "schedule");
+  p.tile_schedule = a.data;
+  p.tile_schedule_bytes = size_t(a.nbytes);
+}
+
 #ifdef SCREE_WITH_CUDA
 // The caller's workspace, else `need` bytes stream-ordered in `scratch` (freed when it goes).
 Workspace or_scratch(const Workspace& ws, size_t need, void* stream, std::optional<StreamScratch>& scratch) {
@@ -159,21 +170,21 @@ const int64_t* q_summary_arg(const std::optional<InArray>& s, const ArrayArg& q)
 #ifdef SCREE_WITH_CUDA
 // The CUDA forward of a filled p on q's device and the caller's stream, in the caller's workspace
 // (or a stream-ordered scratch one); varlen_fwd_cuda validates p for the kernels first.
-void run_cuda_forward(const VarlenParams& p, const ArrayArg& q, Workspace ws, uintptr_t stream) {
+bool run_cuda_forward(const VarlenParams& p, const ArrayArg& q, Workspace ws, uintptr_t stream) {
   const size_t need = attention::varlen_fwd_cuda_workspace_bytes(p.total_q, p.num_sequences);
   require_workspace(ws, need, "scree._C.cuda_fwd_workspace_bytes(total_q, num_sequences)");
   nb::gil_scoped_release release;
   cuda::DeviceGuard guard(q.device_id);
   std::optional<StreamScratch> scratch;
   ws = or_scratch(ws, need, stream_ptr(stream), scratch);
-  attention::varlen_fwd_cuda(p, ws.data, ws.bytes, stream_ptr(stream));
+  return attention::varlen_fwd_cuda(p, ws.data, ws.bytes, stream_ptr(stream));
 }
 #endif
 
-void varlen_fwd(const InArray& q_, const InArray& k_, const InArray& v_, const InArray& cu_q_, const InArray& cu_k_,
+bool varlen_fwd(const InArray& q_, const InArray& k_, const InArray& v_, const InArray& cu_q_, const InArray& cu_k_,
                 OutArray out_, std::optional<OutArray> lse_, const AttentionArgs& args,
                 const std::optional<OutArray>& workspace_, const std::optional<InArray>& q_summary_,
-                uintptr_t stream) {
+                uintptr_t stream, const std::optional<OutArray>& schedule_, bool schedule_ready) {
   const ArrayArg q = arg(q_, "q");
   const bool cuda = on_cuda(q);
   VarlenParams p;
@@ -183,12 +194,14 @@ void varlen_fwd(const InArray& q_, const InArray& k_, const InArray& v_, const I
   fill_forward_outputs(p, q, arg(out_, "out"), lse_ ? &lse : nullptr);
   Workspace ws = workspace_arg(workspace_, q);
   p.max_seqlen_q_device = q_summary_arg(q_summary_, q);
+  schedule_arg(p, schedule_, schedule_ready, q);
 #ifdef SCREE_WITH_CUDA
   if (cuda) return run_cuda_forward(p, q, ws, stream);
 #endif
   (void)cuda, (void)stream, (void)ws;
   nb::gil_scoped_release release;
   attention::varlen_fwd_cpu(p);  // validates p, the host offsets included, once
+  return false;  // the host kernels keep no schedule
 }
 
 // The forward over paged keys and values on the CPU (decode and chunked prefill alike): q, out,
@@ -298,6 +311,16 @@ size_t cuda_fwd_workspace_bytes(int64_t total_q, int64_t num_sequences) {
 #endif
 }
 
+size_t cuda_tile_schedule_bytes(int64_t rows, int64_t num_sequences) {
+  scree::require(rows >= 0 && num_sequences >= 0, ErrorKind::InvalidArgument,
+                 [] { return std::string("sizes must be >= 0"); });
+#ifdef SCREE_WITH_CUDA
+  return attention::cuda_tile_schedule_bytes(rows, num_sequences);
+#else
+  return 0;
+#endif
+}
+
 // Bytes of device workspace varlen_bwd needs for these arguments: 0 on the CPU (the host kernels
 // allocate their own scratch), else the CUDA kernels' own formula (include/scree/attention/cuda.h).
 size_t varlen_bwd_workspace_bytes(const InArray& q_, const InArray& k_, const InArray& v_, const InArray& cu_q_,
@@ -327,9 +350,10 @@ size_t cuda_bwd_workspace_bytes(int64_t total_q, int64_t total_k, int64_t num_se
 #endif
 }
 
-void varlen_bwd(const InArray& dout_, const InArray& q_, const InArray& k_, const InArray& v_, const InArray& out_,
+bool varlen_bwd(const InArray& dout_, const InArray& q_, const InArray& k_, const InArray& v_, const InArray& out_,
                 const InArray& lse_, const InArray& cu_q_, const InArray& cu_k_, OutArray dq_, OutArray dk_,
-                OutArray dv_, const AttentionArgs& args, const std::optional<OutArray>& workspace_, uintptr_t stream) {
+                OutArray dv_, const AttentionArgs& args, const std::optional<OutArray>& workspace_, uintptr_t stream,
+                const std::optional<OutArray>& schedule_, bool schedule_ready) {
   const ArrayArg q = arg(q_, "q");
   const bool cuda = on_cuda(q);
   VarlenBackwardParams p;
@@ -337,6 +361,7 @@ void varlen_bwd(const InArray& dout_, const InArray& q_, const InArray& k_, cons
   fill_backward(p, q, arg(dout_, "dout"), arg(out_, "out"), arg(lse_, "lse"), arg(dq_, "dq"), arg(dk_, "dk"),
                 arg(dv_, "dv"));
   Workspace ws = workspace_arg(workspace_, q);
+  schedule_arg(p, schedule_, schedule_ready, q);
 #ifdef SCREE_WITH_CUDA
   if (cuda) {
     const size_t need = attention::varlen_bwd_cuda_workspace_bytes(p, args.deterministic);
@@ -346,14 +371,14 @@ void varlen_bwd(const InArray& dout_, const InArray& q_, const InArray& k_, cons
     std::optional<StreamScratch> scratch;
     ws = or_scratch(ws, need, stream_ptr(stream), scratch);
     // varlen_bwd_cuda validates p for the CUDA kernels before anything runs.
-    attention::varlen_bwd_cuda(p, ws.data, ws.bytes, args.deterministic, stream_ptr(stream));
-    return;
+    return attention::varlen_bwd_cuda(p, ws.data, ws.bytes, args.deterministic, stream_ptr(stream));
   }
 #endif
   // The host backward is deterministic whatever is asked, and allocates its own scratch.
   (void)cuda, (void)ws, (void)stream;
   nb::gil_scoped_release release;
   attention::varlen_bwd_cpu(p);  // validates p, the host offsets included, once
+  return false;
 }
 
 // Head dims the CUDA kernels were compiled for; none in a CPU-only build.
@@ -452,6 +477,7 @@ void register_attention(nb::module_& m) {
   m.def("varlen_fwd", &varlen_fwd, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("cu_seqlens_q"),
         nb::arg("cu_seqlens_k"), nb::arg("out"), nb::arg("lse").none(), nb::arg("args"),
         nb::arg("workspace").none() = nb::none(), nb::arg("q_summary").none() = nb::none(), nb::arg("stream") = 0,
+        nb::arg("schedule").none() = nb::none(), nb::arg("schedule_ready") = false,
         "Varlen attention forward into out (Tq, Hq, Dv) and lse (Hq, Tq) float32 (optional; float64\n"
         "inputs take a float64 lse, or a float32 one that rounds it). All arrays on one device: the\n"
         "CPU, or one CUDA GPU (float16/bfloat16; launched on `stream`, a cudaStream_t as an int,\n"
@@ -460,7 +486,14 @@ void register_attention(nb::module_& m) {
         "the same GPU, 16-byte aligned) holds cuda_fwd_workspace_bytes(Tq, n) bytes (None: allocated\n"
         "stream-ordered with cudaMallocAsync, slower). `q_summary` (CUDA, optional): the device check's\n"
         "int64 [first, last, smallest step, largest step] of cu_seqlens_q (offsets_summary_cuda's\n"
-        "device copy), whose largest step bounds the query lengths when max_seqlen_q is only a bound.");
+        "device copy), whose largest step bounds the query lengths when max_seqlen_q is only a bound.\n"
+        "`schedule` (CUDA, optional; contiguous, on the same GPU, 16-byte aligned, at least\n"
+        "cuda_tile_schedule_bytes(Tq, n) bytes): the packed-tile schedule kept between calls over the\n"
+        "same offsets; `schedule_ready` says an earlier call that returned True wrote it, in this\n"
+        "stream's order. Returns True when the call's tiles came from `schedule` (False on the CPU).");
+  m.def("cuda_tile_schedule_bytes", &cuda_tile_schedule_bytes, nb::arg("rows"), nb::arg("num_sequences"),
+        "Bytes of a kept packed-tile schedule over `rows` packed rows (the forward's query tokens, the\n"
+        "backward's key tokens) in n sequences (0 in builds without CUDA).");
   m.def("cuda_fwd_workspace_bytes", &cuda_fwd_workspace_bytes, nb::arg("total_q"), nb::arg("num_sequences"),
         "Bytes of workspace the CUDA forward needs for Tq query tokens in n sequences (the tile counter\n"
         "and room for the packed-tile schedule of short sequences; 0 in builds without CUDA).");
@@ -474,11 +507,13 @@ void register_attention(nb::module_& m) {
   m.def("varlen_bwd", &varlen_bwd, nb::arg("dout"), nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"),
         nb::arg("lse"), nb::arg("cu_seqlens_q"), nb::arg("cu_seqlens_k"), nb::arg("dq"), nb::arg("dk"),
         nb::arg("dv"), nb::arg("args"), nb::arg("workspace").none() = nb::none(), nb::arg("stream") = 0,
+        nb::arg("schedule").none() = nb::none(), nb::arg("schedule_ready") = false,
         "Varlen attention backward: dq, dk, dv from dout, the forward's out and lse (float32, or\n"
         "float64 for float64 inputs).\n"
         "On CUDA, `workspace` (contiguous, on the same GPU, 16-byte aligned) must hold at least\n"
         "varlen_bwd_workspace_bytes(...) bytes (None: allocated stream-ordered with cudaMallocAsync);\n"
-        "args.deterministic makes dq bit-reproducible there (the CPU backward always is).");
+        "args.deterministic makes dq bit-reproducible there (the CPU backward always is).\n"
+        "`schedule` / `schedule_ready` and the result as varlen_fwd's, over key tiles: rows Tk.");
 }
 
 }  // namespace scree::bindings

@@ -195,3 +195,65 @@ def test_schedule_covers_every_row_once(lengths, monkeypatch):
     assert (seen == 1).all(), f"rows covered {np.unique(seen)} times"
     if lengths in ("ones_130", "tiny_1_64"):  # short sequences do share tiles
         assert count < B / 2, (count, B)
+
+
+@needs_hopper
+@pytest.mark.parametrize("lengths", ["tiny_1_64", "q_ne_k", "empties"])
+def test_kept_schedules_serve_later_calls(lengths, monkeypatch):
+    """The forward's and the backward's packed schedules are packed by the first call over a layout
+    pair and read by the later ones (kept with q's Layout, ready once a call wrote them): every call
+    gives the first call's bits, close to the reference; a switch to sequence tiles in between
+    leaves a kept schedule valid, and another k layout gets a schedule of its own."""
+    from scree.kernels.attention import TileSchedule
+    lq, lk = LENGTHS[lengths]
+    seed = fresh_seed()
+    q, k, v = random_qkv(lq, lk, 8, 2, 128, 128, torch.bfloat16, DEV, seed)
+    dout = random_values((q.total, 8, 128), torch.bfloat16, DEV, generator(seed + 1, DEV))
+    ref64, low = reference_pair(q, k, v, dout, {"causal": True})
+    monkeypatch.setenv("SCREE_SM90_TILES", "sequence")
+    with cuda_path("sm90"):
+        fwd_grads(scree.varlen_attention, q, k, v, dout, {"causal": True})  # writes no schedule
+        kept = list(q._layout.plans.get("tile_schedules", {}).values())
+        assert kept and all(isinstance(s, TileSchedule) and not s.ready for s in kept)
+        monkeypatch.setenv("SCREE_SM90_TILES", "packed")
+        runs = [fwd_grads(scree.varlen_attention, q, k, v, dout, {"causal": True}) for _ in range(3)]
+    kept = list(q._layout.plans["tile_schedules"].values())
+    assert len(kept) == 2 and all(s.ready for s in kept), "the packed calls did not keep their schedules"
+    check_against_references("[kept schedules]", runs[-1], ref64, low, seed)
+    for run in runs[1:]:
+        assert torch.equal(run[0], runs[0][0]) and all(torch.equal(a, b) for a, b in zip(run[2], runs[0][2])), \
+            f"seed {seed}: a call reading the kept schedule differs from the call that packed it"
+    # Another k layout (same q layout): a schedule of its own, not the first pair's.
+    lk2 = [x + 1 for x in lk]
+    k2 = scree.from_lengths(random_values((sum(lk2), 2, 128), torch.bfloat16, DEV, generator(seed + 2, DEV)), lk2)
+    v2 = k2.with_values(random_values((sum(lk2), 2, 128), torch.bfloat16, DEV, generator(seed + 3, DEV)))
+    ref2, low2 = reference_pair(q, k2, v2, None, {"causal": True})
+    with cuda_path("sm90"), torch.no_grad():
+        got = fwd_grads(scree.varlen_attention, q, k2, v2, None, {"causal": True})
+    check_against_references("[second k layout]", got, ref2, low2, seed)
+
+
+@needs_hopper
+def test_schedule_argument_is_checked(monkeypatch):
+    """scree._C's `schedule`: too small, misaligned, or said ready without one: a typed error, and
+    nothing runs."""
+    from scree import _C
+    lq = LENGTHS["tiny_1_64"][0]
+    q, k, v = random_qkv(lq, lq, 2, 2, 64, 64, torch.bfloat16, DEV, fresh_seed())
+    monkeypatch.setenv("SCREE_SM90_TILES", "packed")
+    need = _C.cuda_tile_schedule_bytes(q.total, q.num_sequences)
+    assert need > 0
+    out = torch.empty_like(q.values)
+    call = lambda schedule, ready: _C.varlen_fwd(  # noqa: E731
+        q.values, k.values, v.values, kernel_offsets(q), kernel_offsets(k), out, None, c_args(q, k, v, {}),
+        None, None, stream_of(q.values), schedule, ready)
+    buf = torch.zeros(need + 16, dtype=torch.uint8, device=DEV)
+    with cuda_path("sm90"):
+        with pytest.raises(scree.ArgumentError, match="tile schedule needs"):
+            call(buf[:need - 16], False)
+        with pytest.raises(scree.ArgumentError, match="not 16-byte aligned"):
+            call(buf[1:need + 1], False)
+        with pytest.raises(scree.ArgumentError, match="without a tile schedule"):
+            call(None, True)
+        assert call(buf[:need], False) is True and call(buf[:need], True) is True
+    torch.cuda.synchronize()

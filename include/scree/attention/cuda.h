@@ -32,11 +32,18 @@ void validate_cuda(const VarlenParams& p);
 // packed-tile schedule, which the call writes on the stream: the caller
 // allocates it with its framework's caching allocator (a cudaMallocAsync of it per call cost ~12 us
 // of host time, ~100 us after every device sync, which returns the pool's memory on an H200 host).
-void varlen_fwd_cuda(const VarlenParams& p, void* workspace, size_t workspace_bytes, void* stream);
+// With p.tile_schedule set, the schedule goes there instead (the workspace then needs the counter
+// only) and is packed once: returns true when the call's tiles came from p.tile_schedule (written
+// by it, or read where p.tile_schedule_ready), so that the caller may pass ready from then on.
+bool varlen_fwd_cuda(const VarlenParams& p, void* workspace, size_t workspace_bytes, void* stream);
 
 // Bytes of device workspace varlen_fwd_cuda needs for a call with these totals (16 + ~16 per
 // sequence: the packed-tile schedule's bound).
 size_t varlen_fwd_cuda_workspace_bytes(int64_t total_q, int64_t num_sequences);
+
+// Bytes of a packed-tile schedule (VarlenParams::tile_schedule) over `rows` packed rows (the
+// forward: query tokens; the backward: key tokens) in num_sequences sequences.
+size_t cuda_tile_schedule_bytes(int64_t rows, int64_t num_sequences);
 
 // Which forward kernel varlen_fwd_cuda would run for p on the current device: "sm90" or "sm80".
 const char* cuda_forward_path(const VarlenParams& p);
@@ -56,7 +63,8 @@ size_t varlen_bwd_cuda_workspace_bytes(int64_t total_q, int64_t total_k, int64_t
 // query block when deterministic; the portable kernel uses float32 atomics, or, when
 // deterministic, a second kernel that owns each dq tile (~1.4x the matrix work). Either way a
 // deterministic run gives the same bits every time. SCREE_CUDA_PATH chooses as for the forward.
-void varlen_bwd_cuda(const VarlenBackwardParams& p, void* workspace, size_t workspace_bytes, bool deterministic,
+// p.tile_schedule (the backward's own, over key tiles) and the return value as for the forward.
+bool varlen_bwd_cuda(const VarlenBackwardParams& p, void* workspace, size_t workspace_bytes, bool deterministic,
                      void* stream);
 
 // Which backward varlen_bwd_cuda would run for p on the current device: "sm90" or "sm80".

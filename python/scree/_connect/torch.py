@@ -59,14 +59,26 @@ def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec,
                           left, right, spec.softcap or 0.0, spec.deterministic)
     args = K.kernel_args(spec, pq.max_seqlen, pk.max_seqlen)
     if torch.is_grad_enabled() and (qv.requires_grad or kv.requires_grad or vv.requires_grad):
-        return _Attention.apply(qv, kv, vv, pq.offsets, pk.offsets, args, spec.deterministic, pq.summary)
-    return _forward(qv, kv, vv, pq.offsets, pk.offsets, args, pq.summary, with_lse)
+        return _Attention.apply(qv, kv, vv, pq.offsets, pk.offsets, args, spec.deterministic, pq.summary,
+                                _schedule(q, k, False), _schedule(q, k, True))
+    return _forward(qv, kv, vv, pq.offsets, pk.offsets, args, pq.summary, with_lse, _schedule(q, k, False))
+
+
+def _schedule(q: Array, k: Array, backward: bool) -> K.TileSchedule | None:
+    """The packed-tile schedule kept with q's Layout for this stream and thread (CUDA, not while a
+    graph is captured: a graph replays its own pack kernel)."""
+    qv = q.values
+    if qv.device.type != "cuda" or _capturing():
+        return None
+    return K.tile_schedule(_NS, q, k, qv, backward, _NS.stream(qv))
 
 
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, args: Any,
-             q_summary: Any, with_lse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+             q_summary: Any, with_lse: bool,
+             schedule: K.TileSchedule | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     stream = _NS.stream(q)
-    return K.forward(_NS, q, k, v, cu_q, cu_k, args, q_summary, with_lse, _fwd_workspace(q, cu_q, stream), stream)
+    return K.forward(_NS, q, k, v, cu_q, cu_k, args, q_summary, with_lse, _fwd_workspace(q, cu_q, stream), stream,
+                     schedule)
 
 
 # The CUDA forward's workspace (its tile counter, and room for the packed-tile schedule of short
@@ -98,10 +110,13 @@ def _fwd_workspace(q: torch.Tensor, cu_q: torch.Tensor, stream: int) -> torch.Te
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
-                args: Any, deterministic: bool | None, q_summary: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        out, lse = _forward(q, k, v, cu_q, cu_k, args, q_summary, True)
+                args: Any, deterministic: bool | None, q_summary: Any, schedule: K.TileSchedule | None,
+                bwd_schedule: K.TileSchedule | None) -> tuple[torch.Tensor, torch.Tensor]:
+        out, lse = _forward(q, k, v, cu_q, cu_k, args, q_summary, True, schedule)
         ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
-        ctx.args, ctx.deterministic = args, deterministic
+        # The backward's schedule is keyed by the forward's thread and stream (the autograd engine
+        # runs the backward on the forward's stream); only backward calls use it.
+        ctx.args, ctx.deterministic, ctx.bwd_schedule = args, deterministic, bwd_schedule
         ctx.mark_non_differentiable(lse)
         # No zeros for lse's (never used) gradient: materialising them cost a fill kernel on the
         # autograd device thread, ~20% of a small call's host time on an H200 host (NOTES.md).
@@ -112,11 +127,11 @@ class _Attention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, dout: torch.Tensor | None, _dlse: Any) -> tuple:
         if dout is None:  # out did not reach the loss: no gradient flows back through this call
-            return None, None, None, None, None, None, None, None
+            return (None,) * 10
         q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
         args = ctx.args.with_deterministic(K.resolve_deterministic(ctx.deterministic, _NS))
-        dq, dk, dv = K.backward(_NS, dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, args)
-        return dq, dk, dv, None, None, None, None, None
+        dq, dk, dv = K.backward(_NS, dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, args, ctx.bwd_schedule)
+        return (dq, dk, dv) + (None,) * 7
 
 
 # ---- traced: torch.library custom ops ---------------------------------------------------------------

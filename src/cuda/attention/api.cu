@@ -30,9 +30,9 @@ template <class T, int D>
 void launch_bwd_sm80(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool deterministic, cudaStream_t stream);
 namespace sm90 {
 template <class T, int D>
-void launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream);
+bool launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream);
 template <class T, int D>
-void launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool deterministic, cudaStream_t stream);
+bool launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool deterministic, cudaStream_t stream);
 }  // namespace sm90
 }  // namespace scree::cuda_attention
 
@@ -253,14 +253,37 @@ size_t varlen_fwd_cuda_workspace_bytes(int64_t total_q, int64_t num_sequences) {
   return cuda_attention::sm90::kFwdCounterBytes + cuda_attention::sm90::PackedTiles::bytes(total_q, num_sequences);
 }
 
-void varlen_fwd_cuda(const VarlenParams& params, void* workspace, size_t workspace_bytes, void* stream) {
+size_t cuda_tile_schedule_bytes(int64_t rows, int64_t num_sequences) {
+  return cuda_attention::sm90::PackedTiles::bytes(rows, num_sequences);
+}
+
+namespace {
+// The caller's schedule (VarlenParams::tile_schedule) over `rows` packed rows: large enough, aligned,
+// and present where it is said to be ready.
+void require_tile_schedule(const VarlenParams& p, int64_t rows) {
+  require(p.tile_schedule != nullptr || !p.tile_schedule_ready, ErrorKind::InvalidArgument,
+          [] { return std::string("tile_schedule_ready without a tile schedule"); });
+  if (p.tile_schedule == nullptr) return;
+  const size_t need = cuda_tile_schedule_bytes(rows, p.num_sequences);
+  require(p.tile_schedule_bytes >= need && reinterpret_cast<uintptr_t>(p.tile_schedule) % 16 == 0,
+          ErrorKind::InvalidArgument, [&] {
+            return "the tile schedule needs " + std::to_string(need) + " bytes, 16-byte aligned, got " +
+                   std::to_string(p.tile_schedule_bytes) + " at an address " +
+                   (reinterpret_cast<uintptr_t>(p.tile_schedule) % 16 == 0 ? "aligned" : "not 16-byte aligned");
+          });
+}
+}  // namespace
+
+bool varlen_fwd_cuda(const VarlenParams& params, void* workspace, size_t workspace_bytes, void* stream) {
   validate_cuda(params);
   VarlenParams p = params;
   make_windows_reachable(p);  // as the CPU entry points: a side past every distance is unbounded
-  // The packed order needs its schedule's room; the per-sequence one only the counter.
-  const size_t need = use_sm90(p) && cuda_attention::sm90::packed_tiles_chosen(p)
-                          ? varlen_fwd_cuda_workspace_bytes(p.total_q, p.num_sequences)
-                          : cuda_attention::sm90::kFwdCounterBytes;
+  require_tile_schedule(p, p.total_q);
+  // The packed order needs its schedule's room (unless the caller keeps it); the per-sequence one
+  // only the counter.
+  const bool packs = use_sm90(p) && cuda_attention::sm90::packed_tiles_chosen(p);
+  const size_t need = packs && p.tile_schedule == nullptr ? varlen_fwd_cuda_workspace_bytes(p.total_q, p.num_sequences)
+                                                          : cuda_attention::sm90::kFwdCounterBytes;
   require(workspace != nullptr && workspace_bytes >= need, ErrorKind::InvalidArgument, [&] {
     return "the forward needs " + std::to_string(need) + " bytes of workspace, got " + std::to_string(workspace_bytes);
   });
@@ -294,10 +317,11 @@ void varlen_fwd_cuda(const VarlenParams& params, void* workspace, size_t workspa
 #undef SCREE_RUN
   }
 #define SCREE_RUN(T, TAG, D) \
-  if (p.dtype == TAG && p.head_dim == D) return cuda_attention::launch_fwd_sm80<T, D>(p, s);
+  if (p.dtype == TAG && p.head_dim == D) return cuda_attention::launch_fwd_sm80<T, D>(p, s), false;
   SCREE_CUDA_INSTANCES(SCREE_RUN)
 #undef SCREE_RUN
   (void)s;
+  return false;
 }
 
 size_t varlen_bwd_cuda_workspace_bytes(int64_t total_q, int64_t total_k, int64_t num_sequences, int64_t heads_q,
@@ -311,11 +335,12 @@ size_t varlen_bwd_cuda_workspace_bytes(const VarlenBackwardParams& p, bool deter
 
 const char* cuda_backward_path(const VarlenBackwardParams& p) { return use_sm90_bwd(p) ? "sm90" : "sm80"; }
 
-void varlen_bwd_cuda(const VarlenBackwardParams& params, void* workspace, size_t workspace_bytes, bool deterministic,
+bool varlen_bwd_cuda(const VarlenBackwardParams& params, void* workspace, size_t workspace_bytes, bool deterministic,
                      void* stream) {
   validate_cuda(params);
   VarlenBackwardParams p = params;
   make_windows_reachable(p);
+  require_tile_schedule(p, p.total_k);
   for (auto [ptr, rows, name] : {std::tuple{p.dout, p.total_q, "dout"}, std::tuple{(const void*)p.dq, p.total_q, "dq"},
                                  std::tuple{(const void*)p.dk, p.total_k, "dk"},
                                  std::tuple{(const void*)p.dv, p.total_k, "dv"},
@@ -342,10 +367,11 @@ void varlen_bwd_cuda(const VarlenBackwardParams& params, void* workspace, size_t
 #undef SCREE_RUN
   }
 #define SCREE_RUN(T, TAG, D) \
-  if (p.dtype == TAG && p.head_dim == D) return cuda_attention::launch_bwd_sm80<T, D>(p, ws, deterministic, s);
+  if (p.dtype == TAG && p.head_dim == D) return cuda_attention::launch_bwd_sm80<T, D>(p, ws, deterministic, s), false;
   SCREE_CUDA_INSTANCES(SCREE_RUN)
 #undef SCREE_RUN
   (void)s, (void)ws;
+  return false;
 }
 
 }  // namespace scree::attention

@@ -2,5 +2,5 @@
 #include "../sm90/launch_fwd_sm90.cuh"
 
 namespace scree::cuda_attention::sm90 {
-template void launch_fwd_sm90<__half, 128>(const VarlenParams&, char*, cudaStream_t);
+template bool launch_fwd_sm90<__half, 128>(const VarlenParams&, char*, cudaStream_t);
 }  // namespace scree::cuda_attention::sm90

@@ -23,9 +23,10 @@
 namespace scree::cuda_attention::sm90 {
 
 template <class T, int D>
-void launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool deterministic, cudaStream_t stream) {
+bool launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool deterministic, cudaStream_t stream) {
   using Tiles = BwdTiles<D>;
-  if (p.total_q == 0 || p.heads_q == 0) return;
+  if (p.total_q == 0 || p.heads_q == 0) return false;
+  bool kept = false;  // the key tiles came from p.tile_schedule
   BwdWorkspace w = ws;
   if (!deterministic) w.dq_sem = nullptr;
   launch_bwd_preprocess<T, D>(p, w, stream);
@@ -48,9 +49,13 @@ void launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool
     PackedTiles packed{};  // tiles == nullptr: the per-sequence order
     int64_t tiles = p.num_sequences * ceil_div(p.max_seqlen_k, kN) * p.heads_k;
     if (packed_tiles_chosen(p, /*by_keys=*/true)) {
-      packed = PackedTiles::at(reinterpret_cast<char*>(w.packed), p.total_k, p.num_sequences);
-      pack_tiles_kernel<true><<<1, kPackThreads, 0, stream>>>(p, packed, &w.header->tile_counter);
-      check_cuda(cudaGetLastError(), "pack_tiles_kernel launch");
+      // The caller's kept schedule, packed by its first call only (the preprocess zeroed the counter).
+      kept = p.tile_schedule != nullptr;
+      packed = PackedTiles::at(static_cast<char*>(kept ? p.tile_schedule : w.packed), p.total_k, p.num_sequences);
+      if (!kept || !p.tile_schedule_ready) {
+        pack_tiles_kernel<true><<<1, kPackThreads, 0, stream>>>(p, packed, &w.header->tile_counter);
+        check_cuda(cudaGetLastError(), "pack_tiles_kernel launch");
+      }
       tiles = packed.capacity * p.heads_k;
     }
     // Persistent: one CTA per SM, at most one per key tile of the host's (upper-bound) lengths.
@@ -62,6 +67,7 @@ void launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool
   }
   launch_dq_convert<T, D>(p, w.dq_accum, float(p.scale), stream);
   check_cuda(cudaGetLastError(), "dq_convert_kernel launch");
+  return kept;
 }
 
 }  // namespace scree::cuda_attention::sm90

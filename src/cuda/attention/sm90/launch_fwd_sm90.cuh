@@ -22,9 +22,9 @@
 namespace scree::cuda_attention::sm90 {
 
 template <class T, int D>
-void launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream) {
+bool launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream) {
   using Tiles = FwdTiles<D>;
-  if (p.num_sequences == 0 || p.max_seqlen_q == 0 || p.heads_q == 0 || p.total_q == 0) return;
+  if (p.num_sequences == 0 || p.max_seqlen_q == 0 || p.heads_q == 0 || p.total_q == 0) return false;
   // Keys: a map needs at least one row; with no key at all every row outputs 0 / -inf, which the
   // kernel does without reading k or v (no key block is visible).
   const bool keys = p.total_k > 0;
@@ -60,16 +60,21 @@ void launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream
   TileOrder order{p.num_sequences, ceil_div(p.max_seqlen_q, Tiles::kBlockM), p.heads_q, true};
   // The tile counter lives in the call's own workspace (so concurrent calls on other streams never
   // share one) and is zeroed on the stream, in stream order with the kernel; the packed schedule
-  // follows it there.
+  // follows it there, or lives in the caller's p.tile_schedule, packed by its first call only.
   auto* tile_counter = reinterpret_cast<unsigned long long*>(workspace);
-  if (packed_tiles_chosen(p)) {
-    const PackedTiles sched = PackedTiles::at(workspace + kFwdCounterBytes, p.total_q, p.num_sequences);
+  const bool packed = packed_tiles_chosen(p);
+  if (packed) {
+    char* at = p.tile_schedule != nullptr ? static_cast<char*>(p.tile_schedule) : workspace + kFwdCounterBytes;
+    const PackedTiles sched = PackedTiles::at(at, p.total_q, p.num_sequences);
     order = TileOrder{sched.capacity, 1, p.heads_q, false};
     order.packed = sched.tiles;
     order.packed_count = sched.count;
-    pack_tiles_kernel<><<<1, kPackThreads, 0, stream>>>(p, sched, tile_counter);
-    check_cuda(cudaGetLastError(), "pack_tiles_kernel launch");
-  } else {
+    if (p.tile_schedule == nullptr || !p.tile_schedule_ready) {
+      pack_tiles_kernel<><<<1, kPackThreads, 0, stream>>>(p, sched, tile_counter);
+      check_cuda(cudaGetLastError(), "pack_tiles_kernel launch");
+    }
+  }
+  if (!packed || (p.tile_schedule != nullptr && p.tile_schedule_ready)) {
     check_cuda(cudaMemsetAsync(tile_counter, 0, sizeof(unsigned long long), stream), "cudaMemsetAsync(tile counter)");
   }
   const int64_t tiles = order.sequences * order.tiles * order.heads;
@@ -77,6 +82,7 @@ void launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream
   const unsigned grid = unsigned(tiles < sms ? tiles : sms);
   kernel<<<grid, Tiles::kThreads, kSmem, stream>>>(p, score, order, tile_counter, tq, tk_map, tv_map);
   check_cuda(cudaGetLastError(), "varlen_fwd_sm90_kernel launch");
+  return packed && p.tile_schedule != nullptr;
 }
 
 }  // namespace scree::cuda_attention::sm90
