@@ -8,11 +8,13 @@ inputs.
 Lengths: 0..300 mixed (packed tiles beside sequence tiles of the longer ones), 1..64, 130 sequences
 of one token (a tile of 128 of them and a second tile), sequences straddling the packed array's
 128-row boundaries, q and k lengths that differ both ways (key spans past one block, keys of empty
-query sequences inside a tile), empty sequences between packed ones; causal, windows, softcap,
+query sequences inside a tile, queries past a packed tile's span over keys that fit one tile), empty
+sequences between packed ones; causal, windows, softcap,
 GQA; the direct call into NaN-poisoned outputs (every row written, rows seeing no key 0 / -inf),
 the backward on the packed forward's out and lse, and the packed backward called directly into
 NaN-poisoned gradients, default and deterministic (two deterministic runs give the same bits; keys
-no query sees get zero gradients). Skipped without an sm_90 device and the
+no query sees get zero gradients; where every sequence's keys fit one tile the kernel writes dq
+itself, also into rows that are only 4-byte aligned). Skipped without an sm_90 device and the
 Hopper kernels (elsewhere the variable changes nothing)."""
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ torch = pytest.importorskip("torch", reason="torch is not installed")
 import scree  # noqa: E402
 
 from attention_checks import (  # noqa: E402
-    assert_fa_close, assert_lse_close, c_args, c_varlen_fwd, check_against_references, check_backward_direct, cuda_path,
-    fresh_seed, fwd_grads, generator, kernel_offsets, poisoned, random_qkv, random_values, reference_pair, stream_of,
+    assert_fa_close, assert_lse_close, c_args, c_varlen_bwd, c_varlen_fwd, check_against_references,
+    check_backward_direct, cuda_path, fresh_seed, fwd_grads, generator, kernel_offsets, poisoned, random_qkv,
+    random_values, reference_pair, stream_of,
 )
 
 pytestmark = [
@@ -48,6 +51,8 @@ LENGTHS = {  # (q lengths, k lengths)
     "q_ne_k": (_tiny, _tiny_k),
     "k_shorter": ([40, 64, 3, 17, 90], [7, 1, 0, 17, 30]),
     "empties": ([0, 5, 0, 0, 9, 0, 33, 0], [4, 5, 0, 6, 9, 200, 33, 0]),
+    # keys <= 128 (the backward writes dq itself), queries past a packed tile's 256 (sequence tiles)
+    "long_q_short_k": ([300, 5, 700, 64, 1], [100, 0, 128, 64, 0]),
 }
 OPTIONS = {
     "plain": {},
@@ -140,6 +145,32 @@ def test_packed_backward_direct(d, lengths, opts, monkeypatch):
     with cuda_path("sm90"):
         c_varlen_fwd(q, k, v, out, lse, opts)
         check_backward_direct("packed", dout, q, k, v, out, lse, opts, ref64, low, seed)
+
+
+@needs_hopper
+@pytest.mark.parametrize("d", [64, 128])
+def test_direct_dq_rows_not_16_byte_aligned(d, monkeypatch):
+    """Keys of every sequence within one tile: the backward stores dq from registers, 16-byte
+    chunks only where dq's rows are 16-byte aligned; a dq whose rows are 4-byte aligned only (each
+    head's row padded by two elements) gets the same bits, its padding untouched."""
+    monkeypatch.delenv("SCREE_SM90_TILES", raising=False)  # k <= 128: packed key tiles unforced
+    seed = fresh_seed()
+    lengths = [1, 33, 0, 128, 64, 7, 100]
+    q, k, v = random_qkv(lengths, lengths, 4, 2, d, d, torch.bfloat16, DEV, seed)
+    dout = random_values((q.total, 4, d), torch.bfloat16, DEV, generator(seed + 1, DEV))
+    out = torch.empty((q.total, 4, d), dtype=torch.bfloat16, device=DEV)
+    lse = torch.empty((4, q.total), dtype=torch.float32, device=DEV)
+    with cuda_path("sm90"):
+        c_varlen_fwd(q, k, v, out, lse, {"causal": True})
+        grads = []
+        for width in (d, d + 2):
+            dq = poisoned((q.total, 4, width), torch.bfloat16, DEV)
+            dk, dv = (poisoned(a.values.shape, torch.bfloat16, DEV) for a in (k, v))
+            c_varlen_bwd(dout, q, k, v, out, lse, dq[..., :d], dk, dv, {"causal": True})
+            assert bool(torch.isnan(dq[..., d:]).all()), "the padding columns of dq were written"
+            grads.append(dq[..., :d])
+    assert torch.equal(grads[0], grads[1]), f"seed {seed}: strided dq differs from the contiguous one"
+    assert not torch.isnan(grads[0]).any(), f"seed {seed}: a dq row was never written"
 
 
 @needs_hopper

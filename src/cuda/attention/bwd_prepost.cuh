@@ -2,7 +2,9 @@
 //  preprocess: one warp per (token, head): delta = rowsum(dO * O) in fp32, lse in base-2 units,
 //              the fp32 dQ accumulator row and the deterministic-order counter zeroed (one pass
 //              instead of a memset launch); block 0 also writes the workspace header (tile
-//              counter 0, the true maximum lengths).
+//              counter 0, the true maximum lengths). Where the Hopper kernel writes dq itself
+//              (no accumulator: every query's keys in one key tile), the rows that saw no key
+//              (lse = -inf), which no tile writes, get dq = 0 here instead.
 //  postprocess: dq = dq_accum * mult in dq's type (mult: the score scale the Hopper kernel leaves
 //              out of dS, 1 for the sm80 one).
 #pragma once
@@ -22,7 +24,8 @@ namespace scree::cuda_attention {
 using attention::VarlenBackwardParams;
 
 template <class T, int D>
-__global__ void __launch_bounds__(128) bwd_preprocess_kernel(const VarlenBackwardParams p, const BwdWorkspace ws) {
+__global__ void __launch_bounds__(128) bwd_preprocess_kernel(const VarlenBackwardParams p, const BwdWorkspace ws,
+                                                             bool zero_keyless_dq) {
   const int lane = threadIdx.x % 32;
   if (blockIdx.x == 0) {
     // The true maxima over the sequences as the kernels clamp them (the host's max_seqlen may be
@@ -71,10 +74,15 @@ __global__ void __launch_bounds__(128) bwd_preprocess_kernel(const VarlenBackwar
 #pragma unroll
       for (int d = lane; d < D; d += 32) row[d] = 0.f;
     }
+    const float lse = zero_keyless_dq || ws.lse2 != nullptr ? p.lse_in[h * p.total_q + t] : 0.f;
+    if (zero_keyless_dq && lse == -INFINITY) {
+      T* row = static_cast<T*>(p.dq) + t * p.dq_row_stride + h * p.dq_head_stride;
+#pragma unroll
+      for (int d = lane; d < D; d += 32) row[d] = T(0.f);
+    }
     if (lane == 0) {
       ws.delta[h * ws.ld + t] = acc;
       if (ws.lse2 != nullptr) {
-        const float lse = p.lse_in[h * p.total_q + t];
         ws.lse2[h * ws.ld + t] = lse == -INFINITY ? INFINITY : lse * kLog2e;
       }
       if (ws.dq_sem != nullptr) ws.dq_sem[h * p.total_q + t] = 0;
@@ -103,8 +111,9 @@ inline unsigned stride_grid(int64_t items, int64_t per_block) {
 
 // Launches the preprocess (always one block at least: block 0 writes the header).
 template <class T, int D>
-void launch_bwd_preprocess(const VarlenBackwardParams& p, const BwdWorkspace& ws, cudaStream_t stream) {
-  bwd_preprocess_kernel<T, D><<<stride_grid(p.total_q * p.heads_q, 4), 128, 0, stream>>>(p, ws);
+void launch_bwd_preprocess(const VarlenBackwardParams& p, const BwdWorkspace& ws, cudaStream_t stream,
+                           bool zero_keyless_dq = false) {
+  bwd_preprocess_kernel<T, D><<<stride_grid(p.total_q * p.heads_q, 4), 128, 0, stream>>>(p, ws, zero_keyless_dq);
 }
 
 template <class T, int D>

@@ -63,6 +63,32 @@ __device__ __forceinline__ uint4 quad_transpose(uint32_t a0, uint32_t a1, uint32
   return hi ? make_uint4(f0, f1, e0, e1) : make_uint4(e0, e1, f0, f1);
 }
 
+// Stores row r (0: lane / 4, 1: lane / 4 + 8) of a warp's m16 x 8DT accumulator fragment, times
+// mult, as T at dst (the row's first column; nothing is stored where `live` is false). `vector`
+// (warp-uniform: the quad's shuffles run in every lane or in none; dst 16-byte aligned; used where
+// DT % 4 == 0): each quad regroups the row into 16-byte chunks first, one store a chunk instead of four
+// 4-byte ones (the accumulator layout's 4-byte stores fill half of each 32-byte sector they touch).
+template <class T, int DT>
+__device__ __forceinline__ void store_fragment_row(T* dst, const float (&acc)[DT][4], int r, float mult, bool live,
+                                                   bool vector) {
+  const int q = threadIdx.x % 4;
+  auto word = [&](int dt) { return pack2<T>(acc[dt][2 * r] * mult, acc[dt][2 * r + 1] * mult); };
+  if constexpr (DT % 4 == 0) {  // 16-byte chunks take four 8-column tiles
+    if (vector) {
+#pragma unroll
+      for (int g = 0; g < DT / 4; ++g) {
+        const uint4 c = quad_transpose(word(4 * g), word(4 * g + 1), word(4 * g + 2), word(4 * g + 3), q);
+        if (live) *reinterpret_cast<uint4*>(dst + (4 * g + q) * 8) = c;
+      }
+      return;
+    }
+  }
+  if (live) {
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) *reinterpret_cast<uint32_t*>(dst + q * 2 + dt * 8) = word(dt);
+  }
+}
+
 // The A operand of a 16 x 16 product whose values are two adjacent 16 x 8 accumulators (columns
 // [16j, 16j+8) and [16j+8, 16j+16)): the accumulator layout matches A's register order.
 template <class T>

@@ -132,10 +132,9 @@ __device__ __forceinline__ void softmax_step(float (&s)[NT][4], float (&o)[DT][4
 }
 
 // Writes this thread's two rows: row_in_tile[r] (skipped when >= rows), token index of tile row 0
-// = t0, head h. Where the output allows it (16-byte aligned rows), each quad regroups a row into
-// 16-byte chunks first: the accumulator layout's 4-byte stores put 16 bytes in each 32-byte sector
-// a store touches, and on an H200 the tiny-sequence forward's epilogue stalled behind them (its
-// stores queued ahead of the row sums' shuffles; benchmarks/NOTES.md).
+// = t0, head h; 16-byte stores where the output's rows allow them (store_fragment_row: on an H200
+// the tiny-sequence forward's epilogue stalled behind 4-byte ones, queued ahead of the row sums'
+// shuffles; benchmarks/NOTES.md).
 template <class T, int DT>
 __device__ __forceinline__ void store_rows(const VarlenParams& p, const float (&o)[DT][4], const RowState& st,
                                            const int (&row_in_tile)[2], int rows, int64_t t0, int h) {
@@ -150,18 +149,7 @@ __device__ __forceinline__ void store_rows(const VarlenParams& p, const float (&
     const bool live = row_in_tile[r] < rows;
     const int64_t tok = t0 + row_in_tile[r];
     T* out = static_cast<T*>(p.out) + tok * p.out_row_stride + h * p.out_head_stride;
-    if (vector) {
-#pragma unroll
-      for (int g = 0; g < DT / 4; ++g) {
-        auto word = [&](int i) { return pack2<T>(o[4 * g + i][2 * r] * inv, o[4 * g + i][2 * r + 1] * inv); };
-        const uint4 c = quad_transpose(word(0), word(1), word(2), word(3), lane % 4);
-        if (live) *reinterpret_cast<uint4*>(out + (4 * g + lane % 4) * 8) = c;
-      }
-    } else if (live) {
-#pragma unroll
-      for (int dt = 0; dt < DT; ++dt)
-        *reinterpret_cast<uint32_t*>(out + (lane % 4) * 2 + dt * 8) = pack2<T>(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
-    }
+    store_fragment_row<T>(out, o, r, inv, live, vector);
     if (live && p.lse != nullptr && lane % 4 == 0) p.lse[h * p.total_q + tok] = l > 0.f ? st.max[r] * kLn2 + logf(l) : -INFINITY;
   }
 }

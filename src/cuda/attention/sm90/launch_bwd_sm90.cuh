@@ -2,7 +2,8 @@
 // base-2 units, the dQ accumulator and the deterministic counters zeroed, the tile counter and the
 // true maximum lengths in the workspace header), for short sequences the packed key-tile schedule
 // (tile_packing.cuh, into the workspace's own part), the persistent key-tile kernel over TMA tensor
-// maps, and the postprocess that converts dQ (times the score scale). Explicitly instantiated in
+// maps, and the postprocess that converts dQ (times the score scale); where every sequence's keys
+// fit one tile, the kernel writes dq itself and neither the accumulator nor the postprocess runs. Explicitly instantiated in
 // instances/bwd_sm90_*.cu, compiled for sm_90a only. The host API sends calls with no query token
 // (dK = dV = 0 for every key) to the portable path.
 #pragma once
@@ -26,13 +27,19 @@ template <class T, int D>
 bool launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool deterministic, cudaStream_t stream) {
   using Tiles = BwdTiles<D>;
   if (p.total_q == 0 || p.heads_q == 0) return false;
+  constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN;
   bool kept = false;  // the key tiles came from p.tile_schedule
+  const bool keys = p.num_sequences > 0 && p.total_k > 0 && p.max_seqlen_k > 0;
+  const bool packed_order = keys && packed_tiles_chosen(p, /*by_keys=*/true);
+  // Every sequence's keys in one tile (the host's bound; a bound below the truth is an unvalidated
+  // layout, unspecified values): the kernel writes dq itself (bwd_sm90.cuh, dq_direct).
+  const bool dq_direct = packed_order && p.max_seqlen_k <= kN;
   BwdWorkspace w = ws;
-  if (!deterministic) w.dq_sem = nullptr;
-  launch_bwd_preprocess<T, D>(p, w, stream);
+  if (!deterministic || dq_direct) w.dq_sem = nullptr;
+  if (dq_direct) w.dq_accum = nullptr;  // nothing to zero
+  launch_bwd_preprocess<T, D>(p, w, stream, /*zero_keyless_dq=*/dq_direct);
   check_cuda(cudaGetLastError(), "bwd_preprocess_kernel launch");
-  if (p.num_sequences > 0 && p.total_k > 0 && p.max_seqlen_k > 0) {
-    constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN;
+  if (keys) {
     const CUtensorMap tm_q = tensor_map_3d<T>(p.q, p.total_q, p.heads_q, D, p.q_row_stride, p.q_head_stride, kM, "q");
     const CUtensorMap tm_do =
         tensor_map_3d<T>(p.dout, p.total_q, p.heads_q, D, p.dout_row_stride, p.dout_head_stride, kM, "dout");
@@ -41,14 +48,14 @@ bool launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool
     const CUtensorMap tm_lse2 = tensor_map_rows_f32(w.lse2, p.heads_q, w.ld, Tiles::kRowBox, "lse2");
     const CUtensorMap tm_delta = tensor_map_rows_f32(w.delta, p.heads_q, w.ld, Tiles::kRowBox, "delta");
     // dQ's fp32 accumulator, (total_q, heads_q, D): boxes of 32 columns x 64 rows (reduce-adds).
-    const CUtensorMap tm_dq = tensor_map_3d<float>(w.dq_accum, p.total_q, p.heads_q, D, p.heads_q * D, D, 64, "dq_accum");
+    const CUtensorMap tm_dq = tensor_map_3d<float>(ws.dq_accum, p.total_q, p.heads_q, D, p.heads_q * D, D, 64, "dq_accum");
     const ScoreMap score = ScoreMap::from(p);
     auto kernel = score.folds() ? varlen_bwd_sm90_kernel<T, D, true> : varlen_bwd_sm90_kernel<T, D, false>;
     constexpr int kSmem = kBwdSmemBytes<D>;
     set_smem(kernel, kSmem);
     PackedTiles packed{};  // tiles == nullptr: the per-sequence order
     int64_t tiles = p.num_sequences * ceil_div(p.max_seqlen_k, kN) * p.heads_k;
-    if (packed_tiles_chosen(p, /*by_keys=*/true)) {
+    if (packed_order) {
       // The caller's kept schedule, packed by its first call only (the preprocess zeroed the counter).
       kept = p.tile_schedule != nullptr;
       packed = PackedTiles::at(static_cast<char*>(kept ? p.tile_schedule : w.packed), p.total_k, p.num_sequences);
@@ -61,12 +68,14 @@ bool launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool
     // Persistent: one CTA per SM, at most one per key tile of the host's (upper-bound) lengths.
     const int sms = sm_count();
     const unsigned grid = unsigned(tiles < sms ? tiles : sms);
-    kernel<<<grid, Tiles::kThreads, kSmem, stream>>>(p, score, w, deterministic, packed, tm_q, tm_k, tm_v, tm_do, tm_lse2,
-                                                      tm_delta, tm_dq);
+    kernel<<<grid, Tiles::kThreads, kSmem, stream>>>(p, score, w, deterministic, dq_direct, packed, tm_q, tm_k, tm_v,
+                                                      tm_do, tm_lse2, tm_delta, tm_dq);
     check_cuda(cudaGetLastError(), "varlen_bwd_sm90_kernel launch");
   }
-  launch_dq_convert<T, D>(p, w.dq_accum, float(p.scale), stream);
-  check_cuda(cudaGetLastError(), "dq_convert_kernel launch");
+  if (!dq_direct) {
+    launch_dq_convert<T, D>(p, w.dq_accum, float(p.scale), stream);
+    check_cuda(cudaGetLastError(), "dq_convert_kernel launch");
+  }
   return kept;
 }
 
