@@ -1,5 +1,5 @@
 // The backward's two memory-bound passes around its main kernels, shared by both paths:
-//  preprocess: one warp per (token, head): delta = rowsum(dO * O) in fp32, lse in base-2 units,
+//  preprocess: per (token, head): delta = rowsum(dO * O) in fp32, lse in base-2 units,
 //              the fp32 dQ accumulator row and the deterministic-order counter zeroed (one pass
 //              instead of a memset launch); block 0 also writes the workspace header (tile
 //              counter 0, the true maximum lengths). Where the Hopper kernel writes dq itself
@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "bwd_workspace.h"
 #include "fragment.cuh"
@@ -58,36 +59,70 @@ __global__ void __launch_bounds__(128) bwd_preprocess_kernel(const VarlenBackwar
     ws.delta[at] = 0.f;
     if (ws.lse2 != nullptr) ws.lse2[at] = INFINITY;
   }
+  // Each row (token, head) by a group of lanes: where the rows of out and dout are 16-byte aligned,
+  // D / 8 lanes a row with one 16-byte load each of out and dout (on an H200 the warp-a-row loop of
+  // 2-byte loads read them at ~1.9 TB/s: 138 us of a 0.63 ms tiny-sequence backward,
+  // benchmarks/NOTES.md); else a warp a row, an element a lane per step.
   const int64_t rows = p.total_q * p.heads_q;
-  for (int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; w < rows;
-       w += int64_t(gridDim.x) * blockDim.x / 32) {
-    const int64_t t = w / p.heads_q, h = w % p.heads_q;
-    const T* o = static_cast<const T*>(p.out) + t * p.out_row_stride + h * p.out_head_stride;
-    const T* g = static_cast<const T*>(p.dout) + t * p.dout_row_stride + h * p.dout_head_stride;
-    float acc = 0.f;
+  auto by_groups = [&](auto vector_tag) {
+    constexpr bool kVec = decltype(vector_tag)::value;
+    constexpr int kLanes = kVec ? D / 8 : 32;  // a row's lanes (a power of two)
+    constexpr int kRows = 32 / kLanes;         // rows a warp takes at once
+    const int c = lane % kLanes;
+    const int64_t warp = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+    const int64_t warps = int64_t(gridDim.x) * blockDim.x / 32;
+    for (int64_t w0 = warp * kRows; w0 < rows; w0 += warps * kRows) {  // uniform over the warp (shuffles)
+      const int64_t w = w0 + lane / kLanes;
+      const bool live = w < rows;
+      const int64_t t = live ? w / p.heads_q : 0, h = live ? w % p.heads_q : 0;
+      const T* o = static_cast<const T*>(p.out) + t * p.out_row_stride + h * p.out_head_stride;
+      const T* g = static_cast<const T*>(p.dout) + t * p.dout_row_stride + h * p.dout_head_stride;
+      float acc = 0.f;
+      if (live) {
+        if constexpr (kVec) {
+          const uint4 ov = *reinterpret_cast<const uint4*>(o + 8 * c), gv = *reinterpret_cast<const uint4*>(g + 8 * c);
+          const T* oe = reinterpret_cast<const T*>(&ov);
+          const T* ge = reinterpret_cast<const T*>(&gv);
 #pragma unroll
-    for (int d = lane; d < D; d += 32) acc += to_float(o[d]) * to_float(g[d]);
+          for (int e = 0; e < 8; ++e) acc += to_float(oe[e]) * to_float(ge[e]);
+        } else {
 #pragma unroll
-    for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-    if (ws.dq_accum != nullptr) {
-      float* row = ws.dq_accum + (t * p.heads_q + h) * D;
-#pragma unroll
-      for (int d = lane; d < D; d += 32) row[d] = 0.f;
-    }
-    const float lse = zero_keyless_dq || ws.lse2 != nullptr ? p.lse_in[h * p.total_q + t] : 0.f;
-    if (zero_keyless_dq && lse == -INFINITY) {
-      T* row = static_cast<T*>(p.dq) + t * p.dq_row_stride + h * p.dq_head_stride;
-#pragma unroll
-      for (int d = lane; d < D; d += 32) row[d] = T(0.f);
-    }
-    if (lane == 0) {
-      ws.delta[h * ws.ld + t] = acc;
-      if (ws.lse2 != nullptr) {
-        ws.lse2[h * ws.ld + t] = lse == -INFINITY ? INFINITY : lse * kLog2e;
+          for (int d = c; d < D; d += 32) acc += to_float(o[d]) * to_float(g[d]);
+        }
       }
-      if (ws.dq_sem != nullptr) ws.dq_sem[h * p.total_q + t] = 0;
+#pragma unroll
+      for (int off = kLanes / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+      if (!live) continue;
+      if (ws.dq_accum != nullptr) {
+        float* row = ws.dq_accum + (t * p.heads_q + h) * D;
+        if constexpr (kVec) {
+          reinterpret_cast<float4*>(row + 8 * c)[0] = make_float4(0.f, 0.f, 0.f, 0.f);
+          reinterpret_cast<float4*>(row + 8 * c)[1] = make_float4(0.f, 0.f, 0.f, 0.f);
+        } else {
+#pragma unroll
+          for (int d = c; d < D; d += 32) row[d] = 0.f;
+        }
+      }
+      const float lse = zero_keyless_dq || ws.lse2 != nullptr ? p.lse_in[h * p.total_q + t] : 0.f;
+      if (zero_keyless_dq && lse == -INFINITY) {
+        T* row = static_cast<T*>(p.dq) + t * p.dq_row_stride + h * p.dq_head_stride;
+        for (int d = c; d < D; d += kLanes) row[d] = T(0.f);
+      }
+      if (c == 0) {
+        ws.delta[h * ws.ld + t] = acc;
+        if (ws.lse2 != nullptr) ws.lse2[h * ws.ld + t] = lse == -INFINITY ? INFINITY : lse * kLog2e;
+        if (ws.dq_sem != nullptr) ws.dq_sem[h * p.total_q + t] = 0;
+      }
     }
+  };
+  constexpr bool kVecDim = D % 8 == 0 && D <= 256 && ((D / 8) & (D / 8 - 1)) == 0;
+  const bool vector = kVecDim && reinterpret_cast<uintptr_t>(p.out) % 16 == 0 &&
+                      reinterpret_cast<uintptr_t>(p.dout) % 16 == 0 && p.out_row_stride % 8 == 0 &&
+                      p.out_head_stride % 8 == 0 && p.dout_row_stride % 8 == 0 && p.dout_head_stride % 8 == 0;
+  if constexpr (kVecDim) {
+    if (vector) return by_groups(std::true_type{});
   }
+  by_groups(std::false_type{});
 }
 
 // dq (Tq, Hq, D) in T from the fp32 accumulator laid out (Tq, Hq, D) contiguously.
@@ -109,11 +144,14 @@ inline unsigned stride_grid(int64_t items, int64_t per_block) {
   return unsigned(blocks < 1 ? 1 : (blocks < 65536 * 8 ? blocks : 65536 * 8));
 }
 
-// Launches the preprocess (always one block at least: block 0 writes the header).
+// Launches the preprocess (always one block at least: block 0 writes the header); a block of 4
+// warps takes 4 x 32 / (D / 8) rows at once (16 at D = 128).
 template <class T, int D>
 void launch_bwd_preprocess(const VarlenBackwardParams& p, const BwdWorkspace& ws, cudaStream_t stream,
                            bool zero_keyless_dq = false) {
-  bwd_preprocess_kernel<T, D><<<stride_grid(p.total_q * p.heads_q, 4), 128, 0, stream>>>(p, ws, zero_keyless_dq);
+  constexpr int kRowsPerBlock = D % 8 == 0 && D <= 256 && ((D / 8) & (D / 8 - 1)) == 0 ? 4 * 32 / (D / 8) : 4;
+  bwd_preprocess_kernel<T, D>
+      <<<stride_grid(p.total_q * p.heads_q, kRowsPerBlock), 128, 0, stream>>>(p, ws, zero_keyless_dq);
 }
 
 template <class T, int D>
