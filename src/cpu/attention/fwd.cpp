@@ -43,16 +43,13 @@ namespace {
 constexpr int64_t kBlockK = 96;
 constexpr int64_t kBlockQMax = 192;
 
-// Query rows per item: 192 without a mask (each row tile of K, read by broadcasts, then serves 6
-// column panels of S^T instead of 3): +4.6-10.6% on long and mixed lengths (A/B, this Xeon, after
-// gemm's row-tiles-outermost order); 96 under a causal mask or a window, where a taller block
-// computes more of the masked triangle: 192 rows there measured -1..-8% (eq1024 / mixed causal,
-// 64-token causal) and +5% (eq2048 causal). benchmarks/NOTES.md, issue 20 step 7.
-// Calls whose sequences are all <= 192 rows keep 96 (8..128-token sequences: D 64 +6%, D 128 -5%).
-inline int64_t block_rows(const VarlenParams& p) {
-  const bool masked = p.causal || p.window_left != attention::kUnbounded || p.window_right != attention::kUnbounded;
-  return masked || p.max_seqlen_q <= kBlockQMax ? 96 : kBlockQMax;
-}
+// Query rows per item: 192 (each row tile of K, read by broadcasts, then serves 6 column panels of
+// S^T instead of 3): +4.6-10.6% on long and mixed lengths (A/B, this Xeon, after gemm's
+// row-tiles-outermost order). Under a causal mask 96 rows won while masked blocks were computed
+// whole; with their masked tiles skipped (gemm_panel_rows / gemm_rows_keys), 192 measured +2..6%
+// there too (benchmarks/NOTES.md, issue 20). Calls whose sequences are all <= 192 rows keep 96
+// (8..128-token sequences: D 64 +6%, D 128 -5%).
+inline int64_t block_rows(const VarlenParams& p) { return p.max_seqlen_q <= kBlockQMax ? 96 : kBlockQMax; }
 
 // On a line (aligned.h): Q^T is read by zmm loads for every FMA pair of S^T, S^T and O are the
 // products' C; from std::vector every such load split a line (16-byte aligned).
@@ -60,6 +57,7 @@ template <class T>
 struct Buffers {
   using C = compute_t<T>;
   LineVector<C> qt, k, v, st, o, m, mx, l, lo, hi, row;
+  std::vector<int64_t> key_lo, key_hi, panel_lo, panel_hi;  // visible keys per row / per S^T column panel
   Buffers(int64_t D, int64_t Dv_pad, int64_t rows) {
     qt.resize(D * rows);
     k.resize(kBlockK * D);
@@ -72,6 +70,10 @@ struct Buffers {
     lo.resize(rows);
     hi.resize(rows);
     row.resize(16 * D);
+    key_lo.resize(rows);
+    key_hi.resize(rows);
+    panel_lo.resize(rows);
+    panel_hi.resize(rows);
   }
 };
 
@@ -91,6 +93,7 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   const int64_t cols = round_up(rows, 2 * W);  // query columns of S^T, zero-padded
   const bool capped = p.softcap > 0.0;
   const C cap = C(p.softcap);
+  const bool banded = p.causal || p.window_left != attention::kUnbounded || p.window_right != attention::kUnbounded;
   // fp32 K and V are used where they lie (row strides as given); other types, and rows read
   // through a page table, are converted (copied) row by row.
   const bool k_in_place = std::is_same_v<T, C> && !p.paged;
@@ -151,7 +154,9 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
     const KeyRange kr = r < rows ? visible_keys(p, i0 + r, Lq, Lk) : KeyRange{0, 0};
     buf.lo[r] = C(kr.lo);
     buf.hi[r] = C(kr.hi);
+    if (r < rows) buf.key_lo[r] = kr.lo, buf.key_hi[r] = kr.hi;
   }
+  constexpr int64_t kPanel = 2 * W;  // S^T's column panel (gemm.h)
 
   C* st = buf.st.data();
   for (int64_t kb = first.lo; kb < last.hi; kb += kBlockK) {
@@ -177,20 +182,44 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
       vblk = buf.v.data(), ldv = Dv_pad;
     }
     const bool full = last.lo <= kb && kb + n <= first.hi && rows == cols;
+    // A block under a causal mask or a window skips its wholly masked tiles and score runs (a block
+    // that is only short of columns keeps the plain products: on short sequences without a mask
+    // the trimmed ones measured 3-9% slower).
+    const bool trimmed = !full && banded;
     // Unmasked and uncapped, the block's column maxima come out of the product's registers.
     const bool max_in_gemm = full && !capped;
     if (max_in_gemm) std::copy(buf.m.begin(), buf.m.begin() + cols, buf.mx.begin());
-    gemm<C>(n, cols, D, kblk, ldk, qt, cols, st, cols, false, max_in_gemm ? buf.mx.data() : nullptr);  // S^T
+    if (!trimmed) {
+      gemm<C>(n, cols, D, kblk, ldk, qt, cols, st, cols, false, max_in_gemm ? buf.mx.data() : nullptr);  // S^T
+    } else {
+      // Masked: only the tiles that meet a visible key (the bounds grow with the row, so a panel's
+      // first row has its smallest lo and its last live row its largest hi).
+      for (int64_t c = 0; c < cols; c += kPanel) {
+        const int64_t r1 = std::min(c + kPanel, rows) - 1;
+        const bool live = c < rows;
+        buf.panel_lo[c / kPanel] = live ? buf.key_lo[c] - kb : 0;
+        buf.panel_hi[c / kPanel] = live ? buf.key_hi[r1] - kb : 0;
+      }
+      gemm_panel_rows<C>(n, cols, D, kblk, ldk, qt, cols, st, cols, buf.panel_lo.data(), buf.panel_hi.data());
+    }
     // Softcap and mask in the max pass below (one pass over S^T less; none at all for a full block).
     // Online softmax across query columns: new running max, rescale factor, exp and row sums.
     for (int64_t c = 0; c < cols; c += W) {
       const V m_old = load<C>(buf.m.data() + c);
       V m_new = m_old;
+      // Masked: the keys [j0, j1) the P V row tiles holding these columns' rows read (gemm_rows_keys;
+      // the bounds grow with the row); beyond them no score here is visible or read.
+      int64_t j0 = 0, j1 = n;
+      if (trimmed) {
+        const int64_t t0 = c / kTileRows * kTileRows, t1 = std::min(((c + W - 1) / kTileRows + 1) * kTileRows, rows);
+        j0 = t0 < rows ? std::clamp<int64_t>(buf.key_lo[t0] - kb, 0, n) : 0;
+        j1 = t0 < rows ? std::clamp<int64_t>(buf.key_hi[t1 - 1] - kb, j0, n) : j0;
+      }
       if (max_in_gemm) {
         m_new = load<C>(buf.mx.data() + c);
       } else {
         const V lo = load<C>(buf.lo.data() + c), hi = load<C>(buf.hi.data() + c);
-        for (int64_t j = 0; j < n; ++j) {
+        for (int64_t j = j0; j < j1; ++j) {
           V s = load<C>(st + j * cols + c);
           if (capped) s = cap * vtanh<C>(s);
           if (!full) {
@@ -204,7 +233,7 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
       // A column that has seen no key yet keeps max -inf; shifting by 0 keeps its exps at 0.
       const V shift = m_new == kNegInf ? splat<C>(C(0)) : m_new;
       V sum = V{};
-      for (int64_t j = 0; j < n; ++j) {
+      for (int64_t j = j0; j < j1; ++j) {
         const V e = vexp<C>(load<C>(st + j * cols + c) - shift);
         store<C>(st + j * cols + c, e);
         sum += e;
@@ -220,7 +249,12 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
         }
       }
     }
-    gemm<C, true>(rows, Dv_pad, n, st, cols, vblk, ldv, buf.o.data(), Dv_pad, true);  // O += P V
+    if (!trimmed) {
+      gemm<C, true>(rows, Dv_pad, n, st, cols, vblk, ldv, buf.o.data(), Dv_pad, true);  // O += P V
+    } else {
+      gemm_rows_keys<C>(rows, Dv_pad, n, st, cols, vblk, ldv, buf.o.data(), Dv_pad, buf.key_lo.data(),
+                        buf.key_hi.data(), kb);
+    }
   }
 
   for (int64_t r = 0; r < rows; ++r) write_output_row<T>(p, g, r, buf.o.data() + r * Dv_pad, buf.m[r], buf.l[r]);

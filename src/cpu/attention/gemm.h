@@ -79,4 +79,44 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, 
                                       accumulate, col_max == nullptr ? nullptr : col_max + j);
 }
 
+// A masked block's products skip the register tiles that only meet masked scores (keys a tile's
+// queries cannot see: above the causal diagonal, outside a window). On a causal diagonal block of
+// 96 x 96, ~30% of S^T's tiles and ~45% of P V's reduction are such (an item's queries see keys up
+// to their own). Ranges are relative to the block's first key; the caller masks what was skipped.
+
+// S^T = K Q^T (M keys x N queries, overwritten): column panel j (queries [j W2, j W2 + W2)) needs
+// key rows [row_lo[j], row_hi[j]) only; a row tile outside its panel's range is not computed.
+template <class T>
+void gemm_panel_rows(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                     int64_t ldc, const int64_t* row_lo, const int64_t* row_hi) {
+  constexpr int W2 = 2 * Simd<T>::width;
+  int64_t i = 0;
+  for (; i + kTileRows <= M; i += kTileRows)
+    for (int64_t j = 0; j < N; j += W2)
+      if (i < row_hi[j / W2] && i + kTileRows > row_lo[j / W2])
+        gemm_tile<T, kTileRows, false>(A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc, K, false, nullptr);
+  for (int64_t j = 0; j < N; j += W2)
+    if (i < M && i < row_hi[j / W2] && M > row_lo[j / W2])
+      gemm_rest<T, kTileRows - 1, false>(M - i, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc, K, false, nullptr);
+}
+
+// O += P V with P read from S^T (A_T; M query rows x K keys): row r sees keys [k_lo[r] - k0,
+// k_hi[r] - k0) only (P is exactly 0 elsewhere), so a row tile reduces over its rows' union.
+template <class T>
+void gemm_rows_keys(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                    int64_t ldc, const int64_t* k_lo, const int64_t* k_hi, int64_t k0) {
+  constexpr int W2 = 2 * Simd<T>::width;
+  for (int64_t i = 0; i < M; i += kTileRows) {
+    const int64_t rows = M - i < kTileRows ? M - i : kTileRows;
+    int64_t lo = K, hi = 0;
+    for (int64_t r = i; r < i + rows; ++r)
+      lo = k_lo[r] - k0 < lo ? k_lo[r] - k0 : lo, hi = k_hi[r] - k0 > hi ? k_hi[r] - k0 : hi;
+    lo = lo < 0 ? 0 : lo, hi = hi > K ? K : hi;
+    if (lo >= hi) continue;
+    for (int64_t j = 0; j < N; j += W2)
+      gemm_rest<T, kTileRows, true>(rows, A + lo * lda + i, lda, B + lo * ldb + j, ldb, C + i * ldc + j, ldc, hi - lo,
+                                    true, nullptr);
+  }
+}
+
 SCREE_CPU_NAMESPACE_END
