@@ -65,8 +65,10 @@
 namespace scree::cpu::SCREE_CPU_ISA {
 
 using attention::KeyRange;
+using attention::QueryRange;
 using attention::VarlenBackwardParams;
 using attention::visible_keys;
+using attention::visible_queries;
 
 namespace {
 
@@ -88,6 +90,8 @@ template <class T>
 struct Buffers {
   using C = compute_t<T>;
   LineVector<C> kt, vt, kr, dk, dv, s, dp, row, sum, mx, dq;
+  // A masked tile's bands: each query row's visible keys, each key's visible queries (tile-relative).
+  std::vector<int64_t> row_lo, row_hi, key_lo, key_hi;
   Buffers(int64_t D, int64_t Dv, int64_t D_pad, int64_t Dv_pad, int64_t dq_elems) {
     kt.resize(D * kBlockK);
     vt.resize(Dv * kBlockK);
@@ -100,6 +104,10 @@ struct Buffers {
     sum.resize(kBlockQ);
     mx.resize(kBlockQ);
     dq.resize(dq_elems);
+    row_lo.resize(kBlockQ);
+    row_hi.resize(kBlockQ);
+    key_lo.resize(kBlockK);
+    key_hi.resize(kBlockK);
   }
 };
 
@@ -269,6 +277,7 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
   const int64_t Lq = s.Lq, Lk = s.Lk, q0 = s.q0, k0 = s.k0;
   const int64_t rows_c = ch.acc_rows;  // = row_hi - row_lo (row_align 1)
   const bool capped = plan.capped;
+  const bool banded = p.causal || p.window_left != attention::kUnbounded || p.window_right != attention::kUnbounded;
   const C cap = plan.cap;
 
   // dQ accumulator of this item: (G, rows_c, D_pad), zeroed here (first touch on this thread).
@@ -301,8 +310,27 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
         const bool full = last.lo <= kb && kb + n <= first.hi;
         C* S = buf.s.data();
         C* dP = buf.dp.data();
-        gemm<C>(m, w, D, q, D_pad, buf.kt.data() + c0, n_pad, S, w, false);
-        gemm<C>(m, w, Dv, dout, Dv_pad, buf.vt.data() + c0, n_pad, dP, w, false);
+        // Under a causal mask or a window the products skip their wholly masked register tiles
+        // (gemm.h): each row's visible columns, each key's visible rows, relative to the tile.
+        const bool trimmed = !full && banded;
+        if (trimmed) {
+          for (int64_t r = 0; r < m; ++r) {
+            const KeyRange kr = visible_keys(p, i0 + r, Lq, Lk);
+            buf.row_lo[r] = std::clamp<int64_t>(kr.lo - kb - c0, 0, wk);
+            buf.row_hi[r] = std::clamp<int64_t>(kr.hi - kb - c0, buf.row_lo[r], wk);
+          }
+          for (int64_t c = 0; c < wk; ++c) {
+            const QueryRange qr = visible_queries(p, kb + c0 + c, kb + c0 + c + 1, Lq, Lk);
+            buf.key_lo[c] = std::clamp<int64_t>(qr.lo - i0, 0, m);
+            buf.key_hi[c] = std::clamp<int64_t>(qr.hi - i0, buf.key_lo[c], m);
+          }
+          gemm_rows_cols<C>(m, w, D, q, D_pad, buf.kt.data() + c0, n_pad, S, w, buf.row_lo.data(), buf.row_hi.data());
+          gemm_rows_cols<C>(m, w, Dv, dout, Dv_pad, buf.vt.data() + c0, n_pad, dP, w, buf.row_lo.data(),
+                            buf.row_hi.data());
+        } else {
+          gemm<C>(m, w, D, q, D_pad, buf.kt.data() + c0, n_pad, S, w, false);
+          gemm<C>(m, w, Dv, dout, Dv_pad, buf.vt.data() + c0, n_pad, dP, w, false);
+        }
 
         // P = exp(s - lse) over the visible columns, 0 elsewhere (padding included);
         // dS = P (dP - delta), times d(cap tanh(x / cap)) / dx * cap under softcap.
@@ -310,7 +338,9 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
           C* prow = S + r * w;
           C* dsrow = dP + r * w;
           int64_t lo = 0, hi = wk;  // visible columns of this row within [c0, c0 + w)
-          if (!full) {
+          if (trimmed) {
+            lo = buf.row_lo[r], hi = buf.row_hi[r];
+          } else if (!full) {
             const KeyRange kr = visible_keys(p, i0 + r, Lq, Lk);
             lo = std::clamp<int64_t>(kr.lo - kb - c0, 0, wk);
             hi = std::clamp<int64_t>(kr.hi - kb - c0, lo, wk);
@@ -328,7 +358,9 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
           // maximum of softmax_stats (another GEMM, other summation order) differ in their last
           // bit, times a huge softcap or scale (1e30: exp(1e14) = inf, then NaN gradients).
           const V zero = splat<C>(C(0));
-          for (int64_t c = 0; c < w; c += W) {
+          // Trimmed: the vectors holding [lo, hi) only (the products skipped some of the others).
+          const int64_t v0 = trimmed ? lo / W * W : 0, v1 = trimmed ? round_up(hi, W) : w;
+          for (int64_t c = v0; c < v1; c += W) {
             const V x = load<C>(prow + c);
             V pv, ds;
             if (capped) {
@@ -345,10 +377,18 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
           for (int64_t c = 0; c < lo; ++c) prow[c] = dsrow[c] = C(0);
           for (int64_t c = hi; c < w; ++c) prow[c] = dsrow[c] = C(0);
         }
-        gemm<C, true>(wk, Dv_pad, m, S, w, dout, Dv_pad, buf.dv.data() + c0 * Dv_pad, Dv_pad, true);
-        gemm<C, true>(wk, D_pad, m, dP, w, q, D_pad, buf.dk.data() + c0 * D_pad, D_pad, true);
-        gemm<C>(m, D_pad, wk, dP, w, buf.kr.data() + c0 * D_pad, D_pad,
-                dq_acc + (g * rows_c + i0 - ch.acc_lo) * D_pad, D_pad, true);
+        C* dq_rows = dq_acc + (g * rows_c + i0 - ch.acc_lo) * D_pad;
+        if (trimmed) {
+          const int64_t *klo = buf.key_lo.data(), *khi = buf.key_hi.data();
+          gemm_rows_keys<C, true>(wk, Dv_pad, m, S, w, dout, Dv_pad, buf.dv.data() + c0 * Dv_pad, Dv_pad, klo, khi, 0);
+          gemm_rows_keys<C, true>(wk, D_pad, m, dP, w, q, D_pad, buf.dk.data() + c0 * D_pad, D_pad, klo, khi, 0);
+          gemm_rows_keys<C, false>(m, D_pad, wk, dP, w, buf.kr.data() + c0 * D_pad, D_pad, dq_rows, D_pad,
+                                   buf.row_lo.data(), buf.row_hi.data(), 0);
+        } else {
+          gemm<C, true>(wk, Dv_pad, m, S, w, dout, Dv_pad, buf.dv.data() + c0 * Dv_pad, Dv_pad, true);
+          gemm<C, true>(wk, D_pad, m, dP, w, q, D_pad, buf.dk.data() + c0 * D_pad, D_pad, true);
+          gemm<C>(m, D_pad, wk, dP, w, buf.kr.data() + c0 * D_pad, D_pad, dq_rows, D_pad, true);
+        }
       }
     }
     // This item owns keys [kb, kb + n) of kv head kvh for all its query heads: write dK, dV.

@@ -252,7 +252,7 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
     if (!trimmed) {
       gemm<C, true>(rows, Dv_pad, n, st, cols, vblk, ldv, buf.o.data(), Dv_pad, true);  // O += P V
     } else {
-      gemm_rows_keys<C>(rows, Dv_pad, n, st, cols, vblk, ldv, buf.o.data(), Dv_pad, buf.key_lo.data(),
+      gemm_rows_keys<C, true>(rows, Dv_pad, n, st, cols, vblk, ldv, buf.o.data(), Dv_pad, buf.key_lo.data(),
                         buf.key_hi.data(), kb);
     }
   }

@@ -82,7 +82,7 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, 
 // A masked block's products skip the register tiles that only meet masked scores (keys a tile's
 // queries cannot see: above the causal diagonal, outside a window). On a causal diagonal block of
 // 96 x 96, ~30% of S^T's tiles and ~45% of P V's reduction are such (an item's queries see keys up
-// to their own). Ranges are relative to the block's first key; the caller masks what was skipped.
+// to their own). The caller masks (or never reads) what was skipped.
 
 // S^T = K Q^T (M keys x N queries, overwritten): column panel j (queries [j W2, j W2 + W2)) needs
 // key rows [row_lo[j], row_hi[j]) only; a row tile outside its panel's range is not computed.
@@ -100,9 +100,25 @@ void gemm_panel_rows(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, c
       gemm_rest<T, kTileRows - 1, false>(M - i, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc, K, false, nullptr);
 }
 
-// O += P V with P read from S^T (A_T; M query rows x K keys): row r sees keys [k_lo[r] - k0,
-// k_hi[r] - k0) only (P is exactly 0 elsewhere), so a row tile reduces over its rows' union.
+// S = Q K^T (M queries x N keys, overwritten; the backward's): row tile i needs the columns its
+// rows' ranges [c_lo[r], c_hi[r]) cover; a column panel outside them is not computed.
 template <class T>
+void gemm_rows_cols(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                    int64_t ldc, const int64_t* c_lo, const int64_t* c_hi) {
+  constexpr int W2 = 2 * Simd<T>::width;
+  for (int64_t i = 0; i < M; i += kTileRows) {
+    const int64_t rows = M - i < kTileRows ? M - i : kTileRows;
+    int64_t lo = N, hi = 0;
+    for (int64_t r = i; r < i + rows; ++r) lo = c_lo[r] < lo ? c_lo[r] : lo, hi = c_hi[r] > hi ? c_hi[r] : hi;
+    for (int64_t j = lo / W2 * W2; j < hi && j < N; j += W2)
+      gemm_rest<T, kTileRows, false>(rows, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc, K, false, nullptr);
+  }
+}
+
+// C += A B over a band (P V in the forward; dV, dK and dQ in the backward): row r of A is 0
+// outside k in [k_lo[r] - k0, k_hi[r] - k0) (masked P or dS), so a row tile reduces over its rows'
+// union only. A as gemm's (A_T: stored transposed).
+template <class T, bool A_T>
 void gemm_rows_keys(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                     int64_t ldc, const int64_t* k_lo, const int64_t* k_hi, int64_t k0) {
   constexpr int W2 = 2 * Simd<T>::width;
@@ -113,9 +129,9 @@ void gemm_rows_keys(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, co
       lo = k_lo[r] - k0 < lo ? k_lo[r] - k0 : lo, hi = k_hi[r] - k0 > hi ? k_hi[r] - k0 : hi;
     lo = lo < 0 ? 0 : lo, hi = hi > K ? K : hi;
     if (lo >= hi) continue;
+    const T* a = A_T ? A + lo * lda + i : A + i * lda + lo;
     for (int64_t j = 0; j < N; j += W2)
-      gemm_rest<T, kTileRows, true>(rows, A + lo * lda + i, lda, B + lo * ldb + j, ldb, C + i * ldc + j, ldc, hi - lo,
-                                    true, nullptr);
+      gemm_rest<T, kTileRows, A_T>(rows, a, lda, B + lo * ldb + j, ldb, C + i * ldc + j, ldc, hi - lo, true, nullptr);
   }
 }
 
