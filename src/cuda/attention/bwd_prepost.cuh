@@ -24,6 +24,13 @@ namespace scree::cuda_attention {
 
 using attention::VarlenBackwardParams;
 
+// The preprocess's lanes a row where out and dout rows are 16-byte aligned: a 16-byte chunk (8
+// elements) each, where D / 8 is a power of two within a warp (kPreprocessVector); else a warp.
+template <int D>
+inline constexpr bool kPreprocessVector = D % 8 == 0 && D <= 256 && ((D / 8) & (D / 8 - 1)) == 0;
+template <int D>
+inline constexpr int kPreprocessLanes = kPreprocessVector<D> ? D / 8 : 32;
+
 template <class T, int D>
 __global__ void __launch_bounds__(128) bwd_preprocess_kernel(const VarlenBackwardParams p, const BwdWorkspace ws,
                                                              bool zero_keyless_dq) {
@@ -115,11 +122,10 @@ __global__ void __launch_bounds__(128) bwd_preprocess_kernel(const VarlenBackwar
       }
     }
   };
-  constexpr bool kVecDim = D % 8 == 0 && D <= 256 && ((D / 8) & (D / 8 - 1)) == 0;
-  const bool vector = kVecDim && reinterpret_cast<uintptr_t>(p.out) % 16 == 0 &&
+  const bool vector = kPreprocessVector<D> && reinterpret_cast<uintptr_t>(p.out) % 16 == 0 &&
                       reinterpret_cast<uintptr_t>(p.dout) % 16 == 0 && p.out_row_stride % 8 == 0 &&
                       p.out_head_stride % 8 == 0 && p.dout_row_stride % 8 == 0 && p.dout_head_stride % 8 == 0;
-  if constexpr (kVecDim) {
+  if constexpr (kPreprocessVector<D>) {
     if (vector) return by_groups(std::true_type{});
   }
   by_groups(std::false_type{});
@@ -149,7 +155,7 @@ inline unsigned stride_grid(int64_t items, int64_t per_block) {
 template <class T, int D>
 void launch_bwd_preprocess(const VarlenBackwardParams& p, const BwdWorkspace& ws, cudaStream_t stream,
                            bool zero_keyless_dq = false) {
-  constexpr int kRowsPerBlock = D % 8 == 0 && D <= 256 && ((D / 8) & (D / 8 - 1)) == 0 ? 4 * 32 / (D / 8) : 4;
+  constexpr int kRowsPerBlock = 4 * 32 / kPreprocessLanes<D>;
   bwd_preprocess_kernel<T, D>
       <<<stride_grid(p.total_q * p.heads_q, kRowsPerBlock), 128, 0, stream>>>(p, ws, zero_keyless_dq);
 }
