@@ -100,6 +100,15 @@ void gemm_panel_rows(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, c
       gemm_rest<T, kTileRows - 1, false>(M - i, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc, K, false, nullptr);
 }
 
+// The union of rows [i, i + rows)'s ranges [lo_r - k0, hi_r - k0), within [0, n): [lo, hi).
+inline void band_union(const int64_t* lo_r, const int64_t* hi_r, int64_t i, int64_t rows, int64_t k0, int64_t n,
+                       int64_t& lo, int64_t& hi) {
+  lo = n, hi = 0;
+  for (int64_t r = i; r < i + rows; ++r)
+    lo = lo_r[r] - k0 < lo ? lo_r[r] - k0 : lo, hi = hi_r[r] - k0 > hi ? hi_r[r] - k0 : hi;
+  lo = lo < 0 ? 0 : lo, hi = hi > n ? n : hi;
+}
+
 // S = Q K^T (M queries x N keys, overwritten; the backward's): row tile i needs the columns its
 // rows' ranges [c_lo[r], c_hi[r]) cover; a column panel outside them is not computed.
 template <class T>
@@ -108,9 +117,9 @@ void gemm_rows_cols(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, co
   constexpr int W2 = 2 * Simd<T>::width;
   for (int64_t i = 0; i < M; i += kTileRows) {
     const int64_t rows = M - i < kTileRows ? M - i : kTileRows;
-    int64_t lo = N, hi = 0;
-    for (int64_t r = i; r < i + rows; ++r) lo = c_lo[r] < lo ? c_lo[r] : lo, hi = c_hi[r] > hi ? c_hi[r] : hi;
-    for (int64_t j = lo / W2 * W2; j < hi && j < N; j += W2)
+    int64_t lo, hi;
+    band_union(c_lo, c_hi, i, rows, 0, N, lo, hi);
+    for (int64_t j = lo / W2 * W2; j < hi; j += W2)
       gemm_rest<T, kTileRows, false>(rows, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc, K, false, nullptr);
   }
 }
@@ -124,10 +133,8 @@ void gemm_rows_keys(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, co
   constexpr int W2 = 2 * Simd<T>::width;
   for (int64_t i = 0; i < M; i += kTileRows) {
     const int64_t rows = M - i < kTileRows ? M - i : kTileRows;
-    int64_t lo = K, hi = 0;
-    for (int64_t r = i; r < i + rows; ++r)
-      lo = k_lo[r] - k0 < lo ? k_lo[r] - k0 : lo, hi = k_hi[r] - k0 > hi ? k_hi[r] - k0 : hi;
-    lo = lo < 0 ? 0 : lo, hi = hi > K ? K : hi;
+    int64_t lo, hi;
+    band_union(k_lo, k_hi, i, rows, k0, K, lo, hi);
     if (lo >= hi) continue;
     const T* a = A_T ? A + lo * lda + i : A + i * lda + lo;
     for (int64_t j = 0; j < N; j += W2)
