@@ -110,6 +110,12 @@ struct VarlenBackwardParams : VarlenParams {
   const double* lse_in64 = nullptr;
 };
 
+// Whether any query sees less than all of its sequence's keys by the options (a causal mask or a
+// window): the kernels then trim their blocks to the visible band.
+SCREE_HOST_DEVICE inline bool banded(const VarlenParams& p) {
+  return p.causal || p.window_left != kUnbounded || p.window_right != kUnbounded;
+}
+
 // Visible key range [lo, hi) of query row i in a sequence with lengths (Lq, Lk): bottom-right
 // aligned, so query i lines up with key i + (Lk - Lq); causal is right = 0.
 struct KeyRange {

@@ -277,7 +277,7 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
   const int64_t Lq = s.Lq, Lk = s.Lk, q0 = s.q0, k0 = s.k0;
   const int64_t rows_c = ch.acc_rows;  // = row_hi - row_lo (row_align 1)
   const bool capped = plan.capped;
-  const bool banded = p.causal || p.window_left != attention::kUnbounded || p.window_right != attention::kUnbounded;
+  const bool band = attention::banded(p);
   const C cap = plan.cap;
 
   // dQ accumulator of this item: (G, rows_c, D_pad), zeroed here (first touch on this thread).
@@ -312,7 +312,7 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
         C* dP = buf.dp.data();
         // Under a causal mask or a window the products skip their wholly masked register tiles
         // (gemm.h): each row's visible columns, each key's visible rows, relative to the tile.
-        const bool trimmed = !full && banded;
+        const bool trimmed = !full && band;
         if (trimmed) {
           for (int64_t r = 0; r < m; ++r) {
             const KeyRange kr = visible_keys(p, i0 + r, Lq, Lk);

@@ -93,7 +93,7 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   const int64_t cols = round_up(rows, 2 * W);  // query columns of S^T, zero-padded
   const bool capped = p.softcap > 0.0;
   const C cap = C(p.softcap);
-  const bool banded = p.causal || p.window_left != attention::kUnbounded || p.window_right != attention::kUnbounded;
+  const bool band = attention::banded(p);
   // fp32 K and V are used where they lie (row strides as given); other types, and rows read
   // through a page table, are converted (copied) row by row.
   const bool k_in_place = std::is_same_v<T, C> && !p.paged;
@@ -185,7 +185,7 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
     // A block under a causal mask or a window skips its wholly masked tiles and score runs (a block
     // that is only short of columns keeps the plain products: on short sequences without a mask
     // the trimmed ones measured 3-9% slower).
-    const bool trimmed = !full && banded;
+    const bool trimmed = !full && band;
     // Unmasked and uncapped, the block's column maxima come out of the product's registers.
     const bool max_in_gemm = full && !capped;
     if (max_in_gemm) std::copy(buf.m.begin(), buf.m.begin() + cols, buf.mx.begin());
