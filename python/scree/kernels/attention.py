@@ -133,6 +133,17 @@ def tile_schedule(ns: ModuleType, q: Array, k: Array, like: Any, backward: bool,
     return s
 
 
+def _schedule_args(a: Any, schedule: TileSchedule | None) -> tuple[Any, bool]:
+    """scree._C's `schedule` and `schedule_ready` arguments for a kept schedule (or none)."""
+    return (None, False) if schedule is None else (a(schedule.buffer), schedule.ready)
+
+
+def _mark_written(schedule: TileSchedule | None, kept: bool) -> None:
+    """A call that returned True wrote (or read) the schedule: later calls read it."""
+    if schedule is not None and kept:
+        schedule.ready = True
+
+
 def kernel_args(spec: AttentionSpec, max_seqlen_q: int, max_seqlen_k: int, deterministic: bool = False) -> Any:
     """The scalars of one kernel call as scree._C.AttentionArgs."""
     left, right = spec.window_args
@@ -160,10 +171,8 @@ def forward(ns: ModuleType, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: 
         workspace = ns.empty((fwd_workspace_bytes(tq, cu_q.shape[0] - 1),), "uint8", like=q)
     kept = _C.varlen_fwd(a(q), a(k), a(v), a(cu_q), a(cu_k), a(out), None if lse is None else a(lse), args,
                          None if workspace is None else a(workspace), None if q_summary is None else a(q_summary),
-                         ns.stream(q) if stream is None else stream, None if schedule is None else a(schedule.buffer),
-                         schedule is not None and schedule.ready)
-    if schedule is not None and kept:
-        schedule.ready = True
+                         ns.stream(q) if stream is None else stream, *_schedule_args(a, schedule))
+    _mark_written(schedule, kept)
     return out, lse
 
 
@@ -181,8 +190,6 @@ def backward(ns: ModuleType, dout: Any, q: Any, k: Any, v: Any, out: Any, lse: A
     workspace = ns.empty((nbytes,), "uint8", like=q) if nbytes else None
     a = ns.kernel_arg
     kept = _C.varlen_bwd(a(dout), a(q), a(k), a(v), a(out), a(lse), a(cu_q), a(cu_k), a(dq), a(dk), a(dv), args,
-                         None if workspace is None else a(workspace), ns.stream(q),
-                         None if schedule is None else a(schedule.buffer), schedule is not None and schedule.ready)
-    if schedule is not None and kept:
-        schedule.ready = True
+                         None if workspace is None else a(workspace), ns.stream(q), *_schedule_args(a, schedule))
+    _mark_written(schedule, kept)
     return dq, dk, dv
