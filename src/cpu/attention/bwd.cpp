@@ -117,7 +117,11 @@ struct Plan : bwd::Schedule {
   using C = compute_t<T>;
   bool capped = false;
   C cap = 0, qscale = 0;
-  LineArray<C> qp, dop;  // (Hq, total_q, D_pad) Q * qscale, (Hq, total_q, Dv_pad) dO
+  // (Hq, total_q, D_pad) Q * qscale and (Hq, total_q, Dv_pad) dO, in the kept Workspace (workspace.h):
+  // allocated per call, a 4 x 16-token call's 2 x 128 KiB were page-faulted in every time.
+  std::unique_ptr<Workspace> ws;
+  C* qp = nullptr;
+  C* dop = nullptr;
   std::vector<C> delta;  // (Hq, total_q): dO . O
   // (Hq, total_q), softmax_stats: P = exp((s - row_max) - log_sum); row_max is the forward's lse
   // and log_sum 0 where that is accurate, else the row's max score and the log of its softmax sum;
@@ -142,8 +146,10 @@ void pack_rows(Plan<T>& plan) {
   const int64_t Hq = p.heads_q, D = plan.D, Dv = plan.Dv, D_pad = plan.D_pad, Dv_pad = plan.Dv_pad;
   const size_t n = static_cast<size_t>(Hq * p.total_q);
   plan.delta.resize(n);
-  plan.qp = line_array<C>(std::max<size_t>(n * D_pad, 1));
-  plan.dop = line_array<C>(std::max<size_t>(n * Dv_pad, 1));
+  static_assert(sizeof(C) % sizeof(uint32_t) == 0, "the Workspace holds whole words");
+  plan.ws = std::make_unique<Workspace>(std::max<size_t>(n * size_t(D_pad + Dv_pad) * (sizeof(C) / 4), 1));
+  plan.qp = reinterpret_cast<C*>(plan.ws->data);
+  plan.dop = plan.qp + n * D_pad;  // D_pad: whole lines
   const T* Q = static_cast<const T*>(p.q);
   const T* dO = static_cast<const T*>(p.dout);
   const T* O = static_cast<const T*>(p.out);
@@ -152,10 +158,10 @@ void pack_rows(Plan<T>& plan) {
     std::vector<C> o(Dv);  // once per thread
     for (int64_t i = begin; i < end; ++i)
       for (int64_t h = 0; h < Hq; ++h) {
-        C* qrow = plan.qp.get() + (h * p.total_q + i) * D_pad;
+        C* qrow = plan.qp + (h * p.total_q + i) * D_pad;
         to_compute(Q + i * p.q_row_stride + h * p.q_head_stride, qrow, D, plan.qscale);
         std::fill(qrow + D, qrow + D_pad, C(0));
-        C* orow = plan.dop.get() + (h * p.total_q + i) * Dv_pad;
+        C* orow = plan.dop + (h * p.total_q + i) * Dv_pad;
         to_compute(dO + i * p.dout_row_stride + h * p.dout_head_stride, orow, Dv, C(1));
         std::fill(orow + Dv, orow + Dv_pad, C(0));
         to_compute(O + i * p.out_row_stride + h * p.out_head_stride, o.data(), Dv, C(1));
@@ -227,7 +233,7 @@ void softmax_stats(Plan<T>& plan, std::vector<Buffers<T>>& buffers) {
     const Sequence& s = plan.seqs[it.seq];
     const int64_t h = it.head, i0 = it.block * kBlockQ, m = std::min(kBlockQ, s.Lq - i0);
     const int64_t row0 = h * p.total_q + s.q0 + i0;
-    const C* q = plan.qp.get() + row0 * D_pad;
+    const C* q = plan.qp + row0 * D_pad;
     C* sum = buf.sum.data();
     C* mx = buf.mx.data();
     std::fill(sum, sum + m, C(0));
@@ -296,8 +302,8 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
       for (int64_t i0 = blk.row_lo; i0 < blk.row_hi; i0 += kBlockQ) {
         const int64_t m = std::min(kBlockQ, blk.row_hi - i0);
         const int64_t row0 = h * p.total_q + q0 + i0;  // first row of the tile in (Hq, total_q)
-        const C* q = plan.qp.get() + row0 * D_pad;     // m x D_pad, scaled
-        const C* dout = plan.dop.get() + row0 * Dv_pad;
+        const C* q = plan.qp + row0 * D_pad;     // m x D_pad, scaled
+        const C* dout = plan.dop + row0 * Dv_pad;
         const C* delta = plan.delta.data() + row0;
         // Columns of the block the tile's rows can see: [first.lo, last.hi) less kb, the start
         // rounded down to the GEMM's column granularity. Near a causal diagonal or inside a
