@@ -1,6 +1,7 @@
-// The per-call operand buffer of the AMX kernels (the amx build only: fwd_amx.cpp's packed K and
-// V, bwd_amx.cpp's bf16 Q, dO and their transposes): one buffer per calling thread, kept between
-// calls up to kKeptWords, shared by the forward and the backward (a thread runs one call at a time).
+// The per-call operand buffer of the CPU kernels (fwd_amx.cpp's packed K and V, bwd_amx.cpp's bf16
+// Q, dO and their transposes, bwd.cpp's packed Q and dO): one buffer per calling thread, kept
+// between calls up to kKeptWords, shared by the forward and the backward (a thread runs one call
+// at a time, and a call holds one Workspace at a time).
 // Why kept: a fresh allocation is mmap'ed and page-faulted on every call: 10.1-10.4 against
 // 8.5-9.1 ms kept for the forward's 8 MiB of 4 x 1024 tokens, 4 kv heads, D = 128, 2 threads.
 // Above kKeptWords a buffer for this call alone (holding more than 64 MiB per calling thread
