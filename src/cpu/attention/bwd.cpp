@@ -332,7 +332,7 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
       for (int64_t i0 = blk.row_lo; i0 < blk.row_hi; i0 += kBlockQ) {
         const int64_t m = std::min(kBlockQ, blk.row_hi - i0);
         const int64_t row0 = h * p.total_q + q0 + i0;  // first row of the tile in (Hq, total_q)
-        const C* q = plan.qp + row0 * D_pad;     // m x D_pad, scaled
+        const C* q = plan.qp + row0 * D_pad;  // m x D_pad, scaled
         const C* dout = plan.dop + row0 * Dv_pad;
         const C* delta = plan.delta.data() + row0;
         // Columns of the block the tile's rows can see: [first.lo, last.hi) less kb, the start
