@@ -183,15 +183,17 @@ void pack_keys(const Plan<T>& plan, const Sequence& s, int64_t kb, int64_t n, in
   const int64_t D = plan.D, Dv = plan.Dv, D_pad = plan.D_pad;
   const T* K = static_cast<const T*>(p.k);
   const T* Vg = static_cast<const T*>(p.v);
-#if defined(__AVX512F__)
-  // float with AVX-512: 16 keys at a time, K^T and V^T by 16 x 16 register transposes (simd.h) of
-  // their rows instead of a scalar store a line apart per element (a 4 x 16-token backward spent
-  // ~16% of its items there; perf, this Xeon). Rows past n in the last group (stale) land in the
-  // padding columns [n, n_pad), zeroed below; n_pad is a multiple of 32, so the group fits.
+#if defined(__AVX512F__) || defined(__AVX2__)
+  // float: kTransposeRows keys at a time (16 with AVX-512, 8 with AVX2), K^T and V^T by register
+  // transposes (simd.h) of their rows instead of a scalar store a line apart per element (a
+  // 4 x 16-token backward spent ~16% of its items there; perf, this Xeon). Rows past n in the last
+  // group (stale) land in the padding columns [n, n_pad), zeroed below; n_pad is a multiple of two
+  // vectors, so the group fits.
   if constexpr (std::is_same_v<C, float>) {
+    constexpr int64_t kT = kTransposeRows;
     const int64_t Dv_pad = plan.Dv_pad;
-    for (int64_t c0 = 0; c0 < n; c0 += 16) {
-      const int64_t g = std::min<int64_t>(16, n - c0);
+    for (int64_t c0 = 0; c0 < n; c0 += kT) {
+      const int64_t g = std::min<int64_t>(kT, n - c0);
       for (int64_t c = c0; c < c0 + g; ++c) {
         C* krow = buf.kr.data() + c * D_pad;
         to_compute(K + (s.k0 + kb + c) * p.k_row_stride + kvh * p.k_head_stride, krow, D, C(1));
@@ -202,8 +204,8 @@ void pack_keys(const Plan<T>& plan, const Sequence& s, int64_t kb, int64_t n, in
       }
       auto transpose = [&](const C* rows, int64_t ld, int64_t cols, C* out) {
         int64_t d0 = 0;
-        for (; d0 + 16 <= cols; d0 += 16)
-          transpose16x16(rows + d0, ld * int64_t(sizeof(C)), reinterpret_cast<uint32_t*>(out + d0 * n_pad + c0), n_pad);
+        for (; d0 + kT <= cols; d0 += kT)
+          transpose_block(rows + d0, ld * int64_t(sizeof(C)), reinterpret_cast<uint32_t*>(out + d0 * n_pad + c0), n_pad);
         for (int64_t d = d0; d < cols; ++d)
           for (int64_t c = 0; c < g; ++c) out[d * n_pad + c0 + c] = rows[c * ld + d];
       };

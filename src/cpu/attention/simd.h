@@ -12,7 +12,7 @@
 #include <limits>
 #include <type_traits>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -49,6 +49,31 @@ inline void transpose16x16(const void* x, int64_t ld_bytes, uint32_t* out, int64
     b[12 + e] = _mm512_shuffle_i32x4(a1, b1, 0xdd);  // L3 -> column 12 + e
   }
   for (int r = 0; r < 16; ++r) _mm512_storeu_si512(out + r * ld_out, b[r]);
+}
+// The widest register transpose of 32-bit elements this build has.
+inline constexpr int kTransposeRows = 16;
+inline void transpose_block(const void* x, int64_t ld_bytes, uint32_t* out, int64_t ld_out) {
+  transpose16x16(x, ld_bytes, out, ld_out);
+}
+#elif defined(__AVX2__)
+// 8 x 8 transpose of 32-bit elements (the AVX2 build's): out row r = column r of the 8 rows at x.
+// Pairs of rows interleaved, then 64-bit pairs picked, then the 128-bit halves exchanged.
+inline constexpr int kTransposeRows = 8;
+inline void transpose_block(const void* x, int64_t ld_bytes, uint32_t* out, int64_t ld_out) {
+  __m256 r[8], t[8], u[8];
+  for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(reinterpret_cast<const float*>(static_cast<const char*>(x) + j * ld_bytes));
+  for (int j = 0; j < 8; j += 2) t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]), t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
+  // u[4h + c]: columns c and c + 4 of rows 4h .. 4h + 3 (one per 128-bit half)
+  for (int h = 0; h < 2; ++h) {
+    u[4 * h + 0] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int c = 0; c < 4; ++c) {
+    _mm256_storeu_ps(reinterpret_cast<float*>(out + c * ld_out), _mm256_permute2f128_ps(u[c], u[4 + c], 0x20));
+    _mm256_storeu_ps(reinterpret_cast<float*>(out + (c + 4) * ld_out), _mm256_permute2f128_ps(u[c], u[4 + c], 0x31));
+  }
 }
 #endif
 
