@@ -183,45 +183,33 @@ void pack_keys(const Plan<T>& plan, const Sequence& s, int64_t kb, int64_t n, in
   const int64_t D = plan.D, Dv = plan.Dv, D_pad = plan.D_pad;
   const T* K = static_cast<const T*>(p.k);
   const T* Vg = static_cast<const T*>(p.v);
-#if defined(__AVX512F__) || defined(__AVX2__)
-  // float: kTransposeRows keys at a time (16 with AVX-512, 8 with AVX2), K^T and V^T by register
-  // transposes (simd.h) of their rows instead of a scalar store a line apart per element (a
-  // 4 x 16-token backward spent ~16% of its items there; perf, this Xeon). Rows past n in the last
-  // group (stale) land in the padding columns [n, n_pad), zeroed below; n_pad is a multiple of two
-  // vectors, so the group fits.
-  if constexpr (std::is_same_v<C, float>) {
-    constexpr int64_t kT = kTransposeRows;
-    const int64_t Dv_pad = plan.Dv_pad;
-    for (int64_t c0 = 0; c0 < n; c0 += kT) {
-      const int64_t g = std::min<int64_t>(kT, n - c0);
-      for (int64_t c = c0; c < c0 + g; ++c) {
-        C* krow = buf.kr.data() + c * D_pad;
-        to_compute(K + (s.k0 + kb + c) * p.k_row_stride + kvh * p.k_head_stride, krow, D, C(1));
-        std::fill(krow + D, krow + D_pad, C(0));
-        if (with_v)
-          to_compute(Vg + (s.k0 + kb + c) * p.v_row_stride + kvh * p.v_head_stride, buf.vrows.data() + (c - c0) * Dv_pad,
-                     Dv, C(1));
-      }
-      auto transpose = [&](const C* rows, int64_t ld, int64_t cols, C* out) {
-        int64_t d0 = 0;
+  // kT keys at a time, their K^T and V^T columns by register transposes (simd.h) of their rows:
+  // float with AVX-512 (16) or AVX2 (8); one key at a time, scalar, otherwise. A scalar store a
+  // line apart per element was ~16% of a 4 x 16-token backward's items (perf, this Xeon). Rows
+  // past n in the last group (stale) land in the padding columns [n, n_pad), zeroed below; n_pad
+  // is a multiple of two vectors, so the group fits.
+  constexpr int64_t kT = std::is_same_v<C, float> ? kTransposeRows : 1;
+  const int64_t Dv_pad = plan.Dv_pad;
+  for (int64_t c0 = 0; c0 < n; c0 += kT) {
+    const int64_t g = std::min<int64_t>(kT, n - c0);
+    for (int64_t c = c0; c < c0 + g; ++c) {
+      C* krow = buf.kr.data() + c * D_pad;
+      to_compute(K + (s.k0 + kb + c) * p.k_row_stride + kvh * p.k_head_stride, krow, D, C(1));
+      std::fill(krow + D, krow + D_pad, C(0));
+      if (with_v)
+        to_compute(Vg + (s.k0 + kb + c) * p.v_row_stride + kvh * p.v_head_stride, buf.vrows.data() + (c - c0) * Dv_pad,
+                   Dv, C(1));
+    }
+    auto transpose = [&](const C* rows, int64_t ld, int64_t cols, C* out) {
+      int64_t d0 = 0;
+      if constexpr (kT > 1)
         for (; d0 + kT <= cols; d0 += kT)
           transpose_block(rows + d0, ld * int64_t(sizeof(C)), reinterpret_cast<uint32_t*>(out + d0 * n_pad + c0), n_pad);
-        for (int64_t d = d0; d < cols; ++d)
-          for (int64_t c = 0; c < g; ++c) out[d * n_pad + c0 + c] = rows[c * ld + d];
-      };
-      transpose(buf.kr.data() + c0 * D_pad, D_pad, D, buf.kt.data());
-      if (with_v) transpose(buf.vrows.data(), Dv_pad, Dv, buf.vt.data());
-    }
-  } else
-#endif
-  for (int64_t c = 0; c < n; ++c) {
-    C* krow = buf.kr.data() + c * D_pad;
-    to_compute(K + (s.k0 + kb + c) * p.k_row_stride + kvh * p.k_head_stride, krow, D, C(1));
-    std::fill(krow + D, krow + D_pad, C(0));
-    for (int64_t d = 0; d < D; ++d) buf.kt[d * n_pad + c] = krow[d];
-    if (!with_v) continue;
-    to_compute(Vg + (s.k0 + kb + c) * p.v_row_stride + kvh * p.v_head_stride, buf.row.data(), Dv, C(1));
-    for (int64_t d = 0; d < Dv; ++d) buf.vt[d * n_pad + c] = buf.row[d];
+      for (int64_t d = d0; d < cols; ++d)
+        for (int64_t c = 0; c < g; ++c) out[d * n_pad + c0 + c] = rows[c * ld + d];
+    };
+    transpose(buf.kr.data() + c0 * D_pad, D_pad, D, buf.kt.data());
+    if (with_v) transpose(buf.vrows.data(), Dv_pad, Dv, buf.vt.data());
   }
   // The padding columns [n, n_pad) a row's run at a time: zeroed a column at a time, they cost as
   // many stores a line apart as the keys themselves (a 16-token sequence pads to 32; perf, this Xeon).

@@ -75,6 +75,8 @@ inline void transpose_block(const void* x, int64_t ld_bytes, uint32_t* out, int6
     _mm256_storeu_ps(reinterpret_cast<float*>(out + (c + 4) * ld_out), _mm256_permute2f128_ps(u[c], u[4 + c], 0x31));
   }
 }
+#else
+inline constexpr int kTransposeRows = 1;  // no register transpose: callers copy element by element
 #endif
 
 template <class T>
