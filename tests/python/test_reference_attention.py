@@ -386,6 +386,37 @@ def test_gradients_flow_and_vanish_where_unseen(rng):
     assert (vv.grad[:2] != 0).any()
 
 
+@needs_torch
+def test_rows_without_keys_pass_no_gradient_even_from_nan_dout(rng):
+    # A row that sees no key outputs the constant 0: its dout, NaN here, reaches no gradient (the
+    # dense product p^T dout would give 0 x NaN = NaN in dv), and the compiled kernel agrees.
+    len_q, len_k = [5, 3], [2, 3]
+    (qn, kn, vn), _ = make_qkv(rng, (len_q, len_k, 2, 1, 8, 8), "numpy")
+    dout = rng.standard_normal((8, 2, 8))
+    dout[:3] = np.nan  # the three queries of sequence 0 that see no key
+    qv, kv, vv = (torch.from_numpy(a).requires_grad_() for a in (qn, kn, vn))
+    q, k, v = scree.from_lengths(qv, len_q), scree.from_lengths(kv, len_k), scree.from_lengths(vv, len_k)
+    varlen_attention(q, k, v, causal=True).values.backward(torch.from_numpy(dout))
+    assert (qv.grad[:3] == 0).all()
+    assert all(torch.isfinite(g).all() for g in (qv.grad, kv.grad, vv.grad))
+    kq, kk, kv_ = (scree.from_lengths(a, ln) for a, ln in ((qn, len_q), (kn, len_k), (vn, len_k)))
+    fwd, lse = scree.varlen_attention(kq, kk, kv_, causal=True, return_lse=True)
+    grads = scree.varlen_attention_backward(dout, kq, kk, kv_, fwd, lse, causal=True)
+    for got, want in zip(grads, (qv.grad, kv.grad, vv.grad)):
+        np.testing.assert_allclose(host(got.values), want.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rows_without_keys_output_zero_beside_infinite_values(rng, backend):
+    # An inf in v (of a key some other row sees) stays out of the rows that see no key: 0, not 0 x inf.
+    len_q, len_k = [5], [2]
+    (qn, kn, vn), _ = make_qkv(rng, (len_q, len_k, 2, 1, 4, 4), "numpy")
+    vn[0, 0, 0] = np.inf
+    q, k, v = (as_array(a, ln, backend) for a, ln in ((qn, len_q), (kn, len_k), (vn, len_k)))
+    o = host(varlen_attention(q, k, v, causal=True).values)
+    assert np.all(o[:3] == 0.0) and np.isinf(o[3:, :, 0]).all()
+
+
 # ---- bad input: typed errors ----------------------------------------------------------------------
 
 def _arrays(rng, len_q=(2, 3), len_k=(2, 3), Hq=2, Hk=1, D=4, Dk=None, Dv=4, Hv=None,

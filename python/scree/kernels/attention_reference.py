@@ -17,7 +17,9 @@ Semantics, per sequence with query length Lq and key length Lk (query row i, key
              iff  i + d - left <= j <= i + d + right,  where an unbounded side drops its bound;
              causal is the same as right = 0 (combined with any window's left side)
 * output     softmax of s over the visible keys, times v; a row with no visible key (empty k,
-             or masked away) outputs 0 and has lse = -inf
+             or masked away) outputs 0 and has lse = -inf, and being constant it passes no gradient
+             on: its dout is never read (a NaN there reaches no dq, dk or dv, as in FlashAttention's
+             kernels and scree's, which never visit such a row)
 * lse        log(sum(exp(s))) over the visible keys, shape (Hq, Tq)
 * GQA/MQA    query head h reads kv head h // (Hq // Hk)
 """
@@ -170,9 +172,12 @@ def _attend_dense(B: Any, q: Any, k: Any, v: Any, scale: float, softcap: float |
     p = B.exp(s - m)
     denom = B.sum(p, axis=-1, keepdims=True)
     seen = denom > 0
-    denom = B.where(seen, denom, 1.0)  # rows with no visible key: p is all 0, so output is 0
+    denom = B.where(seen, denom, 1.0)  # rows with no visible key: p is all 0
 
-    o = B.einsum("hgqk,khd->qhgd", p / denom, v)  # (Lq, Hk, G, Dv)
+    # Such a row's output is selected as 0, not computed as 0 x v: the product would turn an inf in
+    # v into NaN, and its gradient (p^T dout) a NaN in that row's dout into NaN in dv.
+    o = B.where(seen, B.einsum("hgqk,khd->hgqd", p / denom, v), 0.0)
+    o = B.einsum("hgqd->qhgd", o)  # (Lq, Hk, G, Dv)
     lse = B.where(seen, B.log(denom) + m, _NEG_INF)  # (Hk, G, Lq, 1)
     return B.reshape(o, (Lq, Hq, Dv)), B.reshape(lse, (Hq, Lq))
 
