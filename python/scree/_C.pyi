@@ -234,10 +234,13 @@ def varlen_bwd_workspace_bytes(q: Annotated[NDArray, dict(writable=False)], k: A
     Bytes of device workspace varlen_bwd needs for these arguments (0 on the CPU).
     """
 
-def cuda_bwd_workspace_bytes(total_q: int, total_k: int, num_sequences: int, heads_q: int, head_dim: int, deterministic: bool = False) -> int:
+def cuda_bwd_workspace_bytes(total_q: int, total_k: int, num_sequences: int, heads_q: int, head_dim: int, deterministic: bool = False, dtype: str = '', max_seqlen_k: int = -1) -> int:
     """
     Bytes of workspace the CUDA backward needs for these sizes (0 in builds without CUDA): Tq query
     and Tk key tokens in n sequences (the packed key-tile schedule of short sequences grows with them).
+    With the inputs' dtype name and the call's max_seqlen_k bound, a call whose keys fit one packed
+    tile per sequence gets no float32 dq accumulator (Tq x Hq x D x 4 bytes less); max_seqlen_k < 0
+    counts it (enough for any call of these sizes).
     """
 
 def varlen_bwd(dout: Annotated[NDArray, dict(writable=False)], q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], out: Annotated[NDArray, dict(writable=False)], lse: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], dq: NDArray, dk: NDArray, dv: NDArray, args: AttentionArgs, workspace: NDArray | None = None, stream: int = 0, schedule: NDArray | None = None, schedule_ready: bool = False) -> bool:

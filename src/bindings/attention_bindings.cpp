@@ -338,14 +338,28 @@ size_t varlen_bwd_workspace_bytes(const InArray& q_, const InArray& k_, const In
 
 // The CUDA backward's workspace size from sizes alone, for callers that size the buffer before
 // they hold arrays (JAX declares it as an extra output of the FFI call); 0 without CUDA.
+// dtype and max_seqlen_k (the call's AttentionArgs bound) let a call whose keys fit one packed
+// tile per sequence leave the dq accumulator out; without them (max_seqlen_k < 0) it is counted.
 size_t cuda_bwd_workspace_bytes(int64_t total_q, int64_t total_k, int64_t num_sequences, int64_t heads_q,
-                                int64_t head_dim, bool deterministic) {
+                                int64_t head_dim, bool deterministic, const std::string& dtype, int64_t max_seqlen_k) {
   scree::require(total_q >= 0 && total_k >= 0 && num_sequences >= 0 && heads_q >= 0 && head_dim >= 0,
                  ErrorKind::InvalidArgument, [] { return std::string("sizes must be >= 0"); });
+  DType dt = DType::Float32;
+  if (max_seqlen_k >= 0) {
+    if (dtype == "bfloat16") dt = DType::BFloat16;
+    else if (dtype == "float16") dt = DType::Float16;
+    else if (dtype == "float64") dt = DType::Float64;
+    else
+      scree::require(dtype == "float32", ErrorKind::DTypeMismatch, [&] {
+        return "cuda_bwd_workspace_bytes: dtype '" + dtype + "' is not one attention serves (bfloat16, float16, "
+               "float32, float64)";
+      });
+  }
 #ifdef SCREE_WITH_CUDA
-  return attention::varlen_bwd_cuda_workspace_bytes(total_q, total_k, num_sequences, heads_q, head_dim, deterministic);
+  return attention::varlen_bwd_cuda_workspace_bytes(total_q, total_k, num_sequences, heads_q, head_dim, deterministic,
+                                                    dt, max_seqlen_k);
 #else
-  (void)deterministic;
+  (void)deterministic, (void)dt;
   return 0;
 #endif
 }
@@ -502,8 +516,12 @@ void register_attention(nb::module_& m) {
         "Bytes of device workspace varlen_bwd needs for these arguments (0 on the CPU).");
   m.def("cuda_bwd_workspace_bytes", &cuda_bwd_workspace_bytes, nb::arg("total_q"), nb::arg("total_k"),
         nb::arg("num_sequences"), nb::arg("heads_q"), nb::arg("head_dim"), nb::arg("deterministic") = false,
+        nb::arg("dtype") = "", nb::arg("max_seqlen_k") = -1,
         "Bytes of workspace the CUDA backward needs for these sizes (0 in builds without CUDA): Tq query\n"
-        "and Tk key tokens in n sequences (the packed key-tile schedule of short sequences grows with them).");
+        "and Tk key tokens in n sequences (the packed key-tile schedule of short sequences grows with them).\n"
+        "With the inputs' dtype name and the call's max_seqlen_k bound, a call whose keys fit one packed\n"
+        "tile per sequence gets no float32 dq accumulator (Tq x Hq x D x 4 bytes less); max_seqlen_k < 0\n"
+        "counts it (enough for any call of these sizes).");
   m.def("varlen_bwd", &varlen_bwd, nb::arg("dout"), nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"),
         nb::arg("lse"), nb::arg("cu_seqlens_q"), nb::arg("cu_seqlens_k"), nb::arg("dq"), nb::arg("dk"),
         nb::arg("dv"), nb::arg("args"), nb::arg("workspace").none() = nb::none(), nb::arg("stream") = 0,

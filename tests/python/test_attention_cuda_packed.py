@@ -174,6 +174,38 @@ def test_direct_dq_rows_not_16_byte_aligned(d, monkeypatch):
 
 
 @needs_hopper
+@pytest.mark.parametrize("deterministic", [False, True], ids=["default", "deterministic"])
+def test_backward_workspace_has_no_dq_accumulator_when_keys_fit_one_tile(deterministic, monkeypatch):
+    """Keys of every sequence within one packed tile: the kernel writes dq itself, so the
+    workspace leaves out the float32 accumulator (Tq x Hq x D x 4 bytes) and, deterministic, its
+    counters; the sizes-only formula (what scree.varlen_attention and JAX allocate) agrees with the
+    one from the arrays. Sequence tiles, keys past one tile, or no bound (-1) count them."""
+    from scree import _C
+    monkeypatch.delenv("SCREE_SM90_TILES", raising=False)
+    hq, d = 8, 128
+    for lengths, direct in ((LENGTHS["tiny_1_64"][0], True), ([129] + LENGTHS["tiny_1_64"][0], False)):
+        q, k, v = random_qkv(lengths, lengths, hq, 2, d, d, torch.bfloat16, DEV, fresh_seed())
+        args = c_args(q, k, v, {"causal": True}, deterministic)
+        sizes = (q.total, k.total, q.num_sequences, hq, d, deterministic)
+        full = _C.cuda_bwd_workspace_bytes(*sizes)
+        for tiles in (None, "sequence"):
+            if tiles:
+                monkeypatch.setenv("SCREE_SM90_TILES", tiles)
+            with cuda_path("sm90"):
+                exact = _C.varlen_bwd_workspace_bytes(q.values, k.values, v.values, kernel_offsets(q),
+                                                      kernel_offsets(k), args)
+                bound = _C.cuda_bwd_workspace_bytes(*sizes, "bfloat16", args.max_seqlen_k)
+            assert exact == bound
+            if direct and tiles is None:
+                assert full - exact >= q.total * hq * d * 4 + (q.total * hq * 4 if deterministic else 0)
+            else:
+                assert exact == full
+        monkeypatch.delenv("SCREE_SM90_TILES", raising=False)
+    with pytest.raises(scree.DTypeError, match="int8"):
+        _C.cuda_bwd_workspace_bytes(*sizes, "int8", 64)
+
+
+@needs_hopper
 def test_auto_order_takes_packed_tiles_for_short_sequences_only(monkeypatch):
     """Unforced, a batch whose longest sequence is short runs packed tiles and a long one sequence
     tiles: the unforced output equals the forced order's to the bit (the forward has no atomics;

@@ -51,11 +51,14 @@ const char* cuda_forward_path(const VarlenParams& p);
 // Bytes of device workspace varlen_bwd_cuda needs (a small header, float32 row sums of dout*out and
 // the lse in base-2 units, the float32 dq accumulator, int32 ordering counters when deterministic,
 // and room for the packed key-tile schedule of short sequences). The caller allocates it with its
-// framework's allocator, 16-byte aligned.
+// framework's allocator, 16-byte aligned. Where every sequence's keys fit one packed key tile
+// (max_seqlen_k <= 128) the Hopper kernel writes dq itself and the accumulator is left out.
 size_t varlen_bwd_cuda_workspace_bytes(const VarlenBackwardParams& p, bool deterministic);
 // The same from the sizes it depends on (for callers that allocate before they have pointers: JAX).
+// max_seqlen_k < 0 (unknown) always counts the accumulator: enough for any call of these sizes.
 size_t varlen_bwd_cuda_workspace_bytes(int64_t total_q, int64_t total_k, int64_t num_sequences, int64_t heads_q,
-                                       int64_t head_dim, bool deterministic);
+                                       int64_t head_dim, bool deterministic, DType dtype = DType::Float32,
+                                       int64_t max_seqlen_k = -1);
 
 // dq, dk, dv. dk/dv of a kv head are summed over its query heads inside one thread block (no
 // atomics); dq is accumulated in float32 in the workspace and converted at the end. On sm_90 the

@@ -128,7 +128,7 @@ def _attention_bwd(args, deterministic, res, cotangents):
     # The CUDA kernels' workspace is a fourth (discarded) output, sized by the C++ formula; the
     # CPU handler ignores it (0 bytes).
     ws = _C.cuda_bwd_workspace_bytes(q.shape[0], k.shape[0], cu_q.shape[0] - 1, q.shape[1], q.shape[2],
-                                     args.deterministic) \
+                                     args.deterministic, jnp.dtype(q.dtype).name, args.max_seqlen_k) \
         if _platform(q) == "gpu" else 0
     out_types = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v))
     out_types += (jax.ShapeDtypeStruct((ws,), jnp.uint8),)

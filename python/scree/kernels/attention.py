@@ -186,7 +186,8 @@ def backward(ns: ModuleType, dout: Any, q: Any, k: Any, v: Any, out: Any, lse: A
     # Sized from the shapes (the C++ formula, as JAX sizes it): the arguments are checked once,
     # by varlen_bwd below, not a second time on every backward.
     nbytes = 0 if ns.is_host(q) else _C.cuda_bwd_workspace_bytes(q.shape[0], k.shape[0], cu_q.shape[0] - 1,
-                                                                  q.shape[1], q.shape[2], args.deterministic)
+                                                                  q.shape[1], q.shape[2], args.deterministic,
+                                                                  dt, args.max_seqlen_k)
     workspace = ns.empty((nbytes,), "uint8", like=q) if nbytes else None
     a = ns.kernel_arg
     kept = _C.varlen_bwd(a(dout), a(q), a(k), a(v), a(out), a(lse), a(cu_q), a(cu_k), a(dq), a(dk), a(dv), args,

@@ -324,13 +324,32 @@ bool varlen_fwd_cuda(const VarlenParams& params, void* workspace, size_t workspa
   return false;
 }
 
+namespace {
+// Whether the call's backward accumulates dQ in the workspace: all but the Hopper kernel's calls
+// whose keys fit one packed tile per sequence (BwdWorkspace::writes_dq).
+bool bwd_accumulates_dq(const VarlenBackwardParams& p) {
+  return !(use_sm90_bwd(p) && cuda_attention::BwdWorkspace::writes_dq(p));
+}
+}  // namespace
+
 size_t varlen_bwd_cuda_workspace_bytes(int64_t total_q, int64_t total_k, int64_t num_sequences, int64_t heads_q,
-                                       int64_t head_dim, bool deterministic) {
-  return cuda_attention::BwdWorkspace::sizes(total_q, total_k, num_sequences, heads_q, head_dim, deterministic).total();
+                                       int64_t head_dim, bool deterministic, DType dtype, int64_t max_seqlen_k) {
+  bool accumulator = true;
+  if (max_seqlen_k >= 0) {
+    VarlenBackwardParams p;
+    p.total_q = total_q, p.total_k = total_k, p.num_sequences = num_sequences, p.heads_q = heads_q;
+    p.head_dim = head_dim, p.dtype = dtype, p.max_seqlen_k = max_seqlen_k;
+    accumulator = bwd_accumulates_dq(p);
+  }
+  return cuda_attention::BwdWorkspace::sizes(total_q, total_k, num_sequences, heads_q, head_dim, deterministic,
+                                             accumulator)
+      .total();
 }
 
 size_t varlen_bwd_cuda_workspace_bytes(const VarlenBackwardParams& p, bool deterministic) {
-  return varlen_bwd_cuda_workspace_bytes(p.total_q, p.total_k, p.num_sequences, p.heads_q, p.head_dim, deterministic);
+  return cuda_attention::BwdWorkspace::sizes(p.total_q, p.total_k, p.num_sequences, p.heads_q, p.head_dim,
+                                             deterministic, bwd_accumulates_dq(p))
+      .total();
 }
 
 const char* cuda_backward_path(const VarlenBackwardParams& p) { return use_sm90_bwd(p) ? "sm90" : "sm80"; }
@@ -358,7 +377,7 @@ bool varlen_bwd_cuda(const VarlenBackwardParams& params, void* workspace, size_t
   require(reinterpret_cast<uintptr_t>(workspace) % 16 == 0, ErrorKind::InvalidArgument,
           [&] { return std::string("the workspace must be 16-byte aligned"); });
   const auto ws = cuda_attention::BwdWorkspace::carve(workspace, p.total_q, p.total_k, p.num_sequences, p.heads_q,
-                                                      p.head_dim, deterministic);
+                                                      p.head_dim, deterministic, bwd_accumulates_dq(p));
   auto s = static_cast<cudaStream_t>(stream);
   if (use_sm90_bwd(p)) {
 #define SCREE_RUN(T, TAG, D) \

@@ -31,12 +31,13 @@ bool launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool
   bool kept = false;  // the key tiles came from p.tile_schedule
   const bool keys = p.num_sequences > 0 && p.total_k > 0 && p.max_seqlen_k > 0;
   const bool packed_order = keys && packed_tiles_chosen(p, /*by_keys=*/true);
-  // Every sequence's keys in one tile (the host's bound; a bound below the truth is an unvalidated
-  // layout, unspecified values): the kernel writes dq itself (bwd_sm90.cuh, dq_direct).
-  const bool dq_direct = packed_order && p.max_seqlen_k <= kN;
+  // Every sequence's keys in one tile: the kernel writes dq itself (bwd_sm90.cuh, dq_direct), and
+  // the workspace was carved without the accumulator.
+  static_assert(kN == kPackRows, "writes_dq assumes the packed key tile is the kernel's");
+  const bool dq_direct = BwdWorkspace::writes_dq(p);
   BwdWorkspace w = ws;
   if (!deterministic || dq_direct) w.dq_sem = nullptr;
-  if (dq_direct) w.dq_accum = nullptr;  // nothing to zero
+  if (dq_direct) w.dq_accum = nullptr;  // nothing to zero (api.cu carved none)
   launch_bwd_preprocess<T, D>(p, w, stream, /*zero_keyless_dq=*/dq_direct);
   check_cuda(cudaGetLastError(), "bwd_preprocess_kernel launch");
   if (keys) {
@@ -48,7 +49,9 @@ bool launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool
     const CUtensorMap tm_lse2 = tensor_map_rows_f32(w.lse2, p.heads_q, w.ld, Tiles::kRowBox, "lse2");
     const CUtensorMap tm_delta = tensor_map_rows_f32(w.delta, p.heads_q, w.ld, Tiles::kRowBox, "delta");
     // dQ's fp32 accumulator, (total_q, heads_q, D): boxes of 32 columns x 64 rows (reduce-adds).
-    const CUtensorMap tm_dq = tensor_map_3d<float>(ws.dq_accum, p.total_q, p.heads_q, D, p.heads_q * D, D, 64, "dq_accum");
+    const CUtensorMap tm_dq = dq_direct ? CUtensorMap{}
+                                        : tensor_map_3d<float>(w.dq_accum, p.total_q, p.heads_q, D, p.heads_q * D, D,
+                                                               64, "dq_accum");
     const ScoreMap score = ScoreMap::from(p);
     auto kernel = score.folds() ? varlen_bwd_sm90_kernel<T, D, true> : varlen_bwd_sm90_kernel<T, D, false>;
     constexpr int kSmem = kBwdSmemBytes<D>;
