@@ -133,11 +133,17 @@ class PagedKV:
         keep = ns.true_rows(slots >= 0)  # padding tokens (slot -1) are skipped
         slots = slots[keep]
         capacity = self.num_pages * self.page_size
+        # Device slots too: past the cache, torch's CUDA write is a device-side assert (the context
+        # is lost) and JAX's on a GPU drops the token silently. Reading their maximum costs one
+        # scalar copy after the padding mask above, which already waited for the device.
         if ns.host_readable(slots):
-            bad = np.flatnonzero(ns.to_numpy(slots) >= capacity)
-            if bad.size:
-                raise ArgumentError(f"slot_mapping holds slot {int(ns.to_numpy(slots)[bad[0]])}, past the cache's "
-                                    f"{capacity} slots ({self.num_pages} pages of {self.page_size})")
+            bad = ns.to_numpy(slots)[ns.to_numpy(slots) >= capacity]
+            top = int(bad[0]) if bad.size else -1
+        else:
+            top = int(ns.to_numpy(ns.amax(slots, axis=0))) if ns.shape(slots)[0] else -1
+        if top >= capacity:
+            raise ArgumentError(f"slot_mapping holds slot {top}, past the cache's {capacity} slots "
+                                f"({self.num_pages} pages of {self.page_size})")
         page, pos = slots // self.page_size, slots % self.page_size
         k_pages = _write(ns, self.k_pages, page, pos, k[keep], self.layout)
         v_pages = _write(ns, self.v_pages, page, pos, v[keep], self.layout)

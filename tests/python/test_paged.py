@@ -130,20 +130,31 @@ def test_device_verdict_raises_with_the_sequence_named():
 
 
 # ---- append ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
+def on_device(backend, *xs):
+    """on(), but torch tensors on the GPU ("torch-cuda"; skipped without one). JAX arrays go to
+    JAX's default device, a GPU where one is visible."""
+    if backend != "torch-cuda":
+        return on(backend, *xs)
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to torch")
+    return tuple(t.cuda() for t in on("torch", *xs))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax", "torch-cuda"])
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
 def test_append_writes_slots_and_skips_padding(backend, layout):
-    pytest.importorskip(backend if backend != "numpy" else "numpy")
+    pytest.importorskip(backend.split("-")[0])
     rng = np.random.default_rng()
     kp, vp, table, lens = make_cache(rng, [5, 17], 4, 2, 8, layout)
-    kv = scree.PagedKV(*on(backend, kp, vp, table, lens), layout=layout)
+    kv = scree.PagedKV(*on_device(backend, kp, vp, table, lens), layout=layout)
     knew = rng.standard_normal((3, 2, 8)).astype(np.float32)
     vnew = rng.standard_normal((3, 2, 8)).astype(np.float32)
     slots = np.array([int(table[0, 1]) * 4 + 1, -1, int(table[1, 4]) * 4], np.int64)  # token 5 of seq 0, pad, 16 of 1
-    out = kv.append(*on(backend, knew, vnew, slots))
-    if backend in ("numpy", "torch"):
+    out = kv.append(*on_device(backend, knew, vnew, slots))
+    if backend != "jax":
         assert out is kv
-    got_k = np.asarray(out.k_pages)
+    got_k = np.asarray(out.k_pages.cpu() if backend == "torch-cuda" else out.k_pages)
     want = kp.copy()
     for row, s in ((0, slots[0]), (2, slots[2])):
         if layout == "NHD":
@@ -151,10 +162,11 @@ def test_append_writes_slots_and_skips_padding(backend, layout):
         else:
             want[s // 4, :, s % 4] = knew[row]
     np.testing.assert_array_equal(got_k, want)
-    with pytest.raises(scree.ArgumentError, match="past the cache's"):
-        kv.append(*on(backend, knew[:1], vnew[:1], np.array([kp.shape[0] * 4], np.int64)))
+    with pytest.raises(scree.ArgumentError, match=f"slot {kp.shape[0] * 4 + 3}, past the cache's"):
+        kv.append(*on_device(backend, knew[:2], vnew[:2], np.array([kp.shape[0] * 4 + 3, -1], np.int64)))
     with pytest.raises(scree.ShapeError, match="len\\(slot_mapping\\)"):
-        kv.append(*on(backend, knew[:2], vnew[:2], slots))
+        kv.append(*on_device(backend, knew[:2], vnew[:2], slots))
+    kv.append(*on_device(backend, knew[:1], vnew[:1], np.array([-1], np.int64)))  # padding only: nothing written
 
 
 # ---- CUDA: the varlen kernels on the gathered tokens, the device check of the tables ----------------
