@@ -91,11 +91,16 @@ def test_jax_custom_vjp(choice):
     jax = pytest.importorskip("jax")
     jnp = jax.numpy
     rng = np.random.default_rng(2)
-    q, k, v = (scree.from_lengths(jnp.asarray(rng.standard_normal((sum(LENS), 2, 8)), jnp.float32), LENS)
+    # Under make_jaxpr the call goes where JAX's default backend is: on a GPU, a dtype and head dim
+    # the CUDA kernels serve (float32 there would take the reference, with no FFI call to inspect).
+    gpu = jax.default_backend() in ("gpu", "cuda")
+    dtype, dim = (jnp.bfloat16, 64) if gpu else (jnp.float32, 8)
+    q, k, v = (scree.from_lengths(jnp.asarray(rng.standard_normal((sum(LENS), 2, dim)), dtype), LENS)
                for _ in range(3))
 
     def loss(qv):
-        return jnp.sum(scree.varlen_attention(q.with_values(qv), k, v, causal=True, deterministic=choice).values ** 2)
+        out = scree.varlen_attention(q.with_values(qv), k, v, causal=True, deterministic=choice).values
+        return jnp.sum(out.astype(jnp.float32) ** 2)
 
     text = str(jax.make_jaxpr(jax.grad(loss))(q.values))
     calls = text.split("ffi_call[")[1:]  # each FFI call's parameters, attributes included
