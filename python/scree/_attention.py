@@ -26,8 +26,9 @@ def varlen_attention(q: Array, k: Array, v: Array, causal: bool = False, scale: 
     Hq % Hk == 0 (GQA/MQA). Causal is bottom-right aligned when a sequence's q and k lengths
     differ; window=(left, right) is a sliding window (ints >= 0; None/-1: unbounded side, as is any
     side at least Tq + Tk long, however large); softcap applies softcap*tanh(s/softcap). A query row
-    that sees no key outputs 0 with lse = -inf and passes no gradient on (its dout is not read). Returns an Array with q's offsets and values
-    (Tq, Hq, Dv), and lse (Hq, Tq) when return_lse: float32, float64 for float64 inputs.
+    that sees no key outputs 0 with lse = -inf and passes no gradient on (its dout is not read).
+    Returns an Array with q's offsets and values (Tq, Hq, Dv), and lse (Hq, Tq) when return_lse:
+    float32, float64 for float64 inputs.
     Gradients flow through the framework's autograd (torch autograd, jax.grad, mx.grad) to q, k, v.
 
     deterministic: whether the backward must give the same bits on every run (only the CUDA

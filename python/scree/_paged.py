@@ -137,7 +137,8 @@ class PagedKV:
         # is lost) and JAX's on a GPU drops the token silently. Reading their maximum costs one
         # scalar copy after the padding mask above, which already waited for the device.
         if ns.host_readable(slots):
-            bad = ns.to_numpy(slots)[ns.to_numpy(slots) >= capacity]
+            host = ns.to_numpy(slots)
+            bad = host[host >= capacity]
             top = int(bad[0]) if bad.size else -1
         else:
             top = int(ns.to_numpy(ns.amax(slots, axis=0))) if ns.shape(slots)[0] else -1
