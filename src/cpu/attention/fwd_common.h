@@ -96,8 +96,9 @@ struct KvRows {
 };
 
 // Query row r of the item: orow (Dv values, O = sum P V unnormalised, in the compute type C,
-// overwritten) divided by the row sum l, stored in the output type T; lse = m + log(l) (m the
-// row's running max, in natural-log units). A row that saw no key (l = 0) outputs 0, lse -inf.
+// scratch that may be overwritten) divided by the row sum l, stored in the output type T; lse =
+// m + log(l) (m the row's running max, in natural-log units). A row that saw no key (l = 0) outputs
+// 0, lse -inf.
 template <class T, class C>
 inline void write_output_row(const attention::VarlenParams& p, const ItemGeometry& g, int64_t r, C* orow, C m, C l) {
   constexpr C kNegInf = -std::numeric_limits<C>::infinity();
@@ -116,7 +117,9 @@ inline void write_output_row(const attention::VarlenParams& p, const ItemGeometr
     }
   } else
 #endif
-  {
+  if constexpr (std::is_same_v<T, C>) {
+    for (int64_t d = 0; d < p.head_dim_v; ++d) out[d] = orow[d] * inv;  // one pass: fp32 / fp64 out
+  } else {
     for (int64_t d = 0; d < p.head_dim_v; ++d) orow[d] *= inv;
     from_compute(orow, out, p.head_dim_v);
   }
