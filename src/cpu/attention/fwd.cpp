@@ -110,12 +110,11 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   // +9-14%, long +2.4-5% (A/B, this Xeon, benchmarks/NOTES.md issue 20 step 7).
   constexpr int64_t kGroup = 8;
 #if defined(__AVX512F__)
-  // float with AVX-512: 16 rows at a time, their 16 x 16 blocks transposed in registers (simd.h);
-  // rows past the item's in the last group land in Q^T's padding columns, zeroed below.
-  // A/B against 8-row runs (this Xeon): short d64 +8.5%, short causal +13%, long +0-3%.
-  // The groups run over all cols (a multiple of 32), rows past the item's as zero rows: the
-  // transposes write Q^T's padding columns too, instead of a fill per d (a memset call each:
-  // 7% of a 16-token sequence's item, perf, this session's Xeon).
+  // float with AVX-512: 16 rows at a time, their 16 x 16 blocks transposed in registers (simd.h).
+  // A/B against 8-row runs (this Xeon): short d64 +8.5%, short causal +13%, long +0-3%. The groups
+  // run over all cols (a multiple of 32), rows past the item's as zero rows, so the transposes
+  // write Q^T's padding columns too, instead of a fill per d (a memset call each: 7% of a
+  // 16-token sequence's item, perf, the Ice Lake Xeon of benchmarks/NOTES.md's fifteenth session).
   if constexpr (std::is_same_v<C, float>) {
     for (int64_t r0 = 0; r0 < cols; r0 += 16) {
       const int64_t g = std::clamp<int64_t>(rows - r0, 0, 16);
