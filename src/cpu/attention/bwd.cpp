@@ -166,9 +166,7 @@ void pack_rows(Plan<T>& plan) {
         to_compute(dO + i * p.dout_row_stride + h * p.dout_head_stride, orow, Dv, C(1));
         std::fill(orow + Dv, orow + Dv_pad, C(0));
         to_compute(O + i * p.out_row_stride + h * p.out_head_stride, o.data(), Dv, C(1));
-        C acc = 0;
-        for (int64_t d = 0; d < Dv; ++d) acc += orow[d] * o[d];
-        plan.delta[h * p.total_q + i] = acc;
+        plan.delta[h * p.total_q + i] = dot<C>(orow, o.data(), Dv);
       }
   });
 }
