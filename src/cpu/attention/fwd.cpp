@@ -109,27 +109,29 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   // row, Q^T's packing was 23% of a 64-token sequence's item (D 64, rdtsc); this: short sequences
   // +9-14%, long +2.4-5% (A/B, this Xeon, benchmarks/NOTES.md issue 20 step 7).
   constexpr int64_t kGroup = 8;
-#if defined(__AVX512F__)
-  // float with AVX-512: 16 rows at a time, their 16 x 16 blocks transposed in registers (simd.h).
-  // A/B against 8-row runs (this Xeon): short d64 +8.5%, short causal +13%, long +0-3%. The groups
-  // run over all cols (a multiple of 32), rows past the item's as zero rows, so the transposes
-  // write Q^T's padding columns too, instead of a fill per d (a memset call each: 7% of a
-  // 16-token sequence's item, perf, the Ice Lake Xeon of benchmarks/NOTES.md's fifteenth session).
-  if constexpr (std::is_same_v<C, float>) {
-    for (int64_t r0 = 0; r0 < cols; r0 += 16) {
-      const int64_t g = std::clamp<int64_t>(rows - r0, 0, 16);
+  // float where the build has register transposes (simd.h's transpose_block: 16 x 16 with
+  // AVX-512, 8 x 8 with AVX2, as the backward's pack_keys uses them): kT rows at a time. A/B
+  // against 8-row runs (AVX-512, this Xeon): short d64 +8.5%, short causal +13%, long +0-3%. The
+  // groups run over all cols (a multiple of 2 vectors, so of kT), rows past the item's as zero
+  // rows, so the transposes write Q^T's padding columns too, instead of a fill per d (a memset
+  // call each: 7% of a 16-token sequence's item, perf, the Ice Lake Xeon of benchmarks/NOTES.md's
+  // fifteenth session).
+  constexpr int64_t kT = kTransposeRows;
+  constexpr bool kTransposed = std::is_same_v<C, float> && kT > 1;
+  if constexpr (kTransposed) {
+    for (int64_t r0 = 0; r0 < cols; r0 += kT) {
+      const int64_t g = std::clamp<int64_t>(rows - r0, 0, kT);
       C* blk = buf.row.data();
       for (int64_t r = 0; r < g; ++r)
         to_compute(Q + (q0 + i0 + r0 + r) * p.q_row_stride + h * p.q_head_stride, blk + r * D, D, qscale);
-      if (g < 16) std::fill(blk + g * D, blk + 16 * D, C(0));
+      if (g < kT) std::fill(blk + g * D, blk + kT * D, C(0));
       int64_t d0 = 0;
-      for (; d0 + 16 <= D; d0 += 16)
-        transpose16x16(blk + d0, D * int64_t(sizeof(C)), reinterpret_cast<uint32_t*>(qt + d0 * cols + r0), cols);
+      for (; d0 + kT <= D; d0 += kT)
+        transpose_block(blk + d0, D * int64_t(sizeof(C)), reinterpret_cast<uint32_t*>(qt + d0 * cols + r0), cols);
       for (int64_t d = d0; d < D; ++d)
-        for (int64_t r = 0; r < 16; ++r) qt[d * cols + r0 + r] = blk[r * D + d];
+        for (int64_t r = 0; r < kT; ++r) qt[d * cols + r0 + r] = blk[r * D + d];
     }
   } else
-#endif
   for (int64_t r0 = 0; r0 < rows; r0 += kGroup) {
     const int64_t g = std::min(kGroup, rows - r0);
     C* blk = buf.row.data();
@@ -145,9 +147,7 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
         for (int64_t r = 0; r < g; ++r) qt[d * cols + r0 + r] = blk[r * D + d];
     }
   }
-#if defined(__AVX512F__)
-  if constexpr (!std::is_same_v<C, float>)
-#endif
+  if constexpr (!kTransposed)
     for (int64_t d = 0; d < D; ++d) std::fill(qt + d * cols + rows, qt + (d + 1) * cols, C(0));
   std::fill(buf.o.begin(), buf.o.begin() + rows * Dv_pad, C(0));
   std::fill(buf.m.begin(), buf.m.begin() + cols, kNegInf);
