@@ -2,9 +2,9 @@
 # Kernel experiments in one GPU call: builds benchmarks/cuda/time_kernels once per variant (each a
 # set of compile-time switches, e.g. -DSCREE_SM90_BLOCK_N=176, and optionally another source tree,
 # e.g. an older commit's `git archive` carried in an excluded folder), in parallel, then times every
-# variant on the same card, one after another, so their numbers compare. Optionally runs the first
-# variant's CUDA gtest (AB_TEST=1: the kernels against the fp64 CPU oracle) and profiles the first
-# variant's kernel with Nsight Compute (PROFILE="workload name"). Writes OUTDIR/ab.txt (timings and
+# variant on the same card, one after another, so their numbers compare. Optionally profiles the first
+# variant's kernel with Nsight Compute (PROFILE="workload name") and then runs its CUDA gtest
+# (AB_TEST=1: the kernels against the fp64 CPU oracle). Writes OUTDIR/ab.txt (timings and
 # test result), OUTDIR/build-NAME.log, OUTDIR/ncu.txt (the sections) and OUTDIR/ncu_sass.csv (per
 # SASS instruction: executions and warp stall samples, to see where the warps wait).
 #
@@ -49,11 +49,6 @@ for name in "${names[@]}"; do
     tail -20 "$out/build-$name.log"
   fi
 done
-if [ "${AB_TEST:-}" = 1 ]; then
-  echo "== gtest ${names[0]}" | tee -a "$out/ab.txt"
-  timeout 300 "build/ab-${names[0]}/tests/cpp/scree_cuda_tests" 2>&1 | grep -E "^\[  (PASSED|FAILED) |FAILED|Failure" \
-    | head -30 | tee -a "$out/ab.txt"
-fi
 if [ -n "${PROFILE:-}" ] && command -v ncu >/dev/null; then
   timeout 240 ncu --clock-control none --kernel-name "regex:${PROFILE_KERNEL:-varlen_fwd_sm90}" --launch-skip 3 \
     --launch-count 1 --set full --import-source no -o "$out/prof" \
@@ -62,4 +57,9 @@ if [ -n "${PROFILE:-}" ] && command -v ncu >/dev/null; then
   ncu -i "$out/prof.ncu-rep" --page source --csv --print-source sass >"$out/ncu_sass.csv" 2>&1
   rm -f "$out/prof.ncu-rep"
   grep -E "Issue Slots|Eligible|No Eligible|Stall|stall|Warp Cycles|Duration|Tensor|Pipe" "$out/ncu.txt" | head -40
+fi
+if [ "${AB_TEST:-}" = 1 ]; then
+  echo "== gtest ${names[0]}" | tee -a "$out/ab.txt"
+  timeout 300 "build/ab-${names[0]}/tests/cpp/scree_cuda_tests" 2>&1 | grep -E "^\[  (PASSED|FAILED) |FAILED|Failure" \
+    | head -30 | tee -a "$out/ab.txt"
 fi
