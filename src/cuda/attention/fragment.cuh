@@ -63,16 +63,41 @@ __device__ __forceinline__ uint4 quad_transpose(uint32_t a0, uint32_t a1, uint32
   return hi ? make_uint4(f0, f1, e0, e1) : make_uint4(e0, e1, f0, f1);
 }
 
+// Whether rows of a tensor at ptr take 16-byte stores: the base and both strides in whole 8-element
+// (16-byte) units. Outputs are not required to be aligned, so the kernels check at run time.
+__device__ __forceinline__ bool rows_16b(const void* ptr, int64_t row_stride, int64_t head_stride) {
+  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && row_stride % 8 == 0 && head_stride % 8 == 0;
+}
+
 // Stores row r (0: lane / 4, 1: lane / 4 + 8) of a warp's m16 x 8DT accumulator fragment, times
 // mult, as T at dst (the row's first column; nothing is stored where `live` is false). `vector`
 // (warp-uniform: the quad's shuffles run in every lane or in none; dst 16-byte aligned; used where
-// DT % 4 == 0): each quad regroups the row into 16-byte chunks first, one store a chunk instead of four
-// 4-byte ones (the accumulator layout's 4-byte stores fill half of each 32-byte sector they touch).
-template <class T, int DT>
+// DT % 4 == 0): each quad regroups the row into 16-byte chunks first, one store a chunk instead of
+// four 4-byte ones (the accumulator layout's 4-byte stores fill half of each 32-byte sector they
+// touch). kOnePath: the chunks are formed either way and stored as four words where not `vector`,
+// so the code has one store scheme, not two under a branch: in the Hopper backward's epilogue the
+// branch made ptxas spill the consumers (~100 local memory operations instead of ~10), while in
+// the forward's epilogue the single path cost 2-3% at short lengths (H200).
+template <class T, int DT, bool kOnePath = false>
 __device__ __forceinline__ void store_fragment_row(T* dst, const float (&acc)[DT][4], int r, float mult, bool live,
                                                    bool vector) {
   const int q = threadIdx.x % 4;
   auto word = [&](int dt) { return pack2<T>(acc[dt][2 * r] * mult, acc[dt][2 * r + 1] * mult); };
+  auto chunks = [&](auto&& store) {
+#pragma unroll
+    for (int g = 0; g < DT / 4; ++g)
+      store(dst + (4 * g + q) * 8, quad_transpose(word(4 * g), word(4 * g + 1), word(4 * g + 2), word(4 * g + 3), q));
+  };
+  if constexpr (DT % 4 == 0 && kOnePath) {
+    chunks([&](T* chunk, const uint4& c) {
+      if (live && vector) *reinterpret_cast<uint4*>(chunk) = c;
+      if (live && !vector) {
+        uint32_t* w = reinterpret_cast<uint32_t*>(chunk);
+        w[0] = c.x, w[1] = c.y, w[2] = c.z, w[3] = c.w;
+      }
+    });
+    return;
+  }
   if constexpr (DT % 4 == 0) {  // 16-byte chunks take four 8-column tiles
     if (vector) {
 #pragma unroll

@@ -86,6 +86,18 @@ struct BwdTiles {
   static constexpr int kRowBox = kBlockM + 4;
 };
 
+// A key tile: its sequence, first key n0 (and keys in it), kv head, and the query blocks
+// [mb_begin, mb_end) that can see its keys; the steps walk them for each query head of the group.
+// A packed tile (sequences [first, end), end > first + 1): s spans its sequences (k_len its keys,
+// q_len its queries), n0 = 0, and every query block of the span is walked.
+struct BwdTile {
+  SeqTile s;
+  int n_tile, n0, hk;
+  int mb_begin, mb_blocks, steps;  // steps < 0: no tile is left (what the producer publishes last)
+  int64_t first, end;
+  __device__ __forceinline__ bool packed() const { return end - first > 1; }
+};
+
 template <int D>
 struct BwdSmem {
   using Tiles = BwdTiles<D>;
@@ -103,25 +115,13 @@ struct BwdSmem {
   uint64_t kv_full;   // the producer published a tile and its K, V are loading
   uint64_t kv_empty;  // the consumers are done with the tile's K, V (and its slot)
   MbarRing<Tiles::kStages> ring;
-  TileSlots tiles;
+  TileSlots<BwdTile> tiles;  // the producer's decoded tiles
   // A packed tile's sequence offsets, a copy per consumer warpgroup (one buffer suffices: the
   // producer publishes tile j + 1 only after every consumer thread arrived on kv_empty for tile j).
   PackedSeqs packed_seqs[2];
 };
 template <int D>
 inline constexpr int kBwdSmemBytes = smem_bytes<BwdSmem<D>>();
-
-// A key tile: its sequence, first key n0 (and keys in it), kv head, and the query blocks
-// [mb_begin, mb_end) that can see its keys; the steps walk them for each query head of the group.
-// A packed tile (sequences [first, end), end > first + 1): s spans its sequences (k_len its keys,
-// q_len its queries), n0 = 0, and every query block of the span is walked.
-struct BwdTile {
-  SeqTile s;
-  int n_tile, n0, hk;
-  int mb_begin, mb_blocks, steps;
-  int64_t first, end;
-  __device__ __forceinline__ bool packed() const { return end - first > 1; }
-};
 
 template <int kM, int kN>
 __device__ __forceinline__ bool bwd_tile_at(const VarlenBackwardParams& p, const TileOrder& order, int group, int64_t t,
@@ -203,10 +203,15 @@ __global__ void __launch_bounds__(384, 1)
   const int wg = warp_uniform(threadIdx.x / 128);
   if (wg == 0) {
     setmaxnreg_dec<24>();
-    if (threadIdx.x == 32 || threadIdx.x == 64) {
-      const int cw = threadIdx.x / 32 - 1;
-      dq_writer<kM, kN>(p, ws, &tm_dq, sm.dq[cw][0], sm.dq[cw][1], sm.dq_handover[cw], D <= 64 ? 64 * cw : 0,
-                        D <= 64 ? 0 : 64 * cw, deterministic, order.descending);
+    const int warp = warp_uniform(threadIdx.x / 32);
+    if (warp == 1 || warp == 2) {
+      // Warp-uniform, so the writer's shared-memory addresses sit in uniform registers: with the
+      // producer warpgroup's 24 registers they were spilled and reloaded in every turn of its
+      // mbarrier wait (10M local loads in one short d128 backward, ncu).
+      const int cw = warp - 1;
+      if (threadIdx.x % 32 == 0)
+        dq_writer<kM, kN>(p, ws, &tm_dq, sm.dq[cw][0], sm.dq[cw][1], sm.dq_handover[cw], D <= 64 ? 64 * cw : 0,
+                          D <= 64 ? 0 : 64 * cw, deterministic, order.descending);
     } else if (threadIdx.x == 0) {
       const TileCounter counter{&ws.header->tile_counter};
       PipelineState<kStages> qs = MbarRing<kStages>::producer_start();
@@ -217,9 +222,10 @@ __global__ void __launch_bounds__(384, 1)
         bool found = false;
         while (t < tiles && !(found = bwd_tile_at<kM, kN>(p, order, group, t, x))) t = counter.next();
         if (j > 0) mbar_wait(&sm.kv_empty, (j - 1) & 1);  // the previous tile's K, V (and slot) are free
-        sm.tiles.publish(j, found ? t : -1);
+        if (!found) x.steps = -1;
+        sm.tiles.publish(j, x);
         if (!found) {
-          mbar_arrive(&sm.kv_full);  // no bytes: the consumers read -1 and stop
+          mbar_arrive(&sm.kv_full);  // no bytes: the consumers read steps < 0 and stop
           break;
         }
         mbar_arrive_expect_tx(&sm.kv_full, 2 * Tiles::kKBytes);
@@ -237,6 +243,23 @@ __global__ void __launch_bounds__(384, 1)
           tma_load_slabs<D>(st.dout, Tiles::kSlabQ, &tm_do, h, qrow, bar);
           tma_load_2d(st.lse2, &tm_lse2, qrow & ~3, h, bar);
           tma_load_2d(st.delta, &tm_delta, qrow & ~3, h, bar);
+          // Once the ring is full (the next acquire waits for the consumers' steps): the next
+          // tile's K, V and first Q, dO into L2. Their loads into shared memory wait for this
+          // tile's last step; from device memory the consumers waited for them ~9% of their time
+          // at short lengths (H200, ncu: 16..512 tokens, d128).
+          if (step == min(x.steps, kStages) - 1) {
+            BwdTile y;
+            if (reserved < tiles && bwd_tile_at<kM, kN>(p, order, group, reserved, y)) {
+              const int yrow = int(y.s.k_start) + y.n0;
+              tma_prefetch_l2_slabs<D>(&tm_k, y.hk, yrow);
+              tma_prefetch_l2_slabs<D>(&tm_v, y.hk, yrow);
+              if (y.steps > 0) {
+                const int yq = int(y.s.q_start) + y.mb_begin * kM;
+                tma_prefetch_l2_slabs<D>(&tm_q, y.hk * group, yq);
+                tma_prefetch_l2_slabs<D>(&tm_do, y.hk * group, yq);
+              }
+            }
+          }
         }
       }
     }
@@ -294,24 +317,23 @@ __global__ void __launch_bounds__(384, 1)
     };
     // dq_direct: the dQ of a step straight into dq, the rows of the tile's own queries only (a
     // block's last rows may be the next tile's).
-    const bool dq_vector = reinterpret_cast<uintptr_t>(p.dq) % 16 == 0 && p.dq_row_stride % 8 == 0 &&
-                           p.dq_head_stride % 8 == 0;
+    const bool dq_vector = rows_16b(p.dq, p.dq_row_stride, p.dq_head_stride);
+    const bool dkv_vector =
+        rows_16b(p.dk, p.dk_row_stride, p.dk_head_stride) && rows_16b(p.dv, p.dv_row_stride, p.dv_head_stride);
     auto emit_dq = [&](const BwdTile& x, int h, int mb) {
       if (!dq_direct) return stage_dq(x, h, mb);
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int q = mb * kM + dq_row0 + 16 * warp + lane / 4 + 8 * r;  // in the tile's queries
         T* dst = static_cast<T*>(p.dq) + (x.s.q_start + q) * p.dq_row_stride + h * p.dq_head_stride + dq_col0;
-        store_fragment_row<T>(dst, dq, r, score.scale, q < x.s.q_len, dq_vector);
+        store_fragment_row<T, 8, true>(dst, dq, r, score.scale, q < x.s.q_len, dq_vector);
       }
     };
 
     for (int j = 0;; ++j) {
       mbar_wait(&sm.kv_full, j & 1);
-      const int64_t t = sm.tiles.read(j);
-      if (t < 0) break;
-      BwdTile x;
-      bwd_tile_at<kM, kN>(p, order, group, t, x);
+      const BwdTile x = sm.tiles.read(j);
+      if (x.steps < 0) break;
 #pragma unroll
       for (int i = 0; i < D / 8; ++i)
 #pragma unroll
@@ -319,8 +341,9 @@ __global__ void __launch_bounds__(384, 1)
 
       // This thread's two key rows and the queries that see each (in the sequence), as column
       // bounds relative to the thread's first column in a query block (query m0 + 2 quad).
-      int key[2];
-      QueryRange sees[2];
+      // (int: bounds within [0, q_len]; 64-bit ranges held over the steps cost registers the
+      // consumers do not have.)
+      int key[2], sees_lo[2], sees_hi[2];
       if (x.packed()) {  // (uniform: every thread holds the same tile)
         stage_packed_seqs(p, x.first, x.end, x.s.q_start, x.s.k_start, tid, sm.packed_seqs[cw]);
         named_sync(NamedBarrier::kBwdPackedSeqs0 + cw, 128);
@@ -328,16 +351,18 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         key[r] = 64 * cw + 16 * warp + lane / 4 + 8 * r;
-        sees[r] = !x.packed()            ? visible_queries(p, x.n0 + key[r], x.n0 + key[r] + 1, x.s.q_len, x.s.k_len)
-                  : key[r] < x.s.k_len ? packed_key_queries(p, sm.packed_seqs[cw], int(x.end - x.first), key[r])
-                                       : QueryRange{0, 0};
+        const QueryRange sees = !x.packed() ? visible_queries(p, x.n0 + key[r], x.n0 + key[r] + 1, x.s.q_len, x.s.k_len)
+                                : key[r] < x.s.k_len
+                                    ? packed_key_queries(p, sm.packed_seqs[cw], int(x.end - x.first), key[r])
+                                    : QueryRange{0, 0};
+        sees_lo[r] = int(sees.lo), sees_hi[r] = int(sees.hi);
       }
       // A query block needs no mask when every key of the tile is in the sequence and every query
       // of the block sees every key: the bounds grow with the key, so the first key's upper and
       // the last key's lower bound decide. A packed tile is always masked.
       const bool keys_full = !x.packed() && x.n0 + kN <= x.s.k_len;
-      const QueryRange first_key = visible_queries(p, x.n0, x.n0 + 1, x.s.q_len, x.s.k_len);
-      const QueryRange last_key = visible_queries(p, x.n0 + kN - 1, x.n0 + kN, x.s.q_len, x.s.k_len);
+      const int full_lo = int(visible_queries(p, x.n0 + kN - 1, x.n0 + kN, x.s.q_len, x.s.k_len).lo);
+      const int full_hi = int(visible_queries(p, x.n0, x.n0 + 1, x.s.q_len, x.s.k_len).hi);
 
       int h = 0, mb = 0;  // the step whose dQ is in flight
       for (int step = 0; step < x.steps; ++step, ++step_count) {
@@ -348,7 +373,7 @@ __global__ void __launch_bounds__(384, 1)
         h = step == 0 ? x.hk * group : h + int(next_head);
         mb = step == 0 || next_head ? x.mb_begin : mb + 1;
         const int m0 = mb * kM;
-        const bool full = keys_full && last_key.lo <= m0 && first_key.hi >= m0 + kM;
+        const bool full = keys_full && full_lo <= m0 && full_hi >= m0 + kM;
         typename Smem::Stage& st = sm.stage[qs.index];
 
         // This step's S^T queues behind the last step's dQ. Once both are done, the dQ is staged and
@@ -367,7 +392,7 @@ __global__ void __launch_bounds__(384, 1)
         // With a softcap dS needs the capped score, so both come in one pass after dP^T.
         int lo[2], hi[2];
 #pragma unroll
-        for (int r = 0; r < 2; ++r) lo[r] = int(sees[r].lo) - m0 - 2 * quad, hi[r] = int(sees[r].hi) - m0 - 2 * quad;
+        for (int r = 0; r < 2; ++r) lo[r] = sees_lo[r] - m0 - 2 * quad, hi[r] = sees_hi[r] - m0 - 2 * quad;
         const int row_off = int((x.s.q_start + m0) & 3) + 2 * quad;  // see BwdTiles::kRowBox
         const float* lse2 = st.lse2 + row_off;
         const float* delta = st.delta + row_off;
@@ -500,18 +525,16 @@ __global__ void __launch_bounds__(384, 1)
       if (x.steps > 0) emit_dq(x, h, mb);
       mbar_arrive(&sm.kv_empty);  // the last dQ product was the last read of K (and of V before it)
 
-      // dK (times the score scale, left out of dS) and dV of this thread's two key rows.
+      // dK (times the score scale, left out of dS) and dV of this thread's two key rows, 16 bytes a
+      // store where the strides allow (the fragment's 4-byte stores fill half of each sector).
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        if (x.n0 + key[r] >= x.s.k_len) continue;
+        const bool live = x.n0 + key[r] < x.s.k_len;
         const int64_t tok = x.s.k_start + x.n0 + key[r];
-        T* gk = static_cast<T*>(p.dk) + tok * p.dk_row_stride + x.hk * p.dk_head_stride + 2 * quad;
-        T* gv = static_cast<T*>(p.dv) + tok * p.dv_row_stride + x.hk * p.dv_head_stride + 2 * quad;
-#pragma unroll
-        for (int dt = 0; dt < D / 8; ++dt) {
-          *reinterpret_cast<uint32_t*>(gk + dt * 8) = pack2<T>(dk[dt][2 * r] * score.scale, dk[dt][2 * r + 1] * score.scale);
-          *reinterpret_cast<uint32_t*>(gv + dt * 8) = pack2<T>(dv[dt][2 * r], dv[dt][2 * r + 1]);
-        }
+        T* gk = static_cast<T*>(p.dk) + tok * p.dk_row_stride + x.hk * p.dk_head_stride;
+        T* gv = static_cast<T*>(p.dv) + tok * p.dv_row_stride + x.hk * p.dv_head_stride;
+        store_fragment_row<T, D / 8, true>(gk, dk, r, score.scale, live, dkv_vector);
+        store_fragment_row<T, D / 8, true>(gv, dv, r, 1.f, live, dkv_vector);
       }
     }
     dq_wait_free(ho, free_parity);  // the writer's last job is done: end it

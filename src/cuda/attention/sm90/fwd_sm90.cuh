@@ -94,7 +94,7 @@ struct FwdSmem {
   uint64_t q_full;   // the producer published a tile and its Q is loading
   uint64_t q_empty;  // the consumers are done reading the Q tile (and its slot)
   MbarRing<kStages> ring;
-  TileSlots tiles;
+  TileSlots<> tiles;
   long long producer_tile[2];  // KvSource::kPagesCopy: the next tile, for the producer's four warps
   FwdTile tile[2];             // tile j's geometry in slot j % 2, as the producer computed it
 };

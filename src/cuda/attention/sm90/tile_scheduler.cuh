@@ -89,12 +89,14 @@ struct TileCounter {
 };
 
 // The producer's tile j reaches the consumers in slot j % 2 (the other slot may still be read by
-// consumers finishing tile j - 1); -1 means no tile is left. Written before an mbarrier arrive
-// (release) that the consumers wait on (acquire).
+// consumers finishing tile j - 1): its index (-1: no tile is left), or the tile decoded (the
+// backward: the consumers then skip the order's 64-bit divisions and the offsets' global loads).
+// Written before an mbarrier arrive (release) that the consumers wait on (acquire).
+template <class Tile = int64_t>
 struct TileSlots {
-  int64_t slot[2];
-  __device__ __forceinline__ void publish(int j, int64_t t) { slot[j & 1] = t; }
-  __device__ __forceinline__ int64_t read(int j) const { return slot[j & 1]; }
+  Tile slot[2];
+  __device__ __forceinline__ void publish(int j, const Tile& t) { slot[j & 1] = t; }
+  __device__ __forceinline__ Tile read(int j) const { return slot[j & 1]; }
 };
 
 }  // namespace scree::cuda_attention::sm90

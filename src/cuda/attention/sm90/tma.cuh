@@ -133,6 +133,15 @@ __device__ __forceinline__ void tma_reduce_add_3d(const CUtensorMap* map, const 
       : "memory");
 }
 
+// A box of a rank-3 tensor map into L2 only (no shared memory, no barrier): a later load of it
+// then reads L2 instead of device memory.
+__device__ __forceinline__ void tma_prefetch_l2_3d(const CUtensorMap* map, int c0, int c1, int c2) {
+  asm volatile("cp.async.bulk.prefetch.tensor.3d.L2.global.tile [%0, {%1, %2, %3}];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(c0), "r"(c1), "r"(c2)
+               : "memory");
+}
+
 // The D / 64 slabs (64 columns each) of one box of a tensor_map_3d map: slab s lands at
 // smem + s * slab_bytes.
 template <int D>
@@ -140,6 +149,12 @@ __device__ __forceinline__ void tma_load_slabs(char* smem, int slab_bytes, const
                                                uint64_t* bar) {
 #pragma unroll
   for (int s = 0; s < D / 64; ++s) tma_load_3d(smem + s * slab_bytes, map, s * 64, head, row, bar);
+}
+
+template <int D>
+__device__ __forceinline__ void tma_prefetch_l2_slabs(const CUtensorMap* map, int head, int row) {
+#pragma unroll
+  for (int s = 0; s < D / 64; ++s) tma_prefetch_l2_3d(map, s * 64, head, row);
 }
 
 }  // namespace scree::cuda_attention::sm90
