@@ -3,9 +3,11 @@
 // A persistent grid works through key tiles (sequence, 128 keys, kv head) longest first; each CTA
 // keeps its tile's K and V in shared memory and walks every (query head of the GQA group, query
 // block) that sees them, so dK and dV of the whole group are summed in registers (no atomics):
-//  - producer (warpgroup 0, 24 registers): one thread loads K, V once per tile and Q, dO, lse, delta
-//    of each query block into a 2-stage ring (TMA, transaction-counted mbarriers); lane 0 of warps
-//    1 and 2 are the dQ writers of consumers 0 and 1 (dq_writer.cuh);
+//  - producer (warpgroup 0, 24 registers): one thread publishes each tile decoded (the consumers
+//    do no index math of the order), loads its K and V once (separate barriers: V lands while the
+//    first S^T runs) and Q, dO, lse, delta of each query block into a 2-stage ring (TMA,
+//    transaction-counted mbarriers), and prefetches the next tile's K, V, Q, dO into L2; lane 0 of
+//    warps 1 and 2 are the dQ writers of consumers 0 and 1 (dq_writer.cuh);
 //  - two consumers (warpgroups 1, 2, 240 registers), 64 keys each, per query block (a step):
 //      S^T = K Q^T and dP^T = V dO^T (wgmma, both operands from shared memory),
 //      P^T = exp2(S^T log2(e) scale - lse2), dS^T = P^T (dP^T - delta) [(1 - tanh^2) with softcap],
@@ -15,6 +17,7 @@
 //      fp32 accumulator in global memory by TMA reduce-adds (two 64 x 32 boxes).
 //    Software pipelined: a step's S^T is issued behind the last step's dQ, which is staged once
 //    both are done, while dP^T runs; each consumer waits once a step for the other's half of dS^T.
+//    After a tile's last step, dK and dV leave through shared memory (staged_rows.cuh).
 // The score scale is left out of dS (one multiply less per score): dK is scaled in the epilogue,
 // dQ by the postprocess. Deterministic mode orders the dQ additions of the key tiles of one query
 // block by the schedule (dq_writer.cuh: a per-block counter in global memory, waited on and
@@ -51,6 +54,7 @@
 #include "named_barrier.cuh"
 #include "pipeline.cuh"
 #include "ptx.cuh"
+#include "staged_rows.cuh"
 #include "tile_packing.cuh"
 #include "tile_scheduler.cuh"
 #include "tma.cuh"
@@ -112,7 +116,8 @@ struct BwdSmem {
   alignas(1024) char ds[2][Tiles::kBlockM / 64][Tiles::kSlabDs];  // dS^T, two buffers of 64-query slabs
   alignas(1024) char dq[2][2][Tiles::kDqBoxBytes];                // [warpgroup][box]
   DqHandover dq_handover[2];                                      // [warpgroup], with its writer
-  uint64_t kv_full;   // the producer published a tile and its K, V are loading
+  uint64_t kv_full;   // the producer published a tile and its K is loading
+  uint64_t v_full;    // the tile's V is loading (waited for before the first dP^T: it lands under S^T)
   uint64_t kv_empty;  // the consumers are done with the tile's K, V (and its slot)
   MbarRing<Tiles::kStages> ring;
   TileSlots<BwdTile> tiles;  // the producer's decoded tiles
@@ -175,6 +180,7 @@ __global__ void __launch_bounds__(384, 1)
 
   if (threadIdx.x == 0) {
     mbar_init(&sm.kv_full, 1);
+    mbar_init(&sm.v_full, 1);
     mbar_init(&sm.kv_empty, 256);
     sm.dq_handover[0].init(), sm.dq_handover[1].init();
     sm.ring.init(256);
@@ -228,10 +234,11 @@ __global__ void __launch_bounds__(384, 1)
           mbar_arrive(&sm.kv_full);  // no bytes: the consumers read steps < 0 and stop
           break;
         }
-        mbar_arrive_expect_tx(&sm.kv_full, 2 * Tiles::kKBytes);
         const int krow = int(x.s.k_start) + x.n0;
+        mbar_arrive_expect_tx(&sm.kv_full, Tiles::kKBytes);
         tma_load_slabs<D>(sm.k, Tiles::kSlabK, &tm_k, x.hk, krow, &sm.kv_full);
-        tma_load_slabs<D>(sm.v, Tiles::kSlabK, &tm_v, x.hk, krow, &sm.kv_full);
+        mbar_arrive_expect_tx(&sm.v_full, Tiles::kKBytes);
+        tma_load_slabs<D>(sm.v, Tiles::kSlabK, &tm_v, x.hk, krow, &sm.v_full);
         reserved = counter.next();  // the next tile's round trip overlaps this tile's loads
         for (int step = 0; step < x.steps; ++step, qs.advance()) {
           const int h = x.hk * group + step / x.mb_blocks;
@@ -386,6 +393,7 @@ __global__ void __launch_bounds__(384, 1)
         fence_regs(sacc);
         fence_regs(dq);
         if (step > 0) emit_dq(x, h_prev, mb_prev);
+        mbar_wait(&sm.v_full, j & 1);  // passes at once after the tile's first step
         issue_dp();
 
         // P^T and dS^T, elementwise: element (j, e) is key key[e / 2], query m0 + 8 j + 2 quad + e % 2.
@@ -523,18 +531,23 @@ __global__ void __launch_bounds__(384, 1)
       wgmma_wait<0>();  // unconditional: a wait under a branch also serialises every product (C7518)
       fence_regs(dq);
       if (x.steps > 0) emit_dq(x, h, mb);
+      // A tile without steps never waited for its V: its phase of v_full must complete before the
+      // producer may start the next one's (a phase skipped would let the next wait pass early).
+      mbar_wait(&sm.v_full, j & 1);
       mbar_arrive(&sm.kv_empty);  // the last dQ product was the last read of K (and of V before it)
 
-      // dK (times the score scale, left out of dS) and dV of this thread's two key rows, 16 bytes a
-      // store where the strides allow (the fragment's 4-byte stores fill half of each sector).
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const bool live = x.n0 + key[r] < x.s.k_len;
-        const int64_t tok = x.s.k_start + x.n0 + key[r];
+      // dK (times the score scale, left out of dS) and dV of this warp's 16 key rows, through this
+      // warpgroup's rows of the dS^T buffer the next step will write (staged_rows.cuh): its last
+      // readers, both warpgroups' dQ products of two steps ago, are done (the other warpgroup
+      // finished them before it wrote its half of the last step's dS^T, which this one waited for).
+      {
+        char* stage = sm.ds[step_count & 1][0] + (64 * cw + 16 * warp) * 128;
+        const int row0 = x.n0 + 64 * cw + 16 * warp;
+        const int64_t tok = x.s.k_start + row0;
         T* gk = static_cast<T*>(p.dk) + tok * p.dk_row_stride + x.hk * p.dk_head_stride;
         T* gv = static_cast<T*>(p.dv) + tok * p.dv_row_stride + x.hk * p.dv_head_stride;
-        store_fragment_row<T, D / 8, true>(gk, dk, r, score.scale, live, dkv_vector);
-        store_fragment_row<T, D / 8, true>(gv, dv, r, 1.f, live, dkv_vector);
+        store_rows_staged<T>(dk, score.scale, stage, gk, p.dk_row_stride, x.s.k_len - row0, dkv_vector);
+        store_rows_staged<T>(dv, 1.f, stage, gv, p.dv_row_stride, x.s.k_len - row0, dkv_vector);
       }
     }
     dq_wait_free(ho, free_parity);  // the writer's last job is done: end it
