@@ -75,9 +75,9 @@ __device__ __forceinline__ bool rows_16b(const void* ptr, int64_t row_stride, in
 // DT % 4 == 0): each quad regroups the row into 16-byte chunks first, one store a chunk instead of
 // four 4-byte ones (the accumulator layout's 4-byte stores fill half of each 32-byte sector they
 // touch). kOnePath: the chunks are formed either way and stored as four words where not `vector`,
-// so the code has one store scheme, not two under a branch: in the Hopper backward's epilogue the
-// branch made ptxas spill the consumers (~100 local memory operations instead of ~10), while in
-// the forward's epilogue the single path cost 2-3% at short lengths (H200).
+// so the code has one store scheme, not two under a branch: in the Hopper backward (dq stored from
+// the step loop) the branch made ptxas spill the consumers (~100 local memory operations instead
+// of a few), while in the forward's epilogue the single path cost 2-3% at short lengths (H200).
 template <class T, int DT, bool kOnePath = false>
 __device__ __forceinline__ void store_fragment_row(T* dst, const float (&acc)[DT][4], int r, float mult, bool live,
                                                    bool vector) {
