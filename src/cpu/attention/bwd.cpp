@@ -185,7 +185,7 @@ void pack_keys(const Plan<T>& plan, const Sequence& s, int64_t kb, int64_t n, in
   // float with AVX-512 (16) or AVX2 (8); one key at a time, scalar, otherwise. A scalar store a
   // line apart per element was ~16% of a 4 x 16-token backward's items (perf, this Xeon). Rows
   // past n in the last group (stale) land in the padding columns [n, n_pad), zeroed below; n_pad
-  // is a multiple of two vectors, so the group fits.
+  // is a multiple of the vector width (kT keys), so the group fits.
   constexpr int64_t kT = std::is_same_v<C, float> ? kTransposeRows : 1;
   const int64_t Dv_pad = plan.Dv_pad;
   for (int64_t c0 = 0; c0 < n; c0 += kT) {
@@ -258,7 +258,7 @@ void softmax_stats(Plan<T>& plan, std::vector<Buffers<T>>& buffers) {
     std::fill(mx, mx + m, kNegInf);
     const KeyRange first = visible_keys(p, i0, s.Lq, s.Lk), last = visible_keys(p, i0 + m - 1, s.Lq, s.Lk);
     for (int64_t kb = first.lo; kb < last.hi; kb += kBlockK) {
-      const int64_t n = std::min(kBlockK, last.hi - kb), n_pad = round_up(n, 2 * W);
+      const int64_t n = std::min(kBlockK, last.hi - kb), n_pad = round_up(n, W);  // whole vectors (gemm.h)
       pack_keys(plan, s, kb, n, n_pad, h / plan.G, buf, false);
       C* S = buf.s.data();
       gemm<C>(m, n_pad, D, q, D_pad, buf.kt.data(), n_pad, S, n_pad, false);
@@ -310,7 +310,9 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
 
   for (int64_t j = ch.kb_begin; j < ch.kb_end; ++j) {
     const KeyBlock& blk = plan.blocks[s.first_block + j];
-    const int64_t kb = j * kBlockK, n = std::min(kBlockK, Lk - kb), n_pad = round_up(n, 2 * W);
+    // Key columns padded to whole vectors, not pairs (gemm.h's last panel may be one vector wide):
+    // a 16-key block computes 16 columns, not 32 (AVX-512 fp32).
+    const int64_t kb = j * kBlockK, n = std::min(kBlockK, Lk - kb), n_pad = round_up(n, W);
     pack_keys(plan, s, kb, n, n_pad, kvh, buf, true);
     std::fill(buf.dk.begin(), buf.dk.begin() + n * D_pad, C(0));
     std::fill(buf.dv.begin(), buf.dv.begin() + n * Dv_pad, C(0));
@@ -327,10 +329,10 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
         // rounded down to the GEMM's column granularity. Near a causal diagonal or inside a
         // window this skips the fully masked part of the block (exact: those P and dS are 0).
         const KeyRange first = visible_keys(p, i0, Lq, Lk), last = visible_keys(p, i0 + m - 1, Lq, Lk);
-        const int64_t c0 = std::clamp<int64_t>(first.lo - kb, 0, n) / (2 * W) * (2 * W);
+        const int64_t c0 = std::clamp<int64_t>(first.lo - kb, 0, n) / W * W;
         const int64_t c1 = std::clamp<int64_t>(last.hi - kb, 0, n);
         if (c1 <= c0) continue;
-        const int64_t w = round_up(c1 - c0, 2 * W), wk = std::min(w, n - c0);  // padded width, keys
+        const int64_t w = round_up(c1 - c0, W), wk = std::min(w, n - c0);  // padded width, keys
         const bool full = last.lo <= kb && kb + n <= first.hi;
         C* S = buf.s.data();
         C* dP = buf.dp.data();

@@ -90,7 +90,9 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   const int64_t D = p.head_dim, Dv = p.head_dim_v, Dv_pad = round_up(Dv, 2 * W);
   const ItemGeometry g(p, item, block_rows(p));
   const int64_t h = g.h, q0 = g.q0, i0 = g.i0, rows = g.rows, Lq = g.Lq, Lk = g.Lk;
-  const int64_t cols = round_up(rows, 2 * W);  // query columns of S^T, zero-padded
+  // Query columns of S^T, zero-padded to whole vectors (gemm's last column panel may be one vector
+  // wide): a 16-row item computes 16 columns, not 32 (AVX-512 fp32).
+  const int64_t cols = round_up(rows, W);
   const bool capped = p.softcap > 0.0;
   const C cap = C(p.softcap);
   const bool band = attention::banded(p);
@@ -247,7 +249,8 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
       const V alpha = vexp<C>(m_old - shift);  // 0 on a column's first visible block
       store<C>(buf.l.data() + c, load<C>(buf.l.data() + c) * alpha + sum);
       store<C>(buf.m.data() + c, m_new);
-      for (int64_t w = 0; w < W && c + w < rows; ++w) {
+      // (The item's first block finds O zero: nothing to rescale.)
+      for (int64_t w = 0; w < W && c + w < rows && kb != first.lo; ++w) {
         const C a = alpha[w];
         if (a != C(1)) {
           C* orow = buf.o.data() + (c + w) * Dv_pad;

@@ -6,7 +6,8 @@
 // (Q^T or V, packed or dense) is re-read from L1/L2; with the panels outermost (B's panel kept in
 // L1) the fp32 forward was 1-4% slower (D 64: 3-4%), the backward -3..+13% (interleaved A/B, this
 // Xeon, benchmarks/NOTES.md issue 20 step 7).
-// N must be a multiple of 2 * width (callers pad their packed buffers with zeros).
+// N must be a multiple of the width (callers pad their packed buffers with zeros); panels are two
+// vectors wide, the last one one vector where N is an odd multiple.
 #pragma once
 
 #include "isa.h"
@@ -18,34 +19,42 @@
 SCREE_CPU_NAMESPACE_BEGIN
 
 // Always inlined: an out-of-line call per 6x16 tile spilled the accumulators in its epilogue and
-// cost a measurable share at K = 64..128 (benchmarks/NOTES.md).
-template <class T, int R, bool A_T>
+// cost a measurable share at K = 64..128 (benchmarks/NOTES.md). NV: vectors per row of the tile (2;
+// 1 for a last column panel one vector wide).
+template <class T, int R, bool A_T, int NV = 2>
 __attribute__((always_inline)) inline void gemm_tile(const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, int64_t K,
                       bool accumulate, T* col_max) {
   using V = vec_t<T>;
   constexpr int W = Simd<T>::width;
+  static_assert(NV == 1 || NV == 2, "one or two vectors a row");
   V c0[R], c1[R];
   for (int r = 0; r < R; ++r) {
     c0[r] = accumulate ? load<T>(C + r * ldc) : V{};
-    c1[r] = accumulate ? load<T>(C + r * ldc + W) : V{};
+    if constexpr (NV == 2) c1[r] = accumulate ? load<T>(C + r * ldc + W) : V{};
   }
   for (int64_t k = 0; k < K; ++k) {
-    const V b0 = load<T>(B + k * ldb), b1 = load<T>(B + k * ldb + W);
+    const V b0 = load<T>(B + k * ldb);
+    V b1{};
+    if constexpr (NV == 2) b1 = load<T>(B + k * ldb + W);
     for (int r = 0; r < R; ++r) {
       const T a = A_T ? A[k * lda + r] : A[r * lda + k];
       c0[r] += a * b0;
-      c1[r] += a * b1;
+      if constexpr (NV == 2) c1[r] += a * b1;
     }
   }
   for (int r = 0; r < R; ++r) {
     store<T>(C + r * ldc, c0[r]);
-    store<T>(C + r * ldc + W, c1[r]);
+    if constexpr (NV == 2) store<T>(C + r * ldc + W, c1[r]);
   }
   if (col_max != nullptr) {  // the tile's column maxima, from the registers
-    V m0 = c0[0], m1 = c1[0];
-    for (int r = 1; r < R; ++r) m0 = vmax<T>(m0, c0[r]), m1 = vmax<T>(m1, c1[r]);
+    V m0 = c0[0];
+    for (int r = 1; r < R; ++r) m0 = vmax<T>(m0, c0[r]);
     store<T>(col_max, vmax<T>(load<T>(col_max), m0));
-    store<T>(col_max + W, vmax<T>(load<T>(col_max + W), m1));
+    if constexpr (NV == 2) {
+      V m1 = c1[0];
+      for (int r = 1; r < R; ++r) m1 = vmax<T>(m1, c1[r]);
+      store<T>(col_max + W, vmax<T>(load<T>(col_max + W), m1));
+    }
   }
 }
 
@@ -54,12 +63,12 @@ __attribute__((always_inline)) inline void gemm_tile(const T* A, int64_t lda, co
 inline constexpr int kTileRows = kVectorBytes == 64 ? 12 : 6;
 
 // The rows left below a whole tile (1 .. R - 1), one instantiation each.
-template <class T, int R, bool A_T>
+template <class T, int R, bool A_T, int NV = 2>
 __attribute__((always_inline)) inline void gemm_rest(int64_t rows, const T* A, int64_t lda, const T* B, int64_t ldb,
                                                      T* C, int64_t ldc, int64_t K, bool accumulate, T* col_max) {
   if constexpr (R > 0) {
-    if (rows == R) return gemm_tile<T, R, A_T>(A, lda, B, ldb, C, ldc, K, accumulate, col_max);
-    gemm_rest<T, R - 1, A_T>(rows, A, lda, B, ldb, C, ldc, K, accumulate, col_max);
+    if (rows == R) return gemm_tile<T, R, A_T, NV>(A, lda, B, ldb, C, ldc, K, accumulate, col_max);
+    gemm_rest<T, R - 1, A_T, NV>(rows, A, lda, B, ldb, C, ldc, K, accumulate, col_max);
   }
 }
 
@@ -68,15 +77,23 @@ __attribute__((always_inline)) inline void gemm_rest(int64_t rows, const T* A, i
 template <class T, bool A_T = false>
 void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
           bool accumulate, T* col_max = nullptr) {
-  constexpr int W2 = 2 * Simd<T>::width;
+  constexpr int W = Simd<T>::width, W2 = 2 * W;
+  const int64_t N2 = N / W2 * W2;  // two-vector panels; a last one-vector panel where N % W2 == W
+  auto cm = [&](int64_t j) { return col_max == nullptr ? nullptr : col_max + j; };
   int64_t i = 0;
-  for (; i + kTileRows <= M; i += kTileRows)
-    for (int64_t j = 0; j < N; j += W2)
-      gemm_tile<T, kTileRows, A_T>(A + (A_T ? i : i * lda), lda, B + j, ldb, C + i * ldc + j, ldc, K, accumulate,
-                                   col_max == nullptr ? nullptr : col_max + j);
-  for (int64_t j = 0; j < N; j += W2)
+  for (; i + kTileRows <= M; i += kTileRows) {
+    for (int64_t j = 0; j < N2; j += W2)
+      gemm_tile<T, kTileRows, A_T>(A + (A_T ? i : i * lda), lda, B + j, ldb, C + i * ldc + j, ldc, K, accumulate, cm(j));
+    if (N2 < N)
+      gemm_tile<T, kTileRows, A_T, 1>(A + (A_T ? i : i * lda), lda, B + N2, ldb, C + i * ldc + N2, ldc, K, accumulate,
+                                      cm(N2));
+  }
+  for (int64_t j = 0; j < N2; j += W2)
     gemm_rest<T, kTileRows - 1, A_T>(M - i, A + (A_T ? i : i * lda), lda, B + j, ldb, C + i * ldc + j, ldc, K,
-                                      accumulate, col_max == nullptr ? nullptr : col_max + j);
+                                      accumulate, cm(j));
+  if (N2 < N)
+    gemm_rest<T, kTileRows - 1, A_T, 1>(M - i, A + (A_T ? i : i * lda), lda, B + N2, ldb, C + i * ldc + N2, ldc, K,
+                                         accumulate, cm(N2));
 }
 
 // A masked block's products skip the register tiles that only meet masked scores (keys a tile's
@@ -89,15 +106,22 @@ void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, 
 template <class T>
 void gemm_panel_rows(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                      int64_t ldc, const int64_t* row_lo, const int64_t* row_hi) {
-  constexpr int W2 = 2 * Simd<T>::width;
+  constexpr int W = Simd<T>::width, W2 = 2 * W;
+  const int64_t N2 = N / W2 * W2;  // as gemm: a last one-vector panel where N % W2 == W
   int64_t i = 0;
-  for (; i + kTileRows <= M; i += kTileRows)
-    for (int64_t j = 0; j < N; j += W2)
+  for (; i + kTileRows <= M; i += kTileRows) {
+    for (int64_t j = 0; j < N2; j += W2)
       if (i < row_hi[j / W2] && i + kTileRows > row_lo[j / W2])
         gemm_tile<T, kTileRows, false>(A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc, K, false, nullptr);
-  for (int64_t j = 0; j < N; j += W2)
+    if (N2 < N && i < row_hi[N2 / W2] && i + kTileRows > row_lo[N2 / W2])
+      gemm_tile<T, kTileRows, false, 1>(A + i * lda, lda, B + N2, ldb, C + i * ldc + N2, ldc, K, false, nullptr);
+  }
+  for (int64_t j = 0; j < N2; j += W2)
     if (i < M && i < row_hi[j / W2] && M > row_lo[j / W2])
       gemm_rest<T, kTileRows - 1, false>(M - i, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc, K, false, nullptr);
+  if (N2 < N && i < M && i < row_hi[N2 / W2] && M > row_lo[N2 / W2])
+    gemm_rest<T, kTileRows - 1, false, 1>(M - i, A + i * lda, lda, B + N2, ldb, C + i * ldc + N2, ldc, K, false,
+                                          nullptr);
 }
 
 // The union of rows [i, i + rows)'s ranges [lo_r - k0, hi_r - k0), within [0, n): [lo, hi).
@@ -114,13 +138,17 @@ inline void band_union(const int64_t* lo_r, const int64_t* hi_r, int64_t i, int6
 template <class T>
 void gemm_rows_cols(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
                     int64_t ldc, const int64_t* c_lo, const int64_t* c_hi) {
-  constexpr int W2 = 2 * Simd<T>::width;
+  constexpr int W2 = 2 * Simd<T>::width;  // N: a multiple of the width
   for (int64_t i = 0; i < M; i += kTileRows) {
     const int64_t rows = M - i < kTileRows ? M - i : kTileRows;
     int64_t lo, hi;
     band_union(c_lo, c_hi, i, rows, 0, N, lo, hi);
-    for (int64_t j = lo / W2 * W2; j < hi; j += W2)
-      gemm_rest<T, kTileRows, false>(rows, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc, K, false, nullptr);
+    for (int64_t j = lo / W2 * W2; j < hi; j += W2) {
+      if (j + W2 <= N)
+        gemm_rest<T, kTileRows, false>(rows, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc, K, false, nullptr);
+      else  // as gemm: a last one-vector panel where N % W2 == W
+        gemm_rest<T, kTileRows, false, 1>(rows, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc, K, false, nullptr);
+    }
   }
 }
 
