@@ -98,6 +98,8 @@ __device__ __forceinline__ void store_fragment_row(T* dst, const float (&acc)[DT
     });
     return;
   }
+  // (Written out, not through `chunks`: with the lambda nvcc schedules the forward's epilogue and
+  // the backward's consumers differently, 5 spills instead of 2 there; compared in the SASS.)
   if constexpr (DT % 4 == 0) {  // 16-byte chunks take four 8-column tiles
     if (vector) {
 #pragma unroll
