@@ -178,48 +178,30 @@ __global__ void __launch_bounds__(384, 1)
       const bool leader = threadIdx.x == 0;
       const TileCounter counter{tile_counter};
       int calls = 0;
-      // A tile index is claimed (the leader's atomic) and then shared (the same index in every
-      // thread): the shuffle waits for the atomic's round trip (~1 us), and the index it returns
-      // is warp-uniform, which the TMA instructions need (a per-lane index wrapped each of them in
-      // a loop and cost the producer's 40 registers a spill).
-      auto claim = [&] { return leader ? counter.claim() : 0ull; };
-      auto share = [&](unsigned long long n) {
+      auto next_tile = [&] {  // the leader's atomic, the same index in every thread
+        long long n = 0;
+        if (leader) n = counter.next();
         if constexpr (kCopy) {  // four warps: through shared memory, a slot per parity of the call
-          if (leader) sm.producer_tile[calls & 1] = (long long)n;
+          if (leader) sm.producer_tile[calls & 1] = n;
           named_sync(NamedBarrier::kFwdProducerTile, 128);
-          n = (unsigned long long)sm.producer_tile[calls & 1];
+          n = sm.producer_tile[calls & 1];
           ++calls;
         } else {
           n = __shfl_sync(kMask, n, 0);
         }
-        return counter.index(n);
+        return int64_t(n);
       };
       PipelineState<kStages> kv = MbarRing<kStages>::producer_start();
       [[maybe_unused]] const PagedCopyMode mode = kCopy ? PagedCopyMode::of(p, D) : PagedCopyMode{};
-      int64_t t = counter.first();
-      unsigned long long reserved = 0;
+      int64_t t = counter.first(), reserved = 0;
       for (int j = 0;; ++j) {
-        if (j > 0) t = share(reserved);
+        if (j > 0) t = reserved;
         Tile x;
         bool found = false;
-        while (t < tiles && !(found = tile_at(t, x))) t = share(claim());
+        while (t < tiles && !(found = tile_at(t, x))) t = next_tile();
         // Tile j's geometry into slot j % 2 before waiting for the consumers: they read that slot
         // last at the start of tile j - 2, whose products all finished (q_empty, waited at tile j - 1).
         if (found && leader) sm.tile[j & 1] = x;
-        const int qrow = found ? int(x.s.q_start + x.m0) : 0;
-        if (!kCopy && j > 0 && found && leader) {
-          // Tile j's Q and first key blocks into L2 while tile j - 1 still runs: its Q load waits
-          // for that tile's last S, and a tiny tile (1..64-token sequences: 1-2 key blocks) ends
-          // only ~1 us after it, about one device-memory round trip. (Not over pages by cp.async:
-          // there it cost the producer's 56 registers a spill.)
-          tma_prefetch_l2_slabs<D>(&tm_q, x.h, qrow);
-          if constexpr (!kPaged) {
-            for (int nb = x.kb.begin; nb < min(x.kb.end, x.kb.begin + 2); ++nb) {
-              tma_prefetch_l2_slabs<D>(&tm_k, x.hk, int(x.s.k_start) + nb * kN);
-              tma_prefetch_l2_slabs<D>(&tm_v, x.hk, int(x.s.k_start) + nb * kN);
-            }
-          }
-        }
         if (j > 0) mbar_wait(&sm.q_empty, (j - 1) & 1);  // the previous tile's Q (and its slot) is no longer read
         if (leader) sm.tiles.publish(j, found ? t : -1);  // published by the arrive below (release semantics)
         if (!found) {
@@ -228,12 +210,12 @@ __global__ void __launch_bounds__(384, 1)
         }
         if (leader) {
           mbar_arrive_expect_tx(&sm.q_full, Tiles::kQBytes);
-          tma_load_slabs<D>(sm.q, Tiles::kSlabBytesQ, &tm_q, x.h, qrow, &sm.q_full);
+          tma_load_slabs<D>(sm.q, Tiles::kSlabBytesQ, &tm_q, x.h, int(x.s.q_start + x.m0), &sm.q_full);
         }
-        // Claim the next tile now and share it at the next tile's start, so that the counter's
-        // round trip overlaps this tile's K/V loads instead of sitting before them or between two
-        // tiles: a short sequence's tile lasts only a few microseconds.
-        reserved = claim();
+        // Reserve the next tile now, so that the counter's round trip and the next tile's offsets
+        // (read above, before the q_empty wait) overlap this tile's loads instead of sitting between
+        // two tiles: a short sequence's tile lasts only a few microseconds.
+        reserved = next_tile();
         const int lane = int(threadIdx.x);
         if constexpr (kCopy) {
           // Each thread's own row offsets, read one block ahead (in flight during the wait below).

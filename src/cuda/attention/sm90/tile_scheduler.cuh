@@ -85,12 +85,7 @@ __device__ __forceinline__ TileOrder bounded_by_device_count(TileOrder order) {
 struct TileCounter {
   unsigned long long* counter;
   __device__ __forceinline__ int64_t first() const { return blockIdx.x; }
-  __device__ __forceinline__ int64_t next() const { return index(claim()); }
-  // next() in two halves, for a caller that issues the atomic early and reads its result later.
-  __device__ __forceinline__ unsigned long long claim() const { return atomicAdd(counter, 1ull); }
-  __device__ __forceinline__ int64_t index(unsigned long long claimed) const {
-    return int64_t(gridDim.x) + int64_t(claimed);
-  }
+  __device__ __forceinline__ int64_t next() const { return int64_t(gridDim.x) + int64_t(atomicAdd(counter, 1ull)); }
 };
 
 // The producer's tile j reaches the consumers in slot j % 2 (the other slot may still be read by
