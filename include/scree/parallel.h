@@ -57,6 +57,10 @@ namespace detail {
 // provides the pool's code to the others.
 bool pool_try_run(int parts, const std::function<void(int)>& task);
 
+// Whether jobs run on a shared OpenMP runtime (share_openmp_runtime) in this process: its workers
+// spin between a framework's ops, so waking one costs far less than a pool worker's futex wake.
+bool openmp_runtime_shared();
+
 }  // namespace detail
 
 // Calls fn(part) for every part in [0, parts), on the pool's workers and the calling thread, and

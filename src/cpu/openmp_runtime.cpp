@@ -102,6 +102,11 @@ std::string shared_openmp_runtime() {
 
 namespace detail {
 
+bool openmp_runtime_shared() {
+  const Shared& s = shared();
+  return s.parallel.load() != nullptr && s.owner == this_process();
+}
+
 bool openmp_try_run(int parts, const std::function<void(int)>& task) {
   Shared& s = shared();
   const GompParallel parallel = s.parallel.load();

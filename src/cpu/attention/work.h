@@ -40,12 +40,15 @@ void run_items(std::vector<WorkItem>& items, double total_flops, Fn&& fn, Scope&
     if (a.seq != b.seq) return a.seq < b.seq;
     return a.head != b.head ? a.head < b.head : a.block < b.block;
   });
-  // ~4 MFLOP per call: below that waking a second thread costs more than it saves. Measured on the
-  // Ice Lake Xeon (fp32 causal forward, 4 sequences x 8 heads x 64, C++ loop): 16 tokens (2.1 MFLOP
-  // as counted here) 56-63 us on one thread, 69-84 on two; 24 tokens (4.7) a tie; 32 tokens (8.4)
-  // two threads 15-27% faster. (2 MFLOP before, which woke the second thread at 16 tokens.)
+  // ~4 MFLOP per call on scree's own pool: below that waking a second thread (a futex wake) costs
+  // more than it saves. Measured on the Ice Lake Xeon (fp32 causal forward, 4 sequences x 8 heads x
+  // 64, C++ loop): 16 tokens (2.1 MFLOP as counted here) 56-63 us on one thread, 69-84 on two; 24
+  // tokens (4.7) a tie; 32 tokens (8.4) two threads 15-27% faster. On a shared OpenMP runtime
+  // (torch's: its workers spin between ops) the wake is cheap: ~1 MFLOP. Measured there (the
+  // benchmark's stream of torch calls, 2 threads, min / median): 4 x 16 tokens 85.7 / 96.6 us on
+  // one thread, 75.7 / 84.1 on two; 2 x 16 (1.0 MFLOP) a tie.
   int threads = static_cast<int>(std::min<int64_t>(num_threads(), static_cast<int64_t>(items.size())));
-  if (total_flops < 4e6) threads = 1;
+  if (total_flops < (detail::openmp_runtime_shared() ? 1e6 : 4e6)) threads = 1;
   std::atomic<int64_t> next{0};
   auto worker = [&](int t) {
     [[maybe_unused]] auto held = scope(t);
