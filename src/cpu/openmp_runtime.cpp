@@ -94,18 +94,22 @@ void stop_sharing_openmp_runtime() {
   s.library.clear();
 }
 
-std::string shared_openmp_runtime() {
-  Shared& s = shared();
-  std::lock_guard<std::mutex> lock(s.m);
-  return s.parallel.load() != nullptr && s.owner == this_process() ? s.library : std::string();
-}
-
 namespace detail {
 
 bool openmp_runtime_shared() {
   const Shared& s = shared();
   return s.parallel.load() != nullptr && s.owner == this_process();
 }
+
+}  // namespace detail
+
+std::string shared_openmp_runtime() {
+  Shared& s = shared();
+  std::lock_guard<std::mutex> lock(s.m);
+  return detail::openmp_runtime_shared() ? s.library : std::string();
+}
+
+namespace detail {
 
 bool openmp_try_run(int parts, const std::function<void(int)>& task) {
   Shared& s = shared();
