@@ -156,6 +156,7 @@ int main(int argc, char** argv) {
       {"short d128", 16, 512, 128, false},     {"short d128 causal", 16, 512, 128, true},
       {"mix d64", 64, 4096, 64, false},        {"short d64", 16, 512, 64, false},
       {"tiny d128", 1, 64, 128, false},        {"tiny d128 causal", 1, 64, 128, true},
+      {"tiny d64", 1, 64, 64, false},
   };
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
