@@ -1,13 +1,12 @@
 """The Hopper kernels' packed tiles (issue 18; src/cuda/attention/sm90/tile_packing.cuh): in the
 forward several short sequences in one 128-row query tile, each row masked to its own sequence's
 keys; in the backward several in one 128-key tile, each key masked to its own sequence's queries.
-Against the fp64 reference with FlashAttention's rule, with the order forced each way
-(SCREE_SM90_TILES=packed / halves / sequence, read at every call, by both passes; halves: the
-forward's tiles of two 64-row halves, one a consumer warpgroup, and its 64-key steps) on the same
-fresh random inputs.
+Against the fp64 reference with FlashAttention's rule, with the order forced both ways
+(SCREE_SM90_TILES=packed / sequence, read at every call, by both passes) on the same fresh random
+inputs.
 
-Lengths: 0..300 mixed (packed tiles beside sequence tiles of the longer ones), 1..64, edges of the
-halves (second halves off the 8-row grid, full halves, keys of empty sequences), 130 sequences
+Lengths: 0..300 mixed (packed tiles beside sequence tiles of the longer ones), 1..64, <= 64 with
+edges (ends off the 8-row grid, keys of empty query sequences, no keys), 130 sequences
 of one token (a tile of 128 of them and a second tile), sequences straddling the packed array's
 128-row boundaries, q and k lengths that differ both ways (key spans past one block, keys of empty
 query sequences inside a tile, queries past a packed tile's span over keys that fit one tile), empty
@@ -55,10 +54,9 @@ LENGTHS = {  # (q lengths, k lengths)
     "empties": ([0, 5, 0, 0, 9, 0, 33, 0], [4, 5, 0, 6, 9, 200, 33, 0]),
     # keys <= 128 (the backward writes dq itself), queries past a packed tile's 256 (sequence tiles)
     "long_q_short_k": ([300, 5, 700, 64, 1], [100, 0, 128, 64, 0]),
-    # halves: second halves starting off the 8-row grid, full 64-row halves, keys of empty query
-    # sequences between halves, a sequence with no key
-    "halves_edges": ([63, 2, 64, 1, 7, 57, 64, 8, 56, 9, 0, 55, 33, 31, 1, 63, 0, 64],
-                     [60, 5, 64, 0, 9, 50, 64, 8, 56, 3, 40, 64, 33, 31, 2, 63, 7, 64]),
+    # sequences ending off the 8-row grid, full 64-row runs, keys of empty query sequences, no keys
+    "short_edges": ([63, 2, 64, 1, 7, 57, 64, 8, 56, 9, 0, 55, 33, 31, 1, 63, 0, 64],
+                    [60, 5, 64, 0, 9, 50, 64, 8, 56, 3, 40, 64, 33, 31, 2, 63, 7, 64]),
 }
 OPTIONS = {
     "plain": {},
@@ -89,7 +87,7 @@ def test_packed_and_sequence_tiles_match_the_reference(dtype, d, lengths, opts, 
     seed = fresh_seed()
     q, k, v = random_qkv(lq, lk, 8, 2, d, d, dtype, DEV, seed)
     ref64, low = reference_pair(q, k, v, None, opts)
-    for tiles in ("packed", "halves", "sequence"):
+    for tiles in ("packed", "sequence"):
         monkeypatch.setenv("SCREE_SM90_TILES", tiles)
         with cuda_path("sm90"):
             got = fwd_grads(scree.varlen_attention, q, k, v, None, opts)
@@ -97,16 +95,15 @@ def test_packed_and_sequence_tiles_match_the_reference(dtype, d, lengths, opts, 
 
 
 @needs_hopper
-@pytest.mark.parametrize("tiles", ["packed", "halves"])
-@pytest.mark.parametrize("lengths", ["mixed_0_300", "empties", "q_ne_k", "tiny_1_64"])
+@pytest.mark.parametrize("lengths", ["mixed_0_300", "empties", "q_ne_k"])
 @pytest.mark.parametrize("opts", [{}, {"causal": True, "window": (12, None)}], ids=["plain", "causal_left"])
-def test_direct_call_writes_every_row(lengths, opts, tiles, monkeypatch):
+def test_direct_call_writes_every_row(lengths, opts, monkeypatch):
     lq, lk = LENGTHS[lengths]
     seed = fresh_seed()
     q, k, v = random_qkv(lq, lk, 4, 2, 128, 128, torch.bfloat16, DEV, seed)
     ref64, low = reference_pair(q, k, v, None, opts)
     empty_rows = torch.isneginf(ref64[1]).T.to(DEV)
-    monkeypatch.setenv("SCREE_SM90_TILES", tiles)
+    monkeypatch.setenv("SCREE_SM90_TILES", "packed")
     out = poisoned((q.total, 4, 128), torch.bfloat16, DEV)
     lse = poisoned((4, q.total), torch.float32, DEV)
     with cuda_path("sm90"):
@@ -119,16 +116,15 @@ def test_direct_call_writes_every_row(lengths, opts, tiles, monkeypatch):
 
 
 @needs_hopper
-@pytest.mark.parametrize("tiles", ["packed", "halves"])
-@pytest.mark.parametrize("lengths", ["mixed_0_300", "tiny_1_64", "q_ne_k", "halves_edges"])
+@pytest.mark.parametrize("lengths", ["mixed_0_300", "tiny_1_64", "q_ne_k"])
 @pytest.mark.parametrize("opts", [{}, {"causal": True}], ids=["plain", "causal"])
-def test_backward_on_the_packed_forward(lengths, opts, tiles, monkeypatch):
+def test_backward_on_the_packed_forward(lengths, opts, monkeypatch):
     lq, lk = LENGTHS[lengths]
     seed = fresh_seed()
     q, k, v = random_qkv(lq, lk, 8, 2, 128, 128, torch.bfloat16, DEV, seed)
     dout = random_values((q.total, 8, 128), torch.bfloat16, DEV, generator(seed + 1, DEV))
     ref64, low = reference_pair(q, k, v, dout, opts)
-    monkeypatch.setenv("SCREE_SM90_TILES", tiles)
+    monkeypatch.setenv("SCREE_SM90_TILES", "packed")
     with cuda_path("sm90"):
         got = fwd_grads(scree.varlen_attention, q, k, v, dout, opts)
     check_against_references("[packed tiles] fwd+bwd", got, ref64, low, seed)
@@ -215,55 +211,32 @@ def test_backward_workspace_has_no_dq_accumulator_when_keys_fit_one_tile(determi
 
 @needs_hopper
 def test_auto_order_takes_packed_tiles_for_short_sequences_only(monkeypatch):
-    """Unforced, a batch whose sequences are all <= 64 long runs tiles of two halves, one <= 128
-    long packed tiles and a long one sequence tiles: the unforced output equals the forced order's
-    to the bit (the forward has no atomics; the orders group a row's keys into different steps, so
-    they differ in the last bits). Each call packs its own schedule (fresh Arrays)."""
+    """Unforced, a batch whose longest sequence is short runs packed tiles and a long one sequence
+    tiles: the unforced output equals the forced order's to the bit (the forward has no atomics;
+    the two orders group a row's keys into different blocks, so they differ in the last bits)."""
     monkeypatch.delenv("SCREE_SM90_TILES", raising=False)
-    tiny = LENGTHS["tiny_1_64"][0]
-    for lq, expected in ((tiny, "halves"), ([100] + tiny, "packed"), ([700] + tiny, "sequence")):
-        values = random_qkv(lq, lq, 4, 4, 128, 128, torch.bfloat16, DEV, fresh_seed())
-        def fresh():
-            q, k = (scree.from_lengths(a.values, lq) for a in values[:2])
-            return q, k, k.with_values(values[2].values)
+    for lq in (LENGTHS["tiny_1_64"][0], [700] + LENGTHS["tiny_1_64"][0]):
+        q, k, v = random_qkv(lq, lq, 4, 4, 128, 128, torch.bfloat16, DEV, fresh_seed())
         with cuda_path("sm90"):
-            auto = scree.varlen_attention(*fresh()).values
+            auto = scree.varlen_attention(q, k, v).values
             forced = {}
-            for tiles in ("packed", "halves", "sequence"):
+            for tiles in ("packed", "sequence"):
                 monkeypatch.setenv("SCREE_SM90_TILES", tiles)
-                forced[tiles] = scree.varlen_attention(*fresh()).values
+                forced[tiles] = scree.varlen_attention(q, k, v).values
             monkeypatch.delenv("SCREE_SM90_TILES")
-        assert torch.equal(auto, forced[expected]), expected
-        assert not torch.equal(forced["halves"], forced["sequence"])  # (the orders are not one kernel)
-
-
-def _check_halves_tile(cq, ck, first, end, split) -> None:
-    """A tile of two halves as the forward's warpgroups read it: [first, split) in rows and keys
-    [0, 64), [split, end) in the 64 rows and keys from split's start rounded down to 8, both within
-    the tile's 128; no sequence crosses between the halves (HalfWindow in fwd_sm90.cuh)."""
-    assert first < split <= end, (first, split, end)
-    rows = cq[end] - cq[first]
-    sq, sk = min(cq[split] - cq[first], 64), min(ck[split] - ck[first], 64)
-    for q_off, lo, hi, k_off in ((0, 0, min(sq, rows), 0), (sq & ~7, sq, rows, sk & ~7)):
-        assert lo >= q_off and hi <= q_off + 64 <= 128 and k_off + 64 <= 128, (q_off, lo, hi, k_off)
-        for b in range(first, end):
-            a0, a1 = cq[b] - cq[first], cq[b + 1] - cq[first]
-            if a1 > a0 and a0 < hi and a1 > lo:  # a sequence with rows in this half: all of them, keys in its window
-                assert lo <= a0 and a1 <= hi and k_off <= ck[b] - ck[first] and ck[b + 1] - ck[first] <= k_off + 64
+        assert torch.equal(auto, forced["packed" if max(lq) <= 128 else "sequence"])
 
 
 @needs_hopper
-@pytest.mark.parametrize("tiles_env", ["packed", "halves"])
 @pytest.mark.parametrize("lengths", list(LENGTHS))
-def test_schedule_covers_every_row_once(lengths, tiles_env, monkeypatch):
+def test_schedule_covers_every_row_once(lengths, monkeypatch):
     """The schedule the device wrote (read back from the workspace, laid out as tile_packing.h says:
     the 16-byte counter, `capacity` int4 tiles, the count): every query row in exactly one tile, a
-    packed tile's rows <= 128 and its key span <= 256, sequence tiles of 128 rows from m0; under
-    halves, packed tiles are tiles of two halves (_check_halves_tile) of sequences <= 64 long."""
+    packed tile's rows <= 128 and its key span <= 256, sequence tiles of 128 rows from m0."""
     from scree import _C
     lq, lk = LENGTHS[lengths]
     q, k, v = random_qkv(lq, lk, 2, 2, 64, 64, torch.bfloat16, DEV, fresh_seed())
-    monkeypatch.setenv("SCREE_SM90_TILES", tiles_env)
+    monkeypatch.setenv("SCREE_SM90_TILES", "packed")
     T, B = q.total, q.num_sequences
     ws = torch.full((_C.cuda_fwd_workspace_bytes(T, B),), 0xFF, dtype=torch.uint8, device=DEV)
     out = torch.empty_like(q.values)
@@ -277,21 +250,14 @@ def test_schedule_covers_every_row_once(lengths, tiles_env, monkeypatch):
     count = int(raw[16 + 16 * capacity:16 + 16 * capacity + 4].view(np.int32)[0])
     cq, ck = np.asarray(q.host_offsets), np.asarray(k.host_offsets)
     seen = np.zeros(T, np.int64)
-    halves = tiles_env == "halves"
-    for first, end, m0, split in tiles[:count]:
+    for first, end, m0, _ in tiles[:count]:
         assert 0 <= first < end <= B, (first, end)
-        if split != 0:
-            assert halves and m0 == 0 and all(cq[b + 1] - cq[b] <= 64 and ck[b + 1] - ck[b] <= 64
-                                              for b in range(first, end))
-            _check_halves_tile(cq, ck, first, end, split)
-            seen[cq[first]:cq[end]] += 1
-        elif end - first > 1:
-            assert not halves and m0 == 0 and cq[end] - cq[first] <= 128 and ck[end] - ck[first] <= 256
+        if end - first > 1:
+            assert m0 == 0 and cq[end] - cq[first] <= 128 and ck[end] - ck[first] <= 256
             assert all(cq[b + 1] - cq[b] <= 128 for b in range(first, end))
             seen[cq[first]:cq[end]] += 1
         else:
             assert m0 % 128 == 0 and cq[first] + m0 < cq[first + 1]
-            assert not halves or cq[first + 1] - cq[first] > 64 or ck[first + 1] - ck[first] > 64
             seen[cq[first] + m0:min(cq[first] + m0 + 128, cq[first + 1])] += 1
     assert (seen == 1).all(), f"rows covered {np.unique(seen)} times"
     if lengths in ("ones_130", "tiny_1_64"):  # short sequences do share tiles

@@ -131,14 +131,13 @@ __device__ __forceinline__ void softmax_step(float (&s)[NT][4], float (&o)[DT][4
   if (softmax_scores<kFolded>(s, st, vis, full, n0, score, alpha)) rescale(o, alpha);
 }
 
-// Writes this thread's two rows: row_in_tile[r] (skipped outside [rows_lo, rows)), token index of tile row 0
+// Writes this thread's two rows: row_in_tile[r] (skipped when >= rows), token index of tile row 0
 // = t0, head h; 16-byte stores where the output's rows allow them (store_fragment_row: on an H200
 // the tiny-sequence forward's epilogue stalled behind 4-byte ones, queued ahead of the row sums'
 // shuffles; benchmarks/NOTES.md).
 template <class T, int DT>
 __device__ __forceinline__ void store_rows(const VarlenParams& p, const float (&o)[DT][4], const RowState& st,
-                                           const int (&row_in_tile)[2], int rows, int64_t t0, int h,
-                                           int rows_lo = 0) {
+                                           const int (&row_in_tile)[2], int rows, int64_t t0, int h) {
   const int lane = threadIdx.x % 32;
   // Uniform over the grid, so the quad's shuffles below run in every lane or in none.
   const bool vector = DT % 4 == 0 && reinterpret_cast<uintptr_t>(p.out) % 16 == 0 && p.out_row_stride % 8 == 0 &&
@@ -147,7 +146,7 @@ __device__ __forceinline__ void store_rows(const VarlenParams& p, const float (&
   for (int r = 0; r < 2; ++r) {
     const float l = quad_sum(st.sum[r]);
     const float inv = l > 0.f ? 1.f / l : 0.f;
-    const bool live = row_in_tile[r] >= rows_lo && row_in_tile[r] < rows;
+    const bool live = row_in_tile[r] < rows;
     const int64_t tok = t0 + row_in_tile[r];
     T* out = static_cast<T*>(p.out) + tok * p.out_row_stride + h * p.out_head_stride;
     store_fragment_row<T>(out, o, r, inv, live, vector);

@@ -13,9 +13,6 @@
 //    P V of the previous one are in flight together while the softmax runs.
 // Rows past a sequence's end read the next sequence's tokens (or TMA's zero fill past the tensor):
 // keys there are masked, query rows there are computed and never stored.
-// kSplit: the kernel for tiles of two halves (tile_packing.cuh, SCREE_SM90_TILES=halves): each
-// consumer warpgroup's step is 64 keys (S 64 x 64), one step a half tile, its rows and keys
-// wherever the half starts in the tile's 128 (HalfWindow), two steps a 128-key block on other tiles.
 // kKv (KvSource): keys and values from packed rows, or from a paged KV cache through the page
 // table, by TMA for pages of a multiple of 128 tokens (paged_tma.cuh) and by cp.async from the
 // whole producer warpgroup otherwise (paged_copy.cuh); VarlenParams::paged; cu_seqlens_k then only
@@ -80,22 +77,8 @@ struct FwdTile {
   int64_t b, end;  // the sequence (the first of a packed tile's, and past its last)
   int m0, rows, h, hk;
   KeyBlocks kb;
-  int split_q = -1, split_k = -1;  // a tile of two halves: where the second's rows and keys start (<= 64)
-  __device__ __forceinline__ bool halves() const { return split_q >= 0; }
-  __device__ __forceinline__ bool packed() const { return end - b > 1 || halves(); }
+  __device__ __forceinline__ bool packed() const { return end - b > 1; }
   __device__ __forceinline__ PackedTileGeometry geometry() const { return {s, m0, b, end}; }
-};
-
-// A consumer warpgroup's part of a tile: the 64 rows from q_off (a multiple of 8: the 128-byte
-// swizzle atom's rows, where a shared-memory descriptor may start), of which it stores rows
-// [row_lo, row_hi); and on a tile of two halves the 64 keys from k_off of the tile's one block.
-struct HalfWindow {
-  int q_off, row_lo, row_hi, k_off;
-  __device__ __forceinline__ static HalfWindow of(const FwdTile& x, int cw) {
-    if (!x.halves()) return {64 * cw, 0, x.rows, 0};
-    if (cw == 0) return {0, 0, min(x.split_q, x.rows), 0};
-    return {x.split_q & ~7, x.split_q, x.rows, x.split_k & ~7};
-  }
 };
 
 // The forward's shared memory, 1024-byte aligned tiles (the 128-byte swizzle atom) first.
@@ -119,7 +102,7 @@ template <int D>
 inline constexpr int kFwdSmemBytes = smem_bytes<FwdSmem<D>>();
 
 // kFolded: ScoreMap::folds() (no softcap, scale > 0), see online_softmax.cuh.
-template <class T, int D, bool kFolded, KvSource kKv, bool kSplit = false>
+template <class T, int D, bool kFolded, KvSource kKv>
 __global__ void __launch_bounds__(384, 1)
     varlen_fwd_sm90_kernel(const VarlenParams p, const ScoreMap score, const TileOrder host_order,
                            unsigned long long* tile_counter,
@@ -128,9 +111,6 @@ __global__ void __launch_bounds__(384, 1)
   using Tiles = FwdTiles<D>;
   using Smem = FwdSmem<D>;
   constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN, kStages = Tiles::kStages;
-  // Keys a consumer step covers: a block, or half of one (kSplit; 64-key windows of a half tile).
-  constexpr int kNs = kSplit ? 64 : kN;
-  static_assert(!kSplit || kKv == KvSource::kPacked, "tiles of two halves are packed rows");
   constexpr bool kPingpong = SCREE_SM90_PINGPONG != 0;
   constexpr bool kPaged = kKv != KvSource::kPacked, kCopy = kKv == KvSource::kPagesCopy;
   // Registers a thread (setmaxnreg; 128 x producer + 256 x consumer <= 64K): the paged producers
@@ -164,22 +144,13 @@ __global__ void __launch_bounds__(384, 1)
     if (!kPaged && order.packed != nullptr) {  // (the host never packs paged calls)
       const PackedTileGeometry g = packed_tile(p, order.packed[x.b]);
       x.s = g.s, x.m0 = g.m0, x.b = g.first, x.end = g.end;
-      x.split_q = x.split_k = -1;
-      if (g.packed()) {
+      if (x.packed()) {
         x.rows = x.s.q_len;
         if (x.rows == 0) return false;
         const KeyRange first = packed_row_keys(p, g, 0), last = packed_row_keys(p, g, x.rows - 1);
         x.kb.begin = int(first.lo) / kN;
         x.kb.end = last.hi > first.lo ? int((last.hi + kN - 1) / kN) : x.kb.begin;
         x.kb.full_lo = INT32_MAX, x.kb.full_hi = 0;  // rows of different sequences: every block masked
-        if (kSplit && g.split > 0) {
-          // The second half's start, clamped (offsets are not trusted) so that both windows lie in
-          // the tile's 128 rows and its one 128-key block; the packer keeps every row's keys in its
-          // half's window (tile_packing.cuh).
-          x.split_q = int(clamp64(clamp64(p.cu_seqlens_q[g.split], 0, p.total_q) - x.s.q_start, 0, kPackHalf));
-          x.split_k = int(clamp64(clamp64(p.cu_seqlens_k[g.split], 0, p.total_k) - x.s.k_start, 0, kPackHalf));
-          x.kb.end = min(x.kb.end, x.kb.begin + 1);
-        }
         return true;
       }
     } else {
@@ -282,34 +253,33 @@ __global__ void __launch_bounds__(384, 1)
     setmaxnreg_inc<kConsumerRegs>();
     const int cw = wg - 1;  // this warpgroup's rows: [64 cw, 64 cw + 64) of the tile
     const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-    uint32_t q_base = smem_u32(sm.q) + 64 * cw * 128;
-    float o[D / 8][4], sacc[kNs / 8][4];
-    uint32_t pa[kNs / 16][4];
+    const uint32_t q_base = smem_u32(sm.q) + 64 * cw * 128;
+    float o[D / 8][4], sacc[kN / 8][4];
+    uint32_t pa[kN / 16][4];
 #pragma unroll
-    for (int i = 0; i < kNs / 8; ++i) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.f;
+    for (int i = 0; i < kN / 8; ++i) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.f;
 
-    // ko: the step's first key in the stage's block (0 but in kSplit), a multiple of 8.
-    auto issue_s = [&](int stage, int ko) {
-      const uint32_t k_base = smem_u32(sm.kv[stage].k) + ko * 128;
+    auto issue_s = [&](int stage) {
+      const uint32_t k_base = smem_u32(sm.kv[stage].k);
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         const uint32_t off_q = (kk / 4) * Tiles::kSlabBytesQ + (kk % 4) * 32;
         const uint32_t off_k = (kk / 4) * Tiles::kSlabBytesKV + (kk % 4) * 32;
-        wgmma_ss<kNs, T>(sacc, desc_sw128(q_base + off_q, 16, 1024), desc_sw128(k_base + off_k, 16, 1024),
-                         kk > 0 ? 1 : 0);
+        wgmma_ss<kN, T>(sacc, desc_sw128(q_base + off_q, 16, 1024), desc_sw128(k_base + off_k, 16, 1024),
+                        kk > 0 ? 1 : 0);
       }
       wgmma_commit();
     };
-    auto issue_pv = [&](int stage, int ko) {
-      const uint32_t v_base = smem_u32(sm.kv[stage].v) + ko * 128;
+    auto issue_pv = [&](int stage) {
+      const uint32_t v_base = smem_u32(sm.kv[stage].v);
 #pragma unroll
-      for (int i = 0; i < kNs / 16; ++i)
+      for (int i = 0; i < kN / 16; ++i)
         wgmma_rs_tb<D, T>(o, pa[i], desc_sw128(v_base + i * 2048, Tiles::kSlabBytesKV, 1024), 1);
       wgmma_commit();
     };
     auto pack_p = [&] {
 #pragma unroll
-      for (int i = 0; i < kNs / 16; ++i) acc_to_a<T>(pa[i], sacc[2 * i], sacc[2 * i + 1]);
+      for (int i = 0; i < kN / 16; ++i) acc_to_a<T>(pa[i], sacc[2 * i], sacc[2 * i + 1]);
     };
     // Every consumer thread arrives on the stage's "empty" barrier once its reads are done (one
     // arrival per warp after __syncwarp measured slower on an H200: mix d128 288 vs 339 TFLOP/s).
@@ -334,14 +304,12 @@ __global__ void __launch_bounds__(384, 1)
       mbar_wait(&sm.q_full, j & 1);  // the producer published tile j (and started loading its Q)
       if (sm.tiles.read(j) < 0) break;
       const Tile x = sm.tile[j & 1];  // non-empty: the producer skipped the others
-      const HalfWindow win = kSplit ? HalfWindow::of(x, cw) : HalfWindow{64 * cw, 0, x.rows, 0};
-      if constexpr (kSplit) q_base = smem_u32(sm.q) + win.q_off * 128;
       int row[2];
       KeyRange vis[2];
       int live_row[2];  // rows past the tile's end take its last row's keys
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        row[r] = win.q_off + 16 * warp + lane / 4 + 8 * r;
+        row[r] = 64 * cw + 16 * warp + lane / 4 + 8 * r;
         live_row[r] = min(row[r], x.rows - 1);
       }
       if (x.packed()) {
@@ -353,69 +321,56 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
       for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
       RowState st;
-      // Keys [n0, n0 + kNs) of a step: unmasked for every row of the tile.
-      auto is_full = [&](int n0) { return n0 >= x.kb.full_lo && n0 + kNs <= x.kb.full_hi; };
+      auto is_full = [&](int nb) { return nb * kN >= x.kb.full_lo && nb * kN + kN <= x.kb.full_hi; };
 
       // Intra-warpgroup overlap: while the softmax of key block i runs on the CUDA cores, the
       // tensor cores finish O += P(i-1) V(i-1); S(i) = Q K(i)^T is issued together with it.
       // Invariant at the top of step i: O holds sum_{j <= i-2} P(j) V(j) against max m(i-1), and
       // pa holds P(i-1) against m(i-1). Q is released once the tile's last S is done, so the
       // producer loads the next tile's Q while this one finishes.
-      // Steps: a key block each, or (kSplit) its two 64-key halves, or a half tile's one window.
-      // Both warpgroups take the same number of steps on every tile (the pingpong pairs them).
       const int blocks = x.kb.end - x.kb.begin;
-      const int per = kSplit && !x.halves() ? 2 : 1;  // steps a block
-      const int steps = blocks * per;
-      auto step_key = [&](int i) {  // the step's first key in its block
-        return !kSplit ? 0 : x.halves() ? win.k_off : (i & 1) * kNs;
-      };
-      auto step_n0 = [&](int i) { return (x.kb.begin + (per == 1 ? i : i >> 1)) * kN + step_key(i); };
       float alpha[2];
-      int prev = 0, prev_ko = 0;  // the stage and first key of step i - 1
-      if (steps == 0) mbar_arrive(&sm.q_empty);
-      if (steps > 0) {
+      int prev = 0;  // the stage of key block i - 1
+      if (blocks == 0) mbar_arrive(&sm.q_empty);
+      if (blocks > 0) {
         sm.ring.wait(kv);
         if constexpr (kCopy) fence_proxy_async_smem();  // cp.async wrote the stage (generic proxy); wgmma reads it
         fence_regs(sacc);
         my_turn();
         wgmma_fence();
-        issue_s(kv.index, step_key(0));
+        issue_s(kv.index);
         their_turn();
         wgmma_wait<0>();
         fence_regs(sacc);
-        if (steps == 1) mbar_arrive(&sm.q_empty);
-        softmax_scores<kFolded>(sacc, st, vis, is_full(step_n0(0)), step_n0(0), score, alpha);  // O is still 0
+        if (blocks == 1) mbar_arrive(&sm.q_empty);
+        softmax_scores<kFolded>(sacc, st, vis, is_full(x.kb.begin), x.kb.begin * kN, score, alpha);  // O is still 0
         pack_p();
-        prev = kv.index, prev_ko = step_key(0);
-        if (per == 1) kv.advance();
+        prev = kv.index;
+        kv.advance();
       }
-      for (int i = 1; i < steps; ++i) {
-        const bool new_block = per == 1 || (i & 1) == 0;  // (then step i - 1 ended its block)
-        const int ko = step_key(i), n0 = step_n0(i);
-        if (new_block) {
-          sm.ring.wait(kv);
-          if constexpr (kCopy) fence_proxy_async_smem();  // cp.async wrote the stage (generic proxy); wgmma reads it
-        }
+      for (int i = 1; i < blocks; ++i, kv.advance()) {
+        const int nb = x.kb.begin + i;
+        sm.ring.wait(kv);
+        if constexpr (kCopy) fence_proxy_async_smem();  // cp.async wrote the stage (generic proxy); wgmma reads it
         fence_regs(sacc);
         fence_regs(o);
         my_turn();
         wgmma_fence();
-        issue_s(kv.index, ko);
-        issue_pv(prev, prev_ko);
+        issue_s(kv.index);
+        issue_pv(prev);
         their_turn();
         wgmma_wait<1>();  // S(i) is done (groups complete in order); P(i-1) V(i-1) may still run
         fence_regs(sacc);
-        if (i == steps - 1) mbar_arrive(&sm.q_empty);
-        const bool moved = softmax_scores<kFolded>(sacc, st, vis, is_full(n0), n0, score, alpha);
+        if (i == blocks - 1) mbar_arrive(&sm.q_empty);
+        const bool moved = softmax_scores<kFolded>(sacc, st, vis, is_full(nb), nb * kN, score, alpha);
         wgmma_wait<0>();
         fence_regs(o);
-        if (new_block) sm.ring.release(prev);
+        sm.ring.release(prev);
         if (moved) rescale(o, alpha);
         pack_p();
-        prev = kv.index, prev_ko = ko;
-        if (per == 1 || (i & 1) == 1) kv.advance();
+        prev = kv.index;
       }
-      if (steps > 0) {
+      if (blocks > 0) {
         if constexpr (kKv == KvSource::kPagesTma) {
           // The last block holds the sequence's end when it reaches past it: its V rows from the end
           // to the end of that page are the page's leftovers (paged_tma.cuh).
@@ -429,13 +384,13 @@ __global__ void __launch_bounds__(384, 1)
         fence_regs(o);
         my_turn();
         wgmma_fence();
-        issue_pv(prev, prev_ko);
+        issue_pv(prev);
         their_turn();
         wgmma_wait<0>();
         fence_regs(o);
         sm.ring.release(prev);
       }
-      store_rows<T>(p, o, st, row, win.row_hi, x.s.q_start + x.m0, x.h, win.row_lo);
+      store_rows<T>(p, o, st, row, x.rows, x.s.q_start + x.m0, x.h);
     }
   }
 }

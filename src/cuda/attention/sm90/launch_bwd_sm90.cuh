@@ -63,7 +63,7 @@ bool launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool
       kept = p.tile_schedule != nullptr;
       packed = PackedTiles::at(static_cast<char*>(kept ? p.tile_schedule : w.packed), p.total_k, p.num_sequences);
       if (!kept || !p.tile_schedule_ready) {
-        pack_tiles_kernel<true><<<1, kPackThreads, 0, stream>>>(p, packed, &w.header->tile_counter, false);
+        pack_tiles_kernel<true><<<1, kPackThreads, 0, stream>>>(p, packed, &w.header->tile_counter);
         check_cuda(cudaGetLastError(), "pack_tiles_kernel launch");
       }
       tiles = packed.capacity * p.heads_k;

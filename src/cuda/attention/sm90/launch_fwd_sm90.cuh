@@ -47,11 +47,9 @@ bool launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream
                               keys ? p.v_head_stride : p.q_head_stride, Tiles::kBlockN, "v");
   }
   const ScoreMap score = ScoreMap::from(p);
-  const bool packed = packed_tiles_chosen(p), halves = packed && half_tiles_chosen(p);
   auto pick = [&](auto folded) {
     constexpr bool kF = decltype(folded)::value;
-    return halves                          ? varlen_fwd_sm90_kernel<T, D, kF, KvSource::kPacked, true>
-           : source == KvSource::kPacked   ? varlen_fwd_sm90_kernel<T, D, kF, KvSource::kPacked>
+    return source == KvSource::kPacked     ? varlen_fwd_sm90_kernel<T, D, kF, KvSource::kPacked>
            : source == KvSource::kPagesTma ? varlen_fwd_sm90_kernel<T, D, kF, KvSource::kPagesTma>
                                            : varlen_fwd_sm90_kernel<T, D, kF, KvSource::kPagesCopy>;
   };
@@ -64,6 +62,7 @@ bool launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream
   // share one) and is zeroed on the stream, in stream order with the kernel; the packed schedule
   // follows it there, or lives in the caller's p.tile_schedule, packed by its first call only.
   auto* tile_counter = reinterpret_cast<unsigned long long*>(workspace);
+  const bool packed = packed_tiles_chosen(p);
   if (packed) {
     char* at = p.tile_schedule != nullptr ? static_cast<char*>(p.tile_schedule) : workspace + kFwdCounterBytes;
     const PackedTiles sched = PackedTiles::at(at, p.total_q, p.num_sequences);
@@ -71,7 +70,7 @@ bool launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream
     order.packed = sched.tiles;
     order.packed_count = sched.count;
     if (p.tile_schedule == nullptr || !p.tile_schedule_ready) {
-      pack_tiles_kernel<><<<1, kPackThreads, 0, stream>>>(p, sched, tile_counter, halves);
+      pack_tiles_kernel<><<<1, kPackThreads, 0, stream>>>(p, sched, tile_counter);
       check_cuda(cudaGetLastError(), "pack_tiles_kernel launch");
     }
   }

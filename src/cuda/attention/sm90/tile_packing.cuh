@@ -9,17 +9,12 @@
 //
 // The schedule is computed on the device, in stream order before the forward (no host sync), by
 // one block of pack_tiles_kernel, which also zeroes the forward's tile counter (the memset it
-// replaces). Tile entries, in sequence order: {first sequence, end sequence, first row m0, split}:
+// replaces). Tile entries, in sequence order: {first sequence, end sequence, first row m0, 0}:
 //  - a packed tile: consecutive sequences of <= 128 queries whose rows fit 128 and whose keys span
 //    at most kPackKeys (rows of one sequence see only its keys, so a wider key span is work no row
-//    uses), m0 = 0, split = 0;
-//  - a tile of two halves (the forward's `halves` packing, sequences of <= 64 queries and keys):
-//    one half a consumer warpgroup, [first, split) in rows [0, 64) and keys [0, 64), [split, end)
-//    in the 64 rows and 64 keys from where split's rows and keys start rounded down to 8 (the
-//    128-byte swizzle atom's rows), so each warpgroup computes a 64 x 64 block instead of 64 x 128:
-//    at lengths 1..64 a warpgroup's 64 rows see ~1.3 sequences' keys (HalfWindow);
+//    uses), m0 = 0;
 //  - a sequence tile: 128 queries (or the rest) of one longer sequence from row m0, as the
-//    per-sequence order has it, split = 0.
+//    per-sequence order has it.
 // Greedy in sequence order, restarted every kPackWindow sequences so that windows pack side by side
 // (one partial tile a window: ~1.5% more tiles at lengths 1..64, none for long sequences);
 // 128 sequences a window lets 128 one-token sequences share a tile. Empty sequences own no row
@@ -51,30 +46,12 @@ using attention::visible_queries;
 // on an H200 (8 windows, 2 passes; benchmarks/NOTES.md).
 struct PackWindow {
   int q0[kPackWindow], q_len[kPackWindow], k0[kPackWindow], k_len[kPackWindow];
-  short last[kPackWindow], next[kPackWindow], split[kPackWindow];  // split: halves only
+  short last[kPackWindow], next[kPackWindow];
   int n;  // sequences in the window
 };
 
-// halves: whether sequences pack into 64-row halves (the forward's HalfWindow tiles).
-__device__ __forceinline__ bool packable(const PackWindow& w, int t, bool halves) {
-  return halves ? w.q_len[t] <= kPackHalf && w.k_len[t] <= kPackHalf
-                : w.q_len[t] <= kPackRows && w.k_len[t] <= kPackKeys;
-}
-
-// The greedy of one tile opened at t: takes the sequences from j on (empty ones own no row and only
-// widen the key span of what follows) while each is packable and its rows end within `rows_end`
-// and its keys within `keys_end` of t's first row and key; returns the first non-empty one that
-// does not fit (or n), `last` the last one taken.
-__device__ __forceinline__ int take_while_fits(const PackWindow& w, int t, int j, int rows_end, int keys_end, bool halves,
-                                               int& last) {
-  for (; j < w.n; ++j) {
-    if (w.q_len[j] == 0) continue;
-    if (!packable(w, j, halves) || w.q0[j] + w.q_len[j] - w.q0[t] > rows_end ||
-        w.k0[j] + w.k_len[j] - w.k0[t] > keys_end)
-      break;
-    last = j;
-  }
-  return j;
+__device__ __forceinline__ bool packable(const PackWindow& w, int t) {
+  return w.q_len[t] <= kPackRows && w.k_len[t] <= kPackKeys;
 }
 
 // Fills w for sequences [b0, b1) (b1 - b0 <= kPackWindow) by the kPackWindow threads t of one
@@ -87,45 +64,34 @@ __device__ __forceinline__ void load_window(const VarlenParams& p, int64_t b0, i
   w.q0[t] = int(kByKeys ? s.k_start : s.q_start), w.q_len[t] = kByKeys ? s.k_len : s.q_len;
   w.k0[t] = int(kByKeys ? s.q_start : s.k_start), w.k_len[t] = kByKeys ? s.q_len : s.k_len;
 }
-__device__ __forceinline__ void scan_window(int t, PackWindow& w, bool halves) {
+__device__ __forceinline__ void scan_window(int t, PackWindow& w) {
   const int n = w.n;
   if (t >= n) return;
-  int j = t + 1, last = t, split = 0;
-  if (w.q_len[t] > 0 && packable(w, t, halves)) {  // a tile opened at t takes the sequences that fit
-    if (!halves) {
-      j = take_while_fits(w, t, j, kPackRows, kPackKeys, false, last);
-    } else {
-      j = take_while_fits(w, t, j, kPackHalf, kPackHalf, true, last);  // the first half: rows and keys [0, 64)
-      const int last0 = last;
-      // The second half opens at j (empty sequences before it belong to the first): the kernel
-      // places its window where j's rows and keys start, rounded down to 8, so it must end by 128.
-      if (j < n) {
-        const int qs = w.q0[j] - w.q0[t], ks = w.k0[j] - w.k0[t];
-        if (qs >= 0 && qs <= kPackHalf && ks >= 0 && ks <= kPackHalf) {
-          const int j0 = j;
-          j = take_while_fits(w, t, j, (qs & ~7) + kPackHalf, (ks & ~7) + kPackHalf, true, last);
-          if (last != last0) split = j0;
-        }
-      }
-      if (split == 0) split = last0 + 1;  // no second half: it starts at the tile's end (no rows)
+  int j = t + 1, last = t;
+  if (w.q_len[t] > 0 && packable(w, t)) {  // a tile opened at t takes the sequences that fit
+    for (; j < n; ++j) {
+      if (w.q_len[j] == 0) continue;  // empty: owns no row, only widens the key span of what follows
+      if (!packable(w, j) || w.q0[j] + w.q_len[j] - w.q0[t] > kPackRows || w.k0[j] + w.k_len[j] - w.k0[t] > kPackKeys)
+        break;
+      last = j;
     }
   } else {  // an empty or unpackable one: the next tile opens at the next non-empty sequence
     while (j < n && w.q_len[j] == 0) ++j;
   }
-  w.last[t] = short(last), w.next[t] = short(j), w.split[t] = short(split);
+  w.last[t] = short(last), w.next[t] = short(j);
 }
 
-// The greedy of one window in sequence order, by one thread: emit(first, end, m0, split) for each
-// tile (window-relative sequences; split 0 but for tiles of two halves).
+// The greedy of one window in sequence order, by one thread: emit(first, end, m0) for each tile
+// (window-relative sequences).
 template <class Emit>
-__device__ __forceinline__ void walk_window(const PackWindow& w, bool halves, Emit&& emit) {
+__device__ __forceinline__ void walk_window(const PackWindow& w, Emit&& emit) {
   int t = 0;
   while (t < w.n && w.q_len[t] == 0) ++t;
   while (t < w.n) {
-    if (packable(w, t, halves)) {
-      emit(t, w.last[t] + 1, 0, halves ? int(w.split[t]) : 0);
+    if (packable(w, t)) {
+      emit(t, w.last[t] + 1, 0);
     } else {
-      for (int m0 = 0; m0 < w.q_len[t]; m0 += kPackRows) emit(t, t + 1, m0, 0);
+      for (int m0 = 0; m0 < w.q_len[t]; m0 += kPackRows) emit(t, t + 1, m0);
     }
     t = w.next[t];
   }
@@ -167,10 +133,9 @@ __device__ __forceinline__ int block_exclusive_scan(int* v, int64_t n, int* warp
 // One block, kPackGroups windows at a time (a group of kPackWindow threads each): pass 1 counts each
 // window's tiles, a scan places them, pass 2 writes them. (A template also for its linkage: every
 // forward and backward instance file launches it.)
-// halves (the forward only): tiles of two halves for sequences of <= 64 queries and keys.
 template <bool kByKeys = false>
 __global__ void __launch_bounds__(kPackThreads) pack_tiles_kernel(const VarlenParams p, PackedTiles s,
-                                                                      unsigned long long* tile_counter, bool halves) {
+                                                                      unsigned long long* tile_counter) {
   constexpr int kGroups = kPackThreads / kPackWindow;
   __shared__ PackWindow windows[kGroups];
   __shared__ int warp_sums[33];
@@ -184,7 +149,7 @@ __global__ void __launch_bounds__(kPackThreads) pack_tiles_kernel(const VarlenPa
       const int64_t b1 = w < s.windows ? (b0 + kPackWindow < p.num_sequences ? b0 + kPackWindow : p.num_sequences) : b0;
       load_window<kByKeys>(p, b0, b1, t, win);
       __syncthreads();
-      scan_window(t, win, halves);
+      scan_window(t, win);
       __syncthreads();
       if (t == 0 && w < s.windows) per_window(w, b0);
       __syncthreads();
@@ -192,15 +157,15 @@ __global__ void __launch_bounds__(kPackThreads) pack_tiles_kernel(const VarlenPa
   };
   for_each_window([&](int64_t w, int64_t) {
     int n = 0;
-    walk_window(win, halves, [&](int, int, int, int) { ++n; });
+    walk_window(win, [&](int, int, int) { ++n; });
     s.window_tiles[w] = n;
   });
   __syncthreads();
   const int total = block_exclusive_scan(s.window_tiles, s.windows, warp_sums);
   for_each_window([&](int64_t w, int64_t b0) {
     int64_t at = s.window_tiles[w];
-    walk_window(win, halves, [&](int first, int end, int m0, int split) {
-      if (at < s.capacity) s.tiles[at] = make_int4(int(b0 + first), int(b0 + end), m0, split > 0 ? int(b0 + split) : 0);
+    walk_window(win, [&](int first, int end, int m0) {
+      if (at < s.capacity) s.tiles[at] = make_int4(int(b0 + first), int(b0 + end), m0, 0);
       ++at;
     });
   });
@@ -213,14 +178,12 @@ struct PackedTileGeometry {
   SeqTile s;
   int m0;
   int64_t first, end;  // sequences [first, end)
-  int64_t split = 0;   // a tile of two halves: the second's first sequence (first < split <= end)
-  __device__ __forceinline__ bool packed() const { return end - first > 1 || split > 0; }
+  __device__ __forceinline__ bool packed() const { return end - first > 1; }
 };
 
 __device__ __forceinline__ PackedTileGeometry packed_tile(const VarlenParams& p, int4 e) {
   PackedTileGeometry g;
   g.first = e.x, g.end = e.y, g.m0 = e.z;
-  g.split = e.w > e.x && e.w <= e.y ? e.w : 0;  // (not trusted: a split outside the tile is none)
   g.s = sequence(p, g.first);
   if (g.packed()) {
     const SeqTile last = sequence(p, g.end - 1);

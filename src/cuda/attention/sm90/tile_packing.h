@@ -22,7 +22,6 @@ constexpr int kPackKeys = 256;       // the other side's span: two key blocks (f
 constexpr int kPackWindow = 128;     // sequences packed alone, a thread each
 constexpr int kPackThreads = 1024;   // one block
 constexpr int kPackAutoMaxLen = 128; // longest query sequence (host bound) the packed order serves unforced
-constexpr int kPackHalf = 64;        // a half tile's rows and keys: one consumer warpgroup's (forward)
 
 // The forward's workspace: the tile counter, then (packed tiles) the schedule.
 constexpr size_t kFwdCounterBytes = 16;
@@ -59,29 +58,14 @@ struct PackedTiles {
   }
 };
 
-// by_keys: the backward (its tiles are key tiles). SCREE_SM90_TILES=halves is the packed order too
-// (the backward's is the same either way).
+// by_keys: the backward (its tiles are key tiles).
 inline bool packed_tiles_chosen(const attention::VarlenParams& p, bool by_keys = false) {
   if (p.paged) return false;  // a packed tile's keys are one run of packed rows
   if (const char* force = std::getenv("SCREE_SM90_TILES")) {
-    if (std::strcmp(force, "packed") == 0 || std::strcmp(force, "halves") == 0) return true;
+    if (std::strcmp(force, "packed") == 0) return true;
     if (std::strcmp(force, "sequence") == 0) return false;
   }
   return (by_keys ? p.max_seqlen_k : p.max_seqlen_q) <= kPackAutoMaxLen;
-}
-
-// Whether the forward packs tiles of two 64-row halves (tile_packing.cuh) and runs the kernel whose
-// warpgroups compute 64-key steps: forced by SCREE_SM90_TILES=halves, off under =packed|sequence,
-// otherwise taken where the host bounds every query and key sequence by 64 (the schedule's tiles
-// would all be halves). Either kernel computes either schedule's tiles correctly (a kept schedule
-// may have been packed the other way).
-inline bool half_tiles_chosen(const attention::VarlenParams& p) {
-  if (!packed_tiles_chosen(p)) return false;
-  if (const char* force = std::getenv("SCREE_SM90_TILES")) {
-    if (std::strcmp(force, "halves") == 0) return true;
-    if (std::strcmp(force, "packed") == 0) return false;
-  }
-  return p.max_seqlen_q <= kPackHalf && p.max_seqlen_k <= kPackHalf;
 }
 
 }  // namespace scree::cuda_attention::sm90
