@@ -58,27 +58,20 @@ def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec,
         return varlen_fwd(qv, kv, vv, pq.offsets, pk.offsets, pq.max_seqlen, pk.max_seqlen, spec.scale, spec.causal,
                           left, right, spec.softcap or 0.0, spec.deterministic)
     args = K.kernel_args(spec, pq.max_seqlen, pk.max_seqlen)
-    if torch.is_grad_enabled() and (qv.requires_grad or kv.requires_grad or vv.requires_grad):
+    grad = torch.is_grad_enabled() and (qv.requires_grad or kv.requires_grad or vv.requires_grad)
+    # The stream and the capture state, asked once a call: the kept workspace and schedules serve
+    # CUDA calls outside graph capture (a graph replays its own pack kernel and keeps its own
+    # workspace). Each capture query is a cudaStreamIsCapturing, ~2.3 us on an H200 host; a call
+    # with a gradient asked three times before (NOTES.md).
+    stream = _NS.stream(qv)
+    kept = qv.device.type == "cuda" and not _capturing()
+    workspace = _fwd_workspace(qv, pq.offsets, stream) if kept else None
+    schedule = K.tile_schedule(_NS, q, k, qv, False, stream) if kept else None
+    if grad:
+        bwd_schedule = K.tile_schedule(_NS, q, k, qv, True, stream) if kept else None
         return _Attention.apply(qv, kv, vv, pq.offsets, pk.offsets, args, spec.deterministic, pq.summary,
-                                _schedule(q, k, False), _schedule(q, k, True))
-    return _forward(qv, kv, vv, pq.offsets, pk.offsets, args, pq.summary, with_lse, _schedule(q, k, False))
-
-
-def _schedule(q: Array, k: Array, backward: bool) -> K.TileSchedule | None:
-    """The packed-tile schedule kept with q's Layout for this stream and thread (CUDA, not while a
-    graph is captured: a graph replays its own pack kernel)."""
-    qv = q.values
-    if qv.device.type != "cuda" or _capturing():
-        return None
-    return K.tile_schedule(_NS, q, k, qv, backward, _NS.stream(qv))
-
-
-def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, args: Any,
-             q_summary: Any, with_lse: bool,
-             schedule: K.TileSchedule | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    stream = _NS.stream(q)
-    return K.forward(_NS, q, k, v, cu_q, cu_k, args, q_summary, with_lse, _fwd_workspace(q, cu_q, stream), stream,
-                     schedule)
+                                schedule, bwd_schedule, workspace, stream)
+    return K.forward(_NS, qv, kv, vv, pq.offsets, pk.offsets, args, pq.summary, with_lse, workspace, stream, schedule)
 
 
 # The CUDA forward's workspace (its tile counter, and room for the packed-tile schedule of short
@@ -92,9 +85,8 @@ _WORKSPACES: dict[tuple[int, int, int], torch.Tensor] = {}
 _WORKSPACES_KEPT = 1024  # (threads x streams x devices); past it the dict starts over
 
 
-def _fwd_workspace(q: torch.Tensor, cu_q: torch.Tensor, stream: int) -> torch.Tensor | None:
-    if q.device.type != "cuda" or _capturing():
-        return None
+def _fwd_workspace(q: torch.Tensor, cu_q: torch.Tensor, stream: int) -> torch.Tensor:
+    """The kept workspace for a CUDA call on `stream` outside graph capture (the caller checks)."""
     key = (q.get_device(), stream, get_ident())
     ws = _WORKSPACES.get(key)
     need = K.fwd_workspace_bytes(q.shape[0], cu_q.shape[0] - 1)
@@ -111,8 +103,9 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
                 args: Any, deterministic: bool | None, q_summary: Any, schedule: K.TileSchedule | None,
-                bwd_schedule: K.TileSchedule | None) -> tuple[torch.Tensor, torch.Tensor]:
-        out, lse = _forward(q, k, v, cu_q, cu_k, args, q_summary, True, schedule)
+                bwd_schedule: K.TileSchedule | None, workspace: torch.Tensor | None,
+                stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+        out, lse = K.forward(_NS, q, k, v, cu_q, cu_k, args, q_summary, True, workspace, stream, schedule)
         ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
         # The backward's schedule is keyed by the forward's thread and stream (the autograd engine
         # runs the backward on the forward's stream); only backward calls use it.
@@ -127,11 +120,11 @@ class _Attention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, dout: torch.Tensor | None, _dlse: Any) -> tuple:
         if dout is None:  # out did not reach the loss: no gradient flows back through this call
-            return (None,) * 10
+            return (None,) * 12
         q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
         args = ctx.args.with_deterministic(K.resolve_deterministic(ctx.deterministic, _NS))
         dq, dk, dv = K.backward(_NS, dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, args, ctx.bwd_schedule)
-        return (dq, dk, dv) + (None,) * 7
+        return (dq, dk, dv) + (None,) * 9
 
 
 # ---- traced: torch.library custom ops ---------------------------------------------------------------
