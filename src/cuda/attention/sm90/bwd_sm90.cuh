@@ -289,12 +289,12 @@ __global__ void __launch_bounds__(384, 1)
     // S^T = K Q^T or dP^T = V dO^T (64 keys x kM queries) of the stage qs holds; the first k-step
     // overwrites the accumulators (outputs only: their last values are dead).
     auto issue_kq = [&](float (&acc)[kM / 8][4], uint32_t a_rows, const char* b_tile) {
-      const uint32_t b_base = smem_u32(b_tile);
+      const SmemDesc desc_a = SmemDesc::sw128(a_rows, 16, 1024), desc_b = SmemDesc::sw128(smem_u32(b_tile), 16, 1024);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
-        const uint64_t a = desc_sw128(a_rows + (kk / 4) * Tiles::kSlabK + (kk % 4) * 32, 16, 1024);
-        const uint64_t b = desc_sw128(b_base + (kk / 4) * Tiles::kSlabQ + (kk % 4) * 32, 16, 1024);
+        const uint64_t a = desc_a.at((kk / 4) * Tiles::kSlabK + (kk % 4) * 32);
+        const uint64_t b = desc_b.at((kk / 4) * Tiles::kSlabQ + (kk % 4) * 32);
         if (kk == 0) wgmma_ss_zero<kM, T>(acc, a, b); else wgmma_ss<kM, T>(acc, a, b, 1);
       }
       wgmma_commit();
@@ -470,9 +470,9 @@ __global__ void __launch_bounds__(384, 1)
         // dV += P^T dO (A = P^T from registers, B = dO, head dims contiguous).
         fence_regs(dv);
         wgmma_fence();
+        const SmemDesc desc_do = SmemDesc::sw128(do_base, Tiles::kSlabQ, 1024);
 #pragma unroll
-        for (int i = 0; i < kM / 16; ++i)
-          wgmma_rs_tb<D, T>(dv, pa[i], desc_sw128(do_base + i * 2048, Tiles::kSlabQ, 1024), 1);
+        for (int i = 0; i < kM / 16; ++i) wgmma_rs_tb<D, T>(dv, pa[i], desc_do.at(i * 2048), 1);
         wgmma_commit();
 
         // dS^T to shared memory for dQ: key row 64 cw + 16 warp + lane / 4 (+ 8), queries 8 j + 2 quad
@@ -497,9 +497,9 @@ __global__ void __launch_bounds__(384, 1)
         // dK += dS^T Q (A = dS^T from registers, B = Q, head dims contiguous).
         fence_regs(dk);
         wgmma_fence();
+        const SmemDesc desc_q = SmemDesc::sw128(q_base, Tiles::kSlabQ, 1024);
 #pragma unroll
-        for (int i = 0; i < kM / 16; ++i)
-          wgmma_rs_tb<D, T>(dk, da[i], desc_sw128(q_base + i * 2048, Tiles::kSlabQ, 1024), 1);
+        for (int i = 0; i < kM / 16; ++i) wgmma_rs_tb<D, T>(dk, da[i], desc_q.at(i * 2048), 1);
         wgmma_commit();
 
         // dQ (64 queries x 64 head dims of this warpgroup) = dS K over the tile's 128 keys, once the
@@ -510,12 +510,12 @@ __global__ void __launch_bounds__(384, 1)
         named_arrive(NamedBarrier::kBwdDsWritten0 + cw, 256);
         named_sync(NamedBarrier::kBwdDsWritten0 + (1 - cw), 256);
         {
-          const uint32_t a_base = smem_u32(ds[dq_row0 / 64]);
-          const uint32_t b_base = smem_u32(sm.k) + (dq_col0 / 64) * Tiles::kSlabK;
+          const SmemDesc desc_a = SmemDesc::sw128(smem_u32(ds[dq_row0 / 64]), Tiles::kSlabDs, 1024);
+          const SmemDesc desc_b = SmemDesc::sw128(smem_u32(sm.k) + (dq_col0 / 64) * Tiles::kSlabK, Tiles::kSlabK, 1024);
 #pragma unroll
           for (int i = 0; i < kN / 16; ++i) {
-            const uint64_t a = desc_sw128(a_base + i * 2048, Tiles::kSlabDs, 1024);
-            const uint64_t b = desc_sw128(b_base + i * 2048, Tiles::kSlabK, 1024);
+            const uint64_t a = desc_a.at(i * 2048);
+            const uint64_t b = desc_b.at(i * 2048);
             if (i == 0) wgmma_ss_mn_zero<64, T>(dq, a, b); else wgmma_ss_mn<64, T>(dq, a, b, 1);
           }
         }

@@ -107,9 +107,22 @@ __device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.
 //  8-row groups; the leading offset is unused (1). A k-step of 16 elements moves the address 32 bytes.
 //  MN-major (the output dim contiguous: V for O += P V): leading = bytes between 64-column slabs,
 //  stride = 1024 bytes between groups of 8 reduction rows; a k-step of 16 rows moves 2048 bytes.
-__device__ __forceinline__ uint64_t desc_sw128(uint32_t smem_addr, uint32_t leading_bytes, uint32_t stride_bytes) {
-  return uint64_t((smem_addr >> 4) & 0x3FFF) | (uint64_t((leading_bytes >> 4) & 0x3FFF) << 16) |
-         (uint64_t((stride_bytes >> 4) & 0x3FFF) << 32) | (uint64_t(1) << 62);
-}
+//
+// SmemDesc holds a tile's descriptor once (its base address and offsets), and at(byte offset) gives
+// a k-step's descriptor with one 32-bit add: a shared-memory address is < 2^18 (227 KiB), so
+// address >> 4 fills at most the 14-bit field, the fields never overlap and (base + off) >> 4 ==
+// (base >> 4) + (off >> 4) for 16-byte multiples. Built per wgmma from the address instead, the
+// descriptors' shifts and masks on the uniform datapath took 13.7% of the short backward's
+// consumer warp samples on an H200 (ncu, benchmarks/NOTES.md).
+struct SmemDesc {
+  uint32_t lo, hi;  // [0, 14) address >> 4 and [16, 30) leading offset >> 4; [0, 14) stride >> 4 and the layout
+  __device__ __forceinline__ static SmemDesc sw128(uint32_t smem_addr, uint32_t leading_bytes, uint32_t stride_bytes) {
+    return {(smem_addr >> 4) | (((leading_bytes >> 4) & 0x3FFF) << 16), ((stride_bytes >> 4) & 0x3FFF) | (1u << 30)};
+  }
+  // off: bytes past the base, a multiple of 16 (a compile-time constant at every call).
+  __device__ __forceinline__ uint64_t at(uint32_t off) const {
+    return (uint64_t(hi) << 32) | uint64_t(lo + (off >> 4));
+  }
+};
 
 }  // namespace scree::cuda_attention::sm90
