@@ -260,19 +260,20 @@ __global__ void __launch_bounds__(384, 1)
     for (int i = 0; i < kN / 8; ++i) sacc[i][0] = sacc[i][1] = sacc[i][2] = sacc[i][3] = 0.f;
 
     auto issue_s = [&](int stage) {
-      const SmemDesc dq = SmemDesc::sw128(q_base, 16, 1024), dk = SmemDesc::sw128(smem_u32(sm.kv[stage].k), 16, 1024);
+      const SmemDesc desc_q = SmemDesc::sw128(q_base, 16, 1024);
+      const SmemDesc desc_k = SmemDesc::sw128(smem_u32(sm.kv[stage].k), 16, 1024);
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         const uint32_t off_q = (kk / 4) * Tiles::kSlabBytesQ + (kk % 4) * 32;
         const uint32_t off_k = (kk / 4) * Tiles::kSlabBytesKV + (kk % 4) * 32;
-        wgmma_ss<kN, T>(sacc, dq.at(off_q), dk.at(off_k), kk > 0 ? 1 : 0);
+        wgmma_ss<kN, T>(sacc, desc_q.at(off_q), desc_k.at(off_k), kk > 0 ? 1 : 0);
       }
       wgmma_commit();
     };
     auto issue_pv = [&](int stage) {
-      const SmemDesc dv = SmemDesc::sw128(smem_u32(sm.kv[stage].v), Tiles::kSlabBytesKV, 1024);
+      const SmemDesc desc_v = SmemDesc::sw128(smem_u32(sm.kv[stage].v), Tiles::kSlabBytesKV, 1024);
 #pragma unroll
-      for (int i = 0; i < kN / 16; ++i) wgmma_rs_tb<D, T>(o, pa[i], dv.at(i * 2048), 1);
+      for (int i = 0; i < kN / 16; ++i) wgmma_rs_tb<D, T>(o, pa[i], desc_v.at(i * 2048), 1);
       wgmma_commit();
     };
     auto pack_p = [&] {
