@@ -111,8 +111,12 @@ __global__ void __launch_bounds__(384, 1)
   using Tiles = FwdTiles<D>;
   using Smem = FwdSmem<D>;
   constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN, kStages = Tiles::kStages;
-  constexpr bool kPingpong = SCREE_SM90_PINGPONG != 0;
   constexpr bool kPaged = kKv != KvSource::kPacked, kCopy = kKv == KvSource::kPagesCopy;
+  // Pingpong (below) at D = 128, and over pages (not measured without it). At D = 64 a step's
+  // products are half as long, and the turns' waits cost more than the overlap gives: without them
+  // mix d64 forward 1.709-1.718 -> 1.651-1.664 ms, short d64 0.424-0.425 -> 0.407-0.410, tiny d64
+  // 0.313 -> 0.294-0.299; at D = 128 they pay (eq2048 d128 345 -> 376 TFLOP/s; H200, NOTES.md).
+  constexpr bool kPingpong = SCREE_SM90_PINGPONG != 0 && (D > 64 || kPaged);
   // Registers a thread (setmaxnreg; 128 x producer + 256 x consumer <= 64K): the paged producers
   // get 56, for the page-table walk and, with cp.async, the row offsets (at 40 they spilled 80-92
   // bytes); the consumers fit 224 without spilling. Measured on an H200 (NOTES.md): 16-token pages
@@ -290,17 +294,11 @@ __global__ void __launch_bounds__(384, 1)
     // first. Both warpgroups walk the same tiles and key blocks, so their issue phases pair up.
     // Measured on an H200 (NOTES.md): eq2048 d128 345 -> 376 TFLOP/s, mix d128 328 -> 319, others
     // within 3%.
-    // Packed tiles take turns at D = 128 only. At D = 64 a tile's products are half as long, and the
-    // turns' waits cost more than the overlap gives: tiny d64 forward 0.313 -> 0.294 ms without
-    // them, tiny d128 0.198-0.199 -> 0.200 (H200, NOTES.md). Set per tile: both warpgroups hold the
-    // same tile, so they skip the same phases and the barriers stay paired.
-    constexpr bool kPackedTurns = D > 64;
-    bool turns = kPingpong;
     auto my_turn = [&] {
-      if (turns) named_sync(NamedBarrier::kFwdTurn0 + cw, 256);
+      if (kPingpong) named_sync(NamedBarrier::kFwdTurn0 + cw, 256);
     };
     auto their_turn = [&] {
-      if (turns) named_arrive(NamedBarrier::kFwdTurn0 + (1 - cw), 256);
+      if (kPingpong) named_arrive(NamedBarrier::kFwdTurn0 + (1 - cw), 256);
     };
     if (kPingpong && cw == 1) named_arrive(NamedBarrier::kFwdTurn0, 256);
 
@@ -309,7 +307,6 @@ __global__ void __launch_bounds__(384, 1)
       mbar_wait(&sm.q_full, j & 1);  // the producer published tile j (and started loading its Q)
       if (sm.tiles.read(j) < 0) break;
       const Tile x = sm.tile[j & 1];  // non-empty: the producer skipped the others
-      turns = kPingpong && (kPackedTurns || !x.packed());
       int row[2];
       KeyRange vis[2];
       int live_row[2];  // rows past the tile's end take its last row's keys
