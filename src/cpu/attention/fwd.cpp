@@ -56,7 +56,7 @@ inline int64_t block_rows(const VarlenParams& p) { return p.max_seqlen_q <= kBlo
 template <class T>
 struct Buffers {
   using C = compute_t<T>;
-  LineVector<C> qt, k, v, st, o, m, mx, l, lo, hi, row;
+  LineVector<C> qt, k, v, st, o, m, mx, l, lo, hi, row, vrow;
   std::vector<int64_t> key_lo, key_hi, panel_lo, panel_hi;  // visible keys per row / per S^T column panel
   Buffers(int64_t D, int64_t Dv_pad, int64_t rows) {
     qt.resize(D * rows);
@@ -70,6 +70,7 @@ struct Buffers {
     lo.resize(rows);
     hi.resize(rows);
     row.resize(16 * D);
+    vrow.resize(Dv_pad);
     key_lo.resize(rows);
     key_hi.resize(rows);
     panel_lo.resize(rows);
@@ -100,6 +101,14 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   // through a page table, are converted (copied) row by row.
   const bool k_in_place = std::is_same_v<T, C> && !p.paged;
   const bool v_in_place = k_in_place && Dv == Dv_pad;
+  // An item of more than 4 row tiles copies each V block panel by panel (the n rows of each
+  // 2-vector column panel in one run, gemm.h's b_panel), reading V's rows once. Read in place,
+  // every row tile of P V went through all of a block's V rows again, each on its own line 2-4 KiB
+  // from the last (8 heads x 64-128), a stride the prefetchers do not follow: those loads held 46%
+  // of P V's samples (perf, 2 x 2048 d128 causal). A/B (one thread, this Ice Lake VM): 2 x 2048
+  // d128 causal -13..-22%, not causal -11..-32%, d64 causal -7..-19%, 64 x 96 d128 -5..-13%,
+  // 128 x 48 (4 row tiles) even, 4 x 16 +9% (benchmarks/NOTES.md, issue 20).
+  const bool v_panels = rows > 4 * kTileRows;
   const KvRows<T> kv(p, g.b, g.kvh, g.k0, Lk);
   const T* Q = static_cast<const T*>(p.q);
 
@@ -178,8 +187,28 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
       kblk = buf.k.data(), ldk = D;
     }
     const C* vblk;
-    int64_t ldv;
-    if (v_in_place) {
+    int64_t ldv, vpanel = 0;
+    if (v_panels) {
+      constexpr int64_t W2 = 2 * W;
+      vpanel = kBlockK * W2;
+      C* vp = buf.v.data();
+      for (int64_t j = 0; j < n; ++j) {
+        const C* row;
+        if (v_in_place) {
+          row = reinterpret_cast<const C*>(kv.value(kb + j));
+        } else {
+          to_compute(kv.value(kb + j), buf.vrow.data(), Dv, C(1));
+          std::fill(buf.vrow.data() + Dv, buf.vrow.data() + Dv_pad, C(0));
+          row = buf.vrow.data();
+        }
+        for (int64_t c = 0; c < Dv_pad; c += W2) {
+          C* dst = vp + c / W2 * vpanel + j * W2;
+          store<C>(dst, load<C>(row + c));
+          store<C>(dst + W, load<C>(row + c + W));
+        }
+      }
+      vblk = vp, ldv = W2;
+    } else if (v_in_place) {
       vblk = reinterpret_cast<const C*>(kv.value(kb)), ldv = p.v_row_stride;
     } else {
       for (int64_t j = 0; j < n; ++j) {
@@ -259,10 +288,10 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
       }
     }
     if (!trimmed) {
-      gemm<C, true>(rows, Dv_pad, n, st, cols, vblk, ldv, buf.o.data(), Dv_pad, true);  // O += P V
+      gemm<C, true>(rows, Dv_pad, n, st, cols, vblk, ldv, buf.o.data(), Dv_pad, true, nullptr, vpanel);  // O += P V
     } else {
       gemm_rows_keys<C, true>(rows, Dv_pad, n, st, cols, vblk, ldv, buf.o.data(), Dv_pad, buf.key_lo.data(),
-                        buf.key_hi.data(), kb);
+                        buf.key_hi.data(), kb, vpanel);
     }
   }
 

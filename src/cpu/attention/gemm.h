@@ -72,27 +72,37 @@ __attribute__((always_inline)) inline void gemm_rest(int64_t rows, const T* A, i
   }
 }
 
+// B's column panel starting at column j: row-major B (b_panel 0) has it at B + j; panel-major B
+// (b_panel > 0: panel p's K rows of W2 values stored together, p * b_panel apart, ldb = W2) at
+// B + (j / W2) * b_panel, so that a panel's rows are one contiguous run.
+template <class T>
+inline const T* b_panel_at(const T* B, int64_t j, int64_t b_panel) {
+  constexpr int64_t W2 = 2 * Simd<T>::width;
+  return b_panel == 0 ? B + j : B + j / W2 * b_panel;
+}
+
 // col_max (N values, optional): raised to the maximum of each column of C, taken from the registers
-// (the softmax's running max over S^T's key rows without a pass over S^T).
+// (the softmax's running max over S^T's key rows without a pass over S^T). b_panel: see b_panel_at.
 template <class T, bool A_T = false>
 void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
-          bool accumulate, T* col_max = nullptr) {
+          bool accumulate, T* col_max = nullptr, int64_t b_panel = 0) {
   constexpr int W = Simd<T>::width, W2 = 2 * W;
   const int64_t N2 = N / W2 * W2;  // two-vector panels; a last one-vector panel where N % W2 == W
   auto cm = [&](int64_t j) { return col_max == nullptr ? nullptr : col_max + j; };
+  auto bp = [&](int64_t j) { return b_panel_at(B, j, b_panel); };
   int64_t i = 0;
   for (; i + kTileRows <= M; i += kTileRows) {
     for (int64_t j = 0; j < N2; j += W2)
-      gemm_tile<T, kTileRows, A_T>(A + (A_T ? i : i * lda), lda, B + j, ldb, C + i * ldc + j, ldc, K, accumulate, cm(j));
+      gemm_tile<T, kTileRows, A_T>(A + (A_T ? i : i * lda), lda, bp(j), ldb, C + i * ldc + j, ldc, K, accumulate, cm(j));
     if (N2 < N)
-      gemm_tile<T, kTileRows, A_T, 1>(A + (A_T ? i : i * lda), lda, B + N2, ldb, C + i * ldc + N2, ldc, K, accumulate,
+      gemm_tile<T, kTileRows, A_T, 1>(A + (A_T ? i : i * lda), lda, bp(N2), ldb, C + i * ldc + N2, ldc, K, accumulate,
                                       cm(N2));
   }
   for (int64_t j = 0; j < N2; j += W2)
-    gemm_rest<T, kTileRows - 1, A_T>(M - i, A + (A_T ? i : i * lda), lda, B + j, ldb, C + i * ldc + j, ldc, K,
+    gemm_rest<T, kTileRows - 1, A_T>(M - i, A + (A_T ? i : i * lda), lda, bp(j), ldb, C + i * ldc + j, ldc, K,
                                       accumulate, cm(j));
   if (N2 < N)
-    gemm_rest<T, kTileRows - 1, A_T, 1>(M - i, A + (A_T ? i : i * lda), lda, B + N2, ldb, C + i * ldc + N2, ldc, K,
+    gemm_rest<T, kTileRows - 1, A_T, 1>(M - i, A + (A_T ? i : i * lda), lda, bp(N2), ldb, C + i * ldc + N2, ldc, K,
                                          accumulate, cm(N2));
 }
 
@@ -154,10 +164,10 @@ void gemm_rows_cols(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, co
 
 // C += A B over a band (P V in the forward; dV, dK and dQ in the backward): row r of A is 0
 // outside k in [k_lo[r] - k0, k_hi[r] - k0) (masked P or dS), so a row tile reduces over its rows'
-// union only. A as gemm's (A_T: stored transposed).
+// union only. A as gemm's (A_T: stored transposed); b_panel as gemm's (N a multiple of 2 vectors).
 template <class T, bool A_T>
 void gemm_rows_keys(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
-                    int64_t ldc, const int64_t* k_lo, const int64_t* k_hi, int64_t k0) {
+                    int64_t ldc, const int64_t* k_lo, const int64_t* k_hi, int64_t k0, int64_t b_panel = 0) {
   constexpr int W2 = 2 * Simd<T>::width;
   for (int64_t i = 0; i < M; i += kTileRows) {
     const int64_t rows = M - i < kTileRows ? M - i : kTileRows;
@@ -166,7 +176,8 @@ void gemm_rows_keys(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, co
     if (lo >= hi) continue;
     const T* a = A_T ? A + lo * lda + i : A + i * lda + lo;
     for (int64_t j = 0; j < N; j += W2)
-      gemm_rest<T, kTileRows, A_T>(rows, a, lda, B + lo * ldb + j, ldb, C + i * ldc + j, ldc, hi - lo, true, nullptr);
+      gemm_rest<T, kTileRows, A_T>(rows, a, lda, b_panel_at(B, j, b_panel) + lo * ldb, ldb, C + i * ldc + j, ldc,
+                                   hi - lo, true, nullptr);
   }
 }
 
