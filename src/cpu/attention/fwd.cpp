@@ -105,9 +105,10 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   // 2-vector column panel in one run, gemm.h's b_panel), reading V's rows once. Read in place,
   // every row tile of P V went through all of a block's V rows again, each on its own line 2-4 KiB
   // from the last (8 heads x 64-128), a stride the prefetchers do not follow: those loads held 46%
-  // of P V's samples (perf, 2 x 2048 d128 causal). A/B (one thread, this Ice Lake VM): 2 x 2048
-  // d128 causal -13..-22%, not causal -11..-32%, d64 causal -7..-19%, 64 x 96 d128 -5..-13%,
-  // 128 x 48 (4 row tiles) even, 4 x 16 +9% (benchmarks/NOTES.md, issue 20).
+  // of P V's samples (perf, 2 x 2048 d128 causal). A/B (one thread, this Ice Lake VM, rows 4 KiB
+  // apart): 2 x 2048 d128 causal -13..-22%, not causal -11..-32%, d64 causal -7..-19%, 64 x 96 d128
+  // -5..-13%, 128 x 48 (4 row tiles) even, 4 x 16 +9%; rows 2 KiB apart gain less (0.95-1.2x,
+  // cpu_attn_ab.sh at hidden 512; benchmarks/NOTES.md, issue 20).
   const bool v_panels = rows > 4 * kTileRows;
   const KvRows<T> kv(p, g.b, g.kvh, g.k0, Lk);
   const T* Q = static_cast<const T*>(p.q);
