@@ -187,6 +187,11 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
       for (int64_t j = 0; j < n; ++j) to_compute(kv.key(kb + j), buf.k.data() + j * D, D, C(1));
       kblk = buf.k.data(), ldk = D;
     }
+    // V row j of the block as the compute type, zero-padded to Dv_pad, written to dst.
+    auto convert_v_row = [&](int64_t j, C* dst) {
+      to_compute(kv.value(kb + j), dst, Dv, C(1));
+      std::fill(dst + Dv, dst + Dv_pad, C(0));
+    };
     const C* vblk;
     int64_t ldv, vpanel = 0;
     if (v_panels) {
@@ -205,8 +210,7 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
         if (v_in_place) {
           row = reinterpret_cast<const C*>(kv.value(kb + j));
         } else {
-          to_compute(kv.value(kb + j), buf.vrow.data(), Dv, C(1));
-          std::fill(buf.vrow.data() + Dv, buf.vrow.data() + Dv_pad, C(0));
+          convert_v_row(j, buf.vrow.data());
           row = buf.vrow.data();
         }
         for (int64_t c = 0; c < Dv_pad; c += W2) {
@@ -219,11 +223,7 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
     } else if (v_in_place) {
       vblk = reinterpret_cast<const C*>(kv.value(kb)), ldv = p.v_row_stride;
     } else {
-      for (int64_t j = 0; j < n; ++j) {
-        C* vrow = buf.v.data() + j * Dv_pad;
-        to_compute(kv.value(kb + j), vrow, Dv, C(1));
-        std::fill(vrow + Dv, vrow + Dv_pad, C(0));
-      }
+      for (int64_t j = 0; j < n; ++j) convert_v_row(j, buf.v.data() + j * Dv_pad);
       vblk = buf.v.data(), ldv = Dv_pad;
     }
     const bool full = last.lo <= kb && kb + n <= first.hi && rows == cols;
