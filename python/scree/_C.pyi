@@ -200,7 +200,7 @@ def paged_fwd_cuda(q: Annotated[NDArray, dict(writable=False)], k_pages: Annotat
     rest as varlen_fwd. Slots past a sequence's end in its last page may hold anything.
     """
 
-def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], out: NDArray, lse: NDArray | None, args: AttentionArgs, workspace: NDArray | None = None, q_summary: Annotated[NDArray, dict(writable=False)] | None = None, stream: int = 0, schedule: NDArray | None = None, schedule_ready: bool = False) -> bool:
+def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray, dict(writable=False)], v: Annotated[NDArray, dict(writable=False)], cu_seqlens_q: Annotated[NDArray, dict(writable=False)], cu_seqlens_k: Annotated[NDArray, dict(writable=False)], out: NDArray, lse: NDArray | None, args: AttentionArgs, workspace: NDArray | None = None, q_summary: Annotated[NDArray, dict(writable=False)] | None = None, stream: int = 0, schedule: NDArray | None = None, schedule_ready: bool = False, workspace_zeroed: bool = False) -> bool:
     """
     Varlen attention forward into out (Tq, Hq, Dv) and lse (Hq, Tq) float32 (optional; float64
     inputs take a float64 lse, or a float32 one that rounds it). All arrays on one device: the
@@ -214,7 +214,9 @@ def varlen_fwd(q: Annotated[NDArray, dict(writable=False)], k: Annotated[NDArray
     `schedule` (CUDA, optional; contiguous, on the same GPU, 16-byte aligned, at least
     cuda_tile_schedule_bytes(Tq, n) bytes): the packed-tile schedule kept between calls over the
     same offsets; `schedule_ready` says an earlier call that returned True wrote it, in this
-    stream's order. Returns True when the call's tiles came from `schedule` (False on the CPU).
+    stream's order. `workspace_zeroed`: the workspace's first 16 bytes are zero in this stream's
+    order (zeroed once by the caller; every CUDA forward leaves them zero), so no memset runs
+    before the kernel. Returns True when the call's tiles came from `schedule` (False on the CPU).
     """
 
 def cuda_tile_schedule_bytes(rows: int, num_sequences: int) -> int:

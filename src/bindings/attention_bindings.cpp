@@ -184,7 +184,8 @@ bool run_cuda_forward(const VarlenParams& p, const ArrayArg& q, Workspace ws, ui
 bool varlen_fwd(const InArray& q_, const InArray& k_, const InArray& v_, const InArray& cu_q_, const InArray& cu_k_,
                 OutArray out_, std::optional<OutArray> lse_, const AttentionArgs& args,
                 const std::optional<OutArray>& workspace_, const std::optional<InArray>& q_summary_,
-                uintptr_t stream, const std::optional<OutArray>& schedule_, bool schedule_ready) {
+                uintptr_t stream, const std::optional<OutArray>& schedule_, bool schedule_ready,
+                bool workspace_zeroed) {
   const ArrayArg q = arg(q_, "q");
   const bool cuda = on_cuda(q);
   VarlenParams p;
@@ -195,6 +196,7 @@ bool varlen_fwd(const InArray& q_, const InArray& k_, const InArray& v_, const I
   Workspace ws = workspace_arg(workspace_, q);
   p.max_seqlen_q_device = q_summary_arg(q_summary_, q);
   schedule_arg(p, schedule_, schedule_ready, q);
+  p.workspace_counter_zero = workspace_zeroed && ws.given;
 #ifdef SCREE_WITH_CUDA
   if (cuda) return run_cuda_forward(p, q, ws, stream);
 #endif
@@ -492,6 +494,7 @@ void register_attention(nb::module_& m) {
         nb::arg("cu_seqlens_k"), nb::arg("out"), nb::arg("lse").none(), nb::arg("args"),
         nb::arg("workspace").none() = nb::none(), nb::arg("q_summary").none() = nb::none(), nb::arg("stream") = 0,
         nb::arg("schedule").none() = nb::none(), nb::arg("schedule_ready") = false,
+        nb::arg("workspace_zeroed") = false,
         "Varlen attention forward into out (Tq, Hq, Dv) and lse (Hq, Tq) float32 (optional; float64\n"
         "inputs take a float64 lse, or a float32 one that rounds it). All arrays on one device: the\n"
         "CPU, or one CUDA GPU (float16/bfloat16; launched on `stream`, a cudaStream_t as an int,\n"
@@ -504,7 +507,9 @@ void register_attention(nb::module_& m) {
         "`schedule` (CUDA, optional; contiguous, on the same GPU, 16-byte aligned, at least\n"
         "cuda_tile_schedule_bytes(Tq, n) bytes): the packed-tile schedule kept between calls over the\n"
         "same offsets; `schedule_ready` says an earlier call that returned True wrote it, in this\n"
-        "stream's order. Returns True when the call's tiles came from `schedule` (False on the CPU).");
+        "stream's order. `workspace_zeroed`: the workspace's first 16 bytes are zero in this stream's\n"
+        "order (zeroed once by the caller; every CUDA forward leaves them zero), so no memset runs\n"
+        "before the kernel. Returns True when the call's tiles came from `schedule` (False on the CPU).");
   m.def("cuda_tile_schedule_bytes", &cuda_tile_schedule_bytes, nb::arg("rows"), nb::arg("num_sequences"),
         "Bytes of a kept packed-tile schedule over `rows` packed rows (the forward's query tokens, the\n"
         "backward's key tokens) in n sequences (0 in builds without CUDA).");

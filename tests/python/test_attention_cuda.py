@@ -224,9 +224,9 @@ def test_lse_and_output_layout():
 
 
 def test_forward_tile_counter_is_shared_safely_by_threads_and_streams():
-    """The Hopper forward's tile counter is kept per (device, stream, thread) and zeroed by each
-    call: two threads launching on one stream, and streams running side by side, must each get
-    every tile (a counter shared across them would start a kernel past tiles it never ran)."""
+    """The Hopper forward's workspace (its tile counter) is kept per (device, stream, thread) and left
+    zero by each call: two threads launching on one stream, and streams running side by side, must
+    each get every tile (a counter shared across them would start a kernel past tiles it never ran)."""
     import threading
 
     seed = fresh_seed()
@@ -255,6 +255,32 @@ def test_forward_tile_counter_is_shared_safely_by_threads_and_streams():
     assert len(outs) == 150
     bad = sum(not torch.equal(o, want) for o in outs)
     assert bad == 0, f"seed {seed}: {bad} of 150 concurrent forwards differ from the single call"
+
+
+def test_forward_leaves_its_tile_counter_zero():
+    """The forward puts its tile counter (the workspace's first 16 bytes) back to zero, so a caller
+    that zeroed its workspace once passes workspace_zeroed=True and no memset runs before each
+    kernel (scree's torch glue does): calls of both tile orders and many grid sizes in a row over
+    one workspace each equal a call over a fresh 0xFF-filled one, and leave the counter zero."""
+    from scree import _C
+
+    seed = fresh_seed()
+    cases = [([700, 3, 1000, 64, 129, 0, 513], {}), ([1, 5, 64, 33, 2] * 40, {}), ([3, 1, 2], {"causal": True}),
+             ([4096], {"causal": True}), ([17, 0, 77] * 3, {"window": (5, 3)}), ([200, 1], {})]
+    arrays = [(random_qkv(lens, lens, 8, 2, 128, 128, torch.bfloat16, DEV, seed + i), opts)
+              for i, (lens, opts) in enumerate(cases)]
+    ws = torch.zeros((max(_C.cuda_fwd_workspace_bytes(q.values.shape[0], q.num_sequences)
+                          for (q, _, _), _ in arrays),), dtype=torch.uint8, device=DEV)
+    for _ in range(2):
+        for (q, k, v), opts in arrays:
+            shape = (q.values.shape[0], 8, 128)
+            got, want = (torch.full(shape, float("nan"), dtype=torch.bfloat16, device=DEV) for _ in range(2))
+            _C.varlen_fwd(q.values, k.values, v.values, kernel_offsets(q), kernel_offsets(k), got, None,
+                          c_args(q, k, v, opts), ws, stream=stream_of(q.values), workspace_zeroed=True)
+            torch.cuda.synchronize()
+            assert not ws[:16].any(), f"seed {seed}: the counter was left at {ws[:16].tolist()}"
+            c_varlen_fwd(q, k, v, want, None, opts)
+            assert torch.equal(got, want), f"seed {seed}: {q.lengths.tolist()} {opts}"
 
 
 # ---- direct scree._C calls into poisoned outputs ----------------------------------------------

@@ -68,6 +68,11 @@ struct VarlenParams {
   void* tile_schedule = nullptr;
   size_t tile_schedule_bytes = 0;
   bool tile_schedule_ready = false;
+  // CUDA Hopper forward: the workspace's first 16 bytes (its tile counter) are zero in this
+  // stream's order: zeroed by the caller once, or left so by an earlier forward on the same
+  // workspace (the kernel puts its counter back to zero when its last CTA is done). The call then
+  // launches no memset before the kernel.
+  bool workspace_counter_zero = false;
 
   int64_t heads_q = 0, heads_k = 0;  // heads_q % heads_k == 0 (GQA / MQA)
   int64_t head_dim = 0, head_dim_v = 0;

@@ -71,16 +71,19 @@ def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec,
         bwd_schedule = K.tile_schedule(_NS, q, k, qv, True, stream) if kept else None
         return _Attention.apply(qv, kv, vv, pq.offsets, pk.offsets, args, spec.deterministic, pq.summary,
                                 schedule, bwd_schedule, workspace, stream)
-    return K.forward(_NS, qv, kv, vv, pq.offsets, pk.offsets, args, pq.summary, with_lse, workspace, stream, schedule)
+    return K.forward(_NS, qv, kv, vv, pq.offsets, pk.offsets, args, pq.summary, with_lse, workspace, stream, schedule,
+                     workspace is not None)
 
 
 # The CUDA forward's workspace (its tile counter, and room for the packed-tile schedule of short
 # sequences), one per (device, stream, Python thread), grown when a call needs more: the call writes
 # it on its stream before the kernel, so calls in one stream's order share it, and
 # the thread in the key keeps two threads (which launch with the GIL released) from interleaving
-# their zeroing and kernels on one stream. A fresh allocation cost ~6 us of host time a call on an
-# H200 host (benchmarks/NOTES.md). Inside CUDA graph capture each call gets its own (None here:
-# K.forward allocates it from the graph's pool), so a graph never shares one with eager calls.
+# their schedules and kernels on one stream. A fresh allocation cost ~6 us of host time a call on an
+# H200 host (benchmarks/NOTES.md). Zeroed when allocated: each forward leaves its tile counter zero
+# again, so no call launches a memset before its kernel (workspace_zeroed). Inside CUDA graph capture
+# each call gets its own (None here: K.forward allocates it from the graph's pool), so a graph
+# never shares one with eager calls.
 _WORKSPACES: dict[tuple[int, int, int], torch.Tensor] = {}
 _WORKSPACES_KEPT = 1024  # (threads x streams x devices); past it the dict starts over
 
@@ -94,7 +97,7 @@ def _fwd_workspace(q: torch.Tensor, cu_q: torch.Tensor, stream: int) -> torch.Te
         if len(_WORKSPACES) >= _WORKSPACES_KEPT:
             _WORKSPACES.clear()  # a dropped workspace may be reused by the allocator only in its stream's order
         # Grown to a power of two: a training loop's varying batch sizes reallocate it a few times.
-        ws = _WORKSPACES[key] = torch.empty((1 << (need - 1).bit_length(),), dtype=torch.uint8, device=q.device)
+        ws = _WORKSPACES[key] = torch.zeros((1 << (need - 1).bit_length(),), dtype=torch.uint8, device=q.device)
     return ws
 
 
@@ -105,7 +108,8 @@ class _Attention(torch.autograd.Function):
                 args: Any, deterministic: bool | None, q_summary: Any, schedule: K.TileSchedule | None,
                 bwd_schedule: K.TileSchedule | None, workspace: torch.Tensor | None,
                 stream: int) -> tuple[torch.Tensor, torch.Tensor]:
-        out, lse = K.forward(_NS, q, k, v, cu_q, cu_k, args, q_summary, True, workspace, stream, schedule)
+        out, lse = K.forward(_NS, q, k, v, cu_q, cu_k, args, q_summary, True, workspace, stream, schedule,
+                             workspace is not None)
         ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
         # The backward's schedule is keyed by the forward's thread and stream (the autograd engine
         # runs the backward on the forward's stream); only backward calls use it.

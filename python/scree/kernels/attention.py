@@ -153,7 +153,8 @@ def kernel_args(spec: AttentionSpec, max_seqlen_q: int, max_seqlen_k: int, deter
 
 def forward(ns: ModuleType, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: Any,
             q_summary: Any = None, with_lse: bool = True, workspace: Any = None,
-            stream: int | None = None, schedule: TileSchedule | None = None) -> tuple[Any, Any]:
+            stream: int | None = None, schedule: TileSchedule | None = None,
+            workspace_zeroed: bool = False) -> tuple[Any, Any]:
     """(out (Tq, Hq, Dv), lse (Hq, Tq)) from the compiled kernel, lse in `lse_dtype(q's dtype)`
     (float32; float64 for float64 inputs), or None when not `with_lse` (a call that neither returns
     lse nor keeps it for a backward: one allocation less). Outputs, and the CUDA forward's
@@ -161,7 +162,9 @@ def forward(ns: ModuleType, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: 
     ~100 us after each device sync on an H200 host), are allocated by `ns` like q. cu_q / cu_k as
     plan() gives them; args a scree._C.AttentionArgs; q_summary the plan's device summary of q's
     offsets (or None). GPU kernels run on `stream`, by default the framework's current one;
-    `schedule` (tile_schedule) keeps the packed tiles between calls."""
+    `schedule` (tile_schedule) keeps the packed tiles between calls. `workspace_zeroed`: the
+    caller's workspace was zeroed when allocated and only CUDA forwards on `stream` used it since
+    (each leaves its tile counter zero), so no memset runs before the kernel."""
     tq, hq = q.shape[0], q.shape[1]
     dt = ns.dtype_name(q)
     out = ns.empty((tq, hq, v.shape[2]), dt, like=q)
@@ -171,7 +174,8 @@ def forward(ns: ModuleType, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: 
         workspace = ns.empty((fwd_workspace_bytes(tq, cu_q.shape[0] - 1),), "uint8", like=q)
     kept = _C.varlen_fwd(a(q), a(k), a(v), a(cu_q), a(cu_k), a(out), None if lse is None else a(lse), args,
                          None if workspace is None else a(workspace), None if q_summary is None else a(q_summary),
-                         ns.stream(q) if stream is None else stream, *_schedule_args(a, schedule))
+                         ns.stream(q) if stream is None else stream, *_schedule_args(a, schedule),
+                         workspace_zeroed=workspace_zeroed)
     _mark_written(schedule, kept)
     return out, lse
 

@@ -131,16 +131,35 @@ __global__ void __launch_bounds__(128) bwd_preprocess_kernel(const VarlenBackwar
   by_groups(std::false_type{});
 }
 
-// dq (Tq, Hq, D) in T from the fp32 accumulator laid out (Tq, Hq, D) contiguously.
-template <class T, int D>
+// dq (Tq, Hq, D) in T from the fp32 accumulator laid out (Tq, Hq, D) contiguously. Where dq's rows
+// are 16-byte aligned (kPreprocessVector's rule), D / 8 lanes a row, each with two 16-byte loads,
+// one 16-byte store and one division; else 2 elements a thread (8-byte loads and two 64-bit
+// divisions per 2 elements), which made the short d128 backward 3-7% slower on an H200
+// (benchmarks/NOTES.md).
+template <class T, int D, bool kVec>
 __global__ void __launch_bounds__(256) dq_convert_kernel(const VarlenBackwardParams p, const float* dq_accum, float mult) {
-  const int64_t n = p.total_q * p.heads_q * (D / 2);
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t row = i / (D / 2), d = (i % (D / 2)) * 2;
-    const int64_t t = row / p.heads_q, h = row % p.heads_q;
-    const float2 x = *reinterpret_cast<const float2*>(dq_accum + row * D + d);
-    *reinterpret_cast<uint32_t*>(static_cast<T*>(p.dq) + t * p.dq_row_stride + h * p.dq_head_stride + d) =
-        pack2<T>(x.x * mult, x.y * mult);
+  if constexpr (kVec) {
+    constexpr int kLanes = D / 8;
+    const int c = threadIdx.x % kLanes;
+    const int64_t rows = p.total_q * p.heads_q;
+    const int64_t step = int64_t(gridDim.x) * blockDim.x / kLanes;
+    for (int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kLanes; row < rows; row += step) {
+      const float4* src = reinterpret_cast<const float4*>(dq_accum + row * D + 8 * c);
+      const float4 a = src[0], b = src[1];
+      const int64_t t = row / p.heads_q, h = row - t * p.heads_q;
+      const uint4 out{pack2<T>(a.x * mult, a.y * mult), pack2<T>(a.z * mult, a.w * mult),
+                      pack2<T>(b.x * mult, b.y * mult), pack2<T>(b.z * mult, b.w * mult)};
+      *reinterpret_cast<uint4*>(static_cast<T*>(p.dq) + t * p.dq_row_stride + h * p.dq_head_stride + 8 * c) = out;
+    }
+  } else {
+    const int64_t n = p.total_q * p.heads_q * (D / 2);
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+      const int64_t row = i / (D / 2), d = (i % (D / 2)) * 2;
+      const int64_t t = row / p.heads_q, h = row % p.heads_q;
+      const float2 x = *reinterpret_cast<const float2*>(dq_accum + row * D + d);
+      *reinterpret_cast<uint32_t*>(static_cast<T*>(p.dq) + t * p.dq_row_stride + h * p.dq_head_stride + d) =
+          pack2<T>(x.x * mult, x.y * mult);
+    }
   }
 }
 
@@ -163,7 +182,16 @@ void launch_bwd_preprocess(const VarlenBackwardParams& p, const BwdWorkspace& ws
 template <class T, int D>
 void launch_dq_convert(const VarlenBackwardParams& p, const float* dq_accum, float mult, cudaStream_t stream) {
   if (p.total_q == 0 || p.heads_q == 0) return;
-  dq_convert_kernel<T, D><<<stride_grid(p.total_q * p.heads_q * (D / 2), 256), 256, 0, stream>>>(p, dq_accum, mult);
+  if constexpr (kPreprocessVector<D>) {
+    const bool vector = reinterpret_cast<uintptr_t>(p.dq) % 16 == 0 && p.dq_row_stride % 8 == 0 &&
+                        p.dq_head_stride % 8 == 0;
+    if (vector) {
+      dq_convert_kernel<T, D, true>
+          <<<stride_grid(p.total_q * p.heads_q * (D / 8), 256), 256, 0, stream>>>(p, dq_accum, mult);
+      return;
+    }
+  }
+  dq_convert_kernel<T, D, false><<<stride_grid(p.total_q * p.heads_q * (D / 2), 256), 256, 0, stream>>>(p, dq_accum, mult);
 }
 
 }  // namespace scree::cuda_attention

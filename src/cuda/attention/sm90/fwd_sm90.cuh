@@ -252,6 +252,7 @@ __global__ void __launch_bounds__(384, 1)
         }
       }
       if constexpr (kCopy) cp_async_drain();  // no copy outlives its thread
+      if (leader) reset_counter_when_last(tile_counter);  // after its last next_tile()
     }
   } else {
     setmaxnreg_inc<kConsumerRegs>();

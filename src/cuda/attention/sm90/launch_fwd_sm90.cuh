@@ -1,6 +1,6 @@
 // Launcher of the Hopper forward for one (element type, head dim): TMA tensor maps over the
 // packed q, k, v tensors (or the pages of a paged cache), the dynamic shared-memory opt-in, the
-// tile counter (zeroed on the stream in the caller's workspace) or, for packed tiles, the schedule
+// tile counter (zeroed on the stream in the caller's workspace unless it is known zero) or, for packed tiles, the schedule
 // kernel that zeroes it and writes the tiles after it (tile_packing.cuh), the persistent launch and
 // its error check. Explicitly instantiated in instances/fwd_sm90_*.cu, compiled for
 // sm_90a only.
@@ -74,8 +74,10 @@ bool launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream
       check_cuda(cudaGetLastError(), "pack_tiles_kernel launch");
     }
   }
-  if (!packed || (p.tile_schedule != nullptr && p.tile_schedule_ready)) {
-    check_cuda(cudaMemsetAsync(tile_counter, 0, sizeof(unsigned long long), stream), "cudaMemsetAsync(tile counter)");
+  // Without the pack kernel, the counter and its CTA count are zeroed here unless the caller's
+  // workspace holds them zeroed already (the last forward on it put them back to zero).
+  if ((!packed || (p.tile_schedule != nullptr && p.tile_schedule_ready)) && !p.workspace_counter_zero) {
+    check_cuda(cudaMemsetAsync(tile_counter, 0, kFwdCounterBytes, stream), "cudaMemsetAsync(tile counter)");
   }
   const int64_t tiles = order.sequences * order.tiles * order.heads;
   const int sms = sm_count();

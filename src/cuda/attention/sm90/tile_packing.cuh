@@ -141,7 +141,10 @@ __global__ void __launch_bounds__(kPackThreads) pack_tiles_kernel(const VarlenPa
   __shared__ int warp_sums[33];
   const int t = int(threadIdx.x) % kPackWindow, g = int(threadIdx.x) / kPackWindow;
   PackWindow& win = windows[g];
-  if (threadIdx.x == 0) *tile_counter = 0;
+  if (threadIdx.x == 0) {
+    *tile_counter = 0;
+    if constexpr (!kByKeys) reinterpret_cast<unsigned*>(tile_counter + 1)[0] = 0;  // the forward's CTA count
+  }
   // Every thread runs every round (the block syncs inside); a group past the last window idles.
   auto for_each_window = [&](auto&& per_window) {
     for (int64_t w0 = 0; w0 < s.windows; w0 += kGroups) {

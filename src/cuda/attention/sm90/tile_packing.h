@@ -23,7 +23,8 @@ constexpr int kPackWindow = 128;     // sequences packed alone, a thread each
 constexpr int kPackThreads = 1024;   // one block
 constexpr int kPackAutoMaxLen = 128; // longest query sequence (host bound) the packed order serves unforced
 
-// The forward's workspace: the tile counter, then (packed tiles) the schedule.
+// The forward's workspace: the tile counter (8 bytes) and its count of finished CTAs (4; see
+// reset_counter_when_last), then (packed tiles) the schedule.
 constexpr size_t kFwdCounterBytes = 16;
 
 // Where the schedule lives: in the forward's workspace after the tile counter, in the backward's

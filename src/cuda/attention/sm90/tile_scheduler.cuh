@@ -88,6 +88,21 @@ struct TileCounter {
   __device__ __forceinline__ int64_t next() const { return int64_t(gridDim.x) + int64_t(atomicAdd(counter, 1ull)); }
 };
 
+// The forward's counter puts itself back to zero: each CTA's scheduling thread, after its last
+// next(), counts its CTA in `done` (the word after the counter), and the CTA counted last zeroes
+// both. The next forward in the stream's order then finds them zero and needs no memset before
+// it (VarlenParams::workspace_counter_zero): a memset node before each forward cost GPU time
+// between the call's start and the kernel's, and host time for its launch.
+__device__ __forceinline__ void reset_counter_when_last(unsigned long long* counter) {
+  unsigned* done = reinterpret_cast<unsigned*>(counter + 1);
+  __threadfence();  // this CTA's last atomicAdd on the counter is performed before it is counted
+  if (atomicAdd(done, 1u) == gridDim.x - 1) {  // every other CTA fetched its last tile already
+    __threadfence();
+    atomicExch(counter, 0ull);
+    atomicExch(done, 0u);
+  }
+}
+
 // The producer's tile j reaches the consumers in slot j % 2 (the other slot may still be read by
 // consumers finishing tile j - 1): its index (-1: no tile is left), or the tile decoded (the
 // backward: the consumers then skip the order's 64-bit divisions and the offsets' global loads).
