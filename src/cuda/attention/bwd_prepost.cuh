@@ -122,9 +122,8 @@ __global__ void __launch_bounds__(128) bwd_preprocess_kernel(const VarlenBackwar
       }
     }
   };
-  const bool vector = kPreprocessVector<D> && reinterpret_cast<uintptr_t>(p.out) % 16 == 0 &&
-                      reinterpret_cast<uintptr_t>(p.dout) % 16 == 0 && p.out_row_stride % 8 == 0 &&
-                      p.out_head_stride % 8 == 0 && p.dout_row_stride % 8 == 0 && p.dout_head_stride % 8 == 0;
+  const bool vector = kPreprocessVector<D> && rows_16b(p.out, p.out_row_stride, p.out_head_stride) &&
+                      rows_16b(p.dout, p.dout_row_stride, p.dout_head_stride);
   if constexpr (kPreprocessVector<D>) {
     if (vector) return by_groups(std::true_type{});
   }
@@ -183,9 +182,7 @@ template <class T, int D>
 void launch_dq_convert(const VarlenBackwardParams& p, const float* dq_accum, float mult, cudaStream_t stream) {
   if (p.total_q == 0 || p.heads_q == 0) return;
   if constexpr (kPreprocessVector<D>) {
-    const bool vector = reinterpret_cast<uintptr_t>(p.dq) % 16 == 0 && p.dq_row_stride % 8 == 0 &&
-                        p.dq_head_stride % 8 == 0;
-    if (vector) {
+    if (rows_16b(p.dq, p.dq_row_stride, p.dq_head_stride)) {
       dq_convert_kernel<T, D, true>
           <<<stride_grid(p.total_q * p.heads_q * (D / 8), 256), 256, 0, stream>>>(p, dq_accum, mult);
       return;

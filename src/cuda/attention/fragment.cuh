@@ -65,7 +65,7 @@ __device__ __forceinline__ uint4 quad_transpose(uint32_t a0, uint32_t a1, uint32
 
 // Whether rows of a tensor at ptr take 16-byte stores: the base and both strides in whole 8-element
 // (16-byte) units. Outputs are not required to be aligned, so the kernels check at run time.
-__device__ __forceinline__ bool rows_16b(const void* ptr, int64_t row_stride, int64_t head_stride) {
+__host__ __device__ __forceinline__ bool rows_16b(const void* ptr, int64_t row_stride, int64_t head_stride) {
   return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && row_stride % 8 == 0 && head_stride % 8 == 0;
 }
 
