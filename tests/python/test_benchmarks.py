@@ -92,3 +92,22 @@ def test_gpu_benchmark_dry_run_on_cpu(tmp_path: Path):
                 if mode != "bwd":
                     assert methods[m]["isolated"]["median_ms"] > 0 and methods[m]["stream"]["host_us"] > 0
         assert row["modes"]["fwd"]["check"]["cudnn"]["ok"], row["modes"]["fwd"]["check"]
+
+
+def test_short_target_bound_reads_a_committed_run():
+    """benchmarks/diag/short_target_bound.py (NOTES.md, issue 18) regenerates a committed GPU run's
+    lengths from its seed (it exits if their FLOPs differ from the recorded ones) and counts scree's
+    forward blocks: a sequence of > 128 its square of tiles, runs of short ones one packed tile each."""
+    sys.path.insert(0, str(ROOT / "benchmarks" / "diag"))
+    try:
+        import short_target_bound as stb
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks" / "diag"))
+    assert stb.scree_blocks([300]) == 9 and stb.scree_blocks([64, 64, 1]) == 2
+    assert stb.scree_blocks([100, 200, 100]) == 1 + 4 + 1
+    assert stb.scree_blocks([1] * 129) == 2  # the greedy restarts every 128 sequences
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "diag" / "short_target_bound.py"),
+                           str(ROOT / "benchmarks" / "results" / "attention_gpu_s20.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "short d128 fwdbwd" in proc.stdout and "tiny d128 fwd " in proc.stdout
