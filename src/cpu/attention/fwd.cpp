@@ -112,6 +112,7 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   const bool v_panels = rows > 4 * kTileRows;
   const KvRows<T> kv(p, g.b, g.kvh, g.k0, Lk);
   const T* Q = static_cast<const T*>(p.q);
+  auto q_row = [&](int64_t r) { return Q + (q0 + i0 + r) * p.q_row_stride + h * p.q_head_stride; };
 
   // Q^T (D x cols), pre-multiplied by scale (and 1/softcap when capping, so tanh sees s / softcap).
   const C qscale = capped ? C(p.scale / p.softcap) : C(p.scale);
@@ -134,8 +135,10 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
     for (int64_t r0 = 0; r0 < cols; r0 += kT) {
       const int64_t g = std::clamp<int64_t>(rows - r0, 0, kT);
       C* blk = buf.row.data();
-      for (int64_t r = 0; r < g; ++r)
-        to_compute(Q + (q0 + i0 + r0 + r) * p.q_row_stride + h * p.q_head_stride, blk + r * D, D, qscale);
+      for (int64_t r = 0; r < g; ++r) {
+        if (r0 + r + kRowsAhead < rows) prefetch_row(q_row(r0 + r + kRowsAhead), D * int64_t(sizeof(T)));
+        to_compute(q_row(r0 + r), blk + r * D, D, qscale);
+      }
       if (g < kT) std::fill(blk + g * D, blk + kT * D, C(0));
       int64_t d0 = 0;
       for (; d0 + kT <= D; d0 += kT)
@@ -147,8 +150,10 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   for (int64_t r0 = 0; r0 < rows; r0 += kGroup) {
     const int64_t g = std::min(kGroup, rows - r0);
     C* blk = buf.row.data();
-    for (int64_t r = 0; r < g; ++r)
-      to_compute(Q + (q0 + i0 + r0 + r) * p.q_row_stride + h * p.q_head_stride, blk + r * D, D, qscale);
+    for (int64_t r = 0; r < g; ++r) {
+      if (r0 + r + kRowsAhead < rows) prefetch_row(q_row(r0 + r + kRowsAhead), D * int64_t(sizeof(T)));
+      to_compute(q_row(r0 + r), blk + r * D, D, qscale);
+    }
     if (g == kGroup) {
       for (int64_t d = 0; d < D; ++d) {
         C* dst = qt + d * cols + r0;
@@ -199,13 +204,10 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
       vpanel = kBlockK * W2;
       C* vp = buf.v.data();
       for (int64_t j = 0; j < n; ++j) {
-        // The row 4 ahead, line by line: the rows' stride is past the prefetchers' reach, and the
-        // copy waited on each row's first load (42% of the copy's samples; prefetched: 2 x 2048
-        // fp32 -3..-25%, 64 x 96 d128 -10..-16%, one thread, this Ice Lake VM).
-        if (j + 4 < n) {
-          const char* ahead = reinterpret_cast<const char*>(kv.value(kb + j + 4));
-          for (int64_t b = 0; b < Dv * int64_t(sizeof(T)); b += 64) __builtin_prefetch(ahead + b);
-        }
+        // A row ahead asked for: the copy waited on each row's first load (42% of the copy's
+        // samples; prefetched 4 rows ahead into L1: 2 x 2048 fp32 -3..-25%, 64 x 96 d128 -10..-16%,
+        // one thread, this Ice Lake VM; now fwd_common.h's prefetch_row, as the Q and output rows).
+        if (j + kRowsAhead < n) prefetch_row(kv.value(kb + j + kRowsAhead), Dv * int64_t(sizeof(T)));
         const C* row;
         if (v_in_place) {
           row = reinterpret_cast<const C*>(kv.value(kb + j));
@@ -303,7 +305,10 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
     }
   }
 
-  for (int64_t r = 0; r < rows; ++r) write_output_row<T>(p, g, r, buf.o.data() + r * Dv_pad, buf.m[r], buf.l[r]);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (r + kRowsAhead < rows) prefetch_row(out_row<T>(p, g, r + kRowsAhead), Dv * int64_t(sizeof(T)), true);
+    write_output_row<T>(p, g, r, buf.o.data() + r * Dv_pad, buf.m[r], buf.l[r]);
+  }
 }
 
 template <class T>

@@ -286,11 +286,11 @@ void forward_block(const VarlenParams& p, const KvTiles& kv, const WorkItem& ite
   // Q block, bf16 as stored (scaling it would round it a second time), zero padded to rows32 x Dp.
   const bfloat16* Q = static_cast<const bfloat16*>(p.q);
   uint16_t* q = buf.q.data();
-  for (int64_t r = 0; r < rows32; ++r)
-    tiles::copy_row(q + r * Dp,
-                    reinterpret_cast<const uint16_t*>(Q + (g.q0 + g.i0 + std::min(r, rows - 1)) * p.q_row_stride +
-                                                      g.h * p.q_head_stride),
-                    r < rows ? D : 0, Dp);
+  auto q_row = [&](int64_t r) { return Q + (g.q0 + g.i0 + r) * p.q_row_stride + g.h * p.q_head_stride; };
+  for (int64_t r = 0; r < rows32; ++r) {
+    if (r + kRowsAhead < rows) prefetch_row(q_row(r + kRowsAhead), D * 2);  // (fwd_common.h: the rows' stride)
+    tiles::copy_row(q + r * Dp, reinterpret_cast<const uint16_t*>(q_row(std::min(r, rows - 1))), r < rows ? D : 0, Dp);
+  }
   std::fill(buf.o.begin(), buf.o.begin() + rows32 * Dvp, 0.f);
   std::fill(buf.m.begin(), buf.m.end(), kNegInf);
   std::fill(buf.l.begin(), buf.l.end(), 0.f);
@@ -341,9 +341,11 @@ void forward_block(const VarlenParams& p, const KvTiles& kv, const WorkItem& ite
   }
   // The row max is in log2 units: lse = m ln 2 + log(l).
   constexpr float kLn2 = 0.6931471805599453f;
-  for (int64_t r = 0; r < rows; ++r)
+  for (int64_t r = 0; r < rows; ++r) {
+    if (r + kRowsAhead < rows) prefetch_row(out_row<bfloat16>(p, g, r + kRowsAhead), p.head_dim_v * 2, true);
     write_output_row<bfloat16>(p, g, r, buf.o.data() + r * Dvp, buf.m[r] * kLn2,
                                _mm512_reduce_add_ps(_mm512_loadu_ps(buf.l.data() + r * 16)));
+  }
 }
 
 // Causal items in pairs: query block j of a sequence-head with block nb - 1 - j (nb blocks), so

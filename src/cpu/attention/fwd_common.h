@@ -95,6 +95,31 @@ struct KvRows {
   const T* value(int64_t t) const { return p.paged ? Vp + paged_row(t) * p.v_row_stride : V + t * p.v_row_stride; }
 };
 
+// One row of `bytes` bytes asked into L2 (prefetcht1) line by line, for reading or (for_write) for
+// writing. The rows of q, k, v and out sit heads x D elements apart (2 KiB at hidden 512), past
+// the hardware prefetchers' reach, so a loop over rows that asks for no row ahead waits on each
+// row's first line: on 8..128-token sequences (fp32, one thread, this Ice Lake VM) the Q rows'
+// copy held 8% of the forward's samples and the output rows' stores (their read for ownership) 5%.
+// Into L1 (prefetcht0) 4 rows ahead, the waits moved into the prefetches themselves (the line fill
+// buffers were full); into L2 8 rows ahead: short d64 / d128 / d128 causal +25..30% / +11..15% /
+// +12..21%, eq2048 d128 causal +8%, others even (A/B, two runs; benchmarks/NOTES.md, issue 20).
+inline void prefetch_row(const void* row, int64_t bytes, bool for_write = false) {
+  const char* at = static_cast<const char*>(row);
+  if (for_write) {
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(at + b, 1, 2);
+  } else {
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(at + b, 0, 2);
+  }
+}
+// Rows asked ahead by the loops over an item's rows (and a V block's).
+constexpr int64_t kRowsAhead = 8;
+
+// Row r of the item in the output.
+template <class T>
+inline T* out_row(const attention::VarlenParams& p, const ItemGeometry& g, int64_t r) {
+  return static_cast<T*>(p.out) + (g.q0 + g.i0 + r) * p.out_row_stride + g.h * p.out_head_stride;
+}
+
 // Query row r of the item: orow (Dv values, O = sum P V unnormalised, in the compute type C,
 // scratch that may be overwritten) divided by the row sum l, stored in the output type T; lse =
 // m + log(l) (m the row's running max, in natural-log units). A row that saw no key (l = 0) outputs
@@ -103,7 +128,7 @@ template <class T, class C>
 inline void write_output_row(const attention::VarlenParams& p, const ItemGeometry& g, int64_t r, C* orow, C m, C l) {
   constexpr C kNegInf = -std::numeric_limits<C>::infinity();
   const C inv = l > C(0) ? C(1) / l : C(0);
-  T* out = static_cast<T*>(p.out) + (g.q0 + g.i0 + r) * p.out_row_stride + g.h * p.out_head_stride;
+  T* out = out_row<T>(p, g, r);
 #if defined(__AVX512BF16__)
   // bf16 out (the amx build): 16 values per VCVTNEPS2BF16 (nearest even, NaN kept; it flushes
   // denormal results to 0, |x| < 1.2e-38), not from_compute's scalar rounding: AMX forward
