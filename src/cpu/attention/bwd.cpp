@@ -48,6 +48,7 @@
 #include "bwd_schedule.h"
 #include "convert.h"
 #include "gemm.h"
+#include "prefetch.h"
 #include "scree/attention/params.h"
 #include "scree/parallel.h"
 #include "simd.h"
@@ -191,6 +192,12 @@ void pack_keys(const Plan<T>& plan, const Sequence& s, int64_t kb, int64_t n, in
   for (int64_t c0 = 0; c0 < n; c0 += kT) {
     const int64_t g = std::min<int64_t>(kT, n - c0);
     for (int64_t c = c0; c < c0 + g; ++c) {
+      if (c + kRowsAhead < n) {  // (prefetch.h: the rows' stride)
+        prefetch_row(K + (s.k0 + kb + c + kRowsAhead) * p.k_row_stride + kvh * p.k_head_stride, D * int64_t(sizeof(T)));
+        if (with_v)
+          prefetch_row(Vg + (s.k0 + kb + c + kRowsAhead) * p.v_row_stride + kvh * p.v_head_stride,
+                       Dv * int64_t(sizeof(T)));
+      }
       C* krow = buf.kr.data() + c * D_pad;
       to_compute(K + (s.k0 + kb + c) * p.k_row_stride + kvh * p.k_head_stride, krow, D, C(1));
       std::fill(krow + D, krow + D_pad, C(0));
@@ -421,6 +428,12 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
     T* dK = static_cast<T*>(p.dk);
     T* dV = static_cast<T*>(p.dv);
     for (int64_t c = 0; c < n; ++c) {
+      if (c + kRowsAhead < n) {
+        prefetch_row(dK + (k0 + kb + c + kRowsAhead) * p.dk_row_stride + kvh * p.dk_head_stride, D * int64_t(sizeof(T)),
+                     true);
+        prefetch_row(dV + (k0 + kb + c + kRowsAhead) * p.dv_row_stride + kvh * p.dv_head_stride, Dv * int64_t(sizeof(T)),
+                     true);
+      }
       from_compute(buf.dk.data() + c * D_pad, dK + (k0 + kb + c) * p.dk_row_stride + kvh * p.dk_head_stride, D);
       from_compute(buf.dv.data() + c * Dv_pad, dV + (k0 + kb + c) * p.dv_row_stride + kvh * p.dv_head_stride, Dv);
     }

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "convert.h"
+#include "prefetch.h"
 #include "scree/attention/params.h"
 #include "work.h"
 
@@ -189,6 +190,8 @@ struct Schedule {
     for (int64_t g = 0; g < G; ++g) {
       const int64_t h = kvh * G + g;
       for (int64_t i = 0; i < s.Lq; ++i) {
+        if (i + kRowsAhead < s.Lq)
+          prefetch_row(dQ + (s.q0 + i + kRowsAhead) * p.dq_row_stride + h * p.dq_head_stride, D * int64_t(sizeof(T)), true);
         if (i >= ch.row_lo && i < ch.row_hi) {
           const C* a = acc + (g * ch.acc_rows + i - ch.acc_lo) * D_pad;
           for (int64_t d = 0; d < D; ++d) row[d] = a[d] * qscale;
