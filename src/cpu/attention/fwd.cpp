@@ -206,7 +206,7 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
       for (int64_t j = 0; j < n; ++j) {
         // A row ahead asked for: the copy waited on each row's first load (42% of the copy's
         // samples; prefetched 4 rows ahead into L1: 2 x 2048 fp32 -3..-25%, 64 x 96 d128 -10..-16%,
-        // one thread, this Ice Lake VM; now fwd_common.h's prefetch_row, as the Q and output rows).
+        // one thread, this Ice Lake VM; now prefetch.h's prefetch_row, as the Q and output rows).
         if (j + kRowsAhead < n) prefetch_row(kv.value(kb + j + kRowsAhead), Dv * int64_t(sizeof(T)));
         const C* row;
         if (v_in_place) {
