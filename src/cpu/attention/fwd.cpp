@@ -90,7 +90,7 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   constexpr C kNegInf = -std::numeric_limits<C>::infinity();
   const int64_t D = p.head_dim, Dv = p.head_dim_v, Dv_pad = round_up(Dv, 2 * W);
   const ItemGeometry g(p, item, block_rows(p));
-  const int64_t h = g.h, q0 = g.q0, i0 = g.i0, rows = g.rows, Lq = g.Lq, Lk = g.Lk;
+  const int64_t i0 = g.i0, rows = g.rows, Lq = g.Lq, Lk = g.Lk;
   // Query columns of S^T, zero-padded to whole vectors (gemm's last column panel may be one vector
   // wide): a 16-row item computes 16 columns, not 32 (AVX-512 fp32).
   const int64_t cols = round_up(rows, W);
@@ -111,8 +111,8 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   // cpu_attn_ab.sh at hidden 512; benchmarks/NOTES.md, issue 20).
   const bool v_panels = rows > 4 * kTileRows;
   const KvRows<T> kv(p, g.b, g.kvh, g.k0, Lk);
-  const T* Q = static_cast<const T*>(p.q);
-  auto q_row = [&](int64_t r) { return Q + (q0 + i0 + r) * p.q_row_stride + h * p.q_head_stride; };
+  const ItemGeometry& item_rows = g;  // (the loops below name their row groups g)
+  auto q_at = [&](int64_t r) { return q_row<T>(p, item_rows, r); };
 
   // Q^T (D x cols), pre-multiplied by scale (and 1/softcap when capping, so tanh sees s / softcap).
   const C qscale = capped ? C(p.scale / p.softcap) : C(p.scale);
@@ -136,8 +136,8 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
       const int64_t g = std::clamp<int64_t>(rows - r0, 0, kT);
       C* blk = buf.row.data();
       for (int64_t r = 0; r < g; ++r) {
-        if (r0 + r + kRowsAhead < rows) prefetch_row(q_row(r0 + r + kRowsAhead), D * int64_t(sizeof(T)));
-        to_compute(q_row(r0 + r), blk + r * D, D, qscale);
+        if (r0 + r + kRowsAhead < rows) prefetch_row(q_at(r0 + r + kRowsAhead), D * int64_t(sizeof(T)));
+        to_compute(q_at(r0 + r), blk + r * D, D, qscale);
       }
       if (g < kT) std::fill(blk + g * D, blk + kT * D, C(0));
       int64_t d0 = 0;
@@ -151,8 +151,8 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
     const int64_t g = std::min(kGroup, rows - r0);
     C* blk = buf.row.data();
     for (int64_t r = 0; r < g; ++r) {
-      if (r0 + r + kRowsAhead < rows) prefetch_row(q_row(r0 + r + kRowsAhead), D * int64_t(sizeof(T)));
-      to_compute(q_row(r0 + r), blk + r * D, D, qscale);
+      if (r0 + r + kRowsAhead < rows) prefetch_row(q_at(r0 + r + kRowsAhead), D * int64_t(sizeof(T)));
+      to_compute(q_at(r0 + r), blk + r * D, D, qscale);
     }
     if (g == kGroup) {
       for (int64_t d = 0; d < D; ++d) {

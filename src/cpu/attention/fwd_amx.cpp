@@ -284,12 +284,12 @@ void forward_block(const VarlenParams& p, const KvTiles& kv, const WorkItem& ite
   const float mul = capped ? 1.f : sscale * 1.4426950408889634f;
 
   // Q block, bf16 as stored (scaling it would round it a second time), zero padded to rows32 x Dp.
-  const bfloat16* Q = static_cast<const bfloat16*>(p.q);
   uint16_t* q = buf.q.data();
-  auto q_row = [&](int64_t r) { return Q + (g.q0 + g.i0 + r) * p.q_row_stride + g.h * p.q_head_stride; };
   for (int64_t r = 0; r < rows32; ++r) {
-    if (r + kRowsAhead < rows) prefetch_row(q_row(r + kRowsAhead), D * 2);  // (prefetch.h: the rows' stride)
-    tiles::copy_row(q + r * Dp, reinterpret_cast<const uint16_t*>(q_row(std::min(r, rows - 1))), r < rows ? D : 0, Dp);
+    // (prefetch.h: the rows' stride)
+    if (r + kRowsAhead < rows) prefetch_row(q_row<bfloat16>(p, g, r + kRowsAhead), D * 2);
+    tiles::copy_row(q + r * Dp, reinterpret_cast<const uint16_t*>(q_row<bfloat16>(p, g, std::min(r, rows - 1))),
+                    r < rows ? D : 0, Dp);
   }
   std::fill(buf.o.begin(), buf.o.begin() + rows32 * Dvp, 0.f);
   std::fill(buf.m.begin(), buf.m.end(), kNegInf);

@@ -96,7 +96,11 @@ struct KvRows {
   const T* value(int64_t t) const { return p.paged ? Vp + paged_row(t) * p.v_row_stride : V + t * p.v_row_stride; }
 };
 
-// Row r of the item in the output.
+// Row r of the item in the queries, and in the output.
+template <class T>
+inline const T* q_row(const attention::VarlenParams& p, const ItemGeometry& g, int64_t r) {
+  return static_cast<const T*>(p.q) + (g.q0 + g.i0 + r) * p.q_row_stride + g.h * p.q_head_stride;
+}
 template <class T>
 inline T* out_row(const attention::VarlenParams& p, const ItemGeometry& g, int64_t r) {
   return static_cast<T*>(p.out) + (g.q0 + g.i0 + r) * p.out_row_stride + g.h * p.out_head_stride;
