@@ -66,6 +66,7 @@ struct Buf {
 
 std::vector<int64_t> lengths(const std::string& kind, int64_t tokens, std::mt19937_64& rng) {
   std::vector<int64_t> lens;
+  if (kind == "call") return {16, 16, 16, 16};  // bench_attention_cpu.py's per-call batch
   if (kind.rfind("eq", 0) == 0) {
     const int64_t L = std::stoll(kind.substr(2));
     for (int64_t t = 0; t + L <= tokens; t += L) lens.push_back(L);
@@ -96,8 +97,10 @@ int main(int argc, char** argv) {
   // Heads x head dim (the rows' stride): 512 as bench_attention_cpu.py, or AB_HIDDEN.
   const int64_t hidden = std::getenv("AB_HIDDEN") ? std::atoll(std::getenv("AB_HIDDEN")) : 512;
   std::mt19937_64 rng(0);
-  for (const char* kind : {"eq1024", "eq2048", "mix", "short"})
-    for (auto [D, causal] : {std::pair{64, false}, {128, false}, {128, true}}) {
+  for (const char* kind : {"eq1024", "eq2048", "mix", "short", "call"})
+    for (auto [D, causal] : {std::pair{64, false}, {128, false}, {128, true}, {64, true}}) {
+      // The per-call batch only as bench_attention_cpu.py times it (d64 causal), the others without it.
+      if ((std::string(kind) == "call") != (D == 64 && causal)) continue;
       const std::string name = std::string(kind) + " d" + std::to_string(D) + (causal ? " causal" : "");
       const std::vector<int64_t> lens = lengths(kind, 4096, rng);
       if (!only.empty() &&

@@ -440,7 +440,7 @@ class Array:
         lay = self._layout
         ns = lay.ns
         if ns.owns(values):
-            dv, do = ns.device(values), ns.device(lay.offsets)
+            dv, do = ns.device(values), lay.device()
             if dv != do and dv is not None and do is not None:
                 _backends.common(values=values, offsets=lay.offsets)  # raises, naming both devices
         else:

@@ -111,11 +111,14 @@ def check_max_length(max_length: int | None, longest: int, name: str = "max_leng
         raise ArgumentError(f"{name}={max_length} is smaller than the longest sequence ({longest})")
 
 
+_UNSET = object()  # a Layout's device before it is first asked
+
+
 class Layout:
     """Offsets (n+1, native, on the values' device) and what derives from them (see the module)."""
 
     __slots__ = ("ns", "offsets", "total", "host", "max_length", "cu32", "plans", "check", "device_summary",
-                 "unchecked", "__weakref__")
+                 "unchecked", "_device", "__weakref__")
 
     def __init__(self, ns: ModuleType, offsets: Any, total: int, host: np.ndarray | None = None,
                  max_length: int | None = None):
@@ -136,6 +139,15 @@ class Layout:
         # reads them (host_offsets), so an operation raises RaggedError before it allocates from
         # or indexes with them (a lying offsets[-1] made to_padded try to allocate 16 TiB).
         self.unchecked = False
+        self._device: Any = _UNSET  # the offsets' device name, asked once (device())
+
+    def device(self) -> str | None:
+        """The offsets' device name as the backend gives it (ns.device), kept: offsets never move,
+        and every with_values asks (three times a call of attention)."""
+        d = self._device
+        if d is _UNSET:
+            d = self._device = self.ns.device(self.offsets)
+        return d
 
     @classmethod
     def validated(cls, ns: ModuleType, offsets: Any, total: int, max_length: int | None = None,

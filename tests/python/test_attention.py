@@ -149,6 +149,26 @@ def test_numpy_backward_function_matches_torch():
         np.testing.assert_allclose(got.values, want.grad.numpy(), rtol=1e-9, atol=1e-10)
 
 
+def test_create_graph_gives_first_order_grads_and_refuses_a_second_derivative():
+    """With create_graph=True the backward runs with grad mode on (once_differentiable's road):
+    the gradients equal the plain backward's, and differentiating them again raises instead of
+    silently returning zeros (the kernels have no second derivative)."""
+    rng = _rng()
+    q, k, v = make(rng, [3, 17, 1], [5, 17, 2], 4, 2, 16, 16, "float32", "torch")
+    w = torch.from_numpy(rng.standard_normal((q.total, 4, 16)).astype(np.float32))
+    grads = []
+    for create_graph in (False, True):
+        leaves = [a.values.detach().clone().requires_grad_(True) for a in (q, k, v)]
+        out = scree.varlen_attention(*(a.with_values(x) for a, x in zip((q, k, v), leaves)), causal=True)
+        # A loss whose gradient in out (2 w out) itself needs a gradient under create_graph.
+        grads.append(torch.autograd.grad((w * out.values ** 2).sum(), leaves, create_graph=create_graph))
+    for plain, graphed in zip(*grads):
+        assert torch.equal(plain, graphed)
+    assert grads[1][0].requires_grad
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grads[1][0].sum().backward()
+
+
 @pytest.mark.parametrize("opts", [{}, {"causal": True}, {"window": (2, 1), "softcap": 1.5}],
                          ids=["plain", "causal", "window_softcap"])
 def test_gradcheck_float64(opts):

@@ -59,12 +59,14 @@ def device(x: Any) -> str:
     return name
 
 
+# x.is_cpu / x.is_cuda, not x.device.type: the device object costs ~0.4 us, the flag ~0.08 (the
+# Ice Lake VM), and a small attention call asks five times.
 def is_host(x: Any) -> bool:
-    return x.device.type == "cpu"
+    return x.is_cpu
 
 
 def host_readable(x: Any) -> bool:
-    return x.device.type == "cpu"
+    return x.is_cpu
 
 
 # torch.cuda.is_current_stream_capturing without its Python frame (every device check asks).
@@ -73,7 +75,7 @@ _capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None) or torch.
 
 def is_capturing(x: Any) -> bool:
     """Whether x's device stream is capturing a CUDA graph."""
-    return x.device.type == "cuda" and _capturing()
+    return x.is_cuda and _capturing()
 
 
 class _CudaReadback:
@@ -448,7 +450,7 @@ _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 def stream(x: Any) -> int:
     """The stream kernels on x's device must run on, as scree._C takes it: torch's current stream
     of that device (a cudaStream_t as an int), 0 for CPU tensors."""
-    if x.device.type != "cuda":
+    if not x.is_cuda:
         return 0
     if _raw_stream is not None:
         return int(_raw_stream(x.get_device()))

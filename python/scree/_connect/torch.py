@@ -33,9 +33,9 @@ _capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", None) or torch.
 def serves(q: torch.Tensor, v: torch.Tensor) -> bool:
     """CPU tensors: the C++ kernels (every float dtype); CUDA tensors: the CUDA kernels where this
     build compiled them for the dtype and head dim; anything else (meta, other devices): no."""
-    if q.device.type == "cpu":
+    if q.is_cpu:
         return True
-    if q.device.type == "cuda":
+    if q.is_cuda:
         return K.cuda_kernel_serves(_NS.dtype_name(q), q.shape[-1], v.shape[-1])
     return False
 
@@ -64,12 +64,12 @@ def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec,
     # workspace). Each capture query is a cudaStreamIsCapturing, ~2.3 us on an H200 host; a call
     # with a gradient asked three times before (NOTES.md).
     stream = _NS.stream(qv)
-    kept = qv.device.type == "cuda" and not _capturing()
+    kept = qv.is_cuda and not _capturing()
     workspace = _fwd_workspace(qv, pq.offsets, stream) if kept else None
     schedule = K.tile_schedule(_NS, q, k, qv, False, stream) if kept else None
     if grad:
         bwd_schedule = K.tile_schedule(_NS, q, k, qv, True, stream) if kept else None
-        return _Attention.apply(qv, kv, vv, pq.offsets, pk.offsets, args, spec.deterministic, pq.summary,
+        return _apply_attention(qv, kv, vv, pq.offsets, pk.offsets, args, spec.deterministic, pq.summary,
                                 schedule, bwd_schedule, workspace, stream)
     return K.forward(_NS, qv, kv, vv, pq.offsets, pk.offsets, args, pq.summary, with_lse, workspace, stream, schedule,
                      workspace is not None)
@@ -121,14 +121,29 @@ class _Attention(torch.autograd.Function):
         return out, lse
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, dout: torch.Tensor | None, _dlse: Any) -> tuple:
-        if dout is None:  # out did not reach the loss: no gradient flows back through this call
-            return (None,) * 12
-        q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
-        args = ctx.args.with_deterministic(K.resolve_deterministic(ctx.deterministic, _NS))
-        dq, dk, dv = K.backward(_NS, dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, args, ctx.bwd_schedule)
-        return (dq, dk, dv) + (None,) * 9
+        # The engine runs a backward with grad mode off unless a second derivative is asked for
+        # (create_graph=True); only then does once_differentiable's wrapper run, which makes that
+        # second derivative raise. Its `with torch.no_grad()` on every call cost ~2 us.
+        if torch.is_grad_enabled():
+            return _once_differentiable_backward(ctx, dout)
+        return _eager_backward(ctx, dout)
+
+
+def _eager_backward(ctx: Any, dout: torch.Tensor | None) -> tuple:
+    if dout is None:  # out did not reach the loss: no gradient flows back through this call
+        return (None,) * 12
+    q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
+    args = ctx.args.with_deterministic(K.resolve_deterministic(ctx.deterministic, _NS))
+    dq, dk, dv = K.backward(_NS, dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, args, ctx.bwd_schedule)
+    return (dq, dk, dv) + (None,) * 9
+
+
+_once_differentiable_backward = torch.autograd.function.once_differentiable(_eager_backward)
+# The autograd Function's C entry point bound to _Attention: torch's Python `Function.apply` first
+# binds default arguments and unwraps dead functorch wrappers (a generator over the 12 arguments),
+# ~3 us of a small call; the eager road runs only where no functorch transform is active (_eager).
+_apply_attention = super(torch.autograd.Function, _Attention).apply
 
 
 # ---- traced: torch.library custom ops ---------------------------------------------------------------

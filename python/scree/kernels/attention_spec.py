@@ -81,11 +81,11 @@ def attention_spec(q: Any, k: Any, v: Any, causal: bool = False, scale: Any = No
     if not (isinstance(q, Array) and isinstance(k, Array) and isinstance(v, Array)):
         _not_arrays(q, k, v)
     B = q._layout.ns
-    if k._layout.ns is not B or v._layout.ns is not B or not _same_device(B, q.values, k.values, v.values):
+    if k._layout.ns is not B or v._layout.ns is not B or not _same_device(B, q._values, k._values, v._values):
         B = _backends.common(q=q.values, k=k.values, v=v.values)  # raises, naming the culprits
     if deterministic is not None and not isinstance(deterministic, (bool, np.bool_)):
         raise ArgumentError(f"deterministic must be True, False or None, got {_show(deterministic)}")
-    single = len(q.values.shape) == 2 and len(k.values.shape) == 2 and len(v.values.shape) == 2
+    single = len(q._values.shape) == 2 and len(k._values.shape) == 2 and len(v._values.shape) == 2
     if single:
         q, k, v = (with_head_axis(B, a) for a in (q, k, v))
     Hq, Hk, D, Dv = _check_shapes(q, k, v)
@@ -94,7 +94,7 @@ def attention_spec(q: Any, k: Any, v: Any, causal: bool = False, scale: Any = No
     # A side at least as long as any query-key distance of the call (< Tq + Tk, bottom-right
     # alignment included) bounds nothing: unbounded, so that sides of any size (2**63 and beyond,
     # which int64 cannot hold) reach the kernels and the reference as None / -1.
-    reach = q.values.shape[0] + k.values.shape[0]
+    reach = q._layout.total + k._layout.total
     if left is not None and left >= reach:
         left = None
     if right is not None and right >= reach:
@@ -129,7 +129,7 @@ def drop_head_axis(B: ModuleType, q: Any, out: Any, lse: Any) -> tuple[Any, Any]
 
 
 def _check_shapes(q: Any, k: Any, v: Any) -> tuple[int, int, int, int]:
-    qs, ks, vs = q.values.shape, k.values.shape, v.values.shape
+    qs, ks, vs = q._values.shape, k._values.shape, v._values.shape
     if not (len(qs) == 3 and len(ks) == 3 and len(vs) == 3):
         for name, shape, dims in (("q", qs, "(Tq, Hq, D)"), ("k", ks, "(Tk, Hk, D)"), ("v", vs, "(Tk, Hk, Dv)")):
             if len(shape) != 3:
@@ -137,10 +137,11 @@ def _check_shapes(q: Any, k: Any, v: Any) -> tuple[int, int, int, int]:
     _, Hq, D = qs
     _, Hk, Dk = ks
     _, Hv, Dv = vs
-    kl, vl = k._layout, v._layout
-    nq, nk, nv = q._layout.offsets.shape[0] - 1, kl.offsets.shape[0] - 1, vl.offsets.shape[0] - 1
-    if nq != nk or nk != nv:
-        raise ShapeError(f"q, k, v must hold the same number of sequences, got {nq}, {nk}, {nv}")
+    ql, kl, vl = q._layout, k._layout, v._layout
+    if not (ql is kl and kl is vl):  # (one Layout: one sequence count)
+        nq, nk, nv = ql.offsets.shape[0] - 1, kl.offsets.shape[0] - 1, vl.offsets.shape[0] - 1
+        if nq != nk or nk != nv:
+            raise ShapeError(f"q, k, v must hold the same number of sequences, got {nq}, {nk}, {nv}")
     # Offsets traced under jax.jit cannot be compared on the host; there k and v are trusted, as
     # are device offsets the host never copied (reading them would synchronise the GPU).
     # Shared offsets (the usual case: v = k.with_values(...)) need no comparison. While a tracer
@@ -164,7 +165,7 @@ def _check_shapes(q: Any, k: Any, v: Any) -> tuple[int, int, int, int]:
 
 
 def _check_dtypes(B: Any, q: Any, k: Any, v: Any) -> str:
-    qv, kv, vv = q.values, k.values, v.values
+    qv, kv, vv = q._values, k._values, v._values
     if not (qv.dtype == kv.dtype and qv.dtype == vv.dtype):
         raise DTypeError(f"q, k, v must share one dtype, got {B.dtype_name(qv)}, {B.dtype_name(kv)}, "
                          f"{B.dtype_name(vv)}")
