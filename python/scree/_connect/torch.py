@@ -69,8 +69,10 @@ def varlen_attention(q: Array, k: Array, v: Array, spec: AttentionSpec,
     schedule = K.tile_schedule(_NS, q, k, qv, False, stream) if kept else None
     if grad:
         bwd_schedule = K.tile_schedule(_NS, q, k, qv, True, stream) if kept else None
-        return _apply_attention(qv, kv, vv, pq.offsets, pk.offsets, args, spec.deterministic, pq.summary,
-                                schedule, bwd_schedule, workspace, stream)
+        lse: list[torch.Tensor] = []
+        out = _apply_attention(qv, kv, vv, pq.offsets, pk.offsets, args, spec.deterministic, pq.summary,
+                               schedule, bwd_schedule, workspace, stream, lse)
+        return out, lse[0]
     return K.forward(_NS, qv, kv, vv, pq.offsets, pk.offsets, args, pq.summary, with_lse, workspace, stream, schedule,
                      workspace is not None)
 
@@ -107,21 +109,24 @@ class _Attention(torch.autograd.Function):
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
                 args: Any, deterministic: bool | None, q_summary: Any, schedule: K.TileSchedule | None,
                 bwd_schedule: K.TileSchedule | None, workspace: torch.Tensor | None,
-                stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+                stream: int, lse_out: list) -> torch.Tensor:
         out, lse = K.forward(_NS, q, k, v, cu_q, cu_k, args, q_summary, True, workspace, stream, schedule,
                              workspace is not None)
         ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
         # The backward's schedule is keyed by the forward's thread and stream (the autograd engine
         # runs the backward on the forward's stream); only backward calls use it.
         ctx.args, ctx.deterministic, ctx.bwd_schedule = args, deterministic, bwd_schedule
-        ctx.mark_non_differentiable(lse)
-        # No zeros for lse's (never used) gradient: materialising them cost a fill kernel on the
-        # autograd device thread, ~20% of a small call's host time on an H200 host (NOTES.md).
+        # lse leaves through `lse_out`, not as a second output: it has no gradient, and a second
+        # output (marked non-differentiable, its gradient never materialised: a fill kernel on
+        # autograd's device thread once cost ~20% of a small call on an H200 host) cost the engine
+        # ~3-6 us a forward+backward more (NOTES.md). Saved as an intermediate, it keeps the
+        # in-place check an output had.
         ctx.set_materialize_grads(False)
-        return out, lse
+        lse_out.append(lse)
+        return out
 
     @staticmethod
-    def backward(ctx: Any, dout: torch.Tensor | None, _dlse: Any) -> tuple:
+    def backward(ctx: Any, dout: torch.Tensor | None) -> tuple:
         # The engine runs a backward with grad mode off unless a second derivative is asked for
         # (create_graph=True); only then does once_differentiable's wrapper run, which makes that
         # second derivative raise. Its `with torch.no_grad()` on every call cost ~2 us.
@@ -132,11 +137,11 @@ class _Attention(torch.autograd.Function):
 
 def _eager_backward(ctx: Any, dout: torch.Tensor | None) -> tuple:
     if dout is None:  # out did not reach the loss: no gradient flows back through this call
-        return (None,) * 12
+        return (None,) * 13
     q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
     args = ctx.args.with_deterministic(K.resolve_deterministic(ctx.deterministic, _NS))
     dq, dk, dv = K.backward(_NS, dout.contiguous(), q, k, v, out, lse, cu_q, cu_k, args, ctx.bwd_schedule)
-    return (dq, dk, dv) + (None,) * 9
+    return (dq, dk, dv) + (None,) * 10
 
 
 _once_differentiable_backward = torch.autograd.function.once_differentiable(_eager_backward)
