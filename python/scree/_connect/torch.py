@@ -146,7 +146,7 @@ def _eager_backward(ctx: Any, dout: torch.Tensor | None) -> tuple:
 
 _once_differentiable_backward = torch.autograd.function.once_differentiable(_eager_backward)
 # The autograd Function's C entry point bound to _Attention: torch's Python `Function.apply` first
-# binds default arguments and unwraps dead functorch wrappers (a generator over the 12 arguments),
+# binds default arguments and unwraps dead functorch wrappers (a generator over the 13 arguments),
 # ~3 us of a small call; the eager road runs only where no functorch transform is active (_eager).
 _apply_attention = super(torch.autograd.Function, _Attention).apply
 
