@@ -111,8 +111,7 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   // cpu_attn_ab.sh at hidden 512; benchmarks/NOTES.md, issue 20).
   const bool v_panels = rows > 4 * kTileRows;
   const KvRows<T> kv(p, g.b, g.kvh, g.k0, Lk);
-  const ItemGeometry& item_rows = g;  // (the loops below name their row groups g)
-  auto q_at = [&](int64_t r) { return q_row<T>(p, item_rows, r); };
+  auto q_at = [&](int64_t r) { return q_row<T>(p, g, r); };
 
   // Q^T (D x cols), pre-multiplied by scale (and 1/softcap when capping, so tanh sees s / softcap).
   const C qscale = capped ? C(p.scale / p.softcap) : C(p.scale);
@@ -133,13 +132,13 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   constexpr bool kTransposed = std::is_same_v<C, float> && kT > 1;
   if constexpr (kTransposed) {
     for (int64_t r0 = 0; r0 < cols; r0 += kT) {
-      const int64_t g = std::clamp<int64_t>(rows - r0, 0, kT);
+      const int64_t nr = std::clamp<int64_t>(rows - r0, 0, kT);  // the group's rows
       C* blk = buf.row.data();
-      for (int64_t r = 0; r < g; ++r) {
+      for (int64_t r = 0; r < nr; ++r) {
         if (r0 + r + kRowsAhead < rows) prefetch_row(q_at(r0 + r + kRowsAhead), D * int64_t(sizeof(T)));
         to_compute(q_at(r0 + r), blk + r * D, D, qscale);
       }
-      if (g < kT) std::fill(blk + g * D, blk + kT * D, C(0));
+      if (nr < kT) std::fill(blk + nr * D, blk + kT * D, C(0));
       int64_t d0 = 0;
       for (; d0 + kT <= D; d0 += kT)
         transpose_block(blk + d0, D * int64_t(sizeof(C)), reinterpret_cast<uint32_t*>(qt + d0 * cols + r0), cols);
@@ -148,20 +147,20 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
     }
   } else
   for (int64_t r0 = 0; r0 < rows; r0 += kGroup) {
-    const int64_t g = std::min(kGroup, rows - r0);
+    const int64_t nr = std::min(kGroup, rows - r0);
     C* blk = buf.row.data();
-    for (int64_t r = 0; r < g; ++r) {
+    for (int64_t r = 0; r < nr; ++r) {
       if (r0 + r + kRowsAhead < rows) prefetch_row(q_at(r0 + r + kRowsAhead), D * int64_t(sizeof(T)));
       to_compute(q_at(r0 + r), blk + r * D, D, qscale);
     }
-    if (g == kGroup) {
+    if (nr == kGroup) {
       for (int64_t d = 0; d < D; ++d) {
         C* dst = qt + d * cols + r0;
         for (int64_t r = 0; r < kGroup; ++r) dst[r] = blk[r * D + d];
       }
     } else {
       for (int64_t d = 0; d < D; ++d)
-        for (int64_t r = 0; r < g; ++r) qt[d * cols + r0 + r] = blk[r * D + d];
+        for (int64_t r = 0; r < nr; ++r) qt[d * cols + r0 + r] = blk[r * D + d];
     }
   }
   if constexpr (!kTransposed)
