@@ -581,32 +581,42 @@ def machine_info() -> dict:
         os.path.getmtime(_C.__file__), _dt.timezone.utc).isoformat(timespec="seconds"))
 
 
-def evaluate_targets(rows: list[dict]) -> list[dict]:
+def evaluate_targets(rows: list[dict], isa: str) -> list[dict]:
+    """Issue 20's targets, as the issue states them, on this run's rows: forward and forward+backward
+    >= 1.0x the best alternative on every workload, >= 1.5x on mixed lengths, the fp32 forward >= 70%
+    of the fp32 matmul peak, the bf16 forward >= 50% of the bf16 one where AMX runs it (the in-group
+    peak where the row timed one beside it, else the run's). Then, apart (`issue` 4, closed with the
+    argument in benchmarks/NOTES.md that they ask for more than the peak where no alternative wastes
+    work): >= 1.5x the best alternative everywhere and >= 4x padded SDPA on mixed lengths."""
     out = []
-    for r in rows:  # issue 20's bf16 targets: the AMX forward against the bf16 matmul and the alternatives
-        if r.get("dtype") == "bfloat16" and "fwd" in r["modes"]:
-            m = r["modes"]["fwd"]
-            pk = m.get("pct_peak_in_group", m.get("pct_peak"))
-            out.append(dict(target=">= 50% of bf16 matmul peak, forward", workload=r["name"], mode="fwd", value=pk,
-                            met=bool(pk is not None and pk >= 50.0)))
-            xb = m.get("x_best")
-            out.append(dict(target=">= 1.0x best alternative, bf16 forward", workload=r["name"], mode="fwd",
-                            value=xb, met=bool(xb is not None and xb >= 1.0)))
+
+    def add(issue: int, target: str, r: dict, mode: str, value: float | None, bar: float) -> None:
+        out.append(dict(issue=issue, target=target, workload=r["name"], mode=mode, value=value,
+                        met=bool(value is not None and value >= bar)))
+
+    for r in rows:
+        mixed = r["kind"] in ("mix", "mixq")
+        for mode, m in r["modes"].items():
+            add(20, ">= 1.0x best alternative", r, mode, m.get("x_best"), 1.0)
+            if mixed:
+                add(20, ">= 1.5x best alternative, mixed lengths", r, mode, m.get("x_best"), 1.5)
+        f = r["modes"].get("fwd")
+        if f is None:
+            continue
+        pk = f.get("pct_peak_in_group", f.get("pct_peak"))
+        if r.get("dtype", "float32") == "float32":
+            add(20, ">= 70% of fp32 matmul peak, forward", r, "fwd", pk, 70.0)
+        elif isa == "amx":
+            add(20, ">= 50% of bf16 matmul peak, AMX forward", r, "fwd", pk, 50.0)
     for r in rows:
         for mode, m in r["modes"].items():
-            xb = m.get("x_best")
-            out.append(dict(target=">= 1.5x best alternative", workload=r["name"], mode=mode, value=xb,
-                            met=bool(xb is not None and xb >= 1.5)))
-    for r in rows:
+            add(4, ">= 1.5x best alternative", r, mode, m.get("x_best"), 1.5)
         if r["kind"] in ("mix", "mixq") and "fwd" in r["modes"]:
-            xp = r["modes"]["fwd"].get("ratios", {}).get("padded")
-            out.append(dict(target=">= 4x padded SDPA, mixed lengths, forward", workload=r["name"], mode="fwd",
-                            value=xp, met=bool(xp is not None and xp >= 4.0)))
-    for r in rows:
+            add(4, ">= 4x padded SDPA, mixed lengths, forward", r, "fwd",
+                r["modes"]["fwd"].get("ratios", {}).get("padded"), 4.0)
         if r["long"] and "fwd" in r["modes"]:
-            pk = r["modes"]["fwd"].get("pct_peak_in_group")
-            out.append(dict(target=f">= 50% of {r.get('dtype', 'float32')} matmul peak, long-sequence forward",
-                            workload=r["name"], mode="fwd", value=pk, met=bool(pk is not None and pk >= 50.0)))
+            add(4, f">= 50% of {r.get('dtype', 'float32')} matmul peak, long-sequence forward", r, "fwd",
+                r["modes"]["fwd"].get("pct_peak_in_group"), 50.0)
     return out
 
 
@@ -744,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
     info["wall_seconds"] = time.perf_counter() - t_start
     info["quick"] = q
     ok_rows = [r for r in rows if r.get("modes")]
-    targets = evaluate_targets(ok_rows)
+    targets = evaluate_targets(ok_rows, info["scree_isa"])
     result = dict(machine=info, config=dict(tokens=tokens, hidden=args.hidden, budget_s=args.budget,
                                             min_rounds=args.min_rounds, max_rounds=args.max_rounds,
                                             group_peak_n=args.group_peak_n, nested_bwd=args.nested_bwd,
@@ -763,9 +773,10 @@ def main(argv: list[str] | None = None) -> int:
                  out_dir / f"{args.stem}.png")
         except ImportError:
             print("# matplotlib missing: no plot", file=sys.stderr)
-    met = sum(t["met"] for t in targets)
+    counts = " | ".join(f"issue {i} targets met {sum(t['met'] for t in targets if t['issue'] == i)}/"
+                        f"{sum(t['issue'] == i for t in targets)}" for i in (20, 4))
     print(f"# matmul at end: fp32 {peaks['float32']['end']['gflops']:.1f}, bf16 {peaks['bfloat16']['end']['gflops']:.1f}"
-          f" GFLOP/s | targets met {met}/{len(targets)}")
+          f" GFLOP/s | {counts} (issue 4 closed: NOTES.md)")
     for r in ok_rows:
         f = r["modes"].get("fwd", {})
         if "pct_peak" in f:
@@ -775,9 +786,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"the {r['dtype']} matmul peak{group}; x best {f.get('x_best', float('nan')):.2f} "
                   f"({f.get('best_alternative')})")
     for t in targets:
-        if not t["met"]:
+        if not t["met"] and t["issue"] == 20:
             v = "n/a" if t["value"] is None else f"{t['value']:.2f}"
-            print(f"#   missed: {t['target']} — {t['workload']} {t['mode']}: {v}")
+            print(f"#   missed (issue 20): {t['target']} — {t['workload']} {t['mode']}: {v}")
     print(f"# wall {info['wall_seconds']:.0f} s; load {tuple(round(x, 2) for x in info['loadavg_start'])} -> "
           f"{tuple(round(x, 2) for x in info['loadavg_end'])}")
     print(f"# wrote {jpath}")

@@ -36,6 +36,37 @@ def test_benchmark_quick_run(tmp_path: Path, script: str, result: str):
             assert host["scree"] > 0 and host["sdpa"] > 0
 
 
+def test_cpu_benchmark_targets_are_issue_20s():
+    """bench_attention_cpu.py scores issue 20's targets as the issue states them: >= 1.0x the best
+    alternative in every mode, >= 1.5x on mixed lengths, the fp32 forward >= 70% of the fp32 peak
+    (the in-group one where the row has it), the bf16 forward >= 50% only where AMX runs it; issue
+    4's (closed) targets are listed apart."""
+    b = benchmark_module("bench_attention_cpu")
+
+    def row(name, kind, dtype, fwd, fwdbwd=None):
+        modes = {"fwd": fwd} | ({"fwdbwd": fwdbwd} if fwdbwd else {})
+        return dict(name=name, kind=kind, dtype=dtype, long=False, modes=modes)
+
+    rows = [row("mix d64", "mix", "float32", dict(x_best=1.6, pct_peak=90.0, pct_peak_in_group=69.0),
+                dict(x_best=1.4)),
+            row("short d64 bf16", "short", "bfloat16", dict(x_best=0.9, pct_peak=40.0))]
+
+    def scored(isa):
+        return {(t["issue"], t["target"], t["workload"], t["mode"]): t["met"] for t in b.evaluate_targets(rows, isa)}
+
+    amx = scored("amx")
+    i20 = {k[1:]: v for k, v in amx.items() if k[0] == 20}
+    assert i20 == {(">= 1.0x best alternative", "mix d64", "fwd"): True,
+                   (">= 1.0x best alternative", "mix d64", "fwdbwd"): True,
+                   (">= 1.5x best alternative, mixed lengths", "mix d64", "fwd"): True,
+                   (">= 1.5x best alternative, mixed lengths", "mix d64", "fwdbwd"): False,
+                   (">= 70% of fp32 matmul peak, forward", "mix d64", "fwd"): False,  # the in-group 69%
+                   (">= 1.0x best alternative", "short d64 bf16", "fwd"): False,
+                   (">= 50% of bf16 matmul peak, AMX forward", "short d64 bf16", "fwd"): False}
+    assert not any(k[1].startswith(">= 50% of bf16") for k in scored("avx512"))  # no AMX: no bf16 peak target
+    assert amx[(4, ">= 4x padded SDPA, mixed lengths, forward", "mix d64", "fwd")] is False  # no ratio recorded
+
+
 def _gpu_bench():
     """benchmarks/bench_attention_gpu.py as a module (it imports torch and triton only inside main)."""
     return benchmark_module("bench_attention_gpu")
