@@ -116,9 +116,14 @@ bool openmp_try_run(int parts, const std::function<void(int)>& task) {
   const GompParallel parallel = s.parallel.load();
   if (parallel == nullptr || s.owner != this_process()) return false;
   // The team: the framework's thread count (torch.set_num_threads sets the calling thread's
-  // OpenMP default), at most the parts; SCREE_NUM_THREADS, when set, was already applied to parts.
+  // OpenMP default), even for fewer parts (the threads past them find none and return; at most
+  // `parts` threads work, so SCREE_NUM_THREADS, already applied to parts, still caps them). A
+  // smaller team made libgomp reshape torch's: its next full-width op ran 2x as long, and torch's
+  // bf16 SDPA page-faulted 12% more (eq2048 d128 bf16, 16-core host: 7.3 -> 14.9 ms after a
+  // 4-part scree job between two calls; after a 16-part one or a 1-part one, which opens no
+  // region: 7.1-7.6; benchmarks/NOTES.md, issue 20).
   const int runtime_threads = s.max_threads.load()();
-  const int team = parts < runtime_threads ? parts : (runtime_threads > 0 ? runtime_threads : 1);
+  const int team = runtime_threads > 0 ? runtime_threads : 1;
   Job job{&task, parts};
   parallel(run_parts, &job, unsigned(team), 0);
   return true;

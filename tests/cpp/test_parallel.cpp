@@ -4,7 +4,8 @@
 // part runs exactly once, exceptions reach the caller, a task may itself call parallel_for, callers
 // on several threads at once all complete, and a child process after fork() gets a working pool
 // (scree's own: the parent's OpenMP workers do not exist there). Shared, every part runs inside
-// the runtime's parallel region; only a loaded OpenMP library is taken.
+// the runtime's parallel region, a team of all its threads however few the parts; only a loaded
+// OpenMP library is taken.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -38,6 +39,13 @@ IntFn omp_level() {
 #endif
 }
 
+#if !defined(_WIN32)
+// Another entry point of the loaded runtime by name (omp_get_num_threads, omp_get_max_threads), or null.
+IntFn omp_fn(const char* name) {
+  return omp_level() == nullptr ? nullptr : reinterpret_cast<IntFn>(dlsym(dlopen(kRuntime, RTLD_NOW), name));
+}
+#endif
+
 // Param: whether the jobs run on the shared OpenMP runtime.
 class Pool : public ::testing::TestWithParam<bool> {
  protected:
@@ -68,6 +76,30 @@ TEST_P(Pool, EveryPartRunsOnce) {
     EXPECT_EQ(misplaced.load(), 0) << "parts ran on the other pool";
   }
 }
+
+#if !defined(_WIN32)
+// On the shared runtime a job of fewer parts than the runtime's threads still opens a region of all
+// of them: a smaller team made libgomp reshape the framework's, and its next op ran 2x as long
+// (openmp_runtime.cpp).
+TEST_P(Pool, SharedRegionsKeepTheRuntimesTeam) {
+  if (!GetParam()) GTEST_SKIP() << "scree's own pool";
+  const IntFn team_size = omp_fn("omp_get_num_threads"), max_threads = omp_fn("omp_get_max_threads");
+  ASSERT_NE(team_size, nullptr);
+  ASSERT_NE(max_threads, nullptr);
+  // 8 threads whatever the machine's cores (as torch.set_num_threads(8) would set them).
+  using SetFn = void (*)(int);
+  const auto set_threads = reinterpret_cast<SetFn>(dlsym(dlopen(kRuntime, RTLD_NOW), "omp_set_num_threads"));
+  ASSERT_NE(set_threads, nullptr);
+  const int before = max_threads();
+  set_threads(8);
+  for (int parts : {2, 3}) {
+    std::atomic<int> seen{-1};
+    scree::parallel_parts(parts, [&](int) { seen = team_size(); });
+    EXPECT_EQ(seen.load(), 8) << parts << " parts";
+  }
+  set_threads(before);
+}
+#endif
 
 TEST_P(Pool, ForCoversTheRangeOnce) {
   const int64_t n = 100003;
