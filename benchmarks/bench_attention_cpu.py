@@ -418,15 +418,20 @@ def call_overhead(calls: int, repeats: int) -> dict:
     return out
 
 
-def measure_peak(n: int, reps: int, dtype: str = "float32") -> dict:
-    fn, fl = matmul_fns(n, dtype)
+def time_calls(fn: Callable[[], Any], reps: int) -> list[float]:
+    """Seconds of each of `reps` calls of fn after one warm-up call."""
     fn()
     ts = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
-    s = summary(ts)
+    return ts
+
+
+def measure_peak(n: int, reps: int, dtype: str = "float32") -> dict:
+    fn, fl = matmul_fns(n, dtype)
+    s = summary(time_calls(fn, reps))
     return dict(n=n, dtype=dtype, gflops=fl / (s["median_ms"] * 1e-3) / 1e9,
                 gflops_best=fl / (s["min_ms"] * 1e-3) / 1e9, **s)
 

@@ -25,7 +25,6 @@ import collections
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +39,7 @@ CALL_FLOPS = 64e6  # per bmm call in the `per length, any batch` bound
 
 
 def median_s(fn, reps: int) -> float:
-    fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return statistics.median(B.time_calls(fn, reps))
 
 
 def products_s(batch: int, L: int, D: int, dt: torch.dtype, reps: int) -> float:
