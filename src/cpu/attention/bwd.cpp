@@ -398,10 +398,10 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
             V pv, ds;
             if (capped) {
               const V t = vtanh<C>(x);
-              pv = vexp<C>(vmin<C>((cap * t - vshift) - vlog_sum, zero));
+              pv = vexp<C, true>(vmin<C>((cap * t - vshift) - vlog_sum, zero));
               ds = pv * (load<C>(dsrow + c) - vdelta) * ((C(1) - t * t) * cap);
             } else {
-              pv = vexp<C>(vmin<C>((x - vshift) - vlog_sum, zero));
+              pv = vexp<C, true>(vmin<C>((x - vshift) - vlog_sum, zero));
               ds = pv * (load<C>(dsrow + c) - vdelta);
             }
             store<C>(prow + c, pv);

@@ -280,11 +280,11 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
       const V shift = m_new == kNegInf ? splat<C>(C(0)) : m_new;
       V sum = V{};
       for (int64_t j = j0; j < j1; ++j) {
-        const V e = vexp<C>(load<C>(st + j * cols + c) - shift);
+        const V e = vexp<C, true>(load<C>(st + j * cols + c) - shift);
         store<C>(st + j * cols + c, e);
         sum += e;
       }
-      const V alpha = vexp<C>(m_old - shift);  // 0 on a column's first visible block
+      const V alpha = vexp<C, true>(m_old - shift);  // 0 on a column's first visible block
       store<C>(buf.l.data() + c, load<C>(buf.l.data() + c) * alpha + sum);
       store<C>(buf.m.data() + c, m_new);
       // (The item's first block finds O zero: nothing to rescale.)

@@ -140,7 +140,9 @@ inline vec_t<T> vmin(vec_t<T> a, vec_t<T> b) {
 // e^x, vectorised: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 (float) / degree-11
 // (double) Taylor-Horner polynomial, 2^n assembled in the exponent bits. Inputs below the
 // underflow bound give 0 (needed: exp(-inf) = 0 for masked scores), above overflow give inf.
-template <class T>
+// kNonPositive: the caller's x is <= 0 or NaN (a softmax's score minus its running max or lse),
+// so nothing overflows: the upper clamp and its select go (4 of the AVX2 path's ~24 operations).
+template <class T, bool kNonPositive = false>
 inline vec_t<T> vexp(vec_t<T> x) {
   using V = vec_t<T>;
   using I = typename Simd<T>::ivec;
@@ -169,8 +171,9 @@ inline vec_t<T> vexp(vec_t<T> x) {
     return out;
   }
 #endif
-  V xc = x > hi ? splat<T>(hi) : x;
-  xc = xc < lo ? splat<T>(lo) : xc;
+  V xc = x;
+  if constexpr (!kNonPositive) xc = x > hi ? splat<T>(hi) : x;
+  xc = xc < lo ? splat<T>(lo) : xc;  // keeps n in the int conversion's range (-inf too)
   const V log2e = splat<T>(T(1.44269504088896341));
   V n = xc * log2e;
   // round to nearest via the magic-number trick (valid for |n| < 2^22 / 2^51)
@@ -200,7 +203,7 @@ inline vec_t<T> vexp(vec_t<T> x) {
   std::memcpy(&scale, &bits, sizeof(scale));
   V out = p * scale;
   out = x < lo ? splat<T>(T(0)) : out;
-  out = x > hi ? splat<T>(std::numeric_limits<T>::infinity()) : out;
+  if constexpr (!kNonPositive) out = x > hi ? splat<T>(std::numeric_limits<T>::infinity()) : out;
   return out;
 }
 
