@@ -28,23 +28,20 @@ namespace {
 constexpr int64_t kBig = int64_t(1) << 30;  // "bytes" that make parallel_for use threads
 constexpr const char* kRuntime = "libgomp.so.1";
 
-// omp_get_level() of the loaded runtime (1 inside its parallel region, 0 outside), or null.
-using IntFn = int (*)();
-IntFn omp_level() {
+// An entry point of the runtime (loaded here once, as a framework would load it) by name, or null.
+void* omp_symbol(const char* name) {
 #if !defined(_WIN32)
   static void* handle = dlopen(kRuntime, RTLD_NOW | RTLD_GLOBAL);
-  return handle == nullptr ? nullptr : reinterpret_cast<IntFn>(dlsym(handle, "omp_get_level"));
+  return handle == nullptr ? nullptr : dlsym(handle, name);
 #else
+  (void)name;
   return nullptr;
 #endif
 }
 
-#if !defined(_WIN32)
-// Another entry point of the loaded runtime by name (omp_get_num_threads, omp_get_max_threads), or null.
-IntFn omp_fn(const char* name) {
-  return omp_level() == nullptr ? nullptr : reinterpret_cast<IntFn>(dlsym(dlopen(kRuntime, RTLD_NOW), name));
-}
-#endif
+// omp_get_level() of the loaded runtime (1 inside its parallel region, 0 outside), or null.
+using IntFn = int (*)();
+IntFn omp_level() { return reinterpret_cast<IntFn>(omp_symbol("omp_get_level")); }
 
 // Param: whether the jobs run on the shared OpenMP runtime.
 class Pool : public ::testing::TestWithParam<bool> {
@@ -77,19 +74,16 @@ TEST_P(Pool, EveryPartRunsOnce) {
   }
 }
 
-#if !defined(_WIN32)
 // On the shared runtime a job of fewer parts than the runtime's threads still opens a region of all
 // of them: a smaller team made libgomp reshape the framework's, and its next op ran 2x as long
 // (openmp_runtime.cpp).
 TEST_P(Pool, SharedRegionsKeepTheRuntimesTeam) {
   if (!GetParam()) GTEST_SKIP() << "scree's own pool";
-  const IntFn team_size = omp_fn("omp_get_num_threads"), max_threads = omp_fn("omp_get_max_threads");
-  ASSERT_NE(team_size, nullptr);
-  ASSERT_NE(max_threads, nullptr);
+  const auto team_size = reinterpret_cast<IntFn>(omp_symbol("omp_get_num_threads"));
+  const auto max_threads = reinterpret_cast<IntFn>(omp_symbol("omp_get_max_threads"));
   // 8 threads whatever the machine's cores (as torch.set_num_threads(8) would set them).
-  using SetFn = void (*)(int);
-  const auto set_threads = reinterpret_cast<SetFn>(dlsym(dlopen(kRuntime, RTLD_NOW), "omp_set_num_threads"));
-  ASSERT_NE(set_threads, nullptr);
+  const auto set_threads = reinterpret_cast<void (*)(int)>(omp_symbol("omp_set_num_threads"));
+  ASSERT_TRUE(team_size != nullptr && max_threads != nullptr && set_threads != nullptr);
   const int before = max_threads();
   set_threads(8);
   for (int parts : {2, 3}) {
@@ -99,7 +93,6 @@ TEST_P(Pool, SharedRegionsKeepTheRuntimesTeam) {
   }
   set_threads(before);
 }
-#endif
 
 TEST_P(Pool, ForCoversTheRangeOnce) {
   const int64_t n = 100003;
