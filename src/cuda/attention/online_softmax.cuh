@@ -131,27 +131,53 @@ __device__ __forceinline__ void softmax_step(float (&s)[NT][4], float (&o)[DT][4
   if (softmax_scores<kFolded>(s, st, vis, full, n0, score, alpha)) rescale(o, alpha);
 }
 
+// A thread's two rows' sums over their quad (l) and the factor that normalises them (1 / l; 0 for
+// a row that saw no key).
+struct RowTotals {
+  float l[2], inv[2];
+};
+__device__ __forceinline__ RowTotals row_totals(const RowState& st) {
+  RowTotals t;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    t.l[r] = quad_sum(st.sum[r]);
+    t.inv[r] = t.l[r] > 0.f ? 1.f / t.l[r] : 0.f;
+  }
+  return t;
+}
+
+// Row r's lse (token t0 + row_in_tile[r], head h), by the quad's first lane, where the row is live.
+__device__ __forceinline__ void store_lse(const VarlenParams& p, const RowState& st, const RowTotals& t,
+                                          const int (&row_in_tile)[2], int rows, int64_t t0, int h) {
+  if (p.lse == nullptr || threadIdx.x % 4 != 0) return;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t tok = t0 + row_in_tile[r];
+    if (row_in_tile[r] < rows) p.lse[h * p.total_q + tok] = t.l[r] > 0.f ? st.max[r] * kLn2 + logf(t.l[r]) : -INFINITY;
+  }
+}
+
 // Writes this thread's two rows: row_in_tile[r] (skipped when >= rows), token index of tile row 0
 // = t0, head h; 16-byte stores where the output's rows allow them (store_fragment_row: on an H200
 // the tiny-sequence forward's epilogue stalled behind 4-byte ones, queued ahead of the row sums'
 // shuffles; benchmarks/NOTES.md).
 template <class T, int DT>
 __device__ __forceinline__ void store_rows(const VarlenParams& p, const float (&o)[DT][4], const RowState& st,
-                                           const int (&row_in_tile)[2], int rows, int64_t t0, int h) {
-  const int lane = threadIdx.x % 32;
+                                           const RowTotals& t, const int (&row_in_tile)[2], int rows, int64_t t0,
+                                           int h) {
   // Uniform over the grid, so the quad's shuffles below run in every lane or in none.
-  const bool vector = DT % 4 == 0 && reinterpret_cast<uintptr_t>(p.out) % 16 == 0 && p.out_row_stride % 8 == 0 &&
-                      p.out_head_stride % 8 == 0;
+  const bool vector = DT % 4 == 0 && rows_16b(p.out, p.out_row_stride, p.out_head_stride);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const float l = quad_sum(st.sum[r]);
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    const bool live = row_in_tile[r] < rows;
-    const int64_t tok = t0 + row_in_tile[r];
-    T* out = static_cast<T*>(p.out) + tok * p.out_row_stride + h * p.out_head_stride;
-    store_fragment_row<T>(out, o, r, inv, live, vector);
-    if (live && p.lse != nullptr && lane % 4 == 0) p.lse[h * p.total_q + tok] = l > 0.f ? st.max[r] * kLn2 + logf(l) : -INFINITY;
+    T* out = static_cast<T*>(p.out) + (t0 + row_in_tile[r]) * p.out_row_stride + h * p.out_head_stride;
+    store_fragment_row<T>(out, o, r, t.inv[r], row_in_tile[r] < rows, vector);
   }
+  store_lse(p, st, t, row_in_tile, rows, t0, h);
+}
+template <class T, int DT>
+__device__ __forceinline__ void store_rows(const VarlenParams& p, const float (&o)[DT][4], const RowState& st,
+                                           const int (&row_in_tile)[2], int rows, int64_t t0, int h) {
+  store_rows<T>(p, o, st, row_totals(st), row_in_tile, rows, t0, h);
 }
 
 }  // namespace scree::cuda_attention

@@ -33,6 +33,7 @@
 #include "paged_tma.cuh"
 #include "pipeline.cuh"
 #include "ptx.cuh"
+#include "staged_rows.cuh"
 #include "tile_packing.cuh"
 #include "tile_scheduler.cuh"
 #include "tma.cuh"
@@ -64,7 +65,10 @@ struct FwdTiles {
   // K/V ring depth: as many stages as the 227 KiB opt-in limit takes, at most 4. D = 128: Q 32 KiB
   // + 3 x 64 KiB = 224 KiB; D = 64: Q 16 KiB + 4 x 32 KiB = 144 KiB.
   static constexpr int kSmemLimit = 227 * 1024;
-  static constexpr int kFitStages = (kSmemLimit - 2048 - kQBytes) / (2 * kKVBytes);
+  // The epilogue's own staging buffer (8 warps x 16 rows x 128 bytes) where shared memory has room
+  // for it beside the ring's 4 stages: D = 64 (at D = 128, 3 stages leave 1 KiB).
+  static constexpr int kOStageBytes = D == 64 ? 8 * 16 * 128 : 0;
+  static constexpr int kFitStages = (kSmemLimit - 2048 - kQBytes - kOStageBytes) / (2 * kKVBytes);
   static constexpr int kStages = SCREE_SM90_STAGES > 0 ? SCREE_SM90_STAGES : (kFitStages < 4 ? kFitStages : 4);
 };
 
@@ -86,11 +90,13 @@ template <int D>
 struct FwdSmem {
   using Tiles = FwdTiles<D>;
   static constexpr int kStages = Tiles::kStages;
+  static constexpr int kOStageBytes = Tiles::kOStageBytes;
   alignas(1024) char q[Tiles::kQBytes];
   struct Stage {
     alignas(1024) char k[Tiles::kKVBytes];
     alignas(1024) char v[Tiles::kKVBytes];
   } kv[kStages];
+  alignas(128) char o_stage[kOStageBytes > 0 ? kOStageBytes : 1];  // 2 KB a consumer warp
   uint64_t q_full;   // the producer published a tile and its Q is loading
   uint64_t q_empty;  // the consumers are done reading the Q tile (and its slot)
   MbarRing<kStages> ring;
@@ -117,6 +123,13 @@ __global__ void __launch_bounds__(384, 1)
   // mix d64 forward 1.709-1.718 -> 1.651-1.664 ms, short d64 0.424-0.425 -> 0.407-0.410, tiny d64
   // 0.313 -> 0.294-0.299; at D = 128 they pay (eq2048 d128 345 -> 376 TFLOP/s; H200, NOTES.md).
   constexpr bool kPingpong = SCREE_SM90_PINGPONG != 0 && (D > 64 || kPaged);
+  // Where shared memory has room (D = 64), the epilogue's output rows go through it
+  // (FwdSmem::o_stage, staged_rows.cuh): 16 rows a warp, stmatrix and 16-byte stores of whole
+  // 128-byte row segments, instead of the quad's shuffles and selects (store_rows). Measured on an
+  // H200 (NOTES.md): tiny d64 0.274-0.278 -> 0.265 ms; at D = 128, staged in the K block of the
+  // tile's last stage (no room for a buffer beside 3 stages, and a barrier between the two
+  // warpgroups), tiny d128 did not move.
+  constexpr bool kStaged = FwdSmem<D>::kOStageBytes > 0;
   // Registers a thread (setmaxnreg; 128 x producer + 256 x consumer <= 64K): the paged producers
   // get 56, for the page-table walk and, with cp.async, the row offsets (at 40 they spilled 80-92
   // bytes); the consumers fit 224 without spilling. Measured on an H200 (NOTES.md): 16-token pages
@@ -302,6 +315,7 @@ __global__ void __launch_bounds__(384, 1)
       if (kPingpong) named_arrive(NamedBarrier::kFwdTurn0 + (1 - cw), 256);
     };
     if (kPingpong && cw == 1) named_arrive(NamedBarrier::kFwdTurn0, 256);
+    const bool out_vector = rows_16b(p.out, p.out_row_stride, p.out_head_stride);
 
     PipelineState<kStages> kv;
     for (int j = 0;; ++j) {
@@ -334,6 +348,7 @@ __global__ void __launch_bounds__(384, 1)
       // producer loads the next tile's Q while this one finishes.
       const int blocks = x.kb.end - x.kb.begin;
       float alpha[2];
+      RowTotals totals;  // the rows' sums, for the epilogue
       int prev = 0;  // the stage of key block i - 1
       if (blocks == 0) mbar_arrive(&sm.q_empty);
       if (blocks > 0) {
@@ -390,11 +405,21 @@ __global__ void __launch_bounds__(384, 1)
         wgmma_fence();
         issue_pv(prev);
         their_turn();
+        totals = row_totals(st);  // while the last P V runs
         wgmma_wait<0>();
         fence_regs(o);
         sm.ring.release(prev);
+      } else {
+        totals = row_totals(st);
       }
-      store_rows<T>(p, o, st, row, x.rows, x.s.q_start + x.m0, x.h);
+      if constexpr (kStaged) {
+        const int row0 = 64 * cw + 16 * warp;  // this warp's 16 rows and 2 KB of the stage
+        T* out = static_cast<T*>(p.out) + (x.s.q_start + x.m0 + row0) * p.out_row_stride + x.h * p.out_head_stride;
+        store_rows_staged<T>(o, totals.inv, sm.o_stage + row0 * 128, out, p.out_row_stride, x.rows - row0, out_vector);
+        store_lse(p, st, totals, row, x.rows, x.s.q_start + x.m0, x.h);
+      } else {
+        store_rows<T>(p, o, st, totals, row, x.rows, x.s.q_start + x.m0, x.h);
+      }
     }
   }
 }

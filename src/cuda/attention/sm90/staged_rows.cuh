@@ -1,5 +1,5 @@
 // Stores a warp's 16-row accumulator fragment to global memory through 2 KB of shared memory
-// (the Hopper backward's dK and dV epilogue). wgmma leaves row r of the warp's 16 in the quad of
+// (the Hopper backward's dK and dV epilogue; the forward's output rows at D = 64). wgmma leaves row r of the warp's 16 in the quad of
 // lanes 4 (r % 8) .. + 3, two columns of each 8-column tile a lane, so storing from registers
 // takes 4-byte stores (half of each 32-byte sector) or a quad transpose of shuffles and selects
 // (8.7% of the consumers' stall samples at short lengths, ncu). Instead, per 64 columns: four
@@ -21,17 +21,19 @@ __device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t
                : "memory");
 }
 
-// acc: the warp's fragment (rows lane / 4 and lane / 4 + 8 of each of the DT 8-column tiles), times
-// mult, as T. Row i (0..15) goes to dst + i * row_stride where i < rows; stage: 2 KB of shared
-// memory, 128-byte aligned, that no other warp touches until this returns. `vector` (dst and the
-// stride in 16-byte units) picks 16-byte stores, else four 4-byte ones a chunk.
+// acc: the warp's fragment (rows lane / 4 and lane / 4 + 8 of each of the DT 8-column tiles), row
+// lane / 4 + 8 r times mult[r], as T. Row i (0..15) goes to dst + i * row_stride where i < rows;
+// stage: 2 KB of shared memory, 128-byte aligned, that no other warp touches until this returns.
+// `vector` (dst and the stride in 16-byte units) picks 16-byte stores, else four 4-byte ones a chunk.
 template <class T, int DT>
-__device__ __forceinline__ void store_rows_staged(const float (&acc)[DT][4], float mult, char* stage, T* dst,
-                                                  int64_t row_stride, int rows, bool vector) {
+__device__ __forceinline__ void store_rows_staged(const float (&acc)[DT][4], const float (&mult)[2], char* stage,
+                                                  T* dst, int64_t row_stride, int rows, bool vector) {
   static_assert(DT % 8 == 0, "64-column rounds");
   const int lane = threadIdx.x % 32;
   const uint32_t s0 = smem_u32(stage);
-  auto word = [&](int dt, int half) { return pack2<T>(acc[dt][2 * half] * mult, acc[dt][2 * half + 1] * mult); };
+  auto word = [&](int dt, int half) {
+    return pack2<T>(acc[dt][2 * half] * mult[half], acc[dt][2 * half + 1] * mult[half]);
+  };
 #pragma unroll
   for (int g = 0; g < DT / 8; ++g) {
     if (g > 0) __syncwarp();  // the last round's reads are done before its rows are overwritten
@@ -58,6 +60,14 @@ __device__ __forceinline__ void store_rows_staged(const float (&acc)[DT][4], flo
     }
   }
   __syncwarp();  // every read is done before the caller reuses the stage
+}
+
+// The same with one factor for every row (the backward's dK, dV).
+template <class T, int DT>
+__device__ __forceinline__ void store_rows_staged(const float (&acc)[DT][4], float mult, char* stage, T* dst,
+                                                  int64_t row_stride, int rows, bool vector) {
+  const float both[2] = {mult, mult};
+  store_rows_staged<T>(acc, both, stage, dst, row_stride, rows, vector);
 }
 
 }  // namespace scree::cuda_attention::sm90
