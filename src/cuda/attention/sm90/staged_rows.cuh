@@ -1,11 +1,12 @@
 // Stores a warp's 16-row accumulator fragment to global memory through 2 KB of shared memory
-// (the Hopper backward's dK and dV epilogue; the forward's output rows at D = 64). wgmma leaves row r of the warp's 16 in the quad of
-// lanes 4 (r % 8) .. + 3, two columns of each 8-column tile a lane, so storing from registers
-// takes 4-byte stores (half of each 32-byte sector) or a quad transpose of shuffles and selects
-// (8.7% of the consumers' stall samples at short lengths, ncu). Instead, per 64 columns: four
-// stmatrix.x4 put the 16 x 64 block into 128-byte rows of shared memory (16-byte chunk c of row r
-// at chunk c ^ (r % 8): eight rows of one chunk fall in eight bank groups), and each lane reads
-// back four 16-byte chunks, so that a warp's store writes four whole 128-byte row segments.
+// (the Hopper backward's dK and dV epilogue; the forward's output rows at D = 64). wgmma leaves
+// row r of the warp's 16 in the quad of lanes 4 (r % 8) .. + 3, two columns of each 8-column tile a
+// lane, so storing from registers takes 4-byte stores (half of each 32-byte sector) or a quad
+// transpose of shuffles and selects (8.7% of the consumers' stall samples at short lengths, ncu).
+// Instead, per 64 columns: four stmatrix.x4 put the 16 x 64 block into 128-byte rows of shared
+// memory (16-byte chunk c of row r at chunk c ^ (r % 8): eight rows of one chunk fall in eight bank
+// groups), and each lane reads back four 16-byte chunks, so that a warp's store writes four whole
+// 128-byte row segments.
 #pragma once
 
 #include <cstdint>
