@@ -429,6 +429,22 @@ def time_calls(fn: Callable[[], Any], reps: int) -> list[float]:
     return ts
 
 
+# A peak measurement's call is capped in time: without bf16 matrix units torch's bf16 matmul runs a
+# scalar fallback (~1.5 GFLOP/s on the 2-core Zen 1 EPYC of benchmarks/NOTES.md's twenty-fourth
+# session, 0.6 with oneDNN held to AVX2 on an Ice Lake VM), where one 4096^3 call takes 1-4 minutes.
+PEAK_CALL_CAP_S = 3.0
+
+
+def peak_size(n: int, dtype: str) -> int:
+    """n, halved (not below 512) while one n^3 matmul in dtype would take longer than PEAK_CALL_CAP_S,
+    projected from a 512^3 call."""
+    fn, _ = matmul_fns(512, dtype)
+    t = min(time_calls(fn, 2))
+    while n > 512 and t * (n / 512) ** 3 > PEAK_CALL_CAP_S:
+        n //= 2
+    return n
+
+
 def measure_peak(n: int, reps: int, dtype: str = "float32") -> dict:
     fn, fl = matmul_fns(n, dtype)
     s = summary(time_calls(fn, reps))
@@ -455,7 +471,7 @@ def measure_workload(wl: tuple, tokens: int, rng: np.random.Generator, args: arg
         skipped: dict[str, str] = {}
         peak_fl = None
         if mode == "fwd" and is_long:
-            fns["peak matmul"], peak_fl = matmul_fns(args.group_peak_n, dtype)
+            fns["peak matmul"], peak_fl = matmul_fns(args.peak_sizes[dtype][1], dtype)
         if mode == "fwdbwd" and args.nested_bwd == "auto":
             fwd = res["modes"]["fwd"]
             nf, bf = fwd["methods"].get("nested", {}).get("median_ms"), fwd.get("best_alternative")
@@ -716,16 +732,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{' (src dirty)' if info['git_dirty'] else ''} | _C built {info['scree_so_mtime']} | "
           f"load {tuple(round(x, 2) for x in info['loadavg_start'])}", flush=True)
     peaks: dict[str, dict] = {}
-    # fp32 always (the long rows' reference), bf16 where bf16 rows run: without bf16 matrix units
-    # torch's bf16 matmul is slow (0.6 GFLOP/s on this VM with oneDNN held to AVX2: 4096^3 would
-    # take minutes a call).
+    # fp32 always (the long rows' reference), bf16 where bf16 rows run; sizes capped where a call
+    # would be slow (peak_size: torch's bf16 matmul without bf16 matrix units).
     peak_dtypes = ["float32"] + (["bfloat16"] if "bfloat16" in args.dtype else [])
+    args.peak_sizes = {dt: (peak_size(peak_n, dt), peak_size(args.group_peak_n, dt)) for dt in peak_dtypes}
     for dt in peak_dtypes:
-        peaks[dt] = dict(start=measure_peak(peak_n, 3 if q else 5, dt),
-                         in_group_size_start=measure_peak(args.group_peak_n, 3 if q else 5, dt))
+        n, gn = args.peak_sizes[dt]
+        peaks[dt] = dict(start=measure_peak(n, 3 if q else 5, dt), in_group_size_start=measure_peak(gn, 3 if q else 5, dt))
         ps, pg = peaks[dt]["start"], peaks[dt]["in_group_size_start"]
-        print(f"# {dt} matmul {peak_n}^3: {ps['gflops']:.1f} GFLOP/s (median; best {ps['gflops_best']:.1f}); "
-              f"{args.group_peak_n}^3 (the in-group size): {pg['gflops']:.1f}", flush=True)
+        print(f"# {dt} matmul {n}^3: {ps['gflops']:.1f} GFLOP/s (median; best {ps['gflops_best']:.1f}); "
+              f"{gn}^3 (the in-group size): {pg['gflops']:.1f}", flush=True)
     peak_start, peak_group_start = peaks["float32"]["start"], peaks["float32"]["in_group_size_start"]
     print("# ms = median over R interleaved rounds; GF/s = useful GFLOP/s of scree; sprd = IQR/median of scree; "
           "x best / x pad = alternative time / scree time; * = NumPy ref capped (<3 calls); ~ = < 3 samples "
@@ -753,7 +769,7 @@ def main(argv: list[str] | None = None) -> int:
                                  kind=wl[1], long=wl[5]))
 
     for dt in peak_dtypes:
-        peaks[dt]["end"] = measure_peak(peak_n, 3 if q else 5, dt)
+        peaks[dt]["end"] = measure_peak(args.peak_sizes[dt][0], 3 if q else 5, dt)
         peaks[dt]["gflops"] = max(peaks[dt]["start"]["gflops"], peaks[dt]["end"]["gflops"])
     peak_end = peaks["float32"]["end"]
     for r in rows:  # forward GFLOP/s against the run's matmul peak in the row's dtype
@@ -767,7 +783,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = evaluate_targets(ok_rows, info["scree_isa"])
     result = dict(machine=info, config=dict(tokens=tokens, hidden=args.hidden, budget_s=args.budget,
                                             min_rounds=args.min_rounds, max_rounds=args.max_rounds,
-                                            group_peak_n=args.group_peak_n, nested_bwd=args.nested_bwd,
+                                            group_peak_n=args.group_peak_n, peak_sizes=args.peak_sizes,
+                                            nested_bwd=args.nested_bwd,
                                             numpy_cap_s=args.numpy_cap_s,
                                             flops="fwd 4*L^2*D*H per sequence (half causal); fwdbwd 3.5x fwd"),
                   dtypes=args.dtype,
