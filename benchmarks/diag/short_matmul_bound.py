@@ -12,10 +12,10 @@ process. For each head dim (d64: 8 heads, d128: 4, hidden 512 as the bench) and 
 * `scree`: scree.varlen_attention's forward (no grad, prebuilt Arrays), causal and not; useful FLOPs
   (4 L^2 D per sequence and head, half when causal), as the bench counts them.
 
-Rates in GFLOP/s; % = of the run's large-matmul peak (4096^3, the bench's). A diagnostic for
-benchmarks/NOTES.md, not a benchmark.
+Rates in GFLOP/s; % = of the run's large-matmul peak (4096^3, the bench's, or smaller where a call
+would be slow: bench_attention_cpu.peak_size). A diagnostic for benchmarks/NOTES.md, not a benchmark.
 
-    python benchmarks/diag/short_matmul_bound.py [--tokens 4096] [--json PATH]
+    python benchmarks/diag/short_matmul_bound.py [--tokens 4096] [--json PATH] [--dtypes float32 bfloat16]
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=list(B.DTYPES))
     args = ap.parse_args()
     torch.set_num_threads(B.NCORES)
     lens = B.make_lengths("short", args.tokens, np.random.default_rng(0))
@@ -74,10 +75,11 @@ def main() -> int:
           f"{scree._C.cpu_isa()} | {len(lens)} sequences, {sum(lens)} tokens, {len(count)} distinct lengths",
           flush=True)
     out: dict = dict(lengths=lens, threads=B.NCORES, rows=[])
-    for dtype in ("float32", "bfloat16"):
+    for dtype in args.dtypes:
         dt = B.DTYPES[dtype]
-        peak = B.measure_peak(4096, 5, dtype)["gflops"]
-        print(f"# {dtype} matmul 4096^3: {peak:.0f} GFLOP/s", flush=True)
+        n = B.peak_size(4096, dtype)  # capped where a call would be slow (the bench's rule)
+        peak = B.measure_peak(n, 5, dtype)["gflops"]
+        print(f"# {dtype} matmul {n}^3: {peak:.0f} GFLOP/s", flush=True)
         for D in (64, 128):
             H = 512 // D
             fl = B.flops_fwd(lens, H, D, False)
