@@ -1,6 +1,7 @@
 // Work distribution of the CPU attention: a list of independent items (e.g. sequence x head x
-// query block), ordered most expensive first, pulled from one atomic counter by every thread so
-// a skewed batch cannot leave a core idle while another finishes the longest sequence.
+// query block), ordered most expensive first, pulled from one atomic counter by every thread (one
+// item, or a short run of small items of one sequence's block across heads) so a skewed batch
+// cannot leave a core idle while another finishes the longest sequence.
 #pragma once
 
 #include "isa.h"
@@ -49,11 +50,37 @@ void run_items(std::vector<WorkItem>& items, double total_flops, Fn&& fn, Scope&
   // one thread, 75.7 / 84.1 on two; 2 x 16 (1.0 MFLOP) a tie.
   int threads = static_cast<int>(std::min<int64_t>(num_threads(), static_cast<int64_t>(items.size())));
   if (total_flops < (detail::openmp_runtime_shared() ? 1e6 : 4e6)) threads = 1;
+  // Small items of one (sequence, block) across heads go to one thread together, as runs costing at
+  // most 1/16 of a thread's share: the heads' rows lie side by side in memory, and a core's
+  // prefetchers bring in its neighbours' lines too. Taken one by one, adjacent heads went to the two
+  // threads in turn and each core's prefetched lines were the other's: 2 threads ran 8..128-token
+  // sequences 1.6x faster than one, long ones 2.0x (the 2-core AVX2 EPYC); in runs, short forward
+  // +5-15%, long and mixed even (benchmarks/NOTES.md, issue 20, twenty-fourth session).
+  const int64_t n = static_cast<int64_t>(items.size());
+  double total_cost = 0;
+  for (const WorkItem& w : items) total_cost += w.cost;
+  const double run_cost = total_cost / (16.0 * std::max(threads, 1));
+  std::vector<int64_t> starts;  // run r is items [starts[r], starts[r + 1])
+  for (int64_t i = 0; i < n;) {
+    starts.push_back(i);
+    const WorkItem& first = items[static_cast<size_t>(i)];
+    double cost = first.cost;
+    int64_t j = i + 1;
+    for (; j < n; ++j) {
+      const WorkItem& w = items[static_cast<size_t>(j)];
+      if (w.seq != first.seq || w.block != first.block || cost + w.cost > run_cost) break;
+      cost += w.cost;
+    }
+    i = j;
+  }
+  starts.push_back(n);
+  const int64_t runs = static_cast<int64_t>(starts.size()) - 1;
   std::atomic<int64_t> next{0};
   auto worker = [&](int t) {
     [[maybe_unused]] auto held = scope(t);
-    for (int64_t i = next.fetch_add(1); i < static_cast<int64_t>(items.size()); i = next.fetch_add(1))
-      fn(t, items[static_cast<size_t>(i)]);
+    for (int64_t r = next.fetch_add(1); r < runs; r = next.fetch_add(1))
+      for (int64_t i = starts[static_cast<size_t>(r)]; i < starts[static_cast<size_t>(r) + 1]; ++i)
+        fn(t, items[static_cast<size_t>(i)]);
   };
   if (threads <= 1) {
     worker(0);
