@@ -50,6 +50,11 @@ void run_items(std::vector<WorkItem>& items, double total_flops, Fn&& fn, Scope&
   // one thread, 75.7 / 84.1 on two; 2 x 16 (1.0 MFLOP) a tie.
   int threads = static_cast<int>(std::min<int64_t>(num_threads(), static_cast<int64_t>(items.size())));
   if (total_flops < (detail::openmp_runtime_shared() ? 1e6 : 4e6)) threads = 1;
+  if (threads <= 1) {  // in order, no runs to build (the small calls' host time)
+    [[maybe_unused]] auto held = scope(0);
+    for (const WorkItem& item : items) fn(0, item);
+    return;
+  }
   // Small items of one (sequence, block) across heads go to one thread together, as runs costing at
   // most 1/16 of a thread's share: the heads' rows lie side by side in memory, and a core's
   // prefetchers bring in its neighbours' lines too. Taken one by one, adjacent heads went to the two
@@ -59,7 +64,7 @@ void run_items(std::vector<WorkItem>& items, double total_flops, Fn&& fn, Scope&
   const int64_t n = static_cast<int64_t>(items.size());
   double total_cost = 0;
   for (const WorkItem& w : items) total_cost += w.cost;
-  const double run_cost = total_cost / (16.0 * std::max(threads, 1));
+  const double run_cost = total_cost / (16.0 * threads);
   std::vector<int64_t> starts;  // run r is items [starts[r], starts[r + 1])
   for (int64_t i = 0; i < n;) {
     starts.push_back(i);
@@ -82,10 +87,6 @@ void run_items(std::vector<WorkItem>& items, double total_flops, Fn&& fn, Scope&
       for (int64_t i = starts[static_cast<size_t>(r)]; i < starts[static_cast<size_t>(r) + 1]; ++i)
         fn(t, items[static_cast<size_t>(i)]);
   };
-  if (threads <= 1) {
-    worker(0);
-    return;
-  }
   parallel_parts(threads, worker);  // the process's worker pool (scree/parallel.h), no thread starts
 }
 
