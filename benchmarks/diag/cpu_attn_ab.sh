@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A/B of two versions of the CPU attention kernels of the amx build (see cpu_attn_ab.cpp): builds
+# A/B of two versions of the CPU attention kernels (see cpu_attn_ab.cpp; the amx build, or AB_BUILD's): builds
 # DIR_A and DIR_B (each a copy of src/cpu/attention) into two binaries and runs them alternately
 # ROUNDS times; per workload, prints every round's median GFLOP/s of A and B and the median over
 # rounds (a noisy neighbour on this 2-core VM slows whichever runs then). With AB_PEAK=fp32|bf16,
@@ -10,14 +10,29 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 A=$1 B=$2 mode=$3 dtype=$4 rounds=${5:-5} calls=${6:-10}
 shift $(( $# < 6 ? $# : 6 ))
-flags="-O3 -std=c++17 -DSCREE_CPU_ISA=amx -DSCREE_CPU_AMX=1 -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl
-       -mavx512dq -mamx-tile -mamx-bf16 -mavx512bf16 -ffp-contract=fast -I$root/include"
+# AB_BUILD picks the kernels' flags (default amx; the harness's namespace stays `amx` whatever the
+# flags): amx (bf16 on the tiles), avx512bf16 (bf16 on VDPBF16PS), avx512, avx2 (bf16 converted);
+# two words ("avx512 avx512bf16") build A with the first and B with the second (A = B = one tree:
+# one version's two builds).
+read -r -a builds <<<"${AB_BUILD:-amx}"
+build_A=${builds[0]} build_B=${builds[1]:-${builds[0]}}
+avx512="-mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq"
 out=${AB_OUT:-/tmp/cpu_attn_ab}
 mkdir -p "$out"
 for v in A B; do
-  dir=${!v}
-  g++ $flags -I"$dir" "$root/benchmarks/diag/cpu_attn_ab.cpp" "$dir/fwd.cpp" "$dir/bwd.cpp" "$dir/fwd_amx.cpp" \
-    "$dir/bwd_amx.cpp" "$root/src/cpu/thread_pool.cpp" "$root/src/cpu/openmp_runtime.cpp" -lpthread -ldl -o "$out/$v" &
+  dir=${!v} build_v=build_$v
+  case ${!build_v} in
+    amx) isa_flags="-DSCREE_CPU_AMX=1 $avx512 -mamx-tile -mamx-bf16 -mavx512bf16" ;;
+    avx512bf16) isa_flags="$avx512 -mavx512bf16" ;;
+    avx512) isa_flags="$avx512" ;;
+    avx2) isa_flags="-mavx2 -mfma -mf16c" ;;
+    *) echo "AB_BUILD: amx, avx512bf16, avx512 or avx2" >&2; exit 2 ;;
+  esac
+  amx_sources=()
+  [ "${!build_v}" = amx ] && amx_sources=("$dir/fwd_amx.cpp" "$dir/bwd_amx.cpp")
+  g++ -O3 -std=c++17 -DSCREE_CPU_ISA=amx $isa_flags -ffp-contract=fast -I"$root/include" -I"$dir" \
+    "$root/benchmarks/diag/cpu_attn_ab.cpp" "$dir/fwd.cpp" "$dir/bwd.cpp" "${amx_sources[@]}" \
+    "$root/src/cpu/thread_pool.cpp" "$root/src/cpu/openmp_runtime.cpp" -lpthread -ldl -o "$out/$v" &
 done
 wait
 : > "$out/peak"

@@ -4,7 +4,7 @@ backward of scree.varlen_attention on the CPU against the fp64 reference, float3
 float16 by FlashAttention's rule and float64 to 1e-9: lengths 0, 1, odd, longer than a 96-row block,
 q and k lengths that differ, GQA, causal, a window, a softcap, head dims 32, 64, 128 and an odd 40.
 bfloat16 takes the AMX forward in the amx build (P rounded to bf16 between the tile products),
-the fp32 kernel elsewhere; paged keys (scree.paged_attention, pages of 16 and 5 rows) are checked
+the VDPBF16PS products in the avx512bf16 build (P rounded alike), the fp32 kernel elsewhere; paged keys (scree.paged_attention, pages of 16 and 5 rows) are checked
 in bfloat16 the same way. bfloat16 backward extras (the AMX backward in the amx build, bwd_amx.cpp:
 128-key blocks, 64-row query tiles, 32-row alignment): Dv != D, GQA 4:1 at D 128 with one long
 sequence that the schedule cuts into chunks, rows with |lse| >= 32 (the statistics recomputed

@@ -1,5 +1,6 @@
 """Every build of the CPU attention kernels this machine can run (SCREE_CPU_ISA forces each: the
-portable one, AVX2, AVX-512, AMX (bfloat16 forward and backward on the tiles)), each in its own
+portable one, AVX2, AVX-512, AVX512-BF16 (the bfloat16 forward's products on VDPBF16PS), AMX
+(bfloat16 forward and backward on the tiles)), each in its own
 process (the choice is made once a process), against the fp64 reference (cpu_isa_worker.py). A
 build the CPU lacks is skipped, naming the one it got."""
 
@@ -16,7 +17,7 @@ pytest.importorskip("torch")
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512", "amx"])
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512", "avx512bf16", "amx"])
 def test_cpu_build_matches_the_reference(isa):
     env = {**os.environ, "SCREE_CPU_ISA": isa}
     proc = subprocess.run([sys.executable, str(HERE / "cpu_isa_worker.py")], capture_output=True, text=True,

@@ -20,7 +20,8 @@ void varlen_fwd_cpu(const VarlenParams& p);
 // deterministic (no atomics on the CPU).
 void varlen_bwd_cpu(const VarlenBackwardParams& p);
 
-// Name of the compiled variant varlen_*_cpu use on this machine ("avx512", "avx2" or "generic").
+// Name of the compiled variant varlen_*_cpu use on this machine ("amx", "avx512bf16", "avx512", "avx2"
+// or "generic").
 const char* cpu_isa();
 
 }  // namespace scree::attention

@@ -1,8 +1,9 @@
 // CPU attention front door: parameter validation (the one place for it), and the choice between
-// the AMX, AVX-512, AVX2+FMA+F16C and portable builds of the kernels, made once per process from
-// cpuid (SCREE_CPU_ISA=generic|portable|avx2|avx512|amx asks for one, in that order; a build the
-// CPU cannot run is never taken: the best one it can below the request runs instead). The amx
-// build also needs the OS's permission for the tile state (amx_os.h); refused, avx512 runs.
+// the AMX, AVX512-BF16, AVX-512, AVX2+FMA+F16C and portable builds of the kernels, made once per
+// process from cpuid (SCREE_CPU_ISA=generic|portable|avx2|avx512|avx512bf16|amx asks for one, in
+// that order; a build the CPU cannot run is never taken: the best one it can below the request runs
+// instead). The amx build also needs the OS's permission for the tile state (amx_os.h); refused,
+// avx512bf16 runs (every AMX Xeon has AVX512-BF16).
 #include <cstdlib>
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -22,6 +23,12 @@ namespace amx {
 void varlen_fwd(const attention::VarlenParams& p);
 void varlen_bwd(const attention::VarlenBackwardParams& p);
 }  // namespace amx
+#endif
+#if defined(SCREE_HAVE_AVX512BF16_KERNELS)
+namespace avx512bf16 {
+void varlen_fwd(const attention::VarlenParams& p);
+void varlen_bwd(const attention::VarlenBackwardParams& p);
+}  // namespace avx512bf16
 #endif
 #if defined(SCREE_HAVE_AVX512_KERNELS)
 namespace avx512 {
@@ -44,7 +51,7 @@ void varlen_bwd(const attention::VarlenBackwardParams& p);
 namespace scree::attention {
 namespace {
 
-enum class Isa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAmx = 3 };
+enum class Isa { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kAmx = 4 };
 
 // The best build this CPU runs, capped by SCREE_CPU_ISA (tests run every build the machine has).
 Isa isa() {
@@ -55,6 +62,7 @@ Isa isa() {
       if (f == "generic" || f == "portable") cap = Isa::kGeneric;
       else if (f == "avx2") cap = Isa::kAvx2;
       else if (f == "avx512") cap = Isa::kAvx512;
+      else if (f == "avx512bf16") cap = Isa::kAvx512Bf16;
     }
 #if defined(__x86_64__) || defined(__i386__)
     // F16C from CPUID leaf 1, ECX bit 29: clang's __builtin_cpu_supports has no "f16c" (a compile
@@ -64,9 +72,15 @@ Isa isa() {
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
     const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    // AVX512-BF16: CPUID leaf 7 sub-leaf 1, EAX bit 5 (asked directly: compilers' cpu_supports
+    // names for it differ by version).
+    const bool bf16 = avx512 && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax & (1u << 5)) != 0;
 #if defined(SCREE_HAVE_AMX_KERNELS)
     // Asked last (the permission is requested only when the amx build may be chosen).
     if (avx512 && cap >= Isa::kAmx && cpu::amx_bf16_usable()) return Isa::kAmx;
+#endif
+#if defined(SCREE_HAVE_AVX512BF16_KERNELS)
+    if (bf16 && cap >= Isa::kAvx512Bf16) return Isa::kAvx512Bf16;
 #endif
 #if defined(SCREE_HAVE_AVX512_KERNELS)
     if (avx512 && cap >= Isa::kAvx512) return Isa::kAvx512;
@@ -74,7 +88,7 @@ Isa isa() {
 #if defined(SCREE_HAVE_AVX2_KERNELS)
     if (avx2 && cap >= Isa::kAvx2) return Isa::kAvx2;
 #endif
-    (void)avx512, (void)avx2, (void)cap;
+    (void)bf16, (void)avx512, (void)avx2, (void)cap;
 #endif
     return Isa::kGeneric;
   }();
@@ -148,6 +162,9 @@ void varlen_fwd_cpu(const VarlenParams& params) {
 #if defined(SCREE_HAVE_AMX_KERNELS)
   if (isa() == Isa::kAmx) return cpu::amx::varlen_fwd(p);
 #endif
+#if defined(SCREE_HAVE_AVX512BF16_KERNELS)
+  if (isa() == Isa::kAvx512Bf16) return cpu::avx512bf16::varlen_fwd(p);
+#endif
 #if defined(SCREE_HAVE_AVX512_KERNELS)
   if (isa() == Isa::kAvx512) return cpu::avx512::varlen_fwd(p);
 #endif
@@ -173,6 +190,9 @@ void varlen_bwd_cpu(const VarlenBackwardParams& params) {
 #if defined(SCREE_HAVE_AMX_KERNELS)
   if (isa() == Isa::kAmx) return cpu::amx::varlen_bwd(p);
 #endif
+#if defined(SCREE_HAVE_AVX512BF16_KERNELS)
+  if (isa() == Isa::kAvx512Bf16) return cpu::avx512bf16::varlen_bwd(p);
+#endif
 #if defined(SCREE_HAVE_AVX512_KERNELS)
   if (isa() == Isa::kAvx512) return cpu::avx512::varlen_bwd(p);
 #endif
@@ -185,6 +205,7 @@ void varlen_bwd_cpu(const VarlenBackwardParams& params) {
 const char* cpu_isa() {
   switch (isa()) {
     case Isa::kAmx: return "amx";
+    case Isa::kAvx512Bf16: return "avx512bf16";
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";
     case Isa::kGeneric: break;

@@ -1,9 +1,11 @@
 // CPU varlen attention forward: flash-style blocked attention with online softmax in the compute
 // type (fp32; fp64 for fp64 inputs). Work item = (sequence, query head, block of block_rows() query
 // rows); for each block of kBlockK keys: S = Q K^T (gemm), softcap, mask, online softmax, O += P V.
-// Compiled once per ISA (CMake: generic, avx2, avx512, amx); the namespace SCREE_CPU_ISA keeps the
-// copies apart and attention_cpu.cpp picks one at run time. In the amx build bfloat16 inputs go to
-// fwd_amx.cpp (tile products); every other type runs this file's code there as in the avx512 build.
+// Compiled once per ISA (CMake: generic, avx2, avx512, avx512bf16, amx); the namespace SCREE_CPU_ISA
+// keeps the copies apart and attention_cpu.cpp picks one at run time. bfloat16 inputs: in the amx
+// build fwd_amx.cpp (tile products); in the avx512bf16 build this file's code with both products
+// on VDPBF16PS (bf16_pairs.h: Q, K as they are, P rounded to bf16 as the AMX and GPU kernels do);
+// elsewhere converted to fp32. Every other type runs the fp32 / fp64 code in every build.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "aligned.h"
+#include "bf16_pairs.h"
 #include "convert.h"
 #include "fwd_common.h"
 #if defined(SCREE_CPU_AMX)
@@ -53,12 +56,26 @@ inline int64_t block_rows(const VarlenParams& p) { return p.max_seqlen_q <= kBlo
 
 // On a line (aligned.h): Q^T is read by zmm loads for every FMA pair of S^T, S^T and O are the
 // products' C; from std::vector every such load split a line (16-byte aligned).
+// bfloat16 on VDPBF16PS (the avx512bf16 build; bf16_pairs.h).
+#if defined(SCREE_CPU_BF16_PAIRS)
+template <class T>
+inline constexpr bool kPairsFor = std::is_same_v<T, bfloat16>;
+#else
+template <class T>
+inline constexpr bool kPairsFor = false;
+#endif
+
 template <class T>
 struct Buffers {
   using C = compute_t<T>;
   LineVector<C> qt, k, v, st, o, m, mx, l, lo, hi, row, vrow;
+  LineVector<uint32_t> p2, v2;  // with pairs: P^T (key pairs x queries), V (key pairs x Dv_pad)
   std::vector<int64_t> key_lo, key_hi, panel_lo, panel_hi;  // visible keys per row / per S^T column panel
   Buffers(int64_t D, int64_t Dv_pad, int64_t rows) {
+    if constexpr (kPairsFor<T>) {  // qt, k and row then hold Q^T, K and Q rows as words
+      p2.resize(kBlockK / 2 * rows);
+      v2.resize(kBlockK / 2 * Dv_pad);
+    }
     qt.resize(D * rows);
     k.resize(kBlockK * D);
     v.resize(kBlockK * Dv_pad);
@@ -130,6 +147,28 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   // fifteenth session).
   constexpr int64_t kT = kTransposeRows;
   constexpr bool kTransposed = std::is_same_v<C, float> && kT > 1;
+  constexpr bool kPairs = kPairsFor<T>;
+  // With pairs: Q^T as words, D2 pairs of d x cols, unscaled (the scale is applied to S in the
+  // softmax's passes: a scaled Q would be rounded to bf16 again).
+  [[maybe_unused]] const int64_t D2 = (D + 1) / 2;
+  [[maybe_unused]] uint32_t* qt2 = reinterpret_cast<uint32_t*>(qt);
+#if defined(SCREE_CPU_BF16_PAIRS)
+  if constexpr (kPairs) {
+    for (int64_t r0 = 0; r0 < cols; r0 += kT) {
+      const int64_t nr = std::clamp<int64_t>(rows - r0, 0, kT);
+      uint32_t* blk = reinterpret_cast<uint32_t*>(buf.row.data());  // kT rows of D2 words
+      for (int64_t r = 0; r < nr; ++r) {
+        if (r0 + r + kRowsAhead < rows) prefetch_row(q_at(r0 + r + kRowsAhead), D * int64_t(sizeof(T)));
+        row_pairs(q_at(r0 + r), D, blk + r * D2);
+      }
+      if (nr < kT) std::fill(blk + nr * D2, blk + kT * D2, 0u);
+      int64_t w0 = 0;
+      for (; w0 + kT <= D2; w0 += kT) transpose_block(blk + w0, D2 * 4, qt2 + w0 * cols + r0, cols);
+      for (int64_t w = w0; w < D2; ++w)
+        for (int64_t r = 0; r < kT; ++r) qt2[w * cols + r0 + r] = blk[r * D2 + w];
+    }
+  } else
+#endif
   if constexpr (kTransposed) {
     for (int64_t r0 = 0; r0 < cols; r0 += kT) {
       const int64_t nr = std::clamp<int64_t>(rows - r0, 0, kT);  // the group's rows
@@ -183,8 +222,20 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   C* st = buf.st.data();
   for (int64_t kb = first.lo; kb < last.hi; kb += kBlockK) {
     const int64_t n = std::min(kBlockK, last.hi - kb);
-    const C* kblk;
-    int64_t ldk;
+    const C* kblk = nullptr;
+    int64_t ldk = 0;
+    [[maybe_unused]] const uint32_t* k2 = nullptr;  // with pairs: the block's K rows as words, ldk words apart
+#if defined(SCREE_CPU_BF16_PAIRS)
+    if constexpr (kPairs) {
+      if (!p.paged && D % 2 == 0 && p.k_row_stride % 2 == 0) {  // in place: whole pairs, rows on words
+        k2 = reinterpret_cast<const uint32_t*>(kv.key(kb)), ldk = p.k_row_stride / 2;
+      } else {
+        uint32_t* kc = reinterpret_cast<uint32_t*>(buf.k.data());
+        for (int64_t j = 0; j < n; ++j) row_pairs(kv.key(kb + j), D, kc + j * D2);
+        k2 = kc, ldk = D2;
+      }
+    } else
+#endif
     if (k_in_place) {
       kblk = reinterpret_cast<const C*>(kv.key(kb)), ldk = p.k_row_stride;
     } else {
@@ -196,8 +247,20 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
       to_compute(kv.value(kb + j), dst, Dv, C(1));
       std::fill(dst + Dv, dst + Dv_pad, C(0));
     };
-    const C* vblk;
-    int64_t ldv, vpanel = 0;
+    const C* vblk = nullptr;
+    int64_t ldv = 0, vpanel = 0;
+    [[maybe_unused]] const int64_t n2 = (n + 1) / 2;  // key pairs
+#if defined(SCREE_CPU_BF16_PAIRS)
+    if constexpr (kPairs) {  // V as words (key 2i, key 2i + 1) x Dv_pad, an odd last key's partner 0
+      uint32_t* v2 = buf.v2.data();
+      for (int64_t i = 0; i < n2; ++i) {
+        if (2 * i + kRowsAhead < n) prefetch_row(kv.value(kb + 2 * i + kRowsAhead), Dv * int64_t(sizeof(T)));
+        if (2 * i + 1 + kRowsAhead < n) prefetch_row(kv.value(kb + 2 * i + 1 + kRowsAhead), Dv * int64_t(sizeof(T)));
+        interleave_rows(kv.value(kb + 2 * i), 2 * i + 1 < n ? kv.value(kb + 2 * i + 1) : nullptr, Dv,
+                        v2 + i * Dv_pad, Dv_pad);
+      }
+    } else
+#endif
     if (v_panels) {
       constexpr int64_t W2 = 2 * W;
       vpanel = kBlockK * W2;
@@ -232,20 +295,35 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
     // that is only short of columns keeps the plain products: on short sequences without a mask
     // the trimmed ones measured 3-9% slower).
     const bool trimmed = !full && band;
-    // Unmasked and uncapped, the block's column maxima come out of the product's registers.
-    const bool max_in_gemm = full && !capped;
-    if (max_in_gemm) std::copy(buf.m.begin(), buf.m.begin() + cols, buf.mx.begin());
-    if (!trimmed) {
-      gemm<C>(n, cols, D, kblk, ldk, qt, cols, st, cols, false, max_in_gemm ? buf.mx.data() : nullptr);  // S^T
-    } else {
-      // Masked: only the tiles that meet a visible key (the bounds grow with the row, so a panel's
-      // first row has its smallest lo and its last live row its largest hi).
+    // Unmasked and uncapped, the block's column maxima come out of the product's registers (with
+    // pairs, of the unscaled scores: the scale, > 0 there, is applied to the maxima).
+    const bool max_in_gemm = full && !capped && (!kPairs || qscale > 0);
+    if (max_in_gemm) {
+      if constexpr (kPairs) std::fill(buf.mx.begin(), buf.mx.begin() + cols, kNegInf);
+      else std::copy(buf.m.begin(), buf.m.begin() + cols, buf.mx.begin());
+    }
+    // Masked: only the tiles that meet a visible key (the bounds grow with the row, so a panel's
+    // first row has its smallest lo and its last live row its largest hi).
+    if (trimmed)
       for (int64_t c = 0; c < cols; c += kPanel) {
         const int64_t r1 = std::min(c + kPanel, rows) - 1;
         const bool live = c < rows;
         buf.panel_lo[c / kPanel] = live ? buf.key_lo[c] - kb : 0;
         buf.panel_hi[c / kPanel] = live ? buf.key_hi[r1] - kb : 0;
       }
+#if defined(SCREE_CPU_BF16_PAIRS)
+    if constexpr (kPairs) {  // S^T over D2 pairs of d
+      if (!trimmed)
+        gemm<C, false, Bf16PairProduct>(n, cols, D2, k2, ldk, qt2, cols, st, cols, false,
+                                        max_in_gemm ? buf.mx.data() : nullptr);
+      else
+        gemm_panel_rows<C, Bf16PairProduct>(n, cols, D2, k2, ldk, qt2, cols, st, cols, buf.panel_lo.data(),
+                                            buf.panel_hi.data());
+    } else
+#endif
+    if (!trimmed) {
+      gemm<C>(n, cols, D, kblk, ldk, qt, cols, st, cols, false, max_in_gemm ? buf.mx.data() : nullptr);  // S^T
+    } else {
       gemm_panel_rows<C>(n, cols, D, kblk, ldk, qt, cols, st, cols, buf.panel_lo.data(), buf.panel_hi.data());
     }
     // Softcap and mask in the max pass below (one pass over S^T less; none at all for a full block).
@@ -262,11 +340,12 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
         j1 = t0 < rows ? std::clamp<int64_t>(buf.key_hi[t1 - 1] - kb, j0, n) : j0;
       }
       if (max_in_gemm) {
-        m_new = load<C>(buf.mx.data() + c);
+        m_new = kPairs ? vmax<C>(m_old, load<C>(buf.mx.data() + c) * qscale) : load<C>(buf.mx.data() + c);
       } else {
         const V lo = load<C>(buf.lo.data() + c), hi = load<C>(buf.hi.data() + c);
         for (int64_t j = j0; j < j1; ++j) {
           V s = load<C>(st + j * cols + c);
+          if constexpr (kPairs) s *= qscale;
           if (capped) s = cap * vtanh<C>(s);
           if (!full) {
             const V key = splat<C>(C(kb + j));
@@ -279,6 +358,20 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
       // A column that has seen no key yet keeps max -inf; shifting by 0 keeps its exps at 0.
       const V shift = m_new == kNegInf ? splat<C>(C(0)) : m_new;
       V sum = V{};
+#if defined(SCREE_CPU_BF16_PAIRS)
+      if constexpr (kPairs) {
+        // P^T as key pairs, in bf16 (keys outside [j0, j1) 0); the scores of a full block are
+        // still unscaled (max_in_gemm).
+        const V mul = splat<C>(max_in_gemm ? qscale : C(1));
+        for (int64_t i = j0 / 2; i < (j1 + 1) / 2; ++i) {
+          const int64_t j = 2 * i;
+          const V e0 = j >= j0 ? vexp<C, true>(load<C>(st + j * cols + c) * mul - shift) : V{};
+          const V e1 = j + 1 < j1 ? vexp<C, true>(load<C>(st + (j + 1) * cols + c) * mul - shift) : V{};
+          store_pairs(buf.p2.data() + i * cols + c, e0, e1);
+          sum += e0 + e1;
+        }
+      } else
+#endif
       for (int64_t j = j0; j < j1; ++j) {
         const V e = vexp<C, true>(load<C>(st + j * cols + c) - shift);
         store<C>(st + j * cols + c, e);
@@ -296,6 +389,16 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
         }
       }
     }
+#if defined(SCREE_CPU_BF16_PAIRS)
+    if constexpr (kPairs) {  // O += P V over key pairs
+      if (!trimmed)
+        gemm<C, true, Bf16PairProduct>(rows, Dv_pad, n2, buf.p2.data(), cols, buf.v2.data(), Dv_pad, buf.o.data(),
+                                       Dv_pad, true);
+      else
+        gemm_rows_keys<C, true, Bf16PairProduct>(rows, Dv_pad, n, buf.p2.data(), cols, buf.v2.data(), Dv_pad,
+                                                 buf.o.data(), Dv_pad, buf.key_lo.data(), buf.key_hi.data(), kb);
+    } else
+#endif
     if (!trimmed) {
       gemm<C, true>(rows, Dv_pad, n, st, cols, vblk, ldv, buf.o.data(), Dv_pad, true, nullptr, vpanel);  // O += P V
     } else {

@@ -77,6 +77,7 @@ inline void transpose_block(const void* x, int64_t ld_bytes, uint32_t* out, int6
 }
 #else
 inline constexpr int kTransposeRows = 1;  // no register transpose: callers copy element by element
+inline void transpose_block(const void* x, int64_t, uint32_t* out, int64_t) { std::memcpy(out, x, 4); }
 #endif
 
 template <class T>
