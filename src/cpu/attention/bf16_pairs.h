@@ -6,7 +6,7 @@
 // bfloat16 on the tiles: fwd_amx.cpp). SCREE_CPU_BF16_PAIRS_EMULATED (never set by the project's
 // build) gives the same operations in plain C++ at any vector width, so that the pairs' layout
 // and masking can be checked against the reference on a machine without the instruction
-// (benchmarks/diag/bf16_pairs_emulated.sh).
+// (scripts/test_bf16_pairs_emulated.sh, part of scripts/test.sh).
 #pragma once
 
 #include "isa.h"
