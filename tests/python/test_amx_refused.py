@@ -1,7 +1,7 @@
 """The AMX permission-refused path of the CPU attention dispatcher (issue 20). The amx build runs
 only after Linux grants the tile-data state (src/cpu/attention/amx_os.h: arch_prctl
-ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA, asked once per process); refused, the avx512bf16 build (every
-AMX Xeon has AVX512-BF16) must run (attention_cpu.cpp), with no tile instruction executed (one would be SIGILL without the permission).
+ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA, asked once per process); refused, the avx512 build must run
+(attention_cpu.cpp), with no tile instruction executed (one would be SIGILL without the permission).
 
 This file is also its own worker: `python test_amx_refused.py refuse|fake|control`. With `refuse` it
 installs a seccomp BPF filter that answers EPERM to arch_prctl(0x1023, ...) and allows every other
@@ -10,7 +10,7 @@ sandbox may: amx_os.h reads the grant back, else the first tile instruction is S
 scree.varlen_attention against the fp64 reference by FlashAttention's rule (attention_checks.py),
 reruns every check of cpu_isa_worker.py, and prints one JSON line: the build that ran
 (scree._C.cpu_isa()), the probe's errno and the tile-data permission bit before and after. The
-tests assert: no crash, correct results, the avx512bf16 build (never amx), the permission never
+tests assert: no crash, correct results, the avx512 build (never amx), the permission never
 granted; with SCREE_CPU_ISA unset and with SCREE_CPU_ISA=amx (which caps at amx like no request:
 the best build below that can run is taken, no error). A `control` process without the filter must
 pick amx first, or the tests skip (no AMX in this CPU, this compiler's build or this kernel)."""
@@ -216,7 +216,7 @@ def amx_machine() -> None:
 
 @pytest.mark.parametrize("mode", ["refuse", "fake"], ids=["refused", "faked_grant"])
 @pytest.mark.parametrize("request_isa", [None, "amx"], ids=["default", "SCREE_CPU_ISA=amx"])
-def test_refused_permission_runs_avx512bf16(amx_machine, request_isa, mode):
+def test_refused_permission_runs_avx512(amx_machine, request_isa, mode):
     proc, report = run_worker(mode, request_isa)
     if proc.returncode == NO_SECCOMP_EXIT:
         pytest.skip(f"seccomp filters unavailable: {proc.stdout.strip()}")
@@ -225,11 +225,11 @@ def test_refused_permission_runs_avx512bf16(amx_machine, request_isa, mode):
     assert report["probe_errno"] == (errno.EPERM if mode == "refuse" else 0)
     # SCREE_CPU_ISA=amx is the top of the cap order (like no request); a build the process cannot
     # run is never taken: the best one below runs, no error (attention_cpu.cpp, isa()).
-    assert report["isa"] == report["isa_after"] == "avx512bf16", report
+    assert report["isa"] == report["isa_after"] == "avx512", report
     # The query (ARCH_GET_XCOMP_PERM) still passes the filter, and the permission was never granted.
     assert report["permission_before"] is False and report["permission_after"] is False, report
     # cpu_isa_worker.py's own lines, rerun under the filter: the build it saw, then "ok".
-    assert [ln for ln in proc.stdout.splitlines() if not ln.startswith("REPORT ")] == ["avx512bf16", "ok"], describe(proc)
+    assert [ln for ln in proc.stdout.splitlines() if not ln.startswith("REPORT ")] == ["avx512", "ok"], describe(proc)
 
 
 def test_filter_program_shape():

@@ -1,9 +1,12 @@
 // CPU attention front door: parameter validation (the one place for it), and the choice between
-// the AMX, AVX512-BF16, AVX-512, AVX2+FMA+F16C and portable builds of the kernels, made once per
-// process from cpuid (SCREE_CPU_ISA=generic|portable|avx2|avx512|avx512bf16|amx asks for one, in
-// that order; a build the CPU cannot run is never taken: the best one it can below the request runs
-// instead). The amx build also needs the OS's permission for the tile state (amx_os.h); refused,
-// avx512bf16 runs (every AMX Xeon has AVX512-BF16).
+// the AMX, AVX-512, AVX2+FMA+F16C and portable builds of the kernels, made once per process from
+// cpuid (SCREE_CPU_ISA=generic|portable|avx2|avx512|amx asks for one, in that order; a build the
+// CPU cannot run is never taken: the best one it can below the request runs instead). The amx
+// build also needs the OS's permission for the tile state (amx_os.h); refused, avx512 runs. The
+// avx512bf16 build (the bf16 forward on VDPBF16PS) runs only when asked for by name
+// (SCREE_CPU_ISA=avx512bf16) on a CPU with AVX512-BF16: on the one such CPU measured (the 16-core
+// AMX Xeon) its bf16 forward ran 0.45-0.8x the avx512 build's converted one (benchmarks/NOTES.md,
+// twenty-fifth session), so it is never the default.
 #include <cstdlib>
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -80,7 +83,7 @@ Isa isa() {
     if (avx512 && cap >= Isa::kAmx && cpu::amx_bf16_usable()) return Isa::kAmx;
 #endif
 #if defined(SCREE_HAVE_AVX512BF16_KERNELS)
-    if (bf16 && cap >= Isa::kAvx512Bf16) return Isa::kAvx512Bf16;
+    if (bf16 && cap == Isa::kAvx512Bf16) return Isa::kAvx512Bf16;  // by name only (see above)
 #endif
 #if defined(SCREE_HAVE_AVX512_KERNELS)
     if (avx512 && cap >= Isa::kAvx512) return Isa::kAvx512;

@@ -61,19 +61,24 @@ void run_items(std::vector<WorkItem>& items, double total_flops, Fn&& fn, Scope&
   // threads in turn and each core's prefetched lines were the other's: 2 threads ran 8..128-token
   // sequences 1.6x faster than one, long ones 2.0x (the 2-core AVX2 EPYC); in runs, short forward
   // +5-15%, long and mixed even (benchmarks/NOTES.md, issue 20, twenty-fourth session).
+  // Near the end of the list a run is capped by the work left (a quarter of a thread's share of it):
+  // the last items stay single, so threads finish together. With the flat cap alone, mixed lengths
+  // lost 3-5% on 16 threads (the 16-core AMX host, forward and backward; the cheapest items, last,
+  // ran in runs of up to 1/16 of a thread's share).
   const int64_t n = static_cast<int64_t>(items.size());
-  double total_cost = 0;
-  for (const WorkItem& w : items) total_cost += w.cost;
-  const double run_cost = total_cost / (16.0 * threads);
+  std::vector<double> left(static_cast<size_t>(n) + 1, 0.0);  // cost of items [i, n)
+  for (int64_t i = n - 1; i >= 0; --i) left[size_t(i)] = left[size_t(i) + 1] + items[size_t(i)].cost;
+  const double run_cost = left[0] / (16.0 * threads);
   std::vector<int64_t> starts;  // run r is items [starts[r], starts[r + 1])
   for (int64_t i = 0; i < n;) {
     starts.push_back(i);
     const WorkItem& first = items[static_cast<size_t>(i)];
+    const double cap = std::min(run_cost, left[size_t(i)] / (4.0 * threads));
     double cost = first.cost;
     int64_t j = i + 1;
     for (; j < n; ++j) {
       const WorkItem& w = items[static_cast<size_t>(j)];
-      if (w.seq != first.seq || w.block != first.block || cost + w.cost > run_cost) break;
+      if (w.seq != first.seq || w.block != first.block || cost + w.cost > cap) break;
       cost += w.cost;
     }
     i = j;
