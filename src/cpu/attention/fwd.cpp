@@ -54,8 +54,6 @@ constexpr int64_t kBlockQMax = 192;
 // (8..128-token sequences: D 64 +6%, D 128 -5%).
 inline int64_t block_rows(const VarlenParams& p) { return p.max_seqlen_q <= kBlockQMax ? 96 : kBlockQMax; }
 
-// On a line (aligned.h): Q^T is read by zmm loads for every FMA pair of S^T, S^T and O are the
-// products' C; from std::vector every such load split a line (16-byte aligned).
 // bfloat16 on VDPBF16PS (the avx512bf16 build; bf16_pairs.h).
 #if defined(SCREE_CPU_BF16_PAIRS)
 template <class T>
@@ -65,6 +63,8 @@ template <class T>
 inline constexpr bool kPairsFor = false;
 #endif
 
+// On a line (aligned.h): Q^T is read by zmm loads for every FMA pair of S^T, S^T and O are the
+// products' C; from std::vector every such load split a line (16-byte aligned).
 template <class T>
 struct Buffers {
   using C = compute_t<T>;

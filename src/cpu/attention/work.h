@@ -64,7 +64,7 @@ void run_items(std::vector<WorkItem>& items, double total_flops, Fn&& fn, Scope&
   // Near the end of the list a run is capped by the work left (a quarter of a thread's share of it):
   // the last items stay single, so threads finish together. With the flat cap alone, mixed lengths
   // lost 3-5% on 16 threads (the 16-core AMX host, forward and backward; the cheapest items, last,
-  // ran in runs of up to 1/16 of a thread's share).
+  // ran in runs of up to 1/16 of a thread's share; NOTES, twenty-fifth session).
   const int64_t n = static_cast<int64_t>(items.size());
   std::vector<double> left(static_cast<size_t>(n) + 1, 0.0);  // cost of items [i, n)
   for (int64_t i = n - 1; i >= 0; --i) left[size_t(i)] = left[size_t(i) + 1] + items[size_t(i)].cost;
