@@ -19,7 +19,7 @@ PY=${PYTHON:-python3}
 cmake -S . -B build/cpp -G Ninja -DSCREE_BUILD_TESTS=ON "${CPP_CUDA[@]}" >/dev/null
 cmake --build build/cpp
 ctest --test-dir build/cpp --output-on-failure
-# The avx512bf16 build's bf16 pairs in plain C++ (no CPU here need have AVX512-BF16): ~2.5 min on 2 cores.
+# The avx512bf16 build's bf16 pairs in plain C++ (no CPU here need have AVX512-BF16): ~1.3 min on 2 cores.
 bash scripts/test_bf16_pairs_emulated.sh
 
 "$PY" -m pytest tests/python -q "$@"
