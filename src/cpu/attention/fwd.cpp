@@ -372,10 +372,21 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
         }
       } else
 #endif
-      for (int64_t j = j0; j < j1; ++j) {
-        const V e = vexp<C, true>(load<C>(st + j * cols + c) - shift);
-        store<C>(st + j * cols + c, e);
-        sum += e;
+      {
+        // kExpLanes key rows' exps at once (simd.h's vexp_nonpositive: in lockstep on AVX2, the
+        // pass 11.8 -> 7.1 ns a vector on the EPYC; forward +3..13%, short causal the most).
+        int64_t j = j0;
+        for (; j + kExpLanes <= j1; j += kExpLanes) {
+          V e[kExpLanes];
+          for (int u = 0; u < kExpLanes; ++u) e[u] = load<C>(st + (j + u) * cols + c) - shift;
+          vexp_nonpositive<C, kExpLanes>(e);
+          for (int u = 0; u < kExpLanes; ++u) store<C>(st + (j + u) * cols + c, e[u]), sum += e[u];
+        }
+        for (; j < j1; ++j) {
+          const V e = vexp<C, true>(load<C>(st + j * cols + c) - shift);
+          store<C>(st + j * cols + c, e);
+          sum += e;
+        }
       }
       const V alpha = vexp<C, true>(m_old - shift);  // 0 on a column's first visible block
       store<C>(buf.l.data() + c, load<C>(buf.l.data() + c) * alpha + sum);
