@@ -1,6 +1,6 @@
 // Microbenchmark of the CPU forward's exp pass on its own: e^(s - shift) over an S^T block (n key
 // rows x cols query columns, one vector of columns at a time down the key rows, sums kept), as
-// fwd.cpp runs it. Compares simd.h's vexp<float, true> one vector at a time, vexp_nonpositive in
+// fwd.cpp runs it. Compares simd.h's vexp<float, true> one vector at a time, vexp_lanes in
 // lockstep of 2, 4 and 8, and the single-vector form simd.h had before the lockstep (kept here only
 // as the baseline: a clamp and final select, 2^n through an int conversion, degree-6 Taylor).
 // Prints ns per vector. Build (AVX2 build's flags) and run:
@@ -36,7 +36,7 @@ V exp_before(V x) {
   return under ? splat<float>(0.f) : out;
 }
 
-// U = 0: exp_before one vector at a time; 1: vexp<float, true>; else vexp_nonpositive<float, U>.
+// U = 0: exp_before one vector at a time; 1: vexp<float, true>; else vexp_lanes<float, U, true>.
 template <int U>
 __attribute__((noinline)) void pass(const float* st, float* pt, float* l, int n, int cols, float sh) {
   constexpr int G = U < 1 ? 1 : U;
@@ -49,7 +49,7 @@ __attribute__((noinline)) void pass(const float* st, float* pt, float* l, int n,
       for (int u = 0; u < G; ++u) e[u] = load<float>(st + (j + u) * cols + c) - shift;
       if constexpr (U == 0) e[0] = exp_before(e[0]);
       else if constexpr (U == 1) e[0] = vexp<float, true>(e[0]);
-      else vexp_nonpositive<float, G>(e);
+      else vexp_lanes<float, G, true>(e);
       for (int u = 0; u < G; ++u) store<float>(pt + (j + u) * cols + c, e[u]), sum += e[u];
     }
     for (; j < n; ++j) {
@@ -76,8 +76,8 @@ int main(int argc, char** argv) {
   for (int round = 0; round < 2; ++round) {
     run<0>("before (single, degree 6)", n, cols);
     run<1>("vexp<float, true> (single)", n, cols);
-    run<2>("vexp_nonpositive<float, 2>", n, cols);
-    run<4>("vexp_nonpositive<float, 4>", n, cols);
-    run<8>("vexp_nonpositive<float, 8>", n, cols);
+    run<2>("vexp_lanes<float, 2, true>", n, cols);
+    run<4>("vexp_lanes<float, 4, true>", n, cols);
+    run<8>("vexp_lanes<float, 8, true>", n, cols);
   }
 }

@@ -44,12 +44,19 @@ const A* as_accum(const T* row, int64_t features, A* buf) {
   }
 }
 
-// e[f] = exp(x[f] - shift[f]), W lanes at a time; the last partial vector through a padded copy,
-// so every column gets the same exp.
+// e[f] = exp(x[f] - shift[f]), W lanes at a time, kExpLanes vectors in lockstep (simd.h's vexp_lanes:
+// for float each exp's dependent chain no longer waits alone); the last partial vector through a
+// padded copy, so every column gets the same exp.
 template <class A>
 void exp_shifted(const A* x, const A* shift, A* e, int64_t features) {
-  constexpr int W = simd::Simd<A>::width;
+  constexpr int W = simd::Simd<A>::width, U = simd::kExpLanes;
   int64_t f = 0;
+  for (; f + U * W <= features; f += U * W) {
+    simd::vec_t<A> v[U];
+    for (int u = 0; u < U; ++u) v[u] = simd::load(x + f + u * W) - simd::load(shift + f + u * W);
+    simd::vexp_lanes<A, U, false>(v);
+    for (int u = 0; u < U; ++u) simd::store(e + f + u * W, v[u]);
+  }
   for (; f + W <= features; f += W) simd::store(e + f, simd::vexp<A>(simd::load(x + f) - simd::load(shift + f)));
   if (f < features) {
     A xs[W] = {}, ss[W] = {}, out[W];

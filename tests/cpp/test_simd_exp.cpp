@@ -13,18 +13,18 @@
 #include <vector>
 
 extern "C" {
-void scree_simd_exp_probe_generic(const float*, int64_t, float*, float*, float*);
+void scree_simd_exp_probe_generic(const float*, int64_t, float*, float*, float*, float*);
 #if defined(SCREE_PROBE_AVX2)
-void scree_simd_exp_probe_avx2(const float*, int64_t, float*, float*, float*);
+void scree_simd_exp_probe_avx2(const float*, int64_t, float*, float*, float*, float*);
 #endif
 #if defined(SCREE_PROBE_AVX512)
-void scree_simd_exp_probe_avx512(const float*, int64_t, float*, float*, float*);
+void scree_simd_exp_probe_avx512(const float*, int64_t, float*, float*, float*, float*);
 #endif
 }
 
 namespace {
 
-using Probe = void (*)(const float*, int64_t, float*, float*, float*);
+using Probe = void (*)(const float*, int64_t, float*, float*, float*, float*);
 
 struct Build {
   std::string name;
@@ -58,12 +58,13 @@ std::vector<float> inputs(float lo, float hi) {
 }
 
 struct Out {
-  std::vector<float> general, nonpos, lanes;
+  std::vector<float> general, nonpos, lanes_general, lanes;
 };
 
 Out run(const Build& b, const std::vector<float>& x) {
-  Out o{std::vector<float>(x.size()), std::vector<float>(x.size()), std::vector<float>(x.size())};
-  b.probe(x.data(), int64_t(x.size()), o.general.data(), o.nonpos.data(), o.lanes.data());
+  const std::vector<float> none(x.size());
+  Out o{none, none, none, none};
+  b.probe(x.data(), int64_t(x.size()), o.general.data(), o.nonpos.data(), o.lanes_general.data(), o.lanes.data());
   return o;
 }
 
@@ -91,9 +92,12 @@ TEST(SimdExp, RelativeErrorOverTheNormalRange) {
     EXPECT_LT(max_rel_error(neg, o.general), 4e-7);
     EXPECT_LT(max_rel_error(neg, o.nonpos), 4e-7);
     EXPECT_LT(max_rel_error(neg, o.lanes), 4e-7);
+    EXPECT_LT(max_rel_error(neg, o.lanes_general), 4e-7);
     // (vexp gives inf from 127.5 ln2 = 88.38 on, where 2^n would need n = 128; e^x overflows at 88.72.)
     const std::vector<float> all = inputs(-87.3f, 88.3f);
-    EXPECT_LT(max_rel_error(all, run(b, all).general), 4e-7);
+    const Out a = run(b, all);
+    EXPECT_LT(max_rel_error(all, a.general), 4e-7);
+    EXPECT_LT(max_rel_error(all, a.lanes_general), 4e-7);
   }
 }
 
@@ -105,7 +109,7 @@ TEST(SimdExp, ValuesTheSoftmaxReliesOn) {
     if (!b.runs) continue;
     SCOPED_TRACE(b.name);
     const Out o = run(b, x);
-    for (const std::vector<float>* y : {&o.general, &o.nonpos, &o.lanes}) {
+    for (const std::vector<float>* y : {&o.general, &o.nonpos, &o.lanes_general, &o.lanes}) {
       const std::vector<float>& e = *y;
       EXPECT_EQ(e[0], 0.f);           // masked scores
       EXPECT_TRUE(std::isnan(e[1]));  // NaN inputs reach the output
@@ -121,17 +125,34 @@ TEST(SimdExp, ValuesTheSoftmaxReliesOn) {
       }
       for (size_t i = 12; i < x.size(); ++i) EXPECT_NEAR(e[i], std::exp(-2.0), 1e-7);
     }
+    // The general forms above the non-positive range: +inf from 127.5 ln2 (and for +inf), finite
+    // below it.
+    std::vector<float> big{inf, 89.f, 88.4f, 88.3f, 50.f};
+    while (big.size() % 64 != 0) big.push_back(1.f);
+    const Out g = run(b, big);
+    for (const std::vector<float>* y : {&g.general, &g.lanes_general}) {
+      const std::vector<float>& e = *y;
+      EXPECT_EQ(e[0], inf);
+      EXPECT_EQ(e[1], inf);
+      EXPECT_EQ(e[2], inf);
+      EXPECT_NEAR(e[3] / std::exp(double(88.3f)), 1.0, 4e-7);
+      EXPECT_NEAR(e[4] / std::exp(50.0), 1.0, 4e-7);
+      EXPECT_NEAR(e[5], std::exp(1.0), 1e-6);
+    }
   }
 }
 
 TEST(SimdExp, LanesEqualOneVectorAtATime) {
-  // vexp_nonpositive computes each lane as vexp<float, true> does, only interleaved.
+  // vexp_lanes computes each lane as vexp<float, kNonPositive> does, only interleaved.
   for (const Build& b : builds()) {
     if (!b.runs) continue;
     SCOPED_TRACE(b.name);
     const std::vector<float> x = inputs(-90.f, 0.f);
     const Out o = run(b, x);
-    for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(o.nonpos[i], o.lanes[i]) << x[i];
+    for (size_t i = 0; i < x.size(); ++i) {
+      ASSERT_EQ(o.nonpos[i], o.lanes[i]) << x[i];
+      ASSERT_EQ(o.general[i], o.lanes_general[i]) << x[i];
+    }
   }
 }
 

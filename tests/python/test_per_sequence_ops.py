@@ -141,19 +141,22 @@ def test_softmax_family(backend, rng):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_non_finite_columns(backend):
+@pytest.mark.parametrize("groups", [1, 5])
+def test_non_finite_columns(backend, groups):
     # one sequence of 3 tokens; columns: all -inf, one +inf, one NaN, large values (exp overflows
-    # without the shift)
-    v = np.array([[-np.inf, 1.0, np.nan, 1000.0],
-                  [-np.inf, np.inf, 2.0, 999.0],
-                  [-np.inf, 0.0, 3.0, 998.0]], np.float32)
+    # without the shift); 5 groups = 20 columns: the C++ kernel's exponentials of 4 vectors at a
+    # time (16 floats in its SSE2 build) see them as well as its one-vector tail
+    v = np.tile(np.array([[-np.inf, 1.0, np.nan, 1000.0],
+                          [-np.inf, np.inf, 2.0, 999.0],
+                          [-np.inf, 0.0, 3.0, 998.0]], np.float32), (1, groups))
     a = scree.from_offsets(native(backend, v), native(backend, np.array([0, 3], np.int64)))
-    lse = host(a.logsumexp())[0]
-    assert lse[0] == -np.inf and lse[1] == np.inf and np.isnan(lse[2])
-    np.testing.assert_allclose(lse[3], 1000 + np.log(1 + np.exp(-1) + np.exp(-2)), rtol=1e-6)
-    sm = host(a.softmax().values)
-    assert np.isnan(sm[:, 0]).all() and np.isnan(sm[:, 2]).all()
-    np.testing.assert_allclose(sm[:, 3].sum(), 1.0, rtol=1e-6)
+    lse_all, sm_all = host(a.logsumexp())[0], host(a.softmax().values)
+    for g in range(groups):
+        lse, sm = lse_all[4 * g:4 * g + 4], sm_all[:, 4 * g:4 * g + 4]
+        assert lse[0] == -np.inf and lse[1] == np.inf and np.isnan(lse[2])
+        np.testing.assert_allclose(lse[3], 1000 + np.log(1 + np.exp(-1) + np.exp(-2)), rtol=1e-6)
+        assert np.isnan(sm[:, 0]).all() and np.isnan(sm[:, 2]).all()
+        np.testing.assert_allclose(sm[:, 3].sum(), 1.0, rtol=1e-6)
     assert host(a.argmax())[0, 2] == 0  # the NaN, as np.argmax
     assert np.isnan(host(a.max())[0, 2]) and np.isnan(host(a.min())[0, 2])
 

@@ -394,12 +394,12 @@ void backward_chunk(const Plan<T>& plan, int64_t ci, int64_t kvh, Buffers<T>& bu
           // Trimmed: the vectors holding [lo, hi) only (the products skipped some of the others).
           const int64_t v0 = trimmed ? lo / W * W : 0, v1 = trimmed ? round_up(hi, W) : w;
           int64_t c = v0;
-          if (!capped) {  // kExpLanes vectors' exps at once (simd.h's vexp_nonpositive)
+          if (!capped) {  // kExpLanes vectors' exps at once (simd.h's vexp_lanes)
             for (; c + kExpLanes * W <= v1; c += kExpLanes * W) {
               V pv[kExpLanes];
               for (int u = 0; u < kExpLanes; ++u)
                 pv[u] = vmin<C>((load<C>(prow + c + u * W) - vshift) - vlog_sum, zero);
-              vexp_nonpositive<C, kExpLanes>(pv);
+              vexp_lanes<C, kExpLanes, true>(pv);
               for (int u = 0; u < kExpLanes; ++u) {
                 store<C>(prow + c + u * W, pv[u]);
                 store<C>(dsrow + c + u * W, pv[u] * (load<C>(dsrow + c + u * W) - vdelta));

@@ -139,26 +139,32 @@ inline vec_t<T> vmin(vec_t<T> a, vec_t<T> b) {
   return b < a ? b : a;
 }
 
-// e^x of U float vectors whose x is <= 0 or NaN (a softmax's score minus its running max or lse),
-// below AVX-512, each step for all U vectors before the next. One vector's steps are a chain of
-// ~60 cycles (the reduction, then five multiply-adds of 5 each); Zen 1's FP scheduler holds ~36
-// ops, under two vectors' worth, so a loop of single exps waits on that chain: the forward's exp
-// pass took 11.8 ns a vector (~28 cycles; the pipes need ~13), 9.5 with this form one vector at
-// a time, 8.0 with 2 in lockstep, 7.1 with 4 and 6.9 with 8 (benchmarks/diag/exp_pass_micro.cpp,
-// the 2-core Zen 1 EPYC VM of benchmarks/NOTES.md's twenty-sixth session). Against vexp's
-// general path: the clamp is one max (NaN stays NaN: the compare is false); 2^n's exponent bits
-// come from the rounding sum's own mantissa (no conversion); the clamp at -127 ln2 makes that
-// exponent field 0, so 2^n = +0 and the result 0 with no final select (inputs in (-87.7, -87.3]
-// give the denormals e^x is there); the polynomial is a degree-5 minimax one with constant term 1
-// (float-evaluated relative error 2.3e-7 on |r| <= ln2 / 2 against the degree-6 Taylor one's
-// 2.6e-7; e^0 = 1 exactly).
-template <int U>
-inline void vexp_nonpositive_lockstep(vec_t<float>* x) {
+// e^x of U float vectors, below AVX-512 (vexp<float> there is this with U = 1), each step for all
+// U vectors before the next. One vector's steps are a chain of ~60 cycles (the reduction, then
+// five multiply-adds of 5 each); Zen 1's FP scheduler holds ~36 ops, under two vectors' worth, so
+// a loop of single exps waits on that chain: the forward's exp pass took 11.8 ns a vector (~28
+// cycles; the pipes need ~13), 9.5 with this form one vector at a time, 8.0 with 2 in lockstep,
+// 7.1 with 4 and 6.9 with 8 (benchmarks/diag/exp_pass_micro.cpp, the 2-core Zen 1 EPYC VM of
+// benchmarks/NOTES.md's twenty-sixth session). The form: the clamps are a max and a min (NaN stays
+// NaN: the compares are false); 2^n's exponent bits come from the rounding sum's own mantissa (no
+// conversion); the clamp at -127 ln2 makes that exponent field 0, so 2^n = +0 and the result 0 with
+// no select (inputs in (-87.7, -87.3] give the denormals e^x is there); the polynomial is a degree-5
+// minimax one with constant term 1 (float-evaluated relative error 2.3e-7 on |r| <= ln2 / 2 against
+// the degree-6 Taylor one's 2.6e-7; e^0 = 1 exactly). kNonPositive: x <= 0 or NaN (a softmax's
+// score minus its running max or lse); otherwise x above 127.5 ln2 (where 2^n would need n = 128)
+// gives +inf, for two operations more a vector (the upper clamp and a select).
+template <int U, bool kNonPositive = true>
+inline void vexp_lockstep(vec_t<float>* x) {
   using V = vec_t<float>;
   using I = Simd<float>::ivec;
   const V lo = splat<float>(-127 * 0.693147180559945f), magic = splat<float>(12582912.0f);
+  const V hi = splat<float>(88.3762626647949f);
   V scale[U];
-  for (int u = 0; u < U; ++u) x[u] = lo > x[u] ? lo : x[u];
+  I over[U];
+  for (int u = 0; u < U; ++u) {
+    if constexpr (!kNonPositive) over[u] = x[u] > hi, x[u] = x[u] > hi ? hi : x[u];
+    x[u] = lo > x[u] ? lo : x[u];
+  }
   for (int u = 0; u < U; ++u) {
     const V t = x[u] * 1.44269504088896341f + magic;  // n = round(x log2 e) in t's low mantissa bits
     I bits;
@@ -174,21 +180,23 @@ inline void vexp_nonpositive_lockstep(vec_t<float>* x) {
   for (float c : {0.0418979302f, 0.166676357f, 0.499991506f, 0.999999702f})
     for (int u = 0; u < U; ++u) p[u] = p[u] * x[u] + c;
   for (int u = 0; u < U; ++u) x[u] = (p[u] * x[u] + 1.0f) * scale[u];
+  if constexpr (!kNonPositive)
+    for (int u = 0; u < U; ++u) x[u] = over[u] ? splat<float>(std::numeric_limits<float>::infinity()) : x[u];
 }
 
-// e^x, vectorised: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 (float) / degree-11
-// (double) Taylor-Horner polynomial, 2^n assembled in the exponent bits. Inputs below the
-// underflow bound give 0 (needed: exp(-inf) = 0 for masked scores), above overflow give inf.
-// kNonPositive: the caller's x is <= 0 or NaN (a softmax's score minus its running max or lse),
-// so nothing overflows: the upper clamp and its select go; for float below AVX-512 it is
-// vexp_nonpositive_lockstep's form.
+// e^x, vectorised: x = n ln2 + r with |r| <= ln2/2, e^r by a polynomial, 2^n assembled in the
+// exponent bits: float below AVX-512 is vexp_lockstep's form; here double (degree-11 Taylor-Horner)
+// and AVX-512 float (degree-6 Taylor). Inputs below the underflow bound give 0 (needed: exp(-inf)
+// = 0 for masked scores), above overflow give inf. kNonPositive: the caller's x is <= 0 or NaN (a
+// softmax's score minus its running max or lse), so nothing overflows: the upper clamp and its
+// select go.
 template <class T, bool kNonPositive = false>
 inline vec_t<T> vexp(vec_t<T> x) {
   using V = vec_t<T>;
   using I = typename Simd<T>::ivec;
   constexpr bool f32 = std::is_same_v<T, float>;
-  if constexpr (f32 && kNonPositive && kVectorBytes < 64) {
-    vexp_nonpositive_lockstep<1>(&x);
+  if constexpr (f32 && kVectorBytes < 64) {
+    vexp_lockstep<1, kNonPositive>(&x);
     return x;
   }
   const T hi = f32 ? T(88.3762626647949) : T(709.78);
@@ -251,18 +259,18 @@ inline vec_t<T> vexp(vec_t<T> x) {
   return out;
 }
 
-// e^x of U vectors in place, x <= 0 or NaN (vexp<T, true> each): in lockstep for float below
-// AVX-512 (see vexp_nonpositive_lockstep); AVX-512 (VSCALEFPS, 32 registers, a larger scheduler;
-// not measured in lockstep) and double one vector after another.
+// e^x of U vectors in place (vexp<T, kNonPositive> each): in lockstep for float below AVX-512
+// (vexp_lockstep); AVX-512 (VSCALEFPS, 32 registers, a larger scheduler; not measured in
+// lockstep) and double one vector after another.
 // The U the kernels' softmax loops pass: 4 (8 gains 3% more in the microbenchmark, and a row's
 // tail of fewer than U vectors runs one at a time).
 inline constexpr int kExpLanes = 4;
-template <class T, int U>
-inline void vexp_nonpositive(vec_t<T>* x) {
+template <class T, int U, bool kNonPositive>
+inline void vexp_lanes(vec_t<T>* x) {
   if constexpr (std::is_same_v<T, float> && kVectorBytes < 64) {
-    vexp_nonpositive_lockstep<U>(x);
+    vexp_lockstep<U, kNonPositive>(x);
   } else {
-    for (int u = 0; u < U; ++u) x[u] = vexp<T, true>(x[u]);
+    for (int u = 0; u < U; ++u) x[u] = vexp<T, kNonPositive>(x[u]);
   }
 }
 
