@@ -133,6 +133,8 @@ int main(int argc, char** argv) {
       p.head_dim = p.head_dim_v = D;
       p.scale = 1.0 / std::sqrt(double(D));
       p.causal = causal;
+      // AB_SOFTCAP: a softcap (tanh) on every score, as Gemma-2-style models use.
+      if (std::getenv("AB_SOFTCAP")) p.softcap = std::atof(std::getenv("AB_SOFTCAP"));
       p.dout = dout.p, p.dq = dq.p, p.dk = dk.p, p.dv = dv.p, p.lse_in = lse.data();
       p.dout_row_stride = p.dq_row_stride = p.dk_row_stride = p.dv_row_stride = H * D;
       p.dout_head_stride = p.dq_head_stride = p.dk_head_stride = p.dv_head_stride = D;

@@ -343,16 +343,28 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
         m_new = kPairs ? vmax<C>(m_old, load<C>(buf.mx.data() + c) * qscale) : load<C>(buf.mx.data() + c);
       } else {
         const V lo = load<C>(buf.lo.data() + c), hi = load<C>(buf.hi.data() + c);
-        for (int64_t j = j0; j < j1; ++j) {
-          V s = load<C>(st + j * cols + c);
-          if constexpr (kPairs) s *= qscale;
-          if (capped) s = cap * vtanh<C>(s);
+        // Score row j's vector s, capped already: masked, stored, into the running max.
+        auto finish = [&](int64_t j, V s) {
           if (!full) {
             const V key = splat<C>(C(kb + j));
             s = (key >= lo) & (key < hi) ? s : splat<C>(kNegInf);
           }
           store<C>(st + j * cols + c, s);
           m_new = vmax<C>(m_new, s);
+        };
+        int64_t j = j0;
+        if (capped)  // kExpLanes rows' tanh at once (simd.h's vtanh_lanes)
+          for (; j + kExpLanes <= j1; j += kExpLanes) {
+            V s[kExpLanes];
+            for (int u = 0; u < kExpLanes; ++u) s[u] = load<C>(st + (j + u) * cols + c) * (kPairs ? qscale : C(1));
+            vtanh_lanes<C, kExpLanes>(s);
+            for (int u = 0; u < kExpLanes; ++u) finish(j + u, cap * s[u]);
+          }
+        for (; j < j1; ++j) {
+          V s = load<C>(st + j * cols + c);
+          if constexpr (kPairs) s *= qscale;
+          if (capped) s = cap * vtanh<C>(s);
+          finish(j, s);
         }
       }
       // A column that has seen no key yet keeps max -inf; shifting by 0 keeps its exps at 0.

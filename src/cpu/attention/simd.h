@@ -280,15 +280,30 @@ inline void vexp_lanes(vec_t<T>* x) {
 // relative there); float to x^11 below 0.39, where the two forms' errors meet: 2.1e-7 relative at
 // most (numpy against float64 tanh), against 2.0e-6 with float at double's 0.05, which put a
 // softcap-30 output 1.1x past FlashAttention's bound (tools.fuzz, seed 14).
+// vtanh_lanes: U vectors in place, each step for all U before the next (vexp_lockstep's reason:
+// a softcapped forward's max pass took tanh one vector at a time).
+template <class T, int U>
+inline void vtanh_lanes(vec_t<T>* x) {
+  using V = vec_t<T>;
+  constexpr bool kFloat = sizeof(T) == 4;
+  V e[U], near[U];
+  for (int u = 0; u < U; ++u) e[u] = x[u] + x[u];
+  vexp_lanes<T, U, false>(e);
+  for (int u = 0; u < U; ++u) {
+    const V x2 = x[u] * x[u];
+    const V tail = kFloat ? T(62.0 / 2835) + x2 * T(-1382.0 / 155925) : splat<T>(T(62.0 / 2835));
+    near[u] = x[u] * (T(1) + x2 * (T(-1.0 / 3) + x2 * (T(2.0 / 15) + x2 * (T(-17.0 / 315) + x2 * tail))));
+  }
+  for (int u = 0; u < U; ++u) {
+    const V far = T(1) - T(2) / (e[u] + T(1));
+    const V ax = x[u] < splat<T>(T(0)) ? -x[u] : x[u];
+    x[u] = ax < splat<T>(T(kFloat ? 0.39 : 0.05)) ? near[u] : far;
+  }
+}
 template <class T>
 inline vec_t<T> vtanh(vec_t<T> x) {
-  constexpr bool kFloat = sizeof(T) == 4;
-  const vec_t<T> far = T(1) - T(2) / (vexp<T>(x + x) + T(1));
-  const vec_t<T> x2 = x * x;
-  const vec_t<T> tail = kFloat ? T(62.0 / 2835) + x2 * T(-1382.0 / 155925) : splat<T>(T(62.0 / 2835));
-  const vec_t<T> near = x * (T(1) + x2 * (T(-1.0 / 3) + x2 * (T(2.0 / 15) + x2 * (T(-17.0 / 315) + x2 * tail))));
-  const vec_t<T> ax = x < splat<T>(T(0)) ? -x : x;
-  return ax < splat<T>(T(kFloat ? 0.39 : 0.05)) ? near : far;
+  vtanh_lanes<T, 1>(&x);
+  return x;
 }
 
 template <class T>
