@@ -356,7 +356,10 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
         if (capped)  // kExpLanes rows' tanh at once (simd.h's vtanh_lanes)
           for (; j + kExpLanes <= j1; j += kExpLanes) {
             V s[kExpLanes];
-            for (int u = 0; u < kExpLanes; ++u) s[u] = load<C>(st + (j + u) * cols + c) * (kPairs ? qscale : C(1));
+            for (int u = 0; u < kExpLanes; ++u) {
+              s[u] = load<C>(st + (j + u) * cols + c);
+              if constexpr (kPairs) s[u] *= qscale;
+            }
             vtanh_lanes<C, kExpLanes>(s);
             for (int u = 0; u < kExpLanes; ++u) finish(j + u, cap * s[u]);
           }

@@ -193,70 +193,56 @@ inline void vexp_lockstep(vec_t<float>* x) {
 template <class T, bool kNonPositive = false>
 inline vec_t<T> vexp(vec_t<T> x) {
   using V = vec_t<T>;
-  using I = typename Simd<T>::ivec;
-  constexpr bool f32 = std::is_same_v<T, float>;
-  if constexpr (f32 && kVectorBytes < 64) {
+  if constexpr (std::is_same_v<T, float>) {
+#if defined(__AVX512F__)
+    if constexpr (kVectorBytes == 64) {
+      const T hi = T(88.3762626647949), lo = T(-87.3365447504);
+      // The same reduction and polynomial; VRNDSCALEPS rounds n and VSCALEFPS applies 2^n (no clamp,
+      // no magic-number rounding, no exponent bits built by hand): 6 instructions less a vector.
+      const __m512 xv = reinterpret_cast<__m512>(x);
+      const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xv, _mm512_set1_ps(1.44269504088896341f)),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), xv);
+      r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723212e-6f), r);
+      __m512 q = _mm512_set1_ps(1.0f / 720);
+      q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 120));
+      q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 24));
+      q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 6));
+      q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(0.5f));
+      q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f));
+      q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f));
+      V out = reinterpret_cast<V>(_mm512_scalef_ps(q, n));
+      out = x < lo ? splat<T>(T(0)) : out;  // (also -inf, where r is NaN)
+      out = x > hi ? splat<T>(std::numeric_limits<T>::infinity()) : out;
+      return out;
+    }
+#endif
     vexp_lockstep<1, kNonPositive>(&x);
     return x;
-  }
-  const T hi = f32 ? T(88.3762626647949) : T(709.78);
-  const T lo = f32 ? T(-87.3365447504) : T(-708.39);
-#if defined(__AVX512F__)
-  if constexpr (f32 && kVectorBytes == 64) {
-    // The same reduction and polynomial; VRNDSCALEPS rounds n and VSCALEFPS applies 2^n (no clamp,
-    // no magic-number rounding, no exponent bits built by hand): 6 instructions less a vector.
-    const __m512 xv = reinterpret_cast<__m512>(x);
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xv, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), xv);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723212e-6f), r);
-    __m512 q = _mm512_set1_ps(1.0f / 720);
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 120));
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 24));
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 6));
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(0.5f));
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f));
-    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f));
-    V out = reinterpret_cast<V>(_mm512_scalef_ps(q, n));
-    out = x < lo ? splat<T>(T(0)) : out;  // (also -inf, where r is NaN)
-    out = x > hi ? splat<T>(std::numeric_limits<T>::infinity()) : out;
-    return out;
-  }
-#endif
-  V xc = x;
-  if constexpr (!kNonPositive) xc = x > hi ? splat<T>(hi) : x;
-  xc = xc < lo ? splat<T>(lo) : xc;  // keeps n in the int conversion's range (-inf too)
-  const V log2e = splat<T>(T(1.44269504088896341));
-  V n = xc * log2e;
-  // round to nearest via the magic-number trick (valid for |n| < 2^22 / 2^51)
-  const V magic = splat<T>(f32 ? T(12582912.0) : T(6755399441055744.0));
-  n = (n + magic) - magic;
-  V r = xc - n * T(0.693145751953125);  // ln2 split in two for an exact reduction
-  r = r - n * T(1.42860682030941723212e-6);
-  V p;
-  if constexpr (f32) {
-    p = splat<T>(T(1.0 / 720));
-    p = p * r + T(1.0 / 120);
-    p = p * r + T(1.0 / 24);
-    p = p * r + T(1.0 / 6);
-    p = p * r + T(0.5);
-    p = p * r + T(1.0);
-    p = p * r + T(1.0);
-  } else {
-    p = splat<T>(T(1.0 / 39916800));
+  } else {  // double
+    using I = typename Simd<T>::ivec;
+    const T hi = T(709.78), lo = T(-708.39);
+    V xc = x;
+    if constexpr (!kNonPositive) xc = x > hi ? splat<T>(hi) : x;
+    xc = xc < lo ? splat<T>(lo) : xc;  // keeps n in the int conversion's range (-inf too)
+    V n = xc * T(1.44269504088896341);
+    // round to nearest via the magic-number trick (valid for |n| < 2^51)
+    const V magic = splat<T>(T(6755399441055744.0));
+    n = (n + magic) - magic;
+    V r = xc - n * T(0.693145751953125);  // ln2 split in two for an exact reduction
+    r = r - n * T(1.42860682030941723212e-6);
+    V p = splat<T>(T(1.0 / 39916800));
     const T c[] = {1.0 / 3628800, 1.0 / 362880, 1.0 / 40320, 1.0 / 5040, 1.0 / 720, 1.0 / 120,
                    1.0 / 24,      1.0 / 6,      0.5,          1.0,          1.0};
     for (T ci : c) p = p * r + ci;
+    const I bits = (__builtin_convertvector(n, I) + 1023) << 52;
+    V scale;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    V out = p * scale;
+    out = x < lo ? splat<T>(T(0)) : out;
+    if constexpr (!kNonPositive) out = x > hi ? splat<T>(std::numeric_limits<T>::infinity()) : out;
+    return out;
   }
-  const I ni = __builtin_convertvector(n, I);
-  const I bias = ni + (f32 ? 127 : 1023);
-  const I bits = bias << (f32 ? 23 : 52);
-  V scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  V out = p * scale;
-  out = x < lo ? splat<T>(T(0)) : out;
-  if constexpr (!kNonPositive) out = x > hi ? splat<T>(std::numeric_limits<T>::infinity()) : out;
-  return out;
 }
 
 // e^x of U vectors in place (vexp<T, kNonPositive> each): in lockstep for float below AVX-512
