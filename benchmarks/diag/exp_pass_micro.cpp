@@ -2,8 +2,10 @@
 // rows x cols query columns, one vector of columns at a time down the key rows, sums kept), as
 // fwd.cpp runs it. Compares simd.h's vexp<float, true> one vector at a time, vexp_lanes in
 // lockstep of 2, 4 and 8, and the single-vector form simd.h had before the lockstep (kept here only
-// as the baseline: a clamp and final select, 2^n through an int conversion, degree-6 Taylor).
-// Prints ns per vector. Build (AVX2 build's flags) and run:
+// as the baseline: a clamp and final select, 2^n through an int conversion, degree-6 Taylor; with
+// AVX-512, the VSCALEFPS form with degree-6 Taylor and two selects that the AVX-512 build had).
+// Prints ns per vector. Build (AVX2 build's flags; for AVX-512 add
+// -mavx512f -mavx512bw -mavx512vl -mavx512dq) and run:
 //   g++ -O3 -std=c++17 -DSCREE_CPU_ISA=avx2 -mavx2 -mfma -mf16c -ffp-contract=fast \
 //     -Isrc/cpu/attention benchmarks/diag/exp_pass_micro.cpp -o /tmp/exp_pass_micro && /tmp/exp_pass_micro 96 96
 #include <chrono>
@@ -20,6 +22,18 @@ using I = Simd<float>::ivec;
 constexpr int W = Simd<float>::width;
 
 V exp_before(V x) {
+#if defined(__AVX512F__)
+  const __m512 xv = reinterpret_cast<__m512>(x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xv, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), xv);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723212e-6f), r);
+  __m512 q = _mm512_set1_ps(1.0f / 720);
+  for (float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(c));
+  V out = reinterpret_cast<V>(_mm512_scalef_ps(q, n));
+  out = x < splat<float>(-87.3365447504f) ? splat<float>(0.f) : out;
+  return x > splat<float>(88.3762626647949f) ? splat<float>(__builtin_inff()) : out;
+#else
   const V lo = splat<float>(-87.3365447504f);
   const auto under = x < lo;
   const V xc = under ? lo : x;
@@ -34,6 +48,7 @@ V exp_before(V x) {
   std::memcpy(&scale, &bits, sizeof(scale));
   const V out = p * scale;
   return under ? splat<float>(0.f) : out;
+#endif
 }
 
 // U = 0: exp_before one vector at a time; 1: vexp<float, true>; else vexp_lanes<float, U, true>.

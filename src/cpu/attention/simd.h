@@ -139,23 +139,56 @@ inline vec_t<T> vmin(vec_t<T> a, vec_t<T> b) {
   return b < a ? b : a;
 }
 
-// e^x of U float vectors, below AVX-512 (vexp<float> there is this with U = 1), each step for all
-// U vectors before the next. One vector's steps are a chain of ~60 cycles (the reduction, then
-// five multiply-adds of 5 each); Zen 1's FP scheduler holds ~36 ops, under two vectors' worth, so
-// a loop of single exps waits on that chain: the forward's exp pass took 11.8 ns a vector (~28
-// cycles; the pipes need ~13), 9.5 with this form one vector at a time, 8.0 with 2 in lockstep,
-// 7.1 with 4 and 6.9 with 8 (benchmarks/diag/exp_pass_micro.cpp, the 2-core Zen 1 EPYC VM of
-// benchmarks/NOTES.md's twenty-sixth session). The form: the clamps are a max and a min (NaN stays
-// NaN: the compares are false); 2^n's exponent bits come from the rounding sum's own mantissa (no
-// conversion); the clamp at -127 ln2 makes that exponent field 0, so 2^n = +0 and the result 0 with
-// no select (inputs in (-87.7, -87.3] give the denormals e^x is there); the polynomial is a degree-5
-// minimax one with constant term 1 (float-evaluated relative error 2.3e-7 on |r| <= ln2 / 2 against
-// the degree-6 Taylor one's 2.6e-7; e^0 = 1 exactly). kNonPositive: x <= 0 or NaN (a softmax's
-// score minus its running max or lse); otherwise x above 127.5 ln2 (where 2^n would need n = 128)
-// gives +inf, for two operations more a vector (the upper clamp and a select).
+// e^x of U float vectors (vexp<float> is this with U = 1), each step for all U vectors before the
+// next. One vector's steps are a chain of ~60 cycles (the reduction, then five multiply-adds of 5
+// each); Zen 1's FP scheduler holds ~36 ops, under two vectors' worth, so a loop of single exps
+// waits on that chain: the forward's exp pass took 11.8 ns a vector (~28 cycles; the pipes need
+// ~13), 9.5 with this form one vector at a time, 8.0 with 2 in lockstep, 7.1 with 4 and 6.9 with 8
+// (benchmarks/diag/exp_pass_micro.cpp, the 2-core Zen 1 EPYC VM of benchmarks/NOTES.md's
+// twenty-sixth session). The form: the polynomial is a degree-5 minimax one with constant term 1
+// (float-evaluated relative error 2.3e-7 on |r| <= ln2 / 2 against the degree-6 Taylor one's
+// 2.6e-7; e^0 = 1 exactly); NaN stays NaN (the clamps' compares are false for it).
+// Below AVX-512: the clamps are a max and a min; 2^n's exponent bits come from the rounding sum's
+// own mantissa (no conversion); the clamp at -127 ln2 makes that exponent field 0, so 2^n = +0 and
+// the result 0 with no select (inputs in (-87.7, -87.3] give the denormals e^x is there).
+// kNonPositive: x <= 0 or NaN (a softmax's score minus its running max or lse); otherwise x above
+// 127.5 ln2 (where 2^n would need n = 128) gives +inf, for two operations more a vector (the upper
+// clamp and a select).
+// AVX-512: VRNDSCALEPS rounds n and VSCALEFPS applies 2^n, zeroing the lanes below -87.34 (where
+// e^x leaves the normal floats; -inf too) through its mask: no denormal reaches the P V products,
+// and 11 operations a vector (12 general) against the 15 of the degree-6 Taylor form it replaced.
+// VSCALEFPS overflows to +inf where e^x does (88.72); the general form's clamp at 129 ln2 only
+// keeps +inf's reduction finite.
 template <int U, bool kNonPositive = true>
 inline void vexp_lockstep(vec_t<float>* x) {
   using V = vec_t<float>;
+  static constexpr float kPoly[] = {0.00829031505f, 0.0418979302f, 0.166676357f, 0.499991506f, 0.999999702f};
+#if defined(__AVX512F__)
+  if constexpr (kVectorBytes == 64) {
+    __m512 xv[U], n[U], p[U];
+    __mmask16 keep[U];
+    for (int u = 0; u < U; ++u) {
+      xv[u] = reinterpret_cast<__m512>(x[u]);
+      keep[u] = _mm512_cmp_ps_mask(xv[u], _mm512_set1_ps(-87.3365447504f), _CMP_NLT_UQ);  // NaN kept
+      if constexpr (!kNonPositive) xv[u] = _mm512_min_ps(_mm512_set1_ps(129 * 0.693147180559945f), xv[u]);
+    }
+    for (int u = 0; u < U; ++u)
+      n[u] = _mm512_roundscale_ps(_mm512_mul_ps(xv[u], _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    for (int u = 0; u < U; ++u) {  // ln2 split in two for an exact reduction
+      xv[u] = _mm512_fnmadd_ps(n[u], _mm512_set1_ps(0.693145751953125f), xv[u]);
+      xv[u] = _mm512_fnmadd_ps(n[u], _mm512_set1_ps(1.42860682030941723212e-6f), xv[u]);
+    }
+    for (int u = 0; u < U; ++u) p[u] = _mm512_set1_ps(kPoly[0]);
+    for (int i = 1; i < 5; ++i)
+      for (int u = 0; u < U; ++u) p[u] = _mm512_fmadd_ps(p[u], xv[u], _mm512_set1_ps(kPoly[i]));
+    for (int u = 0; u < U; ++u) {
+      p[u] = _mm512_fmadd_ps(p[u], xv[u], _mm512_set1_ps(1.0f));
+      x[u] = reinterpret_cast<V>(_mm512_maskz_scalef_ps(keep[u], p[u], n[u]));
+    }
+    return;
+  }
+#endif
   using I = Simd<float>::ivec;
   const V lo = splat<float>(-127 * 0.693147180559945f), magic = splat<float>(12582912.0f);
   const V hi = splat<float>(88.3762626647949f);
@@ -176,47 +209,23 @@ inline void vexp_lockstep(vec_t<float>* x) {
     x[u] = x[u] - n * 1.42860682030941723212e-6f;
   }
   V p[U];
-  for (int u = 0; u < U; ++u) p[u] = splat<float>(0.00829031505f);
-  for (float c : {0.0418979302f, 0.166676357f, 0.499991506f, 0.999999702f})
-    for (int u = 0; u < U; ++u) p[u] = p[u] * x[u] + c;
+  for (int u = 0; u < U; ++u) p[u] = splat<float>(kPoly[0]);
+  for (int i = 1; i < 5; ++i)
+    for (int u = 0; u < U; ++u) p[u] = p[u] * x[u] + kPoly[i];
   for (int u = 0; u < U; ++u) x[u] = (p[u] * x[u] + 1.0f) * scale[u];
   if constexpr (!kNonPositive)
     for (int u = 0; u < U; ++u) x[u] = over[u] ? splat<float>(std::numeric_limits<float>::infinity()) : x[u];
 }
 
 // e^x, vectorised: x = n ln2 + r with |r| <= ln2/2, e^r by a polynomial, 2^n assembled in the
-// exponent bits: float below AVX-512 is vexp_lockstep's form; here double (degree-11 Taylor-Horner)
-// and AVX-512 float (degree-6 Taylor). Inputs below the underflow bound give 0 (needed: exp(-inf)
-// = 0 for masked scores), above overflow give inf. kNonPositive: the caller's x is <= 0 or NaN (a
-// softmax's score minus its running max or lse), so nothing overflows: the upper clamp and its
-// select go.
+// exponent bits: float is vexp_lockstep's form; here double (degree-11 Taylor-Horner). Inputs
+// below the underflow bound give 0 (needed: exp(-inf) = 0 for masked scores), above overflow give
+// inf. kNonPositive: the caller's x is <= 0 or NaN (a softmax's score minus its running max or
+// lse), so nothing overflows: the upper clamp and its select go.
 template <class T, bool kNonPositive = false>
 inline vec_t<T> vexp(vec_t<T> x) {
   using V = vec_t<T>;
   if constexpr (std::is_same_v<T, float>) {
-#if defined(__AVX512F__)
-    if constexpr (kVectorBytes == 64) {
-      const T hi = T(88.3762626647949), lo = T(-87.3365447504);
-      // The same reduction and polynomial; VRNDSCALEPS rounds n and VSCALEFPS applies 2^n (no clamp,
-      // no magic-number rounding, no exponent bits built by hand): 6 instructions less a vector.
-      const __m512 xv = reinterpret_cast<__m512>(x);
-      const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xv, _mm512_set1_ps(1.44269504088896341f)),
-                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), xv);
-      r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723212e-6f), r);
-      __m512 q = _mm512_set1_ps(1.0f / 720);
-      q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 120));
-      q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 24));
-      q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 6));
-      q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(0.5f));
-      q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f));
-      q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f));
-      V out = reinterpret_cast<V>(_mm512_scalef_ps(q, n));
-      out = x < lo ? splat<T>(T(0)) : out;  // (also -inf, where r is NaN)
-      out = x > hi ? splat<T>(std::numeric_limits<T>::infinity()) : out;
-      return out;
-    }
-#endif
     vexp_lockstep<1, kNonPositive>(&x);
     return x;
   } else {  // double
@@ -245,15 +254,14 @@ inline vec_t<T> vexp(vec_t<T> x) {
   }
 }
 
-// e^x of U vectors in place (vexp<T, kNonPositive> each): in lockstep for float below AVX-512
-// (vexp_lockstep); AVX-512 (VSCALEFPS, 32 registers, a larger scheduler; not measured in
-// lockstep) and double one vector after another.
+// e^x of U vectors in place (vexp<T, kNonPositive> each): in lockstep for float (vexp_lockstep);
+// double one vector after another.
 // The U the kernels' softmax loops pass: 4 (8 gains 3% more in the microbenchmark, and a row's
 // tail of fewer than U vectors runs one at a time).
 inline constexpr int kExpLanes = 4;
 template <class T, int U, bool kNonPositive>
 inline void vexp_lanes(vec_t<T>* x) {
-  if constexpr (std::is_same_v<T, float> && kVectorBytes < 64) {
+  if constexpr (std::is_same_v<T, float>) {
     vexp_lockstep<U, kNonPositive>(x);
   } else {
     for (int u = 0; u < U; ++u) x[u] = vexp<T, kNonPositive>(x[u]);
