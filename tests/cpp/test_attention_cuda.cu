@@ -276,10 +276,8 @@ std::vector<Named> cases(int64_t d) {
   std::vector<int64_t> many_q, many_k;
   for (int i = 0; i < 300; ++i) many_q.push_back((i * 37) % 23), many_k.push_back((i * 37) % 23);
   v.push_back({"many", {many_q, many_k, 2, 2, d, true}});
-  // Packed tiles of short sequences without a causal mask, where a consumer warpgroup's rows see
-  // at most 64 keys of the tile's block only some of the time (the forward's key windows): lengths
-  // 0..40; then q and k lengths that differ, with softcap and GQA; a sliding window; and a tile of
-  // 128 sequences of length 1.
+  // Packed tiles of short sequences without a causal mask (lengths 0..40, GQA); q and k lengths
+  // that differ, with softcap and MQA; a sliding window; and a tile of 128 sequences of length 1.
   std::vector<int64_t> short_q, short_k, diff_q, diff_k;
   for (int i = 0; i < 200; ++i) {
     short_q.push_back((i * 13) % 41), short_k.push_back((i * 13) % 41);
