@@ -53,6 +53,13 @@ constexpr int64_t kBlockQMax = 192;
 // there too (benchmarks/NOTES.md, issue 20). Calls whose sequences are all <= 192 rows keep 96
 // (8..128-token sequences: D 64 +6%, D 128 -5%).
 inline int64_t block_rows(const VarlenParams& p) { return p.max_seqlen_q <= kBlockQMax ? 96 : kBlockQMax; }
+// A sequence's last 96-row block takes up to 32 more rows: the bench's 8..128-token `short` then
+// computes a sequence of 97..128 as one item, not 96 rows and 1..32 (an item of 1..32 rows runs
+// S^T on one or two column panels, each K row tile's broadcasts serving little).
+inline QueryBlocks query_blocks(const VarlenParams& p) {
+  const int64_t block = block_rows(p);
+  return {block, block < kBlockQMax ? block + 32 : block};
+}
 
 // bfloat16 on VDPBF16PS (the avx512bf16 build; bf16_pairs.h).
 #if defined(SCREE_CPU_BF16_PAIRS)
@@ -106,7 +113,7 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   constexpr int W = Simd<C>::width;
   constexpr C kNegInf = -std::numeric_limits<C>::infinity();
   const int64_t D = p.head_dim, Dv = p.head_dim_v, Dv_pad = round_up(Dv, 2 * W);
-  const ItemGeometry g(p, item, block_rows(p));
+  const ItemGeometry g(p, item, query_blocks(p));
   const int64_t i0 = g.i0, rows = g.rows, Lq = g.Lq, Lk = g.Lk;
   // Query columns of S^T, zero-padded to whole vectors (gemm's last column panel may be one vector
   // wide): a 16-row item computes 16 columns, not 32 (AVX-512 fp32).
@@ -444,9 +451,9 @@ void forward(const VarlenParams& p) {
   using C = compute_t<T>;
   const int64_t Dv_pad = round_up(p.head_dim_v, 2 * Simd<C>::width);
   double flops = 0;
-  std::vector<WorkItem> items = forward_items(p, block_rows(p), flops);
+  std::vector<WorkItem> items = forward_items(p, query_blocks(p), flops);
   std::vector<Buffers<T>>& buffers = kept_buffers<Buffers<T>>(std::max(1, num_threads()), p.head_dim, Dv_pad,
-                                                               block_rows(p));
+                                                               query_blocks(p).tail);
   run_items(items, flops, [&](int t, const WorkItem& item) { forward_block<T>(p, item, buffers[t]); });
 }
 

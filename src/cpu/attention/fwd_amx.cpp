@@ -275,7 +275,7 @@ inline bool row_exp_stale(const float* s, uint16_t* prow, int64_t nk, int64_t lo
 void forward_block(const VarlenParams& p, const KvTiles& kv, const WorkItem& item, Buffers& buf) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const int64_t D = p.head_dim, Dp = kv.Dp, Dvp = kv.Dvp;
-  const ItemGeometry g(p, item, block_rows(p));
+  const ItemGeometry g(p, item, {block_rows(p), block_rows(p)});
   const int64_t rows = g.rows, rows32 = round_up(rows, 32);
   const bool capped = p.softcap > 0.0;
   // Softcap: s -> cap tanh(scale s / cap), so the row pass multiplies by scale / cap first.
@@ -396,7 +396,7 @@ void forward_bf16_amx(const VarlenParams& p) {
   pack_kv(p, pk);
 
   double flops = 0;
-  std::vector<WorkItem> items = forward_items(p, bq, flops);
+  std::vector<WorkItem> items = forward_items(p, {bq, bq}, flops);
   if (p.causal) items = pair_causal_blocks(p, bq, items);
   std::vector<Buffers>& buffers = kept_buffers<Buffers>(std::max(1, num_threads()), bq, pk.Dp, pk.Dvp);
   run_items(

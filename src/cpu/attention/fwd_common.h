@@ -26,16 +26,26 @@
 
 SCREE_CPU_NAMESPACE_BEGIN
 
-// Items of a forward with query blocks of block_q rows; `flops` gets their total (2 x cost).
+// A sequence's query blocks: `block` rows each, the last taking the rest of the rows up to `tail`
+// (>= block; tail = block: the remainder is a block of its own).
+struct QueryBlocks {
+  int64_t block, tail;
+  int64_t count(int64_t Lq) const {
+    return Lq <= 0 ? 0 : std::max<int64_t>(1, (Lq - (tail - block) + block - 1) / block);
+  }
+  int64_t rows(int64_t Lq, int64_t j) const { return j + 1 == count(Lq) ? Lq - j * block : block; }
+};
+
+// Items of a forward over query blocks `qb`; `flops` gets their total (2 x cost).
 // Cost = rows x visible keys x (D + Dv): what the two products of the item do.
-inline std::vector<WorkItem> forward_items(const attention::VarlenParams& p, int64_t block_q, double& flops) {
+inline std::vector<WorkItem> forward_items(const attention::VarlenParams& p, QueryBlocks qb, double& flops) {
   std::vector<WorkItem> items;
   flops = 0;
   for (int64_t b = 0; b < p.num_sequences; ++b) {
     const int64_t Lq = p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b];
     const int64_t Lk = p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b];
-    for (int64_t blk = 0; blk * block_q < Lq; ++blk) {
-      const int64_t i0 = blk * block_q, rows = std::min(block_q, Lq - i0);
+    for (int64_t blk = 0, n = qb.count(Lq); blk < n; ++blk) {
+      const int64_t i0 = blk * qb.block, rows = qb.rows(Lq, blk);
       const attention::KeyRange first = attention::visible_keys(p, i0, Lq, Lk);
       const attention::KeyRange last = attention::visible_keys(p, i0 + rows - 1, Lq, Lk);
       const double cost = double(rows) * double(std::max<int64_t>(last.hi - first.lo, 1)) *
@@ -55,11 +65,11 @@ inline std::vector<WorkItem> forward_items(const attention::VarlenParams& p, int
 struct ItemGeometry {
   int64_t b, h, kvh, q0, k0, Lq, Lk, i0, rows;
   attention::KeyRange first, last;
-  ItemGeometry(const attention::VarlenParams& p, const WorkItem& item, int64_t block_q)
+  ItemGeometry(const attention::VarlenParams& p, const WorkItem& item, QueryBlocks qb)
       : b(item.seq), h(item.head), kvh(item.head / (p.heads_q / p.heads_k)) {
     q0 = p.cu_seqlens_q[b], k0 = p.cu_seqlens_k[b];
     Lq = p.cu_seqlens_q[b + 1] - q0, Lk = p.cu_seqlens_k[b + 1] - k0;
-    i0 = item.block * block_q, rows = std::min(block_q, Lq - i0);
+    i0 = item.block * qb.block, rows = qb.rows(Lq, item.block);
     first = attention::visible_keys(p, i0, Lq, Lk);
     last = attention::visible_keys(p, i0 + rows - 1, Lq, Lk);
   }
