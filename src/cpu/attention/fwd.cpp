@@ -1,6 +1,7 @@
 // CPU varlen attention forward: flash-style blocked attention with online softmax in the compute
 // type (fp32; fp64 for fp64 inputs). Work item = (sequence, query head, block of block_rows() query
-// rows); for each block of kBlockK keys: S = Q K^T (gemm), softcap, mask, online softmax, O += P V.
+// rows, the last up to query_blocks()'s tail); for each block of kBlockK keys: S = Q K^T (gemm),
+// softcap, mask, online softmax, O += P V.
 // Compiled once per ISA (CMake: generic, avx2, avx512, avx512bf16, amx); the namespace SCREE_CPU_ISA
 // keeps the copies apart and attention_cpu.cpp picks one at run time. bfloat16 inputs: in the amx
 // build fwd_amx.cpp (tile products); in the avx512bf16 build this file's code with both products
