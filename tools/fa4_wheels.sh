@@ -13,10 +13,10 @@
 # Why unpack instead of `pip install --target`: the three cutlass-dsl wheels (-libs-base, -libs-core,
 # -libs-cu13) all put files under one `nvidia_cutlass_dsl/` folder, and `pip install --target` skips a
 # wheel whose top folder exists already, leaving `cutlass.cute` missing (a session lost two device
-# calls to it); the wheels' own .pth, which --target does not run, put `dsl_packages` first on the
-# path. Versions: FA-4 4.0.0b40 with nvidia-cutlass-dsl 4.7.1 and quack-kernels 0.6.5 ran on the H200
-# (2026-12-05; quack 0.6 needs cutlass-dsl >= 4.7, quack 0.5.3 pins 4.6.0.dev0); earlier runs had
-# b36 on cutlass-dsl 4.8.1.
+# calls to it); and the wheels' own .pth, which would put `dsl_packages` first on the path, runs only
+# from site-packages, so PYTHONPATH names it. Versions: FA-4 4.0.0b40 with nvidia-cutlass-dsl 4.7.1
+# and quack-kernels 0.6.5 ran on the H200 (2026-12-05; quack 0.6 needs cutlass-dsl >= 4.7, quack
+# 0.5.3 pins 4.6.0.dev0); earlier runs had b36 on cutlass-dsl 4.8.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FA4=${FA4_VERSION:-4.0.0b40} DSL=${CUTLASS_DSL_VERSION:-4.7.1} QUACK=${QUACK_VERSION:-0.6.5}
