@@ -48,11 +48,12 @@ case ${1:-} in
     mkdir -p /tmp/fa4_wheels && cp .fa1/* /tmp/fa4_wheels/ && ls /tmp/fa4_wheels >&2
     ;;
   install)
+    root=$(pwd)
     cd /tmp/fa4_wheels
     for first in *.part.aa; do
       [ -e "$first" ] || continue
       whl=${first%.part.aa}
-      cat "$first" "$OLDPWD/.fa2/$whl".part.a[b-z] >"$whl" && rm -f "$first"
+      cat "$first" "$root/.fa2/$whl".part.a[b-z] >"$whl" && rm -f "$first"
     done
     mkdir -p "$site"
     for w in *.whl; do python3 -m zipfile -e "$w" "$site/" >&2; done
