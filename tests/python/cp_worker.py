@@ -1,8 +1,11 @@
-"""Worker of tests/python/test_distributed.py: `python cp_worker.py WORLD PORT CASE [cpu|cuda]`
-spawns WORLD processes; each shards one seeded batch, runs scree.distributed's context-parallel
-attention forward and backward on its share, and gathers outputs and gradients back; rank 0
-compares them with single-process attention on the whole batch and exits non-zero on a mismatch
-(the test runs this under a time limit).
+"""Worker of tests/python/test_distributed.py: `python cp_worker.py WORLD PORT CASE[,CASE...] [cpu|cuda]`
+spawns WORLD processes, which run the cases one after another in one process group (a spawn of
+WORLD processes, each importing torch, cost ~15 s of a 2-core CI machine's time per case); for
+each, every rank shards one seeded batch, runs scree.distributed's context-parallel attention
+forward and backward on its share, and gathers outputs and gradients back; rank 0 compares them
+with single-process attention on the whole batch and prints `case NAME ok` or `case NAME FAILED:
+why`, then goes on to the next case; the exit status is non-zero if any failed (the test runs this
+under a time limit, so a hung collective fails instead of hanging).
 cpu: gloo, float64, against single-process scree.varlen_attention to 1e-10.
 cuda: NCCL, one GPU a rank (tools/multi_gpu_check.sh), bfloat16, against the fp64 CPU result by
 FlashAttention's rule: the error at most twice that of single-GPU bfloat16 attention, plus 1e-3."""
@@ -43,12 +46,29 @@ def fa_close(got, ref64, low, what: str) -> None:
     assert err <= 2 * base + 1e-3, f"{what}: error {err:.3g} against {base:.3g} for single-GPU attention"
 
 
-def run(rank: int, world: int, port: int, case: str, device: str) -> None:
+def run(rank: int, world: int, port: int, cases: list[str], device: str) -> None:
     cuda = device == "cuda"
     if cuda:
         torch.cuda.set_device(rank)
     dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
+    failed = []
+    for case in cases:
+        try:
+            run_case(rank, world, case, device)
+            if rank == 0:
+                print(f"case {case} ok", flush=True)
+        except AssertionError as e:  # raised on rank 0 only, after the collectives: the others wait below
+            failed.append(case)
+            print(f"case {case} FAILED: {' '.join(str(e).split())[:2000]}", flush=True)
+        dist.barrier()
+    dist.destroy_process_group()
+    if failed:
+        sys.exit(1)
+
+
+def run_case(rank: int, world: int, case: str, device: str) -> None:
+    cuda = device == "cuda"
     dev, dtype = (f"cuda:{rank}", torch.bfloat16) if cuda else ("cpu", torch.float64)
     lengths, q, k, v, g, opts = batch(case)
     full = lambda x: scree.from_lengths(torch.from_numpy(x).to(dev, dtype), lengths)  # noqa: E731
@@ -89,12 +109,13 @@ def run(rank: int, world: int, port: int, case: str, device: str) -> None:
         for r in range(world):
             rows = plan.rows(r)
             seq = np.searchsorted(plan.starts, rows, side="right") - 1
-            assert np.array_equal(plan.positions(r), rows - plan.starts[seq])
-    dist.barrier()
-    dist.destroy_process_group()
+            assert np.array_equal(plan.positions(r), rows - plan.starts[seq]), f"positions of rank {r} ({case})"
 
 
 if __name__ == "__main__":
-    world, port, case = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    world, port, cases = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
     device = sys.argv[4] if len(sys.argv) > 4 else "cpu"
-    mp.spawn(run, args=(world, port, case, device), nprocs=world, join=True)
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        sys.exit(f"cp_worker.py: unknown case(s) {unknown}; known: {sorted(CASES)}")
+    mp.spawn(run, args=(world, port, cases, device), nprocs=world, join=True)

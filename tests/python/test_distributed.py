@@ -1,7 +1,8 @@
 """scree.distributed: the zigzag ShardPlan (every token on exactly one rank, causal work balanced),
 shard_sequences on every framework, and context-parallel attention forward and backward on 2 and
-4 spawned gloo processes against single-process attention on the whole batch (cp_worker.py, run
-under a time limit so that a hung collective fails the test instead of CI)."""
+4 spawned gloo processes against single-process attention on the whole batch (cp_worker.py, every
+case in one run a world size, under a time limit so that a hung collective fails the tests instead
+of CI)."""
 
 from __future__ import annotations
 
@@ -65,13 +66,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+CP_CASES = ["causal_gqa", "full_mha", "causal_window_softcap", "ring_causal_gqa", "ring_full_softcap"]
+_cp_runs: dict[int, subprocess.CompletedProcess] = {}
+
+
+def cp_run(world: int) -> subprocess.CompletedProcess:
+    """One cp_worker.py run of every case on `world` processes, made by the first test that needs
+    it (one spawn a world size instead of one a case: ~15 s of a 2-core machine each)."""
+    if world not in _cp_runs:
+        _cp_runs[world] = subprocess.run(
+            [sys.executable, str(HERE / "cp_worker.py"), str(world), str(free_port()), ",".join(CP_CASES)],
+            capture_output=True, text=True, timeout=600, cwd=HERE)
+    return _cp_runs[world]
+
+
 @pytest.mark.parametrize("world", [2, 4])
-@pytest.mark.parametrize("case", ["causal_gqa", "full_mha", "causal_window_softcap", "ring_causal_gqa",
-                                  "ring_full_softcap"])
+@pytest.mark.parametrize("case", CP_CASES)
 def test_context_parallel_attention_matches_one_process(world, case):
     torch = pytest.importorskip("torch")
     if not torch.distributed.is_available():
         pytest.skip("torch was built without torch.distributed")
-    proc = subprocess.run([sys.executable, str(HERE / "cp_worker.py"), str(world), str(free_port()), case],
-                          capture_output=True, text=True, timeout=240, cwd=HERE)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = cp_run(world)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(f"case {case} ")]
+    assert lines == [f"case {case} ok"], (lines or [f"case {case} did not finish"]) + [
+        proc.stdout[-3000:] + proc.stderr[-3000:]]

@@ -188,35 +188,55 @@ def test_cu_seqlens_from_lengths_past_int32_raises():
         cu_seqlens_from_lengths(np.array([2**31, 5]))
 
 
-@pytest.mark.parametrize("offsets", [[3, 1, 5], [0, 2, 2**40], [-5, 5], [0, 2**62, 5]])
-@pytest.mark.parametrize("op", ["to_padded", "concat", "unpack", "sum"])
+BAD_OFFSETS = [[3, 1, 5], [0, 2, 2**40], [-5, 5], [0, 2**62, 5]]
+BAD_OFFSETS_OPS = ["to_padded", "concat", "unpack", "sum"]
+_bad_offsets_run: list[subprocess.CompletedProcess] = []
+
+
+def bad_offsets_child() -> subprocess.CompletedProcess:
+    """Every (offsets, op) case of the test below on every backend in one child process, each line
+    `I OP FW outcome` printed (and flushed) as it ends: one interpreter importing torch and MLX
+    instead of sixteen (~5 s each on a 2-core CI machine). A case that crashes the child ends it:
+    the cases it had not reached then fail too, naming the child's exit."""
+    if not _bad_offsets_run:
+        _bad_offsets_run.append(run_child(f"""
+            import numpy as np, scree
+            fws = []
+            for fw in ["numpy", "torch", "mlx"]:
+                try:
+                    if fw == "torch":
+                        import torch; fws.append((fw, lambda o: torch.tensor(o), torch.ones(5, 2)))
+                    elif fw == "mlx":
+                        import mlx.core as mx; fws.append((fw, lambda o: mx.array(np.array(o)), mx.ones((5, 2))))
+                    else:
+                        fws.append((fw, np.array, np.ones((5, 2), np.float32)))
+                except ImportError:
+                    continue
+            for i, offsets in enumerate({BAD_OFFSETS!r}):
+                for op in {BAD_OFFSETS_OPS!r}:
+                    for fw, mk, V in fws:
+                        try:
+                            a = scree.Array(V, mk(offsets), validate=False)
+                            {{"to_padded": lambda: a.to_padded(), "concat": lambda: scree.concat_sequences([a, a]),
+                              "unpack": lambda: a.unpack(), "sum": lambda: a.sum()}}[op]()
+                            outcome = "no error"
+                        except scree.RaggedError:
+                            outcome = "RaggedError"
+                        print(i, op, fw, outcome, flush=True)
+        """))
+    return _bad_offsets_run[0]
+
+
+@pytest.mark.parametrize("offsets", range(len(BAD_OFFSETS)), ids=[str(o) for o in BAD_OFFSETS])
+@pytest.mark.parametrize("op", BAD_OFFSETS_OPS)
 def test_validate_false_bad_offsets_never_crash(offsets, op):
     """validate=False with lying host offsets: MLX's scatter has no bounds checks (segfaults), and
     NumPy/torch allocated from offsets[-1] (16 TiB) before the kernels re-checked them. Now a
     RaggedError on every backend (MLX: at construction; others: at the first use)."""
-    backends = ["numpy", "torch", "mlx"]
-    code = f"""
-        import numpy as np, scree
-        for fw in {backends!r}:
-            try:
-                if fw == "torch":
-                    import torch; mk, V = (lambda o: torch.tensor(o)), torch.ones(5, 2)
-                elif fw == "mlx":
-                    import mlx.core as mx; mk, V = (lambda o: mx.array(np.array(o))), mx.ones((5, 2))
-                else:
-                    mk, V = np.array, np.ones((5, 2), np.float32)
-            except ImportError:
-                continue
-            try:
-                a = scree.Array(V, mk({offsets!r}), validate=False)
-                {{"to_padded": lambda: a.to_padded(), "concat": lambda: scree.concat_sequences([a, a]),
-                  "unpack": lambda: a.unpack(), "sum": lambda: a.sum()}}["{op}"]()
-                print(fw, "no error")
-            except scree.RaggedError:
-                print(fw, "RaggedError")
-    """
-    out = assert_child_ok(code)
-    assert all(line.endswith("RaggedError") for line in out.split("\n") if line), out
+    p = bad_offsets_child()
+    lines = [line for line in p.stdout.splitlines() if line.startswith(f"{offsets} {op} ")]
+    assert lines, f"not reached: the child exited with {p.returncode}:\n{p.stderr[-2000:]}"
+    assert all(line.endswith("RaggedError") for line in lines), lines
 
 
 def test_fuzz_found_crashes():
