@@ -13,8 +13,12 @@ else
   export SCREE_CUDA=${SCREE_CUDA:-OFF}
   CPP_CUDA=(-DSCREE_CUDA=AUTO "-DSCREE_CUDA_ARCHS=80;90a" -DSCREE_HEADDIMS=64 -DSCREE_CUDA_DTYPES=bf16)
 fi
+# Each phase's seconds go to the log (CI must end inside 30 minutes: the log says where they went).
+t0=$SECONDS
+phase() { echo "test.sh: $1 took $((SECONDS - t0)) s"; t0=$SECONDS; }
 source scripts/setup.sh test
 PY=${PYTHON:-python3}
+phase "setup (installs, the editable build)"
 
 # The C++ tests compile only the CPU kernel builds this machine runs (as the extension's own run-time
 # check sees them, SCREE_CPU_ISA capping it): a build it lacks would run the best one below it anyway.
@@ -29,10 +33,15 @@ done
 echo "C++ tests: CPU kernel builds $cpu_builds"
 cmake -S . -B build/cpp -G Ninja -DSCREE_BUILD_TESTS=ON "${CPP_CUDA[@]}" "-DSCREE_CPU_BUILDS=$cpu_builds" >/dev/null
 cmake --build build/cpp
+phase "C++ test build"
 ctest --test-dir build/cpp --output-on-failure -j 2
+phase "ctest"
 # The avx512bf16 build's bf16 pairs in plain C++ (no CPU here need have AVX512-BF16): ~1.3 min on 2 cores.
 bash scripts/test_bf16_pairs_emulated.sh
+phase "bf16 pairs, emulated (build and tests)"
 
 "$PY" -m pytest tests/python -q "$@"
+phase "pytest"
 
 bash scripts/docs.sh
+phase "docs"

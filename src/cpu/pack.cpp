@@ -54,6 +54,23 @@ void require_fits(const int64_t* offsets, int64_t n, int64_t max_len) {
     });
 }
 
+// The shape pack, unpad, unpad_mask and gather share: `item(copy, i)` copies item i of n into
+// `out`, whose first `out_bytes` the call writes (huge pages asked for first, streaming stores
+// when large: one Copier a call); parallel_for spreads the items in chunks weighted by `weights`
+// (prefix sums: item i weighs weights[i + 1] - weights[i]), each chunk fencing its stores.
+template <class Item>
+void copy_items(byte* out, int64_t out_bytes, int64_t n, const int64_t* weights, Item&& item) {
+  advise_hugepages(out, out_bytes);
+  const Copier copy(out_bytes, n);
+  parallel_for(
+      n, 2 * out_bytes,
+      [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) item(copy, i);
+        copy.fence();
+      },
+      weights);
+}
+
 }  // namespace
 
 // Rows of zero bytes (feature dimension 0) leave nothing to copy, and their counts are then not
@@ -63,18 +80,10 @@ void require_fits(const int64_t* offsets, int64_t n, int64_t max_len) {
 void pack(const void* const* sources, const int64_t* offsets, int64_t n, int64_t row_bytes, void* dst) {
   if (row_bytes == 0) return;
   byte* out = static_cast<byte*>(dst);
-  advise_hugepages(out, offsets[n] * row_bytes);
-  const Copier copy(offsets[n] * row_bytes, n);
-  parallel_for(
-      n, 2 * offsets[n] * row_bytes,
-      [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t rows = offsets[i + 1] - offsets[i];
-          if (rows > 0) copy(out + offsets[i] * row_bytes, sources[i], rows * row_bytes);
-        }
-        copy.fence();
-      },
-      offsets);
+  copy_items(out, offsets[n] * row_bytes, n, offsets, [&](const Copier& copy, int64_t i) {
+    const int64_t rows = offsets[i + 1] - offsets[i];
+    if (rows > 0) copy(out + offsets[i] * row_bytes, sources[i], rows * row_bytes);
+  });
 }
 
 void pad(const void* values, const int64_t* offsets, int64_t n, int64_t max_len, int64_t row_bytes,
@@ -116,19 +125,11 @@ void unpad(const void* padded, const int64_t* offsets, int64_t n, int64_t max_le
   if (row_bytes == 0) return;
   const byte* in = static_cast<const byte*>(padded);
   byte* out = static_cast<byte*>(values);
-  advise_hugepages(out, offsets[n] * row_bytes);
-  const Copier copy(offsets[n] * row_bytes, n);
-  parallel_for(
-      n, 2 * offsets[n] * row_bytes,
-      [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t len = offsets[i + 1] - offsets[i];
-          const int64_t lead = left ? max_len - len : 0;
-          if (len > 0) copy(out + offsets[i] * row_bytes, in + (i * max_len + lead) * row_bytes, len * row_bytes);
-        }
-        copy.fence();
-      },
-      offsets);
+  copy_items(out, offsets[n] * row_bytes, n, offsets, [&](const Copier& copy, int64_t i) {
+    const int64_t len = offsets[i + 1] - offsets[i];
+    const int64_t lead = left ? max_len - len : 0;
+    if (len > 0) copy(out + offsets[i] * row_bytes, in + (i * max_len + lead) * row_bytes, len * row_bytes);
+  });
 }
 
 void mask_offsets(const uint8_t* mask, int64_t n, int64_t max_len, int64_t* offsets) {
@@ -146,29 +147,21 @@ void unpad_mask(const void* padded, const uint8_t* mask, const int64_t* offsets,
   if (row_bytes == 0) return;
   const byte* in = static_cast<const byte*>(padded);
   byte* out = static_cast<byte*>(values);
-  advise_hugepages(out, offsets[n] * row_bytes);
-  const Copier copy(offsets[n] * row_bytes, n);
-  parallel_for(
-      n, 2 * offsets[n] * row_bytes,
-      [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const uint8_t* m = mask + i * max_len;
-          byte* dst = out + offsets[i] * row_bytes;
-          // Copy runs of consecutive tokens at once: a left- or right-padded row is one run.
-          int64_t j = 0;
-          while (j < max_len) {
-            while (j < max_len && m[j] == 0) ++j;
-            int64_t start = j;
-            while (j < max_len && m[j] != 0) ++j;
-            if (j > start) {
-              copy(dst, in + (i * max_len + start) * row_bytes, (j - start) * row_bytes);
-              dst += (j - start) * row_bytes;
-            }
-          }
-        }
-        copy.fence();
-      },
-      offsets);
+  copy_items(out, offsets[n] * row_bytes, n, offsets, [&](const Copier& copy, int64_t i) {
+    const uint8_t* m = mask + i * max_len;
+    byte* dst = out + offsets[i] * row_bytes;
+    // Copy runs of consecutive tokens at once: a left- or right-padded row is one run.
+    int64_t j = 0;
+    while (j < max_len) {
+      while (j < max_len && m[j] == 0) ++j;
+      int64_t start = j;
+      while (j < max_len && m[j] != 0) ++j;
+      if (j > start) {
+        copy(dst, in + (i * max_len + start) * row_bytes, (j - start) * row_bytes);
+        dst += (j - start) * row_bytes;
+      }
+    }
+  });
 }
 
 void gather_offsets(const int64_t* offsets, int64_t n, const int64_t* indices, int64_t count, int64_t* out_offsets) {
@@ -194,18 +187,10 @@ void gather(const void* values, const int64_t* offsets, const int64_t* indices, 
   if (row_bytes == 0) return;
   const byte* in = static_cast<const byte*>(values);
   byte* dst = static_cast<byte*>(out);
-  advise_hugepages(dst, out_offsets[count] * row_bytes);
-  const Copier copy(out_offsets[count] * row_bytes, count);
-  parallel_for(
-      count, 2 * out_offsets[count] * row_bytes,
-      [&](int64_t begin, int64_t end) {
-        for (int64_t j = begin; j < end; ++j) {
-          const int64_t len = out_offsets[j + 1] - out_offsets[j];
-          if (len > 0) copy(dst + out_offsets[j] * row_bytes, in + offsets[indices[j]] * row_bytes, len * row_bytes);
-        }
-        copy.fence();
-      },
-      out_offsets);
+  copy_items(dst, out_offsets[count] * row_bytes, count, out_offsets, [&](const Copier& copy, int64_t j) {
+    const int64_t len = out_offsets[j + 1] - out_offsets[j];
+    if (len > 0) copy(dst + out_offsets[j] * row_bytes, in + offsets[indices[j]] * row_bytes, len * row_bytes);
+  });
 }
 
 }  // namespace scree::ops
