@@ -6,6 +6,7 @@ of CI)."""
 
 from __future__ import annotations
 
+import functools
 import socket
 import subprocess
 import sys
@@ -67,17 +68,12 @@ def free_port() -> int:
 
 
 CP_CASES = ["causal_gqa", "full_mha", "causal_window_softcap", "ring_causal_gqa", "ring_full_softcap"]
-_cp_runs: dict[int, subprocess.CompletedProcess] = {}
-
-
+@functools.cache
 def cp_run(world: int) -> subprocess.CompletedProcess:
     """One cp_worker.py run of every case on `world` processes, made by the first test that needs
     it (one spawn a world size instead of one a case: ~15 s of a 2-core machine each)."""
-    if world not in _cp_runs:
-        _cp_runs[world] = subprocess.run(
-            [sys.executable, str(HERE / "cp_worker.py"), str(world), str(free_port()), ",".join(CP_CASES)],
-            capture_output=True, text=True, timeout=600, cwd=HERE)
-    return _cp_runs[world]
+    return subprocess.run([sys.executable, str(HERE / "cp_worker.py"), str(world), str(free_port()),
+                           ",".join(CP_CASES)], capture_output=True, text=True, timeout=600, cwd=HERE)
 
 
 @pytest.mark.parametrize("world", [2, 4])

@@ -5,6 +5,7 @@ regression fails this test instead of taking pytest down."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -190,16 +191,13 @@ def test_cu_seqlens_from_lengths_past_int32_raises():
 
 BAD_OFFSETS = [[3, 1, 5], [0, 2, 2**40], [-5, 5], [0, 2**62, 5]]
 BAD_OFFSETS_OPS = ["to_padded", "concat", "unpack", "sum"]
-_bad_offsets_run: list[subprocess.CompletedProcess] = []
-
-
+@functools.cache
 def bad_offsets_child() -> subprocess.CompletedProcess:
     """Every (offsets, op) case of the test below on every backend in one child process, each line
     `I OP FW outcome` printed (and flushed) as it ends: one interpreter importing torch and MLX
     instead of sixteen (~5 s each on a 2-core CI machine). A case that crashes the child ends it:
     the cases it had not reached then fail too, naming the child's exit."""
-    if not _bad_offsets_run:
-        _bad_offsets_run.append(run_child(f"""
+    return run_child(f"""
             import numpy as np, scree
             fws = []
             for fw in ["numpy", "torch", "mlx"]:
@@ -223,8 +221,7 @@ def bad_offsets_child() -> subprocess.CompletedProcess:
                         except scree.RaggedError:
                             outcome = "RaggedError"
                         print(i, op, fw, outcome, flush=True)
-        """))
-    return _bad_offsets_run[0]
+    """)
 
 
 @pytest.mark.parametrize("offsets", range(len(BAD_OFFSETS)), ids=[str(o) for o in BAD_OFFSETS])
