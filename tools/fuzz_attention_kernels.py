@@ -145,9 +145,9 @@ class _env:
         return False
 
 
-def _bound_ratio(got: Any, ref64: Any, low: Any, rtol: float, extra: float) -> float:
-    """max|got - ref64| / (rtol max|low - ref64| + atol), as attention_checks.assert_fa_close
-    bounds it (> 1: the rule fails); inf for NaN or inf in got."""
+def _bound_ratio(got: Any, ref64: Any, low: Any, rtol: float, extra: float, base_ref: Any = None) -> float:
+    """max|got - ref64| / (rtol max|low - base_ref| + atol) (base_ref: ref64 unless given), as
+    attention_checks.assert_fa_close bounds it (> 1: the rule fails); inf for NaN or inf in got."""
     import torch
     from attention_checks import max_abs_diff, rounding_atol
 
@@ -155,7 +155,55 @@ def _bound_ratio(got: Any, ref64: Any, low: Any, rtol: float, extra: float) -> f
     if not torch.isfinite(g).all():
         return float("inf")
     atol = rounding_atol(ref64, got.dtype if got.dtype in (torch.bfloat16, torch.float16) else torch.float32) + extra
-    return max_abs_diff(g, ref64) / (rtol * max_abs_diff(low, ref64) + atol)
+    return max_abs_diff(g, ref64) / (rtol * max_abs_diff(low, ref64 if base_ref is None else base_ref) + atol)
+
+
+def fp32_cancellation(q: Any, k: Any, v: Any, dout: Any, scale: float, lq_max: int) -> dict:
+    """What float32 accumulation leaves in dq and dk where they vanish by cancellation. A kernel
+    computes dS = P (dP - D) with dP_ij = dout_i . v_j and D_i = dout_i . out_i as two float32 sums
+    of `d` products in different orders (the backward's tensor-core product and the preprocess's),
+    each off by at most d u |dout_i| |v|max (Cauchy-Schwarz, u = 2^-23 for tensor cores' float32
+    accumulation, |out_i| <= max_j |v_j|). Where a row's softmax is one-hot (one visible key, a
+    window of 0) dq and dk are exactly 0 and the reference in the input dtype computes that 0
+    exactly, so FlashAttention's rule would bound the kernel by its atol alone: the first CUDA
+    campaign (seed 30, H200) failed 17 of 3,514 such cases at 1e-5 to 5e-5, as FA's own kernels
+    would. Used only where that reference is exact. Per row dq_i is off by at most scale sum_j P_ij |err dS_ij| max|k| (sum_j P_ij = 1),
+    dk_j by the same with max|q| over up to lq_max rows (a sequence's rows times the GQA group)."""
+    import torch
+
+    def rows(x: Any) -> Any:  # per (token, head) 2-norms
+        return x.detach().to(torch.float64).norm(dim=-1)
+
+    def top(x: Any) -> float:
+        return float(x.detach().to(torch.float64).abs().max()) if x.numel() else 0.0
+
+    if dout is None or dout.numel() == 0 or v.numel() == 0:
+        return {"dq": 0.0, "dk": 0.0}
+    base = 2 * q.shape[-1] * 2.0 ** -23 * abs(scale) * float(rows(dout).max()) * float(rows(v).max())
+    return {"dq": base * top(k), "dk": base * top(q) * max(lq_max, 1)}
+
+
+def fa_reference64(reference: Any, wide: list, dout64: Any, opts: dict, dtype: Any) -> tuple:
+    """(out, lse, grads or None) in float64 of FlashAttention's algorithm as the kernels run it:
+    the backward's D_i = dout_i . out_i is taken from the output as stored, rounded to the input
+    dtype, not from the exact one. That moves dS_ij = P_ij (dP_ij - D_i) by -P_ij dD_i, i.e. dq and
+    dk by minus the gradient of sum_i dD_i lse_i, added here through autograd. Without it a row whose
+    softmax is nearly one-hot, where dq and dk nearly cancel, fails the rule by that rounding alone
+    (the CPU campaign, seed 31: fp16, 2 tokens, scores -5.6 and -11.2, dq off by 0.0039 against a
+    reference-in-dtype error of 0.0010): the rule's reference in the input dtype takes its D from
+    the probabilities, so it does not share the term."""
+    import torch
+
+    leaves = [a.values.detach().clone().requires_grad_(dout64 is not None) for a in wide]
+    out, lse = reference(*(a.with_values(x) for a, x in zip(wide, leaves)), return_lse=True, **opts)
+    o = out.values
+    if dout64 is None:
+        return o.detach(), lse.detach(), None
+    dd = (dout64 * (o.detach().to(dtype).to(torch.float64) - o.detach())).sum(-1).transpose(0, 1)  # (Hq, Tq)
+    loss = (dout64 * o).sum() - (dd * torch.where(torch.isfinite(lse), lse, 0.0)).sum()
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    grads = tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves))
+    return o.detach(), lse.detach(), grads
 
 
 def run_case(recipe: dict, device: str) -> dict:
@@ -163,7 +211,8 @@ def run_case(recipe: dict, device: str) -> dict:
     import torch
 
     import scree
-    from attention_checks import check_against_references, fwd_grads, generator, has_kernel, random_values
+    from attention_checks import (assert_fa_close, assert_lse_close, fwd_grads, generator, has_kernel, max_abs_diff,
+                                  random_values)
     from scree.kernels.reference import varlen_attention as reference
 
     dtype = getattr(torch, recipe["dtype"])
@@ -187,15 +236,25 @@ def run_case(recipe: dict, device: str) -> dict:
     # The two references of the rule on the inputs' device (an H200 runs the fp64 one ~50x faster
     # than a host core): fp64 on the widened inputs, and the same math in the input dtype.
     wide = [scree.from_lengths(x.values.detach().to(torch.float64), n) for x, n in ((q, lq), (k, lk), (v, lk))]
-    ref64 = fwd_grads(reference, *wide, None if dout is None else dout.to(torch.float64), ref_opts)
+    dout64 = None if dout is None else dout.to(torch.float64)
+    ref64 = fwd_grads(reference, *wide, dout64, ref_opts)  # exact: what the reference in dtype is judged by
+    fa64 = fa_reference64(reference, wide, dout64, ref_opts, dtype)  # what the kernel is judged by
     low = fwd_grads(lambda *x, **kw: reference(*x, upcast=False, **kw), q, k, v, dout, ref_opts)
-    ratios = {"out": _bound_ratio(got[0], ref64[0], low[0], 2.0, 1e-5)}
-    if got[2] is not None:
-        extra = 1e-5 + (3e-4 if opts.get("softcap") else 0.0)
-        for name, g, ref, lo in zip(("dq", "dk", "dv"), got[2], ref64[2], low[2]):
-            ratios[name] = _bound_ratio(g, ref, lo, 3.0, extra)
+    scale = opts.get("scale", 1.0 / np.sqrt(d))
+    cancel = fp32_cancellation(q.values, k.values, v.values, dout, scale, max(lq, default=0) * (hq // hk))
+    cap = 1e-5 + (3e-4 if opts.get("softcap") else 0.0)  # FA3's extra atol with softcap
+    checks = [("out", got[0], ref64[0], low[0], 2.0, 1e-5)]
+    if got[2] is not None:  # the kernel's error against fa64, the rule's base |low - ref64|
+        # The allowance only where the reference in the input dtype is exact (no rounding to scale
+        # the rule by): elsewhere that reference's own error bounds the kernel, as FA's rule says.
+        checks += [(name, g, fa, lo, 3.0, cap + (cancel.get(name, 0.0) if max_abs_diff(lo, ref) == 0 else 0.0), ref)
+                   for name, g, fa, ref, lo in zip(("dq", "dk", "dv"), got[2], fa64[2], ref64[2], low[2])]
+    ratios = {c[0]: _bound_ratio(*c[1:6], *c[6:]) for c in checks}
     try:
-        check_against_references("case", got, ref64, low, recipe["values_seed"], softcap=bool(opts.get("softcap")))
+        assert_lse_close("lse", got[1], ref64[1], low[1], seed=recipe["values_seed"])
+        for name, g, ref, lo, rtol, extra, *base_ref in checks:
+            assert_fa_close(name, g, ref, lo, rtol=rtol, extra_atol=extra, seed=recipe["values_seed"],
+                            base_ref=base_ref[0] if base_ref else None)
     except AssertionError as e:
         return {"outcome": "wrong", "ratio": max(ratios.values()), "ratios": ratios, "msg": str(e)[:400]}
     return {"outcome": "ok", "ratio": max(ratios.values()), "ratios": ratios}
