@@ -43,10 +43,15 @@ __attribute__((always_inline)) inline void gemm_tile(const typename P::A* A, int
   using V = vec_t<T>;
   constexpr int W = Simd<T>::width;
   static_assert(NV == 1 || NV == 2, "one or two vectors a row");
+  // The product starts from zero and C is added once at the end (C + A B, not a chain through C):
+  // accumulated over blocks (O over key blocks, dK / dV over query blocks and a GQA group's heads,
+  // dQ over key blocks), a chain through C rounded one sum of up to ~5,600 terms one FMA at a time,
+  // sqrt(n) times a block's error: float32 dV 1.9x FlashAttention's bound at 696 queries x 8 heads
+  // (benchmarks/NOTES.md, the kernels' campaign). One add per accumulator a tile more.
   V c0[R], c1[R];
   for (int r = 0; r < R; ++r) {
-    c0[r] = accumulate ? load<T>(C + r * ldc) : V{};
-    if constexpr (NV == 2) c1[r] = accumulate ? load<T>(C + r * ldc + W) : V{};
+    c0[r] = V{};
+    if constexpr (NV == 2) c1[r] = V{};
   }
   for (int64_t k = 0; k < K; ++k) {  // K: steps of P::kPack reduction indices
     V b0, b1{};
@@ -59,8 +64,12 @@ __attribute__((always_inline)) inline void gemm_tile(const typename P::A* A, int
     }
   }
   for (int r = 0; r < R; ++r) {
+    if (accumulate) c0[r] = load<T>(C + r * ldc) + c0[r];
     store<T>(C + r * ldc, c0[r]);
-    if constexpr (NV == 2) store<T>(C + r * ldc + W, c1[r]);
+    if constexpr (NV == 2) {
+      if (accumulate) c1[r] = load<T>(C + r * ldc + W) + c1[r];
+      store<T>(C + r * ldc + W, c1[r]);
+    }
   }
   if (col_max != nullptr) {  // the tile's column maxima, from the registers
     V m0 = c0[0];
