@@ -12,6 +12,7 @@
 #   cuda       pytest tests/python -m cuda (test_attention_cuda.py, test_cuda_layout.py) -> pytest_cuda.log
 #   memcheck   compute-sanitizer --tool memcheck  python tools/sanitize_attention.py -> sanitizer.log
 #   racecheck  compute-sanitizer --tool racecheck python tools/sanitize_attention.py -> sanitizer.log
+#   fuzz       python tools/fuzz_attention_kernels.py (FUZZ_SECONDS, FUZZ_SEED)       -> fuzz.log
 #   bench      python benchmarks/bench_attention_gpu.py --out OUTDIR (copied to benchmarks/results too)
 #                                                                                  -> bench.log
 #   train      python benchmarks/bench_train_step.py --out OUTDIR (copied likewise)  -> bench.log
@@ -19,7 +20,7 @@
 # OUTDIR gets summary.txt (machine, step results, failures), the logs above, attention_gpu.json/.png and
 # train_step_cuda.json/.png. The summary is printed last (short: a reply carries the tail).
 #
-# Switches (environment): SKIP_BUILD=1 SKIP_CTEST=1 SKIP_CUDA_TESTS=1 SKIP_SANITIZER=1 SKIP_BENCH=1
+# Switches (environment): SKIP_BUILD=1 SKIP_CTEST=1 SKIP_CUDA_TESTS=1 SKIP_SANITIZER=1 SKIP_FUZZ=1 SKIP_BENCH=1
 # SKIP_TRAIN=1 SKIP_SUITE=1 (OUTDIR brings back at most 8 files: split a full check over two calls,
 # e.g. build + tests + sanitizers, then the benchmarks with SKIP_BUILD=1); TRAIN_ARGS; GPU_CHECK_BUDGET_S (540); SANITIZER_TOOLS ("memcheck racecheck"; initcheck and
 # synccheck also work); BENCH_ARGS (extra benchmark arguments, e.g. "--only mix"); PYTEST_ARGS
@@ -148,6 +149,14 @@ else
   done
 fi
 
+# ---- randomised campaign of the kernels against the fp64 reference (tools/fuzz_attention_kernels.py) --
+# FUZZ_SECONDS of cases (default 90: ~1,000 on an H200), seed FUZZ_SEED (default: the date, so each
+# day's check draws new cases); every case is in fuzz/cases.jsonl, the summary in fuzz.log.
+# shellcheck disable=SC2016
+step fuzz SKIP_FUZZ "$out/fuzz.log" $(( ${FUZZ_SECONDS:-90} + 30 )) bash -c \
+  '"$0" tools/fuzz_attention_kernels.py --seconds "$2" --seed "$3" --out "$1/fuzz"' \
+  "$PY" "$out" "${FUZZ_SECONDS:-90}" "${FUZZ_SEED:-$(date -u +%Y%m%d)}"
+
 # ---- benchmark --------------------------------------------------------------------------------
 # It stops starting new workloads 45 s before its limit, so its JSON is always complete and written.
 # shellcheck disable=SC2016
@@ -186,6 +195,11 @@ step suite SKIP_SUITE "$out/pytest_all.log" 300 \
     echo "## sanitizer"
     grep -E '(ERROR|RACECHECK|INITCHECK|SYNCCHECK) SUMMARY|^FAIL |all cases passed|case\(s\) FAILED' "$out/sanitizer.log" \
       | cut -c1-220 | head -n 20
+  fi
+  if [ -f "$out/fuzz.log" ]; then
+    echo "## kernels' campaign (fuzz.log)"
+    grep -E '^case [0-9]+: ' "$out/fuzz.log" | cut -c1-220 | head -n 10
+    grep -A8 '"counts"' "$out/fuzz.log" | tr -d '\n ' | cut -c1-200; echo
   fi
   if [ -f "$out/bench.log" ]; then
     echo "## benchmark (bench.log; full numbers in attention_gpu.json)"
