@@ -90,20 +90,29 @@ def rounding_atol(ref64: Any, dtype: torch.dtype) -> float:
     return float((r + 0.3 - 0.3 - r).abs().max().to(torch.float64))
 
 
+def fa_bound(got: Any, ref64: Any, low: Any, rtol: float = 2.0, extra_atol: float = 1e-5,
+             base_ref: Any = None) -> tuple[float, float, float]:
+    """FlashAttention's rule's terms: (max|got - ref64| (inf where got holds NaN or inf),
+    max|low - base_ref| (base_ref: ref64 unless given: where the kernel is judged against an fp64
+    result other than the exact one, as tools/fuzz_attention_kernels.py judges it against
+    FlashAttention's algorithm in fp64, the exact one the reference in dtype is measured from),
+    atol); the rule holds when err <= rtol * base + atol."""
+    g = _host64(got)
+    err = max_abs_diff(g, ref64) if torch.isfinite(g).all() else float("inf")
+    base = max_abs_diff(low, ref64 if base_ref is None else base_ref)
+    atol = rounding_atol(ref64, got.dtype if got.dtype in (torch.bfloat16, torch.float16) else torch.float32)
+    return err, base, atol + extra_atol
+
+
 def assert_fa_close(what: str, got: Any, ref64: Any, low: Any, rtol: float = 2.0, extra_atol: float = 1e-5,
                     seed: int | None = None, base_ref: Any = None) -> tuple[float, float]:
-    """FlashAttention's rule (module docstring). Returns (kernel error, reference-in-dtype error).
-    `base_ref`: where the kernel is judged against an fp64 result other than the exact one
-    (tools/fuzz_attention_kernels.py: FlashAttention's algorithm in fp64), the exact one the
-    reference in dtype's error is measured from (default ref64)."""
+    """FlashAttention's rule (module docstring; base_ref as fa_bound takes it). Returns (kernel
+    error, reference-in-dtype error)."""
     g = _host64(got)
     assert tuple(g.shape) == tuple(ref64.shape), f"{what}: shape {tuple(g.shape)} vs {tuple(ref64.shape)}"
     assert not torch.isnan(g).any(), f"{what}: NaN in the kernel's result (seed {seed})"
     assert torch.isfinite(g).all(), f"{what}: inf in the kernel's result (seed {seed})"
-    err = max_abs_diff(g, ref64)
-    base = max_abs_diff(low, ref64 if base_ref is None else base_ref)
-    atol = rounding_atol(ref64, got.dtype if got.dtype in (torch.bfloat16, torch.float16) else torch.float32)
-    atol += extra_atol
+    err, base, atol = fa_bound(got, ref64, low, rtol, extra_atol, base_ref)
     assert err <= rtol * base + atol, (
         f"{what}: kernel error vs fp64 {err:.3g} > {rtol} x reference-in-dtype error {base:.3g} + atol {atol:.2g}"
         f" (seed {seed})")
