@@ -154,7 +154,7 @@ def fp32_cancellation(q: Any, k: Any, v: Any, dout: Any, scale: float, lq_max: i
     window of 0) dq and dk are exactly 0 and the reference in the input dtype computes that 0
     exactly, so FlashAttention's rule would bound the kernel by its atol alone: the first CUDA
     campaign (seed 30, H200) failed 17 of 3,514 such cases at 1e-5 to 5e-5, as FA's own kernels
-    would. Used only where that reference is exact. Per row dq_i is off by at most
+    would. Used only on the elements that reference computes exactly (`gradient_ratio`). Per row dq_i is off by at most
     scale sum_j P_ij |err dS_ij| max|k| (sum_j P_ij = 1), dk_j by the same with max|q| over up to
     lq_max rows (a sequence's rows times the GQA group)."""
     import torch
@@ -192,6 +192,29 @@ def fa_reference64(reference: Any, wide: list, dout64: Any, opts: dict, dtype: A
     grads = torch.autograd.grad(loss, leaves, allow_unused=True)
     grads = tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves))
     return o.detach(), lse.detach(), grads
+
+
+def gradient_ratio(fa_bound: Any, got: Any, judge: Any, low: Any, exact: Any, rtol: float, extra: float,
+                   allowance: float) -> tuple[float, float, float, float]:
+    """(err / bound, err, base, atol) of FlashAttention's rule, with `allowance` (fp32_cancellation)
+    added to the bound of the elements the reference in the input dtype computes exactly, and only
+    there: a gradient that vanishes by cancellation (a key that 495 queries x 4 heads see alone,
+    so P = 1 and dS = dP - D = 0) is exact in that reference, whose D comes from P, while any
+    kernel running FlashAttention's algorithm (D from the output, dP from the product) leaves the
+    rounding of two float32 sums there (CPU campaign seed 38: dk 3.7e-5 on that key, 2.9x the rule
+    when the reference's error elsewhere in the tensor, 8.7e-7, set the bound). Elsewhere that
+    reference's own error bounds the kernel, as FA's rule says. Until seed 38 the allowance applied
+    only where the whole tensor was exact."""
+    err, base, atol = fa_bound(got, judge, low, rtol, extra, exact)
+    bound = rtol * base + atol
+    if err <= bound or allowance == 0.0 or not np.isfinite(err):
+        return err / bound, err, base, atol
+    import torch
+    g, j, lo, ex = (x.detach().to(device="cpu", dtype=torch.float64) for x in (got, judge, low, exact))
+    e, cancels = (g - j).abs(), lo == ex
+    worst = max(float(e[~cancels].max()) / bound if bool((~cancels).any()) else 0.0,
+                float(e[cancels].max()) / (bound + allowance) if bool(cancels.any()) else 0.0)
+    return worst, err, base, atol
 
 
 def run_case(recipe: dict, device: str) -> dict:
@@ -232,17 +255,14 @@ def run_case(recipe: dict, device: str) -> dict:
     cancel = fp32_cancellation(q.values, k.values, v.values, dout, scale, max(lq, default=0) * (hq // hk))
     cap = 1e-5 + (3e-4 if opts.get("softcap") else 0.0)  # FA3's extra atol with softcap
     # (name, result, what it is judged against, reference in dtype, its exact result, rtol, extra atol)
-    checks = [("out", got[0], ref64[0], low[0], ref64[0], 2.0, 1e-5)]
+    checks = [("out", got[0], ref64[0], low[0], ref64[0], 2.0, 1e-5, 0.0)]
     if got[2] is not None:  # gradients against fa64, the rule's base |low - ref64|
-        # The allowance only where the reference in the input dtype is exact (no rounding to scale
-        # the rule by): elsewhere that reference's own error bounds the kernel, as FA's rule says.
-        checks += [(name, g, fa, lo, ref, 3.0, cap + (cancel.get(name, 0.0) if max_abs_diff(lo, ref) == 0 else 0.0))
+        checks += [(name, g, fa, lo, ref, 3.0, cap, cancel.get(name, 0.0))
                    for name, g, fa, ref, lo in zip(("dq", "dk", "dv"), got[2], fa64[2], ref64[2], low[2])]
     ratios, worst = {}, None
     try:  # (a shape mismatch is an AssertionError of max_abs_diff: wrong, like a value off)
-        for name, g, judge, lo, exact, rtol, extra in checks:
-            err, base, atol = fa_bound(g, judge, lo, rtol, extra, exact)
-            ratios[name] = err / (rtol * base + atol)
+        for name, g, judge, lo, exact, rtol, extra, allowance in checks:
+            ratios[name], err, base, atol = gradient_ratio(fa_bound, g, judge, lo, exact, rtol, extra, allowance)
             if ratios[name] > 1 and worst is None:
                 worst = f"{name}: kernel error {err:.3g} > {rtol} x reference-in-dtype error {base:.3g} + atol {atol:.2g}"
         assert_lse_close("lse", got[1], ref64[1], low[1], seed=recipe["values_seed"])
