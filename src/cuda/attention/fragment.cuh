@@ -69,6 +69,16 @@ __host__ __device__ __forceinline__ bool rows_16b(const void* ptr, int64_t row_s
   return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && row_stride % 8 == 0 && head_stride % 8 == 0;
 }
 
+// One 16-byte store to global memory, always as one instruction. Where a branch beside it stores
+// the same words as four 4-byte stores (the one-path schemes below and staged_rows.cuh), nvcc
+// merged the two and emitted four 4-byte stores for half of the vector path's chunks too (SASS of
+// the Hopper backward, dK / dV and dq: 4 x STG.E where STG.E.128 was meant; ncu counted 75% of
+// those stores' sectors as excess), since it cannot prove the chunk's alignment from a T pointer.
+__device__ __forceinline__ void store_16b(void* gmem, const uint4& v) {
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(gmem), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+}
+
 // Stores row r (0: lane / 4, 1: lane / 4 + 8) of a warp's m16 x 8DT accumulator fragment, times
 // mult, as T at dst (the row's first column; nothing is stored where `live` is false). `vector`
 // (warp-uniform: the quad's shuffles run in every lane or in none; dst 16-byte aligned; used where
@@ -90,7 +100,7 @@ __device__ __forceinline__ void store_fragment_row(T* dst, const float (&acc)[DT
   };
   if constexpr (DT % 4 == 0 && kOnePath) {
     chunks([&](T* chunk, const uint4& c) {
-      if (live && vector) *reinterpret_cast<uint4*>(chunk) = c;
+      if (live && vector) store_16b(chunk, c);
       if (live && !vector) {
         uint32_t* w = reinterpret_cast<uint32_t*>(chunk);
         w[0] = c.x, w[1] = c.y, w[2] = c.z, w[3] = c.w;

@@ -53,7 +53,7 @@ __device__ __forceinline__ void store_rows_staged(const float (&acc)[DT][4], con
       const int c = lane + 32 * i, row = c / 8, chunk = c % 8;
       const uint4 v = *reinterpret_cast<const uint4*>(stage + row * 128 + ((chunk ^ (row & 7)) << 4));
       T* out = dst + row * row_stride + 64 * g + 8 * chunk;
-      if (row < rows && vector) *reinterpret_cast<uint4*>(out) = v;
+      if (row < rows && vector) store_16b(out, v);
       if (row < rows && !vector) {
         uint32_t* w = reinterpret_cast<uint32_t*>(out);
         w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
