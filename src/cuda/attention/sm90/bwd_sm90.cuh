@@ -60,11 +60,6 @@
 #include "tma.cuh"
 #include "wgmma.cuh"
 
-// SCREE_SM90_DQ_RED=1: the non-deterministic dQ added from registers by red.v2.f32 (an A/B switch).
-#ifndef SCREE_SM90_DQ_RED
-#define SCREE_SM90_DQ_RED 0
-#endif
-
 namespace scree::cuda_attention::sm90 {
 
 using attention::QueryRange;
@@ -332,29 +327,7 @@ __global__ void __launch_bounds__(384, 1)
     const bool dq_vector = rows_16b(p.dq, p.dq_row_stride, p.dq_head_stride);
     const bool dkv_vector =
         rows_16b(p.dk, p.dk_row_stride, p.dk_head_stride) && rows_16b(p.dv, p.dv_row_stride, p.dv_head_stride);
-#if SCREE_SM90_DQ_RED
-    // Experiment (issue 18): the dQ of a step added to the accumulator from registers (red.v2.f32,
-    // 16 a thread), not staged in shared memory for the writer's TMA reduce-adds: 32 KB less
-    // shared-memory traffic a step of the ~368 KB (dS^T and dQ staging, operand reads). Not in
-    // deterministic mode (atomics add in any order).
-    auto red_dq = [&](const BwdTile& x, int h, int mb) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int q = mb * kM + dq_row0 + 16 * warp + lane / 4 + 8 * r;  // in the tile's queries
-        if (q >= x.s.q_len) continue;
-        float* dst = ws.dq_accum + ((x.s.q_start + q) * p.heads_q + h) * int64_t(D) + dq_col0 + 2 * quad;
-#pragma unroll
-        for (int jn = 0; jn < 8; ++jn)
-          asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(dst + 8 * jn), "f"(dq[jn][2 * r]),
-                       "f"(dq[jn][2 * r + 1])
-                       : "memory");
-      }
-    };
-#endif
     auto emit_dq = [&](const BwdTile& x, int h, int mb) {
-#if SCREE_SM90_DQ_RED
-      if (!dq_direct && !deterministic) return red_dq(x, h, mb);
-#endif
       if (!dq_direct) return stage_dq(x, h, mb);
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
