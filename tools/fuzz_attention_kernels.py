@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from attention_checks import cuda_head_dims
+    from scree import _C
 
     if a.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device visible to torch")
@@ -339,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     worst.sort(reverse=True)
     summary = {
         "device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu",
+        "cpu_isa": _C.cpu_isa() if a.device == "cpu" else None,  # the CPU kernels' build that ran
         "scree_commit": os.environ.get("SCREE_GIT_COMMIT"), "seed": a.seed, "cases": index - a.start,
         "seconds": round(time.time() - start, 1), "counts": counts,
         "worst_ratios": [{"ratio": round(x, 3), "index": i} for x, i in worst[:5]],
@@ -347,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     if out:
         (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(json.dumps(summary, indent=1, default=str))
+    # One line last, so that a log's tail shows the counts however many failures the JSON lists.
+    where = summary["device"] + (f" ({summary['cpu_isa']} build)" if summary["cpu_isa"] else "")
+    print(f"campaign: {summary['cases']} cases in {summary['seconds']} s on {where}, seed {a.seed}: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), flush=True)
     return 1 if failures else 0
 
 
