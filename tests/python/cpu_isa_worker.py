@@ -3,7 +3,8 @@ attention picks its build once a process): prints the build in use, then checks 
 backward of scree.varlen_attention on the CPU against the fp64 reference, float32, bfloat16 and
 float16 by FlashAttention's rule and float64 to 1e-9: lengths 0, 1, odd, longer than a 96-row block,
 q and k lengths that differ, GQA, causal, a window, a softcap, head dims 32, 64, 128 and an odd 40.
-bfloat16 takes the AMX forward in the amx build (P rounded to bf16 between the tile products),
+bfloat16 takes the AMX forward in the amx build (P rounded to bf16 between the tile products;
+calls of sequences of <= 16 tokens run the avx512 kernels there, attention_cpu.cpp's on_tiles),
 the VDPBF16PS products in the avx512bf16 build (P rounded alike), the fp32 kernel elsewhere; paged keys (scree.paged_attention, pages of 16 and 5 rows) are checked
 in bfloat16 the same way. bfloat16 backward extras (the AMX backward in the amx build, bwd_amx.cpp:
 128-key blocks, 64-row query tiles, 32-row alignment): Dv != D, GQA 4:1 at D 128 with one long
@@ -26,6 +27,7 @@ CASES = [  # (q lengths, k lengths, heads q, heads k, d, options)
     ([97, 5, 250], [97, 300, 250], 2, 2, 128, {}),
     ([64, 1, 191], [64, 40, 191], 4, 1, 32, {"causal": True, "window": (20, 0), "softcap": 4.0}),
     ([17, 100], [17, 150], 3, 3, 40, {"window": (30, 5)}),
+    ([0, 1, 7, 16], [3, 1, 16, 16], 4, 2, 64, {"causal": True}),  # <= 16 tokens: the amx build's bf16 on avx512
 ]
 
 PAGED = [  # (kv lengths, q lengths, page size, heads q, heads k, d, options)

@@ -6,7 +6,8 @@
 // avx512bf16 build (the bf16 forward on VDPBF16PS) runs only when asked for by name
 // (SCREE_CPU_ISA=avx512bf16) on a CPU with AVX512-BF16: on the one such CPU measured (the 16-core
 // AMX Xeon) its bf16 forward ran 0.45-0.8x the avx512 build's converted one (benchmarks/NOTES.md,
-// twenty-fifth session), so it is never the default.
+// twenty-fifth session), so it is never the default. In the amx build, bf16 calls whose sequences
+// all have <= 16 queries and keys run the avx512 build's kernels (on_tiles: the tiles do not pay).
 #include <cstdlib>
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -158,11 +159,28 @@ void validate(const VarlenParams& p) {
           [] { return std::string("a float64 lse (lse64) is for float64 inputs only; use the float32 lse"); });
 }
 
+#if defined(SCREE_HAVE_AMX_KERNELS) && defined(SCREE_HAVE_AVX512_KERNELS)
+// Whether a bf16 call in the amx build goes to the tiles. Where no sequence passes 16 queries or
+// keys, each work item's tile setup, packing and first products' latency cost more than its
+// arithmetic, and the avx512 build's converted fp32 kernels are faster; from 32 tokens the tiles
+// win (bf16, 4 sequences x 8 heads, causal, 2 threads, 2-core AMX Xeon, us a call through
+// scree.varlen_attention, amx vs avx512: 16 tokens d64 forward 47 vs 40, forward+backward 270 vs
+// 208; d128 65 vs 57, 444 vs 300; 32 tokens d64 59 vs 67, 343 vs 355; d128 81 vs 115, 584 vs 619;
+// benchmarks/NOTES.md, thirty-first session). Other dtypes run the same vector code in both builds.
+constexpr int64_t kTilesFromTokens = 17;
+template <class Params>
+bool on_tiles(const Params& p) {
+  return p.dtype != DType::BFloat16 || p.max_seqlen_q >= kTilesFromTokens || p.max_seqlen_k >= kTilesFromTokens;
+}
+#endif
+
 void varlen_fwd_cpu(const VarlenParams& params) {
   validate(params);
   VarlenParams p = params;
   make_windows_reachable(p);
-#if defined(SCREE_HAVE_AMX_KERNELS)
+#if defined(SCREE_HAVE_AMX_KERNELS) && defined(SCREE_HAVE_AVX512_KERNELS)
+  if (isa() == Isa::kAmx) return on_tiles(p) ? cpu::amx::varlen_fwd(p) : cpu::avx512::varlen_fwd(p);
+#elif defined(SCREE_HAVE_AMX_KERNELS)
   if (isa() == Isa::kAmx) return cpu::amx::varlen_fwd(p);
 #endif
 #if defined(SCREE_HAVE_AVX512BF16_KERNELS)
@@ -190,7 +208,9 @@ void varlen_bwd_cpu(const VarlenBackwardParams& params) {
   require((p.total_q == 0 || (p.dout && has_lse && p.dq)) && (p.total_k == 0 || (p.k && p.v && p.dk && p.dv)),
           ErrorKind::InvalidArgument,
           [] { return std::string("backward needs dout, lse, dq (with query rows) and k, v, dk, dv (with keys)"); });
-#if defined(SCREE_HAVE_AMX_KERNELS)
+#if defined(SCREE_HAVE_AMX_KERNELS) && defined(SCREE_HAVE_AVX512_KERNELS)
+  if (isa() == Isa::kAmx) return on_tiles(p) ? cpu::amx::varlen_bwd(p) : cpu::avx512::varlen_bwd(p);
+#elif defined(SCREE_HAVE_AMX_KERNELS)
   if (isa() == Isa::kAmx) return cpu::amx::varlen_bwd(p);
 #endif
 #if defined(SCREE_HAVE_AVX512BF16_KERNELS)
