@@ -155,8 +155,8 @@ def fp32_cancellation(q: Any, k: Any, v: Any, dout: Any, scale: float, lq_max: i
     exactly, so FlashAttention's rule would bound the kernel by its atol alone: the first CUDA
     campaign (seed 30, H200) failed 17 of 3,514 such cases at 1e-5 to 5e-5, as FA's own kernels
     would. Used only on the elements that reference computes exactly (`gradient_ratio`). Per row
-    dq_i is off by at most scale sum_j P_ij |err dS_ij| max|k| (sum_j P_ij = 1), dk_j by the same with max|q| over up to
-    lq_max rows (a sequence's rows times the GQA group)."""
+    dq_i is off by at most scale sum_j P_ij |err dS_ij| max|k| (sum_j P_ij = 1), dk_j by the same
+    with max|q| over up to lq_max rows (a sequence's rows times the GQA group)."""
     import torch
 
     def rows(x: Any) -> Any:  # per (token, head) 2-norms
