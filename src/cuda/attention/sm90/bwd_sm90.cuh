@@ -615,6 +615,9 @@ __global__ void __launch_bounds__(384, 1)
         store_rows_staged<T>(dk, score.scale, stage, gk, p.dk_row_stride, x.s.k_len - row0, dkv_vector);
         store_rows_staged<T>(dv, 1.f, stage, gv, p.dv_row_stride, x.s.k_len - row0, dkv_vector);
       }
+      // (kDqT) The next tile's dS stores of each warp cross the other warps' staging rows (a warp
+      // writes two 16-byte chunks of every query row): the warpgroup's reads are done first.
+      if (kDqT) named_sync(NamedBarrier::kBwdEpilogue0 + cw, 128);
     }
     dq_wait_free(ho, free_parity);  // the writer's last job is done: end it
     if (tid == 0) ho.job.h = -1;

@@ -24,6 +24,9 @@ enum class NamedBarrier : int {
   // product, the last read of the dS its other half of the buffer holds
   kBwdDsRead0 = 11,
   kBwdDsRead1 = 12,
+  // the same: consumer warpgroup 0 / 1's warps have read their dK / dV staging rows (in its dS half)
+  kBwdEpilogue0 = 13,
+  kBwdEpilogue1 = 14,
 };
 
 __device__ __forceinline__ NamedBarrier operator+(NamedBarrier b, int i) { return NamedBarrier(int(b) + i); }
