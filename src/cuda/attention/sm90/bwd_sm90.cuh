@@ -14,7 +14,8 @@
 //      dV += P^T dO and dK += dS^T Q with P and dS in registers (A operands),
 //      dS^T to shared memory (two buffers), then dQ (64 x 64 per warpgroup) = dS K from shared
 //      memory, staged in shared memory as fp32 for the warpgroup's writer, which adds it to the
-//      fp32 accumulator in global memory by TMA reduce-adds (two 64 x 32 boxes).
+//      fp32 accumulator in global memory by TMA reduce-adds (two 64 x 32 boxes). With 80 queries a
+//      step (BwdTiles, M = 80): dS stored query-major in one buffer, dQ^T = K^T dS^T, 80 x 32 boxes.
 //    Software pipelined: a step's S^T is issued behind the last step's dQ, which is staged once
 //    both are done, while dP^T runs; each consumer waits once a step for the other's half of dS^T.
 //    After a tile's last step, dK and dV leave through shared memory (staged_rows.cuh).
@@ -79,6 +80,8 @@ struct BwdTiles {
   static constexpr int kBlockM = M;
   static constexpr bool kDqTransposed = M % 64 != 0;
   static_assert(!kDqTransposed || (D == 128 && M % 16 == 0), "transposed dQ: D = 128, 16-query k-steps");
+  // The untransposed dQ covers 64 queries (D = 128) or 128 (D = 64, two warpgroups of 64) a step.
+  static_assert(kDqTransposed || M == (D <= 64 ? 128 : 64), "untransposed dQ: 64 queries at D = 128, 128 at D = 64");
   static constexpr int kThreads = 384;
   static constexpr int kStages = 2;  // of the Q / dO ring: two fit next to K, V, dS^T and dQ
   static constexpr int kSlabQ = kBlockM * 128;   // bytes of a 64-column slab of a Q or dO tile
@@ -300,7 +303,7 @@ __global__ void __launch_bounds__(384, 1)
     float sacc[kM / 8][4], dpacc[kM / 8][4], dv[D / 8][4], dk[D / 8][4], dq[kDqN / 8][4];
     uint32_t pa[kM / 16][4], da[kM / 16][4];
     PipelineState<kStages> qs;
-    int step_count = 0;  // steps so far over all tiles: the dS^T buffer alternates
+    int step_count = 0;  // steps so far over all tiles: the dS^T buffer alternates (one buffer: kDqT)
 
     // S^T = K Q^T or dP^T = V dO^T (64 keys x kM queries) of the stage qs holds; the first k-step
     // overwrites the accumulators (outputs only: their last values are dead).
