@@ -30,6 +30,7 @@ struct TileOrder {
   int64_t sequences, tiles, heads;  // tiles: per sequence, ceil(max length / tile)
   bool descending;
   bool tiles_outermost = false;
+  bool tiles_fastest = false;  // tile index, then head, then sequence (experiment: the backward's L2)
   const int4* packed = nullptr;
   const int* packed_count = nullptr;
   __device__ __forceinline__ int64_t count() const { return sequences * tiles * heads; }
@@ -41,7 +42,12 @@ struct TileOrder {
       tile = 0;
       return;
     }
-    if (tiles_outermost) {
+    if (tiles_fastest) {
+      i = int(t % tiles);
+      const int64_t r = t / tiles;
+      h = int(r % heads);
+      b = r / heads;
+    } else if (tiles_outermost) {
       const int64_t per_tile = sequences * heads;
       i = int(t / per_tile);
       const int64_t r = t % per_tile;
