@@ -58,13 +58,6 @@
 #include "tile_packing.cuh"
 #include "tile_scheduler.cuh"
 #include "tma.cuh"
-
-#ifndef SCREE_BWD_FA4_ORDER
-#define SCREE_BWD_FA4_ORDER 0
-#endif
-#ifndef SCREE_BWD_TILES_FASTEST
-#define SCREE_BWD_TILES_FASTEST 0
-#endif
 #include "wgmma.cuh"
 
 namespace scree::cuda_attention::sm90 {
@@ -205,9 +198,11 @@ __global__ void __launch_bounds__(384, 1)
   // Packed (packed.tiles set): entry t / heads_k of the schedule, in sequence order, kv head t % heads_k.
   const int64_t key_tiles = (int64_t(ws.header->max_seqlen_k) + kN - 1) / kN;
   TileOrder order{p.num_sequences, key_tiles, p.heads_k, !p.causal, deterministic && key_tiles > 16};
-#if SCREE_BWD_TILES_FASTEST
-  order.tiles_fastest = !deterministic;
-#endif
+  // Unmasked and not deterministic: the key tile fastest, so the CTAs running together share the
+  // Q, dO and dQ of a few (sequence, head) pairs in L2 (H200, bwd ms, 3 alternations, default ->
+  // this: short d128 0.971 -> 0.917, mix 3.93 -> 3.84, short d64 1.220 -> 1.177, mix d64 4.24 -> 4.14);
+  // causal ones keep the default (eq8192 causal 5.51 -> 5.74, mix causal 2.13 -> 2.22).
+  order.tiles_fastest = !deterministic && !p.causal && key_tiles > 1;
   if (packed.tiles != nullptr) {
     order = TileOrder{packed.capacity, 1, p.heads_k, false};
     order.packed = packed.tiles;
@@ -398,14 +393,6 @@ __global__ void __launch_bounds__(384, 1)
         // 240 registers). Every product is issued unconditionally in the loop: one under a branch
         // the compiler cannot prove uniform makes ptxas serialise all of them (warning C7518).
         sm.ring.wait(qs);
-#if SCREE_BWD_FA4_ORDER
-        (void)h_prev, (void)mb_prev;
-        issue_s();
-        mbar_wait(&sm.v_full, j & 1);  // passes at once after the tile's first step
-        issue_dp();
-        wgmma_wait<1>();  // S^T done (and the last step's dK)
-        fence_regs(sacc);
-#else
         issue_s();
         wgmma_wait<0>();
         fence_regs(sacc);
@@ -413,7 +400,6 @@ __global__ void __launch_bounds__(384, 1)
         if (step > 0) emit_dq(x, h_prev, mb_prev);
         mbar_wait(&sm.v_full, j & 1);  // passes at once after the tile's first step
         issue_dp();
-#endif
 
         // P^T and dS^T, elementwise: element (j, e) is key key[e / 2], query m0 + 8 j + 2 quad + e % 2.
         // With a softcap dS needs the capped score, so both come in one pass after dP^T.
@@ -485,15 +471,6 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
         for (int i = 0; i < kM / 16; ++i) acc_to_a<T>(da[i], dpacc[2 * i], dpacc[2 * i + 1]);
         const uint32_t q_base = smem_u32(st.q), do_base = smem_u32(st.dout);
-        // dK += dS^T Q (A = dS^T from registers, B = Q, head dims contiguous).
-        auto issue_dk = [&] {
-          fence_regs(dk);
-          wgmma_fence();
-          const SmemDesc desc_q = SmemDesc::sw128(q_base, Tiles::kSlabQ, 1024);
-#pragma unroll
-          for (int i = 0; i < kM / 16; ++i) wgmma_rs_tb<D, T>(dk, da[i], desc_q.at(i * 2048), 1);
-          wgmma_commit();
-        };
 
         // dV += P^T dO (A = P^T from registers, B = dO, head dims contiguous).
         fence_regs(dv);
@@ -522,9 +499,13 @@ __global__ void __launch_bounds__(384, 1)
             }
           }
 
-#if !SCREE_BWD_FA4_ORDER
-        issue_dk();
-#endif
+        // dK += dS^T Q (A = dS^T from registers, B = Q, head dims contiguous).
+        fence_regs(dk);
+        wgmma_fence();
+        const SmemDesc desc_q = SmemDesc::sw128(q_base, Tiles::kSlabQ, 1024);
+#pragma unroll
+        for (int i = 0; i < kM / 16; ++i) wgmma_rs_tb<D, T>(dk, da[i], desc_q.at(i * 2048), 1);
+        wgmma_commit();
 
         // dQ (64 queries x 64 head dims of this warpgroup) = dS K over the tile's 128 keys, once the
         // other warpgroup has written its half of dS^T (it waits for ours in turn; arriving does not
@@ -544,33 +525,17 @@ __global__ void __launch_bounds__(384, 1)
           }
         }
         wgmma_commit();
-#if SCREE_BWD_FA4_ORDER
-        // FA-4's order: dK behind dQ; this step's dQ is staged while dK runs, so nothing of the step
-        // is in flight when the next one begins.
-        issue_dk();
-        wgmma_wait<1>();  // dV and dQ done
-        fence_regs(dq);
-        fence_regs(dv);
-        fence_regs(pa);
-        emit_dq(x, h, mb);
-        wgmma_wait<0>();  // dK done: dS registers and this stage's Q, dO are free
-        fence_regs(dk);
-        fence_regs(da);
-#else
         wgmma_wait<1>();  // dV and dK done: P and dS registers and this stage's Q, dO are free
         fence_regs(dv);
         fence_regs(dk);
         fence_regs(pa);
         fence_regs(da);
-#endif
         sm.ring.release(qs);
         qs.advance();
       }
-#if !SCREE_BWD_FA4_ORDER
       wgmma_wait<0>();  // unconditional: a wait under a branch also serialises every product (C7518)
       fence_regs(dq);
       if (x.steps > 0) emit_dq(x, h, mb);
-#endif
       // A tile without steps never waited for its V: its phase of v_full must complete before the
       // producer may start the next one's (a phase skipped would let the next wait pass early).
       mbar_wait(&sm.v_full, j & 1);

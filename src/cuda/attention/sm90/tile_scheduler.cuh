@@ -16,6 +16,9 @@
 // each other, run a wave apart instead of side by side (side by side, each waited a global-memory
 // round trip for its neighbour every step: 5x slower than the default order on mixed lengths,
 // NOTES.md).
+// `tiles_fastest` (the unmasked, non-deterministic backward): tile index fastest, then head, then
+// sequence, so the CTAs of one wave hold all key tiles of a few (sequence, head) pairs, whose Q, dO
+// and dQ accumulator then stay in L2.
 // `packed` (the forward over short sequences, tile_packing.cuh): tile t is entry t / heads of the
 // device-computed schedule with head t % heads (the query heads of one tile side by side: a GQA
 // group's K/V read once into L2), `sequences` the schedule's capacity until the kernel reads its
@@ -30,7 +33,7 @@ struct TileOrder {
   int64_t sequences, tiles, heads;  // tiles: per sequence, ceil(max length / tile)
   bool descending;
   bool tiles_outermost = false;
-  bool tiles_fastest = false;  // tile index, then head, then sequence (experiment: the backward's L2)
+  bool tiles_fastest = false;
   const int4* packed = nullptr;
   const int* packed_count = nullptr;
   __device__ __forceinline__ int64_t count() const { return sequences * tiles * heads; }
