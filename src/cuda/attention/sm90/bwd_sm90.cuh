@@ -1,6 +1,7 @@
 // Hopper (sm_90a) varlen attention backward: warp-specialised, TMA + mbarrier + wgmma, composed
 // from the parts the forward uses (pipeline.cuh, tile_scheduler.cuh, tma.cuh, named_barrier.cuh).
-// A persistent grid works through key tiles (sequence, 128 keys, kv head) longest first; each CTA
+// A persistent grid works through key tiles (sequence, 128 keys, kv head), longest first within a
+// sequence (tile_scheduler.cuh's TileOrder says which order where); each CTA
 // keeps its tile's K and V in shared memory and walks every (query head of the GQA group, query
 // block) that sees them, so dK and dV of the whole group are summed in registers (no atomics):
 //  - producer (warpgroup 0, 24 registers): one thread publishes each tile decoded (the consumers
@@ -200,8 +201,9 @@ __global__ void __launch_bounds__(384, 1)
   TileOrder order{p.num_sequences, key_tiles, p.heads_k, !p.causal, deterministic && key_tiles > 16};
   // Unmasked and not deterministic: the key tile fastest, so the CTAs running together share the
   // Q, dO and dQ of a few (sequence, head) pairs in L2 (H200, bwd ms, 3 alternations, default ->
-  // this: short d128 0.971 -> 0.917, mix 3.93 -> 3.84, short d64 1.220 -> 1.177, mix d64 4.24 -> 4.14);
-  // causal ones keep the default (eq8192 causal 5.51 -> 5.74, mix causal 2.13 -> 2.22).
+  // this: short d128 0.971 -> 0.917, mix 3.93 -> 3.84, short d64 1.220 -> 1.177, mix d64 4.24 -> 4.14;
+  // H100: short d128 1.290 -> 1.068); causal ones keep the default (eq8192 causal 5.51 -> 5.74, mix
+  // causal 2.13 -> 2.22: the last pairs' key tile 0, the costliest, would start at the grid's end).
   order.tiles_fastest = !deterministic && !p.causal && key_tiles > 1;
   if (packed.tiles != nullptr) {
     order = TileOrder{packed.capacity, 1, p.heads_k, false};
