@@ -1,7 +1,7 @@
 // Hopper (sm_90a) varlen attention backward: warp-specialised, TMA + mbarrier + wgmma, composed
 // from the parts the forward uses (pipeline.cuh, tile_scheduler.cuh, tma.cuh, named_barrier.cuh).
-// A persistent grid works through key tiles (sequence, 128 keys, kv head), longest first within a
-// sequence (tile_scheduler.cuh's TileOrder says which order where); each CTA
+// A persistent grid works through key tiles (sequence, 128 keys, kv head), costliest first (the
+// orders and where each is used: TileOrder, tile_scheduler.cuh); each CTA
 // keeps its tile's K and V in shared memory and walks every (query head of the GQA group, query
 // block) that sees them, so dK and dV of the whole group are summed in registers (no atomics):
 //  - producer (warpgroup 0, 24 registers): one thread publishes each tile decoded (the consumers
