@@ -16,6 +16,10 @@ SHAPES = (64, 128)  # N: 64 = O at head dim 64, 128 = S with 128 keys and O at h
 # Both operands from shared memory in MN-major order (wgmma's transpose bits): the backward's
 # dQ = dS K, where dS is stored as dS^T (keys x queries) and K as keys x head dim.
 SHAPES_MN = (64,)
+# The backward with 80-query blocks (D = 128): S^T and dP^T with N = 80 queries (both operands
+# K-major), and dQ^T = K^T dS^T with A = K^T read M-major from K, B = dS K-major, N = 80.
+SHAPES_SS_ONLY = (80,)
+SHAPES_MK = (80,)
 TYPES = {"__nv_bfloat16": "bf16", "__half": "f16"}
 OUT = Path(__file__).resolve().parent.parent / "src" / "cuda" / "attention" / "sm90" / "wgmma.cuh"
 
@@ -28,29 +32,31 @@ def acc_constraints(n: int) -> str:
     return ", ".join(f'"+f"(d[{i // 4}][{i % 4}])' for i in range(n // 2))
 
 
-def ss(n: int, ctype: str, ptx: str, name: str = "wgmma_ss", transpose: int = 0) -> str:
+def ss(n: int, ctype: str, ptx: str, name: str = "wgmma_ss", transpose: int = 0, transpose_b: int | None = None) -> str:
     m = n // 2
+    tb = transpose if transpose_b is None else transpose_b
     return f"""template <>
 __device__ __forceinline__ void {name}<{n}, {ctype}>(float (&d)[{n // 8}][4], uint64_t desc_a, uint64_t desc_b, int scale_d) {{
   asm volatile(
       "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{m + 2}, 0;\\n"
-      "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} {{{acc_list(n)}}}, %{m}, %{m + 1}, p, 1, 1, {transpose}, {transpose};\\n}}\\n"
+      "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} {{{acc_list(n)}}}, %{m}, %{m + 1}, p, 1, 1, {transpose}, {tb};\\n}}\\n"
       : {acc_constraints(n)}
       : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }}
 """
 
 
-def ss_zero(n: int, ctype: str, ptx: str, name: str, transpose: int) -> str:
+def ss_zero(n: int, ctype: str, ptx: str, name: str, transpose: int, transpose_b: int | None = None) -> str:
     # D = A B overwriting D: the accumulators are outputs only ("=f"), so their old values are dead
     # before the product (a "+f" operand would keep them live, and allocated, until it issues).
     m = n // 2
+    tb = transpose if transpose_b is None else transpose_b
     outs = ", ".join(f'"=f"(d[{i // 4}][{i % 4}])' for i in range(m))
     return f"""template <>
 __device__ __forceinline__ void {name}<{n}, {ctype}>(float (&d)[{n // 8}][4], uint64_t desc_a, uint64_t desc_b) {{
   asm volatile(
       "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{m + 2}, 0;\\n"
-      "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} {{{acc_list(n)}}}, %{m}, %{m + 1}, p, 1, 1, {transpose}, {transpose};\\n}}\\n"
+      "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptx}.{ptx} {{{acc_list(n)}}}, %{m}, %{m + 1}, p, 1, 1, {transpose}, {tb};\\n}}\\n"
       : {outs}
       : "l"(desc_a), "l"(desc_b), "r"(0));
 }}
@@ -77,7 +83,9 @@ def main() -> None:
         "//   wgmma_ss<N, T>:    D (64 x N) (+)= A (64 x 16, shared, K-major) * B (16 x N, shared, K-major)\n"
         "//   wgmma_rs_tb<N, T>: D (64 x N) (+)= A (64 x 16, registers) * B (16 x N, shared, N-major)\n"
         "//   wgmma_ss_mn<N, T>: D (64 x N) (+)= A (64 x 16, shared, M-major) * B (16 x N, shared, N-major)\n"
-        "//   wgmma_ss_zero<N, T>, wgmma_ss_mn_zero<N, T>: the same with D overwritten, D an output only\n"
+        "//   wgmma_ss_mk<N, T>: D (64 x N) (+)= A (64 x 16, shared, M-major) * B (16 x N, shared, K-major)\n"
+        "//   wgmma_ss_zero<N, T>, wgmma_ss_mn_zero<N, T>, wgmma_ss_mk_zero<N, T>: the same with D\n"
+        "//   overwritten, D an output only\n"
         "// scale_d = 0 overwrites D, 1 accumulates. Accumulator d[j][e] of a thread: row 16 * warp + lane / 4\n"
         "// (+ 8 for e >= 2), column 8 * j + 2 * (lane % 4) + e % 2: n-tile j in mma.sync's m16n8 layout.\n"
         "#pragma once\n\n#include <cuda_bf16.h>\n#include <cuda_fp16.h>\n\n#include <cstdint>\n\n"
@@ -91,7 +99,11 @@ def main() -> None:
         "template <int N, class T>\n"
         "__device__ __forceinline__ void wgmma_ss_zero(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b);\n"
         "template <int N, class T>\n"
-        "__device__ __forceinline__ void wgmma_ss_mn_zero(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b);\n\n"
+        "__device__ __forceinline__ void wgmma_ss_mn_zero(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b);\n"
+        "template <int N, class T>\n"
+        "__device__ __forceinline__ void wgmma_ss_mk(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b, int scale_d);\n"
+        "template <int N, class T>\n"
+        "__device__ __forceinline__ void wgmma_ss_mk_zero(float (&d)[N / 8][4], uint64_t desc_a, uint64_t desc_b);\n\n"
     ]
     for n in SHAPES:
         for ctype, ptx in TYPES.items():
@@ -102,6 +114,14 @@ def main() -> None:
         for ctype, ptx in TYPES.items():
             parts.append(ss(n, ctype, ptx, "wgmma_ss_mn", 1))
             parts.append(ss_zero(n, ctype, ptx, "wgmma_ss_mn_zero", 1))
+    for n in SHAPES_SS_ONLY:
+        for ctype, ptx in TYPES.items():
+            parts.append(ss(n, ctype, ptx))
+            parts.append(ss_zero(n, ctype, ptx, "wgmma_ss_zero", 0))
+    for n in SHAPES_MK:
+        for ctype, ptx in TYPES.items():
+            parts.append(ss(n, ctype, ptx, "wgmma_ss_mk", 1, 0))
+            parts.append(ss_zero(n, ctype, ptx, "wgmma_ss_mk_zero", 1, 0))
     parts.append("}  // namespace scree::cuda_attention::sm90\n")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("\n".join(parts))

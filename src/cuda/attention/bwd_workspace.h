@@ -11,7 +11,7 @@
 //             the key-tile kernels and converted to dq's type by the postprocess; absent where
 //             the Hopper kernel writes dq itself (writes_dq: 268 MB saved at 32k tokens x 16
 //             heads x 128);
-//   dq_sem    deterministic mode only: per (head, first token of a 64- or 128-query block) the
+//   dq_sem    deterministic mode only: per (head, first token of a 64-, 80- or 128-query block) the
 //             count of dQ additions done, so the Hopper kernel adds in a fixed order;
 //   packed    the Hopper kernel's packed key-tile schedule (sm90/tile_packing.h; written only
 //             where a call takes packed tiles), sized by total_k and the sequences.

@@ -15,7 +15,8 @@
 //      dV += P^T dO and dK += dS^T Q with P and dS in registers (A operands),
 //      dS^T to shared memory (two buffers), then dQ (64 x 64 per warpgroup) = dS K from shared
 //      memory, staged in shared memory as fp32 for the warpgroup's writer, which adds it to the
-//      fp32 accumulator in global memory by TMA reduce-adds (two 64 x 32 boxes).
+//      fp32 accumulator in global memory by TMA reduce-adds (two 64 x 32 boxes). With 80 queries a
+//      step (BwdTiles, M = 80): dS stored query-major in one buffer, dQ^T = K^T dS^T, 80 x 32 boxes.
 //    Software pipelined: a step's S^T is issued behind the last step's dQ, which is staged once
 //    both are done, while dP^T runs; each consumer waits once a step for the other's half of dS^T.
 //    After a tile's last step, dK and dV leave through shared memory (staged_rows.cuh).
@@ -67,24 +68,38 @@ using attention::QueryRange;
 using attention::VarlenBackwardParams;
 using attention::visible_queries;
 
-template <int D>
+// M: queries per step (the default: 64 at D = 128, 128 at D = 64). Registers of a consumer thread:
+// S^T and dP^T are 64 x M fp32 each, dK and dV 64 x D each, dQ 64 x 64 (64 x M transposed, below),
+// and S^T, dP^T and dQ are never all live: D = 128 with 64 queries: 32 + 32 + 64 + 64 = 192 of
+// 240 at the peak; D = 64 with 128 queries: 64 + 64 + 32 + 32 = 192; D = 128 with 80 queries
+// (M = 80, FA-3's and FA-4's block for non-causal D = 128): 40 + 40 + 64 + 64 = 208.
+// M = 80 is not a multiple of wgmma's 64 rows, so dQ is computed transposed, dQ^T = K^T dS^T
+// (head dims on the rows, queries on N = 80), with dS stored query-major and one dS buffer.
+template <int D, int M = (D <= 64 ? 128 : 64)>
 struct BwdTiles {
   static constexpr int kBlockN = 128;  // keys of a CTA tile: 2 consumer warpgroups x 64
-  // Queries per step. Registers of a consumer thread: S^T and dP^T are 64 x kBlockM fp32 each,
-  // dK and dV 64 x D each, dQ 64 x 64: D = 128 with 64 queries: 32 + 32 + 64 + 64 + 32 = 224 of
-  // 240; D = 64 with 128 queries: 64 + 64 + 32 + 32 + 32 = 224.
-  static constexpr int kBlockM = D <= 64 ? 128 : 64;
+  static constexpr int kBlockM = M;
+  static constexpr bool kDqTransposed = M % 64 != 0;
+  static_assert(!kDqTransposed || (D == 128 && M % 16 == 0), "transposed dQ: D = 128, 16-query k-steps");
+  // The untransposed dQ covers 64 queries (D = 128) or 128 (D = 64, two warpgroups of 64) a step.
+  static_assert(kDqTransposed || M == (D <= 64 ? 128 : 64), "untransposed dQ: 64 queries at D = 128, 128 at D = 64");
   static constexpr int kThreads = 384;
   static constexpr int kStages = 2;  // of the Q / dO ring: two fit next to K, V, dS^T and dQ
   static constexpr int kSlabQ = kBlockM * 128;   // bytes of a 64-column slab of a Q or dO tile
   static constexpr int kSlabK = kBlockN * 128;   // of a K or V tile
-  static constexpr int kSlabDs = kBlockN * 128;  // of dS^T: 128 keys x 64 queries
+  // A 64-column slab of dS^T (128 keys x 64 queries) or, transposed, of dS (M queries x 64 keys);
+  // one buffer (transposed) or two alternating ones, each of kDsSlabs slabs.
+  static constexpr int kSlabDs = kDqTransposed ? kBlockM * 128 : kBlockN * 128;
+  static constexpr int kDsSlabs = kDqTransposed ? kBlockN / 64 : kBlockM / 64;
+  static constexpr int kDsBuffers = kDqTransposed ? 1 : 2;
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kKBytes = kBlockN * D * 2;
-  // The dQ tile of a warpgroup is 64 x 64: D = 128: all 64 queries, head dims [64 w, 64 w + 64);
-  // D = 64: queries [64 w, 64 w + 64), every head dim. Staged as two boxes of 64 rows x 32 fp32
-  // (128-byte swizzled rows, so the accumulator stores of a warp take the minimum two wavefronts).
-  static constexpr int kDqBoxBytes = 64 * 128;
+  // The dQ tile of a warpgroup is kDqRows queries x 64 head dims: D = 128: all queries of the
+  // block, head dims [64 w, 64 w + 64); D = 64: queries [64 w, 64 w + 64), every head dim. Staged as
+  // two boxes of kDqRows rows x 32 fp32 (128-byte swizzled rows, so the accumulator stores of a
+  // warp take the minimum two wavefronts).
+  static constexpr int kDqRows = D <= 64 ? 64 : kBlockM;
+  static constexpr int kDqBoxBytes = kDqRows * 128;
   // lse and delta of a query block come as a box of kRowBox floats starting at the block's first
   // token rounded down to a multiple of 4: TMA needs a 16-byte aligned start in the innermost
   // dimension (an unaligned one is an illegal instruction), and a block starts at any token.
@@ -103,9 +118,9 @@ struct BwdTile {
   __device__ __forceinline__ bool packed() const { return end - first > 1; }
 };
 
-template <int D>
+template <int D, int M>
 struct BwdSmem {
-  using Tiles = BwdTiles<D>;
+  using Tiles = BwdTiles<D, M>;
   alignas(1024) char k[Tiles::kKBytes];
   alignas(1024) char v[Tiles::kKBytes];
   struct Stage {
@@ -114,7 +129,7 @@ struct BwdSmem {
     alignas(128) float lse2[Tiles::kRowBox];
     alignas(128) float delta[Tiles::kRowBox];
   } stage[Tiles::kStages];
-  alignas(1024) char ds[2][Tiles::kBlockM / 64][Tiles::kSlabDs];  // dS^T, two buffers of 64-query slabs
+  alignas(1024) char ds[Tiles::kDsBuffers][Tiles::kDsSlabs][Tiles::kSlabDs];  // dS^T (or dS) slabs
   alignas(1024) char dq[2][2][Tiles::kDqBoxBytes];                // [warpgroup][box]
   DqHandover dq_handover[2];                                      // [warpgroup], with its writer
   uint64_t kv_full;   // the producer published a tile and its K is loading
@@ -126,8 +141,8 @@ struct BwdSmem {
   // producer publishes tile j + 1 only after every consumer thread arrived on kv_empty for tile j).
   PackedSeqs packed_seqs[2];
 };
-template <int D>
-inline constexpr int kBwdSmemBytes = smem_bytes<BwdSmem<D>>();
+template <int D, int M>
+inline constexpr int kBwdSmemBytes = smem_bytes<BwdSmem<D, M>>();
 
 template <int kM, int kN>
 __device__ __forceinline__ bool bwd_tile_at(const VarlenBackwardParams& p, const TileOrder& order, int group, int64_t t,
@@ -165,7 +180,7 @@ __device__ __forceinline__ bool bwd_tile_at(const VarlenBackwardParams& p, const
 
 // kFolded: no softcap and scale > 0 (ScoreMap::folds()): P = exp2(q.k * scale log2 e - lse2) is one
 // FFMA and an ex2, and P can be computed while dP^T is still in flight.
-template <class T, int D, bool kFolded>
+template <class T, int D, int M, bool kFolded>
 __global__ void __launch_bounds__(384, 1)
     varlen_bwd_sm90_kernel(const VarlenBackwardParams p, const ScoreMap score, const BwdWorkspace ws, bool deterministic,
                            bool dq_direct, const PackedTiles packed,
@@ -173,9 +188,10 @@ __global__ void __launch_bounds__(384, 1)
                            const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
                            const __grid_constant__ CUtensorMap tm_lse2, const __grid_constant__ CUtensorMap tm_delta,
                            const __grid_constant__ CUtensorMap tm_dq) {
-  using Tiles = BwdTiles<D>;
-  using Smem = BwdSmem<D>;
+  using Tiles = BwdTiles<D, M>;
+  using Smem = BwdSmem<D, M>;
   constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN, kStages = Tiles::kStages;
+  constexpr bool kDqT = Tiles::kDqTransposed;
   extern __shared__ char smem_raw[];
   Smem& sm = aligned_smem<Smem>(smem_raw);
 
@@ -288,10 +304,13 @@ __global__ void __launch_bounds__(384, 1)
     const uint32_t v_rows = smem_u32(sm.v) + 64 * cw * 128;
     const float mult = kFolded ? score.scale_log2 : kLog2e;
 
-    float sacc[kM / 8][4], dpacc[kM / 8][4], dv[D / 8][4], dk[D / 8][4], dq[8][4];
+    // dq: this warpgroup's dQ tile, 64 queries x 64 head dims, or transposed (kDqT) 64 head dims x kM
+    // queries.
+    constexpr int kDqN = kDqT ? kM : 64;
+    float sacc[kM / 8][4], dpacc[kM / 8][4], dv[D / 8][4], dk[D / 8][4], dq[kDqN / 8][4];
     uint32_t pa[kM / 16][4], da[kM / 16][4];
     PipelineState<kStages> qs;
-    int step_count = 0;  // steps so far over all tiles: the dS^T buffer alternates
+    int step_count = 0;  // steps so far over all tiles: the dS^T buffer alternates (one buffer: kDqT)
 
     // S^T = K Q^T or dP^T = V dO^T (64 keys x kM queries) of the stage qs holds; the first k-step
     // overwrites the accumulators (outputs only: their last values are dead).
@@ -315,17 +334,31 @@ __global__ void __launch_bounds__(384, 1)
     uint32_t free_parity = 1;
     auto stage_dq = [&](const BwdTile& x, int h, int mb) {
       dq_wait_free(ho, free_parity);
+      if constexpr (kDqT) {
+        // dq[j][e]: head dim 16 warp + lane / 4 + 8 (e / 2) of the warpgroup's 64 (box dim / 32),
+        // query 8 j + 2 quad + e % 2 (the box row): 4-byte stores; a warp's 32 fall in 4 rows x 2
+        // chunks, 8 distinct swizzled chunks, so no bank conflict.
 #pragma unroll
-      for (int jn = 0; jn < 8; ++jn)
+        for (int j = 0; j < kDqN / 8; ++j)
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          // row 16 warp + lane / 4 (+ 8), columns 8 jn + 2 quad (+ 1): box jn / 4, 16-byte chunk
-          // 2 (jn % 4) + quad / 2 of the 128-byte row, XOR the row's index mod 8.
-          const int row = 16 * warp + lane / 4 + 8 * r;
-          const int chunk = (2 * (jn % 4) + quad / 2) ^ (row & 7);
-          *reinterpret_cast<float2*>(sm.dq[cw][jn / 4] + row * 128 + chunk * 16 + 8 * (quad % 2)) =
-              make_float2(dq[jn][2 * r], dq[jn][2 * r + 1]);
-        }
+          for (int e = 0; e < 4; ++e) {
+            const int dim = 16 * warp + lane / 4 + 8 * (e >> 1), row = 8 * j + 2 * quad + (e & 1);
+            const int col = dim % 32, chunk = (col / 4) ^ (row & 7);
+            *reinterpret_cast<float*>(sm.dq[cw][dim / 32] + row * 128 + chunk * 16 + 4 * (col % 4)) = dq[j][e];
+          }
+      } else {
+#pragma unroll
+        for (int jn = 0; jn < 8; ++jn)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            // row 16 warp + lane / 4 (+ 8), columns 8 jn + 2 quad (+ 1): box jn / 4, 16-byte chunk
+            // 2 (jn % 4) + quad / 2 of the 128-byte row, XOR the row's index mod 8.
+            const int row = 16 * warp + lane / 4 + 8 * r;
+            const int chunk = (2 * (jn % 4) + quad / 2) ^ (row & 7);
+            *reinterpret_cast<float2*>(sm.dq[cw][jn / 4] + row * 128 + chunk * 16 + 8 * (quad % 2)) =
+                make_float2(dq[jn][2 * r], dq[jn][2 * r + 1]);
+          }
+      }
       if (tid == 0) ho.job = DqJob{x.s, h, mb, x.n_tile, x.packed()};
       dq_publish(ho);
     };
@@ -335,12 +368,16 @@ __global__ void __launch_bounds__(384, 1)
     const bool dkv_vector =
         rows_16b(p.dk, p.dk_row_stride, p.dk_head_stride) && rows_16b(p.dv, p.dv_row_stride, p.dv_head_stride);
     auto emit_dq = [&](const BwdTile& x, int h, int mb) {
-      if (!dq_direct) return stage_dq(x, h, mb);
+      if constexpr (kDqT) {
+        stage_dq(x, h, mb);  // (the launcher never sends dq_direct to the transposed dQ)
+      } else {
+        if (!dq_direct) return stage_dq(x, h, mb);
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int q = mb * kM + dq_row0 + 16 * warp + lane / 4 + 8 * r;  // in the tile's queries
-        T* dst = static_cast<T*>(p.dq) + (x.s.q_start + q) * p.dq_row_stride + h * p.dq_head_stride + dq_col0;
-        store_fragment_row<T, 8, true>(dst, dq, r, score.scale, q < x.s.q_len, dq_vector);
+        for (int r = 0; r < 2; ++r) {
+          const int q = mb * kM + dq_row0 + 16 * warp + lane / 4 + 8 * r;  // in the tile's queries
+          T* dst = static_cast<T*>(p.dq) + (x.s.q_start + q) * p.dq_row_stride + h * p.dq_head_stride + dq_col0;
+          store_fragment_row<T, 8, true>(dst, dq, r, score.scale, q < x.s.q_len, dq_vector);
+        }
       }
     };
 
@@ -399,6 +436,8 @@ __global__ void __launch_bounds__(384, 1)
         wgmma_wait<0>();
         fence_regs(sacc);
         fence_regs(dq);
+        // (kDqT) this warpgroup's last dQ product, the last read of the one dS buffer, is done.
+        if (kDqT && step > 0) named_arrive(NamedBarrier::kBwdDsRead0 + cw, 256);
         if (step > 0) emit_dq(x, h_prev, mb_prev);
         mbar_wait(&sm.v_full, j & 1);  // passes at once after the tile's first step
         issue_dp();
@@ -487,19 +526,34 @@ __global__ void __launch_bounds__(384, 1)
         // 8), as TMA would write them. Two buffers: the one written now was last read by the dQ
         // products of two steps ago; the other warpgroup finished those before it wrote its half
         // of the last step's dS^T, which this one waited for.
-        char(&ds)[Tiles::kBlockM / 64][Tiles::kSlabDs] = sm.ds[step_count & 1];
+        char(&ds)[Tiles::kDsSlabs][Tiles::kSlabDs] = sm.ds[kDqT ? 0 : step_count & 1];
+        if constexpr (kDqT) {
+          // dS (queries x keys, K-major for dQ^T's B) into this warpgroup's slab (its 64 keys): one
+          // buffer, so the other warpgroup's last dQ product must have read it; da[i][2 half + r] is
+          // the 8 x 8 matrix of keys 16 warp + 8 r (+0..7) x queries 16 i + 8 half (+0..7), stored
+          // transposed: lane l gives the row address of query 16 i + 8 (l / 16) + l % 8 of matrix l / 8.
+          if (step > 0) named_sync(NamedBarrier::kBwdDsRead0 + (1 - cw), 256);
+          const int mtx = lane / 8, chunk = 2 * warp + (mtx & 1);
 #pragma unroll
-        for (int i = 0; i < kM / 16; ++i)
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {  // n-tile j = 2 i + half
-            const int j8 = (2 * i + half) % 8, slab = (2 * i + half) / 8;
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-              const int row = key[r];
-              *reinterpret_cast<uint32_t*>(ds[slab] + row * 128 + ((j8 ^ (row & 7)) << 4) + 4 * quad) =
-                  da[i][2 * half + r];
-            }
+          for (int i = 0; i < kM / 16; ++i) {
+            const int row = 16 * i + 8 * (mtx >> 1) + lane % 8;
+            stmatrix_x4_trans(smem_u32(ds[cw]) + row * 128 + ((chunk ^ (row & 7)) << 4), da[i][0], da[i][1], da[i][2],
+                              da[i][3]);
           }
+        } else {
+#pragma unroll
+          for (int i = 0; i < kM / 16; ++i)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {  // n-tile j = 2 i + half
+              const int j8 = (2 * i + half) % 8, slab = (2 * i + half) / 8;
+#pragma unroll
+              for (int r = 0; r < 2; ++r) {
+                const int row = key[r];
+                *reinterpret_cast<uint32_t*>(ds[slab] + row * 128 + ((j8 ^ (row & 7)) << 4) + 4 * quad) =
+                    da[i][2 * half + r];
+              }
+            }
+        }
 
         // dK += dS^T Q (A = dS^T from registers, B = Q, head dims contiguous).
         fence_regs(dk);
@@ -516,7 +570,18 @@ __global__ void __launch_bounds__(384, 1)
         fence_proxy_async_smem();
         named_arrive(NamedBarrier::kBwdDsWritten0 + cw, 256);
         named_sync(NamedBarrier::kBwdDsWritten0 + (1 - cw), 256);
-        {
+        if constexpr (kDqT) {
+          // dQ^T (this warpgroup's 64 head dims x kM queries) = K^T dS^T: A = K^T read M-major from
+          // K's slab of these head dims, B = dS (K-major: 64-key slabs of 128-byte query rows).
+          const SmemDesc desc_a = SmemDesc::sw128(smem_u32(sm.k) + cw * Tiles::kSlabK, Tiles::kSlabK, 1024);
+          const SmemDesc desc_b = SmemDesc::sw128(smem_u32(ds[0]), Tiles::kSlabDs, 1024);
+#pragma unroll
+          for (int i = 0; i < kN / 16; ++i) {
+            const uint64_t a = desc_a.at(i * 2048);
+            const uint64_t b = desc_b.at((i / 4) * Tiles::kSlabDs + (i % 4) * 32);
+            if (i == 0) wgmma_ss_mk_zero<kM, T>(dq, a, b); else wgmma_ss_mk<kM, T>(dq, a, b, 1);
+          }
+        } else {
           const SmemDesc desc_a = SmemDesc::sw128(smem_u32(ds[dq_row0 / 64]), Tiles::kSlabDs, 1024);
           const SmemDesc desc_b = SmemDesc::sw128(smem_u32(sm.k) + (dq_col0 / 64) * Tiles::kSlabK, Tiles::kSlabK, 1024);
 #pragma unroll
@@ -537,6 +602,7 @@ __global__ void __launch_bounds__(384, 1)
       }
       wgmma_wait<0>();  // unconditional: a wait under a branch also serialises every product (C7518)
       fence_regs(dq);
+      if (kDqT && x.steps > 0) named_arrive(NamedBarrier::kBwdDsRead0 + cw, 256);
       if (x.steps > 0) emit_dq(x, h, mb);
       // A tile without steps never waited for its V: its phase of v_full must complete before the
       // producer may start the next one's (a phase skipped would let the next wait pass early).
@@ -547,8 +613,11 @@ __global__ void __launch_bounds__(384, 1)
       // warpgroup's rows of the dS^T buffer the next step will write (staged_rows.cuh): its last
       // readers, both warpgroups' dQ products of two steps ago, are done (the other warpgroup
       // finished them before it wrote its half of the last step's dS^T, which this one waited for).
+      // (kDqT: one buffer; this warpgroup's rows are in its own slab, which the other warpgroup's
+      // last dQ product read.)
+      if (kDqT && x.steps > 0) named_sync(NamedBarrier::kBwdDsRead0 + (1 - cw), 256);
       {
-        char* stage = sm.ds[step_count & 1][0] + (64 * cw + 16 * warp) * 128;
+        char* stage = kDqT ? sm.ds[0][cw] + 16 * warp * 128 : sm.ds[step_count & 1][0] + (64 * cw + 16 * warp) * 128;
         const int row0 = x.n0 + 64 * cw + 16 * warp;
         const int64_t tok = x.s.k_start + row0;
         T* gk = static_cast<T*>(p.dk) + tok * p.dk_row_stride + x.hk * p.dk_head_stride;
@@ -556,6 +625,9 @@ __global__ void __launch_bounds__(384, 1)
         store_rows_staged<T>(dk, score.scale, stage, gk, p.dk_row_stride, x.s.k_len - row0, dkv_vector);
         store_rows_staged<T>(dv, 1.f, stage, gv, p.dv_row_stride, x.s.k_len - row0, dkv_vector);
       }
+      // (kDqT) The next tile's dS stores of each warp cross the other warps' staging rows (a warp
+      // writes two 16-byte chunks of every query row): the warpgroup's reads are done first.
+      if (kDqT) named_sync(NamedBarrier::kBwdEpilogue0 + cw, 128);
     }
     dq_wait_free(ho, free_parity);  // the writer's last job is done: end it
     if (tid == 0) ho.job.h = -1;

@@ -99,7 +99,7 @@ __device__ __forceinline__ void fence_proxy_async_global() {
 }
 
 // The writer of one consumer warpgroup (one thread), until the job with h < 0. boxes: the
-// warpgroup's two 64-row x 32-column fp32 boxes; (row0, col0): the tile's query and head-dim
+// warpgroup's two fp32 boxes of 32 columns (BwdTiles::kDqRows rows: 64 or 80); (row0, col0): the tile's query and head-dim
 // offsets in a block.
 template <int kM, int kN>
 __device__ __forceinline__ void dq_writer(const VarlenBackwardParams& p, const BwdWorkspace& ws,

@@ -23,11 +23,48 @@
 
 namespace scree::cuda_attention::sm90 {
 
+// 80-query steps at D = 128 (BwdTiles, M = 80) where neither dq_direct nor packed tiles apply:
+// an A/B switch (compile time, off by default) until measured against the 64-query steps.
+#ifndef SCREE_SM90_BWD_M80
+#define SCREE_SM90_BWD_M80 0
+#endif
+
+// The key-tile kernel with M queries a step (the part of the backward that depends on M).
+template <class T, int D, int M>
+void launch_bwd_tiles(const VarlenBackwardParams& p, const BwdWorkspace& w, bool deterministic, bool dq_direct,
+                      const PackedTiles& packed, int64_t tiles, cudaStream_t stream) {
+  using Tiles = BwdTiles<D, M>;
+  constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN;
+  // The transposed dQ is always staged for the writer (it has no store from registers into dq).
+  if (Tiles::kDqTransposed && dq_direct)
+    throw Error(ErrorKind::Unsupported, "sm90 backward: dq_direct with the transposed dQ");
+  const CUtensorMap tm_q = tensor_map_3d<T>(p.q, p.total_q, p.heads_q, D, p.q_row_stride, p.q_head_stride, kM, "q");
+  const CUtensorMap tm_do =
+      tensor_map_3d<T>(p.dout, p.total_q, p.heads_q, D, p.dout_row_stride, p.dout_head_stride, kM, "dout");
+  const CUtensorMap tm_k = tensor_map_3d<T>(p.k, p.total_k, p.heads_k, D, p.k_row_stride, p.k_head_stride, kN, "k");
+  const CUtensorMap tm_v = tensor_map_3d<T>(p.v, p.total_k, p.heads_k, D, p.v_row_stride, p.v_head_stride, kN, "v");
+  const CUtensorMap tm_lse2 = tensor_map_rows_f32(w.lse2, p.heads_q, w.ld, Tiles::kRowBox, "lse2");
+  const CUtensorMap tm_delta = tensor_map_rows_f32(w.delta, p.heads_q, w.ld, Tiles::kRowBox, "delta");
+  // dQ's fp32 accumulator, (total_q, heads_q, D): boxes of 32 columns x kDqRows rows (reduce-adds).
+  const CUtensorMap tm_dq = dq_direct ? CUtensorMap{}
+                                      : tensor_map_3d<float>(w.dq_accum, p.total_q, p.heads_q, D, p.heads_q * D, D,
+                                                             Tiles::kDqRows, "dq_accum");
+  const ScoreMap score = ScoreMap::from(p);
+  auto kernel = score.folds() ? varlen_bwd_sm90_kernel<T, D, M, true> : varlen_bwd_sm90_kernel<T, D, M, false>;
+  constexpr int kSmem = kBwdSmemBytes<D, M>;
+  set_smem(kernel, kSmem);
+  // Persistent: one CTA per SM, at most one per key tile of the host's (upper-bound) lengths.
+  const int sms = sm_count();
+  const unsigned grid = unsigned(tiles < sms ? tiles : sms);
+  kernel<<<grid, Tiles::kThreads, kSmem, stream>>>(p, score, w, deterministic, dq_direct, packed, tm_q, tm_k, tm_v,
+                                                    tm_do, tm_lse2, tm_delta, tm_dq);
+  check_cuda(cudaGetLastError(), "varlen_bwd_sm90_kernel launch");
+}
+
 template <class T, int D>
 bool launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool deterministic, cudaStream_t stream) {
-  using Tiles = BwdTiles<D>;
+  constexpr int kN = BwdTiles<D>::kBlockN;
   if (p.total_q == 0 || p.heads_q == 0) return false;
-  constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN;
   bool kept = false;  // the key tiles came from p.tile_schedule
   const bool keys = p.num_sequences > 0 && p.total_k > 0 && p.max_seqlen_k > 0;
   const bool packed_order = keys && packed_tiles_chosen(p, /*by_keys=*/true);
@@ -41,21 +78,6 @@ bool launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool
   launch_bwd_preprocess<T, D>(p, w, stream, /*zero_keyless_dq=*/dq_direct);
   check_cuda(cudaGetLastError(), "bwd_preprocess_kernel launch");
   if (keys) {
-    const CUtensorMap tm_q = tensor_map_3d<T>(p.q, p.total_q, p.heads_q, D, p.q_row_stride, p.q_head_stride, kM, "q");
-    const CUtensorMap tm_do =
-        tensor_map_3d<T>(p.dout, p.total_q, p.heads_q, D, p.dout_row_stride, p.dout_head_stride, kM, "dout");
-    const CUtensorMap tm_k = tensor_map_3d<T>(p.k, p.total_k, p.heads_k, D, p.k_row_stride, p.k_head_stride, kN, "k");
-    const CUtensorMap tm_v = tensor_map_3d<T>(p.v, p.total_k, p.heads_k, D, p.v_row_stride, p.v_head_stride, kN, "v");
-    const CUtensorMap tm_lse2 = tensor_map_rows_f32(w.lse2, p.heads_q, w.ld, Tiles::kRowBox, "lse2");
-    const CUtensorMap tm_delta = tensor_map_rows_f32(w.delta, p.heads_q, w.ld, Tiles::kRowBox, "delta");
-    // dQ's fp32 accumulator, (total_q, heads_q, D): boxes of 32 columns x 64 rows (reduce-adds).
-    const CUtensorMap tm_dq = dq_direct ? CUtensorMap{}
-                                        : tensor_map_3d<float>(w.dq_accum, p.total_q, p.heads_q, D, p.heads_q * D, D,
-                                                               64, "dq_accum");
-    const ScoreMap score = ScoreMap::from(p);
-    auto kernel = score.folds() ? varlen_bwd_sm90_kernel<T, D, true> : varlen_bwd_sm90_kernel<T, D, false>;
-    constexpr int kSmem = kBwdSmemBytes<D>;
-    set_smem(kernel, kSmem);
     PackedTiles packed{};  // tiles == nullptr: the per-sequence order
     int64_t tiles = p.num_sequences * ceil_div(p.max_seqlen_k, kN) * p.heads_k;
     if (packed_order) {
@@ -68,12 +90,13 @@ bool launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool
       }
       tiles = packed.capacity * p.heads_k;
     }
-    // Persistent: one CTA per SM, at most one per key tile of the host's (upper-bound) lengths.
-    const int sms = sm_count();
-    const unsigned grid = unsigned(tiles < sms ? tiles : sms);
-    kernel<<<grid, Tiles::kThreads, kSmem, stream>>>(p, score, w, deterministic, dq_direct, packed, tm_q, tm_k, tm_v,
-                                                      tm_do, tm_lse2, tm_delta, tm_dq);
-    check_cuda(cudaGetLastError(), "varlen_bwd_sm90_kernel launch");
+    if constexpr (SCREE_SM90_BWD_M80 && D == 128) {
+      // (transposed dQ: no dq_direct; packed tiles keep the default block)
+      if (!dq_direct && !packed_order) launch_bwd_tiles<T, D, 80>(p, w, deterministic, dq_direct, packed, tiles, stream);
+      else launch_bwd_tiles<T, D, BwdTiles<D>::kBlockM>(p, w, deterministic, dq_direct, packed, tiles, stream);
+    } else {
+      launch_bwd_tiles<T, D, BwdTiles<D>::kBlockM>(p, w, deterministic, dq_direct, packed, tiles, stream);
+    }
   }
   if (!dq_direct) {
     launch_dq_convert<T, D>(p, w.dq_accum, float(p.scale), stream);

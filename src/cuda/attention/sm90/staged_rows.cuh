@@ -22,6 +22,14 @@ __device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t
                : "memory");
 }
 
+// The same with each 8 x 8 matrix transposed on its way (lane l's fragment column c becomes row c
+// of matrix l / 8): the 80-query backward's dS written query-major from dS^T's registers.
+__device__ __forceinline__ void stmatrix_x4_trans(uint32_t addr, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r0),
+               "r"(r1), "r"(r2), "r"(r3)
+               : "memory");
+}
+
 // acc: the warp's fragment (rows lane / 4 and lane / 4 + 8 of each of the DT 8-column tiles), row
 // lane / 4 + 8 r times mult[r], as T. Row i (0..15) goes to dst + i * row_stride where i < rows;
 // stage: 2 KB of shared memory, 128-byte aligned, that no other warp touches until this returns.
