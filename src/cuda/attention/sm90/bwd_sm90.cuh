@@ -16,7 +16,7 @@
 //      dS^T to shared memory (two buffers), then dQ (64 x 64 per warpgroup) = dS K from shared
 //      memory, staged in shared memory as fp32 for the warpgroup's writer, which adds it to the
 //      fp32 accumulator in global memory by TMA reduce-adds (two 64 x 32 boxes). With 80 queries a
-//      step (BwdTiles, M = 80): dS stored query-major in one buffer, dQ^T = K^T dS^T, 80 x 32 boxes.
+//      step (BwdTiles, M = 80): dS stored query-major in two buffers, dQ^T = K^T dS^T, 80 x 32 boxes.
 //    Software pipelined: a step's S^T is issued behind the last step's dQ, which is staged once
 //    both are done, while dP^T runs; each consumer waits once a step for the other's half of dS^T.
 //    After a tile's last step, dK and dV leave through shared memory (staged_rows.cuh).
@@ -74,7 +74,7 @@ using attention::visible_queries;
 // 240 at the peak; D = 64 with 128 queries: 64 + 64 + 32 + 32 = 192; D = 128 with 80 queries
 // (M = 80, FA-3's and FA-4's block for non-causal D = 128): 40 + 40 + 64 + 64 = 208.
 // M = 80 is not a multiple of wgmma's 64 rows, so dQ is computed transposed, dQ^T = K^T dS^T
-// (head dims on the rows, queries on N = 80), with dS stored query-major and one dS buffer.
+// (head dims on the rows, queries on N = 80), with dS stored query-major.
 template <int D, int M = (D <= 64 ? 128 : 64)>
 struct BwdTiles {
   static constexpr int kBlockN = 128;  // keys of a CTA tile: 2 consumer warpgroups x 64
@@ -88,10 +88,10 @@ struct BwdTiles {
   static constexpr int kSlabQ = kBlockM * 128;   // bytes of a 64-column slab of a Q or dO tile
   static constexpr int kSlabK = kBlockN * 128;   // of a K or V tile
   // A 64-column slab of dS^T (128 keys x 64 queries) or, transposed, of dS (M queries x 64 keys);
-  // one buffer (transposed) or two alternating ones, each of kDsSlabs slabs.
+  // two alternating buffers, each of kDsSlabs slabs.
   static constexpr int kSlabDs = kDqTransposed ? kBlockM * 128 : kBlockN * 128;
   static constexpr int kDsSlabs = kDqTransposed ? kBlockN / 64 : kBlockM / 64;
-  static constexpr int kDsBuffers = kDqTransposed ? 1 : 2;
+  static constexpr int kDsBuffers = 2;
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kKBytes = kBlockN * D * 2;
   // The dQ tile of a warpgroup is kDqRows queries x 64 head dims: D = 128: all queries of the
@@ -126,11 +126,15 @@ struct BwdSmem {
   struct Stage {
     alignas(1024) char q[Tiles::kQBytes];
     alignas(1024) char dout[Tiles::kQBytes];
-    alignas(128) float lse2[Tiles::kRowBox];
-    alignas(128) float delta[Tiles::kRowBox];
   } stage[Tiles::kStages];
   alignas(1024) char ds[Tiles::kDsBuffers][Tiles::kDsSlabs][Tiles::kSlabDs];  // dS^T (or dS) slabs
   alignas(1024) char dq[2][2][Tiles::kDqBoxBytes];                // [warpgroup][box]
+  // lse and delta of each stage, apart from its 1024-aligned tiles (inside a stage they padded it
+  // by 256 bytes: at M = 80 the two dS buffers fit only without that and the packed offsets).
+  struct RowBoxes {
+    alignas(128) float lse2[Tiles::kRowBox];
+    alignas(128) float delta[Tiles::kRowBox];
+  } rows[Tiles::kStages];
   DqHandover dq_handover[2];                                      // [warpgroup], with its writer
   uint64_t kv_full;   // the producer published a tile and its K is loading
   uint64_t v_full;    // the tile's V is loading (waited for before the first dP^T: it lands under S^T)
@@ -139,7 +143,9 @@ struct BwdSmem {
   TileSlots<BwdTile> tiles;  // the producer's decoded tiles
   // A packed tile's sequence offsets, a copy per consumer warpgroup (one buffer suffices: the
   // producer publishes tile j + 1 only after every consumer thread arrived on kv_empty for tile j).
-  PackedSeqs packed_seqs[2];
+  // None at M = 80 (transposed dQ), which never runs packed tiles.
+  struct NoPackedSeqs {};
+  std::conditional_t<Tiles::kDqTransposed, NoPackedSeqs, PackedSeqs[2]> packed_seqs;
 };
 template <int D, int M>
 inline constexpr int kBwdSmemBytes = smem_bytes<BwdSmem<D, M>>();
@@ -268,11 +274,12 @@ __global__ void __launch_bounds__(384, 1)
           const int qrow = int(x.s.q_start) + (x.mb_begin + step % x.mb_blocks) * kM;
           sm.ring.acquire(qs, 2 * Tiles::kQBytes + 2 * Tiles::kRowBox * 4);
           typename Smem::Stage& st = sm.stage[qs.index];
+          typename Smem::RowBoxes& rb = sm.rows[qs.index];
           uint64_t* bar = sm.ring.full_bar(qs);
           tma_load_slabs<D>(st.q, Tiles::kSlabQ, &tm_q, h, qrow, bar);
           tma_load_slabs<D>(st.dout, Tiles::kSlabQ, &tm_do, h, qrow, bar);
-          tma_load_2d(st.lse2, &tm_lse2, qrow & ~3, h, bar);
-          tma_load_2d(st.delta, &tm_delta, qrow & ~3, h, bar);
+          tma_load_2d(rb.lse2, &tm_lse2, qrow & ~3, h, bar);
+          tma_load_2d(rb.delta, &tm_delta, qrow & ~3, h, bar);
           // Once the ring is full (the next acquire waits for the consumers' steps): the next
           // tile's K, V and first Q, dO into L2. Their loads into shared memory wait for this
           // tile's last step; from device memory the consumers waited for them ~9% of their time
@@ -310,7 +317,7 @@ __global__ void __launch_bounds__(384, 1)
     float sacc[kM / 8][4], dpacc[kM / 8][4], dv[D / 8][4], dk[D / 8][4], dq[kDqN / 8][4];
     uint32_t pa[kM / 16][4], da[kM / 16][4];
     PipelineState<kStages> qs;
-    int step_count = 0;  // steps so far over all tiles: the dS^T buffer alternates (one buffer: kDqT)
+    int step_count = 0;  // steps so far over all tiles: the dS^T buffer alternates
 
     // S^T = K Q^T or dP^T = V dO^T (64 keys x kM queries) of the stage qs holds; the first k-step
     // overwrites the accumulators (outputs only: their last values are dead).
@@ -395,17 +402,21 @@ __global__ void __launch_bounds__(384, 1)
       // (int: bounds within [0, q_len]; 64-bit ranges held over the steps cost registers the
       // consumers do not have.)
       int key[2], sees_lo[2], sees_hi[2];
-      if (x.packed()) {  // (uniform: every thread holds the same tile)
-        stage_packed_seqs(p, x.first, x.end, x.s.q_start, x.s.k_start, tid, sm.packed_seqs[cw]);
-        named_sync(NamedBarrier::kBwdPackedSeqs0 + cw, 128);
+      if constexpr (!kDqT) {
+        if (x.packed()) {  // (uniform: every thread holds the same tile)
+          stage_packed_seqs(p, x.first, x.end, x.s.q_start, x.s.k_start, tid, sm.packed_seqs[cw]);
+          named_sync(NamedBarrier::kBwdPackedSeqs0 + cw, 128);
+        }
       }
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         key[r] = 64 * cw + 16 * warp + lane / 4 + 8 * r;
-        const QueryRange sees = !x.packed() ? visible_queries(p, x.n0 + key[r], x.n0 + key[r] + 1, x.s.q_len, x.s.k_len)
-                                : key[r] < x.s.k_len
-                                    ? packed_key_queries(p, sm.packed_seqs[cw], int(x.end - x.first), key[r])
-                                    : QueryRange{0, 0};
+        QueryRange sees = visible_queries(p, x.n0 + key[r], x.n0 + key[r] + 1, x.s.q_len, x.s.k_len);
+        if constexpr (!kDqT) {
+          if (x.packed())
+            sees = key[r] < x.s.k_len ? packed_key_queries(p, sm.packed_seqs[cw], int(x.end - x.first), key[r])
+                                      : QueryRange{0, 0};
+        }
         sees_lo[r] = int(sees.lo), sees_hi[r] = int(sees.hi);
       }
       // A query block needs no mask when every key of the tile is in the sequence and every query
@@ -436,8 +447,6 @@ __global__ void __launch_bounds__(384, 1)
         wgmma_wait<0>();
         fence_regs(sacc);
         fence_regs(dq);
-        // (kDqT) this warpgroup's last dQ product, the last read of the one dS buffer, is done.
-        if (kDqT && step > 0) named_arrive(NamedBarrier::kBwdDsRead0 + cw, 256);
         if (step > 0) emit_dq(x, h_prev, mb_prev);
         mbar_wait(&sm.v_full, j & 1);  // passes at once after the tile's first step
         issue_dp();
@@ -448,8 +457,8 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
         for (int r = 0; r < 2; ++r) lo[r] = sees_lo[r] - m0 - 2 * quad, hi[r] = sees_hi[r] - m0 - 2 * quad;
         const int row_off = int((x.s.q_start + m0) & 3) + 2 * quad;  // see BwdTiles::kRowBox
-        const float* lse2 = st.lse2 + row_off;
-        const float* delta = st.delta + row_off;
+        const float* lse2 = sm.rows[qs.index].lse2 + row_off;
+        const float* delta = sm.rows[qs.index].delta + row_off;
         auto with_mask = [&](auto&& pass) {
           if (full) pass(std::false_type{}); else pass(std::true_type{});
         };
@@ -526,13 +535,11 @@ __global__ void __launch_bounds__(384, 1)
         // 8), as TMA would write them. Two buffers: the one written now was last read by the dQ
         // products of two steps ago; the other warpgroup finished those before it wrote its half
         // of the last step's dS^T, which this one waited for.
-        char(&ds)[Tiles::kDsSlabs][Tiles::kSlabDs] = sm.ds[kDqT ? 0 : step_count & 1];
+        char(&ds)[Tiles::kDsSlabs][Tiles::kSlabDs] = sm.ds[step_count & 1];
         if constexpr (kDqT) {
-          // dS (queries x keys, K-major for dQ^T's B) into this warpgroup's slab (its 64 keys): one
-          // buffer, so the other warpgroup's last dQ product must have read it; da[i][2 half + r] is
+          // dS (queries x keys, K-major for dQ^T's B) into this warpgroup's slab (its 64 keys); da[i][2 half + r] is
           // the 8 x 8 matrix of keys 16 warp + 8 r (+0..7) x queries 16 i + 8 half (+0..7), stored
           // transposed: lane l gives the row address of query 16 i + 8 (l / 16) + l % 8 of matrix l / 8.
-          if (step > 0) named_sync(NamedBarrier::kBwdDsRead0 + (1 - cw), 256);
           const int mtx = lane / 8, chunk = 2 * warp + (mtx & 1);
 #pragma unroll
           for (int i = 0; i < kM / 16; ++i) {
@@ -602,7 +609,6 @@ __global__ void __launch_bounds__(384, 1)
       }
       wgmma_wait<0>();  // unconditional: a wait under a branch also serialises every product (C7518)
       fence_regs(dq);
-      if (kDqT && x.steps > 0) named_arrive(NamedBarrier::kBwdDsRead0 + cw, 256);
       if (x.steps > 0) emit_dq(x, h, mb);
       // A tile without steps never waited for its V: its phase of v_full must complete before the
       // producer may start the next one's (a phase skipped would let the next wait pass early).
@@ -613,11 +619,10 @@ __global__ void __launch_bounds__(384, 1)
       // warpgroup's rows of the dS^T buffer the next step will write (staged_rows.cuh): its last
       // readers, both warpgroups' dQ products of two steps ago, are done (the other warpgroup
       // finished them before it wrote its half of the last step's dS^T, which this one waited for).
-      // (kDqT: one buffer; this warpgroup's rows are in its own slab, which the other warpgroup's
-      // last dQ product read.)
-      if (kDqT && x.steps > 0) named_sync(NamedBarrier::kBwdDsRead0 + (1 - cw), 256);
+      // (kDqT: this warpgroup's rows of its own slab of that buffer.)
       {
-        char* stage = kDqT ? sm.ds[0][cw] + 16 * warp * 128 : sm.ds[step_count & 1][0] + (64 * cw + 16 * warp) * 128;
+        char* stage = kDqT ? sm.ds[step_count & 1][cw] + 16 * warp * 128
+                           : sm.ds[step_count & 1][0] + (64 * cw + 16 * warp) * 128;
         const int row0 = x.n0 + 64 * cw + 16 * warp;
         const int64_t tok = x.s.k_start + row0;
         T* gk = static_cast<T*>(p.dk) + tok * p.dk_row_stride + x.hk * p.dk_head_stride;

@@ -20,11 +20,8 @@ enum class NamedBarrier : int {
   // backward over packed key tiles: consumer warpgroup 0 / 1 staged the tile's sequence offsets
   kBwdPackedSeqs0 = 9,
   kBwdPackedSeqs1 = 10,
-  // backward with 80-query blocks (one dS buffer): consumer warpgroup 0 / 1 finished its dQ
-  // product, the last read of the dS its other half of the buffer holds
-  kBwdDsRead0 = 11,
-  kBwdDsRead1 = 12,
-  // the same: consumer warpgroup 0 / 1's warps have read their dK / dV staging rows (in its dS half)
+  // backward with 80-query blocks: consumer warpgroup 0 / 1's warps have read their dK / dV
+  // staging rows (in its dS slab, whose query rows every warp's next dS stores cross)
   kBwdEpilogue0 = 13,
   kBwdEpilogue1 = 14,
 };
