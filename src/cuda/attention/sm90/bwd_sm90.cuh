@@ -91,7 +91,6 @@ struct BwdTiles {
   // two alternating buffers, each of kDsSlabs slabs.
   static constexpr int kSlabDs = kDqTransposed ? kBlockM * 128 : kBlockN * 128;
   static constexpr int kDsSlabs = kDqTransposed ? kBlockN / 64 : kBlockM / 64;
-  static constexpr int kDsBuffers = 2;
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kKBytes = kBlockN * D * 2;
   // The dQ tile of a warpgroup is kDqRows queries x 64 head dims: D = 128: all queries of the
@@ -127,7 +126,7 @@ struct BwdSmem {
     alignas(1024) char q[Tiles::kQBytes];
     alignas(1024) char dout[Tiles::kQBytes];
   } stage[Tiles::kStages];
-  alignas(1024) char ds[Tiles::kDsBuffers][Tiles::kDsSlabs][Tiles::kSlabDs];  // dS^T (or dS) slabs
+  alignas(1024) char ds[2][Tiles::kDsSlabs][Tiles::kSlabDs];  // dS^T (or dS) slabs
   alignas(1024) char dq[2][2][Tiles::kDqBoxBytes];                // [warpgroup][box]
   // lse and delta of each stage, apart from its 1024-aligned tiles (inside a stage they padded it
   // by 256 bytes: at M = 80 the two dS buffers fit only without that and the packed offsets).

@@ -38,6 +38,9 @@ void launch_bwd_tiles(const VarlenBackwardParams& p, const BwdWorkspace& w, bool
   // The transposed dQ is always staged for the writer (it has no store from registers into dq).
   if (Tiles::kDqTransposed && dq_direct)
     throw Error(ErrorKind::Unsupported, "sm90 backward: dq_direct with the transposed dQ");
+  // Nor does it hold packed tiles' offsets (BwdSmem::packed_seqs): its masks would be wrong.
+  if (Tiles::kDqTransposed && packed.tiles != nullptr)
+    throw Error(ErrorKind::Unsupported, "sm90 backward: packed key tiles with the transposed dQ");
   const CUtensorMap tm_q = tensor_map_3d<T>(p.q, p.total_q, p.heads_q, D, p.q_row_stride, p.q_head_stride, kM, "q");
   const CUtensorMap tm_do =
       tensor_map_3d<T>(p.dout, p.total_q, p.heads_q, D, p.dout_row_stride, p.dout_head_stride, kM, "dout");
