@@ -122,18 +122,30 @@ struct BwdSmem {
   using Tiles = BwdTiles<D, M>;
   alignas(1024) char k[Tiles::kKBytes];
   alignas(1024) char v[Tiles::kKBytes];
-  struct Stage {
-    alignas(1024) char q[Tiles::kQBytes];
-    alignas(1024) char dout[Tiles::kQBytes];
-  } stage[Tiles::kStages];
-  alignas(1024) char ds[2][Tiles::kDsSlabs][Tiles::kSlabDs];  // dS^T (or dS) slabs
-  alignas(1024) char dq[2][2][Tiles::kDqBoxBytes];                // [warpgroup][box]
-  // lse and delta of each stage, apart from its 1024-aligned tiles (inside a stage they padded it
-  // by 256 bytes: at M = 80 the two dS buffers fit only without that and the packed offsets).
-  struct RowBoxes {
+  struct RowBoxes {  // lse and delta of a stage's query block
     alignas(128) float lse2[Tiles::kRowBox];
     alignas(128) float delta[Tiles::kRowBox];
-  } rows[Tiles::kStages];
+  };
+  // At 64 queries a stage holds its lse and delta (padding it by 256 bytes); at 80 they sit apart
+  // (`rows`): the two dS buffers fit in 227 KiB only without that padding and the packed offsets.
+  // Moved apart at 64 queries too, the H100's mix causal backward took 2.19 -> 2.37 ms (3 runs).
+  struct StageBare {
+    alignas(1024) char q[Tiles::kQBytes];
+    alignas(1024) char dout[Tiles::kQBytes];
+  };
+  struct StageWithRows : StageBare {
+    RowBoxes rows;
+  };
+  using Stage = std::conditional_t<Tiles::kDqTransposed, StageBare, StageWithRows>;
+  Stage stage[Tiles::kStages];
+  alignas(1024) char ds[2][Tiles::kDsSlabs][Tiles::kSlabDs];  // dS^T (or dS) slabs
+  alignas(1024) char dq[2][2][Tiles::kDqBoxBytes];                // [warpgroup][box]
+  struct NoRows {};
+  std::conditional_t<Tiles::kDqTransposed, RowBoxes[Tiles::kStages], NoRows> rows;
+  __device__ __forceinline__ RowBoxes& rows_of(int stage_index) {
+    if constexpr (Tiles::kDqTransposed) return rows[stage_index];
+    else return stage[stage_index].rows;
+  }
   DqHandover dq_handover[2];                                      // [warpgroup], with its writer
   uint64_t kv_full;   // the producer published a tile and its K is loading
   uint64_t v_full;    // the tile's V is loading (waited for before the first dP^T: it lands under S^T)
@@ -225,12 +237,10 @@ __global__ void __launch_bounds__(384, 1)
   // this: short d128 0.971 -> 0.917, mix 3.93 -> 3.84, short d64 1.220 -> 1.177, mix d64 4.24 -> 4.14;
   // H100: short d128 1.290 -> 1.068); causal ones keep the default (eq8192 causal 5.51 -> 5.74, mix
   // causal 2.13 -> 2.22: the last pairs' key tile 0, the costliest, would start at the grid's end).
-  // (A/B switch: causal backwards over at most this many key tiles take it too; H200 short causal
-  // 0.793 -> 0.773 ms with every causal one, long causal lost 4%.)
-#ifndef SCREE_BWD_CAUSAL_FAST_TILES
-#define SCREE_BWD_CAUSAL_FAST_TILES 0
-#endif
-  order.tiles_fastest = !deterministic && key_tiles > 1 && (!p.causal || key_tiles <= SCREE_BWD_CAUSAL_FAST_TILES);
+  // Causal ones over at most 8 key tiles (keys up to 1,024) take it too: there the costly tile 0
+  // of the last pairs is a short tail (H100, 3 runs: short causal 1.039 -> 0.970 ms).
+  constexpr int64_t kCausalFastTiles = 8;
+  order.tiles_fastest = !deterministic && key_tiles > 1 && (!p.causal || key_tiles <= kCausalFastTiles);
   if (packed.tiles != nullptr) {
     order = TileOrder{packed.capacity, 1, p.heads_k, false};
     order.packed = packed.tiles;
@@ -278,7 +288,7 @@ __global__ void __launch_bounds__(384, 1)
           const int qrow = int(x.s.q_start) + (x.mb_begin + step % x.mb_blocks) * kM;
           sm.ring.acquire(qs, 2 * Tiles::kQBytes + 2 * Tiles::kRowBox * 4);
           typename Smem::Stage& st = sm.stage[qs.index];
-          typename Smem::RowBoxes& rb = sm.rows[qs.index];
+          typename Smem::RowBoxes& rb = sm.rows_of(qs.index);
           uint64_t* bar = sm.ring.full_bar(qs);
           tma_load_slabs<D>(st.q, Tiles::kSlabQ, &tm_q, h, qrow, bar);
           tma_load_slabs<D>(st.dout, Tiles::kSlabQ, &tm_do, h, qrow, bar);
@@ -461,8 +471,8 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
         for (int r = 0; r < 2; ++r) lo[r] = sees_lo[r] - m0 - 2 * quad, hi[r] = sees_hi[r] - m0 - 2 * quad;
         const int row_off = int((x.s.q_start + m0) & 3) + 2 * quad;  // see BwdTiles::kRowBox
-        const float* lse2 = sm.rows[qs.index].lse2 + row_off;
-        const float* delta = sm.rows[qs.index].delta + row_off;
+        const float* lse2 = sm.rows_of(qs.index).lse2 + row_off;
+        const float* delta = sm.rows_of(qs.index).delta + row_off;
         auto with_mask = [&](auto&& pass) {
           if (full) pass(std::false_type{}); else pass(std::true_type{});
         };

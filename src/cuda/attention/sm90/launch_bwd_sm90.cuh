@@ -3,7 +3,8 @@
 // true maximum lengths in the workspace header), for short sequences the packed key-tile schedule
 // (tile_packing.cuh, into the workspace's own part), the persistent key-tile kernel over TMA tensor
 // maps, and the postprocess that converts dQ (times the score scale); where every sequence's keys
-// fit one tile, the kernel writes dq itself and neither the accumulator nor the postprocess runs. Explicitly instantiated in
+// fit one tile, the kernel writes dq itself and neither the accumulator nor the postprocess runs.
+// At D = 128 an unmasked backward takes 80-query steps, the rest 64. Explicitly instantiated in
 // instances/bwd_sm90_*.cu, compiled for sm_90a only. The host API sends calls with no query token
 // (dK = dV = 0 for every key) to the portable path.
 #pragma once
@@ -22,12 +23,6 @@
 #include "tma.cuh"
 
 namespace scree::cuda_attention::sm90 {
-
-// 80-query steps at D = 128 (BwdTiles, M = 80) where neither dq_direct nor packed tiles apply:
-// an A/B switch (compile time, off by default) until measured against the 64-query steps.
-#ifndef SCREE_SM90_BWD_M80
-#define SCREE_SM90_BWD_M80 0
-#endif
 
 // The key-tile kernel with M queries a step (the part of the backward that depends on M).
 template <class T, int D, int M>
@@ -93,13 +88,17 @@ bool launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool
       }
       tiles = packed.capacity * p.heads_k;
     }
-    if constexpr (SCREE_SM90_BWD_M80 && D == 128) {
-      // (transposed dQ: no dq_direct; packed tiles keep the default block)
-      if (!dq_direct && !packed_order) launch_bwd_tiles<T, D, 80>(p, w, deterministic, dq_direct, packed, tiles, stream);
-      else launch_bwd_tiles<T, D, BwdTiles<D>::kBlockM>(p, w, deterministic, dq_direct, packed, tiles, stream);
-    } else {
-      launch_bwd_tiles<T, D, BwdTiles<D>::kBlockM>(p, w, deterministic, dq_direct, packed, tiles, stream);
+    // 80-query steps at D = 128 where the backward is not causal (and neither dq_direct nor packed
+    // tiles, which the transposed dQ has no code for). H100, bwd ms, 3 runs, 64 -> 80 queries:
+    // eq2048 3.02 -> 2.84, mix 4.09 -> 3.62, deterministic eq2048 +7%. Causal ones keep 64: short
+    // causal 1.04 -> 1.12, mix causal 2.19 -> 2.23, deterministic eq8192 causal 365 -> 293 TFLOP/s
+    // (though eq8192 causal gained 5.88 -> 5.45). benchmarks/NOTES.md, issue 18, session 34.
+    bool eighty = false;
+    if constexpr (D == 128) {
+      eighty = !p.causal && !dq_direct && !packed_order;
+      if (eighty) launch_bwd_tiles<T, D, 80>(p, w, deterministic, dq_direct, packed, tiles, stream);
     }
+    if (!eighty) launch_bwd_tiles<T, D, BwdTiles<D>::kBlockM>(p, w, deterministic, dq_direct, packed, tiles, stream);
   }
   if (!dq_direct) {
     launch_dq_convert<T, D>(p, w.dq_accum, float(p.scale), stream);
