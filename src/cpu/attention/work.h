@@ -85,21 +85,23 @@ void run_items(std::vector<WorkItem>& items, double total_flops, Fn&& fn, Scope&
   }
   starts.push_back(n);
   const int64_t runs = static_cast<int64_t>(starts.size()) - 1;
-  // Runs are claimed several at a time, guided by cost: the runs from the next one on whose cost
-  // stays within a share of the work left (1 / (2 x threads); at least one run), so the first
-  // claims take the costliest runs in large pieces and the last ones single runs. One claim per run
-  // was a locked add on a line both cores write, after the kernel's stores: 18% of the samples of
-  // the 4 x 16-token fp32 call on 2 threads (the 2-core AMX Xeon VM, 32 runs a call), which two
-  // threads then ran no faster than one.
+  // Small runs are claimed several at a time: the runs from the next one on whose cost stays within
+  // both a share of the work left (1 / (2 x threads), so the last claims are single runs) and ~1
+  // MFLOP. A claim is a locked add on a line every thread writes, after the kernel's stores: one a
+  // run took 18% of the samples of the 4 x 16-token fp32 call on 2 threads (the 2-core AMX Xeon VM).
+  // Claimed so, that call went 44-47 -> 38-41 us (3 alternations, torch's OpenMP workers; padded
+  // SDPA 29-33). Larger runs go one a claim: claimed by share alone, one thread took a quarter of
+  // eq2048's runs at once (forward 0.98-1.00x there, in the noise).
   std::atomic<int64_t> next{0};
   auto cost_from = [&](int64_t r) { return left[static_cast<size_t>(starts[static_cast<size_t>(r)])]; };
+  const double claim_cost = 1e6 * left[0] / std::max(total_flops, 1.0);  // ~1 MFLOP in the items' units
   auto worker = [&](int t) {
     [[maybe_unused]] auto held = scope(t);
     for (int64_t r = next.load(std::memory_order_relaxed);;) {
       int64_t end = 0;
       do {
         if (r >= runs) return;
-        const double share = cost_from(r) / (2.0 * threads);
+        const double share = std::min(cost_from(r) / (2.0 * threads), claim_cost);
         for (end = r + 1; end < runs && cost_from(r) - cost_from(end + 1) <= share;) ++end;
       } while (!next.compare_exchange_weak(r, end, std::memory_order_relaxed));
       for (int64_t i = starts[static_cast<size_t>(r)]; i < starts[static_cast<size_t>(end)]; ++i)

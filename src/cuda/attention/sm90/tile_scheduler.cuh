@@ -16,9 +16,9 @@
 // each other, run a wave apart instead of side by side (side by side, each waited a global-memory
 // round trip for its neighbour every step: 5x slower than the default order on mixed lengths,
 // NOTES.md).
-// `tiles_fastest` (the unmasked, non-deterministic backward): tile index fastest, then head, then
-// sequence, so the CTAs of one wave hold all key tiles of a few (sequence, head) pairs, whose Q, dO
-// and dQ accumulator then stay in L2.
+// `tiles_fastest` (the non-deterministic backward, unmasked or causal over <= 8 key tiles): tile
+// index fastest, then head, then sequence, so the CTAs of one wave hold all key tiles of a few
+// (sequence, head) pairs, whose Q, dO and dQ accumulator then stay in L2.
 // `packed` (the forward over short sequences, tile_packing.cuh): tile t is entry t / heads of the
 // device-computed schedule with head t % heads (the query heads of one tile side by side: a GQA
 // group's K/V read once into L2), `sequences` the schedule's capacity until the kernel reads its
