@@ -140,8 +140,8 @@ struct BwdSmem {
   Stage stage[Tiles::kStages];
   alignas(1024) char ds[2][Tiles::kDsSlabs][Tiles::kSlabDs];  // dS^T (or dS) slabs
   alignas(1024) char dq[2][2][Tiles::kDqBoxBytes];                // [warpgroup][box]
-  struct NoRows {};
-  std::conditional_t<Tiles::kDqTransposed, RowBoxes[Tiles::kStages], NoRows> rows;
+  struct None {};  // a member a kernel variant does without
+  std::conditional_t<Tiles::kDqTransposed, RowBoxes[Tiles::kStages], None> rows;
   __device__ __forceinline__ RowBoxes& rows_of(int stage_index) {
     if constexpr (Tiles::kDqTransposed) return rows[stage_index];
     else return stage[stage_index].rows;
@@ -155,8 +155,7 @@ struct BwdSmem {
   // A packed tile's sequence offsets, a copy per consumer warpgroup (one buffer suffices: the
   // producer publishes tile j + 1 only after every consumer thread arrived on kv_empty for tile j).
   // None at M = 80 (transposed dQ), which never runs packed tiles.
-  struct NoPackedSeqs {};
-  std::conditional_t<Tiles::kDqTransposed, NoPackedSeqs, PackedSeqs[2]> packed_seqs;
+  std::conditional_t<Tiles::kDqTransposed, None, PackedSeqs[2]> packed_seqs;
 };
 template <int D, int M>
 inline constexpr int kBwdSmemBytes = smem_bytes<BwdSmem<D, M>>();
