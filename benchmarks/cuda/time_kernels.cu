@@ -171,6 +171,8 @@ int main(int argc, char** argv) {
       {"mix d64", 64, 4096, 64, false},        {"short d64", 16, 512, 64, false},
       {"tiny d128", 1, 64, 128, false},        {"tiny d128 causal", 1, 64, 128, true},
       {"tiny d64", 1, 64, 64, false},
+      // Long causal of mixed lengths (~7 sequences of 512..8192): where 80-query causal steps pay.
+      {"longmix d128 causal", 512, 8192, 128, true},
   };
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
