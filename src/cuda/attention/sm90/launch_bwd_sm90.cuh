@@ -81,7 +81,8 @@ bool launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool
   check_cuda(cudaGetLastError(), "bwd_preprocess_kernel launch");
   if (keys) {
     PackedTiles packed{};  // tiles == nullptr: the per-sequence order
-    int64_t tiles = p.num_sequences * ceil_div(p.max_seqlen_k, kN) * p.heads_k;
+    const int64_t key_tiles = ceil_div(p.max_seqlen_k, kN);  // of the longest sequence (host bound)
+    int64_t tiles = p.num_sequences * key_tiles * p.heads_k;
     if (packed_order) {
       // The caller's kept schedule, packed by its first call only (the preprocess zeroed the counter).
       kept = p.tile_schedule != nullptr;
@@ -102,8 +103,8 @@ bool launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool
       // (A/B switch, off by default: causal, non-deterministic backwards whose longest keys span at
       // least this many key tiles take 80 queries too; eq8192 causal, 64 tiles, gained 8%, mix
       // causal, up to 32 tiles, lost 2%: where the line lies is not measured yet.)
-      const bool long_causal = SCREE_BWD_M80_CAUSAL_MIN_TILES > 0 && !deterministic &&
-                               ceil_div(p.max_seqlen_k, kN) >= SCREE_BWD_M80_CAUSAL_MIN_TILES;
+      const bool long_causal =
+          SCREE_BWD_M80_CAUSAL_MIN_TILES > 0 && !deterministic && key_tiles >= SCREE_BWD_M80_CAUSAL_MIN_TILES;
       eighty = (!p.causal || long_causal) && !dq_direct && !packed_order;
       if (eighty) launch_bwd_tiles<T, D, 80>(p, w, deterministic, dq_direct, packed, tiles, stream);
     }
