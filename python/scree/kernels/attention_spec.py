@@ -149,7 +149,10 @@ def _check_shapes(q: Any, k: Any, v: Any) -> tuple[int, int, int, int]:
     # v with k's offsets, as FlashAttention does with its single cu_seqlens_k.
     if kl is not vl and kl.offsets is not vl.offsets and not kl.ns.is_tracing():
         hk, hv = k._host_offsets_without_sync(), v._host_offsets_without_sync()
-        if hk is not None and hv is not None and hk is not hv and not np.array_equal(hk, hv):
+        # Both int64 (Layout.host_offsets): equal bytes mean equal offsets; np.array_equal cost
+        # ~1.1 us of a ~40 us tiny CPU call, the byte comparison ~0.15 us.
+        if hk is not None and hv is not None and hk is not hv and (hk.shape != hv.shape
+                                                                   or hk.tobytes() != hv.tobytes()):
             raise ShapeError("k and v must have the same offsets (same sequence lengths)")
     if Hk != Hv:
         raise ShapeError(f"k and v must have the same number of heads, got {Hk} and {Hv}")
