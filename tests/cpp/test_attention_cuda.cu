@@ -269,6 +269,9 @@ std::vector<Named> cases(int64_t d) {
       // More than 16 key tiles (2048 keys): the deterministic Hopper backward's other tile order.
       {"over_16_key_tiles", {{2200, 300}, {2300, 150}, 2, 1, d}},
       {"over_16_key_tiles_causal", {{2100, 40}, {2180, 40}, 2, 2, d, true}},
+      // At least 24 key tiles (3072 keys), causal: the 80-query Hopper backward at D = 128 (q
+      // shorter than k, 3101 rows not a multiple of 80).
+      {"over_24_key_tiles_causal", {{3101, 90}, {3200, 90}, 2, 1, d, true}},
       // Window sides past every distance mean unbounded (the entry points clamp them; near INT64_MAX
       // the position arithmetic overflowed and hid every key).
       {"huge_window", {{70, 33}, {90, 33}, 2, 1, d, true, INT64_MAX - 1, INT64_MAX}},

@@ -25,7 +25,7 @@
 namespace scree::cuda_attention::sm90 {
 
 #ifndef SCREE_BWD_M80_CAUSAL_MIN_TILES
-#define SCREE_BWD_M80_CAUSAL_MIN_TILES 0
+#define SCREE_BWD_M80_CAUSAL_MIN_TILES 24
 #endif
 
 // The key-tile kernel with M queries a step (the part of the backward that depends on M).
@@ -93,16 +93,16 @@ bool launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool
       }
       tiles = packed.capacity * p.heads_k;
     }
-    // 80-query steps at D = 128 where the backward is not causal (and neither dq_direct nor packed
-    // tiles, which the transposed dQ has no code for). H100, bwd ms, 3 runs, 64 -> 80 queries:
-    // eq2048 3.02 -> 2.84, mix 4.09 -> 3.62, deterministic eq2048 +7%. Causal ones keep 64: short
-    // causal 1.04 -> 1.12, mix causal 2.19 -> 2.23, deterministic eq8192 causal 365 -> 293 TFLOP/s
-    // (though eq8192 causal gained 5.88 -> 5.45). benchmarks/NOTES.md, issue 18, session 34.
+    // 80-query steps at D = 128 (neither dq_direct nor packed tiles, which the transposed dQ has no
+    // code for) where the backward is not causal, or causal over at least 24 key tiles of 128 keys
+    // (3072) and not deterministic. H100, bwd ms, 64 -> 80 queries: eq2048 3.02 -> 2.84, mix 4.09
+    // -> 3.62, deterministic eq2048 +7% (3 runs, session 34); eq8192 causal 5.94 -> 5.53, a causal
+    // mix of 512..8192 keys 3.73 -> 3.49, mix causal (up to 4096 keys) 2.21 -> 2.21 (medians of 5,
+    // session 35; a line at 48 tiles gained less). Shorter causal ones keep 64 (short causal 1.04 ->
+    // 1.12), as do deterministic causal ones (eq8192 causal 365 -> 293 TFLOP/s). NOTES.md, issue 18.
     bool eighty = false;
     if constexpr (D == 128) {
-      // (A/B switch, off by default: causal, non-deterministic backwards whose longest keys span at
-      // least this many key tiles take 80 queries too; eq8192 causal, 64 tiles, gained 8%, mix
-      // causal, up to 32 tiles, lost 2%: where the line lies is not measured yet.)
+      // The causal line (a compile-time switch for A/Bs: -DSCREE_BWD_M80_CAUSAL_MIN_TILES=N, 0 off).
       const bool long_causal =
           SCREE_BWD_M80_CAUSAL_MIN_TILES > 0 && !deterministic && key_tiles >= SCREE_BWD_M80_CAUSAL_MIN_TILES;
       eighty = (!p.causal || long_causal) && !dq_direct && !packed_order;
