@@ -214,6 +214,12 @@ def test_bad_inputs_raise_typed_errors():
     kd = scree.from_lengths(rng.standard_normal((7, 2, 8)).astype(np.float32), [3, 4])
     with pytest.raises(scree.ShapeError, match="head dims"):
         scree.varlen_attention(q, kd, kd)
+    # k and v with their own offsets: equal lengths pass, the same count of other lengths raises.
+    v_same = scree.from_lengths(v.values.copy(), [3, 4])
+    np.testing.assert_allclose(scree.varlen_attention(q, k, v_same).values, scree.varlen_attention(q, k, v).values)
+    v_other = scree.from_lengths(v.values.copy(), [4, 3])
+    with pytest.raises(scree.ShapeError, match="same offsets"):
+        scree.varlen_attention(q, k, v_other)
     with pytest.raises(scree.DTypeError, match="dtype"):
         scree.varlen_attention(q, k.with_values(k.values.astype(np.float64)), v)
     with pytest.raises(scree.BackendError):
