@@ -98,7 +98,7 @@ bool launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool
     // (3072) and not deterministic. H100, bwd ms, 64 -> 80 queries: eq2048 3.02 -> 2.84, mix 4.09
     // -> 3.62, deterministic eq2048 +7% (3 runs, session 34); eq8192 causal 5.94 -> 5.53, a causal
     // mix of 512..8192 keys 3.73 -> 3.49, mix causal (up to 4096 keys) 2.21 -> 2.21 (medians of 5,
-    // session 35; a line at 48 tiles gained less). Shorter causal ones keep 64 (short causal 1.04 ->
+    // session 35; a line at 48 tiles: 5.57 and 3.52). Shorter causal ones keep 64 (short causal 1.04 ->
     // 1.12), as do deterministic causal ones (eq8192 causal 365 -> 293 TFLOP/s). NOTES.md, issue 18.
     bool eighty = false;
     if constexpr (D == 128) {
