@@ -5,12 +5,14 @@
 # variant on the same card, one after another, so their numbers compare. Optionally profiles the first
 # variant's kernel with Nsight Compute (PROFILE="workload name") and then runs its CUDA gtest
 # (AB_TEST=1: the kernels against the fp64 CPU oracle). Writes OUTDIR/ab.txt (timings and
-# test result), OUTDIR/build-NAME.log, OUTDIR/ncu.txt (the sections) and OUTDIR/ncu_sass.csv (per
+# test result), OUTDIR/ab_summary.txt (tools/ab_summary.py: medians and ratios), OUTDIR/build-NAME.log, OUTDIR/ncu.txt (the sections) and OUTDIR/ncu_sass.csv (per
 # SASS instruction: executions and warp stall samples, to see where the warps wait).
 #
 #   usage: tools/gpu_ab.sh OUTDIR "name:-DFLAG=1 -DOTHER=2" "base@.abold:" ...   (name[@SRCDIR]:flags)
 #   environment: AB_HEADDIMS (default 128), AB_DTYPES (bf16), AB_ARCHS (90a),
 #                AB_WORKLOADS (time_kernels filters, default "d128"), AB_TEST (1: run the gtest),
+#                AB_ROUNDS (default 1: rounds of timings, the variants alternating; ab_summary.txt
+#                gets each variant's median per workload and its ratio to the variant named base),
 #                PROFILE (a workload to profile), PROFILE_KERNEL (kernel name regex, varlen_fwd_sm90)
 set -uo pipefail
 out=${1:?usage: tools/gpu_ab.sh OUTDIR name:flags ...}
@@ -39,16 +41,21 @@ for spec in "$@"; do
   ) >"$out/build-$name.log" 2>&1 &
 done
 wait
-for name in "${names[@]}"; do
-  bin=build/ab-$name/tests/cpp/scree_time_kernels
-  echo "== $name: ${flags_of[$name]}" | tee -a "$out/ab.txt"
-  if [ -x "$bin" ]; then
-    timeout 120 "$bin" "${workloads[@]}" 2>&1 | tee -a "$out/ab.txt"
-  else
-    echo "build failed (build-$name.log)" | tee -a "$out/ab.txt"
-    tail -20 "$out/build-$name.log"
-  fi
+# The variants alternate round by round: two builds of the same kernel read up to ~7% apart in one
+# run (benchmarks/NOTES.md, session 35), so a single pass cannot tell a few percent apart.
+for (( round = 1; round <= ${AB_ROUNDS:-1}; ++round )); do
+  for name in "${names[@]}"; do
+    bin=build/ab-$name/tests/cpp/scree_time_kernels
+    echo "== $name round $round: ${flags_of[$name]}" | tee -a "$out/ab.txt"
+    if [ -x "$bin" ]; then
+      timeout 120 "$bin" "${workloads[@]}" 2>&1 | tee -a "$out/ab.txt"
+    else
+      echo "build failed (build-$name.log)" | tee -a "$out/ab.txt"
+      (( round == 1 )) && tail -20 "$out/build-$name.log"
+    fi
+  done
 done
+python3 tools/ab_summary.py "$out/ab.txt" | tee "$out/ab_summary.txt"
 if [ -n "${PROFILE:-}" ] && command -v ncu >/dev/null; then
   timeout 240 ncu --clock-control none --kernel-name "regex:${PROFILE_KERNEL:-varlen_fwd_sm90}" --launch-skip 3 \
     --launch-count 1 --set full --import-source no -o "$out/prof" \
