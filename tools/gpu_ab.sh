@@ -5,8 +5,9 @@
 # variant on the same card, one after another, so their numbers compare. Optionally profiles the first
 # variant's kernel with Nsight Compute (PROFILE="workload name") and then runs its CUDA gtest
 # (AB_TEST=1: the kernels against the fp64 CPU oracle). Writes OUTDIR/ab.txt (timings and
-# test result), OUTDIR/ab_summary.txt (tools/ab_summary.py: medians and ratios), OUTDIR/build-NAME.log, OUTDIR/ncu.txt (the sections) and OUTDIR/ncu_sass.csv (per
-# SASS instruction: executions and warp stall samples, to see where the warps wait).
+# test result), OUTDIR/ab_summary.txt (tools/ab_summary.py: medians and ratios),
+# OUTDIR/build-NAME.log, OUTDIR/ncu.txt (the sections) and OUTDIR/ncu_sass.csv (per SASS
+# instruction: executions and warp stall samples, to see where the warps wait).
 #
 #   usage: tools/gpu_ab.sh OUTDIR "name:-DFLAG=1 -DOTHER=2" "base@.abold:" ...   (name[@SRCDIR]:flags)
 #   environment: AB_HEADDIMS (default 128), AB_DTYPES (bf16), AB_ARCHS (90a),
