@@ -16,6 +16,9 @@ namespace scree::attention {
 // Head dims (D == Dv) this build compiled kernels for (SCREE_HEADDIMS), ascending.
 std::vector<int> cuda_head_dims();
 
+// Whether this build compiled kernels for `dtype` at `head_dim` (SCREE_CUDA_DTYPES x SCREE_HEADDIMS).
+bool cuda_compiled(DType dtype, int64_t head_dim);
+
 // Throws scree::Error (Unsupported / ShapeMismatch / InvalidArgument / DTypeMismatch) when the
 // CUDA kernels cannot serve p: dtype not float16/bfloat16, head dim not compiled, D != Dv, null
 // pointers, heads not divisible. Offsets are not read (they live on the device): the kernels clamp

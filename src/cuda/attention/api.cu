@@ -202,6 +202,8 @@ std::vector<int> cuda_head_dims() {
   return out;
 }
 
+bool cuda_compiled(DType dtype, int64_t head_dim) { return compiled(dtype, head_dim); }
+
 void validate_cuda(const VarlenParams& p) {
   require(p.dtype == DType::Float16 || p.dtype == DType::BFloat16, ErrorKind::Unsupported, [&] {
     return std::string("the CUDA attention kernels take float16 or bfloat16, got ") + dtype_label(p.dtype) +
