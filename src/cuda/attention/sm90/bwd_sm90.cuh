@@ -105,15 +105,6 @@ struct BwdTiles {
   static constexpr int kRowBox = kBlockM + 4;
 };
 
-// Q, dO, lse and delta are read by every key tile that sees their queries, K and V once per tile.
-// SCREE_BWD_QDO_EVICT_LAST (an A/B switch, 0 off) loads the first four with an L2 evict-last
-// policy, as FA-3's backward does. Why try: on 4 x 8192 causal (ncu, H100) scree's backward hit L2
-// 87% of the time and read 535 GB/s from device memory, FA-4's 95% and 263 GB/s.
-#ifndef SCREE_BWD_QDO_EVICT_LAST
-#define SCREE_BWD_QDO_EVICT_LAST 0
-#endif
-inline constexpr uint64_t kQdoPolicy = SCREE_BWD_QDO_EVICT_LAST ? kL2EvictLast : 0;
-
 // A key tile: its sequence, first key n0 (and keys in it), kv head, and the query blocks
 // [mb_begin, mb_end) that can see its keys; the steps walk them for each query head of the group.
 // A packed tile (sequences [first, end), end > first + 1): s spans its sequences (k_len its keys,
@@ -298,10 +289,10 @@ __global__ void __launch_bounds__(384, 1)
           typename Smem::Stage& st = sm.stage[qs.index];
           typename Smem::RowBoxes& rb = sm.rows_of(qs.index);
           uint64_t* bar = sm.ring.full_bar(qs);
-          tma_load_slabs<D, kQdoPolicy>(st.q, Tiles::kSlabQ, &tm_q, h, qrow, bar);
-          tma_load_slabs<D, kQdoPolicy>(st.dout, Tiles::kSlabQ, &tm_do, h, qrow, bar);
-          tma_load_2d<kQdoPolicy>(rb.lse2, &tm_lse2, qrow & ~3, h, bar);
-          tma_load_2d<kQdoPolicy>(rb.delta, &tm_delta, qrow & ~3, h, bar);
+          tma_load_slabs<D>(st.q, Tiles::kSlabQ, &tm_q, h, qrow, bar);
+          tma_load_slabs<D>(st.dout, Tiles::kSlabQ, &tm_do, h, qrow, bar);
+          tma_load_2d(rb.lse2, &tm_lse2, qrow & ~3, h, bar);
+          tma_load_2d(rb.delta, &tm_delta, qrow & ~3, h, bar);
           // Once the ring is full (the next acquire waits for the consumers' steps): the next
           // tile's K, V and first Q, dO into L2. Their loads into shared memory wait for this
           // tile's last step; from device memory the consumers waited for them ~9% of their time

@@ -99,25 +99,13 @@ inline CUtensorMap tensor_map_rows_f32(const float* base, int64_t rows, int64_t 
 }
 
 // One box of a rank-3 / rank-2 tensor map (coordinates innermost first) into shared memory; the
-// bytes count towards bar's expected transactions. kPolicy: an L2 cache policy for the read (0:
-// none; kL2EvictLast keeps the box in L2 ahead of other lines, for tiles that CTAs running side by
-// side read again).
-constexpr uint64_t kL2EvictLast = 0x14F0000000000000ull;  // createpolicy's encoding of evict_last, fraction 1
-template <uint64_t kPolicy = 0>
+// bytes count towards bar's expected transactions.
 __device__ __forceinline__ void tma_load_3d(void* smem, const CUtensorMap* map, int c0, int c1, int c2, uint64_t* bar) {
-  if constexpr (kPolicy != 0) {
-    asm volatile(
-        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, "
-        "%3, %4}], [%5], %6;\n" ::"r"(smem_u32(smem)),
-        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar)), "l"(kPolicy)
-        : "memory");
-  } else {
-    asm volatile(
-        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
-            smem_u32(smem)),
-        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar))
-        : "memory");
-  }
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
+          smem_u32(smem)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar))
+      : "memory");
 }
 __device__ __forceinline__ void tma_load_4d(void* smem, const CUtensorMap* map, int c0, int c1, int c2, int c3,
                                             uint64_t* bar) {
@@ -127,21 +115,12 @@ __device__ __forceinline__ void tma_load_4d(void* smem, const CUtensorMap* map, 
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(smem_u32(bar))
       : "memory");
 }
-template <uint64_t kPolicy = 0>
 __device__ __forceinline__ void tma_load_2d(void* smem, const CUtensorMap* map, int c0, int c1, uint64_t* bar) {
-  if constexpr (kPolicy != 0) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, "
-        "%3}], [%4], %5;\n" ::"r"(smem_u32(smem)),
-        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_u32(bar)), "l"(kPolicy)
-        : "memory");
-  } else {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
-            smem_u32(smem)),
-        "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_u32(bar))
-        : "memory");
-  }
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          smem_u32(smem)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_u32(bar))
+      : "memory");
 }
 
 // Adds a box from shared memory to the tensor element-wise (atomic per element; boxes past the
@@ -165,11 +144,11 @@ __device__ __forceinline__ void tma_prefetch_l2_3d(const CUtensorMap* map, int c
 
 // The D / 64 slabs (64 columns each) of one box of a tensor_map_3d map: slab s lands at
 // smem + s * slab_bytes.
-template <int D, uint64_t kPolicy = 0>
+template <int D>
 __device__ __forceinline__ void tma_load_slabs(char* smem, int slab_bytes, const CUtensorMap* map, int head, int row,
                                                uint64_t* bar) {
 #pragma unroll
-  for (int s = 0; s < D / 64; ++s) tma_load_3d<kPolicy>(smem + s * slab_bytes, map, s * 64, head, row, bar);
+  for (int s = 0; s < D / 64; ++s) tma_load_3d(smem + s * slab_bytes, map, s * 64, head, row, bar);
 }
 
 template <int D>
