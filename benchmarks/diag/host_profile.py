@@ -9,6 +9,10 @@ benchmark: bench_attention_gpu.py reports the numbers users see. cProfile is no 
 backward runs on autograd's device thread, which it does not see.
 
     python benchmarks/diag/host_profile.py [--calls 300] [--json PATH] [--cprofile]
+
+--cprofile looks only at the isolated forward (three Arrays over a new cu_seqlens, the bench's
+"isolated" call): cProfile's top functions by own time, then torch.profiler's table of the CUDA
+runtime calls the same calls make (launches, event queries, allocations inside scree._C).
 """
 
 from __future__ import annotations
@@ -121,7 +125,16 @@ def main() -> None:
         torch.cuda.synchronize()
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as tprof:
+            for _ in range(20):
+                iso()
+            torch.cuda.synchronize()
+        print("\n# torch.profiler, 20 isolated forwards (self CPU time)\n"
+              + tprof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
         return
+    node = scree.varlen_attention(GQ.with_values(lq), GK.with_values(lk), GV.with_values(lv),
+                                  causal=True).values.grad_fn  # keeps its saved tensors while alive
     pieces: dict[str, Callable[[], Any]] = {
         "torch.empty": lambda: torch.empty(64, h, d, device=dev, dtype=bf),
         "torch add (one kernel)": lambda: q.add(k),
@@ -151,6 +164,12 @@ def main() -> None:
         "scree fwd+bwd autograd": lambda: torch.autograd.grad(
             scree.varlen_attention(GQ.with_values(lq), GK.with_values(lk), GV.with_values(lv), causal=True).values,
             (lq, lk, lv), g),
+        # fwd+bwd's pieces apart: the forward that records the graph, the backward node run by hand
+        # (no engine, main thread), and with_values; the rest of "fwd+bwd autograd" is the engine.
+        "scree with_values x3": lambda: (GQ.with_values(lq), GK.with_values(lk), GV.with_values(lv)),
+        "scree fwd with a gradient (graph kept, no backward)": lambda: scree.varlen_attention(
+            GQ.with_values(lq), GK.with_values(lk), GV.with_values(lv), causal=True),
+        "scree backward node alone (grad_fn.apply, no engine)": lambda: node.apply(g),
         "scree from_cu_seqlens (same cu)": lambda: scree.from_cu_seqlens(q, cu, max_seqlen=L),
         "cu.clone()": lambda: cu.clone(),
         "scree from_cu_seqlens (new cu)": lambda: scree.from_cu_seqlens(q, cu.clone(), max_seqlen=L),
