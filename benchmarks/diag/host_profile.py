@@ -133,8 +133,6 @@ def main() -> None:
         print("\n# torch.profiler, 20 isolated forwards (self CPU time)\n"
               + tprof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
         return
-    node = scree.varlen_attention(GQ.with_values(lq), GK.with_values(lk), GV.with_values(lv),
-                                  causal=True).values.grad_fn  # keeps its saved tensors while alive
     pieces: dict[str, Callable[[], Any]] = {
         "torch.empty": lambda: torch.empty(64, h, d, device=dev, dtype=bf),
         "torch add (one kernel)": lambda: q.add(k),
@@ -164,12 +162,11 @@ def main() -> None:
         "scree fwd+bwd autograd": lambda: torch.autograd.grad(
             scree.varlen_attention(GQ.with_values(lq), GK.with_values(lk), GV.with_values(lv), causal=True).values,
             (lq, lk, lv), g),
-        # fwd+bwd's pieces apart: the forward that records the graph, the backward node run by hand
-        # (no engine, main thread), and with_values; the rest of "fwd+bwd autograd" is the engine.
+        # fwd+bwd's pieces apart: the forward that records the graph and with_values (the backward
+        # inside the engine: bwd_host_timeline.py).
         "scree with_values x3": lambda: (GQ.with_values(lq), GK.with_values(lk), GV.with_values(lv)),
         "scree fwd with a gradient (graph kept, no backward)": lambda: scree.varlen_attention(
             GQ.with_values(lq), GK.with_values(lk), GV.with_values(lv), causal=True),
-        "scree backward node alone (grad_fn.apply, no engine)": lambda: node.apply(g),
         "scree from_cu_seqlens (same cu)": lambda: scree.from_cu_seqlens(q, cu, max_seqlen=L),
         "cu.clone()": lambda: cu.clone(),
         "scree from_cu_seqlens (new cu)": lambda: scree.from_cu_seqlens(q, cu.clone(), max_seqlen=L),
