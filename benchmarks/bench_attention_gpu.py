@@ -813,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# ceilings: bf16 matmul {ceil['matmul'].get('tflops', float('nan')):.0f} TFLOP/s, device copy "
           f"{ceil['copy'].get('gbs', float('nan')):.0f} GB/s (read + write)", flush=True)
     print("# each cell: median ms and useful TFLOP/s; 'scree x FA-2' = FA-2 time / scree time; 'x best' = best "
-          "peer (FA-2, cuDNN, flex) time / scree time; check = max|diff| vs FA-2 (fwd: out; fwdbwd: dq/dk/dv)",
+          "peer (FA-2, FA-4, cuDNN, flex) time / scree time; check = max|diff| vs FA-2 (fwd: out; fwdbwd: dq/dk/dv)",
           flush=True)
     print(HEADER, flush=True)
 
