@@ -21,6 +21,7 @@ documented synchronisation; it checks them in C++ at the same time."""
 
 from __future__ import annotations
 
+import collections
 import operator
 import weakref
 from types import ModuleType
@@ -165,18 +166,28 @@ class Layout:
             return cls(ns, offsets, total, host, longest if max_length is None else max_length)
         if max_length is not None and max_length < 0:
             raise ArgumentError(f"{name}={max_length} must be >= 0")
-        version = ns.version(offsets)
-        key = None if version is None else (id(offsets), version, total, max_length)
-        if key is not None:
-            hit = _BY_OFFSETS.get(key)
-            if hit is not None and hit.offsets is offsets:  # alive, so its offsets' id was not reused
-                return hit
+        key = offsets_key(ns, offsets, total, max_length)
+        hit = cls.kept(key, offsets)
+        if hit is not None:
+            return hit
         layout = cls(ns, offsets, total, None, max_length)
         check = DeviceCheck(layout, name)
         layout.check = check if check.readback is not None else None
         if key is not None:
             _BY_OFFSETS[key] = layout
+            _RECENT.append(layout)
         return layout
+
+    @classmethod
+    @staticmethod
+    def kept(key: tuple | None, offsets: Any) -> "Layout | None":
+        """The Layout `validated` made for device offsets under `key` (offsets_key), if it is still
+        alive: then these very offsets were checked, or are being checked, already."""
+        hit = None if key is None else _BY_OFFSETS.get(key)
+        if hit is None or hit.offsets is not offsets:  # (alive: its offsets' id was not reused)
+            return None
+        _RECENT.append(hit)
+        return hit
 
     @classmethod
     def unvalidated(cls, ns: ModuleType, offsets: Any, total: int, max_length: Any = None,
@@ -222,6 +233,19 @@ class Layout:
 # FlashAttention way) share one Layout, so one device check, one plan. Weak: a Layout lives as long
 # as an Array over it.
 _BY_OFFSETS: "weakref.WeakValueDictionary[tuple, Layout]" = weakref.WeakValueDictionary()
+# ... and the Layouts made or found there lately, held: code written against FlashAttention's API
+# (scree.integrations.flash_api, or from_cu_seqlens in each layer) drops its Arrays after every
+# call, and a Layout that died with them made every layer pay a new one: the device check, the plan,
+# the packed-tile schedule and its kernel (~190 us of host a call against ~55 over a kept Layout on
+# an H100 host, benchmarks/NOTES.md, session 36). Bounded: a Layout holds its offsets and a few small
+# device buffers; a new batch's Layout pushes the old ones out.
+_RECENT: "collections.deque[Layout]" = collections.deque(maxlen=32)
+
+
+def offsets_key(ns: ModuleType, offsets: Any, total: int, max_length: int | None) -> tuple | None:
+    """_BY_OFFSETS's key, None where the backend counts no writes (nothing may be cached by identity)."""
+    version = ns.version(offsets)
+    return None if version is None else (id(offsets), version, total, max_length)
 
 
 class DeviceCheck:

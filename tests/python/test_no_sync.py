@@ -15,8 +15,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -105,6 +107,48 @@ def test_arrays_over_one_offsets_tensor_share_one_layout(device_offsets):
     cu[2] = 4  # lengths 3, 1, 6
     moved = scree.from_cu_seqlens(_values(10), cu)
     assert moved._layout is not q._layout and moved.max_length == 6
+
+
+def test_a_kept_layout_still_checks_what_the_new_values_bring(device_offsets):
+    """The later Arrays over a kept Layout skip the offsets' checks, not the values' or the
+    arguments': each wrong one raises what the full path raises, and other row counts or bounds get
+    a Layout of their own."""
+    cu = torch.tensor([0, 3, 3, 10], dtype=torch.int32)
+    q = scree.from_cu_seqlens(_values(10), cu, max_seqlen=7)
+    assert scree.from_cu_seqlens(_values(10), cu, max_seqlen=7)._layout is q._layout
+    assert scree.Array(_values(10), cu, max_length=7)._layout is q._layout
+    with pytest.raises(scree.DTypeError, match="values"):
+        scree.from_cu_seqlens(torch.zeros(10, 2, dtype=torch.float8_e4m3fn), cu, max_seqlen=7)
+    with pytest.raises(scree.ShapeError, match="0-D"):
+        scree.from_cu_seqlens(torch.tensor(1.0), cu, max_seqlen=7)
+    for bad in (7.0, True, np.int64(7)):
+        if isinstance(bad, np.integer):  # a NumPy int is a valid bound: the full path takes it
+            assert scree.from_cu_seqlens(_values(10), cu, max_seqlen=bad).max_length == 7
+            continue
+        with pytest.raises(scree.ArgumentError, match="max_seqlen"):
+            scree.from_cu_seqlens(_values(10), cu, max_seqlen=bad)
+    assert scree.from_cu_seqlens(_values(11), cu, max_seqlen=7)._layout is not q._layout
+    with pytest.raises(scree.RaggedError, match="must equal values.shape"):
+        poll()  # that Layout's own check: offsets[-1] = 10 against 11 rows
+    assert scree.from_cu_seqlens(_values(10), cu.clone(), max_seqlen=7)._layout is not q._layout
+    with pytest.raises(scree.BackendError):
+        scree.from_cu_seqlens(np.zeros((10, 2)), cu, max_seqlen=7)
+
+
+def test_a_layout_outlives_the_arrays_of_one_call(device_offsets):
+    """FlashAttention-style code builds its Arrays from cu_seqlens in every layer and drops them after
+    the call: the next layer still finds the Layout (one device check a batch, not one a layer),
+    until newer Layouts have pushed it out."""
+    cu = torch.tensor([0, 3, 3, 10], dtype=torch.int32)
+    first = weakref.ref(scree.from_cu_seqlens(_values(10), cu)._layout)  # the Arrays dropped at once
+    checks = len(scree._layout._PENDING)
+    assert scree.from_cu_seqlens(_values(10), cu)._layout is first()
+    assert len(scree._layout._PENDING) == checks  # no second check
+    for _ in range(scree._layout._RECENT.maxlen):  # as many later batches, each over its own cu_seqlens
+        scree.from_cu_seqlens(_values(10), cu.clone())
+    poll()
+    gc.collect()
+    assert first() is None
 
 
 def test_jax_device_check_with_its_asynchronous_copy(monkeypatch):
