@@ -275,6 +275,10 @@ def empty(shape_: Sequence[int], dtype: str, like: Any = None) -> Any:
     return _place(jnp.zeros(tuple(shape_), dtype=_dt(dtype)), like)  # XLA has no uninitialised buffers
 
 
+def empty_like(x: Any) -> Any:
+    return _place(jnp.zeros(tuple(x.shape), dtype=x.dtype), x)  # XLA has no uninitialised buffers
+
+
 def zeros(shape_: Sequence[int], dtype: str, like: Any = None) -> Any:
     return _place(jnp.zeros(tuple(shape_), dtype=_dt(dtype)), like)
 

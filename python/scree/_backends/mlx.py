@@ -168,6 +168,10 @@ def empty(shape_: Sequence[int], dtype: str, like: Any = None) -> Any:
     return mx.zeros(tuple(shape_), dtype=_dt(dtype))
 
 
+def empty_like(x: Any) -> Any:
+    return mx.zeros(x.shape, dtype=x.dtype)
+
+
 def zeros(shape_: Sequence[int], dtype: str, like: Any = None) -> Any:
     return mx.zeros(tuple(shape_), dtype=_dt(dtype))
 

@@ -155,6 +155,10 @@ def empty(shape_: Sequence[int], dtype: str, like: Any = None) -> np.ndarray:
     return np.empty(tuple(shape_), dtype=_dt(dtype))
 
 
+def empty_like(x: Any) -> np.ndarray:
+    return np.empty_like(x, order="C")
+
+
 def zeros(shape_: Sequence[int], dtype: str, like: Any = None) -> np.ndarray:
     return np.zeros(tuple(shape_), dtype=_dt(dtype))
 

@@ -133,6 +133,10 @@ class Backend(Protocol):
     # ---- creation and layout -----------------------------------------------------------------------
     def empty(self, shape_: Sequence[int], dtype: str, like: Any = None) -> Any: ...
 
+    def empty_like(self, x: Any) -> Any:
+        """An array of x's shape, dtype and device, row-major, its values unspecified (the kernels'
+        outputs shaped like an input: cheaper than `empty`, which parses a shape and a device)."""
+
     def zeros(self, shape_: Sequence[int], dtype: str, like: Any = None) -> Any: ...
 
     def full(self, shape_: Sequence[int], value: Any, dtype: str, like: Any = None) -> Any: ...

@@ -167,7 +167,7 @@ def forward(ns: ModuleType, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: 
     (each leaves its tile counter zero), so no memset runs before the kernel."""
     tq, hq = q.shape[0], q.shape[1]
     dt = ns.dtype_name(q)
-    out = ns.empty((tq, hq, v.shape[2]), dt, like=q)
+    out = ns.empty_like(q) if v.shape[2] == q.shape[2] else ns.empty((tq, hq, v.shape[2]), dt, like=q)
     lse = ns.empty((hq, tq), lse_dtype(dt), like=q) if with_lse else None
     a = ns.kernel_arg
     if workspace is None and not ns.is_host(q):
@@ -186,7 +186,7 @@ def backward(ns: ModuleType, dout: Any, q: Any, k: Any, v: Any, out: Any, lse: A
     (sized by scree._C.cuda_bwd_workspace_bytes, none on the CPU), allocated by `ns` like q;
     `schedule` (tile_schedule(..., backward=True)) keeps the packed key tiles between calls."""
     dt = ns.dtype_name(q)
-    dq, dk, dv = ns.empty(q.shape, dt, like=q), ns.empty(k.shape, dt, like=k), ns.empty(v.shape, dt, like=v)
+    dq, dk, dv = ns.empty_like(q), ns.empty_like(k), ns.empty_like(v)
     # Sized from the shapes (the C++ formula, as JAX sizes it): the arguments are checked once,
     # by varlen_bwd below, not a second time on every backward.
     nbytes = 0 if ns.is_host(q) else _C.cuda_bwd_workspace_bytes(q.shape[0], k.shape[0], cu_q.shape[0] - 1,
