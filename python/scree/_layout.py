@@ -119,7 +119,7 @@ class Layout:
     """Offsets (n+1, native, on the values' device) and what derives from them (see the module)."""
 
     __slots__ = ("ns", "offsets", "total", "host", "max_length", "cu32", "plans", "check", "device_summary",
-                 "unchecked", "_device", "__weakref__")
+                 "unchecked", "_device", "key", "__weakref__")
 
     def __init__(self, ns: ModuleType, offsets: Any, total: int, host: np.ndarray | None = None,
                  max_length: int | None = None):
@@ -141,6 +141,7 @@ class Layout:
         # or indexes with them (a lying offsets[-1] made to_padded try to allocate 16 TiB).
         self.unchecked = False
         self._device: Any = _UNSET  # the offsets' device name, asked once (device())
+        self.key: tuple | None = None  # its _BY_OFFSETS key while held in _RECENT
 
     def device(self) -> str | None:
         """The offsets' device name as the backend gives it (ns.device), kept: offsets never move,
@@ -175,10 +176,14 @@ class Layout:
         layout.check = check if check.readback is not None else None
         if key is not None:
             _BY_OFFSETS[key] = layout
-            _RECENT.append(layout)
+            # Held only where a check runs (not inside CUDA graph capture) and the offsets are no
+            # view: a view made anew each call (cu[: n + 1]) is never found again, and would keep
+            # its base's storage alive.
+            if layout.check is not None and getattr(offsets, "_base", None) is None:
+                layout.key = key
+                _RECENT.append(layout)
         return layout
 
-    @classmethod
     @staticmethod
     def kept(key: tuple | None, offsets: Any) -> "Layout | None":
         """The Layout `validated` made for device offsets under `key` (offsets_key), if it is still
@@ -186,8 +191,18 @@ class Layout:
         hit = None if key is None else _BY_OFFSETS.get(key)
         if hit is None or hit.offsets is not offsets:  # (alive: its offsets' id was not reused)
             return None
-        _RECENT.append(hit)
+        if hit.key is not None:  # held (see _RECENT): a hit keeps it among the recent ones
+            _RECENT.append(hit)
         return hit
+
+    def forget(self) -> None:
+        """Out of the cache: a later Array over the same offsets gets a Layout of its own, and its
+        own check (a failed check must raise again for every later construction, not once)."""
+        if self.key is not None and _BY_OFFSETS.get(self.key) is self:
+            del _BY_OFFSETS[self.key]
+        while self in _RECENT:
+            _RECENT.remove(self)
+        self.key = None
 
     @classmethod
     def unvalidated(cls, ns: ModuleType, offsets: Any, total: int, max_length: Any = None,
@@ -279,6 +294,9 @@ class DeviceCheck:
         count, total = self.shape
         layout = self.layout()
         self.cancel()
+        if layout is not None and (first != 0 or lo < 0 or last != total
+                                   or (self.claimed is not None and self.claimed < hi)):
+            layout.forget()  # every later Array over these offsets is checked (and raises) again
         where = f"offsets (n+1 = {count}, checked on the device after the Array was built)"
         if first != 0:
             raise RaggedError(f"{where}: offsets[0] must be 0, got {first}")

@@ -151,6 +151,40 @@ def test_a_layout_outlives_the_arrays_of_one_call(device_offsets):
     assert first() is None
 
 
+@pytest.mark.parametrize("cu, max_seqlen, error", [([0, 5, 3, 9], None, scree.RaggedError),
+                                                   ([0, 2, 9], 4, scree.ArgumentError)])
+def test_a_failed_check_raises_again_for_every_later_array(device_offsets, cu, max_seqlen, error):
+    """A Layout whose check failed is not kept: FlashAttention-style code that builds its Arrays
+    from the same bad offsets again gets the typed error again, not a Layout taken as checked."""
+    cu = torch.tensor(cu, dtype=torch.int32)
+    for _ in range(3):
+        scree.from_cu_seqlens(_values(9), cu, max_seqlen=max_seqlen)  # dropped at once
+        with pytest.raises(error):
+            poll()
+
+
+def test_offsets_made_in_inference_mode_build_arrays(device_offsets):
+    """Inference tensors keep no write counter: their Layouts are not cached (asking for the
+    counter raised RuntimeError before)."""
+    with torch.inference_mode():
+        cu = torch.tensor([0, 3, 10], dtype=torch.int32)
+        values = _values(10)
+    a = scree.from_cu_seqlens(values, cu, max_seqlen=7)
+    b = scree.from_cu_seqlens(values, cu, max_seqlen=7)
+    assert a._layout is not b._layout and a.max_length == 7
+    poll()
+
+
+def test_layouts_over_views_are_not_held(device_offsets):
+    """A view made anew for each call (cu[: n + 1]) is never found again: its Layout is not held
+    (it would keep the view's base alive)."""
+    base = torch.tensor([0, 3, 10, 10, 10], dtype=torch.int32)
+    layout = weakref.ref(scree.from_cu_seqlens(_values(10), base[:3])._layout)
+    poll()
+    gc.collect()
+    assert layout() is None
+
+
 def test_jax_device_check_with_its_asynchronous_copy(monkeypatch):
     jax = pytest.importorskip("jax", reason="jax is not installed")
     jnp = jax.numpy

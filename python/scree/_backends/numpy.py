@@ -156,7 +156,7 @@ def empty(shape_: Sequence[int], dtype: str, like: Any = None) -> np.ndarray:
 
 
 def empty_like(x: Any) -> np.ndarray:
-    return np.empty_like(x, order="C")
+    return np.empty_like(x, order="C", subok=False)  # a plain ndarray, as empty gives, for memmap or masked x
 
 
 def zeros(shape_: Sequence[int], dtype: str, like: Any = None) -> np.ndarray:

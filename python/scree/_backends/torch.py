@@ -141,8 +141,9 @@ def offsets_summary(offsets: Any) -> Any:
 
 
 def version(x: Any) -> int | None:
-    """torch's counter of in-place writes."""
-    return x._version
+    """torch's counter of in-place writes; None for inference tensors (torch.inference_mode), which
+    keep none (asking raised RuntimeError, so their device offsets could build no Array)."""
+    return None if x.is_inference() else x._version
 
 
 def needs_autograd(x: Any) -> bool:
