@@ -250,9 +250,10 @@ class Layout:
 _BY_OFFSETS: "weakref.WeakValueDictionary[tuple, Layout]" = weakref.WeakValueDictionary()
 # ... and the Layouts made or found there lately, held: code written against FlashAttention's API
 # (scree.integrations.flash_api, or from_cu_seqlens in each layer) drops its Arrays after every
-# call, and a Layout that died with them made every layer pay a new one: the device check, the plan,
-# the packed-tile schedule and its kernel (~190 us of host a call against ~55 over a kept Layout on
-# an H100 host, benchmarks/NOTES.md, session 36). Bounded: a Layout holds its offsets and a few small
+# call, and a Layout that died with them (at once, or at the next garbage collection where its tile
+# schedule names it back) made the next layer pay a new one: the device check, the plan, the
+# packed-tile schedule and its kernel (~190 us of host a call against ~55 over a kept Layout on an
+# H100 host, benchmarks/NOTES.md, session 36). Bounded: a Layout holds its offsets and a few small
 # device buffers; a new batch's Layout pushes the old ones out.
 _RECENT: "collections.deque[Layout]" = collections.deque(maxlen=32)
 
@@ -294,17 +295,19 @@ class DeviceCheck:
         count, total = self.shape
         layout = self.layout()
         self.cancel()
-        if layout is not None and (first != 0 or lo < 0 or last != total
-                                   or (self.claimed is not None and self.claimed < hi)):
-            layout.forget()  # every later Array over these offsets is checked (and raises) again
         where = f"offsets (n+1 = {count}, checked on the device after the Array was built)"
-        if first != 0:
-            raise RaggedError(f"{where}: offsets[0] must be 0, got {first}")
-        if lo < 0:
-            raise RaggedError(f"{where} must be non-decreasing: a sequence has length {lo}")
-        if last != total:
-            raise RaggedError(f"{where}: offsets[-1] = {last} must equal values.shape[0] = {total}")
-        check_max_length(self.claimed, hi, self.name)
+        try:
+            if first != 0:
+                raise RaggedError(f"{where}: offsets[0] must be 0, got {first}")
+            if lo < 0:
+                raise RaggedError(f"{where} must be non-decreasing: a sequence has length {lo}")
+            if last != total:
+                raise RaggedError(f"{where}: offsets[-1] = {last} must equal values.shape[0] = {total}")
+            check_max_length(self.claimed, hi, self.name)
+        except (RaggedError, ArgumentError):
+            if layout is not None:
+                layout.forget()  # every later Array over these offsets is checked (and raises) again
+            raise
         if layout is not None:
             if layout.max_length is None:
                 layout.max_length = hi
