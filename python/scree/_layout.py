@@ -200,8 +200,11 @@ class Layout:
         own check (a failed check must raise again for every later construction, not once)."""
         if self.key is not None and _BY_OFFSETS.get(self.key) is self:
             del _BY_OFFSETS[self.key]
-        while self in _RECENT:
-            _RECENT.remove(self)
+        try:
+            while True:
+                _RECENT.remove(self)
+        except ValueError:  # none left (another thread may have taken the last one)
+            pass
         self.key = None
 
     @classmethod
