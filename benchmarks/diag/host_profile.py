@@ -27,6 +27,7 @@ import torch
 
 import scree
 from scree import _C
+from scree.integrations import flash_api
 from scree.kernels import attention as K
 
 
@@ -168,6 +169,12 @@ def main() -> None:
         "scree fwd with a gradient (graph kept, no backward)": lambda: scree.varlen_attention(
             GQ.with_values(lq), GK.with_values(lk), GV.with_values(lv), causal=True),
         "scree from_cu_seqlens (same cu)": lambda: scree.from_cu_seqlens(q, cu, max_seqlen=L),
+        # FlashAttention-style code: the Arrays rebuilt from cu in every call and dropped after it
+        # (the held Layouts, session 36, keep one Layout for all of them).
+        "scree flash_api fwd (Arrays rebuilt each call)": lambda: _nograd(
+            lambda: flash_api.flash_attn_varlen_func(q, k, v, cu, cu, L, L, causal=True)),
+        "scree flash_api fwd+bwd (Arrays rebuilt each call)": lambda: torch.autograd.grad(
+            flash_api.flash_attn_varlen_func(lq, lk, lv, cu, cu, L, L, causal=True), (lq, lk, lv), g),
         "cu.clone()": lambda: cu.clone(),
         "scree from_cu_seqlens (new cu)": lambda: scree.from_cu_seqlens(q, cu.clone(), max_seqlen=L),
         "scree offsets_summary (the device check)": lambda: ns.offsets_summary(cu),
