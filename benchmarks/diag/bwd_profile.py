@@ -1,6 +1,7 @@
 """Driver for Nsight Compute over one attention backward: scree's, FA-4's or FA-2's, on the same packed
 batch as benchmarks/bench_attention_gpu.py's equal-length workloads (16 heads x 128, bf16, TOKENS
-tokens in sequences of LENGTH). Warm-up calls run outside the profiled range (FA-4 compiles its
+tokens in sequences of LENGTH), or with `--kind mix|short|tiny` on lengths drawn as the bench draws
+that kind (uniform in its range, seed 0; the bench's own draw depends on its workload list). Warm-up calls run outside the profiled range (FA-4 compiles its
 kernels on first use); then CALLS backward calls run between cudaProfilerStart / Stop, so
 `ncu --profile-from-start off` sees only them. Prints each call's time from CUDA events too.
 
@@ -11,7 +12,10 @@ kernels on first use); then CALLS backward calls run between cudaProfilerStart /
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -24,12 +28,21 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--causal", action="store_true")
     ap.add_argument("--calls", type=int, default=1)
+    ap.add_argument("--kind", choices=("equal", "mix", "short", "tiny"), default="equal")
     args = ap.parse_args()
-    n, L, h, d = args.tokens // args.length, args.length, args.heads, args.dim
+    h, d = args.heads, args.dim
+    if args.kind == "equal":
+        lens = [args.length] * (args.tokens // args.length)
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from bench_attention_gpu import make_lengths
+        lens = make_lengths(args.kind, args.tokens, np.random.default_rng(0))
+    n, L = len(lens), max(lens)
     dev, bf = "cuda", torch.bfloat16
-    cu = torch.arange(0, (n + 1) * L, L, dtype=torch.int32, device=dev)
+    cu = torch.tensor(np.concatenate(([0], np.cumsum(lens))), dtype=torch.int32, device=dev)
+    total = int(cu[-1])
     gen = torch.Generator(device=dev).manual_seed(0)
-    q, k, v, g = (torch.randn(n * L, h, d, device=dev, dtype=bf, generator=gen) for _ in range(4))
+    q, k, v, g = (torch.randn(total, h, d, device=dev, dtype=bf, generator=gen) for _ in range(4))
     lq, lk, lv = (x.clone().requires_grad_(True) for x in (q, k, v))
     if args.method == "scree":
         import scree
@@ -53,7 +66,7 @@ def main() -> None:
         bwd()
         end.record()
         torch.cuda.synchronize()
-        print(f"{args.method} bwd {n} x {L}, {h} x {d}{' causal' if args.causal else ''}: "
+        print(f"{args.method} bwd {n} sequences ({args.kind}, longest {L}), {h} x {d}{' causal' if args.causal else ''}: "
               f"{start.elapsed_time(end):.3f} ms (this call; under a profiler it is not the kernel's time)")
     torch.cuda.profiler.stop()
 
