@@ -119,7 +119,7 @@ class Layout:
     """Offsets (n+1, native, on the values' device) and what derives from them (see the module)."""
 
     __slots__ = ("ns", "offsets", "total", "host", "max_length", "cu32", "plans", "check", "device_summary",
-                 "unchecked", "_device", "key", "__weakref__")
+                 "unchecked", "_device", "key", "held", "__weakref__")
 
     def __init__(self, ns: ModuleType, offsets: Any, total: int, host: np.ndarray | None = None,
                  max_length: int | None = None):
@@ -141,7 +141,8 @@ class Layout:
         # or indexes with them (a lying offsets[-1] made to_padded try to allocate 16 TiB).
         self.unchecked = False
         self._device: Any = _UNSET  # the offsets' device name, asked once (device())
-        self.key: tuple | None = None  # its _BY_OFFSETS key while held in _RECENT
+        self.key: tuple | None = None  # its _BY_OFFSETS key while cached there
+        self.held = False  # kept alive in _RECENT too
 
     def device(self) -> str | None:
         """The offsets' device name as the backend gives it (ns.device), kept: offsets never move,
@@ -176,11 +177,12 @@ class Layout:
         layout.check = check if check.readback is not None else None
         if key is not None:
             _BY_OFFSETS[key] = layout
+            layout.key = key
             # Held only where a check runs (not inside CUDA graph capture) and the offsets are no
             # view: a view made anew each call (cu[: n + 1]) is never found again, and would keep
             # its base's storage alive.
             if layout.check is not None and getattr(offsets, "_base", None) is None:
-                layout.key = key
+                layout.held = True
                 _RECENT.append(layout)
         return layout
 
@@ -191,21 +193,24 @@ class Layout:
         hit = None if key is None else _BY_OFFSETS.get(key)
         if hit is None or hit.offsets is not offsets:  # (alive: its offsets' id was not reused)
             return None
-        if hit.key is not None:  # held (see _RECENT): a hit keeps it among the recent ones
+        if hit.held:  # (see _RECENT) a hit keeps it among the recent ones
             _RECENT.append(hit)
         return hit
 
     def forget(self) -> None:
-        """Out of the cache: a later Array over the same offsets gets a Layout of its own, and its
-        own check (a failed check must raise again for every later construction, not once)."""
+        """Out of the cache (and out of _RECENT where held): a later Array over the same offsets gets
+        a Layout of its own, and its own check (a failed check must raise again for every later
+        construction, not once)."""
         if self.key is not None and _BY_OFFSETS.get(self.key) is self:
             del _BY_OFFSETS[self.key]
-        try:
-            while True:
-                _RECENT.remove(self)
-        except ValueError:  # none left (another thread may have taken the last one)
-            pass
         self.key = None
+        if self.held:
+            self.held = False
+            try:
+                while True:
+                    _RECENT.remove(self)
+            except ValueError:  # none left (another thread may have taken the last one)
+                pass
 
     @classmethod
     def unvalidated(cls, ns: ModuleType, offsets: Any, total: int, max_length: Any = None,

@@ -163,6 +163,18 @@ def test_a_failed_check_raises_again_for_every_later_array(device_offsets, cu, m
             poll()
 
 
+def test_a_failed_check_drops_even_a_layout_that_is_not_held(device_offsets):
+    """Over a view (not held) whose check failed, a new Array still alive beside the first gets a
+    check of its own, and the error again."""
+    cu = torch.tensor([0, 5, 3, 9, 9], dtype=torch.int32)[:4]
+    first = scree.from_cu_seqlens(_values(9), cu)
+    with pytest.raises(scree.RaggedError):
+        poll()
+    assert scree.from_cu_seqlens(_values(9), cu)._layout is not first._layout
+    with pytest.raises(scree.RaggedError):
+        poll()
+
+
 def test_offsets_made_in_inference_mode_build_arrays(device_offsets):
     """Inference tensors keep no write counter: their Layouts are not cached (asking for the
     counter raised RuntimeError before)."""
