@@ -484,6 +484,15 @@ def test_bad_window(rng, window):
     assert isinstance(info.value, ValueError)
 
 
+@pytest.mark.parametrize("window", [(True, 0), (1.0, 0)])
+def test_bad_window_after_its_equal_good_one(rng, window):
+    """The option cache: (True, 0) and (1.0, 0) equal (1, 0) as keys, yet raise after it was used."""
+    q, k, v = _arrays(rng)
+    varlen_attention(q, k, v, window=(1, 0))
+    with pytest.raises(scree.ArgumentError):
+        varlen_attention(q, k, v, window=window)
+
+
 @pytest.mark.parametrize("kw", [
     dict(softcap=-1.0), dict(softcap=float("nan")), dict(softcap=float("inf")), dict(softcap="x"),
     dict(scale=float("nan")), dict(scale=float("inf")), dict(scale="x"),

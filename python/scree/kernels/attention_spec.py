@@ -52,7 +52,9 @@ def _options(causal: Any, scale: Any, window: Any, softcap: Any) -> tuple[int | 
     causal = _causal_value(causal)
     try:
         key = (causal, scale, window, softcap)
-        hit = _OPTIONS.get(key)
+        # A window of other than plain ints and None is normalised every time: (True, 0) or
+        # (1.0, 0) equal (1, 0) as keys, and would find its entry instead of raising.
+        hit = _OPTIONS.get(key) if window is None or _plain_window(window) else None
     except TypeError:  # an unhashable window (a list): normalised every time
         key, hit = None, None
     if hit is None:
@@ -61,6 +63,10 @@ def _options(causal: Any, scale: Any, window: Any, softcap: Any) -> tuple[int | 
         if key is not None and len(_OPTIONS) < 256 and _cacheable(key):
             _OPTIONS[key] = hit
     return hit
+
+
+def _plain_window(window: Any) -> bool:
+    return type(window) is tuple and all(type(e) is int or e is None for e in window)
 
 
 def _cacheable(x: Any) -> bool:
