@@ -146,6 +146,11 @@ __device__ __forceinline__ RowTotals row_totals(const RowState& st) {
   return t;
 }
 
+// Row r's lse (natural log; -inf for a row that saw no key).
+__device__ __forceinline__ float row_lse(const RowState& st, const RowTotals& t, int r) {
+  return t.l[r] > 0.f ? st.max[r] * kLn2 + logf(t.l[r]) : -INFINITY;
+}
+
 // Row r's lse (token t0 + row_in_tile[r], head h), by the quad's first lane, where the row is live.
 __device__ __forceinline__ void store_lse(const VarlenParams& p, const RowState& st, const RowTotals& t,
                                           const int (&row_in_tile)[2], int rows, int64_t t0, int h) {
@@ -153,7 +158,7 @@ __device__ __forceinline__ void store_lse(const VarlenParams& p, const RowState&
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int64_t tok = t0 + row_in_tile[r];
-    if (row_in_tile[r] < rows) p.lse[h * p.total_q + tok] = t.l[r] > 0.f ? st.max[r] * kLn2 + logf(t.l[r]) : -INFINITY;
+    if (row_in_tile[r] < rows) p.lse[h * p.total_q + tok] = row_lse(st, t, r);
   }
 }
 
@@ -174,6 +179,24 @@ __device__ __forceinline__ void store_rows(const VarlenParams& p, const float (&
   }
   store_lse(p, st, t, row_in_tile, rows, t0, h);
 }
+// store_rows for a head-grouped tile (sm90/head_group_tiles.h): tile row i is token t0 + i / group
+// of head h0 + i % group.
+template <class T, int DT>
+__device__ __forceinline__ void store_grouped_rows(const VarlenParams& p, const float (&o)[DT][4], const RowState& st,
+                                                   const RowTotals& t, const int (&row_in_tile)[2], int rows,
+                                                   int64_t t0, int h0, int group) {
+  const bool vector = DT % 4 == 0 && rows_16b(p.out, p.out_row_stride, p.out_head_stride);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t tok = t0 + row_in_tile[r] / group;
+    const int h = h0 + row_in_tile[r] % group;
+    const bool live = row_in_tile[r] < rows;
+    T* out = static_cast<T*>(p.out) + tok * p.out_row_stride + h * p.out_head_stride;
+    store_fragment_row<T>(out, o, r, t.inv[r], live, vector);
+    if (p.lse != nullptr && threadIdx.x % 4 == 0 && live) p.lse[h * p.total_q + tok] = row_lse(st, t, r);
+  }
+}
+
 template <class T, int DT>
 __device__ __forceinline__ void store_rows(const VarlenParams& p, const float (&o)[DT][4], const RowState& st,
                                            const int (&row_in_tile)[2], int rows, int64_t t0, int h) {

@@ -1,8 +1,9 @@
 // Hopper (sm_90a) varlen attention forward: warp-specialised, TMA + mbarrier + wgmma.
 // A persistent grid (one CTA per SM) working through (sequence, 128-query tile, query head) tiles
 // longest first (tile_scheduler.cuh), or, over short sequences, through the device-computed packed
-// tiles of tile_packing.cuh (several sequences a tile, each row masked to its own keys); three
-// warpgroups:
+// tiles of tile_packing.cuh (several sequences a tile, each row masked to its own keys), or, for
+// GQA calls with few queries against many keys, through head-grouped tiles (head_group_tiles.h:
+// a KV head's query heads for 128 / G tokens a tile); three warpgroups:
 //  - producer (warpgroup 0, registers lowered to 40 with setmaxnreg, 56 over pages): one thread issues TMA
 //    loads of the Q tile and of K/V tiles of 128 keys into a 3- or 4-stage ring, each guarded by
 //    a "full" mbarrier (transaction bytes) and an "empty" one (the 256 consumer threads arrive);
@@ -75,11 +76,12 @@ struct FwdTiles {
 // A tile's index math, done once by the producer and published with the tile (shared memory) so
 // that the consumers start on it without a global-memory round trip. A packed tile (sequences
 // [b, end), end > b + 1) spans its sequences in s; each row finds its own sequence's keys
-// (packed_rows_keys), and no key block is unmasked.
+// (packed_rows_keys), and no key block is unmasked. A head-grouped tile (group > 1,
+// head_group_tiles.h): row i is token m0 + i / group of query head h + i % group.
 struct FwdTile {
   SeqTile s;
   int64_t b, end;  // the sequence (the first of a packed tile's, and past its last)
-  int m0, rows, h, hk;
+  int m0, rows, h, hk, group;
   KeyBlocks kb;
   __device__ __forceinline__ bool packed() const { return end - b > 1; }
   __device__ __forceinline__ PackedTileGeometry geometry() const { return {s, m0, b, end}; }
@@ -154,10 +156,17 @@ __global__ void __launch_bounds__(384, 1)
   // The producer finds the next non-empty tile and publishes its index and geometry (FwdTile). The
   // K/V ring's PipelineState walks the key blocks of all of a CTA's tiles, `j` its tiles (Q's phase).
   using Tile = FwdTile;
+  const int tile_tokens = kM / order.group;  // a tile's tokens (kM unless head-grouped)
   auto tile_at = [&](int64_t t, Tile& x) {
     int m_tile;
     order.at(t, x.b, m_tile, x.h);
-    x.hk = x.h / int(p.heads_q / p.heads_k);
+    x.group = order.group;
+    if (order.group > 1) {  // the order's heads are KV heads
+      x.hk = x.h;
+      x.h *= order.group;
+    } else {
+      x.hk = x.h / int(p.heads_q / p.heads_k);
+    }
     if (!kPaged && order.packed != nullptr) {  // (the host never packs paged calls)
       const PackedTileGeometry g = packed_tile(p, order.packed[x.b]);
       x.s = g.s, x.m0 = g.m0, x.b = g.first, x.end = g.end;
@@ -172,12 +181,13 @@ __global__ void __launch_bounds__(384, 1)
       }
     } else {
       x.s = sequence(p, x.b);
-      x.m0 = m_tile * kM;
+      x.m0 = m_tile * tile_tokens;
       x.end = x.b + 1;
     }
     if (x.m0 >= x.s.q_len) return false;
-    x.rows = min(kM, x.s.q_len - x.m0);
-    x.kb = key_blocks<kN>(p, x.s, x.m0, x.rows);
+    const int tokens = min(tile_tokens, x.s.q_len - x.m0);
+    x.rows = tokens * x.group;
+    x.kb = key_blocks<kN>(p, x.s, x.m0, tokens);
     return true;
   };
   const int64_t tiles = order.count();
@@ -225,7 +235,12 @@ __global__ void __launch_bounds__(384, 1)
           if (leader) mbar_arrive(&sm.q_full);  // completes the phase with no bytes: the consumers read -1 and stop
           break;
         }
-        if (leader) {
+        if (leader && x.group > 1) {  // one box of the group's heads a slab (tma.cuh: tensor_map_head_groups)
+          mbar_arrive_expect_tx(&sm.q_full, x.group * tile_tokens * D * int(sizeof(T)));
+#pragma unroll
+          for (int sl = 0; sl < D / 64; ++sl)
+            tma_load_4d(sm.q + sl * Tiles::kSlabBytesQ, &tm_q, sl * 64, 0, x.hk, int(x.s.q_start + x.m0), &sm.q_full);
+        } else if (leader) {
           mbar_arrive_expect_tx(&sm.q_full, Tiles::kQBytes);
           tma_load_slabs<D>(sm.q, Tiles::kSlabBytesQ, &tm_q, x.h, int(x.s.q_start + x.m0), &sm.q_full);
         }
@@ -334,7 +349,10 @@ __global__ void __launch_bounds__(384, 1)
         packed_rows_keys(p, x.geometry(), live_row, vis);
       } else {
 #pragma unroll
-        for (int r = 0; r < 2; ++r) vis[r] = visible_keys(p, x.m0 + live_row[r], x.s.q_len, x.s.k_len);
+        for (int r = 0; r < 2; ++r) {
+          const int token = x.group > 1 ? live_row[r] / x.group : live_row[r];
+          vis[r] = visible_keys(p, x.m0 + token, x.s.q_len, x.s.k_len);
+        }
       }
 #pragma unroll
       for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
@@ -412,7 +430,9 @@ __global__ void __launch_bounds__(384, 1)
       } else {
         totals = row_totals(st);
       }
-      if constexpr (kStaged) {
+      if (x.group > 1) {
+        store_grouped_rows<T>(p, o, st, totals, row, x.rows, x.s.q_start + x.m0, x.h, x.group);
+      } else if constexpr (kStaged) {
         const int row0 = 64 * cw + 16 * warp;  // this warp's 16 rows and 2 KB of the stage
         T* out = static_cast<T*>(p.out) + (x.s.q_start + x.m0 + row0) * p.out_row_stride + x.h * p.out_head_stride;
         store_rows_staged<T>(o, totals.inv, sm.o_stage + row0 * 128, out, p.out_row_stride, x.rows - row0, out_vector);

@@ -1,5 +1,5 @@
 // Launcher of the Hopper forward for one (element type, head dim): TMA tensor maps over the
-// packed q, k, v tensors (or the pages of a paged cache), the dynamic shared-memory opt-in, the
+// packed q, k, v tensors (or the pages of a paged cache; q by head groups for head-grouped tiles), the dynamic shared-memory opt-in, the
 // tile counter (zeroed on the stream in the caller's workspace unless it is known zero) or, for packed tiles, the schedule
 // kernel that zeroes it and writes the tiles after it (tile_packing.cuh), the persistent launch and
 // its error check. Explicitly instantiated in instances/fwd_sm90_*.cu, compiled for
@@ -30,7 +30,12 @@ bool launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream
   const bool keys = p.total_k > 0;
   const int64_t tk = keys ? p.total_k : 1;
   const int64_t hk = keys ? p.heads_k : p.heads_q;
-  const CUtensorMap tq = tensor_map_3d<T>(p.q, p.total_q, p.heads_q, D, p.q_row_stride, p.q_head_stride, Tiles::kBlockM, "q");
+  // Head-grouped tiles (head_group_tiles.h): a tile's Q is one box of the group's heads.
+  const int group = fwd_head_group(p);
+  const CUtensorMap tq =
+      group > 1 ? tensor_map_head_groups<T>(p.q, p.total_q, p.heads_q / group, group, D, p.q_row_stride,
+                                            p.q_head_stride, group_tokens(group), "q")
+                : tensor_map_3d<T>(p.q, p.total_q, p.heads_q, D, p.q_row_stride, p.q_head_stride, Tiles::kBlockM, "q");
   CUtensorMap tk_map{}, tv_map{};  // unused (zero) when the producer copies pages with cp.async
   const KvSource source = p.paged ? paged_source(p.page_size) : KvSource::kPacked;
   if (source == KvSource::kPagesTma) {  // (num_pages, page_size, Hk, D) pages, boxes of min(page_size, kBlockN) slots (paged_tma.cuh)
@@ -57,12 +62,13 @@ bool launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream
   constexpr int kSmem = kFwdSmemBytes<D>;
   set_smem(kernel, kSmem);
   // Persistent: one CTA per SM (224 KiB of shared memory allows no second), at most one per tile.
-  TileOrder order{p.num_sequences, ceil_div(p.max_seqlen_q, Tiles::kBlockM), p.heads_q, true};
+  TileOrder order{p.num_sequences, ceil_div(p.max_seqlen_q, int64_t(group_tokens(group))), p.heads_q / group, true};
+  order.group = group;
   // The tile counter lives in the call's own workspace (so concurrent calls on other streams never
   // share one) and is zeroed on the stream, in stream order with the kernel; the packed schedule
   // follows it there, or lives in the caller's p.tile_schedule, packed by its first call only.
   auto* tile_counter = reinterpret_cast<unsigned long long*>(workspace);
-  const bool packed = packed_tiles_chosen(p);
+  const bool packed = packed_tiles_chosen(p);  // never with head-grouped tiles
   if (packed) {
     char* at = p.tile_schedule != nullptr ? static_cast<char*>(p.tile_schedule) : workspace + kFwdCounterBytes;
     const PackedTiles sched = PackedTiles::at(at, p.total_q, p.num_sequences);

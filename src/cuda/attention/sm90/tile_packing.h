@@ -4,7 +4,8 @@
 // a 128-key tile): the same greedy with the roles of queries and keys swapped.
 // SCREE_SM90_TILES=packed|sequence forces either order in both (tests run both); otherwise the
 // packed one serves calls whose longest query (forward) or key (backward) sequence, as the host
-// bounds it, is at most kPackAutoMaxLen.
+// bounds it, is at most kPackAutoMaxLen, unless the forward takes head-grouped tiles
+// (head_group_tiles.h; SCREE_SM90_TILES=grouped forces them).
 #pragma once
 
 #include <vector_types.h>
@@ -13,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "head_group_tiles.h"
 #include "scree/attention/params.h"
 
 namespace scree::cuda_attention::sm90 {
@@ -59,9 +61,15 @@ struct PackedTiles {
   }
 };
 
-// by_keys: the backward (its tiles are key tiles).
+// The forward's G (head_group_tiles.h): its auto rule takes calls whose keys sequence packing leaves alone.
+inline int fwd_head_group(const attention::VarlenParams& p) {
+  return fwd_head_group(p, std::getenv("SCREE_SM90_TILES"), p.max_seqlen_k > kPackKeys);
+}
+
+// by_keys: the backward (its tiles are key tiles). A forward of head-grouped tiles takes no packed ones.
 inline bool packed_tiles_chosen(const attention::VarlenParams& p, bool by_keys = false) {
   if (p.paged) return false;  // a packed tile's keys are one run of packed rows
+  if (!by_keys && fwd_head_group(p) > 1) return false;
   if (const char* force = std::getenv("SCREE_SM90_TILES")) {
     if (std::strcmp(force, "packed") == 0) return true;
     if (std::strcmp(force, "sequence") == 0) return false;

@@ -23,6 +23,8 @@
 // device-computed schedule with head t % heads (the query heads of one tile side by side: a GQA
 // group's K/V read once into L2), `sequences` the schedule's capacity until the kernel reads its
 // count (bounded_by_device_count).
+// `group` (the forward's head-grouped tiles, head_group_tiles.h): `heads` counts KV heads, and a
+// tile of the sequence holds 128 / group tokens of the group's query heads.
 #pragma once
 
 #include <cstdint>
@@ -36,6 +38,7 @@ struct TileOrder {
   bool tiles_fastest = false;
   const int4* packed = nullptr;
   const int* packed_count = nullptr;
+  int group = 1;
   __device__ __forceinline__ int64_t count() const { return sequences * tiles * heads; }
   __device__ __forceinline__ void at(int64_t t, int64_t& b, int& tile, int& h) const {
     int i;
@@ -74,7 +77,8 @@ template <int kTile>
 __device__ __forceinline__ TileOrder bounded_by_device_max(TileOrder order, const int64_t* device_max) {
   if (device_max != nullptr) {
     const int64_t longest = *device_max;  // a negative value (bad offsets, raised on the host) -> 0
-    const int64_t tiles = longest > 0 ? (longest + kTile - 1) / kTile : 0;
+    const int64_t tile = kTile / order.group;
+    const int64_t tiles = longest > 0 ? (longest + tile - 1) / tile : 0;
     order.tiles = tiles < order.tiles ? tiles : order.tiles;
   }
   return order;

@@ -4,6 +4,10 @@
 //  - tensor_map_3d<T>: a (tokens, heads, d) tensor of 16-bit T with element strides (row, head) and
 //    a contiguous last dimension, as a rank-3 map (d, heads, tokens) with boxes of (64 columns,
 //    1 head, box_rows tokens) and 128-byte swizzle, the layout wgmma's descriptors read;
+//  - tensor_map_head_groups<T>: the same tensor as a rank-4 map (d, group, heads / group, tokens)
+//    with boxes of (64 columns, group heads, 1 group, box_tokens tokens): the query tile of the
+//    forward's head-grouped order, token-major and head-minor, group x box_tokens rows of 128 bytes
+//    in shared memory as one tall box would lay them;
 //  - tensor_map_pages<T>: a paged KV cache (num_pages, page_size, heads, d) with any strides (NHD
 //    and HND pages alike) as a rank-4 map (d, slot, heads, pages), boxes of (64 columns, box_rows
 //    slots, 1 head, 1 page), the same swizzle: box_rows-row boxes stacked in shared memory at
@@ -74,6 +78,18 @@ CUtensorMap tensor_map_3d(const void* base, int64_t tokens, int64_t heads, int64
   const cuuint64_t strides[2] = {cuuint64_t(head_stride) * sizeof(T), cuuint64_t(row_stride) * sizeof(T)};
   const cuuint32_t box[3] = {128 / sizeof(T), 1, cuuint32_t(box_rows)};
   return encode_tensor_map(tma_type<T>(), 3, base, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B, name);
+}
+
+// (tokens, heads, d) with heads = groups x group, the group's heads adjacent (GQA's query heads of
+// one KV head), boxes of one group's heads for box_tokens tokens.
+template <class T>
+CUtensorMap tensor_map_head_groups(const void* base, int64_t tokens, int64_t groups, int group, int64_t d,
+                                   int64_t row_stride, int64_t head_stride, int box_tokens, const char* name) {
+  const cuuint64_t dims[4] = {cuuint64_t(d), cuuint64_t(group), cuuint64_t(groups), cuuint64_t(tokens)};
+  const cuuint64_t strides[3] = {cuuint64_t(head_stride) * sizeof(T), cuuint64_t(head_stride) * group * sizeof(T),
+                                 cuuint64_t(row_stride) * sizeof(T)};
+  const cuuint32_t box[4] = {128 / sizeof(T), cuuint32_t(group), 1, cuuint32_t(box_tokens)};
+  return encode_tensor_map(tma_type<T>(), 4, base, dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B, name);
 }
 
 // Pages (num_pages, page_size, heads, d) of 16-bit T, strides in elements; boxes of box_rows slots.

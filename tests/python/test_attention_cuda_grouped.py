@@ -1,0 +1,162 @@
+"""The Hopper forward's head-grouped tiles (issue 18's GQA part; src/cuda/attention/sm90/
+head_group_tiles.h): one 128-row query tile holds the G = Hq / Hk query heads of one KV head for
+128 / G tokens, row r being token r / G of head r % G. Against the fp64 reference with
+FlashAttention's rule on fresh random inputs, forced (SCREE_SM90_TILES=grouped) over every length
+mix of the packed tiles' tests, with G = 2, 3 (128 rows not a multiple: two rows a tile unused),
+4, 8 and 32 (4 tokens a tile); the backward runs on the grouped forward's out and lse. Unforced,
+calls of few queries against many keys (speculative-decoding verification, small prefill chunks)
+take them and give the forced order's bits; equal lengths keep the other orders. Direct calls into
+NaN-poisoned outputs (every row written once, rows that see no key 0 / -inf), strided q and out
+(a fused qkv slice, heads-major storage). Skipped without an sm_90 device and the Hopper kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed")
+
+import scree  # noqa: E402
+
+from attention_checks import (  # noqa: E402
+    assert_fa_close, assert_lse_close, c_varlen_fwd, check_against_references, cuda_path, fresh_seed, fwd_grads,
+    generator, poisoned, random_qkv, random_values, reference_pair,
+)
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch"),
+]
+
+DEV = "cuda"
+_rng = np.random.default_rng(37)  # fixed lengths per run; values fresh per test
+_verify_q = _rng.integers(1, 17, 24).tolist()
+_verify_k = (_rng.integers(300, 1500, 24) + np.asarray(_verify_q)).tolist()
+LENGTHS = {  # (q lengths, k lengths)
+    "mixed_0_300": (_rng.integers(0, 301, 30).tolist(),) * 2,
+    "tiny_1_64": (_rng.integers(1, 65, 40).tolist(),) * 2,
+    "verify": (_verify_q, _verify_k),  # a few new tokens against a long cache (bottom-right causal)
+    "q_longer": ([300, 5, 700, 64, 1], [100, 0, 128, 64, 0]),
+    "empties": ([0, 5, 0, 0, 9, 0, 33, 0], [4, 5, 0, 6, 9, 600, 33, 0]),
+    "tile_edges": ([31, 32, 33, 63, 64, 65, 127, 128, 129], [40, 32, 700, 63, 64, 300, 127, 128, 129]),
+}
+OPTIONS = {
+    "plain": {},
+    "causal": {"causal": True},
+    "window_both": {"window": (7, 3)},
+    "causal_left": {"causal": True, "window": (12, None)},
+    "softcap": {"softcap": 4.0, "scale": 0.3},
+}
+HEADS = {"g2": (4, 2), "g3": (6, 2), "g4": (8, 2), "g8": (8, 1), "g32": (32, 1)}  # (Hq, Hk)
+
+
+def hopper_kernels() -> bool:
+    from scree import _C
+    return (torch.cuda.get_device_capability()[0] == 9 and hasattr(_C, "cuda_head_dims")
+            and {64, 128} <= set(_C.cuda_head_dims()))
+
+
+needs_hopper = pytest.mark.skipif(not torch.cuda.is_available() or not hopper_kernels(),
+                                  reason="head-grouped tiles are the Hopper forward's (sm_90 device, d 64/128 kernels)")
+
+
+@needs_hopper
+@pytest.mark.parametrize("opts", list(OPTIONS.values()), ids=list(OPTIONS))
+@pytest.mark.parametrize("lengths", list(LENGTHS), ids=list(LENGTHS))
+@pytest.mark.parametrize("heads", list(HEADS.values()), ids=list(HEADS))
+@pytest.mark.parametrize("d", [64, 128])
+def test_grouped_tiles_match_the_reference(d, heads, lengths, opts, monkeypatch):
+    lq, lk = LENGTHS[lengths]
+    hq, hk = heads
+    seed = fresh_seed()
+    dtype = torch.bfloat16 if seed % 2 else torch.float16
+    q, k, v = random_qkv(lq, lk, hq, hk, d, d, dtype, DEV, seed)
+    ref64, low = reference_pair(q, k, v, None, opts)
+    monkeypatch.setenv("SCREE_SM90_TILES", "grouped")
+    with cuda_path("sm90"):
+        got = fwd_grads(scree.varlen_attention, q, k, v, None, opts)
+    check_against_references(f"[grouped tiles G={hq // hk} {dtype}]", got, ref64, low, seed,
+                             softcap=bool(opts.get("softcap")))
+
+
+@needs_hopper
+@pytest.mark.parametrize("lengths", ["verify", "mixed_0_300", "empties"])
+@pytest.mark.parametrize("opts", [{}, {"causal": True}], ids=["plain", "causal"])
+def test_backward_on_the_grouped_forward(lengths, opts, monkeypatch):
+    """The backward (its own tile order) on the grouped forward's out and lse: gradients within the rule."""
+    lq, lk = LENGTHS[lengths]
+    seed = fresh_seed()
+    q, k, v = random_qkv(lq, lk, 8, 2, 128, 128, torch.bfloat16, DEV, seed)
+    dout = random_values((q.total, 8, 128), torch.bfloat16, DEV, generator(seed + 1, DEV))
+    ref64, low = reference_pair(q, k, v, dout, opts)
+    monkeypatch.setenv("SCREE_SM90_TILES", "grouped")
+    with cuda_path("sm90"):
+        got = fwd_grads(scree.varlen_attention, q, k, v, dout, opts)
+    check_against_references("[grouped tiles] fwd+bwd", got, ref64, low, seed)
+
+
+@needs_hopper
+@pytest.mark.parametrize("heads", [(8, 2), (6, 2), (32, 1)], ids=["g4", "g3", "g32"])
+@pytest.mark.parametrize("lengths", ["verify", "empties", "tile_edges"])
+@pytest.mark.parametrize("opts", [{}, {"causal": True, "window": (12, None)}], ids=["plain", "causal_left"])
+def test_direct_call_writes_every_row(heads, lengths, opts, monkeypatch):
+    lq, lk = LENGTHS[lengths]
+    hq, hk = heads
+    seed = fresh_seed()
+    q, k, v = random_qkv(lq, lk, hq, hk, 128, 128, torch.bfloat16, DEV, seed)
+    ref64, low = reference_pair(q, k, v, None, opts)
+    empty_rows = torch.isneginf(ref64[1]).T.to(DEV)
+    monkeypatch.setenv("SCREE_SM90_TILES", "grouped")
+    out = poisoned((q.total, hq, 128), torch.bfloat16, DEV)
+    lse = poisoned((hq, q.total), torch.float32, DEV)
+    with cuda_path("sm90"):
+        c_varlen_fwd(q, k, v, out, lse, opts)
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any(), "a row of a grouped tile was never written"
+    assert torch.equal(out[empty_rows], torch.zeros_like(out[empty_rows]))
+    assert bool(torch.isneginf(lse.T[empty_rows]).all())
+    assert_fa_close("direct out", out, ref64[0], low[0], seed=seed)
+    assert_lse_close("direct lse", lse, ref64[1], low[1], seed=seed)
+
+
+@needs_hopper
+@pytest.mark.parametrize("storage", ["fused_qkv", "heads_major"])
+def test_strided_q_and_out(storage, monkeypatch):
+    """q as a slice of a fused (T, Hq + 2 Hk, D) projection (row stride (Hq + 2 Hk) D), or as a view of
+    heads-major (Hq, T, D) storage (head stride T x D): the grouped tile's Q box follows the strides."""
+    lq, lk = LENGTHS["verify"]
+    hq, hk, d = 8, 2, 128
+    seed = fresh_seed()
+    gen = generator(seed, DEV)
+    tq = sum(lq)
+    if storage == "fused_qkv":
+        qv = random_values((tq, hq + 2 * hk, d), torch.bfloat16, DEV, gen)[:, :hq]
+    else:
+        qv = random_values((hq, tq, d), torch.bfloat16, DEV, gen).transpose(0, 1)
+    q = scree.from_lengths(qv, lq)
+    _, k, v = random_qkv(lq, lk, hq, hk, d, d, torch.bfloat16, DEV, seed + 1)
+    opts = {"causal": True}
+    ref64, low = reference_pair(q, k, v, None, opts)
+    monkeypatch.setenv("SCREE_SM90_TILES", "grouped")
+    with cuda_path("sm90"):
+        got = fwd_grads(scree.varlen_attention, q, k, v, None, opts)
+    check_against_references(f"[grouped tiles, {storage} q]", got, ref64, low, seed)
+
+
+@needs_hopper
+def test_auto_order_groups_few_queries_against_many_keys(monkeypatch):
+    """Unforced: GQA calls whose longest query sequence is <= 64 and longest key sequence > 256 run
+    grouped tiles (the forced order's bits); equal lengths keep the packed or sequence order, and
+    so does MHA (G = 1) on verify lengths."""
+    monkeypatch.delenv("SCREE_SM90_TILES", raising=False)
+    cases = [(LENGTHS["verify"], (8, 2), "grouped"), (LENGTHS["verify"], (8, 8), "packed"),
+             (LENGTHS["tiny_1_64"], (8, 2), "packed"), (([700] + _verify_q, [700] + _verify_k), (8, 2), "sequence")]
+    for (lq, lk), (hq, hk), want in cases:
+        q, k, v = random_qkv(lq, lk, hq, hk, 128, 128, torch.bfloat16, DEV, fresh_seed())
+        with cuda_path("sm90"):
+            auto = scree.varlen_attention(q, k, v, causal=True).values
+            forced = {}
+            for tiles in ("grouped", "packed", "sequence"):
+                monkeypatch.setenv("SCREE_SM90_TILES", tiles)
+                forced[tiles] = scree.varlen_attention(q, k, v, causal=True).values
+            monkeypatch.delenv("SCREE_SM90_TILES")
+        assert torch.equal(auto, forced[want]), (hq, hk, max(lq), max(lk), want)
