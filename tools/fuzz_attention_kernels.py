@@ -11,8 +11,8 @@ draws what the kernels branch on, at sizes that cross their tiles:
 * heads: Hk 1..4 with GQA groups 1..8 (odd groups too); head dims the build compiled;
 * options: causal, sliding windows (sides 0, 1, on and off the tile edges, unbounded), softcap,
   scale, deterministic backward;
-* the kernel: the default dispatch, the Hopper order forced to packed or per-sequence tiles
-  (SCREE_SM90_TILES), the portable kernels (SCREE_CUDA_PATH=sm80);
+* the kernel: the default dispatch, the Hopper order forced to packed, per-sequence or head-grouped
+  tiles (SCREE_SM90_TILES), the portable kernels (SCREE_CUDA_PATH=sm80);
 * memory: contiguous values, q / k / v as slices of one fused qkv buffer (row stride 3x, as a
   fused projection leaves them), or heads-major buffers seen token-major (a permuted view);
 * a forward alone, or forward + backward through torch autograd.
@@ -85,7 +85,7 @@ def draw(seed: int, index: int, device: str, head_dims: list[int]) -> dict:
     recipe: dict[str, Any] = {
         "seed": seed, "index": index, "mode": mode, "kmode": kmode, "lq": lq, "lk": lk, "hk": hk,
         "hq": hk * group, "d": int(r.choice(head_dims)), "dtype": str(r.choice(dtypes)), "opts": {},
-        "kernel": str(r.choice(["default", "packed", "sequence", "sm80"], p=[0.5, 0.2, 0.15, 0.15]))
+        "kernel": str(r.choice(["default", "packed", "sequence", "grouped", "sm80"], p=[0.45, 0.15, 0.1, 0.15, 0.15]))
         if device == "cuda" else "default",
         "memory": str(r.choice(["contiguous", "fused", "heads_major"], p=[0.6, 0.25, 0.15])),
         "grad": bool(r.random() < 0.7), "values_seed": int(r.integers(1 << 30)),
@@ -125,7 +125,7 @@ class _env:
     """Sets the kernel switches of a recipe while a case runs (scree reads them at every call)."""
 
     VARS = {"packed": ("SCREE_SM90_TILES", "packed"), "sequence": ("SCREE_SM90_TILES", "sequence"),
-            "sm80": ("SCREE_CUDA_PATH", "sm80")}
+            "grouped": ("SCREE_SM90_TILES", "grouped"), "sm80": ("SCREE_CUDA_PATH", "sm80")}
 
     def __init__(self, kernel: str):
         self.var = self.VARS.get(kernel)

@@ -76,12 +76,12 @@ struct FwdTiles {
 // A tile's index math, done once by the producer and published with the tile (shared memory) so
 // that the consumers start on it without a global-memory round trip. A packed tile (sequences
 // [b, end), end > b + 1) spans its sequences in s; each row finds its own sequence's keys
-// (packed_rows_keys), and no key block is unmasked. A head-grouped tile (group > 1,
-// head_group_tiles.h): row i is token m0 + i / group of query head h + i % group.
+// (packed_rows_keys), and no key block is unmasked. A head-grouped tile (kGrouped): row i is token
+// m0 + i / G of query head h + i % G, rows = G x its tokens.
 struct FwdTile {
   SeqTile s;
   int64_t b, end;  // the sequence (the first of a packed tile's, and past its last)
-  int m0, rows, h, hk, group;
+  int m0, rows, h, hk;
   KeyBlocks kb;
   __device__ __forceinline__ bool packed() const { return end - b > 1; }
   __device__ __forceinline__ PackedTileGeometry geometry() const { return {s, m0, b, end}; }
@@ -109,8 +109,10 @@ struct FwdSmem {
 template <int D>
 inline constexpr int kFwdSmemBytes = smem_bytes<FwdSmem<D>>();
 
-// kFolded: ScoreMap::folds() (no softcap, scale > 0), see online_softmax.cuh.
-template <class T, int D, bool kFolded, KvSource kKv>
+// kFolded: ScoreMap::folds() (no softcap, scale > 0), see online_softmax.cuh. kGrouped: head-grouped
+// tiles (head_group_tiles.h; G = order.group), instances of their own: as a run-time switch in one
+// kernel the grouped paths cost the others 1-3% (tiny and short forwards, H100, NOTES.md).
+template <class T, int D, bool kFolded, KvSource kKv, bool kGrouped>
 __global__ void __launch_bounds__(384, 1)
     varlen_fwd_sm90_kernel(const VarlenParams p, const ScoreMap score, const TileOrder host_order,
                            unsigned long long* tile_counter,
@@ -142,8 +144,11 @@ __global__ void __launch_bounds__(384, 1)
   static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 384 * 168, "setmaxnreg past the launch's registers");
   extern __shared__ char smem_raw[];
   Smem& sm = aligned_smem<Smem>(smem_raw);
-  const TileOrder order = host_order.packed != nullptr ? bounded_by_device_count(host_order)
-                                                        : bounded_by_device_max<kM>(host_order, p.max_seqlen_q_device);
+  const int group = kGrouped ? host_order.group : 1;
+  const int tile_tokens = kM / group;  // a tile's tokens (kM unless head-grouped)
+  const TileOrder order = host_order.packed != nullptr
+                              ? bounded_by_device_count(host_order)
+                              : bounded_by_device_max(host_order, p.max_seqlen_q_device, tile_tokens);
 
   if (threadIdx.x == 0) {
     mbar_init(&sm.q_full, 1);
@@ -156,18 +161,16 @@ __global__ void __launch_bounds__(384, 1)
   // The producer finds the next non-empty tile and publishes its index and geometry (FwdTile). The
   // K/V ring's PipelineState walks the key blocks of all of a CTA's tiles, `j` its tiles (Q's phase).
   using Tile = FwdTile;
-  const int tile_tokens = kM / order.group;  // a tile's tokens (kM unless head-grouped)
   auto tile_at = [&](int64_t t, Tile& x) {
     int m_tile;
     order.at(t, x.b, m_tile, x.h);
-    x.group = order.group;
-    if (order.group > 1) {  // the order's heads are KV heads
+    if constexpr (kGrouped) {  // the order's heads are KV heads
       x.hk = x.h;
-      x.h *= order.group;
+      x.h *= group;
     } else {
       x.hk = x.h / int(p.heads_q / p.heads_k);
     }
-    if (!kPaged && order.packed != nullptr) {  // (the host never packs paged calls)
+    if (!kPaged && !kGrouped && order.packed != nullptr) {  // (the host never packs paged or grouped calls)
       const PackedTileGeometry g = packed_tile(p, order.packed[x.b]);
       x.s = g.s, x.m0 = g.m0, x.b = g.first, x.end = g.end;
       if (x.packed()) {
@@ -186,7 +189,7 @@ __global__ void __launch_bounds__(384, 1)
     }
     if (x.m0 >= x.s.q_len) return false;
     const int tokens = min(tile_tokens, x.s.q_len - x.m0);
-    x.rows = tokens * x.group;
+    x.rows = tokens * group;
     x.kb = key_blocks<kN>(p, x.s, x.m0, tokens);
     return true;
   };
@@ -235,8 +238,8 @@ __global__ void __launch_bounds__(384, 1)
           if (leader) mbar_arrive(&sm.q_full);  // completes the phase with no bytes: the consumers read -1 and stop
           break;
         }
-        if (leader && x.group > 1) {  // one box of the group's heads a slab (tma.cuh: tensor_map_head_groups)
-          mbar_arrive_expect_tx(&sm.q_full, x.group * tile_tokens * D * int(sizeof(T)));
+        if (leader && kGrouped) {  // one box of the group's heads a slab (tma.cuh: tensor_map_head_groups)
+          mbar_arrive_expect_tx(&sm.q_full, group * tile_tokens * D * int(sizeof(T)));
 #pragma unroll
           for (int sl = 0; sl < D / 64; ++sl)
             tma_load_4d(sm.q + sl * Tiles::kSlabBytesQ, &tm_q, sl * 64, 0, x.hk, int(x.s.q_start + x.m0), &sm.q_full);
@@ -350,7 +353,7 @@ __global__ void __launch_bounds__(384, 1)
       } else {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          const int token = x.group > 1 ? live_row[r] / x.group : live_row[r];
+          const int token = kGrouped ? live_row[r] / group : live_row[r];
           vis[r] = visible_keys(p, x.m0 + token, x.s.q_len, x.s.k_len);
         }
       }
@@ -430,8 +433,8 @@ __global__ void __launch_bounds__(384, 1)
       } else {
         totals = row_totals(st);
       }
-      if (x.group > 1) {
-        store_grouped_rows<T>(p, o, st, totals, row, x.rows, x.s.q_start + x.m0, x.h, x.group);
+      if constexpr (kGrouped) {
+        store_grouped_rows<T>(p, o, st, totals, row, x.rows, x.s.q_start + x.m0, x.h, group);
       } else if constexpr (kStaged) {
         const int row0 = 64 * cw + 16 * warp;  // this warp's 16 rows and 2 KB of the stage
         T* out = static_cast<T*>(p.out) + (x.s.q_start + x.m0 + row0) * p.out_row_stride + x.h * p.out_head_stride;

@@ -52,13 +52,16 @@ bool launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream
                               keys ? p.v_head_stride : p.q_head_stride, Tiles::kBlockN, "v");
   }
   const ScoreMap score = ScoreMap::from(p);
-  auto pick = [&](auto folded) {
-    constexpr bool kF = decltype(folded)::value;
-    return source == KvSource::kPacked     ? varlen_fwd_sm90_kernel<T, D, kF, KvSource::kPacked>
-           : source == KvSource::kPagesTma ? varlen_fwd_sm90_kernel<T, D, kF, KvSource::kPagesTma>
-                                           : varlen_fwd_sm90_kernel<T, D, kF, KvSource::kPagesCopy>;
+  auto pick = [&](auto folded, auto grouped) {
+    constexpr bool kF = decltype(folded)::value, kG = decltype(grouped)::value;
+    return source == KvSource::kPacked     ? varlen_fwd_sm90_kernel<T, D, kF, KvSource::kPacked, kG>
+           : source == KvSource::kPagesTma ? varlen_fwd_sm90_kernel<T, D, kF, KvSource::kPagesTma, kG>
+                                           : varlen_fwd_sm90_kernel<T, D, kF, KvSource::kPagesCopy, kG>;
   };
-  auto kernel = score.folds() ? pick(std::true_type{}) : pick(std::false_type{});
+  auto pick_grouped = [&](auto folded) {
+    return group > 1 ? pick(folded, std::true_type{}) : pick(folded, std::false_type{});
+  };
+  auto kernel = score.folds() ? pick_grouped(std::true_type{}) : pick_grouped(std::false_type{});
   constexpr int kSmem = kFwdSmemBytes<D>;
   set_smem(kernel, kSmem);
   // Persistent: one CTA per SM (224 KiB of shared memory allows no second), at most one per tile.

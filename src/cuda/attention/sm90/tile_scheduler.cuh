@@ -73,11 +73,10 @@ struct TileOrder {
 // The order with its tiles per sequence cut to the exact longest sequence where the device knows it
 // (VarlenParams::max_seqlen_q_device) and the host passed only a bound: every thread reads the same
 // value, written by an earlier kernel in stream order, so producer and consumers agree on it.
-template <int kTile>
-__device__ __forceinline__ TileOrder bounded_by_device_max(TileOrder order, const int64_t* device_max) {
+// `tile`: queries a tile (128 / G for head-grouped tiles).
+__device__ __forceinline__ TileOrder bounded_by_device_max(TileOrder order, const int64_t* device_max, int64_t tile) {
   if (device_max != nullptr) {
     const int64_t longest = *device_max;  // a negative value (bad offsets, raised on the host) -> 0
-    const int64_t tile = kTile / order.group;
     const int64_t tiles = longest > 0 ? (longest + tile - 1) / tile : 0;
     order.tiles = tiles < order.tiles ? tiles : order.tiles;
   }
