@@ -318,6 +318,9 @@ PREFILL = {  # (kv lengths, query lengths, heads q, heads k, options): the Hoppe
     "mixed_window_softcap": ([0, 700, 33, 256, 5], [0, 200, 1, 17, 5], 4, 4,
                              {"causal": True, "window": (64, 0), "softcap": 4.0}),
     "not_causal_mqa": ([513, 90], [100, 90], 6, 1, {}),
+    # speculative-decoding verification: the forward's head-grouped tiles (forced below)
+    "verify_gqa": ([700, 1300, 40, 515], [5, 16, 1, 9], 8, 2, {"causal": True}),
+    "verify_mqa_window_softcap": ([300, 999, 257], [3, 8, 1], 8, 1, {"causal": True, "window": (100, 0), "softcap": 5.0}),
 }
 
 
@@ -351,6 +354,8 @@ def test_cuda_paged_forward_reads_the_pages(case, d, page_size, loader, layout, 
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the CUDA paged forward runs on Hopper")
     monkeypatch.setenv("SCREE_SM90_PAGED_LOADER", loader)
+    if case.startswith("verify"):
+        monkeypatch.setenv("SCREE_SM90_TILES", "grouped")  # what the auto rule picks for these (head_group_tiles.h)
     from scree import _paged_attention
     from scree.kernels import paged
     rng = np.random.default_rng()
