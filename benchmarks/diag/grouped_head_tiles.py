@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 import scree
+from gqa_packed_tiles import kernel_ms  # the same L2-flushed CUDA-event timing (this folder)
 
 
 def workload(name: str, rng: np.random.Generator) -> tuple[list[int], list[int]]:
@@ -51,21 +52,6 @@ def blocks(lq: list[int], lk: list[int], hq: int, group: int) -> int:
             last = min(q, m0 + tokens) - 1 + (k - q)  # the tile's last row sees keys [0, last]
             n += max(0, -(-(last + 1) // 128))
     return n * hq // group
-
-
-def kernel_ms(fn: Callable[[], object], reps: int, flush: torch.Tensor) -> float:
-    fn()
-    torch.cuda.synchronize()
-    ms = []
-    for _ in range(reps):
-        flush.zero_()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ms.append(a.elapsed_time(b))
-    return statistics.median(ms)
 
 
 def whole_call(fn: Callable[[], object], reps: int) -> tuple[float, float]:

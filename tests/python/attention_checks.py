@@ -267,6 +267,34 @@ def check_backward_direct(what: str, dout: torch.Tensor, q: scree.Array, k: scre
         results[det] = (dq, dk, dv)
 
 
+def check_direct_forward(what: str, q: scree.Array, k: scree.Array, v: scree.Array, opts: dict, seed: int) -> None:
+    """scree._C.varlen_fwd into NaN-poisoned out and lse (on the current kernel switches): every row
+    written, rows that see no key 0 / -inf, out and lse within FlashAttention's rule."""
+    ref64, low = reference_pair(q, k, v, None, opts)
+    empty_rows = torch.isneginf(ref64[1]).T.to(q.values.device)
+    hq, dv = q.values.shape[1], v.values.shape[2]
+    out = poisoned((q.total, hq, dv), q.values.dtype, q.values.device)
+    lse = poisoned((hq, q.total), torch.float32, q.values.device)
+    c_varlen_fwd(q, k, v, out, lse, opts)
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any(), f"{what}: a row was never written"
+    assert torch.equal(out[empty_rows], torch.zeros_like(out[empty_rows]))
+    assert bool(torch.isneginf(lse.T[empty_rows]).all())
+    assert_fa_close(f"{what} direct out", out, ref64[0], low[0], seed=seed)
+    assert_lse_close(f"{what} direct lse", lse, ref64[1], low[1], seed=seed)
+
+
+def check_fwd_bwd(what: str, lq: Sequence[int], lk: Sequence[int], hq: int, hk: int, opts: dict) -> None:
+    """Forward and backward through scree.varlen_attention (on the current kernel switches) at
+    d 128, bf16, fresh random inputs and dout, against the references."""
+    seed = fresh_seed()
+    device = "cuda"
+    q, k, v = random_qkv(lq, lk, hq, hk, 128, 128, torch.bfloat16, device, seed)
+    dout = random_values((q.total, hq, 128), torch.bfloat16, device, generator(seed + 1, device))
+    ref64, low = reference_pair(q, k, v, dout, opts)
+    got = fwd_grads(scree.varlen_attention, q, k, v, dout, opts)
+    check_against_references(what, got, ref64, low, seed)
+
+
 def poisoned(shape: Sequence[int], dtype: torch.dtype, device: Any) -> torch.Tensor:
     """An output buffer filled with NaN: any element the kernel does not write stays NaN."""
     return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)

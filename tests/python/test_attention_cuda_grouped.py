@@ -19,8 +19,8 @@ torch = pytest.importorskip("torch", reason="torch is not installed")
 import scree  # noqa: E402
 
 from attention_checks import (  # noqa: E402
-    assert_fa_close, assert_lse_close, c_varlen_fwd, check_against_references, cuda_path, fresh_seed, fwd_grads,
-    generator, poisoned, random_qkv, random_values, reference_pair,
+    check_against_references, check_direct_forward, check_fwd_bwd, cuda_path, fresh_seed, fwd_grads, generator,
+    random_qkv, random_values, reference_pair,
 )
 
 pytestmark = [
@@ -85,14 +85,9 @@ def test_grouped_tiles_match_the_reference(d, heads, lengths, opts, monkeypatch)
 def test_backward_on_the_grouped_forward(lengths, opts, monkeypatch):
     """The backward (its own tile order) on the grouped forward's out and lse: gradients within the rule."""
     lq, lk = LENGTHS[lengths]
-    seed = fresh_seed()
-    q, k, v = random_qkv(lq, lk, 8, 2, 128, 128, torch.bfloat16, DEV, seed)
-    dout = random_values((q.total, 8, 128), torch.bfloat16, DEV, generator(seed + 1, DEV))
-    ref64, low = reference_pair(q, k, v, dout, opts)
     monkeypatch.setenv("SCREE_SM90_TILES", "grouped")
     with cuda_path("sm90"):
-        got = fwd_grads(scree.varlen_attention, q, k, v, dout, opts)
-    check_against_references("[grouped tiles] fwd+bwd", got, ref64, low, seed)
+        check_fwd_bwd("[grouped tiles] fwd+bwd", lq, lk, 8, 2, opts)
 
 
 @needs_hopper
@@ -104,18 +99,9 @@ def test_direct_call_writes_every_row(heads, lengths, opts, monkeypatch):
     hq, hk = heads
     seed = fresh_seed()
     q, k, v = random_qkv(lq, lk, hq, hk, 128, 128, torch.bfloat16, DEV, seed)
-    ref64, low = reference_pair(q, k, v, None, opts)
-    empty_rows = torch.isneginf(ref64[1]).T.to(DEV)
     monkeypatch.setenv("SCREE_SM90_TILES", "grouped")
-    out = poisoned((q.total, hq, 128), torch.bfloat16, DEV)
-    lse = poisoned((hq, q.total), torch.float32, DEV)
     with cuda_path("sm90"):
-        c_varlen_fwd(q, k, v, out, lse, opts)
-    assert not torch.isnan(out).any() and not torch.isnan(lse).any(), "a row of a grouped tile was never written"
-    assert torch.equal(out[empty_rows], torch.zeros_like(out[empty_rows]))
-    assert bool(torch.isneginf(lse.T[empty_rows]).all())
-    assert_fa_close("direct out", out, ref64[0], low[0], seed=seed)
-    assert_lse_close("direct lse", lse, ref64[1], low[1], seed=seed)
+        check_direct_forward(f"[grouped tiles G={hq // hk}]", q, k, v, opts, seed)
 
 
 @needs_hopper
