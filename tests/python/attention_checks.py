@@ -300,6 +300,13 @@ def poisoned(shape: Sequence[int], dtype: torch.dtype, device: Any) -> torch.Ten
     return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
 
 
+def hopper_kernels() -> bool:
+    """An sm_90 device and this build's Hopper kernels (head dims 64 and 128): where the packed,
+    grouped and per-sequence tile orders of the Hopper forward run (call only with a CUDA device)."""
+    return (torch.cuda.get_device_capability()[0] == 9 and hasattr(_C, "cuda_head_dims")
+            and {64, 128} <= set(_C.cuda_head_dims()))
+
+
 def cuda_head_dims() -> list[int] | None:
     """Head dims the CUDA kernels were compiled for, or None where this build has no such list
     (no CUDA, or the CUDA attention not wired yet)."""

@@ -20,7 +20,7 @@ import scree  # noqa: E402
 
 from attention_checks import (  # noqa: E402
     check_against_references, check_direct_forward, check_fwd_bwd, cuda_path, fresh_seed, fwd_grads, generator,
-    random_qkv, random_values, reference_pair,
+    hopper_kernels, random_qkv, random_values, reference_pair,
 )
 
 pytestmark = [
@@ -48,12 +48,6 @@ OPTIONS = {
     "softcap": {"softcap": 4.0, "scale": 0.3},
 }
 HEADS = {"g2": (4, 2), "g3": (6, 2), "g4": (8, 2), "g8": (8, 1), "g32": (32, 1)}  # (Hq, Hk)
-
-
-def hopper_kernels() -> bool:
-    from scree import _C
-    return (torch.cuda.get_device_capability()[0] == 9 and hasattr(_C, "cuda_head_dims")
-            and {64, 128} <= set(_C.cuda_head_dims()))
 
 
 needs_hopper = pytest.mark.skipif(not torch.cuda.is_available() or not hopper_kernels(),

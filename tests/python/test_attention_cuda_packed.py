@@ -29,7 +29,7 @@ import scree  # noqa: E402
 
 from attention_checks import (  # noqa: E402
     c_args, c_varlen_bwd, c_varlen_fwd, check_against_references, check_backward_direct, check_direct_forward,
-    check_fwd_bwd, cuda_path, fresh_seed, fwd_grads, generator, kernel_offsets, poisoned, random_qkv,
+    check_fwd_bwd, cuda_path, fresh_seed, fwd_grads, generator, hopper_kernels, kernel_offsets, poisoned, random_qkv,
     random_values, reference_pair, stream_of,
 )
 
@@ -65,12 +65,6 @@ OPTIONS = {
     "causal_left": {"causal": True, "window": (12, None)},
     "softcap": {"softcap": 4.0, "scale": 0.3},
 }
-
-
-def hopper_kernels() -> bool:
-    from scree import _C
-    return (torch.cuda.get_device_capability()[0] == 9 and hasattr(_C, "cuda_head_dims")
-            and {64, 128} <= set(_C.cuda_head_dims()))
 
 
 needs_hopper = pytest.mark.skipif(not torch.cuda.is_available() or not hopper_kernels(),
