@@ -108,6 +108,7 @@ struct FwdSmem {
 };
 template <int D>
 inline constexpr int kFwdSmemBytes = smem_bytes<FwdSmem<D>>();
+static_assert(kGroupRows == FwdTiles<128>::kBlockM, "head-grouped tiles fill the forward's query tile");
 
 // kFolded: ScoreMap::folds() (no softcap, scale > 0), see online_softmax.cuh. kGrouped: head-grouped
 // tiles (head_group_tiles.h; G = order.group), instances of their own: as a run-time switch in one

@@ -1,9 +1,9 @@
 // Launcher of the Hopper forward for one (element type, head dim): TMA tensor maps over the
-// packed q, k, v tensors (or the pages of a paged cache; q by head groups for head-grouped tiles), the dynamic shared-memory opt-in, the
-// tile counter (zeroed on the stream in the caller's workspace unless it is known zero) or, for packed tiles, the schedule
-// kernel that zeroes it and writes the tiles after it (tile_packing.cuh), the persistent launch and
-// its error check. Explicitly instantiated in instances/fwd_sm90_*.cu, compiled for
-// sm_90a only.
+// packed q, k, v tensors (or the pages of a paged cache; q by head groups for head-grouped tiles),
+// the dynamic shared-memory opt-in, the tile counter (zeroed on the stream in the caller's
+// workspace unless it is known zero) or, for packed tiles, the schedule kernel that zeroes it and
+// writes the tiles after it (tile_packing.cuh), the persistent launch and its error check.
+// Explicitly instantiated in instances/fwd_sm90_*.cu, compiled for sm_90a only.
 #pragma once
 
 #include <cuda.h>
