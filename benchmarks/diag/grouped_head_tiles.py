@@ -6,7 +6,8 @@ Workloads (bf16, d128, causal = bottom-right, contiguous K/V):
   chunk   16 sequences, 64 queries against 2048..8192 keys (chunked prefill)
   equal   32k tokens of 1..64, q = k (the packed order's workload: grouping must not take it)
 each at Hq = 32 with Hk = 8 (G = 4) and Hk = 4 (G = 8). Rows: scree unforced, scree forced to
-per-head tiles (SCREE_SM90_TILES=sequence, and packed), FA-2 (torch's aten op, GQA, same tensors),
+per-head tiles (SCREE_SM90_TILES=sequence, and packed), scree's grouped tiles longest first
+(SCREE_SM90_GROUPED_ORDER=longest, not the default), FA-2 (torch's aten op, GQA, same tensors),
 FA-4 (flash_attn.cute) where it imports. Kernel ms: CUDA events, L2 flushed before each call (a
 512 MiB write), median of --reps; whole call: GPU idle before, synchronised after, no flush, with
 the host time of the call. The 128 x 128 blocks each tile order computes are counted on the host
@@ -100,18 +101,20 @@ def main() -> None:
             V = K.with_values(v)
             flops = 4 * 128 * sum(min(kk, kk - qq + i + 1) for qq, kk in zip(lq, lk) for i in range(qq)) * hq
 
-            def run(tiles: str | None) -> Callable[[], object]:
+            def run(tiles: str | None, order: str = "input") -> Callable[[], object]:
                 def call() -> None:
                     if tiles is None:
                         os.environ.pop("SCREE_SM90_TILES", None)
                     else:
                         os.environ["SCREE_SM90_TILES"] = tiles
+                    os.environ["SCREE_SM90_GROUPED_ORDER"] = order
                     with torch.no_grad():
                         scree.varlen_attention(Q, K, V, causal=True)
                 return call
 
             methods: dict[str, Callable[[], object]] = {
-                "scree": run(None), "scree per-head (sequence)": run("sequence"), "scree packed": run("packed"),
+                "scree": run(None), "scree longest-first": run(None, "longest"),
+                "scree per-head (sequence)": run("sequence"), "scree packed": run("packed"),
                 "FA-2": lambda: fa_fwd(q, k, v, cq, ck, max(lq), max(lk), 0.0, True, False),
             }
             if fa4_fn is not None:
@@ -125,6 +128,7 @@ def main() -> None:
                 rows.append({"workload": name, "hq": hq, "hk": hk, "method": label, "kernel_ms": ms,
                              "call_ms": wall, "host_us": host, "tflops": flops / ms / 1e9})
             os.environ.pop("SCREE_SM90_TILES", None)
+            os.environ.pop("SCREE_SM90_GROUPED_ORDER", None)
             b1, bg = blocks(lq, lk, hq, 1), blocks(lq, lk, hq, g)
             best = min(v for key, v in times.items() if not key.startswith("scree"))
             lines.append(f"{name:6s} Hq {hq} Hk {hk} (G {g}): blocks per-head {b1} grouped {bg} ({b1 / bg:.2f}x fewer); "

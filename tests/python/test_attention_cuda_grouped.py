@@ -140,3 +140,26 @@ def test_auto_order_groups_few_queries_against_many_keys(monkeypatch):
                 forced[tiles] = scree.varlen_attention(q, k, v, causal=True).values
             monkeypatch.delenv("SCREE_SM90_TILES")
         assert torch.equal(auto, forced[want]), (hq, hk, max(lq), max(lk), want)
+
+
+@needs_hopper
+@pytest.mark.parametrize("lengths", ["verify", "mixed_0_300", "empties", "tile_edges"])
+@pytest.mark.parametrize("heads", [(8, 2), (32, 4)], ids=["g4", "g8"])
+def test_longest_first_order_gives_the_same_bits(lengths, heads, monkeypatch):
+    """SCREE_SM90_GROUPED_ORDER=longest (sequence_rank.cuh: the grouped tiles in an order sorted on
+    the device by key blocks) computes every tile as the input order does: the same bits, out and
+    lse, also into NaN-poisoned outputs through the direct call."""
+    lq, lk = LENGTHS[lengths]
+    hq, hk = heads
+    seed = fresh_seed()
+    q, k, v = random_qkv(lq, lk, hq, hk, 128, 128, torch.bfloat16, DEV, seed)
+    monkeypatch.setenv("SCREE_SM90_TILES", "grouped")
+    runs = {}
+    with cuda_path("sm90"):
+        for order in ("input", "longest"):
+            monkeypatch.setenv("SCREE_SM90_GROUPED_ORDER", order)
+            runs[order] = fwd_grads(scree.varlen_attention, q, k, v, None, {"causal": True})
+        check_direct_forward("[grouped tiles, longest first]", q, k, v, {"causal": True}, seed)
+    assert torch.equal(runs["input"][0], runs["longest"][0]) and torch.equal(runs["input"][1], runs["longest"][1]), \
+        f"seed {seed}: the longest-first order changed the output"
+

@@ -250,9 +250,12 @@ void validate_cuda(const VarlenParams& p) {
 const char* cuda_forward_path(const VarlenParams& p) { return use_sm90(p) ? "sm90" : "sm80"; }
 
 // The Hopper forward's tile counter (8 bytes, padded to the 16-byte alignment asked of the buffer),
-// then room for the packed-tile schedule (sm90/tile_packing.h).
+// then room for the packed-tile schedule (sm90/tile_packing.h) or the grouped tiles' sequence ranks
+// (sm90/sequence_rank.cuh: 4 bytes a sequence), whichever is larger.
 size_t varlen_fwd_cuda_workspace_bytes(int64_t total_q, int64_t num_sequences) {
-  return cuda_attention::sm90::kFwdCounterBytes + cuda_attention::sm90::PackedTiles::bytes(total_q, num_sequences);
+  const size_t packed = cuda_attention::sm90::PackedTiles::bytes(total_q, num_sequences);
+  const size_t ranks = size_t(4) * size_t(num_sequences > 0 ? num_sequences : 0);
+  return cuda_attention::sm90::kFwdCounterBytes + (packed > ranks ? packed : ranks);
 }
 
 size_t cuda_tile_schedule_bytes(int64_t rows, int64_t num_sequences) {
@@ -281,11 +284,14 @@ bool varlen_fwd_cuda(const VarlenParams& params, void* workspace, size_t workspa
   VarlenParams p = params;
   make_windows_reachable(p);  // as the CPU entry points: a side past every distance is unbounded
   require_tile_schedule(p, p.total_q);
-  // The packed order needs its schedule's room (unless the caller keeps it); the per-sequence one
-  // only the counter.
+  // The packed order needs its schedule's room (unless the caller keeps it), longest-first grouped
+  // tiles their ranks' room; the per-sequence order only the counter.
   const bool packs = use_sm90(p) && cuda_attention::sm90::packed_tiles_chosen(p);
-  const size_t need = packs && p.tile_schedule == nullptr ? varlen_fwd_cuda_workspace_bytes(p.total_q, p.num_sequences)
-                                                          : cuda_attention::sm90::kFwdCounterBytes;
+  const bool ranks = use_sm90(p) && cuda_attention::sm90::fwd_head_group(p) > 1 &&
+                     cuda_attention::sm90::grouped_longest_first();
+  const size_t need = (packs && p.tile_schedule == nullptr) || ranks
+                          ? varlen_fwd_cuda_workspace_bytes(p.total_q, p.num_sequences)
+                          : cuda_attention::sm90::kFwdCounterBytes;
   require(workspace != nullptr && workspace_bytes >= need, ErrorKind::InvalidArgument, [&] {
     return "the forward needs " + std::to_string(need) + " bytes of workspace, got " + std::to_string(workspace_bytes);
   });

@@ -35,6 +35,7 @@
 #include "pipeline.cuh"
 #include "ptx.cuh"
 #include "staged_rows.cuh"
+#include "sequence_rank.cuh"
 #include "tile_packing.cuh"
 #include "tile_scheduler.cuh"
 #include "tma.cuh"
@@ -164,7 +165,11 @@ __global__ void __launch_bounds__(384, 1)
   using Tile = FwdTile;
   auto tile_at = [&](int64_t t, Tile& x) {
     int m_tile;
-    order.at(t, x.b, m_tile, x.h);
+    if (kGrouped && order.rank != nullptr) {
+      order.at_ranked(t, x.b, m_tile, x.h);
+    } else {
+      order.at(t, x.b, m_tile, x.h);
+    }
     if constexpr (kGrouped) {  // the order's heads are KV heads
       x.hk = x.h;
       x.h *= group;

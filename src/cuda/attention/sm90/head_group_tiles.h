@@ -36,6 +36,13 @@ inline int fwd_head_group(const attention::VarlenParams& p, const char* force, b
   return p.max_seqlen_q <= kGroupAutoMaxQ && long_keys ? int(g) : 1;
 }
 
+// SCREE_SM90_GROUPED_ORDER=longest: grouped tiles in longest-first order (sequence_rank.cuh; its
+// ranks need 4 bytes a sequence of the workspace). Not the default: not yet built on a GPU.
+inline bool grouped_longest_first() {
+  const char* order = std::getenv("SCREE_SM90_GROUPED_ORDER");
+  return order != nullptr && std::strcmp(order, "longest") == 0;
+}
+
 // Tokens of one grouped tile: 128 / G (rows past tokens x G stay unused where G does not divide 128).
 SCREE_HOST_DEVICE inline int group_tokens(int group) { return kGroupRows / group; }
 

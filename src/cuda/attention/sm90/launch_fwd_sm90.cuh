@@ -71,6 +71,15 @@ bool launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream
   // share one) and is zeroed on the stream, in stream order with the kernel; the packed schedule
   // follows it there, or lives in the caller's p.tile_schedule, packed by its first call only.
   auto* tile_counter = reinterpret_cast<unsigned long long*>(workspace);
+  // Longest-first grouped tiles (sequence_rank.cuh): their ranks after the tile counter, sorted by
+  // a kernel that also zeroes the counter.
+  const bool ranked = group > 1 && grouped_longest_first();
+  if (ranked) {
+    int* rank = reinterpret_cast<int*>(workspace + kFwdCounterBytes);
+    rank_sequences_kernel<><<<1, kRankThreads, 0, stream>>>(p, rank, tile_counter);
+    check_cuda(cudaGetLastError(), "rank_sequences_kernel launch");
+    order.rank = rank;
+  }
   const bool packed = packed_tiles_chosen(p);  // never with head-grouped tiles
   if (packed) {
     char* at = p.tile_schedule != nullptr ? static_cast<char*>(p.tile_schedule) : workspace + kFwdCounterBytes;
@@ -85,7 +94,7 @@ bool launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream
   }
   // Without the pack kernel, the counter and its CTA count are zeroed here unless the caller's
   // workspace holds them zeroed already (the last forward on it put them back to zero).
-  if ((!packed || (p.tile_schedule != nullptr && p.tile_schedule_ready)) && !p.workspace_counter_zero) {
+  if (!ranked && (!packed || (p.tile_schedule != nullptr && p.tile_schedule_ready)) && !p.workspace_counter_zero) {
     check_cuda(cudaMemsetAsync(tile_counter, 0, kFwdCounterBytes, stream), "cudaMemsetAsync(tile counter)");
   }
   const int64_t tiles = order.sequences * order.tiles * order.heads;

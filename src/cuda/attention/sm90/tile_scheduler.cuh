@@ -24,7 +24,9 @@
 // group's K/V read once into L2), `sequences` the schedule's capacity until the kernel reads its
 // count (bounded_by_device_count).
 // `group` (the forward's head-grouped tiles, head_group_tiles.h): `heads` counts KV heads, and a
-// tile of the sequence holds 128 / group tokens of the group's query heads.
+// tile of the sequence holds 128 / group tokens of the group's query heads. `rank` (their
+// longest-first order, sequence_rank.cuh; at_ranked): rank outermost, read through rank[], then
+// tile index, then head.
 #pragma once
 
 #include <cstdint>
@@ -39,6 +41,7 @@ struct TileOrder {
   const int4* packed = nullptr;
   const int* packed_count = nullptr;
   int group = 1;
+  const int* rank = nullptr;
   __device__ __forceinline__ int64_t count() const { return sequences * tiles * heads; }
   __device__ __forceinline__ void at(int64_t t, int64_t& b, int& tile, int& h) const {
     int i;
@@ -66,6 +69,15 @@ struct TileOrder {
       i = int(r / sequences);
       b = r % sequences;
     }
+    tile = descending ? int(tiles - 1 - i) : i;
+  }
+  // The order through `rank` (only the grouped forward's kernels call it: the others keep at()'s code).
+  __device__ __forceinline__ void at_ranked(int64_t t, int64_t& b, int& tile, int& h) const {
+    const int64_t per_sequence = tiles * heads;
+    const int64_t r = t / per_sequence, rem = t % per_sequence;
+    const int i = int(rem / heads);
+    h = int(rem % heads);
+    b = rank[r];
     tile = descending ? int(tiles - 1 - i) : i;
   }
 };
