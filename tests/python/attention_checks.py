@@ -267,6 +267,16 @@ def check_backward_direct(what: str, dout: torch.Tensor, q: scree.Array, k: scre
         results[det] = (dq, dk, dv)
 
 
+# The option sets the Hopper tile-order tests (packed, grouped) run every length mix under.
+TILE_OPTIONS = {
+    "plain": {},
+    "causal": {"causal": True},
+    "window_both": {"window": (7, 3)},
+    "causal_left": {"causal": True, "window": (12, None)},
+    "softcap": {"softcap": 4.0, "scale": 0.3},
+}
+
+
 def check_direct_forward(what: str, q: scree.Array, k: scree.Array, v: scree.Array, opts: dict, seed: int) -> None:
     """scree._C.varlen_fwd into NaN-poisoned out and lse (on the current kernel switches): every row
     written, rows that see no key 0 / -inf, out and lse within FlashAttention's rule."""

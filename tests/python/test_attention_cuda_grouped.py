@@ -19,8 +19,8 @@ torch = pytest.importorskip("torch", reason="torch is not installed")
 import scree  # noqa: E402
 
 from attention_checks import (  # noqa: E402
-    check_against_references, check_direct_forward, check_fwd_bwd, cuda_path, fresh_seed, fwd_grads, generator,
-    hopper_kernels, random_qkv, random_values, reference_pair,
+    TILE_OPTIONS, check_against_references, check_direct_forward, check_fwd_bwd, cuda_path, fresh_seed, fwd_grads,
+    generator, hopper_kernels, random_qkv, random_values, reference_pair,
 )
 
 pytestmark = [
@@ -40,13 +40,7 @@ LENGTHS = {  # (q lengths, k lengths)
     "empties": ([0, 5, 0, 0, 9, 0, 33, 0], [4, 5, 0, 6, 9, 600, 33, 0]),
     "tile_edges": ([31, 32, 33, 63, 64, 65, 127, 128, 129], [40, 32, 700, 63, 64, 300, 127, 128, 129]),
 }
-OPTIONS = {
-    "plain": {},
-    "causal": {"causal": True},
-    "window_both": {"window": (7, 3)},
-    "causal_left": {"causal": True, "window": (12, None)},
-    "softcap": {"softcap": 4.0, "scale": 0.3},
-}
+OPTIONS = TILE_OPTIONS
 HEADS = {"g2": (4, 2), "g3": (6, 2), "g4": (8, 2), "g8": (8, 1), "g32": (32, 1)}  # (Hq, Hk)
 
 

@@ -28,9 +28,9 @@ torch = pytest.importorskip("torch", reason="torch is not installed")
 import scree  # noqa: E402
 
 from attention_checks import (  # noqa: E402
-    c_args, c_varlen_bwd, c_varlen_fwd, check_against_references, check_backward_direct, check_direct_forward,
-    check_fwd_bwd, cuda_path, fresh_seed, fwd_grads, generator, hopper_kernels, kernel_offsets, poisoned, random_qkv,
-    random_values, reference_pair, stream_of,
+    TILE_OPTIONS, c_args, c_varlen_bwd, c_varlen_fwd, check_against_references, check_backward_direct,
+    check_direct_forward, check_fwd_bwd, cuda_path, fresh_seed, fwd_grads, generator, hopper_kernels, kernel_offsets,
+    poisoned, random_qkv, random_values, reference_pair, stream_of,
 )
 
 pytestmark = [
@@ -58,13 +58,7 @@ LENGTHS = {  # (q lengths, k lengths)
     "short_edges": ([63, 2, 64, 1, 7, 57, 64, 8, 56, 9, 0, 55, 33, 31, 1, 63, 0, 64],
                     [60, 5, 64, 0, 9, 50, 64, 8, 56, 3, 40, 64, 33, 31, 2, 63, 7, 64]),
 }
-OPTIONS = {
-    "plain": {},
-    "causal": {"causal": True},
-    "window_both": {"window": (7, 3)},
-    "causal_left": {"causal": True, "window": (12, None)},
-    "softcap": {"softcap": 4.0, "scale": 0.3},
-}
+OPTIONS = TILE_OPTIONS
 
 
 needs_hopper = pytest.mark.skipif(not torch.cuda.is_available() or not hopper_kernels(),
