@@ -6,8 +6,8 @@ Workloads (bf16, d128, causal = bottom-right, contiguous K/V):
   chunk   16 sequences, 64 queries against 2048..8192 keys (chunked prefill)
   equal   32k tokens of 1..64, q = k (the packed order's workload: grouping must not take it)
 each at Hq = 32 with Hk = 8 (G = 4) and Hk = 4 (G = 8). Rows: scree unforced, scree forced to
-per-head tiles (SCREE_SM90_TILES=sequence, and packed), scree's grouped tiles longest first
-(SCREE_SM90_GROUPED_ORDER=longest, not the default), FA-2 (torch's aten op, GQA, same tensors),
+per-head tiles (SCREE_SM90_TILES=sequence, and packed), scree's grouped tiles in input order
+(SCREE_SM90_GROUPED_ORDER=input; the default is longest first), FA-2 (torch's aten op, GQA, same tensors),
 FA-4 (flash_attn.cute) where it imports. Kernel ms: CUDA events, L2 flushed before each call (a
 512 MiB write), median of --reps; whole call: GPU idle before, synchronised after, no flush, with
 the host time of the call. The 128 x 128 blocks each tile order computes are counted on the host
@@ -101,7 +101,7 @@ def main() -> None:
             V = K.with_values(v)
             flops = 4 * 128 * sum(min(kk, kk - qq + i + 1) for qq, kk in zip(lq, lk) for i in range(qq)) * hq
 
-            def run(tiles: str | None, order: str = "input") -> Callable[[], object]:
+            def run(tiles: str | None, order: str = "longest") -> Callable[[], object]:
                 def call() -> None:
                     if tiles is None:
                         os.environ.pop("SCREE_SM90_TILES", None)
@@ -113,7 +113,7 @@ def main() -> None:
                 return call
 
             methods: dict[str, Callable[[], object]] = {
-                "scree": run(None), "scree longest-first": run(None, "longest"),
+                "scree": run(None), "scree input order": run(None, "input"),
                 "scree per-head (sequence)": run("sequence"), "scree packed": run("packed"),
                 "FA-2": lambda: fa_fwd(q, k, v, cq, ck, max(lq), max(lk), 0.0, True, False),
             }

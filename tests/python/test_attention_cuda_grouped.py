@@ -140,9 +140,9 @@ def test_auto_order_groups_few_queries_against_many_keys(monkeypatch):
 @pytest.mark.parametrize("lengths", ["verify", "mixed_0_300", "empties", "tile_edges"])
 @pytest.mark.parametrize("heads", [(8, 2), (32, 4)], ids=["g4", "g8"])
 def test_longest_first_order_gives_the_same_bits(lengths, heads, monkeypatch):
-    """SCREE_SM90_GROUPED_ORDER=longest (sequence_rank.cuh: the grouped tiles in an order sorted on
-    the device by key blocks) computes every tile as the input order does: the same bits, out and
-    lse, also into NaN-poisoned outputs through the direct call."""
+    """The grouped tiles' default longest-first order (sequence_rank.cuh: sorted on the device by key
+    blocks) computes every tile as the input order (SCREE_SM90_GROUPED_ORDER=input) does: the same
+    bits, out and lse, also into NaN-poisoned outputs through the direct call."""
     lq, lk = LENGTHS[lengths]
     hq, hk = heads
     seed = fresh_seed()
