@@ -42,6 +42,8 @@ CASES = [  # (name, q lengths, k lengths, heads q, heads k, options)
     ("window q>k", [131, 2], [40, 2], 2, 2, {"window": (16, 3), "softcap": 5.0}),
     # several key tiles and query blocks per sequence (the Hopper backward walks both)
     ("long causal gqa2", [300, 140], [300, 200], 4, 2, {"causal": True}),
+    # causal over more than 8 key tiles: the Hopper backward ranks the sequences longest first
+    ("long causal ranked", [1200, 1, 0, 1030], [1200, 1, 5, 1100], 2, 1, {"causal": True}),
     # sequences <= 64 in packed tiles: ends off the 8-row grid, keys of an empty query sequence
     ("short packed gqa2", [63, 2, 64, 1, 7, 57, 9, 0, 55, 33], [60, 5, 64, 0, 9, 50, 3, 40, 64, 33], 4, 2,
      {"causal": True}),

@@ -148,6 +148,33 @@ def test_backward_matrix(dtype, d, lengths, opts):
         run_case(*LENGTHS[lengths], 4, 2, d, dtype, opts, backward=True, what=f"bwd {dtype} d{d} {lengths} {opts}")
 
 
+# ---- the backward over long keys: sequences ranked longest first, or in input order --------------
+LONG_KEYS = {  # more than 8 key tiles of 128 (ranked), and over 24 (3,072 keys: 80-query steps at d128)
+    "ranked": ([1500, 0, 1, 3100, 300, 1025, 64, 2049], [1500, 7, 1, 3100, 300, 1025, 64, 2049]),
+    "k_longer": ([1100, 5, 640, 2], [1300, 3200, 1200, 9]),
+    "equal": ([1100, 1100, 1100, 1030], [1100, 1100, 1100, 1030]),  # key blocks alike: not ranked
+}
+
+
+@pytest.mark.parametrize("order", ["ranked", "input"])
+@pytest.mark.parametrize("opts", [{"causal": True}, {"causal": True, "window": (300, None)}, {}],
+                         ids=["causal", "causal_left", "full"])
+@pytest.mark.parametrize("lengths", list(LONG_KEYS), ids=list(LONG_KEYS))
+@pytest.mark.parametrize("d", HEAD_DIMS)
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+def test_backward_over_long_keys(dtype, d, lengths, opts, order, monkeypatch):
+    """The Hopper backward ranks causal batches over more than 8 key tiles longest first where their
+    key blocks vary (the default: sequence_rank.cuh, TileOrder::at_ranked_keys; equal lengths and
+    unmasked calls keep the input order, as SCREE_SM90_BWD_ORDER=input forces): causal, causal with
+    a window and unmasked, against the fp64 reference, with empty and one-token sequences, q/k lengths that differ, GQA,
+    and a sequence long enough for 80-query steps."""
+    if order == "input":
+        monkeypatch.setenv("SCREE_SM90_BWD_ORDER", "input")
+    with deterministic(False):
+        run_case(*LONG_KEYS[lengths], 4, 2, d, dtype, opts, backward=True,
+                 what=f"bwd {order} {dtype} d{d} {lengths} {opts}")
+
+
 # ---- GQA / MQA, forward and backward ----------------------------------------------------------
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("heads", list(GQA.values()), ids=list(GQA))

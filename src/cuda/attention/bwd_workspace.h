@@ -14,9 +14,12 @@
 //   dq_sem    deterministic mode only: per (head, first token of a 64-, 80- or 128-query block) the
 //             count of dQ additions done, so the Hopper kernel adds in a fixed order;
 //   packed    the Hopper kernel's packed key-tile schedule (sm90/tile_packing.h; written only
-//             where a call takes packed tiles), sized by total_k and the sequences.
+//             where a call takes packed tiles), sized by total_k and the sequences; or, in the
+//             causal backward over long keys, the sequences' longest-first ranks (`rank`: 4 bytes
+//             a sequence, sm90/sequence_rank.cuh).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -36,6 +39,7 @@ struct BwdWorkspace {
   float* dq_accum = nullptr;
   int* dq_sem = nullptr;  // null unless deterministic
   void* packed = nullptr;
+  int* rank = nullptr;  // set by the Hopper launcher where it ranks the sequences (in `packed`'s room)
   int64_t ld = 0;
 
   static constexpr size_t kAlign = 256;
@@ -54,7 +58,8 @@ struct BwdWorkspace {
     return {round(sizeof(BwdHeader)), round(rows * sizeof(float)), round(rows * sizeof(float)),
             accumulator ? round(size_t(total_q) * size_t(heads_q) * size_t(head_dim) * sizeof(float)) : 0,
             deterministic && accumulator ? round(size_t(total_q) * size_t(heads_q) * sizeof(int)) : 0,
-            round(sm90::PackedTiles::bytes(total_k, num_sequences))};
+            round(std::max(sm90::PackedTiles::bytes(total_k, num_sequences),
+                           size_t(4) * size_t(num_sequences > 0 ? num_sequences : 0)))};
   }
 
   // Whether the Hopper kernel writes dq itself (bwd_sm90.cuh, dq_direct): the key tiles are packed

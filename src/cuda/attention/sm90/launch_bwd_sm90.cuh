@@ -4,6 +4,8 @@
 // (tile_packing.cuh, into the workspace's own part), the persistent key-tile kernel over TMA tensor
 // maps, and the postprocess that converts dQ (times the score scale); where every sequence's keys
 // fit one tile, the kernel writes dq itself and neither the accumulator nor the postprocess runs.
+// The causal backward over long keys of varied lengths first ranks the sequences longest first
+// (sequence_rank.cuh).
 // At D = 128 an unmasked backward takes 80-query steps, the rest 64. Explicitly instantiated in
 // instances/bwd_sm90_*.cu, compiled for sm_90a only. The host API sends calls with no query token
 // (dK = dV = 0 for every key) to the portable path.
@@ -13,12 +15,15 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "../bwd_prepost.cuh"
 #include "../bwd_workspace.h"
 #include "../cuda_check.h"
 #include "../launch_common.cuh"
 #include "bwd_sm90.cuh"
+#include "sequence_rank.cuh"
 #include "sm_count.h"
 #include "tma.cuh"
 
@@ -27,6 +32,15 @@ namespace scree::cuda_attention::sm90 {
 #ifndef SCREE_BWD_M80_CAUSAL_MIN_TILES
 #define SCREE_BWD_M80_CAUSAL_MIN_TILES 24
 #endif
+
+// Whether the causal backward over more than kBwdCausalFastTiles key tiles ranks its sequences
+// (the default; SCREE_SM90_BWD_ORDER=input keeps the input order, for A/Bs and tests). Unmasked
+// ones are not ranked: H100, bwd ms, ranked vs input order, mix d128 3.877 vs 3.856, mix d64
+// 4.551 vs 4.599 (already key tiles fastest, where every tile of a sequence costs its length).
+inline bool bwd_ranks_sequences() {
+  const char* order = std::getenv("SCREE_SM90_BWD_ORDER");
+  return order == nullptr || std::strcmp(order, "input") != 0;
+}
 
 // The key-tile kernel with M queries a step (the part of the backward that depends on M).
 template <class T, int D, int M>
@@ -92,6 +106,15 @@ bool launch_bwd_sm90(const VarlenBackwardParams& p, const BwdWorkspace& ws, bool
         check_cuda(cudaGetLastError(), "pack_tiles_kernel launch");
       }
       tiles = packed.capacity * p.heads_k;
+    }
+    // Causal over long keys, not deterministic (whose long sequences take tiles outermost): the
+    // sequences ranked longest first into the packed part's room where their key blocks vary, read
+    // by the kernel's order (rank[0] = -1 where they do not).
+    if (!packed_order && p.causal && !deterministic && p.num_sequences > 1 && key_tiles > kBwdCausalFastTiles &&
+        bwd_ranks_sequences()) {
+      w.rank = static_cast<int*>(w.packed);
+      rank_sequences_kernel<><<<1, kRankThreads, 0, stream>>>(p, w.rank, nullptr, /*only_if_varied=*/true);
+      check_cuda(cudaGetLastError(), "rank_sequences_kernel launch");
     }
     // 80-query steps at D = 128 (neither dq_direct nor packed tiles, which the transposed dQ has no
     // code for) where the backward is not causal, or causal over at least 24 key tiles of 128 keys

@@ -76,7 +76,7 @@ bool launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream
   const bool ranked = group > 1 && grouped_longest_first();
   if (ranked) {
     int* rank = reinterpret_cast<int*>(workspace + kFwdCounterBytes);
-    rank_sequences_kernel<><<<1, kRankThreads, 0, stream>>>(p, rank, tile_counter);
+    rank_sequences_kernel<><<<1, kRankThreads, 0, stream>>>(p, rank, tile_counter, /*only_if_varied=*/false);
     check_cuda(cudaGetLastError(), "rank_sequences_kernel launch");
     order.rank = rank;
   }

@@ -26,7 +26,8 @@
 // `group` (the forward's head-grouped tiles, head_group_tiles.h): `heads` counts KV heads, and a
 // tile of the sequence holds 128 / group tokens of the group's query heads. `rank` (their
 // longest-first order, sequence_rank.cuh; at_ranked): rank outermost, read through rank[], then
-// tile index, then head.
+// tile index, then head. The causal backward over more than 8 key tiles of varied lengths ranks
+// its sequences too (at_ranked_keys): the key-tile-fastest order above, longest sequences first.
 #pragma once
 
 #include <cstdint>
@@ -78,6 +79,16 @@ struct TileOrder {
     const int i = int(rem / heads);
     h = int(rem % heads);
     b = rank[r];
+    tile = descending ? int(tiles - 1 - i) : i;
+  }
+  // The backward's ranked order (only its producer calls it): rank outermost, then head,
+  // then key tile fastest, so the CTAs of one wave hold all key tiles of a few (sequence, head)
+  // pairs, longest sequences first.
+  __device__ __forceinline__ void at_ranked_keys(int64_t t, int64_t& b, int& tile, int& h) const {
+    const int i = int(t % tiles);
+    const int64_t r = t / tiles;
+    h = int(r % heads);
+    b = rank[r / heads];
     tile = descending ? int(tiles - 1 - i) : i;
   }
 };
