@@ -6,8 +6,10 @@ draws what the kernels branch on, at sizes that cross their tiles:
 
 * lengths: tiny (1..64: the Hopper forward's packed query tiles and the backward's packed key
   tiles), short (0..300), tile edges (0, 1, 63..65, 127..129, 255..257), mixed up to 1,100 with a
-  few sequences, or 1..200 sequences of one token; k lengths equal to q's, drawn apart (q > k and
-  q < k, keys of empty query sequences), or q's plus a shift;
+  few sequences, 1..200 sequences of one token, or (GPU only) long: one sequence of 1,025..3,300
+  among up to three of 0..300 (the Hopper backward ranks such causal batches longest first, and
+  takes 80-query steps past 3,072 keys); k lengths equal to q's, drawn apart (q > k and q < k, keys
+  of empty query sequences), or q's plus a shift;
 * heads: Hk 1..4 with GQA groups 1..8 (odd groups too); head dims the build compiled;
 * options: causal, sliding windows (sides 0, 1, on and off the tile edges, unbounded), softcap,
   scale, deterministic backward;
@@ -46,16 +48,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
 
-# Reference work per case, sum over sequences of Lq * Lk * Hq: bounds the references' time.
-BUDGET = {"cuda": 3_000_000, "cpu": 200_000}
+# Reference work per case, sum over sequences of Lq * Lk * Hq: bounds the references' time ("long"
+# cases on the GPU get more, or their long sequence would be halved below 1,025 whenever Hq > 2).
+BUDGET = {"cuda": 3_000_000, "cpu": 200_000, "cuda long": 40_000_000}
 EDGES = [0, 1, 2, 63, 64, 65, 127, 128, 129, 255, 256, 257]
 WINDOW_SIDES = [None, 0, 1, 7, 63, 64, 65, 127, 128, 129, 300]
 
 
 def _lengths(r: np.random.Generator, mode: str, n: int | None = None) -> list[int]:
     """n lengths (a count of the mode's own when None) drawn as `mode` says."""
-    count = {"tiny": (1, 40), "short": (1, 24), "edges": (1, 12), "ones": (1, 201), "mixed": (1, 6)}[mode]
+    count = {"tiny": (1, 40), "short": (1, 24), "edges": (1, 12), "ones": (1, 201), "mixed": (1, 6),
+             "long": (1, 5)}[mode]
     n = int(r.integers(*count)) if n is None else n
+    if mode == "long":  # one long sequence (log-uniform 1,025..3,300) among short ones, shuffled
+        lens = [int(np.exp(r.uniform(np.log(1025), np.log(3301))))] + r.integers(0, 301, n - 1).tolist()
+        return [int(x) for x in r.permutation(lens)]
     if mode == "tiny":
         return r.integers(1, 65, n).tolist()
     if mode == "short":
@@ -67,10 +74,18 @@ def _lengths(r: np.random.Generator, mode: str, n: int | None = None) -> list[in
     return [int(np.exp(r.uniform(0, np.log(1101)))) - 1 for _ in range(n)]  # log-uniform to 1,100
 
 
+def budget(device: str, mode: str) -> int:
+    """The reference work a case of `mode` may cost on `device` (BUDGET)."""
+    return BUDGET.get(f"{device} {mode}", BUDGET[device])
+
+
 def draw(seed: int, index: int, device: str, head_dims: list[int]) -> dict:
     """The recipe of case (seed, index): plain data (JSON-able)."""
     r = np.random.default_rng([seed, index])
-    mode = str(r.choice(["tiny", "short", "edges", "ones", "mixed"], p=[0.25, 0.25, 0.15, 0.1, 0.25]))
+    if device == "cuda":
+        mode = str(r.choice(["tiny", "short", "edges", "ones", "mixed", "long"], p=[0.22, 0.22, 0.14, 0.1, 0.22, 0.1]))
+    else:
+        mode = str(r.choice(["tiny", "short", "edges", "ones", "mixed"], p=[0.25, 0.25, 0.15, 0.1, 0.25]))
     lq = _lengths(r, mode)
     kmode = str(r.choice(["same", "apart", "shift"], p=[0.6, 0.3, 0.1]))
     if kmode == "same":
@@ -102,7 +117,7 @@ def draw(seed: int, index: int, device: str, head_dims: list[int]) -> dict:
     if recipe["grad"] and r.random() < 0.2:
         opts["deterministic"] = True
     # Trim the longest sequences until the reference's work fits the budget.
-    while sum(a * b for a, b in zip(recipe["lq"], recipe["lk"])) * recipe["hq"] > BUDGET[device]:
+    while sum(a * b for a, b in zip(recipe["lq"], recipe["lk"])) * recipe["hq"] > budget(device, mode):
         i = int(np.argmax([a * b for a, b in zip(recipe["lq"], recipe["lk"])]))
         recipe["lq"][i] //= 2
         recipe["lk"][i] //= 2

@@ -33,8 +33,14 @@ def test_recipes_are_reproducible_and_within_budget():
         assert json.loads(json.dumps(r)) == r
         assert len(r["lq"]) == len(r["lk"]) and min(r["lq"] + r["lk"]) >= 0
         assert r["hq"] % r["hk"] == 0 and r["d"] in (64, 128) and r["dtype"] in ("bfloat16", "float16")
-        assert sum(a * b for a, b in zip(r["lq"], r["lk"])) * r["hq"] <= campaign.BUDGET["cuda"]
+        assert sum(a * b for a, b in zip(r["lq"], r["lk"])) * r["hq"] <= campaign.budget("cuda", r["mode"])
     assert campaign.draw(7, 0, "cuda", [64]) != campaign.draw(8, 0, "cuda", [64])
+    # GPU campaigns draw long batches (the Hopper backward's ranked order), most keeping a sequence
+    # past 1,024 keys; host campaigns never draw them.
+    long = [campaign.draw(7, i, "cuda", [128]) for i in range(400)]
+    long = [r for r in long if r["mode"] == "long"]
+    assert len(long) > 10 and sum(max(r["lk"]) > 1024 for r in long) > len(long) // 2
+    assert all(campaign.draw(7, i, "cpu", [64])["mode"] != "long" for i in range(200))
 
 
 def test_cpu_cases_pass(small_budget, tmp_path):
