@@ -9,10 +9,16 @@ default default input) because on these machines the second of two back-to-back 
 ~10%. A diagnostic: bench_attention_gpu.py reports the numbers users see.
 
     python benchmarks/diag/bwd_tile_order_ab.py
+    python benchmarks/diag/bwd_tile_order_ab.py --times [--only d128,eq8192]
+
+`--times` times the default order once per workload and prints one JSON object {workload: ms}: for
+A/Bs of two builds, where each build's process runs in turn (session 39's step order). `--only`
+keeps the workloads whose names contain one of its comma-separated parts.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -30,7 +36,8 @@ from gqa_packed_tiles import kernel_ms  # noqa: E402  (this folder)
 WORKLOADS = [("mix d128", "mix", 128), ("mix d64", "mix", 64), ("eq2048 d128", "eq2048", 128),
              ("mix d128 causal", "mix", 128), ("eq8192 d128 causal", "eq8192", 128),
              ("eq2048 d128 causal", "eq2048", 128), ("mix d64 causal", "mix", 64),
-             ("mix512-8192 d128 causal", "wide", 128)]
+             ("mix512-8192 d128 causal", "wide", 128), ("short d128", "short", 128),
+             ("short d128 causal", "short", 128)]
 
 
 def lengths(kind: str, rng: np.random.Generator) -> list[int]:
@@ -46,12 +53,17 @@ def lengths(kind: str, rng: np.random.Generator) -> list[int]:
 
 
 def main() -> None:
+    times_only = "--times" in sys.argv
+    only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
     try:
         from flash_attn.cute import flash_attn_varlen_func as fa4
     except Exception:  # noqa: BLE001 - FA-4 is optional here
         fa4 = None
     flush = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
+    times: dict[str, float] = {}
     for name, kind, d in WORKLOADS:
+        if only is not None and not any(part in name for part in only):
+            continue
         lens = lengths(kind, np.random.default_rng(0))
         h, longest, causal = 2048 // d, max(lens), "causal" in name
         cu = torch.tensor(np.concatenate(([0], np.cumsum(lens))), dtype=torch.int32, device="cuda")
@@ -70,6 +82,9 @@ def main() -> None:
                 torch.autograd.grad(out, (lq, lk, lv), g, retain_graph=True)
             return call
 
+        if times_only:
+            times[name] = round(kernel_ms(bwd("default"), 15, flush), 4)
+            continue
         res: dict[str, list[float]] = {"default": [], "input": []}
         for order in ("default", "input", "input", "default", "default", "input"):
             res[order].append(kernel_ms(bwd(order), 15, flush))
@@ -85,6 +100,8 @@ def main() -> None:
             fms = kernel_ms(lambda: torch.autograd.grad(fo, (lq, lk, lv), g, retain_graph=True), 15, flush)
             line += f"  FA-4 {fms:.3f} (default x FA-4 {fms / dflt:.3f})"
         print(line, flush=True)
+    if times_only:
+        print(json.dumps(times), flush=True)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,14 @@ struct BwdTiles {
   static_assert(!kDqTransposed || (D == 128 && M % 16 == 0), "transposed dQ: D = 128, 16-query k-steps");
   // The untransposed dQ covers 64 queries (D = 128) or 128 (D = 64, two warpgroups of 64) a step.
   static_assert(kDqTransposed || M == (D <= 64 ? 128 : 64), "untransposed dQ: 64 queries at D = 128, 128 at D = 64");
+  // The order of a step's products (varlen_bwd_sm90_kernel). 80 queries: S^T and dP^T back to back,
+  // and dQ before dK, so that the dQ is staged for its writer while dK runs. Otherwise dK before dQ,
+  // whose dQ is staged at the next step, between S^T and dP^T. H100, bwd ms, that order given to
+  // every D = 128 instance against the other, medians of 3 alternated runs, two machines: at 80
+  // queries eq2048 2.93 -> 2.78 and 2.75 -> 2.72, eq8192 causal 5.58 -> 5.40 and 5.38 -> 5.21, mix
+  // 3.80 -> 3.76 and 3.57 -> 3.50, mix causal 2.41 -> 2.40 and 2.22 -> 2.26; at 64 queries (short,
+  // short causal, eq2048 causal) -4..+2%; at D = 64 (128 queries) it lost 15-19% (mix 4.71 -> 5.81).
+  static constexpr bool kDqBeforeDk = kDqTransposed;
   static constexpr int kThreads = 384;
   static constexpr int kStages = 2;  // of the Q / dO ring: two fit next to K, V, dS^T and dQ
   static constexpr int kSlabQ = kBlockM * 128;   // bytes of a 64-column slab of a Q or dO tile
@@ -456,11 +464,11 @@ __global__ void __launch_bounds__(384, 1)
       const int full_lo = int(visible_queries(p, x.n0 + kN - 1, x.n0 + kN, x.s.q_len, x.s.k_len).lo);
       const int full_hi = int(visible_queries(p, x.n0, x.n0 + 1, x.s.q_len, x.s.k_len).hi);
 
-      int h = 0, mb = 0;  // the step whose dQ is in flight
+      int h = 0, mb = 0;  // this step's query head and block
       for (int step = 0; step < x.steps; ++step, ++step_count) {
         // (h, mb) of this step, advanced from the last: the division step / mb_blocks cost ~30
         // dependent instructions (~5% of the warps' stall samples, ncu) ahead of every S^T.
-        const int h_prev = h, mb_prev = mb;
+        const int h_prev = h, mb_prev = mb;  // (the step whose dQ is in flight, !kDqBeforeDk)
         const bool next_head = step > 0 && mb + 1 == x.mb_begin + x.mb_blocks;
         h = step == 0 ? x.hk * group : h + int(next_head);
         mb = step == 0 || next_head ? x.mb_begin : mb + 1;
@@ -468,18 +476,26 @@ __global__ void __launch_bounds__(384, 1)
         const bool full = keys_full && full_lo <= m0 && full_hi >= m0 + kM;
         typename Smem::Stage& st = sm.stage[qs.index];
 
-        // This step's S^T queues behind the last step's dQ. Once both are done, the dQ is staged and
-        // added while this step's dP^T runs and P is computed (S^T, dQ and dP^T are never all live:
-        // 240 registers). Every product is issued unconditionally in the loop: one under a branch
-        // the compiler cannot prove uniform makes ptxas serialise all of them (warning C7518).
+        // kDqBeforeDk: S^T and dP^T back to back. Otherwise S^T queues behind the last step's dQ;
+        // once both are done the dQ is staged, then dP^T issued into its registers (S^T, dQ and dP^T
+        // are never all live: 240 registers). Either way dP^T runs while P is computed. Every
+        // product is issued unconditionally in the loop: one under a branch the compiler cannot
+        // prove uniform makes ptxas serialise all of them (warning C7518).
         sm.ring.wait(qs);
         issue_s();
-        wgmma_wait<0>();
-        fence_regs(sacc);
-        fence_regs(dq);
-        if (step > 0) emit_dq(x, h_prev, mb_prev);
-        mbar_wait(&sm.v_full, j & 1);  // passes at once after the tile's first step
-        issue_dp();
+        if constexpr (Tiles::kDqBeforeDk) {
+          mbar_wait(&sm.v_full, j & 1);  // passes at once after the tile's first step
+          issue_dp();
+          wgmma_wait<1>();  // S^T done (dP^T may still run)
+          fence_regs(sacc);
+        } else {
+          wgmma_wait<0>();
+          fence_regs(sacc);
+          fence_regs(dq);
+          if (step > 0) emit_dq(x, h_prev, mb_prev);
+          mbar_wait(&sm.v_full, j & 1);
+          issue_dp();
+        }
 
         // P^T and dS^T, elementwise: element (j, e) is key key[e / 2], query m0 + 8 j + 2 quad + e % 2.
         // With a softcap dS needs the capped score, so both come in one pass after dP^T.
@@ -593,12 +609,15 @@ __global__ void __launch_bounds__(384, 1)
         }
 
         // dK += dS^T Q (A = dS^T from registers, B = Q, head dims contiguous).
-        fence_regs(dk);
-        wgmma_fence();
         const SmemDesc desc_q = SmemDesc::sw128(q_base, Tiles::kSlabQ, 1024);
+        auto issue_dk = [&] {
+          fence_regs(dk);
+          wgmma_fence();
 #pragma unroll
-        for (int i = 0; i < kM / 16; ++i) wgmma_rs_tb<D, T>(dk, da[i], desc_q.at(i * 2048), 1);
-        wgmma_commit();
+          for (int i = 0; i < kM / 16; ++i) wgmma_rs_tb<D, T>(dk, da[i], desc_q.at(i * 2048), 1);
+          wgmma_commit();
+        };
+        if constexpr (!Tiles::kDqBeforeDk) issue_dk();
 
         // dQ (64 queries x 64 head dims of this warpgroup) = dS K over the tile's 128 keys, once the
         // other warpgroup has written its half of dS^T (it waits for ours in turn; arriving does not
@@ -629,17 +648,31 @@ __global__ void __launch_bounds__(384, 1)
           }
         }
         wgmma_commit();
-        wgmma_wait<1>();  // dV and dK done: P and dS registers and this stage's Q, dO are free
-        fence_regs(dv);
-        fence_regs(dk);
-        fence_regs(pa);
-        fence_regs(da);
+        if constexpr (Tiles::kDqBeforeDk) {
+          issue_dk();
+          wgmma_wait<1>();  // dV and dQ done (dK may still run): the P registers and the dQ are free
+          fence_regs(dv);
+          fence_regs(pa);
+          fence_regs(dq);
+          emit_dq(x, h, mb);
+          wgmma_wait<0>();  // dK done: the dS registers and this stage's Q, dO are free
+          fence_regs(dk);
+          fence_regs(da);
+        } else {
+          wgmma_wait<1>();  // dV and dK done: P and dS registers and this stage's Q, dO are free
+          fence_regs(dv);
+          fence_regs(dk);
+          fence_regs(pa);
+          fence_regs(da);
+        }
         sm.ring.release(qs);
         qs.advance();
       }
-      wgmma_wait<0>();  // unconditional: a wait under a branch also serialises every product (C7518)
-      fence_regs(dq);
-      if (x.steps > 0) emit_dq(x, h, mb);
+      if constexpr (!Tiles::kDqBeforeDk) {
+        wgmma_wait<0>();  // unconditional: a wait under a branch also serialises every product (C7518)
+        fence_regs(dq);
+        if (x.steps > 0) emit_dq(x, h, mb);
+      }
       // A tile without steps never waited for its V: its phase of v_full must complete before the
       // producer may start the next one's (a phase skipped would let the next wait pass early).
       mbar_wait(&sm.v_full, j & 1);
