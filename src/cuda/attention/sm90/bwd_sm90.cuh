@@ -83,9 +83,12 @@ struct BwdTiles {
   static_assert(!kDqTransposed || (D == 128 && M % 16 == 0), "transposed dQ: D = 128, 16-query k-steps");
   // The untransposed dQ covers 64 queries (D = 128) or 128 (D = 64, two warpgroups of 64) a step.
   static_assert(kDqTransposed || M == (D <= 64 ? 128 : 64), "untransposed dQ: 64 queries at D = 128, 128 at D = 64");
-  // The order of a step's products (varlen_bwd_sm90_kernel). 80 queries: S^T and dP^T back to back,
-  // and dQ before dK, so that the dQ is staged for its writer while dK runs. Otherwise dK before dQ,
-  // whose dQ is staged at the next step, between S^T and dP^T. H100, bwd ms, that order given to
+  // The order of a step's products (varlen_bwd_sm90_kernel's kDqFirst). 80 queries, not deterministic:
+  // S^T and dP^T back to back, and dQ before dK, so that the dQ is staged for its writer while dK
+  // runs. Otherwise dK before dQ, whose dQ is staged at the next step, between S^T and dP^T. Deterministic
+  // runs keep that order: staging inside the step waits there for the writer, who waits for the
+  // ordering counters (FA-4's order at 64 queries: H200, deterministic eq8192 causal 392 -> 327
+  // TFLOP/s; design.md). H100, bwd ms, that order given to
   // every D = 128 instance against the other, medians of 3 alternated runs, two machines: at 80
   // queries eq2048 2.93 -> 2.78 and 2.75 -> 2.72, eq8192 causal 5.58 -> 5.40 and 5.38 -> 5.21, mix
   // 3.80 -> 3.76 and 3.57 -> 3.50, mix causal 2.41 -> 2.40 and 2.22 -> 2.26; at 64 queries (short,
@@ -211,8 +214,9 @@ __device__ __forceinline__ bool bwd_tile_at(const VarlenBackwardParams& p, const
 constexpr int64_t kBwdCausalFastTiles = 8;
 
 // kFolded: no softcap and scale > 0 (ScoreMap::folds()): P = exp2(q.k * scale log2 e - lse2) is one
-// FFMA and an ex2, and P can be computed while dP^T is still in flight.
-template <class T, int D, int M, bool kFolded>
+// FFMA and an ex2, and P can be computed while dP^T is still in flight. kDqFirst: the step order of
+// BwdTiles::kDqBeforeDk (the launcher's choice).
+template <class T, int D, int M, bool kFolded, bool kDqFirst>
 __global__ void __launch_bounds__(384, 1)
     varlen_bwd_sm90_kernel(const VarlenBackwardParams p, const ScoreMap score, const BwdWorkspace ws, bool deterministic,
                            bool dq_direct, const PackedTiles packed,
@@ -468,7 +472,7 @@ __global__ void __launch_bounds__(384, 1)
       for (int step = 0; step < x.steps; ++step, ++step_count) {
         // (h, mb) of this step, advanced from the last: the division step / mb_blocks cost ~30
         // dependent instructions (~5% of the warps' stall samples, ncu) ahead of every S^T.
-        const int h_prev = h, mb_prev = mb;  // (the step whose dQ is in flight, !kDqBeforeDk)
+        const int h_prev = h, mb_prev = mb;  // (the step whose dQ is in flight, !kDqFirst)
         const bool next_head = step > 0 && mb + 1 == x.mb_begin + x.mb_blocks;
         h = step == 0 ? x.hk * group : h + int(next_head);
         mb = step == 0 || next_head ? x.mb_begin : mb + 1;
@@ -476,14 +480,14 @@ __global__ void __launch_bounds__(384, 1)
         const bool full = keys_full && full_lo <= m0 && full_hi >= m0 + kM;
         typename Smem::Stage& st = sm.stage[qs.index];
 
-        // kDqBeforeDk: S^T and dP^T back to back. Otherwise S^T queues behind the last step's dQ;
+        // kDqFirst: S^T and dP^T back to back. Otherwise S^T queues behind the last step's dQ;
         // once both are done the dQ is staged, then dP^T issued into its registers (S^T, dQ and dP^T
         // are never all live: 240 registers). Either way dP^T runs while P is computed. Every
         // product is issued unconditionally in the loop: one under a branch the compiler cannot
         // prove uniform makes ptxas serialise all of them (warning C7518).
         sm.ring.wait(qs);
         issue_s();
-        if constexpr (Tiles::kDqBeforeDk) {
+        if constexpr (kDqFirst) {
           mbar_wait(&sm.v_full, j & 1);  // passes at once after the tile's first step
           issue_dp();
           wgmma_wait<1>();  // S^T done (dP^T may still run)
@@ -617,7 +621,7 @@ __global__ void __launch_bounds__(384, 1)
           for (int i = 0; i < kM / 16; ++i) wgmma_rs_tb<D, T>(dk, da[i], desc_q.at(i * 2048), 1);
           wgmma_commit();
         };
-        if constexpr (!Tiles::kDqBeforeDk) issue_dk();
+        if constexpr (!kDqFirst) issue_dk();
 
         // dQ (64 queries x 64 head dims of this warpgroup) = dS K over the tile's 128 keys, once the
         // other warpgroup has written its half of dS^T (it waits for ours in turn; arriving does not
@@ -648,7 +652,7 @@ __global__ void __launch_bounds__(384, 1)
           }
         }
         wgmma_commit();
-        if constexpr (Tiles::kDqBeforeDk) {
+        if constexpr (kDqFirst) {
           issue_dk();
           wgmma_wait<1>();  // dV and dQ done (dK may still run): the P registers and the dQ are free
           fence_regs(dv);
@@ -668,7 +672,7 @@ __global__ void __launch_bounds__(384, 1)
         sm.ring.release(qs);
         qs.advance();
       }
-      if constexpr (!Tiles::kDqBeforeDk) {
+      if constexpr (!kDqFirst) {
         wgmma_wait<0>();  // unconditional: a wait under a branch also serialises every product (C7518)
         fence_regs(dq);
         if (x.steps > 0) emit_dq(x, h, mb);

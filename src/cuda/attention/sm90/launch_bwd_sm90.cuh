@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "../bwd_prepost.cuh"
 #include "../bwd_workspace.h"
@@ -66,7 +67,15 @@ void launch_bwd_tiles(const VarlenBackwardParams& p, const BwdWorkspace& w, bool
                                       : tensor_map_3d<float>(w.dq_accum, p.total_q, p.heads_q, D, p.heads_q * D, D,
                                                              Tiles::kDqRows, "dq_accum");
   const ScoreMap score = ScoreMap::from(p);
-  auto kernel = score.folds() ? varlen_bwd_sm90_kernel<T, D, M, true> : varlen_bwd_sm90_kernel<T, D, M, false>;
+  auto pick = [&](auto dq_first) {
+    constexpr bool kDqFirst = decltype(dq_first)::value;
+    return score.folds() ? varlen_bwd_sm90_kernel<T, D, M, true, kDqFirst>
+                         : varlen_bwd_sm90_kernel<T, D, M, false, kDqFirst>;
+  };
+  auto kernel = pick(std::false_type{});
+  if constexpr (Tiles::kDqBeforeDk) {
+    if (!deterministic) kernel = pick(std::true_type{});
+  }
   constexpr int kSmem = kBwdSmemBytes<D, M>;
   set_smem(kernel, kSmem);
   // Persistent: one CTA per SM, at most one per key tile of the host's (upper-bound) lengths.
