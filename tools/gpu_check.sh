@@ -9,7 +9,7 @@
 # that would start with less than 20 s left is reported NOT RUN, which counts as a failure):
 #   build      pip install -e . (SCREE_CUDA=ON, SCREE_CUDA_ARCHS default 90a)     -> build.log
 #   ctest      cmake -DSCREE_BUILD_TESTS=ON in build/cpp-gpu, ctest                -> build.log
-#   cuda       pytest tests/python -m cuda (test_attention_cuda.py, test_cuda_layout.py) -> pytest_cuda.log
+#   cuda       pytest tests/python -m cuda, in CUDA_TEST_WORKERS xdist processes (4)       -> pytest_cuda.log
 #   memcheck   compute-sanitizer --tool memcheck  python tools/sanitize_attention.py -> sanitizer.log
 #   racecheck  compute-sanitizer --tool racecheck python tools/sanitize_attention.py -> sanitizer.log
 #   fuzz       python tools/fuzz_attention_kernels.py (FUZZ_SECONDS, FUZZ_SEED)       -> fuzz.log
@@ -21,7 +21,7 @@
 # train_step_cuda.json/.png. The summary is printed last (short: a reply carries the tail).
 #
 # Switches (environment): SKIP_BUILD=1 SKIP_CTEST=1 SKIP_CUDA_TESTS=1 SKIP_SANITIZER=1 SKIP_FUZZ=1 SKIP_BENCH=1
-# SKIP_TRAIN=1 SKIP_SUITE=1 (OUTDIR brings back at most 8 files: split a full check over two calls,
+# SKIP_TRAIN=1 SKIP_SUITE=1 CUDA_TEST_WORKERS=N (OUTDIR brings back at most 8 files: split a full check over two calls,
 # e.g. build + tests + sanitizers, then the benchmarks with SKIP_BUILD=1); TRAIN_ARGS; GPU_CHECK_BUDGET_S (540); SANITIZER_TOOLS ("memcheck racecheck"; initcheck and
 # synccheck also work); BENCH_ARGS (extra benchmark arguments, e.g. "--only mix"); PYTEST_ARGS
 # (extra arguments for both pytest runs, e.g. "-k attention"); CTEST_CUDA (auto|ON|OFF: auto = ON when
@@ -118,9 +118,18 @@ fi
 # ---- CUDA-marked Python tests -----------------------------------------------------------------
 pytest_extra=()
 "$PY" -c "import pytest_timeout" 2>/dev/null && pytest_extra+=(--timeout=300)
+# The cuda tests in CUDA_TEST_WORKERS processes (default 4) where pytest-xdist is installed (the GPU
+# machine's image has it): one process took ~330 s for the 1,454 of session 39 on an H100, past
+# this step's 240 s; their fp64 references run on the host's 16 cores, and four processes share the
+# card without contention for its memory. CUDA_TEST_WORKERS=0 runs them in one process.
+cuda_workers=()
+if [ "${CUDA_TEST_WORKERS:-4}" != 0 ] && "$PY" -c "import xdist" 2>/dev/null; then
+  cuda_workers=(-n "${CUDA_TEST_WORKERS:-4}")
+fi
 # shellcheck disable=SC2086
 step cuda SKIP_CUDA_TESTS "$out/pytest_cuda.log" 240 \
-  "$PY" -m pytest tests/python -m cuda -v -rs -p no:cacheprovider ${pytest_extra[@]+"${pytest_extra[@]}"} ${PYTEST_ARGS:-}
+  "$PY" -m pytest tests/python -m cuda -v -rs -p no:cacheprovider ${cuda_workers[@]+"${cuda_workers[@]}"} \
+  ${pytest_extra[@]+"${pytest_extra[@]}"} ${PYTEST_ARGS:-}
 
 # ---- compute-sanitizer ------------------------------------------------------------------------
 sanitizer=$(command -v compute-sanitizer || true)
