@@ -33,8 +33,13 @@ inline int num_threads() {
   return hardware;
 }
 
-// Below this many bytes of traffic a kernel runs on the calling thread.
+// Below this many bytes of traffic a kernel runs on the calling thread: on scree's own pool, where a
+// part costs a worker's futex wake; on a shared OpenMP runtime (detail::openmp_runtime_shared),
+// whose workers spin between a framework's ops, from a quarter of that. There, the backward's
+// packing of 4 x 16 tokens (8 heads x 64, 0.75 MiB as counted) ran on the calling thread while the
+// other one spun (benchmarks/NOTES.md, issue 20, session 39).
 inline constexpr int64_t kParallelMinBytes = int64_t(1) << 20;
+inline constexpr int64_t kParallelMinBytesShared = int64_t(1) << 18;
 
 // Runs the pool's jobs in parallel regions of an OpenMP runtime that the process has already
 // loaded (`library`: its path or soname, e.g. torch's libgomp; the torch glue shares torch's on
@@ -90,7 +95,8 @@ template <class Fn>
 void parallel_for(int64_t n, int64_t bytes, Fn&& fn, const int64_t* weight_prefix = nullptr) {
   if (n <= 0) return;
   int threads = num_threads();
-  if (bytes < kParallelMinBytes || threads <= 1 || n == 1) {
+  if (threads <= 1 || n == 1 ||
+      bytes < (detail::openmp_runtime_shared() ? kParallelMinBytesShared : kParallelMinBytes)) {
     fn(int64_t(0), n);
     return;
   }
