@@ -83,16 +83,16 @@ struct BwdTiles {
   static_assert(!kDqTransposed || (D == 128 && M % 16 == 0), "transposed dQ: D = 128, 16-query k-steps");
   // The untransposed dQ covers 64 queries (D = 128) or 128 (D = 64, two warpgroups of 64) a step.
   static_assert(kDqTransposed || M == (D <= 64 ? 128 : 64), "untransposed dQ: 64 queries at D = 128, 128 at D = 64");
-  // The order of a step's products (varlen_bwd_sm90_kernel's kDqFirst). 80 queries, not deterministic:
-  // S^T and dP^T back to back, and dQ before dK, so that the dQ is staged for its writer while dK
-  // runs. Otherwise dK before dQ, whose dQ is staged at the next step, between S^T and dP^T. Deterministic
-  // runs keep that order: staging inside the step waits there for the writer, who waits for the
-  // ordering counters (FA-4's order at 64 queries: H200, deterministic eq8192 causal 392 -> 327
-  // TFLOP/s; design.md). H100, bwd ms, that order given to
-  // every D = 128 instance against the other, medians of 3 alternated runs, two machines: at 80
-  // queries eq2048 2.93 -> 2.78 and 2.75 -> 2.72, eq8192 causal 5.58 -> 5.40 and 5.38 -> 5.21, mix
-  // 3.80 -> 3.76 and 3.57 -> 3.50, mix causal 2.41 -> 2.40 and 2.22 -> 2.26; at 64 queries (short,
-  // short causal, eq2048 causal) -4..+2%; at D = 64 (128 queries) it lost 15-19% (mix 4.71 -> 5.81).
+  // The order of a step's products (varlen_bwd_sm90_kernel's kDqFirst). At 80 queries, not
+  // deterministic: S^T and dP^T back to back, and dQ before dK, so that the dQ is staged for its
+  // writer while dK runs. Otherwise dK before dQ, whose dQ is staged at the next step, between S^T
+  // and dP^T. H100, bwd ms, medians of 3 alternated runs on two machines, at 80 queries: eq2048
+  // 2.93 -> 2.78 and 2.75 -> 2.72, eq8192 causal 5.58 -> 5.40 and 5.38 -> 5.21, mix 3.80 -> 3.76 and
+  // 3.57 -> 3.50, mix causal 2.41 -> 2.40 and 2.22 -> 2.26. At 64 queries (short, short causal,
+  // eq2048 causal) -4..+2%; at D = 64 (128 queries) -15..-19% (mix 4.71 -> 5.81). Deterministic runs
+  // keep the other order: staging inside the step waits there for the writer, which waits for the
+  // ordering counters (FA-4's order at 64 queries, H200: deterministic eq8192 causal 392 -> 327
+  // TFLOP/s; design.md).
   static constexpr bool kDqBeforeDk = kDqTransposed;
   static constexpr int kThreads = 384;
   static constexpr int kStages = 2;  // of the Q / dO ring: two fit next to K, V, dS^T and dQ
