@@ -109,6 +109,22 @@ def test_forward_heads_and_dims(hq, hk, d, dv):
     check_tolerance(out.values, ref.values, low.values, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("opts", [{}, {"causal": True}, {"window": (70, 10)}], ids=["plain", "causal", "window"])
+def test_forward_values_read_by_several_items(dtype, opts):
+    """Values that several items read (a sequence's query blocks, the query heads of a GQA group),
+    each item copying its key blocks into column panels (fwd.cpp's v_panels): 100 queries (one
+    item), 300 and 500 (several blocks), key lengths apart, a window whose key blocks start off the
+    96-key grid, Dv = 40 (panels padded to 64), MHA and GQA."""
+    rng = _rng()
+    for hq, hk in [(2, 2), (4, 2)]:
+        q, k, v = make(rng, [100, 300, 0, 500], [100, 310, 5, 480], hq, hk, 64, 40, dtype, "torch")
+        out = scree.varlen_attention(q, k, v, **opts)
+        ref = reference(*(upcast(a) for a in (q, k, v)), **opts)
+        low = reference(q, k, v, upcast=False, **opts)
+        check_tolerance(out.values, ref.values, low.values, atol=1e-5 if dtype == "float32" else 1e-3)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("opts", [{}, {"causal": True, "softcap": 3.0}], ids=["plain", "causal_softcap"])
 def test_forward_half_precision(dtype, opts):

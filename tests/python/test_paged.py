@@ -37,6 +37,9 @@ CASES = {  # (kv lengths, query lengths): decode, chunked prefill, mixed, empty,
     "decode": ([37, 64, 1, 130, 16], [1, 1, 1, 1, 1]),
     "prefill_chunks": ([37, 64, 130, 16], [37, 20, 7, 16]),
     "mixed": ([0, 64, 200, 3, 48], [0, 1, 33, 3, 1]),
+    # queries in blocks of more than 4 row tiles: the CPU forward copies their values from the
+    # pages into column panels item by item (fwd.cpp's v_panels)
+    "long_prefill": ([130, 300], [100, 290]),
 }
 OPTIONS = {"plain": {}, "causal": {"causal": True}, "window": {"causal": True, "window": (24, None)},
            "softcap": {"softcap": 5.0, "scale": 0.2}}
