@@ -120,8 +120,8 @@ pytest_extra=()
 "$PY" -c "import pytest_timeout" 2>/dev/null && pytest_extra+=(--timeout=300)
 # The cuda tests in one process by default (1,454 in 313 s on an H100, session 40: past the old
 # 240 s cap, hence 360). CUDA_TEST_WORKERS=N runs them in N pytest-xdist processes where xdist is
-# installed; 4 ran 7x slower on that host (262 tests in 209 s; not profiled: likely each worker's fp64 references take
-# all 16 cores and the workers contend for them).
+# installed; 4 ran 3.7x slower a test on that host (262 tests in 209 s). Not profiled: likely each
+# worker's fp64 references take all 16 cores and the workers contend for them.
 cuda_workers=()
 if [ "${CUDA_TEST_WORKERS:-0}" != 0 ] && "$PY" -c "import xdist" 2>/dev/null; then
   cuda_workers=(-n "${CUDA_TEST_WORKERS}")
