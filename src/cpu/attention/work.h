@@ -68,6 +68,28 @@ void run_items(std::vector<WorkItem>& items, double total_flops, Fn&& fn, Scope&
   const int64_t n = static_cast<int64_t>(items.size());
   std::vector<double> left(static_cast<size_t>(n) + 1, 0.0);  // cost of items [i, n)
   for (int64_t i = n - 1; i >= 0; --i) left[size_t(i)] = left[size_t(i) + 1] + items[size_t(i)].cost;
+  // Below kStaticFlops the items are split up front, each thread a contiguous share of the list by
+  // cost (an item goes where its cost's midpoint falls): no claims at all. Claimed, each claim
+  // moved the counter's line between the cores: the compare-exchange and the load before it held
+  // ~5% of the 4 x 16-token fp32 forward's samples (2 threads, perf, the 2-core AMX Xeon VM).
+  // Split so (A/B, same VM, torch's OpenMP runtime, us a call, 8 heads x 64, causal): 4 x 16
+  // forward 36.4 -> 33.0, forward+backward 243 -> 227; 4 x 32 forward 69.8 -> 59.2; 8 x 48 (38
+  // MFLOP, claimed as before) unchanged. At 4 MFLOP the limit left the 4 x 32 forward and the
+  // 4 x 16 backward claimed (-0..-4% there). Reached on a shared OpenMP runtime only, where the
+  // workers spin between ops and start their share at once (scree's own pool runs such calls on
+  // one thread: the 4 MFLOP rule above).
+  constexpr double kStaticFlops = 16e6;
+  if (total_flops < kStaticFlops) {
+    const double total = std::max(left[0], 1e-300);
+    parallel_parts(threads, [&](int t) {
+      [[maybe_unused]] auto held = scope(t);
+      for (int64_t i = 0; i < n; ++i) {
+        const double mid = (left[0] - left[size_t(i)] + 0.5 * items[size_t(i)].cost) / total;
+        if (std::min(threads - 1, static_cast<int>(mid * threads)) == t) fn(t, items[size_t(i)]);
+      }
+    });
+    return;
+  }
   const double run_cost = left[0] / (16.0 * threads);
   std::vector<int64_t> starts;  // run r is items [starts[r], starts[r + 1])
   for (int64_t i = 0; i < n;) {
