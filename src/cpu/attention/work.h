@@ -45,11 +45,15 @@ void run_items(std::vector<WorkItem>& items, double total_flops, Fn&& fn, Scope&
   // more than it saves. Measured on the Ice Lake Xeon (fp32 causal forward, 4 sequences x 8 heads x
   // 64, C++ loop): 16 tokens (2.1 MFLOP as counted here) 56-63 us on one thread, 69-84 on two; 24
   // tokens (4.7) a tie; 32 tokens (8.4) two threads 15-27% faster. On a shared OpenMP runtime
-  // (torch's: its workers spin between ops) the wake is cheap: ~1 MFLOP. Measured there (the
-  // benchmark's stream of torch calls, 2 threads, min / median): 4 x 16 tokens 85.7 / 96.6 us on
-  // one thread, 75.7 / 84.1 on two; 2 x 16 (1.0 MFLOP) a tie.
+  // (torch's: its workers spin between ops) the wake is cheap: 0.25 MFLOP since small calls split
+  // their items up front (below). With claims the crossover was ~1 MFLOP (the benchmark's stream
+  // of torch calls, 2 threads, min / median: 4 x 16 tokens 85.7 / 96.6 us on one thread, 75.7 /
+  // 84.1 on two; 2 x 16 (1.0 MFLOP) a tie). Split up front, on the 2-core AMX Xeon VM (8 heads x
+  // 64, causal, us): 1 x 16 x 8 heads (0.5 MFLOP) 9.9 -> 8.4 alone and 42.8 -> 34.7 a step with a
+  // torch SDPA call between; 2 x 16 x 4 heads 9.7 -> 8.4 and 42.2 -> 35.0; 1 x 24 x 4 heads
+  // 10.2 -> 8.4 and 40.9 -> 38.5 (benchmarks/NOTES.md, session 40).
   int threads = static_cast<int>(std::min<int64_t>(num_threads(), static_cast<int64_t>(items.size())));
-  if (total_flops < (detail::openmp_runtime_shared() ? 1e6 : 4e6)) threads = 1;
+  if (total_flops < (detail::openmp_runtime_shared() ? 0.25e6 : 4e6)) threads = 1;
   if (threads <= 1) {  // in order, no runs to build (the small calls' host time)
     [[maybe_unused]] auto held = scope(0);
     for (const WorkItem& item : items) fn(0, item);
