@@ -79,11 +79,11 @@ void run_items(std::vector<WorkItem>& items, double total_flops, Fn&& fn, Scope&
   // Split so (A/B, same VM, torch's OpenMP runtime, us a call, 8 heads x 64, causal): 4 x 16
   // forward 36.4 -> 33.0, forward+backward 243 -> 227; 4 x 32 forward 69.8 -> 59.2; 8 x 48 (38
   // MFLOP, claimed as before) unchanged. At 4 MFLOP the limit left the 4 x 32 forward and the
-  // 4 x 16 backward claimed (-0..-4% there). Reached on a shared OpenMP runtime only, where the
-  // workers spin between ops and start their share at once (scree's own pool runs such calls on
-  // one thread: the 4 MFLOP rule above).
+  // 4 x 16 backward claimed (-0..-4% there). On a shared OpenMP runtime only, where the workers
+  // spin between ops and start their share at once: a pool worker woken by a futex may start late,
+  // and claims let the caller take its items meanwhile (not measured split up front).
   constexpr double kStaticFlops = 16e6;
-  if (total_flops < kStaticFlops) {
+  if (total_flops < kStaticFlops && detail::openmp_runtime_shared()) {
     const double total = std::max(left[0], 1e-300);
     parallel_parts(threads, [&](int t) {
       [[maybe_unused]] auto held = scope(t);
