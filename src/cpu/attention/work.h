@@ -85,12 +85,19 @@ void run_items(std::vector<WorkItem>& items, double total_flops, Fn&& fn, Scope&
   constexpr double kStaticFlops = 16e6;
   if (total_flops < kStaticFlops && detail::openmp_runtime_shared()) {
     const double total = std::max(left[0], 1e-300);
+    // Thread t runs items [first[t], first[t + 1]): the midpoints grow with i, so the shares are
+    // contiguous and found in one pass.
+    std::vector<int64_t> first(static_cast<size_t>(threads) + 1, 0);
+    int part = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double mid = (left[0] - left[size_t(i)] + 0.5 * items[size_t(i)].cost) / total;
+      for (const int owner = std::min(threads - 1, static_cast<int>(mid * threads)); part < owner;)
+        first[size_t(++part)] = i;
+    }
+    while (part < threads) first[size_t(++part)] = n;
     parallel_parts(threads, [&](int t) {
       [[maybe_unused]] auto held = scope(t);
-      for (int64_t i = 0; i < n; ++i) {
-        const double mid = (left[0] - left[size_t(i)] + 0.5 * items[size_t(i)].cost) / total;
-        if (std::min(threads - 1, static_cast<int>(mid * threads)) == t) fn(t, items[size_t(i)]);
-      }
+      for (int64_t i = first[size_t(t)]; i < first[size_t(t) + 1]; ++i) fn(t, items[size_t(i)]);
     });
     return;
   }
