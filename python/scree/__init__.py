@@ -22,6 +22,7 @@ from scree._paged import PagedKV
 from scree._paged_attention import paged_attention
 from scree._construct import from_cu_seqlens, from_lengths, from_offsets, from_padded, pack, unpack
 from scree._combine import cat, concat_sequences
+from scree._host_cache import empty_host_cache, host_cache_info
 from scree._errors import (
     ArgumentError,
     BackendError,
@@ -55,5 +56,5 @@ __all__ = [
     "concat_sequences",
     "ScreeError", "RaggedError", "ShapeError", "DTypeError", "UnsupportedError", "ArgumentError",
     "BackendError", "DeviceError", "OutOfMemoryError", "varlen_attention", "varlen_attention_backward",
-    "PagedKV", "paged_attention", "__version__",
+    "PagedKV", "paged_attention", "host_cache_info", "empty_host_cache", "__version__",
 ]

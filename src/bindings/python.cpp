@@ -22,6 +22,7 @@ namespace scree::bindings {
 void register_layout(nb::module_& m);
 void register_attention(nb::module_& m);
 void register_paged(nb::module_& m);
+void register_host_blocks(nb::module_& m);
 #ifdef SCREE_WITH_XLA_FFI
 void register_xla(nb::module_& m);
 #endif
@@ -76,6 +77,7 @@ NB_MODULE(_C, m) {
   scree::bindings::register_layout(m);
   scree::bindings::register_attention(m);
   scree::bindings::register_paged(m);
+  scree::bindings::register_host_blocks(m);
 #ifdef SCREE_WITH_XLA_FFI
   scree::bindings::register_xla(m);
 #else

@@ -3,6 +3,7 @@ only after the user imported torch (detection goes through sys.modules)."""
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any, Sequence
 
@@ -13,7 +14,7 @@ from torch.utils.dlpack import to_dlpack as _to_dlpack
 from scree import _C
 from scree._backends.numpy import _host_summary
 from scree._backends.protocol import Landed
-from scree._errors import BackendError, DTypeError
+from scree._errors import BackendError, DTypeError, OutOfMemoryError
 
 name = "torch"
 Array = torch.Tensor
@@ -213,13 +214,38 @@ def _dev(like: Any) -> Any:
     return None if like is None else like.device
 
 
+# CPU outputs of at least this many bytes come from scree's host block cache
+# (include/scree/host_blocks.h): torch serves every CPU tensor above 128 KiB from fresh pages, each
+# faulted in on first write (~1.5 us a 4 KiB page on the 2-core VM: 32 MiB cost 12-15 ms first
+# written, 2.3-3.4 ms rewritten), while a cached block was written by an earlier call. 256 KiB is 64
+# pages (~100 us of faults) against the ~3 us a cached block costs (torch.empty: ~10 us at 32 MiB).
+_HOST_CACHE_MIN_BYTES = 1 << 18
+
+
+def _host_block(shape_: Sequence[int], dt: torch.dtype, nbytes: int) -> torch.Tensor:
+    try:
+        block = _C.host_block(nbytes)
+    except MemoryError:
+        raise OutOfMemoryError(f"no host memory for a {tuple(shape_)} {dt} tensor ({nbytes} bytes)") from None
+    return torch.from_dlpack(block).view(dt).view(shape_)
+
+
 def empty(shape_: Sequence[int], dtype: str, like: Any = None) -> torch.Tensor:
     # (no _dev call: every kernel call allocates 3 to 5 outputs through here)
-    return torch.empty(shape_, dtype=_dt(dtype), device=None if like is None else like.device)
+    dt = _dt(dtype)
+    if like is not None and type(like) is torch.Tensor and like.is_cpu:  # (not fake / traced tensors)
+        nbytes = math.prod(shape_) * dt.itemsize
+        if nbytes >= _HOST_CACHE_MIN_BYTES:
+            return _host_block(shape_, dt, nbytes)
+    return torch.empty(shape_, dtype=dt, device=None if like is None else like.device)
 
 
 def empty_like(x: Any) -> torch.Tensor:
     # 0.8 us against torch.empty's 2.0 on a 2-core VM; every backward allocates three this way.
+    if type(x) is torch.Tensor and x.is_cpu:
+        nbytes = x.numel() * x.element_size()
+        if nbytes >= _HOST_CACHE_MIN_BYTES:
+            return _host_block(x.shape, x.dtype, nbytes)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 

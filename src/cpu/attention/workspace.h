@@ -4,32 +4,40 @@
 // at a time, and a call holds one Workspace at a time).
 // Why kept: a fresh allocation is mmap'ed and page-faulted on every call: 10.1-10.4 against
 // 8.5-9.1 ms kept for the forward's 8 MiB of 4 x 1024 tokens, 4 kv heads, D = 128, 2 threads.
-// Above kKeptWords a buffer for this call alone (holding more than 64 MiB per calling thread
-// between calls would cost more than the faults save). `data` starts a line (aligned.h: tiles).
+// Above kKeptWords a block of the host cache (scree/host_blocks.h; page-aligned), returned to it
+// after the call: not held per calling thread, yet written before, so its pages do not fault again
+// (the 16k-token short d128 backward's 64 MiB of packed Q and dO: 16,400 faults a call on the 2-core
+// VM as a fresh buffer). `data` starts a line (aligned.h: tiles).
 #pragma once
 
 #include "isa.h"
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <tuple>
 #include <vector>
 
 #include "aligned.h"
+#include "scree/host_blocks.h"
 
 SCREE_CPU_NAMESPACE_BEGIN
 
 inline constexpr size_t kKeptWords = size_t(64) << 20 >> 2;  // 64 MiB
 
+struct HostBlockRelease {
+  void operator()(void* p) const noexcept { release_host_block(p); }
+};
+
 struct Workspace {
-  LineArray<uint32_t> own;
+  std::unique_ptr<void, HostBlockRelease> own;
   uint32_t* data;
   explicit Workspace(size_t words) {
     thread_local LineArray<uint32_t> kept;
     thread_local size_t have = 0;
     if (words > kKeptWords) {
-      own = line_array<uint32_t>(words);
-      data = own.get();
+      own.reset(acquire_host_block(words * sizeof(uint32_t)));
+      data = static_cast<uint32_t*>(own.get());
       return;
     }
     if (words > have) {
