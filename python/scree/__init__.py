@@ -13,7 +13,8 @@ needs ``arr.to("jax")`` first (which registers it too).
 Layers, each importing only those below it: _backends (array primitives) < _layout < _array, _elementwise <
 kernels (reference, layout dispatch, attention plan and calls) < _connect (framework glue) <
 _construct, _combine, _attention, _paged_attention (the public functions) < bridges, nn, integrations.
-_paged (the paged KV cache type) sits beside _array.
+_paged (the paged KV cache type) sits beside _array; _host_cache (the host memory kept for reuse)
+beside _C, the only module it imports.
 """
 
 from scree._array import Array

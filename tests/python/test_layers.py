@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2] / "python"
 
 # Bottom to top; a module belongs to the first layer whose prefix matches its name.
 LAYERS = [
-    ("scree._errors", "scree._C"),
+    ("scree._errors", "scree._C", "scree._host_cache"),
     ("scree._backends",),
     ("scree._layout",),
     ("scree._array", "scree._elementwise", "scree._paged"),
