@@ -269,6 +269,20 @@ def paged_decode(q: Annotated[NDArray, dict(writable=False)], k_pages: Annotated
     paged_decode_plan; on the given stream.
     """
 
+def host_block(nbytes: int) -> Annotated[NDArray[numpy.uint8], dict(shape=(None,), device='cpu')]:
+    """
+    A host block of nbytes (page-aligned, contents undefined) from scree's cache, as a 1-D uint8
+    DLPack array; freed blocks go back to the cache (at most SCREE_CPU_CACHE_MB MiB, default 1024).
+    """
+
+def host_cache_info() -> dict:
+    """
+    The host block cache: bytes and blocks kept for reuse, bytes handed out, hits and misses.
+    """
+
+def empty_host_cache() -> int:
+    """Returns the cached host blocks to the system; the bytes freed."""
+
 def registrations() -> dict:
     """
     XLA FFI handlers (name -> capsule) for jax.ffi.register_ffi_target; empty when built without jax.
