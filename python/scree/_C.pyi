@@ -269,10 +269,10 @@ def paged_decode(q: Annotated[NDArray, dict(writable=False)], k_pages: Annotated
     paged_decode_plan; on the given stream.
     """
 
-def host_block(nbytes: int) -> Annotated[NDArray[numpy.uint8], dict(shape=(None,), device='cpu')]:
+def host_block(nbytes: int) -> Annotated[NDArray[numpy.uint8], dict(shape=(None,))]:
     """
     A host block of nbytes (page-aligned, contents undefined) from scree's cache, as a 1-D uint8
-    DLPack array; freed blocks go back to the cache (at most SCREE_CPU_CACHE_MB MiB, default 1024).
+    NumPy array; freed blocks go back to the cache (at most SCREE_CPU_CACHE_MB MiB, default 1024).
     """
 
 def host_cache_info() -> dict:

@@ -1,6 +1,7 @@
 // Bindings of the host block cache (include/scree/host_blocks.h): `host_block(nbytes)` hands out a
-// cached block as a 1-D uint8 DLPack array whose owner returns it to the cache when the last array
-// (or framework tensor made from it through DLPack) over it is freed; the cache's info and emptying.
+// cached block as a 1-D uint8 NumPy array whose owner returns it to the cache when the last array
+// over it (views, or torch tensors made with torch.from_numpy) is freed; the cache's info and
+// emptying. NumPy, a dependency of scree, is the one host array type both backends take zero-copy.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 
@@ -23,11 +24,11 @@ void register_host_blocks(nb::module_& m) {
                 [&] { return "host_block: nbytes must be >= 0, got " + std::to_string(nbytes); });
         void* p = acquire_host_block(size_t(nbytes));
         nb::capsule owner(p, [](void* q) noexcept { release_host_block(q); });
-        return nb::ndarray<uint8_t, nb::ndim<1>, nb::device::cpu>(p, {size_t(nbytes)}, owner);
+        return nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>>(p, {size_t(nbytes)}, owner);
       },
       nb::arg("nbytes"),
       "A host block of nbytes (page-aligned, contents undefined) from scree's cache, as a 1-D uint8\n"
-      "DLPack array; freed blocks go back to the cache (at most SCREE_CPU_CACHE_MB MiB, default 1024).");
+      "NumPy array; freed blocks go back to the cache (at most SCREE_CPU_CACHE_MB MiB, default 1024).");
   m.def(
       "host_cache_info",
       [] {

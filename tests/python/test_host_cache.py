@@ -19,7 +19,7 @@ from scree.kernels import reference
 torch = pytest.importorskip("torch")
 
 H, D = 4, 64
-MIN_BYTES = 1 << 18  # scree._backends.torch._HOST_CACHE_MIN_BYTES
+MIN_BYTES = 1 << 18  # scree._backends.numpy.HOST_CACHE_MIN_BYTES
 
 
 @pytest.fixture(autouse=True)
@@ -143,3 +143,26 @@ def test_host_block_rejects_a_negative_size_and_reports_no_memory():
     with pytest.raises(scree.OutOfMemoryError, match="bytes"):
         backend.empty((1 << 60,), "float32", like=torch.empty(1))
     assert scree.host_cache_info()["live_bytes"] == 0
+
+
+def test_numpy_outputs_come_from_the_cache_and_match_the_reference():
+    lengths = [400, 0, 1, 623]
+    rng = np.random.default_rng(2)
+    q, k, v = (scree.from_lengths(rng.standard_normal((sum(lengths), H, D), dtype=np.float32), lengths)
+               for _ in range(3))
+    out = scree.varlen_attention(q, k, v, causal=True).values
+    assert isinstance(out, np.ndarray) and out.flags.c_contiguous and out.dtype == np.float32
+    assert scree.host_cache_info()["live_bytes"] >= out.nbytes
+    ref = np.asarray(reference.varlen_attention(*(scree.from_lengths(x.values.astype(np.float64), lengths)
+                                                 for x in (q, k, v)), causal=True).values)
+    np.testing.assert_allclose(out, ref, rtol=2e-5, atol=2e-6)
+    ptr = out.ctypes.data
+    assert pickle.loads(pickle.dumps(out)).tobytes() == out.tobytes()
+    del out
+    gc.collect()
+    again = scree.varlen_attention(q, k, v, causal=True).values
+    assert again.ctypes.data == ptr
+    np.testing.assert_allclose(again, ref, rtol=2e-5, atol=2e-6)
+    small = scree.varlen_attention(*(x[:1] for x in (q, k, v))).values  # 400 x 4 x 64 x 4 B: cached too
+    tiny = scree.varlen_attention(*(x[2:3] for x in (q, k, v))).values  # 1 token: NumPy's own
+    assert small.nbytes >= MIN_BYTES and tiny.nbytes < MIN_BYTES

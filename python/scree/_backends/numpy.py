@@ -3,13 +3,15 @@ Every backend module defines the same names with the same meaning (see _backends
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any, Sequence
 
 import numpy as np
 
+from scree import _C
 from scree._backends.protocol import Landed
-from scree._errors import BackendError, DTypeError
+from scree._errors import BackendError, DTypeError, OutOfMemoryError
 
 name = "numpy"
 Array = np.ndarray
@@ -151,11 +153,35 @@ def by_address(x: Any) -> bool:
     return False  # the array itself crosses for ~0.15 us, its __array_interface__ costs more
 
 
+# Outputs of at least this many bytes come from scree's host block cache (include/scree/host_blocks.h):
+# a fresh allocation's pages fault in on first write (~1.5 us a 4 KiB page on the 2-core VM; NumPy
+# takes blocks above 32 MiB as fresh huge pages: a 16k-token short d128 forward 29.4-30.2 ms, 20.4-21.2
+# with written memory), while a cached block was written by an earlier call. 256 KiB is 64 pages
+# (~100 us of faults) against ~2 us for a cached block. torch's backend takes its CPU tensors here too.
+HOST_CACHE_MIN_BYTES = 1 << 18
+
+
+def host_block(nbytes: int, what: str = "an array") -> np.ndarray:
+    """A 1-D uint8 array of nbytes over a cached host block (returned to the cache when the last
+    array or tensor over it is freed); OutOfMemoryError naming `what` where there is no memory."""
+    try:
+        return _C.host_block(nbytes)
+    except MemoryError:
+        raise OutOfMemoryError(f"no host memory for {what} ({nbytes} bytes)") from None
+
+
 def empty(shape_: Sequence[int], dtype: str, like: Any = None) -> np.ndarray:
-    return np.empty(tuple(shape_), dtype=_dt(dtype))
+    dt = np.dtype(_dt(dtype))
+    shape_ = tuple(shape_)
+    nbytes = math.prod(shape_) * dt.itemsize
+    if nbytes >= HOST_CACHE_MIN_BYTES:
+        return host_block(nbytes, f"a {shape_} {dt} array").view(dt).reshape(shape_)
+    return np.empty(shape_, dtype=dt)
 
 
 def empty_like(x: Any) -> np.ndarray:
+    if x.nbytes >= HOST_CACHE_MIN_BYTES:
+        return host_block(x.nbytes, f"a {x.shape} {x.dtype} array").view(x.dtype).reshape(x.shape)
     return np.empty_like(x, order="C", subok=False)  # a plain ndarray, as empty gives, for memmap or masked x
 
 

@@ -12,9 +12,10 @@ import torch
 from torch.utils.dlpack import to_dlpack as _to_dlpack
 
 from scree import _C
-from scree._backends.numpy import _host_summary
+from scree._backends.numpy import HOST_CACHE_MIN_BYTES, _host_summary
+from scree._backends.numpy import host_block as _np_host_block
 from scree._backends.protocol import Landed
-from scree._errors import BackendError, DTypeError, OutOfMemoryError
+from scree._errors import BackendError, DTypeError
 
 name = "torch"
 Array = torch.Tensor
@@ -214,20 +215,13 @@ def _dev(like: Any) -> Any:
     return None if like is None else like.device
 
 
-# CPU outputs of at least this many bytes come from scree's host block cache
-# (include/scree/host_blocks.h): torch serves every CPU tensor above 128 KiB from fresh pages, each
-# faulted in on first write (~1.5 us a 4 KiB page on the 2-core VM: 32 MiB cost 12-15 ms first
-# written, 2.3-3.4 ms rewritten), while a cached block was written by an earlier call. 256 KiB is 64
-# pages (~100 us of faults) against the ~3 us a cached block costs (torch.empty: ~10 us at 32 MiB).
-_HOST_CACHE_MIN_BYTES = 1 << 18
-
-
+# CPU tensors of at least HOST_CACHE_MIN_BYTES come from scree's host block cache, as the NumPy
+# backend's arrays do (its comment says why): torch serves every CPU tensor above 128 KiB from fresh
+# pages, each faulted in on first write (32 MiB: 12-15 ms first written, 2.3-3.4 ms rewritten, on
+# the 2-core VM). A cached block costs ~3 us, torch.empty ~10 us at 32 MiB.
 def _host_block(shape_: Sequence[int], dt: torch.dtype, nbytes: int) -> torch.Tensor:
-    try:
-        block = _C.host_block(nbytes)
-    except MemoryError:
-        raise OutOfMemoryError(f"no host memory for a {tuple(shape_)} {dt} tensor ({nbytes} bytes)") from None
-    return torch.from_dlpack(block).view(dt).view(shape_)
+    block = _np_host_block(nbytes, f"a {tuple(shape_)} {dt} tensor")
+    return torch.from_numpy(block).view(dt).view(shape_)
 
 
 def empty(shape_: Sequence[int], dtype: str, like: Any = None) -> torch.Tensor:
@@ -235,7 +229,7 @@ def empty(shape_: Sequence[int], dtype: str, like: Any = None) -> torch.Tensor:
     dt = _dt(dtype)
     if like is not None and type(like) is torch.Tensor and like.is_cpu:  # (not fake / traced tensors)
         nbytes = math.prod(shape_) * dt.itemsize
-        if nbytes >= _HOST_CACHE_MIN_BYTES:
+        if nbytes >= HOST_CACHE_MIN_BYTES:
             return _host_block(shape_, dt, nbytes)
     return torch.empty(shape_, dtype=dt, device=None if like is None else like.device)
 
@@ -244,7 +238,7 @@ def empty_like(x: Any) -> torch.Tensor:
     # 0.8 us against torch.empty's 2.0 on a 2-core VM; every backward allocates three this way.
     if type(x) is torch.Tensor and x.is_cpu:
         nbytes = x.numel() * x.element_size()
-        if nbytes >= _HOST_CACHE_MIN_BYTES:
+        if nbytes >= HOST_CACHE_MIN_BYTES:
             return _host_block(x.shape, x.dtype, nbytes)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
