@@ -33,6 +33,19 @@ __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) { retu
 template <>
 __device__ __forceinline__ float to_float<__half>(__half x) { return __half2float(x); }
 
+// Value `hi` (0: the lower address, as pack2's x) of a register of two 16-bit values, as a float;
+// a bfloat16 is a float's upper half, so one shift or mask.
+template <class T>
+__device__ __forceinline__ float unpack_half(uint32_t w, int hi);
+template <>
+__device__ __forceinline__ float unpack_half<__nv_bfloat16>(uint32_t w, int hi) {
+  return __uint_as_float(hi ? (w & 0xffff0000u) : (w << 16));
+}
+template <>
+__device__ __forceinline__ float unpack_half<__half>(uint32_t w, int hi) {
+  return __half2float(__ushort_as_half(uint16_t(hi ? w >> 16 : w)));
+}
+
 // Reductions over the 4 lanes that share a row of an accumulator (lanes 4r..4r+3).
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));

@@ -228,6 +228,11 @@ __global__ void __launch_bounds__(384, 1)
   using Smem = BwdSmem<D, M>;
   constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN, kStages = Tiles::kStages;
   constexpr bool kDqT = Tiles::kDqTransposed;
+  // P^T packed before the dS pass (the folded 80-query step; see there). SCREE_BWD_P_EARLY=0 for A/Bs.
+#ifndef SCREE_BWD_P_EARLY
+#define SCREE_BWD_P_EARLY 1
+#endif
+  constexpr bool kPEarly = SCREE_BWD_P_EARLY && kFolded && kDqT;
   extern __shared__ char smem_raw[];
   Smem& sm = aligned_smem<Smem>(smem_raw);
 
@@ -529,6 +534,15 @@ __global__ void __launch_bounds__(384, 1)
               }
             }
           });
+          // kPEarly (80 queries): P^T into its 16-bit A operand before dP^T's wait, and dS from it,
+          // so that S^T's 40 fp32 registers are free during the dS pass. With them held, dK, dV,
+          // S^T and dP^T (208 registers) left the step too few of its 240: it spilled 6 values and
+          // reloaded 14 a step (80 local-memory sectors a warp and step, 1.7 GB through L2 on mix
+          // causal, H100 ncu; benchmarks/NOTES.md, session 42).
+          if constexpr (kPEarly) {
+#pragma unroll
+            for (int i = 0; i < kM / 16; ++i) acc_to_a<T>(pa[i], sacc[2 * i], sacc[2 * i + 1]);
+          }
           wgmma_wait<0>();  // dP^T done
           fence_regs(dpacc);
           with_mask([&](auto mask_tag) {
@@ -537,7 +551,8 @@ __global__ void __launch_bounds__(384, 1)
               const float dl[2] = {delta[8 * j], delta[8 * j + 1]};
 #pragma unroll
               for (int e = 0; e < 4; ++e) {
-                const float ds = sacc[j][e] * (dpacc[j][e] - dl[e & 1]);
+                const float pr = kPEarly ? unpack_half<T>(pa[j / 2][2 * (j & 1) + (e >> 1)], e & 1) : sacc[j][e];
+                const float ds = pr * (dpacc[j][e] - dl[e & 1]);
                 dpacc[j][e] = keep(mask_tag, j, e) ? ds : 0.f;
               }
             }
@@ -566,8 +581,10 @@ __global__ void __launch_bounds__(384, 1)
             }
           });
         }
+        if constexpr (!kPEarly) {
 #pragma unroll
-        for (int i = 0; i < kM / 16; ++i) acc_to_a<T>(pa[i], sacc[2 * i], sacc[2 * i + 1]);
+          for (int i = 0; i < kM / 16; ++i) acc_to_a<T>(pa[i], sacc[2 * i], sacc[2 * i + 1]);
+        }
 #pragma unroll
         for (int i = 0; i < kM / 16; ++i) acc_to_a<T>(da[i], dpacc[2 * i], dpacc[2 * i + 1]);
         const uint32_t q_base = smem_u32(st.q), do_base = smem_u32(st.dout);
