@@ -1,9 +1,9 @@
 """The host memory scree keeps for reuse (include/scree/host_blocks.h): NumPy and torch CPU outputs of
 256 KiB or more (attention outputs and gradients, layout results) and the CPU backward's large
 operand buffers come from freed blocks, already written, instead of fresh pages that fault on first
-write (a 16k-token torch CPU forward+backward on a 2-core VM: 123 -> 74 ms). Freed blocks stay with scree up to
-SCREE_CPU_CACHE_MB MiB (default 1024; 0 keeps none), as a framework's GPU caching allocator keeps
-device memory."""
+write (a 16k-token torch CPU forward+backward on a 2-core VM: 123 -> 74 ms). Freed blocks stay with
+scree up to SCREE_CPU_CACHE_MB MiB (default 1024; 0 keeps none), as a framework's GPU caching
+allocator keeps device memory."""
 
 from __future__ import annotations
 
