@@ -5,6 +5,9 @@
 # call on the device) copies the first folder outside the checkout; `install` (the next call, made
 # while the machine is still warm) joins the parts and unpacks every wheel into one folder, then
 # prints the PYTHONPATH to export.
+# The cu13 libraries travel as a tar.xz of the wheel's files (63.5 MB against the wheel's 88.3):
+# both parts then leave room for a scree wheel (~13 MB) beside the first, so two calls carry
+# everything a benchmark needs (with the wheel's zip, three: 88.3 + 9.6 MB of small wheels + 12.9).
 #
 #   here:         tools/fa4_wheels.sh fetch                     (writes .fa1/ and .fa2/, git-excluded)
 #   call 1:       tools/fa4_wheels.sh stage                     (carry [".fa1"])
@@ -20,8 +23,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FA4=${FA4_VERSION:-4.0.0b40} DSL=${CUTLASS_DSL_VERSION:-4.7.1} QUACK=${QUACK_VERSION:-0.6.5}
-part_bytes=40000000  # the first part with the small wheels (~49.6 MB), the rest (~48.3 MB): each call's carry
-# stays under 64 MiB (67.1 MB) with the ~16.6 MB checkout (42 MB parts left 51.6 + 16.6 = 68.2 MB: over)
+part_bytes=${FA4_PART1_BYTES:-25000000}  # of the tar.xz: the first part with the small wheels (~34.6 MB;
+# + a 12.9 MB scree wheel + the ~16.7 MB checkout = 64.2 MB), the rest (~38.5 MB) alone: each call's carry
+# stays under 64 MiB (67.1 MB)
 site=/tmp/fa4_site
 
 case ${1:-} in
@@ -39,7 +43,10 @@ case ${1:-} in
       "nvidia-cutlass-dsl-libs-cu13==$DSL" "quack-kernels==$QUACK" "apache-tvm-ffi<0.2,>=0.1.11" \
       torch-c-dlpack-ext
     big=$(ls "$tmp"/nvidia_cutlass_dsl_libs_cu13-*.whl)
-    (cd .fa1 && split -b "$part_bytes" "$big" "$(basename "$big").part.")
+    mkdir "$tmp/files" && python3 -m zipfile -e "$big" "$tmp/files/"
+    (cd "$tmp/files" && tar cf - . | xz -T0 -6) > "$tmp/cu13.tar.xz"
+    (cd .fa1 && split -b "$part_bytes" "$tmp/cu13.tar.xz" cu13.tar.xz.part.)
+    rm -rf "$tmp/files" "$big"
     find .fa1 -name '*.part.a[b-z]' -exec mv {} .fa2/ \;
     find "$tmp" -name '*.whl' ! -name 'nvidia_cutlass_dsl_libs_cu13-*' -exec mv {} .fa1/ \;
     rm -rf "$tmp"
@@ -51,12 +58,13 @@ case ${1:-} in
   install)
     root=$(pwd)
     cd /tmp/fa4_wheels
-    for first in *.part.aa; do
-      [ -e "$first" ] || continue
-      whl=${first%.part.aa}
-      cat "$first" "$root/.fa2/$whl".part.a[b-z] >"$whl" && rm -f "$first"
-    done
     mkdir -p "$site"
+    if [ -e cu13.tar.xz.part.aa ]; then
+      # (Python's lzma, not the xz tool, which a bare machine may lack)
+      cat cu13.tar.xz.part.aa "$root"/.fa2/cu13.tar.xz.part.a[b-z] | python3 -c \
+        'import sys, tarfile; tarfile.open(fileobj=sys.stdin.buffer, mode="r|xz").extractall(sys.argv[1])' "$site" \
+        && rm -f cu13.tar.xz.part.aa
+    fi
     for w in *.whl; do python3 -m zipfile -e "$w" "$site/" >&2; done
     echo "export PYTHONPATH=$site/nvidia_cutlass_dsl/dsl_packages:$site\${PYTHONPATH:+:\$PYTHONPATH}"
     ;;
