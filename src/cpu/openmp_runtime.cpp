@@ -25,12 +25,14 @@ namespace {
 
 using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
 using OmpMaxThreads = int (*)();
+using OmpThreadQuery = int (*)();  // omp_get_thread_num / omp_get_num_threads
 
 struct Shared {
   std::mutex m;
   std::string library;  // "" until shared
   std::atomic<GompParallel> parallel{nullptr};
   std::atomic<OmpMaxThreads> max_threads{nullptr};
+  std::atomic<OmpThreadQuery> thread_num{nullptr}, team_threads{nullptr};
   std::atomic<long> owner{0};  // the process that shared it: a fork's child has none of its workers
 };
 
@@ -47,18 +49,24 @@ long this_process() {
 #endif
 }
 
-// One parallel region's job: its threads claim parts from one counter, like the pool's.
+// One parallel region's job. Part i runs on the team's thread i % (team size), not on whichever
+// thread claims it first: the runtime keeps thread i the same worker from one region to the next,
+// so a part that the caller maps to the same data every call (run_items' thread shares, their
+// per-part buffers and output rows) finds that data in its own core's cache. Claimed from a
+// counter, the parts changed cores on every call and their buffers and output lines moved between
+// caches (the 4 x 16-token forward's C++ call on the 16-core host: 17.1 us against 39.8 on one
+// thread, for 32 items of ~1.2 us; benchmarks/NOTES.md, session 43).
 struct Job {
   const std::function<void(int)>* task;
   int parts;
-  std::atomic<int> next{0};
+  OmpThreadQuery thread_num, team_threads;
 };
-
 void run_parts(void* data) {
-  Job& j = *static_cast<Job*>(data);
-  for (int i = j.next.fetch_add(1); i < j.parts; i = j.next.fetch_add(1)) (*j.task)(i);
+  const Job& j = *static_cast<const Job*>(data);
+  // The team the runtime gave (it may be smaller than asked), so that every part runs.
+  const int team = j.team_threads(), me = j.thread_num();
+  for (int i = me; i < j.parts; i += team) (*j.task)(i);
 }
-
 }  // namespace
 
 bool share_openmp_runtime(const char* library) {
@@ -70,7 +78,9 @@ bool share_openmp_runtime(const char* library) {
   if (handle == nullptr) return false;
   auto parallel = reinterpret_cast<GompParallel>(dlsym(handle, "GOMP_parallel"));
   auto max_threads = reinterpret_cast<OmpMaxThreads>(dlsym(handle, "omp_get_max_threads"));
-  if (parallel == nullptr || max_threads == nullptr) {
+  auto thread_num = reinterpret_cast<OmpThreadQuery>(dlsym(handle, "omp_get_thread_num"));
+  auto team_threads = reinterpret_cast<OmpThreadQuery>(dlsym(handle, "omp_get_num_threads"));
+  if (parallel == nullptr || max_threads == nullptr || thread_num == nullptr || team_threads == nullptr) {
     dlclose(handle);
     return false;
   }
@@ -78,6 +88,8 @@ bool share_openmp_runtime(const char* library) {
   std::lock_guard<std::mutex> lock(s.m);
   s.library = library;
   s.max_threads = max_threads;
+  s.thread_num = thread_num;
+  s.team_threads = team_threads;
   s.owner = this_process();
   s.parallel.store(parallel);  // last: a job that sees it sees the rest (seq_cst)
   return true;  // the handle stays open: the runtime must outlive every later job
@@ -124,7 +136,7 @@ bool openmp_try_run(int parts, const std::function<void(int)>& task) {
   // region: 7.1-7.6; benchmarks/NOTES.md, issue 20).
   const int runtime_threads = s.max_threads.load()();
   const int team = runtime_threads > 0 ? runtime_threads : 1;
-  Job job{&task, parts};
+  Job job{&task, parts, s.thread_num.load(), s.team_threads.load()};
   parallel(run_parts, &job, unsigned(team), 0);
   return true;
 }
