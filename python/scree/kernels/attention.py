@@ -165,17 +165,22 @@ def forward(ns: ModuleType, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, args: 
     `schedule` (tile_schedule) keeps the packed tiles between calls. `workspace_zeroed`: the
     caller's workspace was zeroed when allocated and only CUDA forwards on `stream` used it since
     (each leaves its tile counter zero), so no memset runs before the kernel."""
-    tq, hq = q.shape[0], q.shape[1]
-    dt = ns.dtype_name(q)
-    out = ns.empty_like(q) if v.shape[2] == q.shape[2] else ns.empty((tq, hq, v.shape[2]), dt, like=q)
-    lse = ns.empty((hq, tq), lse_dtype(dt), like=q) if with_lse else None
+    # (The dtype's name and the sizes only where used, and every _C argument positional: a call with
+    # *args and a keyword goes through a built tuple and dict, ~1.5 us of a ~13 us one-token call on
+    # the 2-core VM, NOTES.md session 43.)
+    qs = q.shape
+    if v.shape[2] == qs[2]:
+        out = ns.empty_like(q)
+    else:
+        out = ns.empty((qs[0], qs[1], v.shape[2]), ns.dtype_name(q), like=q)
+    lse = ns.empty((qs[1], qs[0]), lse_dtype(ns.dtype_name(q)), like=q) if with_lse else None
     a = ns.kernel_arg
     if workspace is None and not ns.is_host(q):
-        workspace = ns.empty((fwd_workspace_bytes(tq, cu_q.shape[0] - 1),), "uint8", like=q)
+        workspace = ns.empty((fwd_workspace_bytes(qs[0], cu_q.shape[0] - 1),), "uint8", like=q)
+    sched, ready = _schedule_args(a, schedule)
     kept = _C.varlen_fwd(a(q), a(k), a(v), a(cu_q), a(cu_k), a(out), None if lse is None else a(lse), args,
                          None if workspace is None else a(workspace), None if q_summary is None else a(q_summary),
-                         ns.stream(q) if stream is None else stream, *_schedule_args(a, schedule),
-                         workspace_zeroed=workspace_zeroed)
+                         ns.stream(q) if stream is None else stream, sched, ready, workspace_zeroed)
     _mark_written(schedule, kept)
     return out, lse
 
@@ -185,16 +190,16 @@ def backward(ns: ModuleType, dout: Any, q: Any, k: Any, v: Any, out: Any, lse: A
     """(dq, dk, dv) from the compiled kernel; outputs, and the workspace the CUDA backward needs
     (sized by scree._C.cuda_bwd_workspace_bytes, none on the CPU), allocated by `ns` like q;
     `schedule` (tile_schedule(..., backward=True)) keeps the packed key tiles between calls."""
-    dt = ns.dtype_name(q)
     dq, dk, dv = ns.empty_like(q), ns.empty_like(k), ns.empty_like(v)
     # Sized from the shapes (the C++ formula, as JAX sizes it): the arguments are checked once,
     # by varlen_bwd below, not a second time on every backward.
     nbytes = 0 if ns.is_host(q) else _C.cuda_bwd_workspace_bytes(q.shape[0], k.shape[0], cu_q.shape[0] - 1,
                                                                   q.shape[1], q.shape[2], args.deterministic,
-                                                                  dt, args.max_seqlen_k)
+                                                                  ns.dtype_name(q), args.max_seqlen_k)
     workspace = ns.empty((nbytes,), "uint8", like=q) if nbytes else None
     a = ns.kernel_arg
+    sched, ready = _schedule_args(a, schedule)
     kept = _C.varlen_bwd(a(dout), a(q), a(k), a(v), a(out), a(lse), a(cu_q), a(cu_k), a(dq), a(dk), a(dv), args,
-                         None if workspace is None else a(workspace), ns.stream(q), *_schedule_args(a, schedule))
+                         None if workspace is None else a(workspace), ns.stream(q), sched, ready)
     _mark_written(schedule, kept)
     return dq, dk, dv
