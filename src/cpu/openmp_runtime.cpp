@@ -53,9 +53,10 @@ long this_process() {
 // thread claims it first: the runtime keeps thread i the same worker from one region to the next,
 // so a part that the caller maps to the same data every call (run_items' thread shares, their
 // per-part buffers and output rows) finds that data in its own core's cache. Claimed from a
-// counter, the parts changed cores on every call and their buffers and output lines moved between
-// caches (the 4 x 16-token forward's C++ call on the 16-core host: 17.1 us against 39.8 on one
-// thread, for 32 items of ~1.2 us; benchmarks/NOTES.md, session 43).
+// counter, the parts changed cores on every call, their buffers and output lines with them. (The
+// 4 x 16-token forward's C++ call took 17.1 us on the 16-core host's 16 threads against 39.8 on
+// one, for 32 items of ~1.2 us. Fixed, on the 2-core VM: that call -5..-8%, its forward+backward
+// -10..-18%; the host not yet measured. benchmarks/NOTES.md, session 43.)
 struct Job {
   const std::function<void(int)>* task;
   int parts;
