@@ -12,6 +12,7 @@
 #   here:         tools/fa4_wheels.sh fetch                     (writes .fa1/ and .fa2/, git-excluded)
 #   call 1:       tools/fa4_wheels.sh stage                     (carry [".fa1"])
 #   call 2:       eval "$(tools/fa4_wheels.sh install)"; ...     (carry [".fa2"])
+# tools/gpu_check.sh does both when it finds .fa1/ or .fa2/ in the checkout (its header has the recipe).
 #
 # Why unpack instead of `pip install --target`: the three cutlass-dsl wheels (-libs-base, -libs-core,
 # -libs-cu13) all put files under one `nvidia_cutlass_dsl/` folder, and `pip install --target` skips a
@@ -26,7 +27,7 @@ FA4=${FA4_VERSION:-4.0.0b40} DSL=${CUTLASS_DSL_VERSION:-4.7.1} QUACK=${QUACK_VER
 part_bytes=${FA4_PART1_BYTES:-25000000}  # of the tar.xz: the first part with the small wheels (~34.6 MB;
 # + a 12.9 MB scree wheel + the ~16.7 MB checkout = 64.2 MB), the rest (~38.5 MB) alone: each call's carry
 # stays under 64 MiB (67.1 MB)
-site=/tmp/fa4_site
+site=${FA4_SITE:-/tmp/fa4_site}  # (tools/gpu_check.sh reads the same variable)
 
 case ${1:-} in
   fetch)

@@ -41,14 +41,28 @@ t_start=$SECONDS
 status=0
 results=()
 
+# A scree wheel carried in .whl/ goes to /tmp/site; a later call of the same warm machine that
+# carries none uses the one installed there (files outside the checkout survive between calls).
 if compgen -G ".whl/*.whl" >/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     > "$out/build.log" 2>&1 || echo "wheel install from .whl/ failed (see build.log)"
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+elif [ -d /tmp/site/scree ]; then
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-# FA-4 (flash-attn-4, CuTe DSL), the benchmark's bar, installed with --target by an earlier call of
-# this session into FA4_SITE (its 92 MB libs wheel travels in two halves: see benchmarks/NOTES.md).
-FA4_SITE=${FA4_SITE:-/tmp/fa4}
+# FA-4 (flash-attn-4, CuTe DSL), the benchmark's bar, in two halves (tools/fa4_wheels.sh): a call
+# carrying .fa1 stages the first, the next one carrying .fa2 joins and unpacks them into FA4_SITE,
+# where later calls find it. So two calls check and benchmark against FA-4:
+#   1. carry [".whl", ".fa1"]: SKIP_BUILD=1 SKIP_BENCH=1 SKIP_TRAIN=1 tools/gpu_check.sh "$OUT"
+#   2. carry [".fa2"], right away: SKIP_BUILD=1 SKIP_CTEST=1 SKIP_CUDA_TESTS=1 SKIP_SANITIZER=1
+#      SKIP_FUZZ=1 SKIP_SUITE=1 tools/gpu_check.sh "$OUT"
+FA4_SITE=${FA4_SITE:-/tmp/fa4_site}
+if [ -d .fa1 ]; then
+  bash tools/fa4_wheels.sh stage 2>/dev/null || echo "FA-4 staging from .fa1/ failed"
+fi
+if [ -d .fa2 ] && [ -d /tmp/fa4_wheels ] && [ ! -d "$FA4_SITE/flash_attn" ]; then
+  bash tools/fa4_wheels.sh install > /dev/null 2>>"$out/build.log" || echo "FA-4 install from .fa2/ failed (see build.log)"
+fi
 if [ -d "$FA4_SITE/flash_attn" ]; then
   export PYTHONPATH=$FA4_SITE:$FA4_SITE/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH}
 fi
