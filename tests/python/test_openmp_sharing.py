@@ -68,6 +68,23 @@ def test_same_bits_on_either_pool():
         assert torch.equal(a, b)
 
 
+def test_more_parts_than_the_team_all_run(monkeypatch):
+    """Part i of a job runs on the team's thread i % team: with more parts than threads (13 or 7
+    parts on torch's team, or on a team of one) every part still runs, to the same bits."""
+    scree.Array(torch.zeros(2, 1), torch.tensor([0, 2]))
+    assert _C.shared_openmp_runtime()
+    ref = _run(1)
+    threads = torch.get_num_threads()
+    try:
+        for parts, team in ((13, threads), (7, 1)):
+            monkeypatch.setenv("SCREE_NUM_THREADS", str(parts))
+            torch.set_num_threads(team)
+            for a, b in zip(_run(1), ref):
+                assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_not_loaded_or_not_openmp_is_refused():
     assert not _C.share_openmp_runtime("libscree-no-such-runtime.so.1")
     assert not _C.share_openmp_runtime(_C.__file__)  # loaded, but no OpenMP entry points
