@@ -170,18 +170,22 @@ def host_block(nbytes: int, what: str = "an array") -> np.ndarray:
         raise OutOfMemoryError(f"no host memory for {what} ({nbytes} bytes)") from None
 
 
+def _cached(shape_: tuple[int, ...], dt: np.dtype, nbytes: int) -> np.ndarray:
+    return host_block(nbytes, f"a {shape_} {dt} array").view(dt).reshape(shape_)
+
+
 def empty(shape_: Sequence[int], dtype: str, like: Any = None) -> np.ndarray:
     dt = np.dtype(_dt(dtype))
     shape_ = tuple(shape_)
     nbytes = math.prod(shape_) * dt.itemsize
     if nbytes >= HOST_CACHE_MIN_BYTES:
-        return host_block(nbytes, f"a {shape_} {dt} array").view(dt).reshape(shape_)
+        return _cached(shape_, dt, nbytes)
     return np.empty(shape_, dtype=dt)
 
 
 def empty_like(x: Any) -> np.ndarray:
     if x.nbytes >= HOST_CACHE_MIN_BYTES:
-        return host_block(x.nbytes, f"a {x.shape} {x.dtype} array").view(x.dtype).reshape(x.shape)
+        return _cached(x.shape, x.dtype, x.nbytes)
     return np.empty_like(x, order="C", subok=False)  # a plain ndarray, as empty gives, for memmap or masked x
 
 
