@@ -293,13 +293,14 @@ def check_direct_forward(what: str, q: scree.Array, k: scree.Array, v: scree.Arr
     assert_lse_close(f"{what} direct lse", lse, ref64[1], low[1], seed=seed)
 
 
-def check_fwd_bwd(what: str, lq: Sequence[int], lk: Sequence[int], hq: int, hk: int, opts: dict) -> None:
+def check_fwd_bwd(what: str, lq: Sequence[int], lk: Sequence[int], hq: int, hk: int, opts: dict,
+                  d: int = 128) -> None:
     """Forward and backward through scree.varlen_attention (on the current kernel switches) at
-    d 128, bf16, fresh random inputs and dout, against the references."""
+    head dim d, bf16, fresh random inputs and dout, against the references."""
     seed = fresh_seed()
     device = "cuda"
-    q, k, v = random_qkv(lq, lk, hq, hk, 128, 128, torch.bfloat16, device, seed)
-    dout = random_values((q.total, hq, 128), torch.bfloat16, device, generator(seed + 1, device))
+    q, k, v = random_qkv(lq, lk, hq, hk, d, d, torch.bfloat16, device, seed)
+    dout = random_values((q.total, hq, d), torch.bfloat16, device, generator(seed + 1, device))
     ref64, low = reference_pair(q, k, v, dout, opts)
     got = fwd_grads(scree.varlen_attention, q, k, v, dout, opts)
     check_against_references(what, got, ref64, low, seed)

@@ -1,13 +1,15 @@
 // Hopper (sm_90a) varlen attention forward: warp-specialised, TMA + mbarrier + wgmma.
-// A persistent grid (one CTA per SM) working through (sequence, 128-query tile, query head) tiles
+// A persistent grid (one CTA per SM) working through (sequence, 128- or 192-query tile, query head) tiles
 // longest first (tile_scheduler.cuh), or, over short sequences, through the device-computed packed
 // tiles of tile_packing.cuh (several sequences a tile, each row masked to its own keys), or, for
 // GQA calls with few queries against many keys, through head-grouped tiles (head_group_tiles.h:
-// a KV head's query heads for 128 / G tokens a tile); three warpgroups:
-//  - producer (warpgroup 0, registers lowered to 40 with setmaxnreg, 56 over pages): one thread issues TMA
+// a KV head's query heads for 128 / G tokens a tile); three or four warpgroups:
+//  - producer (warpgroup 0, registers lowered to 40 with setmaxnreg, 56 over pages, 32 beside three
+//    consumers): one thread issues TMA
 //    loads of the Q tile and of K/V tiles of 128 keys into a 3- or 4-stage ring, each guarded by
-//    a "full" mbarrier (transaction bytes) and an "empty" one (the 256 consumer threads arrive);
-//  - two consumers (warpgroups 1, 2, registers raised to 232, 224 over pages), 64 query rows each:
+//    a "full" mbarrier (transaction bytes) and an "empty" one (every consumer thread arrives);
+//  - two consumers (warpgroups 1, 2, registers raised to 232, 224 over pages), 64 query rows each,
+//    or three (192-row tiles at D = 64, registers 160; FwdTiles):
 //    S = Q K^T with wgmma from shared memory (both K-major, 128-byte swizzle as TMA wrote them),
 //    the online softmax of online_softmax.cuh on the accumulators, then O += P V with P from
 //    registers and V from shared memory (transposed descriptor); S of the next key block and
@@ -53,23 +55,30 @@
 
 namespace scree::cuda_attention::sm90 {
 
-template <int D>
+// M: query rows a tile, 64 a consumer warpgroup. 128 (2 warpgroups) everywhere but at D = 64 over
+// per-sequence tiles of packed K/V, which take 192 (3 warpgroups, 512 threads: FA-3's and FA-4's
+// D = 64 tile; a step's products are half D = 128's while its softmax is as long, so a third
+// warpgroup's products fill the tensor cores while two run their softmax; launch_fwd_sm90.cuh).
+template <int D, int M = 128>
 struct FwdTiles {
-  static constexpr int kBlockM = 128;  // 2 consumer warpgroups x 64 rows
+  static constexpr int kBlockM = M;
+  static constexpr int kConsumerGroups = M / 64;
+  static_assert(M == 128 || (M == 192 && D == 64), "192-row tiles only at D = 64 (shared memory, registers)");
   // S is 64 x 128 per warpgroup: 64 fp32 registers a thread. 176 keys (FA-3's choice at D = 128,
   // which leaves room for 2 stages) measured 25% slower on an H200 (NOTES.md).
   static constexpr int kBlockN = 128;
-  static constexpr int kThreads = 384;
+  static constexpr int kThreads = 128 * (1 + kConsumerGroups);
+  static constexpr int kConsumerThreads = 128 * kConsumerGroups;
   static constexpr int kSlabBytesQ = kBlockM * 128;   // one 64-column slab of the Q tile
   static constexpr int kSlabBytesKV = kBlockN * 128;  // one 64-column slab of a K or V tile
   static constexpr int kQBytes = kBlockM * D * 2;
   static constexpr int kKVBytes = kBlockN * D * 2;
   // K/V ring depth: as many stages as the 227 KiB opt-in limit takes, at most 4. D = 128: Q 32 KiB
-  // + 3 x 64 KiB = 224 KiB; D = 64: Q 16 KiB + 4 x 32 KiB = 144 KiB.
+  // + 3 x 64 KiB = 224 KiB; D = 64: Q 16 (24) KiB + 4 x 32 KiB = 144 (152) KiB.
   static constexpr int kSmemLimit = 227 * 1024;
-  // The epilogue's own staging buffer (8 warps x 16 rows x 128 bytes) where shared memory has room
-  // for it beside the ring's 4 stages: D = 64 (at D = 128, 3 stages leave 1 KiB).
-  static constexpr int kOStageBytes = D == 64 ? 8 * 16 * 128 : 0;
+  // The epilogue's own staging buffer (16 rows x 128 bytes a consumer warp) where shared memory has
+  // room for it beside the ring's 4 stages: D = 64 (at D = 128, 3 stages leave 1 KiB).
+  static constexpr int kOStageBytes = D == 64 ? kBlockM * 128 : 0;
   static constexpr int kFitStages = (kSmemLimit - 2048 - kQBytes - kOStageBytes) / (2 * kKVBytes);
   static constexpr int kStages = SCREE_SM90_STAGES > 0 ? SCREE_SM90_STAGES : (kFitStages < 4 ? kFitStages : 4);
 };
@@ -89,9 +98,9 @@ struct FwdTile {
 };
 
 // The forward's shared memory, 1024-byte aligned tiles (the 128-byte swizzle atom) first.
-template <int D>
+template <int D, int M = 128>
 struct FwdSmem {
-  using Tiles = FwdTiles<D>;
+  using Tiles = FwdTiles<D, M>;
   static constexpr int kStages = Tiles::kStages;
   static constexpr int kOStageBytes = Tiles::kOStageBytes;
   alignas(1024) char q[Tiles::kQBytes];
@@ -107,43 +116,52 @@ struct FwdSmem {
   long long producer_tile[2];  // KvSource::kPagesCopy: the next tile, for the producer's four warps
   FwdTile tile[2];             // tile j's geometry in slot j % 2, as the producer computed it
 };
-template <int D>
-inline constexpr int kFwdSmemBytes = smem_bytes<FwdSmem<D>>();
+template <int D, int M = 128>
+inline constexpr int kFwdSmemBytes = smem_bytes<FwdSmem<D, M>>();
 static_assert(kGroupRows == FwdTiles<128>::kBlockM, "head-grouped tiles fill the forward's query tile");
 
 // kFolded: ScoreMap::folds() (no softcap, scale > 0), see online_softmax.cuh. kGrouped: head-grouped
 // tiles (head_group_tiles.h; G = order.group), instances of their own: as a run-time switch in one
 // kernel the grouped paths cost the others 1-3% (tiny and short forwards, H100, NOTES.md).
-template <class T, int D, bool kFolded, KvSource kKv, bool kGrouped>
-__global__ void __launch_bounds__(384, 1)
+// M: the tile's query rows (FwdTiles; 192 only for per-sequence tiles of packed K/V at D = 64).
+// kTurns: the consumer warpgroups take turns to issue their products (below).
+template <class T, int D, bool kFolded, KvSource kKv, bool kGrouped, int M = 128, bool kTurns = (D > 64 || kKv != KvSource::kPacked)>
+__global__ void __launch_bounds__(FwdTiles<D, M>::kThreads, 1)
     varlen_fwd_sm90_kernel(const VarlenParams p, const ScoreMap score, const TileOrder host_order,
                            unsigned long long* tile_counter,
                            const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                            const __grid_constant__ CUtensorMap tm_v) {
-  using Tiles = FwdTiles<D>;
-  using Smem = FwdSmem<D>;
+  using Tiles = FwdTiles<D, M>;
+  using Smem = FwdSmem<D, M>;
   constexpr int kM = Tiles::kBlockM, kN = Tiles::kBlockN, kStages = Tiles::kStages;
+  constexpr int kGroups = Tiles::kConsumerGroups, kConsumers = Tiles::kConsumerThreads;
   constexpr bool kPaged = kKv != KvSource::kPacked, kCopy = kKv == KvSource::kPagesCopy;
-  // Pingpong (below) at D = 128, and over pages (not measured without it). At D = 64 a step's
-  // products are half as long, and the turns' waits cost more than the overlap gives: without them
-  // mix d64 forward 1.709-1.718 -> 1.651-1.664 ms, short d64 0.424-0.425 -> 0.407-0.410, tiny d64
-  // 0.313 -> 0.294-0.299; at D = 128 they pay (eq2048 d128 345 -> 376 TFLOP/s; H200, NOTES.md).
-  constexpr bool kPingpong = SCREE_SM90_PINGPONG != 0 && (D > 64 || kPaged);
+  static_assert(M == 128 || (!kPaged && !kGrouped), "192-row tiles only over packed K/V, one head a tile");
+  // Turns (below) by default at D = 128, and over pages (not measured without them). At D = 64 on
+  // two warpgroups a step's products are half as long, and the turns' waits cost more than the
+  // overlap gives: without them mix d64 forward 1.709-1.718 -> 1.651-1.664 ms, short d64
+  // 0.424-0.425 -> 0.407-0.410, tiny d64 0.313 -> 0.294-0.299; at D = 128 they pay (eq2048 d128
+  // 345 -> 376 TFLOP/s; H200, NOTES.md).
+  constexpr bool kPingpong = SCREE_SM90_PINGPONG != 0 && kTurns;
   // Where shared memory has room (D = 64), the epilogue's output rows go through it
   // (FwdSmem::o_stage, staged_rows.cuh): 16 rows a warp, stmatrix and 16-byte stores of whole
   // 128-byte row segments, instead of the quad's shuffles and selects (store_rows). Measured on an
   // H200 (NOTES.md): tiny d64 0.274-0.278 -> 0.265 ms; at D = 128, staged in the K block of the
   // tile's last stage (no room for a buffer beside 3 stages, and a barrier between the two
   // warpgroups), tiny d128 did not move.
-  constexpr bool kStaged = FwdSmem<D>::kOStageBytes > 0;
-  // Registers a thread (setmaxnreg; 128 x producer + 256 x consumer <= 64K): the paged producers
+  constexpr bool kStaged = Smem::kOStageBytes > 0;
+  // Registers a thread (setmaxnreg; 128 x producer + 128 x groups x consumer <= 64K): the paged producers
   // get 56, for the page-table walk and, with cp.async, the row offsets (at 40 they spilled 80-92
   // bytes); the consumers fit 224 without spilling. Measured on an H200 (NOTES.md): 16-token pages
   // by cp.async 0.275 -> 0.256 ms at 4 x (4096 + 512), while the packed forward kept 40 / 232 (224
   // cost it ~4% at 16 x (2048 + 256)). The launch holds 168 a thread (384 threads, one CTA an SM):
   // a setmaxnreg.inc past what the others freed waits forever (48 / 232 hung every call).
-  constexpr int kProducerRegs = kPaged ? 56 : 40, kConsumerRegs = kPaged ? 224 : 232;
-  static_assert(128 * kProducerRegs + 256 * kConsumerRegs <= 384 * 168, "setmaxnreg past the launch's registers");
+  // Three consumer warpgroups (M = 192, 512 threads: 128 a thread at launch) take FA-3's 32 / 160.
+  constexpr int kProducerRegs = kGroups == 3 ? 32 : kPaged ? 56 : 40;
+  constexpr int kConsumerRegs = kGroups == 3 ? 160 : kPaged ? 224 : 232;
+  constexpr int kLaunchRegs = 65536 / Tiles::kThreads / 8 * 8;
+  static_assert(128 * kProducerRegs + kConsumers * kConsumerRegs <= Tiles::kThreads * kLaunchRegs,
+                "setmaxnreg past the launch's registers");
   extern __shared__ char smem_raw[];
   Smem& sm = aligned_smem<Smem>(smem_raw);
   const int group = kGrouped ? host_order.group : 1;
@@ -154,8 +172,8 @@ __global__ void __launch_bounds__(384, 1)
 
   if (threadIdx.x == 0) {
     mbar_init(&sm.q_full, 1);
-    mbar_init(&sm.q_empty, 256);
-    sm.ring.init(256, kCopy ? 128 : 1);
+    mbar_init(&sm.q_empty, kConsumers);
+    sm.ring.init(kConsumers, kCopy ? 128 : 1);
     fence_barrier_init();
   }
   __syncthreads();
@@ -176,7 +194,7 @@ __global__ void __launch_bounds__(384, 1)
     } else {
       x.hk = x.h / int(p.heads_q / p.heads_k);
     }
-    if (!kPaged && !kGrouped && order.packed != nullptr) {  // (the host never packs paged or grouped calls)
+    if (!kPaged && !kGrouped && M == 128 && order.packed != nullptr) {  // (the host packs only these calls)
       const PackedTileGeometry g = packed_tile(p, order.packed[x.b]);
       x.s = g.s, x.m0 = g.m0, x.b = g.first, x.end = g.end;
       if (x.packed()) {
@@ -293,7 +311,7 @@ __global__ void __launch_bounds__(384, 1)
     }
   } else {
     setmaxnreg_inc<kConsumerRegs>();
-    const int cw = wg - 1;  // this warpgroup's rows: [64 cw, 64 cw + 64) of the tile
+    const int cw = wg - 1;  // this warpgroup's rows: [64 cw, 64 cw + 64) of the tile, cw < kGroups
     const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
     const uint32_t q_base = smem_u32(sm.q) + 64 * cw * 128;
     float o[D / 8][4], sacc[kN / 8][4];
@@ -325,20 +343,20 @@ __global__ void __launch_bounds__(384, 1)
     // Every consumer thread arrives on the stage's "empty" barrier once its reads are done (one
     // arrival per warp after __syncwarp measured slower on an H200: mix d128 288 vs 339 TFLOP/s).
 
-    // Pingpong (SCREE_SM90_PINGPONG): the two consumer warpgroups take turns to issue their
-    // products (NamedBarrier::kFwdTurn0 + cw is "my turn"), so that one's softmax runs while the
-    // other's products occupy the tensor cores instead of both hitting their softmax at once. Each
-    // issue phase waits for its turn and hands the turn over; warpgroup 1 hands warpgroup 0 the
-    // first. Both warpgroups walk the same tiles and key blocks, so their issue phases pair up.
-    // Measured on an H200 (NOTES.md): eq2048 d128 345 -> 376 TFLOP/s, mix d128 328 -> 319, others
+    // Turns (SCREE_SM90_PINGPONG): the consumer warpgroups take turns, round robin, to issue their
+    // products (fwd_turn(cw) is "my turn"), so that one's softmax runs while another's products
+    // occupy the tensor cores instead of all hitting their softmax at once. Each issue phase waits
+    // for its turn and hands the turn to the next warpgroup; the last hands warpgroup 0 the first.
+    // All walk the same tiles and key blocks, so their issue phases pair up. Measured on an H200
+    // with two warpgroups (NOTES.md): eq2048 d128 345 -> 376 TFLOP/s, mix d128 328 -> 319, others
     // within 3%.
     auto my_turn = [&] {
-      if (kPingpong) named_sync(NamedBarrier::kFwdTurn0 + cw, 256);
+      if (kPingpong) named_sync(fwd_turn(cw), 256);
     };
     auto their_turn = [&] {
-      if (kPingpong) named_arrive(NamedBarrier::kFwdTurn0 + (1 - cw), 256);
+      if (kPingpong) named_arrive(fwd_turn((cw + 1) % kGroups), 256);
     };
-    if (kPingpong && cw == 1) named_arrive(NamedBarrier::kFwdTurn0, 256);
+    if (kPingpong && cw == kGroups - 1) named_arrive(fwd_turn(0), 256);
     const bool out_vector = rows_16b(p.out, p.out_row_stride, p.out_head_stride);
 
     PipelineState<kStages> kv;
@@ -354,7 +372,7 @@ __global__ void __launch_bounds__(384, 1)
         row[r] = 64 * cw + 16 * warp + lane / 4 + 8 * r;
         live_row[r] = min(row[r], x.rows - 1);
       }
-      if (x.packed()) {
+      if (M == 128 && x.packed()) {
         packed_rows_keys(p, x.geometry(), live_row, vis);
       } else {
 #pragma unroll

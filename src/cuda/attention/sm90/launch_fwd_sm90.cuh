@@ -14,6 +14,7 @@
 
 #include "../cuda_check.h"
 #include "../launch_common.cuh"
+#include "fwd_rows.h"
 #include "fwd_sm90.cuh"
 #include "sm_count.h"
 #include "tile_packing.cuh"
@@ -21,23 +22,22 @@
 
 namespace scree::cuda_attention::sm90 {
 
-template <class T, int D>
-bool launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream) {
-  using Tiles = FwdTiles<D>;
-  if (p.num_sequences == 0 || p.max_seqlen_q == 0 || p.heads_q == 0 || p.total_q == 0) return false;
+// One launch at M query rows a tile (fwd_rows.h; M = 192 only for per-sequence tiles over packed K/V).
+template <class T, int D, int M, bool kTurns>
+bool launch_fwd_sm90_rows(const VarlenParams& p, char* workspace, cudaStream_t stream, KvSource source, int group,
+                          bool packed) {
+  using Tiles = FwdTiles<D, M>;
   // Keys: a map needs at least one row; with no key at all every row outputs 0 / -inf, which the
   // kernel does without reading k or v (no key block is visible).
   const bool keys = p.total_k > 0;
   const int64_t tk = keys ? p.total_k : 1;
   const int64_t hk = keys ? p.heads_k : p.heads_q;
   // Head-grouped tiles (head_group_tiles.h): a tile's Q is one box of the group's heads.
-  const int group = fwd_head_group(p);
   const CUtensorMap tq =
       group > 1 ? tensor_map_head_groups<T>(p.q, p.total_q, p.heads_q / group, group, D, p.q_row_stride,
                                             p.q_head_stride, group_tokens(group), "q")
                 : tensor_map_3d<T>(p.q, p.total_q, p.heads_q, D, p.q_row_stride, p.q_head_stride, Tiles::kBlockM, "q");
   CUtensorMap tk_map{}, tv_map{};  // unused (zero) when the producer copies pages with cp.async
-  const KvSource source = p.paged ? paged_source(p.page_size) : KvSource::kPacked;
   if (source == KvSource::kPagesTma) {  // (num_pages, page_size, Hk, D) pages, boxes of min(page_size, kBlockN) slots (paged_tma.cuh)
     const int64_t pages = p.kv_rows / p.page_size;
     const int box = int(p.page_size < Tiles::kBlockN ? p.page_size : Tiles::kBlockN);
@@ -59,13 +59,18 @@ bool launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream
                                            : varlen_fwd_sm90_kernel<T, D, kF, KvSource::kPagesCopy, kG>;
   };
   auto pick_grouped = [&](auto folded) {
-    return group > 1 ? pick(folded, std::true_type{}) : pick(folded, std::false_type{});
+    if constexpr (M == 128) {
+      return group > 1 ? pick(folded, std::true_type{}) : pick(folded, std::false_type{});
+    } else {  // per-sequence tiles over packed K/V only (fwd_rows.h)
+      return varlen_fwd_sm90_kernel<T, D, decltype(folded)::value, KvSource::kPacked, false, M, kTurns>;
+    }
   };
   auto kernel = score.folds() ? pick_grouped(std::true_type{}) : pick_grouped(std::false_type{});
-  constexpr int kSmem = kFwdSmemBytes<D>;
+  constexpr int kSmem = kFwdSmemBytes<D, M>;
   set_smem(kernel, kSmem);
   // Persistent: one CTA per SM (224 KiB of shared memory allows no second), at most one per tile.
-  TileOrder order{p.num_sequences, ceil_div(p.max_seqlen_q, int64_t(group_tokens(group))), p.heads_q / group, true};
+  const int64_t tile_tokens = group > 1 ? group_tokens(group) : M;
+  TileOrder order{p.num_sequences, ceil_div(p.max_seqlen_q, tile_tokens), p.heads_q / group, true};
   order.group = group;
   // The tile counter lives in the call's own workspace (so concurrent calls on other streams never
   // share one) and is zeroed on the stream, in stream order with the kernel; the packed schedule
@@ -80,7 +85,6 @@ bool launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream
     check_cuda(cudaGetLastError(), "rank_sequences_kernel launch");
     order.rank = rank;
   }
-  const bool packed = packed_tiles_chosen(p);  // never with head-grouped tiles
   if (packed) {
     char* at = p.tile_schedule != nullptr ? static_cast<char*>(p.tile_schedule) : workspace + kFwdCounterBytes;
     const PackedTiles sched = PackedTiles::at(at, p.total_q, p.num_sequences);
@@ -103,6 +107,22 @@ bool launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream
   kernel<<<grid, Tiles::kThreads, kSmem, stream>>>(p, score, order, tile_counter, tq, tk_map, tv_map);
   check_cuda(cudaGetLastError(), "varlen_fwd_sm90_kernel launch");
   return packed && p.tile_schedule != nullptr;
+}
+
+template <class T, int D>
+bool launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream) {
+  if (p.num_sequences == 0 || p.max_seqlen_q == 0 || p.heads_q == 0 || p.total_q == 0) return false;
+  const KvSource source = p.paged ? paged_source(p.page_size) : KvSource::kPacked;
+  const int group = fwd_head_group(p);
+  const bool packed = packed_tiles_chosen(p);  // never with head-grouped tiles
+  if constexpr (D == 64) {
+    const FwdRows rows = fwd_rows(D, source == KvSource::kPacked && group == 1 && !packed);
+    if (rows.rows == 192) {
+      return rows.turns ? launch_fwd_sm90_rows<T, D, 192, true>(p, workspace, stream, source, group, packed)
+                        : launch_fwd_sm90_rows<T, D, 192, false>(p, workspace, stream, source, group, packed);
+    }
+  }
+  return launch_fwd_sm90_rows<T, D, 128, (D > 64)>(p, workspace, stream, source, group, packed);
 }
 
 }  // namespace scree::cuda_attention::sm90

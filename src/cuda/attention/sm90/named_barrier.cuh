@@ -6,9 +6,10 @@
 namespace scree::cuda_attention::sm90 {
 
 enum class NamedBarrier : int {
-  // forward: consumer warpgroup 0 / 1 may issue its products (pingpong turn)
+  // forward: consumer warpgroup 0 / 1 / 2 may issue its products (its turn; fwd_turn)
   kFwdTurn0 = 1,
   kFwdTurn1 = 2,
+  kFwdTurn2 = 8,
   // backward: consumer warpgroup 0 / 1 has written its half of dS^T (the other's dQ may read it)
   kBwdDsWritten0 = 3,
   kBwdDsWritten1 = 4,
@@ -27,6 +28,11 @@ enum class NamedBarrier : int {
 };
 
 __device__ __forceinline__ NamedBarrier operator+(NamedBarrier b, int i) { return NamedBarrier(int(b) + i); }
+
+// The forward's turn barrier of consumer warpgroup cw (0..2).
+__device__ __forceinline__ NamedBarrier fwd_turn(int cw) {
+  return cw == 2 ? NamedBarrier::kFwdTurn2 : NamedBarrier::kFwdTurn0 + cw;
+}
 
 __device__ __forceinline__ void named_sync(NamedBarrier id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(int(id)), "r"(threads) : "memory");
