@@ -7,7 +7,9 @@ L2 flushed before each call, median of 15; the settings alternate in a mirrored 
 a b c) because on these machines the second of two back-to-back runs gains up to ~10%. A
 diagnostic: bench_attention_gpu.py reports the numbers users see.
 
-    python benchmarks/diag/fwd_rows_ab.py [--only mix,short] [--json PATH]
+    python benchmarks/diag/fwd_rows_ab.py [--only mix,short] [--json PATH] [--auto]
+
+--auto times the unforced choice (no variable set) beside 128 and 192 rows instead of the turns.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ WORKLOADS = [("mix d64", "mix", False), ("mix d64 causal", "mix", True), ("short
              ("eq8192 d64 causal", "eq8192", True)]
 SETTINGS = {"128": ("128", "0"), "192": ("192", "0"), "192 turns": ("192", "1")}
 ORDER = ["128", "192", "192 turns", "192 turns", "192", "128", "128", "192", "192 turns"]
+# --auto: the unforced choice (fwd_rows.h) beside the forced ones
+AUTO_ORDER = ["auto", "128", "192", "192", "128", "auto", "auto", "128", "192"]
 
 
 def lengths(kind: str) -> list[int]:
@@ -48,6 +52,7 @@ def tflops(lens: list[int], heads: int, causal: bool, ms: float) -> float:
 def main() -> None:
     only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
     json_path = sys.argv[sys.argv.index("--json") + 1] if "--json" in sys.argv else None
+    auto = "--auto" in sys.argv
     try:
         from flash_attn.cute import flash_attn_varlen_func as fa4
     except Exception:  # noqa: BLE001 - FA-4 is optional here
@@ -67,16 +72,21 @@ def main() -> None:
         Q, K, V = (scree.from_cu_seqlens(x, cu, max_seqlen=longest) for x in (q, k, v))
 
         def fwd(setting: str):
-            rows, turns = SETTINGS[setting]
+            rows, turns = SETTINGS.get(setting, (None, None))
 
             def call() -> None:
-                os.environ["SCREE_SM90_FWD_ROWS"], os.environ["SCREE_SM90_FWD_TURNS"] = rows, turns
+                if setting == "auto":
+                    os.environ.pop("SCREE_SM90_FWD_ROWS", None)
+                    os.environ.pop("SCREE_SM90_FWD_TURNS", None)
+                else:
+                    os.environ["SCREE_SM90_FWD_ROWS"], os.environ["SCREE_SM90_FWD_TURNS"] = rows, turns
                 with torch.no_grad():
                     scree.varlen_attention(Q, K, V, causal=causal)
             return call
 
-        res: dict[str, list[float]] = {s: [] for s in SETTINGS}
-        for s in ORDER:
+        order = AUTO_ORDER if auto else ORDER
+        res: dict[str, list[float]] = {s: [] for s in dict.fromkeys(order)}
+        for s in order:
             res[s].append(kernel_ms(fwd(s), 15, flush))
         os.environ.pop("SCREE_SM90_FWD_ROWS", None)
         os.environ.pop("SCREE_SM90_FWD_TURNS", None)
@@ -88,7 +98,11 @@ def main() -> None:
                                                    max_seqlen_k=longest, causal=causal), 15, flush)
         results[name] = row
         cells = "  ".join(f"{s} {ms:.3f} ({tflops(lens, h, causal, ms):.0f})" for s, ms in row.items())
-        spread = "  runs " + " | ".join(f"{s}: " + " ".join(f"{x:.3f}" for x in res[s]) for s in SETTINGS)
+        spread = "  runs " + " | ".join(f"{s}: " + " ".join(f"{x:.3f}" for x in res[s]) for s in res)
+        if auto:
+            print(f"{name:18s} {cells}  | auto/128 {row['auto'] / row['128']:.3f}  auto/192 "
+                  f"{row['auto'] / row['192']:.3f}" + spread, flush=True)
+            continue
         print(f"{name:18s} {cells}  | 192/128 {row['192'] / row['128']:.3f}  turns/128 "
               f"{row['192 turns'] / row['128']:.3f}" + (f"  128 x FA-4 {row['fa4'] / row['128']:.3f}  best192 x FA-4 "
               f"{row['fa4'] / min(row['192'], row['192 turns']):.3f}" if "fa4" in row else "") + spread, flush=True)

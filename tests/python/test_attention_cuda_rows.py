@@ -94,16 +94,23 @@ def test_backward_on_the_192_row_forward(lengths, opts, monkeypatch):
 
 
 @needs_hopper
-def test_unforced_d64_takes_192_rows(monkeypatch):
-    """Unforced, a d64 call over sequences longer than the packed order's gives the 192-row tiles'
-    bits exactly (the same keys a block as 128 rows, so the check is that it ran and wrote every row)."""
-    lq = [700, 3, 250]
+@pytest.mark.parametrize("lq,causal", [([700, 3, 250], False), ([700, 3, 250], True), ([512, 40, 300], True)],
+                         ids=["long", "long_causal", "short_causal"])
+def test_unforced_choice_gives_the_forced_bits(lq, causal, monkeypatch):
+    """Unforced, a d64 call takes 192 rows, or 128 where it is causal over sequences of at most 512
+    (fwd_rows.h; the choice itself is tested in tests/cpp/test_sm90_fwd_rows.cpp): its output has
+    every row written and equals both forced settings' to the bit (a row's keys fall in the same
+    128-key blocks whatever the query tile)."""
     q, k, v = random_qkv(lq, lq, 4, 4, 64, 64, torch.bfloat16, DEV, fresh_seed())
     monkeypatch.delenv("SCREE_SM90_TILES", raising=False)
-    monkeypatch.delenv("SCREE_SM90_FWD_ROWS", raising=False)
-    with cuda_path("sm90"):
-        auto = scree.varlen_attention(q, k, v).values
-        monkeypatch.setenv("SCREE_SM90_FWD_ROWS", "192")
-        forced = scree.varlen_attention(q, k, v).values
-    assert torch.equal(auto, forced)
-    assert not torch.isnan(auto).any()
+    monkeypatch.delenv("SCREE_SM90_FWD_TURNS", raising=False)
+    outs = {}
+    for rows in (None, "128", "192"):
+        if rows is None:
+            monkeypatch.delenv("SCREE_SM90_FWD_ROWS", raising=False)
+        else:
+            monkeypatch.setenv("SCREE_SM90_FWD_ROWS", rows)
+        with cuda_path("sm90"):
+            outs[rows] = scree.varlen_attention(q, k, v, causal=causal).values
+    assert not torch.isnan(outs[None]).any()
+    assert torch.equal(outs[None], outs["128"]) and torch.equal(outs[None], outs["192"])

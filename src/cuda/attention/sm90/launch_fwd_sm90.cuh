@@ -116,7 +116,7 @@ bool launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream
   const int group = fwd_head_group(p);
   const bool packed = packed_tiles_chosen(p);  // never with head-grouped tiles
   if constexpr (D == 64) {
-    const FwdRows rows = fwd_rows(D, source == KvSource::kPacked && group == 1 && !packed);
+    const FwdRows rows = fwd_rows(D, source == KvSource::kPacked && group == 1 && !packed, p.causal, p.max_seqlen_q);
     if (rows.rows == 192) {
       return rows.turns ? launch_fwd_sm90_rows<T, D, 192, true>(p, workspace, stream, source, group, packed)
                         : launch_fwd_sm90_rows<T, D, 192, false>(p, workspace, stream, source, group, packed);
