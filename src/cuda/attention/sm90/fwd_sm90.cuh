@@ -58,7 +58,7 @@ namespace scree::cuda_attention::sm90 {
 // M: query rows a tile, 64 a consumer warpgroup. 128 (2 warpgroups) everywhere but at D = 64 over
 // per-sequence tiles of packed K/V, which take 192 (3 warpgroups, 512 threads: FA-3's and FA-4's
 // D = 64 tile; a step's products are half D = 128's while its softmax is as long, so a third
-// warpgroup's products fill the tensor cores while two run their softmax; launch_fwd_sm90.cuh).
+// warpgroup's products fill the tensor cores while two run their softmax; the choice: fwd_rows.h).
 template <int D, int M = 128>
 struct FwdTiles {
   static constexpr int kBlockM = M;

@@ -23,7 +23,8 @@
 namespace scree::cuda_attention::sm90 {
 
 // One launch at M query rows a tile (fwd_rows.h; M = 192 only for per-sequence tiles over packed K/V).
-template <class T, int D, int M, bool kTurns>
+// kTurns: whether the 192-row tiles' warpgroups take turns (128-row tiles keep the kernel's default).
+template <class T, int D, int M, bool kTurns = false>
 bool launch_fwd_sm90_rows(const VarlenParams& p, char* workspace, cudaStream_t stream, KvSource source, int group,
                           bool packed) {
   using Tiles = FwdTiles<D, M>;
@@ -122,7 +123,7 @@ bool launch_fwd_sm90(const VarlenParams& p, char* workspace, cudaStream_t stream
                         : launch_fwd_sm90_rows<T, D, 192, false>(p, workspace, stream, source, group, packed);
     }
   }
-  return launch_fwd_sm90_rows<T, D, 128, (D > 64)>(p, workspace, stream, source, group, packed);
+  return launch_fwd_sm90_rows<T, D, 128>(p, workspace, stream, source, group, packed);
 }
 
 }  // namespace scree::cuda_attention::sm90
