@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <string>
 
 #include "../../src/cuda/attention/sm90/fwd_rows.h"
 
@@ -13,16 +14,25 @@ namespace {
 
 using scree::cuda_attention::sm90::fwd_rows;
 
-struct Env {  // sets (or unsets, value null) a variable for one scope
+struct Env {  // sets (or unsets, value null) a variable for one scope, then puts its old value back
   const char* name;
-  Env(const char* n, const char* value) : name(n) {
+  std::string old;
+  bool had;
+  Env(const char* n, const char* value) : name(n), had(std::getenv(n) != nullptr) {
+    if (had) old = std::getenv(n);
     if (value != nullptr) {
       setenv(n, value, 1);
     } else {
       unsetenv(n);
     }
   }
-  ~Env() { unsetenv(name); }
+  ~Env() {
+    if (had) {
+      setenv(name, old.c_str(), 1);
+    } else {
+      unsetenv(name);
+    }
+  }
 };
 
 TEST(Sm90FwdRows, AutoRule) {
