@@ -10,6 +10,10 @@ default default input) because on these machines the second of two back-to-back 
 
     python benchmarks/diag/bwd_tile_order_ab.py
     python benchmarks/diag/bwd_tile_order_ab.py --times [--only d128,eq8192]
+    python benchmarks/diag/bwd_tile_order_ab.py --switch SCREE_SM90_BWD_WALK=up
+
+`--switch NAME=VALUE` A/Bs another variable the same way: the default (NAME unset) against NAME=VALUE
+(session 44: SCREE_SM90_BWD_WALK=up, the causal key tiles' ascending walk over their query blocks).
 
 `--times` times the default order once per workload and prints one JSON object {workload: ms}: for
 A/Bs of two builds, where each build's process runs in turn (session 39's step order). `--only`
@@ -55,6 +59,8 @@ def lengths(kind: str, rng: np.random.Generator) -> list[int]:
 def main() -> None:
     times_only = "--times" in sys.argv
     only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
+    switch = sys.argv[sys.argv.index("--switch") + 1] if "--switch" in sys.argv else "SCREE_SM90_BWD_ORDER=input"
+    var, value = switch.split("=", 1)
     try:
         from flash_attn.cute import flash_attn_varlen_func as fa4
     except Exception:  # noqa: BLE001 - FA-4 is optional here
@@ -76,9 +82,9 @@ def main() -> None:
         def bwd(order: str):
             def call() -> None:
                 if order == "input":
-                    os.environ["SCREE_SM90_BWD_ORDER"] = "input"
+                    os.environ[var] = value
                 else:
-                    os.environ.pop("SCREE_SM90_BWD_ORDER", None)
+                    os.environ.pop(var, None)
                 torch.autograd.grad(out, (lq, lk, lv), g, retain_graph=True)
             return call
 
@@ -88,11 +94,11 @@ def main() -> None:
         res: dict[str, list[float]] = {"default": [], "input": []}
         for order in ("default", "input", "input", "default", "default", "input"):
             res[order].append(kernel_ms(bwd(order), 15, flush))
-        os.environ.pop("SCREE_SM90_BWD_ORDER", None)
+        os.environ.pop(var, None)
         dflt, inp = statistics.median(res["default"]), statistics.median(res["input"])
         line = (f"{name:24s} n={len(lens):3d} max={longest:5d}  default "
-                + " ".join(f"{x:.3f}" for x in res["default"]) + "  input "
-                + " ".join(f"{x:.3f}" for x in res["input"]) + f"  | input/default {inp / dflt:.3f}")
+                + " ".join(f"{x:.3f}" for x in res["default"]) + f"  {switch} "
+                + " ".join(f"{x:.3f}" for x in res["input"]) + f"  | {value}/default {inp / dflt:.3f}")
         if fa4 is not None:
             fo = fa4(lq, lk, lv, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=longest, max_seqlen_k=longest,
                      causal=causal)

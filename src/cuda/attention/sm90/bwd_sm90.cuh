@@ -215,11 +215,12 @@ constexpr int64_t kBwdCausalFastTiles = 8;
 
 // kFolded: no softcap and scale > 0 (ScoreMap::folds()): P = exp2(q.k * scale log2 e - lse2) is one
 // FFMA and an ex2, and P can be computed while dP^T is still in flight. kDqFirst: the step order of
-// BwdTiles::kDqBeforeDk (the launcher's choice).
+// BwdTiles::kDqBeforeDk (the launcher's choice). walk_down: a tile's steps walk its query blocks
+// from the last down (the launcher's bwd_walks_down; ascending otherwise).
 template <class T, int D, int M, bool kFolded, bool kDqFirst>
 __global__ void __launch_bounds__(384, 1)
     varlen_bwd_sm90_kernel(const VarlenBackwardParams p, const ScoreMap score, const BwdWorkspace ws, bool deterministic,
-                           bool dq_direct, const PackedTiles packed,
+                           bool dq_direct, bool walk_down, const PackedTiles packed,
                            const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                            const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
                            const __grid_constant__ CUtensorMap tm_lse2, const __grid_constant__ CUtensorMap tm_delta,
@@ -318,7 +319,8 @@ __global__ void __launch_bounds__(384, 1)
         reserved = counter.next();  // the next tile's round trip overlaps this tile's loads
         for (int step = 0; step < x.steps; ++step, qs.advance()) {
           const int h = x.hk * group + step / x.mb_blocks;
-          const int qrow = int(x.s.q_start) + (x.mb_begin + step % x.mb_blocks) * kM;
+          const int i = step % x.mb_blocks;
+          const int qrow = int(x.s.q_start) + (x.mb_begin + (walk_down ? x.mb_blocks - 1 - i : i)) * kM;
           sm.ring.acquire(qs, 2 * Tiles::kQBytes + 2 * Tiles::kRowBox * 4);
           typename Smem::Stage& st = sm.stage[qs.index];
           typename Smem::RowBoxes& rb = sm.rows_of(qs.index);
@@ -338,7 +340,7 @@ __global__ void __launch_bounds__(384, 1)
               tma_prefetch_l2_slabs<D>(&tm_k, y.hk, yrow);
               tma_prefetch_l2_slabs<D>(&tm_v, y.hk, yrow);
               if (y.steps > 0) {
-                const int yq = int(y.s.q_start) + y.mb_begin * kM;
+                const int yq = int(y.s.q_start) + (y.mb_begin + (walk_down ? y.mb_blocks - 1 : 0)) * kM;
                 tma_prefetch_l2_slabs<D>(&tm_q, y.hk * group, yq);
                 tma_prefetch_l2_slabs<D>(&tm_do, y.hk * group, yq);
               }
@@ -478,9 +480,11 @@ __global__ void __launch_bounds__(384, 1)
         // (h, mb) of this step, advanced from the last: the division step / mb_blocks cost ~30
         // dependent instructions (~5% of the warps' stall samples, ncu) ahead of every S^T.
         const int h_prev = h, mb_prev = mb;  // (the step whose dQ is in flight, !kDqFirst)
-        const bool next_head = step > 0 && mb + 1 == x.mb_begin + x.mb_blocks;
+        const int mb_first = walk_down ? x.mb_begin + x.mb_blocks - 1 : x.mb_begin;
+        const int mb_last = walk_down ? x.mb_begin : x.mb_begin + x.mb_blocks - 1;
+        const bool next_head = step > 0 && mb == mb_last;
         h = step == 0 ? x.hk * group : h + int(next_head);
-        mb = step == 0 || next_head ? x.mb_begin : mb + 1;
+        mb = step == 0 || next_head ? mb_first : mb + (walk_down ? -1 : 1);
         const int m0 = mb * kM;
         const bool full = keys_full && full_lo <= m0 && full_hi >= m0 + kM;
         typename Smem::Stage& st = sm.stage[qs.index];

@@ -43,6 +43,18 @@ inline bool bwd_ranks_sequences() {
   return order == nullptr || std::strcmp(order, "input") != 0;
 }
 
+// Whether a causal, not deterministic backward's key tiles walk their query blocks from the last
+// down (the default; SCREE_SM90_BWD_WALK=up keeps the ascending walk, for A/Bs and tests). The
+// key tiles of one (sequence, head) run side by side (TileOrder::tiles_fastest), and unmasked they
+// walk the same query block at the same time, so its Q, dO and dQ rows serve them all from L2. Causal
+// ones walking up start at their own diagonal (key tile j at query block 2j with 64 queries): at any time
+// they read and add to different blocks. From the last block down they walk it together again.
+// (Deterministic runs keep the ascending walk their dQ ordering was built and measured with.)
+inline bool bwd_walks_down() {
+  const char* walk = std::getenv("SCREE_SM90_BWD_WALK");
+  return walk == nullptr || std::strcmp(walk, "up") != 0;
+}
+
 // The key-tile kernel with M queries a step (the part of the backward that depends on M).
 template <class T, int D, int M>
 void launch_bwd_tiles(const VarlenBackwardParams& p, const BwdWorkspace& w, bool deterministic, bool dq_direct,
@@ -81,8 +93,9 @@ void launch_bwd_tiles(const VarlenBackwardParams& p, const BwdWorkspace& w, bool
   // Persistent: one CTA per SM, at most one per key tile of the host's (upper-bound) lengths.
   const int sms = sm_count();
   const unsigned grid = unsigned(tiles < sms ? tiles : sms);
-  kernel<<<grid, Tiles::kThreads, kSmem, stream>>>(p, score, w, deterministic, dq_direct, packed, tm_q, tm_k, tm_v,
-                                                    tm_do, tm_lse2, tm_delta, tm_dq);
+  const bool walk_down = p.causal && !deterministic && packed.tiles == nullptr && bwd_walks_down();
+  kernel<<<grid, Tiles::kThreads, kSmem, stream>>>(p, score, w, deterministic, dq_direct, walk_down, packed, tm_q, tm_k,
+                                                    tm_v, tm_do, tm_lse2, tm_delta, tm_dq);
   check_cuda(cudaGetLastError(), "varlen_bwd_sm90_kernel launch");
 }
 
