@@ -166,10 +166,10 @@ def test_backward_over_long_keys(dtype, d, lengths, opts, order, monkeypatch):
     """The Hopper backward ranks causal batches over more than 8 key tiles longest first where their
     key blocks vary (the default: sequence_rank.cuh, TileOrder::at_ranked_keys; equal lengths and
     unmasked calls keep the input order, as SCREE_SM90_BWD_ORDER=input forces), and its causal key
-    tiles walk their query blocks from the last down (launch_bwd_sm90.cuh's bwd_walks_down;
-    SCREE_SM90_BWD_WALK=up keeps the ascending walk): causal, causal with a window and unmasked,
-    against the fp64 reference, with empty and one-token sequences, q/k lengths that differ, GQA,
-    and a sequence long enough for 80-query steps."""
+    tiles, where they run fastest (ranked), walk their query blocks from the last down
+    (launch_bwd_sm90.cuh's bwd_walks_down; SCREE_SM90_BWD_WALK=up keeps the ascending walk): causal,
+    causal with a window and unmasked, against the fp64 reference, with empty and one-token
+    sequences, q/k lengths that differ, GQA, and a sequence long enough for 80-query steps."""
     if order == "input":
         monkeypatch.setenv("SCREE_SM90_BWD_ORDER", "input")
     if order == "walk_up":

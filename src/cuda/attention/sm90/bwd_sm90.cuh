@@ -216,7 +216,7 @@ constexpr int64_t kBwdCausalFastTiles = 8;
 // kFolded: no softcap and scale > 0 (ScoreMap::folds()): P = exp2(q.k * scale log2 e - lse2) is one
 // FFMA and an ex2, and P can be computed while dP^T is still in flight. kDqFirst: the step order of
 // BwdTiles::kDqBeforeDk (the launcher's choice). walk_down: a tile's steps walk its query blocks
-// from the last down (the launcher's bwd_walks_down; ascending otherwise).
+// from the last down where key tiles run fastest (the launcher's bwd_walks_down; ascending otherwise).
 template <class T, int D, int M, bool kFolded, bool kDqFirst>
 __global__ void __launch_bounds__(384, 1)
     varlen_bwd_sm90_kernel(const VarlenBackwardParams p, const ScoreMap score, const BwdWorkspace ws, bool deterministic,
@@ -275,6 +275,13 @@ __global__ void __launch_bounds__(384, 1)
     order.tiles_fastest = true;
     order.rank = ws.rank;
   }
+  // The walk from the last query block down (the launcher's walk_down) only where the key tiles of
+  // one (sequence, head) run side by side (tiles_fastest: ranked, or at most 8 key tiles), whose
+  // reads it brings together. H100, causal bwd ms, down against up, two runs: mix d64 -2.1/-2.6%,
+  // 512..8192 mix -4.4/-3.7%, mix d128 -0.4/-0.7% (DRAM read 1.88 -> 1.48 GB, ncu), short -0.9/-1.1%;
+  // but eq2048 +3.6/+5.5%, eq8192 +1.9/+3.6%, whose order runs heads, not tiles, side by side
+  // (benchmarks/NOTES.md, session 45).
+  const bool descend = walk_down && order.tiles_fastest;
   if (packed.tiles != nullptr) {
     order = TileOrder{packed.capacity, 1, p.heads_k, false};
     order.packed = packed.tiles;
@@ -320,7 +327,7 @@ __global__ void __launch_bounds__(384, 1)
         for (int step = 0; step < x.steps; ++step, qs.advance()) {
           const int h = x.hk * group + step / x.mb_blocks;
           const int i = step % x.mb_blocks;
-          const int qrow = int(x.s.q_start) + (x.mb_begin + (walk_down ? x.mb_blocks - 1 - i : i)) * kM;
+          const int qrow = int(x.s.q_start) + (x.mb_begin + (descend ? x.mb_blocks - 1 - i : i)) * kM;
           sm.ring.acquire(qs, 2 * Tiles::kQBytes + 2 * Tiles::kRowBox * 4);
           typename Smem::Stage& st = sm.stage[qs.index];
           typename Smem::RowBoxes& rb = sm.rows_of(qs.index);
@@ -340,7 +347,7 @@ __global__ void __launch_bounds__(384, 1)
               tma_prefetch_l2_slabs<D>(&tm_k, y.hk, yrow);
               tma_prefetch_l2_slabs<D>(&tm_v, y.hk, yrow);
               if (y.steps > 0) {
-                const int yq = int(y.s.q_start) + (y.mb_begin + (walk_down ? y.mb_blocks - 1 : 0)) * kM;
+                const int yq = int(y.s.q_start) + (y.mb_begin + (descend ? y.mb_blocks - 1 : 0)) * kM;
                 tma_prefetch_l2_slabs<D>(&tm_q, y.hk * group, yq);
                 tma_prefetch_l2_slabs<D>(&tm_do, y.hk * group, yq);
               }
@@ -480,11 +487,11 @@ __global__ void __launch_bounds__(384, 1)
         // (h, mb) of this step, advanced from the last: the division step / mb_blocks cost ~30
         // dependent instructions (~5% of the warps' stall samples, ncu) ahead of every S^T.
         const int h_prev = h, mb_prev = mb;  // (the step whose dQ is in flight, !kDqFirst)
-        const int mb_first = walk_down ? x.mb_begin + x.mb_blocks - 1 : x.mb_begin;
-        const int mb_last = walk_down ? x.mb_begin : x.mb_begin + x.mb_blocks - 1;
+        const int mb_first = descend ? x.mb_begin + x.mb_blocks - 1 : x.mb_begin;
+        const int mb_last = descend ? x.mb_begin : x.mb_begin + x.mb_blocks - 1;
         const bool next_head = step > 0 && mb == mb_last;
         h = step == 0 ? x.hk * group : h + int(next_head);
-        mb = step == 0 || next_head ? mb_first : mb + (walk_down ? -1 : 1);
+        mb = step == 0 || next_head ? mb_first : mb + (descend ? -1 : 1);
         const int m0 = mb * kM;
         const bool full = keys_full && full_lo <= m0 && full_hi >= m0 + kM;
         typename Smem::Stage& st = sm.stage[qs.index];
