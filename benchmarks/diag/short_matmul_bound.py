@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """What a matrix library reaches on the products of issue 20's `short` workloads (lengths uniform in
-8..128, bench_attention_cpu.py's draw), against the large-matmul peak the "forward >= 70% (fp32) /
-50% (bf16) of the peak" targets are read against, and scree's forward on the same lengths, in one
-process. For each head dim (d64: 8 heads, d128: 4, hidden 512 as the bench) and dtype:
+8..128, bench_attention_cpu.py's draw; `--lengths mix` or `eqN` for the bench's other kinds),
+against the large-matmul peak the "forward >= 70% (fp32) / 50% (bf16) of the peak" targets are read
+against, and scree's forward on the same lengths, in one process. For each head dim (d64: 8 heads,
+d128: 4, hidden 512 as the bench) and dtype:
 
 * `per length, any batch`: torch.bmm's rate on each length's two products, S = Q K^T (L x D x L) and
   O = P V (L x L x D), batched until a call holds ~64 MFLOP (no per-call cost left), combined over
@@ -16,6 +17,7 @@ Rates in GFLOP/s; % = of the run's large-matmul peak (4096^3, the bench's, or sm
 would be slow: bench_attention_cpu.peak_size). A diagnostic for benchmarks/NOTES.md, not a benchmark.
 
     python benchmarks/diag/short_matmul_bound.py [--tokens 4096] [--json PATH] [--dtypes float32 bfloat16]
+        [--lengths short|mix|eqN] [--dims 64 128]
 """
 
 from __future__ import annotations
@@ -67,20 +69,23 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=list(B.DTYPES))
+    ap.add_argument("--lengths", default="short", help="the bench's lengths kind: short, mix or eqN")
+    ap.add_argument("--dims", nargs="+", type=int, default=[64, 128], choices=(64, 128))
     args = ap.parse_args()
     torch.set_num_threads(B.NCORES)
-    lens = B.make_lengths("short", args.tokens, np.random.default_rng(0))
+    lens = B.make_lengths(args.lengths, args.tokens, np.random.default_rng(0))
     count = collections.Counter(lens)
     print(f"# {B.machine_info()['cpu']} | {B.NCORES} threads | torch {torch.__version__} | scree isa "
-          f"{scree._C.cpu_isa()} | {len(lens)} sequences, {sum(lens)} tokens, {len(count)} distinct lengths",
+          f"{scree._C.cpu_isa()} | {args.lengths}: {len(lens)} sequences, {sum(lens)} tokens, {len(count)} distinct "
+          "lengths",
           flush=True)
-    out: dict = dict(lengths=lens, threads=B.NCORES, rows=[])
+    out: dict = dict(kind=args.lengths, lengths=lens, threads=B.NCORES, rows=[])
     for dtype in args.dtypes:
         dt = B.DTYPES[dtype]
         n = B.peak_size(4096, dtype)  # capped where a call would be slow (the bench's rule)
         peak = B.measure_peak(n, 5, dtype)["gflops"]
         print(f"# {dtype} matmul {n}^3: {peak:.0f} GFLOP/s", flush=True)
-        for D in (64, 128):
+        for D in args.dims:
             H = 512 // D
             fl = B.flops_fwd(lens, H, D, False)
             any_batch = grouped = 0.0
