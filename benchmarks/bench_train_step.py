@@ -40,7 +40,10 @@ L2 flush; --warmup untimed steps, then the median of --steps. A fresh device cop
 step, as a training loop has: per-batch work (scree reads cu_seq_lens to the host once per forward)
 is paid each step. tokens/s = real tokens / median step (padding is not counted). Peak memory:
 torch.cuda.max_memory_allocated, reset before each method's model copy goes to the device (so it
-holds weights, gradients, AdamW state and activations); not measured on the CPU.
+holds weights, gradients, AdamW state and activations); not measured on the CPU. On CUDA one more
+step of each method runs under torch.profiler after the timed ones: its kernel time split into the
+attention kernels and the rest, and from FA-2's the speed target's ceiling, the step with its
+attention taking no time at all (what any attention kernel can give this model).
 
 Correctness, before timing is trusted: the first warm-up step of every method runs on the same
 initial weights; its loss and the gradients of layer 0's q/k/v projections (every layer's attention
