@@ -3,6 +3,7 @@
 // sequence length so skewed batches stay balanced; outputs >= 4 MiB ask for huge pages first.
 #include "scree/ops/pack.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -19,25 +20,30 @@ using byte = unsigned char;
 using detail::advise_hugepages;
 using detail::Copier;
 
-// One padding row, built once per call: memset when the pad value is all-zero bytes.
+// Padding rows, built once per call: memset when the pad value is all-zero bytes; otherwise copies
+// of a pattern of whole rows of at least 4 KiB, so that narrow rows (one int8 a row) are not filled
+// by one memcpy call each (a 2^31-row pad of one int8 sequence took 20 s so).
 struct PadRow {
-  std::vector<byte> row;
+  std::vector<byte> rows;
+  int64_t pattern_rows = 0;
   bool zero = true;
   PadRow(const void* pad_value, int64_t elem_bytes, int64_t row_bytes) {
     const byte* p = static_cast<const byte*>(pad_value);
     for (int64_t i = 0; i < elem_bytes; ++i) zero = zero && p[i] == 0;
-    if (!zero) {
-      row.resize(static_cast<size_t>(row_bytes));
-      for (int64_t i = 0; i < row_bytes; i += elem_bytes) std::memcpy(row.data() + i, p, elem_bytes);
+    if (!zero && row_bytes > 0) {
+      pattern_rows = std::max<int64_t>(1, 4096 / row_bytes);
+      rows.resize(static_cast<size_t>(pattern_rows * row_bytes));
+      for (size_t i = 0; i < rows.size(); i += static_cast<size_t>(elem_bytes)) std::memcpy(rows.data() + i, p, elem_bytes);
     }
   }
-  void fill(byte* dst, int64_t rows, int64_t row_bytes) const {
-    if (rows <= 0 || row_bytes <= 0) return;
+  void fill(byte* dst, int64_t n, int64_t row_bytes) const {
+    if (n <= 0 || row_bytes <= 0) return;
     if (zero) {
-      std::memset(dst, 0, static_cast<size_t>(rows * row_bytes));
+      std::memset(dst, 0, static_cast<size_t>(n * row_bytes));
       return;
     }
-    for (int64_t r = 0; r < rows; ++r) std::memcpy(dst + r * row_bytes, row.data(), row_bytes);
+    for (int64_t r = 0; r < n; r += pattern_rows)
+      std::memcpy(dst + r * row_bytes, rows.data(), static_cast<size_t>(std::min(pattern_rows, n - r) * row_bytes));
   }
 };
 
@@ -100,19 +106,30 @@ void pad(const void* values, const int64_t* offsets, int64_t n, int64_t max_len,
   advise_hugepages(out, n * max_len * row_bytes);
   advise_hugepages(mask, n * max_len);
   const Copier copy(n * max_len * row_bytes, n);
-  // Every sequence writes max_len rows, so equal counts are equal work here.
-  parallel_for(n, (offsets[n] + n * max_len) * row_bytes, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
+  // Each sequence's block of max_len rows is cut into pieces of about kPadPieceBytes (output and
+  // mask), each filling, copying and marking its own rows, so that a batch of fewer sequences than
+  // cores (8 on a 16-core host, or one padded to a huge length) still spreads over them; every
+  // piece writes its share of rows, so equal counts are equal work.
+  constexpr int64_t kPadPieceBytes = int64_t(4) << 20;
+  const int64_t block_bytes = max_len * (row_bytes + (mask != nullptr ? 1 : 0));
+  const int64_t rows_per_piece = max_len / std::max<int64_t>(1, std::min(max_len, block_bytes / kPadPieceBytes));
+  const int64_t pieces = rows_per_piece > 0 ? (max_len + rows_per_piece - 1) / rows_per_piece : 1;
+  parallel_for(n * pieces, (offsets[n] + n * max_len) * row_bytes, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t i = item / pieces, r0 = item % pieces * rows_per_piece;
+      const int64_t r1 = std::min(max_len, r0 + rows_per_piece);
       const int64_t len = offsets[i + 1] - offsets[i];
       const int64_t lead = left ? max_len - len : 0;  // padding rows before the data
+      const int64_t d0 = std::max(r0, lead), d1 = std::min(r1, lead + len);  // this piece's data rows
       byte* block = out + i * max_len * row_bytes;
-      pad_row.fill(block, lead, row_bytes);
-      if (len > 0) copy(block + lead * row_bytes, in + offsets[i] * row_bytes, len * row_bytes);
-      pad_row.fill(block + (lead + len) * row_bytes, max_len - lead - len, row_bytes);
+      pad_row.fill(block + r0 * row_bytes, std::min(r1, lead) - r0, row_bytes);
+      if (d1 > d0) copy(block + d0 * row_bytes, in + (offsets[i] + d0 - lead) * row_bytes, (d1 - d0) * row_bytes);
+      const int64_t t0 = std::max(r0, lead + len);
+      pad_row.fill(block + t0 * row_bytes, r1 - t0, row_bytes);
       if (mask != nullptr) {
         uint8_t* m = mask + i * max_len;
-        std::memset(m, 0, static_cast<size_t>(max_len));
-        std::memset(m + lead, 1, static_cast<size_t>(len));
+        if (r1 > r0) std::memset(m + r0, 0, static_cast<size_t>(r1 - r0));
+        if (d1 > d0) std::memset(m + d0, 1, static_cast<size_t>(d1 - d0));
       }
     }
     copy.fence();

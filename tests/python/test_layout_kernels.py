@@ -282,6 +282,33 @@ def test_large_inputs_match_reference(backend_dtype, large_inputs, monkeypatch):
             assert_reduction_matches(got[op], reference.reduce(arr, op), arr, op, op)
 
 
+@pytest.mark.parametrize("threads", [None, "1", "3"])
+@pytest.mark.parametrize("row", [(), (3,)], ids=["int8_rows", "3_float32"])
+def test_to_padded_cuts_long_blocks_into_pieces(row, threads, monkeypatch):
+    """Fewer sequences than cores, padded long: pad cuts each sequence's block into ~4 MiB pieces
+    (pack.cpp), each filling, copying and marking its own rows. Pieces that end inside the data,
+    inside the padding, on its edges, a last piece of one row, an empty sequence and a full one,
+    both sides, zero and non-zero pad values, against the reference bit for bit."""
+    if threads is None:
+        monkeypatch.delenv("SCREE_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("SCREE_NUM_THREADS", threads)
+    monkeypatch.setattr(layout_dispatch, "reference", _NoReference())
+    dt = "int8" if not row else "float32"
+    max_length = 9_000_001 if not row else 1_000_003  # blocks of ~18 / ~13 MB: 5 / 4 pieces
+    lengths = np.array([3_000_001, 0, max_length, 2_250_007] if not row else [1, 700_001, 0, max_length], np.int64)
+    rng = np.random.default_rng(stable_seed("pad pieces", dt))
+    values = rng.integers(-100, 100, size=(int(lengths.sum()), *row)).astype(dt)
+    arr = scree.from_offsets(values, offsets_of(lengths))
+    got = {(side, pad): arr.to_padded(pad_value=pad, padding_side=side, max_length=max_length)
+           for side in ("right", "left") for pad in (0, 5)}
+    monkeypatch.undo()
+    for (side, pad), (padded, mask) in got.items():
+        want_p, want_m = reference.to_padded(arr, pad, side, max_length)
+        assert_identical(padded, want_p, f"padded {side} pad={pad}")
+        assert_identical(mask, want_m, f"mask {side} pad={pad}")
+
+
 @pytest.fixture(scope="module")
 def default_thread_results(large_inputs):
     """run_all_ops on each large input with SCREE_NUM_THREADS unset, computed once per input."""
