@@ -1,6 +1,7 @@
-// CPU layout kernels (see include/scree/ops/pack.h): one contiguous copy per sequence (streaming
-// stores for large outputs, copy.h), spread over cores by parallel_for with chunks weighted by
-// sequence length so skewed batches stay balanced; outputs >= 4 MiB ask for huge pages first.
+// CPU layout kernels (see include/scree/ops/pack.h): contiguous copies (streaming stores for large
+// outputs, copy.h) spread over cores by parallel_for: pack, unpad and gather split the output's
+// rows evenly, pad each padded block into pieces, unpad_mask by sequence weighted by length; outputs
+// >= 4 MiB ask for huge pages first.
 #include "scree/ops/pack.h"
 
 #include <algorithm>
@@ -60,7 +61,7 @@ void require_fits(const int64_t* offsets, int64_t n, int64_t max_len) {
     });
 }
 
-// The shape pack, unpad, unpad_mask and gather share: `item(copy, i)` copies item i of n into
+// unpad_mask's shape (its items copy runs of rows where the mask is set): `item(copy, i)` copies item i of n into
 // `out`, whose first `out_bytes` the call writes (huge pages asked for first, streaming stores
 // when large: one Copier a call); parallel_for spreads the items in chunks weighted by `weights`
 // (prefix sums: item i weighs weights[i + 1] - weights[i]), each chunk fencing its stores.
@@ -77,6 +78,27 @@ void copy_items(byte* out, int64_t out_bytes, int64_t n, const int64_t* weights,
       weights);
 }
 
+// The shape pack, unpad and gather share: item i's rows [offsets[i], offsets[i + 1]) of `out` (of
+// row_bytes each) come from source(i), contiguous. The output's rows are split into equal ranges,
+// one a thread, each copying the slices of the items it overlaps: a batch of fewer sequences than
+// cores, or one long sequence, still spreads over them (split by item, one long sequence went to
+// one thread), and equal rows are equal work without weights.
+template <class Source>
+void copy_rows(byte* out, int64_t row_bytes, int64_t n, const int64_t* offsets, Source&& source) {
+  const int64_t rows = offsets[n], out_bytes = rows * row_bytes;
+  advise_hugepages(out, out_bytes);
+  const Copier copy(out_bytes, n);
+  parallel_for(rows, 2 * out_bytes, [&](int64_t r0, int64_t r1) {
+    // the item holding row r0: the last i with offsets[i] <= r0 (empty items skipped)
+    int64_t i = std::max<int64_t>(0, std::upper_bound(offsets, offsets + n + 1, r0) - offsets - 1);
+    for (; i < n && offsets[i] < r1; ++i) {
+      const int64_t a = std::max(r0, offsets[i]), b = std::min(r1, offsets[i + 1]);
+      if (b > a) copy(out + a * row_bytes, source(i) + (a - offsets[i]) * row_bytes, (b - a) * row_bytes);
+    }
+    copy.fence();
+  });
+}
+
 }  // namespace
 
 // Rows of zero bytes (feature dimension 0) leave nothing to copy, and their counts are then not
@@ -85,11 +107,8 @@ void copy_items(byte* out, int64_t out_bytes, int64_t n, const int64_t* weights,
 
 void pack(const void* const* sources, const int64_t* offsets, int64_t n, int64_t row_bytes, void* dst) {
   if (row_bytes == 0) return;
-  byte* out = static_cast<byte*>(dst);
-  copy_items(out, offsets[n] * row_bytes, n, offsets, [&](const Copier& copy, int64_t i) {
-    const int64_t rows = offsets[i + 1] - offsets[i];
-    if (rows > 0) copy(out + offsets[i] * row_bytes, sources[i], rows * row_bytes);
-  });
+  copy_rows(static_cast<byte*>(dst), row_bytes, n, offsets,
+            [&](int64_t i) { return static_cast<const byte*>(sources[i]); });
 }
 
 void pad(const void* values, const int64_t* offsets, int64_t n, int64_t max_len, int64_t row_bytes,
@@ -142,10 +161,9 @@ void unpad(const void* padded, const int64_t* offsets, int64_t n, int64_t max_le
   if (row_bytes == 0) return;
   const byte* in = static_cast<const byte*>(padded);
   byte* out = static_cast<byte*>(values);
-  copy_items(out, offsets[n] * row_bytes, n, offsets, [&](const Copier& copy, int64_t i) {
-    const int64_t len = offsets[i + 1] - offsets[i];
-    const int64_t lead = left ? max_len - len : 0;
-    if (len > 0) copy(out + offsets[i] * row_bytes, in + (i * max_len + lead) * row_bytes, len * row_bytes);
+  copy_rows(out, row_bytes, n, offsets, [&](int64_t i) {
+    const int64_t lead = left ? max_len - (offsets[i + 1] - offsets[i]) : 0;
+    return in + (i * max_len + lead) * row_bytes;
   });
 }
 
@@ -203,11 +221,8 @@ void gather(const void* values, const int64_t* offsets, const int64_t* indices, 
             const int64_t* out_offsets, int64_t row_bytes, void* out) {
   if (row_bytes == 0) return;
   const byte* in = static_cast<const byte*>(values);
-  byte* dst = static_cast<byte*>(out);
-  copy_items(dst, out_offsets[count] * row_bytes, count, out_offsets, [&](const Copier& copy, int64_t j) {
-    const int64_t len = out_offsets[j + 1] - out_offsets[j];
-    if (len > 0) copy(dst + out_offsets[j] * row_bytes, in + offsets[indices[j]] * row_bytes, len * row_bytes);
-  });
+  copy_rows(static_cast<byte*>(out), row_bytes, count, out_offsets,
+            [&](int64_t j) { return in + offsets[indices[j]] * row_bytes; });
 }
 
 }  // namespace scree::ops

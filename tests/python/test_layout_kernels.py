@@ -309,6 +309,31 @@ def test_to_padded_cuts_long_blocks_into_pieces(row, threads, monkeypatch):
         assert_identical(mask, want_m, f"mask {side} pad={pad}")
 
 
+@pytest.mark.parametrize("threads", [None, "1", "3"])
+def test_copies_of_few_long_sequences_split_by_rows(threads, monkeypatch):
+    """pack, from_padded (lengths) and gather split the output's rows evenly over the threads
+    (pack.cpp's copy_rows), so a range may start and end inside a sequence and skip empty ones: one
+    long sequence between empty and one-token ones, against the reference bit for bit."""
+    if threads is None:
+        monkeypatch.delenv("SCREE_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("SCREE_NUM_THREADS", threads)
+    monkeypatch.setattr(layout_dispatch, "reference", _NoReference())
+    monkeypatch.setattr(layout_dispatch, "_PACK_MIN_BYTES_PER_SEQUENCE", 0)  # compare the compiled pack
+    lengths = np.array([0, 1, 700_001, 0, 0, 3, 250_000, 0], np.int64)
+    rng = np.random.default_rng(stable_seed("copy rows"))
+    arr = scree.from_offsets(rng.integers(-100, 100, size=(int(lengths.sum()), 3)).astype("float32"),
+                             offsets_of(lengths))
+    index = np.array([2, 7, 6, 2, 1, 0, 5], np.int64)
+    padded = reference.to_padded(arr, 7, "left", 700_003)[0]
+    got = {"pack": scree.pack(list(arr)), "gather": arr[index],
+           "unpad": scree.from_padded(padded, lengths=lengths.tolist(), padding_side="left")}
+    monkeypatch.undo()
+    assert_arrays_identical(got["pack"], reference.pack(list(arr)), "pack")
+    assert_arrays_identical(got["gather"], reference.gather(arr, index), "gather")
+    assert_identical(got["unpad"].values, arr.values, "from_padded")
+
+
 @pytest.fixture(scope="module")
 def default_thread_results(large_inputs):
     """run_all_ops on each large input with SCREE_NUM_THREADS unset, computed once per input."""
