@@ -310,10 +310,11 @@ def test_to_padded_cuts_long_blocks_into_pieces(row, threads, monkeypatch):
 
 
 @pytest.mark.parametrize("threads", [None, "1", "3"])
-def test_copies_of_few_long_sequences_split_by_rows(threads, monkeypatch):
-    """pack, from_padded (lengths) and gather split the output's rows evenly over the threads
-    (pack.cpp's copy_rows), so a range may start and end inside a sequence and skip empty ones: one
-    long sequence between empty and one-token ones, against the reference bit for bit."""
+def test_few_long_sequences_split_by_rows(threads, monkeypatch):
+    """pack, from_padded (lengths), gather (pack.cpp's copy_rows), positions and segment_ids
+    (segments.cpp) split the output's rows evenly over the threads, so a range may start and end
+    inside a sequence and skip empty ones: one long sequence between empty and one-token ones,
+    against the reference bit for bit."""
     if threads is None:
         monkeypatch.delenv("SCREE_NUM_THREADS", raising=False)
     else:
@@ -327,11 +328,14 @@ def test_copies_of_few_long_sequences_split_by_rows(threads, monkeypatch):
     index = np.array([2, 7, 6, 2, 1, 0, 5], np.int64)
     padded = reference.to_padded(arr, 7, "left", 700_003)[0]
     got = {"pack": scree.pack(list(arr)), "gather": arr[index],
-           "unpad": scree.from_padded(padded, lengths=lengths.tolist(), padding_side="left")}
+           "unpad": scree.from_padded(padded, lengths=lengths.tolist(), padding_side="left"),
+           "positions": arr.positions("int32"), "segment_ids": arr.segment_ids("int64")}
     monkeypatch.undo()
     assert_arrays_identical(got["pack"], reference.pack(list(arr)), "pack")
     assert_arrays_identical(got["gather"], reference.gather(arr, index), "gather")
     assert_identical(got["unpad"].values, arr.values, "from_padded")
+    assert_identical(got["positions"], reference.positions(arr, "int32"), "positions")
+    assert_identical(got["segment_ids"], reference.segment_ids(arr, "int64"), "segment_ids")
 
 
 @pytest.fixture(scope="module")
