@@ -1,4 +1,5 @@
-// Bulk copies of the layout kernels. Two effects measured in benchmarks/NOTES.md decide them:
+// Bulk copies of the layout kernels, and the slices of an even split of their rows (for_each_slice).
+// Two effects measured in benchmarks/NOTES.md decide the copies:
 // (1) glibc's memcpy switches to non-temporal (streaming) stores only for single copies of
 //     >= ~192 MiB on these machines, so a 256 MiB pack done one sequence at a time ran at 50-66% of
 //     one big memcpy; streaming stores for long pieces reached 89-103%.
@@ -6,6 +7,7 @@
 //     huge pages, NumPy does); madvise(MADV_HUGEPAGE) on the output made torch outputs 3-3.7x faster.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -31,6 +33,19 @@ inline void advise_hugepages(void* p, int64_t bytes) {
   (void)p;
   (void)bytes;
 #endif
+}
+
+// fn(i, a, b) for each item i of n whose rows [offsets[i], offsets[i + 1]) meet [r0, r1), with
+// [a, b) the rows they share (empty items skipped): the slices of one thread's range when a
+// kernel splits its output's rows evenly, so a range may start and end inside an item.
+template <class Fn>
+void for_each_slice(const int64_t* offsets, int64_t n, int64_t r0, int64_t r1, Fn&& fn) {
+  // the item holding row r0: the last i with offsets[i] <= r0
+  int64_t i = std::max<int64_t>(0, std::upper_bound(offsets, offsets + n + 1, r0) - offsets - 1);
+  for (; i < n && offsets[i] < r1; ++i) {
+    const int64_t a = std::max(r0, offsets[i]), b = std::min(r1, offsets[i + 1]);
+    if (b > a) fn(i, a, b);
+  }
 }
 
 // memcpy, or streaming stores when the output is large (>= 16 MiB) and the pieces long (>= 64 KiB

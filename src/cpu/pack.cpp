@@ -89,12 +89,9 @@ void copy_rows(byte* out, int64_t row_bytes, int64_t n, const int64_t* offsets, 
   advise_hugepages(out, out_bytes);
   const Copier copy(out_bytes, n);
   parallel_for(rows, 2 * out_bytes, [&](int64_t r0, int64_t r1) {
-    // the item holding row r0: the last i with offsets[i] <= r0 (empty items skipped)
-    int64_t i = std::max<int64_t>(0, std::upper_bound(offsets, offsets + n + 1, r0) - offsets - 1);
-    for (; i < n && offsets[i] < r1; ++i) {
-      const int64_t a = std::max(r0, offsets[i]), b = std::min(r1, offsets[i + 1]);
-      if (b > a) copy(out + a * row_bytes, source(i) + (a - offsets[i]) * row_bytes, (b - a) * row_bytes);
-    }
+    detail::for_each_slice(offsets, n, r0, r1, [&](int64_t i, int64_t a, int64_t b) {
+      copy(out + a * row_bytes, source(i) + (a - offsets[i]) * row_bytes, (b - a) * row_bytes);
+    });
     copy.fence();
   });
 }

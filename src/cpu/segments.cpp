@@ -2,8 +2,6 @@
 // the cores.
 #include "scree/ops/segments.h"
 
-#include <algorithm>
-
 #include "copy.h"
 #include "scree/parallel.h"
 
@@ -18,12 +16,9 @@ void fill_tokens(const int64_t* offsets, int64_t n, Out* out, Value value) {
   const int64_t tokens = offsets[n];
   detail::advise_hugepages(out, tokens * int64_t(sizeof(Out)));
   parallel_for(tokens, tokens * int64_t(sizeof(Out)), [&](int64_t t0, int64_t t1) {
-    // the sequence holding token t0: the last i with offsets[i] <= t0 (empty ones skipped)
-    int64_t i = std::max<int64_t>(0, std::upper_bound(offsets, offsets + n + 1, t0) - offsets - 1);
-    for (; i < n && offsets[i] < t1; ++i) {
-      const int64_t a = std::max(t0, offsets[i]), b = std::min(t1, offsets[i + 1]);
+    detail::for_each_slice(offsets, n, t0, t1, [&](int64_t i, int64_t a, int64_t b) {
       for (int64_t t = a; t < b; ++t) out[t] = static_cast<Out>(value(i, t - offsets[i]));
-    }
+    });
   });
 }
 
