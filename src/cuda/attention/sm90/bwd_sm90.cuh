@@ -453,11 +453,11 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dv[i][e] = dk[i][e] = 0.f;
 
-      // This thread's two key rows and the queries that see each (in the sequence), as column
-      // bounds relative to the thread's first column in a query block (query m0 + 2 quad).
-      // (int: bounds within [0, q_len]; 64-bit ranges held over the steps cost registers the
-      // consumers do not have.)
-      int key[2], sees_lo[2], sees_hi[2];
+      // This thread's two key rows. The queries that see each are computed in a masked step's
+      // passes only (`bounds`): held over the steps, the four bounds were spilled and reloaded at
+      // every step, the first thing its P pass waited for (D = 64, H100 ncu: 3.4% of the consumers'
+      // stall samples on mix d64, masked or not).
+      int key[2];
       if constexpr (!kDqT) {
         if (x.packed()) {  // (uniform: every thread holds the same tile)
           stage_packed_seqs(p, x.first, x.end, x.s.q_start, x.s.k_start, tid, sm.packed_seqs[cw]);
@@ -465,16 +465,21 @@ __global__ void __launch_bounds__(384, 1)
         }
       }
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        key[r] = 64 * cw + 16 * warp + lane / 4 + 8 * r;
-        QueryRange sees = visible_queries(p, x.n0 + key[r], x.n0 + key[r] + 1, x.s.q_len, x.s.k_len);
+      for (int r = 0; r < 2; ++r) key[r] = 64 * cw + 16 * warp + lane / 4 + 8 * r;
+      // Key row r's visible queries as column bounds relative to this thread's first column in the
+      // query block at m0 (query m0 + 2 quad). The empty asm keeps the compiler from hoisting the
+      // loop-invariant part out of the step loop, which would hold it in registers again.
+      auto bounds = [&](int r, int m0, int& lo, int& hi) {
+        int n0 = x.n0;
+        asm volatile("" : "+r"(n0));
+        QueryRange sees = visible_queries(p, n0 + key[r], n0 + key[r] + 1, x.s.q_len, x.s.k_len);
         if constexpr (!kDqT) {
           if (x.packed())
             sees = key[r] < x.s.k_len ? packed_key_queries(p, sm.packed_seqs[cw], int(x.end - x.first), key[r])
                                       : QueryRange{0, 0};
         }
-        sees_lo[r] = int(sees.lo), sees_hi[r] = int(sees.hi);
-      }
+        lo = int(sees.lo) - m0 - 2 * quad, hi = int(sees.hi) - m0 - 2 * quad;
+      };
       // A query block needs no mask when every key of the tile is in the sequence and every query
       // of the block sees every key: the bounds grow with the key, so the first key's upper and
       // the last key's lower bound decide. A packed tile is always masked.
@@ -519,14 +524,18 @@ __global__ void __launch_bounds__(384, 1)
 
         // P^T and dS^T, elementwise: element (j, e) is key key[e / 2], query m0 + 8 j + 2 quad + e % 2.
         // With a softcap dS needs the capped score, so both come in one pass after dP^T.
-        int lo[2], hi[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) lo[r] = sees_lo[r] - m0 - 2 * quad, hi[r] = sees_hi[r] - m0 - 2 * quad;
+        int lo[2], hi[2];  // (set by with_mask for its masked pass)
         const int row_off = int((x.s.q_start + m0) & 3) + 2 * quad;  // see BwdTiles::kRowBox
         const float* lse2 = sm.rows_of(qs.index).lse2 + row_off;
         const float* delta = sm.rows_of(qs.index).delta + row_off;
         auto with_mask = [&](auto&& pass) {
-          if (full) pass(std::false_type{}); else pass(std::true_type{});
+          if (full) {
+            pass(std::false_type{});
+          } else {
+#pragma unroll
+            for (int r = 0; r < 2; ++r) bounds(r, m0, lo[r], hi[r]);
+            pass(std::true_type{});
+          }
         };
         auto keep = [&](auto mask_tag, int j, int e) {
           if constexpr (!decltype(mask_tag)::value) return true;
