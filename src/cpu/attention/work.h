@@ -20,6 +20,7 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 struct WorkItem {
   int64_t seq, head, block;
   double cost;
+  int64_t heads = 1;  // query heads from `head` on that the item covers (one kv head's; fwd_few_rows.h)
 };
 
 // A thread scope that does nothing (see run_items).

@@ -1,0 +1,106 @@
+"""The CPU forward's path for items of few query rows (src/cpu/attention/fwd_few_rows.h: a decode
+step's one query, the last rows of a sequence; up to 4 rows in the AVX-512 fp32 build, 2 with AVX2,
+1 in the portable build) against the fp64 reference with FlashAttention's rule, on fresh random
+inputs: key lengths 0, 1, on and across the 96-key block, long; q longer than k (bottom-right
+causal rows that see nothing); a sequence whose last item is one row (193 rows: a 192-row block and
+one); GQA; head dims with and without whole vectors (3, 80 / 48, 64); every option; every input
+dtype; K and V read in place with row strides that are not Hk x D. The direct call writes into
+NaN-poisoned outputs: every row written, rows that see no key 0 and lse -inf. cpu_isa_worker.py
+runs the edge cases under each build."""
+
+from __future__ import annotations
+
+import pytest
+
+import scree
+
+torch = pytest.importorskip("torch", reason="torch is not installed")
+
+from attention_checks import (assert_fa_close, assert_lse_close, check_direct_forward, fresh_seed,  # noqa: E402
+                              generator, random_qkv, random_values, reference_pair)
+
+LENGTHS = {  # (q lengths, k lengths)
+    "decode": ([1, 1, 1, 1, 1, 1, 1], [0, 1, 5, 96, 97, 300, 1000]),
+    "few": ([2, 3, 4, 4, 3], [3, 150, 2, 193, 0]),
+    "last_row": ([193, 1], [193, 250]),
+}
+OPTIONS = {
+    "plain": {},
+    "causal": {"causal": True},
+    "window": {"window": (40, 3)},
+    "causal_left": {"causal": True, "window": (100, None)},
+    "softcap": {"softcap": 3.0, "scale": 0.4},
+}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _forward(q, k, v, opts):
+    out, lse = scree.varlen_attention(q, k, v, return_lse=True, **opts)
+    return out.values, lse
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
+@pytest.mark.parametrize("opts", list(OPTIONS.values()), ids=list(OPTIONS))
+@pytest.mark.parametrize("lengths", list(LENGTHS.values()), ids=list(LENGTHS))
+def test_few_rows_match_fp64_reference(dtype, opts, lengths):
+    seed = fresh_seed()
+    lq, lk = lengths
+    q, k, v = random_qkv(lq, lk, 4, 2, 64, 64, DTYPES[dtype], "cpu", seed)
+    ref64, low = reference_pair(q, k, v, None, opts)
+    out, lse = _forward(q, k, v, opts)
+    assert_fa_close(f"{dtype} out", out, ref64[0], low[0], seed=seed)
+    if dtype == "float64":  # lse in float64 for float64 inputs
+        assert torch.allclose(lse, ref64[1].to(lse.dtype), atol=1e-9, equal_nan=False) or _same_inf(lse, ref64[1])
+    else:
+        assert_lse_close(f"{dtype} lse", lse, ref64[1], low[1], seed=seed)
+
+
+def _same_inf(lse, ref):
+    fin = torch.isfinite(ref)
+    return torch.equal(torch.isneginf(lse), torch.isneginf(ref)) and torch.allclose(lse[fin], ref[fin].to(lse.dtype),
+                                                                                     atol=1e-9)
+
+
+@pytest.mark.parametrize("d,dv", [(3, 5), (80, 48), (64, 64)])
+@pytest.mark.parametrize("opts", list(OPTIONS.values()), ids=list(OPTIONS))
+def test_few_rows_direct_call_writes_every_row(d, dv, opts):
+    seed = fresh_seed()
+    lq, lk = LENGTHS["few"][0] + [1, 1], LENGTHS["few"][1] + [0, 97]
+    q, k, v = random_qkv(lq, lk, 4, 4, d, dv, torch.float32, "cpu", seed)
+    check_direct_forward(f"d {d} dv {dv}", q, k, v, opts, seed)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_few_rows_read_strided_heads_in_place(dtype):
+    """K and V as head slices of wider tensors (row strides 2 x Hk x D), the decode step of a packed
+    KV cache whose heads interleave with others."""
+    seed = fresh_seed()
+    gen = generator(seed, "cpu")
+    lq, lk = [1, 2, 1], [300, 50, 97]
+    hq, hk, d = 8, 2, 64
+    wide_k = random_values((sum(lk), 2 * hk, d), DTYPES[dtype], "cpu", gen)
+    wide_v = random_values((sum(lk), 2 * hk, d), DTYPES[dtype], "cpu", gen)
+    q = scree.from_lengths(random_values((sum(lq), hq, d), DTYPES[dtype], "cpu", gen), lq)
+    k = scree.from_lengths(wide_k[:, 1::2], lk)
+    v = k.with_values(wide_v[:, :hk])
+    assert k.values.stride(0) == 2 * hk * d and not k.values.is_contiguous()
+    for opts in ({}, {"causal": True}):
+        ref64, low = reference_pair(q, k, v, None, opts)
+        out, lse = _forward(q, k, v, opts)
+        assert_fa_close(f"{dtype} strided out", out, ref64[0], low[0], seed=seed)
+        assert_lse_close(f"{dtype} strided lse", lse, ref64[1], low[1], seed=seed)
+
+
+@pytest.mark.parametrize("hq,hk", [(8, 1), (6, 2), (4, 4)])
+@pytest.mark.parametrize("opts", list(OPTIONS.values()), ids=list(OPTIONS))
+def test_few_rows_heads_of_one_kv_head_together(hq, hk, opts):
+    """Under GQA the items of a kv head's query heads are merged where their rows together are few
+    (group_few_rows_heads: 8 heads of one row in two items of 4, 3 heads of one in items of 3 and
+    of 2 rows in one of 2, in the AVX-512 build); every head's rows reach its own output and lse."""
+    seed = fresh_seed()
+    lq, lk = [1, 2, 1, 3, 4, 1], [0, 130, 97, 5, 40, 1]
+    q, k, v = random_qkv(lq, lk, hq, hk, 64, 32, torch.float32, "cpu", seed)
+    ref64, low = reference_pair(q, k, v, None, opts)
+    out, lse = _forward(q, k, v, opts)
+    assert_fa_close(f"{hq}/{hk} out", out, ref64[0], low[0], seed=seed)
+    assert_lse_close(f"{hq}/{hk} lse", lse, ref64[1], low[1], seed=seed)
