@@ -4,9 +4,11 @@ step's one query, the last rows of a sequence; up to 4 rows in the AVX-512 fp32 
 inputs: key lengths 0, 1, on and across the 96-key block, long; q longer than k (bottom-right
 causal rows that see nothing); a sequence whose last item is one row (193 rows: a 192-row block and
 one); GQA; head dims with and without whole vectors (3, 80 / 48, 64); every option; every input
-dtype; K and V read in place with row strides that are not Hk x D. The direct call writes into
-NaN-poisoned outputs: every row written, rows that see no key 0 and lse -inf. cpu_isa_worker.py
-runs the edge cases under each build."""
+dtype; K and V read in place with row strides that are not Hk x D. The path serves calls that ask
+for no lse (inference: no grad, no return_lse), so these calls ask for none; the direct call writes
+into a NaN-poisoned output: every row written, rows that see no key 0. A call that asks for lse,
+or records a gradient, keeps the blocked kernel (the backward recomputes its scores), checked last.
+cpu_isa_worker.py runs the edge cases under each build."""
 
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ import scree
 
 torch = pytest.importorskip("torch", reason="torch is not installed")
 
-from attention_checks import (assert_fa_close, assert_lse_close, check_direct_forward, fresh_seed,  # noqa: E402
-                              generator, random_qkv, random_values, reference_pair)
+from attention_checks import (assert_fa_close, assert_lse_close, c_varlen_fwd, fresh_seed, fwd_grads,  # noqa: E402
+                              generator, poisoned, random_qkv, random_values, reference_pair)
 
 LENGTHS = {  # (q lengths, k lengths)
     "decode": ([1, 1, 1, 1, 1, 1, 1], [0, 1, 5, 96, 97, 300, 1000]),
@@ -35,8 +37,9 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.f
 
 
 def _forward(q, k, v, opts):
-    out, lse = scree.varlen_attention(q, k, v, return_lse=True, **opts)
-    return out.values, lse
+    """Out values of an inference call (no grad, no lse: the few-rows path's calls)."""
+    with torch.no_grad():
+        return scree.varlen_attention(q, k, v, **opts).values
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=list(DTYPES))
@@ -47,18 +50,7 @@ def test_few_rows_match_fp64_reference(dtype, opts, lengths):
     lq, lk = lengths
     q, k, v = random_qkv(lq, lk, 4, 2, 64, 64, DTYPES[dtype], "cpu", seed)
     ref64, low = reference_pair(q, k, v, None, opts)
-    out, lse = _forward(q, k, v, opts)
-    assert_fa_close(f"{dtype} out", out, ref64[0], low[0], seed=seed)
-    if dtype == "float64":  # lse in float64 for float64 inputs
-        assert torch.allclose(lse, ref64[1].to(lse.dtype), atol=1e-9, equal_nan=False) or _same_inf(lse, ref64[1])
-    else:
-        assert_lse_close(f"{dtype} lse", lse, ref64[1], low[1], seed=seed)
-
-
-def _same_inf(lse, ref):
-    fin = torch.isfinite(ref)
-    return torch.equal(torch.isneginf(lse), torch.isneginf(ref)) and torch.allclose(lse[fin], ref[fin].to(lse.dtype),
-                                                                                     atol=1e-9)
+    assert_fa_close(f"{dtype} out", _forward(q, k, v, opts), ref64[0], low[0], seed=seed)
 
 
 @pytest.mark.parametrize("d,dv", [(3, 5), (80, 48), (64, 64)])
@@ -67,7 +59,13 @@ def test_few_rows_direct_call_writes_every_row(d, dv, opts):
     seed = fresh_seed()
     lq, lk = LENGTHS["few"][0] + [1, 1], LENGTHS["few"][1] + [0, 97]
     q, k, v = random_qkv(lq, lk, 4, 4, d, dv, torch.float32, "cpu", seed)
-    check_direct_forward(f"d {d} dv {dv}", q, k, v, opts, seed)
+    ref64, low = reference_pair(q, k, v, None, opts)
+    out = poisoned((q.total, 4, dv), torch.float32, "cpu")
+    c_varlen_fwd(q, k, v, out, None, opts)
+    assert not torch.isnan(out).any(), "a row was never written"
+    empty = torch.isneginf(ref64[1]).T
+    assert torch.equal(out[empty], torch.zeros_like(out[empty]))
+    assert_fa_close(f"d {d} dv {dv} direct out", out, ref64[0], low[0], seed=seed)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -86,9 +84,7 @@ def test_few_rows_read_strided_heads_in_place(dtype):
     assert k.values.stride(0) == 2 * hk * d and not k.values.is_contiguous()
     for opts in ({}, {"causal": True}):
         ref64, low = reference_pair(q, k, v, None, opts)
-        out, lse = _forward(q, k, v, opts)
-        assert_fa_close(f"{dtype} strided out", out, ref64[0], low[0], seed=seed)
-        assert_lse_close(f"{dtype} strided lse", lse, ref64[1], low[1], seed=seed)
+        assert_fa_close(f"{dtype} strided out", _forward(q, k, v, opts), ref64[0], low[0], seed=seed)
 
 
 @pytest.mark.parametrize("hq,hk", [(8, 1), (6, 2), (4, 4)])
@@ -101,6 +97,24 @@ def test_few_rows_heads_of_one_kv_head_together(hq, hk, opts):
     lq, lk = [1, 2, 1, 3, 4, 1], [0, 130, 97, 5, 40, 1]
     q, k, v = random_qkv(lq, lk, hq, hk, 64, 32, torch.float32, "cpu", seed)
     ref64, low = reference_pair(q, k, v, None, opts)
-    out, lse = _forward(q, k, v, opts)
-    assert_fa_close(f"{hq}/{hk} out", out, ref64[0], low[0], seed=seed)
-    assert_lse_close(f"{hq}/{hk} lse", lse, ref64[1], low[1], seed=seed)
+    assert_fa_close(f"{hq}/{hk} out", _forward(q, k, v, opts), ref64[0], low[0], seed=seed)
+
+
+def test_calls_that_ask_for_lse_keep_the_blocked_kernel():
+    """One-query rows under GQA through autograd (lse kept for the backward): the forward keeps the
+    blocked kernel, whose scores the backward recomputes, and the gradients meet the FA rule; the
+    inference call on the same inputs takes the few-rows path and meets it too. (The reason for
+    the split: tools/fuzz_attention_kernels.py --device cpu --seed 4703 --replay 11, sharp fp32
+    softmaxes, put dk at 3.04x the rule's bound with the few-rows forward under the backward, 1.33x
+    with the blocked one, the known float32 tail of README's accuracy paragraph.)"""
+    seed = fresh_seed()
+    lq, lk = [1, 1, 0, 1, 1], [143, 72, 167, 16, 227]
+    q, k, v = random_qkv(lq, lk, 12, 3, 128, 128, torch.float32, "cpu", seed)
+    dout = random_values((q.total, 12, 128), torch.float32, "cpu", generator(seed + 1, "cpu"))
+    ref64, low = reference_pair(q, k, v, dout, {})
+    got = fwd_grads(scree.varlen_attention, q, k, v, dout, {})
+    assert_fa_close("lse call out", got[0], ref64[0], low[0], seed=seed)
+    assert_lse_close("lse call lse", got[1], ref64[1], low[1], seed=seed)
+    for name, g, r, lo in zip(("dq", "dk", "dv"), got[2], ref64[2], low[2]):
+        assert_fa_close(f"lse call {name}", g, r, lo, rtol=3.0, seed=seed)
+    assert_fa_close("inference out", _forward(q, k, v, {}), ref64[0], low[0], seed=seed)

@@ -137,7 +137,7 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   // cpu_attn_ab.sh at hidden 512; benchmarks/NOTES.md, issue 20).
   const bool v_panels = rows > 4 * kTileRows;
   const KvRows<T> kv(p, g.b, g.kvh, g.k0, Lk);
-  if (few_rows<C>(rows * item.heads)) {  // (fwd_few_rows.h: a decode step's rows, a sequence's last rows)
+  if (item.heads > 1 || (few_rows<C>(rows) && few_rows_allowed(p))) {  // (fwd_few_rows.h)
     static_assert(kFewRowsKeys <= kBlockK, "the few-rows path's blocks fit the buffers");
     return forward_few_rows<T, C>(p, g, item.heads, kv, capped ? C(p.scale / p.softcap) : C(p.scale),
                                   {buf.row.data(), buf.st.data(), buf.o.data(), buf.k.data(), buf.v.data(),
@@ -459,7 +459,8 @@ void forward(const VarlenParams& p) {
   using C = compute_t<T>;
   const int64_t Dv_pad = round_up(p.head_dim_v, 2 * Simd<C>::width);
   double flops = 0;
-  std::vector<WorkItem> items = group_few_rows_heads<C>(p, query_blocks(p), forward_items(p, query_blocks(p), flops));
+  std::vector<WorkItem> items = forward_items(p, query_blocks(p), flops);
+  if (few_rows_allowed(p)) items = group_few_rows_heads<C>(p, query_blocks(p), items);
   std::vector<Buffers<T>>& buffers = kept_buffers<Buffers<T>>(std::max(1, num_threads()), p.head_dim, Dv_pad,
                                                                query_blocks(p).tail);
   run_items(items, flops, [&](int t, const WorkItem& item) { forward_block<T>(p, item, buffers[t]); });

@@ -32,6 +32,15 @@ inline bool few_rows(int64_t rows) {
   return rows * 4 <= Simd<C>::width;
 }
 
+// Only where the call asks for no lse, i.e. no backward reads this forward: the backward
+// recomputes the scores with the blocked kernel's sums, and P = exp(s - lse) from another
+// summation order is off by exp(the two sums' rounding difference) on sharp softmaxes. Measured
+// (tools/fuzz_attention_kernels.py --device cpu --seed 4703 --replay 11: fp32, one-query rows, GQA
+// 12/3, d128, scale 0.79, "ones" values): the FA rule's dk ratio 1.33 with the blocked forward, 3.04
+// with this one (dv 0.55 -> 2.04), though this forward's own output was closer (0.86 -> 0.22).
+// So inference (no grad, no return_lse: decode steps, paged attention) takes this path.
+inline bool few_rows_allowed(const attention::VarlenParams& p) { return p.lse == nullptr && p.lse64 == nullptr; }
+
 // Under GQA, the items of one (sequence, query block) whose query heads share a kv head, merged
 // into items of several heads where their rows together are few (few_rows): each then reads its
 // keys and values once for all its heads, not once a head. items as forward_items lists them
