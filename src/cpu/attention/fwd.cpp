@@ -475,7 +475,14 @@ void varlen_fwd(const VarlenParams& p) {
     case DType::Float16: forward<float16>(p); break;
     case DType::BFloat16:
 #if defined(SCREE_CPU_AMX)
-      forward_bf16_amx(p);  // the amx build: both products on the tiles (fwd_amx.cpp)
+      // The amx build: both products on the tiles (fwd_amx.cpp), but a call whose every item has few
+      // rows (decode steps, no lse) goes to fwd_few_rows.h through this file's kernel: the tiles
+      // would pad each row to 32 and first pack every key and value (a decode step at 0.30-0.52x
+      // padded SDPA; NOTES.md, session 47).
+      if (few_rows_allowed(p) && few_rows<float>(p.max_seqlen_q))
+        forward<bfloat16>(p);
+      else
+        forward_bf16_amx(p);
 #else
       forward<bfloat16>(p);
 #endif
