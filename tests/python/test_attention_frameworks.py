@@ -157,6 +157,10 @@ class TestMlx:
         t_out, t_grads = run(lambda x: torch.from_numpy(x).to(torch.bfloat16), lambda y: y.float().numpy(), torch_grads)
         m_out, m_grads = run(lambda x: mx.array(x).astype(mx.bfloat16), lambda y: np.array(y.astype(mx.float32)),
                              mlx_grads)
-        assert np.abs(m_out - want).max() <= 1.1 * np.abs(t_out - want).max() + 1e-6
+        # Both outputs are rounded to bfloat16 last, so their largest errors compare only to within one
+        # rounding at the output's magnitude: with 1.1x alone, 16 of 300 seeded inputs failed (ratio up
+        # to 1.84, the two builds' kernels unchanged; benchmarks/NOTES.md, session 47).
+        rounding = 2.0 ** -8 * np.abs(want).max()
+        assert np.abs(m_out - want).max() <= 1.1 * np.abs(t_out - want).max() + rounding
         for m, t in zip(m_grads, t_grads):
             np.testing.assert_allclose(m, t, rtol=0.05, atol=0.05)  # same kernels, bf16 rounding of inputs

@@ -213,7 +213,10 @@ def test_numpy_functional_matches_torch(rng):
 
 
 def test_init_params_run_everywhere(rng):
-    """Functional parameter initialisation gives a working block (fresh NumPy params on torch)."""
+    """Functional parameter initialisation gives a working block (fresh NumPy params on torch). The
+    functional call runs without autograd, the module's with it: the CPU attention then takes its
+    few-rows path for the 1- and 3-token sequences only in the first (fwd_few_rows.h, for calls that
+    ask for no lse), so the two agree to float32 rounding, not bit for bit."""
     c = CONFIGS["gqa-causal"]
     p = F.params_to(F.init_block_params(c, rng), "torch")
     block = TransformerBlock(config=c)
@@ -222,7 +225,7 @@ def test_init_params_run_everywhere(rng):
             if t is not None:
                 t.copy_(p[name])
     x = scree.pack([torch.randn(n, c.dim) for n in LENGTHS])
-    torch.testing.assert_close(F.transformer_block(x, p, c).values, block(x).values.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(F.transformer_block(x, p, c).values, block(x).values.detach(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.cuda

@@ -16,6 +16,8 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
+#include <utility>
 
 #include "convert.h"
 #include "fwd_common.h"
@@ -133,17 +135,17 @@ void forward_few_rows(const attention::VarlenParams& p, const ItemGeometry& g, i
   // The bounds grow with the row: the item needs keys [first.lo, last.hi).
   for (int64_t kb = g.first.lo; kb < g.last.hi; kb += kFewRowsKeys) {
     const int64_t n = std::min(kFewRowsKeys, g.last.hi - kb);
-    const C* kblk = nullptr;
-    int64_t ldk = D;
-    if (in_place) {
-      kblk = reinterpret_cast<const C*>(kv.key(kb)), ldk = p.k_row_stride;
-    } else {
+    // The block's key (value) rows as the compute type and their stride: in place, or converted
+    // into `scratch` (ld apart).
+    auto rows_as_compute = [&](auto row, int64_t width, int64_t stride, C* scratch, int64_t ld) {
+      if (in_place) return std::pair<const C*, int64_t>{reinterpret_cast<const C*>(row(kb)), stride};
       for (int64_t j = 0; j < n; ++j) {
-        if (j + kRowsAhead < n) prefetch_row(kv.key(kb + j + kRowsAhead), D * int64_t(sizeof(T)));
-        to_compute(kv.key(kb + j), buf.k + j * D, D, C(1));
+        if (j + kRowsAhead < n) prefetch_row(row(kb + j + kRowsAhead), width * int64_t(sizeof(T)));
+        to_compute(row(kb + j), scratch + j * ld, width, C(1));
       }
-      kblk = buf.k;
-    }
+      return std::pair<const C*, int64_t>{scratch, ld};
+    };
+    const auto [kblk, ldk] = rows_as_compute([&](int64_t t) { return kv.key(t); }, D, p.k_row_stride, buf.k, D);
     // Scores of each row's visible keys in the block (-inf elsewhere, up to a whole vector).
     for (int64_t r = 0; r < rows; ++r) {
       C* s = buf.s + r * kFewRowsKeys;
@@ -162,18 +164,8 @@ void forward_few_rows(const attention::VarlenParams& p, const ItemGeometry& g, i
           store<C>(s + j, x == splat<C>(kNegInf) ? x : cap * vtanh<C>(x));
         }
     }
-    // V rows of the block, converted where they are not fp32 in place.
-    const C* vblk = nullptr;
-    int64_t ldv = Dv_pad;
-    if (in_place) {
-      vblk = reinterpret_cast<const C*>(kv.value(kb)), ldv = p.v_row_stride;
-    } else {
-      for (int64_t j = 0; j < n; ++j) {
-        if (j + kRowsAhead < n) prefetch_row(kv.value(kb + j + kRowsAhead), Dv * int64_t(sizeof(T)));
-        to_compute(kv.value(kb + j), buf.v + j * Dv_pad, Dv, C(1));
-      }
-      vblk = buf.v;
-    }
+    const auto [vblk, ldv] =
+        rows_as_compute([&](int64_t t) { return kv.value(t); }, Dv, p.v_row_stride, buf.v, Dv_pad);
     // Online softmax of each row over the block, then O += P V.
     for (int64_t r = 0; r < rows; ++r) {
       C* s = buf.s + r * kFewRowsKeys;
