@@ -159,7 +159,7 @@ class TestMlx:
                              mlx_grads)
         # Both outputs are rounded to bfloat16 last, so their largest errors compare only to within one
         # rounding at the output's magnitude: with 1.1x alone, 16 of 300 seeded inputs failed (ratio up
-        # to 1.84, the two builds' kernels unchanged; benchmarks/NOTES.md, session 47).
+        # to 1.84; benchmarks/NOTES.md, session 47).
         rounding = 2.0 ** -8 * np.abs(want).max()
         assert np.abs(m_out - want).max() <= 1.1 * np.abs(t_out - want).max() + rounding
         for m, t in zip(m_grads, t_grads):
