@@ -146,10 +146,15 @@ void forward_few_rows(const attention::VarlenParams& p, const ItemGeometry& g, i
       return std::pair<const C*, int64_t>{scratch, ld};
     };
     const auto [kblk, ldk] = rows_as_compute([&](int64_t t) { return kv.key(t); }, D, p.k_row_stride, buf.k, D);
+    // Row r's visible keys relative to the block, clipped to it.
+    auto visible = [&](int64_t r) {
+      const int64_t j0 = std::clamp<int64_t>(vis[r].lo - kb, 0, n);
+      return std::pair<int64_t, int64_t>{j0, std::clamp<int64_t>(vis[r].hi - kb, j0, n)};
+    };
     // Scores of each row's visible keys in the block (-inf elsewhere, up to a whole vector).
     for (int64_t r = 0; r < rows; ++r) {
       C* s = buf.s + r * kFewRowsKeys;
-      const int64_t j0 = std::clamp<int64_t>(vis[r].lo - kb, 0, n), j1 = std::clamp<int64_t>(vis[r].hi - kb, j0, n);
+      const auto [j0, j1] = visible(r);
       std::fill(s, s + j0, kNegInf);
       std::fill(s + j1, s + round_up(n, W), kNegInf);
       const C* q = buf.q + r * D;
@@ -186,7 +191,7 @@ void forward_few_rows(const attention::VarlenParams& p, const ItemGeometry& g, i
       C* o = buf.o + r * Dv_pad;
       if (alpha != C(1))
         for (int64_t d = 0; d < Dv_pad; d += W) store<C>(o + d, load<C>(o + d) * alpha);
-      const int64_t j0 = std::clamp<int64_t>(vis[r].lo - kb, 0, n), j1 = std::clamp<int64_t>(vis[r].hi - kb, j0, n);
+      const auto [j0, j1] = visible(r);
       const int64_t dv = Dv / W * W;  // whole vectors of each value row; the rest one value at a time
       int64_t d = 0;
       for (; d + 4 * W <= dv; d += 4 * W) add_pv<4>(o + d, s, vblk + d, ldv, j0, j1);
