@@ -87,17 +87,44 @@ def test_few_rows_read_strided_heads_in_place(dtype):
         assert_fa_close(f"{dtype} strided out", _forward(q, k, v, opts), ref64[0], low[0], seed=seed)
 
 
-@pytest.mark.parametrize("hq,hk", [(8, 1), (6, 2), (4, 4)])
+@pytest.mark.parametrize("hq,hk", [(8, 1), (6, 2), (4, 4), (20, 5)])
 @pytest.mark.parametrize("opts", list(OPTIONS.values()), ids=list(OPTIONS))
-def test_few_rows_heads_of_one_kv_head_together(hq, hk, opts):
-    """Under GQA the items of a kv head's query heads are merged where their rows together are few
-    (group_few_rows_heads: 8 heads of one row in two items of 4, 3 heads of one in items of 3 and
-    of 2 rows in one of 2, in the AVX-512 build); every head's rows reach its own output and lse."""
+def test_few_rows_heads_merged(hq, hk, opts):
+    """The items of adjacent query heads are merged up to 16 rows, across kv heads too
+    (group_few_rows_heads: 20 heads of one row in items of 16 and 4 heads, of 4 kv heads and of
+    one; 3-row sequences in items of 5 heads, 4-row ones of 4, in the AVX-512 build); every head's
+    rows reach its own output, read from its own kv head's keys and values."""
     seed = fresh_seed()
     lq, lk = [1, 2, 1, 3, 4, 1], [0, 130, 97, 5, 40, 1]
     q, k, v = random_qkv(lq, lk, hq, hk, 64, 32, torch.float32, "cpu", seed)
     ref64, low = reference_pair(q, k, v, None, opts)
     assert_fa_close(f"{hq}/{hk} out", _forward(q, k, v, opts), ref64[0], low[0], seed=seed)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4, 7])
+@pytest.mark.parametrize("opts", [{}, {"causal": True}, {"causal": True, "window": (1000, None)},
+                                  {"softcap": 3.0, "scale": 0.4}], ids=["plain", "causal", "window", "softcap"])
+def test_few_rows_split_over_keys(threads, opts):
+    """Long items split over their keys (split_few_rows_keys: an item costing more than half a
+    thread's share, in parts of at least 384 keys, the last part shorter) and the parts' results
+    combined (combine_few_rows_parts), on 1 thread (never split) to 7; one long sequence's decode
+    step, 4-row and 2-row tails beside short ones, GQA 8/2, key lengths not a multiple of the
+    96-key block; bf16 too. The direct call writes every row into a NaN-poisoned output."""
+    seed = fresh_seed()
+    lq, lk = [1, 4, 1, 2, 1], [5003, 2301, 97, 1500, 0]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for dtype in (torch.float32, torch.bfloat16):
+            q, k, v = random_qkv(lq, lk, 8, 2, 64, 64, dtype, "cpu", seed)
+            ref64, low = reference_pair(q, k, v, None, opts)
+            assert_fa_close(f"{dtype} split out", _forward(q, k, v, opts), ref64[0], low[0], seed=seed)
+        out = poisoned((q.total, 8, 64), torch.bfloat16, "cpu")
+        c_varlen_fwd(q, k, v, out, None, opts)
+        assert not torch.isnan(out).any(), "a row was never written"
+        assert_fa_close("split direct out", out, ref64[0], low[0], seed=seed)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_calls_that_ask_for_lse_keep_the_blocked_kernel():

@@ -1,6 +1,7 @@
 // Row conversions between storage types (float, double, float16, bfloat16) and the compute type
-// of the CPU attention (float, or double for double inputs). With F16C (the AVX2 build) half
-// floats convert 8 at a time; bfloat16 is a 16-bit shift, which the compiler vectorises.
+// of the CPU attention (float, or double for double inputs), and values and vectors read as it.
+// With F16C (the AVX2 build) half floats convert 8 at a time; bfloat16 is a 16-bit shift, which
+// the compiler vectorises.
 #pragma once
 
 #include "isa.h"
@@ -14,6 +15,7 @@
 #endif
 
 #include "scree/dtypes.h"
+#include "simd.h"
 
 SCREE_CPU_NAMESPACE_BEGIN
 
@@ -59,6 +61,40 @@ inline void from_compute(const C* src, T* dst, int64_t n) {
     for (; i < n; ++i) dst[i] = to_float16(src[i]);
   } else {
     for (int64_t i = 0; i < n; ++i) dst[i] = T(src[i]);
+  }
+}
+
+// A float vector's worth of bfloat16 bits (load_as).
+typedef uint16_t BFloat16Bits __attribute__((vector_size(kVectorBytes / 2)));
+
+// One value as the compute type.
+template <class C, class T>
+inline C as_compute(T x) {
+  C c;
+  to_compute(&x, &c, 1, C(1));
+  return c;
+}
+
+// A vector of W values of T at p as the compute type, converted in registers (bfloat16: zero-extend
+// and shift; float16 through to_compute's F16C path).
+template <class C, class T>
+inline vec_t<C> load_as(const T* p) {
+  constexpr int W = Simd<C>::width;
+  if constexpr (std::is_same_v<T, C>) {
+    return load<C>(p);
+  } else if constexpr (std::is_same_v<T, bfloat16> && std::is_same_v<C, float>) {
+    using ivec = typename Simd<float>::ivec;
+    static_assert(sizeof(BFloat16Bits) * 2 == sizeof(ivec), "one 16-bit lane a float lane");
+    BFloat16Bits h;
+    std::memcpy(&h, p, sizeof(h));
+    const ivec bits = __builtin_convertvector(h, ivec) << 16;
+    vec_t<C> v;
+    std::memcpy(&v, &bits, sizeof(v));
+    return v;
+  } else {
+    alignas(64) C tmp[W];
+    to_compute(p, tmp, W, C(1));
+    return load<C>(tmp);
   }
 }
 

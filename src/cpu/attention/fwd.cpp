@@ -109,7 +109,8 @@ struct Buffers {
 // never transposed, and the online softmax runs across query columns, one vector per key row, with
 // no horizontal reductions. Q^T is packed once per item and reused by every key block.
 template <class T>
-void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf) {
+void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf,
+                   const FewRowsParts<compute_t<T>>& parts) {
   using C = compute_t<T>;
   using V = vec_t<C>;
   constexpr int W = Simd<C>::width;
@@ -139,9 +140,8 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf)
   const KvRows<T> kv(p, g.b, g.kvh, g.k0, Lk);
   if (item.heads > 1 || (few_rows<C>(rows) && few_rows_allowed(p))) {  // (fwd_few_rows.h)
     static_assert(kFewRowsKeys <= kBlockK, "the few-rows path's blocks fit the buffers");
-    return forward_few_rows<T, C>(p, g, item.heads, kv, capped ? C(p.scale / p.softcap) : C(p.scale),
-                                  {buf.row.data(), buf.st.data(), buf.o.data(), buf.k.data(), buf.v.data(),
-                                   buf.m.data(), buf.l.data()});
+    return forward_few_rows<T, C>(p, g, item, kv, capped ? C(p.scale / p.softcap) : C(p.scale),
+                                  {buf.row.data(), buf.st.data(), buf.o.data(), buf.m.data(), buf.l.data()}, parts);
   }
   auto q_at = [&](int64_t r) { return q_row<T>(p, g, r); };
 
@@ -460,10 +460,22 @@ void forward(const VarlenParams& p) {
   const int64_t Dv_pad = round_up(p.head_dim_v, 2 * Simd<C>::width);
   double flops = 0;
   std::vector<WorkItem> items = forward_items(p, query_blocks(p), flops);
-  if (few_rows_allowed(p)) items = group_few_rows_heads<C>(p, query_blocks(p), items);
+  // Items of few rows (fwd_few_rows.h): adjacent heads merged, long ones split over their keys.
+  std::vector<WorkItem> split;
+  FewRowsParts<C> parts;
+  thread_local LineVector<C> parts_kept;  // (grown only: a decode step per layer reuses it)
+  if (few_rows_allowed(p)) {
+    items = group_few_rows_heads<C>(p, query_blocks(p), items);
+    int64_t slots = 0;
+    split = split_few_rows_keys<C>(p, query_blocks(p), items, num_threads(), slots);
+    parts.Dv_pad = Dv_pad;
+    if (parts_kept.size() < size_t(slots * parts.stride())) parts_kept.resize(size_t(slots * parts.stride()));
+    parts.data = parts_kept.data();
+  }
   std::vector<Buffers<T>>& buffers = kept_buffers<Buffers<T>>(std::max(1, num_threads()), p.head_dim, Dv_pad,
                                                                query_blocks(p).tail);
-  run_items(items, flops, [&](int t, const WorkItem& item) { forward_block<T>(p, item, buffers[t]); });
+  run_items(items, flops, [&](int t, const WorkItem& item) { forward_block<T>(p, item, buffers[t], parts); });
+  combine_few_rows_parts<T, C>(p, query_blocks(p), split, parts);
 }
 
 }  // namespace

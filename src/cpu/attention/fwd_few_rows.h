@@ -34,6 +34,13 @@ inline bool few_rows(int64_t rows) {
   return rows * 4 <= Simd<C>::width;
 }
 
+// Rows of one item at most (its heads' rows together): the blocked kernel's buffers lend q 16 rows.
+inline constexpr int64_t kFewRowsMaxRows = 16;
+// Keys a block: a multiple of every build's vector width, so a row's scores fill whole vectors.
+inline constexpr int64_t kFewRowsKeys = 96;
+// Keys a step of P V.
+inline constexpr int64_t kPvKeys = 8;
+
 // Only where the call asks for no lse, i.e. no backward reads this forward: the backward
 // recomputes the scores with the blocked kernel's sums, and P = exp(s - lse) from another
 // summation order is off by exp(the two sums' rounding difference) on sharp softmaxes. Measured
@@ -43,29 +50,30 @@ inline bool few_rows(int64_t rows) {
 // So inference (no grad, no return_lse: decode steps, paged attention) takes this path.
 inline bool few_rows_allowed(const attention::VarlenParams& p) { return p.lse == nullptr && p.lse64 == nullptr; }
 
-// Under GQA, the items of one (sequence, query block) whose query heads share a kv head, merged
-// into items of several heads where their rows together are few (few_rows): each then reads its
-// keys and values once for all its heads, not once a head. items as forward_items lists them
-// (a (sequence, block)'s heads in order); costs and order otherwise kept.
+// The items of one (sequence, query block) with few rows, merged across adjacent query heads into
+// items of up to kFewRowsMaxRows rows: an item then reads each key's (and value's) rows of all its
+// heads, which lie side by side in the cache, token after token, and the query heads of one kv
+// head read them once for all. Per head, a key row was D values in every H D (2 KiB at 8 heads x
+// 64 fp32; 8 KiB at 16 x 128: each row on its own page), which the hardware prefetchers do not
+// follow: MHA decode read 16-28 GB/s where a plain sum reads ~47 (the 2-core AMX Xeon VM). The
+// threads' share of the work comes back by splitting long items over their keys
+// (split_few_rows_keys). items as forward_items lists them (a (sequence, block)'s heads in order);
+// costs and order kept.
 template <class C>
 std::vector<WorkItem> group_few_rows_heads(const attention::VarlenParams& p, QueryBlocks qb,
                                            const std::vector<WorkItem>& items) {
-  const int64_t group = p.heads_q / p.heads_k;
-  if (group <= 1) return items;
   std::vector<WorkItem> out;
   out.reserve(items.size());
   for (size_t i = 0; i < items.size();) {
     const WorkItem& it = items[i];
     const int64_t Lq = p.cu_seqlens_q[it.seq + 1] - p.cu_seqlens_q[it.seq];
     const int64_t rows = qb.rows(Lq, it.block);
-    const int64_t per = few_rows<C>(rows) ? Simd<C>::width / 4 / rows : 1;  // heads an item
+    const int64_t per = few_rows<C>(rows) ? kFewRowsMaxRows / rows : 1;  // heads an item
     WorkItem merged = it;
     size_t j = i + 1;
     for (; j < items.size() && merged.heads < per; ++j) {
       const WorkItem& w = items[j];
-      if (w.seq != it.seq || w.block != it.block || w.head != merged.head + merged.heads ||
-          w.head / group != it.head / group)
-        break;
+      if (w.seq != it.seq || w.block != it.block || w.head != merged.head + merged.heads) break;
       merged.heads += 1, merged.cost += w.cost;
     }
     out.push_back(merged);
@@ -74,110 +82,188 @@ std::vector<WorkItem> group_few_rows_heads(const attention::VarlenParams& p, Que
   return out;
 }
 
-// Scratch of forward_few_rows (the blocked kernel's buffers lend it): q (rows x D), s (rows x
-// kKeys), o (rows x Dv_pad), k (kKeys x D) and v (kKeys x Dv_pad) for converted or paged rows, m and
-// l (rows).
+// Keys a part of a split item at least, and the unit its parts' bounds fall on (kFewRowsKeys).
+inline constexpr int64_t kFewRowsMinPartKeys = 384;
+
+// The partial results of a call's split items: slot s holds rows x Dv_pad outputs (unnormalised),
+// then the rows' maxima and sums.
 template <class C>
-struct FewRowsScratch {
-  C *q, *s, *o, *k, *v, *m, *l;
+struct FewRowsParts {
+  C* data = nullptr;
+  int64_t Dv_pad = 0;
+  int64_t stride() const { return kFewRowsMaxRows * (Dv_pad + 2); }
+  C* o(int64_t slot) const { return data + slot * stride(); }
+  C* m(int64_t slot) const { return o(slot) + kFewRowsMaxRows * Dv_pad; }
+  C* l(int64_t slot) const { return m(slot) + kFewRowsMaxRows; }
 };
 
-// Keys a block: a multiple of every build's vector width, so a row's scores fill whole vectors.
-inline constexpr int64_t kFewRowsKeys = 96;
+// The key range [lo, hi) of part `split` of an item (all of [first.lo, last.hi) when whole): parts of
+// equal whole blocks of keys, the last one shorter.
+inline attention::KeyRange few_rows_part_keys(const ItemGeometry& g, const WorkItem& item) {
+  const int64_t keys = g.last.hi - g.first.lo;
+  if (item.splits <= 1) return {g.first.lo, g.last.hi};
+  const int64_t chunk = round_up((keys + item.splits - 1) / item.splits, kFewRowsKeys);
+  return {g.first.lo + std::min(keys, item.split * chunk), g.first.lo + std::min(keys, (item.split + 1) * chunk)};
+}
 
-// o[0, NV W) += sum over keys j in [j0, j1) of p[j] v_j[0, NV W), v_j at v + j ldv: the NV vectors
-// of o held in registers over the keys (through memory, each key's add waited for the last one's
-// store: 8 x 2048 keys, 8 heads d64, 2485 -> 2234 us).
-template <int NV, class C>
-inline void add_pv(C* o, const C* p, const C* v, int64_t ldv, int64_t j0, int64_t j1) {
+// Items of few rows that cost more than a share of the call (half a thread's), split over their
+// keys into parts of at least kFewRowsMinPartKeys keys: one long sequence's decode step (one item
+// once its heads merge) then runs on every thread, each reading its part of the cache, and the
+// parts' results are combined after (combine_few_rows_parts). `items` as group_few_rows_heads left
+// them; returns the split items' first parts (their slots start at .slot) and sets `slots`.
+template <class C>
+std::vector<WorkItem> split_few_rows_keys(const attention::VarlenParams& p, QueryBlocks qb,
+                                          std::vector<WorkItem>& items, int threads, int64_t& slots) {
+  std::vector<WorkItem> split;
+  slots = 0;
+  if (threads <= 1) return split;
+  double total = 0;
+  for (const WorkItem& it : items) total += it.cost;
+  const double share = total / (2.0 * threads);
+  const size_t n = items.size();
+  for (size_t i = 0; i < n; ++i) {
+    WorkItem& it = items[i];
+    if (it.cost <= share) continue;
+    const ItemGeometry g(p, it, qb);
+    if (!few_rows<C>(g.rows)) continue;
+    const int64_t keys = g.last.hi - g.first.lo;
+    int64_t splits = std::min<int64_t>(int64_t(std::ceil(it.cost / share)), keys / kFewRowsMinPartKeys);
+    if (splits < 2) continue;
+    const int64_t chunk = round_up((keys + splits - 1) / splits, kFewRowsKeys);
+    splits = (keys + chunk - 1) / chunk;  // every part holds keys
+    it.cost /= double(splits);
+    it.splits = splits, it.slot = slots;
+    const WorkItem first = it;  // (items grows below)
+    split.push_back(first);
+    for (int64_t s = 1; s < splits; ++s) {
+      WorkItem part = first;
+      part.split = s, part.slot = slots + s;
+      items.push_back(part);
+    }
+    slots += splits;
+  }
+  return split;
+}
+
+// Scratch of forward_few_rows (the blocked kernel's buffers lend it): q (rows x D), s (rows x
+// kKeys), o (rows x Dv_pad), m and l (rows).
+template <class C>
+struct FewRowsScratch {
+  C *q, *s, *o, *m, *l;
+};
+
+
+// sum q[i] k[i] over n values, k as stored (converted in registers: no copy of the block first),
+// two independent sums (simd.h's dot).
+template <class C, class T>
+inline C dot_as(const C* q, const T* k, int64_t n) {
+  constexpr int W = Simd<C>::width;
+  vec_t<C> s0{}, s1{};
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    s0 += load<C>(q + i) * load_as<C>(k + i);
+    s1 += load<C>(q + i + W) * load_as<C>(k + i + W);
+  }
+  for (; i + W <= n; i += W) s0 += load<C>(q + i) * load_as<C>(k + i);
+  C out = hsum<C>(s0 + s1);
+  for (; i < n; ++i) out += q[i] * as_compute<C>(k[i]);
+  return out;
+}
+
+// o[0, NV W) += sum over keys j in [j0, j1) of p[j] v_j[0, NV W), v_j at vrow[j] + off, as stored:
+// the NV vectors of o held in registers over the keys (through memory, each key's add waited for
+// the last one's store: 8 x 2048 keys, 8 heads d64, 2485 -> 2234 us).
+template <int NV, class C, class T>
+inline void add_pv(C* o, const C* p, const T* const* vrow, int64_t off, int64_t j0, int64_t j1) {
   using V = vec_t<C>;
   constexpr int W = Simd<C>::width;
   V acc[NV];
   for (int u = 0; u < NV; ++u) acc[u] = load<C>(o + u * W);
   for (int64_t j = j0; j < j1; ++j) {
     const V pj = splat<C>(p[j]);
-    const C* vr = v + j * ldv;
-    for (int u = 0; u < NV; ++u) acc[u] += pj * load<C>(vr + u * W);
+    const T* vr = vrow[j] + off;
+    for (int u = 0; u < NV; ++u) acc[u] += pj * load_as<C>(vr + u * W);
   }
   for (int u = 0; u < NV; ++u) store<C>(o + u * W, acc[u]);
 }
 
-// The item's rows [g.i0, g.i0 + g.rows) of sequence g.b: out rows and lse as fwd.cpp's forward_block
-// writes them. qscale: the score scale (divided by the softcap when capping).
-// heads: query heads g.h .. g.h + heads - 1 (one kv head's), g.rows rows each.
+// The item's rows [g.i0, g.i0 + g.rows) of sequence g.b for query heads g.h .. g.h + heads - 1:
+// out rows and lse as fwd.cpp's forward_block writes them. qscale: the score scale (divided by
+// the softcap when capping). Keys and values are read token by token, each token's rows of the
+// item's heads together (group_few_rows_heads says why), where they lie or through the page table.
 template <class T, class C>
-void forward_few_rows(const attention::VarlenParams& p, const ItemGeometry& g, int64_t heads, const KvRows<T>& kv,
-                      C qscale, FewRowsScratch<C> buf) {
+void forward_few_rows(const attention::VarlenParams& p, const ItemGeometry& g, const WorkItem& item,
+                      const KvRows<T>& kv, C qscale, FewRowsScratch<C> buf, const FewRowsParts<C>& parts) {
+  const int64_t heads = item.heads;
   using V = vec_t<C>;
   constexpr int W = Simd<C>::width;
   constexpr C kNegInf = -std::numeric_limits<C>::infinity();
   static_assert(kFewRowsKeys % W == 0, "a block's scores fill whole vectors");
-  static_assert(W / 4 <= 4, "few_rows admits at most 4 rows (vis below)");
   const int64_t D = p.head_dim, Dv = p.head_dim_v, Dv_pad = round_up(Dv, W), rows = heads * g.rows;
+  const int64_t group = p.heads_q / p.heads_k;
   const bool capped = p.softcap > 0.0;
   const C cap = C(p.softcap);
-  // fp32 rows are read where they lie; other types and paged rows are converted block by block.
-  const bool in_place = std::is_same_v<T, C> && !p.paged;
 
-  // Row i is query row i % g.rows of head g.h + i / g.rows.
+  // Row i is query row i % g.rows of head g.h + i / g.rows, whose key (value) row of token t is
+  // kv's row t plus koff[i] (voff[i]).
   auto at_head = [&](int64_t i) {
     ItemGeometry gh = g;
     gh.h += i / g.rows;
     return gh;
   };
-  attention::KeyRange vis[4];  // (few_rows: at most 4 rows)
+  attention::KeyRange vis[kFewRowsMaxRows];
+  int64_t koff[kFewRowsMaxRows], voff[kFewRowsMaxRows];
   for (int64_t r = 0; r < rows; ++r) {
     to_compute(q_row<T>(p, at_head(r), r % g.rows), buf.q + r * D, D, qscale);
     vis[r] = attention::visible_keys(p, g.i0 + r % g.rows, g.Lq, g.Lk);
+    const int64_t kvh = (g.h + r / g.rows) / group - g.kvh;
+    koff[r] = kvh * p.k_head_stride, voff[r] = kvh * p.v_head_stride;
     buf.m[r] = kNegInf, buf.l[r] = C(0);
     std::fill(buf.o + r * Dv_pad, buf.o + (r + 1) * Dv_pad, C(0));
   }
-  // The bounds grow with the row: the item needs keys [first.lo, last.hi).
-  for (int64_t kb = g.first.lo; kb < g.last.hi; kb += kFewRowsKeys) {
-    const int64_t n = std::min(kFewRowsKeys, g.last.hi - kb);
-    // The block's key (value) rows as the compute type and their stride: in place, or converted
-    // into `scratch` (ld apart).
-    auto rows_as_compute = [&](auto row, int64_t width, int64_t stride, C* scratch, int64_t ld) {
-      if (in_place) return std::pair<const C*, int64_t>{reinterpret_cast<const C*>(row(kb)), stride};
-      for (int64_t j = 0; j < n; ++j) {
-        if (j + kRowsAhead < n) prefetch_row(row(kb + j + kRowsAhead), width * int64_t(sizeof(T)));
-        to_compute(row(kb + j), scratch + j * ld, width, C(1));
-      }
-      return std::pair<const C*, int64_t>{scratch, ld};
-    };
-    const auto [kblk, ldk] = rows_as_compute([&](int64_t t) { return kv.key(t); }, D, p.k_row_stride, buf.k, D);
-    // Row r's visible keys relative to the block, clipped to it.
-    auto visible = [&](int64_t r) {
-      const int64_t j0 = std::clamp<int64_t>(vis[r].lo - kb, 0, n);
-      return std::pair<int64_t, int64_t>{j0, std::clamp<int64_t>(vis[r].hi - kb, j0, n)};
-    };
-    // Scores of each row's visible keys in the block (-inf elsewhere, up to a whole vector).
+  // The item's heads' span of a token's key (value) row, asked for kRowsAhead tokens ahead.
+  const int64_t kspan = (koff[rows - 1] + D) * int64_t(sizeof(T)), vspan = (voff[rows - 1] + Dv) * int64_t(sizeof(T));
+  const T* krow[kFewRowsKeys];
+  const T* vrow[kFewRowsKeys];
+  // The bounds grow with the row: the item needs keys [first.lo, last.hi), a part of it its share.
+  const attention::KeyRange keys = few_rows_part_keys(g, item);
+  for (int64_t kb = keys.lo; kb < keys.hi; kb += kFewRowsKeys) {
+    const int64_t n = std::min(kFewRowsKeys, keys.hi - kb);
+    for (int64_t j = 0; j < n; ++j) krow[j] = kv.key(kb + j), vrow[j] = kv.value(kb + j);
+    // Row r's visible keys relative to the block, clipped to it; the block's keys any row sees.
+    int64_t j0[kFewRowsMaxRows], j1[kFewRowsMaxRows], lo = n, hi = 0;
     for (int64_t r = 0; r < rows; ++r) {
-      C* s = buf.s + r * kFewRowsKeys;
-      const auto [j0, j1] = visible(r);
-      std::fill(s, s + j0, kNegInf);
-      std::fill(s + j1, s + round_up(n, W), kNegInf);
-      const C* q = buf.q + r * D;
-      for (int64_t j = j0; j < j1; ++j) {
-        if (in_place && r == 0 && j + kRowsAhead < j1) prefetch_row(kblk + (j + kRowsAhead) * ldk, D * int64_t(sizeof(C)));
-        s[j] = dot<C>(q, kblk + j * ldk, D);
-      }
-      if (capped)
-        for (int64_t j = j0 / W * W; j < j1; j += W) {
+      j0[r] = std::clamp<int64_t>(vis[r].lo - kb, 0, n);
+      j1[r] = std::clamp<int64_t>(vis[r].hi - kb, j0[r], n);
+      if (j0[r] < j1[r]) lo = std::min(lo, j0[r]), hi = std::max(hi, j1[r]);
+      std::fill(buf.s + r * kFewRowsKeys, buf.s + r * kFewRowsKeys + round_up(n, W), kNegInf);
+    }
+    // Scores of each row's visible keys in the block (-inf elsewhere, up to a whole vector).
+    for (int64_t j = lo; j < hi; ++j) {
+      if (j + kRowsAhead < n) prefetch_row(krow[j + kRowsAhead], kspan);
+      for (int64_t r = 0; r < rows; ++r)
+        if (j >= j0[r] && j < j1[r]) buf.s[r * kFewRowsKeys + j] = dot_as<C>(buf.q + r * D, krow[j] + koff[r], D);
+    }
+    if (capped)
+      for (int64_t r = 0; r < rows; ++r) {
+        C* s = buf.s + r * kFewRowsKeys;
+        for (int64_t j = j0[r] / W * W; j < j1[r]; j += W) {
           // (the -inf lanes stay -inf: cap * tanh(-inf) = -cap would make them visible)
           const V x = load<C>(s + j);
           store<C>(s + j, x == splat<C>(kNegInf) ? x : cap * vtanh<C>(x));
         }
-    }
-    const auto [vblk, ldv] =
-        rows_as_compute([&](int64_t t) { return kv.value(t); }, Dv, p.v_row_stride, buf.v, Dv_pad);
-    // Online softmax of each row over the block, then O += P V.
+      }
+    // Online softmax of each row over the block (P in place of S); a row that has seen no key yet
+    // adds nothing (its range emptied).
     for (int64_t r = 0; r < rows; ++r) {
       C* s = buf.s + r * kFewRowsKeys;
       V mx = splat<C>(kNegInf);
       for (int64_t j = 0; j < n; j += W) mx = vmax<C>(mx, load<C>(s + j));
       const C m_new = std::max(buf.m[r], hmax<C>(mx));
-      if (m_new == kNegInf) continue;  // no key of the row seen yet: nothing to add
+      if (m_new == kNegInf) {
+        j1[r] = j0[r];
+        continue;
+      }
       const V shift = splat<C>(m_new);
       V sum{};
       for (int64_t j = 0; j < n; j += W) {
@@ -191,17 +277,69 @@ void forward_few_rows(const attention::VarlenParams& p, const ItemGeometry& g, i
       C* o = buf.o + r * Dv_pad;
       if (alpha != C(1))
         for (int64_t d = 0; d < Dv_pad; d += W) store<C>(o + d, load<C>(o + d) * alpha);
-      const auto [j0, j1] = visible(r);
-      const int64_t dv = Dv / W * W;  // whole vectors of each value row; the rest one value at a time
-      int64_t d = 0;
-      for (; d + 4 * W <= dv; d += 4 * W) add_pv<4>(o + d, s, vblk + d, ldv, j0, j1);
-      for (; d < dv; d += W) add_pv<1>(o + d, s, vblk + d, ldv, j0, j1);
-      for (; d < Dv; ++d)
-        for (int64_t j = j0; j < j1; ++j) o[d] += s[j] * vblk[j * ldv + d];
     }
+    // O += P V, kPvKeys tokens at a time (their value rows of all the item's heads stay in L1), row
+    // by row within them, its output in registers.
+    const int64_t dv = Dv / W * W;  // whole vectors of each value row; the rest one value at a time
+    for (int64_t jc = lo; jc < hi; jc += kPvKeys) {
+      for (int64_t j = jc + kRowsAhead; j < std::min(jc + kRowsAhead + kPvKeys, n); ++j) prefetch_row(vrow[j], vspan);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t a = std::max(j0[r], jc), e = std::min(j1[r], jc + kPvKeys);
+        if (a >= e) continue;
+        const C* s = buf.s + r * kFewRowsKeys;
+        C* o = buf.o + r * Dv_pad;
+        int64_t d = 0;
+        for (; d + 4 * W <= dv; d += 4 * W) add_pv<4>(o + d, s, vrow, voff[r] + d, a, e);
+        for (; d < dv; d += W) add_pv<1>(o + d, s, vrow, voff[r] + d, a, e);
+        for (; d < Dv; ++d)
+          for (int64_t j = a; j < e; ++j) o[d] += s[j] * as_compute<C>(vrow[j][voff[r] + d]);
+      }
+    }
+  }
+  if (item.splits > 1) {  // a part: its rows' partial results, combined after
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy(buf.o + r * Dv_pad, buf.o + r * Dv_pad + Dv, parts.o(item.slot) + r * parts.Dv_pad);
+      parts.m(item.slot)[r] = buf.m[r], parts.l(item.slot)[r] = buf.l[r];
+    }
+    return;
   }
   for (int64_t r = 0; r < rows; ++r)
     write_output_row<T>(p, at_head(r), r % g.rows, buf.o + r * Dv_pad, buf.m[r], buf.l[r]);
+}
+
+// The output rows of the split items (split_few_rows_keys's list): each row's parts rescaled to
+// their common maximum and summed (the online softmax's step, once a part).
+template <class T, class C>
+void combine_few_rows_parts(const attention::VarlenParams& p, QueryBlocks qb, const std::vector<WorkItem>& split,
+                            const FewRowsParts<C>& parts) {
+  const int64_t Dv = p.head_dim_v;
+  for (const WorkItem& it : split) {
+    ItemGeometry g(p, it, qb);
+    const int64_t h0 = g.h;
+    for (int64_t r = 0; r < it.heads * g.rows; ++r) {
+      C m = -std::numeric_limits<C>::infinity();
+      for (int64_t s = 0; s < it.splits; ++s) m = std::max(m, parts.m(it.slot + s)[r]);
+      C* o = parts.o(it.slot) + r * parts.Dv_pad;  // the sum, in part 0's row
+      C l = C(0);
+      if (m == -std::numeric_limits<C>::infinity()) {
+        std::fill(o, o + Dv, C(0));  // no key seen: as a whole item writes it
+      } else {
+        for (int64_t s = 0; s < it.splits; ++s) {
+          const C ms = parts.m(it.slot + s)[r];
+          const C a = ms == -std::numeric_limits<C>::infinity() ? C(0) : std::exp(ms - m);
+          const C* os = parts.o(it.slot + s) + r * parts.Dv_pad;
+          l += a * parts.l(it.slot + s)[r];
+          if (s == 0) {
+            for (int64_t d = 0; d < Dv; ++d) o[d] = a * os[d];
+          } else {
+            for (int64_t d = 0; d < Dv; ++d) o[d] += a * os[d];
+          }
+        }
+      }
+      g.h = h0 + r / g.rows;
+      write_output_row<T>(p, g, r % g.rows, o, m, l);
+    }
+  }
 }
 
 SCREE_CPU_NAMESPACE_END

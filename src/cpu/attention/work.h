@@ -20,7 +20,10 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 struct WorkItem {
   int64_t seq, head, block;
   double cost;
-  int64_t heads = 1;  // query heads from `head` on that the item covers (one kv head's; fwd_few_rows.h)
+  int64_t heads = 1;  // query heads from `head` on that the item covers (fwd_few_rows.h)
+  // A few-rows item split over its keys (fwd_few_rows.h): part `split` of `splits`, whose partial
+  // result goes to slot `slot` of the call's parts.
+  int64_t split = 0, splits = 1, slot = -1;
 };
 
 // A thread scope that does nothing (see run_items).
