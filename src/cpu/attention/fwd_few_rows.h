@@ -170,21 +170,85 @@ inline C dot_as(const C* q, const T* k, int64_t n) {
   return out;
 }
 
-// o[0, NV W) += sum over keys j in [j0, j1) of p[j] v_j[0, NV W), v_j at vrow[j] + off, as stored:
-// the NV vectors of o held in registers over the keys (through memory, each key's add waited for
-// the last one's store: 8 x 2048 keys, 8 heads d64, 2485 -> 2234 us).
-template <int NV, class C, class T>
-inline void add_pv(C* o, const C* p, const T* const* vrow, int64_t off, int64_t j0, int64_t j1) {
+// Scores of R query rows (ldq apart at q) against one key row k, as stored: each vector of k
+// converted once for the R rows (under GQA, the query heads of one kv head). out[r ldo].
+template <int R, class C, class T>
+inline void dot_rows(const C* q, int64_t ldq, const T* k, int64_t n, C* out, int64_t ldo) {
+  if constexpr (R == 1) {
+    out[0] = dot_as<C>(q, k, n);
+  } else {
+    constexpr int W = Simd<C>::width;
+    vec_t<C> acc[R] = {};
+    int64_t i = 0;
+    for (; i + W <= n; i += W) {
+      const vec_t<C> kv = load_as<C>(k + i);
+      for (int r = 0; r < R; ++r) acc[r] += load<C>(q + r * ldq + i) * kv;
+    }
+    for (int r = 0; r < R; ++r) {
+      C x = hsum<C>(acc[r]);
+      for (int64_t t = i; t < n; ++t) x += q[r * ldq + t] * as_compute<C>(k[t]);
+      out[r * ldo] = x;
+    }
+  }
+}
+
+// o_r[0, NV W) += sum over keys j in [j0, j1) of p_r[j] v_j[0, NV W) for R rows (o_r at o + r ldo,
+// p_r at p + r ldp), v_j at vrow[j] + off, as stored: the R x NV vectors of o held in registers
+// over the keys (through memory, each key's add waited for the last one's store: 8 x 2048 keys,
+// 8 heads d64, 2485 -> 2234 us), each vector of v converted once for the R rows.
+template <int NV, int R, class C, class T>
+inline void add_pv(C* o, int64_t ldo, const C* p, int64_t ldp, const T* const* vrow, int64_t off, int64_t j0,
+                   int64_t j1) {
   using V = vec_t<C>;
   constexpr int W = Simd<C>::width;
-  V acc[NV];
-  for (int u = 0; u < NV; ++u) acc[u] = load<C>(o + u * W);
+  V acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < NV; ++u) acc[r][u] = load<C>(o + r * ldo + u * W);
   for (int64_t j = j0; j < j1; ++j) {
-    const V pj = splat<C>(p[j]);
     const T* vr = vrow[j] + off;
-    for (int u = 0; u < NV; ++u) acc[u] += pj * load_as<C>(vr + u * W);
+    V v[NV];
+    for (int u = 0; u < NV; ++u) v[u] = load_as<C>(vr + u * W);
+    for (int r = 0; r < R; ++r) {
+      const V pj = splat<C>(p[r * ldp + j]);
+      for (int u = 0; u < NV; ++u) acc[r][u] += pj * v[u];
+    }
   }
-  for (int u = 0; u < NV; ++u) store<C>(o + u * W, acc[u]);
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < NV; ++u) store<C>(o + r * ldo + u * W, acc[r][u]);
+}
+
+// O += P V over keys [j0, j1) for R rows: whole vectors in register blocks (4 vectors a row for
+// one or two rows, 2 for three or four: at most 8 accumulators with AVX2's 16 registers... 16 with
+// AVX-512's 32), the rest of each value row one value at a time.
+template <int R, class C, class T>
+inline void add_pv_rows(C* o, int64_t ldo, const C* p, int64_t ldp, const T* const* vrow, int64_t off, int64_t Dv,
+                        int64_t j0, int64_t j1) {
+  constexpr int W = Simd<C>::width;
+  constexpr int NV = R <= 2 ? 4 : 2;
+  const int64_t dv = Dv / W * W;
+  int64_t d = 0;
+  for (; d + NV * W <= dv; d += NV * W) add_pv<NV, R>(o + d, ldo, p, ldp, vrow, off + d, j0, j1);
+  for (; d < dv; d += W) add_pv<1, R>(o + d, ldo, p, ldp, vrow, off + d, j0, j1);
+  for (; d < Dv; ++d)
+    for (int r = 0; r < R; ++r)
+      for (int64_t j = j0; j < j1; ++j) o[r * ldo + d] += p[r * ldp + j] * as_compute<C>(vrow[j][off + d]);
+}
+
+// Runs of up to kRunRows adjacent rows that read the same key and value rows over the same keys of
+// a block (the query heads of one kv head at one query row): run i is rows [start[i], start[i + 1]).
+inline constexpr int64_t kRunRows = 4;
+inline int64_t shared_row_runs(int64_t rows, const int64_t* koff, const int64_t* voff, const int64_t* j0,
+                               const int64_t* j1, int64_t* start) {
+  int64_t runs = 0;
+  for (int64_t r = 0; r < rows;) {
+    int64_t e = r + 1;
+    while (e < rows && e - r < kRunRows && koff[e] == koff[r] && voff[e] == voff[r] && j0[e] == j0[r] && j1[e] == j1[r])
+      ++e;
+    start[runs++] = r;
+    r = e;
+  }
+  start[runs] = rows;
+  return runs;
 }
 
 // The item's rows [g.i0, g.i0 + g.rows) of sequence g.b for query heads g.h .. g.h + heads - 1:
@@ -239,10 +303,23 @@ void forward_few_rows(const attention::VarlenParams& p, const ItemGeometry& g, c
       std::fill(buf.s + r * kFewRowsKeys, buf.s + r * kFewRowsKeys + round_up(n, W), kNegInf);
     }
     // Scores of each row's visible keys in the block (-inf elsewhere, up to a whole vector).
+    int64_t run[kFewRowsMaxRows + 1];
+    const int64_t runs = shared_row_runs(rows, koff, voff, j0, j1, run);
     for (int64_t j = lo; j < hi; ++j) {
       if (j + kRowsAhead < n) prefetch_row(krow[j + kRowsAhead], kspan);
-      for (int64_t r = 0; r < rows; ++r)
-        if (j >= j0[r] && j < j1[r]) buf.s[r * kFewRowsKeys + j] = dot_as<C>(buf.q + r * D, krow[j] + koff[r], D);
+      for (int64_t i = 0; i < runs; ++i) {
+        const int64_t r = run[i];
+        if (j < j0[r] || j >= j1[r]) continue;
+        const C* q = buf.q + r * D;
+        const T* k = krow[j] + koff[r];
+        C* out = buf.s + r * kFewRowsKeys + j;
+        switch (run[i + 1] - r) {
+          case 1: dot_rows<1>(q, D, k, D, out, kFewRowsKeys); break;
+          case 2: dot_rows<2>(q, D, k, D, out, kFewRowsKeys); break;
+          case 3: dot_rows<3>(q, D, k, D, out, kFewRowsKeys); break;
+          default: dot_rows<4>(q, D, k, D, out, kFewRowsKeys); break;
+        }
+      }
     }
     if (capped)
       for (int64_t r = 0; r < rows; ++r) {
@@ -278,21 +355,25 @@ void forward_few_rows(const attention::VarlenParams& p, const ItemGeometry& g, c
       if (alpha != C(1))
         for (int64_t d = 0; d < Dv_pad; d += W) store<C>(o + d, load<C>(o + d) * alpha);
     }
-    // O += P V, kPvKeys tokens at a time (their value rows of all the item's heads stay in L1), row
-    // by row within them, its output in registers.
-    const int64_t dv = Dv / W * W;  // whole vectors of each value row; the rest one value at a time
+    // O += P V, kPvKeys tokens at a time (their value rows of all the item's heads stay in L1), run
+    // by run within them, its outputs in registers. The runs again: a row that has seen no key yet
+    // (all its scores -inf: only from infinite inputs where its keys are visible) has an empty range
+    // now and leaves its run.
+    const int64_t pv_runs = shared_row_runs(rows, koff, voff, j0, j1, run);
     for (int64_t jc = lo; jc < hi; jc += kPvKeys) {
       for (int64_t j = jc + kRowsAhead; j < std::min(jc + kRowsAhead + kPvKeys, n); ++j) prefetch_row(vrow[j], vspan);
-      for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t i = 0; i < pv_runs; ++i) {
+        const int64_t r = run[i];
         const int64_t a = std::max(j0[r], jc), e = std::min(j1[r], jc + kPvKeys);
         if (a >= e) continue;
-        const C* s = buf.s + r * kFewRowsKeys;
         C* o = buf.o + r * Dv_pad;
-        int64_t d = 0;
-        for (; d + 4 * W <= dv; d += 4 * W) add_pv<4>(o + d, s, vrow, voff[r] + d, a, e);
-        for (; d < dv; d += W) add_pv<1>(o + d, s, vrow, voff[r] + d, a, e);
-        for (; d < Dv; ++d)
-          for (int64_t j = a; j < e; ++j) o[d] += s[j] * as_compute<C>(vrow[j][voff[r] + d]);
+        const C* pr = buf.s + r * kFewRowsKeys;
+        switch (run[i + 1] - r) {
+          case 1: add_pv_rows<1>(o, Dv_pad, pr, kFewRowsKeys, vrow, voff[r], Dv, a, e); break;
+          case 2: add_pv_rows<2>(o, Dv_pad, pr, kFewRowsKeys, vrow, voff[r], Dv, a, e); break;
+          case 3: add_pv_rows<3>(o, Dv_pad, pr, kFewRowsKeys, vrow, voff[r], Dv, a, e); break;
+          default: add_pv_rows<4>(o, Dv_pad, pr, kFewRowsKeys, vrow, voff[r], Dv, a, e); break;
+        }
       }
     }
   }
