@@ -10,7 +10,10 @@ in bfloat16 the same way. bfloat16 backward extras (the AMX backward in the amx 
 128-key blocks, 64-row query tiles, 32-row alignment): Dv != D, GQA 4:1 at D 128 with one long
 sequence that the schedule cuts into chunks, rows with |lse| >= 32 (the statistics recomputed
 from S), and exact scores of ~2^19 where the float32 lse's rounding (up to 2^-5) would move P by
-3%, ten times the check's tolerance, so only recomputed statistics pass."""
+3%, ten times the check's tolerance, so only recomputed statistics pass. Inference calls (no grad,
+no lse: the few-rows forward, fwd_few_rows.h, whose vector width is the build's) on decode steps,
+short tails, head dims with a partial vector, GQA and MHA, on 4 threads so long items are split
+over their keys and combined."""
 
 from __future__ import annotations
 
@@ -35,6 +38,27 @@ PAGED = [  # (kv lengths, q lengths, page size, heads q, heads k, d, options)
     ([37, 64, 130, 0, 70], [37, 20, 7, 0, 3], 5, 4, 1, 40, {"causal": True, "softcap": 5.0}),
     ([200, 33], [150, 33], 16, 2, 2, 128, {"causal": True, "window": (40, None)}),
 ]
+
+DECODE = [  # (q lengths, k lengths, heads q, heads k, d, options): inference calls, the few-rows forward
+    ([1, 1, 4, 2, 1], [5003, 0, 2301, 1500, 97], 8, 2, 64, {"causal": True}),
+    ([1, 3, 1], [900, 1200, 40], 6, 6, 40, {"softcap": 3.0}),
+    ([2, 1], [800, 1000], 4, 1, 128, {"causal": True, "window": (500, None)}),
+]
+
+
+def check_decode(i: int, lq, lk, hq: int, hk: int, d: int, opts: dict) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            q, k, v = random_qkv(lq, lk, hq, hk, d, d, dtype, "cpu", seed=700 + i)
+            with torch.no_grad():
+                got = scree.varlen_attention(q, k, v, **opts).values
+            ref64, low = reference_pair(q, k, v, None, opts)
+            assert_fa_close(f"decode case {i} {dtype} out", got, ref64[0], low[0], seed=700 + i)
+    finally:
+        torch.set_num_threads(before)
+
 
 BF16_BWD = [  # (q lengths, k lengths, heads q, heads k, d, dv, factor on q, options)
     ([33, 0, 160], [70, 5, 129], 2, 1, 64, 32, 1.0, {"causal": True}),
@@ -130,6 +154,8 @@ if __name__ == "__main__":
                                          softcap="softcap" in opts)
     for i, case in enumerate(PAGED):
         check_paged(i, *case)
+    for i, case in enumerate(DECODE):
+        check_decode(i, *case)
     for i, case in enumerate(BF16_BWD):
         check_bf16_backward(i, *case)
     for j, opts in enumerate(({}, {"causal": True}, {"window": (9, 2)})):

@@ -8,7 +8,7 @@ dtype; K and V read in place with row strides that are not Hk x D. The path serv
 for no lse (inference: no grad, no return_lse), so these calls ask for none; the direct call writes
 into a NaN-poisoned output: every row written, rows that see no key 0. A call that asks for lse,
 or records a gradient, keeps the blocked kernel (the backward recomputes its scores), checked last.
-cpu_isa_worker.py runs the edge cases under each build."""
+cpu_isa_worker.py runs decode cases (split over keys too) under each build."""
 
 from __future__ import annotations
 
