@@ -285,8 +285,11 @@ void forward_few_rows(const attention::VarlenParams& p, const ItemGeometry& g, c
     buf.m[r] = kNegInf, buf.l[r] = C(0);
     std::fill(buf.o + r * Dv_pad, buf.o + (r + 1) * Dv_pad, C(0));
   }
-  // The item's heads' span of a token's key (value) row, asked for kRowsAhead tokens ahead.
+  // The item's heads' span of a token's key (value) row (from row 0's kv head, koff[0] = 0), asked
+  // for kRowsAhead tokens ahead, past the block's end too. (16 and 32 KiB ahead instead: no gain,
+  // session 48.)
   const int64_t kspan = (koff[rows - 1] + D) * int64_t(sizeof(T)), vspan = (voff[rows - 1] + Dv) * int64_t(sizeof(T));
+  constexpr int64_t ahead = kRowsAhead;
   const T* krow[kFewRowsKeys];
   const T* vrow[kFewRowsKeys];
   // The bounds grow with the row: the item needs keys [first.lo, last.hi), a part of it its share.
@@ -306,7 +309,7 @@ void forward_few_rows(const attention::VarlenParams& p, const ItemGeometry& g, c
     int64_t run[kFewRowsMaxRows + 1];
     const int64_t runs = shared_row_runs(rows, koff, voff, j0, j1, run);
     for (int64_t j = lo; j < hi; ++j) {
-      if (j + kRowsAhead < n) prefetch_row(krow[j + kRowsAhead], kspan);
+      if (kb + j + ahead < keys.hi) prefetch_row(kv.key(kb + j + ahead), kspan);
       for (int64_t i = 0; i < runs; ++i) {
         const int64_t r = run[i];
         if (j < j0[r] || j >= j1[r]) continue;
@@ -361,7 +364,8 @@ void forward_few_rows(const attention::VarlenParams& p, const ItemGeometry& g, c
     // now and leaves its run.
     const int64_t pv_runs = shared_row_runs(rows, koff, voff, j0, j1, run);
     for (int64_t jc = lo; jc < hi; jc += kPvKeys) {
-      for (int64_t j = jc + kRowsAhead; j < std::min(jc + kRowsAhead + kPvKeys, n); ++j) prefetch_row(vrow[j], vspan);
+      for (int64_t t = kb + jc + ahead; t < std::min(kb + jc + ahead + kPvKeys, keys.hi); ++t)
+        prefetch_row(kv.value(t), vspan);
       for (int64_t i = 0; i < pv_runs; ++i) {
         const int64_t r = run[i];
         const int64_t a = std::max(j0[r], jc), e = std::min(j1[r], jc + kPvKeys);
