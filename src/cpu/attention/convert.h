@@ -114,4 +114,47 @@ inline vec_t<C> load_as(const T* p) {
   }
 }
 
+// Pair layout: for bfloat16 storage, 2 W values read as W 32-bit words, each word's low half
+// (shifted up) and high half (masked) are the even and odd values as floats: two integer ops, no
+// shuffles (load_as's zero-extend is one, on the same port as the horizontal sums). A row of
+// floats in pair layout holds each run of 2 W values as its W even values, then its W odd ones;
+// pair_span says how many of a row's n leading values go so (whole runs; bfloat16 only), the
+// rest stay in order.
+template <class T, class C>
+inline constexpr bool kPairLayout = std::is_same_v<T, bfloat16> && std::is_same_v<C, float>;
+template <class T, class C>
+inline int64_t pair_span(int64_t n) {
+  constexpr int W = Simd<C>::width;
+  return kPairLayout<T, C> ? n / (2 * W) * (2 * W) : 0;
+}
+// The even and odd values of 2 W bfloat16 values at p.
+template <class C>
+inline void load_pair(const bfloat16* p, vec_t<C>& even, vec_t<C>& odd) {
+  using ivec = typename Simd<C>::ivec;
+  ivec w;
+  std::memcpy(&w, p, sizeof(w));
+  const ivec lo = w << 16, hi = w & ivec{} + int32_t(0xffff0000u);
+  std::memcpy(&even, &lo, sizeof(even));
+  std::memcpy(&odd, &hi, sizeof(odd));
+}
+// x[0, n2) from natural order into pair layout (n2 = pair_span), or back.
+template <class C>
+inline void to_pair_layout(C* x, int64_t n2) {
+  constexpr int W = Simd<C>::width;
+  C tmp[2 * W];
+  for (int64_t c = 0; c < n2; c += 2 * W) {
+    for (int i = 0; i < W; ++i) tmp[i] = x[c + 2 * i], tmp[W + i] = x[c + 2 * i + 1];
+    std::memcpy(x + c, tmp, sizeof(tmp));
+  }
+}
+template <class C>
+inline void from_pair_layout(C* x, int64_t n2) {
+  constexpr int W = Simd<C>::width;
+  C tmp[2 * W];
+  for (int64_t c = 0; c < n2; c += 2 * W) {
+    for (int i = 0; i < W; ++i) tmp[2 * i] = x[c + i], tmp[2 * i + 1] = x[c + W + i];
+    std::memcpy(x + c, tmp, sizeof(tmp));
+  }
+}
+
 SCREE_CPU_NAMESPACE_END

@@ -154,12 +154,20 @@ struct FewRowsScratch {
 
 
 // sum q[i] k[i] over n values, k as stored (converted in registers: no copy of the block first),
-// two independent sums (simd.h's dot).
+// q's first n2 values in pair layout (convert.h; n2 = pair_span<T, C>(n)), two independent sums.
 template <class C, class T>
-inline C dot_as(const C* q, const T* k, int64_t n) {
+inline C dot_as(const C* q, const T* k, int64_t n, int64_t n2) {
   constexpr int W = Simd<C>::width;
   vec_t<C> s0{}, s1{};
   int64_t i = 0;
+  if constexpr (kPairLayout<T, C>) {
+    for (; i < n2; i += 2 * W) {
+      vec_t<C> e, o;
+      load_pair<C>(k + i, e, o);
+      s0 += load<C>(q + i) * e;
+      s1 += load<C>(q + i + W) * o;
+    }
+  }
   for (; i + 2 * W <= n; i += 2 * W) {
     s0 += load<C>(q + i) * load_as<C>(k + i);
     s1 += load<C>(q + i + W) * load_as<C>(k + i + W);
@@ -170,16 +178,24 @@ inline C dot_as(const C* q, const T* k, int64_t n) {
   return out;
 }
 
-// Scores of R query rows (ldq apart at q) against one key row k, as stored: each vector of k
-// converted once for the R rows (under GQA, the query heads of one kv head). out[r ldo].
+// Scores of R query rows (ldq apart at q, pair layout as dot_as) against one key row k, as stored:
+// each vector of k converted once for the R rows (under GQA, the query heads of one kv head).
+// out[r ldo].
 template <int R, class C, class T>
-inline void dot_rows(const C* q, int64_t ldq, const T* k, int64_t n, C* out, int64_t ldo) {
+inline void dot_rows(const C* q, int64_t ldq, const T* k, int64_t n, int64_t n2, C* out, int64_t ldo) {
   if constexpr (R == 1) {
-    out[0] = dot_as<C>(q, k, n);
+    out[0] = dot_as<C>(q, k, n, n2);
   } else {
     constexpr int W = Simd<C>::width;
     vec_t<C> acc[R] = {};
     int64_t i = 0;
+    if constexpr (kPairLayout<T, C>) {
+      for (; i < n2; i += 2 * W) {
+        vec_t<C> e, o;
+        load_pair<C>(k + i, e, o);
+        for (int r = 0; r < R; ++r) acc[r] += load<C>(q + r * ldq + i) * e + load<C>(q + r * ldq + i + W) * o;
+      }
+    }
     for (; i + W <= n; i += W) {
       const vec_t<C> kv = load_as<C>(k + i);
       for (int r = 0; r < R; ++r) acc[r] += load<C>(q + r * ldq + i) * kv;
@@ -193,10 +209,11 @@ inline void dot_rows(const C* q, int64_t ldq, const T* k, int64_t n, C* out, int
 }
 
 // o_r[0, NV W) += sum over keys j in [j0, j1) of p_r[j] v_j[0, NV W) for R rows (o_r at o + r ldo,
-// p_r at p + r ldp), v_j at vrow[j] + off, as stored: the R x NV vectors of o held in registers
-// over the keys (through memory, each key's add waited for the last one's store: 8 x 2048 keys,
-// 8 heads d64, 2485 -> 2234 us), each vector of v converted once for the R rows.
-template <int NV, int R, class C, class T>
+// p_r at p + r ldp), v_j at vrow[j] + off, as stored (Paired: o in pair layout, v read as pairs,
+// NV even): the R x NV vectors of o held in registers over the keys (through memory, each key's
+// add waited for the last one's store: 8 x 2048 keys, 8 heads d64, 2485 -> 2234 us), each vector
+// of v converted once for the R rows.
+template <int NV, int R, bool Paired, class C, class T>
 inline void add_pv(C* o, int64_t ldo, const C* p, int64_t ldp, const T* const* vrow, int64_t off, int64_t j0,
                    int64_t j1) {
   using V = vec_t<C>;
@@ -207,7 +224,12 @@ inline void add_pv(C* o, int64_t ldo, const C* p, int64_t ldp, const T* const* v
   for (int64_t j = j0; j < j1; ++j) {
     const T* vr = vrow[j] + off;
     V v[NV];
-    for (int u = 0; u < NV; ++u) v[u] = load_as<C>(vr + u * W);
+    if constexpr (Paired) {
+      static_assert(NV % 2 == 0, "pairs of vectors");
+      for (int u = 0; u < NV; u += 2) load_pair<C>(vr + u * W, v[u], v[u + 1]);
+    } else {
+      for (int u = 0; u < NV; ++u) v[u] = load_as<C>(vr + u * W);
+    }
     for (int r = 0; r < R; ++r) {
       const V pj = splat<C>(p[r * ldp + j]);
       for (int u = 0; u < NV; ++u) acc[r][u] += pj * v[u];
@@ -219,16 +241,21 @@ inline void add_pv(C* o, int64_t ldo, const C* p, int64_t ldp, const T* const* v
 
 // O += P V over keys [j0, j1) for R rows: whole vectors in register blocks (4 vectors a row for
 // one or two rows, 2 for three or four: at most 8 accumulators with AVX2's 16 registers... 16 with
-// AVX-512's 32), the rest of each value row one value at a time.
+// AVX-512's 32), the first pair_span values of each row in pair layout, the rest of each value
+// row one value at a time.
 template <int R, class C, class T>
 inline void add_pv_rows(C* o, int64_t ldo, const C* p, int64_t ldp, const T* const* vrow, int64_t off, int64_t Dv,
                         int64_t j0, int64_t j1) {
   constexpr int W = Simd<C>::width;
   constexpr int NV = R <= 2 ? 4 : 2;
-  const int64_t dv = Dv / W * W;
+  const int64_t dv = Dv / W * W, dv2 = pair_span<T, C>(Dv);
   int64_t d = 0;
-  for (; d + NV * W <= dv; d += NV * W) add_pv<NV, R>(o + d, ldo, p, ldp, vrow, off + d, j0, j1);
-  for (; d < dv; d += W) add_pv<1, R>(o + d, ldo, p, ldp, vrow, off + d, j0, j1);
+  if constexpr (kPairLayout<T, C>) {
+    for (; d + NV * W <= dv2; d += NV * W) add_pv<NV, R, true>(o + d, ldo, p, ldp, vrow, off + d, j0, j1);
+    for (; d < dv2; d += 2 * W) add_pv<2, R, true>(o + d, ldo, p, ldp, vrow, off + d, j0, j1);
+  }
+  for (; d + NV * W <= dv; d += NV * W) add_pv<NV, R, false>(o + d, ldo, p, ldp, vrow, off + d, j0, j1);
+  for (; d < dv; d += W) add_pv<1, R, false>(o + d, ldo, p, ldp, vrow, off + d, j0, j1);
   for (; d < Dv; ++d)
     for (int r = 0; r < R; ++r)
       for (int64_t j = j0; j < j1; ++j) o[r * ldo + d] += p[r * ldp + j] * as_compute<C>(vrow[j][off + d]);
@@ -265,6 +292,7 @@ void forward_few_rows(const attention::VarlenParams& p, const ItemGeometry& g, c
   static_assert(kFewRowsKeys % W == 0, "a block's scores fill whole vectors");
   const int64_t D = p.head_dim, Dv = p.head_dim_v, Dv_pad = round_up(Dv, W), rows = heads * g.rows;
   const int64_t group = p.heads_q / p.heads_k;
+  const int64_t D2 = pair_span<T, C>(D);  // q's and k's values taken in pair layout (bf16; convert.h)
   const bool capped = p.softcap > 0.0;
   const C cap = C(p.softcap);
 
@@ -279,6 +307,7 @@ void forward_few_rows(const attention::VarlenParams& p, const ItemGeometry& g, c
   int64_t koff[kFewRowsMaxRows], voff[kFewRowsMaxRows];
   for (int64_t r = 0; r < rows; ++r) {
     to_compute(q_row<T>(p, at_head(r), r % g.rows), buf.q + r * D, D, qscale);
+    to_pair_layout(buf.q + r * D, pair_span<T, C>(D));
     vis[r] = attention::visible_keys(p, g.i0 + r % g.rows, g.Lq, g.Lk);
     const int64_t kvh = (g.h + r / g.rows) / group - g.kvh;
     koff[r] = kvh * p.k_head_stride, voff[r] = kvh * p.v_head_stride;
@@ -317,10 +346,10 @@ void forward_few_rows(const attention::VarlenParams& p, const ItemGeometry& g, c
         const T* k = krow[j] + koff[r];
         C* out = buf.s + r * kFewRowsKeys + j;
         switch (run[i + 1] - r) {
-          case 1: dot_rows<1>(q, D, k, D, out, kFewRowsKeys); break;
-          case 2: dot_rows<2>(q, D, k, D, out, kFewRowsKeys); break;
-          case 3: dot_rows<3>(q, D, k, D, out, kFewRowsKeys); break;
-          default: dot_rows<4>(q, D, k, D, out, kFewRowsKeys); break;
+          case 1: dot_rows<1>(q, D, k, D, D2, out, kFewRowsKeys); break;
+          case 2: dot_rows<2>(q, D, k, D, D2, out, kFewRowsKeys); break;
+          case 3: dot_rows<3>(q, D, k, D, D2, out, kFewRowsKeys); break;
+          default: dot_rows<4>(q, D, k, D, D2, out, kFewRowsKeys); break;
         }
       }
     }
@@ -381,6 +410,7 @@ void forward_few_rows(const attention::VarlenParams& p, const ItemGeometry& g, c
       }
     }
   }
+  for (int64_t r = 0; r < rows; ++r) from_pair_layout(buf.o + r * Dv_pad, pair_span<T, C>(Dv));
   if (item.splits > 1) {  // a part: its rows' partial results, combined after
     for (int64_t r = 0; r < rows; ++r) {
       std::copy(buf.o + r * Dv_pad, buf.o + r * Dv_pad + Dv, parts.o(item.slot) + r * parts.Dv_pad);
