@@ -17,7 +17,8 @@ draws what the kernels branch on, at sizes that cross their tiles:
   tiles (SCREE_SM90_TILES), the portable kernels (SCREE_CUDA_PATH=sm80);
 * memory: contiguous values, q / k / v as slices of one fused qkv buffer (row stride 3x, as a
   fused projection leaves them), or heads-major buffers seen token-major (a permuted view);
-* a forward alone, or forward + backward through torch autograd.
+* a forward alone (also called as inference: no grad, no lse), or forward + backward through torch
+  autograd.
 
 A case passes when scree's out, lse and (with a gradient) dq, dk, dv meet the rule. It fails when
 they do not (`wrong`, with the worst error over its bound), when a valid case raises (`raised`:
@@ -257,6 +258,12 @@ def run_case(recipe: dict, device: str) -> dict:
         opts["window"] = tuple(opts["window"])
     with _env(recipe["kernel"]):
         got = fwd_grads(scree.varlen_attention, q, k, v, dout, opts)
+        # A forward alone is also run as inference asks for it (no grad, no lse): the CPU's
+        # few-rows path (fwd_few_rows.h) serves only such calls.
+        inference = None
+        if dout is None:
+            with torch.no_grad():
+                inference = scree.varlen_attention(q, k, v, **opts).values
         if device == "cuda":
             torch.cuda.synchronize()
     ref_opts = {key: val for key, val in opts.items() if key != "deterministic"}
@@ -272,6 +279,8 @@ def run_case(recipe: dict, device: str) -> dict:
     cap = 1e-5 + (3e-4 if opts.get("softcap") else 0.0)  # FA3's extra atol with softcap
     # (name, result, what it is judged against, reference in dtype, its exact result, rtol, extra atol)
     checks = [("out", got[0], ref64[0], low[0], ref64[0], 2.0, 1e-5, 0.0)]
+    if inference is not None:
+        checks.append(("out without lse", inference, ref64[0], low[0], ref64[0], 2.0, 1e-5, 0.0))
     if got[2] is not None:  # gradients against fa64, the rule's base |low - ref64|
         checks += [(name, g, fa, lo, ref, 3.0, cap, cancel.get(name, 0.0))
                    for name, g, fa, ref, lo in zip(("dq", "dk", "dv"), got[2], fa64[2], ref64[2], low[2])]
