@@ -3,11 +3,14 @@
 // value row into the item's few output rows. fwd.cpp's blocked kernel puts query rows across the
 // vector lanes, so an item of r rows computes a whole vector of W columns (16 with AVX-512 fp32):
 // W / r times the work; a one-token decode step ran at 0.33-0.45x padded SDPA (the 2-core AMX
-// Xeon VM, benchmarks/diag/cpu_decode.py). Here the work is what the rows need, and under GQA the
-// query heads of one kv head share an item (group_few_rows_heads), so K and V are read once for
-// them: decode 1.7-2.8x faster, 0.8-1.0x padded SDPA over MHA and 3.3x over GQA 32/8 (NOTES.md,
-// session 47). Compiled in every ISA build (the vector width is the build's); the online softmax is
-// fwd.cpp's, in the same units (natural log, Q scaled first), so both paths give the same lse.
+// Xeon VM, benchmarks/diag/cpu_decode.py). Here the work is what the rows need (session 47: decode
+// 1.7-2.8x faster). Since session 48 an item holds up to 16 rows of adjacent query heads, reads the
+// cache token by token (all its heads' rows of a token together; the query heads of one kv head in
+// runs that convert each K and V vector once), reads K and V as stored (bf16 in pair layout,
+// convert.h), and a long item is split over its keys on as many threads as it needs, the parts
+// combined after: decode another 1.2-1.4x (x best 0.87-1.01 over MHA fp32, 4.7 over GQA 32/8;
+// NOTES.md, session 48). Compiled in every ISA build (the vector width is the build's); the online
+// softmax is fwd.cpp's, in the same units (natural log, Q scaled first).
 #pragma once
 
 #include "isa.h"
