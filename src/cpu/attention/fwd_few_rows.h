@@ -8,7 +8,7 @@
 // cache token by token (all its heads' rows of a token together; the query heads of one kv head in
 // runs that convert each K and V vector once), reads K and V as stored (bf16 in pair layout,
 // convert.h), and a long item is split over its keys on as many threads as it needs, the parts
-// combined after: decode another 1.03-1.4x fp32, 1.3-1.6x bf16 (x best 0.87-1.01 over MHA fp32;
+// combined after: decode another 1.03-1.4x fp32, 1.3-1.7x bf16 (x best 0.87-1.01 over MHA fp32;
 // NOTES.md, session 48). Compiled in every ISA build (the vector width is the build's); the online
 // softmax is fwd.cpp's, in the same units (natural log, Q scaled first).
 #pragma once
