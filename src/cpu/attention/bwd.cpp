@@ -167,7 +167,7 @@ void pack_rows(Plan<T>& plan) {
         to_compute(dO + i * p.dout_row_stride + h * p.dout_head_stride, orow, Dv, C(1));
         std::fill(orow + Dv, orow + Dv_pad, C(0));
         to_compute(O + i * p.out_row_stride + h * p.out_head_stride, o.data(), Dv, C(1));
-        plan.delta[h * p.total_q + i] = dot<C>(orow, o.data(), Dv);
+        plan.delta[h * p.total_q + i] = dot_as<C>(orow, o.data(), Dv);
       }
   });
 }

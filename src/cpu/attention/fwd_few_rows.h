@@ -100,12 +100,18 @@ struct FewRowsParts {
   C* l(int64_t slot) const { return m(slot) + kFewRowsMaxRows; }
 };
 
+// Keys a part of an item of `keys` keys split `splits` ways: whole blocks, so every part but the last
+// starts and ends on one.
+inline int64_t few_rows_part_size(int64_t keys, int64_t splits) {
+  return round_up((keys + splits - 1) / splits, kFewRowsKeys);
+}
+
 // The key range [lo, hi) of part `split` of an item (all of [first.lo, last.hi) when whole): parts of
 // equal whole blocks of keys, the last one shorter.
 inline attention::KeyRange few_rows_part_keys(const ItemGeometry& g, const WorkItem& item) {
   const int64_t keys = g.last.hi - g.first.lo;
   if (item.splits <= 1) return {g.first.lo, g.last.hi};
-  const int64_t chunk = round_up((keys + item.splits - 1) / item.splits, kFewRowsKeys);
+  const int64_t chunk = few_rows_part_size(keys, item.splits);
   return {g.first.lo + std::min(keys, item.split * chunk), g.first.lo + std::min(keys, (item.split + 1) * chunk)};
 }
 
@@ -132,7 +138,7 @@ std::vector<WorkItem> split_few_rows_keys(const attention::VarlenParams& p, Quer
     const int64_t keys = g.last.hi - g.first.lo;
     int64_t splits = std::min<int64_t>(int64_t(std::ceil(it.cost / share)), keys / kFewRowsMinPartKeys);
     if (splits < 2) continue;
-    const int64_t chunk = round_up((keys + splits - 1) / splits, kFewRowsKeys);
+    const int64_t chunk = few_rows_part_size(keys, splits);
     splits = (keys + chunk - 1) / chunk;  // every part holds keys
     it.cost /= double(splits);
     it.splits = splits, it.slot = slots;
@@ -155,31 +161,6 @@ struct FewRowsScratch {
   C *q, *s, *o, *m, *l;
 };
 
-
-// sum q[i] k[i] over n values, k as stored (converted in registers: no copy of the block first),
-// q's first n2 values in pair layout (convert.h; n2 = pair_span<T, C>(n)), two independent sums.
-template <class C, class T>
-inline C dot_as(const C* q, const T* k, int64_t n, int64_t n2) {
-  constexpr int W = Simd<C>::width;
-  vec_t<C> s0{}, s1{};
-  int64_t i = 0;
-  if constexpr (kPairLayout<T, C>) {
-    for (; i < n2; i += 2 * W) {
-      vec_t<C> e, o;
-      load_pair<C>(k + i, e, o);
-      s0 += load<C>(q + i) * e;
-      s1 += load<C>(q + i + W) * o;
-    }
-  }
-  for (; i + 2 * W <= n; i += 2 * W) {
-    s0 += load<C>(q + i) * load_as<C>(k + i);
-    s1 += load<C>(q + i + W) * load_as<C>(k + i + W);
-  }
-  for (; i + W <= n; i += W) s0 += load<C>(q + i) * load_as<C>(k + i);
-  C out = hsum<C>(s0 + s1);
-  for (; i < n; ++i) out += q[i] * as_compute<C>(k[i]);
-  return out;
-}
 
 // Scores of R query rows (ldq apart at q, pair layout as dot_as) against one key row k, as stored:
 // each vector of k converted once for the R rows (under GQA, the query heads of one kv head).

@@ -338,22 +338,4 @@ inline T hsum(vec_t<T> v) {
   return x[0];
 }
 
-// sum a[i] * b[i] over n values, in vectors with two independent sums: the plain loop is one
-// chain of n dependent FMAs, which the compiler may not reorder (no -ffast-math): 4 cycles each,
-// 15% of a 4 x 16-token backward (delta = rowsum(dO * O), perf, an Ice Lake Xeon).
-template <class T>
-inline T dot(const T* a, const T* b, int64_t n) {
-  constexpr int W = Simd<T>::width;
-  vec_t<T> s0{}, s1{};
-  int64_t i = 0;
-  for (; i + 2 * W <= n; i += 2 * W) {
-    s0 += load<T>(a + i) * load<T>(b + i);
-    s1 += load<T>(a + i + W) * load<T>(b + i + W);
-  }
-  for (; i + W <= n; i += W) s0 += load<T>(a + i) * load<T>(b + i);
-  T out = hsum<T>(s0 + s1);
-  for (; i < n; ++i) out += a[i] * b[i];
-  return out;
-}
-
 SCREE_CPU_NAMESPACE_END
