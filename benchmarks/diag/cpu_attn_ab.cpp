@@ -1,9 +1,9 @@
 // A/B timing of the CPU attention kernels of the amx build (src/cpu/attention: fwd.cpp, bwd.cpp,
 // fwd_amx.cpp, bwd_amx.cpp and their headers) outside Python, for measurement only (not part of
 // scree). cpu_attn_ab.sh builds one binary per copy of the kernel folder and runs them alternately.
-// Usage: BIN fwd|bwd f32|bf16 [calls] [workload substrings...]; one line per workload: name, best
-// and median GFLOP/s of `calls` calls (useful FLOPs as bench_attention_cpu.py counts them: the
-// backward alone 2.5x the forward's), and checksums of the outputs (same seeded inputs, so two
+// Usage: BIN fwd|bwd f32|bf16 [calls] [workload substrings..., or =NAME for one workload exactly];
+// one line per workload: name, best and median GFLOP/s of `calls` calls (useful FLOPs as
+// bench_attention_cpu.py counts them: the backward alone 2.5x the forward's), and checksums of the outputs (same seeded inputs, so two
 // versions that compute the same bits print the same sums). Inputs are 64-byte aligned, as torch's
 // CPU allocations are.
 #include <algorithm>
@@ -107,7 +107,9 @@ int main(int argc, char** argv) {
       const std::string name = std::string(kind) + " d" + std::to_string(D) + (causal ? " causal" : "");
       const std::vector<int64_t> lens = lengths(kind, 4096, rng);
       if (!only.empty() &&
-          std::none_of(only.begin(), only.end(), [&](const std::string& s) { return name.find(s) != std::string::npos; }))
+          std::none_of(only.begin(), only.end(), [&](const std::string& s) {
+            return s[0] == '=' ? name == s.substr(1) : name.find(s) != std::string::npos;
+          }))
         continue;
       const int64_t H = hidden / D;
       std::vector<int64_t> cu(1, 0);

@@ -32,7 +32,7 @@ for v in A B; do
   [ "${!build_v}" = amx ] && amx_sources=("$dir/fwd_amx.cpp" "$dir/bwd_amx.cpp")
   g++ -O3 -std=c++17 -DSCREE_CPU_ISA=amx $isa_flags -ffp-contract=fast -I"$root/include" -I"$dir" \
     "$root/benchmarks/diag/cpu_attn_ab.cpp" "$dir/fwd.cpp" "$dir/bwd.cpp" "${amx_sources[@]}" \
-    "$root/src/cpu/thread_pool.cpp" "$root/src/cpu/openmp_runtime.cpp" -lpthread -ldl -o "$out/$v" &
+    "$root/src/cpu/thread_pool.cpp" "$root/src/cpu/openmp_runtime.cpp" "$root/src/cpu/host_blocks.cpp" -lpthread -ldl -o "$out/$v" &
 done
 wait
 : > "$out/peak"
