@@ -70,14 +70,24 @@ class TileScope {
 //   C tile (i, j) at c + 16 i ldc + 64 j (rows ldc apart).
 // Accumulate = false starts from zero (C is only written). Tile rows should start on a line
 // (buffers from aligned.h, strides multiples of 64): a row across two lines costs ~2x (aligned.h).
+// A band (masks: a causal block's diagonal, windows) may leave out what a row group (32 rows, i / 2)
+// does not meet: `cols` limits it to column groups [cols->lo[i / 2], cols->hi[i / 2]) (32 columns
+// each; C's other groups are left as they were), `ks` to steps [ks->lo[i / 2], ks->hi[i / 2]).
+struct Band {
+  const int64_t *lo, *hi;
+};
 template <bool Accumulate>
 inline void gemm(int64_t mt, int64_t nt, int64_t steps, float* c, int64_t ldc, const void* a, int64_t lda,
-                 int64_t a_step, const void* b, int64_t b_col, int64_t b_step) {
+                 int64_t a_step, const void* b, int64_t b_col, int64_t b_step, const Band* cols = nullptr,
+                 const Band* ks = nullptr) {
   // Column groups outside: B tiles come from the packed keys / values (L2), A tiles from the item's
   // query block or P (L1), so each B tile leaves L2 once per product and later row groups find it
   // in L1.
   for (int64_t j = 0; j < nt; j += 2) {
     for (int64_t i = 0; i < mt; i += 2) {
+      if (cols && (j / 2 < cols->lo[i / 2] || j / 2 >= cols->hi[i / 2])) continue;
+      const int64_t s0 = ks ? ks->lo[i / 2] : 0, s1 = ks ? ks->hi[i / 2] : steps;
+      if (Accumulate && s0 >= s1) continue;
       char* c00 = reinterpret_cast<char*>(c) + i * kRows * ldc + j * kBytes;
       char* c10 = c00 + kRows * ldc;
       if constexpr (Accumulate) {
@@ -93,7 +103,7 @@ inline void gemm(int64_t mt, int64_t nt, int64_t steps, float* c, int64_t ldc, c
       }
       const char* a0 = static_cast<const char*>(a) + i * kRows * lda;
       const char* b0 = static_cast<const char*>(b) + j * b_col;
-      for (int64_t s = 0; s < steps; ++s) {
+      for (int64_t s = s0; s < s1; ++s) {
         // Each load just before the first product that needs it (tile registers are not renamed:
         // a load waits for the previous step's products that read its register).
         _tile_loadd(4, a0 + s * a_step, lda);

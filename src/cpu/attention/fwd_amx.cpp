@@ -58,19 +58,22 @@ using attention::visible_keys;
 
 namespace {
 
-// Keys per block, and query rows per item (block_rows). Measured on this Xeon (4 x 1024 and 2 x
+// Keys per block, and query rows per item (kBlockQ). Measured on this Xeon (4 x 1024 and 2 x
 // 2048 tokens, heads x D = 512, bf16, both cores), GFLOP/s by (query rows, keys), eq1024 d64 /
 // eq1024 d128 / eq2048 d64 / eq2048 d128:
 //   (32, 128) 860/1286/986/1481, (32, 256) 979/1375/1108/1672, (32, 512) 925/1380/1046/1617,
 //   (64, 128) 980/1404/1134/1670, (64, 256) 979/1467/1136/1747, (64, 512) 999/1449/1122/1742,
 //   (128, 128) 978/1382/1103/1638, (128, 256) 1017/1471/1172/1747, (128, 512) 995/1522/1150/1752;
 // then (A/B, 5 rounds) 128 rows against 64: +2-6% without causal masks (+4-8% on 64-token
-// sequences), 0 to -4% causal (the diagonal items' masked triangle grows with the rows).
+// sequences), 0 to -4% causal while the diagonal items computed their masked triangle whole. Since
+// a 32-row group skips the granules it does not meet (tiles::Band), causal takes 128 rows too:
+// mix d128 causal +9.5%, eq1024 / eq2048 d128 causal +2-3%, short causal +3%, the 4 x 16 call -3%
+// (medians of 6 alternated rounds, cpu_attn_ab, 2 threads; benchmarks/NOTES.md, session 49).
 // Working set at D = 128, 128 rows: Q 32 KiB, S 128 KiB, P 64 KiB, O 64 KiB, the block's packed K
 // and V 64 KiB each: the L2 (2 MiB) holds it; the tile products reuse each key and value tile over
 // the item's row tiles (the second and later from L1).
 constexpr int64_t kBlockK = 256;
-inline int64_t block_rows(const VarlenParams& p) { return p.causal ? 64 : 128; }
+constexpr int64_t kBlockQ = 128;
 constexpr int64_t kGranule = 32;  // keys per packed V tile (the k extent of one P tile)
 static_assert(kBlockK % kGranule == 0, "2 x 2 tile groups need multiples of 32 keys");
 
@@ -166,11 +169,13 @@ struct Buffers {
   std::vector<float> m, m_new, l;  // row max, the block's new row max, 16-lane row sums
   std::vector<int64_t> lo, hi;     // each row's visible keys
   std::vector<int64_t> blo, bhi;   // the same relative to the key block, clipped to it
+  std::vector<int64_t> glo, ghi;   // granules of the block each 32-row group meets (tiles::Band)
   LineVector<uint32_t> kv;         // a local sequence's packed keys and values (kLocalKeys)
   LineVector<uint16_t> rows;       // pack_sequence's scratch
   Buffers(int64_t bq, int64_t Dp, int64_t Dvp)
       : q(bq * Dp), p(bq * kBlockK), s(bq * kBlockK), o(bq * Dvp), m(bq), m_new(bq), l(bq * 16), lo(bq), hi(bq),
-        blo(bq), bhi(bq), kv(kLocalKeys * (Dp + Dvp) / 2), rows(kGranule * std::max(Dp, Dvp)) {}
+        blo(bq), bhi(bq), glo(bq / 32), ghi(bq / 32), kv(kLocalKeys * (Dp + Dvp) / 2),
+        rows(kGranule * std::max(Dp, Dvp)) {}
 };
 
 using V = vec_t<float>;
@@ -275,7 +280,7 @@ inline bool row_exp_stale(const float* s, uint16_t* prow, int64_t nk, int64_t lo
 void forward_block(const VarlenParams& p, const KvTiles& kv, const WorkItem& item, Buffers& buf) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const int64_t D = p.head_dim, Dp = kv.Dp, Dvp = kv.Dvp;
-  const ItemGeometry g(p, item, {block_rows(p), block_rows(p)});
+  const ItemGeometry g(p, item, {kBlockQ, kBlockQ});
   const int64_t rows = g.rows, rows32 = round_up(rows, 32);
   const bool capped = p.softcap > 0.0;
   // Softcap: s -> cap tanh(scale s / cap), so the row pass multiplies by scale / cap first.
@@ -308,38 +313,57 @@ void forward_block(const VarlenParams& p, const KvTiles& kv, const WorkItem& ite
   // row max, their exponentials zeroed).
   for (int64_t kb = g.first.lo / kGranule * kGranule; kb < g.last.hi; kb += kBlockK) {
     const int64_t nk = std::min(kBlockK, round_up(g.last.hi - kb, kGranule));
+    // The rows' visible keys relative to the block, clipped to it (so they fit the int32 lanes), and
+    // the granules [glo, ghi) each 32-row group meets: under a mask (a causal diagonal, a window)
+    // the products, the softmax and P skip the granules no row of the group sees.
+    bool banded = false;
+    for (int64_t r0 = 0; r0 < rows32; r0 += 32) {
+      int64_t lo_g = nk, hi_g = 0;
+      for (int64_t r = r0; r < std::min(r0 + 32, rows); ++r) {
+        const int64_t lo = std::max<int64_t>(buf.lo[r] - kb, 0), hi = std::min<int64_t>(buf.hi[r] - kb, nk);
+        buf.blo[r] = lo, buf.bhi[r] = hi;
+        if (lo < hi) lo_g = std::min(lo_g, lo), hi_g = std::max(hi_g, hi);
+      }
+      const int64_t g0 = lo_g < hi_g ? lo_g / kGranule : 0, g1 = lo_g < hi_g ? (hi_g + kGranule - 1) / kGranule : 0;
+      buf.glo[r0 / 32] = g0, buf.ghi[r0 / 32] = g1;
+      banded |= g0 > 0 || g1 < nk / kGranule;
+    }
+    const tiles::Band band{buf.glo.data(), buf.ghi.data()};
     // S (rows32 x nk) = Q K^T: A = Q rows, B = packed key tiles; steps along d.
-    tiles::gemm<false>(rows32 / 16, nk / 16, Dp / 32, s, kBlockK * 4, q, Dp * 2, 64, kv.key_tile(kb),
-                       Dp * 32, 1024);
-    // The rows' visible keys relative to the block, clipped to it (so they fit the int32 lanes),
-    // and the new maxima (pass 1) of the rows that need one: a row's first visible block (no max
-    // yet) and every block under a softcap (pass 1 also caps the scores). Other rows take one pass
+    tiles::gemm<false>(rows32 / 16, nk / 16, Dp / 32, s, kBlockK * 4, q, Dp * 2, 64, kv.key_tile(kb), Dp * 32, 1024,
+                       banded ? &band : nullptr);
+    // Row r's granules: its group's, [j0, j1) keys of the block.
+    auto group_keys = [&](int64_t r) { return std::pair{buf.glo[r / 32] * kGranule, buf.ghi[r / 32] * kGranule}; };
+    // The new maxima (pass 1) of the rows that need one: a row's first visible block (no max yet)
+    // and every block under a softcap (pass 1 also caps the scores). Other rows take one pass
     // (row_exp_stale).
     for (int64_t r = 0; r < rows; ++r) {
-      const int64_t lo = std::max<int64_t>(buf.lo[r] - kb, 0), hi = std::min<int64_t>(buf.hi[r] - kb, nk);
-      buf.blo[r] = lo, buf.bhi[r] = hi;
+      const int64_t lo = buf.blo[r], hi = buf.bhi[r];
+      const auto [j0, j1] = group_keys(r);
+      float* srow = s + r * kBlockK + j0;
       if (lo < hi && (capped || buf.m[r] == kNegInf))
-        buf.m_new[r] = std::max(buf.m[r], capped ? row_max<true>(s + r * kBlockK, nk, lo, hi, sscale, cap)
-                                                 : row_max<false>(s + r * kBlockK, nk, lo, hi, sscale, cap));
+        buf.m_new[r] = std::max(buf.m[r], capped ? row_max<true>(srow, j1 - j0, lo - j0, hi - j0, sscale, cap)
+                                                 : row_max<false>(srow, j1 - j0, lo - j0, hi - j0, sscale, cap));
     }
     for (int64_t r = 0; r < rows; ++r) {  // pass 2
-      const int64_t lo = buf.blo[r], hi = buf.bhi[r];
-      float* srow = s + r * kBlockK;
-      uint16_t* prow = P + r * kBlockK;
+      const auto [j0, j1] = group_keys(r);
+      const int64_t lo = buf.blo[r] - j0, hi = buf.bhi[r] - j0, n = j1 - j0;
+      float* srow = s + r * kBlockK + j0;
+      uint16_t* prow = P + r * kBlockK + j0;
       if (lo >= hi) {  // nothing visible in this block: P row 0, O unchanged
-        std::fill(prow, prow + nk, uint16_t(0));
+        std::fill(prow, prow + n, uint16_t(0));
         continue;
       }
       if (!capped && buf.m[r] != kNegInf) {
-        if (row_exp_stale(srow, prow, nk, lo, hi, mul, buf.m[r], buf.l.data() + r * 16)) continue;
-        buf.m_new[r] = std::max(buf.m[r], row_max<false>(srow, nk, lo, hi, sscale, cap));
+        if (row_exp_stale(srow, prow, n, lo, hi, mul, buf.m[r], buf.l.data() + r * 16)) continue;
+        buf.m_new[r] = std::max(buf.m[r], row_max<false>(srow, n, lo, hi, sscale, cap));
       }
-      row_exp(srow, prow, nk, lo, hi, mul, buf.m_new[r], buf.m[r], buf.l.data() + r * 16, buf.o.data() + r * Dvp,
+      row_exp(srow, prow, n, lo, hi, mul, buf.m_new[r], buf.m[r], buf.l.data() + r * 16, buf.o.data() + r * Dvp,
               Dvp);
     }
     // O (rows32 x Dvp) += P V: A = P rows (steps: 32 keys), B = packed value tiles.
     tiles::gemm<true>(rows32 / 16, Dvp / 16, nk / kGranule, buf.o.data(), Dvp * 4, P, kBlockK * 2, 64,
-                      kv.value_granule(kb), 1024, Dvp / 16 * 1024);
+                      kv.value_granule(kb), 1024, Dvp / 16 * 1024, nullptr, banded ? &band : nullptr);
   }
   // The row max is in log2 units: lse = m ln 2 + log(l).
   constexpr float kLn2 = 0.6931471805599453f;
@@ -379,7 +403,7 @@ void forward_bf16_amx(const VarlenParams& p) {
   PackedKv pk;
   pk.Dp = round_up(p.head_dim, 32);
   pk.Dvp = round_up(p.head_dim_v, 32);  // 2 x 2 groups of 16-column C tiles
-  const int64_t bq = block_rows(p);
+  const int64_t bq = kBlockQ;
   // Query blocks of a sequence that one item runs: one, two under causal (pair_causal_blocks).
   const int64_t item_blocks = p.causal ? 2 : 1;
   pk.gk0.assign(p.num_sequences + 1, 0);
