@@ -72,9 +72,11 @@ class TileScope {
 // (buffers from aligned.h, strides multiples of 64): a row across two lines costs ~2x (aligned.h).
 // A band (masks: a causal block's diagonal, windows) may leave out what a row group (32 rows, i / 2)
 // does not meet: `cols` limits it to column groups [cols->lo[i / 2], cols->hi[i / 2]) (32 columns
-// each; C's other groups are left as they were), `ks` to steps [ks->lo[i / 2], ks->hi[i / 2]).
+// each; C's other groups are left as they were), `ks` to steps [ks->lo[i / 2], ks->hi[i / 2]), or
+// with ks->per_column, column group j / 2's steps [ks->lo[j / 2], ks->hi[j / 2]).
 struct Band {
   const int64_t *lo, *hi;
+  bool per_column = false;
 };
 template <bool Accumulate>
 inline void gemm(int64_t mt, int64_t nt, int64_t steps, float* c, int64_t ldc, const void* a, int64_t lda,
@@ -86,7 +88,8 @@ inline void gemm(int64_t mt, int64_t nt, int64_t steps, float* c, int64_t ldc, c
   for (int64_t j = 0; j < nt; j += 2) {
     for (int64_t i = 0; i < mt; i += 2) {
       if (cols && (j / 2 < cols->lo[i / 2] || j / 2 >= cols->hi[i / 2])) continue;
-      const int64_t s0 = ks ? ks->lo[i / 2] : 0, s1 = ks ? ks->hi[i / 2] : steps;
+      const int64_t at = ks && ks->per_column ? j / 2 : i / 2;
+      const int64_t s0 = ks ? ks->lo[at] : 0, s1 = ks ? ks->hi[at] : steps;
       if (Accumulate && s0 >= s1) continue;
       char* c00 = reinterpret_cast<char*>(c) + i * kRows * ldc + j * kBytes;
       char* c10 = c00 + kRows * ldc;

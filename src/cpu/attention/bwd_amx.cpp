@@ -35,6 +35,10 @@
 //   918 / 808 / 696 / 268; 256 x 128: 959 / 778 / 746 / 293 (about the noise): 128 x 128.
 // - Tried, no gain measurable: a one-FMA P argument for rows whose lse is used as is (kept: it is
 //   shorter), skipping the lane mask of fully visible rows (kept).
+// - Under a mask each 32-row group of a query tile skips the key granules it does not meet, in the
+//   five products and the P / dS pass (tile_band; the forward's band, fwd_amx.cpp): causal
+//   backward +2-6% (eq1024 d128 +5.8%, mix d128 +3.9%, short +2.3%; medians of 5 alternated
+//   rounds, cpu_attn_ab, 2 threads; benchmarks/NOTES.md, session 49).
 // Now (1 thread, 128 x 256 before the Workspace change, shares of the time): S and dP 25%, dV^T and dK^T 37%, dQ 12%, the
 // P / dS pass 14%, packing the key block 5%, the write-out 5%. Backward alone against the fp32
 // kernel on the same bf16 inputs (SCREE_CPU_ISA=avx512), 2 threads: 2.8-3.3x on long and mixed
@@ -165,11 +169,14 @@ struct Buffers {
   LineVector<uint32_t> kt, vt, kv, pv, dsv;  // K^T, V^T (VNNI over d), K (VNNI over keys); P, dS (VNNI over queries)
   LineVector<float> s, dp, dkt, dvt, dq, row, mx, sum;
   std::vector<int64_t> lo, hi;
+  std::vector<int64_t> glo, ghi;  // a query tile's 32-row groups: the granules of its keys each meets
+  std::vector<int64_t> slo, shi;  // the same band by granule: the query groups that meet it
   Buffers(int64_t Dp, int64_t Dvp, int64_t dq_elems)
       : krows(kBlockK * Dp), vrows(kBlockK * Dvp), dsr(kBlockQ * kBlockK), kt(kBlockK * Dp / 2),
         vt(kBlockK * Dvp / 2), kv(kBlockK * Dp / 2), pv(kBlockQ * kBlockK / 2), dsv(kBlockQ * kBlockK / 2),
         s(kBlockQ * kBlockK), dp(kBlockQ * kBlockK), dkt(Dp * kBlockK), dvt(Dvp * kBlockK), dq(dq_elems),
-        row(std::max(Dp, Dvp)), mx(kBlockQ), sum(kBlockQ), lo(kBlockQ), hi(kBlockQ) {}
+        row(std::max(Dp, Dvp)), mx(kBlockQ), sum(kBlockQ), lo(kBlockQ), hi(kBlockQ), glo(kBlockQ / kAlign),
+        ghi(kBlockQ / kAlign), slo(kBlockK / kAlign), shi(kBlockK / kAlign) {}
 };
 
 // Keys [kb, kb + nk) (nk a multiple of 32; keys at or past Lk zero) of kv head kvh as B operands:
@@ -197,11 +204,54 @@ void pack_block(const Plan& plan, const Sequence& s, int64_t kvh, int64_t kb, in
 }
 
 // S (m x w, row stride kBlockK) = Q K^T for the m query rows at plan row `qrow` (of head h's
-// NQ rows) and the packed keys from key column c0 (a multiple of 32) of the block.
-inline void scores(const Plan& plan, int64_t h, int64_t qrow, int64_t m, int64_t c0, int64_t w, Buffers& buf) {
+// NQ rows) and the packed keys from key column c0 (a multiple of 32) of the block; `band`: only
+// each 32-row group's granules (tiles::gemm).
+inline void scores(const Plan& plan, int64_t h, int64_t qrow, int64_t m, int64_t c0, int64_t w, Buffers& buf,
+                   const tiles::Band* band = nullptr) {
   const int64_t Dp = plan.D_pad;
   tiles::gemm<false>(m / 16, w / 16, Dp / 32, buf.s.data(), kBlockK * 4, plan.q + (h * plan.NQ + qrow) * Dp,
-                     Dp * 2, 64, buf.kt.data() + c0 * Dp / 2, Dp * 32, 1024);
+                     Dp * 2, 64, buf.kt.data() + c0 * Dp / 2, Dp * 32, 1024, band);
+}
+
+// The band of a query tile (rows [i0, i0 + m) of a sequence, `rows` of them real) over key
+// columns [kb + c0, kb + c1) (w of them, a multiple of 32): each 32-row group's granules
+// [glo, ghi), made non-decreasing on both sides so that each granule's groups [slo, shi) are
+// contiguous (the dV^T and dK^T products step over them); a group that sees no key keeps an empty
+// range unless groups on both sides see its granules (then its rows give P = dS = 0 there). Returns
+// whether some group skips a granule.
+inline bool tile_band(const VarlenBackwardParams& p, int64_t i0, int64_t m, int64_t rows, int64_t Lq, int64_t Lk,
+                      int64_t kb, int64_t c0, int64_t c1, int64_t w, Buffers& buf) {
+  const int64_t groups = m / kAlign, granules = w / kAlign;
+  if (!attention::banded(p)) {  // every row sees every key: no band (and no per-row work for one)
+    std::fill_n(buf.glo.begin(), groups, 0);
+    std::fill_n(buf.ghi.begin(), groups, granules);
+    return false;
+  }
+  for (int64_t gi = 0; gi < groups; ++gi) {
+    int64_t lo_g = w, hi_g = 0;
+    for (int64_t r = gi * kAlign; r < std::min((gi + 1) * kAlign, rows); ++r) {
+      const KeyRange kr = visible_keys(p, i0 + r, Lq, Lk);
+      const int64_t lo = std::clamp<int64_t>(kr.lo - kb - c0, 0, c1 - c0);
+      const int64_t hi = std::clamp<int64_t>(kr.hi - kb - c0, lo, c1 - c0);
+      if (lo < hi) lo_g = std::min(lo_g, lo), hi_g = std::max(hi_g, hi);
+    }
+    buf.glo[gi] = lo_g < hi_g ? lo_g / kAlign : granules;
+    buf.ghi[gi] = lo_g < hi_g ? (hi_g + kAlign - 1) / kAlign : 0;
+  }
+  for (int64_t gi = 1; gi < groups; ++gi) buf.ghi[gi] = std::max(buf.ghi[gi], buf.ghi[gi - 1]);
+  for (int64_t gi = groups - 2; gi >= 0; --gi) buf.glo[gi] = std::min(buf.glo[gi], buf.glo[gi + 1]);
+  bool banded = false;
+  for (int64_t gi = 0; gi < groups; ++gi) {
+    buf.glo[gi] = std::min(buf.glo[gi], buf.ghi[gi]);  // empty: [ghi, ghi)
+    banded |= buf.glo[gi] > 0 || buf.ghi[gi] < granules;
+  }
+  for (int64_t j = 0; j < granules; ++j) {
+    int64_t lo = groups, hi = 0;
+    for (int64_t gi = 0; gi < groups; ++gi)
+      if (buf.glo[gi] <= j && j < buf.ghi[gi]) lo = std::min(lo, gi), hi = gi + 1;
+    buf.slo[j] = lo < hi ? lo : 0, buf.shi[j] = lo < hi ? hi : 0;
+  }
+  return banded;
 }
 
 // Scores as the softmax sees them (natural-log units): scale s, or cap tanh(sscale s) (then t
@@ -352,10 +402,14 @@ void backward_chunk(const Plan& plan, int64_t ci, int64_t kvh, Buffers& buf) {
         const int64_t c1 = std::clamp<int64_t>(last.hi - kb, 0, n);
         if (c1 <= c0) continue;
         const int64_t w = round_up(c1 - c0, kAlign);
-        scores(plan, h, qbase + i0, m, c0, w, buf);
+        // Under a mask (the diagonal's tile, a window) the products, P and dS leave out what each
+        // 32-row group does not meet (tile_band).
+        const bool banded = tile_band(p, i0, m, rows, Lq, Lk, kb, c0, c1, w, buf);
+        const tiles::Band by_rows{buf.glo.data(), buf.ghi.data()}, by_keys{buf.slo.data(), buf.shi.data(), true};
+        scores(plan, h, qbase + i0, m, c0, w, buf, banded ? &by_rows : nullptr);
         tiles::gemm<false>(m / 16, w / 16, Dvp / 32, buf.dp.data(), kBlockK * 4,
                            plan.dout + (h * NQ + qbase + i0) * Dvp, Dvp * 2, 64, buf.vt.data() + c0 * Dvp / 2,
-                           Dvp * 32, 1024);
+                           Dvp * 32, 1024, banded ? &by_rows : nullptr);
 
         // P and dS, two rows at a time: VNNI words (pair-row r / 2 of query granule r / 32, key
         // chunk c / 16) and dS rows.
@@ -383,7 +437,7 @@ void backward_chunk(const Plan& plan, int64_t ci, int64_t kvh, Buffers& buf) {
             x.full = x.lo == 0 && x.hi >= w;
           }
           const int64_t vnni = ((r / 32) * chunks16 * 16 + (r % 32) / 2) * 16;  // words
-          for (int64_t c = 0; c < w; c += 16) {
+          for (int64_t c = buf.glo[r / kAlign] * kAlign; c < buf.ghi[r / kAlign] * kAlign; c += 16) {
             __m512 p0, d0, p1, d1;
             p_ds(plan, st[0], c, p0, d0);
             p_ds(plan, st[1], c, p1, d1);
@@ -398,14 +452,14 @@ void backward_chunk(const Plan& plan, int64_t ci, int64_t kvh, Buffers& buf) {
         // dV^T (Dvp x keys) += dO^T P and dK^T (Dp x keys) += Q^T dS: steps of 32 queries.
         tiles::gemm<true>(Dvp / 16, chunks16, m / 32, buf.dvt.data() + c0, kBlockK * 4,
                           plan.doutt + (h * NQ + qbase + i0) * Dvp, 64, Dvp * 64, buf.pv.data(), 1024,
-                          chunks16 * 1024);
+                          chunks16 * 1024, nullptr, banded ? &by_keys : nullptr);
         tiles::gemm<true>(Dp / 16, chunks16, m / 32, buf.dkt.data() + c0, kBlockK * 4,
                           plan.qt + (h * NQ + qbase + i0) * Dp, 64, Dp * 64, buf.dsv.data(), 1024,
-                          chunks16 * 1024);
+                          chunks16 * 1024, nullptr, banded ? &by_keys : nullptr);
         // dQ (m x Dp) += dS K: steps of 32 keys.
         tiles::gemm<true>(m / 16, Dp / 16, w / 32, dq_acc + (g * ch.acc_rows + i0 - ch.acc_lo) * Dp, Dp * 4,
                           buf.dsr.data(), kBlockK * 2, 64, buf.kv.data() + c0 / 32 * (Dp / 16) * 256, 1024,
-                          Dp / 16 * 1024);
+                          Dp / 16 * 1024, nullptr, banded ? &by_rows : nullptr);
       }
     }
     // This item owns keys [kb, kb + n) of kv head kvh for all its query heads: write dK (times
