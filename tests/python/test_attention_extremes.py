@@ -254,6 +254,28 @@ def test_float32_lse_rounding_no_longer_scales_p():
     np.testing.assert_allclose(got[2][2], low[2][2], rtol=1e-4, atol=1e-5, err_msg=f"seed {seed}")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_rows_without_keys_after_an_infinite_output_are_zero(dtype, causal):
+    """A sequence with no keys outputs exact zeros even when the item before it, on the same
+    thread, left inf / NaN in the kernel's O buffer (a value of +inf): the forwards store O from
+    their first key block instead of zeroing it per item, so an item with no key block must zero
+    it itself (session 49; without that both the fp32 and the AMX forward output NaN here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the items in one thread's order: the sequence of 200 first
+    try:
+        gen = torch.Generator().manual_seed(fresh_seed())
+        lq, lk, H, D = [200, 5, 0, 7], [200, 0, 3, 0], 2, 64
+        q, k, v = (torch.randn(sum(n), H, D, generator=gen).to(getattr(torch, dtype)) for n in (lq, lk, lk))
+        v[3] = float("inf")
+        with torch.no_grad():
+            out = scree.varlen_attention(scree.from_lengths(q, lq), scree.from_lengths(k, lk),
+                                         scree.from_lengths(v, lk), causal=causal).values
+        assert bool((out[200:] == 0).all()), out[200:].float().abs().amax(dim=(1, 2))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_float64_lse_is_float64_at_huge_scores():
     """lse keeps float64's range and precision: scores of 1e12, 1e39 (beyond float32), 1e300, within
     the scores' own rounding of the reference (a dot product of D terms: D eps scale |q| |k|)."""

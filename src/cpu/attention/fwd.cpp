@@ -219,7 +219,8 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf,
   }
   if constexpr (!kTransposed)
     for (int64_t d = 0; d < D; ++d) std::fill(qt + d * cols + rows, qt + (d + 1) * cols, C(0));
-  std::fill(buf.o.begin(), buf.o.begin() + rows * Dv_pad, C(0));
+  // (O needs no zeros: the first key block's P V stores it; see the products below.)
+  if (g.first.lo >= g.last.hi) std::fill(buf.o.begin(), buf.o.begin() + rows * Dv_pad, C(0));  // no key: rows of 0
   std::fill(buf.m.begin(), buf.m.begin() + cols, kNegInf);
   std::fill(buf.l.begin(), buf.l.begin() + cols, C(0));
 
@@ -430,21 +431,25 @@ void forward_block(const VarlenParams& p, const WorkItem& item, Buffers<T>& buf,
         }
       }
     }
+    // O += P V; the item's first block stores O = P V instead: no zero fill of O per item (a
+    // short-sequence item's O is ~48 KiB) and no loads of C in that block's products.
+    const bool acc = kb != first.lo;
 #if defined(SCREE_CPU_BF16_PAIRS)
-    if constexpr (kPairs) {  // O += P V over key pairs
+    if constexpr (kPairs) {  // over key pairs
       if (!trimmed)
         gemm<C, true, Bf16PairProduct>(rows, Dv_pad, n2, buf.p2.data(), cols, buf.v2.data(), Dv_pad, buf.o.data(),
-                                       Dv_pad, true);
+                                       Dv_pad, acc);
       else
         gemm_rows_keys<C, true, Bf16PairProduct>(rows, Dv_pad, n, buf.p2.data(), cols, buf.v2.data(), Dv_pad,
-                                                 buf.o.data(), Dv_pad, buf.key_lo.data(), buf.key_hi.data(), kb);
+                                                 buf.o.data(), Dv_pad, buf.key_lo.data(), buf.key_hi.data(), kb, 0,
+                                                 acc);
     } else
 #endif
     if (!trimmed) {
-      gemm<C, true>(rows, Dv_pad, n, st, cols, vblk, ldv, buf.o.data(), Dv_pad, true, nullptr, vpanel);  // O += P V
+      gemm<C, true>(rows, Dv_pad, n, st, cols, vblk, ldv, buf.o.data(), Dv_pad, acc, nullptr, vpanel);
     } else {
       gemm_rows_keys<C, true>(rows, Dv_pad, n, st, cols, vblk, ldv, buf.o.data(), Dv_pad, buf.key_lo.data(),
-                        buf.key_hi.data(), kb, vpanel);
+                              buf.key_hi.data(), kb, vpanel, acc);
     }
   }
 

@@ -298,7 +298,7 @@ void forward_block(const VarlenParams& p, const KvTiles& kv, const WorkItem& ite
   }
   // (The row maxima and sums of the item's rows only: the whole buffers, 128 rows of 16-lane sums,
   // were an 8.5 KB fill per item, most of a one-token item's own work.)
-  std::fill(buf.o.begin(), buf.o.begin() + rows32 * Dvp, 0.f);
+  // (O needs no zeros: the first key block's P V stores it, 0 where a row sees none of its keys.)
   std::fill(buf.m.begin(), buf.m.begin() + rows, kNegInf);
   std::fill(buf.l.begin(), buf.l.begin() + rows * 16, 0.f);
   for (int64_t r = 0; r < rows; ++r) {  // each row's visible keys, once per item
@@ -311,7 +311,9 @@ void forward_block(const VarlenParams& p, const KvTiles& kv, const WorkItem& ite
   // Key blocks start on a granule (the packing's 32-key alignment); keys outside a row's visible
   // range, the packing's zero keys past the sequence's end included, are masked (left out of the
   // row max, their exponentials zeroed).
-  for (int64_t kb = g.first.lo / kGranule * kGranule; kb < g.last.hi; kb += kBlockK) {
+  const int64_t k_first = g.first.lo / kGranule * kGranule;
+  if (k_first >= g.last.hi) std::fill(buf.o.begin(), buf.o.begin() + rows32 * Dvp, 0.f);  // no key block: rows of 0
+  for (int64_t kb = k_first; kb < g.last.hi; kb += kBlockK) {
     const int64_t nk = std::min(kBlockK, round_up(g.last.hi - kb, kGranule));
     // The rows' visible keys relative to the block, clipped to it (so they fit the int32 lanes), and
     // the granules [glo, ghi) each 32-row group meets: under a mask (a causal diagonal, a window)
@@ -361,9 +363,15 @@ void forward_block(const VarlenParams& p, const KvTiles& kv, const WorkItem& ite
       row_exp(srow, prow, n, lo, hi, mul, buf.m_new[r], buf.m[r], buf.l.data() + r * 16, buf.o.data() + r * Dvp,
               Dvp);
     }
-    // O (rows32 x Dvp) += P V: A = P rows (steps: 32 keys), B = packed value tiles.
-    tiles::gemm<true>(rows32 / 16, Dvp / 16, nk / kGranule, buf.o.data(), Dvp * 4, P, kBlockK * 2, 64,
-                      kv.value_granule(kb), 1024, Dvp / 16 * 1024, nullptr, banded ? &band : nullptr);
+    // O (rows32 x Dvp) += P V: A = P rows (steps: 32 keys), B = packed value tiles; the first block
+    // stores O = P V (no zero fill of O per item and no C-tile loads: a 64 KiB memset was 6% of a
+    // short-sequence forward's samples, perf).
+    if (kb == k_first)
+      tiles::gemm<false>(rows32 / 16, Dvp / 16, nk / kGranule, buf.o.data(), Dvp * 4, P, kBlockK * 2, 64,
+                         kv.value_granule(kb), 1024, Dvp / 16 * 1024, nullptr, banded ? &band : nullptr);
+    else
+      tiles::gemm<true>(rows32 / 16, Dvp / 16, nk / kGranule, buf.o.data(), Dvp * 4, P, kBlockK * 2, 64,
+                        kv.value_granule(kb), 1024, Dvp / 16 * 1024, nullptr, banded ? &band : nullptr);
   }
   // The row max is in log2 units: lse = m ln 2 + log(l).
   constexpr float kLn2 = 0.6931471805599453f;

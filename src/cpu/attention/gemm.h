@@ -195,22 +195,28 @@ void gemm_rows_cols(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, co
 // outside k in [k_lo[r] - k0, k_hi[r] - k0) (masked P or dS), so a row tile reduces over its rows'
 // union only. A as gemm's (A_T: stored transposed); b_panel as gemm's (N a multiple of 2 vectors).
 // K counts reduction indices (keys); with pairs (P::kPack = 2) the band is taken in whole pairs,
-// whose partners outside it must be 0 in A.
+// whose partners outside it must be 0 in A. accumulate = false: C = A B (0 where a row tile's band
+// is empty).
 template <class T, bool A_T, class P = FmaProduct<T>>
 void gemm_rows_keys(int64_t M, int64_t N, int64_t K, const typename P::A* A, int64_t lda, const typename P::B* B,
                     int64_t ldb, T* C, int64_t ldc, const int64_t* k_lo, const int64_t* k_hi, int64_t k0,
-                    int64_t b_panel = 0) {
+                    int64_t b_panel = 0, bool accumulate = true) {
   constexpr int W2 = 2 * Simd<T>::width;
   for (int64_t i = 0; i < M; i += kTileRows) {
     const int64_t rows = M - i < kTileRows ? M - i : kTileRows;
     int64_t lo, hi;
     band_union(k_lo, k_hi, i, rows, k0, K, lo, hi);
-    if (lo >= hi) continue;
+    if (lo >= hi) {
+      if (!accumulate)
+        for (int64_t r = i; r < i + rows; ++r)
+          for (int64_t j = 0; j < N; j += Simd<T>::width) store<T>(C + r * ldc + j, vec_t<T>{});
+      continue;
+    }
     lo /= P::kPack, hi = (hi + P::kPack - 1) / P::kPack;
     const typename P::A* a = A_T ? A + lo * lda + i : A + i * lda + lo;
     for (int64_t j = 0; j < N; j += W2)
       gemm_rest<T, kTileRows, A_T, 2, P>(rows, a, lda, b_panel_at<T>(B, j, b_panel) + lo * ldb, ldb, C + i * ldc + j,
-                                         ldc, hi - lo, true, nullptr);
+                                         ldc, hi - lo, accumulate, nullptr);
   }
 }
 
