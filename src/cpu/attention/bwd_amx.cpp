@@ -168,7 +168,7 @@ struct Buffers {
   LineVector<uint16_t> krows, vrows, dsr;  // block's key / value rows (zero padded); dS rows (bf16)
   LineVector<uint32_t> kt, vt, kv, pv, dsv;  // K^T, V^T (VNNI over d), K (VNNI over keys); P, dS (VNNI over queries)
   LineVector<float> s, dp, dkt, dvt, dq, row, mx, sum;
-  std::vector<int64_t> lo, hi;
+  std::vector<int64_t> lo, hi;    // a query tile's rows: their visible keys relative to the tile's columns
   std::vector<int64_t> glo, ghi;  // a query tile's 32-row groups: the granules of its keys each meets
   std::vector<int64_t> slo, shi;  // the same band by granule: the query groups that meet it
   Buffers(int64_t Dp, int64_t Dvp, int64_t dq_elems)
@@ -217,12 +217,15 @@ inline void scores(const Plan& plan, int64_t h, int64_t qrow, int64_t m, int64_t
 // columns [kb + c0, kb + c1) (w of them, a multiple of 32): each 32-row group's granules
 // [glo, ghi), made non-decreasing on both sides so that each granule's groups [slo, shi) are
 // contiguous (the dV^T and dK^T products step over them); a group that sees no key keeps an empty
-// range unless groups on both sides see its granules (then its rows give P = dS = 0 there). Returns
+// range unless groups on both sides see its granules (then its rows give P = dS = 0 there). Each
+// real row's own range, relative to c0, goes to buf.lo / buf.hi (the P / dS pass reads it). Returns
 // whether some group skips a granule.
 inline bool tile_band(const VarlenBackwardParams& p, int64_t i0, int64_t m, int64_t rows, int64_t Lq, int64_t Lk,
                       int64_t kb, int64_t c0, int64_t c1, int64_t w, Buffers& buf) {
   const int64_t groups = m / kAlign, granules = w / kAlign;
-  if (!attention::banded(p)) {  // every row sees every key: no band (and no per-row work for one)
+  if (!attention::banded(p)) {  // every row sees every key: no band
+    std::fill_n(buf.lo.begin(), rows, 0);
+    std::fill_n(buf.hi.begin(), rows, c1 - c0);
     std::fill_n(buf.glo.begin(), groups, 0);
     std::fill_n(buf.ghi.begin(), groups, granules);
     return false;
@@ -233,6 +236,7 @@ inline bool tile_band(const VarlenBackwardParams& p, int64_t i0, int64_t m, int6
       const KeyRange kr = visible_keys(p, i0 + r, Lq, Lk);
       const int64_t lo = std::clamp<int64_t>(kr.lo - kb - c0, 0, c1 - c0);
       const int64_t hi = std::clamp<int64_t>(kr.hi - kb - c0, lo, c1 - c0);
+      buf.lo[r] = lo, buf.hi[r] = hi;
       if (lo < hi) lo_g = std::min(lo_g, lo), hi_g = std::max(hi_g, hi);
     }
     buf.glo[gi] = lo_g < hi_g ? lo_g / kAlign : granules;
@@ -425,9 +429,7 @@ void backward_chunk(const Plan& plan, int64_t ci, int64_t kvh, Buffers& buf) {
             x.shift = x.log_sum = x.delta = x.shift2 = _mm512_setzero_ps();
             x.exact = x.full = false;
             if (i >= Lq || plan.row_max[at] == kNegInf) continue;  // padding, or a row that sees no key
-            const KeyRange kr = visible_keys(p, i, Lq, Lk);
-            x.lo = std::clamp<int64_t>(kr.lo - kb - c0, 0, c1 - c0);
-            x.hi = std::clamp<int64_t>(kr.hi - kb - c0, x.lo, c1 - c0);
+            x.lo = buf.lo[r + e], x.hi = buf.hi[r + e];  // (tile_band's)
             x.shift = _mm512_set1_ps(plan.row_max[at]);
             x.log_sum = _mm512_set1_ps(plan.log_sum[at]);
             x.delta = _mm512_set1_ps(plan.delta[at]);
