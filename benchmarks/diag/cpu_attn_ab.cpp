@@ -1,7 +1,8 @@
 // A/B timing of the CPU attention kernels of the amx build (src/cpu/attention: fwd.cpp, bwd.cpp,
 // fwd_amx.cpp, bwd_amx.cpp and their headers) outside Python, for measurement only (not part of
 // scree). cpu_attn_ab.sh builds one binary per copy of the kernel folder and runs them alternately.
-// Usage: BIN fwd|bwd f32|bf16 [calls] [workload substrings..., or =NAME for one workload exactly];
+// Usage: BIN fwd|bwd f32|bf16 [calls] [workload substrings..., or =NAME for one workload exactly]
+// (AB_COLD_MB=N: N MB written between calls, so each call starts with its inputs out of cache);
 // one line per workload: name, best and median GFLOP/s of `calls` calls (useful FLOPs as
 // bench_attention_cpu.py counts them: the backward alone 2.5x the forward's), and checksums of the outputs (same seeded inputs, so two
 // versions that compute the same bits print the same sums). Inputs are 64-byte aligned, as torch's
@@ -99,6 +100,14 @@ int main(int argc, char** argv) {
   std::vector<std::string> only(argv + std::min(argc, 4), argv + argc);
   // Heads x head dim (the rows' stride): 512 as bench_attention_cpu.py, or AB_HIDDEN.
   const int64_t hidden = std::getenv("AB_HIDDEN") ? std::atoll(std::getenv("AB_HIDDEN")) : 512;
+  // AB_COLD_MB: before each timed call, write that many MB of another buffer, so that the call finds
+  // its inputs in DRAM as a call between other work does (benchmarks/diag/cpu_cold_call.py); 0: the
+  // calls run back to back, their inputs in cache as far as they fit.
+  const size_t cold = std::getenv("AB_COLD_MB") ? size_t(std::atoll(std::getenv("AB_COLD_MB"))) << 20 : 0;
+  std::vector<char> sweep(cold);
+  auto evict = [&] {
+    for (size_t i = 0; i < cold; i += 64) sweep[i] = char(sweep[i] + 1);
+  };
   std::mt19937_64 rng(0);
   for (const char* kind : {"eq1024", "eq2048", "mix", "short", "call"})
     for (auto [D, causal] : {std::pair{64, false}, {128, false}, {128, true}, {64, true}}) {
@@ -148,6 +157,7 @@ int main(int argc, char** argv) {
       if (bwd) scree::cpu::amx::varlen_bwd(p);
       std::vector<double> t;
       for (int c = 0; c < calls; ++c) {
+        evict();
         const auto t0 = std::chrono::steady_clock::now();
         if (bwd)
           scree::cpu::amx::varlen_bwd(p);
