@@ -21,22 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import scree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_attention_cpu import make_lengths  # noqa: E402
-
-
-def padded_inputs(x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-    B, L = len(lengths), max(lengths)
-    out = x.new_zeros(B, L, x.shape[1], x.shape[2])
-    o = 0
-    for b, n in enumerate(lengths):
-        out[b, :n] = x[o:o + n]
-        o += n
-    return out.transpose(1, 2)  # (B, H, L, D)
+from bench_attention_cpu import Data, make_lengths  # noqa: E402
 
 
 def main() -> None:
@@ -50,26 +39,13 @@ def main() -> None:
     print(f"# torch threads {torch.get_num_threads()}; scree isa {scree._C.cpu_isa()}; ms a call, medians of "
           f"{args.calls}")
     print(f"{'workload':22s} {'method':7s} {'b2b':>8s} {'matmul':>8s} {'idle':>8s} {'other':>8s}")
-    gen = torch.Generator().manual_seed(0)
     for kind in args.kinds:
         lengths = make_lengths(kind, 4096, np.random.default_rng(0))
-        T = sum(lengths)
-        mask = torch.zeros(len(lengths), 1, max(lengths), max(lengths), dtype=torch.bool)
-        for i, n in enumerate(lengths):
-            mask[i, :, :n, :n] = True
         for dtype in args.dtypes:
-            dt = getattr(torch, dtype)
             D = 64 if kind == "short" else 128
-            H = 512 // D
-            q, k, v = (torch.randn(T, H, D, generator=gen).to(dt) for _ in range(3))
-            Q = scree.from_lengths(q, lengths)
-            K, V = Q.with_values(k), Q.with_values(v)
-            pq, pk, pv = (padded_inputs(x, lengths) for x in (q, k, v))
-            m = mask.expand(-1, H, -1, -1)
-            fns = {
-                "scree": lambda: scree.varlen_attention(Q, K, V),
-                "sdpa": lambda: F.scaled_dot_product_attention(pq, pk, pv, attn_mask=m),
-            }
+            # The bench's own inputs and callables: scree and padded SDPA with its key mask.
+            fwd = Data(lengths, 512 // D, D, False, np.random.default_rng(0), dtype).forward_fns(with_1t=False)
+            fns = {"scree": fwd["scree"], "sdpa": fwd["padded"]}
             with torch.no_grad():
                 for name, fn in fns.items():
                     other = fns["sdpa" if name == "scree" else "scree"]

@@ -25,7 +25,7 @@ import torch
 import scree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_attention_cpu import make_lengths  # noqa: E402
+from bench_attention_cpu import flops_fwd, make_lengths  # noqa: E402
 
 
 def median_ms(fn, seconds: float = 1.5) -> float:
@@ -51,9 +51,8 @@ def main() -> None:
     args = ap.parse_args()
     lengths = make_lengths(args.kind, args.tokens, np.random.default_rng(0))
     T, hidden = sum(lengths), 512
-    flops = sum(4 * L * L for L in lengths) * hidden * (0.5 if args.causal else 1.0)
     print(f"# {args.kind}: {len(lengths)} sequences, {T} tokens, hidden {hidden}, causal {args.causal}; "
-          f"scree isa {scree._C.cpu_isa() if hasattr(scree._C, 'cpu_isa') else '?'}; torch threads "
+          f"scree isa {scree._C.cpu_isa()}; torch threads "
           f"{torch.get_num_threads()}")
     print(f"{'dtype':9s} {'D':>4s} {'layout':12s} " + " ".join(f"{f'{n}T GF/s':>10s}" for n in args.threads)
           + f" {'x 1T':>6s}")
@@ -62,6 +61,7 @@ def main() -> None:
         dt = getattr(torch, dtype)
         for D in args.dims:
             H = hidden // D
+            flops = flops_fwd(lengths, H, D, args.causal)
             base = [torch.randn(T, H, D, generator=gen).to(dt) for _ in range(3)]
             layouts = {
                 "token-major": [x.contiguous() for x in base],
