@@ -248,6 +248,39 @@ def test_bad_inputs_raise_typed_errors():
                             np.empty((7, 4, 16), np.float32), None, scree._C.AttentionArgs(4, 4, 0.25))
 
 
+def test_a_call_unlike_the_kept_one_is_checked_again(monkeypatch):
+    # attention_spec keeps the last spec of q's Layout; a call that differs in anything the checks
+    # read (values' shapes and dtypes, k's and v's Layouts, the options and their types) is checked
+    # again and raises, however close it is to the kept call.
+    from scree.kernels.attention_spec import attention_spec
+    rng = _rng()
+    q, k, v = make(rng, [3, 4], [3, 4], 4, 2, 16, 16, "float32", "torch")
+    kept = attention_spec(q, k, v, True, None, (1, 0), None, True)
+    assert attention_spec(q, k, v, True, None, (1, 0), None, True) is kept  # (the memo is used)
+    assert attention_spec(q, k, v, False, None, (1, 0), None, True).causal is False
+    # Each bad call right after a good one with the same options, so that it would find its entry.
+    attention_spec(q, k, v, True, None, (1, 0), None, True)
+    with pytest.raises(scree.ArgumentError, match="deterministic"):
+        scree.varlen_attention(q, k, v, causal=True, window=(1, 0), deterministic=1)
+    attention_spec(q, k, v, True, None, (1, 0), None, True)
+    with pytest.raises(scree.ArgumentError, match="window"):
+        scree.varlen_attention(q, k, v, causal=True, window=(True, 0), deterministic=True)
+    attention_spec(q, k, v)
+    with pytest.raises(scree.ShapeError, match="multiple"):
+        attention_spec(q, k.with_values(k.values[:, :1].repeat(1, 3, 1)), v.with_values(v.values[:, :1].repeat(1, 3, 1)))
+    attention_spec(q, k, v)
+    with pytest.raises(scree.DTypeError, match="dtype"):
+        attention_spec(q, k.with_values(k.values.double()), v)
+    # k and v offsets the host could not read without a device sync are not compared, so a spec
+    # made without that comparison is not kept: once the host can read them, they are compared.
+    v_other = scree.from_lengths(v.values.clone(), [4, 3])
+    monkeypatch.setattr(scree.Array, "_host_offsets_without_sync", lambda self: None)
+    attention_spec(q, k, v_other)
+    monkeypatch.undo()
+    with pytest.raises(scree.ShapeError, match="same offsets"):
+        attention_spec(q, k, v_other)
+
+
 def test_strided_heads_are_read_in_place():
     # q as a head slice of a fused qkv projection: strided rows and heads, contiguous head_dim.
     rng = _rng()

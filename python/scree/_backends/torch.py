@@ -241,9 +241,13 @@ def empty(shape_: Sequence[int], dtype: str, like: Any = None) -> torch.Tensor:
 def empty_like(x: Any) -> torch.Tensor:
     # 0.8 us against torch.empty's 2.0 on a 2-core VM; every backward allocates three this way.
     if type(x) is torch.Tensor and x.is_cpu:
-        nbytes = x.numel() * x.element_size()
+        nbytes = x.nbytes
         if nbytes >= HOST_CACHE_MIN_BYTES:
             return _host_block(x.shape, x.dtype, nbytes)
+    # A contiguous x's preserved format is the contiguous one: without the keyword 0.73 against
+    # 0.90 us (2-core VM, session 51).
+    if x.is_contiguous():
+        return torch.empty_like(x)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 

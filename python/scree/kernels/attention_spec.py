@@ -83,9 +83,46 @@ def _cacheable(x: Any) -> bool:
 
 def attention_spec(q: Any, k: Any, v: Any, causal: bool = False, scale: Any = None, window: Any = None,
                    softcap: Any = None, deterministic: bool | None = None) -> AttentionSpec:
-    """The spec after checking every argument of varlen attention."""
+    """The spec after checking every argument of varlen attention; the last one of q's Layout is
+    reused where everything the checks read is the same (_memo_key)."""
     if not (isinstance(q, Array) and isinstance(k, Array) and isinstance(v, Array)):
         _not_arrays(q, k, v)
+    key = _memo_key(q, k, v, causal, scale, window, softcap, deterministic)
+    if key is not None:
+        kept = q._layout.plans.get("attention_spec")
+        if kept is not None and kept[0] == key:
+            return kept[1]
+    spec, settled = _checked_spec(q, k, v, causal, scale, window, softcap, deterministic)
+    if key is not None and settled:
+        q._layout.plans["attention_spec"] = (key, spec)
+    return spec
+
+
+def _memo_key(q: Array, k: Array, v: Array, causal: Any, scale: Any, window: Any, softcap: Any,
+              deterministic: Any) -> tuple | None:
+    """What the checks of a call read: k's and v's Layouts (q's holds the memo), the values' shapes,
+    dtypes and devices, and the options; None where a call is not memoised. Only options of the
+    exact types the checks take as they are make keys (True == 1 == 1.0 as keys, and
+    deterministic=1 or a window of (True, 0) must raise, not find an entry), and nothing is kept
+    while torch.compile traces (it would guard on the shapes). The checks cost ~3.2 us of a ~12 us
+    one-token CPU call on the 2-core VM, the key and its comparison ~1.2 (NOTES.md, session 51)."""
+    if not (type(causal) is bool and (scale is None or type(scale) is float)
+            and (softcap is None or type(softcap) is float)
+            and (deterministic is None or type(deterministic) is bool)
+            and (window is None or _plain_window(window))):
+        return None
+    B = q._layout.ns
+    if k._layout.ns is not B or v._layout.ns is not B or B.is_tracing():
+        return None
+    qv, kv, vv = q._values, k._values, v._values
+    return (k._layout, v._layout, qv.shape, kv.shape, vv.shape, qv.dtype, kv.dtype, vv.dtype, B.device(qv),
+            B.device(kv), B.device(vv), causal, scale, window, softcap, deterministic)
+
+
+def _checked_spec(q: Array, k: Array, v: Array, causal: Any, scale: Any, window: Any, softcap: Any,
+                  deterministic: Any) -> tuple[AttentionSpec, bool]:
+    """The spec, and whether every check ran: k's and v's offsets on a device the host never read
+    are not compared, and a later call may compare them (so that spec is not memoised)."""
     B = q._layout.ns
     if k._layout.ns is not B or v._layout.ns is not B or not _same_device(B, q._values, k._values, v._values):
         B = _backends.common(q=q.values, k=k.values, v=v.values)  # raises, naming the culprits
@@ -94,7 +131,7 @@ def attention_spec(q: Any, k: Any, v: Any, causal: bool = False, scale: Any = No
     single = len(q._values.shape) == 2 and len(k._values.shape) == 2 and len(v._values.shape) == 2
     if single:
         q, k, v = (with_head_axis(B, a) for a in (q, k, v))
-    Hq, Hk, D, Dv = _check_shapes(q, k, v)
+    Hq, Hk, D, Dv, settled = _check_shapes(q, k, v)
     dtype = _check_dtypes(B, q, k, v)
     left, right, scale_value, cap = _options(causal, scale, window, softcap)
     # A side at least as long as any query-key distance of the call (< Tq + Tk, bottom-right
@@ -107,7 +144,7 @@ def attention_spec(q: Any, k: Any, v: Any, causal: bool = False, scale: Any = No
         right = None
     return AttentionSpec(B, Hq, Hk, D, Dv, dtype, 1.0 / math.sqrt(D) if scale_value is None else scale_value,
                          _causal_value(causal), left, right, cap, single,
-                         None if deterministic is None else bool(deterministic))
+                         None if deterministic is None else bool(deterministic)), settled
 
 
 def _not_arrays(q: Any, k: Any, v: Any) -> None:
@@ -134,7 +171,7 @@ def drop_head_axis(B: ModuleType, q: Any, out: Any, lse: Any) -> tuple[Any, Any]
     return q.with_values(B.reshape(values, (values.shape[0], values.shape[2]))), B.reshape(lse, (lse.shape[1],))
 
 
-def _check_shapes(q: Any, k: Any, v: Any) -> tuple[int, int, int, int]:
+def _check_shapes(q: Any, k: Any, v: Any) -> tuple[int, int, int, int, bool]:
     qs, ks, vs = q._values.shape, k._values.shape, v._values.shape
     if not (len(qs) == 3 and len(ks) == 3 and len(vs) == 3):
         for name, shape, dims in (("q", qs, "(Tq, Hq, D)"), ("k", ks, "(Tk, Hk, D)"), ("v", vs, "(Tk, Hk, Dv)")):
@@ -153,8 +190,10 @@ def _check_shapes(q: Any, k: Any, v: Any) -> tuple[int, int, int, int]:
     # Shared offsets (the usual case: v = k.with_values(...)) need no comparison. While a tracer
     # runs (torch.compile) the host comparison cannot be traced and is skipped: the kernel reads
     # v with k's offsets, as FlashAttention does with its single cu_seqlens_k.
+    settled = True  # (False: k's and v's offsets were not compared)
     if kl is not vl and kl.offsets is not vl.offsets and not kl.ns.is_tracing():
         hk, hv = k._host_offsets_without_sync(), v._host_offsets_without_sync()
+        settled = hk is not None and hv is not None
         # Both int64 (Layout.host_offsets): equal bytes mean equal offsets; np.array_equal cost
         # ~1.1 us of a ~40 us tiny CPU call, the byte comparison ~0.15 us.
         if hk is not None and hv is not None and hk is not hv and (hk.shape != hv.shape
@@ -170,7 +209,7 @@ def _check_shapes(q: Any, k: Any, v: Any) -> tuple[int, int, int, int]:
         raise ShapeError(f"q and k head dims differ: {D} vs {Dk}")
     if D < 1:
         raise ShapeError("head dim D must be positive")
-    return Hq, Hk, D, Dv
+    return Hq, Hk, D, Dv, settled
 
 
 def _check_dtypes(B: Any, q: Any, k: Any, v: Any) -> str:
