@@ -281,6 +281,26 @@ def test_a_call_unlike_the_kept_one_is_checked_again(monkeypatch):
         attention_spec(q, k, v_other)
 
 
+def test_the_kept_spec_keeps_no_layout_alive():
+    # The kept spec names k's and v's Layouts weakly: in self-attention a strong reference would be
+    # a cycle through q's own Layout, alive (with its offsets) until a garbage collection.
+    import gc
+    import weakref
+
+    def call():
+        a = scree.Array(torch.randn(7, 2, 16), torch.tensor([0, 3, 7]))
+        scree.varlen_attention(a, a, a, causal=True)
+        return weakref.ref(a._layout)
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        assert call()() is None
+    finally:
+        if was:
+            gc.enable()
+
+
 def test_strided_heads_are_read_in_place():
     # q as a head slice of a fused qkv projection: strided rows and heads, contiguous head_dim.
     rng = _rng()

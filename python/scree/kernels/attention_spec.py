@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import operator
+from weakref import ref as _ref
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -115,8 +116,11 @@ def _memo_key(q: Array, k: Array, v: Array, causal: Any, scale: Any, window: Any
     if k._layout.ns is not B or v._layout.ns is not B or B.is_tracing():
         return None
     qv, kv, vv = q._values, k._values, v._values
-    return (k._layout, v._layout, qv.shape, kv.shape, vv.shape, qv.dtype, kv.dtype, vv.dtype, B.device(qv),
-            B.device(kv), B.device(vv), causal, scale, window, softcap, deterministic)
+    # k's and v's Layouts by weak reference (CPython hands out the one plain ref an object has): a
+    # strong one would keep them, and q's own Layout in self-attention, alive in a reference cycle
+    # until the next garbage collection, with their device offsets and schedules.
+    return (_ref(k._layout), _ref(v._layout), qv.shape, kv.shape, vv.shape, qv.dtype, kv.dtype, vv.dtype,
+            B.device(qv), B.device(kv), B.device(vv), causal, scale, window, softcap, deterministic)
 
 
 def _checked_spec(q: Array, k: Array, v: Array, causal: Any, scale: Any, window: Any, softcap: Any,
