@@ -281,6 +281,59 @@ def test_a_call_unlike_the_kept_one_is_checked_again(monkeypatch):
         attention_spec(q, k, v_other)
 
 
+def test_the_kept_spec_never_changes_a_call_s_outcome():
+    # Random sequences of checks over three Layouts, each call mostly the previous one with one
+    # argument changed (so that it meets a kept spec), valid and invalid values and options of
+    # many types: each outcome (the spec, or the error and its message) equals the one of the same
+    # call with the kept spec dropped first.
+    from scree.kernels.attention_spec import attention_spec
+    rng = np.random.default_rng(5103)
+    layouts = [scree.Array(torch.randn(7, 1, 4), torch.tensor(o)) for o in ([0, 3, 7], [0, 4, 7], [0, 7, 7])]
+    dtypes = [torch.float32] * 6 + [torch.float64, torch.int32]
+
+    def pick(options):
+        return options[rng.integers(len(options))]
+
+    def outcome(args):
+        try:
+            return "ok", repr(attention_spec(*args)._replace(ns=None))
+        except scree.ScreeError as e:
+            return type(e).__name__, str(e)
+
+    twins = {(3, bool, True): 1, (3, bool, False): 0, (4, float, 0.5): np.float64(0.5), (4, float, 1.0): 1,
+             (5, tuple, "(1, 0)"): (True, 0), (6, float, 2.0): np.float64(2.0), (7, bool, True): 1,
+             (7, bool, False): np.bool_(False)}
+    prev, answered = None, 0
+    for _ in range(3000):
+        lq, lk = pick(layouts), pick(layouts)
+        lv = lk if rng.random() < 0.8 else pick(layouts)
+        hq, hk, d, dv = pick([2, 4]), pick([1, 2, 1, 2, 3]), pick([8, 16]), pick([8, 16])
+        dt = [pick(dtypes)] * 3 if rng.random() < 0.9 else [pick(dtypes) for _ in range(3)]
+        fresh = (lq.with_values(torch.randn(7, hq, d).to(dt[0])),
+                 lk.with_values(torch.randn(7, hk, d if rng.random() < 0.9 else 24 - d).to(dt[1])),
+                 lv.with_values(torch.randn(7, hk if rng.random() < 0.9 else 3, dv).to(dt[2])),
+                 pick([True, False, True, False, 1, 0, np.bool_(True)]),
+                 pick([None, None, None, 0.5, 0.5, 1, float("nan"), np.float64(0.3)]),
+                 pick([None, None, None, (1, 0), (1, 0), (True, 0), (2, None), (1.0, 0), [1, 0], (-1, -1), (-3, 0)]),
+                 pick([None, None, None, 2.0, 2.0, 0.0, 5, -1.0]),
+                 pick([None, None, None, True, False, 1, np.bool_(False)]))
+        args = fresh
+        if prev is not None and rng.random() < 0.7:
+            args, j = list(prev), rng.integers(9)
+            if j < 8:
+                # Half the time an option's twin: equal as a key, of another type (some must raise).
+                twin = twins.get((j, type(args[j]), args[j] if j != 5 else repr(args[j])))
+                args[j] = twin if twin is not None and rng.random() < 0.5 else fresh[j]
+            args = tuple(args)
+        prev = args
+        kept = args[0]._layout.plans.get("attention_spec")
+        got = outcome(args)
+        answered += kept is not None and args[0]._layout.plans.get("attention_spec") is kept and got[0] == "ok"
+        args[0]._layout.plans.pop("attention_spec", None)
+        assert got == outcome(args), args
+    assert answered > 10  # (calls the kept spec answered: the memo was exercised)
+
+
 def test_the_kept_spec_keeps_no_layout_alive():
     # The kept spec names k's and v's Layouts weakly: in self-attention a strong reference would be
     # a cycle through q's own Layout, alive (with its offsets) until a garbage collection.
