@@ -3,11 +3,12 @@
 around the kernels (benchmarks/NOTES.md, session 51: the checks' memo). Rows: the CPU forward (no
 grad) and forward+backward (autograd) on 1 x 1 and 4 x 16 tokens, 8 heads x 64, float32, causal,
 with padded torch SDPA on the same batch; where CUDA runs, the same on 4 x 16 tokens, 16 x 128,
-bfloat16, with FlashAttention-2 (aten) beside it. Each row: the median and min over `--loops` loops
-of `--calls` calls, back to back (the GPU synchronised after each loop). Run it once per tree over
-the same scree._C, alternating:
+bfloat16, with FlashAttention-2 (aten) beside it. Each row: the median and min over 5 loops of 2,000
+calls (500 with a backward), back to back (the GPU synchronised after each loop). Run it once per
+tree over the same scree._C, alternating; each tree's python/scree holds a copy of that _C, and
+neither tree is an editable install (its import hook outranks PYTHONPATH):
 
-    python benchmarks/diag/call_host_ab.py new
+    PYTHONPATH=$PWD/python python benchmarks/diag/call_host_ab.py new
     PYTHONPATH=/tmp/old_tree/python python benchmarks/diag/call_host_ab.py old
 """
 
